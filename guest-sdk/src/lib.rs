@@ -1,0 +1,1 @@
+//! The foldhost guest SDK.

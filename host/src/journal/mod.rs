@@ -1,0 +1,5 @@
+//! The durable, append-only event journal.
+
+mod types;
+
+pub use types::*;

@@ -1,0 +1,87 @@
+//! The journal's data model: what callers append and what they read back.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How an event's `data` is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentType {
+    /// UTF-8 JSON (the default).
+    #[default]
+    Json,
+    /// Opaque bytes.
+    Binary,
+}
+
+/// The condition an append places on the stream's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's current version must be exactly this (1 = one event).
+    Exact(u64),
+}
+
+/// An event as handed to [`append`](super::Journal::append).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Unique across the journal; re-sending the same id makes an append idempotent.
+    pub id: Uuid,
+    pub event_type: String,
+    pub content_type: ContentType,
+    pub data: Vec<u8>,
+    /// A JSON object as text, if any.
+    pub metadata: Option<String>,
+}
+
+impl NewEvent {
+    /// A JSON event with a fresh random id and no metadata.
+    pub fn json(event_type: impl Into<String>, data: &serde_json::Value) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            content_type: ContentType::Json,
+            data: serde_json::to_vec(data).expect("a JSON value always serialises"),
+            metadata: None,
+        }
+    }
+}
+
+/// An event as stored in the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// 1-based, gapless position in the global log.
+    pub position: u64,
+    pub stream: String,
+    /// 1-based version within the stream.
+    pub version: u64,
+    pub id: Uuid,
+    pub event_type: String,
+    pub content_type: ContentType,
+    pub data: Vec<u8>,
+    pub metadata: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub recorded_at: u64,
+}
+
+/// Where an append's events landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    pub first_version: u64,
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// Whether `stream` belongs to `category`, i.e. is named `{category}-{id}`.
+///
+/// Categories may themselves contain '-' (plugin `bank-account` owns stream
+/// `bank-account-42`), so membership is a prefix test, not a split.
+pub fn in_category(stream: &str, category: &str) -> bool {
+    stream
+        .strip_prefix(category)
+        .is_some_and(|rest| rest.starts_with('-'))
+}
