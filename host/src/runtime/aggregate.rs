@@ -1,0 +1,183 @@
+//! One aggregate instance: a single stream's state living in its own store.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+use wasmtime::Store;
+
+use super::bindings::aggregate::AggregatePlugin;
+use super::bindings::{PluginData, encode_batch, types};
+use super::error::RuntimeError;
+use super::plugin::Plugin;
+use super::sandbox::guarded;
+use crate::journal::{Journal, NewEvent, RecordedEvent};
+
+/// Events moved into the plugin per `apply` call during replay.
+pub const REPLAY_BATCH: usize = 1024;
+
+/// A live aggregate: one stream's state folded up to `version`.
+pub struct AggregateInstance {
+    plugin: Arc<Plugin>,
+    stream: String,
+    store: Store<PluginData>,
+    bindings: AggregatePlugin,
+    /// The stream version folded into the state (0 = empty).
+    pub version: u64,
+    /// The version of the newest stored snapshot of this state.
+    pub snapshot_version: u64,
+}
+
+impl AggregateInstance {
+    /// A fresh instance of `plugin` for `stream`, starting empty or from `snapshot`.
+    pub fn new(
+        plugin: Arc<Plugin>,
+        stream: &str,
+        snapshot: Option<(u64, Vec<u8>)>,
+    ) -> Result<Self, RuntimeError> {
+        let (mut store, bindings) = plugin.instantiate_aggregate()?;
+        let (version, bytes) = snapshot.map_or((0, None), |(v, b)| (v, Some(b)));
+        let guest = bindings.foldhost_plugin_aggregate();
+        let restored = guarded(
+            &mut store,
+            plugin.engine(),
+            || format!("restoring {stream} from the snapshot at version {version}"),
+            |s| guest.call_init(s, bytes.as_deref()),
+        )?;
+        restored.map_err(|message| RuntimeError::PluginFailed {
+            plugin: plugin.name().to_owned(),
+            context: format!("restoring {stream} at version {version}"),
+            message,
+        })?;
+        Ok(Self {
+            plugin,
+            stream: stream.to_owned(),
+            store,
+            bindings,
+            version,
+            snapshot_version: version,
+        })
+    }
+
+    /// Rebuilds `stream` from its newest snapshot at or below `at_most` plus the
+    /// events after it, up to version `at_most`.
+    pub fn rehydrate(
+        plugin: Arc<Plugin>,
+        journal: &Journal,
+        stream: &str,
+        at_most: u64,
+    ) -> Result<Self, RuntimeError> {
+        let snapshot = journal.latest_snapshot(&plugin.hash, stream, at_most)?;
+        let mut instance = Self::new(plugin, stream, snapshot)?;
+        instance.catch_up(journal, at_most)?;
+        Ok(instance)
+    }
+
+    /// Applies the stream's events after `self.version`, up to version `at_most`.
+    pub fn catch_up(&mut self, journal: &Journal, at_most: u64) -> Result<(), RuntimeError> {
+        while self.version < at_most {
+            let want = (at_most - self.version).min(REPLAY_BATCH as u64) as usize;
+            let events = journal.read_stream(&self.stream, self.version + 1, want)?;
+            if events.is_empty() {
+                break;
+            }
+            self.apply(&events)?;
+        }
+        Ok(())
+    }
+
+    /// Folds stored events (consecutive, starting at `version + 1`) into the state.
+    pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), RuntimeError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        let batch = encode_batch(events);
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let context = || {
+            format!(
+                "applying {} events at positions {}..={}",
+                self.stream, first.position, last.position
+            )
+        };
+        let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+            guest.call_apply(s, &batch)
+        })?;
+        applied.map_err(|message| RuntimeError::PluginFailed {
+            plugin: self.plugin.name().to_owned(),
+            context: context(),
+            message,
+        })?;
+        self.version = last.version;
+        Ok(())
+    }
+
+    /// Decides a command against the current state, without changing it.
+    pub fn handle(
+        &mut self,
+        command_type: &str,
+        data: &[u8],
+    ) -> Result<Vec<NewEvent>, RuntimeError> {
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let context = || format!("handling command {command_type} on {}", self.stream);
+        let decided = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+            guest.call_handle(s, command_type, data)
+        })?;
+        let plugin = self.plugin.name().to_owned();
+        match decided {
+            Ok(events) => Ok(events
+                .into_iter()
+                .map(|e| NewEvent {
+                    id: Uuid::new_v4(),
+                    event_type: e.event_type,
+                    content_type: e.content_type.into(),
+                    data: e.data,
+                    metadata: None,
+                })
+                .collect()),
+            Err(types::CommandError::Rejected(reason)) => {
+                metrics::counter!("foldhost_command_rejections_total", "plugin" => plugin.clone())
+                    .increment(1);
+                Err(RuntimeError::Rejected { plugin, reason })
+            }
+            Err(types::CommandError::Invalid(reason)) => {
+                Err(RuntimeError::InvalidCommand { plugin, reason })
+            }
+        }
+    }
+
+    /// The state in the plugin's own encoding.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, RuntimeError> {
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let stream = &self.stream;
+        guarded(
+            &mut self.store,
+            self.plugin.engine(),
+            || format!("snapshotting {stream}"),
+            |s| guest.call_snapshot(s),
+        )
+    }
+
+    /// The state as JSON.
+    pub fn state(&mut self) -> Result<serde_json::Value, RuntimeError> {
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let stream = &self.stream;
+        let text = guarded(
+            &mut self.store,
+            self.plugin.engine(),
+            || format!("rendering the state of {stream}"),
+            |s| guest.call_state(s),
+        )?;
+        serde_json::from_str(&text).map_err(|e| RuntimeError::PluginFailed {
+            plugin: self.plugin.name().to_owned(),
+            context: format!("rendering the state of {}", self.stream),
+            message: format!("state is not valid JSON: {e}"),
+        })
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+}

@@ -1,0 +1,301 @@
+//! The write side: commands against aggregates, with a bounded cache of live
+//! states, optimistic appends and periodic snapshots.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lru::LruCache;
+
+use super::aggregate::AggregateInstance;
+use super::blocking;
+use super::error::RuntimeError;
+use super::plugin::{Plugin, PluginKind};
+use crate::journal::{ExpectedVersion, Journal, JournalError, RecordedEvent};
+
+/// Tuning of the write side.
+#[derive(Debug, Clone)]
+pub struct AggregateConfig {
+    /// Store a snapshot after this many events since the last one.
+    pub snapshot_every: u64,
+    /// Live aggregate states kept in memory.
+    pub cache_capacity: usize,
+    /// Times a command is re-decided after a concurrent append to its stream.
+    pub max_conflict_retries: u32,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 500,
+            cache_capacity: 10_000,
+            max_conflict_retries: 8,
+        }
+    }
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    /// The stream version after the command.
+    pub version: u64,
+    /// The events the command appended (none if it decided nothing).
+    pub events: Vec<RecordedEvent>,
+    pub state: serde_json::Value,
+}
+
+/// The stream an aggregate instance `id` of `plugin` lives in.
+pub fn stream_name(plugin: &str, id: &str) -> String {
+    format!("{plugin}-{id}")
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<AggregateInstance>>>;
+
+/// Runs commands. Commands to one stream queue on that stream's slot in
+/// arrival order; different streams proceed in parallel.
+pub struct Aggregates {
+    journal: Journal,
+    config: AggregateConfig,
+    /// Keyed by (plugin content hash, stream): a new plugin version never sees
+    /// states folded by the old one.
+    cache: Mutex<LruCache<(String, String), Slot>>,
+}
+
+impl Aggregates {
+    pub fn new(journal: Journal, config: AggregateConfig) -> Self {
+        let capacity = NonZeroUsize::new(config.cache_capacity.max(1)).expect("non-zero");
+        Self {
+            journal,
+            config,
+            cache: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// Handles `command_type` with JSON `data` on aggregate `id`: load, decide,
+    /// append with the expected version, apply. On a conflicting concurrent
+    /// append the state catches up and the command is decided again.
+    pub async fn execute(
+        &self,
+        plugin: &Arc<Plugin>,
+        id: &str,
+        command_type: &str,
+        data: Vec<u8>,
+    ) -> Result<CommandOutcome, RuntimeError> {
+        expect_aggregate(plugin)?;
+        let started = Instant::now();
+        let stream = stream_name(plugin.name(), id);
+        let slot = self.slot(plugin, &stream);
+        let mut live = slot.lock().await;
+        let command_type: Arc<str> = command_type.into();
+        let data: Arc<[u8]> = data.into();
+        for _ in 0..=self.config.max_conflict_retries {
+            let instance = live.take();
+            let (journal, plugin_, stream_) =
+                (self.journal.clone(), plugin.clone(), stream.clone());
+            let (command, payload) = (command_type.clone(), data.clone());
+            let (mut instance, decided) = blocking(move || {
+                let mut instance = match instance {
+                    Some(instance) => instance,
+                    None => AggregateInstance::rehydrate(plugin_, &journal, &stream_, u64::MAX)?,
+                };
+                let decided = instance.handle(&command, &payload);
+                Ok((instance, decided))
+            })
+            .await?;
+            let events = match decided {
+                Ok(events) => events,
+                Err(error @ RuntimeError::Trap { .. }) => return Err(error),
+                Err(error) => {
+                    *live = Some(instance);
+                    return Err(error);
+                }
+            };
+            if events.is_empty() {
+                let state = blocking(move || {
+                    let state = instance.state();
+                    Ok((state, instance))
+                })
+                .await?;
+                let (state, instance) = state;
+                let version = instance.version;
+                *live = Some(instance);
+                return Ok(CommandOutcome {
+                    version,
+                    events: Vec::new(),
+                    state: state?,
+                });
+            }
+            let expected = match instance.version {
+                0 => ExpectedVersion::NoStream,
+                v => ExpectedVersion::Exact(v),
+            };
+            let count = events.len();
+            match self.journal.append(&stream, expected, events).await {
+                Ok(appended) => {
+                    let journal = self.journal.clone();
+                    let stream_ = stream.clone();
+                    let (instance, outcome) = blocking(move || {
+                        let stored =
+                            journal.read_stream(&stream_, appended.first_version, count)?;
+                        instance.apply(&stored)?;
+                        let state = instance.state()?;
+                        Ok((
+                            instance,
+                            CommandOutcome {
+                                version: appended.last_version,
+                                events: stored,
+                                state,
+                            },
+                        ))
+                    })
+                    .await?;
+                    self.maybe_snapshot(instance, &mut live).await;
+                    metrics::histogram!("foldhost_command_seconds", "plugin" => plugin.name().to_owned())
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(outcome);
+                }
+                Err(JournalError::Conflict { .. }) => {
+                    // Someone else appended: fold their events, decide again.
+                    let journal = self.journal.clone();
+                    let instance = blocking(move || {
+                        instance.catch_up(&journal, u64::MAX)?;
+                        Ok(instance)
+                    })
+                    .await?;
+                    *live = Some(instance);
+                }
+                Err(error) => {
+                    *live = Some(instance);
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(RuntimeError::TooManyConflicts(stream))
+    }
+
+    /// The current state of aggregate `id`, or its state at `at_version`
+    /// (rebuilt from the nearest snapshot at or below it).
+    pub async fn state(
+        &self,
+        plugin: &Arc<Plugin>,
+        id: &str,
+        at_version: Option<u64>,
+    ) -> Result<(u64, serde_json::Value), RuntimeError> {
+        expect_aggregate(plugin)?;
+        let stream = stream_name(plugin.name(), id);
+        let journal = self.journal.clone();
+        if let Some(at) = at_version {
+            let plugin = plugin.clone();
+            return blocking(move || {
+                let head = journal.stream_version(&stream)?.unwrap_or(0);
+                if head == 0 {
+                    return Err(RuntimeError::NoSuchStream(stream));
+                }
+                let mut instance = AggregateInstance::rehydrate(plugin, &journal, &stream, at)?;
+                Ok((instance.version, instance.state()?))
+            })
+            .await;
+        }
+        let slot = self.slot(plugin, &stream);
+        let mut live = slot.lock().await;
+        let instance = live.take();
+        let (plugin, stream_) = (plugin.clone(), stream.clone());
+        let (instance, version, state) = blocking(move || {
+            let stream = stream_;
+            let mut instance = match instance {
+                Some(mut instance) => {
+                    // Pick up events appended directly to the stream.
+                    instance.catch_up(&journal, u64::MAX)?;
+                    instance
+                }
+                None => AggregateInstance::rehydrate(plugin, &journal, &stream, u64::MAX)?,
+            };
+            let state = instance.state()?;
+            let version = instance.version;
+            Ok((instance, version, state))
+        })
+        .await?;
+        *live = Some(instance);
+        if version == 0 {
+            return Err(RuntimeError::NoSuchStream(stream));
+        }
+        Ok((version, state))
+    }
+
+    /// Drops every cached state of `plugin_hash` (after an unload or a swap).
+    pub fn evict_plugin(&self, plugin_hash: &str) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        let stale: Vec<_> = cache
+            .iter()
+            .filter(|((hash, _), _)| hash == plugin_hash)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            cache.pop(&key);
+        }
+    }
+
+    fn slot(&self, plugin: &Plugin, stream: &str) -> Slot {
+        let key = (plugin.hash.clone(), stream.to_owned());
+        let mut cache = self.cache.lock().expect("cache lock");
+        if let Some(slot) = cache.get(&key) {
+            metrics::counter!("foldhost_aggregate_cache_hits_total").increment(1);
+            return slot.clone();
+        }
+        metrics::counter!("foldhost_aggregate_cache_misses_total").increment(1);
+        let slot = Slot::default();
+        cache.put(key, slot.clone());
+        slot
+    }
+
+    /// Stores a snapshot when enough events were folded since the last one.
+    /// The write rides along with the next group commit.
+    async fn maybe_snapshot(
+        &self,
+        instance: AggregateInstance,
+        live: &mut Option<AggregateInstance>,
+    ) {
+        if instance.version < instance.snapshot_version + self.config.snapshot_every {
+            *live = Some(instance);
+            return;
+        }
+        let snapshotted = blocking(move || {
+            let mut instance = instance;
+            let bytes = instance.snapshot();
+            Ok((instance, bytes))
+        })
+        .await;
+        let Ok((mut instance, bytes)) = snapshotted else {
+            return;
+        };
+        match bytes {
+            Ok(bytes) => {
+                let (journal, hash, version) = (
+                    self.journal.clone(),
+                    instance.plugin().hash.clone(),
+                    instance.version,
+                );
+                let stream = instance.stream().to_owned();
+                instance.snapshot_version = version;
+                tokio::spawn(async move {
+                    if let Err(error) = journal.put_snapshot(&hash, &stream, version, bytes).await {
+                        tracing::warn!(%error, %stream, version, "could not store snapshot");
+                    }
+                });
+                *live = Some(instance);
+            }
+            Err(error) => tracing::warn!(%error, "snapshot failed; state dropped"),
+        }
+    }
+}
+
+fn expect_aggregate(plugin: &Plugin) -> Result<(), RuntimeError> {
+    if plugin.kind() == PluginKind::Aggregate {
+        Ok(())
+    } else {
+        Err(RuntimeError::WrongKind {
+            plugin: plugin.name().to_owned(),
+            expected: "aggregate",
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! The plugin runtime: loads WebAssembly components behind the WIT contract
+//! and runs them confined — one store per instance, a memory cap, a deadline
+//! per call — as aggregates (per-stream write side) and projections (folds
+//! over the global log).
+
+mod aggregate;
+mod bindings;
+mod commands;
+mod engine;
+mod error;
+mod plugin;
+mod projection;
+mod registry;
+mod sandbox;
+
+pub use aggregate::{AggregateInstance, REPLAY_BATCH};
+pub use commands::{AggregateConfig, Aggregates, CommandOutcome, stream_name};
+pub use engine::{Limits, PluginEngine};
+pub use error::RuntimeError;
+pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
+pub use projection::{CheckpointPolicy, ProjectionInstance, ProjectionRunner, ProjectionStatus};
+pub use registry::{PluginInfo, Runtime, RuntimeConfig};
+
+/// Runs plugin calls and journal reads on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+}

@@ -1,0 +1,301 @@
+//! Loading a plugin: compile, check it against the contract, trial-instantiate.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::bindings::aggregate::{AggregatePlugin, AggregatePluginPre};
+use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
+use super::bindings::{PluginData, types};
+use super::engine::PluginEngine;
+use super::error::RuntimeError;
+use super::sandbox::{guarded, new_store};
+
+/// The contract version this host implements; guests must be semver-compatible.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Which world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    Aggregate,
+    Projection,
+}
+
+/// What a plugin says about itself (its `describe` export).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Description {
+    pub name: String,
+    pub kind: PluginKind,
+    pub plugin_version: String,
+    pub state_schema: u32,
+}
+
+/// The events a projection wants; empty lists mean "everything".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub event_types: Vec<String>,
+    pub categories: Vec<String>,
+}
+
+impl Subscription {
+    /// Whether an event of `event_type` in `stream` belongs to this subscription.
+    pub fn wants(&self, stream: &str, event_type: &str) -> bool {
+        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+            && (self.categories.is_empty()
+                || self
+                    .categories
+                    .iter()
+                    .any(|c| crate::journal::in_category(stream, c)))
+    }
+}
+
+/// A validated plugin, ready to instantiate.
+pub struct Plugin {
+    pub description: Description,
+    /// Hex SHA-256 of the component bytes: the key of its snapshots and checkpoints.
+    pub hash: String,
+    /// Only for projections.
+    pub subscription: Subscription,
+    engine: PluginEngine,
+    pre: Pre,
+}
+
+enum Pre {
+    Aggregate(AggregatePluginPre<PluginData>),
+    Projection(ProjectionPluginPre<PluginData>),
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("description", &self.description)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Compiles and validates a component. `origin` (a file name, an upload)
+    /// names the plugin in errors until its own name is known.
+    pub fn load(
+        engine: &PluginEngine,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Arc<Plugin>, RuntimeError> {
+        let invalid = |message: String| RuntimeError::InvalidPlugin {
+            origin: origin.to_owned(),
+            message,
+        };
+        let (component, hash) = engine
+            .compile(bytes)
+            .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
+        let kind = world_of(engine, &component).map_err(invalid)?;
+        let pre = match kind {
+            PluginKind::Aggregate => {
+                let mut linker = Linker::new(engine.engine());
+                AggregatePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |d| d)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                let pre = linker.instantiate_pre(&component).map_err(|e| {
+                    invalid(format!(
+                        "imports something foldhost does not provide: {e:#}"
+                    ))
+                })?;
+                Pre::Aggregate(AggregatePluginPre::new(pre).map_err(|e| {
+                    invalid(format!("does not match the aggregate contract: {e:#}"))
+                })?)
+            }
+            PluginKind::Projection => {
+                let mut linker = Linker::new(engine.engine());
+                ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |d| d)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                let pre = linker.instantiate_pre(&component).map_err(|e| {
+                    invalid(format!(
+                        "imports something foldhost does not provide: {e:#}"
+                    ))
+                })?;
+                Pre::Projection(ProjectionPluginPre::new(pre).map_err(|e| {
+                    invalid(format!("does not match the projection contract: {e:#}"))
+                })?)
+            }
+        };
+        let mut plugin = Plugin {
+            description: Description {
+                name: origin.to_owned(),
+                kind,
+                plugin_version: String::new(),
+                state_schema: 0,
+            },
+            hash,
+            subscription: Subscription::default(),
+            engine: engine.clone(),
+            pre,
+        };
+        // Trial-instantiate: a changed signature at the same contract version
+        // passes pre-instantiation and only fails here.
+        let (description, subscription) =
+            plugin.introspect().map_err(|e| invalid(e.to_string()))?;
+        if description.kind != kind {
+            return Err(invalid(format!(
+                "describe() says {:?} but the component implements the {kind:?} world",
+                description.kind
+            )));
+        }
+        validate_name(&description.name).map_err(invalid)?;
+        plugin.description = description;
+        plugin.subscription = subscription;
+        Ok(Arc::new(plugin))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.description.name
+    }
+
+    pub fn kind(&self) -> PluginKind {
+        self.description.kind
+    }
+
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// A new, isolated aggregate instance (fresh store).
+    pub fn instantiate_aggregate(
+        &self,
+    ) -> Result<(Store<PluginData>, AggregatePlugin), RuntimeError> {
+        let Pre::Aggregate(pre) = &self.pre else {
+            return Err(RuntimeError::WrongKind {
+                plugin: self.name().to_owned(),
+                expected: "aggregate",
+            });
+        };
+        let mut store = new_store(&self.engine, self.name());
+        let bindings = guarded(
+            &mut store,
+            &self.engine,
+            || "instantiating".into(),
+            |s| pre.instantiate(s),
+        )?;
+        Ok((store, bindings))
+    }
+
+    /// A new, isolated projection instance (fresh store).
+    pub fn instantiate_projection(
+        &self,
+    ) -> Result<(Store<PluginData>, ProjectionPlugin), RuntimeError> {
+        let Pre::Projection(pre) = &self.pre else {
+            return Err(RuntimeError::WrongKind {
+                plugin: self.name().to_owned(),
+                expected: "projection",
+            });
+        };
+        let mut store = new_store(&self.engine, self.name());
+        let bindings = guarded(
+            &mut store,
+            &self.engine,
+            || "instantiating".into(),
+            |s| pre.instantiate(s),
+        )?;
+        Ok((store, bindings))
+    }
+
+    fn introspect(&self) -> Result<(Description, Subscription), RuntimeError> {
+        let context = || "describing itself".to_owned();
+        match &self.pre {
+            Pre::Aggregate(_) => {
+                let (mut store, bindings) = self.instantiate_aggregate()?;
+                let guest = bindings.foldhost_plugin_aggregate();
+                let description = guarded(&mut store, &self.engine, context, |s| {
+                    guest.call_describe(s)
+                })?;
+                Ok((description.into(), Subscription::default()))
+            }
+            Pre::Projection(_) => {
+                let (mut store, bindings) = self.instantiate_projection()?;
+                let guest = bindings.foldhost_plugin_projection();
+                let description = guarded(&mut store, &self.engine, context, |s| {
+                    guest.call_describe(s)
+                })?;
+                let subscription = guarded(&mut store, &self.engine, context, |s| {
+                    guest.call_subscription(s)
+                })?;
+                Ok((
+                    description.into(),
+                    Subscription {
+                        event_types: subscription.event_types,
+                        categories: subscription.categories,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+impl From<types::Description> for Description {
+    fn from(d: types::Description) -> Self {
+        Self {
+            name: d.name,
+            kind: match d.kind {
+                types::PluginKind::Aggregate => PluginKind::Aggregate,
+                types::PluginKind::Projection => PluginKind::Projection,
+            },
+            plugin_version: d.plugin_version,
+            state_schema: d.state_schema,
+        }
+    }
+}
+
+/// Finds which world a component implements from its exported interface names,
+/// checking the contract version is compatible with [`CONTRACT_VERSION`].
+fn world_of(engine: &PluginEngine, component: &Component) -> Result<PluginKind, String> {
+    let host = semver::Version::parse(CONTRACT_VERSION).expect("valid contract version");
+    let wanted = semver::VersionReq::parse(&format!("^{host}")).expect("valid requirement");
+    let mut exports = Vec::new();
+    for (name, _) in component.component_type().exports(engine.engine()) {
+        exports.push(name.to_owned());
+        let Some((interface, version)) = name.split_once('@') else {
+            continue;
+        };
+        let kind = match interface {
+            "foldhost:plugin/aggregate" => PluginKind::Aggregate,
+            "foldhost:plugin/projection" => PluginKind::Projection,
+            _ => continue,
+        };
+        let version = semver::Version::parse(version)
+            .map_err(|e| format!("export {name} has a malformed version: {e}"))?;
+        if !wanted.matches(&version) {
+            return Err(format!(
+                "built against contract foldhost:plugin@{version}, but this host implements \
+                 foldhost:plugin@{host} (compatible: {wanted}); rebuild the plugin with a matching SDK"
+            ));
+        }
+        return Ok(kind);
+    }
+    Err(format!(
+        "exports neither foldhost:plugin/aggregate nor foldhost:plugin/projection \
+         (it exports: {})",
+        if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        }
+    ))
+}
+
+/// Plugin names become stream categories and URL segments: keep them tame.
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "plugin name {name:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"
+        ))
+    }
+}

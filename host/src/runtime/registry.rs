@@ -1,0 +1,348 @@
+//! The set of loaded plugins, by name, and how a new version replaces an old one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::commands::{AggregateConfig, Aggregates, CommandOutcome};
+use super::engine::{Limits, PluginEngine};
+use super::error::RuntimeError;
+use super::plugin::{Plugin, PluginKind};
+use super::projection::{CheckpointPolicy, ProjectionRunner, ProjectionStatus};
+use crate::journal::Journal;
+
+/// Everything the runtime is tuned by.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    pub aggregates: AggregateConfig,
+    pub checkpoints: CheckpointPolicy,
+    /// Where compiled components are cached (none: compile every load).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// A loaded plugin as `GET /plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub kind: PluginKind,
+    pub hash: String,
+    pub version: String,
+    pub state_schema: u32,
+    /// `live` for aggregates; the projection's status otherwise.
+    pub status: ProjectionStatus,
+    /// A newer version still catching up before it takes over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<PluginInfo>>,
+    /// Why the last attempt to replace this plugin failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+enum Entry {
+    Aggregate(Arc<Plugin>),
+    Projection {
+        active: Arc<ProjectionRunner>,
+        pending: Option<Arc<ProjectionRunner>>,
+    },
+}
+
+#[derive(Default)]
+struct Slot {
+    entry: Option<Entry>,
+    last_error: Option<String>,
+}
+
+/// Loaded plugins plus the services that run them.
+pub struct Runtime {
+    engine: PluginEngine,
+    journal: Journal,
+    aggregates: Aggregates,
+    checkpoints: CheckpointPolicy,
+    plugins: RwLock<BTreeMap<String, Slot>>,
+}
+
+impl Runtime {
+    pub fn new(journal: Journal, config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
+        let engine = PluginEngine::new(config.limits, config.cache_dir)?;
+        Ok(Arc::new(Self {
+            aggregates: Aggregates::new(journal.clone(), config.aggregates),
+            engine,
+            journal,
+            checkpoints: config.checkpoints,
+            plugins: RwLock::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// Validates and installs a plugin (compilation runs on the blocking pool).
+    ///
+    /// A new aggregate version takes effect for the next command; commands in
+    /// flight finish on the old one. A new projection version catches up in the
+    /// background while the old one keeps answering, and takes over once it
+    /// reaches the head; if it fails first, the old one stays.
+    pub async fn load(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        origin: &str,
+    ) -> Result<PluginInfo, RuntimeError> {
+        let engine = self.engine.clone();
+        let origin_ = origin.to_owned();
+        let plugin = super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await?;
+        self.install(plugin)
+    }
+
+    fn install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
+        let name = plugin.name().to_owned();
+        let mut plugins = self.plugins.write().expect("plugin table lock");
+        let slot = plugins.entry(name.clone()).or_default();
+        let unchanged = match &slot.entry {
+            Some(Entry::Aggregate(old)) => old.hash == plugin.hash,
+            Some(Entry::Projection { active, pending }) => {
+                active.plugin().hash == plugin.hash
+                    || pending
+                        .as_ref()
+                        .is_some_and(|p| p.plugin().hash == plugin.hash)
+            }
+            None => false,
+        };
+        if !unchanged {
+            tracing::info!(plugin = %name, hash = %plugin.hash, kind = ?plugin.kind(), "loading plugin");
+            slot.last_error = None;
+            match (plugin.kind(), slot.entry.take()) {
+                (PluginKind::Aggregate, old) => {
+                    if let Some(Entry::Aggregate(old)) = &old {
+                        self.aggregates.evict_plugin(&old.hash);
+                    }
+                    slot.entry = Some(Entry::Aggregate(plugin));
+                }
+                (PluginKind::Projection, Some(Entry::Projection { active, .. })) => {
+                    let pending = Arc::new(self.start_projection(plugin));
+                    self.promote_when_live(&name, pending.clone());
+                    slot.entry = Some(Entry::Projection {
+                        active,
+                        pending: Some(pending),
+                    });
+                }
+                (PluginKind::Projection, _) => {
+                    let active = Arc::new(self.start_projection(plugin));
+                    slot.entry = Some(Entry::Projection {
+                        active,
+                        pending: None,
+                    });
+                }
+            }
+        }
+        Ok(info(slot).expect("slot was just filled"))
+    }
+
+    /// Stops and forgets plugin `name`. Its snapshots and checkpoints stay in
+    /// the journal (a later load of the same build resumes from them) unless
+    /// `drop_data` is set.
+    pub async fn unload(&self, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
+        let slot = self
+            .plugins
+            .write()
+            .expect("plugin table lock")
+            .remove(name)
+            .and_then(|s| s.entry)
+            .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))?;
+        let hashes = match slot {
+            Entry::Aggregate(plugin) => {
+                self.aggregates.evict_plugin(&plugin.hash);
+                vec![plugin.hash.clone()]
+            }
+            Entry::Projection { active, pending } => {
+                active.stop().await;
+                let mut hashes = vec![active.plugin().hash.clone()];
+                if let Some(pending) = pending {
+                    pending.stop().await;
+                    hashes.push(pending.plugin().hash.clone());
+                }
+                hashes
+            }
+        };
+        tracing::info!(plugin = %name, drop_data, "unloaded plugin");
+        if drop_data {
+            for hash in hashes {
+                self.journal.delete_plugin_data(&hash).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every projection and forgets every plugin, so that the journal
+    /// can be closed. Checkpoints stay.
+    pub async fn shutdown(&self) {
+        let slots = std::mem::take(&mut *self.plugins.write().expect("plugin table lock"));
+        for slot in slots.into_values() {
+            if let Some(Entry::Projection { active, pending }) = slot.entry {
+                active.stop().await;
+                if let Some(pending) = pending {
+                    pending.stop().await;
+                }
+            }
+        }
+    }
+
+    /// Every loaded plugin, by name.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let plugins = self.plugins.read().expect("plugin table lock");
+        plugins.values().filter_map(info).collect()
+    }
+
+    /// One plugin's info.
+    pub fn info(&self, name: &str) -> Result<PluginInfo, RuntimeError> {
+        let plugins = self.plugins.read().expect("plugin table lock");
+        plugins
+            .get(name)
+            .and_then(info)
+            .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))
+    }
+
+    /// The current version of aggregate plugin `name`.
+    pub fn aggregate(&self, name: &str) -> Result<Arc<Plugin>, RuntimeError> {
+        let plugins = self.plugins.read().expect("plugin table lock");
+        match plugins.get(name).and_then(|s| s.entry.as_ref()) {
+            Some(Entry::Aggregate(plugin)) => Ok(plugin.clone()),
+            Some(Entry::Projection { .. }) => Err(RuntimeError::WrongKind {
+                plugin: name.to_owned(),
+                expected: "aggregate",
+            }),
+            None => Err(RuntimeError::UnknownPlugin(name.to_owned())),
+        }
+    }
+
+    /// The projection currently answering for `name`.
+    pub fn projection(&self, name: &str) -> Result<Arc<ProjectionRunner>, RuntimeError> {
+        let plugins = self.plugins.read().expect("plugin table lock");
+        match plugins.get(name).and_then(|s| s.entry.as_ref()) {
+            Some(Entry::Projection { active, .. }) => Ok(active.clone()),
+            Some(Entry::Aggregate(_)) => Err(RuntimeError::WrongKind {
+                plugin: name.to_owned(),
+                expected: "projection",
+            }),
+            None => Err(RuntimeError::UnknownPlugin(name.to_owned())),
+        }
+    }
+
+    /// Runs a command on aggregate `id` of plugin `name`.
+    pub async fn execute(
+        &self,
+        name: &str,
+        id: &str,
+        command_type: &str,
+        data: Vec<u8>,
+    ) -> Result<CommandOutcome, RuntimeError> {
+        let plugin = self.aggregate(name)?;
+        self.aggregates
+            .execute(&plugin, id, command_type, data)
+            .await
+    }
+
+    /// The state of aggregate `id` of plugin `name`, now or at a past version.
+    pub async fn aggregate_state(
+        &self,
+        name: &str,
+        id: &str,
+        at_version: Option<u64>,
+    ) -> Result<(u64, serde_json::Value), RuntimeError> {
+        let plugin = self.aggregate(name)?;
+        self.aggregates.state(&plugin, id, at_version).await
+    }
+
+    fn start_projection(&self, plugin: Arc<Plugin>) -> ProjectionRunner {
+        ProjectionRunner::start(plugin, self.journal.clone(), self.checkpoints.clone())
+    }
+
+    /// Swaps `pending` in for the active version of `name` once it is live;
+    /// records the reason and keeps the old version if it fails first.
+    fn promote_when_live(self: &Arc<Self>, name: &str, pending: Arc<ProjectionRunner>) {
+        let runtime = Arc::downgrade(self);
+        let name = name.to_owned();
+        let mut status = pending.watch_status();
+        tokio::spawn(async move {
+            let outcome = status
+                .wait_for(|s| {
+                    matches!(
+                        s,
+                        ProjectionStatus::Live { .. } | ProjectionStatus::Failed { .. }
+                    )
+                })
+                .await
+                .map(|s| s.clone());
+            let Some(runtime) = runtime.upgrade() else {
+                return;
+            };
+            let mut plugins = runtime.plugins.write().expect("plugin table lock");
+            let Some(slot) = plugins.get_mut(&name) else {
+                return;
+            };
+            let Some(Entry::Projection {
+                active,
+                pending: Some(current),
+            }) = &mut slot.entry
+            else {
+                return;
+            };
+            if !Arc::ptr_eq(current, &pending) {
+                return; // superseded by an even newer version
+            }
+            match outcome {
+                Ok(ProjectionStatus::Live { .. }) => {
+                    tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
+                    let old = std::mem::replace(active, pending);
+                    tokio::spawn(async move { old.stop().await });
+                    slot.entry = match slot.entry.take() {
+                        Some(Entry::Projection { active, .. }) => Some(Entry::Projection {
+                            active,
+                            pending: None,
+                        }),
+                        other => other,
+                    };
+                }
+                Ok(ProjectionStatus::Failed { reason, .. }) => {
+                    tracing::error!(plugin = %name, %reason, "new projection version failed; keeping the old one");
+                    slot.last_error = Some(reason);
+                    if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
+                        *pending = None;
+                    }
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+fn info(slot: &Slot) -> Option<PluginInfo> {
+    let describe = |plugin: &Plugin, status: ProjectionStatus| PluginInfo {
+        name: plugin.name().to_owned(),
+        kind: plugin.kind(),
+        hash: plugin.hash.clone(),
+        version: plugin.description.plugin_version.clone(),
+        state_schema: plugin.description.state_schema,
+        status,
+        pending: None,
+        last_error: None,
+    };
+    let mut info = match slot.entry.as_ref()? {
+        Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Live { position: 0 }),
+        Entry::Projection { active, pending } => {
+            let mut info = describe(active.plugin(), active.status());
+            info.pending = pending
+                .as_ref()
+                .map(|p| Box::new(describe(p.plugin(), p.status())));
+            info
+        }
+    };
+    info.last_error = slot.last_error.clone();
+    Some(info)
+}
