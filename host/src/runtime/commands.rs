@@ -95,7 +95,12 @@ impl Aggregates {
             let (command, payload) = (command_type.clone(), data.clone());
             let (mut instance, decided) = blocking(move || {
                 let mut instance = match instance {
-                    Some(instance) => instance,
+                    // Another writer (a direct append, another host) may have
+                    // moved the stream on: decide against the latest state.
+                    Some(mut instance) => {
+                        instance.catch_up(&journal, u64::MAX)?;
+                        instance
+                    }
                     None => AggregateInstance::rehydrate(plugin_, &journal, &stream_, u64::MAX)?,
                 };
                 let decided = instance.handle(&command, &payload);

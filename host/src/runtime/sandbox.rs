@@ -46,7 +46,9 @@ pub fn guarded<R>(
     })
 }
 
+/// A one-line reason; the wasm backtrace goes to the debug log.
 fn describe_trap(error: &wasmtime::Error, engine: &PluginEngine) -> String {
+    tracing::debug!(target: "plugin", "trap: {error:?}");
     let limits = engine.limits();
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
@@ -59,13 +61,20 @@ fn describe_trap(error: &wasmtime::Error, engine: &PluginEngine) -> String {
                 limits.max_stack >> 10
             )
         }
+        // Rust guests keep their stack in linear memory: running off its end
+        // is how unbounded recursion shows up.
+        Some(Trap::MemoryOutOfBounds) => {
+            "accessed memory out of bounds (typically its stack overflowed)".to_owned()
+        }
         Some(Trap::UnreachableCodeReached) => {
             "panicked or aborted (unreachable instruction)".to_owned()
         }
-        _ if format!("{error:?}").contains("memory") => format!(
-            "exceeded its memory limit of {} MiB: {error:#}",
-            limits.max_memory >> 20
+        Some(trap) => trap.to_string(),
+        None if error.root_cause().to_string().contains("growing memory") => format!(
+            "exceeded its memory limit of {} MiB ({})",
+            limits.max_memory >> 20,
+            error.root_cause()
         ),
-        _ => format!("{error:#}"),
+        None => error.root_cause().to_string(),
     }
 }

@@ -1,0 +1,571 @@
+//! The plugin runtime end to end, with the real example and hostile plugins
+//! built from `plugins/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
+use foldhost::runtime::{
+    AggregateConfig, AggregateInstance, CheckpointPolicy, Plugin, ProjectionStatus, Runtime,
+    RuntimeConfig, RuntimeError,
+};
+use serde_json::{Value, json};
+
+struct Host {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    runtime: Arc<Runtime>,
+}
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        aggregates: AggregateConfig {
+            snapshot_every: 10,
+            ..AggregateConfig::default()
+        },
+        checkpoints: CheckpointPolicy {
+            every_events: 50,
+            every: Duration::from_millis(200),
+        },
+        ..RuntimeConfig::default()
+    }
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let runtime = open(&path);
+        Self {
+            _dir: dir,
+            path,
+            runtime,
+        }
+    }
+
+    /// Shuts the runtime and journal down, then opens both again on the same file.
+    async fn restart(self) -> Self {
+        self.runtime.shutdown().await;
+        drop(self.runtime);
+        // The journal closes when its last handle goes; a snapshot write still
+        // in flight may hold one for a moment.
+        for _ in 0..100 {
+            match Journal::open(&self.path, JournalConfig::default()) {
+                Ok(journal) => {
+                    return Self {
+                        runtime: Runtime::new(journal, config()).unwrap(),
+                        ..self
+                    };
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("the journal was not released after shutdown");
+    }
+
+    async fn load(&self, name: &str) {
+        let bytes = std::fs::read(foldhost_plugins::path(name)).unwrap();
+        self.runtime.load(bytes, name).await.unwrap();
+    }
+
+    async fn command(
+        &self,
+        plugin: &str,
+        id: &str,
+        command: &str,
+        data: Value,
+    ) -> Result<Value, RuntimeError> {
+        let outcome = self
+            .runtime
+            .execute(plugin, id, command, serde_json::to_vec(&data).unwrap())
+            .await?;
+        Ok(outcome.state)
+    }
+}
+
+fn open(path: &std::path::Path) -> Arc<Runtime> {
+    let journal = Journal::open(path, JournalConfig::default()).unwrap();
+    Runtime::new(journal, config()).unwrap()
+}
+
+fn balance(state: &Value) -> i64 {
+    state["balance"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no balance in {state}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_decide_events_and_rejections_explain_why() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    let opened = host
+        .command("bank-account", "alice", "Open", json!({"owner": "Alice"}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&opened), 0);
+    let state = host
+        .command("bank-account", "alice", "Deposit", json!({"amount": 100}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 100);
+    let state = host
+        .command("bank-account", "alice", "Withdraw", json!({"amount": 30}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 70);
+
+    let overdraft = host
+        .command("bank-account", "alice", "Withdraw", json!({"amount": 71}))
+        .await;
+    assert!(
+        matches!(overdraft, Err(RuntimeError::Rejected { .. })),
+        "{overdraft:?}"
+    );
+    let twice = host
+        .command("bank-account", "alice", "Open", json!({"owner": "Alice"}))
+        .await;
+    assert!(
+        matches!(twice, Err(RuntimeError::Rejected { .. })),
+        "{twice:?}"
+    );
+    let nonsense = host
+        .command(
+            "bank-account",
+            "alice",
+            "Deposit",
+            json!({"amount": "lots"}),
+        )
+        .await;
+    assert!(
+        matches!(nonsense, Err(RuntimeError::InvalidCommand { .. })),
+        "{nonsense:?}"
+    );
+    let unknown = host.command("no-such-plugin", "x", "Open", json!({})).await;
+    assert!(
+        matches!(unknown, Err(RuntimeError::UnknownPlugin(_))),
+        "{unknown:?}"
+    );
+
+    // Rejections appended nothing: three events in the stream.
+    let journal = host.runtime.journal();
+    assert_eq!(
+        journal.stream_version("bank-account-alice").unwrap(),
+        Some(3)
+    );
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "alice", None)
+        .await
+        .unwrap();
+    assert_eq!((version, balance(&state)), (3, 70));
+    // Time travel: after the deposit only.
+    let (version, past) = host
+        .runtime
+        .aggregate_state("bank-account", "alice", Some(2))
+        .await
+        .unwrap();
+    assert_eq!((version, balance(&past)), (2, 100));
+
+    host.command("bank-account", "alice", "Withdraw", json!({"amount": 70}))
+        .await
+        .unwrap();
+    host.command("bank-account", "alice", "Close", Value::Null)
+        .await
+        .unwrap();
+    let after_close = host
+        .command("bank-account", "alice", "Deposit", json!({"amount": 1}))
+        .await;
+    assert!(
+        matches!(after_close, Err(RuntimeError::Rejected { .. })),
+        "{after_close:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    host.load("shopping-cart").await;
+    host.command("bank-account", "bob", "Open", json!({"owner": "Bob"}))
+        .await
+        .unwrap();
+    for amount in 1..=25 {
+        host.command("bank-account", "bob", "Deposit", json!({"amount": amount}))
+            .await
+            .unwrap();
+    }
+    host.command(
+        "shopping-cart",
+        "c1",
+        "AddItem",
+        json!({"sku": "apple", "qty": 3, "price_cents": 50}),
+    )
+    .await
+    .unwrap();
+    let before = host
+        .runtime
+        .aggregate_state("bank-account", "bob", None)
+        .await
+        .unwrap();
+    let cart_before = host
+        .runtime
+        .aggregate_state("shopping-cart", "c1", None)
+        .await
+        .unwrap();
+
+    let host = host.restart().await;
+    host.load("bank-account").await;
+    host.load("shopping-cart").await;
+    let after = host
+        .runtime
+        .aggregate_state("bank-account", "bob", None)
+        .await
+        .unwrap();
+    let cart_after = host
+        .runtime
+        .aggregate_state("shopping-cart", "c1", None)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(balance(&after.1), (1..=25).sum::<i64>());
+    assert_eq!(cart_before, cart_after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_plus_tail_equals_a_full_replay() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    host.command("bank-account", "carol", "Open", json!({"owner": "Carol"}))
+        .await
+        .unwrap();
+    for amount in 1..=34 {
+        host.command(
+            "bank-account",
+            "carol",
+            "Deposit",
+            json!({"amount": amount}),
+        )
+        .await
+        .unwrap();
+    }
+    let plugin = host.runtime.aggregate("bank-account").unwrap();
+    let journal = host.runtime.journal().clone();
+    let stream = "bank-account-carol";
+    // Snapshots are written asynchronously with the next commit; wait for one.
+    let snapshot = wait_for(|| {
+        journal
+            .latest_snapshot(&plugin.hash, stream, u64::MAX)
+            .unwrap()
+    })
+    .await;
+    assert!(
+        snapshot.0 >= 10 && snapshot.0 < 35,
+        "snapshot at {}",
+        snapshot.0
+    );
+
+    let from_snapshot = tokio::task::spawn_blocking({
+        let (plugin, journal) = (plugin.clone(), journal.clone());
+        move || {
+            let mut instance =
+                AggregateInstance::rehydrate(plugin, &journal, stream, u64::MAX).unwrap();
+            assert_eq!(
+                instance.snapshot_version, snapshot.0,
+                "rehydration used the snapshot"
+            );
+            (instance.version, instance.state().unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    let full_replay = tokio::task::spawn_blocking(move || {
+        let mut instance = AggregateInstance::new(plugin, stream, None).unwrap();
+        instance.catch_up(&journal, u64::MAX).unwrap();
+        (instance.version, instance.state().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(from_snapshot, full_replay);
+    assert_eq!(balance(&full_replay.1), (1..=34).sum::<i64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_one_stream_are_serialised() {
+    let host = Arc::new(Host::new());
+    host.load("bank-account").await;
+    host.command("bank-account", "hot", "Open", json!({"owner": "Hot"}))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    host.command("bank-account", "hot", "Deposit", json!({"amount": 1}))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "hot", None)
+        .await
+        .unwrap();
+    assert_eq!((version, balance(&state)), (81, 80));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_append_is_seen_by_the_next_command() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    host.command("bank-account", "dave", "Open", json!({"owner": "Dave"}))
+        .await
+        .unwrap();
+    host.runtime
+        .journal()
+        .append(
+            "bank-account-dave",
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::json("Deposited", &json!({"amount": 40}))],
+        )
+        .await
+        .unwrap();
+    let state = host
+        .command("bank-account", "dave", "Withdraw", json!({"amount": 40}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_and_everything_else_keeps_serving() {
+    let host = Host::new();
+    host.load("hostile").await;
+    host.load("bank-account").await;
+    host.command("bank-account", "eve", "Open", json!({"owner": "Eve"}))
+        .await
+        .unwrap();
+    host.command("hostile", "h", "Ping", Value::Null)
+        .await
+        .unwrap();
+
+    for (command, expect) in [
+        ("Loop", "time limit"),
+        ("Allocate", "memory"),
+        ("Panic", "panicked"),
+        ("Recurse", "stack"),
+    ] {
+        let outcome = host.command("hostile", "h", command, Value::Null).await;
+        match outcome {
+            Err(RuntimeError::Trap {
+                plugin,
+                message,
+                context,
+            }) => {
+                assert_eq!(plugin, "hostile");
+                assert!(context.contains(command), "{context}");
+                assert!(message.contains(expect), "{command}: {message}");
+            }
+            other => panic!("{command} was not contained: {other:?}"),
+        }
+        // The same stream rebuilds on a fresh store; other plugins never noticed.
+        host.command("hostile", "h", "Ping", Value::Null)
+            .await
+            .unwrap();
+        host.command("bank-account", "eve", "Deposit", json!({"amount": 1}))
+            .await
+            .unwrap();
+    }
+    let (_, state) = host
+        .runtime
+        .aggregate_state("bank-account", "eve", None)
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_traps_on_replay_is_reported_with_its_position() {
+    let host = Host::new();
+    host.load("hostile").await;
+    let journal = host.runtime.journal();
+    journal
+        .append(
+            "hostile-p",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Poison", &Value::Null)],
+        )
+        .await
+        .unwrap();
+    let position = journal.head_position();
+    let outcome = host.command("hostile", "p", "Ping", Value::Null).await;
+    match outcome {
+        Err(RuntimeError::Trap { context, .. }) => {
+            assert!(
+                context.contains(&format!("positions {position}..={position}")),
+                "{context}"
+            )
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // Other streams of the same plugin still work.
+    host.command("hostile", "q", "Ping", Value::Null)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_or_broken_plugins_are_refused_with_a_clear_error() {
+    let host = Host::new();
+    let bytes = std::fs::read(foldhost_plugins::path("wrong-contract")).unwrap();
+    let refused = host
+        .runtime
+        .load(bytes, "wrong-contract.wasm")
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("wrong-contract.wasm") && message.contains("0.2.0"),
+        "{message}"
+    );
+
+    let garbage = host
+        .runtime
+        .load(b"\0asm garbage".to_vec(), "garbage.wasm")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(garbage, RuntimeError::InvalidPlugin { .. }),
+        "{garbage:?}"
+    );
+    assert!(garbage.to_string().contains("garbage.wasm"));
+
+    // A core module is not a component.
+    let core = host
+        .runtime
+        .load(b"\0asm\x01\0\0\0".to_vec(), "core.wasm")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(core, RuntimeError::InvalidPlugin { .. }),
+        "{core:?}"
+    );
+    assert!(host.runtime.list().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    for i in 0..20 {
+        let id = format!("acc{i}");
+        host.command("bank-account", &id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+        host.command(
+            "bank-account",
+            &id,
+            "Deposit",
+            json!({"amount": 10 * (i + 1)}),
+        )
+        .await
+        .unwrap();
+    }
+    host.load("bank-analytics").await;
+    let analytics = host.runtime.projection("bank-analytics").unwrap();
+    let head = host.runtime.journal().head_position();
+    wait_until_live_at(&analytics, head).await;
+    let (_, state) = analytics.state().unwrap().unwrap();
+    assert_eq!(state["open_accounts"], json!(20), "{state}");
+    assert_eq!(
+        state["total_balance"],
+        json!((1..=20).map(|i| 10 * i).sum::<i64>()),
+        "{state}"
+    );
+    let top = analytics
+        .query("top", &json!({"n": 3}))
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(top.as_array().map(Vec::len), Some(3), "{top}");
+
+    // Live: a new deposit shows up without any polling on our side.
+    host.command("bank-account", "acc0", "Deposit", json!({"amount": 5}))
+        .await
+        .unwrap();
+    wait_until_live_at(&analytics, head + 1).await;
+    let (_, state) = analytics.state().unwrap().unwrap();
+    assert_eq!(state["total_balance"], json!(2105), "{state}");
+    let replayed_first = analytics.replayed();
+    assert_eq!(replayed_first, head + 1);
+    // Let the quiet-period checkpoint land, then restart.
+    let hash = analytics.plugin().hash.clone();
+    wait_for(|| {
+        host.runtime
+            .journal()
+            .checkpoint(&hash)
+            .unwrap()
+            .filter(|(p, _)| *p == head + 1)
+    })
+    .await;
+    drop(analytics);
+
+    let host = host.restart().await;
+    host.load("bank-account").await;
+    host.command("bank-account", "acc1", "Deposit", json!({"amount": 1}))
+        .await
+        .unwrap();
+    host.load("bank-analytics").await;
+    let analytics = host.runtime.projection("bank-analytics").unwrap();
+    wait_until_live_at(&analytics, head + 2).await;
+    assert_eq!(
+        analytics.replayed(),
+        1,
+        "resumed from the checkpoint, not from position 1"
+    );
+    let (_, state) = analytics.state().unwrap().unwrap();
+    assert_eq!(state["total_balance"], json!(2106), "{state}");
+}
+
+async fn wait_until_live_at(runner: &foldhost::runtime::ProjectionRunner, position: u64) {
+    let mut status = runner.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| match s {
+            ProjectionStatus::Live { position: p } => *p >= position,
+            ProjectionStatus::Failed { reason, .. } => panic!("projection failed: {reason}"),
+            _ => false,
+        }),
+    )
+    .await
+    .expect("projection reached the position in time")
+    .unwrap();
+}
+
+/// Polls `probe` until it yields a value (a failure guard, not a timing assertion).
+async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(value) = probe() {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 30 s");
+}
+
+#[test]
+fn plugin_describes_itself() {
+    let engine = foldhost::runtime::PluginEngine::new(Default::default(), None).unwrap();
+    let bytes = std::fs::read(foldhost_plugins::path("bank-analytics")).unwrap();
+    let plugin = Plugin::load(&engine, &bytes, "bank-analytics.wasm").unwrap();
+    assert_eq!(plugin.name(), "bank-analytics");
+    assert_eq!(
+        plugin.subscription.categories,
+        vec!["bank-account".to_owned()]
+    );
+}
