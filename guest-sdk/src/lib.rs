@@ -1,1 +1,138 @@
-//! The foldhost guest SDK.
+//! Write foldhost plugins — aggregates and projections — as ordinary Rust crates.
+//!
+//! A plugin is a WebAssembly component implementing one world of the contract
+//! `wit/foldhost.wit` (`foldhost:plugin@0.1.0`). This crate hides the WIT
+//! plumbing: implement [`Aggregate`] or [`Projection`] for your state type and
+//! invoke [`export_aggregate!`] or [`export_projection!`] once.
+//!
+//! # An aggregate
+//!
+//! ```
+//! use foldhost_guest::{Aggregate, Rejection, export_aggregate};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! pub struct Counter {
+//!     value: u64,
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub enum CounterEvent {
+//!     Added { by: u64 },
+//!     Reset,
+//! }
+//!
+//! #[derive(Deserialize)]
+//! pub enum CounterCommand {
+//!     Add { by: u64 },
+//!     Reset,
+//! }
+//!
+//! impl Aggregate for Counter {
+//!     const NAME: &'static str = "counter";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     type Event = CounterEvent;
+//!     type Command = CounterCommand;
+//!
+//!     fn apply(&mut self, event: CounterEvent) {
+//!         match event {
+//!             CounterEvent::Added { by } => self.value = self.value.saturating_add(by),
+//!             CounterEvent::Reset => self.value = 0,
+//!         }
+//!     }
+//!
+//!     fn handle(&self, command: CounterCommand) -> Result<Vec<CounterEvent>, Rejection> {
+//!         match command {
+//!             CounterCommand::Add { by: 0 } => Err(Rejection::new("nothing to add")),
+//!             CounterCommand::Add { by } => Ok(vec![CounterEvent::Added { by }]),
+//!             CounterCommand::Reset => Ok(vec![CounterEvent::Reset]),
+//!         }
+//!     }
+//! }
+//!
+//! export_aggregate!(Counter);
+//! ```
+//!
+//! Events and commands are enums in serde's default (externally tagged)
+//! representation: variant name = type, payload = JSON data, renames respected
+//! (see [`codec`]). The host sends a command as `("Add", br#"{"by":2}"#)`; a
+//! decoding failure answers `command-error::invalid` with serde's message, a
+//! [`Rejection`] answers `command-error::rejected`. Stored events, JSON or
+//! binary (postcard payloads), are decoded the same way; an undecodable event
+//! makes `apply` return an error naming its position and type, and leaves the
+//! state untouched. Snapshots are the postcard encoding of the state,
+//! `init(None)` starts from `Default`.
+//!
+//! A [`Projection`] works alike, with a [`Subscription`], an [`EventMeta`] for
+//! every event and named JSON queries.
+//!
+//! Write log lines with the [`log`] macros. A panic traps the instance; its
+//! message is logged at error level first.
+//!
+//! # Building a plugin
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]
+//! ```
+//!
+//! ```sh
+//! cargo build --target wasm32-unknown-unknown --profile plugin  # or --release
+//! wasm-tools component new target/wasm32-unknown-unknown/plugin/my_plugin.wasm -o my-plugin.wasm
+//! ```
+//!
+//! In this workspace the `foldhost-plugins` crate does both steps for every
+//! plugin (with `wit-component`, the library behind `wasm-tools component
+//! new`). The `plugin` profile optimises for size, strips debug info and uses
+//! LTO. The target is `wasm32-unknown-unknown`, not `wasm32-wasip2`: plugins
+//! must not do I/O, and on that target std has no WASI imports, so the
+//! component imports nothing but `foldhost:plugin/host`. No adapter is needed.
+//!
+//! The export macros expand to nothing on non-wasm targets: the `rlib` builds
+//! natively, so the host can test and benchmark the same logic without wasm,
+//! using the [`codec`] functions to turn stored `(type, data)` into events.
+//!
+//! # One world per plugin
+//!
+//! `wit-bindgen` describes a world to `wit-component` in a `component-type:*`
+//! custom section, and `wit-component` merges every such section in a module
+//! and then requires the exports of all of them. This crate generates bindings
+//! for *both* worlds, so if both full sections reached a plugin, an aggregate
+//! would be asked for projection exports too — and whether an unreferenced
+//! section is linked depends on codegen units and LTO, so "usually works" is
+//! not good enough. Cargo features per world do not help either: features
+//! unify when several plugins build in one cargo invocation.
+//!
+//! Instead the bindings use wit-bindgen's `pub_export_macro` mode, made for
+//! exactly this: this crate embeds only *imports-only* copies of the two
+//! worlds (harmless: `wit-component` drops unused imports), and the full world
+//! with its exports is embedded by the world's `export!` macro, which only
+//! [`export_aggregate!`] / [`export_projection!`] invoke — in the plugin crate.
+//! So a plugin carries exactly one world's exports whatever the linker keeps,
+//! and stock `wasm-tools component new` works without any section surgery.
+//!
+//! # Why no WASI
+//!
+//! A fold must be deterministic: replaying the same events must give the same
+//! state. Clocks, randomness and I/O would break that, so the contract offers
+//! none, and building for `wasm32-unknown-unknown` keeps std from importing
+//! them.
+
+mod aggregate;
+mod batch;
+mod bindings;
+pub mod codec;
+pub mod log;
+mod projection;
+mod runtime;
+mod state;
+
+pub use aggregate::{Aggregate, Rejection};
+pub use projection::{EventMeta, Projection, Subscription};
+
+/// Used by the export macros; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::{aggregate, projection};
+    pub use crate::runtime::{AggregateSlot, ProjectionSlot};
+}

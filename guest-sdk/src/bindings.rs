@@ -1,0 +1,32 @@
+//! Bindings for both worlds of `wit/foldhost.wit`.
+//!
+//! Both are generated with `pub_export_macro`, which makes wit-bindgen embed
+//! only an *imports-only* copy of each world in this crate. The full world,
+//! exports included, is embedded by the world's `export!` macro in the crate
+//! that invokes it, i.e. by `export_aggregate!` or `export_projection!` in the
+//! plugin. A plugin therefore never carries the other world's exports, however
+//! the linker or LTO treats this crate's sections (see the crate docs).
+
+/// The `aggregate-plugin` world.
+pub mod aggregate {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "aggregate-plugin",
+        pub_export_macro: true,
+    });
+}
+
+/// The `projection-plugin` world, sharing the `types` and `host` bindings.
+pub mod projection {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "projection-plugin",
+        pub_export_macro: true,
+        with: {
+            "foldhost:plugin/types@0.1.0": crate::bindings::types,
+            "foldhost:plugin/host@0.1.0": crate::bindings::host,
+        },
+    });
+}
+
+pub use aggregate::foldhost::plugin::{host, types};
