@@ -1,0 +1,127 @@
+//! An aggregate (`hostile`) whose commands misbehave on purpose, for the
+//! host's sandboxing tests.
+//!
+//! | command    | inside `handle`                                         |
+//! |------------|---------------------------------------------------------|
+//! | `Ping`     | behaves: emits `Ponged`                                 |
+//! | `Loop`     | spins forever (needs fuel or epoch interruption)        |
+//! | `Allocate` | allocates 1 GiB and touches every 4 KiB page            |
+//! | `Panic`    | panics (a trap; the message is logged first)            |
+//! | `Recurse`  | recurses without bound until the stack overflows        |
+//! | `Poison`   | behaves: emits `Poison`, whose `apply` panics           |
+//!
+//! `Allocate` and `Recurse` reject the command if they ever return, which
+//! means the host failed to stop them.
+
+use std::hint::black_box;
+
+use foldhost_guest::{Aggregate, Rejection, export_aggregate};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hostile {
+    /// How many `Ponged` events were applied.
+    pub pongs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostileEvent {
+    Ponged,
+    /// Applying it panics, so replaying a stream that holds it traps.
+    Poison,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostileCommand {
+    Ping,
+    Loop,
+    Allocate,
+    Panic,
+    Recurse,
+    Poison,
+}
+
+const GIB: usize = 1 << 30;
+
+fn spin() -> ! {
+    let mut turns = 0u64;
+    loop {
+        turns = black_box(turns.wrapping_add(1));
+    }
+}
+
+fn allocate() -> Rejection {
+    let mut block = vec![0u8; GIB];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    black_box(&block);
+    Rejection::new("allocated and touched 1 GiB: memory is not limited")
+}
+
+/// Each frame keeps 256 bytes alive across the call, so it cannot become a loop.
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 32]);
+    if black_box(depth) == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[31])
+}
+
+impl Aggregate for Hostile {
+    const NAME: &'static str = "hostile";
+    const VERSION: &'static str = "1.0.0";
+    type Event = HostileEvent;
+    type Command = HostileCommand;
+
+    fn apply(&mut self, event: HostileEvent) {
+        match event {
+            HostileEvent::Ponged => self.pongs += 1,
+            HostileEvent::Poison => panic!("hostile: applied a Poison event"),
+        }
+    }
+
+    fn handle(&self, command: HostileCommand) -> Result<Vec<HostileEvent>, Rejection> {
+        match command {
+            HostileCommand::Ping => Ok(vec![HostileEvent::Ponged]),
+            HostileCommand::Loop => spin(),
+            HostileCommand::Allocate => Err(allocate()),
+            HostileCommand::Panic => panic!("hostile: panicking on purpose"),
+            HostileCommand::Recurse => Err(Rejection::new(format!(
+                "recursion returned {}: the stack is not limited",
+                recurse(0)
+            ))),
+            HostileCommand::Poison => Ok(vec![HostileEvent::Poison]),
+        }
+    }
+}
+
+export_aggregate!(Hostile);
+
+#[cfg(test)]
+mod tests {
+    use foldhost_guest::Aggregate;
+
+    use super::{Hostile, HostileCommand, HostileEvent};
+
+    #[test]
+    fn well_behaved_commands() {
+        let mut state = Hostile::default();
+        assert_eq!(
+            state.handle(HostileCommand::Ping),
+            Ok(vec![HostileEvent::Ponged])
+        );
+        state.apply(HostileEvent::Ponged);
+        assert_eq!(state.pongs, 1);
+        assert_eq!(
+            state.handle(HostileCommand::Poison),
+            Ok(vec![HostileEvent::Poison])
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "Poison")]
+    fn poison_panics_when_applied() {
+        Hostile::default().apply(HostileEvent::Poison);
+    }
+}
