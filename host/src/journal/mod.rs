@@ -1,5 +1,245 @@
 //! The durable, append-only event journal.
+//!
+//! One redb file holds the global log, the stream and event-id indexes, aggregate snapshots and
+//! projection checkpoints. Every write goes through one writer thread that batches whatever is
+//! queued into a single durable commit (group commit); reads run concurrently on their own
+//! read transactions.
 
+mod batch;
+mod config;
+mod error;
+mod reader;
+mod record;
+mod request;
+mod store;
 mod types;
+mod writer;
 
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::watch;
+
+pub use config::{JournalConfig, MAX_STREAM_NAME};
+pub use error::JournalError;
+use request::{Outcome, Request};
 pub use types::*;
+use writer::{Shared, Writer};
+
+/// Counters since the journal was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Durable commits (one fsync each).
+    pub commits: u64,
+    /// Appends that wrote events (idempotent retries and refused appends not counted).
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
+}
+
+/// A handle to an open journal; clones share it.
+///
+/// Dropping the last clone closes the journal: the writer thread finishes every request already
+/// queued, then stops, and the file is released. Appends are acknowledged only once durable, so
+/// closing never loses an acknowledged append.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    config: JournalConfig,
+    shared: Arc<Shared>,
+    requests: Sender<Request>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Disconnect the queue (swap in a sender of a dead channel) so the writer drains and exits.
+        drop(std::mem::replace(
+            &mut self.requests,
+            std::sync::mpsc::channel().0,
+        ));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Journal {
+    /// Opens the journal file at `path`, creating it and its tables if needed, and starts the
+    /// writer thread. Fails with [`JournalError::UnsupportedFormat`] for a file of another
+    /// storage format, and with a storage error if another process has the file open.
+    pub fn open(path: impl AsRef<Path>, config: JournalConfig) -> Result<Journal, JournalError> {
+        let db = Arc::new(store::open(path.as_ref())?);
+        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
+        let (requests, writer) = Writer {
+            db: db.clone(),
+            shared: shared.clone(),
+            max_batch: config.max_batch_appends.max(1),
+            keep_snapshots: config.keep_snapshots,
+        }
+        .spawn()
+        .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                shared,
+                requests,
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// Appends `events` to `stream`, all or none, once `expected` holds; resolves when durable.
+    ///
+    /// Re-sending events whose ids are already in `stream`, in the same order, writes nothing
+    /// and returns where they are (whatever `expected` says). Dropping the future does not
+    /// withdraw an append that was already queued.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue_append(stream, expected, events)?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// [`append`](Self::append) for threads outside an async runtime.
+    ///
+    /// # Panics
+    /// When called on a thread that runs a tokio runtime (it would block that runtime).
+    pub fn append_blocking(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue_append(stream, expected, events)?;
+        outcome.blocking_recv().map_err(|_| JournalError::Closed)?
+    }
+
+    fn queue_append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Outcome<AppendResult>, JournalError> {
+        self.inner.config.check_append(stream, &events)?;
+        self.queue(Request::append(stream.to_owned(), expected, events))
+    }
+
+    fn queue<T>(
+        &self,
+        (request, outcome): (Request, Outcome<T>),
+    ) -> Result<Outcome<T>, JournalError> {
+        self.inner
+            .requests
+            .send(request)
+            .map_err(|_| JournalError::Closed)?;
+        Ok(outcome)
+    }
+
+    /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
+        reader::read_stream(&self.inner.db, stream, from_version, limit)
+    }
+
+    /// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
+    pub fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
+        reader::read_all(&self.inner.db, from_position, limit)
+    }
+
+    /// The current version of `stream`; `None` if it has no events.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        reader::stream_version(&self.inner.db, stream)
+    }
+
+    /// The last committed global position, 0 when the journal is empty.
+    pub fn head_position(&self) -> u64 {
+        *self.inner.shared.head.borrow()
+    }
+
+    /// Follows the head position: it changes after each commit that appended events, before
+    /// those appends are acknowledged.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.shared.head.subscribe()
+    }
+
+    /// Every stream whose name starts with `prefix`, in name order.
+    pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
+        reader::streams_with_prefix(&self.inner.db, prefix)
+    }
+
+    /// Counters of commits, appends and events since opening.
+    pub fn stats(&self) -> JournalStats {
+        self.inner.shared.stats()
+    }
+
+    /// Stores the state of `stream` at `version` as folded by `plugin` (its content hash),
+    /// keeping only the newest [`keep_snapshots`](JournalConfig::keep_snapshots) per stream.
+    pub async fn put_snapshot(
+        &self,
+        plugin: &str,
+        stream: &str,
+        version: u64,
+        state: Vec<u8>,
+    ) -> Result<(), JournalError> {
+        config::check_stream_name(stream)?;
+        let outcome = self.queue(Request::put_snapshot(
+            plugin.to_owned(),
+            stream.to_owned(),
+            version,
+            state,
+        ))?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The newest snapshot of `stream` by `plugin` with version ≤ `at_most_version`.
+    pub fn latest_snapshot(
+        &self,
+        plugin: &str,
+        stream: &str,
+        at_most_version: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        reader::latest_snapshot(&self.inner.db, plugin, stream, at_most_version)
+    }
+
+    /// Stores the global position a projection of `plugin` has folded up to, and its state.
+    pub async fn put_checkpoint(
+        &self,
+        plugin: &str,
+        position: u64,
+        state: Vec<u8>,
+    ) -> Result<(), JournalError> {
+        let outcome = self.queue(Request::put_checkpoint(plugin.to_owned(), position, state))?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The checkpoint of `plugin`: position and state.
+    pub fn checkpoint(&self, plugin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        reader::checkpoint(&self.inner.db, plugin)
+    }
+
+    /// Drops every snapshot and the checkpoint of `plugin` (a content hash); events stay.
+    pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
+        let outcome = self.queue(Request::delete_plugin_data(plugin.to_owned()))?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+}

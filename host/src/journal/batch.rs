@@ -1,0 +1,248 @@
+//! The operations of one group commit, applied in order to a single write transaction.
+//!
+//! Each operation checks everything it needs before its first write, so a refused operation
+//! leaves the transaction untouched. Only storage errors can strike half way; the writer then
+//! drops the whole transaction.
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::store::{CHECKPOINTS, EVENT_IDS, EVENTS, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
+use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, record};
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Appended {
+    /// The events were written.
+    Written(AppendResult),
+    /// A retry of events already written: nothing was written, this is where they are.
+    AlreadyWritten(AppendResult),
+}
+
+impl Appended {
+    /// Where the events are.
+    pub(super) fn result(self) -> AppendResult {
+        match self {
+            Appended::Written(result) | Appended::AlreadyWritten(result) => result,
+        }
+    }
+}
+
+/// The journal's tables inside one write transaction.
+pub(super) struct Batch<'txn> {
+    events: Table<'txn, u64, &'static [u8]>,
+    stream_index: Table<'txn, (&'static str, u64), u64>,
+    stream_heads: Table<'txn, &'static str, u64>,
+    event_ids: Table<'txn, u128, u64>,
+    snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    checkpoints: Table<'txn, &'static str, (u64, &'static [u8])>,
+    /// The next global position, read from the log itself, so a failed commit leaves no gap.
+    next_position: u64,
+    recorded_at: u64,
+    keep_snapshots: usize,
+    wrote: bool,
+}
+
+impl<'txn> Batch<'txn> {
+    /// Opens the tables in `txn`; events appended get `recorded_at` (ms since the epoch).
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        recorded_at: u64,
+        keep_snapshots: usize,
+    ) -> Result<Self, JournalError> {
+        let events = txn.open_table(EVENTS)?;
+        let next_position = events
+            .last()?
+            .map_or(1, |(position, _)| position.value() + 1);
+        Ok(Self {
+            events,
+            stream_index: txn.open_table(STREAM_INDEX)?,
+            stream_heads: txn.open_table(STREAM_HEADS)?,
+            event_ids: txn.open_table(EVENT_IDS)?,
+            snapshots: txn.open_table(SNAPSHOTS)?,
+            checkpoints: txn.open_table(CHECKPOINTS)?,
+            next_position,
+            recorded_at,
+            keep_snapshots: keep_snapshots.max(1),
+            wrote: false,
+        })
+    }
+
+    /// Whether anything was written (otherwise the transaction need not be committed).
+    pub(super) fn wrote(&self) -> bool {
+        self.wrote
+    }
+
+    /// The last global position, counting this batch's appends.
+    pub(super) fn head(&self) -> u64 {
+        self.next_position - 1
+    }
+
+    /// Appends `events` to `stream` if `expected` holds, or recognises a retry of earlier events.
+    pub(super) fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, JournalError> {
+        let mut known = Vec::new();
+        for event in events {
+            if let Some(position) = self.event_ids.get(event.id.as_u128())? {
+                known.push(position.value());
+            }
+        }
+        if !known.is_empty() {
+            return self
+                .retry(stream, events, &known)
+                .map(Appended::AlreadyWritten);
+        }
+
+        let current = self.stream_heads.get(stream)?.map(|v| v.value());
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
+        };
+        if !matches {
+            return Err(JournalError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
+        }
+
+        let count = events.len() as u64;
+        let result = AppendResult {
+            first_version: current.unwrap_or(0) + 1,
+            last_version: current.unwrap_or(0) + count,
+            first_position: self.next_position,
+            last_position: self.next_position + count - 1,
+        };
+        self.wrote = true;
+        for ((event, version), position) in events
+            .iter()
+            .zip(result.first_version..)
+            .zip(result.first_position..)
+        {
+            let bytes = record::encode(stream, version, event, self.recorded_at);
+            self.events.insert(position, bytes.as_slice())?;
+            self.stream_index.insert((stream, version), position)?;
+            self.event_ids.insert(event.id.as_u128(), position)?;
+        }
+        self.stream_heads.insert(stream, result.last_version)?;
+        self.next_position = result.last_position + 1;
+        Ok(Appended::Written(result))
+    }
+
+    /// Checks that `events`, some of whose ids are stored at `known` positions, are a retry of
+    /// consecutive events of `stream` in the same order, and returns where they are.
+    fn retry(
+        &self,
+        stream: &str,
+        events: &[NewEvent],
+        known: &[u64],
+    ) -> Result<AppendResult, JournalError> {
+        let mut stored = Vec::with_capacity(known.len());
+        for &position in known {
+            let bytes = self
+                .events
+                .get(position)?
+                .ok_or_else(|| JournalError::Corrupt {
+                    position,
+                    reason: "an event id points at a missing record".to_owned(),
+                })?;
+            let event = record::decode(position, bytes.value())?;
+            if event.stream != stream {
+                return Err(JournalError::DuplicateEventId {
+                    id: event.id,
+                    stream: event.stream,
+                    position: Some(position),
+                });
+            }
+            stored.push(event);
+        }
+        let mismatch = |reason: String| JournalError::IdempotencyMismatch {
+            stream: stream.to_owned(),
+            reason,
+        };
+        if stored.len() != events.len() {
+            return Err(mismatch(format!(
+                "{} of its {} event ids are already written, the others are new",
+                stored.len(),
+                events.len()
+            )));
+        }
+        let first = &stored[0];
+        let in_order = stored
+            .iter()
+            .zip(events)
+            .zip(first.version..)
+            .all(|((stored, event), version)| stored.id == event.id && stored.version == version);
+        if !in_order {
+            return Err(mismatch(
+                "its events were not written as consecutive events in this order".to_owned(),
+            ));
+        }
+        let last = &stored[stored.len() - 1];
+        Ok(AppendResult {
+            first_version: first.version,
+            last_version: last.version,
+            first_position: first.position,
+            last_position: last.position,
+        })
+    }
+
+    /// Stores a snapshot and prunes all but the newest `keep_snapshots` of (plugin, stream).
+    pub(super) fn put_snapshot(
+        &mut self,
+        plugin: &str,
+        stream: &str,
+        version: u64,
+        state: &[u8],
+    ) -> Result<(), JournalError> {
+        self.wrote = true;
+        self.snapshots.insert((plugin, stream, version), state)?;
+        let mut versions = Vec::new();
+        for entry in self
+            .snapshots
+            .range((plugin, stream, 0)..=(plugin, stream, u64::MAX))?
+        {
+            versions.push(entry?.0.value().2);
+        }
+        let surplus = versions.len().saturating_sub(self.keep_snapshots);
+        for version in &versions[..surplus] {
+            self.snapshots.remove((plugin, stream, *version))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a projection's position and state, replacing the previous checkpoint.
+    pub(super) fn put_checkpoint(
+        &mut self,
+        plugin: &str,
+        position: u64,
+        state: &[u8],
+    ) -> Result<(), JournalError> {
+        self.wrote = true;
+        self.checkpoints.insert(plugin, (position, state))?;
+        Ok(())
+    }
+
+    /// Removes every snapshot and the checkpoint of `plugin`.
+    pub(super) fn delete_plugin_data(&mut self, plugin: &str) -> Result<(), JournalError> {
+        self.wrote = true;
+        self.checkpoints.remove(plugin)?;
+        let mut keys = Vec::new();
+        for entry in self.snapshots.range((plugin, "", 0)..)? {
+            let (key, _) = entry?;
+            let (owner, stream, version) = key.value();
+            if owner != plugin {
+                break;
+            }
+            keys.push((stream.to_owned(), version));
+        }
+        for (stream, version) in &keys {
+            self.snapshots.remove((plugin, stream.as_str(), *version))?;
+        }
+        Ok(())
+    }
+}

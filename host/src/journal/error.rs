@@ -1,0 +1,100 @@
+//! Everything the journal can refuse or fail with.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::ExpectedVersion;
+
+/// Why an append, read or write of the journal did not happen.
+///
+/// Cloneable so one failed commit can be reported to every request batched into it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The stream's version did not match the append's [`ExpectedVersion`]; nothing was written.
+    #[error(
+        "wrong expected version for stream {stream:?}: expected {expected:?}, current {}",
+        describe_version(*.current)
+    )]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        /// The stream's version when the append was checked (`None`: no such stream).
+        current: Option<u64>,
+    },
+    /// Some of the append's event ids were already written to this stream, but the append is not
+    /// an exact retry of them (new ids mixed in, or another order); nothing was written.
+    #[error(
+        "append to {stream:?} reuses event ids of earlier events but is not a retry of them: {reason}"
+    )]
+    IdempotencyMismatch { stream: String, reason: String },
+    /// An event id is already used in another stream, or occurs twice in one append
+    /// (`position` is then `None` and `stream` is the append's stream); nothing was written.
+    #[error("event id {id} {}", describe_duplicate(.stream, *.position))]
+    DuplicateEventId {
+        id: Uuid,
+        stream: String,
+        position: Option<u64>,
+    },
+    /// An event's `data`, `metadata` and `event_type` together exceed the configured maximum.
+    #[error("event of {size} bytes exceeds the limit of {max} bytes")]
+    EventTooLarge { size: usize, max: usize },
+    /// An append carries more events than the configured maximum.
+    #[error("append of {count} events exceeds the limit of {max} events")]
+    TooManyEvents { count: usize, max: usize },
+    /// An append without events.
+    #[error("append without events")]
+    NoEvents,
+    /// A stream name that is empty or longer than 256 bytes.
+    #[error("invalid stream name {0:?}: a stream name has 1 to 256 bytes")]
+    InvalidStreamName(String),
+    /// redb failed. After a failed commit redb refuses further writes until the journal is
+    /// reopened; such a commit's appends may or may not be durable (retry them: appends are
+    /// idempotent by event id).
+    #[error("storage error: {0}")]
+    Storage(#[source] Arc<redb::Error>),
+    /// A stored record that cannot be decoded, or that disagrees with the indexes.
+    #[error("corrupt record at position {position}: {reason}")]
+    Corrupt { position: u64, reason: String },
+    /// The file was written by a build with another storage format.
+    #[error(
+        "journal storage format {found} is not supported (this build reads format {supported})"
+    )]
+    UnsupportedFormat { found: u64, supported: u64 },
+    /// The journal's writer thread is gone.
+    #[error("the journal is closed")]
+    Closed,
+}
+
+fn describe_version(version: Option<u64>) -> String {
+    version.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
+}
+
+fn describe_duplicate(stream: &str, position: Option<u64>) -> String {
+    match position {
+        Some(position) => {
+            format!("is already used by the event at position {position} in stream {stream:?}")
+        }
+        None => format!("occurs more than once in one append to stream {stream:?}"),
+    }
+}
+
+macro_rules! storage_errors {
+    ($($error:ty),+) => {$(
+        impl From<$error> for JournalError {
+            fn from(error: $error) -> Self {
+                JournalError::Storage(Arc::new(error.into()))
+            }
+        }
+    )+};
+}
+
+storage_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);

@@ -1,0 +1,188 @@
+//! Reads, each in its own read transaction: they never wait for the writer (redb MVCC) and a
+//! long scan paged by its caller lets redb reclaim pages between pages.
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::store::{CHECKPOINTS, EVENTS, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
+use super::{JournalError, RecordedEvent, record};
+
+/// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
+pub(super) fn read_stream(
+    db: &Database,
+    stream: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, JournalError> {
+    let txn = db.begin_read()?;
+    let index = txn.open_table(STREAM_INDEX)?;
+    let log = txn.open_table(EVENTS)?;
+    let mut events = Vec::new();
+    for entry in index
+        .range((stream, from_version)..=(stream, u64::MAX))?
+        .take(limit)
+    {
+        let (key, position) = entry?;
+        let (version, position) = (key.value().1, position.value());
+        let bytes = log.get(position)?.ok_or_else(|| JournalError::Corrupt {
+            position,
+            reason: format!("version {version} of stream {stream:?} points at a missing record"),
+        })?;
+        let event = record::decode(position, bytes.value())?;
+        if event.stream != stream || event.version != version {
+            return Err(JournalError::Corrupt {
+                position,
+                reason: format!(
+                    "indexed as version {version} of {stream:?} but holds version {} of {:?}",
+                    event.version, event.stream
+                ),
+            });
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
+pub(super) fn read_all(
+    db: &Database,
+    from_position: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, JournalError> {
+    let txn = db.begin_read()?;
+    let log = txn.open_table(EVENTS)?;
+    let mut events = Vec::new();
+    for entry in log.range(from_position..)?.take(limit) {
+        let (position, bytes) = entry?;
+        events.push(record::decode(position.value(), bytes.value())?);
+    }
+    Ok(events)
+}
+
+/// The last global position (0 when the log is empty).
+pub(super) fn head_position(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_read()?;
+    let log = txn.open_table(EVENTS)?;
+    Ok(log.last()?.map_or(0, |(position, _)| position.value()))
+}
+
+/// The last version of `stream`, if it exists.
+pub(super) fn stream_version(db: &Database, stream: &str) -> Result<Option<u64>, JournalError> {
+    let txn = db.begin_read()?;
+    let heads = txn.open_table(STREAM_HEADS)?;
+    Ok(heads.get(stream)?.map(|version| version.value()))
+}
+
+/// Every stream whose name starts with `prefix`, in name order.
+pub(super) fn streams_with_prefix(
+    db: &Database,
+    prefix: &str,
+) -> Result<Vec<String>, JournalError> {
+    let txn = db.begin_read()?;
+    let heads = txn.open_table(STREAM_HEADS)?;
+    let mut streams = Vec::new();
+    for entry in heads.range(prefix..)? {
+        let (stream, _) = entry?;
+        let stream = stream.value();
+        if !stream.starts_with(prefix) {
+            break;
+        }
+        streams.push(stream.to_owned());
+    }
+    Ok(streams)
+}
+
+/// The newest snapshot of (plugin, stream) with version ≤ `at_most_version`.
+pub(super) fn latest_snapshot(
+    db: &Database,
+    plugin: &str,
+    stream: &str,
+    at_most_version: u64,
+) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+    let txn = db.begin_read()?;
+    let snapshots = txn.open_table(SNAPSHOTS)?;
+    let newest = snapshots
+        .range((plugin, stream, 0)..=(plugin, stream, at_most_version))?
+        .next_back()
+        .transpose()?;
+    Ok(newest.map(|(key, state)| (key.value().2, state.value().to_vec())))
+}
+
+/// The checkpoint of `plugin`: position and state.
+pub(super) fn checkpoint(
+    db: &Database,
+    plugin: &str,
+) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+    let txn = db.begin_read()?;
+    let checkpoints = txn.open_table(CHECKPOINTS)?;
+    Ok(checkpoints.get(plugin)?.map(|entry| {
+        let (position, state) = entry.value();
+        (position, state.to_vec())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::Database;
+
+    use super::*;
+    use crate::journal::NewEvent;
+    use crate::journal::store::{self, STREAM_HEADS};
+
+    fn journal_with(
+        records: &[(u64, Vec<u8>)],
+        index: &[(&str, u64, u64)],
+    ) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("journal.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(EVENTS).unwrap();
+            for (position, bytes) in records {
+                log.insert(position, bytes.as_slice()).unwrap();
+            }
+            let mut stream_index = txn.open_table(STREAM_INDEX).unwrap();
+            let mut heads = txn.open_table(STREAM_HEADS).unwrap();
+            for &(stream, version, position) in index {
+                stream_index.insert((stream, version), position).unwrap();
+                heads.insert(stream, version).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        (dir, db)
+    }
+
+    fn encoded(stream: &str, version: u64) -> Vec<u8> {
+        let event = NewEvent::json("Happened", &serde_json::json!({}));
+        record::encode(stream, version, &event, 0)
+    }
+
+    fn corrupt_position<T: std::fmt::Debug>(result: Result<T, JournalError>) -> u64 {
+        match result {
+            Err(JournalError::Corrupt { position, .. }) => position,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_undecodable_record_is_reported_with_its_position() {
+        let records = [
+            (1, encoded("s", 1)),
+            (2, vec![1, 0xff]),
+            (3, encoded("s", 2)),
+        ];
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2)]);
+        assert_eq!(read_all(&db, 1, 1).unwrap().len(), 1);
+        assert_eq!(corrupt_position(read_all(&db, 1, 10)), 2);
+        assert_eq!(read_all(&db, 3, 10).unwrap()[0].position, 3);
+        assert_eq!(corrupt_position(read_stream(&db, "s", 1, 10)), 2);
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_record_is_corrupt() {
+        let records = [(1, encoded("s", 1)), (2, encoded("t", 1))];
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2), ("u", 1, 9)]);
+        assert_eq!(read_stream(&db, "s", 1, 1).unwrap().len(), 1);
+        assert_eq!(corrupt_position(read_stream(&db, "s", 1, 10)), 2);
+        assert_eq!(corrupt_position(read_stream(&db, "u", 1, 10)), 9);
+    }
+}

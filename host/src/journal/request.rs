@@ -1,0 +1,157 @@
+//! Requests to the writer thread: one write each, with the channel its outcome goes to.
+
+use tokio::sync::oneshot;
+
+use super::batch::{Appended, Batch};
+use super::{AppendResult, ExpectedVersion, JournalError, NewEvent};
+
+/// A write, with the channel its outcome goes to.
+pub(super) struct Request {
+    op: Op,
+    reply: Reply,
+}
+
+enum Op {
+    Append {
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    },
+    PutSnapshot {
+        plugin: String,
+        stream: String,
+        version: u64,
+        state: Vec<u8>,
+    },
+    PutCheckpoint {
+        plugin: String,
+        position: u64,
+        state: Vec<u8>,
+    },
+    DeletePluginData {
+        plugin: String,
+    },
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<AppendResult, JournalError>>),
+    Done(oneshot::Sender<Result<(), JournalError>>),
+}
+
+/// The receiving end of a request's outcome.
+pub(super) type Outcome<T> = oneshot::Receiver<Result<T, JournalError>>;
+
+impl Request {
+    pub(super) fn append(
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> (Self, Outcome<AppendResult>) {
+        let (tx, rx) = oneshot::channel();
+        let op = Op::Append {
+            stream,
+            expected,
+            events,
+        };
+        (
+            Self {
+                op,
+                reply: Reply::Append(tx),
+            },
+            rx,
+        )
+    }
+
+    pub(super) fn put_snapshot(
+        plugin: String,
+        stream: String,
+        version: u64,
+        state: Vec<u8>,
+    ) -> (Self, Outcome<()>) {
+        Self::done(Op::PutSnapshot {
+            plugin,
+            stream,
+            version,
+            state,
+        })
+    }
+
+    pub(super) fn put_checkpoint(
+        plugin: String,
+        position: u64,
+        state: Vec<u8>,
+    ) -> (Self, Outcome<()>) {
+        Self::done(Op::PutCheckpoint {
+            plugin,
+            position,
+            state,
+        })
+    }
+
+    pub(super) fn delete_plugin_data(plugin: String) -> (Self, Outcome<()>) {
+        Self::done(Op::DeletePluginData { plugin })
+    }
+
+    fn done(op: Op) -> (Self, Outcome<()>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                op,
+                reply: Reply::Done(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Applies this request to the batch's transaction.
+    pub(super) fn apply(&self, batch: &mut Batch<'_>) -> Result<Option<Appended>, JournalError> {
+        match &self.op {
+            Op::Append {
+                stream,
+                expected,
+                events,
+            } => batch.append(stream, *expected, events).map(Some),
+            Op::PutSnapshot {
+                plugin,
+                stream,
+                version,
+                state,
+            } => batch
+                .put_snapshot(plugin, stream, *version, state)
+                .map(|()| None),
+            Op::PutCheckpoint {
+                plugin,
+                position,
+                state,
+            } => batch
+                .put_checkpoint(plugin, *position, state)
+                .map(|()| None),
+            Op::DeletePluginData { plugin } => batch.delete_plugin_data(plugin).map(|()| None),
+        }
+    }
+
+    /// Answers the requester; one who stopped waiting is no error.
+    pub(super) fn answer(self, outcome: Result<Option<Appended>, JournalError>) {
+        match self.reply {
+            Reply::Append(tx) => {
+                let result = outcome.map(|appended| {
+                    appended
+                        .expect("an append reports where its events are")
+                        .result()
+                });
+                let _ = tx.send(result);
+            }
+            Reply::Done(tx) => {
+                let _ = tx.send(outcome.map(|_| ()));
+            }
+        }
+    }
+
+    /// How many events this request appends.
+    pub(super) fn event_count(&self) -> u64 {
+        match &self.op {
+            Op::Append { events, .. } => events.len() as u64,
+            _ => 0,
+        }
+    }
+}

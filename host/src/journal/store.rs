@@ -1,0 +1,108 @@
+//! The redb tables and opening a journal file.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::JournalError;
+
+/// The storage format this build reads and writes (the tables below and their key layouts).
+pub(super) const FORMAT_VERSION: u64 = 1;
+const FORMAT_KEY: &str = "format_version";
+
+/// Settings of the file, e.g. its storage format.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The global log: position → encoded record (see `record`).
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (stream, version) → position.
+pub(super) const STREAM_INDEX: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("stream_index");
+/// stream → its last version.
+pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
+/// event id → position.
+pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
+/// (plugin, stream, version) → aggregate state.
+pub(super) const SNAPSHOTS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("snapshots");
+/// plugin → (position, projection state).
+pub(super) const CHECKPOINTS: TableDefinition<&str, (u64, &[u8])> =
+    TableDefinition::new("checkpoints");
+
+/// Opens (or creates) the journal file at `path`, creating its tables and checking its format.
+pub(super) fn open(path: &Path) -> Result<Database, JournalError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    let created = {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(FORMAT_KEY)?.map(|v| v.value());
+        match found {
+            Some(FORMAT_VERSION) => false,
+            Some(found) => {
+                return Err(JournalError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                txn.open_table(EVENTS)?;
+                txn.open_table(STREAM_INDEX)?;
+                txn.open_table(STREAM_HEADS)?;
+                txn.open_table(EVENT_IDS)?;
+                txn.open_table(SNAPSHOTS)?;
+                txn.open_table(CHECKPOINTS)?;
+                true
+            }
+        }
+    };
+    if created {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_another_storage_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        drop(open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(FORMAT_KEY, FORMAT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match open(&path) {
+            Err(JournalError::UnsupportedFormat { found, supported }) => {
+                assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION))
+            }
+            other => panic!("expected UnsupportedFormat, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_the_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        drop(open(&path).unwrap());
+        let db = open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let format = txn
+            .open_table(META)
+            .unwrap()
+            .get(FORMAT_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(format, FORMAT_VERSION);
+    }
+}

@@ -1,0 +1,251 @@
+//! The single writer thread: group commit of queued requests.
+//!
+//! The thread blocks on its queue while idle, then drains whatever has queued up (at most
+//! `max_batch_appends` requests) into one write transaction, commits it durably, publishes the
+//! new head and answers every request. A lone request therefore costs exactly one commit, and
+//! under load one commit (one fsync) serves many requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability};
+use tokio::sync::watch;
+
+use super::batch::{Appended, Batch};
+use super::request::Request;
+use super::{JournalError, JournalStats};
+
+/// State the writer publishes to readers of the journal.
+pub(super) struct Shared {
+    /// The last committed global position.
+    pub(super) head: watch::Sender<u64>,
+    commits: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(head: u64) -> Self {
+        Self {
+            head: watch::Sender::new(head),
+            commits: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn stats(&self) -> JournalStats {
+        JournalStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The writer's side of the journal.
+pub(super) struct Writer {
+    pub(super) db: Arc<Database>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) max_batch: usize,
+    pub(super) keep_snapshots: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread; it stops once every sender is dropped and the queue is drained.
+    pub(super) fn spawn(self) -> std::io::Result<(Sender<Request>, JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".to_owned())
+            .spawn(move || self.run(rx))?;
+        Ok((tx, thread))
+    }
+
+    fn run(self, requests: Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Applies `batch` in order in one transaction, commits it and answers every request.
+    pub(super) fn commit(&self, batch: Vec<Request>) {
+        let started = Instant::now();
+        let outcomes = match self.apply(&batch) {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::error!(%error, requests = batch.len(), "journal commit failed");
+                for request in batch {
+                    request.answer(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let (mut appends, mut events) = (0, 0);
+        for (request, outcome) in batch.iter().zip(&outcomes.results) {
+            if let Ok(Some(Appended::Written(_))) = outcome {
+                appends += 1;
+                events += request.event_count();
+            }
+        }
+        if let Some(head) = outcomes.committed_head {
+            self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            self.shared.appends.fetch_add(appends, Ordering::Relaxed);
+            self.shared.events.fetch_add(events, Ordering::Relaxed);
+            metrics::counter!("foldhost_appends_total").increment(appends);
+            metrics::counter!("foldhost_events_appended_total").increment(events);
+            metrics::histogram!("foldhost_commit_batch_size").record(batch.len() as f64);
+            metrics::histogram!("foldhost_commit_seconds").record(started.elapsed().as_secs_f64());
+            // Before answering, so an acknowledged append is never ahead of the published head.
+            self.shared.head.send_if_modified(|current| {
+                let moved = *current != head;
+                *current = head;
+                moved
+            });
+        }
+        for (request, outcome) in batch.into_iter().zip(outcomes.results) {
+            request.answer(outcome);
+        }
+    }
+
+    /// Runs `batch` against one write transaction; commits it if anything was written.
+    fn apply(&self, batch: &[Request]) -> Result<Applied, JournalError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        let (wrote, head) = {
+            let mut tables = Batch::open(&txn, now_millis(), self.keep_snapshots)?;
+            for request in batch {
+                match request.apply(&mut tables) {
+                    // Possibly half-applied: drop the whole transaction.
+                    Err(error @ JournalError::Storage(_)) => return Err(error),
+                    outcome => results.push(outcome),
+                }
+            }
+            (tables.wrote(), tables.head())
+        };
+        if wrote {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(Applied {
+            results,
+            committed_head: wrote.then_some(head),
+        })
+    }
+}
+
+/// The outcome of each request of a batch.
+struct Applied {
+    results: Vec<Result<Option<Appended>, JournalError>>,
+    /// The head after the commit, if one was needed.
+    committed_head: Option<u64>,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::request::Outcome;
+    use crate::journal::store;
+    use crate::journal::{AppendResult, ExpectedVersion, NewEvent};
+
+    fn writer(dir: &tempfile::TempDir) -> Writer {
+        Writer {
+            db: Arc::new(store::open(&dir.path().join("journal.redb")).unwrap()),
+            shared: Arc::new(Shared::new(0)),
+            max_batch: 16,
+            keep_snapshots: 4,
+        }
+    }
+
+    fn event() -> NewEvent {
+        NewEvent::json("Happened", &serde_json::json!({}))
+    }
+
+    fn append(
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> (Request, Outcome<AppendResult>) {
+        Request::append("s".to_owned(), expected, events)
+    }
+
+    fn result(version: u64, position: u64) -> AppendResult {
+        AppendResult {
+            first_version: version,
+            last_version: version,
+            first_position: position,
+            last_position: position,
+        }
+    }
+
+    #[test]
+    fn appends_in_one_batch_are_checked_in_order_against_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let refused = event();
+        let (first, mut first_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
+        let (second, mut second_outcome) = append(ExpectedVersion::NoStream, vec![refused.clone()]);
+        let (third, mut third_outcome) = append(ExpectedVersion::Exact(1), vec![event()]);
+        writer.commit(vec![first, second, third]);
+
+        assert_eq!(first_outcome.try_recv().unwrap().unwrap(), result(1, 1));
+        match second_outcome.try_recv().unwrap() {
+            Err(JournalError::Conflict { current, .. }) => assert_eq!(current, Some(1)),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(third_outcome.try_recv().unwrap().unwrap(), result(2, 2));
+        let stats = writer.shared.stats();
+        assert_eq!((stats.commits, stats.appends, stats.events), (1, 2, 2));
+        assert_eq!(*writer.shared.head.borrow(), 2);
+
+        // The refused append left no trace: its event id is still free.
+        let (again, mut again_outcome) = append(ExpectedVersion::Exact(2), vec![refused]);
+        writer.commit(vec![again]);
+        assert_eq!(again_outcome.try_recv().unwrap().unwrap(), result(3, 3));
+    }
+
+    #[test]
+    fn a_retry_in_the_same_batch_gets_the_same_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let events = vec![event(), event()];
+        let (original, mut original_outcome) = append(ExpectedVersion::NoStream, events.clone());
+        let (retry, mut retry_outcome) = append(ExpectedVersion::NoStream, events);
+        writer.commit(vec![original, retry]);
+        let original = original_outcome.try_recv().unwrap().unwrap();
+        assert_eq!(retry_outcome.try_recv().unwrap().unwrap(), original);
+        assert_eq!(writer.shared.stats().events, 2);
+    }
+
+    #[test]
+    fn a_batch_that_writes_nothing_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let mut head = writer.shared.head.subscribe();
+        let (refused, mut outcome) = append(ExpectedVersion::Exact(5), vec![event()]);
+        writer.commit(vec![refused]);
+        assert!(matches!(
+            outcome.try_recv().unwrap(),
+            Err(JournalError::Conflict { current: None, .. })
+        ));
+        assert_eq!(writer.shared.stats(), JournalStats::default());
+        assert!(!head.has_changed().unwrap());
+        assert_eq!(*head.borrow_and_update(), 0);
+    }
+}
