@@ -38,10 +38,14 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// A JSON event with a fresh random id and no metadata.
+    /// A JSON event with a fresh id and no metadata.
+    ///
+    /// The id is a UUIDv7 (time-ordered): the journal's event-id index then grows at its end
+    /// instead of at random places, which keeps commits small (in the journal benchmark,
+    /// batched appends with random v4 ids ran at about half the rate).
     pub fn json(event_type: impl Into<String>, data: &serde_json::Value) -> Self {
         Self {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(),
             event_type: event_type.into(),
             content_type: ContentType::Json,
             data: serde_json::to_vec(data).expect("a JSON value always serialises"),
@@ -51,7 +55,7 @@ impl NewEvent {
 }
 
 /// An event as stored in the journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     /// 1-based, gapless position in the global log.
     pub position: u64,
