@@ -1,0 +1,593 @@
+//! The journal through its public API: append rules, idempotency, reads, snapshots, reopening.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use foldhost::journal::{
+    AppendResult, ContentType, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
+    RecordedEvent,
+};
+use uuid::Uuid;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    journal: Journal,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with(JournalConfig::default())
+    }
+
+    fn with(config: JournalConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path().join("journal.redb"), config).unwrap();
+        Self { dir, journal }
+    }
+
+    fn reopen(self) -> Self {
+        let Fixture { dir, journal } = self;
+        drop(journal);
+        let journal =
+            Journal::open(dir.path().join("journal.redb"), JournalConfig::default()).unwrap();
+        Self { dir, journal }
+    }
+
+    fn all(&self) -> Vec<RecordedEvent> {
+        self.journal.read_all(0, usize::MAX).unwrap()
+    }
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::json("Counted", &serde_json::json!({ "n": n }))
+}
+
+fn events(count: u64) -> Vec<NewEvent> {
+    (0..count).map(event).collect()
+}
+
+fn result(versions: (u64, u64), positions: (u64, u64)) -> AppendResult {
+    AppendResult {
+        first_version: versions.0,
+        last_version: versions.1,
+        first_position: positions.0,
+        last_position: positions.1,
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn appended_events_read_back_with_positions_and_versions() {
+    let f = Fixture::new();
+    let before = now_millis();
+    let first = NewEvent {
+        id: Uuid::new_v4(),
+        event_type: "Opened".to_owned(),
+        content_type: ContentType::Binary,
+        data: vec![1, 2, 3],
+        metadata: Some(r#"{"user":"ann"}"#.to_owned()),
+    };
+    let appended = f.journal.append(
+        "account-1",
+        ExpectedVersion::NoStream,
+        vec![first.clone(), event(2)],
+    );
+    assert_eq!(appended.await.unwrap(), result((1, 2), (1, 2)));
+    let other = f
+        .journal
+        .append("account-2", ExpectedVersion::Any, events(1))
+        .await;
+    assert_eq!(other.unwrap(), result((1, 1), (3, 3)));
+
+    let stream = f.journal.read_stream("account-1", 1, 10).unwrap();
+    assert_eq!(stream.len(), 2);
+    let recorded = &stream[0];
+    assert_eq!(
+        (
+            recorded.position,
+            recorded.version,
+            recorded.stream.as_str()
+        ),
+        (1, 1, "account-1")
+    );
+    assert_eq!(
+        (recorded.id, &recorded.event_type, recorded.content_type),
+        (first.id, &first.event_type, first.content_type)
+    );
+    assert_eq!(
+        (&recorded.data, &recorded.metadata),
+        (&first.data, &first.metadata)
+    );
+    assert!((before..=now_millis()).contains(&recorded.recorded_at));
+    assert_eq!(f.journal.stream_version("account-1").unwrap(), Some(2));
+    assert_eq!(f.journal.stream_version("account-3").unwrap(), None);
+    assert_eq!(f.journal.head_position(), 3);
+    let positions: Vec<u64> = f.all().iter().map(|e| e.position).collect();
+    assert_eq!(positions, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn expected_version_is_enforced() {
+    let f = Fixture::new();
+    let j = &f.journal;
+    assert!(
+        j.append("s", ExpectedVersion::NoStream, events(2))
+            .await
+            .is_ok()
+    );
+    let conflicts = [
+        (ExpectedVersion::NoStream, "s", Some(2)),
+        (ExpectedVersion::Exact(1), "s", Some(2)),
+        (ExpectedVersion::Exact(3), "s", Some(2)),
+        (ExpectedVersion::Exact(1), "missing", None),
+    ];
+    for (expected, stream, current) in conflicts {
+        match j.append(stream, expected, events(1)).await {
+            Err(JournalError::Conflict {
+                stream: s,
+                expected: e,
+                current: c,
+            }) => assert_eq!((s.as_str(), e, c), (stream, expected, current)),
+            other => panic!("{expected:?} on {stream}: expected a conflict, got {other:?}"),
+        }
+    }
+    let exact = j
+        .append("s", ExpectedVersion::Exact(2), events(1))
+        .await
+        .unwrap();
+    assert_eq!(exact, result((3, 3), (3, 3)));
+    let any = j
+        .append("s", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    assert_eq!(any, result((4, 4), (4, 4)));
+    let exact_zero = j.append("new", ExpectedVersion::Exact(0), events(1)).await;
+    assert_eq!(
+        exact_zero.unwrap(),
+        result((1, 1), (5, 5)),
+        "Exact(0) means no stream yet"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_append_writes_nothing() {
+    let f = Fixture::new();
+    f.journal
+        .append("s", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    let refused = events(3);
+    let conflict = f
+        .journal
+        .append("s", ExpectedVersion::NoStream, refused.clone())
+        .await;
+    assert!(matches!(conflict, Err(JournalError::Conflict { .. })));
+    assert_eq!(f.journal.head_position(), 1);
+    assert_eq!(f.all().len(), 1);
+    assert_eq!(f.journal.stream_version("s").unwrap(), Some(1));
+    // Its ids were not recorded either: the same events are accepted later as new ones.
+    let later = f
+        .journal
+        .append("s", ExpectedVersion::Exact(1), refused)
+        .await;
+    assert_eq!(later.unwrap(), result((2, 4), (2, 4)));
+}
+
+#[tokio::test]
+async fn a_retried_append_returns_the_original_result_and_writes_nothing() {
+    let f = Fixture::new();
+    let batch = events(3);
+    let original = f
+        .journal
+        .append("s", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    f.journal
+        .append("s", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    let stats = f.journal.stats();
+    // The expected version no longer holds, yet a retry is recognised by its ids.
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(3),
+        ExpectedVersion::Any,
+    ] {
+        let retried = f
+            .journal
+            .append("s", expected, batch.clone())
+            .await
+            .unwrap();
+        assert_eq!(retried, original);
+    }
+    assert_eq!(f.all().len(), 4);
+    assert_eq!(f.journal.stats(), stats, "a retry commits nothing");
+}
+
+#[tokio::test]
+async fn a_retry_that_differs_from_the_original_is_refused() {
+    let f = Fixture::new();
+    let batch = events(3);
+    f.journal
+        .append("s", ExpectedVersion::Any, batch.clone())
+        .await
+        .unwrap();
+    let mixed = vec![batch[0].clone(), event(9)];
+    let reordered = vec![batch[1].clone(), batch[0].clone()];
+    for attempt in [mixed, reordered] {
+        match f.journal.append("s", ExpectedVersion::Any, attempt).await {
+            Err(JournalError::IdempotencyMismatch { stream, .. }) => assert_eq!(stream, "s"),
+            other => panic!("expected IdempotencyMismatch, got {other:?}"),
+        }
+    }
+    assert_eq!(f.all().len(), 3);
+}
+
+#[tokio::test]
+async fn event_ids_are_unique_across_the_journal() {
+    let f = Fixture::new();
+    let used = event(1);
+    f.journal
+        .append("a", ExpectedVersion::Any, vec![event(0), used.clone()])
+        .await
+        .unwrap();
+    match f
+        .journal
+        .append("b", ExpectedVersion::Any, vec![used.clone()])
+        .await
+    {
+        Err(JournalError::DuplicateEventId {
+            id,
+            stream,
+            position,
+        }) => {
+            assert_eq!((id, stream.as_str(), position), (used.id, "a", Some(2)))
+        }
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    let repeated = event(5);
+    let twice = vec![repeated.clone(), event(6), repeated];
+    match f
+        .journal
+        .append("c", ExpectedVersion::Any, twice.clone())
+        .await
+    {
+        Err(JournalError::DuplicateEventId {
+            id,
+            stream,
+            position,
+        }) => {
+            assert_eq!((id, stream.as_str(), position), (twice[0].id, "c", None))
+        }
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    assert_eq!(f.all().len(), 2);
+    assert_eq!(f.journal.streams_with_prefix("").unwrap(), ["a"]);
+}
+
+#[tokio::test]
+async fn limits_are_refused_before_touching_the_journal() {
+    let f = Fixture::with(JournalConfig {
+        max_event_size: 100,
+        max_append_events: 3,
+        ..JournalConfig::default()
+    });
+    let j = &f.journal;
+    let mut big = event(0);
+    big.event_type = "T".repeat(10);
+    big.data = vec![b'x'; 80];
+    big.metadata = Some("m".repeat(11));
+    assert!(matches!(
+        j.append("s", ExpectedVersion::Any, vec![big.clone()]).await,
+        Err(JournalError::EventTooLarge {
+            size: 101,
+            max: 100
+        })
+    ));
+    big.metadata = Some("m".repeat(10));
+    assert!(j.append("s", ExpectedVersion::Any, vec![big]).await.is_ok());
+    assert!(matches!(
+        j.append("s", ExpectedVersion::Any, events(4)).await,
+        Err(JournalError::TooManyEvents { count: 4, max: 3 })
+    ));
+    assert!(matches!(
+        j.append("s", ExpectedVersion::Any, vec![]).await,
+        Err(JournalError::NoEvents)
+    ));
+    for name in [String::new(), "s".repeat(257)] {
+        match j.append(&name, ExpectedVersion::Any, events(1)).await {
+            Err(JournalError::InvalidStreamName(got)) => assert_eq!(got, name),
+            other => panic!("expected InvalidStreamName, got {other:?}"),
+        }
+    }
+    assert!(
+        j.append(&"s".repeat(256), ExpectedVersion::Any, events(3))
+            .await
+            .is_ok()
+    );
+    assert_eq!(j.head_position(), 4);
+    assert_eq!(
+        j.stats().commits,
+        2,
+        "refused appends never reach the writer"
+    );
+}
+
+#[tokio::test]
+async fn reads_are_paged_and_ascending() {
+    let f = Fixture::new();
+    for n in 0..10 {
+        let stream = if n % 2 == 0 { "even" } else { "odd" };
+        f.journal
+            .append(stream, ExpectedVersion::Any, events(1))
+            .await
+            .unwrap();
+    }
+    let positions =
+        |events: Vec<RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
+    let versions =
+        |events: Vec<RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
+    assert_eq!(positions(f.journal.read_all(0, 3).unwrap()), [1, 2, 3]);
+    assert_eq!(positions(f.journal.read_all(4, 3).unwrap()), [4, 5, 6]);
+    assert_eq!(positions(f.journal.read_all(9, 3).unwrap()), [9, 10]);
+    assert!(f.journal.read_all(11, 3).unwrap().is_empty());
+    assert!(f.journal.read_all(1, 0).unwrap().is_empty());
+    assert_eq!(
+        positions(f.journal.read_stream("odd", 0, 2).unwrap()),
+        [2, 4]
+    );
+    assert_eq!(
+        versions(f.journal.read_stream("odd", 2, 2).unwrap()),
+        [2, 3]
+    );
+    assert_eq!(
+        versions(f.journal.read_stream("odd", 4, 9).unwrap()),
+        [4, 5]
+    );
+    assert!(f.journal.read_stream("odd", 6, 9).unwrap().is_empty());
+    assert!(f.journal.read_stream("none", 1, 9).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn streams_are_listed_by_prefix() {
+    let f = Fixture::new();
+    for stream in [
+        "bank-account-2",
+        "bank-1",
+        "bank-account-1",
+        "bankaccount-1",
+        "shop-1",
+    ] {
+        f.journal
+            .append(stream, ExpectedVersion::Any, events(1))
+            .await
+            .unwrap();
+    }
+    let listed = f.journal.streams_with_prefix("bank-account-").unwrap();
+    assert_eq!(listed, ["bank-account-1", "bank-account-2"]);
+    assert_eq!(f.journal.streams_with_prefix("bank").unwrap().len(), 4);
+    assert!(f.journal.streams_with_prefix("zzz").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn subscribers_see_the_head_move_before_the_ack() {
+    let f = Fixture::new();
+    let mut head = f.journal.subscribe();
+    assert_eq!(*head.borrow_and_update(), 0);
+    let appended = f
+        .journal
+        .append("s", ExpectedVersion::Any, events(2))
+        .await
+        .unwrap();
+    assert!(head.has_changed().unwrap());
+    assert_eq!(*head.borrow_and_update(), appended.last_position);
+    assert_eq!(f.journal.head_position(), 2);
+
+    let waiter = tokio::spawn(async move {
+        head.changed().await.unwrap();
+        *head.borrow()
+    });
+    f.journal
+        .append("s", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_lone_append_costs_one_commit() {
+    let f = Fixture::new();
+    for n in 1..=3 {
+        f.journal
+            .append("s", ExpectedVersion::Any, events(2))
+            .await
+            .unwrap();
+        let stats = f.journal.stats();
+        assert_eq!((stats.commits, stats.appends, stats.events), (n, n, 2 * n));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_get_gapless_positions_and_versions() {
+    let f = Fixture::new();
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let journal = f.journal.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for n in 0..20 {
+                    let stream = format!("s-{}", (task + n) % 5);
+                    let count = 1 + (task + n) as u64 % 3;
+                    let appended = journal
+                        .append(&stream, ExpectedVersion::Any, events(count))
+                        .await;
+                    results.push((stream, count, appended.unwrap()));
+                }
+                results
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    let all = f.all();
+    let total: u64 = acked.iter().map(|(_, count, _)| count).sum();
+    assert_eq!(all.len() as u64, total);
+    assert!(
+        all.iter()
+            .zip(1..)
+            .all(|(event, position)| event.position == position)
+    );
+    for (stream, count, result) in &acked {
+        assert_eq!(result.last_position - result.first_position + 1, *count);
+        for (position, version) in
+            (result.first_position..=result.last_position).zip(result.first_version..)
+        {
+            let event = &all[position as usize - 1];
+            assert_eq!((&event.stream, event.version), (stream, version));
+        }
+    }
+    for stream in f.journal.streams_with_prefix("s-").unwrap() {
+        let versions: Vec<u64> = f
+            .journal
+            .read_stream(&stream, 1, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    }
+    let stats = f.journal.stats();
+    assert_eq!((stats.appends, stats.events), (acked.len() as u64, total));
+    assert!(stats.commits <= stats.appends);
+}
+
+#[test]
+fn append_blocking_works_outside_a_runtime() {
+    let f = Fixture::new();
+    let appended = f
+        .journal
+        .append_blocking("s", ExpectedVersion::NoStream, events(2));
+    assert_eq!(appended.unwrap(), result((1, 2), (1, 2)));
+    let conflict = f
+        .journal
+        .append_blocking("s", ExpectedVersion::NoStream, events(1));
+    assert!(matches!(
+        conflict,
+        Err(JournalError::Conflict {
+            current: Some(2),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn appends_survive_closing_and_reopening() {
+    let f = Fixture::new();
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let journal = f.journal.clone();
+            std::thread::spawn(move || {
+                journal
+                    .append_blocking(&format!("s-{n}"), ExpectedVersion::Any, events(3))
+                    .unwrap()
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let before = f.all();
+    let f = f.reopen();
+    assert_eq!(f.all(), before);
+    assert_eq!(f.journal.head_position(), 24);
+    let next = f
+        .journal
+        .append_blocking("s-0", ExpectedVersion::Exact(3), events(1))
+        .unwrap();
+    assert_eq!(next, result((4, 4), (25, 25)));
+    // Event ids are remembered across reopening.
+    let retried = vec![before[0].clone()]
+        .into_iter()
+        .map(|e| NewEvent {
+            id: e.id,
+            event_type: e.event_type,
+            content_type: e.content_type,
+            data: e.data,
+            metadata: e.metadata,
+        })
+        .collect();
+    let retry = f
+        .journal
+        .append_blocking(&before[0].stream, ExpectedVersion::NoStream, retried);
+    assert_eq!(retry.unwrap(), result((1, 1), (1, 1)));
+}
+
+#[tokio::test]
+async fn snapshots_keep_the_newest_per_stream() {
+    let f = Fixture::with(JournalConfig {
+        keep_snapshots: 2,
+        ..JournalConfig::default()
+    });
+    let j = &f.journal;
+    for version in [10, 20, 30] {
+        j.put_snapshot("p1", "s", version, format!("state {version}").into_bytes())
+            .await
+            .unwrap();
+    }
+    j.put_snapshot("p1", "t", 5, b"t5".to_vec()).await.unwrap();
+    j.put_snapshot("p2", "s", 7, b"p2".to_vec()).await.unwrap();
+
+    let latest =
+        |plugin: &str, stream: &str, at_most| j.latest_snapshot(plugin, stream, at_most).unwrap();
+    assert_eq!(
+        latest("p1", "s", u64::MAX),
+        Some((30, b"state 30".to_vec()))
+    );
+    assert_eq!(latest("p1", "s", 29), Some((20, b"state 20".to_vec())));
+    assert_eq!(latest("p1", "s", 19), None, "version 10 was pruned");
+    assert_eq!(latest("p1", "t", 5), Some((5, b"t5".to_vec())));
+    assert_eq!(latest("p2", "s", 100), Some((7, b"p2".to_vec())));
+    assert_eq!(latest("p3", "s", 100), None);
+}
+
+#[tokio::test]
+async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin() {
+    let f = Fixture::new();
+    let j = &f.journal;
+    assert_eq!(j.checkpoint("p1").unwrap(), None);
+    j.put_checkpoint("p1", 10, b"ten".to_vec()).await.unwrap();
+    j.put_checkpoint("p1", 20, b"twenty".to_vec())
+        .await
+        .unwrap();
+    j.put_checkpoint("p2", 5, b"five".to_vec()).await.unwrap();
+    assert_eq!(j.checkpoint("p1").unwrap(), Some((20, b"twenty".to_vec())));
+    for stream in ["a", "b"] {
+        j.put_snapshot("p1", stream, 1, b"s".to_vec())
+            .await
+            .unwrap();
+        j.put_snapshot("p2", stream, 1, b"s".to_vec())
+            .await
+            .unwrap();
+    }
+    j.put_snapshot("p10", "a", 1, b"s".to_vec()).await.unwrap();
+
+    j.delete_plugin_data("p1").await.unwrap();
+    assert_eq!(j.checkpoint("p1").unwrap(), None);
+    assert_eq!(j.latest_snapshot("p1", "a", 9).unwrap(), None);
+    assert_eq!(j.latest_snapshot("p1", "b", 9).unwrap(), None);
+    assert_eq!(j.checkpoint("p2").unwrap(), Some((5, b"five".to_vec())));
+    assert!(j.latest_snapshot("p2", "b", 9).unwrap().is_some());
+    assert!(j.latest_snapshot("p10", "a", 9).unwrap().is_some());
+    assert_eq!(
+        j.head_position(),
+        0,
+        "snapshots and checkpoints are not events"
+    );
+}
