@@ -1,0 +1,176 @@
+//! Builds every plugin for `wasm32-unknown-unknown` with a nested cargo and
+//! turns each core module into a component in `OUT_DIR/<artifact>.wasm`.
+//!
+//! The nested cargo uses its own target directory (`target/plugins*`), so it
+//! never waits for the lock the outer cargo holds, and only builds the plugin
+//! packages (`-p`), never this crate. Each feature set gets its own target
+//! directory so switching features does not relink every time.
+
+use std::env;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-unknown-unknown";
+/// The workspace profile for plugins (size-optimised, LTO, no debug info).
+const PROFILE: &str = "plugin";
+/// Set for the nested cargo, to catch a plugin that depends on this crate.
+const NESTED: &str = "FOLDHOST_PLUGINS_NESTED";
+
+/// An artifact: its name, the package building it, and the package's features.
+struct Recipe {
+    artifact: &'static str,
+    package: &'static str,
+    features: &'static str,
+}
+
+const fn plain(name: &'static str) -> Recipe {
+    Recipe {
+        artifact: name,
+        package: name,
+        features: "",
+    }
+}
+
+const RECIPES: &[Recipe] = &[
+    plain("bank-account"),
+    plain("bank-analytics"),
+    plain("shopping-cart"),
+    plain("hostile"),
+    plain("wrong-contract"),
+    Recipe {
+        artifact: "bank-analytics-v2",
+        package: "bank-analytics",
+        features: "v2",
+    },
+];
+
+/// Outer-build settings the nested build must not inherit: flags meant for the
+/// host target (`CARGO_ENCODED_RUSTFLAGS` is what cargo hands build scripts),
+/// and clippy's wrapper. The jobserver (`CARGO_MAKEFLAGS`) is kept on purpose
+/// so both builds share the same job slots.
+const SCRUBBED_ENV: &[&str] = &[
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_TARGET_DIR",
+];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
+    if env::var_os(NESTED).is_some() {
+        return Err("a plugin depends on foldhost-plugins; the plugin build would recurse".into());
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()?;
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(path).display());
+    }
+    for recipe in RECIPES {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join("plugins").join(recipe.package).display()
+        );
+    }
+    check_target_installed()?;
+
+    let mut feature_sets: Vec<&str> = Vec::new();
+    for recipe in RECIPES {
+        if !feature_sets.contains(&recipe.features) {
+            feature_sets.push(recipe.features);
+        }
+    }
+    for features in feature_sets {
+        let recipes: Vec<&Recipe> = RECIPES.iter().filter(|r| r.features == features).collect();
+        let target_dir = match features {
+            "" => workspace.join("target/plugins"),
+            _ => workspace.join(format!("target/plugins-{features}")),
+        };
+        cargo_build(&workspace, &target_dir, &recipes)?;
+        for recipe in recipes {
+            let module = target_dir
+                .join(TARGET)
+                .join(PROFILE)
+                .join(format!("{}.wasm", recipe.package.replace('-', "_")));
+            let component = out_dir.join(format!("{}.wasm", recipe.artifact));
+            componentize(&module, &component)
+                .map_err(|e| format!("componentizing {}: {e}", module.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_target_installed() -> Result<(), Box<dyn Error>> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()?;
+    let libdir = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() && Path::new(libdir.trim()).is_dir() {
+        Ok(())
+    } else {
+        Err(format!("the {TARGET} target is missing: run `rustup target add {TARGET}`").into())
+    }
+}
+
+fn cargo_build(
+    workspace: &Path,
+    target_dir: &Path,
+    recipes: &[&Recipe],
+) -> Result<(), Box<dyn Error>> {
+    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .env(NESTED, "1");
+    for recipe in recipes {
+        cargo.args(["-p", recipe.package]);
+        if !recipe.features.is_empty() {
+            cargo.args([
+                "--features",
+                &format!("{}/{}", recipe.package, recipe.features),
+            ]);
+        }
+    }
+    for var in SCRUBBED_ENV {
+        cargo.env_remove(var);
+    }
+    let status = cargo.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(
+            format!("building the plugins for {TARGET} failed ({status}); see the output above")
+                .into(),
+        )
+    }
+}
+
+fn componentize(module: &Path, component: &Path) -> Result<(), Box<dyn Error>> {
+    let bytes = std::fs::read(module)?;
+    let encoded = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .map_err(|e| format!("{e:#}"))?;
+    std::fs::write(component, encoded)?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The workspace's plugins, built as WebAssembly components.
+//!
+//! The build script compiles every plugin crate for `wasm32-unknown-unknown`
+//! (profile `plugin`) and componentizes it, so depending on this crate is all
+//! a test or benchmark needs to get the components:
+//!
+//! ```no_run
+//! let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Aggregate: bank accounts (streams `bank-account-{id}`).
+pub const BANK_ACCOUNT: &str = "bank-account";
+/// Projection over `bank-account`: open accounts, total balance, deposits per day, top balances.
+pub const BANK_ANALYTICS: &str = "bank-analytics";
+/// Aggregate: shopping carts (streams `shopping-cart-{id}`).
+pub const SHOPPING_CART: &str = "shopping-cart";
+/// `bank-analytics` built with feature `v2`: version 2.0.0, state schema 2,
+/// tracks the largest single deposit. For hot-swap tests.
+pub const BANK_ANALYTICS_V2: &str = "bank-analytics-v2";
+/// Aggregate `hostile`: commands that loop, exhaust memory, panic or overflow
+/// the stack, a `Ping` that still works afterwards, and a `Poison` event whose
+/// apply panics.
+pub const HOSTILE: &str = "hostile";
+/// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
+pub const WRONG_CONTRACT: &str = "wrong-contract";
+
+/// The example plugins, as served by `foldhost serve --plugins DIR`.
+pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
+/// Plugins that exist only for tests.
+pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, HOSTILE, WRONG_CONTRACT];
+
+/// The directory holding every `<name>.wasm`.
+pub fn dir() -> &'static Path {
+    Path::new(env!("OUT_DIR"))
+}
+
+/// The component file of the plugin `name` (one of [`EXAMPLES`] or [`TEST_ARTIFACTS`]).
+pub fn path(name: &str) -> PathBuf {
+    dir().join(format!("{name}.wasm"))
+}
+
+/// Copies the [`EXAMPLES`] into `to` (created if missing); returns the new files.
+pub fn copy_examples(to: &Path) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(to)?;
+    EXAMPLES
+        .iter()
+        .map(|name| {
+            let target = to.join(format!("{name}.wasm"));
+            std::fs::copy(path(name), &target)?;
+            Ok(target)
+        })
+        .collect()
+}

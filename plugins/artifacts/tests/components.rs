@@ -1,0 +1,73 @@
+//! Every artifact is a component with exactly the expected contract export and
+//! no imports beyond the contract (in particular, no WASI).
+
+use foldhost_plugins::{EXAMPLES, TEST_ARTIFACTS, path};
+use wit_component::DecodedWasm;
+
+/// The component's imported and exported interface names.
+fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
+    let bytes = std::fs::read(path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let DecodedWasm::Component(resolve, world) = wit_component::decode(&bytes).unwrap() else {
+        panic!("{name} is not a component");
+    };
+    let world = &resolve.worlds[world];
+    let names = |items: Vec<_>| {
+        items
+            .into_iter()
+            .map(|key| resolve.name_world_key(key))
+            .collect()
+    };
+    (
+        names(world.imports.keys().collect()),
+        names(world.exports.keys().collect()),
+    )
+}
+
+fn expected_export(name: &str) -> &'static str {
+    match name {
+        "bank-analytics" | "bank-analytics-v2" => "foldhost:plugin/projection@0.1.0",
+        "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
+        _ => "foldhost:plugin/aggregate@0.1.0",
+    }
+}
+
+#[test]
+fn each_artifact_exports_one_world_and_imports_only_the_contract() {
+    for &name in EXAMPLES.iter().chain(TEST_ARTIFACTS) {
+        let (imports, exports) = interfaces(name);
+        let export = expected_export(name);
+        assert_eq!(exports, [export], "{name} exports");
+        let version = &export[export.rfind('@').unwrap()..];
+        for import in &imports {
+            assert!(
+                import.starts_with("foldhost:plugin/") && import.ends_with(version),
+                "{name} imports {import}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plugins_that_log_import_the_host() {
+    let (imports, _) = interfaces("bank-account");
+    assert!(
+        imports.iter().any(|i| i == "foldhost:plugin/host@0.1.0"),
+        "{imports:?}"
+    );
+}
+
+#[test]
+fn the_v2_artifact_differs_from_v1() {
+    let v1 = std::fs::read(path("bank-analytics")).unwrap();
+    let v2 = std::fs::read(path("bank-analytics-v2")).unwrap();
+    assert_ne!(v1, v2);
+}
+
+#[test]
+fn examples_copy_into_a_directory() {
+    let dir = std::env::temp_dir().join(format!("foldhost-plugins-{}", std::process::id()));
+    let files = foldhost_plugins::copy_examples(&dir).unwrap();
+    assert_eq!(files.len(), EXAMPLES.len());
+    assert!(files.iter().all(|f| f.metadata().unwrap().len() > 0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
