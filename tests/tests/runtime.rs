@@ -569,3 +569,121 @@ fn plugin_describes_itself() {
         vec!["bank-account".to_owned()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_reports_streams_whose_state_changes_between_versions() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    for id in ["a", "b", "c"] {
+        host.command("bank-account", id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+        host.command("bank-account", id, "Deposit", json!({"amount": 7}))
+            .await
+            .unwrap();
+    }
+    let engine = host.runtime.engine().clone();
+    let plugin = |name: &str| {
+        let bytes = std::fs::read(foldhost_plugins::path(name)).unwrap();
+        Plugin::load(&engine, &bytes, name).unwrap()
+    };
+    let (account, v1, v2) = (
+        plugin("bank-account"),
+        plugin("bank-analytics"),
+        plugin("bank-analytics-v2"),
+    );
+    let journal = host.runtime.journal().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut calls = 0;
+        let same =
+            foldhost::runtime::diff_versions(&journal, &account, &account, 5, |_, _| calls += 1)
+                .unwrap();
+        assert_eq!((same.compared, same.differing, calls), (3, 0, 3));
+
+        let changed = foldhost::runtime::diff_versions(&journal, &v1, &v2, 5, |_, _| {}).unwrap();
+        assert_eq!((changed.compared, changed.differing), (1, 1));
+        let sample = &changed.samples[0];
+        assert_eq!(sample.stream, "$all");
+        let (old, new) = (sample.old.as_ref().unwrap(), sample.new.as_ref().unwrap());
+        assert_eq!(old["total_balance"], new["total_balance"]);
+        assert_ne!(old, new);
+
+        let mixed = foldhost::runtime::diff_versions(&journal, &account, &v2, 5, |_, _| {});
+        assert!(
+            matches!(mixed, Err(RuntimeError::InvalidPlugin { .. })),
+            "{mixed:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_projection_version_takes_over_at_the_head_and_a_broken_one_does_not() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    host.load("bank-analytics").await;
+    for i in 0..30 {
+        let id = format!("s{i}");
+        host.command("bank-account", &id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+        host.command("bank-account", &id, "Deposit", json!({"amount": i + 1}))
+            .await
+            .unwrap();
+    }
+    let old = host.runtime.projection("bank-analytics").unwrap();
+    let old_hash = old.plugin().hash.clone();
+    wait_until_live_at(&old, host.runtime.journal().head_position()).await;
+
+    // A broken build under the same name is refused; the old version answers.
+    let refused = host
+        .runtime
+        .load(b"\0asm\x0d\0\x01\0".to_vec(), "bank-analytics.wasm")
+        .await;
+    assert!(refused.is_err());
+    let info = host.runtime.info("bank-analytics").unwrap();
+    assert_eq!(info.hash, old_hash);
+    assert!(info.last_error.is_some(), "{info:?}");
+
+    let v2 = std::fs::read(foldhost_plugins::path("bank-analytics-v2")).unwrap();
+    host.runtime
+        .load(v2, "bank-analytics-v2.wasm")
+        .await
+        .unwrap();
+    let swapped = wait_for(|| {
+        let info = host.runtime.info("bank-analytics").unwrap();
+        (info.hash != old_hash && info.pending.is_none()).then_some(info)
+    })
+    .await;
+    assert_eq!(swapped.version, "2.0.0");
+    let new = host.runtime.projection("bank-analytics").unwrap();
+    let (position, state) = new.state().unwrap().unwrap();
+    assert_eq!(position, host.runtime.journal().head_position());
+
+    // The swapped-in state equals a fresh offline replay of the new version.
+    let (plugin, journal) = (new.plugin().clone(), host.runtime.journal().clone());
+    let offline = tokio::task::spawn_blocking(move || {
+        let mut instance = foldhost::runtime::ProjectionInstance::new(plugin, None).unwrap();
+        instance.catch_up(&journal).unwrap();
+        instance.state().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(state, offline);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_file_in_the_watched_directory_is_loaded() {
+    let host = Host::new();
+    let dir = tempfile::tempdir().unwrap();
+    let _watcher = foldhost::runtime::plugin_dir::watch(host.runtime.clone(), dir.path()).unwrap();
+    // Write under a temporary name, then rename into place, as deploy tools do.
+    let staging = dir.path().join("bank-account.wasm.part");
+    std::fs::copy(foldhost_plugins::path("bank-account"), &staging).unwrap();
+    std::fs::rename(&staging, dir.path().join("bank-account.wasm")).unwrap();
+    wait_for(|| host.runtime.aggregate("bank-account").ok()).await;
+    host.command("bank-account", "w", "Open", json!({"owner": "W"}))
+        .await
+        .unwrap();
+}

@@ -6,20 +6,23 @@
 mod aggregate;
 mod bindings;
 mod commands;
+mod diff;
 mod engine;
 mod error;
 mod plugin;
+pub mod plugin_dir;
 mod projection;
 mod registry;
 mod sandbox;
 
 pub use aggregate::{AggregateInstance, REPLAY_BATCH};
 pub use commands::{AggregateConfig, Aggregates, CommandOutcome, stream_name};
+pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::{Limits, PluginEngine};
 pub use error::RuntimeError;
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
 pub use projection::{CheckpointPolicy, ProjectionInstance, ProjectionRunner, ProjectionStatus};
-pub use registry::{PluginInfo, Runtime, RuntimeConfig};
+pub use registry::{LoadFailure, PluginInfo, Runtime, RuntimeConfig};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async workers.
 async fn blocking<T: Send + 'static>(

@@ -51,8 +51,6 @@ pub enum ProjectionStatus {
     Live { position: u64 },
     /// Stopped by an error; the reason says which plugin call failed and where.
     Failed { position: u64, reason: String },
-    /// Unloaded or replaced.
-    Stopped { position: u64 },
 }
 
 /// One projection instance: the state folded up to `position`.
@@ -262,11 +260,6 @@ impl ProjectionRunner {
             task.abort();
             let _ = task.await;
         }
-        if let ProjectionStatus::Live { position } | ProjectionStatus::CatchingUp { position, .. } =
-            self.status()
-        {
-            tracing::debug!(plugin = %self.plugin.name(), position, "projection stopped");
-        }
     }
 }
 
@@ -359,7 +352,7 @@ impl Worker {
             metrics::counter!("foldhost_projection_events_total", "plugin" => self.plugin.name().to_owned())
                 .increment(count);
             position = new_position;
-            if head - position > REPLAY_BATCH as u64 {
+            if head.saturating_sub(position) > REPLAY_BATCH as u64 {
                 let elapsed = rate.1.elapsed().as_secs_f64();
                 if elapsed >= 0.5 {
                     let events_per_sec = (position - rate.0) as f64 / elapsed;

@@ -38,6 +38,17 @@ pub struct PluginInfo {
     /// Why the last attempt to replace this plugin failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Projections: events read from the journal since this version started
+    /// (after a restart, only those past its checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+}
+
+/// A plugin file or upload that was refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    pub origin: String,
+    pub reason: String,
 }
 
 enum Entry {
@@ -61,6 +72,8 @@ pub struct Runtime {
     aggregates: Aggregates,
     checkpoints: CheckpointPolicy,
     plugins: RwLock<BTreeMap<String, Slot>>,
+    /// Refused loads whose plugin name is unknown, by origin.
+    failures: RwLock<BTreeMap<String, String>>,
 }
 
 impl Runtime {
@@ -72,6 +85,7 @@ impl Runtime {
             journal,
             checkpoints: config.checkpoints,
             plugins: RwLock::new(BTreeMap::new()),
+            failures: RwLock::new(BTreeMap::new()),
         }))
     }
 
@@ -96,8 +110,43 @@ impl Runtime {
     ) -> Result<PluginInfo, RuntimeError> {
         let engine = self.engine.clone();
         let origin_ = origin.to_owned();
-        let plugin = super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await?;
-        self.install(plugin)
+        match super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await {
+            Ok(plugin) => {
+                self.failures.write().expect("failures lock").remove(origin);
+                self.install(plugin)
+            }
+            Err(error) => {
+                self.record_failure(origin, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Refused loads not attributable to a loaded plugin (see [`PluginInfo::last_error`]).
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        let failures = self.failures.read().expect("failures lock");
+        failures
+            .iter()
+            .map(|(origin, reason)| LoadFailure {
+                origin: origin.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    /// A refused new version of a loaded plugin (`name.wasm` or an upload named
+    /// `name`) is reported on that plugin; anything else by origin.
+    fn record_failure(&self, origin: &str, error: &RuntimeError) {
+        let name = origin.strip_suffix(".wasm").unwrap_or(origin);
+        let mut plugins = self.plugins.write().expect("plugin table lock");
+        match plugins.get_mut(name) {
+            Some(slot) if slot.entry.is_some() => slot.last_error = Some(error.to_string()),
+            _ => {
+                drop(plugins);
+                let mut failures = self.failures.write().expect("failures lock");
+                failures.insert(origin.to_owned(), error.to_string());
+            }
+        }
     }
 
     fn install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
@@ -332,14 +381,18 @@ fn info(slot: &Slot) -> Option<PluginInfo> {
         status,
         pending: None,
         last_error: None,
+        replayed: None,
     };
     let mut info = match slot.entry.as_ref()? {
         Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Live { position: 0 }),
         Entry::Projection { active, pending } => {
             let mut info = describe(active.plugin(), active.status());
-            info.pending = pending
-                .as_ref()
-                .map(|p| Box::new(describe(p.plugin(), p.status())));
+            info.replayed = Some(active.replayed());
+            info.pending = pending.as_ref().map(|p| {
+                let mut pending = describe(p.plugin(), p.status());
+                pending.replayed = Some(p.replayed());
+                Box::new(pending)
+            });
             info
         }
     };

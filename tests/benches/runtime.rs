@@ -1,0 +1,227 @@
+//! Replay through WASM against the same logic compiled natively, in one run.
+//!
+//! `cargo bench -p foldhost-tests --bench runtime` (FOLDHOST_BENCH_SCALE=0.1
+//! for a quick pass). Prints a markdown table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bank_account::{Account, AccountEvent};
+use bank_analytics::{Analytics, BankEvent};
+use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent, RecordedEvent};
+use foldhost::runtime::{AggregateInstance, Plugin, PluginEngine, ProjectionInstance};
+use foldhost_guest::codec::decode_json;
+use foldhost_guest::{Aggregate, EventMeta, Projection};
+use serde_json::json;
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(100)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("bench.redb"), JournalConfig::default()).unwrap();
+    let engine = PluginEngine::new(Default::default(), None).unwrap();
+    let account = load(&engine, "bank-account");
+    let analytics = load(&engine, "bank-analytics");
+
+    let long = scale(100_000);
+    let short = scale(10_000);
+    fill_account(&journal, "bank-account-long", long);
+    fill_account(&journal, "bank-account-short", short);
+    let spread = scale(200_000);
+    fill_many_accounts(&journal, spread, 1_000);
+
+    println!("| measurement | WASM | native | WASM/native |");
+    println!("|---|---:|---:|---:|");
+    let events = journal.read_stream("bank-account-long", 1, long).unwrap();
+    for batch in [1, 10, 100, 1024] {
+        let wasm = rate(events.len(), || {
+            let mut instance =
+                AggregateInstance::new(account.clone(), "bank-account-long", None).unwrap();
+            for chunk in events.chunks(batch) {
+                instance.apply(chunk).unwrap();
+            }
+        });
+        let native = rate(events.len(), || native_account(&events));
+        row(
+            &format!("bank-account apply, {batch} events/call"),
+            wasm,
+            native,
+        );
+    }
+    let all = read_everything(&journal);
+    let wasm = rate(all.len(), || {
+        let mut instance = ProjectionInstance::new(analytics.clone(), None).unwrap();
+        for chunk in all.chunks(1024) {
+            instance.apply(chunk).unwrap();
+        }
+    });
+    let native = rate(all.len(), || native_analytics(&all));
+    row("bank-analytics apply, 1024 events/call", wasm, native);
+
+    println!();
+    println!(
+        "| rehydrate one aggregate (journal read + fold) | no snapshot | snapshot 100 events back |"
+    );
+    println!("|---|---:|---:|");
+    for (stream, len) in [("bank-account-short", short), ("bank-account-long", long)] {
+        let cold = time(|| {
+            let mut instance = AggregateInstance::new(account.clone(), stream, None).unwrap();
+            instance.catch_up(&journal, u64::MAX).unwrap();
+        });
+        let snapshot_at = len as u64 - 100;
+        let mut instance = AggregateInstance::new(account.clone(), stream, None).unwrap();
+        instance.catch_up(&journal, snapshot_at).unwrap();
+        let bytes = instance.snapshot().unwrap();
+        block_on(journal.put_snapshot(&account.hash, stream, snapshot_at, bytes)).unwrap();
+        let warm = time(|| {
+            AggregateInstance::rehydrate(account.clone(), &journal, stream, u64::MAX).unwrap();
+        });
+        println!("| {len} events | {} | {} |", ms(cold), ms(warm));
+    }
+    let replay = rate(all.len(), || {
+        let mut instance = ProjectionInstance::new(analytics.clone(), None).unwrap();
+        instance.catch_up(&journal).unwrap();
+    });
+    println!();
+    println!(
+        "bank-analytics catch-up from the journal (read + fold): {} events/s over {} events",
+        per_sec(replay),
+        all.len()
+    );
+}
+
+fn load(engine: &PluginEngine, name: &str) -> Arc<Plugin> {
+    let bytes = std::fs::read(foldhost_plugins::path(name)).unwrap();
+    Plugin::load(engine, &bytes, name).unwrap()
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn fill_account(journal: &Journal, stream: &str, events: usize) {
+    let mut batch = vec![NewEvent::json("Opened", &json!({"owner": "bench"}))];
+    let mut version = 0;
+    for i in 1..events {
+        batch.push(NewEvent::json("Deposited", &json!({"amount": i % 100 + 1})));
+        if batch.len() == 1000 || i + 1 == events {
+            let expected = if version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(version)
+            };
+            let appended = journal
+                .append_blocking(stream, expected, std::mem::take(&mut batch))
+                .unwrap();
+            version = appended.last_version;
+        }
+    }
+}
+
+fn fill_many_accounts(journal: &Journal, events: usize, accounts: usize) {
+    for a in 0..accounts {
+        journal
+            .append_blocking(
+                &format!("bank-account-{a}"),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::json(
+                    "Opened",
+                    &json!({"owner": format!("owner {a}")}),
+                )],
+            )
+            .unwrap();
+    }
+    let per_account = events / accounts;
+    for a in 0..accounts {
+        let deposits = (0..per_account.saturating_sub(1))
+            .map(|i| NewEvent::json("Deposited", &json!({"amount": i % 50 + 1})))
+            .collect::<Vec<_>>();
+        if !deposits.is_empty() {
+            journal
+                .append_blocking(&format!("bank-account-{a}"), ExpectedVersion::Any, deposits)
+                .unwrap();
+        }
+    }
+}
+
+fn read_everything(journal: &Journal) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    loop {
+        let page = journal.read_all(all.len() as u64 + 1, 10_000).unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// The same fold with the plugin's own Rust code, called directly.
+fn native_account(events: &[RecordedEvent]) -> Account {
+    let mut state = Account::default();
+    for event in events {
+        let decoded: AccountEvent = decode_json(&event.event_type, &event.data).unwrap();
+        state.apply(decoded);
+    }
+    std::hint::black_box(state)
+}
+
+fn native_analytics(events: &[RecordedEvent]) -> Analytics {
+    let mut state = Analytics::default();
+    let subscription = Analytics::subscription();
+    for event in events {
+        if !subscription.matches(&event.stream, &event.event_type) {
+            continue;
+        }
+        let decoded: BankEvent = decode_json(&event.event_type, &event.data).unwrap();
+        let meta = EventMeta {
+            stream: &event.stream,
+            version: event.version,
+            position: event.position,
+            recorded_at: event.recorded_at,
+        };
+        state.apply(decoded, &meta);
+    }
+    std::hint::black_box(state)
+}
+
+/// Best of three runs, as events per second.
+fn rate(events: usize, mut run: impl FnMut()) -> f64 {
+    let best = (0..3).map(|_| time(&mut run)).min().unwrap();
+    events as f64 / best.as_secs_f64()
+}
+
+fn time(mut run: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    run();
+    started.elapsed()
+}
+
+fn row(label: &str, wasm: f64, native: f64) {
+    println!(
+        "| {label} | {} ev/s | {} ev/s | {:.2}x |",
+        per_sec(wasm),
+        per_sec(native),
+        wasm / native
+    );
+}
+
+fn per_sec(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else {
+        format!("{:.0}k", rate / 1e3)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
