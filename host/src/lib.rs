@@ -3,5 +3,8 @@
 //!
 //! - [`journal`]: the durable, append-only event journal (redb).
 //! - [`runtime`]: loads plugins and runs aggregates and projections inside wasmtime.
+//! - [`server`]: the JSON HTTP API of `foldhost serve`.
 
 pub mod journal;
+pub mod runtime;
+pub mod server;

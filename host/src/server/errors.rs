@@ -1,0 +1,103 @@
+//! The one mapping from every failure to an HTTP response: a status and a JSON body
+//! `{"error": message, ...}` with machine-readable extras where a client can act on them.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use crate::journal::JournalError;
+use crate::runtime::RuntimeError;
+
+/// A failed request: its status and JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with `status` and the human-readable `message`.
+    pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        let mut body = Map::new();
+        body.insert("error".to_owned(), Value::String(message.to_string()));
+        Self { status, body }
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404: the named resource does not exist.
+    pub fn not_found(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// Adds a field next to `error`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.body.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.body["error"], "request failed");
+        }
+        (self.status, Json(Value::Object(self.body))).into_response()
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(error: JournalError) -> Self {
+        let status = match &error {
+            JournalError::Conflict { current, .. } => {
+                return Self::new(StatusCode::CONFLICT, &error).with("current_version", *current);
+            }
+            JournalError::IdempotencyMismatch { .. } => StatusCode::CONFLICT,
+            JournalError::DuplicateEventId {
+                position: Some(_), ..
+            } => StatusCode::CONFLICT,
+            JournalError::DuplicateEventId { position: None, .. }
+            | JournalError::NoEvents
+            | JournalError::InvalidStreamName(_) => StatusCode::BAD_REQUEST,
+            JournalError::EventTooLarge { .. } | JournalError::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            JournalError::Storage(_)
+            | JournalError::Corrupt { .. }
+            | JournalError::UnsupportedFormat { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error)
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(error: RuntimeError) -> Self {
+        let status = match error {
+            RuntimeError::Journal(journal) => return journal.into(),
+            RuntimeError::Rejected { ref reason, .. } => {
+                return Self::new(StatusCode::UNPROCESSABLE_ENTITY, &error)
+                    .with("reason", reason.clone());
+            }
+            RuntimeError::UnknownPlugin(_)
+            | RuntimeError::WrongKind { .. }
+            | RuntimeError::NoSuchStream(_) => StatusCode::NOT_FOUND,
+            RuntimeError::InvalidPlugin { .. } | RuntimeError::InvalidCommand { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            RuntimeError::TooManyConflicts(_) => StatusCode::CONFLICT,
+            RuntimeError::Trap { .. } | RuntimeError::PluginFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self::new(status, error)
+    }
+}

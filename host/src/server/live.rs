@@ -1,0 +1,121 @@
+//! `GET /events/live`: the global log as Server-Sent Events, caught up from a position and
+//! then followed as commits land.
+//!
+//! The follower remembers only the next position to send and always reads from there, so the
+//! switch from catching up to following can neither skip nor repeat an event: a commit that
+//! lands while a page is being read is simply part of a later page.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::AppState;
+use super::errors::ApiError;
+use super::extract::Query;
+use super::json::EventJson;
+use crate::journal::{Journal, RecordedEvent};
+
+/// Events read from the journal per page.
+const PAGE: usize = 1_000;
+
+/// `?from_position=`: the first position to send (default 1, the start of the log).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    from_position: Option<u64>,
+}
+
+/// Each SSE event carries one event's JSON as `data` and its position as `id`; a client that
+/// reconnects with `Last-Event-ID` resumes right after it. A journal failure ends the feed
+/// with an event of type `error`.
+pub async fn live(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<LiveQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|id| id.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event position"))?
+                + 1,
+        ),
+        None => None,
+    };
+    let journal = state.runtime.journal().clone();
+    let follower = Follower {
+        commits: journal.subscribe(),
+        journal,
+        next: resume.or(query.from_position).unwrap_or(1).max(1),
+        pending: VecDeque::new(),
+        failed: false,
+    };
+    let events = futures_util::stream::unfold(follower, |mut follower| async move {
+        let event = follower.next_event().await?;
+        Some((Ok(event), follower))
+    })
+    .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+struct Follower {
+    journal: Journal,
+    commits: watch::Receiver<u64>,
+    /// The position of the next event to send.
+    next: u64,
+    pending: VecDeque<RecordedEvent>,
+    failed: bool,
+}
+
+impl Follower {
+    /// The next SSE event; `None` ends the feed (the journal closed, or after an error event).
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                let position = event.position;
+                let json =
+                    serde_json::to_string(&EventJson::from(event)).expect("an event serialises");
+                return Some(Event::default().id(position.to_string()).data(json));
+            }
+            if self.failed {
+                return None;
+            }
+            // Marks the head seen before reading: a commit after this wakes `changed`.
+            let head = *self.commits.borrow_and_update();
+            if head < self.next {
+                self.commits.changed().await.ok()?;
+                continue;
+            }
+            let (journal, from) = (self.journal.clone(), self.next);
+            let page = tokio::task::spawn_blocking(move || journal.read_all(from, PAGE)).await;
+            match page {
+                Ok(Ok(events)) => match events.last() {
+                    Some(last) => {
+                        self.next = last.position + 1;
+                        self.pending.extend(events);
+                    }
+                    None => self.commits.changed().await.ok()?,
+                },
+                Ok(Err(error)) => return Some(self.fail(error)),
+                Err(error) => return Some(self.fail(error)),
+            }
+        }
+    }
+
+    fn fail(&mut self, error: impl std::fmt::Display) -> Event {
+        tracing::error!(%error, position = self.next, "live feed stopped");
+        self.failed = true;
+        Event::default().event("error").data(format!(
+            "reading the journal at position {} failed: {error}",
+            self.next
+        ))
+    }
+}

@@ -1,0 +1,252 @@
+//! The JSON HTTP API of `foldhost serve`: the router, starting a server on a data directory,
+//! and its graceful shutdown.
+//!
+//! | Method | Path | |
+//! |---|---|---|
+//! | POST | `/streams/{stream}/events` | append events |
+//! | GET | `/streams/{stream}/events?from_version=&limit=` | read a stream |
+//! | GET | `/events?from_position=&limit=` | read the global log |
+//! | GET | `/events/live?from_position=` | the global log as Server-Sent Events, then live |
+//! | POST | `/aggregates/{plugin}/{id}/commands` | run a command |
+//! | GET | `/aggregates/{plugin}/{id}?at_version=` | an aggregate's state, now or in the past |
+//! | GET | `/projections/{plugin}` | a projection's state |
+//! | GET | `/projections/{plugin}/query/{name}?k=v` | a projection's own query |
+//! | GET | `/plugins` | loaded plugins |
+//! | PUT / DELETE | `/plugins/{name}` | install / unload a plugin (admin token) |
+//! | GET | `/health`, `/metrics` | liveness, Prometheus metrics |
+
+mod aggregates;
+mod errors;
+mod extract;
+pub mod json;
+mod live;
+pub mod metrics;
+mod plugins;
+mod projections;
+mod streams;
+mod unread;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Request, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use errors::ApiError;
+
+use crate::journal::{Journal, JournalConfig};
+use crate::runtime::{Runtime, RuntimeConfig, plugin_dir};
+
+/// The journal's file name inside a data directory.
+pub const JOURNAL_FILE: &str = "journal.redb";
+/// Largest JSON request body (appends, commands).
+pub const MAX_JSON_BODY: usize = 8 << 20;
+/// Largest plugin upload.
+pub const MAX_PLUGIN_BODY: usize = 64 << 20;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    runtime: Arc<Runtime>,
+    admin_token: Option<Arc<str>>,
+    metrics: Option<PrometheusHandle>,
+    /// Cancelled when the server stops: ends live feeds so shutdown does not wait on them.
+    shutdown: CancellationToken,
+}
+
+/// The API's routes over `state`.
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .route(
+            "/streams/{stream}/events",
+            post(streams::append).get(streams::read_stream),
+        )
+        .route("/events", get(streams::read_all))
+        .route("/events/live", get(live::live))
+        .route(
+            "/aggregates/{plugin}/{id}/commands",
+            post(aggregates::command),
+        )
+        .route("/aggregates/{plugin}/{id}", get(aggregates::state))
+        .route("/projections/{plugin}", get(projections::state))
+        .route(
+            "/projections/{plugin}/query/{name}",
+            get(projections::query),
+        )
+        .route("/plugins", get(plugins::list))
+        .route(
+            "/plugins/{name}",
+            put(plugins::put)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY))
+                .delete(plugins::delete),
+        )
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed while handling this request",
+            )
+            .into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                    stream = tracing::field::Empty,
+                    plugin = tracing::field::Empty,
+                    id = tracing::field::Empty,
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Runs journal reads and plugin calls on the blocking pool; a panic there becomes a 500.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error))?
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Holds `journal.redb` and the compiled-component cache `cache/`; created if missing.
+    pub data_dir: PathBuf,
+    /// Every `*.wasm` in it is loaded at start (one that fails to load is logged and
+    /// skipped), and files added or changed later are loaded while serving.
+    pub plugins_dir: Option<PathBuf>,
+    /// Port 0 picks a free port: see [`Server::local_addr`].
+    pub listen: SocketAddr,
+    /// Enables `PUT`/`DELETE /plugins/{name}` for requests bearing it.
+    pub admin_token: Option<String>,
+    /// Serves `/metrics` from this recorder (see [`metrics::install`]).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+    serving: JoinHandle<std::io::Result<()>>,
+    /// Loads plugins added to or changed in the plugin directory while serving.
+    watcher: Option<plugin_dir::DirWatcher>,
+}
+
+impl Server {
+    /// Opens the journal, loads the plugins, binds the listener and starts serving.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let data = config.data_dir;
+        std::fs::create_dir_all(&data)
+            .with_context(|| format!("creating the data directory {}", data.display()))?;
+        let path = data.join(JOURNAL_FILE);
+        let journal = tokio::task::spawn_blocking(move || {
+            Journal::open(&path, JournalConfig::default())
+                .with_context(|| format!("opening the journal {}", path.display()))
+        })
+        .await??;
+        let runtime = Runtime::new(
+            journal,
+            RuntimeConfig {
+                cache_dir: Some(data.join("cache")),
+                ..RuntimeConfig::default()
+            },
+        )?;
+        let watcher = match &config.plugins_dir {
+            Some(dir) => {
+                let loaded = plugin_dir::load_all(&runtime, dir)
+                    .await
+                    .with_context(|| format!("reading the plugin directory {}", dir.display()))?;
+                tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
+                Some(plugin_dir::watch(runtime.clone(), dir)?)
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        if let Some(handle) = &config.metrics {
+            tokio::spawn(metrics::upkeep(handle.clone(), shutdown.clone()));
+        }
+        let app = router(AppState {
+            runtime: runtime.clone(),
+            admin_token: config.admin_token.map(Arc::from),
+            metrics: config.metrics,
+            shutdown: shutdown.clone(),
+        });
+        let stop = shutdown.clone().cancelled_owned();
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        });
+        tracing::info!(%addr, "serving");
+        Ok(Server {
+            addr,
+            runtime,
+            shutdown,
+            serving,
+            watcher,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (live feeds end), then stops the
+    /// plugins and closes the journal. Appends are acknowledged only once durable, so none
+    /// that was acknowledged is lost.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.serving.await.context("the server task failed")??;
+        drop(self.watcher);
+        self.runtime.shutdown().await;
+        let journal = self.runtime.journal().clone();
+        drop(self.runtime);
+        // The last handle closes the journal: its writer drains its queue and stops.
+        tokio::task::spawn_blocking(move || drop(journal)).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! Listing, uploading and unloading plugins; changes need the admin token.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+use super::extract::{Path, Query};
+use super::{AppState, blocking};
+use crate::runtime::{Plugin, PluginInfo};
+
+/// Proof that a request carries the configured admin token (`Authorization: Bearer <token>`).
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = state.admin_token.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin endpoints are disabled: start the server with --admin-token \
+                 (or FOLDHOST_ADMIN_TOKEN) to enable them",
+            ));
+        };
+        let given = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match given {
+            Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(Admin),
+            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token")),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs the header Authorization: Bearer <admin token>",
+            )),
+        }
+    }
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// `GET /plugins`.
+pub async fn list(State(state): State<AppState>) -> Json<Vec<PluginInfo>> {
+    Json(state.runtime.list())
+}
+
+/// `PUT /plugins/{name}`: installs (or replaces) a plugin from the component in the body.
+/// The component must describe itself as `name`.
+pub async fn put(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PluginInfo>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    let bytes =
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let origin = name.clone();
+    // Validate before installing: a component named otherwise must not replace anything.
+    let (engine, bytes_, origin_) = (
+        state.runtime.engine().clone(),
+        bytes.clone(),
+        origin.clone(),
+    );
+    let described = blocking(move || Ok(Plugin::load(&engine, &bytes_, &origin_)?)).await?;
+    if described.name() != name {
+        return Err(ApiError::bad_request(format!(
+            "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
+            described.name(),
+            described.name()
+        )));
+    }
+    Ok(Json(state.runtime.load(bytes.to_vec(), &origin).await?))
+}
+
+/// `?drop_data=true` also deletes the plugin's snapshots and checkpoints.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnloadQuery {
+    #[serde(default)]
+    drop_data: bool,
+}
+
+/// What `DELETE /plugins/{name}` did.
+#[derive(Serialize)]
+pub struct Unloaded {
+    unloaded: String,
+    dropped_data: bool,
+}
+
+/// `DELETE /plugins/{name}`: stops and forgets a plugin. Its snapshots and checkpoints stay
+/// (reloading the same build resumes from them) unless `?drop_data=true`.
+pub async fn delete(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Query(query): Query<UnloadQuery>,
+) -> Result<Json<Unloaded>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    state.runtime.unload(&name, query.drop_data).await?;
+    Ok(Json(Unloaded {
+        unloaded: name,
+        dropped_data: query.drop_data,
+    }))
+}

@@ -1,0 +1,153 @@
+//! Appending to streams and reading streams and the global log directly.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::errors::ApiError;
+use super::extract::{JsonBody, Path, Query};
+use super::json::{EventJson, metadata_text};
+use super::{AppState, blocking};
+use crate::journal::{AppendResult, ContentType, ExpectedVersion, NewEvent};
+
+/// Most events one read returns.
+pub const MAX_READ: usize = 10_000;
+/// Events one read returns unless `limit` says otherwise.
+const DEFAULT_READ: usize = 1_000;
+
+/// `POST /streams/{stream}/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    #[serde(default)]
+    expected_version: Expected,
+    events: Vec<EventInput>,
+}
+
+/// One event to append.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInput {
+    /// Re-sending an event id makes the append idempotent; a fresh (time-ordered) one is
+    /// made if absent.
+    id: Option<Uuid>,
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Value,
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// `expected_version`: a version number, `"any"` or `"no_stream"`; absent means any.
+struct Expected(ExpectedVersion);
+
+impl Default for Expected {
+    fn default() -> Self {
+        Self(ExpectedVersion::Any)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expected {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let expected = match &value {
+            Value::Number(n) => n.as_u64().map(ExpectedVersion::Exact),
+            Value::String(s) if s == "any" => Some(ExpectedVersion::Any),
+            Value::String(s) if s == "no_stream" => Some(ExpectedVersion::NoStream),
+            _ => None,
+        };
+        expected.map(Expected).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected_version must be a version number, \"any\" or \"no_stream\", not {value}"
+            ))
+        })
+    }
+}
+
+pub async fn append(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    JsonBody(request): JsonBody<AppendRequest>,
+) -> Result<Json<AppendResult>, ApiError> {
+    tracing::Span::current().record("stream", stream.as_str());
+    let events = request
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let metadata = metadata_text(&event.metadata)
+                .map_err(|error| ApiError::bad_request(format!("event {i}: {error}")))?;
+            Ok(NewEvent {
+                id: event.id.unwrap_or_else(Uuid::now_v7),
+                event_type: event.event_type,
+                content_type: ContentType::Json,
+                data: serde_json::to_vec(&event.data).expect("a JSON value serialises"),
+                metadata,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let journal = state.runtime.journal();
+    let appended = journal
+        .append(&stream, request.expected_version.0, events)
+        .await?;
+    Ok(Json(appended))
+}
+
+/// `?from_version=&limit=` of a stream read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRange {
+    #[serde(default = "first")]
+    from_version: u64,
+    limit: Option<usize>,
+}
+
+/// `?from_position=&limit=` of a global-log read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRange {
+    #[serde(default = "first")]
+    from_position: u64,
+    limit: Option<usize>,
+}
+
+fn first() -> u64 {
+    1
+}
+
+fn limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(DEFAULT_READ).min(MAX_READ)
+}
+
+/// `GET /streams/{stream}/events`: a page of one stream, ascending; 404 if it has no events.
+pub async fn read_stream(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    Query(range): Query<StreamRange>,
+) -> Result<Json<Vec<EventJson>>, ApiError> {
+    tracing::Span::current().record("stream", stream.as_str());
+    let journal = state.runtime.journal().clone();
+    let events = blocking(move || {
+        if journal.stream_version(&stream)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "stream {stream:?} has no events"
+            )));
+        }
+        Ok(journal.read_stream(&stream, range.from_version, limit(range.limit))?)
+    })
+    .await?;
+    Ok(Json(events.into_iter().map(EventJson::from).collect()))
+}
+
+/// `GET /events`: a page of the global log, ascending by position.
+pub async fn read_all(
+    State(state): State<AppState>,
+    Query(range): Query<LogRange>,
+) -> Result<Json<Vec<EventJson>>, ApiError> {
+    let journal = state.runtime.journal().clone();
+    let events =
+        blocking(move || Ok(journal.read_all(range.from_position, limit(range.limit))?)).await?;
+    Ok(Json(events.into_iter().map(EventJson::from).collect()))
+}
