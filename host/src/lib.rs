@@ -4,7 +4,9 @@
 //! - [`journal`]: the durable, append-only event journal (redb).
 //! - [`runtime`]: loads plugins and runs aggregates and projections inside wasmtime.
 //! - [`server`]: the JSON HTTP API of `foldhost serve`.
+//! - [`cli`]: the `foldhost` command line (server, client and offline subcommands).
 
+pub mod cli;
 pub mod journal;
 pub mod runtime;
 pub mod server;

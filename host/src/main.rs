@@ -1,3 +1,5 @@
-fn main() {
-    println!("foldhost");
+//! The `foldhost` binary; everything lives in [`foldhost::cli`].
+
+fn main() -> std::process::ExitCode {
+    foldhost::cli::main()
 }

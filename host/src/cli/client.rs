@@ -1,0 +1,441 @@
+//! Client subcommands: talk to a running server over its HTTP API.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use reqwest::{Client, Method, RequestBuilder, Url};
+use serde_json::{Value, json};
+
+use crate::runtime::{Limits, Plugin, PluginEngine};
+
+/// Where the server is.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "FOLDHOST_URL",
+        default_value = "http://127.0.0.1:7878",
+        global = true
+    )]
+    url: Url,
+    /// Bearer token for the admin endpoints (plugins load / unload).
+    #[arg(
+        long,
+        env = "FOLDHOST_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The stream to append to.
+    stream: String,
+    /// The event's type.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: String,
+    /// The event's data, as JSON.
+    #[arg(long, value_parser = parse_json)]
+    data: Value,
+    /// A JSON object stored with the event.
+    #[arg(long, value_parser = parse_json)]
+    metadata: Option<Value>,
+    /// Only append if the stream is at this version: a number, `any` or `no_stream`.
+    #[arg(long, default_value = "any")]
+    expected_version: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this stream's events (default: the global log).
+    stream: Option<String>,
+    /// First stream version (with STREAM) or global position (without) to print.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Print at most this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Keep following new events as they are appended (Server-Sent Events) until interrupted.
+    #[arg(long, conflicts_with = "limit")]
+    follow: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct CommandArgs {
+    /// The aggregate plugin.
+    plugin: String,
+    /// The aggregate's id (its stream is PLUGIN-ID).
+    id: String,
+    /// The command's type, e.g. Deposit.
+    #[arg(value_name = "TYPE")]
+    command_type: String,
+    /// The command's data, as JSON (default: null).
+    #[arg(value_parser = parse_json)]
+    data: Option<Value>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The aggregate plugin.
+    plugin: String,
+    /// The aggregate's id.
+    id: String,
+    /// The state as it was right after this stream version.
+    #[arg(long)]
+    at_version: Option<u64>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionArgs {
+    /// The projection plugin.
+    plugin: String,
+    /// Run the plugin's query NAME instead of printing its state.
+    #[arg(long, value_name = "NAME")]
+    query: Option<String>,
+    /// A query argument (repeatable); VALUE is taken as JSON if it parses, else as a string.
+    #[arg(long = "arg", value_name = "KEY=VALUE", requires = "query", value_parser = parse_pair)]
+    args: Vec<(String, String)>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct PluginsArgs {
+    #[command(subcommand)]
+    action: PluginsAction,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsAction {
+    /// List the loaded plugins.
+    List,
+    /// Install a plugin component (or replace the loaded version); needs the admin token.
+    Load {
+        /// The .wasm component.
+        file: PathBuf,
+    },
+    /// Unload a plugin; needs the admin token.
+    Unload {
+        /// The plugin's name.
+        name: String,
+        /// Also delete its snapshots and checkpoints (kept by default, so reloading the same
+        /// build resumes from them).
+        #[arg(long)]
+        drop_data: bool,
+    },
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+impl Remote {
+    fn request(&self, method: Method, segments: &[&str]) -> anyhow::Result<RequestBuilder> {
+        let mut url = self.url.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.url))?
+            .pop_if_empty()
+            .extend(segments);
+        let mut request = Client::new().request(method, url);
+        if let Some(token) = &self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request)
+    }
+}
+
+/// Sends `request` and returns its JSON answer, or fails with the server's error message.
+async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.context("the server did not answer")?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("the server answered {status} without JSON"))?;
+    if !status.is_success() {
+        let message = body["error"].as_str().unwrap_or("no message");
+        bail!("the server answered {status}: {message}");
+    }
+    Ok(body)
+}
+
+fn print_pretty(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value serialises")
+    );
+}
+
+pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
+    let expected = match args.expected_version.parse::<u64>() {
+        Ok(version) => json!(version),
+        Err(_) => json!(args.expected_version),
+    };
+    let mut event = json!({"type": args.event_type, "data": args.data});
+    if let Some(metadata) = args.metadata {
+        event["metadata"] = metadata;
+    }
+    let body = json!({"expected_version": expected, "events": [event]});
+    let request = args
+        .remote
+        .request(Method::POST, &["streams", &args.stream, "events"])?
+        .json(&body);
+    print_pretty(&send(request).await?);
+    Ok(())
+}
+
+pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
+    if args.follow {
+        return follow(&args).await;
+    }
+    const PAGE: u64 = 1_000;
+    let mut next = args.from;
+    let mut left = args.limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let limit = left.min(PAGE);
+        let request = match &args.stream {
+            Some(stream) => args
+                .remote
+                .request(Method::GET, &["streams", stream, "events"])?
+                .query(&[("from_version", next), ("limit", limit)]),
+            None => args
+                .remote
+                .request(Method::GET, &["events"])?
+                .query(&[("from_position", next), ("limit", limit)]),
+        };
+        let page = send(request).await?;
+        let events = page
+            .as_array()
+            .context("the server answered no list of events")?;
+        for event in events {
+            println!("{event}");
+        }
+        let Some(last) = events.last() else {
+            break;
+        };
+        let key = if args.stream.is_some() {
+            "version"
+        } else {
+            "position"
+        };
+        next = last[key].as_u64().context("an event without its number")? + 1;
+        left -= events.len() as u64;
+    }
+    Ok(())
+}
+
+/// Prints the live feed; with a stream, only that stream's events from version `--from` on.
+async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
+    let from_position = if args.stream.is_some() { 1 } else { args.from };
+    let request = args
+        .remote
+        .request(Method::GET, &["events", "live"])?
+        .query(&[("from_position", from_position)]);
+    let response = request.send().await.context("the server did not answer")?;
+    if !response.status().is_success() {
+        return send_failed(response).await;
+    }
+    let mut body = response.bytes_stream();
+    let mut feed = SseParser::default();
+    while let Some(chunk) = body.next().await {
+        for message in feed.push(&chunk.context("the live feed broke off")?) {
+            if message.event == "error" {
+                bail!("the server ended the live feed: {}", message.data);
+            }
+            let event: Value = serde_json::from_str(&message.data)
+                .with_context(|| format!("the live feed sent no JSON: {}", message.data))?;
+            let wanted = match &args.stream {
+                Some(stream) => {
+                    event["stream"] == stream.as_str()
+                        && event["version"].as_u64().is_some_and(|v| v >= args.from)
+                }
+                None => true,
+            };
+            if wanted {
+                println!("{event}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send_failed(response: reqwest::Response) -> anyhow::Result<()> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    bail!(
+        "the server answered {status}: {}",
+        body["error"].as_str().unwrap_or("no message")
+    )
+}
+
+/// One Server-Sent Events message.
+#[derive(Debug, Default, PartialEq)]
+struct SseMessage {
+    /// `message` unless the server named it.
+    event: String,
+    data: String,
+}
+
+/// Splits a Server-Sent Events byte stream into messages (lines of `field: value`, a blank
+/// line ending each message; `:` lines are comments such as keep-alives).
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    current: SseMessage,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes in; returns the messages they completed.
+    fn push(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
+        self.buffer.extend_from_slice(bytes);
+        let mut complete = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if std::mem::take(&mut self.has_data) {
+                    let mut message = std::mem::take(&mut self.current);
+                    if message.event.is_empty() {
+                        message.event = "message".to_owned();
+                    }
+                    complete.push(message);
+                } else {
+                    self.current = SseMessage::default();
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                "event" => self.current.event = value.to_owned(),
+                _ => {} // comments, id, retry
+            }
+        }
+        complete
+    }
+}
+
+pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
+    let body = json!({"type": args.command_type, "data": args.data.unwrap_or(Value::Null)});
+    let request = args
+        .remote
+        .request(
+            Method::POST,
+            &["aggregates", &args.plugin, &args.id, "commands"],
+        )?
+        .json(&body);
+    print_pretty(&send(request).await?);
+    Ok(())
+}
+
+pub async fn state(args: StateArgs) -> anyhow::Result<()> {
+    let mut request = args
+        .remote
+        .request(Method::GET, &["aggregates", &args.plugin, &args.id])?;
+    if let Some(version) = args.at_version {
+        request = request.query(&[("at_version", version)]);
+    }
+    print_pretty(&send(request).await?);
+    Ok(())
+}
+
+pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
+    let request = match &args.query {
+        Some(name) => args
+            .remote
+            .request(Method::GET, &["projections", &args.plugin, "query", name])?
+            .query(&args.args),
+        None => args
+            .remote
+            .request(Method::GET, &["projections", &args.plugin])?,
+    };
+    print_pretty(&send(request).await?);
+    Ok(())
+}
+
+pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
+    let answer = match args.action {
+        PluginsAction::List => send(remote.request(Method::GET, &["plugins"])?).await?,
+        PluginsAction::Load { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = described_name(&bytes, &file.display().to_string())?;
+            send(
+                remote
+                    .request(Method::PUT, &["plugins", &name])?
+                    .body(bytes),
+            )
+            .await?
+        }
+        PluginsAction::Unload { name, drop_data } => {
+            let request = remote
+                .request(Method::DELETE, &["plugins", &name])?
+                .query(&[("drop_data", drop_data)]);
+            send(request).await?
+        }
+    };
+    print_pretty(&answer);
+    Ok(())
+}
+
+/// The name a component gives itself, found by loading it locally (which also validates it
+/// before it is uploaded).
+fn described_name(bytes: &[u8], origin: &str) -> anyhow::Result<String> {
+    let engine = PluginEngine::new(Limits::default(), None)?;
+    Ok(Plugin::load(&engine, bytes, origin)?.name().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_messages_split_across_chunks_and_skip_comments() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b": keep-alive\n\nid: 1\nda").is_empty());
+        let messages = parser.push(b"ta: {\"a\":1}\r\n\r\nevent: error\ndata: x\ndata: y\n\n");
+        assert_eq!(
+            messages,
+            vec![
+                SseMessage {
+                    event: "message".into(),
+                    data: "{\"a\":1}".into()
+                },
+                SseMessage {
+                    event: "error".into(),
+                    data: "x\ny".into()
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! The `foldhost` command line: the server, client subcommands for a running server, and
+//! offline subcommands working directly on a data directory.
+
+mod client;
+mod offline;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::server::{Server, ServerConfig};
+
+/// Event sourcing whose aggregates and projections are sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "foldhost", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server on a data directory until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Append one event to a stream.
+    Append(client::AppendArgs),
+    /// Print events, one JSON object per line: of one stream, or of the global log.
+    Events(client::EventsArgs),
+    /// Run a command on an aggregate and print the outcome.
+    Command(client::CommandArgs),
+    /// Print an aggregate's state, now or at a past version.
+    State(client::StateArgs),
+    /// Print a projection's state, or the answer to one of its queries.
+    Projection(client::ProjectionArgs),
+    /// List, load or unload the server's plugins.
+    Plugins(client::PluginsArgs),
+    /// Offline: run a plugin over a data directory's journal and print the state it folds.
+    Replay(offline::ReplayArgs),
+    /// Offline: write a data directory's global log as NDJSON.
+    Export(offline::ExportArgs),
+    /// Offline: append the events of an NDJSON export to a data directory's journal.
+    Import(offline::ImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Data directory: holds the journal file and the compiled-plugin cache.
+    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
+    data: PathBuf,
+    /// Directory whose *.wasm plugins are loaded at start (one that fails is skipped).
+    #[arg(long, env = "FOLDHOST_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port. The first line printed on stdout is
+    /// `listening on http://ADDRESS`.
+    #[arg(long, env = "FOLDHOST_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Bearer token for the admin endpoints (PUT/DELETE /plugins); without one they are
+    /// disabled.
+    #[arg(long, env = "FOLDHOST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Runs the command line: parses the arguments, runs the subcommand and reports a failure
+/// on stderr with a non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Append(args) => client::append(args).await,
+        Command::Events(args) => client::events(args).await,
+        Command::Command(args) => client::command(args).await,
+        Command::State(args) => client::state(args).await,
+        Command::Projection(args) => client::projection(args).await,
+        Command::Plugins(args) => client::plugins(args).await,
+        Command::Replay(args) => offline::replay(args).await,
+        Command::Export(args) => offline::export(args).await,
+        Command::Import(args) => offline::import(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listen = resolve(&args.listen)?;
+    let admin_token = args.admin_token.filter(|token| !token.is_empty());
+    if admin_token.is_none() {
+        tracing::info!("no admin token: PUT and DELETE /plugins are disabled");
+    }
+    let server = Server::start(ServerConfig {
+        data_dir: args.data,
+        plugins_dir: args.plugins,
+        listen,
+        admin_token,
+        metrics: Some(crate::server::metrics::install()?),
+    })
+    .await?;
+    println!("listening on http://{}", server.local_addr());
+    terminated().await?;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().await
+}
+
+fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .with_context(|| format!("invalid --listen address {listen:?}"))?
+        .next()
+        .with_context(|| format!("--listen {listen:?} resolves to no address"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn terminated() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("handling Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("handling Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

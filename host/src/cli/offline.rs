@@ -1,0 +1,297 @@
+//! Offline subcommands: work directly on a data directory's journal, without a server
+//! (and not while one runs on it: the journal file is opened exclusively).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::journal::{
+    AppendResult, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
+};
+use crate::runtime::{
+    AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_BATCH,
+    stream_name,
+};
+use crate::server::JOURNAL_FILE;
+use crate::server::json::EventJson;
+
+/// The data directory an offline subcommand works on.
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// Data directory of the journal (must not be in use by a running server).
+    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
+    data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The plugin component to run.
+    #[arg(long, value_name = "FILE")]
+    plugin: PathBuf,
+    /// For an aggregate plugin: the id of the aggregate to fold (its stream is PLUGIN-ID).
+    /// A projection folds the whole global log.
+    #[arg(long, value_name = "ID")]
+    stream: Option<String>,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Where to write the NDJSON (default: stdout).
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// An NDJSON export (`foldhost export`): one event per line, in global-log order.
+    file: PathBuf,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+impl DataDir {
+    /// Opens the journal of an existing data directory.
+    fn open_existing(&self) -> anyhow::Result<Journal> {
+        let path = self.data.join(JOURNAL_FILE);
+        if !path.exists() {
+            bail!("no journal at {}", path.display());
+        }
+        open(&path)
+    }
+}
+
+fn open(path: &Path) -> anyhow::Result<Journal> {
+    Journal::open(path, JournalConfig::default()).with_context(|| {
+        format!(
+            "opening the journal {} (is a server running on it?)",
+            path.display()
+        )
+    })
+}
+
+fn progress(len: u64, unit: &str) -> ProgressBar {
+    let template =
+        format!("{{bar:40}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, {{eta}} left)");
+    ProgressBar::new(len)
+        .with_style(ProgressStyle::with_template(&template).expect("a valid progress template"))
+}
+
+/// `replay`: folds the journal with a plugin from scratch and prints the state it reaches.
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let journal = args.data.open_existing()?;
+        let bytes = std::fs::read(&args.plugin)
+            .with_context(|| format!("reading {}", args.plugin.display()))?;
+        let engine = PluginEngine::new(Limits::default(), None)?;
+        let plugin = Plugin::load(&engine, &bytes, &args.plugin.display().to_string())?;
+        let state = match (plugin.kind(), args.stream) {
+            (PluginKind::Projection, None) => replay_projection(plugin, &journal)?,
+            (PluginKind::Projection, Some(_)) => {
+                bail!(
+                    "{} is a projection: it folds the global log, drop --stream",
+                    plugin.name()
+                )
+            }
+            (PluginKind::Aggregate, Some(id)) => replay_aggregate(plugin, &journal, &id)?,
+            (PluginKind::Aggregate, None) => {
+                bail!(
+                    "{} is an aggregate: name the aggregate with --stream ID",
+                    plugin.name()
+                )
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        Ok(())
+    })
+    .await?
+}
+
+fn replay_projection(plugin: Arc<Plugin>, journal: &Journal) -> anyhow::Result<serde_json::Value> {
+    let bar = progress(journal.head_position(), "events");
+    let mut projection = ProjectionInstance::new(plugin, None)?;
+    loop {
+        let events = journal.read_all(projection.position + 1, REPLAY_BATCH)?;
+        if events.is_empty() {
+            break;
+        }
+        projection.apply(&events)?;
+        bar.set_position(projection.position);
+    }
+    bar.finish_and_clear();
+    Ok(projection.state()?)
+}
+
+fn replay_aggregate(
+    plugin: Arc<Plugin>,
+    journal: &Journal,
+    id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let stream = stream_name(plugin.name(), id);
+    let Some(head) = journal.stream_version(&stream)? else {
+        bail!("stream {stream:?} has no events");
+    };
+    let bar = progress(head, "events");
+    let mut aggregate = AggregateInstance::new(plugin, &stream, None)?;
+    loop {
+        let events = journal.read_stream(&stream, aggregate.version + 1, REPLAY_BATCH)?;
+        if events.is_empty() {
+            break;
+        }
+        aggregate.apply(&events)?;
+        bar.set_position(aggregate.version);
+    }
+    bar.finish_and_clear();
+    Ok(aggregate.state()?)
+}
+
+/// `export`: the global log as NDJSON, one [`EventJson`] per line.
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let journal = args.data.open_existing()?;
+        let out: Box<dyn Write> = match &args.file {
+            Some(path) => Box::new(
+                File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut out = BufWriter::new(out);
+        let bar = progress(journal.head_position(), "events");
+        let mut next = 1;
+        loop {
+            let events = journal.read_all(next, REPLAY_BATCH)?;
+            let Some(last) = events.last() else {
+                break;
+            };
+            next = last.position + 1;
+            for event in events {
+                serde_json::to_writer(&mut out, &EventJson::from(event))?;
+                out.write_all(b"\n")?;
+            }
+            bar.set_position(next - 1);
+        }
+        out.flush()?;
+        bar.finish_and_clear();
+        Ok(())
+    })
+    .await?
+}
+
+/// Most events in one append of an import.
+const IMPORT_BATCH: usize = 1_000;
+/// Appends an import keeps queued at once, so the journal can group them into few commits.
+const IMPORT_WINDOW: usize = 256;
+
+type PendingAppend = Pin<Box<dyn Future<Output = Result<AppendResult, JournalError>> + Send>>;
+
+/// `import`: appends an export's events in order, consecutive events of one stream together
+/// (`ExpectedVersion::Any`), keeping their ids, types, data and metadata. Event ids make it
+/// idempotent: importing the same file again writes nothing new.
+pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data.data)
+        .with_context(|| format!("creating {}", args.data.data.display()))?;
+    let journal = open(&args.data.data.join(JOURNAL_FILE))?;
+    let file =
+        File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let bar = progress(file.metadata()?.len(), "bytes");
+    let mut lines = BufReader::new(file);
+    let mut importer = Importer {
+        journal: journal.clone(),
+        batch: None,
+        in_flight: VecDeque::new(),
+        events: 0,
+    };
+    let mut line = String::new();
+    for number in 1.. {
+        line.clear();
+        let read = lines.read_line(&mut line)?;
+        if read == 0 {
+            break;
+        }
+        bar.inc(read as u64);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<EventJson>(&line)
+            .map_err(|error| error.to_string())
+            .and_then(|event| Ok((event.stream.clone(), event.to_new_event()?)));
+        let (stream, event) = parsed
+            .map_err(|error| anyhow::anyhow!("{} line {number}: {error}", args.file.display()))?;
+        importer.add(stream, event).await?;
+    }
+    let events = importer.finish().await?;
+    bar.finish_and_clear();
+    eprintln!("imported {events} events into {}", args.data.data.display());
+    Ok(())
+}
+
+struct Importer {
+    journal: Journal,
+    batch: Option<(String, Vec<NewEvent>)>,
+    in_flight: VecDeque<PendingAppend>,
+    events: u64,
+}
+
+impl Importer {
+    async fn add(&mut self, stream: String, event: NewEvent) -> anyhow::Result<()> {
+        match &mut self.batch {
+            Some((current, events)) if *current == stream && events.len() < IMPORT_BATCH => {
+                events.push(event)
+            }
+            _ => {
+                self.flush().await?;
+                self.batch = Some((stream, vec![event]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the current batch. The journal takes an append into its queue on the
+    /// future's first poll, so polling each once as it is made keeps the import's order.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let Some((stream, events)) = self.batch.take() else {
+            return Ok(());
+        };
+        self.events += events.len() as u64;
+        let journal = self.journal.clone();
+        let mut append: PendingAppend =
+            Box::pin(async move { journal.append(&stream, ExpectedVersion::Any, events).await });
+        match std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await {
+            Poll::Ready(done) => {
+                done?;
+            }
+            Poll::Pending => self.in_flight.push_back(append),
+        }
+        while self.in_flight.len() >= IMPORT_WINDOW {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self) -> anyhow::Result<()> {
+        if let Some(append) = self.in_flight.pop_front() {
+            append.await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the last batch, waits for every append, and returns how many events it sent.
+    async fn finish(mut self) -> anyhow::Result<u64> {
+        self.flush().await?;
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(self.events)
+    }
+}
