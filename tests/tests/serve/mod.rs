@@ -1,0 +1,219 @@
+//! A real `foldhost serve` process for end-to-end tests.
+//!
+//! The binary is `foldhost-under-test`, a target of this package built from the very
+//! `host/src/main.rs` of the `foldhost` binary: cargo builds a package's binaries before its
+//! integration tests and hands them over in `CARGO_BIN_EXE_*`, which it does not do for
+//! another package's binaries. So `cargo nextest run --workspace` from a clean clone needs no
+//! extra build step and never runs a stale binary.
+
+#![allow(dead_code)] // each test file uses its own part of the helpers
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The foldhost binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_foldhost-under-test");
+/// Failure guard for anything that waits on the server.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A temporary data directory and plugin directory holding the example plugins.
+pub struct Dirs {
+    _root: tempfile::TempDir,
+    pub data: PathBuf,
+    pub plugins: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let plugins = root.path().join("plugins");
+        foldhost_plugins::copy_examples(&plugins).unwrap();
+        Dirs {
+            _root: root,
+            data,
+            plugins,
+        }
+    }
+}
+
+/// A running `foldhost serve`; killed when dropped unless stopped first.
+pub struct Server {
+    child: Child,
+    /// Kept open so a late write to stdout cannot fail.
+    _stdout: BufReader<ChildStdout>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Server {
+    /// Starts a server on an ephemeral port with the example plugins and `admin_token`.
+    pub fn start(dirs: &Dirs, admin_token: Option<&str>) -> Server {
+        Self::start_with(&dirs.data, Some(&dirs.plugins), admin_token)
+    }
+
+    pub fn start_with(data: &Path, plugins: Option<&Path>, admin_token: Option<&str>) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("FOLDHOST_PLUGINS")
+            .env_remove("FOLDHOST_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if let Some(plugins) = plugins {
+            command.arg("--plugins").arg(plugins);
+        }
+        if let Some(token) = admin_token {
+            command.args(["--admin-token", token]);
+        }
+        let mut child = command.spawn().expect("starting foldhost");
+        let stdout = child.stdout.take().unwrap();
+        // Read the first line on a thread so a server that never prints fails the test.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), stdout));
+        });
+        let (line, stdout) = match rx.recv_timeout(PATIENCE) {
+            Ok((Ok(line), stdout)) => (line, stdout),
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "foldhost printed no address: {:?}",
+                    other.map(|(line, _)| line)
+                );
+            }
+        };
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        Server {
+            child,
+            _stdout: stdout,
+            url,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        let sent = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill failed");
+        self.wait()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "foldhost did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A status and JSON body.
+pub async fn json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("status {status}: body is not JSON ({error}): {text:?}"));
+    (status, body)
+}
+
+/// Every event of the global log, paging through `GET /events`.
+pub async fn all_events(client: &reqwest::Client, server: &Server) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let from = events.len() + 1;
+        let response = client
+            .get(server.url(&format!("/events?from_position={from}&limit=1000")))
+            .send()
+            .await
+            .unwrap();
+        let (status, page) = json(response).await;
+        assert_eq!(status, 200, "{page}");
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page);
+    }
+}
+
+/// Reads Server-Sent Events `data` payloads as JSON from a streaming response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> SseReader {
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        SseReader {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next message's `data` as JSON (`None` when the feed ends); keep-alives skipped.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let message: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let message = String::from_utf8(message).unwrap();
+                let data: Vec<&str> = message
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(|data| data.strip_prefix(' ').unwrap_or(data))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(serde_json::from_str(&data.join("\n")).unwrap());
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+                .await
+                .expect("the live feed stalled")
+                .unwrap()?;
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+}
