@@ -43,8 +43,8 @@ pub struct JournalStats {
 /// A handle to an open journal; clones share it.
 ///
 /// Dropping the last clone closes the journal: the writer thread finishes every request already
-/// queued, then stops, and the file is released. Appends are acknowledged only once durable, so
-/// closing never loses an acknowledged append.
+/// queued, then stops, and the file is released; the drop blocks until then. Appends are
+/// acknowledged only once durable, so closing never loses an acknowledged append.
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
