@@ -19,11 +19,11 @@ use crate::server::{Server, ServerConfig};
 #[command(name = "foldhost", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Action {
     /// Run the HTTP server on a data directory until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Append one event to a stream.
@@ -68,8 +68,8 @@ struct ServeArgs {
 /// on stderr with a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_log = match cli.command {
-        Command::Serve(_) => "info",
+    let default_log = match cli.action {
+        Action::Serve(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -85,7 +85,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.action)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -94,18 +94,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Serve(args) => serve(args).await,
-        Command::Append(args) => client::append(args).await,
-        Command::Events(args) => client::events(args).await,
-        Command::Command(args) => client::command(args).await,
-        Command::State(args) => client::state(args).await,
-        Command::Projection(args) => client::projection(args).await,
-        Command::Plugins(args) => client::plugins(args).await,
-        Command::Replay(args) => offline::replay(args).await,
-        Command::Export(args) => offline::export(args).await,
-        Command::Import(args) => offline::import(args).await,
+async fn run(action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::Serve(args) => serve(args).await,
+        Action::Append(args) => client::append(args).await,
+        Action::Events(args) => client::events(args).await,
+        Action::Command(args) => client::command(args).await,
+        Action::State(args) => client::state(args).await,
+        Action::Projection(args) => client::projection(args).await,
+        Action::Plugins(args) => client::plugins(args).await,
+        Action::Replay(args) => offline::replay(args).await,
+        Action::Export(args) => offline::export(args).await,
+        Action::Import(args) => offline::import(args).await,
     }
 }
 

@@ -1,0 +1,519 @@
+//! The `foldhost` command line: client subcommands against a running server, and the
+//! offline subcommands on its data directory.
+
+mod serve;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use serve::{BIN, Dirs, PATIENCE, Server};
+
+const TOKEN: &str = "cli-admin-token";
+
+/// `foldhost ARGS` with a clean environment apart from `FOLDHOST_URL`.
+fn foldhost(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FOLDHOST_DATA")
+        .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .env("FOLDHOST_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs a subcommand that must succeed; returns its stdout.
+fn ok(url: &str, args: &[&str]) -> String {
+    let output = foldhost(url, args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "foldhost {args:?} failed: {stderr}"
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a subcommand that must fail; returns its stderr.
+fn fails(url: &str, args: &[&str]) -> String {
+    let output = foldhost(url, args);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "foldhost {args:?} should fail"
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn parse(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn lines(stdout: &str) -> Vec<Value> {
+    stdout.lines().map(parse).collect()
+}
+
+fn wasm(name: &str) -> String {
+    foldhost_plugins::path(name).display().to_string()
+}
+
+#[test]
+fn client_subcommands_drive_a_running_server() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let url = &server.url.clone();
+
+    let appended = ok(
+        url,
+        &[
+            "append",
+            "notes-1",
+            "--type",
+            "Noted",
+            "--data",
+            r#"{"text":"hi"}"#,
+            "--metadata",
+            r#"{"by":"cli"}"#,
+            "--expected-version",
+            "no_stream",
+        ],
+    );
+    assert_eq!(parse(&appended)["last_version"], 1);
+    let conflict = fails(
+        url,
+        &[
+            "append",
+            "notes-1",
+            "--type",
+            "Noted",
+            "--data",
+            "1",
+            "--expected-version",
+            "no_stream",
+        ],
+    );
+    assert!(conflict.contains("409"), "{conflict}");
+    let usage = foldhost(
+        url,
+        &["append", "notes-1", "--type", "T", "--data", "{oops"],
+    );
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("not valid JSON"));
+    ok(
+        url,
+        &[
+            "append",
+            "notes-1",
+            "--type",
+            "Noted",
+            "--data",
+            "2",
+            "--expected-version",
+            "1",
+        ],
+    );
+
+    let opened = parse(&ok(
+        url,
+        &[
+            "command",
+            "bank-account",
+            "alice",
+            "Open",
+            r#"{"owner":"Alice"}"#,
+        ],
+    ));
+    assert_eq!(
+        (opened["version"].clone(), opened["state"]["status"].clone()),
+        (json!(1), json!("open"))
+    );
+    ok(
+        url,
+        &[
+            "command",
+            "bank-account",
+            "alice",
+            "Deposit",
+            r#"{"amount":40}"#,
+        ],
+    );
+    let refused = fails(
+        url,
+        &[
+            "command",
+            "bank-account",
+            "alice",
+            "Withdraw",
+            r#"{"amount":50}"#,
+        ],
+    );
+    assert!(
+        refused.contains("422") && refused.contains("insufficient funds"),
+        "{refused}"
+    );
+    assert!(fails(url, &["command", "nope", "x", "Open"]).contains("404"));
+
+    let state = parse(&ok(url, &["state", "bank-account", "alice"]));
+    assert_eq!(
+        (state["version"].clone(), state["state"]["balance"].clone()),
+        (json!(2), json!(40))
+    );
+    let past = parse(&ok(
+        url,
+        &["state", "bank-account", "alice", "--at-version", "1"],
+    ));
+    assert_eq!(past["state"]["balance"], 0);
+
+    let notes = lines(&ok(url, &["events", "notes-1"]));
+    assert_eq!(notes.len(), 2);
+    assert_eq!(
+        (notes[0]["data"].clone(), notes[0]["metadata"].clone()),
+        (json!({"text": "hi"}), json!({"by": "cli"}))
+    );
+    assert_eq!(
+        lines(&ok(url, &["events", "notes-1", "--from", "2"])).len(),
+        1
+    );
+    let log = lines(&ok(url, &["events"]));
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [1, 2, 3, 4]);
+    let page = lines(&ok(url, &["events", "--from", "2", "--limit", "2"]));
+    assert_eq!(
+        page.iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert!(fails(url, &["events", "nobody"]).contains("404"));
+
+    let started = Instant::now();
+    while parse(&ok(url, &["projection", "bank-analytics"]))["position"] != 4 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the projection did not catch up"
+        );
+    }
+    let account = parse(&ok(
+        url,
+        &[
+            "projection",
+            "bank-analytics",
+            "--query",
+            "account",
+            "--arg",
+            "id=bank-account-alice",
+        ],
+    ));
+    assert_eq!(account["balance"], 40);
+    let top = parse(&ok(
+        url,
+        &[
+            "projection",
+            "bank-analytics",
+            "--query",
+            "top",
+            "--arg",
+            "n=1",
+        ],
+    ));
+    assert_eq!(top.as_array().unwrap().len(), 1);
+
+    let names = |list: &str| -> Vec<String> {
+        parse(list)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&ok(url, &["plugins", "list"])),
+        ["bank-account", "bank-analytics", "shopping-cart"]
+    );
+    let hostile = wasm(foldhost_plugins::HOSTILE);
+    assert!(fails(url, &["plugins", "load", &hostile]).contains("401"));
+    assert!(
+        fails(
+            url,
+            &[
+                "plugins",
+                "load",
+                "/no/such/file.wasm",
+                "--admin-token",
+                TOKEN
+            ]
+        )
+        .contains("reading")
+    );
+    let loaded = parse(&ok(
+        url,
+        &["plugins", "load", &hostile, "--admin-token", TOKEN],
+    ));
+    assert_eq!(loaded["name"], "hostile");
+    let unloaded = parse(&ok(
+        url,
+        &[
+            "plugins",
+            "--admin-token",
+            TOKEN,
+            "unload",
+            "hostile",
+            "--drop-data",
+        ],
+    ));
+    assert_eq!(
+        unloaded,
+        json!({"unloaded": "hostile", "dropped_data": true})
+    );
+    assert_eq!(names(&ok(url, &["plugins", "list"])).len(), 3);
+
+    // --follow: history first, then what is appended while it runs.
+    let mut follower = Command::new(BIN)
+        .args(["events", "--follow", "--from", "3", "--url", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut next_position = || {
+        parse(&followed.next().unwrap().unwrap())["position"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((next_position(), next_position()), (3, 4));
+    ok(url, &["append", "late", "--type", "Late", "--data", "null"]);
+    assert_eq!(next_position(), 5);
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+
+    // Unreachable server: a clear failure.
+    drop(server);
+    assert!(fails(url, &["plugins", "list"]).contains("did not answer"));
+}
+
+#[test]
+fn offline_subcommands_replay_export_and_import_a_data_directory() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let url = server.url.clone();
+    for owner in ["ann", "bob"] {
+        ok(
+            &url,
+            &[
+                "command",
+                "bank-account",
+                owner,
+                "Open",
+                &format!(r#"{{"owner":"{owner}"}}"#),
+            ],
+        );
+    }
+    for (owner, amount) in [("ann", 10), ("bob", 20), ("ann", 5)] {
+        ok(
+            &url,
+            &[
+                "command",
+                "bank-account",
+                owner,
+                "Deposit",
+                &format!(r#"{{"amount":{amount}}}"#),
+            ],
+        );
+    }
+    ok(
+        &url,
+        &[
+            "append",
+            "misc",
+            "--type",
+            "Note",
+            "--data",
+            r#"{"z":1,"a":[1,2]}"#,
+            "--metadata",
+            r#"{"k":"v"}"#,
+        ],
+    );
+    let data = dirs.data.display().to_string();
+    // The journal is exclusive to the server while it runs.
+    let busy = fails(
+        &url,
+        &[
+            "replay",
+            "--plugin",
+            &wasm("bank-analytics"),
+            "--data",
+            &data,
+        ],
+    );
+    assert!(busy.contains("server running"), "{busy}");
+    assert!(server.terminate().success());
+
+    let analytics = parse(&ok(
+        &url,
+        &[
+            "replay",
+            "--plugin",
+            &wasm("bank-analytics"),
+            "--data",
+            &data,
+        ],
+    ));
+    assert_eq!(
+        (
+            analytics["open_accounts"].clone(),
+            analytics["total_balance"].clone()
+        ),
+        (json!(2), json!(35))
+    );
+    let ann = parse(&ok(
+        &url,
+        &[
+            "replay",
+            "--plugin",
+            &wasm("bank-account"),
+            "--stream",
+            "ann",
+            "--data",
+            &data,
+        ],
+    ));
+    assert_eq!(ann["balance"], 15);
+    assert!(
+        fails(
+            &url,
+            &["replay", "--plugin", &wasm("bank-account"), "--data", &data]
+        )
+        .contains("--stream")
+    );
+    assert!(
+        fails(
+            &url,
+            &[
+                "replay",
+                "--plugin",
+                &wasm("bank-account"),
+                "--stream",
+                "zed",
+                "--data",
+                &data
+            ]
+        )
+        .contains("no events")
+    );
+    let elsewhere = dirs.data.join("nothing-here").display().to_string();
+    assert!(
+        fails(
+            &url,
+            &[
+                "replay",
+                "--plugin",
+                &wasm("bank-analytics"),
+                "--data",
+                &elsewhere
+            ]
+        )
+        .contains("no journal")
+    );
+
+    let export = dirs.data.join("export.ndjson");
+    ok(
+        &url,
+        &["export", &export.display().to_string(), "--data", &data],
+    );
+    let exported = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(
+        exported,
+        ok(&url, &["export", "--data", &data]),
+        "export to a file and to stdout differ"
+    );
+    assert_eq!(exported.lines().count(), 6);
+
+    let copy = dirs.data.join("copy");
+    let copy_arg = copy.display().to_string();
+    ok(
+        &url,
+        &["import", &export.display().to_string(), "--data", &copy_arg],
+    );
+    let reexported = ok(&url, &["export", "--data", &copy_arg]);
+    assert_eq!(without_times(&reexported), without_times(&exported));
+    // Event ids make a second import a no-op.
+    ok(
+        &url,
+        &["import", &export.display().to_string(), "--data", &copy_arg],
+    );
+    assert_eq!(
+        without_times(&ok(&url, &["export", "--data", &copy_arg])),
+        without_times(&exported)
+    );
+
+    let broken = dirs.data.join("broken.ndjson");
+    std::fs::write(&broken, "{\"not\": \"an event\"}\n").unwrap();
+    let refused = fails(
+        &url,
+        &["import", &broken.display().to_string(), "--data", &copy_arg],
+    );
+    assert!(refused.contains("line 1"), "{refused}");
+
+    // The imported copy serves like the original.
+    let server = Server::start_with(&copy, Some(&dirs.plugins), None);
+    let state = parse(&ok(&server.url, &["state", "bank-account", "bob"]));
+    assert_eq!(state["state"]["balance"], 20);
+}
+
+/// The export's events without `recorded_at`, which an import cannot keep.
+fn without_times(ndjson: &str) -> Vec<Value> {
+    lines(ndjson)
+        .into_iter()
+        .map(|mut event| {
+            event.as_object_mut().unwrap().remove("recorded_at");
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn help_is_there_and_usage_errors_exit_with_2() {
+    let url = "http://127.0.0.1:9";
+    let help = ok(url, &["--help"]);
+    for subcommand in [
+        "serve",
+        "append",
+        "events",
+        "command",
+        "state",
+        "projection",
+        "plugins",
+        "replay",
+        "export",
+        "import",
+    ] {
+        assert!(
+            help.contains(subcommand),
+            "{subcommand} missing from\n{help}"
+        );
+        ok(url, &[subcommand, "--help"]);
+    }
+    assert!(ok(url, &["serve", "--help"]).contains("FOLDHOST_LISTEN"));
+    assert_eq!(foldhost(url, &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        foldhost(url, &["state", "only-plugin"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        foldhost(url, &["serve", "--listen", "not an address"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let not_a_dir = file.path().display().to_string();
+    let refused = foldhost(
+        url,
+        &["serve", "--data", &not_a_dir, "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+}
