@@ -229,6 +229,11 @@ impl Server {
         })
     }
 
+    /// The runtime (and through it the journal) the server serves.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
