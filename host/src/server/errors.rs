@@ -39,10 +39,6 @@ impl ApiError {
         self.body.insert(key.to_owned(), value.into());
         self
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for ApiError {

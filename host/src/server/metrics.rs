@@ -43,7 +43,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Runs the recorder's upkeep until `stop` is cancelled.
-pub async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
+pub(super) async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(UPKEEP);
     while stop.run_until_cancelled(ticks.tick()).await.is_some() {
         handle.run_upkeep();
@@ -125,7 +125,7 @@ fn register_plugin(info: &PluginInfo) {
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
-pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(super) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = state.metrics.ok_or_else(|| {
         ApiError::not_found(
             "metrics are not recorded by this server (it was embedded without them)",
@@ -140,7 +140,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
 
 /// Middleware counting and timing each request by its route pattern (not its raw path, which
 /// would make a series per stream).
-pub async fn track(route: MatchedPath, request: Request, next: Next) -> Response {
+pub(super) async fn track(route: MatchedPath, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;

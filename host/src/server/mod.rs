@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-pub use errors::ApiError;
+use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
 use crate::runtime::{Runtime, RuntimeConfig, plugin_dir};
@@ -57,7 +57,7 @@ pub const MAX_PLUGIN_BODY: usize = 64 << 20;
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     runtime: Arc<Runtime>,
     admin_token: Option<Arc<str>>,
     metrics: Option<PrometheusHandle>,

@@ -13,7 +13,7 @@ use super::{AppState, blocking};
 use crate::journal::{AppendResult, ContentType, ExpectedVersion, NewEvent};
 
 /// Most events one read returns.
-pub const MAX_READ: usize = 10_000;
+const MAX_READ: usize = 10_000;
 /// Events one read returns unless `limit` says otherwise.
 const DEFAULT_READ: usize = 1_000;
 
