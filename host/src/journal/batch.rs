@@ -4,9 +4,12 @@
 //! leaves the transaction untouched. Only storage errors can strike half way; the writer then
 //! drops the whole transaction.
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::store::{CHECKPOINTS, EVENT_IDS, EVENTS, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
+use super::store::{
+    CHECKPOINTS, EVENT_IDS, EVENTS, RECENT_INDEX, RECENT_INDEX_MAX, SNAPSHOTS, STREAM_HEADS,
+    STREAM_INDEX,
+};
 use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, record};
 
 /// What an append did.
@@ -31,6 +34,7 @@ impl Appended {
 pub(super) struct Batch<'txn> {
     events: Table<'txn, u64, &'static [u8]>,
     stream_index: Table<'txn, (&'static str, u64), u64>,
+    recent_index: Table<'txn, (&'static str, u64), u64>,
     stream_heads: Table<'txn, &'static str, u64>,
     event_ids: Table<'txn, u128, u64>,
     snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
@@ -56,6 +60,7 @@ impl<'txn> Batch<'txn> {
         Ok(Self {
             events,
             stream_index: txn.open_table(STREAM_INDEX)?,
+            recent_index: txn.open_table(RECENT_INDEX)?,
             stream_heads: txn.open_table(STREAM_HEADS)?,
             event_ids: txn.open_table(EVENT_IDS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
@@ -125,7 +130,7 @@ impl<'txn> Batch<'txn> {
         {
             let bytes = record::encode(stream, version, event, self.recorded_at);
             self.events.insert(position, bytes.as_slice())?;
-            self.stream_index.insert((stream, version), position)?;
+            self.recent_index.insert((stream, version), position)?;
             self.event_ids.insert(event.id.as_u128(), position)?;
         }
         self.stream_heads.insert(stream, result.last_version)?;
@@ -189,6 +194,19 @@ impl<'txn> Batch<'txn> {
             first_position: first.position,
             last_position: last.position,
         })
+    }
+
+    /// Completes the batch before its commit: moves the recent stream index into the main one
+    /// once it is full.
+    pub(super) fn finish(&mut self) -> Result<(), JournalError> {
+        if self.recent_index.len()? < RECENT_INDEX_MAX {
+            return Ok(());
+        }
+        for entry in self.recent_index.extract_if(|_, _| true)? {
+            let (key, position) = entry?;
+            self.stream_index.insert(key.value(), position.value())?;
+        }
+        Ok(())
     }
 
     /// Stores a snapshot and prunes all but the newest `keep_snapshots` of (plugin, stream).

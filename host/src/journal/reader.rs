@@ -3,7 +3,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::store::{CHECKPOINTS, EVENTS, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
+use super::store::{CHECKPOINTS, EVENTS, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
 use super::{JournalError, RecordedEvent, record};
 
 /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
@@ -15,12 +15,15 @@ pub(super) fn read_stream(
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
     let index = txn.open_table(STREAM_INDEX)?;
+    let recent = txn.open_table(RECENT_INDEX)?;
     let log = txn.open_table(EVENTS)?;
+    let versions = (stream, from_version)..=(stream, u64::MAX);
+    // A stream's recent versions all follow its versions in the main index.
+    let positions = index
+        .range(versions.clone())?
+        .chain(recent.range(versions)?);
     let mut events = Vec::new();
-    for entry in index
-        .range((stream, from_version)..=(stream, u64::MAX))?
-        .take(limit)
-    {
+    for entry in positions.take(limit) {
         let (key, position) = entry?;
         let (version, position) = (key.value().1, position.value());
         let bytes = log.get(position)?.ok_or_else(|| JournalError::Corrupt {

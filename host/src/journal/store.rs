@@ -14,9 +14,18 @@ const FORMAT_KEY: &str = "format_version";
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The global log: position → encoded record (see `record`).
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// (stream, version) → position.
+/// (stream, version) → position, for all but the most recent events (see `RECENT_INDEX`).
 pub(super) const STREAM_INDEX: TableDefinition<(&str, u64), u64> =
     TableDefinition::new("stream_index");
+/// (stream, version) → position of the most recent events, moved into `STREAM_INDEX` in bulk
+/// once it holds `RECENT_INDEX_MAX` entries. Every stream appended to has its own last page in
+/// `STREAM_INDEX`, so indexing there directly would dirty one page per stream per commit; this
+/// small table keeps a commit's index writes on a few pages. For each stream, its versions here
+/// are above all its versions in `STREAM_INDEX`.
+pub(super) const RECENT_INDEX: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("stream_index_recent");
+/// When `RECENT_INDEX` is moved into `STREAM_INDEX`.
+pub(super) const RECENT_INDEX_MAX: u64 = 1024;
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 /// event id → position.
@@ -47,6 +56,7 @@ pub(super) fn open(path: &Path) -> Result<Database, JournalError> {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 txn.open_table(EVENTS)?;
                 txn.open_table(STREAM_INDEX)?;
+                txn.open_table(RECENT_INDEX)?;
                 txn.open_table(STREAM_HEADS)?;
                 txn.open_table(EVENT_IDS)?;
                 txn.open_table(SNAPSHOTS)?;

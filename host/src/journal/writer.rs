@@ -131,6 +131,7 @@ impl Writer {
                     outcome => results.push(outcome),
                 }
             }
+            tables.finish()?;
             (tables.wrote(), tables.head())
         };
         if wrote {
@@ -231,6 +232,42 @@ mod tests {
         let original = original_outcome.try_recv().unwrap().unwrap();
         assert_eq!(retry_outcome.try_recv().unwrap().unwrap(), original);
         assert_eq!(writer.shared.stats().events, 2);
+    }
+
+    #[test]
+    fn the_recent_stream_index_moves_into_the_main_one_when_full() {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+
+        use crate::journal::reader;
+        use crate::journal::store::{RECENT_INDEX, RECENT_INDEX_MAX, STREAM_INDEX};
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let sizes = || {
+            let txn = writer.db.begin_read().unwrap();
+            let main = txn.open_table(STREAM_INDEX).unwrap().len().unwrap();
+            (main, txn.open_table(RECENT_INDEX).unwrap().len().unwrap())
+        };
+        let events = |count| (0..count).map(|_| event()).collect();
+        let full = RECENT_INDEX_MAX;
+
+        writer.commit(vec![append(ExpectedVersion::Any, events(full - 1)).0]);
+        assert_eq!(sizes(), (0, full - 1));
+        let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
+        writer.commit(vec![append(ExpectedVersion::Any, events(1)).0, other]);
+        assert_eq!(sizes(), (full + 1, 0));
+        writer.commit(vec![append(ExpectedVersion::Any, events(2)).0]);
+        assert_eq!(sizes(), (full + 1, 2));
+
+        // A stream reads the same across both tables, page by page.
+        let versions = |from, limit| -> Vec<u64> {
+            let events = reader::read_stream(&writer.db, "s", from, limit).unwrap();
+            events.iter().map(|event| event.version).collect()
+        };
+        assert_eq!(versions(1, usize::MAX), (1..=full + 2).collect::<Vec<_>>());
+        assert_eq!(versions(full - 1, 3), [full - 1, full, full + 1]);
+        assert_eq!(versions(full + 2, 3), [full + 2]);
+        assert_eq!(reader::read_stream(&writer.db, "t", 1, 9).unwrap().len(), 1);
     }
 
     #[test]
