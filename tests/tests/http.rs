@@ -738,3 +738,30 @@ async fn metrics_cover_the_journal_commands_projections_and_plugins() {
         assert!(text.contains(series), "no {series} in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_large_events_are_cut_into_pages_by_size() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let client = Client::new();
+    let big = "x".repeat(900_000);
+    for _ in 0..20 {
+        let body = json!({"events": [{"type": "Big", "data": big}]});
+        let (status, answer) = post(&client, &server, "/streams/big/events", body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // About 16 MiB per page, then on from the last event.
+    let (status, first) = get(&client, &server, "/streams/big/events").await;
+    assert_eq!(status, 200);
+    let first = first.as_array().unwrap().len();
+    assert!((1..20).contains(&first), "{first} events in the first page");
+    let (_, rest) = get(
+        &client,
+        &server,
+        &format!("/streams/big/events?from_version={}", first + 1),
+    )
+    .await;
+    assert_eq!(first + rest.as_array().unwrap().len(), 20);
+    let (_, log) = get(&client, &server, "/events").await;
+    assert_eq!(log.as_array().unwrap().len(), first);
+}

@@ -19,9 +19,10 @@ use super::AppState;
 use super::errors::ApiError;
 use super::extract::Query;
 use super::json::EventJson;
+use super::streams::read_page;
 use crate::journal::{Journal, RecordedEvent};
 
-/// Events read from the journal per page.
+/// Most events read from the journal per page (fewer when they are large).
 const PAGE: usize = 1_000;
 
 /// `?from_position=`: the first position to send (default 1, the start of the log).
@@ -95,7 +96,15 @@ impl Follower {
                 continue;
             }
             let (journal, from) = (self.journal.clone(), self.next);
-            let page = tokio::task::spawn_blocking(move || journal.read_all(from, PAGE)).await;
+            let page = tokio::task::spawn_blocking(move || {
+                read_page(
+                    from,
+                    PAGE,
+                    |e| e.position,
+                    |from, n| journal.read_all(from, n),
+                )
+            })
+            .await;
             match page {
                 Ok(Ok(events)) => match events.last() {
                     Some(last) => {

@@ -10,12 +10,19 @@ use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use super::json::{EventJson, metadata_text};
 use super::{AppState, blocking};
-use crate::journal::{AppendResult, ContentType, ExpectedVersion, NewEvent};
+use crate::journal::{
+    AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, RecordedEvent,
+};
 
 /// Most events one read returns.
 const MAX_READ: usize = 10_000;
 /// Events one read returns unless `limit` says otherwise.
 const DEFAULT_READ: usize = 1_000;
+/// A read stops early once its events carry this much data (it always returns at least one
+/// event), so a page of large events cannot exhaust memory; clients page on from the last.
+const PAGE_BYTES: usize = 16 << 20;
+/// Events per journal read while filling a page.
+const CHUNK: usize = 128;
 
 /// `POST /streams/{stream}/events`.
 #[derive(Deserialize)]
@@ -135,7 +142,13 @@ pub async fn read_stream(
                 "stream {stream:?} has no events"
             )));
         }
-        Ok(journal.read_stream(&stream, range.from_version, limit(range.limit))?)
+        let read = |from, n| journal.read_stream(&stream, from, n);
+        Ok(read_page(
+            range.from_version,
+            limit(range.limit),
+            |e| e.version,
+            read,
+        )?)
     })
     .await?;
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
@@ -147,7 +160,42 @@ pub async fn read_all(
     Query(range): Query<LogRange>,
 ) -> Result<Json<Vec<EventJson>>, ApiError> {
     let journal = state.runtime.journal().clone();
-    let events =
-        blocking(move || Ok(journal.read_all(range.from_position, limit(range.limit))?)).await?;
+    let events = blocking(move || {
+        let read = |from, n| journal.read_all(from, n);
+        Ok(read_page(
+            range.from_position,
+            limit(range.limit),
+            |e| e.position,
+            read,
+        )?)
+    })
+    .await?;
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
+}
+
+/// Up to `limit` events from `from` on, read `CHUNK` at a time by `read(from, n)` and
+/// stopping after about [`PAGE_BYTES`] of data; `key` is what `from` counts (version or
+/// position).
+pub(super) fn read_page(
+    from: u64,
+    limit: usize,
+    key: impl Fn(&RecordedEvent) -> u64,
+    read: impl Fn(u64, usize) -> Result<Vec<RecordedEvent>, JournalError>,
+) -> Result<Vec<RecordedEvent>, JournalError> {
+    let (mut events, mut bytes, mut next) = (Vec::new(), 0, from);
+    while events.len() < limit && bytes < PAGE_BYTES {
+        let chunk = read(next, CHUNK.min(limit - events.len()))?;
+        if chunk.is_empty() {
+            break;
+        }
+        for event in chunk {
+            if bytes >= PAGE_BYTES {
+                break;
+            }
+            bytes += event.data.len() + event.metadata.as_ref().map_or(0, String::len);
+            next = key(&event) + 1;
+            events.push(event);
+        }
+    }
+    Ok(events)
 }
