@@ -55,6 +55,9 @@ pub const MAX_JSON_BODY: usize = 8 << 20;
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BODY: usize = 64 << 20;
 
+/// How long a graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -239,12 +242,19 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, lets in-flight requests finish (live feeds end), then stops the
-    /// plugins and closes the journal. Appends are acknowledged only once durable, so none
-    /// that was acknowledged is lost.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Stops accepting, lets in-flight requests finish (live feeds end; requests still
+    /// running after [`SHUTDOWN_GRACE`] are cut off), then stops the plugins and closes the
+    /// journal. Appends are acknowledged only once durable, and the journal commits every
+    /// append already queued before it closes, so none that was acknowledged is lost.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.serving.await.context("the server task failed")??;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serving).await {
+            Ok(served) => served.context("the server task failed")??,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still running: cutting them off");
+                self.serving.abort();
+            }
+        }
         drop(self.watcher);
         self.runtime.shutdown().await;
         let journal = self.runtime.journal().clone();
