@@ -21,14 +21,6 @@ pub struct Remote {
         global = true
     )]
     url: Url,
-    /// Bearer token for the admin endpoints (plugins load / unload).
-    #[arg(
-        long,
-        env = "FOLDHOST_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    admin_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +107,14 @@ pub struct ProjectionArgs {
 pub struct PluginsArgs {
     #[command(subcommand)]
     action: PluginsAction,
+    /// Bearer token for the admin endpoints (load / unload).
+    #[arg(
+        long,
+        env = "FOLDHOST_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -156,11 +156,7 @@ impl Remote {
             .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.url))?
             .pop_if_empty()
             .extend(segments);
-        let mut request = Client::new().request(method, url);
-        if let Some(token) = &self.admin_token {
-            request = request.bearer_auth(token);
-        }
-        Ok(request)
+        Ok(Client::new().request(method, url))
     }
 }
 
@@ -383,25 +379,23 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
-    let remote = &args.remote;
-    let answer = match args.action {
-        PluginsAction::List => send(remote.request(Method::GET, &["plugins"])?).await?,
+    let admin = |method, name: &str| -> anyhow::Result<RequestBuilder> {
+        let request = args.remote.request(method, &["plugins", name])?;
+        Ok(match &args.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        })
+    };
+    let answer = match &args.action {
+        PluginsAction::List => send(args.remote.request(Method::GET, &["plugins"])?).await?,
         PluginsAction::Load { file } => {
             let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             let name = described_name(&bytes, &file.display().to_string())?;
-            send(
-                remote
-                    .request(Method::PUT, &["plugins", &name])?
-                    .body(bytes),
-            )
-            .await?
+            send(admin(Method::PUT, &name)?.body(bytes)).await?
         }
         PluginsAction::Unload { name, drop_data } => {
-            let request = remote
-                .request(Method::DELETE, &["plugins", &name])?
-                .query(&[("drop_data", drop_data)]);
-            send(request).await?
+            send(admin(Method::DELETE, name)?.query(&[("drop_data", drop_data)])).await?
         }
     };
     print_pretty(&answer);

@@ -52,7 +52,8 @@ struct ServeArgs {
     /// Data directory: holds the journal file and the compiled-plugin cache.
     #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
     data: PathBuf,
-    /// Directory whose *.wasm plugins are loaded at start (one that fails is skipped).
+    /// Directory whose *.wasm plugins are loaded at start (one that fails is skipped); files
+    /// added or changed there later are loaded while serving.
     #[arg(long, env = "FOLDHOST_PLUGINS")]
     plugins: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port. The first line printed on stdout is
