@@ -311,8 +311,9 @@ async fn malformed_requests_are_refused_with_json_errors_and_write_nothing() {
     // None of that touched the journal.
     let (_, log) = get(&client, &server, "/events").await;
     assert_eq!(log, json!([]));
-    let (status, _) = get(&client, &server, "/health").await;
+    let (status, health) = get(&client, &server, "/health").await;
     assert_eq!(status, 200);
+    assert_eq!(health, json!({"status": "ok", "head_position": 0}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

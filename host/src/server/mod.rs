@@ -123,8 +123,12 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// `GET /health`: the server answers, and how far the journal has got.
+async fn health(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Json<serde_json::Value> {
+    let head = state.runtime.journal().head_position();
+    Json(serde_json::json!({"status": "ok", "head_position": head}))
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
