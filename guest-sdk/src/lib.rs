@@ -83,7 +83,7 @@
 //!
 //! In this workspace the `foldhost-plugins` crate does both steps for every
 //! plugin (with `wit-component`, the library behind `wasm-tools component
-//! new`). The `plugin` profile optimises for size, strips debug info and uses
+//! new`). The `plugin` profile optimises for speed, strips debug info and uses
 //! LTO. The target is `wasm32-unknown-unknown`, not `wasm32-wasip2`: plugins
 //! must not do I/O, and on that target std has no WASI imports, so the
 //! component imports nothing but `foldhost:plugin/host`. No adapter is needed.
