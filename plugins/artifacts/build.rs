@@ -43,6 +43,11 @@ const RECIPES: &[Recipe] = &[
         package: "bank-analytics",
         features: "v2",
     },
+    Recipe {
+        artifact: "bank-account-v2",
+        package: "bank-account",
+        features: "v2",
+    },
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the

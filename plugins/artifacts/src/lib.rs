@@ -20,6 +20,9 @@ pub const SHOPPING_CART: &str = "shopping-cart";
 /// `bank-analytics` built with feature `v2`: version 2.0.0, state schema 2,
 /// tracks the largest single deposit. For hot-swap tests.
 pub const BANK_ANALYTICS_V2: &str = "bank-analytics-v2";
+/// `bank-account` built with feature `v2`: version 1.1.0, same behaviour. A different
+/// build of the same aggregate, for hot-swap tests (re-uploading identical bytes is a no-op).
+pub const BANK_ACCOUNT_V2: &str = "bank-account-v2";
 /// Aggregate `hostile`: commands that loop, exhaust memory, panic or overflow
 /// the stack, a `Ping` that still works afterwards, and a `Poison` event whose
 /// apply panics.
@@ -30,7 +33,7 @@ pub const WRONG_CONTRACT: &str = "wrong-contract";
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
 /// Plugins that exist only for tests.
-pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, HOSTILE, WRONG_CONTRACT];
+pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, BANK_ACCOUNT_V2, HOSTILE, WRONG_CONTRACT];
 
 /// The directory holding every `<name>.wasm`.
 pub fn dir() -> &'static Path {

@@ -57,10 +57,12 @@ fn plugins_that_log_import_the_host() {
 }
 
 #[test]
-fn the_v2_artifact_differs_from_v1() {
-    let v1 = std::fs::read(path("bank-analytics")).unwrap();
-    let v2 = std::fs::read(path("bank-analytics-v2")).unwrap();
-    assert_ne!(v1, v2);
+fn the_v2_artifacts_differ_from_v1() {
+    for name in ["bank-analytics", "bank-account"] {
+        let v1 = std::fs::read(path(name)).unwrap();
+        let v2 = std::fs::read(path(&format!("{name}-v2"))).unwrap();
+        assert_ne!(v1, v2, "{name}");
+    }
 }
 
 #[test]

@@ -65,7 +65,12 @@ fn positive(amount: u64) -> Result<u64, Rejection> {
 
 impl Aggregate for Account {
     const NAME: &'static str = "bank-account";
-    const VERSION: &'static str = "1.0.0";
+    // Feature `v2` changes nothing but the version: a new build to swap in.
+    const VERSION: &'static str = if cfg!(feature = "v2") {
+        "1.1.0"
+    } else {
+        "1.0.0"
+    };
     type Event = AccountEvent;
     type Command = AccountCommand;
 
