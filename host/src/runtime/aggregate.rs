@@ -126,7 +126,8 @@ impl AggregateInstance {
             Ok(events) => Ok(events
                 .into_iter()
                 .map(|e| NewEvent {
-                    id: Uuid::new_v4(),
+                    // Time-ordered ids keep the journal's id index appends local.
+                    id: Uuid::now_v7(),
                     event_type: e.event_type,
                     content_type: e.content_type.into(),
                     data: e.data,

@@ -74,6 +74,9 @@ impl Aggregates {
     /// Handles `command_type` with JSON `data` on aggregate `id`: load, decide,
     /// append with the expected version, apply. On a conflicting concurrent
     /// append the state catches up and the command is decided again.
+    ///
+    /// The whole cycle runs in one hop to the blocking pool: its thread waits
+    /// for the group commit, so concurrent commands still share an fsync.
     pub async fn execute(
         &self,
         plugin: &Arc<Plugin>,
@@ -86,96 +89,38 @@ impl Aggregates {
         let stream = stream_name(plugin.name(), id);
         let slot = self.slot(plugin, &stream);
         let mut live = slot.lock().await;
-        let command_type: Arc<str> = command_type.into();
-        let data: Arc<[u8]> = data.into();
-        for _ in 0..=self.config.max_conflict_retries {
-            let instance = live.take();
-            let (journal, plugin_, stream_) =
-                (self.journal.clone(), plugin.clone(), stream.clone());
-            let (command, payload) = (command_type.clone(), data.clone());
-            let (mut instance, decided) = blocking(move || {
-                let mut instance = match instance {
-                    // Another writer (a direct append, another host) may have
-                    // moved the stream on: decide against the latest state.
-                    Some(mut instance) => {
-                        instance.catch_up(&journal, u64::MAX)?;
-                        instance
-                    }
-                    None => AggregateInstance::rehydrate(plugin_, &journal, &stream_, u64::MAX)?,
-                };
-                let decided = instance.handle(&command, &payload);
-                Ok((instance, decided))
-            })
-            .await?;
-            let events = match decided {
-                Ok(events) => events,
-                Err(error @ RuntimeError::Trap { .. }) => return Err(error),
-                Err(error) => {
-                    *live = Some(instance);
-                    return Err(error);
-                }
+        let cached = live.take();
+        let (journal, plugin_, retries) = (
+            self.journal.clone(),
+            plugin.clone(),
+            self.config.max_conflict_retries,
+        );
+        let command_type = command_type.to_owned();
+        let (instance, outcome) = blocking(move || {
+            let mut instance = match cached {
+                // Another writer (a direct append, another host) may have
+                // moved the stream on: decide against the latest state.
+                Some(mut instance) => match instance.catch_up(&journal, u64::MAX) {
+                    Ok(()) => instance,
+                    Err(error) => return Ok((None, Err(error))),
+                },
+                None => AggregateInstance::rehydrate(plugin_, &journal, &stream, u64::MAX)?,
             };
-            if events.is_empty() {
-                let state = blocking(move || {
-                    let state = instance.state();
-                    Ok((state, instance))
-                })
-                .await?;
-                let (state, instance) = state;
-                let version = instance.version;
-                *live = Some(instance);
-                return Ok(CommandOutcome {
-                    version,
-                    events: Vec::new(),
-                    state: state?,
-                });
-            }
-            let expected = match instance.version {
-                0 => ExpectedVersion::NoStream,
-                v => ExpectedVersion::Exact(v),
-            };
-            let count = events.len();
-            match self.journal.append(&stream, expected, events).await {
-                Ok(appended) => {
-                    let journal = self.journal.clone();
-                    let stream_ = stream.clone();
-                    let (instance, outcome) = blocking(move || {
-                        let stored =
-                            journal.read_stream(&stream_, appended.first_version, count)?;
-                        instance.apply(&stored)?;
-                        let state = instance.state()?;
-                        Ok((
-                            instance,
-                            CommandOutcome {
-                                version: appended.last_version,
-                                events: stored,
-                                state,
-                            },
-                        ))
-                    })
-                    .await?;
-                    self.maybe_snapshot(instance, &mut live).await;
-                    metrics::histogram!("foldhost_command_seconds", "plugin" => plugin.name().to_owned())
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(outcome);
-                }
-                Err(JournalError::Conflict { .. }) => {
-                    // Someone else appended: fold their events, decide again.
-                    let journal = self.journal.clone();
-                    let instance = blocking(move || {
-                        instance.catch_up(&journal, u64::MAX)?;
-                        Ok(instance)
-                    })
-                    .await?;
-                    *live = Some(instance);
-                }
-                Err(error) => {
-                    *live = Some(instance);
-                    return Err(error.into());
-                }
-            }
+            let outcome = decide_and_append(&mut instance, &journal, &command_type, &data, retries);
+            // A trapped store is never reused.
+            let keep = !matches!(outcome, Err(RuntimeError::Trap { .. }));
+            Ok((keep.then_some(instance), outcome))
+        })
+        .await?;
+        if let Some(instance) = instance {
+            *live = Some(instance);
+            self.maybe_snapshot(&mut live).await;
         }
-        Err(RuntimeError::TooManyConflicts(stream))
+        if outcome.is_ok() {
+            metrics::histogram!("foldhost_command_seconds", "plugin" => plugin.name().to_owned())
+                .record(started.elapsed().as_secs_f64());
+        }
+        outcome
     }
 
     /// The current state of aggregate `id`, or its state at `at_version`
@@ -255,11 +200,10 @@ impl Aggregates {
 
     /// Stores a snapshot when enough events were folded since the last one.
     /// The write rides along with the next group commit.
-    async fn maybe_snapshot(
-        &self,
-        instance: AggregateInstance,
-        live: &mut Option<AggregateInstance>,
-    ) {
+    async fn maybe_snapshot(&self, live: &mut Option<AggregateInstance>) {
+        let Some(instance) = live.take() else {
+            return;
+        };
         if instance.version < instance.snapshot_version + self.config.snapshot_every {
             *live = Some(instance);
             return;
@@ -292,6 +236,47 @@ impl Aggregates {
             Err(error) => tracing::warn!(%error, "snapshot failed; state dropped"),
         }
     }
+}
+
+/// Decides the command and appends its events, re-deciding after conflicts.
+fn decide_and_append(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    command_type: &str,
+    data: &[u8],
+    retries: u32,
+) -> Result<CommandOutcome, RuntimeError> {
+    for _ in 0..=retries {
+        let events = instance.handle(command_type, data)?;
+        if events.is_empty() {
+            return Ok(CommandOutcome {
+                version: instance.version,
+                events: Vec::new(),
+                state: instance.state()?,
+            });
+        }
+        let expected = match instance.version {
+            0 => ExpectedVersion::NoStream,
+            v => ExpectedVersion::Exact(v),
+        };
+        let count = events.len();
+        match journal.append_blocking(instance.stream(), expected, events) {
+            Ok(appended) => {
+                let stored =
+                    journal.read_stream(instance.stream(), appended.first_version, count)?;
+                instance.apply(&stored)?;
+                return Ok(CommandOutcome {
+                    version: appended.last_version,
+                    events: stored,
+                    state: instance.state()?,
+                });
+            }
+            // Someone else appended: fold their events, decide again.
+            Err(JournalError::Conflict { .. }) => instance.catch_up(journal, u64::MAX)?,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(RuntimeError::TooManyConflicts(instance.stream().to_owned()))
 }
 
 fn expect_aggregate(plugin: &Plugin) -> Result<(), RuntimeError> {

@@ -24,11 +24,13 @@ pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription
 pub use projection::{CheckpointPolicy, ProjectionInstance, ProjectionRunner, ProjectionStatus};
 pub use registry::{LoadFailure, PluginInfo, Runtime, RuntimeConfig};
 
-/// Runs plugin calls and journal reads on the blocking pool, off the async workers.
+/// Runs plugin calls and journal reads on the blocking pool, off the async
+/// workers, inside the caller's tracing span (so plugin logs carry it).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, RuntimeError> {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
 }
