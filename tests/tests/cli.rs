@@ -404,6 +404,37 @@ fn offline_subcommands_replay_export_and_import_a_data_directory() {
         )
         .contains("no events")
     );
+    // `plugins diff`: the same build agrees with itself; v2 of the projection does not.
+    let same = parse(&ok(
+        &url,
+        &[
+            "plugins",
+            "diff",
+            &wasm("bank-account"),
+            &wasm("bank-account"),
+            "--data",
+            &data,
+        ],
+    ));
+    assert_eq!(
+        (same["compared"].clone(), same["differing"].clone()),
+        (json!(2), json!(0))
+    );
+    let changed = fails(
+        &url,
+        &[
+            "plugins",
+            "diff",
+            &wasm("bank-analytics"),
+            &wasm("bank-analytics-v2"),
+            "--data",
+            &data,
+        ],
+    );
+    assert!(
+        changed.contains("1 of 1 streams of bank-analytics end in a different state"),
+        "{changed}"
+    );
     let elsewhere = dirs.data.join("nothing-here").display().to_string();
     assert!(
         fails(

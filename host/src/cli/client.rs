@@ -128,6 +128,10 @@ enum PluginsAction {
         /// The .wasm component.
         file: PathBuf,
     },
+    /// Offline safety check before deploying a new build: replay every stream of the plugin
+    /// (the whole log, for a projection) through both builds and list the streams whose final
+    /// state differs. Exits with 1 when any does.
+    Diff(super::offline::DiffArgs),
     /// Unload a plugin; needs the admin token.
     Unload {
         /// The plugin's name.
@@ -379,6 +383,9 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
+    if let PluginsAction::Diff(diff) = args.action {
+        return super::offline::diff(diff).await;
+    }
     let admin = |method, name: &str| -> anyhow::Result<RequestBuilder> {
         let request = args.remote.request(method, &["plugins", name])?;
         Ok(match &args.admin_token {
@@ -397,6 +404,7 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
         PluginsAction::Unload { name, drop_data } => {
             send(admin(Method::DELETE, name)?.query(&[("drop_data", drop_data)])).await?
         }
+        PluginsAction::Diff(_) => unreachable!("handled offline above"),
     };
     print_pretty(&answer);
     Ok(())

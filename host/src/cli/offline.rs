@@ -19,7 +19,7 @@ use crate::journal::{
 };
 use crate::runtime::{
     AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_BATCH,
-    stream_name,
+    diff_versions, stream_name,
 };
 use crate::server::JOURNAL_FILE;
 use crate::server::json::EventJson;
@@ -41,6 +41,19 @@ pub struct ReplayArgs {
     /// A projection folds the whole global log.
     #[arg(long, value_name = "ID")]
     stream: Option<String>,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The build in service.
+    old: PathBuf,
+    /// The candidate build of the same plugin.
+    new: PathBuf,
+    /// How many differing streams to show.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
     #[command(flatten)]
     data: DataDir,
 }
@@ -154,6 +167,42 @@ fn replay_aggregate(
     }
     bar.finish_and_clear();
     Ok(aggregate.state()?)
+}
+
+/// `plugins diff`: replays history through two builds of a plugin and prints a report of
+/// the streams whose final state differs; fails when any does.
+pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let journal = args.data.open_existing()?;
+        let engine = PluginEngine::new(Limits::default(), None)?;
+        let load = |path: &Path| -> anyhow::Result<Arc<Plugin>> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Plugin::load(&engine, &bytes, &path.display().to_string())?)
+        };
+        let (old, new) = (load(&args.old)?, load(&args.new)?);
+        let bar = progress(0, "streams");
+        let report = diff_versions(&journal, &old, &new, args.samples, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        if report.differing > 0 {
+            bail!(
+                "{} of {} streams of {} end in a different state",
+                report.differing,
+                report.compared,
+                report.plugin
+            );
+        }
+        eprintln!(
+            "all {} streams of {} end in the same state",
+            report.compared, report.plugin
+        );
+        Ok(())
+    })
+    .await?
 }
 
 /// `export`: the global log as NDJSON, one [`EventJson`] per line.
