@@ -56,9 +56,10 @@ type Slot = Arc<tokio::sync::Mutex<Option<AggregateInstance>>>;
 pub struct Aggregates {
     journal: Journal,
     config: AggregateConfig,
-    /// Keyed by (plugin content hash, stream): a new plugin version never sees
-    /// states folded by the old one.
-    cache: Mutex<LruCache<(String, String), Slot>>,
+    /// Keyed by stream alone, so that commands to a stream keep queueing in
+    /// arrival order while a new plugin version takes over; a state folded by
+    /// another version is dropped, never reused (see `take_state`).
+    cache: Mutex<LruCache<String, Slot>>,
 }
 
 impl Aggregates {
@@ -87,9 +88,9 @@ impl Aggregates {
         expect_aggregate(plugin)?;
         let started = Instant::now();
         let stream = stream_name(plugin.name(), id);
-        let slot = self.slot(plugin, &stream);
+        let slot = self.slot(&stream);
         let mut live = slot.lock().await;
-        let cached = live.take();
+        let cached = take_state(&mut live, plugin);
         let (journal, plugin_, retries) = (
             self.journal.clone(),
             plugin.clone(),
@@ -146,9 +147,9 @@ impl Aggregates {
             })
             .await;
         }
-        let slot = self.slot(plugin, &stream);
+        let slot = self.slot(&stream);
         let mut live = slot.lock().await;
-        let instance = live.take();
+        let instance = take_state(&mut live, plugin);
         let (plugin, stream_) = (plugin.clone(), stream.clone());
         let (instance, version, state) = blocking(move || {
             let stream = stream_;
@@ -173,28 +174,29 @@ impl Aggregates {
     }
 
     /// Drops every cached state of `plugin_hash` (after an unload or a swap).
+    /// A state in use right now is dropped by its next user instead (see `take_state`).
     pub fn evict_plugin(&self, plugin_hash: &str) {
-        let mut cache = self.cache.lock().expect("cache lock");
-        let stale: Vec<_> = cache
-            .iter()
-            .filter(|((hash, _), _)| hash == plugin_hash)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in stale {
-            cache.pop(&key);
+        let cache = self.cache.lock().expect("cache lock");
+        for (_, slot) in cache.iter() {
+            if let Ok(mut live) = slot.try_lock()
+                && live
+                    .as_ref()
+                    .is_some_and(|i| i.plugin().hash == plugin_hash)
+            {
+                *live = None;
+            }
         }
     }
 
-    fn slot(&self, plugin: &Plugin, stream: &str) -> Slot {
-        let key = (plugin.hash.clone(), stream.to_owned());
+    fn slot(&self, stream: &str) -> Slot {
         let mut cache = self.cache.lock().expect("cache lock");
-        if let Some(slot) = cache.get(&key) {
+        if let Some(slot) = cache.get(stream) {
             metrics::counter!("foldhost_aggregate_cache_hits_total").increment(1);
             return slot.clone();
         }
         metrics::counter!("foldhost_aggregate_cache_misses_total").increment(1);
         let slot = Slot::default();
-        cache.put(key, slot.clone());
+        cache.put(stream.to_owned(), slot.clone());
         slot
     }
 
@@ -236,6 +238,12 @@ impl Aggregates {
             Err(error) => tracing::warn!(%error, "snapshot failed; state dropped"),
         }
     }
+}
+
+/// Takes the cached state out of a slot if `plugin` folded it; a state of
+/// another version (the one before a swap, or after a rollback) is dropped.
+fn take_state(live: &mut Option<AggregateInstance>, plugin: &Plugin) -> Option<AggregateInstance> {
+    live.take().filter(|i| i.plugin().hash == plugin.hash)
 }
 
 /// Decides the command and appends its events, re-deciding after conflicts.
