@@ -1,0 +1,327 @@
+//! Hot-swapping plugins on a real `foldhost serve` while it serves (issue 5): commands keep
+//! succeeding and none is lost, the swapped-in projection equals an offline replay of the new
+//! version, and after a restart it resumes from its checkpoint instead of replaying everything.
+
+mod serve;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Client;
+use serde_json::{Value, json};
+use serve::{Dirs, PATIENCE, Server, json};
+
+const TOKEN: &str = "hot-swap-admin-token";
+/// Concurrent clients sending deposits.
+const CLIENTS: usize = 16;
+/// Accounts every client deposits to, besides its own.
+const SHARED: [&str; 3] = ["shared-0", "shared-1", "shared-2"];
+/// Deposits acknowledged between two steps of a swap, so that each step happens under load.
+const DEPOSITS_PER_STEP: u64 = 200;
+/// Failure guard: requests one client sends at most.
+const MAX_REQUESTS: usize = 100_000;
+
+/// With 16 clients depositing to their own and to shared accounts, swapping the projection
+/// (`bank-analytics` → v2) and then the aggregate (`bank-account` → v2) via `PUT /plugins`
+/// answers every request with 2xx; every acknowledged deposit is in the final balances and
+/// in the projection; `GET /plugins` lists the new builds; and the projection state equals
+/// `foldhost replay` of v2 over the same journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_swap_under_concurrent_commands_without_losing_one() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let http = Client::new();
+    let accounts: Vec<String> = (0..CLIENTS)
+        .map(|n| format!("own-{n}"))
+        .chain(SHARED.map(String::from))
+        .collect();
+    for id in &accounts {
+        command(&http, &server, id, "Open", json!({"owner": id})).await;
+    }
+    wait_live_at_head(&http, &server).await;
+    let old = plugins(&http, &server).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            tokio::spawn(deposit_loop(
+                n,
+                server.url.clone(),
+                stop.clone(),
+                acks.clone(),
+            ))
+        })
+        .collect();
+
+    wait_for_acks(&acks, DEPOSITS_PER_STEP).await;
+    let uploaded = put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    let analytics_hash = uploaded["pending"]["hash"].as_str().unwrap().to_owned();
+    wait_for_cutover(&http, &server, "bank-analytics", &analytics_hash).await;
+    wait_for_acks(&acks, DEPOSITS_PER_STEP).await;
+    let uploaded = put_plugin(&http, &server, "bank-account", "bank-account-v2").await;
+    assert_eq!(uploaded["version"], "1.1.0", "{uploaded}");
+    let account_hash = uploaded["hash"].as_str().unwrap().to_owned();
+    wait_for_acks(&acks, DEPOSITS_PER_STEP).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut expected: BTreeMap<String, u64> = accounts.iter().map(|id| (id.clone(), 0)).collect();
+    let mut failures = Vec::new();
+    for client in clients {
+        let load = client.await.unwrap();
+        for (id, amount) in load.acked {
+            *expected.get_mut(&id).unwrap() += amount;
+        }
+        failures.extend(load.failures);
+    }
+    assert!(failures.is_empty(), "non-2xx answers: {failures:#?}");
+
+    for (id, deposited) in &expected {
+        let (status, body) = get(&http, &server, &format!("/aggregates/bank-account/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["state"]["balance"], *deposited, "account {id}: {body}");
+    }
+
+    let now = plugins(&http, &server).await;
+    for (name, hash, version) in [
+        ("bank-analytics", &analytics_hash, "2.0.0"),
+        ("bank-account", &account_hash, "1.1.0"),
+    ] {
+        let info = &now[name];
+        assert_ne!(info["hash"], old[name]["hash"], "{info}");
+        assert_eq!(
+            (&info["hash"], &info["version"]),
+            (&json!(hash), &json!(version))
+        );
+        assert!(
+            info.get("pending").is_none() && info.get("last_error").is_none(),
+            "{info}"
+        );
+    }
+
+    let projection = wait_live_at_head(&http, &server).await;
+    let total: u64 = expected.values().sum();
+    assert_eq!(projection["state"]["total_balance"], total, "{projection}");
+    assert!(server.terminate().success());
+    let offline = replay_offline(&dirs, "bank-analytics-v2");
+    assert_eq!(projection["state"], offline);
+}
+
+/// A restart resumes the swapped-in projection from its checkpoint: with the v2 build
+/// deployed into the plugin directory (uploads are not written there), the restarted server
+/// replays only the tail past v2's checkpoint and reaches the same state it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_swapped_projection_from_its_checkpoint() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let http = Client::new();
+    // More events than a projection folds between two checkpoints, so v2 stores one while
+    // it catches up.
+    for k in 0..10 {
+        let mut events = vec![json!({"type": "Opened", "data": {"owner": format!("seed {k}")}})];
+        events.extend((1..600).map(|i| json!({"type": "Deposited", "data": {"amount": i}})));
+        let (status, body) = post(
+            &http,
+            &server,
+            &format!("/streams/bank-account-seed-{k}/events"),
+            json!({"expected_version": "no_stream", "events": events}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let uploaded = put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    let hash = uploaded["pending"]["hash"].as_str().unwrap().to_owned();
+    wait_for_cutover(&http, &server, "bank-analytics", &hash).await;
+    let before = wait_live_at_head(&http, &server).await;
+    assert!(server.terminate().success());
+
+    std::fs::copy(
+        foldhost_plugins::path("bank-analytics-v2"),
+        dirs.plugins.join("bank-analytics.wasm"),
+    )
+    .unwrap();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let after = wait_live_at_head(&http, &server).await;
+    assert_eq!(after, before);
+    let info = &plugins(&http, &server).await["bank-analytics"];
+    assert_eq!(info["hash"], hash.as_str(), "{info}");
+    let head = before["position"].as_u64().unwrap();
+    let replayed = info["replayed"].as_u64().unwrap();
+    assert!(
+        replayed < head,
+        "replayed {replayed} of {head} events: {info}"
+    );
+}
+
+/// What one client had acknowledged, by account, and every answer that was not 2xx.
+struct Load {
+    acked: BTreeMap<String, u64>,
+    failures: Vec<String>,
+}
+
+/// Client `n`: deposits alternately to its own account and to a shared one, and now and
+/// then reads the projection, until `stop`.
+async fn deposit_loop(n: usize, url: String, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Load {
+    let http = Client::new();
+    let mut load = Load {
+        acked: BTreeMap::new(),
+        failures: Vec::new(),
+    };
+    for i in 0..MAX_REQUESTS {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if i % 10 == 9 {
+            let response = http
+                .get(format!("{url}/projections/bank-analytics"))
+                .send()
+                .await;
+            if let Err(failure) = expect_2xx(response).await {
+                load.failures.push(format!("projection read: {failure}"));
+            }
+            continue;
+        }
+        let id = match i % 2 {
+            0 => format!("own-{n}"),
+            _ => SHARED[(n + i) % SHARED.len()].to_owned(),
+        };
+        let amount = ((n * 31 + i) % 100 + 1) as u64;
+        let response = http
+            .post(format!("{url}/aggregates/bank-account/{id}/commands"))
+            .json(&json!({"type": "Deposit", "data": {"amount": amount}}))
+            .send()
+            .await;
+        match expect_2xx(response).await {
+            Ok(()) => {
+                *load.acked.entry(id).or_default() += amount;
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(failure) => load.failures.push(format!("deposit to {id}: {failure}")),
+        }
+    }
+    load
+}
+
+async fn expect_2xx(response: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+    let response = response.map_err(|error| error.to_string())?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{status}: {}",
+            response.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+/// Waits until `more` deposits past the current count are acknowledged.
+async fn wait_for_acks(acks: &AtomicU64, more: u64) {
+    let target = acks.load(Ordering::Relaxed) + more;
+    let deadline = Instant::now() + PATIENCE;
+    while acks.load(Ordering::Relaxed) < target {
+        assert!(Instant::now() < deadline, "clients stopped making progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `PUT /plugins/{name}` with the component `artifact`; returns the plugin's info.
+async fn put_plugin(http: &Client, server: &Server, name: &str, artifact: &str) -> Value {
+    let response = http
+        .put(server.url(&format!("/plugins/{name}")))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(foldhost_plugins::path(artifact)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, info) = json(response).await;
+    assert_eq!(status, 200, "{info}");
+    info
+}
+
+/// Polls `GET /plugins` until `hash` is the active build of `name` with nothing pending.
+async fn wait_for_cutover(http: &Client, server: &Server, name: &str, hash: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = plugins(http, server).await[name].clone();
+        assert!(info.get("last_error").is_none(), "the swap failed: {info}");
+        if info["hash"] == hash && info.get("pending").is_none() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no cutover: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `bank-analytics` is live at the journal's head; returns its `GET /projections`.
+async fn wait_live_at_head(http: &Client, server: &Server) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, health) = get(http, server, "/health").await;
+        let (status, projection) = get(http, server, "/projections/bank-analytics").await;
+        assert_eq!(status, 200, "{projection}");
+        if projection["status"]["status"] == "live"
+            && projection["position"] == health["head_position"]
+        {
+            return projection;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not live at the head: {projection}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /plugins` by name.
+async fn plugins(http: &Client, server: &Server) -> BTreeMap<String, Value> {
+    let (status, list) = get(http, server, "/plugins").await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    list.iter()
+        .map(|info| (info["name"].as_str().unwrap().to_owned(), info.clone()))
+        .collect()
+}
+
+/// Runs a command on `bank-account` `id`, which must succeed.
+async fn command(http: &Client, server: &Server, id: &str, command: &str, data: Value) {
+    let path = format!("/aggregates/bank-account/{id}/commands");
+    let (status, body) = post(http, server, &path, json!({"type": command, "data": data})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn get(http: &Client, server: &Server, path: &str) -> (u16, Value) {
+    json(http.get(server.url(path)).send().await.unwrap()).await
+}
+
+async fn post(http: &Client, server: &Server, path: &str, body: Value) -> (u16, Value) {
+    json(
+        http.post(server.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// `foldhost replay` of the projection `artifact` over the (stopped) server's data directory.
+fn replay_offline(dirs: &Dirs, artifact: &str) -> Value {
+    let output = std::process::Command::new(serve::BIN)
+        .arg("replay")
+        .arg("--plugin")
+        .arg(foldhost_plugins::path(artifact))
+        .arg("--data")
+        .arg(&dirs.data)
+        .env_remove("FOLDHOST_DATA")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
