@@ -173,7 +173,12 @@ impl Runtime {
                     }
                     slot.entry = Some(Entry::Aggregate(plugin));
                 }
-                (PluginKind::Projection, Some(Entry::Projection { active, .. })) => {
+                (PluginKind::Projection, Some(Entry::Projection { active, pending })) => {
+                    // A still-pending older upload is superseded: stop its replay
+                    // (the task waiting to promote it holds it alive otherwise).
+                    if let Some(superseded) = pending {
+                        tokio::spawn(async move { superseded.stop().await });
+                    }
                     let pending = Arc::new(self.start_projection(plugin));
                     self.promote_when_live(&name, pending.clone());
                     slot.entry = Some(Entry::Projection {
