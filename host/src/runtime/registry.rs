@@ -153,13 +153,22 @@ impl Runtime {
         let name = plugin.name().to_owned();
         let mut plugins = self.plugins.write().expect("plugin table lock");
         let slot = plugins.entry(name.clone()).or_default();
-        let unchanged = match &slot.entry {
+        let unchanged = match &mut slot.entry {
             Some(Entry::Aggregate(old)) => old.hash == plugin.hash,
             Some(Entry::Projection { active, pending }) => {
-                active.plugin().hash == plugin.hash
-                    || pending
+                if active.plugin().hash == plugin.hash {
+                    // The latest upload wins: re-sending the serving build
+                    // cancels a newer one still catching up.
+                    if let Some(cancelled) = pending.take() {
+                        tracing::info!(plugin = %name, hash = %cancelled.plugin().hash, "pending projection version cancelled");
+                        tokio::spawn(async move { cancelled.stop().await });
+                    }
+                    true
+                } else {
+                    pending
                         .as_ref()
                         .is_some_and(|p| p.plugin().hash == plugin.hash)
+                }
             }
             None => false,
         };
