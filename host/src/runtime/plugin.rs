@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
 use super::bindings::aggregate::{AggregatePlugin, AggregatePluginPre};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
@@ -94,32 +94,26 @@ impl Plugin {
             .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
         let kind = world_of(engine, &component).map_err(invalid)?;
         let pre = match kind {
-            PluginKind::Aggregate => {
-                let mut linker = Linker::new(engine.engine());
-                AggregatePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |d| d)
-                    .map_err(|e| invalid(format!("{e:#}")))?;
-                let pre = linker.instantiate_pre(&component).map_err(|e| {
-                    invalid(format!(
-                        "imports something foldhost does not provide: {e:#}"
-                    ))
-                })?;
-                Pre::Aggregate(AggregatePluginPre::new(pre).map_err(|e| {
-                    invalid(format!("does not match the aggregate contract: {e:#}"))
-                })?)
-            }
-            PluginKind::Projection => {
-                let mut linker = Linker::new(engine.engine());
-                ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |d| d)
-                    .map_err(|e| invalid(format!("{e:#}")))?;
-                let pre = linker.instantiate_pre(&component).map_err(|e| {
-                    invalid(format!(
-                        "imports something foldhost does not provide: {e:#}"
-                    ))
-                })?;
-                Pre::Projection(ProjectionPluginPre::new(pre).map_err(|e| {
-                    invalid(format!("does not match the projection contract: {e:#}"))
-                })?)
-            }
+            PluginKind::Aggregate => Pre::Aggregate(
+                link(
+                    engine,
+                    &component,
+                    "aggregate",
+                    |linker| AggregatePlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
+                    AggregatePluginPre::new,
+                )
+                .map_err(invalid)?,
+            ),
+            PluginKind::Projection => Pre::Projection(
+                link(
+                    engine,
+                    &component,
+                    "projection",
+                    |linker| ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
+                    ProjectionPluginPre::new,
+                )
+                .map_err(invalid)?,
+            ),
         };
         let mut plugin = Plugin {
             description: Description {
@@ -245,6 +239,23 @@ impl From<types::Description> for Description {
             state_schema: d.state_schema,
         }
     }
+}
+
+/// Links `component` against the host imports (`add_imports`) and checks its
+/// exports against the `world`'s bindings (`check_exports`).
+fn link<P>(
+    engine: &PluginEngine,
+    component: &Component,
+    world: &str,
+    add_imports: impl FnOnce(&mut Linker<PluginData>) -> wasmtime::Result<()>,
+    check_exports: impl FnOnce(InstancePre<PluginData>) -> wasmtime::Result<P>,
+) -> Result<P, String> {
+    let mut linker = Linker::new(engine.engine());
+    add_imports(&mut linker).map_err(|e| format!("{e:#}"))?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("imports something foldhost does not provide: {e:#}"))?;
+    check_exports(pre).map_err(|e| format!("does not match the {world} contract: {e:#}"))
 }
 
 /// Finds which world a component implements from its exported interface names,
