@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 struct Host {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
+    config: RuntimeConfig,
     runtime: Arc<Runtime>,
 }
 
@@ -33,13 +34,18 @@ fn config() -> RuntimeConfig {
 
 impl Host {
     fn new() -> Self {
+        Self::with(config())
+    }
+
+    fn with(config: RuntimeConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
-        let runtime = open(&path);
+        let journal = Journal::open(&path, JournalConfig::default()).unwrap();
         Self {
             _dir: dir,
             path,
-            runtime,
+            runtime: Runtime::new(journal, config.clone()).unwrap(),
+            config,
         }
     }
 
@@ -53,7 +59,7 @@ impl Host {
             match Journal::open(&self.path, JournalConfig::default()) {
                 Ok(journal) => {
                     return Self {
-                        runtime: Runtime::new(journal, config()).unwrap(),
+                        runtime: Runtime::new(journal, self.config.clone()).unwrap(),
                         ..self
                     };
                 }
@@ -81,11 +87,6 @@ impl Host {
             .await?;
         Ok(outcome.state)
     }
-}
-
-fn open(path: &std::path::Path) -> Arc<Runtime> {
-    let journal = Journal::open(path, JournalConfig::default()).unwrap();
-    Runtime::new(journal, config()).unwrap()
 }
 
 fn balance(state: &Value) -> i64 {
@@ -732,4 +733,34 @@ async fn a_dropped_file_in_the_watched_directory_is_loaded() {
     host.command("bank-account", "w", "Open", json!({"owner": "W"}))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_checkpoints_projections_so_a_restart_replays_nothing() {
+    // No checkpoint would be due by count or time: only shutdown stores one.
+    let host = Host::with(RuntimeConfig {
+        checkpoints: CheckpointPolicy {
+            every_events: 1_000_000,
+            every: Duration::from_secs(3600),
+        },
+        ..RuntimeConfig::default()
+    });
+    host.load("bank-account").await;
+    host.load("bank-analytics").await;
+    for i in 0..40 {
+        let id = format!("z{i}");
+        host.command("bank-account", &id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+    }
+    let head = host.runtime.journal().head_position();
+    wait_until_live_at(&host.runtime.projection("bank-analytics").unwrap(), head).await;
+
+    let host = host.restart().await;
+    host.load("bank-analytics").await;
+    let analytics = host.runtime.projection("bank-analytics").unwrap();
+    wait_until_live_at(&analytics, head).await;
+    assert_eq!(analytics.replayed(), 0, "resumed at the head");
+    let (_, state) = analytics.state().unwrap().unwrap();
+    assert_eq!(state["open_accounts"], json!(40), "{state}");
 }

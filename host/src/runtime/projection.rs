@@ -253,6 +253,25 @@ impl ProjectionRunner {
         guard.as_mut().map(|i| i.query(name, args)).transpose()
     }
 
+    /// Stores a checkpoint of the current state (after [`stop`](Self::stop)).
+    pub async fn save_checkpoint(&self, journal: &Journal) -> Result<(), RuntimeError> {
+        let slot = self.instance.clone();
+        let saved = blocking(move || {
+            let mut guard = slot.lock().expect("projection lock");
+            guard
+                .as_mut()
+                .map(|instance| Ok((instance.position, instance.snapshot()?)))
+                .transpose()
+        })
+        .await?;
+        if let Some((position, snapshot)) = saved {
+            journal
+                .put_checkpoint(&self.plugin.hash, position, snapshot)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stops the background task and waits until it has let go of the journal.
     pub async fn stop(&self) {
         let task = self.task.lock().expect("projection lock").take();

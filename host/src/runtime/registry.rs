@@ -249,6 +249,11 @@ impl Runtime {
         for slot in slots.into_values() {
             if let Some(Entry::Projection { active, pending }) = slot.entry {
                 active.stop().await;
+                // Save what was folded since the last checkpoint, so a restart
+                // resumes exactly here.
+                if let Err(error) = active.save_checkpoint(&self.journal).await {
+                    tracing::warn!(plugin = %active.plugin().name(), %error, "no checkpoint at shutdown");
+                }
                 if let Some(pending) = pending {
                     pending.stop().await;
                 }
