@@ -35,7 +35,7 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// Where a projection stands.
+/// Where a plugin stands: a projection's progress, or an aggregate that is serving.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum ProjectionStatus {
@@ -49,6 +49,9 @@ pub enum ProjectionStatus {
     },
     /// At the head, following new appends.
     Live { position: u64 },
+    /// An aggregate plugin: nothing to catch up, ready for commands.
+    #[serde(rename = "live")]
+    Serving,
     /// Stopped by an error; the reason says which plugin call failed and where.
     Failed { position: u64, reason: String },
 }

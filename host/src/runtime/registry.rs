@@ -403,7 +403,7 @@ fn info(slot: &Slot) -> Option<PluginInfo> {
         replayed: None,
     };
     let mut info = match slot.entry.as_ref()? {
-        Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Live { position: 0 }),
+        Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Serving),
         Entry::Projection { active, pending } => {
             let mut info = describe(active.plugin(), active.status());
             info.replayed = Some(active.replayed());
