@@ -152,6 +152,8 @@ on_both_backends! {
     #[tokio::test] async fn appended_events_read_back_with_positions_and_versions;
     #[tokio::test] async fn expected_version_is_enforced;
     #[tokio::test] async fn a_refused_append_writes_nothing;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn refusals_batched_with_other_appends_leave_them_alone;
     #[tokio::test] async fn a_retried_append_returns_the_original_result_and_writes_nothing;
     #[tokio::test] async fn a_retry_that_differs_from_the_original_is_refused;
     #[tokio::test] async fn event_ids_are_unique_across_the_journal;
@@ -304,6 +306,41 @@ async fn a_refused_append_writes_nothing(backend: Backend) {
         .append("s", ExpectedVersion::Exact(1), refused)
         .await;
     assert_eq!(later.unwrap(), result((2, 4), (2, 4)));
+}
+
+async fn refusals_batched_with_other_appends_leave_them_alone(backend: Backend) {
+    let f = Fixture::new(backend);
+    // Queued together, so the writer may batch them: one creates "s", the others conflict,
+    // and the appends to other streams land whatever their neighbours did.
+    let tasks: Vec<_> = (0..16)
+        .map(|n| {
+            let journal = f.journal.clone();
+            tokio::spawn(async move {
+                let stream = if n % 2 == 0 {
+                    "s".to_owned()
+                } else {
+                    format!("t-{n}")
+                };
+                journal
+                    .append(&stream, ExpectedVersion::NoStream, events(2))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(JournalError::Conflict { current, .. }) => assert_eq!(current, Some(2)),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 9, "\"s\" once and the eight t-streams");
+    let all = f.all();
+    assert_eq!(all.len(), 18);
+    assert!(all.iter().zip(1..).all(|(event, p)| event.position == p));
+    assert_eq!(f.journal.head_position(), 18);
+    assert_eq!(f.journal.stream_version("s").unwrap(), Some(2));
 }
 
 async fn a_retried_append_returns_the_original_result_and_writes_nothing(backend: Backend) {

@@ -755,6 +755,11 @@ type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
 
 /// Applies `requests` in order in one transaction and commits it. The head returned is the new
 /// last position if events were appended.
+///
+/// Appends are validated in memory against the stored versions and event ids of everything
+/// the batch touches (read in two queries under the log lock, so nobody changes them
+/// meanwhile) and written with one insert: a batch costs a handful of round trips however many
+/// appends it holds.
 async fn run_batch(
     pool: &Pool,
     requests: &[Request],
@@ -762,20 +767,19 @@ async fn run_batch(
 ) -> Result<BatchOutcome, JournalError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let txn = client.transaction().await.map_err(pg)?;
-    let appends = requests
+    let appends: Vec<(&str, &[NewEvent])> = requests
         .iter()
-        .any(|request| matches!(request.op, Op::Append { .. }));
+        .filter_map(|request| match &request.op {
+            Op::Append { stream, events, .. } => Some((stream.as_str(), events.as_slice())),
+            _ => None,
+        })
+        .collect();
     // Only appends need the log lock; snapshot and checkpoint writes do not touch the log.
-    let start = if appends {
-        let row = txn
-            .query_one("SELECT position FROM log_head FOR UPDATE", &[])
-            .await
-            .map_err(pg)?;
-        row.get::<_, i64>(0) as u64
+    let mut state = if appends.is_empty() {
+        None
     } else {
-        0
+        Some(BatchState::load(&txn, &appends).await?)
     };
-    let mut next = start + 1;
     let recorded_at = now_millis();
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut wrote = false;
@@ -785,13 +789,18 @@ async fn run_batch(
                 stream,
                 expected,
                 events,
-            } => append(&txn, stream, *expected, events, next, recorded_at).await,
+            } => Ok(state
+                .as_mut()
+                .expect("loaded for a batch with appends")
+                .append(stream, *expected, events)),
             Op::PutSnapshot {
                 plugin,
                 stream,
                 version,
                 state,
-            } => put_snapshot(&txn, plugin, stream, *version, state, keep_snapshots).await,
+            } => put_snapshot(&txn, plugin, stream, *version, state, keep_snapshots)
+                .await
+                .map(|()| Ok(done())),
             Op::PutCheckpoint {
                 plugin,
                 position,
@@ -804,36 +813,30 @@ async fn run_batch(
                 )
                 .await
                 .map_err(pg)
-                .map(|_| Applied {
-                    result: None,
-                    written_events: 0,
-                }),
-            Op::DeletePluginData { plugin } => delete_plugin_data(&txn, plugin).await,
+                .map(|_| Ok(done())),
+            Op::DeletePluginData { plugin } => {
+                delete_plugin_data(&txn, plugin).await.map(|()| Ok(done()))
+            }
         };
-        match outcome {
-            Ok(applied) => {
-                // Snapshot and checkpoint writes always write; appends only when not retries.
-                wrote |= applied.result.is_none() || applied.written_events > 0;
-                next += applied.written_events;
-                outcomes.push(Ok(applied));
-            }
-            // A database error may have struck half way: drop the whole transaction.
-            Err(error @ (JournalError::Postgres(_) | JournalError::Unavailable(_))) => {
-                return Err(error);
-            }
-            // A refusal was decided before writing anything.
-            Err(refused) => outcomes.push(Err(refused)),
+        // A database error may have struck half way: drop the whole transaction.
+        let outcome = outcome?;
+        if let Ok(applied) = &outcome {
+            // Snapshot and checkpoint writes always write; appends only when not retries.
+            wrote |= applied.result.is_none() || applied.written_events > 0;
         }
+        outcomes.push(outcome);
     }
-    let head = next - 1;
-    let moved = appends && head > start;
-    if moved {
-        txn.execute("UPDATE log_head SET position = $1", &[&(head as i64)])
+    let mut head = None;
+    if let Some(state) = state.filter(|state| state.next > state.start + 1) {
+        let last = state.next - 1;
+        state.write(&txn, recorded_at).await?;
+        txn.execute("UPDATE log_head SET position = $1", &[&(last as i64)])
             .await
             .map_err(pg)?;
-        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &head.to_string()])
+        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
             .await
             .map_err(pg)?;
+        head = Some(last);
     }
     if !wrote {
         // Only retries and refusals: nothing to commit (and no commit to count).
@@ -842,133 +845,222 @@ async fn run_batch(
     }
     // Whether a failed commit took effect is unknown: it is reported as an error, never guessed.
     txn.commit().await.map_err(pg)?;
-    Ok((outcomes, moved.then_some(head), true))
+    Ok((outcomes, head, true))
 }
 
-/// Appends `events` at positions from `next` if `expected` holds, or recognises a retry.
-async fn append(
-    txn: &Transaction<'_>,
-    stream: &str,
-    expected: ExpectedVersion,
-    events: &[NewEvent],
+fn done() -> Applied {
+    Applied {
+        result: None,
+        written_events: 0,
+    }
+}
+
+/// Where a stored event is: position, stream, version.
+type Stored = (u64, String, u64);
+
+/// The appends of one batch, validated in memory and written together.
+struct BatchState<'a> {
+    /// The log head when the batch took the lock.
+    start: u64,
+    /// The next free position.
     next: u64,
-    recorded_at: u64,
-) -> Result<Applied, JournalError> {
-    let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
-    let known = txn
-        .query(
-            "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .map_err(pg)?;
-    if !known.is_empty() {
-        return retry(stream, events, &known).map(|result| Applied {
-            result: Some(result),
-            written_events: 0,
-        });
-    }
-
-    let current = stream_version(txn, stream).await?;
-    let matches = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => current.is_none(),
-        ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
-    };
-    if !matches {
-        return Err(JournalError::Conflict {
-            stream: stream.to_owned(),
-            expected,
-            current,
-        });
-    }
-    let count = events.len() as u64;
-    let base = current.unwrap_or(0);
-    let result = AppendResult {
-        first_version: base + 1,
-        last_version: base + count,
-        first_position: next,
-        last_position: next + count - 1,
-    };
-    let positions: Vec<i64> = (result.first_position..=result.last_position)
-        .map(|p| p as i64)
-        .collect();
-    let versions: Vec<i64> = (result.first_version..=result.last_version)
-        .map(|v| v as i64)
-        .collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let content_types: Vec<i16> = events
-        .iter()
-        .map(|e| content_type_code(e.content_type))
-        .collect();
-    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
-    let metadata: Vec<Option<&str>> = events.iter().map(|e| e.metadata.as_deref()).collect();
-    txn.execute(
-        "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
-         metadata, recorded_at) \
-         SELECT p, $2, v, i, t, c, d, m, $9 \
-         FROM unnest($1::BIGINT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], $6::SMALLINT[], \
-                     $7::BYTEA[], $8::TEXT[]) AS e(p, v, i, t, c, d, m)",
-        &[
-            &positions,
-            &stream,
-            &versions,
-            &ids,
-            &types,
-            &content_types,
-            &data,
-            &metadata,
-            &(recorded_at as i64),
-        ],
-    )
-    .await
-    .map_err(pg)?;
-    txn.execute(
-        "INSERT INTO streams (stream, version) VALUES ($1, $2) \
-         ON CONFLICT (stream) DO UPDATE SET version = $2",
-        &[&stream, &(result.last_version as i64)],
-    )
-    .await
-    .map_err(pg)?;
-    Ok(Applied {
-        result: Some(result),
-        written_events: count,
-    })
+    /// Event ids of the batch already stored, and those this batch adds.
+    known: HashMap<Uuid, Stored>,
+    /// Versions of the streams the batch appends to (None: no such stream).
+    versions: HashMap<String, Option<u64>>,
+    rows: Vec<(u64, &'a str, u64, &'a NewEvent)>,
 }
 
-/// Checks that `events`, some of whose ids are stored (`known` rows), are a retry of consecutive
-/// events of `stream` in the same order, and returns where they are.
-fn retry(
-    stream: &str,
-    events: &[NewEvent],
-    known: &[tokio_postgres::Row],
-) -> Result<AppendResult, JournalError> {
-    let by_id: HashMap<Uuid, (u64, String, u64)> = known
-        .iter()
-        .map(|row| {
-            (
-                row.get::<_, Uuid>(3),
-                (
+impl<'a> BatchState<'a> {
+    /// Locks the log head and reads the stored ids and stream versions `appends` involve.
+    async fn load(
+        txn: &tokio_postgres::Transaction<'_>,
+        appends: &[(&'a str, &'a [NewEvent])],
+    ) -> Result<Self, JournalError> {
+        let row = txn
+            .query_one("SELECT position FROM log_head FOR UPDATE", &[])
+            .await
+            .map_err(pg)?;
+        let start = row.get::<_, i64>(0) as u64;
+        let ids: Vec<Uuid> = appends
+            .iter()
+            .flat_map(|(_, events)| events.iter().map(|event| event.id))
+            .collect();
+        let streams: Vec<&str> = appends.iter().map(|(stream, _)| *stream).collect();
+        let known = txn
+            .query(
+                "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| {
+                let stored = (
                     row.get::<_, i64>(0) as u64,
                     row.get::<_, String>(1),
                     row.get::<_, i64>(2) as u64,
-                ),
+                );
+                (row.get::<_, Uuid>(3), stored)
+            })
+            .collect();
+        let mut versions: HashMap<String, Option<u64>> = streams
+            .iter()
+            .map(|stream| ((*stream).to_owned(), None))
+            .collect();
+        for row in txn
+            .query(
+                "SELECT stream, version FROM streams WHERE stream = ANY($1)",
+                &[&streams],
             )
-        })
-        .collect();
-    // In the order of the append, as the redb backend reports the first offending id.
-    let mut stored = Vec::with_capacity(by_id.len());
-    for event in events {
-        if let Some((position, other, version)) = by_id.get(&event.id) {
-            if other != stream {
-                return Err(JournalError::DuplicateEventId {
-                    id: event.id,
-                    stream: other.clone(),
-                    position: Some(*position),
-                });
-            }
-            stored.push((event.id, *position, *version));
+            .await
+            .map_err(pg)?
+        {
+            versions.insert(row.get(0), Some(row.get::<_, i64>(1) as u64));
         }
+        Ok(Self {
+            start,
+            next: start + 1,
+            known,
+            versions,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Appends `events` to `stream` if `expected` holds, or recognises a retry; a refusal
+    /// changes nothing.
+    fn append(
+        &mut self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> Result<Applied, JournalError> {
+        let stored: Vec<(Uuid, &Stored)> = events
+            .iter()
+            .filter_map(|event| self.known.get(&event.id).map(|at| (event.id, at)))
+            .collect();
+        if !stored.is_empty() {
+            return retry(stream, events, &stored).map(|result| Applied {
+                result: Some(result),
+                written_events: 0,
+            });
+        }
+        let current = self.versions.get(stream).copied().flatten();
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
+        };
+        if !matches {
+            return Err(JournalError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
+        }
+        let count = events.len() as u64;
+        let base = current.unwrap_or(0);
+        let result = AppendResult {
+            first_version: base + 1,
+            last_version: base + count,
+            first_position: self.next,
+            last_position: self.next + count - 1,
+        };
+        for ((event, version), position) in events
+            .iter()
+            .zip(result.first_version..)
+            .zip(result.first_position..)
+        {
+            self.known
+                .insert(event.id, (position, stream.to_owned(), version));
+            self.rows.push((position, stream, version, event));
+        }
+        self.versions
+            .insert(stream.to_owned(), Some(result.last_version));
+        self.next = result.last_position + 1;
+        Ok(Applied {
+            result: Some(result),
+            written_events: count,
+        })
+    }
+
+    /// Inserts the accepted events and moves their streams' versions.
+    async fn write(
+        self,
+        txn: &tokio_postgres::Transaction<'_>,
+        recorded_at: u64,
+    ) -> Result<(), JournalError> {
+        let positions: Vec<i64> = self.rows.iter().map(|row| row.0 as i64).collect();
+        let streams: Vec<&str> = self.rows.iter().map(|row| row.1).collect();
+        let versions: Vec<i64> = self.rows.iter().map(|row| row.2 as i64).collect();
+        let ids: Vec<Uuid> = self.rows.iter().map(|row| row.3.id).collect();
+        let types: Vec<&str> = self
+            .rows
+            .iter()
+            .map(|row| row.3.event_type.as_str())
+            .collect();
+        let content_types: Vec<i16> = self
+            .rows
+            .iter()
+            .map(|row| content_type_code(row.3.content_type))
+            .collect();
+        let data: Vec<&[u8]> = self.rows.iter().map(|row| row.3.data.as_slice()).collect();
+        let metadata: Vec<Option<&str>> = self
+            .rows
+            .iter()
+            .map(|row| row.3.metadata.as_deref())
+            .collect();
+        txn.execute(
+            "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
+             metadata, recorded_at) \
+             SELECT p, s, v, i, t, c, d, m, $9 \
+             FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
+                         $6::SMALLINT[], $7::BYTEA[], $8::TEXT[]) AS e(p, s, v, i, t, c, d, m)",
+            &[
+                &positions,
+                &streams,
+                &versions,
+                &ids,
+                &types,
+                &content_types,
+                &data,
+                &metadata,
+                &(recorded_at as i64),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
+            .versions
+            .iter()
+            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
+            .unzip();
+        txn.execute(
+            "INSERT INTO streams (stream, version) \
+             SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+            &[&heads, &head_versions],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+}
+
+/// Checks that `events`, some of whose ids are `stored`, are a retry of consecutive events of
+/// `stream` in the same order, and returns where they are.
+fn retry(
+    stream: &str,
+    events: &[NewEvent],
+    stored: &[(Uuid, &Stored)],
+) -> Result<AppendResult, JournalError> {
+    // In the order of the append, as the redb backend reports the first offending id.
+    if let Some((id, (position, other, _))) = stored.iter().find(|(_, at)| at.1 != stream) {
+        return Err(JournalError::DuplicateEventId {
+            id: *id,
+            stream: other.clone(),
+            position: Some(*position),
+        });
     }
     let mismatch = |reason: String| JournalError::IdempotencyMismatch {
         stream: stream.to_owned(),
@@ -981,22 +1073,22 @@ fn retry(
             events.len()
         )));
     }
-    let first_version = stored[0].2;
+    let first_version = stored[0].1.2;
     let in_order = stored
         .iter()
         .zip(first_version..)
-        .all(|(&(_, _, version), expected)| version == expected);
+        .all(|((_, at), expected)| at.2 == expected);
     if !in_order {
         return Err(mismatch(
             "its events were not written as consecutive events in this order".to_owned(),
         ));
     }
-    let (first, last) = (stored[0], stored[stored.len() - 1]);
+    let (first, last) = (stored[0].1, stored[stored.len() - 1].1);
     Ok(AppendResult {
         first_version: first.2,
         last_version: last.2,
-        first_position: first.1,
-        last_position: last.1,
+        first_position: first.0,
+        last_position: last.0,
     })
 }
 
@@ -1007,7 +1099,7 @@ async fn put_snapshot(
     version: u64,
     state: &[u8],
     keep: usize,
-) -> Result<Applied, JournalError> {
+) -> Result<(), JournalError> {
     txn.execute(
         "INSERT INTO snapshots (plugin, stream, version, state) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (plugin, stream, version) DO UPDATE SET state = $4",
@@ -1023,21 +1115,15 @@ async fn put_snapshot(
     )
     .await
     .map_err(pg)?;
-    Ok(Applied {
-        result: None,
-        written_events: 0,
-    })
+    Ok(())
 }
 
-async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<Applied, JournalError> {
+async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<(), JournalError> {
     txn.execute("DELETE FROM checkpoints WHERE plugin = $1", &[&plugin])
         .await
         .map_err(pg)?;
     txn.execute("DELETE FROM snapshots WHERE plugin = $1", &[&plugin])
         .await
         .map_err(pg)?;
-    Ok(Applied {
-        result: None,
-        written_events: 0,
-    })
+    Ok(())
 }
