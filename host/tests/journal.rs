@@ -749,3 +749,71 @@ async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin(backend:
         "snapshots and checkpoints are not events"
     );
 }
+
+// PostgreSQL only: what several hosts on one database see.
+
+#[tokio::test]
+async fn postgres_hosts_follow_each_others_commits() {
+    let url = fresh_database();
+    let (one, two) = (
+        open_postgres(&url, JournalConfig::default()),
+        open_postgres(&url, JournalConfig::default()),
+    );
+    let mut head = two.subscribe();
+    let batch = events(3);
+    let appended = one
+        .append("s", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while *head.borrow_and_update() < appended.last_position {
+            head.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the other host's head follows the commit (NOTIFY)");
+    assert_eq!(two.head_position(), 3);
+    assert_eq!(two.read_all(1, 10).unwrap().len(), 3);
+    // Expected versions hold across hosts: the second host's stale view is refused.
+    let stale = two.append("s", ExpectedVersion::NoStream, events(1)).await;
+    assert!(matches!(
+        stale,
+        Err(JournalError::Conflict {
+            current: Some(3),
+            ..
+        })
+    ));
+    // A retry through another host is recognised by its event ids.
+    let retried = two.append("s", ExpectedVersion::NoStream, batch).await;
+    assert_eq!(retried.unwrap(), appended);
+    let reopened = open_postgres(&url, JournalConfig::default());
+    assert_eq!(reopened.head_position(), 3);
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_schema_of_another_version() {
+    let url = fresh_database();
+    drop(open_postgres(&url, JournalConfig::default()));
+    let bump = url.clone();
+    run(async move {
+        let (client, connection) = tokio_postgres::connect(&bump, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("UPDATE schema_version SET version = version + 1")
+            .await
+            .unwrap();
+    });
+    let refused = run(async move {
+        Journal::open_postgres(&url, JournalConfig::default())
+            .await
+            .err()
+    });
+    match refused {
+        Some(JournalError::UnsupportedFormat { found, supported }) => {
+            assert_eq!(found, supported + 1)
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+}
