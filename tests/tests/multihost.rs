@@ -126,4 +126,33 @@ async fn hosts_sharing_a_journal_agree_on_balances_and_global_order() {
             assert!(ids.insert(event["id"].to_string()), "host {index}: {event}");
         }
     }
+
+    // And every host's bank-analytics projection folds the whole shared log.
+    for (index, host) in hosts.iter().enumerate() {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, projection) = json(
+                client
+                    .get(host.url("/projections/bank-analytics"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, 200, "{projection}");
+            if projection["position"] == total as u64 {
+                assert_eq!(projection["state"]["open_accounts"], 1, "{projection}");
+                assert_eq!(
+                    projection["state"]["total_balance"], expected_balance,
+                    "host {index}: {projection}"
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "host {index}: the projection did not catch up: {projection}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
