@@ -1,4 +1,7 @@
 //! The journal through its public API: append rules, idempotency, reads, snapshots, reopening.
+//!
+//! Every test runs against both backends: redb (a temporary file) and PostgreSQL (a fresh
+//! database in the cluster named by `FOLDHOST_TEST_POSTGRES`, which `scripts/test` starts).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,33 +11,163 @@ use foldhost::journal::{
 };
 use uuid::Uuid;
 
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Redb,
+    Postgres,
+}
+
+enum Place {
+    Redb(tempfile::TempDir),
+    Postgres(String),
+}
+
 struct Fixture {
-    dir: tempfile::TempDir,
+    place: Place,
     journal: Journal,
 }
 
+/// Runs `future` to completion on a runtime of its own, on a thread of its own, so it can be
+/// awaited from sync tests and async ones alike.
+fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Creates an empty database in the test cluster and returns its URL.
+fn fresh_database() -> String {
+    let admin = std::env::var("FOLDHOST_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "FOLDHOST_TEST_POSTGRES is not set: the PostgreSQL journal tests need a throwaway \
+             cluster; run scripts/test (or `. scripts/postgres` first)"
+        )
+    });
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let url = admin.clone();
+    let create = name.clone();
+    run(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to FOLDHOST_TEST_POSTGRES");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {create}"))
+            .await
+            .expect("create a test database");
+    });
+    let base = admin.split('?').next().unwrap();
+    let cut = base.rfind('/').filter(|&i| i > "postgres://".len());
+    match cut {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn open_postgres(url: &str, config: JournalConfig) -> Journal {
+    let url = url.to_owned();
+    run(async move { Journal::open_postgres(&url, config).await.unwrap() })
+}
+
 impl Fixture {
-    fn new() -> Self {
-        Self::with(JournalConfig::default())
+    fn new(backend: Backend) -> Self {
+        Self::with(backend, JournalConfig::default())
     }
 
-    fn with(config: JournalConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path().join("journal.redb"), config).unwrap();
-        Self { dir, journal }
+    fn with(backend: Backend, config: JournalConfig) -> Self {
+        match backend {
+            Backend::Redb => {
+                let dir = tempfile::tempdir().unwrap();
+                let journal = Journal::open(dir.path().join("journal.redb"), config).unwrap();
+                Self {
+                    place: Place::Redb(dir),
+                    journal,
+                }
+            }
+            Backend::Postgres => {
+                let url = fresh_database();
+                let journal = open_postgres(&url, config);
+                Self {
+                    place: Place::Postgres(url),
+                    journal,
+                }
+            }
+        }
     }
 
     fn reopen(self) -> Self {
-        let Fixture { dir, journal } = self;
+        let Fixture { place, journal } = self;
         drop(journal);
-        let journal =
-            Journal::open(dir.path().join("journal.redb"), JournalConfig::default()).unwrap();
-        Self { dir, journal }
+        let journal = match &place {
+            Place::Redb(dir) => {
+                Journal::open(dir.path().join("journal.redb"), JournalConfig::default()).unwrap()
+            }
+            Place::Postgres(url) => open_postgres(url, JournalConfig::default()),
+        };
+        Self { place, journal }
     }
 
     fn all(&self) -> Vec<RecordedEvent> {
         self.journal.read_all(0, usize::MAX).unwrap()
     }
+}
+
+/// Declares each listed test body (a function taking a [`Backend`]) as two tests,
+/// `name::redb` and `name::postgres`.
+macro_rules! on_both_backends {
+    () => {};
+    ($(#[$attr:meta])* async fn $name:ident; $($rest:tt)*) => {
+        mod $name {
+            use super::*;
+            $(#[$attr])* async fn redb() {
+                super::$name(Backend::Redb).await
+            }
+            $(#[$attr])* async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+        on_both_backends!($($rest)*);
+    };
+    ($(#[$attr:meta])* fn $name:ident; $($rest:tt)*) => {
+        mod $name {
+            use super::*;
+            $(#[$attr])* fn redb() {
+                super::$name(Backend::Redb)
+            }
+            $(#[$attr])* fn postgres() {
+                super::$name(Backend::Postgres)
+            }
+        }
+        on_both_backends!($($rest)*);
+    };
+}
+
+on_both_backends! {
+    #[tokio::test] async fn appended_events_read_back_with_positions_and_versions;
+    #[tokio::test] async fn expected_version_is_enforced;
+    #[tokio::test] async fn a_refused_append_writes_nothing;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn refusals_batched_with_other_appends_leave_them_alone;
+    #[tokio::test] async fn a_retried_append_returns_the_original_result_and_writes_nothing;
+    #[tokio::test] async fn a_retry_that_differs_from_the_original_is_refused;
+    #[tokio::test] async fn event_ids_are_unique_across_the_journal;
+    #[tokio::test] async fn limits_are_refused_before_touching_the_journal;
+    #[tokio::test] async fn reads_are_paged_and_ascending;
+    #[tokio::test] async fn streams_are_listed_by_prefix;
+    #[tokio::test] async fn subscribers_see_the_head_move_before_the_ack;
+    #[tokio::test] async fn a_lone_append_costs_one_commit;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_get_gapless_positions_and_versions;
+    #[test] fn append_blocking_works_outside_a_runtime;
+    #[test] fn appends_survive_closing_and_reopening;
+    #[tokio::test] async fn snapshots_keep_the_newest_per_stream;
+    #[tokio::test] async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin;
 }
 
 fn event(n: u64) -> NewEvent {
@@ -61,9 +194,8 @@ fn now_millis() -> u64 {
         .as_millis() as u64
 }
 
-#[tokio::test]
-async fn appended_events_read_back_with_positions_and_versions() {
-    let f = Fixture::new();
+async fn appended_events_read_back_with_positions_and_versions(backend: Backend) {
+    let f = Fixture::new(backend);
     let before = now_millis();
     let first = NewEvent {
         id: Uuid::new_v4(),
@@ -111,9 +243,8 @@ async fn appended_events_read_back_with_positions_and_versions() {
     assert_eq!(positions, [1, 2, 3]);
 }
 
-#[tokio::test]
-async fn expected_version_is_enforced() {
-    let f = Fixture::new();
+async fn expected_version_is_enforced(backend: Backend) {
+    let f = Fixture::new(backend);
     let j = &f.journal;
     assert!(
         j.append("s", ExpectedVersion::NoStream, events(2))
@@ -154,9 +285,8 @@ async fn expected_version_is_enforced() {
     );
 }
 
-#[tokio::test]
-async fn a_refused_append_writes_nothing() {
-    let f = Fixture::new();
+async fn a_refused_append_writes_nothing(backend: Backend) {
+    let f = Fixture::new(backend);
     f.journal
         .append("s", ExpectedVersion::Any, events(1))
         .await
@@ -178,9 +308,43 @@ async fn a_refused_append_writes_nothing() {
     assert_eq!(later.unwrap(), result((2, 4), (2, 4)));
 }
 
-#[tokio::test]
-async fn a_retried_append_returns_the_original_result_and_writes_nothing() {
-    let f = Fixture::new();
+async fn refusals_batched_with_other_appends_leave_them_alone(backend: Backend) {
+    let f = Fixture::new(backend);
+    // Queued together, so the writer may batch them: one creates "s", the others conflict,
+    // and the appends to other streams land whatever their neighbours did.
+    let tasks: Vec<_> = (0..16)
+        .map(|n| {
+            let journal = f.journal.clone();
+            tokio::spawn(async move {
+                let stream = if n % 2 == 0 {
+                    "s".to_owned()
+                } else {
+                    format!("t-{n}")
+                };
+                journal
+                    .append(&stream, ExpectedVersion::NoStream, events(2))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(JournalError::Conflict { current, .. }) => assert_eq!(current, Some(2)),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 9, "\"s\" once and the eight t-streams");
+    let all = f.all();
+    assert_eq!(all.len(), 18);
+    assert!(all.iter().zip(1..).all(|(event, p)| event.position == p));
+    assert_eq!(f.journal.head_position(), 18);
+    assert_eq!(f.journal.stream_version("s").unwrap(), Some(2));
+}
+
+async fn a_retried_append_returns_the_original_result_and_writes_nothing(backend: Backend) {
+    let f = Fixture::new(backend);
     let batch = events(3);
     let original = f
         .journal
@@ -209,9 +373,8 @@ async fn a_retried_append_returns_the_original_result_and_writes_nothing() {
     assert_eq!(f.journal.stats(), stats, "a retry commits nothing");
 }
 
-#[tokio::test]
-async fn a_retry_that_differs_from_the_original_is_refused() {
-    let f = Fixture::new();
+async fn a_retry_that_differs_from_the_original_is_refused(backend: Backend) {
+    let f = Fixture::new(backend);
     let batch = events(3);
     f.journal
         .append("s", ExpectedVersion::Any, batch.clone())
@@ -228,9 +391,8 @@ async fn a_retry_that_differs_from_the_original_is_refused() {
     assert_eq!(f.all().len(), 3);
 }
 
-#[tokio::test]
-async fn event_ids_are_unique_across_the_journal() {
-    let f = Fixture::new();
+async fn event_ids_are_unique_across_the_journal(backend: Backend) {
+    let f = Fixture::new(backend);
     let used = event(1);
     f.journal
         .append("a", ExpectedVersion::Any, vec![event(0), used.clone()])
@@ -270,13 +432,15 @@ async fn event_ids_are_unique_across_the_journal() {
     assert_eq!(f.journal.streams_with_prefix("").unwrap(), ["a"]);
 }
 
-#[tokio::test]
-async fn limits_are_refused_before_touching_the_journal() {
-    let f = Fixture::with(JournalConfig {
-        max_event_size: 100,
-        max_append_events: 3,
-        ..JournalConfig::default()
-    });
+async fn limits_are_refused_before_touching_the_journal(backend: Backend) {
+    let f = Fixture::with(
+        backend,
+        JournalConfig {
+            max_event_size: 100,
+            max_append_events: 3,
+            ..JournalConfig::default()
+        },
+    );
     let j = &f.journal;
     let mut big = event(0);
     big.event_type = "T".repeat(10);
@@ -318,9 +482,8 @@ async fn limits_are_refused_before_touching_the_journal() {
     );
 }
 
-#[tokio::test]
-async fn reads_are_paged_and_ascending() {
-    let f = Fixture::new();
+async fn reads_are_paged_and_ascending(backend: Backend) {
+    let f = Fixture::new(backend);
     for n in 0..10 {
         let stream = if n % 2 == 0 { "even" } else { "odd" };
         f.journal
@@ -353,9 +516,8 @@ async fn reads_are_paged_and_ascending() {
     assert!(f.journal.read_stream("none", 1, 9).unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn streams_are_listed_by_prefix() {
-    let f = Fixture::new();
+async fn streams_are_listed_by_prefix(backend: Backend) {
+    let f = Fixture::new(backend);
     for stream in [
         "bank-account-2",
         "bank-1",
@@ -374,9 +536,8 @@ async fn streams_are_listed_by_prefix() {
     assert!(f.journal.streams_with_prefix("zzz").unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn subscribers_see_the_head_move_before_the_ack() {
-    let f = Fixture::new();
+async fn subscribers_see_the_head_move_before_the_ack(backend: Backend) {
+    let f = Fixture::new(backend);
     let mut head = f.journal.subscribe();
     assert_eq!(*head.borrow_and_update(), 0);
     let appended = f
@@ -399,9 +560,8 @@ async fn subscribers_see_the_head_move_before_the_ack() {
     assert_eq!(waiter.await.unwrap(), 3);
 }
 
-#[tokio::test]
-async fn a_lone_append_costs_one_commit() {
-    let f = Fixture::new();
+async fn a_lone_append_costs_one_commit(backend: Backend) {
+    let f = Fixture::new(backend);
     for n in 1..=3 {
         f.journal
             .append("s", ExpectedVersion::Any, events(2))
@@ -412,9 +572,8 @@ async fn a_lone_append_costs_one_commit() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_get_gapless_positions_and_versions() {
-    let f = Fixture::new();
+async fn concurrent_appends_get_gapless_positions_and_versions(backend: Backend) {
+    let f = Fixture::new(backend);
     let tasks: Vec<_> = (0..32)
         .map(|task| {
             let journal = f.journal.clone();
@@ -468,9 +627,8 @@ async fn concurrent_appends_get_gapless_positions_and_versions() {
     assert!(stats.commits <= stats.appends);
 }
 
-#[test]
-fn append_blocking_works_outside_a_runtime() {
-    let f = Fixture::new();
+fn append_blocking_works_outside_a_runtime(backend: Backend) {
+    let f = Fixture::new(backend);
     let appended = f
         .journal
         .append_blocking("s", ExpectedVersion::NoStream, events(2));
@@ -487,9 +645,8 @@ fn append_blocking_works_outside_a_runtime() {
     ));
 }
 
-#[test]
-fn appends_survive_closing_and_reopening() {
-    let f = Fixture::new();
+fn appends_survive_closing_and_reopening(backend: Backend) {
+    let f = Fixture::new(backend);
     let threads: Vec<_> = (0..8)
         .map(|n| {
             let journal = f.journal.clone();
@@ -529,12 +686,14 @@ fn appends_survive_closing_and_reopening() {
     assert_eq!(retry.unwrap(), result((1, 1), (1, 1)));
 }
 
-#[tokio::test]
-async fn snapshots_keep_the_newest_per_stream() {
-    let f = Fixture::with(JournalConfig {
-        keep_snapshots: 2,
-        ..JournalConfig::default()
-    });
+async fn snapshots_keep_the_newest_per_stream(backend: Backend) {
+    let f = Fixture::with(
+        backend,
+        JournalConfig {
+            keep_snapshots: 2,
+            ..JournalConfig::default()
+        },
+    );
     let j = &f.journal;
     for version in [10, 20, 30] {
         j.put_snapshot("p1", "s", version, format!("state {version}").into_bytes())
@@ -557,9 +716,8 @@ async fn snapshots_keep_the_newest_per_stream() {
     assert_eq!(latest("p3", "s", 100), None);
 }
 
-#[tokio::test]
-async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin() {
-    let f = Fixture::new();
+async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin(backend: Backend) {
+    let f = Fixture::new(backend);
     let j = &f.journal;
     assert_eq!(j.checkpoint("p1").unwrap(), None);
     j.put_checkpoint("p1", 10, b"ten".to_vec()).await.unwrap();
@@ -590,4 +748,72 @@ async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin() {
         0,
         "snapshots and checkpoints are not events"
     );
+}
+
+// PostgreSQL only: what several hosts on one database see.
+
+#[tokio::test]
+async fn postgres_hosts_follow_each_others_commits() {
+    let url = fresh_database();
+    let (one, two) = (
+        open_postgres(&url, JournalConfig::default()),
+        open_postgres(&url, JournalConfig::default()),
+    );
+    let mut head = two.subscribe();
+    let batch = events(3);
+    let appended = one
+        .append("s", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while *head.borrow_and_update() < appended.last_position {
+            head.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the other host's head follows the commit (NOTIFY)");
+    assert_eq!(two.head_position(), 3);
+    assert_eq!(two.read_all(1, 10).unwrap().len(), 3);
+    // Expected versions hold across hosts: the second host's stale view is refused.
+    let stale = two.append("s", ExpectedVersion::NoStream, events(1)).await;
+    assert!(matches!(
+        stale,
+        Err(JournalError::Conflict {
+            current: Some(3),
+            ..
+        })
+    ));
+    // A retry through another host is recognised by its event ids.
+    let retried = two.append("s", ExpectedVersion::NoStream, batch).await;
+    assert_eq!(retried.unwrap(), appended);
+    let reopened = open_postgres(&url, JournalConfig::default());
+    assert_eq!(reopened.head_position(), 3);
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_schema_of_another_version() {
+    let url = fresh_database();
+    drop(open_postgres(&url, JournalConfig::default()));
+    let bump = url.clone();
+    run(async move {
+        let (client, connection) = tokio_postgres::connect(&bump, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("UPDATE schema_version SET version = version + 1")
+            .await
+            .unwrap();
+    });
+    let refused = run(async move {
+        Journal::open_postgres(&url, JournalConfig::default())
+            .await
+            .err()
+    });
+    match refused {
+        Some(JournalError::UnsupportedFormat { found, supported }) => {
+            assert_eq!(found, supported + 1)
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
 }

@@ -64,6 +64,7 @@ async fn bench() {
     .unwrap();
     let server = Server::start(ServerConfig {
         data_dir: dir.path().join("data"),
+        journal_url: None,
         plugins_dir: Some(plugins),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: None,

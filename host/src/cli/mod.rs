@@ -52,6 +52,10 @@ struct ServeArgs {
     /// Data directory: holds the journal file and the compiled-plugin cache.
     #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
     data: PathBuf,
+    /// PostgreSQL journal URL (`postgres://user@host:port/database`) shared by several hosts;
+    /// without it the journal is the redb file under --data.
+    #[arg(long, env = "FOLDHOST_JOURNAL", hide_env_values = true)]
+    journal: Option<String>,
     /// Directory whose *.wasm plugins are loaded at start (one that fails is skipped); files
     /// added or changed there later are loaded while serving.
     #[arg(long, env = "FOLDHOST_PLUGINS")]
@@ -120,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let server = Server::start(ServerConfig {
         data_dir: args.data,
+        journal_url: args.journal.filter(|url| !url.is_empty()),
         plugins_dir: args.plugins,
         listen,
         admin_token,

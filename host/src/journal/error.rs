@@ -53,6 +53,14 @@ pub enum JournalError {
     /// idempotent by event id).
     #[error("storage error: {0}")]
     Storage(#[source] Arc<redb::Error>),
+    /// PostgreSQL failed or refused a statement. For an append this includes a commit whose
+    /// outcome is unknown (the connection broke during it): its events may or may not be
+    /// durable; retry with the same event ids, which is idempotent.
+    #[error("postgres error: {0}")]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// The PostgreSQL journal could not be reached (bad URL, no connection from the pool).
+    #[error("the journal database is unavailable: {0}")]
+    Unavailable(String),
     /// A stored record that cannot be decoded, or that disagrees with the indexes.
     #[error("corrupt record at position {position}: {reason}")]
     Corrupt { position: u64, reason: String },

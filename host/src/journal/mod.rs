@@ -1,5 +1,8 @@
 //! The durable, append-only event journal.
 //!
+//! Two backends sit behind the same [`Journal`] API: a local redb file (the default, see below)
+//! and a PostgreSQL database shared by several hosts (see `postgres`).
+//!
 //! One redb file holds the global log, the stream and event-id indexes, aggregate snapshots and
 //! projection checkpoints. Every write goes through one writer thread that batches whatever is
 //! queued into a single durable commit (group commit); reads run concurrently on their own
@@ -8,6 +11,7 @@
 mod batch;
 mod config;
 mod error;
+mod postgres;
 mod reader;
 mod record;
 mod request;
@@ -47,15 +51,44 @@ pub struct JournalStats {
 /// acknowledged only once durable, so closing never loses an acknowledged append.
 #[derive(Clone)]
 pub struct Journal {
-    inner: Arc<Inner>,
+    backend: Arc<Backend>,
+    config: Arc<JournalConfig>,
+}
+
+/// Where the events live; every method of [`Journal`] dispatches on it.
+enum Backend {
+    Redb(Inner),
+    Postgres(postgres::PgJournal),
 }
 
 struct Inner {
     db: Arc<Database>,
-    config: JournalConfig,
     shared: Arc<Shared>,
     requests: Sender<Request>,
     writer: Option<JoinHandle<()>>,
+}
+
+impl Inner {
+    fn queue<T>(
+        &self,
+        (request, outcome): (Request, Outcome<T>),
+    ) -> Result<Outcome<T>, JournalError> {
+        self.requests
+            .send(request)
+            .map_err(|_| JournalError::Closed)?;
+        Ok(outcome)
+    }
+}
+
+/// Calls the read `$method` of the redb reader (with the database first) or of the PostgreSQL
+/// backend.
+macro_rules! dispatch {
+    ($journal:expr, $method:ident($($arg:expr),*)) => {
+        match &*$journal.backend {
+            Backend::Redb(inner) => reader::$method(&inner.db, $($arg),*),
+            Backend::Postgres(pg) => pg.$method($($arg),*),
+        }
+    };
 }
 
 impl Drop for Inner {
@@ -87,13 +120,25 @@ impl Journal {
         .spawn()
         .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
         Ok(Journal {
-            inner: Arc::new(Inner {
+            config: Arc::new(config.clone()),
+            backend: Arc::new(Backend::Redb(Inner {
                 db,
-                config,
                 shared,
                 requests,
                 writer: Some(writer),
-            }),
+            })),
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (e.g. `postgres://user@host/db`), creating
+    /// or checking its schema, and starts the writer and the commit listener. Several hosts may
+    /// connect to one database: they share one global log. Fails with
+    /// [`JournalError::UnsupportedFormat`] for a schema of another version.
+    pub async fn open_postgres(url: &str, config: JournalConfig) -> Result<Journal, JournalError> {
+        let backend = postgres::PgJournal::connect(url, &config).await?;
+        Ok(Journal {
+            backend: Arc::new(Backend::Postgres(backend)),
+            config: Arc::new(config),
         })
     }
 
@@ -108,8 +153,14 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue_append(stream, expected, events)?;
-        outcome.await.map_err(|_| JournalError::Closed)?
+        self.config.check_append(stream, &events)?;
+        match &*self.backend {
+            Backend::Redb(inner) => {
+                let outcome = inner.queue(Request::append(stream.to_owned(), expected, events))?;
+                outcome.await.map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.append(stream, expected, events).await,
+        }
     }
 
     /// [`append`](Self::append) for threads outside an async runtime.
@@ -122,29 +173,14 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue_append(stream, expected, events)?;
-        outcome.blocking_recv().map_err(|_| JournalError::Closed)?
-    }
-
-    fn queue_append(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Outcome<AppendResult>, JournalError> {
-        self.inner.config.check_append(stream, &events)?;
-        self.queue(Request::append(stream.to_owned(), expected, events))
-    }
-
-    fn queue<T>(
-        &self,
-        (request, outcome): (Request, Outcome<T>),
-    ) -> Result<Outcome<T>, JournalError> {
-        self.inner
-            .requests
-            .send(request)
-            .map_err(|_| JournalError::Closed)?;
-        Ok(outcome)
+        self.config.check_append(stream, &events)?;
+        match &*self.backend {
+            Backend::Redb(inner) => {
+                let outcome = inner.queue(Request::append(stream.to_owned(), expected, events))?;
+                outcome.blocking_recv().map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.append_blocking(stream, expected, events),
+        }
     }
 
     /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
@@ -154,7 +190,7 @@ impl Journal {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
-        reader::read_stream(&self.inner.db, stream, from_version, limit)
+        dispatch!(self, read_stream(stream, from_version, limit))
     }
 
     /// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
@@ -163,33 +199,42 @@ impl Journal {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
-        reader::read_all(&self.inner.db, from_position, limit)
+        dispatch!(self, read_all(from_position, limit))
     }
 
     /// The current version of `stream`; `None` if it has no events.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
-        reader::stream_version(&self.inner.db, stream)
+        dispatch!(self, stream_version(stream))
     }
 
     /// The last committed global position, 0 when the journal is empty.
     pub fn head_position(&self) -> u64 {
-        *self.inner.shared.head.borrow()
+        match &*self.backend {
+            Backend::Redb(inner) => *inner.shared.head.borrow(),
+            Backend::Postgres(pg) => pg.head_position(),
+        }
     }
 
     /// Follows the head position: it changes after each commit that appended events, before
     /// those appends are acknowledged.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.shared.head.subscribe()
+        match &*self.backend {
+            Backend::Redb(inner) => inner.shared.head.subscribe(),
+            Backend::Postgres(pg) => pg.subscribe(),
+        }
     }
 
     /// Every stream whose name starts with `prefix`, in name order.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
-        reader::streams_with_prefix(&self.inner.db, prefix)
+        dispatch!(self, streams_with_prefix(prefix))
     }
 
     /// Counters of commits, appends and events since opening.
     pub fn stats(&self) -> JournalStats {
-        self.inner.shared.stats()
+        match &*self.backend {
+            Backend::Redb(inner) => inner.shared.stats(),
+            Backend::Postgres(pg) => pg.stats(),
+        }
     }
 
     /// Stores the state of `stream` at `version` as folded by `plugin` (its content hash),
@@ -202,13 +247,18 @@ impl Journal {
         state: Vec<u8>,
     ) -> Result<(), JournalError> {
         config::check_stream_name(stream)?;
-        let outcome = self.queue(Request::put_snapshot(
-            plugin.to_owned(),
-            stream.to_owned(),
-            version,
-            state,
-        ))?;
-        outcome.await.map_err(|_| JournalError::Closed)?
+        match &*self.backend {
+            Backend::Redb(inner) => {
+                let outcome = inner.queue(Request::put_snapshot(
+                    plugin.to_owned(),
+                    stream.to_owned(),
+                    version,
+                    state,
+                ))?;
+                outcome.await.map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.put_snapshot(plugin, stream, version, state).await,
+        }
     }
 
     /// The newest snapshot of `stream` by `plugin` with version ≤ `at_most_version`.
@@ -218,7 +268,7 @@ impl Journal {
         stream: &str,
         at_most_version: u64,
     ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-        reader::latest_snapshot(&self.inner.db, plugin, stream, at_most_version)
+        dispatch!(self, latest_snapshot(plugin, stream, at_most_version))
     }
 
     /// Stores the global position a projection of `plugin` has folded up to, and its state.
@@ -228,18 +278,29 @@ impl Journal {
         position: u64,
         state: Vec<u8>,
     ) -> Result<(), JournalError> {
-        let outcome = self.queue(Request::put_checkpoint(plugin.to_owned(), position, state))?;
-        outcome.await.map_err(|_| JournalError::Closed)?
+        match &*self.backend {
+            Backend::Redb(inner) => {
+                let outcome =
+                    inner.queue(Request::put_checkpoint(plugin.to_owned(), position, state))?;
+                outcome.await.map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.put_checkpoint(plugin, position, state).await,
+        }
     }
 
     /// The checkpoint of `plugin`: position and state.
     pub fn checkpoint(&self, plugin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-        reader::checkpoint(&self.inner.db, plugin)
+        dispatch!(self, checkpoint(plugin))
     }
 
     /// Drops every snapshot and the checkpoint of `plugin` (a content hash); events stay.
     pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
-        let outcome = self.queue(Request::delete_plugin_data(plugin.to_owned()))?;
-        outcome.await.map_err(|_| JournalError::Closed)?
+        match &*self.backend {
+            Backend::Redb(inner) => {
+                let outcome = inner.queue(Request::delete_plugin_data(plugin.to_owned()))?;
+                outcome.await.map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.delete_plugin_data(plugin).await,
+        }
     }
 }

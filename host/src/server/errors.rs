@@ -66,8 +66,9 @@ impl From<JournalError> for ApiError {
             JournalError::EventTooLarge { .. } | JournalError::TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            JournalError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            JournalError::Closed | JournalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             JournalError::Storage(_)
+            | JournalError::Postgres(_)
             | JournalError::Corrupt { .. }
             | JournalError::UnsupportedFormat { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

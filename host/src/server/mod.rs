@@ -156,6 +156,8 @@ async fn blocking<T: Send + 'static>(
 pub struct ServerConfig {
     /// Holds `journal.redb` and the compiled-component cache `cache/`; created if missing.
     pub data_dir: PathBuf,
+    /// A PostgreSQL journal shared with other hosts instead of `journal.redb` in `data_dir`.
+    pub journal_url: Option<String>,
     /// Every `*.wasm` in it is loaded at start (one that fails to load is logged and
     /// skipped), and files added or changed later are loaded while serving.
     pub plugins_dir: Option<PathBuf>,
@@ -183,12 +185,19 @@ impl Server {
         let data = config.data_dir;
         std::fs::create_dir_all(&data)
             .with_context(|| format!("creating the data directory {}", data.display()))?;
-        let path = data.join(JOURNAL_FILE);
-        let journal = tokio::task::spawn_blocking(move || {
-            Journal::open(&path, JournalConfig::default())
-                .with_context(|| format!("opening the journal {}", path.display()))
-        })
-        .await??;
+        let journal = match &config.journal_url {
+            Some(url) => Journal::open_postgres(url, JournalConfig::default())
+                .await
+                .context("connecting to the PostgreSQL journal")?,
+            None => {
+                let path = data.join(JOURNAL_FILE);
+                tokio::task::spawn_blocking(move || {
+                    Journal::open(&path, JournalConfig::default())
+                        .with_context(|| format!("opening the journal {}", path.display()))
+                })
+                .await??
+            }
+        };
         let runtime = Runtime::new(
             journal,
             RuntimeConfig {

@@ -74,6 +74,29 @@ impl Server {
         if let Some(token) = admin_token {
             command.args(["--admin-token", token]);
         }
+        Self::launch(command)
+    }
+
+    /// Starts a server whose journal is the PostgreSQL database at `journal` (shared with
+    /// other servers), with its own data directory and the plugins in `plugins`.
+    pub fn start_on_journal(data: &Path, plugins: &Path, journal: &str) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--plugins")
+            .arg(plugins)
+            .args(["--journal", journal])
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("FOLDHOST_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        Self::launch(command)
+    }
+
+    fn launch(mut command: Command) -> Server {
+        command.env_remove("FOLDHOST_JOURNAL");
         let mut child = command.spawn().expect("starting foldhost");
         let stdout = child.stdout.take().unwrap();
         // Read the first line on a thread so a server that never prints fails the test.

@@ -1,0 +1,1129 @@
+//! The PostgreSQL backend: one journal shared by several foldhost processes.
+//!
+//! # Global order
+//!
+//! Positions must be gapless and must become visible in order: a reader that has seen position
+//! `p` must never later find a new event below `p`, or catch-up subscriptions skip events. A
+//! sequence does not give that (values are taken at insert time but become visible at commit
+//! time, in any order). So every write transaction first locks the single row of `log_head`
+//! (`SELECT ... FOR UPDATE`), takes its positions from it, inserts, moves it and commits. The
+//! next writer waits on that row lock until the commit, so positions are allocated and become
+//! visible strictly in commit order.
+//!
+//! The cost: appends are serialised across the whole cluster (every host), one transaction at a
+//! time, each holding the lock for one round trip plus its commit. To amortise that, each host
+//! runs one writer task that drains whatever appends are queued into a single transaction (group
+//! commit, as the redb backend does): under load one lock and one commit serve many appends.
+//!
+//! Within a batch each request is validated (idempotency, expected version) before it writes
+//! anything, and the lock guarantees that nobody else writes meanwhile, so a refused append
+//! leaves the transaction untouched and the others of the batch still commit.
+//!
+//! # Waking other hosts
+//!
+//! After a commit that appended events the transaction sends `NOTIFY foldhost_log, '<last
+//! position>'` (delivered on commit, in commit order). Every host keeps one listening connection
+//! that moves its head (an atomic watch value) to the notified position, so projections and
+//! live feeds on every host wake up.
+//!
+//! # Threads
+//!
+//! All database I/O runs on a small runtime owned by the backend. The journal's synchronous
+//! reads hand their query to that runtime and wait for the answer, so they work from any thread
+//! (blocking-pool threads, plain threads, even an async test body) without nesting runtimes.
+//!
+//! # Errors
+//!
+//! Reads are retried a few times on connection errors (they are safe to repeat). Appends are
+//! never retried: if a commit's outcome is unknown the error is reported, and the client may
+//! retry with the same event ids, which is idempotent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, Pool};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
+use uuid::Uuid;
+
+use super::{
+    AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
+    NewEvent, RecordedEvent,
+};
+
+/// The schema this build creates and reads.
+pub(super) const SCHEMA_VERSION: u64 = 1;
+/// The channel commits are announced on.
+const CHANNEL: &str = "foldhost_log";
+/// Serialises schema creation between hosts starting together.
+const MIGRATION_LOCK: i64 = 0x666f_6c64_686f_7374;
+const READ_ATTEMPTS: usize = 3;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE log_head (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    position BIGINT NOT NULL
+);
+INSERT INTO log_head (only_row, position) VALUES (TRUE, 0);
+CREATE TABLE events (
+    position BIGINT PRIMARY KEY,
+    stream TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    id UUID NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    content_type SMALLINT NOT NULL,
+    data BYTEA NOT NULL,
+    metadata TEXT,
+    recorded_at BIGINT NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TABLE streams (
+    stream TEXT COLLATE "C" PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+CREATE TABLE snapshots (
+    plugin TEXT COLLATE "C" NOT NULL,
+    stream TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    state BYTEA NOT NULL,
+    PRIMARY KEY (plugin, stream, version)
+);
+CREATE TABLE checkpoints (
+    plugin TEXT COLLATE "C" PRIMARY KEY,
+    position BIGINT NOT NULL,
+    state BYTEA NOT NULL
+);
+"#;
+
+const EVENT_COLUMNS: &str =
+    "position, stream, version, id, event_type, content_type, data, metadata, recorded_at";
+
+/// The PostgreSQL side of a [`Journal`](super::Journal).
+pub(super) struct PgJournal {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+    requests: Option<mpsc::UnboundedSender<Request>>,
+    /// Signalled when the writer has drained its queue and stopped (a Mutex only to be Sync).
+    writer_done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    head: watch::Sender<u64>,
+    commits: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Shared {
+    /// Moves the head forward (never back: notifications and local commits race).
+    fn advance(&self, position: u64) {
+        self.head.send_if_modified(|head| {
+            if position > *head {
+                *head = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+enum Op {
+    Append {
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    },
+    PutSnapshot {
+        plugin: String,
+        stream: String,
+        version: u64,
+        state: Vec<u8>,
+    },
+    PutCheckpoint {
+        plugin: String,
+        position: u64,
+        state: Vec<u8>,
+    },
+    DeletePluginData {
+        plugin: String,
+    },
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Option<AppendResult>, JournalError>>,
+}
+
+/// What one request did inside a batch.
+struct Applied {
+    result: Option<AppendResult>,
+    written_events: u64,
+}
+
+impl Drop for PgJournal {
+    fn drop(&mut self) {
+        // Let the writer finish what is queued, then stop the runtime.
+        drop(self.requests.take());
+        let done = self.writer_done.get_mut().ok().and_then(Option::take);
+        if let Some(done) = done {
+            let _ = done.recv_timeout(Duration::from_secs(30));
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn pg(error: tokio_postgres::Error) -> JournalError {
+    JournalError::Postgres(Arc::new(error))
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => pg(error),
+        other => JournalError::Unavailable(other.to_string()),
+    }
+}
+
+/// Whether repeating a read after `error` may help.
+fn transient(error: &JournalError) -> bool {
+    match error {
+        JournalError::Unavailable(_) => true,
+        JournalError::Postgres(error) => error.is_closed() || error.as_db_error().is_none(),
+        _ => false,
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl PgJournal {
+    /// Connects to `url`, creates or checks the schema, and starts the writer and listener.
+    pub(super) async fn connect(url: &str, config: &JournalConfig) -> Result<Self, JournalError> {
+        let pg_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error: tokio_postgres::Error| JournalError::Unavailable(error.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("journal-postgres")
+            .enable_all()
+            .build()
+            .map_err(|error| JournalError::Unavailable(error.to_string()))?;
+        let pool = Pool::builder(Manager::new(pg_config.clone(), NoTls))
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|error| JournalError::Unavailable(error.to_string()))?;
+
+        let setup = {
+            let pool = pool.clone();
+            let pg_config = pg_config.clone();
+            runtime
+                .spawn(async move {
+                    migrate(&pool).await?;
+                    // Listen before reading the head, so no commit falls between the two.
+                    let listener = listen(&pg_config).await?;
+                    let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
+                    Ok::<_, JournalError>((head, listener))
+                })
+                .await
+        };
+        let (head, listener) = match setup {
+            Ok(Ok(started)) => started,
+            failed => {
+                // Dropping a runtime may block, which an async caller must not.
+                runtime.shutdown_background();
+                return Err(match failed {
+                    Ok(Err(error)) => error,
+                    Err(panicked) => JournalError::Unavailable(panicked.to_string()),
+                    Ok(Ok(_)) => unreachable!(),
+                });
+            }
+        };
+        let shared = Arc::new(Shared {
+            head: watch::Sender::new(head),
+            commits: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        });
+        runtime.spawn(follow(
+            pg_config,
+            pool.clone(),
+            listener,
+            Arc::downgrade(&shared),
+        ));
+
+        let (requests, queue) = mpsc::unbounded_channel();
+        let (done_tx, writer_done) = std::sync::mpsc::channel();
+        runtime.spawn(write(
+            pool.clone(),
+            queue,
+            shared.clone(),
+            config.max_batch_appends.max(1),
+            config.keep_snapshots.max(1),
+            done_tx,
+        ));
+        Ok(Self {
+            pool,
+            runtime: Some(runtime),
+            requests: Some(requests),
+            writer_done: std::sync::Mutex::new(Some(writer_done)),
+            shared,
+        })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the journal")
+    }
+
+    fn queue(&self, op: Op) -> oneshot::Receiver<Result<Option<AppendResult>, JournalError>> {
+        let (reply, outcome) = oneshot::channel();
+        if let Some(requests) = &self.requests {
+            // A send to a stopped writer drops `reply`, which the caller sees as Closed.
+            let _ = requests.send(Request { op, reply });
+        }
+        outcome
+    }
+
+    pub(super) async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue(Op::Append {
+            stream: stream.to_owned(),
+            expected,
+            events,
+        });
+        let result = outcome.await.map_err(|_| JournalError::Closed)??;
+        Ok(result.expect("an append reports where its events are"))
+    }
+
+    pub(super) fn append_blocking(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue(Op::Append {
+            stream: stream.to_owned(),
+            expected,
+            events,
+        });
+        let result = outcome
+            .blocking_recv()
+            .map_err(|_| JournalError::Closed)??;
+        Ok(result.expect("an append reports where its events are"))
+    }
+
+    async fn write_op(&self, op: Op) -> Result<(), JournalError> {
+        self.queue(op)
+            .await
+            .map_err(|_| JournalError::Closed)?
+            .map(|_| ())
+    }
+
+    pub(super) async fn put_snapshot(
+        &self,
+        plugin: &str,
+        stream: &str,
+        version: u64,
+        state: Vec<u8>,
+    ) -> Result<(), JournalError> {
+        self.write_op(Op::PutSnapshot {
+            plugin: plugin.to_owned(),
+            stream: stream.to_owned(),
+            version,
+            state,
+        })
+        .await
+    }
+
+    pub(super) async fn put_checkpoint(
+        &self,
+        plugin: &str,
+        position: u64,
+        state: Vec<u8>,
+    ) -> Result<(), JournalError> {
+        self.write_op(Op::PutCheckpoint {
+            plugin: plugin.to_owned(),
+            position,
+            state,
+        })
+        .await
+    }
+
+    pub(super) async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
+        self.write_op(Op::DeletePluginData {
+            plugin: plugin.to_owned(),
+        })
+        .await
+    }
+
+    pub(super) fn head_position(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    pub(super) fn stats(&self) -> JournalStats {
+        JournalStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            appends: self.shared.appends.load(Ordering::Relaxed),
+            events: self.shared.events.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs the read `query` on the backend's runtime and waits for it, retrying transient
+    /// failures; callable from any thread.
+    fn read<T, F, Fut>(&self, query: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: Fn(deadpool_postgres::Object) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, JournalError>> + Send,
+    {
+        let pool = self.pool.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime().spawn(async move {
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                let outcome = match pool.get().await {
+                    Ok(client) => query(client).await,
+                    Err(error) => Err(pool_error(error)),
+                };
+                match outcome {
+                    Err(error) if attempt < READ_ATTEMPTS && transient(&error) => {
+                        tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                    }
+                    outcome => break outcome,
+                }
+            };
+            let _ = tx.send(outcome);
+        });
+        rx.recv().map_err(|_| JournalError::Closed)?
+    }
+
+    pub(super) fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
+        let stream = stream.to_owned();
+        let limit = to_i64(limit as u64);
+        let from = to_i64(from_version);
+        self.read(move |client| {
+            let stream = stream.clone();
+            async move {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 \
+                     ORDER BY version LIMIT $3"
+                );
+                let rows = client
+                    .query(&sql, &[&stream, &from, &limit])
+                    .await
+                    .map_err(pg)?;
+                rows.iter().map(decode).collect()
+            }
+        })
+    }
+
+    pub(super) fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
+        let limit = to_i64(limit as u64);
+        let from = to_i64(from_position);
+        self.read(move |client| async move {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 \
+                 ORDER BY position LIMIT $2"
+            );
+            let rows = client.query(&sql, &[&from, &limit]).await.map_err(pg)?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    pub(super) fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        let stream = stream.to_owned();
+        self.read(move |client| {
+            let stream = stream.clone();
+            async move { stream_version(&**client, &stream).await }
+        })
+    }
+
+    pub(super) fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
+        let prefix = prefix.to_owned();
+        self.read(move |client| {
+            let prefix = prefix.clone();
+            async move {
+                let rows = client
+                    .query(
+                        "SELECT stream FROM streams WHERE starts_with(stream, $1) ORDER BY stream",
+                        &[&prefix],
+                    )
+                    .await
+                    .map_err(pg)?;
+                Ok(rows.iter().map(|row| row.get(0)).collect())
+            }
+        })
+    }
+
+    pub(super) fn latest_snapshot(
+        &self,
+        plugin: &str,
+        stream: &str,
+        at_most_version: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        let (plugin, stream) = (plugin.to_owned(), stream.to_owned());
+        let at_most = to_i64(at_most_version);
+        self.read(move |client| {
+            let (plugin, stream) = (plugin.clone(), stream.clone());
+            async move {
+                let row = client
+                    .query_opt(
+                        "SELECT version, state FROM snapshots \
+                         WHERE plugin = $1 AND stream = $2 AND version <= $3 \
+                         ORDER BY version DESC LIMIT 1",
+                        &[&plugin, &stream, &at_most],
+                    )
+                    .await
+                    .map_err(pg)?;
+                Ok(row.map(|row| (row.get::<_, i64>(0) as u64, row.get(1))))
+            }
+        })
+    }
+
+    pub(super) fn checkpoint(&self, plugin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        let plugin = plugin.to_owned();
+        self.read(move |client| {
+            let plugin = plugin.clone();
+            async move {
+                let row = client
+                    .query_opt(
+                        "SELECT position, state FROM checkpoints WHERE plugin = $1",
+                        &[&plugin],
+                    )
+                    .await
+                    .map_err(pg)?;
+                Ok(row.map(|row| (row.get::<_, i64>(0) as u64, row.get(1))))
+            }
+        })
+    }
+}
+
+/// Positions, versions and limits are u64 in the API and BIGINT in the database.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn decode(row: &tokio_postgres::Row) -> Result<RecordedEvent, JournalError> {
+    let position = row.get::<_, i64>(0) as u64;
+    let content_type = match row.get::<_, i16>(5) {
+        0 => ContentType::Json,
+        1 => ContentType::Binary,
+        other => {
+            return Err(JournalError::Corrupt {
+                position,
+                reason: format!("unknown content type {other}"),
+            });
+        }
+    };
+    Ok(RecordedEvent {
+        position,
+        stream: row.get(1),
+        version: row.get::<_, i64>(2) as u64,
+        id: row.get(3),
+        event_type: row.get(4),
+        content_type,
+        data: row.get(6),
+        metadata: row.get(7),
+        recorded_at: row.get::<_, i64>(8) as u64,
+    })
+}
+
+fn content_type_code(content_type: ContentType) -> i16 {
+    match content_type {
+        ContentType::Json => 0,
+        ContentType::Binary => 1,
+    }
+}
+
+async fn stream_version(
+    client: &impl GenericClient,
+    stream: &str,
+) -> Result<Option<u64>, JournalError> {
+    let row = client
+        .query_opt("SELECT version FROM streams WHERE stream = $1", &[&stream])
+        .await
+        .map_err(pg)?;
+    Ok(row.map(|row| row.get::<_, i64>(0) as u64))
+}
+
+async fn read_head(client: &impl GenericClient) -> Result<u64, JournalError> {
+    let row = client
+        .query_one("SELECT position FROM log_head", &[])
+        .await
+        .map_err(pg)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Creates the schema, or checks that the existing one is the one this build reads.
+async fn migrate(pool: &Pool) -> Result<(), JournalError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let txn = client.transaction().await.map_err(pg)?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    txn.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .await
+        .map_err(pg)?;
+    let found = txn
+        .query_opt("SELECT max(version) FROM schema_version", &[])
+        .await
+        .map_err(pg)?
+        .and_then(|row| row.get::<_, Option<i64>>(0));
+    match found {
+        None => {
+            txn.batch_execute(SCHEMA_V1).await.map_err(pg)?;
+            txn.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(SCHEMA_VERSION as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        Some(found) if found as u64 == SCHEMA_VERSION => {}
+        Some(found) => {
+            return Err(JournalError::UnsupportedFormat {
+                found: found as u64,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
+    txn.commit().await.map_err(pg)
+}
+
+/// A connection that has run `LISTEN foldhost_log`, as a stream of notified positions.
+type Listener = futures_util::stream::BoxStream<'static, Result<u64, JournalError>>;
+
+async fn listen(config: &tokio_postgres::Config) -> Result<Listener, JournalError> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+    let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    // The connection only makes progress while polled: drive it while LISTEN is sent.
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = Box::pin(messages);
+        while let Some(message) = messages.next().await {
+            let item = match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    match notification.payload().parse::<u64>() {
+                        Ok(position) => Ok(position),
+                        Err(_) => continue,
+                    }
+                }
+                Ok(_) => continue,
+                Err(error) => Err(pg(error)),
+            };
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(pg)?;
+    // Keep the client alive as long as the stream: dropping it would close the connection.
+    let stream = futures_util::stream::unfold((rx, client), |(mut rx, client)| async move {
+        rx.recv().await.map(|item| (item, (rx, client)))
+    });
+    Ok(stream.boxed())
+}
+
+/// Moves the head on every notification; reconnects (and re-reads the head) if the listening
+/// connection fails. Stops when the journal is gone.
+async fn follow(
+    config: tokio_postgres::Config,
+    pool: Pool,
+    mut listener: Listener,
+    shared: std::sync::Weak<Shared>,
+) {
+    loop {
+        while let Some(item) = listener.next().await {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match item {
+                Ok(position) => shared.advance(position),
+                Err(error) => {
+                    tracing::warn!(%error, "journal notifications interrupted");
+                    break;
+                }
+            }
+        }
+        loop {
+            if shared.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let reconnected = async {
+                let listener = listen(&config).await?;
+                let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
+                Ok::<_, JournalError>((listener, head))
+            }
+            .await;
+            match reconnected {
+                Ok((again, head)) => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.advance(head);
+                    }
+                    listener = again;
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "reconnecting the journal listener"),
+            }
+        }
+    }
+}
+
+/// The writer task: drains queued requests into one transaction each round (group commit).
+async fn write(
+    pool: Pool,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    keep_snapshots: usize,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, max_batch).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        commit(&pool, requests, &shared, keep_snapshots).await;
+    }
+    let _ = done.send(());
+}
+
+async fn commit(pool: &Pool, requests: Vec<Request>, shared: &Shared, keep_snapshots: usize) {
+    let outcomes: Vec<Result<Option<AppendResult>, JournalError>> =
+        match run_batch(pool, &requests, keep_snapshots).await {
+            Ok((outcomes, head, committed)) => {
+                if committed {
+                    shared.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                for applied in outcomes.iter().flatten() {
+                    if applied.written_events > 0 {
+                        shared.appends.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .events
+                            .fetch_add(applied.written_events, Ordering::Relaxed);
+                    }
+                }
+                if let Some(head) = head {
+                    shared.advance(head);
+                }
+                outcomes
+                    .into_iter()
+                    .map(|outcome| outcome.map(|applied| applied.result))
+                    .collect()
+            }
+            Err(error) => requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+    for (request, outcome) in requests.into_iter().zip(outcomes) {
+        let _ = request.reply.send(outcome);
+    }
+}
+
+/// Each request's outcome, the new head if events were appended, whether a commit happened.
+type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
+
+/// Applies `requests` in order in one transaction and commits it. The head returned is the new
+/// last position if events were appended.
+///
+/// Appends are validated in memory against the stored versions and event ids of everything
+/// the batch touches (read in two queries under the log lock, so nobody changes them
+/// meanwhile) and written with one insert: a batch costs a handful of round trips however many
+/// appends it holds.
+async fn run_batch(
+    pool: &Pool,
+    requests: &[Request],
+    keep_snapshots: usize,
+) -> Result<BatchOutcome, JournalError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let txn = client.transaction().await.map_err(pg)?;
+    let appends: Vec<(&str, &[NewEvent])> = requests
+        .iter()
+        .filter_map(|request| match &request.op {
+            Op::Append { stream, events, .. } => Some((stream.as_str(), events.as_slice())),
+            _ => None,
+        })
+        .collect();
+    // Only appends need the log lock; snapshot and checkpoint writes do not touch the log.
+    let mut state = if appends.is_empty() {
+        None
+    } else {
+        Some(BatchState::load(&txn, &appends).await?)
+    };
+    let recorded_at = now_millis();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut wrote = false;
+    for request in requests {
+        let outcome = match &request.op {
+            Op::Append {
+                stream,
+                expected,
+                events,
+            } => Ok(state
+                .as_mut()
+                .expect("loaded for a batch with appends")
+                .append(stream, *expected, events)),
+            Op::PutSnapshot {
+                plugin,
+                stream,
+                version,
+                state,
+            } => put_snapshot(&txn, plugin, stream, *version, state, keep_snapshots)
+                .await
+                .map(|()| Ok(done())),
+            Op::PutCheckpoint {
+                plugin,
+                position,
+                state,
+            } => txn
+                .execute(
+                    "INSERT INTO checkpoints (plugin, position, state) VALUES ($1, $2, $3) \
+                     ON CONFLICT (plugin) DO UPDATE SET position = $2, state = $3",
+                    &[plugin, &to_i64(*position), state],
+                )
+                .await
+                .map_err(pg)
+                .map(|_| Ok(done())),
+            Op::DeletePluginData { plugin } => {
+                delete_plugin_data(&txn, plugin).await.map(|()| Ok(done()))
+            }
+        };
+        // A database error may have struck half way: drop the whole transaction.
+        let outcome = outcome?;
+        if let Ok(applied) = &outcome {
+            // Snapshot and checkpoint writes always write; appends only when not retries.
+            wrote |= applied.result.is_none() || applied.written_events > 0;
+        }
+        outcomes.push(outcome);
+    }
+    let mut head = None;
+    if let Some(state) = state.filter(|state| state.next > state.start + 1) {
+        let last = state.next - 1;
+        state.write(&txn, recorded_at).await?;
+        txn.execute("UPDATE log_head SET position = $1", &[&(last as i64)])
+            .await
+            .map_err(pg)?;
+        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+            .await
+            .map_err(pg)?;
+        head = Some(last);
+    }
+    if !wrote {
+        // Only retries and refusals: nothing to commit (and no commit to count).
+        txn.rollback().await.map_err(pg)?;
+        return Ok((outcomes, None, false));
+    }
+    // Whether a failed commit took effect is unknown: it is reported as an error, never guessed.
+    txn.commit().await.map_err(pg)?;
+    Ok((outcomes, head, true))
+}
+
+fn done() -> Applied {
+    Applied {
+        result: None,
+        written_events: 0,
+    }
+}
+
+/// Where a stored event is: position, stream, version.
+type Stored = (u64, String, u64);
+
+/// The appends of one batch, validated in memory and written together.
+struct BatchState<'a> {
+    /// The log head when the batch took the lock.
+    start: u64,
+    /// The next free position.
+    next: u64,
+    /// Event ids of the batch already stored, and those this batch adds.
+    known: HashMap<Uuid, Stored>,
+    /// Versions of the streams the batch appends to (None: no such stream).
+    versions: HashMap<String, Option<u64>>,
+    rows: Vec<(u64, &'a str, u64, &'a NewEvent)>,
+}
+
+impl<'a> BatchState<'a> {
+    /// Locks the log head and reads the stored ids and stream versions `appends` involve.
+    async fn load(
+        txn: &tokio_postgres::Transaction<'_>,
+        appends: &[(&'a str, &'a [NewEvent])],
+    ) -> Result<Self, JournalError> {
+        let row = txn
+            .query_one("SELECT position FROM log_head FOR UPDATE", &[])
+            .await
+            .map_err(pg)?;
+        let start = row.get::<_, i64>(0) as u64;
+        let ids: Vec<Uuid> = appends
+            .iter()
+            .flat_map(|(_, events)| events.iter().map(|event| event.id))
+            .collect();
+        let streams: Vec<&str> = appends.iter().map(|(stream, _)| *stream).collect();
+        let known = txn
+            .query(
+                "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| {
+                let stored = (
+                    row.get::<_, i64>(0) as u64,
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2) as u64,
+                );
+                (row.get::<_, Uuid>(3), stored)
+            })
+            .collect();
+        let mut versions: HashMap<String, Option<u64>> = streams
+            .iter()
+            .map(|stream| ((*stream).to_owned(), None))
+            .collect();
+        for row in txn
+            .query(
+                "SELECT stream, version FROM streams WHERE stream = ANY($1)",
+                &[&streams],
+            )
+            .await
+            .map_err(pg)?
+        {
+            versions.insert(row.get(0), Some(row.get::<_, i64>(1) as u64));
+        }
+        Ok(Self {
+            start,
+            next: start + 1,
+            known,
+            versions,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Appends `events` to `stream` if `expected` holds, or recognises a retry; a refusal
+    /// changes nothing.
+    fn append(
+        &mut self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> Result<Applied, JournalError> {
+        let stored: Vec<(Uuid, &Stored)> = events
+            .iter()
+            .filter_map(|event| self.known.get(&event.id).map(|at| (event.id, at)))
+            .collect();
+        if !stored.is_empty() {
+            return retry(stream, events, &stored).map(|result| Applied {
+                result: Some(result),
+                written_events: 0,
+            });
+        }
+        let current = self.versions.get(stream).copied().flatten();
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
+        };
+        if !matches {
+            return Err(JournalError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
+        }
+        let count = events.len() as u64;
+        let base = current.unwrap_or(0);
+        let result = AppendResult {
+            first_version: base + 1,
+            last_version: base + count,
+            first_position: self.next,
+            last_position: self.next + count - 1,
+        };
+        for ((event, version), position) in events
+            .iter()
+            .zip(result.first_version..)
+            .zip(result.first_position..)
+        {
+            self.known
+                .insert(event.id, (position, stream.to_owned(), version));
+            self.rows.push((position, stream, version, event));
+        }
+        self.versions
+            .insert(stream.to_owned(), Some(result.last_version));
+        self.next = result.last_position + 1;
+        Ok(Applied {
+            result: Some(result),
+            written_events: count,
+        })
+    }
+
+    /// Inserts the accepted events and moves their streams' versions.
+    async fn write(
+        self,
+        txn: &tokio_postgres::Transaction<'_>,
+        recorded_at: u64,
+    ) -> Result<(), JournalError> {
+        let positions: Vec<i64> = self.rows.iter().map(|row| row.0 as i64).collect();
+        let streams: Vec<&str> = self.rows.iter().map(|row| row.1).collect();
+        let versions: Vec<i64> = self.rows.iter().map(|row| row.2 as i64).collect();
+        let ids: Vec<Uuid> = self.rows.iter().map(|row| row.3.id).collect();
+        let types: Vec<&str> = self
+            .rows
+            .iter()
+            .map(|row| row.3.event_type.as_str())
+            .collect();
+        let content_types: Vec<i16> = self
+            .rows
+            .iter()
+            .map(|row| content_type_code(row.3.content_type))
+            .collect();
+        let data: Vec<&[u8]> = self.rows.iter().map(|row| row.3.data.as_slice()).collect();
+        let metadata: Vec<Option<&str>> = self
+            .rows
+            .iter()
+            .map(|row| row.3.metadata.as_deref())
+            .collect();
+        txn.execute(
+            "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
+             metadata, recorded_at) \
+             SELECT p, s, v, i, t, c, d, m, $9 \
+             FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
+                         $6::SMALLINT[], $7::BYTEA[], $8::TEXT[]) AS e(p, s, v, i, t, c, d, m)",
+            &[
+                &positions,
+                &streams,
+                &versions,
+                &ids,
+                &types,
+                &content_types,
+                &data,
+                &metadata,
+                &(recorded_at as i64),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
+            .versions
+            .iter()
+            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
+            .unzip();
+        txn.execute(
+            "INSERT INTO streams (stream, version) \
+             SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+            &[&heads, &head_versions],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+}
+
+/// Checks that `events`, some of whose ids are `stored`, are a retry of consecutive events of
+/// `stream` in the same order, and returns where they are.
+fn retry(
+    stream: &str,
+    events: &[NewEvent],
+    stored: &[(Uuid, &Stored)],
+) -> Result<AppendResult, JournalError> {
+    // In the order of the append, as the redb backend reports the first offending id.
+    if let Some((id, (position, other, _))) = stored.iter().find(|(_, at)| at.1 != stream) {
+        return Err(JournalError::DuplicateEventId {
+            id: *id,
+            stream: other.clone(),
+            position: Some(*position),
+        });
+    }
+    let mismatch = |reason: String| JournalError::IdempotencyMismatch {
+        stream: stream.to_owned(),
+        reason,
+    };
+    if stored.len() != events.len() {
+        return Err(mismatch(format!(
+            "{} of its {} event ids are already written, the others are new",
+            stored.len(),
+            events.len()
+        )));
+    }
+    let first_version = stored[0].1.2;
+    let in_order = stored
+        .iter()
+        .zip(first_version..)
+        .all(|((_, at), expected)| at.2 == expected);
+    if !in_order {
+        return Err(mismatch(
+            "its events were not written as consecutive events in this order".to_owned(),
+        ));
+    }
+    let (first, last) = (stored[0].1, stored[stored.len() - 1].1);
+    Ok(AppendResult {
+        first_version: first.2,
+        last_version: last.2,
+        first_position: first.0,
+        last_position: last.0,
+    })
+}
+
+async fn put_snapshot(
+    txn: &Transaction<'_>,
+    plugin: &str,
+    stream: &str,
+    version: u64,
+    state: &[u8],
+    keep: usize,
+) -> Result<(), JournalError> {
+    txn.execute(
+        "INSERT INTO snapshots (plugin, stream, version, state) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (plugin, stream, version) DO UPDATE SET state = $4",
+        &[&plugin, &stream, &to_i64(version), &state],
+    )
+    .await
+    .map_err(pg)?;
+    txn.execute(
+        "DELETE FROM snapshots WHERE plugin = $1 AND stream = $2 AND version NOT IN \
+         (SELECT version FROM snapshots WHERE plugin = $1 AND stream = $2 \
+          ORDER BY version DESC LIMIT $3)",
+        &[&plugin, &stream, &(keep as i64)],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<(), JournalError> {
+    txn.execute("DELETE FROM checkpoints WHERE plugin = $1", &[&plugin])
+        .await
+        .map_err(pg)?;
+    txn.execute("DELETE FROM snapshots WHERE plugin = $1", &[&plugin])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}

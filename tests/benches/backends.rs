@@ -1,0 +1,141 @@
+//! The two journal backends side by side: appends/s and commands/s, redb vs PostgreSQL.
+//!
+//! `FOLDHOST_TEST_POSTGRES=postgres://… cargo bench -p foldhost-tests --bench backends`
+//! (scripts/postgres starts a throwaway cluster; note it runs with fsync off, so its PostgreSQL
+//! numbers are an upper bound). FOLDHOST_BENCH_SCALE=0.1 for a quick pass. Prints a markdown
+//! table. Without FOLDHOST_TEST_POSTGRES only redb is measured.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
+use foldhost::runtime::{Runtime, RuntimeConfig};
+use serde_json::json;
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(64)
+}
+
+async fn fresh_database(admin: &str) -> String {
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.split('?').next().unwrap();
+    match base.rfind('/').filter(|&i| i > "postgres://".len()) {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// `total` single-event appends by `appenders` concurrent tasks, each on its own stream.
+async fn appends_per_second(journal: &Journal, appenders: usize, total: usize) -> f64 {
+    let per_task = total / appenders;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..appenders)
+        .map(|task| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                for n in 0..per_task {
+                    let event = NewEvent::json("Counted", &json!({ "n": n }));
+                    journal
+                        .append(&format!("bench-{task}"), ExpectedVersion::Any, vec![event])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (per_task * appenders) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `total` Deposit commands by `clients` concurrent tasks, each on its own account.
+async fn commands_per_second(runtime: &Arc<Runtime>, clients: usize, total: usize) -> f64 {
+    let per_task = total / clients;
+    for client in 0..clients {
+        let open = serde_json::to_vec(&json!({"owner": "bench"})).unwrap();
+        runtime
+            .execute("bank-account", &format!("c{client}"), "Open", open)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let deposit = serde_json::to_vec(&json!({"amount": 1})).unwrap();
+                    runtime
+                        .execute("bank-account", &format!("c{client}"), "Deposit", deposit)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (per_task * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn measure(name: &str, open: impl AsyncFn() -> Journal) {
+    for appenders in [1, 64] {
+        let journal = open().await;
+        let total = scale(if appenders == 1 { 2_000 } else { 20_000 });
+        let rate = appends_per_second(&journal, appenders, total).await;
+        println!("| {name} | appends, {appenders} concurrent | {rate:.0}/s |");
+    }
+    for clients in [1, 64] {
+        let journal = open().await;
+        let runtime = Runtime::new(journal, RuntimeConfig::default()).unwrap();
+        let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
+        runtime.load(bytes, "bank-account").await.unwrap();
+        let total = scale(if clients == 1 { 2_000 } else { 10_000 });
+        let rate = commands_per_second(&runtime, clients, total).await;
+        println!("| {name} | commands, {clients} concurrent | {rate:.0}/s |");
+        runtime.shutdown().await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    println!("| backend | load | rate |");
+    println!("|---|---|---:|");
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    measure("redb", async || {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.path().join(format!("bench-{n}.redb"));
+        tokio::task::spawn_blocking(move || Journal::open(path, JournalConfig::default()))
+            .await
+            .unwrap()
+            .unwrap()
+    })
+    .await;
+    match std::env::var("FOLDHOST_TEST_POSTGRES") {
+        Ok(admin) => {
+            measure("PostgreSQL", async || {
+                let url = fresh_database(&admin).await;
+                Journal::open_postgres(&url, JournalConfig::default())
+                    .await
+                    .unwrap()
+            })
+            .await
+        }
+        Err(_) => println!("| PostgreSQL | not measured: FOLDHOST_TEST_POSTGRES is unset | |"),
+    }
+}
