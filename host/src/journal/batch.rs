@@ -102,26 +102,10 @@ impl<'txn> Batch<'txn> {
         }
 
         let current = self.stream_heads.get(stream)?.map(|v| v.value());
-        let matches = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
-        };
-        if !matches {
-            return Err(JournalError::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                current,
-            });
-        }
+        expected.check(stream, current)?;
 
         let count = events.len() as u64;
-        let result = AppendResult {
-            first_version: current.unwrap_or(0) + 1,
-            last_version: current.unwrap_or(0) + count,
-            first_position: self.next_position,
-            last_position: self.next_position + count - 1,
-        };
+        let result = AppendResult::placing(current, count, self.next_position);
         self.wrote = true;
         for ((event, version), position) in events
             .iter()

@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
 use uuid::Uuid;
 
+use super::request::Op;
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
     NewEvent, RecordedEvent,
@@ -130,28 +131,6 @@ impl Shared {
             }
         });
     }
-}
-
-enum Op {
-    Append {
-        stream: String,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    },
-    PutSnapshot {
-        plugin: String,
-        stream: String,
-        version: u64,
-        state: Vec<u8>,
-    },
-    PutCheckpoint {
-        plugin: String,
-        position: u64,
-        state: Vec<u8>,
-    },
-    DeletePluginData {
-        plugin: String,
-    },
 }
 
 struct Request {
@@ -946,26 +925,9 @@ impl<'a> BatchState<'a> {
             });
         }
         let current = self.versions.get(stream).copied().flatten();
-        let matches = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::Exact(version) => current.unwrap_or(0) == version,
-        };
-        if !matches {
-            return Err(JournalError::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                current,
-            });
-        }
+        expected.check(stream, current)?;
         let count = events.len() as u64;
-        let base = current.unwrap_or(0);
-        let result = AppendResult {
-            first_version: base + 1,
-            last_version: base + count,
-            first_position: self.next,
-            last_position: self.next + count - 1,
-        };
+        let result = AppendResult::placing(current, count, self.next);
         for ((event, version), position) in events
             .iter()
             .zip(result.first_version..)

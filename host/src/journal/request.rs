@@ -11,7 +11,8 @@ pub(super) struct Request {
     reply: Reply,
 }
 
-enum Op {
+/// One write, as every backend's writer receives it.
+pub(super) enum Op {
     Append {
         stream: String,
         expected: ExpectedVersion,
