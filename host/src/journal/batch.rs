@@ -6,6 +6,7 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
+use super::rules::{self, Written};
 use super::store::{
     CHECKPOINTS, EVENT_IDS, EVENTS, RECENT_INDEX, RECENT_INDEX_MAX, SNAPSHOTS, STREAM_HEADS,
     STREAM_INDEX,
@@ -139,45 +140,18 @@ impl<'txn> Batch<'txn> {
                     position,
                     reason: "an event id points at a missing record".to_owned(),
                 })?;
-            let event = record::decode(position, bytes.value())?;
-            if event.stream != stream {
-                return Err(JournalError::DuplicateEventId {
-                    id: event.id,
-                    stream: event.stream,
-                    position: Some(position),
-                });
-            }
-            stored.push(event);
+            stored.push(record::decode(position, bytes.value())?);
         }
-        let mismatch = |reason: String| JournalError::IdempotencyMismatch {
-            stream: stream.to_owned(),
-            reason,
-        };
-        if stored.len() != events.len() {
-            return Err(mismatch(format!(
-                "{} of its {} event ids are already written, the others are new",
-                stored.len(),
-                events.len()
-            )));
-        }
-        let first = &stored[0];
-        let in_order = stored
+        let written: Vec<Written> = stored
             .iter()
-            .zip(events)
-            .zip(first.version..)
-            .all(|((stored, event), version)| stored.id == event.id && stored.version == version);
-        if !in_order {
-            return Err(mismatch(
-                "its events were not written as consecutive events in this order".to_owned(),
-            ));
-        }
-        let last = &stored[stored.len() - 1];
-        Ok(AppendResult {
-            first_version: first.version,
-            last_version: last.version,
-            first_position: first.position,
-            last_position: last.position,
-        })
+            .map(|event| Written {
+                id: event.id,
+                stream: &event.stream,
+                position: event.position,
+                version: event.version,
+            })
+            .collect();
+        rules::retried(stream, events, &written)
     }
 
     /// Completes the batch before its commit: moves the recent stream index into the main one

@@ -15,6 +15,7 @@ mod postgres;
 mod reader;
 mod record;
 mod request;
+mod rules;
 mod store;
 mod types;
 mod writer;

@@ -50,6 +50,7 @@ use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
 use uuid::Uuid;
 
 use super::request::Op;
+use super::rules::{self, Written};
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
     NewEvent, RecordedEvent,
@@ -919,7 +920,16 @@ impl<'a> BatchState<'a> {
             .filter_map(|event| self.known.get(&event.id).map(|at| (event.id, at)))
             .collect();
         if !stored.is_empty() {
-            return retry(stream, events, &stored).map(|result| Applied {
+            let written: Vec<Written> = stored
+                .iter()
+                .map(|(id, (position, other, version))| Written {
+                    id: *id,
+                    stream: other,
+                    position: *position,
+                    version: *version,
+                })
+                .collect();
+            return rules::retried(stream, events, &written).map(|result| Applied {
                 result: Some(result),
                 written_events: 0,
             });
@@ -1007,51 +1017,6 @@ impl<'a> BatchState<'a> {
         .map_err(pg)?;
         Ok(())
     }
-}
-
-/// Checks that `events`, some of whose ids are `stored`, are a retry of consecutive events of
-/// `stream` in the same order, and returns where they are.
-fn retry(
-    stream: &str,
-    events: &[NewEvent],
-    stored: &[(Uuid, &Stored)],
-) -> Result<AppendResult, JournalError> {
-    // In the order of the append, as the redb backend reports the first offending id.
-    if let Some((id, (position, other, _))) = stored.iter().find(|(_, at)| at.1 != stream) {
-        return Err(JournalError::DuplicateEventId {
-            id: *id,
-            stream: other.clone(),
-            position: Some(*position),
-        });
-    }
-    let mismatch = |reason: String| JournalError::IdempotencyMismatch {
-        stream: stream.to_owned(),
-        reason,
-    };
-    if stored.len() != events.len() {
-        return Err(mismatch(format!(
-            "{} of its {} event ids are already written, the others are new",
-            stored.len(),
-            events.len()
-        )));
-    }
-    let first_version = stored[0].1.2;
-    let in_order = stored
-        .iter()
-        .zip(first_version..)
-        .all(|((_, at), expected)| at.2 == expected);
-    if !in_order {
-        return Err(mismatch(
-            "its events were not written as consecutive events in this order".to_owned(),
-        ));
-    }
-    let (first, last) = (stored[0].1, stored[stored.len() - 1].1);
-    Ok(AppendResult {
-        first_version: first.2,
-        last_version: last.2,
-        first_position: first.0,
-        last_position: last.0,
-    })
 }
 
 async fn put_snapshot(

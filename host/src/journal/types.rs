@@ -3,8 +3,6 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::JournalError;
-
 /// How an event's `data` is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -73,27 +71,6 @@ pub struct RecordedEvent {
     pub recorded_at: u64,
 }
 
-impl ExpectedVersion {
-    /// Checks the condition against `current` (None: no stream), the same way
-    /// for every backend; a mismatch is a conflict carrying the current version.
-    pub(super) fn check(self, stream: &str, current: Option<u64>) -> Result<(), JournalError> {
-        let holds = match self {
-            Self::Any => true,
-            Self::NoStream => current.is_none(),
-            Self::Exact(version) => current.unwrap_or(0) == version,
-        };
-        if holds {
-            Ok(())
-        } else {
-            Err(JournalError::Conflict {
-                stream: stream.to_owned(),
-                expected: self,
-                current,
-            })
-        }
-    }
-}
-
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResult {
@@ -101,20 +78,6 @@ pub struct AppendResult {
     pub last_version: u64,
     pub first_position: u64,
     pub last_position: u64,
-}
-
-impl AppendResult {
-    /// Where `count` (≥ 1) events land after stream version `current` and
-    /// before global position `next_position`.
-    pub(super) fn placing(current: Option<u64>, count: u64, next_position: u64) -> Self {
-        let base = current.unwrap_or(0);
-        Self {
-            first_version: base + 1,
-            last_version: base + count,
-            first_position: next_position,
-            last_position: next_position + count - 1,
-        }
-    }
 }
 
 /// Whether `stream` belongs to `category`, i.e. is named `{category}-{id}`.
