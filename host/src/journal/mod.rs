@@ -1,38 +1,27 @@
 //! The durable, append-only event journal.
 //!
-//! Two backends sit behind the same [`Journal`] API: a local redb file (the default, see below)
-//! and a PostgreSQL database shared by several hosts (see `postgres`).
-//!
-//! One redb file holds the global log, the stream and event-id indexes, aggregate snapshots and
-//! projection checkpoints. Every write goes through one writer thread that batches whatever is
-//! queued into a single durable commit (group commit); reads run concurrently on their own
-//! read transactions.
+//! Two backends sit behind the same [`Journal`] API: a local redb file (the default, see
+//! `redb`) and a PostgreSQL database shared by several hosts (see `postgres`). What they share
+//! lives here: the data model (`types`), limits checked before a write is queued (`config`),
+//! the write operations (`op`) and the rules an append must satisfy (`rules`).
 
-mod batch;
 mod config;
 mod error;
+mod op;
 mod postgres;
-mod reader;
-mod record;
-mod request;
+mod redb;
 mod rules;
-mod store;
 mod types;
-mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
-use std::thread::JoinHandle;
 
-use redb::Database;
 use tokio::sync::watch;
 
 pub use config::{JournalConfig, MAX_STREAM_NAME};
 pub use error::JournalError;
-use request::{Outcome, Request};
+use op::Op;
 pub use types::*;
-use writer::{Shared, Writer};
 
 /// Counters since the journal was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,27 +47,8 @@ pub struct Journal {
 
 /// Where the events live; every method of [`Journal`] dispatches on it.
 enum Backend {
-    Redb(Inner),
+    Redb(redb::RedbJournal),
     Postgres(postgres::PgJournal),
-}
-
-struct Inner {
-    db: Arc<Database>,
-    shared: Arc<Shared>,
-    requests: Sender<Request>,
-    writer: Option<JoinHandle<()>>,
-}
-
-impl Inner {
-    fn queue<T>(
-        &self,
-        (request, outcome): (Request, Outcome<T>),
-    ) -> Result<Outcome<T>, JournalError> {
-        self.requests
-            .send(request)
-            .map_err(|_| JournalError::Closed)?;
-        Ok(outcome)
-    }
 }
 
 /// Calls the read `$method` of the redb reader (with the database first) or of the PostgreSQL
@@ -86,23 +56,10 @@ impl Inner {
 macro_rules! dispatch {
     ($journal:expr, $method:ident($($arg:expr),*)) => {
         match &*$journal.backend {
-            Backend::Redb(inner) => reader::$method(&inner.db, $($arg),*),
+            Backend::Redb(inner) => redb::reader::$method(&inner.db, $($arg),*),
             Backend::Postgres(pg) => pg.$method($($arg),*),
         }
     };
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Disconnect the queue (swap in a sender of a dead channel) so the writer drains and exits.
-        drop(std::mem::replace(
-            &mut self.requests,
-            std::sync::mpsc::channel().0,
-        ));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
 }
 
 impl Journal {
@@ -110,24 +67,10 @@ impl Journal {
     /// writer thread. Fails with [`JournalError::UnsupportedFormat`] for a file of another
     /// storage format, and with a storage error if another process has the file open.
     pub fn open(path: impl AsRef<Path>, config: JournalConfig) -> Result<Journal, JournalError> {
-        let db = Arc::new(store::open(path.as_ref())?);
-        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
-        let (requests, writer) = Writer {
-            db: db.clone(),
-            shared: shared.clone(),
-            max_batch: config.max_batch_appends.max(1),
-            keep_snapshots: config.keep_snapshots,
-        }
-        .spawn()
-        .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
+        let backend = redb::RedbJournal::open(path.as_ref(), &config)?;
         Ok(Journal {
-            config: Arc::new(config.clone()),
-            backend: Arc::new(Backend::Redb(Inner {
-                db,
-                shared,
-                requests,
-                writer: Some(writer),
-            })),
+            config: Arc::new(config),
+            backend: Arc::new(Backend::Redb(backend)),
         })
     }
 
@@ -156,10 +99,7 @@ impl Journal {
     ) -> Result<AppendResult, JournalError> {
         self.config.check_append(stream, &events)?;
         match &*self.backend {
-            Backend::Redb(inner) => {
-                let outcome = inner.queue(Request::append(stream.to_owned(), expected, events))?;
-                outcome.await.map_err(|_| JournalError::Closed)?
-            }
+            Backend::Redb(redb) => redb.append(stream, expected, events).await,
             Backend::Postgres(pg) => pg.append(stream, expected, events).await,
         }
     }
@@ -176,10 +116,7 @@ impl Journal {
     ) -> Result<AppendResult, JournalError> {
         self.config.check_append(stream, &events)?;
         match &*self.backend {
-            Backend::Redb(inner) => {
-                let outcome = inner.queue(Request::append(stream.to_owned(), expected, events))?;
-                outcome.blocking_recv().map_err(|_| JournalError::Closed)?
-            }
+            Backend::Redb(redb) => redb.append_blocking(stream, expected, events),
             Backend::Postgres(pg) => pg.append_blocking(stream, expected, events),
         }
     }
@@ -211,7 +148,7 @@ impl Journal {
     /// The last committed global position, 0 when the journal is empty.
     pub fn head_position(&self) -> u64 {
         match &*self.backend {
-            Backend::Redb(inner) => *inner.shared.head.borrow(),
+            Backend::Redb(redb) => redb.head_position(),
             Backend::Postgres(pg) => pg.head_position(),
         }
     }
@@ -220,7 +157,7 @@ impl Journal {
     /// those appends are acknowledged.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         match &*self.backend {
-            Backend::Redb(inner) => inner.shared.head.subscribe(),
+            Backend::Redb(redb) => redb.subscribe(),
             Backend::Postgres(pg) => pg.subscribe(),
         }
     }
@@ -233,7 +170,7 @@ impl Journal {
     /// Counters of commits, appends and events since opening.
     pub fn stats(&self) -> JournalStats {
         match &*self.backend {
-            Backend::Redb(inner) => inner.shared.stats(),
+            Backend::Redb(redb) => redb.stats(),
             Backend::Postgres(pg) => pg.stats(),
         }
     }
@@ -249,14 +186,14 @@ impl Journal {
     ) -> Result<(), JournalError> {
         config::check_stream_name(stream)?;
         match &*self.backend {
-            Backend::Redb(inner) => {
-                let outcome = inner.queue(Request::put_snapshot(
-                    plugin.to_owned(),
-                    stream.to_owned(),
+            Backend::Redb(redb) => {
+                redb.write(Op::PutSnapshot {
+                    plugin: plugin.to_owned(),
+                    stream: stream.to_owned(),
                     version,
                     state,
-                ))?;
-                outcome.await.map_err(|_| JournalError::Closed)?
+                })
+                .await
             }
             Backend::Postgres(pg) => pg.put_snapshot(plugin, stream, version, state).await,
         }
@@ -280,10 +217,13 @@ impl Journal {
         state: Vec<u8>,
     ) -> Result<(), JournalError> {
         match &*self.backend {
-            Backend::Redb(inner) => {
-                let outcome =
-                    inner.queue(Request::put_checkpoint(plugin.to_owned(), position, state))?;
-                outcome.await.map_err(|_| JournalError::Closed)?
+            Backend::Redb(redb) => {
+                redb.write(Op::PutCheckpoint {
+                    plugin: plugin.to_owned(),
+                    position,
+                    state,
+                })
+                .await
             }
             Backend::Postgres(pg) => pg.put_checkpoint(plugin, position, state).await,
         }
@@ -297,9 +237,11 @@ impl Journal {
     /// Drops every snapshot and the checkpoint of `plugin` (a content hash); events stay.
     pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
         match &*self.backend {
-            Backend::Redb(inner) => {
-                let outcome = inner.queue(Request::delete_plugin_data(plugin.to_owned()))?;
-                outcome.await.map_err(|_| JournalError::Closed)?
+            Backend::Redb(redb) => {
+                redb.write(Op::DeletePluginData {
+                    plugin: plugin.to_owned(),
+                })
+                .await
             }
             Backend::Postgres(pg) => pg.delete_plugin_data(plugin).await,
         }

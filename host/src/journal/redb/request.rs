@@ -3,35 +3,12 @@
 use tokio::sync::oneshot;
 
 use super::batch::{Appended, Batch};
-use super::{AppendResult, ExpectedVersion, JournalError, NewEvent};
+use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, Op};
 
 /// A write, with the channel its outcome goes to.
 pub(super) struct Request {
     op: Op,
     reply: Reply,
-}
-
-/// One write, as every backend's writer receives it.
-pub(super) enum Op {
-    Append {
-        stream: String,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    },
-    PutSnapshot {
-        plugin: String,
-        stream: String,
-        version: u64,
-        state: Vec<u8>,
-    },
-    PutCheckpoint {
-        plugin: String,
-        position: u64,
-        state: Vec<u8>,
-    },
-    DeletePluginData {
-        plugin: String,
-    },
 }
 
 enum Reply {
@@ -63,37 +40,8 @@ impl Request {
         )
     }
 
-    pub(super) fn put_snapshot(
-        plugin: String,
-        stream: String,
-        version: u64,
-        state: Vec<u8>,
-    ) -> (Self, Outcome<()>) {
-        Self::done(Op::PutSnapshot {
-            plugin,
-            stream,
-            version,
-            state,
-        })
-    }
-
-    pub(super) fn put_checkpoint(
-        plugin: String,
-        position: u64,
-        state: Vec<u8>,
-    ) -> (Self, Outcome<()>) {
-        Self::done(Op::PutCheckpoint {
-            plugin,
-            position,
-            state,
-        })
-    }
-
-    pub(super) fn delete_plugin_data(plugin: String) -> (Self, Outcome<()>) {
-        Self::done(Op::DeletePluginData { plugin })
-    }
-
-    fn done(op: Op) -> (Self, Outcome<()>) {
+    /// A write answered with success or failure only.
+    pub(super) fn done(op: Op) -> (Self, Outcome<()>) {
         let (tx, rx) = oneshot::channel();
         (
             Self {

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
 use uuid::Uuid;
 
-use super::request::Op;
+use super::Op;
 use super::rules::{self, Written};
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,

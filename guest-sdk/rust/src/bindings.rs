@@ -10,7 +10,7 @@
 /// The `aggregate-plugin` world.
 pub mod aggregate {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "aggregate-plugin",
         pub_export_macro: true,
     });
@@ -19,7 +19,7 @@ pub mod aggregate {
 /// The `projection-plugin` world, sharing the `types` and `host` bindings.
 pub mod projection {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "projection-plugin",
         pub_export_macro: true,
         with: {

@@ -162,8 +162,8 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::request::Outcome;
-    use crate::journal::store;
+    use crate::journal::redb::request::Outcome;
+    use crate::journal::redb::store;
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent};
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
@@ -238,8 +238,8 @@ mod tests {
     fn the_recent_stream_index_moves_into_the_main_one_when_full() {
         use redb::{ReadableDatabase, ReadableTableMetadata};
 
-        use crate::journal::reader;
-        use crate::journal::store::{RECENT_INDEX, RECENT_INDEX_MAX, STREAM_INDEX};
+        use crate::journal::redb::reader;
+        use crate::journal::redb::store::{RECENT_INDEX, RECENT_INDEX_MAX, STREAM_INDEX};
 
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(&dir);

@@ -7,7 +7,7 @@ use super::store::{CHECKPOINTS, EVENTS, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS, S
 use super::{JournalError, RecordedEvent, record};
 
 /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
-pub(super) fn read_stream(
+pub(in crate::journal) fn read_stream(
     db: &Database,
     stream: &str,
     from_version: u64,
@@ -46,7 +46,7 @@ pub(super) fn read_stream(
 }
 
 /// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
-pub(super) fn read_all(
+pub(in crate::journal) fn read_all(
     db: &Database,
     from_position: u64,
     limit: usize,
@@ -69,14 +69,17 @@ pub(super) fn head_position(db: &Database) -> Result<u64, JournalError> {
 }
 
 /// The last version of `stream`, if it exists.
-pub(super) fn stream_version(db: &Database, stream: &str) -> Result<Option<u64>, JournalError> {
+pub(in crate::journal) fn stream_version(
+    db: &Database,
+    stream: &str,
+) -> Result<Option<u64>, JournalError> {
     let txn = db.begin_read()?;
     let heads = txn.open_table(STREAM_HEADS)?;
     Ok(heads.get(stream)?.map(|version| version.value()))
 }
 
 /// Every stream whose name starts with `prefix`, in name order.
-pub(super) fn streams_with_prefix(
+pub(in crate::journal) fn streams_with_prefix(
     db: &Database,
     prefix: &str,
 ) -> Result<Vec<String>, JournalError> {
@@ -95,7 +98,7 @@ pub(super) fn streams_with_prefix(
 }
 
 /// The newest snapshot of (plugin, stream) with version ≤ `at_most_version`.
-pub(super) fn latest_snapshot(
+pub(in crate::journal) fn latest_snapshot(
     db: &Database,
     plugin: &str,
     stream: &str,
@@ -111,7 +114,7 @@ pub(super) fn latest_snapshot(
 }
 
 /// The checkpoint of `plugin`: position and state.
-pub(super) fn checkpoint(
+pub(in crate::journal) fn checkpoint(
     db: &Database,
     plugin: &str,
 ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
@@ -129,7 +132,7 @@ mod tests {
 
     use super::*;
     use crate::journal::NewEvent;
-    use crate::journal::store::{self, STREAM_HEADS};
+    use crate::journal::redb::store::{self, STREAM_HEADS};
 
     fn journal_with(
         records: &[(u64, Vec<u8>)],

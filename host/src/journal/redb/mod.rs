@@ -1,0 +1,117 @@
+//! The embedded backend: one redb file holds the global log, the stream and event-id indexes,
+//! aggregate snapshots and projection checkpoints. Every write goes through one writer thread
+//! that batches whatever is queued into a single durable commit (group commit); reads run
+//! concurrently on their own read transactions.
+
+mod batch;
+pub(super) mod reader;
+mod record;
+mod request;
+mod store;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::watch;
+
+use super::{
+    AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
+    NewEvent, Op, RecordedEvent, rules,
+};
+use request::{Outcome, Request};
+use writer::{Shared, Writer};
+
+/// The redb side of a [`Journal`](super::Journal).
+pub(super) struct RedbJournal {
+    pub(super) db: Arc<Database>,
+    shared: Arc<Shared>,
+    requests: Sender<Request>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl RedbJournal {
+    /// Opens (or creates) the file at `path` and starts the writer thread.
+    pub(super) fn open(path: &Path, config: &JournalConfig) -> Result<Self, JournalError> {
+        let db = Arc::new(store::open(path)?);
+        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
+        let (requests, writer) = Writer {
+            db: db.clone(),
+            shared: shared.clone(),
+            max_batch: config.max_batch_appends.max(1),
+            keep_snapshots: config.keep_snapshots,
+        }
+        .spawn()
+        .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
+        Ok(Self {
+            db,
+            shared,
+            requests,
+            writer: Some(writer),
+        })
+    }
+
+    fn queue<T>(
+        &self,
+        (request, outcome): (Request, Outcome<T>),
+    ) -> Result<Outcome<T>, JournalError> {
+        self.requests
+            .send(request)
+            .map_err(|_| JournalError::Closed)?;
+        Ok(outcome)
+    }
+
+    pub(super) async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue(Request::append(stream.to_owned(), expected, events))?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    pub(super) fn append_blocking(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, JournalError> {
+        let outcome = self.queue(Request::append(stream.to_owned(), expected, events))?;
+        outcome.blocking_recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Queues a write that answers nothing but success or failure, and waits for it.
+    pub(super) async fn write(&self, op: Op) -> Result<(), JournalError> {
+        let outcome = self.queue(Request::done(op))?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    pub(super) fn head_position(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    pub(super) fn stats(&self) -> JournalStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for RedbJournal {
+    fn drop(&mut self) {
+        // Disconnect the queue (swap in a sender of a dead channel) so the writer drains and exits.
+        drop(std::mem::replace(
+            &mut self.requests,
+            std::sync::mpsc::channel().0,
+        ));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
