@@ -7,6 +7,7 @@
 //! - [`cli`]: the `foldhost` command line (server, client and offline subcommands).
 
 pub mod cli;
+mod durable;
 pub mod journal;
 pub mod runtime;
 pub mod server;

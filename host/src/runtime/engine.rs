@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use crate::durable;
+
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -90,22 +92,41 @@ impl PluginEngine {
         let Some(dir) = &self.cache_dir else {
             return Ok((Component::from_binary(&self.engine, bytes)?, hash));
         };
-        let artifact = dir.join(format!("{hash}-{:016x}.cwasm", self.compatibility_hash()));
-        if artifact.exists() {
-            // SAFETY: the artifact was written by `Component::serialize` of this
-            // engine configuration (the file name carries its compatibility hash)
-            // into a directory owned by this host; wasmtime re-checks the header.
-            match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
-                Ok(component) => return Ok((component, hash)),
-                Err(error) => {
-                    tracing::warn!(%error, path = %artifact.display(), "discarding unusable cached component")
-                }
-            }
+        let key = format!("{hash}-{:016x}", self.compatibility_hash());
+        let artifact = dir.join(format!("{key}.cwasm"));
+        if let Some(component) = self.load_cached(&key, &artifact) {
+            return Ok((component, hash));
         }
         let component = Component::from_binary(&self.engine, bytes)?;
-        write_atomically(&artifact, &component.serialize()?)
+        durable::write_atomically(&artifact, &seal(&key, &component.serialize()?))
             .with_context(|| format!("caching compiled component at {}", artifact.display()))?;
         Ok((component, hash))
+    }
+
+    /// The component cached under `key` at `artifact`, unless it is missing, torn or foreign.
+    fn load_cached(&self, key: &str, artifact: &Path) -> Option<Component> {
+        let file = match std::fs::read(artifact) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::warn!(%error, path = %artifact.display(), "cannot read cached component");
+                return None;
+            }
+        };
+        let Some(payload) = unseal(key, &file) else {
+            tracing::warn!(path = %artifact.display(), "discarding cached component: checksum mismatch");
+            return None;
+        };
+        // SAFETY: the checksum proves these are the bytes `Component::serialize` produced for
+        // this content and engine configuration (both in `key`), written into a directory owned
+        // by this host; wasmtime re-checks the header.
+        match unsafe { Component::deserialize(&self.engine, payload) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(%error, path = %artifact.display(), "discarding unusable cached component");
+                None
+            }
+        }
     }
 
     fn compatibility_hash(&self) -> u64 {
@@ -117,10 +138,30 @@ impl PluginEngine {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+/// A cached artifact is a checksum followed by the serialized component. The checksum is the
+/// SHA-256 of the artifact's key (content hash and engine) and the component, so a torn write,
+/// or a file written for another key, is detected before wasmtime maps a byte of it as code.
+const CHECKSUM_LEN: usize = 32;
+
+fn checksum(key: &str, component: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut hasher = Sha256::new();
+    hasher.update((key.len() as u64).to_le_bytes());
+    hasher.update(key);
+    hasher.update(component);
+    hasher.finalize().into()
+}
+
+fn seal(key: &str, component: &[u8]) -> Vec<u8> {
+    let mut sealed = Vec::with_capacity(CHECKSUM_LEN + component.len());
+    sealed.extend_from_slice(&checksum(key, component));
+    sealed.extend_from_slice(component);
+    sealed
+}
+
+/// The component inside `file` if it was sealed under `key` and is intact.
+fn unseal<'a>(key: &str, file: &'a [u8]) -> Option<&'a [u8]> {
+    let (sum, component) = file.split_at_checked(CHECKSUM_LEN)?;
+    (checksum(key, component) == sum).then_some(component)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -148,5 +189,23 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_artifact_unseals_only_intact_and_under_its_key() {
+        let sealed = seal("key", b"compiled code");
+        assert_eq!(unseal("key", &sealed), Some(&b"compiled code"[..]));
+        assert_eq!(unseal("other key", &sealed), None);
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(unseal("key", &flipped), None);
+        assert_eq!(unseal("key", &sealed[..sealed.len() - 1]), None);
+        assert_eq!(unseal("key", &sealed[..CHECKSUM_LEN - 1]), None);
+        assert_eq!(unseal("key", b""), None);
     }
 }
