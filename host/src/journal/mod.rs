@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+/// Storage a redb journal can live on besides a file (see [`Journal::open_on`]).
+pub use ::redb::StorageBackend;
 pub use config::{JournalConfig, MAX_STREAM_NAME};
 pub use error::JournalError;
 use op::Op;
@@ -68,6 +70,20 @@ impl Journal {
     /// storage format, and with a storage error if another process has the file open.
     pub fn open(path: impl AsRef<Path>, config: JournalConfig) -> Result<Journal, JournalError> {
         let backend = redb::RedbJournal::open(path.as_ref(), &config)?;
+        Ok(Journal {
+            config: Arc::new(config),
+            backend: Arc::new(Backend::Redb(backend)),
+        })
+    }
+
+    /// Opens (or creates) a journal on `backend` instead of a file: storage that is not a local
+    /// file, or a simulated disk for tests that cut its power. A database left by a crash is
+    /// repaired first, as [`open`](Self::open) does.
+    pub fn open_on(
+        backend: impl StorageBackend,
+        config: JournalConfig,
+    ) -> Result<Journal, JournalError> {
+        let backend = redb::RedbJournal::open_on(backend, &config)?;
         Ok(Journal {
             config: Arc::new(config),
             backend: Arc::new(Backend::Redb(backend)),

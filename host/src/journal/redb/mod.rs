@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
-use redb::Database;
+use redb::{Database, StorageBackend};
 use tokio::sync::watch;
 
 use super::{
@@ -36,7 +36,19 @@ pub(super) struct RedbJournal {
 impl RedbJournal {
     /// Opens (or creates) the file at `path` and starts the writer thread.
     pub(super) fn open(path: &Path, config: &JournalConfig) -> Result<Self, JournalError> {
-        let db = Arc::new(store::open(path)?);
+        Self::start(store::open(path)?, config)
+    }
+
+    /// Opens (or creates) a journal on `backend` and starts the writer thread.
+    pub(super) fn open_on(
+        backend: impl StorageBackend,
+        config: &JournalConfig,
+    ) -> Result<Self, JournalError> {
+        Self::start(store::open_on(backend)?, config)
+    }
+
+    fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
+        let db = Arc::new(db);
         let shared = Arc::new(Shared::new(reader::head_position(&db)?));
         let (requests, writer) = Writer {
             db: db.clone(),

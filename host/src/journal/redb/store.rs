@@ -1,8 +1,9 @@
 //! The redb tables and opening a journal file.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 
 use super::JournalError;
 
@@ -38,8 +39,25 @@ pub(super) const CHECKPOINTS: TableDefinition<&str, (u64, &[u8])> =
     TableDefinition::new("checkpoints");
 
 /// Opens (or creates) the journal file at `path`, creating its tables and checking its format.
+///
+/// A new file is only durable once its name is: the directory holding it is synced too.
 pub(super) fn open(path: &Path) -> Result<Database, JournalError> {
     let db = Database::create(path)?;
+    prepare(&db)?;
+    crate::durable::sync_parent(path)
+        .map_err(|error| JournalError::Storage(Arc::new(redb::StorageError::Io(error).into())))?;
+    Ok(db)
+}
+
+/// Opens (or creates) a journal on `backend`, e.g. a simulated disk.
+pub(super) fn open_on(backend: impl StorageBackend) -> Result<Database, JournalError> {
+    let db = Database::builder().create_with_backend(backend)?;
+    prepare(&db)?;
+    Ok(db)
+}
+
+/// Creates the tables of a new database, or checks the format of an existing one.
+fn prepare(db: &Database) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
     let created = {
         let mut meta = txn.open_table(META)?;
@@ -70,7 +88,7 @@ pub(super) fn open(path: &Path) -> Result<Database, JournalError> {
     } else {
         txn.abort()?;
     }
-    Ok(db)
+    Ok(())
 }
 
 #[cfg(test)]
