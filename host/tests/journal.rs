@@ -70,8 +70,14 @@ fn fresh_database() -> String {
     }
 }
 
+/// Opens the journal in `url` of the shared test cluster, which runs with `fsync=off` (see
+/// scripts/postgres): the durability check is told to accept it.
 fn open_postgres(url: &str, config: JournalConfig) -> Journal {
     let url = url.to_owned();
+    let config = JournalConfig {
+        accept_non_durable_postgres: true,
+        ..config
+    };
     run(async move { Journal::open_postgres(&url, config).await.unwrap() })
 }
 
@@ -805,15 +811,79 @@ async fn postgres_refuses_a_schema_of_another_version() {
             .await
             .unwrap();
     });
-    let refused = run(async move {
-        Journal::open_postgres(&url, JournalConfig::default())
-            .await
-            .err()
-    });
+    let config = JournalConfig {
+        accept_non_durable_postgres: true,
+        ..JournalConfig::default()
+    };
+    let refused = run(async move { Journal::open_postgres(&url, config).await.err() });
     match refused {
         Some(JournalError::UnsupportedFormat { found, supported }) => {
             assert_eq!(found, supported + 1)
         }
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
+}
+
+/// Runs `sql` in the database at `url`, returning the first column of each row as text.
+fn sql(url: &str, sql: &str) -> Vec<Option<String>> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    run(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let rows = client.simple_query(&sql).await.unwrap();
+        rows.iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn postgres_that_may_lose_commits_is_refused_unless_accepted() {
+    // The shared test cluster runs with fsync, synchronous_commit and full_page_writes off.
+    let url = fresh_database();
+    let open = |config: JournalConfig| {
+        let url = url.clone();
+        run(async move { Journal::open_postgres(&url, config).await })
+    };
+    let refused_settings = |outcome: Result<Journal, JournalError>| match outcome {
+        Err(error @ JournalError::NotDurable(_)) => {
+            let message = error.to_string();
+            assert!(message.contains("--unsafe-accept-non-durable-postgres"));
+            message
+        }
+        Err(other) => panic!("expected NotDurable, got {other}"),
+        Ok(_) => panic!("a server without fsync was accepted"),
+    };
+    let message = refused_settings(open(JournalConfig::default()));
+    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+        assert!(message.contains(&format!("{setting}=off")), "{message}");
+    }
+    assert_eq!(
+        sql(&url, "SELECT to_regclass('events')::text"),
+        [None],
+        "a refused server is left untouched"
+    );
+
+    // synchronous_commit may be set per database: the check reads what the journal's sessions get.
+    let database = url.rsplit('/').next().unwrap();
+    sql(
+        &url,
+        &format!("ALTER DATABASE {database} SET synchronous_commit = on"),
+    );
+    let message = refused_settings(open(JournalConfig::default()));
+    assert!(message.contains("fsync=off"), "{message}");
+    assert!(!message.contains("synchronous_commit"), "{message}");
+
+    let accepted = open(JournalConfig {
+        accept_non_durable_postgres: true,
+        ..JournalConfig::default()
+    })
+    .expect("accepted explicitly");
+    let appended = accepted.append_blocking("s", ExpectedVersion::NoStream, events(1));
+    assert_eq!(appended.unwrap().last_position, 1);
 }

@@ -65,6 +65,7 @@ async fn bench() {
     let server = Server::start(ServerConfig {
         data_dir: dir.path().join("data"),
         journal_url: None,
+        accept_non_durable_postgres: false,
         plugins_dir: Some(plugins),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: None,

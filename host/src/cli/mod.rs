@@ -56,6 +56,11 @@ struct ServeArgs {
     /// without it the journal is the redb file under --data.
     #[arg(long, env = "FOLDHOST_JOURNAL", hide_env_values = true)]
     journal: Option<String>,
+    /// Start even if the PostgreSQL server may lose acknowledged commits in a power cut
+    /// (`fsync`, `synchronous_commit` or `full_page_writes` off); it is refused otherwise.
+    /// For throwaway test clusters only.
+    #[arg(long, env = "FOLDHOST_UNSAFE_ACCEPT_NON_DURABLE_POSTGRES")]
+    unsafe_accept_non_durable_postgres: bool,
     /// Directory whose *.wasm plugins are loaded at start (one that fails is skipped); files
     /// added or changed there later are loaded while serving.
     #[arg(long, env = "FOLDHOST_PLUGINS")]
@@ -125,6 +130,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(ServerConfig {
         data_dir: args.data,
         journal_url: args.journal.filter(|url| !url.is_empty()),
+        accept_non_durable_postgres: args.unsafe_accept_non_durable_postgres,
         plugins_dir: args.plugins,
         listen,
         admin_token,

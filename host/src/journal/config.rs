@@ -18,6 +18,10 @@ pub struct JournalConfig {
     pub max_batch_appends: usize,
     /// Snapshots kept per (plugin, stream); older ones are pruned. At least one is always kept.
     pub keep_snapshots: usize,
+    /// PostgreSQL only: start, with a warning, on a server that may lose acknowledged commits
+    /// in a power cut (`fsync`, `synchronous_commit` or `full_page_writes` off) instead of
+    /// refusing it. For throwaway test clusters.
+    pub accept_non_durable_postgres: bool,
 }
 
 impl Default for JournalConfig {
@@ -27,6 +31,7 @@ impl Default for JournalConfig {
             max_append_events: 10_000,
             max_batch_appends: 1024,
             keep_snapshots: 4,
+            accept_non_durable_postgres: false,
         }
     }
 }

@@ -61,6 +61,13 @@ pub enum JournalError {
     /// The PostgreSQL journal could not be reached (bad URL, no connection from the pool).
     #[error("the journal database is unavailable: {0}")]
     Unavailable(String),
+    /// The PostgreSQL server runs with settings that let a power cut lose acknowledged commits
+    /// (listed); see [`JournalConfig::accept_non_durable_postgres`](super::JournalConfig).
+    #[error(
+        "the PostgreSQL server is not durable: {0}; turn these settings on, or accept the risk \
+         explicitly (serve --unsafe-accept-non-durable-postgres)"
+    )]
+    NotDurable(String),
     /// A stored record that cannot be decoded, or that disagrees with the indexes.
     #[error("corrupt record at position {position}: {reason}")]
     Corrupt { position: u64, reason: String },

@@ -66,7 +66,9 @@ impl From<JournalError> for ApiError {
             JournalError::EventTooLarge { .. } | JournalError::TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            JournalError::Closed | JournalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            JournalError::Closed | JournalError::Unavailable(_) | JournalError::NotDurable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             JournalError::Storage(_)
             | JournalError::Postgres(_)
             | JournalError::Corrupt { .. }

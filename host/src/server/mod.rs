@@ -158,6 +158,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL journal shared with other hosts instead of `journal.redb` in `data_dir`.
     pub journal_url: Option<String>,
+    /// Start on a PostgreSQL server that does not flush commits durably, with a warning (see
+    /// [`JournalConfig::accept_non_durable_postgres`]).
+    pub accept_non_durable_postgres: bool,
     /// Every `*.wasm` in it is loaded at start (one that fails to load is logged and
     /// skipped), and files added or changed later are loaded while serving.
     pub plugins_dir: Option<PathBuf>,
@@ -186,9 +189,15 @@ impl Server {
         std::fs::create_dir_all(&data)
             .with_context(|| format!("creating the data directory {}", data.display()))?;
         let journal = match &config.journal_url {
-            Some(url) => Journal::open_postgres(url, JournalConfig::default())
-                .await
-                .context("connecting to the PostgreSQL journal")?,
+            Some(url) => {
+                let journal = JournalConfig {
+                    accept_non_durable_postgres: config.accept_non_durable_postgres,
+                    ..JournalConfig::default()
+                };
+                Journal::open_postgres(url, journal)
+                    .await
+                    .context("connecting to the PostgreSQL journal")?
+            }
             None => {
                 let path = data.join(JOURNAL_FILE);
                 tokio::task::spawn_blocking(move || {

@@ -35,14 +35,18 @@ impl Cluster {
         let cluster = Cluster { root, port };
         if as_root() {
             // initdb refuses to run as root: the cluster belongs to the postgres user.
-            run(Command::new("chown").arg("postgres:").arg(cluster.root.path()));
+            run(Command::new("chown")
+                .arg("postgres:")
+                .arg(cluster.root.path()));
             run(Command::new("chmod").arg("755").arg(cluster.root.path()));
         }
-        run(cluster
-            .pg("initdb")
-            .arg("-D")
-            .arg(cluster.data())
-            .args(["-U", "postgres", "-A", "trust", "--no-sync"]));
+        run(cluster.pg("initdb").arg("-D").arg(cluster.data()).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ]));
         cluster.pg_ctl("start");
         cluster
     }

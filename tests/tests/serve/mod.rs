@@ -88,6 +88,8 @@ impl Server {
             .arg("--plugins")
             .arg(plugins)
             .args(["--journal", journal])
+            // The shared test cluster of scripts/postgres runs with fsync=off.
+            .arg("--unsafe-accept-non-durable-postgres")
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("FOLDHOST_ADMIN_TOKEN")
             .stdin(Stdio::null())

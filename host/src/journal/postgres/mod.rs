@@ -38,6 +38,8 @@
 //! never retried: if a commit's outcome is unknown the error is reported, and the client may
 //! retry with the same event ids, which is idempotent.
 
+mod durability;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,10 +206,14 @@ impl PgJournal {
             .map_err(|error| JournalError::Unavailable(error.to_string()))?;
 
         let setup = {
+            let accept_risk = config.accept_non_durable_postgres;
             let pool = pool.clone();
             let pg_config = pg_config.clone();
             runtime
                 .spawn(async move {
+                    let client = pool.get().await.map_err(pool_error)?;
+                    durability::check(&**client, accept_risk).await?;
+                    drop(client);
                     migrate(&pool).await?;
                     // Listen before reading the head, so no commit falls between the two.
                     let listener = listen(&pg_config).await?;
