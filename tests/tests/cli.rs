@@ -18,6 +18,7 @@ fn foldhost(url: &str, args: &[&str]) -> Output {
         .args(args)
         .env_remove("FOLDHOST_DATA")
         .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .env_remove("FOLDHOST_ADMIN_TOKEN_FILE")
         .env("FOLDHOST_URL", url)
         .stdin(Stdio::null())
         .output()
@@ -293,6 +294,67 @@ fn client_subcommands_drive_a_running_server() {
     // Unreachable server: a clear failure.
     drop(server);
     assert!(fails(url, &["plugins", "list"]).contains("did not answer"));
+}
+
+#[test]
+fn the_admin_token_can_come_from_a_file_kept_out_of_argv() {
+    let dirs = Dirs::new();
+    let token_file = dirs.data.with_file_name("admin-token");
+    std::fs::write(&token_file, format!("  {TOKEN}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let mut serve = Server::command(&dirs.data, Some(&dirs.plugins));
+    serve.args(["--admin-token-file", token_path]);
+    let server = Server::launch(serve);
+    let url = server.url.as_str();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(TOKEN));
+
+    let hostile = wasm(foldhost_plugins::HOSTILE);
+    assert!(
+        fails(
+            url,
+            &["plugins", "load", &hostile, "--admin-token", "wrong"]
+        )
+        .contains("401")
+    );
+    let loaded = parse(&ok(
+        url,
+        &[
+            "plugins",
+            "load",
+            &hostile,
+            "--admin-token-file",
+            token_path,
+        ],
+    ));
+    assert_eq!(loaded["name"], "hostile");
+    // The client reads the file named by the environment just the same.
+    let unloaded = Command::new(BIN)
+        .args(["plugins", "unload", "hostile", "--url", url])
+        .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .env("FOLDHOST_ADMIN_TOKEN_FILE", &token_file)
+        .output()
+        .unwrap();
+    assert!(unloaded.status.success(), "{unloaded:?}");
+    drop(server);
+
+    // An empty token file is an error, not a server without a token.
+    std::fs::write(&token_file, "\n").unwrap();
+    let refused = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_path,
+        ])
+        .arg("--data")
+        .arg(&dirs.data)
+        .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is empty"));
 }
 
 #[test]

@@ -107,14 +107,9 @@ pub struct ProjectionArgs {
 pub struct PluginsArgs {
     #[command(subcommand)]
     action: PluginsAction,
-    /// Bearer token for the admin endpoints (load / unload).
-    #[arg(
-        long,
-        env = "FOLDHOST_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    admin_token: Option<String>,
+    /// The admin token, for load and unload.
+    #[command(flatten)]
+    admin: super::token::AdminToken,
     #[command(flatten)]
     remote: Remote,
 }
@@ -386,9 +381,10 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
     if let PluginsAction::Diff(diff) = args.action {
         return super::offline::diff(diff).await;
     }
+    let token = args.admin.resolve()?;
     let admin = |method, name: &str| -> anyhow::Result<RequestBuilder> {
         let request = args.remote.request(method, &["plugins", name])?;
-        Ok(match &args.admin_token {
+        Ok(match &token {
             Some(token) => request.bearer_auth(token),
             None => request,
         })

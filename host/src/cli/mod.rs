@@ -3,6 +3,7 @@
 
 mod client;
 mod offline;
+mod token;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -69,10 +70,9 @@ struct ServeArgs {
     /// `listening on http://ADDRESS`.
     #[arg(long, env = "FOLDHOST_LISTEN", default_value = "127.0.0.1:7878")]
     listen: String,
-    /// Bearer token for the admin endpoints (PUT/DELETE /plugins); without one they are
-    /// disabled.
-    #[arg(long, env = "FOLDHOST_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    /// Without an admin token the admin endpoints are disabled.
+    #[command(flatten)]
+    admin: token::AdminToken,
 }
 
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
@@ -123,7 +123,7 @@ async fn run(action: Action) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = resolve(&args.listen)?;
-    let admin_token = args.admin_token.filter(|token| !token.is_empty());
+    let admin_token = args.admin.resolve()?;
     if admin_token.is_none() {
         tracing::info!("no admin token: PUT and DELETE /plugins are disabled");
     }

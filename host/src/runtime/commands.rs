@@ -108,8 +108,9 @@ impl Aggregates {
                 None => AggregateInstance::rehydrate(plugin_, &journal, &stream, u64::MAX)?,
             };
             let outcome = decide_and_append(&mut instance, &journal, &command_type, &data, retries);
-            // A trapped store is never reused.
-            let keep = !matches!(outcome, Err(RuntimeError::Trap { .. }));
+            // A trapped store is never reused; nor is one of a stream that still does not
+            // exist, so commands to made-up ids leave nothing behind.
+            let keep = !matches!(outcome, Err(RuntimeError::Trap { .. })) && instance.version > 0;
             Ok((keep.then_some(instance), outcome))
         })
         .await?;
@@ -150,14 +151,17 @@ impl Aggregates {
         let slot = self.slot(&stream);
         let mut live = slot.lock().await;
         let instance = take_state(&mut live, plugin);
-        let (plugin, stream_) = (plugin.clone(), stream.clone());
+        let plugin = plugin.clone();
         let (instance, version, state) = blocking(move || {
-            let stream = stream_;
             let mut instance = match instance {
                 Some(mut instance) => {
                     // Pick up events appended directly to the stream.
                     instance.catch_up(&journal, u64::MAX)?;
                     instance
+                }
+                // A stream that does not exist gets no store (made-up ids cost nothing).
+                None if journal.stream_version(&stream)?.is_none() => {
+                    return Err(RuntimeError::NoSuchStream(stream));
                 }
                 None => AggregateInstance::rehydrate(plugin, &journal, &stream, u64::MAX)?,
             };
@@ -167,9 +171,6 @@ impl Aggregates {
         })
         .await?;
         *live = Some(instance);
-        if version == 0 {
-            return Err(RuntimeError::NoSuchStream(stream));
-        }
         Ok((version, state))
     }
 

@@ -19,7 +19,7 @@ use super::AppState;
 use super::errors::ApiError;
 use super::extract::Query;
 use super::json::EventJson;
-use super::streams::read_page;
+use super::streams::{PAGE_BYTES, read_page};
 use crate::journal::{Journal, RecordedEvent};
 
 /// Most events read from the journal per page (fewer when they are large).
@@ -46,8 +46,12 @@ pub async fn live(
                 .to_str()
                 .ok()
                 .and_then(|id| id.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event position"))?
-                + 1,
+                .and_then(|id| id.checked_add(1))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Last-Event-ID must be an event position (below 18446744073709551615)",
+                    )
+                })?,
         ),
         None => None,
     };
@@ -100,6 +104,7 @@ impl Follower {
                 read_page(
                     from,
                     PAGE,
+                    PAGE_BYTES,
                     |e| e.position,
                     |from, n| journal.read_all(from, n),
                 )

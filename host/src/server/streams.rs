@@ -18,9 +18,12 @@ use crate::journal::{
 const MAX_READ: usize = 10_000;
 /// Events one read returns unless `limit` says otherwise.
 const DEFAULT_READ: usize = 1_000;
-/// A read stops early once its events carry this much data (it always returns at least one
+/// A read stops early once its events take this many bytes (it always returns at least one
 /// event), so a page of large events cannot exhaust memory; clients page on from the last.
-const PAGE_BYTES: usize = 16 << 20;
+pub(super) const PAGE_BYTES: usize = 16 << 20;
+/// What an event costs a page beyond its variable fields: position, version, id, content type,
+/// time and the JSON around them.
+const EVENT_OVERHEAD: usize = 160;
 /// Events per journal read while filling a page.
 const CHUNK: usize = 128;
 
@@ -146,6 +149,7 @@ pub async fn read_stream(
         Ok(read_page(
             range.from_version,
             limit(range.limit),
+            PAGE_BYTES,
             |e| e.version,
             read,
         )?)
@@ -165,6 +169,7 @@ pub async fn read_all(
         Ok(read_page(
             range.from_position,
             limit(range.limit),
+            PAGE_BYTES,
             |e| e.position,
             read,
         )?)
@@ -174,28 +179,38 @@ pub async fn read_all(
 }
 
 /// Up to `limit` events from `from` on, read `CHUNK` at a time by `read(from, n)` and
-/// stopping after about [`PAGE_BYTES`] of data; `key` is what `from` counts (version or
-/// position).
+/// stopping once they take about `max_bytes` (see [`event_bytes`]); `key` is what `from`
+/// counts (version or position).
 pub(super) fn read_page(
     from: u64,
     limit: usize,
+    max_bytes: usize,
     key: impl Fn(&RecordedEvent) -> u64,
     read: impl Fn(u64, usize) -> Result<Vec<RecordedEvent>, JournalError>,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let (mut events, mut bytes, mut next) = (Vec::new(), 0, from);
-    while events.len() < limit && bytes < PAGE_BYTES {
+    while events.len() < limit && bytes < max_bytes {
         let chunk = read(next, CHUNK.min(limit - events.len()))?;
         if chunk.is_empty() {
             break;
         }
         for event in chunk {
-            if bytes >= PAGE_BYTES {
+            if bytes >= max_bytes {
                 break;
             }
-            bytes += event.data.len() + event.metadata.as_ref().map_or(0, String::len);
+            bytes += event_bytes(&event);
             next = key(&event) + 1;
             events.push(event);
         }
     }
     Ok(events)
+}
+
+/// What an event weighs in a page: every field a client receives.
+fn event_bytes(event: &RecordedEvent) -> usize {
+    EVENT_OVERHEAD
+        + event.stream.len()
+        + event.event_type.len()
+        + event.data.len()
+        + event.metadata.as_ref().map_or(0, String::len)
 }

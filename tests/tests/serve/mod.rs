@@ -58,6 +58,16 @@ impl Server {
     }
 
     pub fn start_with(data: &Path, plugins: Option<&Path>, admin_token: Option<&str>) -> Server {
+        let mut command = Self::command(data, plugins);
+        if let Some(token) = admin_token {
+            command.args(["--admin-token", token]);
+        }
+        Self::launch(command)
+    }
+
+    /// `foldhost serve` on `data` (and `plugins`) on an ephemeral port, for a test to add
+    /// its own flags to before [`launch`](Self::launch).
+    pub fn command(data: &Path, plugins: Option<&Path>) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -66,15 +76,13 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("FOLDHOST_PLUGINS")
             .env_remove("FOLDHOST_ADMIN_TOKEN")
+            .env_remove("FOLDHOST_ADMIN_TOKEN_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         if let Some(plugins) = plugins {
             command.arg("--plugins").arg(plugins);
         }
-        if let Some(token) = admin_token {
-            command.args(["--admin-token", token]);
-        }
-        Self::launch(command)
+        command
     }
 
     /// Starts a server whose journal is the PostgreSQL database at `journal` (shared with
@@ -97,7 +105,8 @@ impl Server {
         Self::launch(command)
     }
 
-    fn launch(mut command: Command) -> Server {
+    /// Starts `command` (a `foldhost serve`) and waits for the address it listens on.
+    pub fn launch(mut command: Command) -> Server {
         command.env_remove("FOLDHOST_JOURNAL");
         let mut child = command.spawn().expect("starting foldhost");
         let stdout = child.stdout.take().unwrap();
@@ -140,6 +149,11 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// The process's resident memory and thread count, from /proc.
+    pub fn usage(&self) -> Usage {
+        Usage::of(self.pid())
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
@@ -165,6 +179,31 @@ impl Drop for Server {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a process holds, read from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// Resident set size in KiB.
+    pub rss_kib: u64,
+    pub threads: u64,
+}
+
+impl Usage {
+    pub fn of(pid: i32) -> Usage {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+            line.trim().trim_end_matches(" kB").parse().unwrap()
+        };
+        Usage {
+            rss_kib: field("VmRSS:"),
+            threads: field("Threads:"),
         }
     }
 }
