@@ -1,0 +1,3 @@
+//! Harnesses shared by foldhost's end-to-end tests.
+
+pub mod simulated_disk;
