@@ -8,15 +8,24 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-/// Replaces `path` with `bytes` atomically and durably: writes a temporary file with a unique
-/// name beside it, syncs it, renames it into place and syncs the directory.
+/// Replaces `path` with `bytes` atomically and durably (see [`replace_with`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_with(path, |file| file.write_all(bytes))
+}
+
+/// Replaces `path` atomically and durably with what `write` writes: into a temporary file with
+/// a unique name beside it, which is synced, renamed into place, and its directory synced. If
+/// `write` fails, `path` is left as it was and the temporary file is removed.
+pub fn replace_with<E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
     let dir = parent(path);
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.write_all(bytes)?;
+    write(file.as_file_mut())?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|error| error.error)?;
-    sync_dir(dir)
+    Ok(sync_dir(dir)?)
 }
 
 /// Makes the directory entry of `path` durable (after creating or renaming it).
@@ -51,6 +60,20 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["artifact"]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export");
+        write_atomically(&path, b"old").unwrap();
+        let failed = replace_with(&path, |file| {
+            file.write_all(b"half")?;
+            Err(std::io::Error::other("interrupted"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::durable;
 use crate::journal::{
     AppendResult, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
 };
@@ -205,36 +206,39 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
     .await?
 }
 
-/// `export`: the global log as NDJSON, one [`EventJson`] per line.
+/// `export`: the global log as NDJSON, one [`EventJson`] per line. A file is replaced
+/// atomically once complete and synced, so a crash never leaves half an export under its name.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let journal = args.data.open_existing()?;
-        let out: Box<dyn Write> = match &args.file {
-            Some(path) => Box::new(
-                File::create(path).with_context(|| format!("creating {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdout().lock()),
-        };
-        let mut out = BufWriter::new(out);
-        let bar = progress(journal.head_position(), "events");
-        let mut next = 1;
-        loop {
-            let events = journal.read_all(next, REPLAY_BATCH)?;
-            let Some(last) = events.last() else {
-                break;
-            };
-            next = last.position + 1;
-            for event in events {
-                serde_json::to_writer(&mut out, &EventJson::from(event))?;
-                out.write_all(b"\n")?;
-            }
-            bar.set_position(next - 1);
+        match &args.file {
+            Some(path) => durable::replace_with(path, |file| write_log(&journal, file))
+                .with_context(|| format!("writing {}", path.display())),
+            None => write_log(&journal, &mut std::io::stdout().lock()),
         }
-        out.flush()?;
-        bar.finish_and_clear();
-        Ok(())
     })
     .await?
+}
+
+fn write_log(journal: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(out);
+    let bar = progress(journal.head_position(), "events");
+    let mut next = 1;
+    loop {
+        let events = journal.read_all(next, REPLAY_BATCH)?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        next = last.position + 1;
+        for event in events {
+            serde_json::to_writer(&mut out, &EventJson::from(event))?;
+            out.write_all(b"\n")?;
+        }
+        bar.set_position(next - 1);
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Most events in one append of an import.
