@@ -28,6 +28,19 @@ pub fn replace_with<E: From<std::io::Error>>(
     Ok(sync_dir(dir)?)
 }
 
+/// Creates `dir` and its missing parents durably: the entry of each new directory is synced.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    missing
+        .iter()
+        .rev()
+        .try_for_each(|created| sync_parent(created))
+}
+
 /// Makes the directory entry of `path` durable (after creating or renaming it).
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     sync_dir(parent(path))
@@ -74,6 +87,15 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/c");
+        create_dir_all(&nested).unwrap();
+        assert!(nested.is_dir());
+        create_dir_all(&nested).unwrap();
     }
 
     #[test]

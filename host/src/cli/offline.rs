@@ -252,7 +252,7 @@ type PendingAppend = Pin<Box<dyn Future<Output = Result<AppendResult, JournalErr
 /// (`ExpectedVersion::Any`), keeping their ids, types, data and metadata. Event ids make it
 /// idempotent: importing the same file again writes nothing new.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data.data)
+    durable::create_dir_all(&args.data.data)
         .with_context(|| format!("creating {}", args.data.data.display()))?;
     let journal = open(&args.data.data.join(JOURNAL_FILE))?;
     let file =

@@ -65,7 +65,7 @@ impl PluginEngine {
             .concurrency_support(false);
         let engine = Engine::new(&config)?;
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)
+            durable::create_dir_all(dir)
                 .with_context(|| format!("creating component cache {}", dir.display()))?;
         }
         let ticker = Arc::new(EpochTicker::start(engine.clone()));

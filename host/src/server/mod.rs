@@ -186,7 +186,7 @@ impl Server {
     /// Opens the journal, loads the plugins, binds the listener and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         let data = config.data_dir;
-        std::fs::create_dir_all(&data)
+        crate::durable::create_dir_all(&data)
             .with_context(|| format!("creating the data directory {}", data.display()))?;
         let journal = match &config.journal_url {
             Some(url) => {
