@@ -1,6 +1,10 @@
 //! Builds every plugin for `wasm32-unknown-unknown` with a nested cargo and
 //! turns each core module into a component in `OUT_DIR/<artifact>.wasm`.
 //!
+//! JavaScript plugins (`plugins/js/*`) are built by the JavaScript SDK's
+//! `guest-sdk/js/build.mjs` (esbuild + componentize-qjs, installed by
+//! `scripts/js-toolchain`).
+//!
 //! The nested cargo uses its own target directory (`target/plugins*`), so it
 //! never waits for the lock the outer cargo holds, and only builds the plugin
 //! packages (`-p`), never this crate. Each feature set gets its own target
@@ -9,7 +13,7 @@
 use std::env;
 use std::error::Error;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 const TARGET: &str = "wasm32-unknown-unknown";
 /// The workspace profile for plugins (size-optimised, LTO, no debug info).
@@ -50,6 +54,13 @@ const RECIPES: &[Recipe] = &[
     },
 ];
 
+/// JavaScript artifacts: the artifact name and its project folder in `plugins/js`.
+const JS_RECIPES: &[(&str, &str)] = &[
+    ("js-bank-account", "bank-account"),
+    ("js-bank-analytics", "bank-analytics"),
+    ("js-hostile", "hostile"),
+];
+
 /// Outer-build settings the nested build must not inherit: flags meant for the
 /// host target (`CARGO_ENCODED_RUSTFLAGS` is what cargo hands build scripts),
 /// and clippy's wrapper. The jobserver (`CARGO_MAKEFLAGS`) is kept on purpose
@@ -79,7 +90,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .join("../..")
         .canonicalize()?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
-    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock", "plugins/js"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     for recipe in RECIPES {
@@ -89,6 +100,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         );
     }
     check_target_installed()?;
+    // Started first: the JavaScript builds run while cargo builds the Rust plugins.
+    let js_builds = start_js_builds(&workspace, &out_dir)?;
 
     let mut feature_sets: Vec<&str> = Vec::new();
     for recipe in RECIPES {
@@ -113,7 +126,44 @@ fn run() -> Result<(), Box<dyn Error>> {
                 .map_err(|e| format!("componentizing {}: {e}", module.display()))?;
         }
     }
+    for (artifact, mut build) in js_builds {
+        let status = build.wait()?;
+        if !status.success() {
+            return Err(format!(
+                "building the JavaScript plugin {artifact} failed ({status}); see the output above"
+            )
+            .into());
+        }
+    }
     Ok(())
+}
+
+/// Starts `node guest-sdk/js/build.mjs` for every JavaScript artifact.
+fn start_js_builds(
+    workspace: &Path,
+    out_dir: &Path,
+) -> Result<Vec<(&'static str, Child)>, Box<dyn Error>> {
+    let sdk = workspace.join("guest-sdk/js");
+    if !sdk.join("node_modules/.package-lock.json").is_file() {
+        return Err(
+            "the JavaScript plugin toolchain is missing: run `scripts/js-toolchain` \
+             (needs Node.js 20+ and npm)"
+                .into(),
+        );
+    }
+    JS_RECIPES
+        .iter()
+        .map(|&(artifact, project)| {
+            let child = Command::new("node")
+                .arg(sdk.join("build.mjs"))
+                .arg(workspace.join("plugins/js").join(project))
+                .arg("-o")
+                .arg(out_dir.join(format!("{artifact}.wasm")))
+                .spawn()
+                .map_err(|e| format!("cannot run node to build {artifact}: {e}"))?;
+            Ok((artifact, child))
+        })
+        .collect()
 }
 
 fn check_target_installed() -> Result<(), Box<dyn Error>> {

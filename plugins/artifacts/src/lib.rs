@@ -30,17 +30,29 @@ pub const HOSTILE: &str = "hostile";
 /// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
 pub const WRONG_CONTRACT: &str = "wrong-contract";
 
+/// `bank-account` in TypeScript (`plugins/js/bank-account`): a drop-in
+/// replacement for the Rust one, same plugin name, events, commands and state.
+pub const JS_BANK_ACCOUNT: &str = "js-bank-account";
+/// `bank-analytics` in JavaScript (`plugins/js/bank-analytics`): same name, state and queries.
+pub const JS_BANK_ANALYTICS: &str = "js-bank-analytics";
+/// Aggregate `js-hostile` in JavaScript: commands that throw, read the clock,
+/// loop, exhaust memory or recurse, and a `Poisoned` event whose apply throws.
+pub const JS_HOSTILE: &str = "js-hostile";
+
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
 /// Plugins that exist only for tests.
 pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, BANK_ACCOUNT_V2, HOSTILE, WRONG_CONTRACT];
+/// The examples in other languages: same plugin names as [`EXAMPLES`], so
+/// never served beside them, and their test plugins.
+pub const OTHER_LANGUAGES: &[&str] = &[JS_BANK_ACCOUNT, JS_BANK_ANALYTICS, JS_HOSTILE];
 
 /// The directory holding every `<name>.wasm`.
 pub fn dir() -> &'static Path {
     Path::new(env!("OUT_DIR"))
 }
 
-/// The component file of the plugin `name` (one of [`EXAMPLES`] or [`TEST_ARTIFACTS`]).
+/// The component file of the plugin `name` (one of [`EXAMPLES`], [`TEST_ARTIFACTS`] or [`OTHER_LANGUAGES`]).
 pub fn path(name: &str) -> PathBuf {
     dir().join(format!("{name}.wasm"))
 }

@@ -8,6 +8,13 @@
 import { defineProjection, u64 } from "foldhost-guest";
 
 const DEFAULT_TOP = 10;
+const U64_MAX = 2n ** 64n - 1n;
+
+/** `a + b`, saturating at the largest u64 as the Rust build does. */
+function add(a, b) {
+  const sum = a + b;
+  return sum > U64_MAX ? U64_MAX : sum;
+}
 
 /** The account behind `stream`, created empty on first sight. */
 function account(state, stream) {
@@ -45,17 +52,19 @@ export const projection = defineProjection({
     },
     Deposited(state, { amount }, event) {
       const value = u64(amount);
-      account(state, event.stream).balance += value;
-      state.total_balance += value;
+      const summary = account(state, event.stream);
+      summary.balance = add(summary.balance, value);
+      state.total_balance = add(state.total_balance, value);
       const day = (state.deposits_per_day[utcDate(event.recordedAt)] ??= { count: 0, amount: 0n });
       day.count += 1;
-      day.amount += value;
+      day.amount = add(day.amount, value);
     },
     Withdrawn(state, { amount }, event) {
       const summary = account(state, event.stream);
-      const taken = u64(amount) < summary.balance ? u64(amount) : summary.balance;
+      const value = u64(amount);
+      const taken = value < summary.balance ? value : summary.balance;
       summary.balance -= taken;
-      state.total_balance -= taken;
+      state.total_balance = taken < state.total_balance ? state.total_balance - taken : 0n;
     },
     Closed(state, _data, event) {
       const summary = account(state, event.stream);

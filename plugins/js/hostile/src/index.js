@@ -14,7 +14,7 @@
 // | `Mutate`      | changes the state instead of returning an event            |
 // | `Unfoldable`  | decides an event type that has no apply handler            |
 // | `Loop`        | spins forever                                              |
-// | `Allocate`    | grows an array of strings without bound                    |
+// | `Allocate`    | allocates 16 MiB buffers without bound                     |
 // | `Recurse`     | recurses without bound                                     |
 // | `Poison`      | behaves: emits `Poisoned`, whose apply handler throws      |
 
@@ -67,7 +67,7 @@ export const aggregate = defineAggregate({
     },
     Allocate() {
       const hoard = [];
-      for (;;) hoard.push("x".repeat(1 << 20) + hoard.length);
+      for (;;) hoard.push(new Uint8Array(16 << 20));
     },
     Recurse() {
       throw new Rejection(`recursion returned ${recurse(0)}: the stack is not limited`);
