@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhost::journal::{
     AppendResult, ContentType, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
-    RecordedEvent,
+    RecordedEvent, StreamMetadata, StreamWindow,
 };
 use uuid::Uuid;
 
@@ -174,6 +174,11 @@ on_both_backends! {
     #[test] fn appends_survive_closing_and_reopening;
     #[tokio::test] async fn snapshots_keep_the_newest_per_stream;
     #[tokio::test] async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin;
+    #[tokio::test] async fn a_soft_deleted_stream_reads_as_missing_until_an_append_recreates_it;
+    #[tokio::test] async fn a_hard_deleted_stream_is_gone_for_good;
+    #[tokio::test] async fn retention_metadata_hides_events_from_every_reader_at_once;
+    #[tokio::test] async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions;
+    #[tokio::test] async fn a_delete_and_appends_in_one_batch_apply_in_order;
 }
 
 fn event(n: u64) -> NewEvent {
@@ -754,6 +759,313 @@ async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin(backend:
         0,
         "snapshots and checkpoints are not events"
     );
+}
+
+fn positions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|event| event.position).collect()
+}
+
+fn versions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|event| event.version).collect()
+}
+
+async fn a_soft_deleted_stream_reads_as_missing_until_an_append_recreates_it(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    j.append("gone-1", ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    j.append("kept-1", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    match j
+        .delete_stream("gone-1", ExpectedVersion::Exact(2), false)
+        .await
+    {
+        Err(JournalError::Conflict { current, .. }) => assert_eq!(current, Some(3)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    j.delete_stream("gone-1", ExpectedVersion::Exact(3), false)
+        .await
+        .unwrap();
+
+    assert_eq!(j.stream_version("gone-1").unwrap(), None);
+    assert_eq!(j.read_stream("gone-1", 1, 100).unwrap(), []);
+    assert_eq!(positions(&f.all()), [4], "the global log skips its events");
+    assert_eq!(j.streams_with_prefix("").unwrap(), ["kept-1"]);
+    assert!(matches!(
+        j.delete_stream("gone-1", ExpectedVersion::Any, false).await,
+        Err(JournalError::StreamNotFound(_))
+    ));
+    // It counts as no stream: a stale expected version conflicts, `no_stream` recreates it
+    // and its version numbers go on.
+    assert!(matches!(
+        j.append("gone-1", ExpectedVersion::Exact(3), events(1))
+            .await,
+        Err(JournalError::Conflict { current: None, .. })
+    ));
+    let recreated = j
+        .append("gone-1", ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    assert_eq!(recreated, result((4, 5), (5, 6)));
+    assert_eq!(j.stream_version("gone-1").unwrap(), Some(5));
+    assert_eq!(versions(&j.read_stream("gone-1", 1, 100).unwrap()), [4, 5]);
+    assert_eq!(positions(&f.all()), [4, 5, 6]);
+    assert_eq!(j.streams_with_prefix("gone").unwrap(), ["gone-1"]);
+    assert_eq!(
+        j.stream_window("gone-1").unwrap(),
+        StreamWindow {
+            current: Some(5),
+            first: 4,
+            expires: false
+        }
+    );
+    // `any` recreates a soft-deleted stream too.
+    j.delete_stream("kept-1", ExpectedVersion::Any, false)
+        .await
+        .unwrap();
+    let again = j
+        .append("kept-1", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    assert_eq!((again.first_version, again.first_position), (2, 7));
+
+    // The lifecycle survives a restart.
+    let f = f.reopen();
+    assert_eq!(
+        versions(&f.journal.read_stream("gone-1", 1, 100).unwrap()),
+        [4, 5]
+    );
+    assert_eq!(positions(&f.all()), [5, 6, 7]);
+}
+
+async fn a_hard_deleted_stream_is_gone_for_good(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    let original = events(2);
+    j.append("customer-1", ExpectedVersion::NoStream, original.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        j.delete_stream("nobody", ExpectedVersion::Any, true).await,
+        Err(JournalError::StreamNotFound(_))
+    ));
+    j.delete_stream("customer-1", ExpectedVersion::Any, true)
+        .await
+        .unwrap();
+    let gone = |outcome: Result<(), JournalError>| {
+        assert!(
+            matches!(&outcome, Err(JournalError::StreamDeleted(s)) if s == "customer-1"),
+            "{outcome:?}"
+        )
+    };
+    gone(j.stream_version("customer-1").map(drop));
+    gone(j.stream_window("customer-1").map(drop));
+    gone(j.read_stream("customer-1", 1, 10).map(drop));
+    gone(j.stream_metadata("customer-1").map(drop));
+    // No append recreates it, not even a retry of its own events.
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+        gone(j.append("customer-1", expected, events(1)).await.map(drop));
+    }
+    gone(
+        j.append("customer-1", ExpectedVersion::Any, original)
+            .await
+            .map(drop),
+    );
+    gone(
+        j.set_stream_metadata("customer-1", StreamMetadata::default())
+            .await,
+    );
+    gone(
+        j.delete_stream("customer-1", ExpectedVersion::Any, false)
+            .await,
+    );
+    assert_eq!(f.all(), []);
+    assert_eq!(j.streams_with_prefix("").unwrap(), Vec::<String>::new());
+    let f = f.reopen();
+    gone(f.journal.read_stream("customer-1", 1, 10).map(drop));
+}
+
+async fn retention_metadata_hides_events_from_every_reader_at_once(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    for stream in ["counted-1", "truncated-1", "aged-1", "other-1"] {
+        j.append(stream, ExpectedVersion::Any, events(4))
+            .await
+            .unwrap();
+    }
+    // Metadata may be set before its stream exists.
+    assert_eq!(
+        j.stream_metadata("counted-1").unwrap(),
+        StreamMetadata::default()
+    );
+    let count = StreamMetadata {
+        max_count: Some(2),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("counted-1", count).await.unwrap();
+    assert_eq!(j.stream_metadata("counted-1").unwrap(), count);
+    let truncate = StreamMetadata {
+        truncate_before: Some(4),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("truncated-1", truncate)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&j.read_stream("counted-1", 1, 100).unwrap()),
+        [3, 4]
+    );
+    assert_eq!(versions(&j.read_stream("counted-1", 4, 100).unwrap()), [4]);
+    assert_eq!(versions(&j.read_stream("truncated-1", 1, 1).unwrap()), [4]);
+    assert_eq!(
+        j.stream_window("counted-1").unwrap(),
+        StreamWindow {
+            current: Some(4),
+            first: 3,
+            expires: false
+        }
+    );
+    assert!(j.stream_window("other-1").unwrap().is_whole());
+    // The window moves with appends.
+    j.append("counted-1", ExpectedVersion::Exact(4), events(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&j.read_stream("counted-1", 1, 100).unwrap()),
+        [4, 5]
+    );
+
+    // Age: everything recorded more than a second ago.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    j.append("aged-1", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    let age = StreamMetadata {
+        max_age: Some(1),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("aged-1", age).await.unwrap();
+    assert_eq!(versions(&j.read_stream("aged-1", 1, 100).unwrap()), [5]);
+    assert!(j.stream_window("aged-1").unwrap().expires);
+
+    // The global log, paged one event at a time, skips every hidden event.
+    let mut seen = Vec::new();
+    let mut from = 1;
+    while let Some(event) = j.read_all(from, 1).unwrap().pop() {
+        from = event.position + 1;
+        seen.push((event.stream, event.version));
+    }
+    let expected: Vec<(String, u64)> = [
+        ("counted-1", 4),
+        ("truncated-1", 4),
+        ("other-1", 1),
+        ("other-1", 2),
+        ("other-1", 3),
+        ("other-1", 4),
+        ("counted-1", 5),
+        ("aged-1", 5),
+    ]
+    .into_iter()
+    .map(|(stream, version)| (stream.to_owned(), version))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        f.all()
+            .into_iter()
+            .map(|event| (event.stream, event.version))
+            .collect::<Vec<_>>(),
+        expected
+    );
+
+    // Clearing the metadata shows what no scavenge removed yet.
+    j.set_stream_metadata("truncated-1", StreamMetadata::default())
+        .await
+        .unwrap();
+    assert_eq!(j.read_stream("truncated-1", 1, 100).unwrap().len(), 4);
+}
+
+async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    j.append("kept-1", ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    j.append("short-1", ExpectedVersion::NoStream, events(5))
+        .await
+        .unwrap();
+    // The newest events of the log belong to the stream that goes.
+    j.append("customer-1", ExpectedVersion::NoStream, events(4))
+        .await
+        .unwrap();
+    for (stream, plugin) in [("kept-1", "p"), ("customer-1", "p"), ("short-1", "q")] {
+        j.put_snapshot(plugin, stream, 2, b"state".to_vec())
+            .await
+            .unwrap();
+    }
+    j.set_stream_metadata(
+        "short-1",
+        StreamMetadata {
+            max_count: Some(2),
+            ..StreamMetadata::default()
+        },
+    )
+    .await
+    .unwrap();
+    j.delete_stream("customer-1", ExpectedVersion::Any, true)
+        .await
+        .unwrap();
+    let visible = f.all();
+    assert_eq!(positions(&visible), [1, 2, 3, 7, 8]);
+
+    let report = j.scavenge().await.unwrap();
+    assert_eq!(
+        (report.streams, report.events, report.snapshots),
+        (2, 7, 2),
+        "{report:?}"
+    );
+    assert_eq!(f.all(), visible, "readers see no difference");
+    assert_eq!(j.latest_snapshot("p", "customer-1", 9).unwrap(), None);
+    assert_eq!(j.latest_snapshot("q", "short-1", 9).unwrap(), None);
+    assert!(j.latest_snapshot("p", "kept-1", 9).unwrap().is_some());
+    assert_eq!(j.head_position(), 12);
+    // Nothing left to remove.
+    assert_eq!(j.scavenge().await.unwrap().events, 0);
+
+    // Positions 9..=12 are gone but stay used, also after a restart.
+    let next = j
+        .append("kept-1", ExpectedVersion::Exact(3), events(1))
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, 13);
+    let f = f.reopen();
+    assert_eq!(f.journal.head_position(), 13);
+    let after = f
+        .journal
+        .append("kept-1", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    assert_eq!((after.first_version, after.first_position), (5, 14));
+    assert_eq!(positions(&f.all()), [1, 2, 3, 7, 8, 13, 14]);
+}
+
+async fn a_delete_and_appends_in_one_batch_apply_in_order(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    j.append("s", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    // Queued together, so the writer puts them into one commit, in this order.
+    let (before, deleted, after) = tokio::join!(
+        j.append("s", ExpectedVersion::Exact(1), events(1)),
+        j.delete_stream("s", ExpectedVersion::Exact(2), false),
+        j.append("s", ExpectedVersion::NoStream, events(1)),
+    );
+    assert_eq!(before.unwrap(), result((2, 2), (2, 2)));
+    deleted.unwrap();
+    assert_eq!(after.unwrap(), result((3, 3), (3, 3)));
+    assert_eq!(versions(&j.read_stream("s", 1, 10).unwrap()), [3]);
 }
 
 // PostgreSQL only: what several hosts on one database see.

@@ -36,6 +36,12 @@ pub enum JournalError {
         stream: String,
         position: Option<u64>,
     },
+    /// The stream was hard-deleted: it can never be read or written again.
+    #[error("stream {0:?} was deleted for good (hard delete)")]
+    StreamDeleted(String),
+    /// Deleting a stream that does not exist (or is already soft-deleted).
+    #[error("stream {0:?} does not exist")]
+    StreamNotFound(String),
     /// An event's `data`, `metadata` and `event_type` together exceed the configured maximum.
     #[error("event of {size} bytes exceeds the limit of {max} bytes")]
     EventTooLarge { size: usize, max: usize },

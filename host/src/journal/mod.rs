@@ -3,10 +3,12 @@
 //! Two backends sit behind the same [`Journal`] API: a local redb file (the default, see
 //! `redb`) and a PostgreSQL database shared by several hosts (see `postgres`). What they share
 //! lives here: the data model (`types`), limits checked before a write is queued (`config`),
-//! the write operations (`op`) and the rules an append must satisfy (`rules`).
+//! the write operations (`op`), the rules an append must satisfy (`rules`) and a stream's
+//! lifecycle: deletion, retention and what a scavenge removes (`lifecycle`).
 
 mod config;
 mod error;
+mod lifecycle;
 mod op;
 mod postgres;
 mod redb;
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 pub use ::redb::StorageBackend;
 pub use config::{JournalConfig, MAX_STREAM_NAME};
 pub use error::JournalError;
+pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;
 pub use types::*;
 
@@ -58,7 +61,7 @@ enum Backend {
 macro_rules! dispatch {
     ($journal:expr, $method:ident($($arg:expr),*)) => {
         match &*$journal.backend {
-            Backend::Redb(inner) => redb::reader::$method(&inner.db, $($arg),*),
+            Backend::Redb(inner) => redb::reader::$method(&inner.db.get(), $($arg),*),
             Backend::Postgres(pg) => pg.$method($($arg),*),
         }
     };
@@ -156,9 +159,78 @@ impl Journal {
         dispatch!(self, read_all(from_position, limit))
     }
 
-    /// The current version of `stream`; `None` if it has no events.
+    /// The current version of `stream`; `None` if it has no events or was soft-deleted.
+    /// Fails with [`JournalError::StreamDeleted`] for a hard-deleted stream, as every read of it
+    /// does.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
         dispatch!(self, stream_version(stream))
+    }
+
+    /// What readers see of `stream` now: its current version and the first visible one.
+    pub fn stream_window(&self, stream: &str) -> Result<StreamWindow, JournalError> {
+        dispatch!(self, stream_window(stream))
+    }
+
+    /// The retention metadata of `stream` (empty if none was set).
+    pub fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, JournalError> {
+        dispatch!(self, stream_metadata(stream))
+    }
+
+    /// Replaces the retention metadata of `stream` (which need not exist yet); readers stop
+    /// seeing the events it excludes at once.
+    pub async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), JournalError> {
+        config::check_stream_name(stream)?;
+        self.write(Op::SetStreamMetadata {
+            stream: stream.to_owned(),
+            metadata,
+        })
+        .await
+    }
+
+    /// Deletes `stream` once `expected` holds. A soft delete hides its events; an append with
+    /// `no_stream` or `any` then recreates it, continuing its version numbers. A hard delete is
+    /// final: every later read or write fails with [`JournalError::StreamDeleted`]. Either way
+    /// the events stay stored until the next [`scavenge`](Self::scavenge).
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        hard: bool,
+    ) -> Result<(), JournalError> {
+        config::check_stream_name(stream)?;
+        self.write(Op::DeleteStream {
+            stream: stream.to_owned(),
+            expected,
+            hard,
+        })
+        .await
+    }
+
+    /// Physically removes what no reader sees any more: the events of deleted streams and
+    /// those outside retention windows, and the snapshots folded from them; then compacts the
+    /// storage so their bytes are gone from it. Global positions are never reused.
+    pub async fn scavenge(&self) -> Result<ScavengeReport, JournalError> {
+        match &*self.backend {
+            Backend::Redb(redb) => {
+                let db = redb.db.clone();
+                tokio::task::spawn_blocking(move || redb::scavenge(&db))
+                    .await
+                    .map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(pg) => pg.scavenge().await,
+        }
+    }
+
+    /// Queues a write that answers only success or failure.
+    async fn write(&self, op: Op) -> Result<(), JournalError> {
+        match &*self.backend {
+            Backend::Redb(redb) => redb.write(op).await,
+            Backend::Postgres(pg) => pg.write_op(op).await,
+        }
     }
 
     /// The last committed global position, 0 when the journal is empty.

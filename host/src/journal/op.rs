@@ -1,6 +1,6 @@
 //! The writes every backend's writer performs.
 
-use super::{ExpectedVersion, NewEvent};
+use super::{ExpectedVersion, NewEvent, StreamMetadata};
 
 /// One write, as every backend's writer receives it.
 pub(super) enum Op {
@@ -22,5 +22,16 @@ pub(super) enum Op {
     },
     DeletePluginData {
         plugin: String,
+    },
+    /// Soft- or hard-deletes a stream (see `lifecycle`).
+    DeleteStream {
+        stream: String,
+        expected: ExpectedVersion,
+        hard: bool,
+    },
+    /// Replaces a stream's retention metadata.
+    SetStreamMetadata {
+        stream: String,
+        metadata: StreamMetadata,
     },
 }

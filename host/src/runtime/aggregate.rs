@@ -10,7 +10,7 @@ use super::bindings::{PluginData, encode_batch, types};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
-use crate::journal::{Journal, NewEvent, RecordedEvent};
+use crate::journal::{Journal, NewEvent, RecordedEvent, StreamWindow};
 
 /// Events moved into the plugin per `apply` call during replay.
 pub const REPLAY_BATCH: usize = 1024;
@@ -25,6 +25,11 @@ pub struct AggregateInstance {
     pub version: u64,
     /// The version of the newest stored snapshot of this state.
     pub snapshot_version: u64,
+    /// The first visible version of the stream when this state was folded (see
+    /// [`fits`](Self::fits)).
+    base: u64,
+    /// Whether the state was folded from version 1, so snapshots of it stand for the stream.
+    whole: bool,
 }
 
 impl AggregateInstance {
@@ -55,6 +60,8 @@ impl AggregateInstance {
             bindings,
             version,
             snapshot_version: version,
+            base: 1,
+            whole: true,
         })
     }
 
@@ -66,10 +73,61 @@ impl AggregateInstance {
         stream: &str,
         at_most: u64,
     ) -> Result<Self, RuntimeError> {
-        let snapshot = journal.latest_snapshot(&plugin.hash, stream, at_most)?;
+        let window = journal.stream_window(stream)?;
+        Self::rehydrate_in(plugin, journal, stream, at_most, &window)
+    }
+
+    /// [`rehydrate`](Self::rehydrate) within the stream's visible `window`: the state folds only
+    /// the events readers see, so snapshots are used only when the window is the whole stream.
+    fn rehydrate_in(
+        plugin: Arc<Plugin>,
+        journal: &Journal,
+        stream: &str,
+        at_most: u64,
+        window: &StreamWindow,
+    ) -> Result<Self, RuntimeError> {
+        let snapshot = match window.is_whole() {
+            true => journal.latest_snapshot(&plugin.hash, stream, at_most)?,
+            false => None,
+        };
         let mut instance = Self::new(plugin, stream, snapshot)?;
+        instance.base = window.first;
+        instance.whole = window.is_whole();
         instance.catch_up(journal, at_most)?;
+        instance.settle(window, at_most);
         Ok(instance)
+    }
+
+    /// Whether this state still stands for what readers see of the stream: no delete,
+    /// truncation or retention rule has hidden events it folded since.
+    pub fn fits(&self, window: &StreamWindow) -> bool {
+        self.base == window.first && !window.expires
+    }
+
+    /// Whether snapshots of this state may be stored (it was folded from version 1).
+    pub fn may_snapshot(&self) -> bool {
+        self.whole
+    }
+
+    /// Brings the state to the stream's head, refolding it from scratch when the visible
+    /// window moved under it.
+    pub fn refresh(&mut self, journal: &Journal) -> Result<(), RuntimeError> {
+        let window = journal.stream_window(&self.stream)?;
+        if !self.fits(&window) {
+            let stream = self.stream.clone();
+            *self = Self::rehydrate_in(self.plugin.clone(), journal, &stream, u64::MAX, &window)?;
+            return Ok(());
+        }
+        self.catch_up(journal, u64::MAX)?;
+        self.settle(&window, u64::MAX);
+        Ok(())
+    }
+
+    /// Counts hidden events at the head (expired by age) as folded: appends are checked
+    /// against the stream's version, not against what was visible.
+    fn settle(&mut self, window: &StreamWindow, at_most: u64) {
+        let current = window.current.unwrap_or(0).min(at_most);
+        self.version = self.version.max(current);
     }
 
     /// Applies the stream's events after `self.version`, up to version `at_most`.

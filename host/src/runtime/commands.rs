@@ -99,9 +99,10 @@ impl Aggregates {
         let command_type = command_type.to_owned();
         let (instance, outcome) = blocking(move || {
             let mut instance = match cached {
-                // Another writer (a direct append, another host) may have
-                // moved the stream on: decide against the latest state.
-                Some(mut instance) => match instance.catch_up(&journal, u64::MAX) {
+                // Another writer (a direct append, another host) may have moved the stream
+                // on, or a delete or retention rule hidden some of it: decide against what
+                // readers see now.
+                Some(mut instance) => match instance.refresh(&journal) {
                     Ok(()) => instance,
                     Err(error) => return Ok((None, Err(error))),
                 },
@@ -155,8 +156,8 @@ impl Aggregates {
         let (instance, version, state) = blocking(move || {
             let mut instance = match instance {
                 Some(mut instance) => {
-                    // Pick up events appended directly to the stream.
-                    instance.catch_up(&journal, u64::MAX)?;
+                    // Pick up events appended directly to the stream, and deletions.
+                    instance.refresh(&journal)?;
                     instance
                 }
                 // A stream that does not exist gets no store (made-up ids cost nothing).
@@ -207,7 +208,9 @@ impl Aggregates {
         let Some(instance) = live.take() else {
             return;
         };
-        if instance.version < instance.snapshot_version + self.config.snapshot_every {
+        if !instance.may_snapshot()
+            || instance.version < instance.snapshot_version + self.config.snapshot_every
+        {
             *live = Some(instance);
             return;
         }
@@ -280,8 +283,8 @@ fn decide_and_append(
                     state: instance.state()?,
                 });
             }
-            // Someone else appended: fold their events, decide again.
-            Err(JournalError::Conflict { .. }) => instance.catch_up(journal, u64::MAX)?,
+            // Someone else appended (or deleted the stream): catch up, decide again.
+            Err(JournalError::Conflict { .. }) => instance.refresh(journal)?,
             Err(error) => return Err(error.into()),
         }
     }

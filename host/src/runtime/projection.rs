@@ -360,6 +360,11 @@ impl Worker {
                 let events = journal.read_all(position + 1, REPLAY_BATCH)?;
                 let mut guard = slot.lock().expect("projection lock");
                 let instance = guard.as_mut().expect("instance is set before following");
+                if events.is_empty() {
+                    // Nothing up to the head is visible any more (deleted, expired or
+                    // scavenged): the log skips those positions.
+                    instance.position = instance.position.max(head);
+                }
                 let outcome = instance.apply(&events);
                 if outcome.is_err() {
                     // A trapped store is never reused.

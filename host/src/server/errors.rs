@@ -66,6 +66,8 @@ impl From<JournalError> for ApiError {
             JournalError::EventTooLarge { .. } | JournalError::TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            JournalError::StreamDeleted(_) => StatusCode::GONE,
+            JournalError::StreamNotFound(_) => StatusCode::NOT_FOUND,
             JournalError::Closed | JournalError::Unavailable(_) | JournalError::NotDurable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -13,12 +13,17 @@
 //! | GET | `/projections/{plugin}/query/{name}?k=v` | a projection's own query |
 //! | GET | `/plugins` | loaded plugins |
 //! | PUT / DELETE | `/plugins/{name}` | install / unload a plugin (admin token) |
+//! | DELETE | `/streams/{stream}[?hard=true]` | soft-delete a stream; hard-delete (admin token) |
+//! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
+//! | POST | `/admin/scavenge` | remove hidden events, compact (admin token) |
 //! | GET | `/health`, `/metrics` | liveness, Prometheus metrics |
 
+mod admin;
 mod aggregates;
 mod errors;
 mod extract;
 pub mod json;
+mod lifecycle;
 mod live;
 pub mod metrics;
 mod plugins;
@@ -34,7 +39,7 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -77,6 +82,12 @@ fn router(state: AppState) -> Router {
             "/streams/{stream}/events",
             post(streams::append).get(streams::read_stream),
         )
+        .route("/streams/{stream}", delete(lifecycle::delete))
+        .route(
+            "/streams/{stream}/metadata",
+            get(lifecycle::metadata).put(lifecycle::put_metadata),
+        )
+        .route("/admin/scavenge", post(admin::scavenge))
         .route("/events", get(streams::read_all))
         .route("/events/live", get(live::live))
         .route(

@@ -51,7 +51,7 @@ struct EventInput {
 }
 
 /// `expected_version`: a version number, `"any"` or `"no_stream"`; absent means any.
-struct Expected(ExpectedVersion);
+pub(super) struct Expected(pub(super) ExpectedVersion);
 
 impl Default for Expected {
     fn default() -> Self {
@@ -64,6 +64,10 @@ impl<'de> Deserialize<'de> for Expected {
         let value = Value::deserialize(deserializer)?;
         let expected = match &value {
             Value::Number(n) => n.as_u64().map(ExpectedVersion::Exact),
+            // A query string (`?expected_version=3`) carries numbers as text.
+            Value::String(s) if s.parse::<u64>().is_ok() => {
+                s.parse().ok().map(ExpectedVersion::Exact)
+            }
             Value::String(s) if s == "any" => Some(ExpectedVersion::Any),
             Value::String(s) if s == "no_stream" => Some(ExpectedVersion::NoStream),
             _ => None,

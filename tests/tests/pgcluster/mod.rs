@@ -71,7 +71,8 @@ impl Cluster {
         self.pg_ctl("start");
     }
 
-    fn data(&self) -> PathBuf {
+    /// The cluster's data directory (owned by the postgres user when the test runs as root).
+    pub fn data(&self) -> PathBuf {
         self.root.path().join("data")
     }
 

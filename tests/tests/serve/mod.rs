@@ -88,6 +88,16 @@ impl Server {
     /// Starts a server whose journal is the PostgreSQL database at `journal` (shared with
     /// other servers), with its own data directory and the plugins in `plugins`.
     pub fn start_on_journal(data: &Path, plugins: &Path, journal: &str) -> Server {
+        Self::start_on_journal_with(data, plugins, journal, None)
+    }
+
+    /// [`start_on_journal`](Self::start_on_journal) with an admin token.
+    pub fn start_on_journal_with(
+        data: &Path,
+        plugins: &Path,
+        journal: &str,
+        admin_token: Option<&str>,
+    ) -> Server {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -102,6 +112,9 @@ impl Server {
             .env_remove("FOLDHOST_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
+        if let Some(token) = admin_token {
+            command.args(["--admin-token", token]);
+        }
         Self::launch(command)
     }
 
@@ -217,11 +230,14 @@ pub async fn json(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Every event of the global log, paging through `GET /events`.
+/// Every event of the global log, paging through `GET /events` (from the position after the
+/// last one read: the log may skip positions).
 pub async fn all_events(client: &reqwest::Client, server: &Server) -> Vec<Value> {
-    let mut events = Vec::new();
+    let mut events: Vec<Value> = Vec::new();
     loop {
-        let from = events.len() + 1;
+        let from = events
+            .last()
+            .map_or(1, |e| e["position"].as_u64().unwrap() + 1);
         let response = client
             .get(server.url(&format!("/events?from_position={from}&limit=1000")))
             .send()

@@ -51,11 +51,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
 use uuid::Uuid;
 
+mod lifecycle;
+
 use super::Op;
+use super::lifecycle::Lifecycle;
 use super::rules::{self, Written};
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
-    NewEvent, RecordedEvent,
+    NewEvent, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,
 };
 
 /// The schema this build creates and reads.
@@ -313,7 +316,7 @@ impl PgJournal {
         Ok(result.expect("an append reports where its events are"))
     }
 
-    async fn write_op(&self, op: Op) -> Result<(), JournalError> {
+    pub(super) async fn write_op(&self, op: Op) -> Result<(), JournalError> {
         self.queue(op)
             .await
             .map_err(|_| JournalError::Closed)?
@@ -410,21 +413,9 @@ impl PgJournal {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
         let stream = stream.to_owned();
-        let limit = to_i64(limit as u64);
-        let from = to_i64(from_version);
         self.read(move |client| {
             let stream = stream.clone();
-            async move {
-                let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 \
-                     ORDER BY version LIMIT $3"
-                );
-                let rows = client
-                    .query(&sql, &[&stream, &from, &limit])
-                    .await
-                    .map_err(pg)?;
-                rows.iter().map(decode).collect()
-            }
+            async move { lifecycle::read_stream(&**client, &stream, from_version, limit).await }
         })
     }
 
@@ -433,23 +424,28 @@ impl PgJournal {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
-        let limit = to_i64(limit as u64);
-        let from = to_i64(from_position);
         self.read(move |client| async move {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 \
-                 ORDER BY position LIMIT $2"
-            );
-            let rows = client.query(&sql, &[&from, &limit]).await.map_err(pg)?;
-            rows.iter().map(decode).collect()
+            lifecycle::read_all(&**client, from_position, limit).await
         })
     }
 
     pub(super) fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        Ok(self.stream_window(stream)?.current)
+    }
+
+    pub(super) fn stream_window(&self, stream: &str) -> Result<StreamWindow, JournalError> {
         let stream = stream.to_owned();
         self.read(move |client| {
             let stream = stream.clone();
-            async move { stream_version(&**client, &stream).await }
+            async move { lifecycle::stream_window(&**client, &stream).await }
+        })
+    }
+
+    pub(super) fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, JournalError> {
+        let stream = stream.to_owned();
+        self.read(move |client| {
+            let stream = stream.clone();
+            async move { lifecycle::stream_metadata(&**client, &stream).await }
         })
     }
 
@@ -457,17 +453,17 @@ impl PgJournal {
         let prefix = prefix.to_owned();
         self.read(move |client| {
             let prefix = prefix.clone();
-            async move {
-                let rows = client
-                    .query(
-                        "SELECT stream FROM streams WHERE starts_with(stream, $1) ORDER BY stream",
-                        &[&prefix],
-                    )
-                    .await
-                    .map_err(pg)?;
-                Ok(rows.iter().map(|row| row.get(0)).collect())
-            }
+            async move { lifecycle::streams_with_prefix(&**client, &prefix).await }
         })
+    }
+
+    /// Removes what no reader sees any more (see `lifecycle::scavenge`).
+    pub(super) async fn scavenge(&self) -> Result<ScavengeReport, JournalError> {
+        let pool = self.pool.clone();
+        self.runtime()
+            .spawn(async move { lifecycle::scavenge(&pool).await })
+            .await
+            .map_err(|_| JournalError::Closed)?
     }
 
     pub(super) fn latest_snapshot(
@@ -550,17 +546,6 @@ fn content_type_code(content_type: ContentType) -> i16 {
     }
 }
 
-async fn stream_version(
-    client: &impl GenericClient,
-    stream: &str,
-) -> Result<Option<u64>, JournalError> {
-    let row = client
-        .query_opt("SELECT version FROM streams WHERE stream = $1", &[&stream])
-        .await
-        .map_err(pg)?;
-    Ok(row.map(|row| row.get::<_, i64>(0) as u64))
-}
-
 async fn read_head(client: &impl GenericClient) -> Result<u64, JournalError> {
     let row = client
         .query_one("SELECT position FROM log_head", &[])
@@ -602,6 +587,7 @@ async fn migrate(pool: &Pool) -> Result<(), JournalError> {
             });
         }
     }
+    txn.batch_execute(lifecycle::TABLE).await.map_err(pg)?;
     txn.commit().await.map_err(pg)
 }
 
@@ -760,11 +746,22 @@ async fn run_batch(
             _ => None,
         })
         .collect();
-    // Only appends need the log lock; snapshot and checkpoint writes do not touch the log.
-    let mut state = if appends.is_empty() {
+    let mut streams: Vec<&str> = requests
+        .iter()
+        .filter_map(|request| match &request.op {
+            Op::Append { stream, .. }
+            | Op::DeleteStream { stream, .. }
+            | Op::SetStreamMetadata { stream, .. } => Some(stream.as_str()),
+            _ => None,
+        })
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    // Only writes of streams need the log lock; snapshot and checkpoint writes do not.
+    let mut state = if streams.is_empty() {
         None
     } else {
-        Some(BatchState::load(&txn, &appends).await?)
+        Some(BatchState::load(&txn, &appends, &streams).await?)
     };
     let recorded_at = now_millis();
     let mut outcomes = Vec::with_capacity(requests.len());
@@ -803,6 +800,20 @@ async fn run_batch(
             Op::DeletePluginData { plugin } => {
                 delete_plugin_data(&txn, plugin).await.map(|()| Ok(done()))
             }
+            Op::DeleteStream {
+                stream,
+                expected,
+                hard,
+            } => Ok(state
+                .as_mut()
+                .expect("loaded for a batch writing streams")
+                .delete(stream, *expected, *hard)
+                .map(|()| done())),
+            Op::SetStreamMetadata { stream, metadata } => Ok(state
+                .as_mut()
+                .expect("loaded for a batch writing streams")
+                .set_metadata(stream, *metadata)
+                .map(|()| done())),
         };
         // A database error may have struck half way: drop the whole transaction.
         let outcome = outcome?;
@@ -813,6 +824,9 @@ async fn run_batch(
         outcomes.push(outcome);
     }
     let mut head = None;
+    if let Some(state) = &mut state {
+        lifecycle::store(&*txn, &std::mem::take(&mut state.changed)).await?;
+    }
     if let Some(state) = state.filter(|state| state.next > state.start + 1) {
         let last = state.next - 1;
         state.write(&txn, recorded_at).await?;
@@ -852,16 +866,22 @@ struct BatchState<'a> {
     next: u64,
     /// Event ids of the batch already stored, and those this batch adds.
     known: HashMap<Uuid, Stored>,
-    /// Versions of the streams the batch appends to (None: no such stream).
+    /// Stored versions of the streams the batch writes (None: no such stream).
     versions: HashMap<String, Option<u64>>,
+    /// Lifecycle records of the streams the batch writes (absent: none).
+    lifecycles: HashMap<String, Lifecycle>,
+    /// Lifecycle records the batch changed, to store.
+    changed: HashMap<String, Lifecycle>,
     rows: Vec<(u64, &'a str, u64, &'a NewEvent)>,
 }
 
 impl<'a> BatchState<'a> {
-    /// Locks the log head and reads the stored ids and stream versions `appends` involve.
+    /// Locks the log head and reads the stored ids `appends` involve, and the versions and
+    /// lifecycles of `streams`.
     async fn load(
         txn: &tokio_postgres::Transaction<'_>,
         appends: &[(&'a str, &'a [NewEvent])],
+        streams: &[&str],
     ) -> Result<Self, JournalError> {
         let row = txn
             .query_one("SELECT position FROM log_head FOR UPDATE", &[])
@@ -872,7 +892,6 @@ impl<'a> BatchState<'a> {
             .iter()
             .flat_map(|(_, events)| events.iter().map(|event| event.id))
             .collect();
-        let streams: Vec<&str> = appends.iter().map(|(stream, _)| *stream).collect();
         let known = txn
             .query(
                 "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
@@ -909,8 +928,42 @@ impl<'a> BatchState<'a> {
             next: start + 1,
             known,
             versions,
+            lifecycles: lifecycle::load(txn, streams).await?,
+            changed: HashMap::new(),
             rows: Vec::new(),
         })
+    }
+
+    /// The lifecycle of `stream` as this batch left it.
+    fn lifecycle(&self, stream: &str) -> Lifecycle {
+        self.changed
+            .get(stream)
+            .or_else(|| self.lifecycles.get(stream))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Soft- or hard-deletes `stream` once `expected` holds; a refusal changes nothing.
+    fn delete(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        hard: bool,
+    ) -> Result<(), JournalError> {
+        let mut lifecycle = self.lifecycle(stream);
+        let stored = self.versions.get(stream).copied().flatten();
+        lifecycle.delete(stream, stored, expected, hard)?;
+        self.changed.insert(stream.to_owned(), lifecycle);
+        Ok(())
+    }
+
+    /// Replaces the retention metadata of `stream`.
+    fn set_metadata(&mut self, stream: &str, metadata: StreamMetadata) -> Result<(), JournalError> {
+        let mut lifecycle = self.lifecycle(stream);
+        lifecycle.check_exists(stream)?;
+        lifecycle.metadata = metadata;
+        self.changed.insert(stream.to_owned(), lifecycle);
+        Ok(())
     }
 
     /// Appends `events` to `stream` if `expected` holds, or recognises a retry; a refusal
@@ -921,6 +974,8 @@ impl<'a> BatchState<'a> {
         expected: ExpectedVersion,
         events: &'a [NewEvent],
     ) -> Result<Applied, JournalError> {
+        let mut lifecycle = self.lifecycle(stream);
+        lifecycle.check_exists(stream)?;
         let stored: Vec<(Uuid, &Stored)> = events
             .iter()
             .filter_map(|event| self.known.get(&event.id).map(|at| (event.id, at)))
@@ -940,10 +995,15 @@ impl<'a> BatchState<'a> {
                 written_events: 0,
             });
         }
-        let current = self.versions.get(stream).copied().flatten();
-        expected.check(stream, current)?;
+        let stored = self.versions.get(stream).copied().flatten();
+        expected.check(stream, lifecycle.current(stored))?;
         let count = events.len() as u64;
-        let result = AppendResult::placing(current, count, self.next);
+        // Versions continue after a soft delete.
+        let result = AppendResult::placing(stored, count, self.next);
+        if !lifecycle.is_listed() {
+            lifecycle.appended();
+            self.changed.insert(stream.to_owned(), lifecycle);
+        }
         for ((event, version), position) in events
             .iter()
             .zip(result.first_version..)

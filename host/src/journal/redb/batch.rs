@@ -8,10 +8,11 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::rules::{self, Written};
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, RECENT_INDEX, RECENT_INDEX_MAX, SNAPSHOTS, STREAM_HEADS,
-    STREAM_INDEX,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, RECENT_INDEX_MAX,
+    SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
 };
-use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, record};
+use super::{AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, record};
+use crate::journal::StreamMetadata;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub(super) struct Batch<'txn> {
     event_ids: Table<'txn, u128, u64>,
     snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     checkpoints: Table<'txn, &'static str, (u64, &'static [u8])>,
+    lifecycles: Table<'txn, &'static str, &'static [u8]>,
     /// The next global position, read from the log itself, so a failed commit leaves no gap.
     next_position: u64,
     recorded_at: u64,
@@ -55,9 +57,13 @@ impl<'txn> Batch<'txn> {
         keep_snapshots: usize,
     ) -> Result<Self, JournalError> {
         let events = txn.open_table(EVENTS)?;
-        let next_position = events
-            .last()?
-            .map_or(1, |(position, _)| position.value() + 1);
+        let last = events.last()?.map_or(0, |(position, _)| position.value());
+        // A scavenge may have removed the newest events; their positions stay used.
+        let scavenged = txn
+            .open_table(META)?
+            .get(LAST_POSITION_KEY)?
+            .map_or(0, |last| last.value());
+        let next_position = last.max(scavenged) + 1;
         Ok(Self {
             events,
             stream_index: txn.open_table(STREAM_INDEX)?,
@@ -66,6 +72,7 @@ impl<'txn> Batch<'txn> {
             event_ids: txn.open_table(EVENT_IDS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
+            lifecycles: txn.open_table(STREAM_LIFECYCLE)?,
             next_position,
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
@@ -90,6 +97,10 @@ impl<'txn> Batch<'txn> {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Appended, JournalError> {
+        let lifecycle = self.lifecycle(stream)?;
+        if let Some(lifecycle) = &lifecycle {
+            lifecycle.check_exists(stream)?;
+        }
         let mut known = Vec::new();
         for event in events {
             if let Some(position) = self.event_ids.get(event.id.as_u128())? {
@@ -102,12 +113,18 @@ impl<'txn> Batch<'txn> {
                 .map(Appended::AlreadyWritten);
         }
 
-        let current = self.stream_heads.get(stream)?.map(|v| v.value());
+        let stored = self.stream_heads.get(stream)?.map(|v| v.value());
+        let current = lifecycle.map_or(stored, |lifecycle| lifecycle.current(stored));
         expected.check(stream, current)?;
 
         let count = events.len() as u64;
-        let result = AppendResult::placing(current, count, self.next_position);
+        // Versions continue after a soft delete.
+        let result = AppendResult::placing(stored, count, self.next_position);
         self.wrote = true;
+        if let Some(mut lifecycle) = lifecycle {
+            lifecycle.appended();
+            self.put_lifecycle(stream, &lifecycle)?;
+        }
         for ((event, version), position) in events
             .iter()
             .zip(result.first_version..)
@@ -165,6 +182,47 @@ impl<'txn> Batch<'txn> {
             self.stream_index.insert(key.value(), position.value())?;
         }
         Ok(())
+    }
+
+    /// The lifecycle record of `stream`, if it has one.
+    fn lifecycle(&self, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
+        self.lifecycles
+            .get(stream)?
+            .map(|bytes| Lifecycle::decode(stream, bytes.value()))
+            .transpose()
+    }
+
+    fn put_lifecycle(&mut self, stream: &str, lifecycle: &Lifecycle) -> Result<(), JournalError> {
+        self.lifecycles
+            .insert(stream, lifecycle.encode().as_slice())?;
+        Ok(())
+    }
+
+    /// Soft- or hard-deletes `stream` once `expected` holds.
+    pub(super) fn delete_stream(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        hard: bool,
+    ) -> Result<(), JournalError> {
+        let mut lifecycle = self.lifecycle(stream)?.unwrap_or_default();
+        let stored = self.stream_heads.get(stream)?.map(|v| v.value());
+        lifecycle.delete(stream, stored, expected, hard)?;
+        self.wrote = true;
+        self.put_lifecycle(stream, &lifecycle)
+    }
+
+    /// Replaces the retention metadata of `stream` (which need not exist yet).
+    pub(super) fn set_stream_metadata(
+        &mut self,
+        stream: &str,
+        metadata: &StreamMetadata,
+    ) -> Result<(), JournalError> {
+        let mut lifecycle = self.lifecycle(stream)?.unwrap_or_default();
+        lifecycle.check_exists(stream)?;
+        lifecycle.metadata = *metadata;
+        self.wrote = true;
+        self.put_lifecycle(stream, &lifecycle)
     }
 
     /// Stores a snapshot and prunes all but the newest `keep_snapshots` of (plugin, stream).

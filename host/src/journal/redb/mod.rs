@@ -7,27 +7,55 @@ mod batch;
 pub(super) mod reader;
 mod record;
 mod request;
+mod scavenge;
 mod store;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use redb::{Database, StorageBackend};
 use tokio::sync::watch;
 
+use super::lifecycle::{Lifecycle, Visibility};
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
-    NewEvent, Op, RecordedEvent, rules,
+    NewEvent, Op, RecordedEvent, ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};
 
+/// The database, shared by the readers and the writer; a compaction takes it exclusively (see
+/// `scavenge`), so readers and writers wait while it runs.
+#[derive(Clone)]
+pub(super) struct SharedDb(Arc<RwLock<Database>>);
+
+impl SharedDb {
+    fn new(db: Database) -> Self {
+        Self(Arc::new(RwLock::new(db)))
+    }
+
+    /// The database, for transactions.
+    pub(super) fn get(&self) -> RwLockReadGuard<'_, Database> {
+        // A panic elsewhere never leaves the database itself half-changed.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The database alone, once every reader and writer has let go of it.
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Database> {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The redb side of a [`Journal`](super::Journal).
 pub(super) struct RedbJournal {
-    pub(super) db: Arc<Database>,
+    pub(super) db: SharedDb,
     shared: Arc<Shared>,
     requests: Sender<Request>,
     writer: Option<JoinHandle<()>>,
@@ -48,8 +76,8 @@ impl RedbJournal {
     }
 
     fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
-        let db = Arc::new(db);
-        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
+        let db = SharedDb::new(db);
+        let shared = Arc::new(Shared::new(reader::head_position(&db.get())?));
         let (requests, writer) = Writer {
             db: db.clone(),
             shared: shared.clone(),
@@ -113,6 +141,11 @@ impl RedbJournal {
     pub(super) fn stats(&self) -> JournalStats {
         self.shared.stats()
     }
+}
+
+/// Removes what no reader sees any more, then compacts the file (see `scavenge`).
+pub(super) fn scavenge(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
+    scavenge::run(db)
 }
 
 impl Drop for RedbJournal {

@@ -1,10 +1,100 @@
 //! Reads, each in its own read transaction: they never wait for the writer (redb MVCC) and a
 //! long scan paged by its caller lets redb reclaim pages between pages.
+//!
+//! Every read applies the streams' lifecycles: events of deleted streams and events outside
+//! their retention window are skipped (see `lifecycle`).
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use std::collections::HashMap;
 
-use super::store::{CHECKPOINTS, EVENTS, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX};
-use super::{JournalError, RecordedEvent, record};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
+};
+
+use super::store::{
+    CHECKPOINTS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS,
+    STREAM_INDEX, STREAM_LIFECYCLE,
+};
+use super::{JournalError, Lifecycle, RecordedEvent, Visibility, record};
+use crate::journal::lifecycle::now_millis;
+use crate::journal::{StreamMetadata, StreamWindow};
+
+/// The lifecycle records of one read transaction.
+struct Lifecycles {
+    table: ReadOnlyTable<&'static str, &'static [u8]>,
+    heads: ReadOnlyTable<&'static str, u64>,
+    now: u64,
+}
+
+impl Lifecycles {
+    fn open(txn: &ReadTransaction) -> Result<Self, JournalError> {
+        Ok(Self {
+            table: txn.open_table(STREAM_LIFECYCLE)?,
+            heads: txn.open_table(STREAM_HEADS)?,
+            now: now_millis(),
+        })
+    }
+
+    /// The last stored version of `stream`, deleted or not.
+    fn stored(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        Ok(self.heads.get(stream)?.map(|version| version.value()))
+    }
+
+    fn get(&self, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
+        self.table
+            .get(stream)?
+            .map(|bytes| Lifecycle::decode(stream, bytes.value()))
+            .transpose()
+    }
+
+    /// What readers see of `stream`; fails for a hard-deleted one.
+    fn visibility(&self, stream: &str) -> Result<Visibility, JournalError> {
+        match self.get(stream)? {
+            None => Ok(Visibility::ALL),
+            Some(lifecycle) => {
+                lifecycle.check_exists(stream)?;
+                let last = self.stored(stream)?.unwrap_or(0);
+                Ok(lifecycle.visibility(last, self.now))
+            }
+        }
+    }
+}
+
+/// Filters a scan of the global log, looking each stream's lifecycle up once.
+struct LogFilter {
+    lifecycles: Option<Lifecycles>,
+    seen: HashMap<String, Visibility>,
+}
+
+impl LogFilter {
+    /// A filter that admits everything when no stream has a lifecycle record.
+    fn open(txn: &ReadTransaction) -> Result<Self, JournalError> {
+        let lifecycles = Lifecycles::open(txn)?;
+        let any = !lifecycles.table.is_empty()?;
+        Ok(Self {
+            lifecycles: any.then_some(lifecycles),
+            seen: HashMap::new(),
+        })
+    }
+
+    fn admits(&mut self, event: &RecordedEvent) -> Result<bool, JournalError> {
+        let Some(lifecycles) = &self.lifecycles else {
+            return Ok(true);
+        };
+        let visibility = match self.seen.get(&event.stream) {
+            Some(visibility) => *visibility,
+            None => {
+                let visibility = match lifecycles.visibility(&event.stream) {
+                    Err(JournalError::StreamDeleted(_)) => Visibility::NONE,
+                    other => other?,
+                };
+                self.seen.insert(event.stream.clone(), visibility);
+                visibility
+            }
+        };
+        Ok(visibility.admits(event.version, event.recorded_at))
+    }
+}
 
 /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
 pub(in crate::journal) fn read_stream(
@@ -14,16 +104,20 @@ pub(in crate::journal) fn read_stream(
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
+    let visibility = Lifecycles::open(&txn)?.visibility(stream)?;
     let index = txn.open_table(STREAM_INDEX)?;
     let recent = txn.open_table(RECENT_INDEX)?;
     let log = txn.open_table(EVENTS)?;
-    let versions = (stream, from_version)..=(stream, u64::MAX);
+    let versions = (stream, from_version.max(visibility.first()))..=(stream, u64::MAX);
     // A stream's recent versions all follow its versions in the main index.
     let positions = index
         .range(versions.clone())?
         .chain(recent.range(versions)?);
     let mut events = Vec::new();
-    for entry in positions.take(limit) {
+    for entry in positions {
+        if events.len() >= limit {
+            break;
+        }
         let (key, position) = entry?;
         let (version, position) = (key.value().1, position.value());
         let bytes = log.get(position)?.ok_or_else(|| JournalError::Corrupt {
@@ -40,7 +134,9 @@ pub(in crate::journal) fn read_stream(
                 ),
             });
         }
-        events.push(event);
+        if visibility.admits(event.version, event.recorded_at) {
+            events.push(event);
+        }
     }
     Ok(events)
 }
@@ -53,10 +149,17 @@ pub(in crate::journal) fn read_all(
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
     let log = txn.open_table(EVENTS)?;
+    let mut filter = LogFilter::open(&txn)?;
     let mut events = Vec::new();
-    for entry in log.range(from_position..)?.take(limit) {
+    for entry in log.range(from_position..)? {
+        if events.len() >= limit {
+            break;
+        }
         let (position, bytes) = entry?;
-        events.push(record::decode(position.value(), bytes.value())?);
+        let event = record::decode(position.value(), bytes.value())?;
+        if filter.admits(&event)? {
+            events.push(event);
+        }
     }
     Ok(events)
 }
@@ -65,17 +168,42 @@ pub(in crate::journal) fn read_all(
 pub(super) fn head_position(db: &Database) -> Result<u64, JournalError> {
     let txn = db.begin_read()?;
     let log = txn.open_table(EVENTS)?;
-    Ok(log.last()?.map_or(0, |(position, _)| position.value()))
+    let last = log.last()?.map_or(0, |(position, _)| position.value());
+    let scavenged = txn
+        .open_table(META)?
+        .get(LAST_POSITION_KEY)?
+        .map_or(0, |last| last.value());
+    Ok(last.max(scavenged))
 }
 
-/// The last version of `stream`, if it exists.
+/// The last version of `stream`, if it exists (a soft-deleted stream does not).
 pub(in crate::journal) fn stream_version(
     db: &Database,
     stream: &str,
 ) -> Result<Option<u64>, JournalError> {
+    Ok(stream_window(db, stream)?.current)
+}
+
+/// What readers see of `stream`; fails for a hard-deleted one.
+pub(in crate::journal) fn stream_window(
+    db: &Database,
+    stream: &str,
+) -> Result<StreamWindow, JournalError> {
     let txn = db.begin_read()?;
-    let heads = txn.open_table(STREAM_HEADS)?;
-    Ok(heads.get(stream)?.map(|version| version.value()))
+    let lifecycles = Lifecycles::open(&txn)?;
+    let lifecycle = lifecycles.get(stream)?.unwrap_or_default();
+    lifecycle.window(stream, lifecycles.stored(stream)?, lifecycles.now)
+}
+
+/// The retention metadata of `stream`; fails for a hard-deleted one.
+pub(in crate::journal) fn stream_metadata(
+    db: &Database,
+    stream: &str,
+) -> Result<StreamMetadata, JournalError> {
+    let txn = db.begin_read()?;
+    let lifecycle = Lifecycles::open(&txn)?.get(stream)?.unwrap_or_default();
+    lifecycle.check_exists(stream)?;
+    Ok(lifecycle.metadata)
 }
 
 /// Every stream whose name starts with `prefix`, in name order.
@@ -84,15 +212,20 @@ pub(in crate::journal) fn streams_with_prefix(
     prefix: &str,
 ) -> Result<Vec<String>, JournalError> {
     let txn = db.begin_read()?;
-    let heads = txn.open_table(STREAM_HEADS)?;
+    let lifecycles = Lifecycles::open(&txn)?;
     let mut streams = Vec::new();
-    for entry in heads.range(prefix..)? {
+    for entry in lifecycles.heads.range(prefix..)? {
         let (stream, _) = entry?;
         let stream = stream.value();
         if !stream.starts_with(prefix) {
             break;
         }
-        streams.push(stream.to_owned());
+        if lifecycles
+            .get(stream)?
+            .is_none_or(|lifecycle| lifecycle.is_listed())
+        {
+            streams.push(stream.to_owned());
+        }
     }
     Ok(streams)
 }

@@ -76,6 +76,14 @@ impl Request {
                 .put_checkpoint(plugin, *position, state)
                 .map(|()| None),
             Op::DeletePluginData { plugin } => batch.delete_plugin_data(plugin).map(|()| None),
+            Op::DeleteStream {
+                stream,
+                expected,
+                hard,
+            } => batch.delete_stream(stream, *expected, *hard).map(|()| None),
+            Op::SetStreamMetadata { stream, metadata } => {
+                batch.set_stream_metadata(stream, metadata).map(|()| None)
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
+use redb::{Database, ReadableTable, StorageBackend, TableDefinition, TableHandle};
 
 use super::JournalError;
 
@@ -38,6 +38,15 @@ pub(super) const SNAPSHOTS: TableDefinition<(&str, &str, u64), &[u8]> =
 pub(super) const CHECKPOINTS: TableDefinition<&str, (u64, &[u8])> =
     TableDefinition::new("checkpoints");
 
+/// stream → its [`Lifecycle`](super::Lifecycle) (deletion and retention metadata), for the
+/// streams that have one. Added after format 1 without a format bump: created at open if
+/// missing.
+pub(super) const STREAM_LIFECYCLE: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("stream_lifecycle");
+/// The `META` key of the highest position ever written, kept by scavenges so that removing the
+/// newest events never lets their positions be handed out again.
+pub(super) const LAST_POSITION_KEY: &str = "last_position";
+
 /// Opens (or creates) the journal file at `path`, creating its tables and checking its format.
 ///
 /// A new file is only durable once its name is: the directory holding it is synced too.
@@ -59,6 +68,10 @@ pub(super) fn open_on(backend: impl StorageBackend) -> Result<Database, JournalE
 /// Creates the tables of a new database, or checks the format of an existing one.
 fn prepare(db: &Database) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
+    let added = !txn
+        .list_tables()?
+        .any(|table| table.name() == STREAM_LIFECYCLE.name());
+    txn.open_table(STREAM_LIFECYCLE)?;
     let created = {
         let mut meta = txn.open_table(META)?;
         let found = meta.get(FORMAT_KEY)?.map(|v| v.value());
@@ -83,7 +96,7 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             }
         }
     };
-    if created {
+    if created || added {
         txn.commit()?;
     } else {
         txn.abort()?;

@@ -11,12 +11,12 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability};
+use redb::Durability;
 use tokio::sync::watch;
 
 use super::batch::{Appended, Batch};
 use super::request::Request;
-use super::{JournalError, JournalStats};
+use super::{JournalError, JournalStats, SharedDb};
 
 /// State the writer publishes to readers of the journal.
 pub(super) struct Shared {
@@ -48,7 +48,7 @@ impl Shared {
 
 /// The writer's side of the journal.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    pub(super) db: SharedDb,
     pub(super) shared: Arc<Shared>,
     pub(super) max_batch: usize,
     pub(super) keep_snapshots: usize,
@@ -119,7 +119,8 @@ impl Writer {
 
     /// Runs `batch` against one write transaction; commits it if anything was written.
     fn apply(&self, batch: &[Request]) -> Result<Applied, JournalError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db.get();
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         let (wrote, head) = {
@@ -168,7 +169,7 @@ mod tests {
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
         Writer {
-            db: Arc::new(store::open(&dir.path().join("journal.redb")).unwrap()),
+            db: SharedDb::new(store::open(&dir.path().join("journal.redb")).unwrap()),
             shared: Arc::new(Shared::new(0)),
             max_batch: 16,
             keep_snapshots: 4,
@@ -244,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(&dir);
         let sizes = || {
-            let txn = writer.db.begin_read().unwrap();
+            let txn = writer.db.get().begin_read().unwrap();
             let main = txn.open_table(STREAM_INDEX).unwrap().len().unwrap();
             (main, txn.open_table(RECENT_INDEX).unwrap().len().unwrap())
         };
@@ -261,13 +262,18 @@ mod tests {
 
         // A stream reads the same across both tables, page by page.
         let versions = |from, limit| -> Vec<u64> {
-            let events = reader::read_stream(&writer.db, "s", from, limit).unwrap();
+            let events = reader::read_stream(&writer.db.get(), "s", from, limit).unwrap();
             events.iter().map(|event| event.version).collect()
         };
         assert_eq!(versions(1, usize::MAX), (1..=full + 2).collect::<Vec<_>>());
         assert_eq!(versions(full - 1, 3), [full - 1, full, full + 1]);
         assert_eq!(versions(full + 2, 3), [full + 2]);
-        assert_eq!(reader::read_stream(&writer.db, "t", 1, 9).unwrap().len(), 1);
+        assert_eq!(
+            reader::read_stream(&writer.db.get(), "t", 1, 9)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -1,0 +1,361 @@
+//! Stream lifecycles on PostgreSQL: the `stream_lifecycle` table, reads that skip what it hides,
+//! and the scavenge. The rules themselves are the shared ones of `journal::lifecycle`.
+//!
+//! Deletes and metadata changes go through the writer, under the log lock, with the appends of
+//! their batch (see `BatchState`), so an append never races a delete of its stream on any host.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::{EVENT_COLUMNS, Pool, decode, pg, pool_error, to_i64};
+use crate::journal::lifecycle::{Lifecycle, Visibility, now_millis};
+use crate::journal::{JournalError, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow};
+
+/// Created at start when missing (added after schema 1, which it does not change).
+pub(super) const TABLE: &str = r#"
+CREATE TABLE IF NOT EXISTS stream_lifecycle (
+    stream TEXT COLLATE "C" PRIMARY KEY,
+    lifecycle BYTEA NOT NULL
+);
+"#;
+
+/// Most events one scavenge transaction removes.
+const CHUNK: i64 = 10_000;
+
+/// The lifecycle record in column `index` of `row` (NULL: none).
+fn lifecycle_at(row: &Row, index: usize, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
+    row.get::<_, Option<Vec<u8>>>(index)
+        .map(|bytes| Lifecycle::decode(stream, &bytes))
+        .transpose()
+}
+
+fn version_at(row: &Row, index: usize) -> Option<u64> {
+    row.get::<_, Option<i64>>(index)
+        .map(|version| version as u64)
+}
+
+/// The lifecycle records of `streams`, with their stored versions.
+pub(super) async fn load(
+    client: &impl GenericClient,
+    streams: &[&str],
+) -> Result<HashMap<String, Lifecycle>, JournalError> {
+    let rows = client
+        .query(
+            "SELECT stream, lifecycle FROM stream_lifecycle WHERE stream = ANY($1)",
+            &[&streams],
+        )
+        .await
+        .map_err(pg)?;
+    rows.iter()
+        .map(|row| {
+            let stream: String = row.get(0);
+            let lifecycle = Lifecycle::decode(&stream, row.get(1))?;
+            Ok((stream, lifecycle))
+        })
+        .collect()
+}
+
+/// Writes changed lifecycle records.
+pub(super) async fn store(
+    client: &impl GenericClient,
+    changed: &HashMap<String, Lifecycle>,
+) -> Result<(), JournalError> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (streams, records): (Vec<&str>, Vec<Vec<u8>>) = changed
+        .iter()
+        .map(|(stream, lifecycle)| (stream.as_str(), lifecycle.encode()))
+        .unzip();
+    client
+        .execute(
+            "INSERT INTO stream_lifecycle (stream, lifecycle) \
+             SELECT s, l FROM unnest($1::TEXT[], $2::BYTEA[]) AS r(s, l) \
+             ON CONFLICT (stream) DO UPDATE SET lifecycle = excluded.lifecycle",
+            &[&streams, &records],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// The stored version and lifecycle record of `stream`.
+async fn stream_record(
+    client: &impl GenericClient,
+    stream: &str,
+) -> Result<(Option<u64>, Lifecycle), JournalError> {
+    let row = client
+        .query_one(
+            "SELECT s.version, l.lifecycle FROM (SELECT $1::TEXT AS stream) q \
+             LEFT JOIN streams s ON s.stream = q.stream \
+             LEFT JOIN stream_lifecycle l ON l.stream = q.stream",
+            &[&stream],
+        )
+        .await
+        .map_err(pg)?;
+    Ok((
+        version_at(&row, 0),
+        lifecycle_at(&row, 1, stream)?.unwrap_or_default(),
+    ))
+}
+
+pub(super) async fn stream_window(
+    client: &impl GenericClient,
+    stream: &str,
+) -> Result<StreamWindow, JournalError> {
+    let (stored, lifecycle) = stream_record(client, stream).await?;
+    lifecycle.window(stream, stored, now_millis())
+}
+
+pub(super) async fn stream_metadata(
+    client: &impl GenericClient,
+    stream: &str,
+) -> Result<StreamMetadata, JournalError> {
+    let (_, lifecycle) = stream_record(client, stream).await?;
+    lifecycle.check_exists(stream)?;
+    Ok(lifecycle.metadata)
+}
+
+/// Up to `limit` visible events of `stream` from `from_version` on.
+///
+/// One query in the common case: it returns the stream's version and lifecycle with the page
+/// (a row without an event when the page is empty), so a hard-deleted stream is refused even
+/// after its events were scavenged.
+pub(super) async fn read_stream(
+    client: &impl GenericClient,
+    stream: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, JournalError> {
+    let sql = format!(
+        "SELECT e.*, s.version, l.lifecycle FROM streams s \
+         LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
+         LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+             WHERE stream = s.stream AND version >= $2 ORDER BY version LIMIT $3) e ON TRUE \
+         WHERE s.stream = $1"
+    );
+    let now = now_millis();
+    let (mut from, mut events) = (from_version, Vec::new());
+    while events.len() < limit {
+        let want = limit - events.len();
+        let rows = client
+            .query(&sql, &[&stream, &to_i64(from), &to_i64(want as u64)])
+            .await
+            .map_err(pg)?;
+        let Some(first) = rows.first() else {
+            break; // no such stream
+        };
+        let visibility = match lifecycle_at(first, 10, stream)? {
+            None => Visibility::ALL,
+            Some(lifecycle) => {
+                lifecycle.check_exists(stream)?;
+                lifecycle.visibility(version_at(first, 9).unwrap_or(0), now)
+            }
+        };
+        if from < visibility.first() {
+            from = visibility.first();
+            continue;
+        }
+        let mut read = 0;
+        for row in rows.iter().filter(|row| version_at(row, 0).is_some()) {
+            let event = decode(row)?;
+            read += 1;
+            from = event.version + 1;
+            if visibility.admits(event.version, event.recorded_at) {
+                events.push(event);
+            }
+        }
+        if read < want {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// Up to `limit` visible events of the global log from `from_position` on.
+pub(super) async fn read_all(
+    client: &impl GenericClient,
+    from_position: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, JournalError> {
+    let columns = EVENT_COLUMNS
+        .split(", ")
+        .map(|column| format!("e.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns}, s.version, l.lifecycle FROM events e \
+         LEFT JOIN stream_lifecycle l ON l.stream = e.stream \
+         LEFT JOIN streams s ON s.stream = l.stream \
+         WHERE e.position >= $1 ORDER BY e.position LIMIT $2"
+    );
+    let now = now_millis();
+    let mut seen: HashMap<String, Visibility> = HashMap::new();
+    let (mut from, mut events) = (from_position, Vec::new());
+    while events.len() < limit {
+        let want = limit - events.len();
+        let rows = client
+            .query(&sql, &[&to_i64(from), &to_i64(want as u64)])
+            .await
+            .map_err(pg)?;
+        for row in &rows {
+            let event = decode(row)?;
+            from = event.position + 1;
+            let visibility = match seen.get(&event.stream) {
+                Some(visibility) => *visibility,
+                None => {
+                    let visibility = match lifecycle_at(row, 10, &event.stream)? {
+                        None => Visibility::ALL,
+                        Some(lifecycle) => {
+                            lifecycle.visibility(version_at(row, 9).unwrap_or(0), now)
+                        }
+                    };
+                    seen.insert(event.stream.clone(), visibility);
+                    visibility
+                }
+            };
+            if visibility.admits(event.version, event.recorded_at) {
+                events.push(event);
+            }
+        }
+        if rows.len() < want {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// Every listed (not deleted) stream whose name starts with `prefix`, in name order.
+pub(super) async fn streams_with_prefix(
+    client: &impl GenericClient,
+    prefix: &str,
+) -> Result<Vec<String>, JournalError> {
+    let rows = client
+        .query(
+            "SELECT s.stream, l.lifecycle FROM streams s \
+             LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
+             WHERE starts_with(s.stream, $1) ORDER BY s.stream",
+            &[&prefix],
+        )
+        .await
+        .map_err(pg)?;
+    let mut streams = Vec::new();
+    for row in &rows {
+        let stream: String = row.get(0);
+        if lifecycle_at(row, 1, &stream)?.is_none_or(|lifecycle| lifecycle.is_listed()) {
+            streams.push(stream);
+        }
+    }
+    Ok(streams)
+}
+
+/// Removes every hidden event and the snapshots no reader can use, then rewrites the tables
+/// (`VACUUM FULL`) so the removed rows' bytes are gone from their files.
+pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let mut report = ScavengeReport {
+        bytes_before: table_bytes(&**client).await?,
+        ..ScavengeReport::default()
+    };
+    let streams: Vec<String> = client
+        .query("SELECT stream FROM stream_lifecycle ORDER BY stream", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut unusable = Vec::new();
+    for stream in &streams {
+        report.streams += 1;
+        loop {
+            let txn = client.transaction().await.map_err(pg)?;
+            let (removed, whole) = remove_hidden(&txn, stream).await?;
+            txn.commit().await.map_err(pg)?;
+            report.events += removed;
+            if !whole {
+                unusable.push(stream.as_str());
+            }
+            if removed < CHUNK as u64 {
+                break;
+            }
+        }
+    }
+    unusable.dedup();
+    report.snapshots = client
+        .execute("DELETE FROM snapshots WHERE stream = ANY($1)", &[&unusable])
+        .await
+        .map_err(pg)?;
+    // Plain VACUUM only marks dead rows' space free; their bytes stay in the pages until
+    // reused. VACUUM FULL writes new files without them (and locks the tables meanwhile).
+    client
+        .batch_execute("VACUUM FULL events, snapshots")
+        .await
+        .map_err(pg)?;
+    report.bytes_after = table_bytes(&**client).await?;
+    tracing::info!(?report, "scavenged the journal");
+    Ok(report)
+}
+
+/// The bytes of the tables a scavenge shrinks, with their indexes and TOAST.
+async fn table_bytes(client: &impl GenericClient) -> Result<u64, JournalError> {
+    let row = client
+        .query_one(
+            "SELECT pg_total_relation_size('events') + pg_total_relation_size('snapshots')",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Removes up to [`CHUNK`] of the oldest hidden events of `stream`, stopping at the first
+/// visible one; returns how many, and whether the stream's window is whole.
+async fn remove_hidden(
+    txn: &tokio_postgres::Transaction<'_>,
+    stream: &str,
+) -> Result<(u64, bool), JournalError> {
+    // Locks the record: a delete or metadata change of this stream waits for this transaction.
+    let row = txn
+        .query_opt(
+            "SELECT l.lifecycle, s.version FROM stream_lifecycle l \
+             LEFT JOIN streams s ON s.stream = l.stream WHERE l.stream = $1 FOR UPDATE OF l",
+            &[&stream],
+        )
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else {
+        return Ok((0, true));
+    };
+    let lifecycle = lifecycle_at(&row, 0, stream)?.unwrap_or_default();
+    let stored = version_at(&row, 1);
+    let now = now_millis();
+    let visibility = lifecycle.visibility(stored.unwrap_or(0), now);
+    let whole = lifecycle
+        .window(stream, stored, now)
+        .is_ok_and(|window| window.is_whole());
+    let rows = txn
+        .query(
+            "SELECT version, recorded_at FROM events WHERE stream = $1 ORDER BY version LIMIT $2",
+            &[&stream, &CHUNK],
+        )
+        .await
+        .map_err(pg)?;
+    let hidden: Vec<u64> = rows
+        .iter()
+        .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        .take_while(|&(version, recorded_at)| !visibility.admits(version, recorded_at))
+        .map(|(version, _)| version)
+        .collect();
+    let Some(&last) = hidden.last() else {
+        return Ok((0, whole));
+    };
+    let removed = txn
+        .execute(
+            "DELETE FROM events WHERE stream = $1 AND version <= $2",
+            &[&stream, &to_i64(last)],
+        )
+        .await
+        .map_err(pg)?;
+    Ok((removed, whole))
+}

@@ -1,0 +1,169 @@
+//! Scavenging: physically removing what no reader sees any more (events of deleted streams and
+//! outside retention windows, snapshots folded from them), then compacting the file.
+//!
+//! Removal runs in write transactions of at most [`CHUNK`] events, interleaved with the writer's
+//! commits, so appends go on meanwhile. redb is copy-on-write: a removed record's bytes stay in the
+//! freed pages until they are reused, so a scavenge ends with [`Database::compact`], which moves
+//! the live pages to the front of the file and cuts off the rest. Compaction needs the database
+//! alone: reads and appends wait while it runs.
+
+use std::collections::BTreeSet;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::store::{
+    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS,
+    STREAM_INDEX, STREAM_LIFECYCLE,
+};
+use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, record};
+use crate::journal::lifecycle::now_millis;
+
+/// Most events one scavenge transaction removes.
+const CHUNK: usize = 10_000;
+
+/// Removes every hidden event and unusable snapshot, then compacts the file.
+pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
+    let mut report = ScavengeReport {
+        bytes_before: allocated_bytes(&db.get())?,
+        ..ScavengeReport::default()
+    };
+    let streams = streams_with_lifecycles(&db.get())?;
+    let mut unusable_snapshots = BTreeSet::new();
+    for stream in &streams {
+        report.streams += 1;
+        loop {
+            let database = db.get();
+            let mut txn = database.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let (removed, whole) = remove_hidden(&txn, stream)?;
+            txn.commit()?;
+            report.events += removed as u64;
+            if !whole {
+                unusable_snapshots.insert(stream.clone());
+            }
+            if removed < CHUNK {
+                break;
+            }
+        }
+    }
+    if !unusable_snapshots.is_empty() {
+        let database = db.get();
+        let mut txn = database.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        report.snapshots = remove_snapshots(&txn, &unusable_snapshots)?;
+        txn.commit()?;
+    }
+    let mut database = db.exclusive();
+    database
+        .compact()
+        .map_err(|error| JournalError::Storage(std::sync::Arc::new(redb::Error::from(error))))?;
+    report.bytes_after = allocated_bytes(&database)?;
+    tracing::info!(?report, "scavenged the journal");
+    Ok(report)
+}
+
+/// The bytes the database occupies (its allocated pages).
+fn allocated_bytes(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_write()?;
+    let stats = txn.stats()?;
+    txn.abort()?;
+    Ok(stats.allocated_pages() * stats.page_size() as u64)
+}
+
+fn streams_with_lifecycles(db: &Database) -> Result<Vec<String>, JournalError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(STREAM_LIFECYCLE)?;
+    let mut streams = Vec::new();
+    for entry in table.iter()? {
+        streams.push(entry?.0.value().to_owned());
+    }
+    Ok(streams)
+}
+
+/// Removes up to [`CHUNK`] of the oldest events of `stream` that no reader sees, stopping at the
+/// first visible one. Returns how many it removed and whether the stream's window is whole
+/// (its snapshots still usable).
+fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), JournalError> {
+    let lifecycle = match txn.open_table(STREAM_LIFECYCLE)?.get(stream)? {
+        Some(bytes) => Lifecycle::decode(stream, bytes.value())?,
+        None => return Ok((0, true)),
+    };
+    let stored = txn
+        .open_table(STREAM_HEADS)?
+        .get(stream)?
+        .map(|v| v.value());
+    let now = now_millis();
+    let visibility = lifecycle.visibility(stored.unwrap_or(0), now);
+    let whole = lifecycle
+        .window(stream, stored, now)
+        .is_ok_and(|window| window.is_whole());
+
+    let mut events = txn.open_table(EVENTS)?;
+    let mut index = txn.open_table(STREAM_INDEX)?;
+    let mut recent = txn.open_table(RECENT_INDEX)?;
+    let mut ids = txn.open_table(EVENT_IDS)?;
+    let versions = (stream, 0)..=(stream, u64::MAX);
+    // (in the recent index?, version, position, id)
+    let mut hidden = Vec::new();
+    let entries = index
+        .range(versions.clone())?
+        .map(|entry| entry.map(|e| (false, e)))
+        .chain(
+            recent
+                .range(versions)?
+                .map(|entry| entry.map(|e| (true, e))),
+        );
+    for entry in entries {
+        let (in_recent, (key, position)) = entry?;
+        let (version, position) = (key.value().1, position.value());
+        let Some(bytes) = events.get(position)? else {
+            return Err(JournalError::Corrupt {
+                position,
+                reason: format!("version {version} of {stream:?} points at a missing record"),
+            });
+        };
+        let event = record::decode(position, bytes.value())?;
+        if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
+            break;
+        }
+        hidden.push((in_recent, version, position, event.id.as_u128()));
+    }
+    if hidden.is_empty() {
+        return Ok((0, whole));
+    }
+    // Positions are never handed out twice, even when the newest events go.
+    let last = events.last()?.map_or(0, |(position, _)| position.value());
+    let mut meta = txn.open_table(META)?;
+    let kept = meta.get(LAST_POSITION_KEY)?.map_or(0, |v| v.value());
+    meta.insert(LAST_POSITION_KEY, last.max(kept))?;
+    for &(in_recent, version, position, id) in &hidden {
+        events.remove(position)?;
+        ids.remove(id)?;
+        if in_recent {
+            recent.remove((stream, version))?;
+        } else {
+            index.remove((stream, version))?;
+        }
+    }
+    Ok((hidden.len(), whole))
+}
+
+/// Removes every snapshot (of any plugin) of `streams`; returns how many.
+fn remove_snapshots(
+    txn: &WriteTransaction,
+    streams: &BTreeSet<String>,
+) -> Result<u64, JournalError> {
+    let mut snapshots = txn.open_table(SNAPSHOTS)?;
+    let mut doomed = Vec::new();
+    for entry in snapshots.iter()? {
+        let (key, _) = entry?;
+        let (plugin, stream, version) = key.value();
+        if streams.contains(stream) {
+            doomed.push((plugin.to_owned(), stream.to_owned(), version));
+        }
+    }
+    for (plugin, stream, version) in &doomed {
+        snapshots.remove((plugin.as_str(), stream.as_str(), *version))?;
+    }
+    Ok(doomed.len() as u64)
+}
