@@ -610,3 +610,63 @@ fn help_is_there_and_usage_errors_exit_with_2() {
     );
     assert_eq!(refused.status.code(), Some(1));
 }
+
+#[test]
+fn streams_are_deleted_truncated_and_scavenged_from_the_command_line() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let url = &server.url.clone();
+    for n in 0..3 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        ok(
+            url,
+            &["append", "notes-1", "--type", "Noted", "--data", &data],
+        );
+        ok(
+            url,
+            &["append", "gone-1", "--type", "Noted", "--data", &data],
+        );
+    }
+    let set = ok(url, &["streams", "metadata", "notes-1", "--max-count", "2"]);
+    assert_eq!(parse(&set), json!({"max_count": 2}));
+    let shown = ok(url, &["streams", "metadata", "notes-1"]);
+    assert_eq!(parse(&shown), json!({"max_count": 2}));
+    let notes = lines(&ok(url, &["events", "notes-1"]));
+    assert_eq!(
+        notes
+            .iter()
+            .map(|e| e["version"].clone())
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+
+    let refused = fails(url, &["streams", "delete", "gone-1", "--hard"]);
+    assert!(refused.contains("401"), "{refused}");
+    let deleted = ok(
+        url,
+        &[
+            "streams",
+            "delete",
+            "gone-1",
+            "--hard",
+            "--admin-token",
+            TOKEN,
+        ],
+    );
+    assert_eq!(parse(&deleted), json!({"stream": "gone-1", "hard": true}));
+    let gone = fails(url, &["events", "gone-1"]);
+    assert!(gone.contains("410"), "{gone}");
+
+    let denied = fails(url, &["scavenge"]);
+    assert!(denied.contains("401"), "{denied}");
+    let report = parse(&ok(url, &["scavenge", "--admin-token", TOKEN]));
+    assert_eq!(report["events"], 4, "{report}");
+    let left = lines(&ok(url, &["events"]));
+    let positions: Vec<u64> = left
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [3, 5]);
+    let cleared = ok(url, &["streams", "metadata", "notes-1", "--clear"]);
+    assert_eq!(parse(&cleared), json!({}));
+}

@@ -149,7 +149,11 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 }
 
 impl Remote {
-    fn request(&self, method: Method, segments: &[&str]) -> anyhow::Result<RequestBuilder> {
+    pub(super) fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+    ) -> anyhow::Result<RequestBuilder> {
         let mut url = self.url.clone();
         url.path_segments_mut()
             .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.url))?
@@ -160,7 +164,7 @@ impl Remote {
 }
 
 /// Sends `request` and returns its JSON answer, or fails with the server's error message.
-async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
+pub(super) async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
     let response = request.send().await.context("the server did not answer")?;
     let status = response.status();
     let body: Value = response
@@ -174,7 +178,7 @@ async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-fn print_pretty(value: &Value) {
+pub(super) fn print_pretty(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("a JSON value serialises")

@@ -2,6 +2,7 @@
 //! offline subcommands working directly on a data directory.
 
 mod client;
+mod lifecycle;
 mod offline;
 mod token;
 
@@ -40,6 +41,11 @@ enum Action {
     Projection(client::ProjectionArgs),
     /// List, load or unload the server's plugins.
     Plugins(client::PluginsArgs),
+    /// Delete streams and read or set their retention metadata.
+    Streams(lifecycle::StreamsArgs),
+    /// Remove the events no reader sees any more (deleted, expired) and compact the journal;
+    /// needs the admin token.
+    Scavenge(lifecycle::ScavengeArgs),
     /// Offline: run a plugin over a data directory's journal and print the state it folds.
     Replay(offline::ReplayArgs),
     /// Offline: write a data directory's global log as NDJSON.
@@ -115,6 +121,8 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::State(args) => client::state(args).await,
         Action::Projection(args) => client::projection(args).await,
         Action::Plugins(args) => client::plugins(args).await,
+        Action::Streams(args) => lifecycle::streams(args).await,
+        Action::Scavenge(args) => lifecycle::scavenge(args).await,
         Action::Replay(args) => offline::replay(args).await,
         Action::Export(args) => offline::export(args).await,
         Action::Import(args) => offline::import(args).await,

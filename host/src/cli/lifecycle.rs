@@ -1,0 +1,132 @@
+//! Client subcommands for stream lifecycles: deleting streams, their retention metadata and
+//! scavenging the journal.
+
+use clap::{Args, Subcommand};
+use reqwest::{Method, RequestBuilder};
+use serde_json::{Map, Value, json};
+
+use super::client::{Remote, print_pretty, send};
+
+#[derive(Debug, Args)]
+pub struct StreamsArgs {
+    #[command(subcommand)]
+    action: StreamsAction,
+    #[command(flatten)]
+    admin: AdminToken,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// The bearer token for admin endpoints.
+#[derive(Debug, Args)]
+pub struct AdminToken {
+    /// Bearer token for the admin endpoints (hard deletes, scavenge).
+    #[arg(
+        long,
+        env = "FOLDHOST_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+}
+
+impl AdminToken {
+    fn sign(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsAction {
+    /// Delete a stream: soft (reads find nothing until an append recreates it) or, with
+    /// --hard and the admin token, for good. Its events go at the next scavenge.
+    Delete {
+        /// The stream to delete.
+        stream: String,
+        /// Never readable or writable again.
+        #[arg(long)]
+        hard: bool,
+        /// Only delete if the stream is at this version: a number, `any` or `no_stream`.
+        #[arg(long, default_value = "any")]
+        expected_version: String,
+    },
+    /// Print a stream's retention metadata, or replace it when any option is given.
+    Metadata {
+        /// The stream whose metadata to print or set.
+        stream: String,
+        /// Hide events older than this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        max_age: Option<u64>,
+        /// Keep only the newest N events.
+        #[arg(long, value_name = "N")]
+        max_count: Option<u64>,
+        /// Hide the events below this version.
+        #[arg(long, value_name = "VERSION")]
+        truncate_before: Option<u64>,
+        /// Remove every rule.
+        #[arg(long, conflicts_with_all = ["max_age", "max_count", "truncate_before"])]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ScavengeArgs {
+    #[command(flatten)]
+    admin: AdminToken,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
+    let answer = match args.action {
+        StreamsAction::Delete {
+            stream,
+            hard,
+            expected_version,
+        } => {
+            let request = args
+                .remote
+                .request(Method::DELETE, &["streams", &stream])?
+                .query(&[
+                    ("hard", hard.to_string()),
+                    ("expected_version", expected_version),
+                ]);
+            send(args.admin.sign(request)).await?
+        }
+        StreamsAction::Metadata {
+            stream,
+            max_age,
+            max_count,
+            truncate_before,
+            clear,
+        } => {
+            let segments = ["streams", &stream, "metadata"];
+            let rules = [
+                ("max_age", max_age),
+                ("max_count", max_count),
+                ("truncate_before", truncate_before),
+            ];
+            let metadata: Map<String, Value> = rules
+                .into_iter()
+                .filter_map(|(name, value)| Some((name.to_owned(), json!(value?))))
+                .collect();
+            if metadata.is_empty() && !clear {
+                send(args.remote.request(Method::GET, &segments)?).await?
+            } else {
+                let request = args.remote.request(Method::PUT, &segments)?;
+                send(request.json(&metadata)).await?
+            }
+        }
+    };
+    print_pretty(&answer);
+    Ok(())
+}
+
+pub async fn scavenge(args: ScavengeArgs) -> anyhow::Result<()> {
+    let request = args.remote.request(Method::POST, &["admin", "scavenge"])?;
+    print_pretty(&send(args.admin.sign(request)).await?);
+    Ok(())
+}
