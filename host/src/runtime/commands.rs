@@ -158,6 +158,10 @@ impl Aggregates {
                 Some(mut instance) => {
                     // Pick up events appended directly to the stream, and deletions.
                     instance.refresh(&journal)?;
+                    if instance.version == 0 {
+                        // Soft-deleted since: the state goes with it.
+                        return Err(RuntimeError::NoSuchStream(stream));
+                    }
                     instance
                 }
                 // A stream that does not exist gets no store (made-up ids cost nothing).
