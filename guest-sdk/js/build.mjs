@@ -1,24 +1,30 @@
 #!/usr/bin/env node
 // Builds a JavaScript or TypeScript foldhost plugin into a WebAssembly
-// component: esbuild bundles the entry with this SDK (stripping TypeScript
-// types), then componentize-qjs embeds the bundle in the QuickJS engine with
-// every WASI import stubbed out, so the component imports only the host's log.
+// component: tsc type-checks the project if it has a tsconfig.json, esbuild
+// bundles the entry with this SDK (stripping TypeScript types), then
+// componentize-qjs embeds the bundle in the QuickJS engine with every WASI
+// import stubbed out, so the component imports only the host's log.
 //
-// usage: node build.mjs [PROJECT_DIR | ENTRY_FILE] [-o OUT.wasm] [--wit DIR]
+// usage: node build.mjs [PROJECT_DIR | ENTRY_FILE] [-o OUT.wasm] [--wit DIR] [--toolchain DIR]
+//
+// --toolchain names the folder whose node_modules hold esbuild and
+// componentize-qjs (default: this SDK's own folder, after `npm ci`).
 
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { basename, dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const SDK = dirname(fileURLToPath(import.meta.url));
 const ENTRIES = ["src/index.ts", "src/index.js", "index.ts", "index.js"];
 const WORLDS = { aggregate: "aggregate-plugin", projection: "projection-plugin" };
-const USAGE = "usage: node build.mjs [PROJECT_DIR | ENTRY_FILE] [-o OUT.wasm] [--wit DIR]";
+const USAGE = "usage: node build.mjs [PROJECT_DIR | ENTRY_FILE] [-o OUT.wasm] [--wit DIR] [--toolchain DIR]";
 
 class BuildError extends Error {}
 
 function parseArgs(argv) {
-  const args = { target: ".", out: undefined, wit: undefined };
+  const args = { target: ".", out: undefined, wit: undefined, toolchain: SDK };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -27,6 +33,7 @@ function parseArgs(argv) {
     };
     if (arg === "-o" || arg === "--out") args.out = value();
     else if (arg === "--wit") args.wit = value();
+    else if (arg === "--toolchain") args.toolchain = resolve(value());
     else if (arg === "-h" || arg === "--help") {
       console.log(USAGE);
       process.exit(0);
@@ -63,15 +70,28 @@ function witDir(wit) {
   return dir;
 }
 
-async function toolchain() {
+/** esbuild, componentize-qjs and tsc, from `dir`'s node_modules. */
+async function toolchain(dir) {
+  const require = createRequire(join(dir, "package.json"));
+  const load = (name) => import(pathToFileURL(require.resolve(name)).href);
   try {
-    const [esbuild, { componentize }] = await Promise.all([import("esbuild"), import("componentize-qjs")]);
-    return { esbuild, componentize };
+    const [esbuild, { componentize }] = await Promise.all([load("esbuild"), load("componentize-qjs")]);
+    return { esbuild, componentize, tsc: require.resolve("typescript/bin/tsc") };
   } catch (error) {
     throw new BuildError(
-      `the JavaScript toolchain is not installed (${error.message.split("\n")[0]}): run \`npm ci\` in ${SDK}`,
+      `the JavaScript toolchain is not installed in ${dir} (${error.message.split("\n")[0]}): run \`npm ci\` there`,
     );
   }
+}
+
+/** Runs tsc over a project that has a tsconfig.json; its errors fail the build. */
+function typecheck(tsc, project) {
+  const config = join(project, "tsconfig.json");
+  if (!existsSync(config)) return;
+  const result = spawnSync(process.execPath, [tsc, "--project", config, "--noEmit"], {
+    stdio: "inherit",
+  });
+  if (result.status !== 0) throw new BuildError(`${config}: type errors (tsc), listed above`);
 }
 
 /** Bundles the entry with the SDK; returns the code and the world its exports pick. */
@@ -115,7 +135,8 @@ async function main() {
   const { project, entry } = locate(args.target);
   const out = resolve(args.out ?? join(project, "dist", `${projectName(project)}.wasm`));
   const wit = witDir(args.wit);
-  const { esbuild, componentize } = await toolchain();
+  const { esbuild, componentize, tsc } = await toolchain(args.toolchain);
+  typecheck(tsc, project);
   const { code, kind } = await bundle(esbuild, entry);
   let component;
   try {
