@@ -56,9 +56,9 @@ const RECIPES: &[Recipe] = &[
 
 /// JavaScript artifacts: the artifact name and its project folder in `plugins/js`.
 const JS_RECIPES: &[(&str, &str)] = &[
-    ("js-bank-account", "bank-account"),
-    ("js-bank-analytics", "bank-analytics"),
-    ("js-hostile", "hostile"),
+    ("bank-account-js", "bank-account"),
+    ("bank-analytics-js", "bank-analytics"),
+    ("hostile-js", "hostile"),
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the

@@ -1,6 +1,6 @@
 //! JavaScript plugins on the real runtime: the TypeScript `bank-account` and
 //! the JavaScript `bank-analytics` against their Rust originals, and the SDK's
-//! contract (exceptions, determinism, u64, snapshots) through `js-hostile`.
+//! contract (exceptions, determinism, u64, snapshots) through `hostile-js`.
 //! Every plugin is a real component built from `plugins/js` by the build.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use foldhost::runtime::{
     ProjectionStatus, Runtime, RuntimeConfig, RuntimeError,
 };
 use foldhost_plugins::{
-    BANK_ACCOUNT, BANK_ANALYTICS, JS_BANK_ACCOUNT, JS_BANK_ANALYTICS, JS_HOSTILE,
+    BANK_ACCOUNT, BANK_ACCOUNT_JS, BANK_ANALYTICS, BANK_ANALYTICS_JS, HOSTILE_JS,
 };
 use serde_json::{Value, json};
 
@@ -192,7 +192,7 @@ async fn run_bank_script(artifact: &str) -> (Vec<String>, Vec<(u64, Value)>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_bank_account_decides_exactly_like_the_rust_one() {
     let (rust, rust_states) = run_bank_script(BANK_ACCOUNT).await;
-    let (js, js_states) = run_bank_script(JS_BANK_ACCOUNT).await;
+    let (js, js_states) = run_bank_script(BANK_ACCOUNT_JS).await;
     for (rust, js) in rust.iter().zip(&js) {
         assert_eq!(rust, js, "same command, different outcome");
     }
@@ -305,7 +305,7 @@ async fn the_javascript_bank_analytics_takes_over_from_the_rust_one_and_answers_
     wait_until_live_at(&rust, host.runtime.journal().head_position()).await;
     let rust_answers = answers(&rust);
 
-    host.load(JS_BANK_ANALYTICS).await;
+    host.load(BANK_ANALYTICS_JS).await;
     wait_for(|| {
         let info = host.runtime.info("bank-analytics").unwrap();
         (info.hash != rust_hash && info.pending.is_none()).then_some(())
@@ -360,8 +360,8 @@ fn assert_trap<T: std::fmt::Debug>(outcome: Result<T, RuntimeError>, needle: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_exceptions_answer_rejected_or_invalid_and_never_trap() {
     let host = Host::new();
-    host.load(JS_HOSTILE).await;
-    let run = |command: &'static str, data: Value| host.command("js-hostile", "h", command, data);
+    host.load(HOSTILE_JS).await;
+    let run = |command: &'static str, data: Value| host.command("hostile-js", "h", command, data);
     run("Ping", Value::Null).await.unwrap();
 
     match run("Reject", json!({"reason": "not today"})).await {
@@ -394,7 +394,7 @@ async fn javascript_exceptions_answer_rejected_or_invalid_and_never_trap() {
         "unknown command `Nonexistent`",
     );
     // None of those changed the state or appended anything.
-    let (version, state) = host.state("js-hostile", "h", None).await;
+    let (version, state) = host.state("hostile-js", "h", None).await;
     assert_eq!((version, &state), (1, &json!({"pongs": 1, "records": []})));
 
     // What the host must stop is contained, and the stream still serves.
@@ -406,10 +406,10 @@ async fn javascript_exceptions_answer_rejected_or_invalid_and_never_trap() {
 
     // An apply handler that throws fails its batch with the reason, on every
     // rebuild of that stream; other streams are untouched.
-    let poisoned = host.command("js-hostile", "p", "Poison", Value::Null).await;
+    let poisoned = host.command("hostile-js", "p", "Poison", Value::Null).await;
     for outcome in [
         poisoned.map(|_| ()),
-        host.command("js-hostile", "p", "Ping", Value::Null)
+        host.command("hostile-js", "p", "Ping", Value::Null)
             .await
             .map(|_| ()),
     ] {
@@ -442,8 +442,8 @@ fn awkward_values() -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_state_restored_from_its_snapshot_folds_on_exactly() {
     let host = Host::new();
-    host.load(JS_BANK_ACCOUNT).await;
-    host.load(JS_HOSTILE).await;
+    host.load(BANK_ACCOUNT_JS).await;
+    host.load(HOSTILE_JS).await;
     host.command("bank-account", "s", "Open", json!({"owner": "S"}))
         .await
         .unwrap();
@@ -453,14 +453,14 @@ async fn a_javascript_state_restored_from_its_snapshot_folds_on_exactly() {
             .unwrap();
     }
     for value in awkward_values().into_iter().cycle().take(24) {
-        host.command("js-hostile", "r", "Record", json!({ "value": value }))
+        host.command("hostile-js", "r", "Record", json!({ "value": value }))
             .await
             .unwrap();
     }
     let journal = host.runtime.journal().clone();
     for (plugin, stream) in [
         ("bank-account", "bank-account-s"),
-        ("js-hostile", "js-hostile-r"),
+        ("hostile-js", "hostile-js-r"),
     ] {
         let plugin = host.runtime.aggregate(plugin).unwrap();
         let snapshot = wait_for(|| {
@@ -486,7 +486,7 @@ async fn a_javascript_state_restored_from_its_snapshot_folds_on_exactly() {
         assert_eq!(from_snapshot, full_replay, "{stream}");
     }
     drop(journal);
-    let (_, records) = host.state("js-hostile", "r", None).await;
+    let (_, records) = host.state("hostile-js", "r", None).await;
     assert_eq!(
         records["records"].as_array().unwrap()[..9],
         awkward_values()[..]
@@ -495,7 +495,7 @@ async fn a_javascript_state_restored_from_its_snapshot_folds_on_exactly() {
     // After a restart the state comes from the snapshot, and BigInt arithmetic
     // goes on from it: the snapshot kept the balance a BigInt.
     let host = host.restart().await;
-    host.load(JS_BANK_ACCOUNT).await;
+    host.load(BANK_ACCOUNT_JS).await;
     let (_, state) = host
         .command(
             "bank-account",

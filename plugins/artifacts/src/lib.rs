@@ -32,12 +32,12 @@ pub const WRONG_CONTRACT: &str = "wrong-contract";
 
 /// `bank-account` in TypeScript (`plugins/js/bank-account`): a drop-in
 /// replacement for the Rust one, same plugin name, events, commands and state.
-pub const JS_BANK_ACCOUNT: &str = "js-bank-account";
+pub const BANK_ACCOUNT_JS: &str = "bank-account-js";
 /// `bank-analytics` in JavaScript (`plugins/js/bank-analytics`): same name, state and queries.
-pub const JS_BANK_ANALYTICS: &str = "js-bank-analytics";
-/// Aggregate `js-hostile` in JavaScript: commands that throw, read the clock,
+pub const BANK_ANALYTICS_JS: &str = "bank-analytics-js";
+/// Aggregate `hostile-js` in JavaScript: commands that throw, read the clock,
 /// loop, exhaust memory or recurse, and a `Poisoned` event whose apply throws.
-pub const JS_HOSTILE: &str = "js-hostile";
+pub const HOSTILE_JS: &str = "hostile-js";
 
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
@@ -45,7 +45,7 @@ pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
 pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, BANK_ACCOUNT_V2, HOSTILE, WRONG_CONTRACT];
 /// The examples in other languages: same plugin names as [`EXAMPLES`], so
 /// never served beside them, and their test plugins.
-pub const OTHER_LANGUAGES: &[&str] = &[JS_BANK_ACCOUNT, JS_BANK_ANALYTICS, JS_HOSTILE];
+pub const OTHER_LANGUAGES: &[&str] = &[BANK_ACCOUNT_JS, BANK_ANALYTICS_JS, HOSTILE_JS];
 
 /// The directory holding every `<name>.wasm`.
 pub fn dir() -> &'static Path {

@@ -25,7 +25,7 @@ fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
 
 fn expected_export(name: &str) -> &'static str {
     match name {
-        "bank-analytics" | "bank-analytics-v2" | "js-bank-analytics" => {
+        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-js" => {
             "foldhost:plugin/projection@0.1.0"
         }
         "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
@@ -39,7 +39,7 @@ fn each_artifact_exports_one_world_and_imports_only_the_contract() {
         let (imports, exports) = interfaces(name);
         let export = expected_export(name);
         // componentize-qjs keeps its build-time initialiser, `init`, which the host never calls.
-        let expected: &[&str] = if name.starts_with("js-") {
+        let expected: &[&str] = if name.ends_with("-js") {
             &["init", export]
         } else {
             &[export]

@@ -1,4 +1,4 @@
-// An aggregate (`js-hostile`) whose commands misbehave on purpose, for the
+// An aggregate (`hostile-js`) whose commands misbehave on purpose, for the
 // tests of the JavaScript SDK's error mapping and of the sandbox.
 //
 // | command       | inside `handle`                                            |
@@ -25,7 +25,7 @@ function recurse(depth) {
 }
 
 export const aggregate = defineAggregate({
-  name: "js-hostile",
+  name: "hostile-js",
   version: "1.0.0",
   initialState: () => ({ pongs: 0, records: [] }),
 
