@@ -20,7 +20,7 @@ pub struct StreamsArgs {
 /// The bearer token for admin endpoints.
 #[derive(Debug, Args)]
 pub struct AdminToken {
-    /// Bearer token for the admin endpoints (hard deletes, scavenge).
+    /// Bearer token for the admin endpoints (hard deletes, scavenge, backup).
     #[arg(
         long,
         env = "FOLDHOST_ADMIN_TOKEN",
@@ -31,7 +31,7 @@ pub struct AdminToken {
 }
 
 impl AdminToken {
-    fn sign(&self, request: RequestBuilder) -> RequestBuilder {
+    pub(super) fn sign(&self, request: RequestBuilder) -> RequestBuilder {
         match &self.admin_token {
             Some(token) => request.bearer_auth(token),
             None => request,

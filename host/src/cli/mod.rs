@@ -1,6 +1,7 @@
 //! The `foldhost` command line: the server, client subcommands for a running server, and
 //! offline subcommands working directly on a data directory.
 
+mod backup;
 mod client;
 mod lifecycle;
 mod offline;
@@ -46,6 +47,11 @@ enum Action {
     /// Remove the events no reader sees any more (deleted, expired) and compact the journal;
     /// needs the admin token.
     Scavenge(lifecycle::ScavengeArgs),
+    /// Write a consistent backup of the server's redb journal (taken while it keeps serving)
+    /// into a directory; needs the admin token. With --data, back up a data directory offline.
+    Backup(backup::BackupArgs),
+    /// Offline: put a backup's journal into an empty data directory.
+    Restore(backup::RestoreArgs),
     /// Offline: run a plugin over a data directory's journal and print the state it folds.
     Replay(offline::ReplayArgs),
     /// Offline: write a data directory's global log as NDJSON.
@@ -123,6 +129,8 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::Plugins(args) => client::plugins(args).await,
         Action::Streams(args) => lifecycle::streams(args).await,
         Action::Scavenge(args) => lifecycle::scavenge(args).await,
+        Action::Backup(args) => backup::backup(args).await,
+        Action::Restore(args) => backup::restore(args).await,
         Action::Replay(args) => offline::replay(args).await,
         Action::Export(args) => offline::export(args).await,
         Action::Import(args) => offline::import(args).await,

@@ -82,6 +82,9 @@ pub enum JournalError {
         "journal storage format {found} is not supported (this build reads format {supported})"
     )]
     UnsupportedFormat { found: u64, supported: u64 },
+    /// The operation is not available on this journal (e.g. a file backup of PostgreSQL).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// The journal's writer thread is gone.
     #[error("the journal is closed")]
     Closed,
@@ -111,6 +114,7 @@ macro_rules! storage_errors {
 }
 
 storage_errors!(
+    std::io::Error,
     redb::Error,
     redb::DatabaseError,
     redb::TransactionError,

@@ -225,6 +225,32 @@ impl Journal {
         }
     }
 
+    /// Writes a consistent backup of the journal to the new file `path` while it keeps
+    /// serving: every event up to the returned position and none after, with the snapshots,
+    /// checkpoints and stream lifecycles of that moment. The file appears complete or not at
+    /// all, durably. redb only: back PostgreSQL up with its own tools.
+    pub async fn backup(&self, path: &Path) -> Result<BackupReport, JournalError> {
+        match &*self.backend {
+            Backend::Redb(redb) => {
+                let (db, path) = (redb.db.clone(), path.to_owned());
+                tokio::task::spawn_blocking(move || redb::backup(&db, &path))
+                    .await
+                    .map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(_) => Err(JournalError::Unsupported(
+                "a PostgreSQL journal is backed up with PostgreSQL's own tools (pg_basebackup, \
+                 pg_dump)"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// Checks that `path` is a journal file (e.g. a backup) this build reads, without changing
+    /// it, and says what it holds.
+    pub fn inspect(path: &Path) -> Result<BackupReport, JournalError> {
+        redb::inspect_backup(path)
+    }
+
     /// Queues a write that answers only success or failure.
     async fn write(&self, op: Op) -> Result<(), JournalError> {
         match &*self.backend {

@@ -89,3 +89,14 @@ pub fn in_category(stream: &str, category: &str) -> bool {
         .strip_prefix(category)
         .is_some_and(|rest| rest.starts_with('-'))
 }
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    /// Every event up to this global position is in it, none after.
+    pub position: u64,
+    /// Events it holds (fewer than `position` when some were scavenged).
+    pub events: u64,
+    /// Size of the backup file.
+    pub bytes: u64,
+}

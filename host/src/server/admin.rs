@@ -1,12 +1,21 @@
-//! Maintenance of the journal: scavenging (admin only).
+//! Maintenance of the journal, for the admin: scavenging and online backups.
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use tokio::io::AsyncReadExt;
 
 use super::AppState;
 use super::errors::ApiError;
 use super::plugins::Admin;
 use crate::journal::ScavengeReport;
+
+/// Header of a backup download: every event up to this position is in it, none after.
+pub const BACKUP_POSITION: &str = "foldhost-backup-position";
+/// Bytes read from a backup file per chunk of the download.
+const CHUNK: usize = 256 << 10;
 
 /// `POST /admin/scavenge`: removes the events no reader sees any more and compacts the storage
 /// (reads and appends pause while redb compacts; PostgreSQL locks the tables it rewrites).
@@ -16,4 +25,42 @@ pub async fn scavenge(
 ) -> Result<Json<ScavengeReport>, ApiError> {
     let report = state.runtime.journal().scavenge().await?;
     Ok(Json(report))
+}
+
+/// `GET /admin/backup`: a consistent copy of the redb journal, taken while the server keeps
+/// serving, as a redb file (`foldhost restore` puts it into a data directory). Staged in the
+/// data directory and unlinked once open, so nothing is left behind.
+pub async fn backup(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+    let staged = state
+        .data_dir
+        .join(format!("backup-{}.redb", uuid::Uuid::new_v4().simple()));
+    let report = state.runtime.journal().backup(&staged).await?;
+    let file = tokio::fs::File::open(&staged).await;
+    let removed = tokio::fs::remove_file(&staged).await;
+    let (file, ()) = (file.map_err(internal)?, removed.map_err(internal)?);
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(Bytes::from(chunk)), file)),
+            Err(error) => Some((Err(error), file)),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(report.bytes));
+    headers.insert(BACKUP_POSITION, HeaderValue::from(report.position));
+    tracing::info!(?report, "backup sent");
+    Ok(response)
+}
+
+fn internal(error: std::io::Error) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        format!("staging the backup: {error}"),
+    )
 }

@@ -68,6 +68,7 @@ impl From<JournalError> for ApiError {
             }
             JournalError::StreamDeleted(_) => StatusCode::GONE,
             JournalError::StreamNotFound(_) => StatusCode::NOT_FOUND,
+            JournalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             JournalError::Closed | JournalError::Unavailable(_) | JournalError::NotDurable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

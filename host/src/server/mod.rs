@@ -16,6 +16,7 @@
 //! | DELETE | `/streams/{stream}[?hard=true]` | soft-delete a stream; hard-delete (admin token) |
 //! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
 //! | POST | `/admin/scavenge` | remove hidden events, compact (admin token) |
+//! | GET | `/admin/backup` | a consistent copy of the redb journal, streamed (admin token) |
 //! | GET | `/health`, `/metrics` | liveness, Prometheus metrics |
 
 mod admin;
@@ -48,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+pub use admin::BACKUP_POSITION;
 use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
@@ -71,6 +73,8 @@ pub(crate) struct AppState {
     metrics: Option<PrometheusHandle>,
     /// Cancelled when the server stops: ends live feeds so shutdown does not wait on them.
     shutdown: CancellationToken,
+    /// The data directory (backups are staged there).
+    data_dir: Arc<std::path::Path>,
 }
 
 /// The API's routes over `state`.
@@ -88,6 +92,7 @@ fn router(state: AppState) -> Router {
             get(lifecycle::metadata).put(lifecycle::put_metadata),
         )
         .route("/admin/scavenge", post(admin::scavenge))
+        .route("/admin/backup", get(admin::backup))
         .route("/events", get(streams::read_all))
         .route("/events/live", get(live::live))
         .route(
@@ -248,6 +253,7 @@ impl Server {
             admin_token: config.admin_token.map(Arc::from),
             metrics: config.metrics,
             shutdown: shutdown.clone(),
+            data_dir: Arc::from(data.as_path()),
         });
         let stop = shutdown.clone().cancelled_owned();
         let serving = tokio::spawn(async move {

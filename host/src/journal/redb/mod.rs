@@ -3,6 +3,7 @@
 //! that batches whatever is queued into a single durable commit (group commit); reads run
 //! concurrently on their own read transactions.
 
+mod backup;
 mod batch;
 pub(super) mod reader;
 mod record;
@@ -21,8 +22,8 @@ use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
 use super::{
-    AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
-    NewEvent, Op, RecordedEvent, ScavengeReport, rules,
+    AppendResult, BackupReport, ContentType, ExpectedVersion, JournalConfig, JournalError,
+    JournalStats, NewEvent, Op, RecordedEvent, ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};
@@ -141,6 +142,16 @@ impl RedbJournal {
     pub(super) fn stats(&self) -> JournalStats {
         self.shared.stats()
     }
+}
+
+/// Writes a consistent backup of the journal to `path` while it keeps serving (see `backup`).
+pub(super) fn backup(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalError> {
+    backup::write(db, path)
+}
+
+/// Checks a backup file and says what it holds.
+pub(super) fn inspect_backup(path: &Path) -> Result<BackupReport, JournalError> {
+    backup::inspect(path)
 }
 
 /// Removes what no reader sees any more, then compacts the file (see `scavenge`).

@@ -9,7 +9,7 @@ use super::JournalError;
 
 /// The storage format this build reads and writes (the tables below and their key layouts).
 pub(super) const FORMAT_VERSION: u64 = 1;
-const FORMAT_KEY: &str = "format_version";
+pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -1,0 +1,147 @@
+//! Online backups: every table copied from one read transaction into a new redb file while the
+//! writer keeps committing. redb's read transactions see one committed state, so the copy holds
+//! every event up to some position and none after, with the snapshots, checkpoints and stream
+//! lifecycles of that same moment.
+
+use std::path::Path;
+
+use redb::backends::FileBackend;
+use redb::{
+    Database, Durability, Key, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableHandle, Value,
+};
+
+use super::store::{
+    CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, LAST_POSITION_KEY, META,
+    RECENT_INDEX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
+};
+use super::{JournalError, SharedDb};
+use crate::journal::BackupReport;
+
+/// Entries copied per (non-durable) transaction of the copy; the last commit is durable.
+const CHUNK: usize = 50_000;
+
+/// Writes a backup of the journal to `path`, atomically and durably: it appears complete or
+/// not at all.
+pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalError> {
+    let source = db.get();
+    let txn = source.begin_read()?;
+    crate::durable::replace_with(path, |file| -> Result<(), JournalError> {
+        let target =
+            Database::builder().create_with_backend(FileBackend::new(file.try_clone()?)?)?;
+        let copied = [
+            copy(&txn, &target, META)?,
+            copy(&txn, &target, EVENTS)?,
+            copy(&txn, &target, STREAM_INDEX)?,
+            copy(&txn, &target, RECENT_INDEX)?,
+            copy(&txn, &target, STREAM_HEADS)?,
+            copy(&txn, &target, EVENT_IDS)?,
+            copy(&txn, &target, SNAPSHOTS)?,
+            copy(&txn, &target, CHECKPOINTS)?,
+            copy(&txn, &target, STREAM_LIFECYCLE)?,
+        ];
+        // A table this list does not know would be lost without a word.
+        if let Some(unknown) = txn
+            .list_tables()?
+            .find(|table| !copied.iter().any(|name| name == table.name()))
+        {
+            return Err(JournalError::Unsupported(format!(
+                "the backup does not know the journal table {:?}",
+                unknown.name()
+            )));
+        }
+        let mut done = target.begin_write()?;
+        done.set_durability(Durability::Immediate)?;
+        done.commit()?;
+        Ok(())
+    })?;
+    let report = describe(&txn, std::fs::metadata(path)?.len())?;
+    tracing::info!(path = %path.display(), ?report, "journal backed up");
+    Ok(report)
+}
+
+/// Checks that `path` is a journal this build reads and says what it holds, without changing it.
+pub(super) fn inspect(path: &Path) -> Result<BackupReport, JournalError> {
+    let db: ReadOnlyDatabase = Database::builder().open_read_only(path)?;
+    let txn = db.begin_read()?;
+    let format = txn
+        .open_table(META)?
+        .get(FORMAT_KEY)?
+        .map_or(0, |format| format.value());
+    if format != FORMAT_VERSION {
+        return Err(JournalError::UnsupportedFormat {
+            found: format,
+            supported: FORMAT_VERSION,
+        });
+    }
+    describe(&txn, std::fs::metadata(path)?.len())
+}
+
+/// The last position and event count of the state `txn` sees.
+fn describe(txn: &ReadTransaction, bytes: u64) -> Result<BackupReport, JournalError> {
+    let events = txn.open_table(EVENTS)?;
+    let last = events.last()?.map_or(0, |(position, _)| position.value());
+    let scavenged = txn
+        .open_table(META)?
+        .get(LAST_POSITION_KEY)?
+        .map_or(0, |last| last.value());
+    Ok(BackupReport {
+        position: last.max(scavenged),
+        events: events.len()?,
+        bytes,
+    })
+}
+
+/// Copies `table` from `source` into `target`; returns its name.
+fn copy<K: Key + 'static, V: Value + 'static>(
+    source: &ReadTransaction,
+    target: &Database,
+    table: TableDefinition<K, V>,
+) -> Result<String, JournalError> {
+    let from = source.open_table(table)?;
+    let mut entries = from.iter()?;
+    loop {
+        let mut txn = target.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let mut copied = 0;
+        {
+            let mut to = txn.open_table(table)?;
+            for entry in entries.by_ref().take(CHUNK) {
+                let (key, value) = entry?;
+                to.insert(key.value(), value.value())?;
+                copied += 1;
+            }
+        }
+        txn.commit()?;
+        if copied < CHUNK {
+            return Ok(table.name().to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::redb::store;
+
+    #[test]
+    fn a_table_the_backup_does_not_know_fails_it_instead_of_going_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("journal.redb")).unwrap();
+        let backup = dir.path().join("backup.redb");
+        let db = SharedDb::new(db);
+        assert_eq!(write(&db, &backup).unwrap().position, 0);
+        assert_eq!(inspect(&backup).unwrap().events, 0);
+        std::fs::remove_file(&backup).unwrap();
+
+        let extra: TableDefinition<u64, u64> = TableDefinition::new("added_later");
+        let txn = db.get().begin_write().unwrap();
+        txn.open_table(extra).unwrap().insert(1, 2).unwrap();
+        txn.commit().unwrap();
+        match write(&db, &backup) {
+            Err(JournalError::Unsupported(reason)) => assert!(reason.contains("added_later")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(!backup.exists(), "a failed backup leaves no file");
+    }
+}

@@ -1,0 +1,264 @@
+//! Online backup and restore: `foldhost backup` against a server under concurrent appends,
+//! `foldhost restore` into a fresh data directory, and a host started there serving exactly the
+//! original log up to the backup's position, with its snapshots, checkpoints and stream
+//! lifecycles.
+
+mod serve;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use foldhost::journal::{Journal, JournalConfig};
+use reqwest::Client;
+use serde_json::{Value, json};
+use serve::{BIN, Dirs, PATIENCE, Server, all_events, json};
+
+const TOKEN: &str = "backup-admin-token";
+
+async fn post(client: &Client, server: &Server, path: &str, body: Value) -> Value {
+    let response = client
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(response).await;
+    assert_eq!(status, 200, "POST {path}: {body}");
+    body
+}
+
+async fn get(client: &Client, server: &Server, path: &str) -> (u16, Value) {
+    json(client.get(server.url(path)).send().await.unwrap()).await
+}
+
+/// `foldhost ARGS`, which must succeed; returns its stdout as JSON.
+async fn foldhost(url: &str, args: &[&str]) -> Value {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("FOLDHOST_DATA")
+        .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .env("FOLDHOST_URL", url)
+        .stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "foldhost {args:?} failed: {stderr}"
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Appends single events to `load-{n}` until stopped; counts the acknowledged ones.
+async fn append_until_stopped(n: usize, url: String, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) {
+    let client = Client::new();
+    let path = format!("{url}/streams/load-{n}/events");
+    while !stop.load(Ordering::Relaxed) {
+        let body = json!({"events": [{"type": "Loaded", "data": {"by": n}}]});
+        let response = client.post(&path).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        acks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn wait_for(what: &str, mut probe: impl AsyncFnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn plugin_hash(plugins: &Value, name: &str) -> String {
+    let plugins = plugins.as_array().unwrap();
+    let plugin = plugins.iter().find(|p| p["name"] == name).unwrap();
+    plugin["hash"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let client = Client::new();
+
+    // An account with enough events for a snapshot, a projection past its first checkpoint,
+    // a stream with retention rules and a soft-deleted one.
+    let account = "/aggregates/bank-account/big/commands";
+    post(
+        &client,
+        &server,
+        account,
+        json!({"type": "Open", "data": {"owner": "Big"}}),
+    )
+    .await;
+    let deposits: Vec<Value> = (0..100)
+        .map(|_| json!({"type": "Deposited", "data": {"amount": 1}}))
+        .collect();
+    for _ in 0..6 {
+        let body = json!({"events": deposits});
+        post(&client, &server, "/streams/bank-account-big/events", body).await;
+    }
+    let deposit = json!({"type": "Deposit", "data": {"amount": 1}});
+    let big = post(&client, &server, account, deposit).await;
+    assert_eq!(big["version"], 602);
+    let fillers: Vec<Value> = (0..100)
+        .map(|n| json!({"type": "Filled", "data": {"n": n}}))
+        .collect();
+    for n in 0..40 {
+        let body = json!({"events": fillers});
+        post(
+            &client,
+            &server,
+            &format!("/streams/filler-{n}/events"),
+            body,
+        )
+        .await;
+    }
+    for n in 0..3 {
+        let body = json!({"events": [{"type": "Audited", "data": {"n": n}}]});
+        post(&client, &server, "/streams/audit-1/events", body.clone()).await;
+        post(&client, &server, "/streams/tmp-1/events", body).await;
+    }
+    let rules = json!({"max_count": 2});
+    let response = client
+        .put(server.url("/streams/audit-1/metadata"))
+        .json(&rules)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .delete(server.url("/streams/tmp-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, health) = get(&client, &server, "/health").await;
+    let head = health["head_position"].clone();
+    wait_for("bank-analytics at the head", async || {
+        let (_, projection) = get(&client, &server, "/projections/bank-analytics").await;
+        (projection["status"]["status"] == "live" && projection["position"] == head)
+            .then_some(projection)
+    })
+    .await;
+
+    // Back up while four clients keep appending.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|n| {
+            let (url, stop, acks) = (server.url.clone(), stop.clone(), acks.clone());
+            tokio::spawn(append_until_stopped(n, url, stop, acks))
+        })
+        .collect();
+    wait_for("appends under way", async || {
+        (acks.load(Ordering::Relaxed) > 50).then_some(Value::Null)
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let backup_dir = root.path().join("backup");
+    let backup_path = backup_dir.display().to_string();
+    let report = foldhost(
+        &server.url,
+        &["backup", "--to", &backup_path, "--admin-token", TOKEN],
+    )
+    .await;
+    let during = acks.load(Ordering::Relaxed);
+    wait_for("appends after the backup", async || {
+        (acks.load(Ordering::Relaxed) > during + 50).then_some(Value::Null)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(backup_dir.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(manifest, report);
+    let position = report["position"].as_u64().unwrap();
+    let (_, health) = get(&client, &server, "/health").await;
+    let final_head = health["head_position"].as_u64().unwrap();
+    assert!(
+        position > head.as_u64().unwrap() && position < final_head,
+        "the backup ends at {position}, between the setup ({head}) and the end ({final_head})"
+    );
+    let original: Vec<Value> = all_events(&client, &server)
+        .await
+        .into_iter()
+        .filter(|event| event["position"].as_u64().unwrap() <= position)
+        .collect();
+    let (_, plugins) = get(&client, &server, "/plugins").await;
+    let (_, big_state) = get(&client, &server, "/aggregates/bank-account/big").await;
+
+    // Restore into a fresh data directory: the snapshot and the checkpoint came along.
+    let restored = root.path().join("restored");
+    let restored_path = restored.display().to_string();
+    let from = ["restore", "--from", &backup_path, "--data", &restored_path];
+    assert_eq!(foldhost(&server.url, &from).await, report);
+    let restored_journal = restored.join("journal.redb");
+    check_plugin_data(&restored_journal, &plugins).await;
+
+    let copy = Server::start_with(&restored, Some(&dirs.plugins), None);
+    let (_, health) = get(&client, &copy, "/health").await;
+    assert_eq!(
+        health["head_position"], position,
+        "no event after the backup's position"
+    );
+    let events = all_events(&client, &copy).await;
+    assert_eq!(events.len(), original.len());
+    assert!(
+        events == original,
+        "the restored log differs from the original's"
+    );
+    let (_, metadata) = get(&client, &copy, "/streams/audit-1/metadata").await;
+    assert_eq!(metadata, rules);
+    let (status, _) = get(&client, &copy, "/streams/tmp-1/events").await;
+    assert_eq!(status, 404, "still soft-deleted");
+    let (_, restored_big) = get(&client, &copy, "/aggregates/bank-account/big").await;
+    assert_eq!(restored_big, big_state);
+    let next = post(
+        &client,
+        &copy,
+        "/streams/audit-1/events",
+        json!({"events": [{"type": "Audited", "data": {}}]}),
+    )
+    .await;
+    assert_eq!(next["first_position"], position + 1);
+
+    // Restoring over a journal is refused.
+    let output = Command::new(BIN)
+        .args(["restore", "--from", &backup_path, "--data", &restored_path])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already holds a journal"));
+}
+
+/// The restored journal holds the snapshot of `bank-account-big` and the checkpoint of
+/// `bank-analytics` the original had stored before the backup.
+async fn check_plugin_data(path: &Path, plugins: &Value) {
+    let path = path.to_owned();
+    let (account, analytics) = (
+        plugin_hash(plugins, "bank-account"),
+        plugin_hash(plugins, "bank-analytics"),
+    );
+    tokio::task::spawn_blocking(move || {
+        let journal = Journal::open(&path, JournalConfig::default()).unwrap();
+        let snapshot = journal
+            .latest_snapshot(&account, "bank-account-big", u64::MAX)
+            .unwrap();
+        assert!(snapshot.is_some_and(|(version, _)| version >= 500));
+        let checkpoint = journal.checkpoint(&analytics).unwrap();
+        assert!(checkpoint.is_some_and(|(position, _)| position >= 4000));
+    })
+    .await
+    .unwrap();
+}
