@@ -1,3 +1,4 @@
 //! Harnesses shared by foldhost's end-to-end tests.
 
 pub mod simulated_disk;
+pub mod simulated_fs;
