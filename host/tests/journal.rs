@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhost::journal::{
     AppendResult, ContentType, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
-    RecordedEvent, StreamMetadata, StreamWindow,
+    ParkedEvent, ReadLimit, RecordedEvent, StreamMetadata, StreamWindow,
 };
 use uuid::Uuid;
 
@@ -179,6 +179,9 @@ on_both_backends! {
     #[tokio::test] async fn retention_metadata_hides_events_from_every_reader_at_once;
     #[tokio::test] async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions;
     #[tokio::test] async fn a_delete_and_appends_in_one_batch_apply_in_order;
+    #[tokio::test] async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it;
+    #[tokio::test] async fn events_are_found_by_id;
+    #[test] fn parked_events_are_kept_per_plugin_replaced_and_forgotten;
 }
 
 fn event(n: u64) -> NewEvent {
@@ -1066,6 +1069,98 @@ async fn a_delete_and_appends_in_one_batch_apply_in_order(backend: Backend) {
     deleted.unwrap();
     assert_eq!(after.unwrap(), result((3, 3), (3, 3)));
     assert_eq!(versions(&j.read_stream("s", 1, 10).unwrap()), [3]);
+}
+
+async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it(backend: Backend) {
+    let f = Fixture::new(backend);
+    // Sizes count data, metadata and type: `"xxxx"` (6 bytes incl. quotes) + "Sized" (5).
+    let sized = |len: usize| NewEvent::json("Sized", &serde_json::json!("x".repeat(len - 7)));
+    let batch = vec![sized(100), sized(100), sized(300), sized(50)];
+    assert_eq!(batch[0].data.len() + 5, 100);
+    f.journal
+        .append("s", ExpectedVersion::NoStream, batch)
+        .await
+        .unwrap();
+    let limit = |events, bytes| ReadLimit { events, bytes };
+    let versions =
+        |events: Vec<RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
+    let stream = |from, l| versions(f.journal.read_stream_within("s", from, l).unwrap());
+    let all = |from, l| versions(f.journal.read_all_within(from, l).unwrap());
+    assert_eq!(stream(1, limit(10, 200)), [1, 2]);
+    assert_eq!(stream(1, limit(10, 199)), [1]);
+    assert_eq!(stream(1, limit(10, 10)), [1], "the first event always");
+    assert_eq!(stream(3, limit(10, 10)), [3], "the first event always");
+    assert_eq!(stream(2, limit(10, 450)), [2, 3, 4]);
+    assert_eq!(stream(1, limit(3, usize::MAX)), [1, 2, 3]);
+    assert_eq!(all(1, limit(10, 500)), [1, 2, 3]);
+    assert_eq!(all(4, limit(10, 1)), [4]);
+    assert!(all(5, limit(10, 1)).is_empty());
+    assert_eq!(
+        f.journal.read_all_within(1, limit(10, 200)).unwrap()[1].size(),
+        100
+    );
+}
+
+async fn events_are_found_by_id(backend: Backend) {
+    let f = Fixture::new(backend);
+    let batch = events(3);
+    f.journal
+        .append("s", ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    f.journal
+        .append("t", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let found = f.journal.event_by_id(batch[1].id).unwrap().unwrap();
+    assert_eq!(
+        (
+            found.position,
+            found.stream.as_str(),
+            found.version,
+            found.id
+        ),
+        (4, "t", 2, batch[1].id)
+    );
+    assert_eq!(found.data, batch[1].data);
+    assert_eq!(f.journal.event_by_id(Uuid::new_v4()).unwrap(), None);
+}
+
+fn parked_events_are_kept_per_plugin_replaced_and_forgotten(backend: Backend) {
+    let parked = |position: u64, reason: &str| ParkedEvent {
+        position,
+        stream: format!("s-{position}"),
+        event_type: "Bad".to_owned(),
+        reason: reason.to_owned(),
+        attempts: 3,
+        parked_at: 1_700_000_000_000 + position,
+    };
+    let f = Fixture::new(backend);
+    let j = f.journal.clone();
+    run(async move {
+        assert_eq!(j.parked("p1").unwrap(), []);
+        j.park("p1", vec![parked(7, "bad"), parked(3, "worse")])
+            .await
+            .unwrap();
+        j.park("p2", vec![parked(5, "other")]).await.unwrap();
+        j.park("p1", vec![parked(7, "still bad")]).await.unwrap();
+        assert_eq!(
+            j.parked("p1").unwrap(),
+            [parked(3, "worse"), parked(7, "still bad")]
+        );
+    });
+    // Durable: they survive closing and reopening.
+    let f = f.reopen();
+    let j = f.journal.clone();
+    run(async move {
+        assert_eq!(j.parked("p1").unwrap().len(), 2);
+        j.unpark("p1", vec![3, 99]).await.unwrap();
+        assert_eq!(j.parked("p1").unwrap(), [parked(7, "still bad")]);
+        j.delete_plugin_data("p1").await.unwrap();
+        assert_eq!(j.parked("p1").unwrap(), []);
+        assert_eq!(j.parked("p2").unwrap(), [parked(5, "other")]);
+        assert_eq!(j.head_position(), 0, "parked records are not events");
+    });
 }
 
 // PostgreSQL only: what several hosts on one database see.

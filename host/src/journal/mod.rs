@@ -147,6 +147,16 @@ impl Journal {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
+        self.read_stream_within(stream, from_version, ReadLimit::events(limit))
+    }
+
+    /// Events of `stream` with version ≥ `from_version`, ascending, as many as `limit` allows.
+    pub fn read_stream_within(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
         dispatch!(self, read_stream(stream, from_version, limit))
     }
 
@@ -156,7 +166,22 @@ impl Journal {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
+        self.read_all_within(from_position, ReadLimit::events(limit))
+    }
+
+    /// Events of the global log with position ≥ `from_position`, ascending, as many as `limit`
+    /// allows.
+    pub fn read_all_within(
+        &self,
+        from_position: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<RecordedEvent>, JournalError> {
         dispatch!(self, read_all(from_position, limit))
+    }
+
+    /// The event with id `id`, if readers may see it (its stream not deleted, it not expired).
+    pub fn event_by_id(&self, id: uuid::Uuid) -> Result<Option<RecordedEvent>, JournalError> {
+        dispatch!(self, event_by_id(id))
     }
 
     /// The current version of `stream`; `None` if it has no events or was soft-deleted.
@@ -348,16 +373,36 @@ impl Journal {
         dispatch!(self, checkpoint(plugin))
     }
 
-    /// Drops every snapshot and the checkpoint of `plugin` (a content hash); events stay.
+    /// Drops every snapshot, the checkpoint and the parked events of `plugin` (a content hash);
+    /// events stay.
     pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
-        match &*self.backend {
-            Backend::Redb(redb) => {
-                redb.write(Op::DeletePluginData {
-                    plugin: plugin.to_owned(),
-                })
-                .await
-            }
-            Backend::Postgres(pg) => pg.delete_plugin_data(plugin).await,
-        }
+        self.write(Op::DeletePluginData {
+            plugin: plugin.to_owned(),
+        })
+        .await
+    }
+
+    /// Records `events` as parked by projection `plugin` (a content hash): events it skipped
+    /// because it could not fold them. A record of the same position is replaced.
+    pub async fn park(&self, plugin: &str, events: Vec<ParkedEvent>) -> Result<(), JournalError> {
+        self.write(Op::Park {
+            plugin: plugin.to_owned(),
+            events,
+        })
+        .await
+    }
+
+    /// Forgets the parked events of `plugin` at `positions` (folded after all).
+    pub async fn unpark(&self, plugin: &str, positions: Vec<u64>) -> Result<(), JournalError> {
+        self.write(Op::Unpark {
+            plugin: plugin.to_owned(),
+            positions,
+        })
+        .await
+    }
+
+    /// The events `plugin` parked, by position.
+    pub fn parked(&self, plugin: &str) -> Result<Vec<ParkedEvent>, JournalError> {
+        dispatch!(self, parked(plugin))
     }
 }

@@ -1,6 +1,6 @@
 //! The writes every backend's writer performs.
 
-use super::{ExpectedVersion, NewEvent, StreamMetadata};
+use super::{ExpectedVersion, NewEvent, ParkedEvent, StreamMetadata};
 
 /// One write, as every backend's writer receives it.
 pub(super) enum Op {
@@ -20,8 +20,12 @@ pub(super) enum Op {
         position: u64,
         state: Vec<u8>,
     },
-    DeletePluginData {
+    /// Drops the snapshots, checkpoint and parked events of `plugin`.
+    DeletePluginData { plugin: String },
+    /// Records (or re-records) events `plugin` skipped.
+    Park {
         plugin: String,
+        events: Vec<ParkedEvent>,
     },
     /// Soft- or hard-deletes a stream (see `lifecycle`).
     DeleteStream {
@@ -34,4 +38,6 @@ pub(super) enum Op {
         stream: String,
         metadata: StreamMetadata,
     },
+    /// Forgets parked events of `plugin`, by position.
+    Unpark { plugin: String, positions: Vec<u64> },
 }

@@ -100,3 +100,55 @@ pub struct BackupReport {
     /// Size of the backup file.
     pub bytes: u64,
 }
+
+/// How much one read may return: at most `events` events, and no event that would bring the
+/// [sizes](RecordedEvent::size) read over `bytes` — except the first, so a read always makes
+/// progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    /// At most `events` events, whatever their size.
+    pub fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Whether `event` still fits after `used` bytes (then counted into `used`).
+    pub(super) fn admits(&self, used: &mut usize, event: &RecordedEvent, first: bool) -> bool {
+        let total = used.saturating_add(event.size());
+        if !first && total > self.bytes {
+            return false;
+        }
+        *used = total;
+        true
+    }
+}
+
+impl RecordedEvent {
+    /// The bytes the journal's size limit counts: `data`, `metadata` and `event_type`.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.event_type.len() + self.metadata.as_ref().map_or(0, String::len)
+    }
+}
+
+/// An event a projection could not fold and skipped, as recorded in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    /// The event's global position.
+    pub position: u64,
+    pub stream: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Why the last attempt to fold it failed.
+    pub reason: String,
+    /// How many times folding it was tried.
+    pub attempts: u32,
+    /// When it was parked, in milliseconds since the Unix epoch.
+    pub parked_at: u64,
+}

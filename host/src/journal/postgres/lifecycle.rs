@@ -10,7 +10,9 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::{EVENT_COLUMNS, Pool, decode, pg, pool_error, to_i64};
 use crate::journal::lifecycle::{Lifecycle, Visibility, now_millis};
-use crate::journal::{JournalError, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow};
+use crate::journal::{
+    JournalError, ReadLimit, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,
+};
 
 /// Created at start when missing (added after schema 1, which it does not change).
 pub(super) const TABLE: &str = r#"
@@ -117,16 +119,16 @@ pub(super) async fn stream_metadata(
     Ok(lifecycle.metadata)
 }
 
-/// Up to `limit` visible events of `stream` from `from_version` on.
+/// Visible events of `stream` from `from_version` on, within `limit`.
 ///
 /// One query in the common case: it returns the stream's version and lifecycle with the page
 /// (a row without an event when the page is empty), so a hard-deleted stream is refused even
-/// after its events were scavenged.
+/// after its events were scavenged. The byte limit cuts the page as it is read.
 pub(super) async fn read_stream(
     client: &impl GenericClient,
     stream: &str,
     from_version: u64,
-    limit: usize,
+    limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let sql = format!(
         "SELECT e.*, s.version, l.lifecycle FROM streams s \
@@ -136,9 +138,9 @@ pub(super) async fn read_stream(
          WHERE s.stream = $1"
     );
     let now = now_millis();
-    let (mut from, mut events) = (from_version, Vec::new());
-    while events.len() < limit {
-        let want = limit - events.len();
+    let (mut from, mut events, mut used) = (from_version, Vec::new(), 0);
+    while events.len() < limit.events {
+        let want = limit.events - events.len();
         let rows = client
             .query(&sql, &[&stream, &to_i64(from), &to_i64(want as u64)])
             .await
@@ -162,9 +164,13 @@ pub(super) async fn read_stream(
             let event = decode(row)?;
             read += 1;
             from = event.version + 1;
-            if visibility.admits(event.version, event.recorded_at) {
-                events.push(event);
+            if !visibility.admits(event.version, event.recorded_at) {
+                continue;
             }
+            if !limit.admits(&mut used, &event, events.is_empty()) {
+                return Ok(events);
+            }
+            events.push(event);
         }
         if read < want {
             break;
@@ -173,11 +179,11 @@ pub(super) async fn read_stream(
     Ok(events)
 }
 
-/// Up to `limit` visible events of the global log from `from_position` on.
+/// Visible events of the global log from `from_position` on, within `limit`.
 pub(super) async fn read_all(
     client: &impl GenericClient,
     from_position: u64,
-    limit: usize,
+    limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let columns = EVENT_COLUMNS
         .split(", ")
@@ -192,9 +198,9 @@ pub(super) async fn read_all(
     );
     let now = now_millis();
     let mut seen: HashMap<String, Visibility> = HashMap::new();
-    let (mut from, mut events) = (from_position, Vec::new());
-    while events.len() < limit {
-        let want = limit - events.len();
+    let (mut from, mut events, mut used) = (from_position, Vec::new(), 0);
+    while events.len() < limit.events {
+        let want = limit.events - events.len();
         let rows = client
             .query(&sql, &[&to_i64(from), &to_i64(want as u64)])
             .await
@@ -215,15 +221,37 @@ pub(super) async fn read_all(
                     visibility
                 }
             };
-            if visibility.admits(event.version, event.recorded_at) {
-                events.push(event);
+            if !visibility.admits(event.version, event.recorded_at) {
+                continue;
             }
+            if !limit.admits(&mut used, &event, events.is_empty()) {
+                return Ok(events);
+            }
+            events.push(event);
         }
         if rows.len() < want {
             break;
         }
     }
     Ok(events)
+}
+
+/// The event with id `id`, if readers may see it (its stream not deleted, it not expired).
+pub(super) async fn event_by_id(
+    client: &impl GenericClient,
+    id: uuid::Uuid,
+) -> Result<Option<RecordedEvent>, JournalError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
+    let Some(row) = client.query_opt(&sql, &[&id]).await.map_err(pg)? else {
+        return Ok(None);
+    };
+    let event = decode(&row)?;
+    let (stored, lifecycle) = stream_record(client, &event.stream).await?;
+    let visible = lifecycle.check_exists(&event.stream).is_ok()
+        && lifecycle
+            .visibility(stored.unwrap_or(0), now_millis())
+            .admits(event.version, event.recorded_at);
+    Ok(visible.then_some(event))
 }
 
 /// Every listed (not deleted) stream whose name starts with `prefix`, in name order.

@@ -58,7 +58,7 @@ use super::lifecycle::Lifecycle;
 use super::rules::{self, Written};
 use super::{
     AppendResult, ContentType, ExpectedVersion, JournalConfig, JournalError, JournalStats,
-    NewEvent, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,
+    NewEvent, ParkedEvent, ReadLimit, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,
 };
 
 /// The schema this build creates and reads.
@@ -102,6 +102,20 @@ CREATE TABLE checkpoints (
     plugin TEXT COLLATE "C" PRIMARY KEY,
     position BIGINT NOT NULL,
     state BYTEA NOT NULL
+);
+"#;
+
+/// Tables added after schema 1 without a version bump: created at start when missing.
+const ADDED_TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS parked (
+    plugin TEXT COLLATE "C" NOT NULL,
+    position BIGINT NOT NULL,
+    stream TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    parked_at BIGINT NOT NULL,
+    PRIMARY KEY (plugin, position)
 );
 "#;
 
@@ -353,13 +367,6 @@ impl PgJournal {
         .await
     }
 
-    pub(super) async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
-        self.write_op(Op::DeletePluginData {
-            plugin: plugin.to_owned(),
-        })
-        .await
-    }
-
     pub(super) fn head_position(&self) -> u64 {
         *self.shared.head.borrow()
     }
@@ -410,7 +417,7 @@ impl PgJournal {
         &self,
         stream: &str,
         from_version: u64,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
         let stream = stream.to_owned();
         self.read(move |client| {
@@ -422,10 +429,42 @@ impl PgJournal {
     pub(super) fn read_all(
         &self,
         from_position: u64,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
         self.read(move |client| async move {
             lifecycle::read_all(&**client, from_position, limit).await
+        })
+    }
+
+    pub(super) fn event_by_id(&self, id: Uuid) -> Result<Option<RecordedEvent>, JournalError> {
+        self.read(move |client| async move { lifecycle::event_by_id(&**client, id).await })
+    }
+
+    pub(super) fn parked(&self, plugin: &str) -> Result<Vec<ParkedEvent>, JournalError> {
+        let plugin = plugin.to_owned();
+        self.read(move |client| {
+            let plugin = plugin.clone();
+            async move {
+                let rows = client
+                    .query(
+                        "SELECT position, stream, event_type, reason, attempts, parked_at \
+                         FROM parked WHERE plugin = $1 ORDER BY position",
+                        &[&plugin],
+                    )
+                    .await
+                    .map_err(pg)?;
+                Ok(rows
+                    .iter()
+                    .map(|row| ParkedEvent {
+                        position: row.get::<_, i64>(0) as u64,
+                        stream: row.get(1),
+                        event_type: row.get(2),
+                        reason: row.get(3),
+                        attempts: u32::try_from(row.get::<_, i64>(4)).unwrap_or(u32::MAX),
+                        parked_at: row.get::<_, i64>(5) as u64,
+                    })
+                    .collect())
+            }
         })
     }
 
@@ -588,6 +627,7 @@ async fn migrate(pool: &Pool) -> Result<(), JournalError> {
         }
     }
     txn.batch_execute(lifecycle::TABLE).await.map_err(pg)?;
+    txn.batch_execute(ADDED_TABLES).await.map_err(pg)?;
     txn.commit().await.map_err(pg)
 }
 
@@ -814,6 +854,17 @@ async fn run_batch(
                 .expect("loaded for a batch writing streams")
                 .set_metadata(stream, *metadata)
                 .map(|()| done())),
+            Op::Park { plugin, events } => park(&txn, plugin, events).await.map(|()| Ok(done())),
+            Op::Unpark { plugin, positions } => {
+                let positions: Vec<i64> = positions.iter().map(|&p| to_i64(p)).collect();
+                txn.execute(
+                    "DELETE FROM parked WHERE plugin = $1 AND position = ANY($2)",
+                    &[plugin, &positions],
+                )
+                .await
+                .map_err(pg)
+                .map(|_| Ok(done()))
+            }
         };
         // A database error may have struck half way: drop the whole transaction.
         let outcome = outcome?;
@@ -1111,8 +1162,37 @@ async fn put_snapshot(
     Ok(())
 }
 
+async fn park(
+    txn: &Transaction<'_>,
+    plugin: &str,
+    events: &[ParkedEvent],
+) -> Result<(), JournalError> {
+    for event in events {
+        txn.execute(
+            "INSERT INTO parked (plugin, position, stream, event_type, reason, attempts, parked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (plugin, position) DO UPDATE SET \
+             reason = $5, attempts = $6, parked_at = $7",
+            &[
+                &plugin,
+                &to_i64(event.position),
+                &event.stream,
+                &event.event_type,
+                &event.reason,
+                &i64::from(event.attempts),
+                &to_i64(event.parked_at),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
+}
+
 async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<(), JournalError> {
     txn.execute("DELETE FROM checkpoints WHERE plugin = $1", &[&plugin])
+        .await
+        .map_err(pg)?;
+    txn.execute("DELETE FROM parked WHERE plugin = $1", &[&plugin])
         .await
         .map_err(pg)?;
     txn.execute("DELETE FROM snapshots WHERE plugin = $1", &[&plugin])

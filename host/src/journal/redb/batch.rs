@@ -8,10 +8,12 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::rules::{self, Written};
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, RECENT_INDEX_MAX,
-    SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_INDEX,
+    RECENT_INDEX_MAX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
 };
-use super::{AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, record};
+use super::{
+    AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
+};
 use crate::journal::StreamMetadata;
 
 /// What an append did.
@@ -42,6 +44,9 @@ pub(super) struct Batch<'txn> {
     snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     checkpoints: Table<'txn, &'static str, (u64, &'static [u8])>,
     lifecycles: Table<'txn, &'static str, &'static [u8]>,
+    /// Opened (and created, on a file from before it existed) by the first write that needs it.
+    parked: Option<Table<'txn, (&'static str, u64), &'static [u8]>>,
+    txn: &'txn WriteTransaction,
     /// The next global position, read from the log itself, so a failed commit leaves no gap.
     next_position: u64,
     recorded_at: u64,
@@ -73,6 +78,8 @@ impl<'txn> Batch<'txn> {
             snapshots: txn.open_table(SNAPSHOTS)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
             lifecycles: txn.open_table(STREAM_LIFECYCLE)?,
+            parked: None,
+            txn,
             next_position,
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
@@ -261,10 +268,12 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
-    /// Removes every snapshot and the checkpoint of `plugin`.
+    /// Removes every snapshot, the checkpoint and the parked events of `plugin`.
     pub(super) fn delete_plugin_data(&mut self, plugin: &str) -> Result<(), JournalError> {
         self.wrote = true;
         self.checkpoints.remove(plugin)?;
+        self.parked()?
+            .retain_in((plugin, 0)..=(plugin, u64::MAX), |_, _| false)?;
         let mut keys = Vec::new();
         for entry in self.snapshots.range((plugin, "", 0)..)? {
             let (key, _) = entry?;
@@ -278,5 +287,39 @@ impl<'txn> Batch<'txn> {
             self.snapshots.remove((plugin, stream.as_str(), *version))?;
         }
         Ok(())
+    }
+
+    /// Records `events` as parked by `plugin`, replacing earlier records of the same positions.
+    pub(super) fn park(
+        &mut self,
+        plugin: &str,
+        events: &[ParkedEvent],
+    ) -> Result<(), JournalError> {
+        self.wrote = true;
+        let parked = self.parked()?;
+        for event in events {
+            let bytes = serde_json::to_vec(event).expect("a parked event serialises");
+            parked.insert((plugin, event.position), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the parked events of `plugin` at `positions`.
+    pub(super) fn unpark(&mut self, plugin: &str, positions: &[u64]) -> Result<(), JournalError> {
+        self.wrote = true;
+        let parked = self.parked()?;
+        for &position in positions {
+            parked.remove((plugin, position))?;
+        }
+        Ok(())
+    }
+
+    fn parked(
+        &mut self,
+    ) -> Result<&mut Table<'txn, (&'static str, u64), &'static [u8]>, JournalError> {
+        if self.parked.is_none() {
+            self.parked = Some(self.txn.open_table(PARKED)?);
+        }
+        Ok(self.parked.as_mut().expect("opened above"))
     }
 }

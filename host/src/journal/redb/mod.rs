@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::lifecycle::{Lifecycle, Visibility};
 use super::{
     AppendResult, BackupReport, ContentType, ExpectedVersion, JournalConfig, JournalError,
-    JournalStats, NewEvent, Op, RecordedEvent, ScavengeReport, rules,
+    JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent, ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};

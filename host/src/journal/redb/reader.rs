@@ -8,14 +8,15 @@ use std::collections::HashMap;
 
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata,
+    ReadableTableMetadata, TableError,
 };
+use uuid::Uuid;
 
 use super::store::{
-    CHECKPOINTS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS,
-    STREAM_INDEX, STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_INDEX, SNAPSHOTS,
+    STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
 };
-use super::{JournalError, Lifecycle, RecordedEvent, Visibility, record};
+use super::{JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, Visibility, record};
 use crate::journal::lifecycle::now_millis;
 use crate::journal::{StreamMetadata, StreamWindow};
 
@@ -101,7 +102,7 @@ pub(in crate::journal) fn read_stream(
     db: &Database,
     stream: &str,
     from_version: u64,
-    limit: usize,
+    limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
     let visibility = Lifecycles::open(&txn)?.visibility(stream)?;
@@ -113,9 +114,9 @@ pub(in crate::journal) fn read_stream(
     let positions = index
         .range(versions.clone())?
         .chain(recent.range(versions)?);
-    let mut events = Vec::new();
+    let (mut events, mut used) = (Vec::new(), 0);
     for entry in positions {
-        if events.len() >= limit {
+        if events.len() >= limit.events {
             break;
         }
         let (key, position) = entry?;
@@ -134,9 +135,13 @@ pub(in crate::journal) fn read_stream(
                 ),
             });
         }
-        if visibility.admits(event.version, event.recorded_at) {
-            events.push(event);
+        if !visibility.admits(event.version, event.recorded_at) {
+            continue;
         }
+        if !limit.admits(&mut used, &event, events.is_empty()) {
+            break;
+        }
+        events.push(event);
     }
     Ok(events)
 }
@@ -145,23 +150,72 @@ pub(in crate::journal) fn read_stream(
 pub(in crate::journal) fn read_all(
     db: &Database,
     from_position: u64,
-    limit: usize,
+    limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
     let log = txn.open_table(EVENTS)?;
     let mut filter = LogFilter::open(&txn)?;
-    let mut events = Vec::new();
+    let (mut events, mut used) = (Vec::new(), 0);
     for entry in log.range(from_position..)? {
-        if events.len() >= limit {
+        if events.len() >= limit.events {
             break;
         }
         let (position, bytes) = entry?;
         let event = record::decode(position.value(), bytes.value())?;
-        if filter.admits(&event)? {
-            events.push(event);
+        if !filter.admits(&event)? {
+            continue;
         }
+        if !limit.admits(&mut used, &event, events.is_empty()) {
+            break;
+        }
+        events.push(event);
     }
     Ok(events)
+}
+
+/// The event with id `id`, if the journal has it and readers may see it.
+pub(in crate::journal) fn event_by_id(
+    db: &Database,
+    id: Uuid,
+) -> Result<Option<RecordedEvent>, JournalError> {
+    let txn = db.begin_read()?;
+    let Some(position) = txn.open_table(EVENT_IDS)?.get(id.as_u128())? else {
+        return Ok(None);
+    };
+    let position = position.value();
+    let log = txn.open_table(EVENTS)?;
+    let Some(bytes) = log.get(position)? else {
+        // Scavenged: its id is kept so that a retry is still recognised.
+        return Ok(None);
+    };
+    let event = record::decode(position, bytes.value())?;
+    let visible = LogFilter::open(&txn)?.admits(&event)?;
+    Ok(visible.then_some(event))
+}
+
+/// The events `plugin` parked, by position.
+pub(in crate::journal) fn parked(
+    db: &Database,
+    plugin: &str,
+) -> Result<Vec<ParkedEvent>, JournalError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(PARKED) {
+        Ok(table) => table,
+        // A file from before parking existed: nothing parked yet.
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(error) => return Err(error.into()),
+    };
+    let mut parked = Vec::new();
+    for entry in table.range((plugin, 0)..=(plugin, u64::MAX))? {
+        let (key, value) = entry?;
+        let event =
+            serde_json::from_slice(value.value()).map_err(|error| JournalError::Corrupt {
+                position: key.value().1,
+                reason: format!("undecodable parked record: {error}"),
+            })?;
+        parked.push(event);
+    }
+    Ok(parked)
 }
 
 /// The last global position (0 when the log is empty).
@@ -310,18 +364,20 @@ mod tests {
             (3, encoded("s", 2)),
         ];
         let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2)]);
-        assert_eq!(read_all(&db, 1, 1).unwrap().len(), 1);
-        assert_eq!(corrupt_position(read_all(&db, 1, 10)), 2);
-        assert_eq!(read_all(&db, 3, 10).unwrap()[0].position, 3);
-        assert_eq!(corrupt_position(read_stream(&db, "s", 1, 10)), 2);
+        let n = ReadLimit::events;
+        assert_eq!(read_all(&db, 1, n(1)).unwrap().len(), 1);
+        assert_eq!(corrupt_position(read_all(&db, 1, n(10))), 2);
+        assert_eq!(read_all(&db, 3, n(10)).unwrap()[0].position, 3);
+        assert_eq!(corrupt_position(read_stream(&db, "s", 1, n(10))), 2);
     }
 
     #[test]
     fn an_index_that_disagrees_with_the_record_is_corrupt() {
         let records = [(1, encoded("s", 1)), (2, encoded("t", 1))];
         let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2), ("u", 1, 9)]);
-        assert_eq!(read_stream(&db, "s", 1, 1).unwrap().len(), 1);
-        assert_eq!(corrupt_position(read_stream(&db, "s", 1, 10)), 2);
-        assert_eq!(corrupt_position(read_stream(&db, "u", 1, 10)), 9);
+        let n = ReadLimit::events;
+        assert_eq!(read_stream(&db, "s", 1, n(1)).unwrap().len(), 1);
+        assert_eq!(corrupt_position(read_stream(&db, "s", 1, n(10))), 2);
+        assert_eq!(corrupt_position(read_stream(&db, "u", 1, n(10))), 9);
     }
 }

@@ -84,6 +84,8 @@ impl Request {
             Op::SetStreamMetadata { stream, metadata } => {
                 batch.set_stream_metadata(stream, metadata).map(|()| None)
             }
+            Op::Park { plugin, events } => batch.park(plugin, events).map(|()| None),
+            Op::Unpark { plugin, positions } => batch.unpark(plugin, positions).map(|()| None),
         }
     }
 

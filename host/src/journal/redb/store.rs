@@ -37,6 +37,9 @@ pub(super) const SNAPSHOTS: TableDefinition<(&str, &str, u64), &[u8]> =
 /// plugin → (position, projection state).
 pub(super) const CHECKPOINTS: TableDefinition<&str, (u64, &[u8])> =
     TableDefinition::new("checkpoints");
+/// (plugin, position) → a parked event as JSON. Added after format 1 without a format bump:
+/// created by the first write that parks an event, and read as empty while missing.
+pub(super) const PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("parked");
 
 /// stream → its [`Lifecycle`](super::Lifecycle) (deletion and retention metadata), for the
 /// streams that have one. Added after format 1 without a format bump: created at open if
