@@ -7,8 +7,9 @@
 //!
 //! The nested cargo uses its own target directory (`target/plugins*`), so it
 //! never waits for the lock the outer cargo holds, and only builds the plugin
-//! packages (`-p`), never this crate. Each feature set gets its own target
-//! directory so switching features does not relink every time.
+//! packages (`-p`), never this crate. Each build set (a package at most once,
+//! with its features) gets its own target directory so switching features does
+//! not relink every time.
 
 use std::env;
 use std::error::Error;
@@ -21,11 +22,13 @@ const PROFILE: &str = "plugin";
 /// Set for the nested cargo, to catch a plugin that depends on this crate.
 const NESTED: &str = "FOLDHOST_PLUGINS_NESTED";
 
-/// An artifact: its name, the package building it, and the package's features.
+/// An artifact: its name, the package building it, the package's features, and the build
+/// set it is built in (one cargo build, one target directory).
 struct Recipe {
     artifact: &'static str,
     package: &'static str,
     features: &'static str,
+    set: &'static str,
 }
 
 const fn plain(name: &'static str) -> Recipe {
@@ -33,6 +36,7 @@ const fn plain(name: &'static str) -> Recipe {
         artifact: name,
         package: name,
         features: "",
+        set: "",
     }
 }
 
@@ -41,16 +45,31 @@ const RECIPES: &[Recipe] = &[
     plain("bank-analytics"),
     plain("shopping-cart"),
     plain("hostile"),
+    plain("mischief"),
     plain("wrong-contract"),
     Recipe {
         artifact: "bank-analytics-v2",
         package: "bank-analytics",
         features: "v2",
+        set: "v2",
     },
     Recipe {
         artifact: "bank-account-v2",
         package: "bank-account",
         features: "v2",
+        set: "v2",
+    },
+    Recipe {
+        artifact: "bank-analytics-lenient",
+        package: "bank-analytics",
+        features: "lenient",
+        set: "variants",
+    },
+    Recipe {
+        artifact: "hostile-as-bank",
+        package: "hostile",
+        features: "as-bank",
+        set: "variants",
     },
 ];
 
@@ -103,17 +122,17 @@ fn run() -> Result<(), Box<dyn Error>> {
     // Started first: the JavaScript builds run while cargo builds the Rust plugins.
     let js_builds = start_js_builds(&workspace, &out_dir)?;
 
-    let mut feature_sets: Vec<&str> = Vec::new();
+    let mut sets: Vec<&str> = Vec::new();
     for recipe in RECIPES {
-        if !feature_sets.contains(&recipe.features) {
-            feature_sets.push(recipe.features);
+        if !sets.contains(&recipe.set) {
+            sets.push(recipe.set);
         }
     }
-    for features in feature_sets {
-        let recipes: Vec<&Recipe> = RECIPES.iter().filter(|r| r.features == features).collect();
-        let target_dir = match features {
+    for set in sets {
+        let recipes: Vec<&Recipe> = RECIPES.iter().filter(|r| r.set == set).collect();
+        let target_dir = match set {
             "" => workspace.join("target/plugins"),
-            _ => workspace.join(format!("target/plugins-{features}")),
+            _ => workspace.join(format!("target/plugins-{set}")),
         };
         cargo_build(&workspace, &target_dir, &recipes)?;
         for recipe in recipes {

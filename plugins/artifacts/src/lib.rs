@@ -29,6 +29,15 @@ pub const BANK_ACCOUNT_V2: &str = "bank-account-v2";
 pub const HOSTILE: &str = "hostile";
 /// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
 pub const WRONG_CONTRACT: &str = "wrong-contract";
+/// Projection `mischief` over the `hostile` category: queries that panic, loop, exhaust
+/// memory or answer too much, and a `Poison` event it cannot fold until an `Antidote` came.
+pub const MISCHIEF: &str = "mischief";
+/// `bank-analytics` built with feature `lenient` (version 1.0.1): a fix that counts a deposit
+/// whose amount is not a number as 0 instead of failing on it.
+pub const BANK_ANALYTICS_LENIENT: &str = "bank-analytics-lenient";
+/// `hostile` built with feature `as-bank`: it describes itself as `bank`, whose streams would
+/// include `bank-account`'s. For the name-clash tests.
+pub const HOSTILE_AS_BANK: &str = "hostile-as-bank";
 
 /// `bank-account` in TypeScript (`plugins/js/bank-account`): a drop-in
 /// replacement for the Rust one, same plugin name, events, commands and state.
@@ -42,7 +51,15 @@ pub const HOSTILE_JS: &str = "hostile-js";
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
 /// Plugins that exist only for tests.
-pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, BANK_ACCOUNT_V2, HOSTILE, WRONG_CONTRACT];
+pub const TEST_ARTIFACTS: &[&str] = &[
+    BANK_ANALYTICS_V2,
+    BANK_ACCOUNT_V2,
+    HOSTILE,
+    WRONG_CONTRACT,
+    MISCHIEF,
+    BANK_ANALYTICS_LENIENT,
+    HOSTILE_AS_BANK,
+];
 /// The examples in other languages: same plugin names as [`EXAMPLES`], so
 /// never served beside them, and their test plugins.
 pub const OTHER_LANGUAGES: &[&str] = &[BANK_ACCOUNT_JS, BANK_ANALYTICS_JS, HOSTILE_JS];

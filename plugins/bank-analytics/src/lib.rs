@@ -60,6 +60,7 @@ pub enum BankEvent {
         owner: String,
     },
     Deposited {
+        #[cfg_attr(feature = "lenient", serde(deserialize_with = "lenient_amount"))]
         amount: u64,
     },
     Withdrawn {
@@ -69,6 +70,12 @@ pub enum BankEvent {
     /// Event types added to `bank-account` later are skipped.
     #[serde(other)]
     Unknown,
+}
+
+/// An amount that is not a number counts as 0 (feature `lenient`).
+#[cfg(feature = "lenient")]
+fn lenient_amount<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(Value::deserialize(deserializer)?.as_u64().unwrap_or(0))
 }
 
 const DEFAULT_TOP: usize = 10;
@@ -134,6 +141,8 @@ impl Projection for Analytics {
     const NAME: &'static str = "bank-analytics";
     const VERSION: &'static str = if cfg!(feature = "v2") {
         "2.0.0"
+    } else if cfg!(feature = "lenient") {
+        "1.0.1"
     } else {
         "1.0.0"
     };

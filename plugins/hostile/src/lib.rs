@@ -69,7 +69,11 @@ fn recurse(depth: u64) -> u64 {
 }
 
 impl Aggregate for Hostile {
-    const NAME: &'static str = "hostile";
+    const NAME: &'static str = if cfg!(feature = "as-bank") {
+        "bank"
+    } else {
+        "hostile"
+    };
     const VERSION: &'static str = "1.0.0";
     type Event = HostileEvent;
     type Command = HostileCommand;

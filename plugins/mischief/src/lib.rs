@@ -1,0 +1,126 @@
+//! A projection (`mischief`) over the `hostile` category that misbehaves on purpose, for the
+//! host's tests of projection failures and query isolation.
+//!
+//! | event      | when folded                                                  |
+//! |------------|--------------------------------------------------------------|
+//! | `Ponged`   | behaves: counted                                             |
+//! | `Poison`   | panics, unless an `Antidote` was folded before: then counted |
+//! | `Antidote` | behaves: later `Poison` events fold                          |
+//!
+//! | query      | inside `query`                                  |
+//! |------------|-------------------------------------------------|
+//! | `count`    | behaves: `{"pongs", "poisons", "antidotes"}`    |
+//! | `panic`    | panics                                          |
+//! | `loop`     | spins forever                                   |
+//! | `allocate` | allocates 1 GiB and touches every 4 KiB page    |
+//! | `huge`     | answers a string of `{"mib": n}` MiB            |
+
+use std::hint::black_box;
+
+use foldhost_guest::{EventMeta, Projection, Subscription, export_projection};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mischief {
+    pub pongs: u64,
+    pub poisons: u64,
+    pub antidotes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub enum HostileEvent {
+    Ponged,
+    Poison,
+    Antidote,
+    #[serde(other)]
+    Unknown,
+}
+
+impl Projection for Mischief {
+    const NAME: &'static str = "mischief";
+    const VERSION: &'static str = "1.0.0";
+    type Event = HostileEvent;
+
+    fn subscription() -> Subscription {
+        Subscription::categories(["hostile"])
+    }
+
+    fn apply(&mut self, event: HostileEvent, meta: &EventMeta<'_>) {
+        match event {
+            HostileEvent::Ponged => self.pongs += 1,
+            HostileEvent::Poison if self.antidotes == 0 => {
+                panic!(
+                    "mischief: Poison at position {} and no antidote",
+                    meta.position
+                )
+            }
+            HostileEvent::Poison => self.poisons += 1,
+            HostileEvent::Antidote => self.antidotes += 1,
+            HostileEvent::Unknown => {}
+        }
+    }
+
+    fn query(&self, name: &str, args: Value) -> Result<Value, String> {
+        match name {
+            "count" => Ok(json!(self)),
+            "panic" => panic!("mischief: panicking in a query on purpose"),
+            "loop" => {
+                let mut turns = 0u64;
+                loop {
+                    turns = black_box(turns.wrapping_add(1));
+                }
+            }
+            "allocate" => {
+                let mut block = vec![0u8; 1 << 30];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                Err(format!(
+                    "allocated {} bytes: memory is not limited",
+                    black_box(&block).len()
+                ))
+            }
+            "huge" => {
+                let mib = args["mib"].as_u64().unwrap_or(16) as usize;
+                Ok(Value::String("x".repeat(mib << 20)))
+            }
+            _ => Err(format!("unknown query `{name}`")),
+        }
+    }
+}
+
+export_projection!(Mischief);
+
+#[cfg(test)]
+mod tests {
+    use foldhost_guest::{EventMeta, Projection};
+
+    use super::{HostileEvent, Mischief};
+
+    const META: EventMeta<'static> = EventMeta {
+        stream: "hostile-1",
+        version: 1,
+        position: 1,
+        recorded_at: 0,
+    };
+
+    #[test]
+    fn poison_folds_only_after_an_antidote() {
+        let mut state = Mischief::default();
+        state.apply(HostileEvent::Ponged, &META);
+        state.apply(HostileEvent::Antidote, &META);
+        state.apply(HostileEvent::Poison, &META);
+        assert_eq!((state.pongs, state.antidotes, state.poisons), (1, 1, 1));
+        assert_eq!(
+            state.query("count", serde_json::Value::Null).unwrap()["poisons"],
+            1
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no antidote")]
+    fn poison_without_an_antidote_panics() {
+        Mischief::default().apply(HostileEvent::Poison, &META);
+    }
+}
