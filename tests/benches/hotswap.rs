@@ -185,7 +185,7 @@ async fn wait_live(runner: &foldhost::runtime::ProjectionRunner, head: u64) {
         PATIENCE,
         status.wait_for(|s| match s {
             ProjectionStatus::Live { position } => *position >= head,
-            ProjectionStatus::Failed { reason, .. } => panic!("projection failed: {reason}"),
+            ProjectionStatus::Faulted { reason, .. } => panic!("projection faulted: {reason}"),
             _ => false,
         }),
     )

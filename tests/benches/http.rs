@@ -70,6 +70,7 @@ async fn bench() {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: None,
         metrics: None,
+        failure_policy: Default::default(),
     })
     .await
     .unwrap();

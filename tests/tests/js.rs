@@ -97,7 +97,7 @@ impl Host {
             .into_iter()
             .map(|e| (e.event_type, String::from_utf8(e.data).unwrap()))
             .collect();
-        Ok((events, outcome.state))
+        Ok((events, outcome.state.expect("the state after the command")))
     }
 
     async fn state(&self, plugin: &str, id: &str, at: Option<u64>) -> (u64, Value) {
@@ -216,7 +216,7 @@ async fn wait_until_live_at(runner: &ProjectionRunner, position: u64) {
         Duration::from_secs(60),
         status.wait_for(|s| match s {
             ProjectionStatus::Live { position: p } => *p >= position,
-            ProjectionStatus::Failed { reason, .. } => panic!("projection failed: {reason}"),
+            ProjectionStatus::Faulted { reason, .. } => panic!("projection faulted: {reason}"),
             _ => false,
         }),
     )
@@ -237,8 +237,8 @@ async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The projection's state and its answers to a set of queries.
-fn answers(runner: &ProjectionRunner) -> Vec<Value> {
-    let (_, state) = runner.state().unwrap().unwrap();
+async fn answers(runner: &ProjectionRunner) -> Vec<Value> {
+    let (_, state) = runner.state().await.unwrap().unwrap();
     let mut answers = vec![state];
     for (query, args) in [
         ("top", json!({"n": 3})),
@@ -246,13 +246,13 @@ fn answers(runner: &ProjectionRunner) -> Vec<Value> {
         ("account", json!({"id": "bank-account-a7"})),
         ("account", json!({"id": "bank-account-whale"})),
     ] {
-        answers.push(runner.query(query, &args).unwrap().unwrap().unwrap());
+        answers.push(runner.query(query, &args).await.unwrap().unwrap().unwrap());
     }
     for (query, args) in [
         ("account", json!({"id": "bank-account-nobody"})),
         ("nope", json!({})),
     ] {
-        let refused = runner.query(query, &args).unwrap().unwrap();
+        let refused = runner.query(query, &args).await.unwrap().unwrap();
         assert!(refused.is_err(), "{query} {args}: {refused:?}");
     }
     answers
@@ -303,7 +303,7 @@ async fn the_javascript_bank_analytics_takes_over_from_the_rust_one_and_answers_
     let rust = host.runtime.projection("bank-analytics").unwrap();
     let rust_hash = rust.plugin().hash.clone();
     wait_until_live_at(&rust, host.runtime.journal().head_position()).await;
-    let rust_answers = answers(&rust);
+    let rust_answers = answers(&rust).await;
 
     host.load(BANK_ANALYTICS_JS).await;
     wait_for(|| {
@@ -313,7 +313,7 @@ async fn the_javascript_bank_analytics_takes_over_from_the_rust_one_and_answers_
     .await;
     let js = host.runtime.projection("bank-analytics").unwrap();
     wait_until_live_at(&js, host.runtime.journal().head_position()).await;
-    assert_eq!(answers(&js), rust_answers);
+    assert_eq!(answers(&js).await, rust_answers);
     // Saturated at u64::MAX, as the Rust build does.
     assert_eq!(rust_answers[0]["total_balance"], json!(U64_MAX));
 
@@ -323,7 +323,7 @@ async fn the_javascript_bank_analytics_takes_over_from_the_rust_one_and_answers_
         .await
         .unwrap();
     wait_until_live_at(&js, host.runtime.journal().head_position()).await;
-    let (_, live) = js.state().unwrap().unwrap();
+    let (_, live) = js.state().await.unwrap().unwrap();
     let engine = host.runtime.engine().clone();
     let journal = host.runtime.journal().clone();
     let replayed = tokio::task::spawn_blocking(move || {
@@ -404,21 +404,24 @@ async fn javascript_exceptions_answer_rejected_or_invalid_and_never_trap() {
     let (_, state) = run("Ping", Value::Null).await.unwrap();
     assert_eq!(state["pongs"], json!(2));
 
-    // An apply handler that throws fails its batch with the reason, on every
-    // rebuild of that stream; other streams are untouched.
-    let poisoned = host.command("hostile-js", "p", "Poison", Value::Null).await;
-    for outcome in [
-        poisoned.map(|_| ()),
-        host.command("hostile-js", "p", "Ping", Value::Null)
-            .await
-            .map(|_| ()),
-    ] {
-        match outcome {
-            Err(RuntimeError::PluginFailed { message, .. }) => {
-                assert!(message.contains("applied a Poisoned event"), "{message}")
-            }
-            other => panic!("expected the poisoned apply to fail, got {other:?}"),
+    // An apply handler that throws: the command's event is stored, so the command
+    // succeeds without a state; every rebuild of that stream then names the event and
+    // the reason; other streams are untouched.
+    let poisoned = host
+        .runtime
+        .execute("hostile-js", "p", "Poison", b"null".to_vec())
+        .await
+        .unwrap();
+    let unknown = poisoned.state.unwrap_err();
+    assert!(unknown.contains("applied a Poisoned event"), "{unknown}");
+    match host.command("hostile-js", "p", "Ping", Value::Null).await {
+        Err(RuntimeError::Unfoldable {
+            position, reason, ..
+        }) => {
+            assert_eq!(position, poisoned.events[0].position);
+            assert!(reason.contains("applied a Poisoned event"), "{reason}")
         }
+        other => panic!("expected the poisoned event to be named, got {other:?}"),
     }
     let (_, state) = run("Ping", Value::Null).await.unwrap();
     assert_eq!(state["pongs"], json!(3));

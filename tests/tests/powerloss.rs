@@ -626,8 +626,8 @@ async fn resumed_as_replayed(
     let position = loop {
         match projection.status() {
             ProjectionStatus::Live { position } if position == log.len() as u64 => break position,
-            ProjectionStatus::Failed { reason, .. } => {
-                return vec![format!("bank-analytics failed: {reason}")];
+            ProjectionStatus::Faulted { reason, .. } => {
+                return vec![format!("bank-analytics faulted: {reason}")];
             }
             _ if started.elapsed() > PATIENCE => panic!("bank-analytics never caught up"),
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -640,7 +640,7 @@ async fn resumed_as_replayed(
             projection.replayed()
         ));
     }
-    let (_, state) = projection.state().unwrap().unwrap();
+    let (_, state) = projection.state().await.unwrap().unwrap();
     let replayed: serde_json::Value =
         serde_json::from_str(&analytics_after(&log).state_json()).unwrap();
     if state != replayed {

@@ -85,7 +85,7 @@ impl Host {
             .runtime
             .execute(plugin, id, command, serde_json::to_vec(&data).unwrap())
             .await?;
-        Ok(outcome.state)
+        Ok(outcome.state.expect("the state after the command"))
     }
 }
 
@@ -452,13 +452,15 @@ async fn an_event_that_traps_on_replay_is_reported_with_its_position() {
     let position = journal.head_position();
     let outcome = host.command("hostile", "p", "Ping", Value::Null).await;
     match outcome {
-        Err(RuntimeError::Trap { context, .. }) => {
-            assert!(
-                context.contains(&format!("positions {position}..={position}")),
-                "{context}"
-            )
+        Err(RuntimeError::Unfoldable {
+            position: at,
+            reason,
+            ..
+        }) => {
+            assert_eq!(at, position);
+            assert!(reason.contains("panicked"), "{reason}");
         }
-        other => panic!("expected a trap, got {other:?}"),
+        other => panic!("expected the event to be named, got {other:?}"),
     }
     // Other streams of the same plugin still work.
     host.command("hostile", "q", "Ping", Value::Null)
@@ -527,7 +529,7 @@ async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() 
     let analytics = host.runtime.projection("bank-analytics").unwrap();
     let head = host.runtime.journal().head_position();
     wait_until_live_at(&analytics, head).await;
-    let (_, state) = analytics.state().unwrap().unwrap();
+    let (_, state) = analytics.state().await.unwrap().unwrap();
     assert_eq!(state["open_accounts"], json!(20), "{state}");
     assert_eq!(
         state["total_balance"],
@@ -536,6 +538,7 @@ async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() 
     );
     let top = analytics
         .query("top", &json!({"n": 3}))
+        .await
         .unwrap()
         .unwrap()
         .unwrap();
@@ -546,7 +549,7 @@ async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() 
         .await
         .unwrap();
     wait_until_live_at(&analytics, head + 1).await;
-    let (_, state) = analytics.state().unwrap().unwrap();
+    let (_, state) = analytics.state().await.unwrap().unwrap();
     assert_eq!(state["total_balance"], json!(2105), "{state}");
     let replayed_first = analytics.replayed();
     assert_eq!(replayed_first, head + 1);
@@ -575,7 +578,7 @@ async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() 
         1,
         "resumed from the checkpoint, not from position 1"
     );
-    let (_, state) = analytics.state().unwrap().unwrap();
+    let (_, state) = analytics.state().await.unwrap().unwrap();
     assert_eq!(state["total_balance"], json!(2106), "{state}");
 }
 
@@ -585,7 +588,7 @@ async fn wait_until_live_at(runner: &foldhost::runtime::ProjectionRunner, positi
         Duration::from_secs(30),
         status.wait_for(|s| match s {
             ProjectionStatus::Live { position: p } => *p >= position,
-            ProjectionStatus::Failed { reason, .. } => panic!("projection failed: {reason}"),
+            ProjectionStatus::Faulted { reason, .. } => panic!("projection faulted: {reason}"),
             _ => false,
         }),
     )
@@ -705,7 +708,7 @@ async fn a_new_projection_version_takes_over_at_the_head_and_a_broken_one_does_n
     .await;
     assert_eq!(swapped.version, "2.0.0");
     let new = host.runtime.projection("bank-analytics").unwrap();
-    let (position, state) = new.state().unwrap().unwrap();
+    let (position, state) = new.state().await.unwrap().unwrap();
     assert_eq!(position, host.runtime.journal().head_position());
 
     // The swapped-in state equals a fresh offline replay of the new version.
@@ -761,6 +764,6 @@ async fn shutdown_checkpoints_projections_so_a_restart_replays_nothing() {
     let analytics = host.runtime.projection("bank-analytics").unwrap();
     wait_until_live_at(&analytics, head).await;
     assert_eq!(analytics.replayed(), 0, "resumed at the head");
-    let (_, state) = analytics.state().unwrap().unwrap();
+    let (_, state) = analytics.state().await.unwrap().unwrap();
     assert_eq!(state["open_accounts"], json!(40), "{state}");
 }

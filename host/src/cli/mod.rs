@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::runtime::FailurePolicy;
 use crate::server::{Server, ServerConfig};
 
 /// Event sourcing whose aggregates and projections are sandboxed WebAssembly plugins.
@@ -85,6 +86,11 @@ struct ServeArgs {
     /// Without an admin token the admin endpoints are disabled.
     #[command(flatten)]
     admin: token::AdminToken,
+    /// What a projection does with an event it cannot fold (after retries): `park` it (skip
+    /// it, listed under /plugins/NAME/parked) or `stop` there until an operator acts.
+    /// Per plugin: `foldhost plugins policy NAME park|stop`.
+    #[arg(long, env = "FOLDHOST_FAILURE_POLICY", default_value = "park")]
+    failure_policy: FailurePolicy,
 }
 
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
@@ -151,6 +157,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen,
         admin_token,
         metrics: Some(crate::server::metrics::install()?),
+        failure_policy: args.failure_policy,
     })
     .await?;
     println!("listening on http://{}", server.local_addr());

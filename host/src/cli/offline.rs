@@ -19,7 +19,7 @@ use crate::journal::{
     AppendResult, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
 };
 use crate::runtime::{
-    AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_BATCH,
+    AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_LIMIT,
     diff_versions, stream_name,
 };
 use crate::server::JOURNAL_FILE;
@@ -136,7 +136,7 @@ fn replay_projection(plugin: Arc<Plugin>, journal: &Journal) -> anyhow::Result<s
     let bar = progress(journal.head_position(), "events");
     let mut projection = ProjectionInstance::new(plugin, None)?;
     loop {
-        let events = journal.read_all(projection.position + 1, REPLAY_BATCH)?;
+        let events = journal.read_all_within(projection.position + 1, REPLAY_LIMIT)?;
         if events.is_empty() {
             break;
         }
@@ -158,12 +158,12 @@ fn replay_aggregate(
     };
     let bar = progress(head, "events");
     let mut aggregate = AggregateInstance::new(plugin, &stream, None)?;
-    loop {
-        let events = journal.read_stream(&stream, aggregate.version + 1, REPLAY_BATCH)?;
-        if events.is_empty() {
+    while aggregate.version < head {
+        let before = aggregate.version;
+        aggregate.catch_up(journal, before + REPLAY_LIMIT.events as u64)?;
+        if aggregate.version == before {
             break;
         }
-        aggregate.apply(&events)?;
         bar.set_position(aggregate.version);
     }
     bar.finish_and_clear();
@@ -225,7 +225,7 @@ fn write_log(journal: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
     let bar = progress(journal.head_position(), "events");
     let mut next = 1;
     loop {
-        let events = journal.read_all(next, REPLAY_BATCH)?;
+        let events = journal.read_all_within(next, REPLAY_LIMIT)?;
         let Some(last) = events.last() else {
             break;
         };

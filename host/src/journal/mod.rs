@@ -355,17 +355,29 @@ impl Journal {
         position: u64,
         state: Vec<u8>,
     ) -> Result<(), JournalError> {
-        match &*self.backend {
-            Backend::Redb(redb) => {
-                redb.write(Op::PutCheckpoint {
-                    plugin: plugin.to_owned(),
-                    position,
-                    state,
-                })
-                .await
-            }
-            Backend::Postgres(pg) => pg.put_checkpoint(plugin, position, state).await,
-        }
+        self.put_checkpoint_reparked(plugin, position, state, Vec::new(), Vec::new())
+            .await
+    }
+
+    /// Stores a checkpoint of `plugin` and, in the same transaction, records the events it
+    /// parked (`park`) and forgets those it folded after all (`unpark`): a state and the list
+    /// of what it skipped never disagree.
+    pub async fn put_checkpoint_reparked(
+        &self,
+        plugin: &str,
+        position: u64,
+        state: Vec<u8>,
+        park: Vec<ParkedEvent>,
+        unpark: Vec<u64>,
+    ) -> Result<(), JournalError> {
+        self.write(Op::PutCheckpoint {
+            plugin: plugin.to_owned(),
+            position,
+            state,
+            park,
+            unpark,
+        })
+        .await
     }
 
     /// The checkpoint of `plugin`: position and state.

@@ -15,10 +15,13 @@ pub(super) enum Op {
         version: u64,
         state: Vec<u8>,
     },
+    /// A projection's checkpoint, with changes to its parked events.
     PutCheckpoint {
         plugin: String,
         position: u64,
         state: Vec<u8>,
+        park: Vec<ParkedEvent>,
+        unpark: Vec<u64>,
     },
     /// Drops the snapshots, checkpoint and parked events of `plugin`.
     DeletePluginData { plugin: String },

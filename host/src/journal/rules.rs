@@ -9,7 +9,7 @@ use super::{AppendResult, ExpectedVersion, JournalError, NewEvent};
 impl ExpectedVersion {
     /// Checks the condition against `current` (None: no stream); a mismatch
     /// is a conflict carrying the current version.
-    pub(super) fn check(self, stream: &str, current: Option<u64>) -> Result<(), JournalError> {
+    pub fn check(self, stream: &str, current: Option<u64>) -> Result<(), JournalError> {
         let holds = match self {
             Self::Any => true,
             Self::NoStream => current.is_none(),

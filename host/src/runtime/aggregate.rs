@@ -10,10 +10,40 @@ use super::bindings::{PluginData, encode_batch, types};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
-use crate::journal::{Journal, NewEvent, RecordedEvent, StreamWindow};
+use crate::journal::{Journal, NewEvent, ReadLimit, RecordedEvent, StreamWindow};
 
-/// Events moved into the plugin per `apply` call during replay.
-pub const REPLAY_BATCH: usize = 1024;
+/// Events moved into a plugin per `apply` call during replay: at most 1024, and at most 4 MiB
+/// of event data (a single larger event goes alone), so a batch fits well within the plugin's
+/// memory cap whatever the events' sizes.
+pub const REPLAY_LIMIT: ReadLimit = ReadLimit {
+    events: 1024,
+    bytes: 4 << 20,
+};
+
+/// Splits `events` into consecutive batches within `limit` (a batch has at least one event).
+pub fn batches(
+    events: &[RecordedEvent],
+    limit: ReadLimit,
+) -> impl Iterator<Item = &[RecordedEvent]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let mut len = 0;
+        for event in rest.iter().take(limit.events) {
+            bytes = bytes.saturating_add(event.size());
+            if len > 0 && bytes > limit.bytes {
+                break;
+            }
+            len += 1;
+        }
+        let (batch, tail) = rest.split_at(len.max(1));
+        rest = tail;
+        Some(batch)
+    })
+}
 
 /// A live aggregate: one stream's state folded up to `version`.
 pub struct AggregateInstance {
@@ -131,16 +161,44 @@ impl AggregateInstance {
     }
 
     /// Applies the stream's events after `self.version`, up to version `at_most`.
+    ///
+    /// When a batch fails, its events are folded one at a time on a rebuilt instance: that
+    /// gets past a batch that failed only as a whole (it ran out of time or memory), and
+    /// otherwise names the one event this build cannot fold ([`RuntimeError::Unfoldable`]).
     pub fn catch_up(&mut self, journal: &Journal, at_most: u64) -> Result<(), RuntimeError> {
         while self.version < at_most {
-            let want = (at_most - self.version).min(REPLAY_BATCH as u64) as usize;
-            let events = journal.read_stream(&self.stream, self.version + 1, want)?;
+            let limit = ReadLimit {
+                events: (at_most - self.version).min(REPLAY_LIMIT.events as u64) as usize,
+                ..REPLAY_LIMIT
+            };
+            let events = journal.read_stream_within(&self.stream, self.version + 1, limit)?;
             if events.is_empty() {
                 break;
             }
-            self.apply(&events)?;
+            if let Err(error) = self.apply(&events) {
+                if let [event] = events.as_slice() {
+                    return Err(RuntimeError::unfoldable(self.plugin.name(), event, error));
+                }
+                *self = self.fold_singly(journal, &events)?;
+            }
         }
         Ok(())
+    }
+
+    /// Rebuilds the state before `events` (a batch that failed) and folds them one at a time.
+    fn fold_singly(
+        &self,
+        journal: &Journal,
+        events: &[RecordedEvent],
+    ) -> Result<Self, RuntimeError> {
+        let before = events[0].version - 1;
+        let mut rebuilt = Self::rehydrate(self.plugin.clone(), journal, &self.stream, before)?;
+        for event in events {
+            rebuilt
+                .apply(std::slice::from_ref(event))
+                .map_err(|error| RuntimeError::unfoldable(self.plugin.name(), event, error))?;
+        }
+        Ok(rebuilt)
     }
 
     /// Folds stored events (consecutive, starting at `version + 1`) into the state.
@@ -166,6 +224,16 @@ impl AggregateInstance {
         })?;
         self.version = last.version;
         Ok(())
+    }
+
+    /// A separate instance holding a copy of this state (through its snapshot), to try
+    /// folding events on without touching this one.
+    pub fn scratch(&mut self) -> Result<Self, RuntimeError> {
+        let snapshot = match self.version {
+            0 => None,
+            version => Some((version, self.snapshot()?)),
+        };
+        Self::new(self.plugin.clone(), &self.stream, snapshot)
     }
 
     /// Decides a command against the current state, without changing it.

@@ -3,15 +3,18 @@
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
+use uuid::Uuid;
 
 use super::aggregate::AggregateInstance;
 use super::blocking;
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
-use crate::journal::{ExpectedVersion, Journal, JournalError, RecordedEvent};
+use crate::journal::{
+    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
+};
 
 /// Tuning of the write side.
 #[derive(Debug, Clone)]
@@ -34,6 +37,28 @@ impl Default for AggregateConfig {
     }
 }
 
+/// A command to an aggregate.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub command_type: String,
+    /// The command's JSON.
+    pub data: Vec<u8>,
+    /// Makes retries safe: a command with the key of one whose events were stored returns
+    /// that command's outcome and appends nothing.
+    pub idempotency_key: Option<String>,
+}
+
+impl Command {
+    /// A command without an idempotency key.
+    pub fn new(command_type: impl Into<String>, data: Vec<u8>) -> Self {
+        Self {
+            command_type: command_type.into(),
+            data,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// What a successful command produced.
 #[derive(Debug, Clone)]
 pub struct CommandOutcome {
@@ -41,7 +66,9 @@ pub struct CommandOutcome {
     pub version: u64,
     /// The events the command appended (none if it decided nothing).
     pub events: Vec<RecordedEvent>,
-    pub state: serde_json::Value,
+    /// The state after the command, or why it could not be computed; either way the events
+    /// are stored.
+    pub state: Result<serde_json::Value, String>,
 }
 
 /// The stream an aggregate instance `id` of `plugin` lives in.
@@ -49,13 +76,23 @@ pub fn stream_name(plugin: &str, id: &str) -> String {
     format!("{plugin}-{id}")
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<AggregateInstance>>>;
+/// The namespace of event ids derived from idempotency keys.
+const IDEMPOTENCY_IDS: Uuid = Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f74_656e);
+
+/// The id of event `index` of the command with idempotency `key` on `stream`: the same on
+/// every retry and every host, so the journal's idempotent append recognises a retry.
+fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
+    let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());
+    Uuid::new_v5(&IDEMPOTENCY_IDS, name.as_bytes())
+}
+
+pub(super) type Slot = Arc<tokio::sync::Mutex<Option<AggregateInstance>>>;
 
 /// Runs commands. Commands to one stream queue on that stream's slot in
 /// arrival order; different streams proceed in parallel.
 pub struct Aggregates {
-    journal: Journal,
-    config: AggregateConfig,
+    pub(super) journal: Journal,
+    pub(super) config: AggregateConfig,
     /// Keyed by stream alone, so that commands to a stream keep queueing in
     /// arrival order while a new plugin version takes over; a state folded by
     /// another version is dropped, never reused (see `take_state`).
@@ -72,9 +109,10 @@ impl Aggregates {
         }
     }
 
-    /// Handles `command_type` with JSON `data` on aggregate `id`: load, decide,
-    /// append with the expected version, apply. On a conflicting concurrent
-    /// append the state catches up and the command is decided again.
+    /// Handles `command` on aggregate `id`: load, decide, append with the expected version,
+    /// apply. On a conflicting concurrent append the state catches up and the command is
+    /// decided again. Once its events are stored the command succeeds, even if computing the
+    /// new state fails ([`CommandOutcome::state`]).
     ///
     /// The whole cycle runs in one hop to the blocking pool: its thread waits
     /// for the group commit, so concurrent commands still share an fsync.
@@ -82,8 +120,7 @@ impl Aggregates {
         &self,
         plugin: &Arc<Plugin>,
         id: &str,
-        command_type: &str,
-        data: Vec<u8>,
+        command: Command,
     ) -> Result<CommandOutcome, RuntimeError> {
         expect_aggregate(plugin)?;
         let started = Instant::now();
@@ -96,22 +133,18 @@ impl Aggregates {
             plugin.clone(),
             self.config.max_conflict_retries,
         );
-        let command_type = command_type.to_owned();
         let (instance, outcome) = blocking(move || {
-            let mut instance = match cached {
-                // Another writer (a direct append, another host) may have moved the stream
-                // on, or a delete or retention rule hidden some of it: decide against what
-                // readers see now.
-                Some(mut instance) => match instance.refresh(&journal) {
-                    Ok(()) => instance,
-                    Err(error) => return Ok((None, Err(error))),
-                },
-                None => AggregateInstance::rehydrate(plugin_, &journal, &stream, u64::MAX)?,
+            // Another writer (a direct append, another host) may have moved the stream on,
+            // or a delete or retention rule hidden some of it: decide against what readers
+            // see now.
+            let mut instance = match latest(cached, plugin_, &journal, &stream) {
+                Ok(instance) => instance,
+                Err(error) => return Ok((None, Err(error))),
             };
-            let outcome = decide_and_append(&mut instance, &journal, &command_type, &data, retries);
-            // A trapped store is never reused; nor is one of a stream that still does not
+            let outcome = decide_and_append(&mut instance, &journal, &command, retries);
+            // A broken store is never reused; nor is one of a stream that still does not
             // exist, so commands to made-up ids leave nothing behind.
-            let keep = !matches!(outcome, Err(RuntimeError::Trap { .. })) && instance.version > 0;
+            let keep = intact(&outcome) && instance.version > 0;
             Ok((keep.then_some(instance), outcome))
         })
         .await?;
@@ -194,7 +227,7 @@ impl Aggregates {
         }
     }
 
-    fn slot(&self, stream: &str) -> Slot {
+    pub(super) fn slot(&self, stream: &str) -> Slot {
         let mut cache = self.cache.lock().expect("cache lock");
         if let Some(slot) = cache.get(stream) {
             metrics::counter!("foldhost_aggregate_cache_hits_total").increment(1);
@@ -250,49 +283,198 @@ impl Aggregates {
 
 /// Takes the cached state out of a slot if `plugin` folded it; a state of
 /// another version (the one before a swap, or after a rollback) is dropped.
-fn take_state(live: &mut Option<AggregateInstance>, plugin: &Plugin) -> Option<AggregateInstance> {
+pub(super) fn take_state(
+    live: &mut Option<AggregateInstance>,
+    plugin: &Plugin,
+) -> Option<AggregateInstance> {
     live.take().filter(|i| i.plugin().hash == plugin.hash)
 }
 
-/// Decides the command and appends its events, re-deciding after conflicts.
+/// The cached state brought up to what readers see of the stream now, or the stream rebuilt.
+pub(super) fn latest(
+    cached: Option<AggregateInstance>,
+    plugin: Arc<Plugin>,
+    journal: &Journal,
+    stream: &str,
+) -> Result<AggregateInstance, RuntimeError> {
+    match cached {
+        Some(mut instance) => {
+            instance.refresh(journal)?;
+            Ok(instance)
+        }
+        None => AggregateInstance::rehydrate(plugin, journal, stream, u64::MAX),
+    }
+}
+
+/// Whether the instance still holds the stream's state after `outcome`: a refusal leaves it
+/// as it was; a plugin failure may have broken it (a trapped store is never reused).
+fn intact(outcome: &Result<CommandOutcome, RuntimeError>) -> bool {
+    match outcome {
+        Ok(outcome) => outcome.state.is_ok(),
+        Err(error) => matches!(
+            error,
+            RuntimeError::Rejected { .. }
+                | RuntimeError::InvalidCommand { .. }
+                | RuntimeError::TooManyConflicts(_)
+                | RuntimeError::Journal(_)
+        ),
+    }
+}
+
+/// Decides the command and appends its events, re-deciding after conflicts. A command with
+/// an idempotency key whose events are already stored returns them instead.
 fn decide_and_append(
     instance: &mut AggregateInstance,
     journal: &Journal,
-    command_type: &str,
-    data: &[u8],
+    command: &Command,
     retries: u32,
 ) -> Result<CommandOutcome, RuntimeError> {
+    let stream = instance.stream().to_owned();
+    let key = command.idempotency_key.as_deref();
     for _ in 0..=retries {
-        let events = instance.handle(command_type, data)?;
+        if let Some(key) = key
+            && let Some(stored) = committed(journal, &stream, key)?
+        {
+            return Ok(outcome_of(instance, journal, stored));
+        }
+        let mut events = instance.handle(&command.command_type, &command.data)?;
         if events.is_empty() {
             return Ok(CommandOutcome {
                 version: instance.version,
                 events: Vec::new(),
-                state: instance.state()?,
+                state: Ok(instance.state()?),
             });
+        }
+        if let Some(key) = key {
+            for (index, event) in events.iter_mut().enumerate() {
+                event.id = derived_id(&stream, key, index);
+            }
         }
         let expected = match instance.version {
             0 => ExpectedVersion::NoStream,
             v => ExpectedVersion::Exact(v),
         };
-        let count = events.len();
-        match journal.append_blocking(instance.stream(), expected, events) {
+        match journal.append_blocking(&stream, expected, events.clone()) {
+            // From here on the events are stored: the command succeeds whatever follows.
             Ok(appended) => {
-                let stored =
-                    journal.read_stream(instance.stream(), appended.first_version, count)?;
-                instance.apply(&stored)?;
-                return Ok(CommandOutcome {
-                    version: appended.last_version,
-                    events: stored,
-                    state: instance.state()?,
+                let stored = match key {
+                    Some(key) => committed(journal, &stream, key).and_then(|found| {
+                        found.ok_or_else(|| JournalError::Corrupt {
+                            position: appended.first_position,
+                            reason: "an appended event is not found by its id".to_owned(),
+                        })
+                    }),
+                    None => journal.read_stream(&stream, appended.first_version, events.len()),
+                };
+                return Ok(match stored {
+                    Ok(stored) => outcome_of(instance, journal, stored),
+                    Err(error) => unread_outcome(&stream, appended, events, error),
                 });
             }
             // Someone else appended (or deleted the stream): catch up, decide again.
             Err(JournalError::Conflict { .. }) => instance.refresh(journal)?,
+            // Another host stored this key's command first, deciding other events: its
+            // outcome is found on the next round.
+            Err(JournalError::IdempotencyMismatch { .. }) if key.is_some() => {}
             Err(error) => return Err(error.into()),
         }
     }
-    Err(RuntimeError::TooManyConflicts(instance.stream().to_owned()))
+    Err(RuntimeError::TooManyConflicts(stream))
+}
+
+/// The stored events of the command with idempotency `key` on `stream`, if it was stored:
+/// consecutive events whose ids derive from the key.
+fn committed(
+    journal: &Journal,
+    stream: &str,
+    key: &str,
+) -> Result<Option<Vec<RecordedEvent>>, JournalError> {
+    let Some(first) = journal.event_by_id(derived_id(stream, key, 0))? else {
+        return Ok(None);
+    };
+    let mut events = vec![first];
+    loop {
+        let next = events.last().expect("not empty").version + 1;
+        let page = journal.read_stream_within(stream, next, ReadLimit::events(64))?;
+        let before = events.len();
+        for event in page {
+            if event.id != derived_id(stream, key, events.len()) {
+                break;
+            }
+            events.push(event);
+        }
+        if events.len() - before < 64 {
+            return Ok(Some(events));
+        }
+    }
+}
+
+/// The outcome of a command whose events are `stored`: the state right after them, or why
+/// it could not be computed.
+fn outcome_of(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    stored: Vec<RecordedEvent>,
+) -> CommandOutcome {
+    let version = stored.last().expect("a stored command has events").version;
+    let state = (|| {
+        if instance.version + 1 == stored[0].version {
+            instance.apply(&stored)?;
+        } else if instance.version < version {
+            instance.catch_up(journal, version)?;
+        }
+        if instance.version == version {
+            return instance.state();
+        }
+        // A retry after the stream moved on: the state as this command left it.
+        let plugin = instance.plugin().clone();
+        AggregateInstance::rehydrate(plugin, journal, instance.stream(), version)?.state()
+    })();
+    CommandOutcome {
+        version,
+        events: stored,
+        state: state.map_err(|error| {
+            tracing::error!(%error, "the events are stored, but the new state is unknown");
+            format!("the events are stored, but the new state could not be computed: {error}")
+        }),
+    }
+}
+
+/// The outcome of a command whose events are stored but could not be read back: the events
+/// as they were sent, `recorded_at` from this host's clock.
+fn unread_outcome(
+    stream: &str,
+    appended: AppendResult,
+    sent: Vec<NewEvent>,
+    error: JournalError,
+) -> CommandOutcome {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let events = sent
+        .into_iter()
+        .zip(appended.first_version..)
+        .zip(appended.first_position..)
+        .map(|((event, version), position)| RecordedEvent {
+            position,
+            stream: stream.to_owned(),
+            version,
+            id: event.id,
+            event_type: event.event_type,
+            content_type: event.content_type,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: now,
+        })
+        .collect();
+    CommandOutcome {
+        version: appended.last_version,
+        events,
+        state: Err(format!(
+            "the events are stored, but reading them back failed ({error}); recorded_at is \
+             this host's clock"
+        )),
+    }
 }
 
 fn expect_aggregate(plugin: &Plugin) -> Result<(), RuntimeError> {

@@ -1,6 +1,6 @@
 //! What can go wrong when loading or running a plugin.
 
-use crate::journal::JournalError;
+use crate::journal::{JournalError, RecordedEvent};
 
 /// Errors from the plugin runtime. Each names the plugin involved.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,87 @@ pub enum RuntimeError {
         context: String,
         message: String,
     },
+    /// A stored event the plugin cannot fold (it returns an error or traps on it, even alone):
+    /// its stream cannot be served by this build.
+    #[error(
+        "{plugin} cannot fold the event at position {position} ({event_type}, version {version} \
+         of {stream}): {reason}"
+    )]
+    Unfoldable {
+        plugin: String,
+        stream: String,
+        position: u64,
+        version: u64,
+        event_type: String,
+        reason: String,
+    },
+    /// Events offered for appending that the stream's aggregate cannot fold; nothing was stored.
+    #[error("{plugin} cannot fold event {index} ({event_type}) on {stream}: {reason}")]
+    Refused {
+        plugin: String,
+        stream: String,
+        /// The event's index in the append.
+        index: usize,
+        event_type: String,
+        reason: String,
+    },
+    /// Another loaded aggregate's name is this one's followed by `-…`, or the other way round:
+    /// the streams of one would belong to both.
+    #[error(
+        "plugin {plugin:?} clashes with the loaded plugin {other:?}: stream names \
+         {example:?} would belong to both; no aggregate's name may be another's followed by '-'"
+    )]
+    NameClash {
+        plugin: String,
+        other: String,
+        example: String,
+    },
+    /// Too many queries are waiting already; try again later.
+    #[error("too many queries are running; try again later")]
+    Busy,
+    /// The operation needs the projection in another state (e.g. replaying parked events of a
+    /// projection that has not started).
+    #[error("projection {plugin} cannot {action} now: {reason}")]
+    NotNow {
+        plugin: String,
+        action: &'static str,
+        reason: String,
+    },
     #[error("stream {0:?} kept changing under the command; gave up after retries")]
     TooManyConflicts(String),
     #[error("stream {0:?} has no events")]
     NoSuchStream(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
+}
+
+impl RuntimeError {
+    /// What a plugin said (or how it trapped) when a call failed; other errors in full.
+    pub fn plugin_reason(&self) -> String {
+        match self {
+            Self::Trap { message, .. } | Self::PluginFailed { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether a plugin call ran out of time: unlike other traps, that may pass on a retry
+    /// (a busy machine). Matches the wording of `sandbox::describe_trap`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Trap { message, .. } if message.starts_with("exceeded its time limit"))
+    }
+
+    /// `error` of `plugin` folding the stored `event`, as [`RuntimeError::Unfoldable`].
+    pub(super) fn unfoldable(plugin: &str, event: &RecordedEvent, error: RuntimeError) -> Self {
+        match error {
+            Self::Trap { .. } | Self::PluginFailed { .. } => Self::Unfoldable {
+                plugin: plugin.to_owned(),
+                stream: event.stream.clone(),
+                position: event.position,
+                version: event.version,
+                event_type: event.event_type.clone(),
+                reason: error.plugin_reason(),
+            },
+            other => other,
+        }
+    }
 }

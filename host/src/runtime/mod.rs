@@ -4,6 +4,7 @@
 //! over the global log).
 
 mod aggregate;
+mod appends;
 mod bindings;
 mod commands;
 mod diff;
@@ -15,13 +16,16 @@ mod projection;
 mod registry;
 mod sandbox;
 
-pub use aggregate::{AggregateInstance, REPLAY_BATCH};
-pub use commands::{AggregateConfig, Aggregates, CommandOutcome, stream_name};
+pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
+pub use commands::{AggregateConfig, Aggregates, Command, CommandOutcome, stream_name};
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::{Limits, PluginEngine};
 pub use error::RuntimeError;
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
-pub use projection::{CheckpointPolicy, ProjectionInstance, ProjectionRunner, ProjectionStatus};
+pub use projection::{
+    CheckpointPolicy, FailurePolicy, ParkReport, ProjectionInstance, ProjectionRunner,
+    ProjectionStatus, RunnerOptions,
+};
 pub use registry::{LoadFailure, PluginInfo, Runtime, RuntimeConfig};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async

@@ -1,16 +1,22 @@
 //! The set of loaded plugins, by name, and how a new version replaces an old one.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
 
-use super::commands::{AggregateConfig, Aggregates, CommandOutcome};
+use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome};
 use super::engine::{Limits, PluginEngine};
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
-use super::projection::{CheckpointPolicy, ProjectionRunner, ProjectionStatus};
-use crate::journal::Journal;
+use super::projection::{
+    CheckpointPolicy, FailurePolicy, ParkReport, ProjectionRunner, ProjectionStatus, RunnerOptions,
+};
+use crate::journal::{AppendResult, ExpectedVersion, Journal, NewEvent, ParkedEvent, in_category};
+
+/// Query calls running at once in the whole host (see `projection::runner`).
+const QUERY_SLOTS: usize = 8;
 
 /// Everything the runtime is tuned by.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +24,8 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     pub aggregates: AggregateConfig,
     pub checkpoints: CheckpointPolicy,
+    /// What projections do with an event they cannot fold, unless set per plugin.
+    pub failure_policy: FailurePolicy,
     /// Where compiled components are cached (none: compile every load).
     pub cache_dir: Option<std::path::PathBuf>,
 }
@@ -42,6 +50,12 @@ pub struct PluginInfo {
     /// (after a restart, only those past its checkpoint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed: Option<u64>,
+    /// Projections: events it skipped because it could not fold them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parked: Option<usize>,
+    /// Projections: what it does with an event it cannot fold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<FailurePolicy>,
 }
 
 /// A plugin file or upload that was refused, and why.
@@ -71,6 +85,10 @@ pub struct Runtime {
     journal: Journal,
     aggregates: Aggregates,
     checkpoints: CheckpointPolicy,
+    failure_policy: FailurePolicy,
+    /// Each projection's failure policy, by plugin name, shared with its runs.
+    policies: Mutex<BTreeMap<String, Arc<watch::Sender<FailurePolicy>>>>,
+    queries: Arc<Semaphore>,
     plugins: RwLock<BTreeMap<String, Slot>>,
     /// Refused loads whose plugin name is unknown, by origin.
     failures: RwLock<BTreeMap<String, String>>,
@@ -84,6 +102,9 @@ impl Runtime {
             engine,
             journal,
             checkpoints: config.checkpoints,
+            failure_policy: config.failure_policy,
+            policies: Mutex::new(BTreeMap::new()),
+            queries: Arc::new(Semaphore::new(QUERY_SLOTS)),
             plugins: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(BTreeMap::new()),
         }))
@@ -113,7 +134,11 @@ impl Runtime {
         match super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await {
             Ok(plugin) => {
                 self.failures.write().expect("failures lock").remove(origin);
-                self.install(plugin)
+                let installed = self.install(plugin);
+                if let Err(error) = &installed {
+                    self.record_failure(origin, error);
+                }
+                installed
             }
             Err(error) => {
                 self.record_failure(origin, &error);
@@ -152,6 +177,25 @@ impl Runtime {
     fn install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
         let name = plugin.name().to_owned();
         let mut plugins = self.plugins.write().expect("plugin table lock");
+        // Only aggregates own streams, so only their names may not overlap.
+        let clash = plugins
+            .iter()
+            .filter(|(_, slot)| matches!(slot.entry, Some(Entry::Aggregate(_))))
+            .map(|(other, _)| other)
+            .find(|other| in_category(other, &name) || in_category(&name, other))
+            .filter(|_| plugin.kind() == PluginKind::Aggregate);
+        if let Some(other) = clash {
+            let longer = if other.len() > name.len() {
+                other
+            } else {
+                &name
+            };
+            return Err(RuntimeError::NameClash {
+                plugin: name.clone(),
+                other: other.clone(),
+                example: format!("{longer}-1"),
+            });
+        }
         let slot = plugins.entry(name.clone()).or_default();
         let unchanged = match &mut slot.entry {
             Some(Entry::Aggregate(old)) => old.hash == plugin.hash,
@@ -188,7 +232,7 @@ impl Runtime {
                     if let Some(superseded) = pending {
                         tokio::spawn(async move { superseded.stop().await });
                     }
-                    let pending = Arc::new(self.start_projection(plugin));
+                    let pending = Arc::new(self.start_projection(plugin, false));
                     self.promote_when_live(&name, pending.clone());
                     slot.entry = Some(Entry::Projection {
                         active,
@@ -196,7 +240,7 @@ impl Runtime {
                     });
                 }
                 (PluginKind::Projection, _) => {
-                    let active = Arc::new(self.start_projection(plugin));
+                    let active = Arc::new(self.start_projection(plugin, false));
                     slot.entry = Some(Entry::Projection {
                         active,
                         pending: None,
@@ -204,7 +248,8 @@ impl Runtime {
                 }
             }
         }
-        Ok(info(slot).expect("slot was just filled"))
+        let policy = self.policy_of(&name);
+        Ok(info(slot, &policy).expect("slot was just filled"))
     }
 
     /// Stops and forgets plugin `name`. Its snapshots and checkpoints stay in
@@ -264,7 +309,10 @@ impl Runtime {
     /// Every loaded plugin, by name.
     pub fn list(&self) -> Vec<PluginInfo> {
         let plugins = self.plugins.read().expect("plugin table lock");
-        plugins.values().filter_map(info).collect()
+        plugins
+            .iter()
+            .filter_map(|(name, slot)| info(slot, &self.policy_of(name)))
+            .collect()
     }
 
     /// One plugin's info.
@@ -272,8 +320,82 @@ impl Runtime {
         let plugins = self.plugins.read().expect("plugin table lock");
         plugins
             .get(name)
-            .and_then(info)
+            .and_then(|slot| info(slot, &self.policy_of(name)))
             .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))
+    }
+
+    /// The failure policy shared by every run of projection `name`.
+    fn policy_of(&self, name: &str) -> Arc<watch::Sender<FailurePolicy>> {
+        let mut policies = self.policies.lock().expect("policies lock");
+        policies
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(watch::Sender::new(self.failure_policy)))
+            .clone()
+    }
+
+    /// Sets what projection `name` does with an event it cannot fold, from now on. A
+    /// projection already stopped at one stays stopped until [restarted](Self::restart).
+    pub fn set_policy(&self, name: &str, policy: FailurePolicy) -> Result<(), RuntimeError> {
+        self.projection(name)?;
+        self.policy_of(name).send_replace(policy);
+        tracing::info!(plugin = %name, %policy, "failure policy set");
+        Ok(())
+    }
+
+    /// The events projection `name` skipped, by position.
+    pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, RuntimeError> {
+        Ok(self.projection(name)?.parked())
+    }
+
+    /// Folds the parked events of projection `name` again (say, after a fix elsewhere).
+    pub async fn replay_parked(&self, name: &str) -> Result<ParkReport, RuntimeError> {
+        self.projection(name)?.replay_parked().await
+    }
+
+    /// Restarts projection `name` from its checkpoint: a stopped (faulted) one tries its
+    /// failing event again, under the current policy.
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
+        let old = self.projection(name)?;
+        old.stop().await;
+        if let Err(error) = old.save_checkpoint(&self.journal).await {
+            tracing::warn!(plugin = %name, %error, "no checkpoint before the restart");
+        }
+        let fresh = Arc::new(self.start_projection(old.plugin().clone(), false));
+        {
+            let mut plugins = self.plugins.write().expect("plugin table lock");
+            if let Some(Slot {
+                entry: Some(Entry::Projection { active, .. }),
+                ..
+            }) = plugins.get_mut(name)
+                && Arc::ptr_eq(active, &old)
+            {
+                *active = fresh;
+            }
+        }
+        tracing::info!(plugin = %name, "projection restarted");
+        self.info(name)
+    }
+
+    /// Rebuilds projection `name` from position 1 in the background, trying every event
+    /// again (parked ones included), while the current run keeps answering; the rebuild
+    /// takes over at the head, as a new version does. It supersedes a pending version.
+    pub fn reset(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
+        let current = self.projection(name)?;
+        let rebuild = Arc::new(self.start_projection(current.plugin().clone(), true));
+        {
+            let mut plugins = self.plugins.write().expect("plugin table lock");
+            if let Some(Slot {
+                entry: Some(Entry::Projection { pending, .. }),
+                ..
+            }) = plugins.get_mut(name)
+                && let Some(superseded) = pending.replace(rebuild.clone())
+            {
+                tokio::spawn(async move { superseded.stop().await });
+            }
+        }
+        self.promote_when_live(name, rebuild);
+        tracing::info!(plugin = %name, "projection reset: rebuilding from position 1");
+        self.info(name)
     }
 
     /// The current version of aggregate plugin `name`.
@@ -302,7 +424,7 @@ impl Runtime {
         }
     }
 
-    /// Runs a command on aggregate `id` of plugin `name`.
+    /// Runs command `command_type` with JSON `data` on aggregate `id` of plugin `name`.
     pub async fn execute(
         &self,
         name: &str,
@@ -310,10 +432,49 @@ impl Runtime {
         command_type: &str,
         data: Vec<u8>,
     ) -> Result<CommandOutcome, RuntimeError> {
-        let plugin = self.aggregate(name)?;
-        self.aggregates
-            .execute(&plugin, id, command_type, data)
+        self.execute_command(name, id, Command::new(command_type, data))
             .await
+    }
+
+    /// Runs `command` (which may carry an idempotency key) on aggregate `id` of plugin `name`.
+    pub async fn execute_command(
+        &self,
+        name: &str,
+        id: &str,
+        command: Command,
+    ) -> Result<CommandOutcome, RuntimeError> {
+        let plugin = self.aggregate(name)?;
+        self.aggregates.execute(&plugin, id, command).await
+    }
+
+    /// The aggregate plugin whose streams include `stream` (`{name}-{id}`), if one is loaded.
+    /// Names never overlap (see [`RuntimeError::NameClash`]), so there is at most one.
+    pub fn owner(&self, stream: &str) -> Option<Arc<Plugin>> {
+        let plugins = self.plugins.read().expect("plugin table lock");
+        plugins.iter().find_map(|(name, slot)| match &slot.entry {
+            Some(Entry::Aggregate(plugin)) if in_category(stream, name) => Some(plugin.clone()),
+            _ => None,
+        })
+    }
+
+    /// Appends `events` to `stream`. A stream of a loaded aggregate takes only events its
+    /// plugin can fold onto the stream's state ([`RuntimeError::Refused`] otherwise, and
+    /// nothing is stored), unless `validate` is off; other streams take anything.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        validate: bool,
+    ) -> Result<AppendResult, RuntimeError> {
+        match self.owner(stream).filter(|_| validate) {
+            Some(plugin) => {
+                self.aggregates
+                    .append_validated(&plugin, stream, expected, events)
+                    .await
+            }
+            None => Ok(self.journal.append(stream, expected, events).await?),
+        }
     }
 
     /// The state of aggregate `id` of plugin `name`, now or at a past version.
@@ -327,12 +488,19 @@ impl Runtime {
         self.aggregates.state(&plugin, id, at_version).await
     }
 
-    fn start_projection(&self, plugin: Arc<Plugin>) -> ProjectionRunner {
-        ProjectionRunner::start(plugin, self.journal.clone(), self.checkpoints.clone())
+    /// Starts a run of projection `plugin`; a `fresh` one starts from position 1 (a reset).
+    fn start_projection(&self, plugin: Arc<Plugin>, fresh: bool) -> ProjectionRunner {
+        let options = RunnerOptions {
+            checkpoints: self.checkpoints.clone(),
+            policy: self.policy_of(plugin.name()),
+            fresh,
+            queries: self.queries.clone(),
+        };
+        ProjectionRunner::start(plugin, self.journal.clone(), options)
     }
 
     /// Swaps `pending` in for the active version of `name` once it is live;
-    /// records the reason and keeps the old version if it fails first.
+    /// records the reason and keeps the old version if it stops at an event first.
     fn promote_when_live(self: &Arc<Self>, name: &str, pending: Arc<ProjectionRunner>) {
         let runtime = Arc::downgrade(self);
         let name = name.to_owned();
@@ -342,7 +510,7 @@ impl Runtime {
                 .wait_for(|s| {
                     matches!(
                         s,
-                        ProjectionStatus::Live { .. } | ProjectionStatus::Failed { .. }
+                        ProjectionStatus::Live { .. } | ProjectionStatus::Faulted { .. }
                     )
                 })
                 .await
@@ -367,8 +535,12 @@ impl Runtime {
             match outcome {
                 Ok(ProjectionStatus::Live { .. }) => {
                     tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
-                    let old = std::mem::replace(active, pending);
-                    tokio::spawn(async move { old.stop().await });
+                    let old = std::mem::replace(active, pending.clone());
+                    // A reset of the same build writes its records once the old run stopped.
+                    tokio::spawn(async move {
+                        old.stop().await;
+                        pending.adopt().await;
+                    });
                     slot.entry = match slot.entry.take() {
                         Some(Entry::Projection { active, .. }) => Some(Entry::Projection {
                             active,
@@ -377,8 +549,8 @@ impl Runtime {
                         other => other,
                     };
                 }
-                Ok(ProjectionStatus::Failed { reason, .. }) => {
-                    tracing::error!(plugin = %name, %reason, "new projection version failed; keeping the old one");
+                Ok(ProjectionStatus::Faulted { reason, .. }) => {
+                    tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
                     slot.last_error = Some(reason);
                     if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
                         *pending = None;
@@ -390,7 +562,7 @@ impl Runtime {
     }
 }
 
-fn info(slot: &Slot) -> Option<PluginInfo> {
+fn info(slot: &Slot, policy: &watch::Sender<FailurePolicy>) -> Option<PluginInfo> {
     let describe = |plugin: &Plugin, status: ProjectionStatus| PluginInfo {
         name: plugin.name().to_owned(),
         kind: plugin.kind(),
@@ -401,17 +573,20 @@ fn info(slot: &Slot) -> Option<PluginInfo> {
         pending: None,
         last_error: None,
         replayed: None,
+        parked: None,
+        policy: None,
     };
     let mut info = match slot.entry.as_ref()? {
         Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Serving),
         Entry::Projection { active, pending } => {
-            let mut info = describe(active.plugin(), active.status());
-            info.replayed = Some(active.replayed());
-            info.pending = pending.as_ref().map(|p| {
-                let mut pending = describe(p.plugin(), p.status());
-                pending.replayed = Some(p.replayed());
-                Box::new(pending)
-            });
+            let describe_run = |run: &ProjectionRunner| PluginInfo {
+                replayed: Some(run.replayed()),
+                parked: Some(run.parked_count()),
+                ..describe(run.plugin(), run.status())
+            };
+            let mut info = describe_run(active);
+            info.policy = Some(*policy.borrow());
+            info.pending = pending.as_ref().map(|p| Box::new(describe_run(p)));
             info
         }
     };

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -9,6 +10,12 @@ use super::AppState;
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use super::json::EventJson;
+use crate::runtime::Command;
+
+/// The header that makes a command safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// `POST /aggregates/{plugin}/{id}/commands`.
 #[derive(Deserialize)]
@@ -26,26 +33,56 @@ pub struct CommandRequest {
 pub struct CommandResponse {
     version: u64,
     events: Vec<EventJson>,
+    /// Null when it could not be computed (the events are stored all the same).
     state: Value,
+    /// Why the state could not be computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_error: Option<String>,
 }
 
+/// `POST /aggregates/{plugin}/{id}/commands`, with an optional `Idempotency-Key` header: a
+/// retry with the key of a command whose events were stored answers that command's outcome
+/// and appends nothing.
 pub async fn command(
     State(state): State<AppState>,
     Path((plugin, id)): Path<(String, String)>,
+    headers: HeaderMap,
     JsonBody(command): JsonBody<CommandRequest>,
 ) -> Result<Json<CommandResponse>, ApiError> {
     let span = tracing::Span::current();
     span.record("plugin", plugin.as_str());
     span.record("id", id.as_str());
-    let data = serde_json::to_vec(&command.data).expect("a JSON value serialises");
-    let outcome = state
-        .runtime
-        .execute(&plugin, &id, &command.command_type, data)
-        .await?;
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII \
+                         characters"
+                    ))
+                })?
+                .to_owned(),
+        ),
+    };
+    let command = Command {
+        command_type: command.command_type,
+        data: serde_json::to_vec(&command.data).expect("a JSON value serialises"),
+        idempotency_key,
+    };
+    let outcome = state.runtime.execute_command(&plugin, &id, command).await?;
+    let (state, state_error) = match outcome.state {
+        Ok(state) => (state, None),
+        Err(error) => (Value::Null, Some(error)),
+    };
     Ok(Json(CommandResponse {
         version: outcome.version,
         events: outcome.events.into_iter().map(EventJson::from).collect(),
-        state: outcome.state,
+        state,
+        state_error,
     }))
 }
 

@@ -89,13 +89,37 @@ impl From<RuntimeError> for ApiError {
                 return Self::new(StatusCode::UNPROCESSABLE_ENTITY, &error)
                     .with("reason", reason.clone());
             }
+            RuntimeError::Refused {
+                ref reason, index, ..
+            } => {
+                return Self::new(StatusCode::UNPROCESSABLE_ENTITY, &error)
+                    .with("reason", reason.clone())
+                    .with("index", index);
+            }
+            // The stream's history cannot be folded by this build: an operator's matter.
+            RuntimeError::Unfoldable {
+                ref stream,
+                position,
+                version,
+                ref reason,
+                ..
+            } => {
+                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, &error)
+                    .with("stream", stream.clone())
+                    .with("position", position)
+                    .with("version", version)
+                    .with("reason", reason.clone());
+            }
             RuntimeError::UnknownPlugin(_)
             | RuntimeError::WrongKind { .. }
             | RuntimeError::NoSuchStream(_) => StatusCode::NOT_FOUND,
             RuntimeError::InvalidPlugin { .. } | RuntimeError::InvalidCommand { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            RuntimeError::TooManyConflicts(_) => StatusCode::CONFLICT,
+            RuntimeError::TooManyConflicts(_)
+            | RuntimeError::NameClash { .. }
+            | RuntimeError::NotNow { .. } => StatusCode::CONFLICT,
+            RuntimeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::Trap { .. } | RuntimeError::PluginFailed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

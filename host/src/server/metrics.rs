@@ -11,7 +11,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +84,18 @@ fn describe() {
         "foldhost_projection_events_total",
         "Events a projection read from the journal, by plugin (the replay rate)"
     );
+    describe_gauge!(
+        "foldhost_projection_parked",
+        "Events a projection skipped because it could not fold them, by plugin"
+    );
+    describe_counter!(
+        "foldhost_projection_parked_total",
+        "Events projections parked, by plugin"
+    );
+    describe_counter!(
+        "foldhost_projection_retries_total",
+        "Times a projection paused to retry a failed step, by plugin"
+    );
     describe_counter!(
         "foldhost_http_requests_total",
         "HTTP requests, by method, route and status"
@@ -119,7 +133,11 @@ fn register_plugin(info: &PluginInfo) {
             let _ = histogram!("foldhost_command_seconds", "plugin" => plugin);
         }
         PluginKind::Projection => {
-            counter!("foldhost_projection_events_total", "plugin" => plugin).increment(0);
+            counter!("foldhost_projection_events_total", "plugin" => plugin.clone()).increment(0);
+            counter!("foldhost_projection_parked_total", "plugin" => plugin.clone()).increment(0);
+            counter!("foldhost_projection_retries_total", "plugin" => plugin.clone()).increment(0);
+            gauge!("foldhost_projection_parked", "plugin" => plugin)
+                .set(info.parked.unwrap_or(0) as f64);
         }
     }
 }

@@ -17,6 +17,9 @@
 //! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
 //! | POST | `/admin/scavenge` | remove hidden events, compact (admin token) |
 //! | GET | `/admin/backup` | a consistent copy of the redb journal, streamed (admin token) |
+//! | GET | `/plugins/{name}/parked` | events a projection could not fold |
+//! | POST | `/plugins/{name}/parked/replay`, `/restart`, `/reset` | projection recovery (admin) |
+//! | PUT | `/plugins/{name}/policy` | `park` or `stop` on an event it cannot fold (admin) |
 //! | GET | `/health`, `/metrics` | liveness, Prometheus metrics |
 
 mod admin;
@@ -53,7 +56,7 @@ pub use admin::BACKUP_POSITION;
 use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
-use crate::runtime::{Runtime, RuntimeConfig, plugin_dir};
+use crate::runtime::{FailurePolicy, Runtime, RuntimeConfig, plugin_dir};
 
 /// The journal's file name inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
@@ -112,6 +115,14 @@ fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY))
                 .delete(plugins::delete),
         )
+        .route("/plugins/{name}/parked", get(plugins::parked))
+        .route(
+            "/plugins/{name}/parked/replay",
+            post(plugins::replay_parked),
+        )
+        .route("/plugins/{name}/restart", post(plugins::restart))
+        .route("/plugins/{name}/reset", post(plugins::reset))
+        .route("/plugins/{name}/policy", put(plugins::set_policy))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -186,6 +197,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Serves `/metrics` from this recorder (see [`metrics::install`]).
     pub metrics: Option<PrometheusHandle>,
+    /// What projections do with an event they cannot fold, unless set per plugin.
+    pub failure_policy: FailurePolicy,
 }
 
 /// A running server.
@@ -227,6 +240,7 @@ impl Server {
             journal,
             RuntimeConfig {
                 cache_dir: Some(data.join("cache")),
+                failure_policy: config.failure_policy,
                 ..RuntimeConfig::default()
             },
         )?;

@@ -10,9 +10,10 @@ use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
-use super::extract::{Path, Query};
+use super::extract::{JsonBody, Path, Query};
 use super::{AppState, blocking};
-use crate::runtime::{Plugin, PluginInfo};
+use crate::journal::ParkedEvent;
+use crate::runtime::{FailurePolicy, ParkReport, Plugin, PluginInfo};
 
 /// Proof that a request carries the configured admin token (`Authorization: Bearer <token>`).
 pub struct Admin;
@@ -112,4 +113,65 @@ pub async fn delete(
         unloaded: name,
         dropped_data: query.drop_data,
     }))
+}
+
+/// `GET /plugins/{name}/parked`: the events a projection skipped because it could not fold
+/// them, by position, with the reason.
+pub async fn parked(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ParkedEvent>>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    Ok(Json(state.runtime.parked(&name)?))
+}
+
+/// `POST /plugins/{name}/parked/replay`: folds the parked events again, at the head; those
+/// that fold are parked no more.
+pub async fn replay_parked(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<ParkReport>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    Ok(Json(state.runtime.replay_parked(&name).await?))
+}
+
+/// `POST /plugins/{name}/restart`: a projection resumes from its checkpoint.
+pub async fn restart(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<PluginInfo>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    Ok(Json(state.runtime.restart(&name).await?))
+}
+
+/// `POST /plugins/{name}/reset`: a projection rebuilds from position 1 in the background and
+/// takes over at the head.
+pub async fn reset(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<PluginInfo>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    Ok(Json(state.runtime.reset(&name)?))
+}
+
+/// `PUT /plugins/{name}/policy` body: what a projection does with an event it cannot fold.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    policy: FailurePolicy,
+}
+
+/// `PUT /plugins/{name}/policy`: `{"policy": "park" | "stop"}`.
+pub async fn set_policy(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<PolicyBody>,
+) -> Result<Json<PluginInfo>, ApiError> {
+    tracing::Span::current().record("plugin", name.as_str());
+    state.runtime.set_policy(&name, body.policy)?;
+    Ok(Json(state.runtime.info(&name)?))
 }

@@ -5,9 +5,9 @@ use axum::extract::State;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::AppState;
 use super::errors::ApiError;
 use super::extract::{Path, Query};
-use super::{AppState, blocking};
 use crate::runtime::ProjectionStatus;
 
 /// A projection's state, the global position it has folded up to, and where it stands.
@@ -15,7 +15,7 @@ use crate::runtime::ProjectionStatus;
 pub struct ProjectionResponse {
     position: u64,
     status: ProjectionStatus,
-    /// Null until the projection has restored its checkpoint (or after it failed).
+    /// Null until the projection has restored its checkpoint.
     state: Value,
 }
 
@@ -27,7 +27,7 @@ pub async fn state(
     tracing::Span::current().record("plugin", plugin.as_str());
     let runner = state.runtime.projection(&plugin)?;
     let status = runner.status();
-    let folded = blocking(move || Ok(runner.state()?)).await?;
+    let folded = runner.state().await?;
     let (position, state) = folded.unwrap_or((0, Value::Null));
     Ok(Json(ProjectionResponse {
         position,
@@ -55,7 +55,7 @@ pub async fn query(
         })
         .collect();
     let args = Value::Object(args);
-    let answer = blocking(move || Ok(runner.query(&name, &args)?)).await?;
+    let answer = runner.query(&name, &args).await?;
     match answer {
         Some(Ok(answer)) => Ok(Json(answer)),
         Some(Err(refusal)) => Err(ApiError::bad_request(format!(

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use super::json::{EventJson, metadata_text};
+use super::plugins::Admin;
 use super::{AppState, blocking};
 use crate::journal::{
     AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, RecordedEvent,
@@ -80,12 +81,31 @@ impl<'de> Deserialize<'de> for Expected {
     }
 }
 
+/// `?validate=false` (admin token only) stores events to an aggregate's stream unchecked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendOptions {
+    #[serde(default = "yes")]
+    validate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /streams/{stream}/events`. Events for a stream of a loaded aggregate are folded by
+/// that aggregate first and refused (422, nothing stored) if it cannot fold them.
 pub async fn append(
     State(state): State<AppState>,
     Path(stream): Path<String>,
+    Query(options): Query<AppendOptions>,
+    admin: Result<Admin, ApiError>,
     JsonBody(request): JsonBody<AppendRequest>,
 ) -> Result<Json<AppendResult>, ApiError> {
     tracing::Span::current().record("stream", stream.as_str());
+    if !options.validate {
+        admin?;
+    }
     let events = request
         .events
         .into_iter()
@@ -102,9 +122,14 @@ pub async fn append(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let journal = state.runtime.journal();
-    let appended = journal
-        .append(&stream, request.expected_version.0, events)
+    let appended = state
+        .runtime
+        .append(
+            &stream,
+            request.expected_version.0,
+            events,
+            options.validate,
+        )
         .await?;
     Ok(Json(appended))
 }

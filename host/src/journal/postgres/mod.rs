@@ -353,20 +353,6 @@ impl PgJournal {
         .await
     }
 
-    pub(super) async fn put_checkpoint(
-        &self,
-        plugin: &str,
-        position: u64,
-        state: Vec<u8>,
-    ) -> Result<(), JournalError> {
-        self.write_op(Op::PutCheckpoint {
-            plugin: plugin.to_owned(),
-            position,
-            state,
-        })
-        .await
-    }
-
     pub(super) fn head_position(&self) -> u64 {
         *self.shared.head.borrow()
     }
@@ -828,15 +814,21 @@ async fn run_batch(
                 plugin,
                 position,
                 state,
-            } => txn
-                .execute(
+                park: parked,
+                unpark: unparked,
+            } => async {
+                txn.execute(
                     "INSERT INTO checkpoints (plugin, position, state) VALUES ($1, $2, $3) \
                      ON CONFLICT (plugin) DO UPDATE SET position = $2, state = $3",
                     &[plugin, &to_i64(*position), state],
                 )
                 .await
-                .map_err(pg)
-                .map(|_| Ok(done())),
+                .map_err(pg)?;
+                park(&txn, plugin, parked).await?;
+                unpark(&txn, plugin, unparked).await
+            }
+            .await
+            .map(|()| Ok(done())),
             Op::DeletePluginData { plugin } => {
                 delete_plugin_data(&txn, plugin).await.map(|()| Ok(done()))
             }
@@ -856,14 +848,7 @@ async fn run_batch(
                 .map(|()| done())),
             Op::Park { plugin, events } => park(&txn, plugin, events).await.map(|()| Ok(done())),
             Op::Unpark { plugin, positions } => {
-                let positions: Vec<i64> = positions.iter().map(|&p| to_i64(p)).collect();
-                txn.execute(
-                    "DELETE FROM parked WHERE plugin = $1 AND position = ANY($2)",
-                    &[plugin, &positions],
-                )
-                .await
-                .map_err(pg)
-                .map(|_| Ok(done()))
+                unpark(&txn, plugin, positions).await.map(|()| Ok(done()))
             }
         };
         // A database error may have struck half way: drop the whole transaction.
@@ -1185,6 +1170,24 @@ async fn park(
         .await
         .map_err(pg)?;
     }
+    Ok(())
+}
+
+async fn unpark(
+    txn: &Transaction<'_>,
+    plugin: &str,
+    positions: &[u64],
+) -> Result<(), JournalError> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let positions: Vec<i64> = positions.iter().map(|&p| to_i64(p)).collect();
+    txn.execute(
+        "DELETE FROM parked WHERE plugin = $1 AND position = ANY($2)",
+        &[&plugin, &positions],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
 }
 

@@ -295,6 +295,9 @@ impl<'txn> Batch<'txn> {
         plugin: &str,
         events: &[ParkedEvent],
     ) -> Result<(), JournalError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         self.wrote = true;
         let parked = self.parked()?;
         for event in events {
@@ -306,6 +309,9 @@ impl<'txn> Batch<'txn> {
 
     /// Forgets the parked events of `plugin` at `positions`.
     pub(super) fn unpark(&mut self, plugin: &str, positions: &[u64]) -> Result<(), JournalError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
         self.wrote = true;
         let parked = self.parked()?;
         for &position in positions {

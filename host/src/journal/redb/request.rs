@@ -72,8 +72,12 @@ impl Request {
                 plugin,
                 position,
                 state,
+                park,
+                unpark,
             } => batch
                 .put_checkpoint(plugin, *position, state)
+                .and_then(|()| batch.park(plugin, park))
+                .and_then(|()| batch.unpark(plugin, unpark))
                 .map(|()| None),
             Op::DeletePluginData { plugin } => batch.delete_plugin_data(plugin).map(|()| None),
             Op::DeleteStream {

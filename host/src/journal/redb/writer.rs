@@ -165,7 +165,7 @@ mod tests {
     use super::*;
     use crate::journal::redb::request::Outcome;
     use crate::journal::redb::store;
-    use crate::journal::{AppendResult, ExpectedVersion, NewEvent};
+    use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
         Writer {
@@ -262,14 +262,16 @@ mod tests {
 
         // A stream reads the same across both tables, page by page.
         let versions = |from, limit| -> Vec<u64> {
+            let limit = ReadLimit::events(limit);
             let events = reader::read_stream(&writer.db.get(), "s", from, limit).unwrap();
             events.iter().map(|event| event.version).collect()
         };
         assert_eq!(versions(1, usize::MAX), (1..=full + 2).collect::<Vec<_>>());
         assert_eq!(versions(full - 1, 3), [full - 1, full, full + 1]);
         assert_eq!(versions(full + 2, 3), [full + 2]);
+        let all = ReadLimit::events(9);
         assert_eq!(
-            reader::read_stream(&writer.db.get(), "t", 1, 9)
+            reader::read_stream(&writer.db.get(), "t", 1, all)
                 .unwrap()
                 .len(),
             1

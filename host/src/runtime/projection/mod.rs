@@ -1,21 +1,31 @@
 //! Projections: a plugin folding the global log in the background, from its
 //! checkpoint to the head, then live as the journal's writer signals commits.
+//!
+//! The fold never dies for good: a failure that may pass is retried with backoff, and an
+//! event the plugin cannot fold is narrowed down, retried a few times, then parked (or, by
+//! policy, stops the projection for an operator); see `failure`. Readers never touch the
+//! fold's store: states and queries run on a copy (see `runner`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod failure;
+mod runner;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
 use wasmtime::Store;
 
-use super::aggregate::REPLAY_BATCH;
+use super::aggregate::REPLAY_LIMIT;
 use super::bindings::projection::ProjectionPlugin;
 use super::bindings::{PluginData, encode_batch};
-use super::blocking;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
 use crate::journal::{Journal, RecordedEvent};
+
+pub use failure::{FailurePolicy, ParkReport};
+pub use runner::{ProjectionRunner, RunnerOptions};
 
 /// When a running projection stores a checkpoint.
 #[derive(Debug, Clone)]
@@ -52,8 +62,18 @@ pub enum ProjectionStatus {
     /// An aggregate plugin: nothing to catch up, ready for commands.
     #[serde(rename = "live")]
     Serving,
-    /// Stopped by an error; the reason says which plugin call failed and where.
-    Failed { position: u64, reason: String },
+    /// Waiting to try again after a failure that may pass (the journal unreachable, a call
+    /// that ran out of time, an event being retried before it is parked); goes on by itself.
+    Retrying {
+        position: u64,
+        reason: String,
+        /// Tries so far.
+        attempt: u32,
+    },
+    /// Stopped at an event it cannot fold (policy `stop`), like KurrentDB's faulted
+    /// projection: its state stays readable as of `position - 1`, and it waits for an
+    /// operator to restart, reset or replace it.
+    Faulted { position: u64, reason: String },
 }
 
 /// One projection instance: the state folded up to `position`.
@@ -93,6 +113,13 @@ impl ProjectionInstance {
         })
     }
 
+    /// Whether the plugin folds `event` at all (its subscription).
+    pub fn wants(&self, event: &RecordedEvent) -> bool {
+        self.plugin
+            .subscription
+            .wants(&event.stream, &event.event_type)
+    }
+
     /// Folds a page of the global log (ascending, after `position`); events
     /// outside the plugin's subscription are skipped without a call.
     pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), RuntimeError> {
@@ -126,13 +153,17 @@ impl ProjectionInstance {
     pub fn catch_up(&mut self, journal: &Journal) -> Result<u64, RuntimeError> {
         let mut replayed = 0;
         loop {
-            let events = journal.read_all(self.position + 1, REPLAY_BATCH)?;
+            let events = journal.read_all_within(self.position + 1, REPLAY_LIMIT)?;
             if events.is_empty() {
                 return Ok(replayed);
             }
             replayed += events.len() as u64;
             self.apply(&events)?;
         }
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, RuntimeError> {
@@ -183,254 +214,4 @@ impl ProjectionInstance {
             message: format!("returned invalid JSON: {e}"),
         })
     }
-}
-
-/// A projection kept up to date by a background task.
-pub struct ProjectionRunner {
-    plugin: Arc<Plugin>,
-    instance: Arc<Mutex<Option<ProjectionInstance>>>,
-    status: watch::Receiver<ProjectionStatus>,
-    /// Events read from the journal since this runner started.
-    replayed: Arc<std::sync::atomic::AtomicU64>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl ProjectionRunner {
-    /// Starts following the journal from the plugin's checkpoint (or position 1).
-    pub fn start(plugin: Arc<Plugin>, journal: Journal, policy: CheckpointPolicy) -> Self {
-        let (status_tx, status) = watch::channel(ProjectionStatus::Starting);
-        let instance = Arc::new(Mutex::new(None));
-        let replayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let worker = Worker {
-            plugin: plugin.clone(),
-            journal,
-            policy,
-            instance: instance.clone(),
-            status: status_tx,
-            replayed: replayed.clone(),
-        };
-        let task = tokio::spawn(worker.run());
-        Self {
-            plugin,
-            instance,
-            status,
-            replayed,
-            task: Mutex::new(Some(task)),
-        }
-    }
-
-    pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
-    }
-
-    pub fn status(&self) -> ProjectionStatus {
-        self.status.borrow().clone()
-    }
-
-    /// A receiver that sees every status change.
-    pub fn watch_status(&self) -> watch::Receiver<ProjectionStatus> {
-        self.status.clone()
-    }
-
-    /// Events this runner has read from the journal since it started.
-    pub fn replayed(&self) -> u64 {
-        self.replayed.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The folded position and state, or `None` before the instance exists.
-    pub fn state(&self) -> Result<Option<(u64, serde_json::Value)>, RuntimeError> {
-        let mut guard = self.instance.lock().expect("projection lock");
-        match guard.as_mut() {
-            Some(instance) => Ok(Some((instance.position, instance.state()?))),
-            None => Ok(None),
-        }
-    }
-
-    /// Runs a named query against the current state.
-    pub fn query(
-        &self,
-        name: &str,
-        args: &serde_json::Value,
-    ) -> Result<Option<Result<serde_json::Value, String>>, RuntimeError> {
-        let mut guard = self.instance.lock().expect("projection lock");
-        guard.as_mut().map(|i| i.query(name, args)).transpose()
-    }
-
-    /// Stores a checkpoint of the current state (after [`stop`](Self::stop)).
-    pub async fn save_checkpoint(&self, journal: &Journal) -> Result<(), RuntimeError> {
-        let slot = self.instance.clone();
-        let saved = blocking(move || {
-            let mut guard = slot.lock().expect("projection lock");
-            guard
-                .as_mut()
-                .map(|instance| Ok((instance.position, instance.snapshot()?)))
-                .transpose()
-        })
-        .await?;
-        if let Some((position, snapshot)) = saved {
-            journal
-                .put_checkpoint(&self.plugin.hash, position, snapshot)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Stops the background task and waits until it has let go of the journal.
-    pub async fn stop(&self) {
-        let task = self.task.lock().expect("projection lock").take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ProjectionRunner {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.get_mut().expect("projection lock").take() {
-            task.abort();
-        }
-    }
-}
-
-struct Worker {
-    plugin: Arc<Plugin>,
-    journal: Journal,
-    policy: CheckpointPolicy,
-    instance: Arc<Mutex<Option<ProjectionInstance>>>,
-    status: watch::Sender<ProjectionStatus>,
-    replayed: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Worker {
-    async fn run(self) {
-        let name = self.plugin.name().to_owned();
-        if let Err(error) = self.follow().await {
-            let position = self
-                .instance
-                .lock()
-                .expect("projection lock")
-                .as_ref()
-                .map_or(0, |i| i.position);
-            tracing::error!(plugin = %name, %error, position, "projection stopped");
-            self.status.send_replace(ProjectionStatus::Failed {
-                position,
-                reason: error.to_string(),
-            });
-        }
-    }
-
-    async fn follow(&self) -> Result<(), RuntimeError> {
-        let mut commits = self.journal.subscribe();
-        let (plugin, journal, slot) = (
-            self.plugin.clone(),
-            self.journal.clone(),
-            self.instance.clone(),
-        );
-        let mut position = blocking(move || {
-            let checkpoint = journal.checkpoint(&plugin.hash)?;
-            let instance = ProjectionInstance::new(plugin, checkpoint)?;
-            let position = instance.position;
-            *slot.lock().expect("projection lock") = Some(instance);
-            Ok(position)
-        })
-        .await?;
-        let mut checkpointed = (position, Instant::now());
-        let mut rate = (position, Instant::now());
-        loop {
-            let head = *commits.borrow_and_update();
-            if position >= head {
-                self.checkpoint_if_due(position, &mut checkpointed, false)
-                    .await?;
-                self.status
-                    .send_replace(ProjectionStatus::Live { position });
-                match tokio::time::timeout(self.policy.every, commits.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Ok(()), // the journal closed
-                    // Quiet for a while: save what the last burst folded.
-                    Err(_) => {
-                        self.checkpoint_if_due(position, &mut checkpointed, true)
-                            .await?
-                    }
-                }
-                continue;
-            }
-            let (journal, slot) = (self.journal.clone(), self.instance.clone());
-            let read = blocking(move || {
-                let events = journal.read_all(position + 1, REPLAY_BATCH)?;
-                let mut guard = slot.lock().expect("projection lock");
-                let instance = guard.as_mut().expect("instance is set before following");
-                if events.is_empty() {
-                    // Nothing up to the head is visible any more (deleted, expired or
-                    // scavenged): the log skips those positions.
-                    instance.position = instance.position.max(head);
-                }
-                let outcome = instance.apply(&events);
-                if outcome.is_err() {
-                    // A trapped store is never reused.
-                    *guard = None;
-                }
-                outcome.map(|()| (events.len() as u64, instance_position(&guard)))
-            })
-            .await?;
-            let (count, new_position) = read;
-            self.replayed
-                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!("foldhost_projection_events_total", "plugin" => self.plugin.name().to_owned())
-                .increment(count);
-            position = new_position;
-            if head.saturating_sub(position) > REPLAY_BATCH as u64 {
-                let elapsed = rate.1.elapsed().as_secs_f64();
-                if elapsed >= 0.5 {
-                    let events_per_sec = (position - rate.0) as f64 / elapsed;
-                    rate = (position, Instant::now());
-                    self.status.send_replace(ProjectionStatus::CatchingUp {
-                        position,
-                        head,
-                        events_per_sec,
-                    });
-                } else if matches!(*self.status.borrow(), ProjectionStatus::Starting) {
-                    self.status.send_replace(ProjectionStatus::CatchingUp {
-                        position,
-                        head,
-                        events_per_sec: 0.0,
-                    });
-                }
-            }
-            self.checkpoint_if_due(position, &mut checkpointed, false)
-                .await?;
-        }
-    }
-
-    /// Stores (position, snapshot) when the policy says so, or on any unsaved
-    /// progress when `force` is set.
-    async fn checkpoint_if_due(
-        &self,
-        position: u64,
-        last: &mut (u64, Instant),
-        force: bool,
-    ) -> Result<(), RuntimeError> {
-        let progressed = position - last.0;
-        let due = progressed >= self.policy.every_events
-            || (progressed > 0 && (force || last.1.elapsed() >= self.policy.every));
-        if !due {
-            return Ok(());
-        }
-        let slot = self.instance.clone();
-        let snapshot = blocking(move || {
-            let mut guard = slot.lock().expect("projection lock");
-            let instance = guard.as_mut().expect("instance is set before following");
-            Ok((instance.position, instance.snapshot()?))
-        })
-        .await?;
-        self.journal
-            .put_checkpoint(&self.plugin.hash, snapshot.0, snapshot.1)
-            .await?;
-        *last = (position, Instant::now());
-        Ok(())
-    }
-}
-
-fn instance_position(guard: &Option<ProjectionInstance>) -> u64 {
-    guard.as_ref().map_or(0, |i| i.position)
 }

@@ -1,0 +1,151 @@
+//! Direct appends to a stream an aggregate owns: the aggregate folds the new events first, on
+//! a scratch copy of the stream's state, so that an event it cannot fold never gets stored.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::aggregate::{AggregateInstance, REPLAY_LIMIT, batches};
+use super::blocking;
+use super::commands::{Aggregates, latest, take_state};
+use super::error::RuntimeError;
+use super::plugin::Plugin;
+use crate::journal::{
+    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, RecordedEvent,
+};
+
+impl Aggregates {
+    /// Appends `events` to `stream` of aggregate `plugin` once `expected` holds and the plugin
+    /// has folded them onto the stream's current state; [`RuntimeError::Refused`] (nothing
+    /// stored) if it cannot.
+    ///
+    /// The append queues with the stream's commands and is pinned to the exact version it was
+    /// validated against, so nothing slips in between; after a conflicting write (another
+    /// host) it is validated again. A retry of stored events (same ids) is answered by the
+    /// journal's idempotence without a fold.
+    pub async fn append_validated(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, RuntimeError> {
+        let slot = self.slot(stream);
+        let mut live = slot.lock().await;
+        let cached = take_state(&mut live, plugin);
+        let (journal, plugin, stream) = (self.journal.clone(), plugin.clone(), stream.to_owned());
+        let retries = self.config.max_conflict_retries;
+        let (instance, outcome) = blocking(move || {
+            if let Some(first) = events.first()
+                && journal.event_by_id(first.id)?.is_some()
+            {
+                let retried = journal.append_blocking(&stream, expected, events);
+                return Ok((cached, retried.map_err(RuntimeError::from)));
+            }
+            let mut instance = match latest(cached, plugin, &journal, &stream) {
+                Ok(instance) => instance,
+                Err(error) => return Ok((None, Err(error))),
+            };
+            let outcome = validate_and_append(&mut instance, &journal, expected, events, retries);
+            let intact = match &outcome {
+                Ok((_, folded)) => *folded,
+                Err(error) => matches!(
+                    error,
+                    RuntimeError::Refused { .. }
+                        | RuntimeError::TooManyConflicts(_)
+                        | RuntimeError::Journal(_)
+                ),
+            };
+            // Nor is the store of a stream that still does not exist kept.
+            let keep = intact && instance.version > 0;
+            Ok((
+                keep.then_some(instance),
+                outcome.map(|(appended, _)| appended),
+            ))
+        })
+        .await?;
+        *live = instance;
+        outcome
+    }
+}
+
+/// Validates and appends, again after each conflict. Returns where the events landed and
+/// whether `instance` folded them too (it is to be dropped otherwise).
+fn validate_and_append(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    retries: u32,
+) -> Result<(AppendResult, bool), RuntimeError> {
+    let stream = instance.stream().to_owned();
+    for _ in 0..=retries {
+        let current = (instance.version > 0).then_some(instance.version);
+        expected.check(&stream, current)?;
+        validate(instance, journal, &events)?;
+        let pinned = match current {
+            None => ExpectedVersion::NoStream,
+            Some(version) => ExpectedVersion::Exact(version),
+        };
+        match journal.append_blocking(&stream, pinned, events.clone()) {
+            Ok(appended) => {
+                let folded = instance.catch_up(journal, appended.last_version);
+                if let Err(error) = &folded {
+                    tracing::warn!(%error, %stream, "appended, but the cached state did not fold it");
+                }
+                return Ok((appended, folded.is_ok()));
+            }
+            Err(JournalError::Conflict { .. }) => instance.refresh(journal)?,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(RuntimeError::TooManyConflicts(stream))
+}
+
+/// Folds `events` onto a scratch copy of `instance`'s state, as the next events of its stream.
+fn validate(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    events: &[NewEvent],
+) -> Result<(), RuntimeError> {
+    let provisional = provisional(instance, journal.head_position(), events);
+    let mut scratch = instance.scratch()?;
+    if batches(&provisional, REPLAY_LIMIT).all(|batch| scratch.apply(batch).is_ok()) {
+        return Ok(());
+    }
+    // Which one? Fold them singly (a batch may also have failed only as a whole).
+    let mut scratch = instance.scratch()?;
+    for (index, event) in provisional.iter().enumerate() {
+        if let Err(error) = scratch.apply(std::slice::from_ref(event)) {
+            return Err(RuntimeError::Refused {
+                plugin: instance.plugin().name().to_owned(),
+                stream: event.stream.clone(),
+                index,
+                event_type: event.event_type.clone(),
+                reason: error.plugin_reason(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `events` as they would be stored right now after `instance`'s version and the log's `head`.
+fn provisional(instance: &AggregateInstance, head: u64, events: &[NewEvent]) -> Vec<RecordedEvent> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    events
+        .iter()
+        .zip(1..)
+        .map(|(event, n)| RecordedEvent {
+            position: head + n,
+            stream: instance.stream().to_owned(),
+            version: instance.version + n,
+            id: event.id,
+            event_type: event.event_type.clone(),
+            content_type: event.content_type,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+            recorded_at: now,
+        })
+        .collect()
+}

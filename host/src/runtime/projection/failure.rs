@@ -1,0 +1,122 @@
+//! What a projection does when folding fails.
+//!
+//! - A journal that cannot be read (a PostgreSQL restart, a broken connection) is transient:
+//!   the same step is retried with exponential backoff (100 ms doubling, capped at
+//!   [`MAX_BACKOFF`]) for ever, status `retrying`, and the projection goes on by itself.
+//! - A batch the plugin fails on is narrowed down: its events are folded one at a time on
+//!   the state rebuilt from before it (a batch may have failed only as a whole).
+//! - An event the plugin fails on alone is retried. A call that ran out of time may have met
+//!   a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s doubling. Anything else (the plugin
+//!   returned an error, panicked, ran out of memory, stack or fuel) is deterministic: the
+//!   same event on the same state fails the same way, so [`TRIES`] quick tries. Then the
+//!   [`FailurePolicy`] applies: park the event, or stop.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::RuntimeError;
+
+/// Longest pause between two tries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Tries of an event whose fold fails deterministically, before the policy applies.
+pub const TRIES: u32 = 3;
+/// Tries of an event whose fold runs out of time, before the policy applies.
+pub const TIMEOUT_TRIES: u32 = 5;
+
+/// What a projection does with an event it cannot fold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Record the event as parked, skip it and go on (the default).
+    #[default]
+    Park,
+    /// Stop at the event, `faulted`, until an operator restarts, resets or replaces the
+    /// projection (KurrentDB's faulted projection).
+    Stop,
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "park" => Ok(Self::Park),
+            "stop" => Ok(Self::Stop),
+            other => Err(format!(
+                "unknown failure policy {other:?}: use park or stop"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Park => "park",
+            Self::Stop => "stop",
+        })
+    }
+}
+
+/// What replaying parked events did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParkReport {
+    /// Parked events that folded this time and are parked no more.
+    pub replayed: usize,
+    /// Parked events that failed again.
+    pub still_parked: usize,
+}
+
+/// How many tries folding an event gets, given how it failed, and the first pause.
+pub(super) fn tries_after(error: &RuntimeError) -> (u32, Duration) {
+    if error.is_timeout() {
+        (TIMEOUT_TRIES, Duration::from_secs(1))
+    } else {
+        (TRIES, Duration::from_millis(100))
+    }
+}
+
+/// The pause before try `attempt + 1`: `first` doubling, capped at [`MAX_BACKOFF`].
+pub(super) fn backoff(attempt: u32, first: Duration) -> Duration {
+    let doubled = first.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    doubled.min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let first = Duration::from_millis(100);
+        let pauses: Vec<u64> = (1..=11)
+            .map(|attempt| backoff(attempt, first).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
+            ]
+        );
+        assert_eq!(backoff(u32::MAX, first), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn timeouts_get_more_and_longer_tries() {
+        let trap = |message: &str| RuntimeError::Trap {
+            plugin: "p".into(),
+            context: "applying".into(),
+            message: message.into(),
+        };
+        let timeout = trap("exceeded its time limit of 1s per call");
+        assert_eq!(
+            tries_after(&timeout),
+            (TIMEOUT_TRIES, Duration::from_secs(1))
+        );
+        let panic = trap("panicked or aborted (unreachable instruction)");
+        assert_eq!(tries_after(&panic), (TRIES, Duration::from_millis(100)));
+        assert_eq!("stop".parse(), Ok(FailurePolicy::Stop));
+        assert!("skip".parse::<FailurePolicy>().is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! A projection kept up to date by a background task, and its readers.
+//!
+//! Readers never touch the fold's store: states and queries run on a separate instance, a
+//! copy of the fold restored from its snapshot whenever the fold has moved on. A query that
+//! traps, runs out of time or memory, or answers too much costs that copy only (the next
+//! query makes a new one); the fold goes on. Queries of one projection take turns on its
+//! copy, and only so many run at once in the whole host ([`RunnerOptions::queries`]):
+//! waiting for a turn takes no thread, and a query that waits too long is refused (503).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use super::failure::{FailurePolicy, ParkReport};
+use super::worker::{Control, Shared, Worker};
+use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus};
+use crate::journal::{Journal, ParkedEvent};
+use crate::runtime::blocking;
+use crate::runtime::error::RuntimeError;
+use crate::runtime::plugin::Plugin;
+
+/// How long a query waits for its turn before it is refused.
+const QUERY_WAIT: Duration = Duration::from_secs(10);
+
+/// How a runner runs.
+#[derive(Clone)]
+pub struct RunnerOptions {
+    pub checkpoints: CheckpointPolicy,
+    /// What to do with an event the plugin cannot fold; shared by every run of the plugin,
+    /// so a change applies at once.
+    pub policy: Arc<watch::Sender<FailurePolicy>>,
+    /// Start from position 1, ignoring the checkpoint and parked events in the journal, and
+    /// write neither until [`adopt`](ProjectionRunner::adopt)ed (a reset).
+    pub fresh: bool,
+    /// Query calls running at once, host-wide.
+    pub queries: Arc<Semaphore>,
+}
+
+/// A projection kept up to date by a background task.
+pub struct ProjectionRunner {
+    shared: Arc<Shared>,
+    status: watch::Receiver<ProjectionStatus>,
+    control: mpsc::UnboundedSender<Control>,
+    /// The readers' copy of the fold, and its turn-taking.
+    reader: Arc<tokio::sync::Mutex<Option<ProjectionInstance>>>,
+    queries: Arc<Semaphore>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ProjectionRunner {
+    /// Starts following the journal from the plugin's checkpoint (or position 1).
+    pub fn start(plugin: Arc<Plugin>, journal: Journal, options: RunnerOptions) -> Self {
+        let (status_tx, status) = watch::channel(ProjectionStatus::Starting);
+        let (control, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            plugin,
+            fold: Mutex::new(None),
+            parked: Mutex::new(Default::default()),
+            replayed: AtomicU64::new(0),
+            status: status_tx,
+            durable: AtomicBool::new(!options.fresh),
+        });
+        let worker = Worker::new(
+            shared.clone(),
+            journal,
+            options.checkpoints,
+            options.policy,
+            options.fresh,
+            requests,
+        );
+        Self {
+            shared,
+            status,
+            control,
+            reader: Arc::new(tokio::sync::Mutex::new(None)),
+            queries: options.queries,
+            task: Mutex::new(Some(tokio::spawn(worker.run()))),
+        }
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.shared.plugin
+    }
+
+    pub fn status(&self) -> ProjectionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<ProjectionStatus> {
+        self.status.clone()
+    }
+
+    /// Events this runner has read from the journal since it started.
+    pub fn replayed(&self) -> u64 {
+        self.shared.replayed.load(Ordering::Relaxed)
+    }
+
+    /// The events this run skips because it could not fold them, by position.
+    pub fn parked(&self) -> Vec<ParkedEvent> {
+        let parked = self.shared.parked.lock().expect("parked lock");
+        parked.values().cloned().collect()
+    }
+
+    /// How many events this run skips.
+    pub fn parked_count(&self) -> usize {
+        self.shared.parked.lock().expect("parked lock").len()
+    }
+
+    /// The folded position and state, or `None` before the fold has started.
+    pub async fn state(&self) -> Result<Option<(u64, serde_json::Value)>, RuntimeError> {
+        self.read(|reader| Ok((reader.position, reader.state()?)))
+            .await
+    }
+
+    /// Runs a named query against the current state: `Ok(Some(Err(..)))` is the plugin's
+    /// own refusal, `Ok(None)` a fold that has not started.
+    pub async fn query(
+        &self,
+        name: &str,
+        args: &serde_json::Value,
+    ) -> Result<Option<Result<serde_json::Value, String>>, RuntimeError> {
+        let (name, args) = (name.to_owned(), args.clone());
+        self.read(move |reader| reader.query(&name, &args)).await
+    }
+
+    /// Runs `call` on the readers' copy of the fold, brought up to date first. A failed call
+    /// discards the copy, never the fold.
+    async fn read<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut ProjectionInstance) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<Option<T>, RuntimeError> {
+        let (permit, mut reader) = tokio::time::timeout(QUERY_WAIT, async {
+            let permit = self.queries.clone().acquire_owned().await;
+            (permit, self.reader.clone().lock_owned().await)
+        })
+        .await
+        .map_err(|_| RuntimeError::Busy)?;
+        let shared = self.shared.clone();
+        blocking(move || {
+            let _permit = permit;
+            if !refresh(&shared, &mut reader)? {
+                return Ok(None);
+            }
+            let copy = reader.as_mut().expect("refreshed");
+            let outcome = call(copy);
+            if outcome.is_err() {
+                *reader = None;
+            }
+            outcome.map(Some)
+        })
+        .await
+    }
+
+    /// Folds the parked events again, at the head (see [`ParkReport`]).
+    pub async fn replay_parked(&self) -> Result<ParkReport, RuntimeError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::ReplayParked(reply))
+            .map_err(|_| self.stopped("replay parked events"))?;
+        answer
+            .await
+            .map_err(|_| self.stopped("replay parked events"))?
+    }
+
+    /// Makes a fresh run (a reset) the one the journal records: its checkpoint and parked
+    /// events replace the journal's for this build.
+    pub async fn adopt(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.control.send(Control::Adopt(reply)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    fn stopped(&self, action: &'static str) -> RuntimeError {
+        RuntimeError::NotNow {
+            plugin: self.shared.plugin.name().to_owned(),
+            action,
+            reason: "it has stopped".to_owned(),
+        }
+    }
+
+    /// Stores a checkpoint of the current state (after [`stop`](Self::stop)); a run that
+    /// does not write to the journal (a reset still catching up) stores nothing.
+    pub async fn save_checkpoint(&self, journal: &Journal) -> Result<(), RuntimeError> {
+        if !self.shared.durable.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let saved = blocking(move || {
+            let mut fold = shared.fold.lock().expect("projection lock");
+            fold.as_mut()
+                .map(|instance| Ok((instance.position, instance.snapshot()?)))
+                .transpose()
+        })
+        .await?;
+        if let Some((position, snapshot)) = saved {
+            journal
+                .put_checkpoint(&self.shared.plugin.hash, position, snapshot)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the background task and waits until it has let go of the journal.
+    pub async fn stop(&self) {
+        let task = self.task.lock().expect("projection lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ProjectionRunner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().expect("projection lock").take() {
+            task.abort();
+        }
+    }
+}
+
+/// Brings the readers' copy up to the fold's position (a new instance restored from the
+/// fold's snapshot). `false` if there is no state to read yet.
+fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<bool, RuntimeError> {
+    let snapshot = {
+        let mut fold = shared.fold.lock().expect("projection lock");
+        // Being rebuilt: the copy, if any, is the latest state there is.
+        let Some(instance) = fold.as_mut() else {
+            return Ok(reader.is_some());
+        };
+        let position = instance.position;
+        if reader
+            .as_ref()
+            .is_some_and(|copy| copy.position == position)
+        {
+            return Ok(true);
+        }
+        match instance.snapshot() {
+            Ok(bytes) => (position, bytes),
+            Err(error) => {
+                // A trapped store is never reused: the worker rebuilds the fold.
+                *fold = None;
+                return Err(error);
+            }
+        }
+    };
+    *reader = Some(ProjectionInstance::new(
+        shared.plugin.clone(),
+        Some(snapshot),
+    )?);
+    Ok(true)
+}

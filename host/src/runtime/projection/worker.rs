@@ -1,0 +1,711 @@
+//! The background task behind a [`ProjectionRunner`](super::ProjectionRunner): folds the log
+//! from the checkpoint to the head, then follows it; retries what may pass, narrows a failed
+//! batch down to the event, and parks (or stops at) an event that keeps failing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::failure::{FailurePolicy, ParkReport, backoff, tries_after};
+use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus, REPLAY_LIMIT};
+use crate::journal::{Journal, JournalError, ParkedEvent, ReadLimit, RecordedEvent};
+use crate::runtime::blocking;
+use crate::runtime::error::RuntimeError;
+use crate::runtime::plugin::Plugin;
+
+/// The first pause after a failed journal read or write.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the worker and the runner's readers share.
+pub(super) struct Shared {
+    pub plugin: Arc<Plugin>,
+    /// The fold's instance: `None` before it starts, and after a failed call discarded it
+    /// (the worker then rebuilds it).
+    pub fold: Mutex<Option<ProjectionInstance>>,
+    /// The events this run skips, by position.
+    pub parked: Mutex<BTreeMap<u64, ParkedEvent>>,
+    /// Events read from the journal since the run started.
+    pub replayed: AtomicU64,
+    pub status: watch::Sender<ProjectionStatus>,
+    /// Whether checkpoints and parked events are written to the journal: a reset run writes
+    /// them only once it took over.
+    pub durable: AtomicBool,
+}
+
+impl Shared {
+    /// Runs `call` on the fold's instance; a failed call discards the instance (a trapped
+    /// store is never reused, and a failed fold may have left the state half-changed).
+    pub fn with_fold<T>(
+        &self,
+        call: impl FnOnce(&mut ProjectionInstance) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let mut fold = self.fold.lock().expect("projection lock");
+        let instance = fold.as_mut().ok_or_else(|| RuntimeError::NotNow {
+            plugin: self.plugin.name().to_owned(),
+            action: "fold",
+            reason: "its state is being rebuilt".to_owned(),
+        })?;
+        let outcome = call(instance);
+        if outcome.is_err() {
+            *fold = None;
+        }
+        outcome
+    }
+
+    /// The events of `page` the plugin folds: subscribed to, and not parked.
+    fn foldable(&self, page: &[RecordedEvent]) -> Vec<RecordedEvent> {
+        let parked = self.parked.lock().expect("parked lock");
+        let subscription = &self.plugin.subscription;
+        page.iter()
+            .filter(|e| subscription.wants(&e.stream, &e.event_type))
+            .filter(|e| !parked.contains_key(&e.position))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Requests to the worker, handled between two batches.
+pub(super) enum Control {
+    /// Fold the parked events again, at the head.
+    ReplayParked(oneshot::Sender<Result<ParkReport, RuntimeError>>),
+    /// Take over the journal's records of this build: write this run's checkpoint and parked
+    /// events over them (a reset run that replaced the active one).
+    Adopt(oneshot::Sender<()>),
+}
+
+/// Why the worker stopped following.
+enum Halt {
+    /// The journal closed (shutdown).
+    Closed,
+    /// Policy `stop`: at an event it cannot fold.
+    Faulted { position: u64, reason: String },
+}
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    journal: Journal,
+    checkpoints: CheckpointPolicy,
+    policy: Arc<watch::Sender<FailurePolicy>>,
+    /// Ignore the checkpoint and parked events in the journal: start from position 1.
+    fresh: bool,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// The last position folded (or skipped).
+    position: u64,
+    /// The last checkpoint taken, kept in memory: states are rebuilt from it.
+    saved: Option<(u64, Vec<u8>)>,
+    /// Position and time of the last checkpoint.
+    checkpointed: (u64, Instant),
+    /// Position and time of the last catch-up rate measurement.
+    rate: (u64, Instant),
+    /// The plugin's snapshot failed once: no more checkpoints in this run.
+    checkpoints_broken: bool,
+}
+
+impl Worker {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        journal: Journal,
+        checkpoints: CheckpointPolicy,
+        policy: Arc<watch::Sender<FailurePolicy>>,
+        fresh: bool,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Self {
+        Self {
+            shared,
+            journal,
+            checkpoints,
+            policy,
+            fresh,
+            control,
+            position: 0,
+            saved: None,
+            checkpointed: (0, Instant::now()),
+            rate: (0, Instant::now()),
+            checkpoints_broken: false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.shared.plugin.name()
+    }
+
+    fn durable(&self) -> bool {
+        self.shared.durable.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn run(mut self) {
+        let Halt::Faulted { position, reason } = self.follow().await else {
+            return;
+        };
+        tracing::error!(plugin = %self.name(), position, %reason, "projection faulted (policy stop): waiting for an operator");
+        self.shared
+            .status
+            .send_replace(ProjectionStatus::Faulted { position, reason });
+        while let Some(control) = self.control.recv().await {
+            match control {
+                Control::ReplayParked(reply) => {
+                    let _ = reply.send(Err(RuntimeError::NotNow {
+                        plugin: self.name().to_owned(),
+                        action: "replay parked events",
+                        reason: "it is faulted: restart or reset it first".to_owned(),
+                    }));
+                }
+                Control::Adopt(reply) => drop(reply),
+            }
+        }
+    }
+
+    async fn follow(&mut self) -> Halt {
+        if let Err(halt) = self.start().await {
+            return halt;
+        }
+        let mut commits = self.journal.subscribe();
+        loop {
+            if let Err(halt) = self.step(&mut commits).await {
+                return halt;
+            }
+        }
+    }
+
+    /// Restores the checkpoint and the list of parked events.
+    async fn start(&mut self) -> Result<(), Halt> {
+        if !self.fresh {
+            let (journal, hash) = (self.journal.clone(), self.shared.plugin.hash.clone());
+            let (checkpoint, parked) = self
+                .retrying("reading the checkpoint", move || {
+                    Ok((journal.checkpoint(&hash)?, journal.parked(&hash)?))
+                })
+                .await?;
+            let mut map = self.shared.parked.lock().expect("parked lock");
+            map.extend(parked.into_iter().map(|event| (event.position, event)));
+            drop(map);
+            self.saved = checkpoint;
+        }
+        let shared = self.shared.clone();
+        let saved = self.saved.clone();
+        let restored =
+            blocking(move || ProjectionInstance::new(shared.plugin.clone(), saved)).await;
+        let instance = match restored {
+            Ok(instance) => instance,
+            Err(error) => {
+                // Its own build could not read its checkpoint: fold from the start instead.
+                tracing::warn!(plugin = %self.name(), %error, "checkpoint not restored; folding from position 1");
+                self.saved = None;
+                let plugin = self.shared.plugin.clone();
+                self.retrying("starting from an empty state", move || {
+                    ProjectionInstance::new(plugin.clone(), None)
+                })
+                .await?
+            }
+        };
+        self.position = instance.position;
+        self.checkpointed = (self.position, Instant::now());
+        self.rate = (self.position, Instant::now());
+        *self.shared.fold.lock().expect("projection lock") = Some(instance);
+        Ok(())
+    }
+
+    /// Folds one page of the log, or waits for commits at the head.
+    async fn step(&mut self, commits: &mut watch::Receiver<u64>) -> Result<(), Halt> {
+        while let Ok(control) = self.control.try_recv() {
+            self.handle(control).await?;
+        }
+        let head = *commits.borrow_and_update();
+        if self.position >= head {
+            self.checkpoint_if_due(false).await?;
+            self.shared.status.send_replace(ProjectionStatus::Live {
+                position: self.position,
+            });
+            tokio::select! {
+                changed = commits.changed() => changed.map_err(|_| Halt::Closed)?,
+                // Quiet for a while: save what the last burst folded.
+                () = tokio::time::sleep(self.checkpoints.every) => self.checkpoint_if_due(true).await?,
+                Some(control) = self.control.recv() => self.handle(control).await?,
+            }
+            return Ok(());
+        }
+        let (journal, from) = (self.journal.clone(), self.position + 1);
+        let page = self
+            .retrying("reading the journal", move || {
+                Ok(journal.read_all_within(from, REPLAY_LIMIT)?)
+            })
+            .await?;
+        if page.is_empty() {
+            // Nothing up to the head is visible any more (deleted, expired or scavenged):
+            // the log skips those positions.
+            self.skip_to(head).await?;
+            return Ok(());
+        }
+        let count = page.len() as u64;
+        self.shared.replayed.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("foldhost_projection_events_total", "plugin" => self.name().to_owned())
+            .increment(count);
+        self.fold(page).await?;
+        self.report_progress(head);
+        self.checkpoint_if_due(false).await
+    }
+
+    /// Folds a page in one call; if that fails, event by event from the state before it.
+    async fn fold(&mut self, page: Vec<RecordedEvent>) -> Result<(), Halt> {
+        let last = page.last().expect("a page has events").position;
+        let batch = Arc::new(self.shared.foldable(&page));
+        let (shared, events) = (self.shared.clone(), batch.clone());
+        let folded = blocking(move || {
+            shared.with_fold(|instance| {
+                instance.apply(&events)?;
+                instance.position = last;
+                Ok(())
+            })
+        })
+        .await;
+        if folded.is_err() {
+            self.rebuild().await?;
+            for event in batch.iter() {
+                self.fold_one(event).await?;
+            }
+            self.skip_to(last).await?;
+        }
+        self.position = last;
+        Ok(())
+    }
+
+    /// Moves the fold past positions with nothing to fold.
+    async fn skip_to(&mut self, position: u64) -> Result<(), Halt> {
+        if self.shared.fold.lock().expect("projection lock").is_none() {
+            self.rebuild().await?;
+        }
+        let shared = self.shared.clone();
+        self.retrying("moving past hidden events", move || {
+            shared.with_fold(|instance| {
+                instance.position = instance.position.max(position);
+                Ok(())
+            })
+        })
+        .await?;
+        self.position = self.position.max(position);
+        Ok(())
+    }
+
+    /// Folds one event, retrying as its failure deserves; then parks it or halts.
+    async fn fold_one(&mut self, event: &RecordedEvent) -> Result<(), Halt> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (shared, single) = (self.shared.clone(), event.clone());
+            let folded = blocking(move || {
+                shared.with_fold(|instance| instance.apply(std::slice::from_ref(&single)))
+            })
+            .await;
+            let error = match folded {
+                Ok(()) => {
+                    self.position = event.position;
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            // Its instance was discarded: back to the state before the event.
+            self.rebuild().await?;
+            let (tries, first_pause) = tries_after(&error);
+            if attempt >= tries {
+                return self.give_up(event, error, attempt).await;
+            }
+            self.retry_status(
+                format!("folding the event at position {}: {error}", event.position),
+                attempt,
+            );
+            tokio::time::sleep(backoff(attempt, first_pause)).await;
+        }
+    }
+
+    /// Applies the failure policy to an event that failed `attempts` times.
+    async fn give_up(
+        &mut self,
+        event: &RecordedEvent,
+        error: RuntimeError,
+        attempts: u32,
+    ) -> Result<(), Halt> {
+        let reason = error.to_string();
+        if *self.policy.borrow() == FailurePolicy::Stop {
+            return Err(Halt::Faulted {
+                position: event.position,
+                reason,
+            });
+        }
+        tracing::warn!(plugin = %self.name(), position = event.position, stream = %event.stream, %reason, "parking an event the projection cannot fold");
+        let record = ParkedEvent {
+            position: event.position,
+            stream: event.stream.clone(),
+            event_type: event.event_type.clone(),
+            reason,
+            attempts,
+            parked_at: now_millis(),
+        };
+        self.record_parked(record).await?;
+        metrics::counter!("foldhost_projection_parked_total", "plugin" => self.name().to_owned())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Records (or re-records) a parked event: in the journal first, if durable.
+    async fn record_parked(&mut self, record: ParkedEvent) -> Result<(), Halt> {
+        if self.durable() {
+            let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+            self.retrying_write("recording a parked event", || {
+                journal.park(hash, vec![record.clone()])
+            })
+            .await?;
+        }
+        let mut parked = self.shared.parked.lock().expect("parked lock");
+        parked.insert(record.position, record);
+        Ok(())
+    }
+
+    /// Rebuilds the fold's state at `self.position` from the last checkpoint.
+    async fn rebuild(&mut self) -> Result<(), Halt> {
+        let (shared, journal) = (self.shared.clone(), self.journal.clone());
+        let (saved, target) = (self.saved.clone(), self.position);
+        let what = format!("rebuilding its state at position {target}");
+        self.retrying(&what, move || {
+            let instance = rebuilt(&shared, &journal, saved.clone(), target)?;
+            *shared.fold.lock().expect("projection lock") = Some(instance);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores `(position, snapshot)` when the policy says so, or on any unsaved progress
+    /// when `force` is set.
+    async fn checkpoint_if_due(&mut self, force: bool) -> Result<(), Halt> {
+        let progressed = self.position - self.checkpointed.0;
+        let due = progressed >= self.checkpoints.every_events
+            || (progressed > 0
+                && (force || self.checkpointed.1.elapsed() >= self.checkpoints.every));
+        if !due || self.checkpoints_broken {
+            return Ok(());
+        }
+        let Some((position, state)) = self.snapshot().await? else {
+            return Ok(());
+        };
+        if self.durable()
+            && let Err(error) = self
+                .journal
+                .put_checkpoint(&self.shared.plugin.hash, position, state)
+                .await
+        {
+            if let JournalError::Closed = error {
+                return Err(Halt::Closed);
+            }
+            // Not fatal: the next checkpoint tries again.
+            tracing::warn!(plugin = %self.name(), %error, "checkpoint not stored");
+            return Ok(());
+        }
+        self.checkpointed = (position, Instant::now());
+        Ok(())
+    }
+
+    /// Snapshots the fold's state as the in-memory checkpoint. A plugin whose snapshot fails
+    /// takes no more checkpoints in this run (its state is rebuilt and it goes on).
+    async fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, Halt> {
+        loop {
+            let shared = self.shared.clone();
+            let taken = blocking(move || {
+                shared.with_fold(|instance| Ok((instance.position, instance.snapshot()?)))
+            })
+            .await;
+            match taken {
+                Ok(saved) => {
+                    self.saved = Some(saved.clone());
+                    return Ok(Some(saved));
+                }
+                // Discarded by a reader's failed snapshot: rebuild, then take it.
+                Err(RuntimeError::NotNow { .. }) => self.rebuild().await?,
+                Err(error) => {
+                    tracing::error!(plugin = %self.name(), %error, "snapshot failed: no more checkpoints until a restart");
+                    self.checkpoints_broken = true;
+                    self.rebuild().await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, control: Control) -> Result<(), Halt> {
+        match control {
+            Control::ReplayParked(reply) => {
+                let report = self.replay_parked().await?;
+                let _ = reply.send(Ok(report));
+            }
+            Control::Adopt(reply) => {
+                self.adopt().await?;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds each parked event again onto the current state (out of order, at the head). One
+    /// that folds is checkpointed and unparked in one journal write, so a restart neither
+    /// loses nor repeats it; one that fails stays parked with the new reason.
+    async fn replay_parked(&mut self) -> Result<ParkReport, Halt> {
+        let positions: Vec<u64> = self
+            .shared
+            .parked
+            .lock()
+            .expect("parked lock")
+            .keys()
+            .copied()
+            .collect();
+        let mut replayed = 0;
+        for position in positions {
+            let journal = self.journal.clone();
+            let page = self
+                .retrying("reading a parked event", move || {
+                    Ok(journal.read_all_within(position, ReadLimit::events(1))?)
+                })
+                .await?;
+            let Some(event) = page.into_iter().find(|e| e.position == position) else {
+                // Deleted since (and hidden, or scavenged): nothing left to fold.
+                self.forget_parked(position).await?;
+                continue;
+            };
+            let (shared, single) = (self.shared.clone(), event.clone());
+            let folded = blocking(move || {
+                shared.with_fold(|instance| {
+                    let at = instance.position;
+                    instance.apply(std::slice::from_ref(&single))?;
+                    instance.position = at;
+                    Ok((at, instance.snapshot()?))
+                })
+            })
+            .await;
+            match folded {
+                Ok((at, state)) => {
+                    if self.durable() {
+                        let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+                        self.retrying_write("checkpointing a replayed event", || {
+                            journal.put_checkpoint_reparked(
+                                hash,
+                                at,
+                                state.clone(),
+                                Vec::new(),
+                                vec![position],
+                            )
+                        })
+                        .await?;
+                    }
+                    self.saved = Some((at, state));
+                    self.checkpointed = (at, Instant::now());
+                    self.shared
+                        .parked
+                        .lock()
+                        .expect("parked lock")
+                        .remove(&position);
+                    replayed += 1;
+                }
+                Err(error) => {
+                    self.rebuild().await?;
+                    let record = self
+                        .shared
+                        .parked
+                        .lock()
+                        .expect("parked lock")
+                        .get(&position)
+                        .cloned();
+                    if let Some(mut record) = record {
+                        record.attempts += 1;
+                        record.reason = error.to_string();
+                        self.record_parked(record).await?;
+                    }
+                }
+            }
+        }
+        let still_parked = self.shared.parked.lock().expect("parked lock").len();
+        tracing::info!(plugin = %self.name(), replayed, still_parked, "replayed parked events");
+        Ok(ParkReport {
+            replayed,
+            still_parked,
+        })
+    }
+
+    /// Drops a parked event that is no longer in the log.
+    async fn forget_parked(&mut self, position: u64) -> Result<(), Halt> {
+        if self.durable() {
+            let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+            self.retrying_write("forgetting a parked event", || {
+                journal.unpark(hash, vec![position])
+            })
+            .await?;
+        }
+        let mut parked = self.shared.parked.lock().expect("parked lock");
+        parked.remove(&position);
+        Ok(())
+    }
+
+    /// Makes this run the one the journal records: its checkpoint and its parked events
+    /// replace the journal's, in one write.
+    async fn adopt(&mut self) -> Result<(), Halt> {
+        self.shared.durable.store(true, Ordering::Relaxed);
+        let (journal, hash) = (self.journal.clone(), self.shared.plugin.hash.clone());
+        let listed = self
+            .retrying("reading the parked events", move || {
+                Ok(journal.parked(&hash)?)
+            })
+            .await?;
+        let ours: Vec<ParkedEvent> = self
+            .shared
+            .parked
+            .lock()
+            .expect("parked lock")
+            .values()
+            .cloned()
+            .collect();
+        let stale: Vec<u64> = listed
+            .iter()
+            .map(|event| event.position)
+            .filter(|position| !ours.iter().any(|event| event.position == *position))
+            .collect();
+        let Some((position, state)) = self.snapshot().await? else {
+            return Ok(());
+        };
+        let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+        self.retrying_write("adopting the reset", || {
+            journal.put_checkpoint_reparked(
+                hash,
+                position,
+                state.clone(),
+                ours.clone(),
+                stale.clone(),
+            )
+        })
+        .await?;
+        self.checkpointed = (position, Instant::now());
+        Ok(())
+    }
+
+    /// Publishes catch-up progress while far from the head.
+    fn report_progress(&mut self, head: u64) {
+        if head.saturating_sub(self.position) <= REPLAY_LIMIT.events as u64 {
+            return;
+        }
+        let elapsed = self.rate.1.elapsed().as_secs_f64();
+        let catching_up = matches!(
+            *self.shared.status.borrow(),
+            ProjectionStatus::CatchingUp { .. }
+        );
+        if elapsed >= 0.5 || !catching_up {
+            let events_per_sec = if elapsed >= 0.5 {
+                (self.position - self.rate.0) as f64 / elapsed
+            } else {
+                0.0
+            };
+            self.rate = (self.position, Instant::now());
+            self.shared
+                .status
+                .send_replace(ProjectionStatus::CatchingUp {
+                    position: self.position,
+                    head,
+                    events_per_sec,
+                });
+        }
+    }
+
+    fn retry_status(&self, reason: String, attempt: u32) {
+        tracing::warn!(plugin = %self.name(), attempt, %reason, "projection retrying");
+        metrics::counter!("foldhost_projection_retries_total", "plugin" => self.name().to_owned())
+            .increment(1);
+        self.shared.status.send_replace(ProjectionStatus::Retrying {
+            position: self.position,
+            reason,
+            attempt,
+        });
+    }
+
+    /// Runs `step` on the blocking pool until it succeeds, pausing with backoff (status
+    /// `retrying`) after each failure; only a closed journal ends it.
+    async fn retrying<T: Send + 'static>(
+        &self,
+        what: &str,
+        step: impl Fn() -> Result<T, RuntimeError> + Send + Sync + 'static,
+    ) -> Result<T, Halt> {
+        let step = Arc::new(step);
+        let mut attempt = 0;
+        loop {
+            let once = step.clone();
+            match blocking(move || once()).await {
+                Ok(value) => return Ok(value),
+                Err(RuntimeError::Journal(JournalError::Closed)) => return Err(Halt::Closed),
+                Err(error) => {
+                    attempt += 1;
+                    self.retry_status(format!("{what}: {error}"), attempt);
+                    tokio::time::sleep(backoff(attempt, FIRST_PAUSE)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Retries a journal write with backoff (status `retrying`) until it succeeds; only a
+    /// closed journal ends it.
+    async fn retrying_write<Fut>(&self, what: &str, write: impl Fn() -> Fut) -> Result<(), Halt>
+    where
+        Fut: Future<Output = Result<(), JournalError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match write().await {
+                Ok(()) => return Ok(()),
+                Err(JournalError::Closed) => return Err(Halt::Closed),
+                Err(error) => {
+                    attempt += 1;
+                    self.retry_status(format!("{what}: {error}"), attempt);
+                    tokio::time::sleep(backoff(attempt, FIRST_PAUSE)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The fold's state at `target`: `saved` (at or before it) plus the events after it that
+/// the plugin folds, skipping parked ones. Events are folded in pages as usual, or one at
+/// a time if a page fails (they were folded singly before, too).
+fn rebuilt(
+    shared: &Shared,
+    journal: &Journal,
+    saved: Option<(u64, Vec<u8>)>,
+    target: u64,
+) -> Result<ProjectionInstance, RuntimeError> {
+    let mut instance = ProjectionInstance::new(shared.plugin.clone(), saved.clone())?;
+    let mut singly = false;
+    while instance.position < target {
+        let mut page = journal.read_all_within(instance.position + 1, REPLAY_LIMIT)?;
+        page.retain(|event| event.position <= target);
+        let Some(last) = page.last().map(|event| event.position) else {
+            break;
+        };
+        let events = shared.foldable(&page);
+        if singly {
+            for event in &events {
+                instance.apply(std::slice::from_ref(event))?;
+            }
+        } else if let Err(error) = instance.apply(&events) {
+            if events.len() <= 1 {
+                return Err(error);
+            }
+            instance = ProjectionInstance::new(shared.plugin.clone(), saved.clone())?;
+            singly = true;
+            continue;
+        }
+        instance.position = last;
+    }
+    Ok(instance)
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
