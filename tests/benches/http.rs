@@ -71,6 +71,7 @@ async fn bench() {
         admin_token: None,
         metrics: None,
         failure_policy: Default::default(),
+        limits: Default::default(),
     })
     .await
     .unwrap();

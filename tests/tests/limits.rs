@@ -6,6 +6,7 @@ mod serve;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -239,4 +240,242 @@ async fn made_up_aggregates_leave_nothing_behind() {
     assert_bounded(before, server.usage(), 48, 16);
     let (_, log) = get(&client, &server, "/events").await;
     assert_eq!(log.as_array().unwrap().len(), 20);
+}
+
+/// Appends `count` events of about `size` bytes each to `stream`, 7 per request.
+async fn append_heavy(client: &Client, server: &Server, stream: &str, count: usize, size: usize) {
+    let data = "d".repeat(size);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(7) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "Heavy", "data": {"i": i, "pad": data}}))
+            .collect();
+        let path = format!("/streams/{stream}/events");
+        let (status, answer) = post(client, server, &path, json!({"events": events})).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// Reads what a stalled client was sent until the server closes the connection; returns the
+/// id of the last complete SSE event in it.
+fn drain_until_closed(mut stream: TcpStream) -> u64 {
+    stream.set_read_timeout(Some(serve::PATIENCE)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("the server never closed the stalled feed: {error}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    let complete = &text[..text.rfind("\n\n").expect("no complete event")];
+    complete
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .last()
+        .expect("no event id")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_feeds_are_capped_and_clients_that_stop_reading_are_cut_off() {
+    const FEEDS: usize = 12;
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--max-live-feeds", &FEEDS.to_string()]);
+    command.args(["--live-buffer-bytes", "262144"]);
+    command.args(["--write-stall-timeout", "8"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    // ~48 MB of history: far more than a stalled feed may hold or the sockets can buffer.
+    append_heavy(&client, &server, "history", 60, 800_000).await;
+    let before = server.usage();
+
+    // Clients that ask for the whole log and then never read a byte.
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let stalled: Vec<TcpStream> = (0..FEEDS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream
+                .write_all(b"GET /events/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    while open_feeds(&client, &server).await < FEEDS as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feeds did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One feed more than the cap is refused, with a time to come back.
+    let refused = client.get(server.url("/events/live")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let (_, body) = json(refused).await;
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("too many live feeds"), "{error}");
+
+    // The server cuts each stalled client off (without a byte read by any of them); until
+    // then each holds its read-ahead and the server's write buffer, not the log.
+    let mut holding = server.usage();
+    while open_feeds(&client, &server).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled feeds stay open"
+        );
+        let now = server.usage();
+        if now.rss_kib > holding.rss_kib {
+            holding = now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each can resume from its last complete event.
+    let resume_points: Vec<u64> =
+        tokio::task::spawn_blocking(move || stalled.into_iter().map(drain_until_closed).collect())
+            .await
+            .unwrap();
+    let last = *resume_points.iter().max().unwrap();
+    assert!(last < 60, "a stalled client was sent the whole log");
+    let response = client
+        .get(server.url("/events/live"))
+        .header("last-event-id", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut feed = serve::SseReader::new(response);
+    assert_eq!(feed.next().await.unwrap()["position"], last + 1);
+    drop(feed);
+
+    // Every slot is free again.
+    let mut feeds = Vec::new();
+    while feeds.len() < FEEDS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slots were not freed"
+        );
+        let response = client
+            .get(server.url("/events/live?from_position=60"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            feeds.push(response);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(feeds);
+    assert_bounded(before, holding, 96, 24);
+    assert_bounded(before, server.usage(), 96, 24);
+}
+
+/// The `foldhost_live_feeds` gauge of `/metrics`.
+async fn open_feeds(client: &Client, server: &Server) -> u64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("foldhost_live_feeds "))
+        .unwrap_or_else(|| panic!("no foldhost_live_feeds in {text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends `count` requests at once; returns each one's status and `Retry-After`.
+async fn flood(
+    client: &Client,
+    server: &Server,
+    count: usize,
+    request: impl Fn(usize) -> (String, Value),
+) -> Vec<(u16, Option<String>)> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let (path, body) = request(i);
+            let send = client.post(server.url(&path)).json(&body).send();
+            tokio::spawn(async move {
+                let response = send.await.unwrap();
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                (response.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_answers_503_with_retry_after_for_appends_and_commands() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, Some(&dirs.plugins));
+    command.args(["--max-queued-writes", "1"]);
+    let server = Server::launch(command);
+    let client = Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let before = server.usage();
+
+    let ids: Vec<uuid::Uuid> = (0..400).map(|_| uuid::Uuid::new_v4()).collect();
+    let append = |i: usize| {
+        let body = json!({"events": [{"id": ids[i], "type": "Flooded", "data": {"i": i}}]});
+        (format!("/streams/flood-{}/events", i % 16), body)
+    };
+    let outcomes = flood(&client, &server, ids.len(), append).await;
+    let refused: Vec<usize> = (0..ids.len()).filter(|&i| outcomes[i].0 == 503).collect();
+    for (status, retry) in &outcomes {
+        assert!(*status == 200 || *status == 503, "status {status}");
+        assert_eq!(retry.is_some(), *status == 503);
+    }
+    assert!(
+        !refused.is_empty(),
+        "400 concurrent appends never filled a queue of 1"
+    );
+    // A refused append was never queued: it is not in the log, and retrying it lands it.
+    let logged = serve::all_events(&client, &server).await;
+    assert_eq!(logged.len(), ids.len() - refused.len());
+    for &i in &refused {
+        assert!(!logged.iter().any(|e| e["id"] == json!(ids[i])));
+        let (path, body) = append(i);
+        let (status, answer) = post(&client, &server, &path, body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(serve::all_events(&client, &server).await.len(), ids.len());
+
+    let open = |i: usize| {
+        let body = json!({"type": "Open", "data": {"owner": format!("o{i}")}});
+        (format!("/aggregates/bank-account/flood-{i}/commands"), body)
+    };
+    let outcomes = flood(&client, &server, 300, open).await;
+    for (status, retry) in &outcomes {
+        assert!(*status == 200 || *status == 503, "status {status}");
+        assert_eq!(retry.as_deref(), (*status == 503).then_some("1"));
+    }
+    let opened = outcomes.iter().filter(|(status, _)| *status == 200).count();
+    assert!(
+        opened < 300,
+        "300 concurrent commands never filled a queue of 1"
+    );
+    assert_eq!(
+        serve::all_events(&client, &server).await.len(),
+        ids.len() + opened
+    );
+    assert_bounded(before, server.usage(), 96, 48);
 }

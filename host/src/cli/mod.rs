@@ -4,6 +4,7 @@
 mod backup;
 mod client;
 mod lifecycle;
+mod limits;
 mod offline;
 mod token;
 
@@ -91,6 +92,8 @@ struct ServeArgs {
     /// Per plugin: `foldhost plugins policy NAME park|stop`.
     #[arg(long, env = "FOLDHOST_FAILURE_POLICY", default_value = "park")]
     failure_policy: FailurePolicy,
+    #[command(flatten)]
+    limits: limits::ClientLimitArgs,
 }
 
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
@@ -158,13 +161,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token,
         metrics: Some(crate::server::metrics::install()?),
         failure_policy: args.failure_policy,
+        limits: args.limits.limits(),
     })
     .await?;
     println!("listening on http://{}", server.local_addr());
-    terminated().await?;
-    tracing::info!("shutting down: finishing in-flight requests");
-    server.shutdown().await
+    tokio::select! {
+        stopped = terminated() => {
+            stopped?;
+            tracing::info!("shutting down: finishing in-flight requests");
+            server.shutdown().await
+        }
+        fault = server.faulted() => {
+            // Fail-stop, as PostgreSQL does on a failed fsync: a restart reopens the journal.
+            tracing::error!(%fault, "the journal failed: reporting it on /health, then exiting");
+            tokio::time::sleep(FAULT_LINGER).await;
+            server.shutdown().await?;
+            anyhow::bail!("the journal stopped writing after a storage fault: {fault}")
+        }
+    }
 }
+
+/// How long a host whose journal failed keeps answering (`/health` 503, writes 503) before it
+/// exits, so probes and load balancers see why.
+const FAULT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
     listen

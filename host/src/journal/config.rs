@@ -16,6 +16,9 @@ pub struct JournalConfig {
     pub max_append_events: usize,
     /// Most requests (appends, snapshot and checkpoint writes) the writer puts into one commit.
     pub max_batch_appends: usize,
+    /// Most writes waiting for the writer; past it a write is refused at once with
+    /// [`JournalError::Overloaded`](super::JournalError::Overloaded) instead of queueing.
+    pub max_queued_writes: usize,
     /// Snapshots kept per (plugin, stream); older ones are pruned. At least one is always kept.
     pub keep_snapshots: usize,
     /// PostgreSQL only: start, with a warning, on a server that may lose acknowledged commits
@@ -30,6 +33,7 @@ impl Default for JournalConfig {
             max_event_size: 1024 * 1024,
             max_append_events: 10_000,
             max_batch_appends: 1024,
+            max_queued_writes: 4096,
             keep_snapshots: 4,
             accept_non_durable_postgres: false,
         }

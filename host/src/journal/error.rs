@@ -85,6 +85,15 @@ pub enum JournalError {
     /// The operation is not available on this journal (e.g. a file backup of PostgreSQL).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// The journal stopped writing after a storage fault (an I/O error such as a full disk):
+    /// nothing was written. The host must be restarted once the fault is fixed.
+    #[error("the journal stopped writing after a storage fault ({0}): restart the host")]
+    Faulted(Arc<str>),
+    /// The write queue is full (see
+    /// [`max_queued_writes`](super::JournalConfig::max_queued_writes)); nothing was queued.
+    /// Retry shortly.
+    #[error("the journal's write queue is full: retry shortly")]
+    Overloaded,
     /// The journal's writer thread is gone.
     #[error("the journal is closed")]
     Closed,

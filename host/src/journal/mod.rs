@@ -306,6 +306,31 @@ impl Journal {
         dispatch!(self, streams_with_prefix(prefix))
     }
 
+    /// The storage fault that stopped the journal writing, if one did (see
+    /// [`JournalError::Faulted`]). PostgreSQL failures are per request and never stop it.
+    pub fn fault(&self) -> Option<Arc<str>> {
+        match &*self.backend {
+            Backend::Redb(redb) => redb.faults().borrow().clone(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Resolves with the fault once a storage fault stops the journal writing.
+    pub async fn faulted(&self) -> Arc<str> {
+        let mut faults = match &*self.backend {
+            Backend::Redb(redb) => redb.faults(),
+            Backend::Postgres(_) => return std::future::pending().await,
+        };
+        loop {
+            if let Some(fault) = faults.borrow_and_update().clone() {
+                return fault;
+            }
+            if faults.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Counters of commits, appends and events since opening.
     pub fn stats(&self) -> JournalStats {
         match &*self.backend {

@@ -2,7 +2,8 @@
 //! `{"error": message, ...}` with machine-readable extras where a client can act on them.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -14,6 +15,8 @@ use crate::runtime::RuntimeError;
 pub struct ApiError {
     status: StatusCode,
     body: Map<String, Value>,
+    /// Seconds for a `Retry-After` header: the refusal is temporary.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,7 +24,22 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
         let mut body = Map::new();
         body.insert("error".to_owned(), Value::String(message.to_string()));
-        Self { status, body }
+        Self {
+            status,
+            body,
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After`: the host is busy, try again in `seconds`.
+    pub fn busy(message: impl std::fmt::Display, seconds: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(seconds)
+    }
+
+    /// Adds a `Retry-After` header of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400: the request itself is malformed.
@@ -46,7 +64,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, error = %self.body["error"], "request failed");
         }
-        (self.status, Json(Value::Object(self.body))).into_response()
+        let mut response = (self.status, Json(Value::Object(self.body))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -69,9 +93,13 @@ impl From<JournalError> for ApiError {
             JournalError::StreamDeleted(_) => StatusCode::GONE,
             JournalError::StreamNotFound(_) => StatusCode::NOT_FOUND,
             JournalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            JournalError::Closed | JournalError::Unavailable(_) | JournalError::NotDurable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            JournalError::Overloaded => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, &error).retry_after(1);
             }
+            JournalError::Closed
+            | JournalError::Unavailable(_)
+            | JournalError::NotDurable(_)
+            | JournalError::Faulted(_) => StatusCode::SERVICE_UNAVAILABLE,
             JournalError::Storage(_)
             | JournalError::Postgres(_)
             | JournalError::Corrupt { .. }

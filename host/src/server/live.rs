@@ -13,13 +13,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::AppState;
 use super::errors::ApiError;
 use super::extract::Query;
 use super::json::EventJson;
-use super::streams::{PAGE_BYTES, read_page};
+use super::streams::read_page;
 use crate::journal::{Journal, RecordedEvent};
 
 /// Most events read from the journal per page (fewer when they are large).
@@ -55,8 +55,24 @@ pub async fn live(
         ),
         None => None,
     };
+    let slot = state
+        .live_feeds
+        .clone()
+        .try_acquire_owned()
+        .map(FeedSlot::new)
+        .map_err(|_| {
+            ApiError::busy(
+                format!(
+                    "too many live feeds: {} are open, the most this server allows",
+                    state.limits.max_live_feeds
+                ),
+                5,
+            )
+        })?;
     let journal = state.runtime.journal().clone();
     let follower = Follower {
+        _slot: slot,
+        buffer_bytes: state.limits.live_buffer_bytes,
         commits: journal.subscribe(),
         journal,
         next: resume.or(query.from_position).unwrap_or(1).max(1),
@@ -71,7 +87,27 @@ pub async fn live(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// A feed's place among the open feeds, given back when the feed ends (its client left, was
+/// cut off, or the server stops).
+struct FeedSlot(OwnedSemaphorePermit);
+
+impl FeedSlot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("foldhost_live_feeds").increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        metrics::gauge!("foldhost_live_feeds").decrement(1.0);
+    }
+}
+
 struct Follower {
+    _slot: FeedSlot,
+    /// Most bytes of events read ahead of the client (at least one event).
+    buffer_bytes: usize,
     journal: Journal,
     commits: watch::Receiver<u64>,
     /// The position of the next event to send.
@@ -99,12 +135,12 @@ impl Follower {
                 self.commits.changed().await.ok()?;
                 continue;
             }
-            let (journal, from) = (self.journal.clone(), self.next);
+            let (journal, from, bytes) = (self.journal.clone(), self.next, self.buffer_bytes);
             let page = tokio::task::spawn_blocking(move || {
                 read_page(
                     from,
                     PAGE,
-                    PAGE_BYTES,
+                    bytes,
                     |e| e.position,
                     |from, n| journal.read_all(from, n),
                 )

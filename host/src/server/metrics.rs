@@ -119,6 +119,11 @@ fn describe() {
         Unit::Seconds,
         "Time to answer an HTTP request, by route"
     );
+    describe_gauge!(
+        "foldhost_live_feeds",
+        "Open GET /events/live feeds (see --max-live-feeds)"
+    );
+    gauge!("foldhost_live_feeds").set(0.0);
     let _ = histogram!("foldhost_commit_batch_size");
     let _ = histogram!("foldhost_commit_seconds");
 }

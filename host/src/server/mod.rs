@@ -28,6 +28,7 @@ mod errors;
 mod extract;
 pub mod json;
 mod lifecycle;
+mod listener;
 mod live;
 pub mod metrics;
 mod plugins;
@@ -38,6 +39,7 @@ mod unread;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +49,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -78,6 +81,9 @@ pub(crate) struct AppState {
     shutdown: CancellationToken,
     /// The data directory (backups are staged there).
     data_dir: Arc<std::path::Path>,
+    /// One permit per live feed that may be open.
+    live_feeds: Arc<Semaphore>,
+    limits: ClientLimits,
 }
 
 /// The API's routes over `state`.
@@ -150,12 +156,25 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: the server answers, and how far the journal has got.
+/// `GET /health`: the server answers, and how far the journal has got; 503 once a storage
+/// fault stopped the journal (the host then exits, see [`Server::faulted`]).
 async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> Json<serde_json::Value> {
-    let head = state.runtime.journal().head_position();
-    Json(serde_json::json!({"status": "ok", "head_position": head}))
+) -> axum::response::Response {
+    let journal = state.runtime.journal();
+    let head = journal.head_position();
+    match journal.fault() {
+        None => Json(serde_json::json!({"status": "ok", "head_position": head})).into_response(),
+        Some(fault) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "failed",
+                "error": format!("the journal stopped writing after a storage fault: {fault}"),
+                "head_position": head,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -199,6 +218,34 @@ pub struct ServerConfig {
     pub metrics: Option<PrometheusHandle>,
     /// What projections do with an event they cannot fold, unless set per plugin.
     pub failure_policy: FailurePolicy,
+    /// What clients may make the server hold.
+    pub limits: ClientLimits,
+}
+
+/// Bounds on what clients (authenticated or not) may make the server hold.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Most `GET /events/live` feeds open at once; past it a feed is refused with 503.
+    pub max_live_feeds: usize,
+    /// Most bytes of events a live feed reads ahead of what its client has taken.
+    pub live_buffer_bytes: usize,
+    /// A connection on which nothing could be written for this long (its client stopped
+    /// reading) is closed.
+    pub write_stall_timeout: Duration,
+    /// Most writes queued for the journal; past it appends and commands get 503 with
+    /// `Retry-After`.
+    pub max_queued_writes: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_live_feeds: 1024,
+            live_buffer_bytes: 1 << 20,
+            write_stall_timeout: Duration::from_secs(60),
+            max_queued_writes: JournalConfig::default().max_queued_writes,
+        }
+    }
 }
 
 /// A running server.
@@ -217,11 +264,15 @@ impl Server {
         let data = config.data_dir;
         crate::durable::create_dir_all(&data)
             .with_context(|| format!("creating the data directory {}", data.display()))?;
+        let journal_config = JournalConfig {
+            max_queued_writes: config.limits.max_queued_writes,
+            ..JournalConfig::default()
+        };
         let journal = match &config.journal_url {
             Some(url) => {
                 let journal = JournalConfig {
                     accept_non_durable_postgres: config.accept_non_durable_postgres,
-                    ..JournalConfig::default()
+                    ..journal_config
                 };
                 Journal::open_postgres(url, journal)
                     .await
@@ -230,7 +281,7 @@ impl Server {
             None => {
                 let path = data.join(JOURNAL_FILE);
                 tokio::task::spawn_blocking(move || {
-                    Journal::open(&path, JournalConfig::default())
+                    Journal::open(&path, journal_config)
                         .with_context(|| format!("opening the journal {}", path.display()))
                 })
                 .await??
@@ -268,8 +319,11 @@ impl Server {
             metrics: config.metrics,
             shutdown: shutdown.clone(),
             data_dir: Arc::from(data.as_path()),
+            live_feeds: Arc::new(Semaphore::new(config.limits.max_live_feeds)),
+            limits: config.limits.clone(),
         });
         let stop = shutdown.clone().cancelled_owned();
+        let listener = listener::StallGuarded::new(listener, config.limits.write_stall_timeout);
         let serving = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
@@ -288,6 +342,13 @@ impl Server {
     /// The runtime (and through it the journal) the server serves.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Resolves with the fault once a storage fault stops the journal writing. From then on
+    /// `/health` answers 503 and writes are refused; the host should stop and be restarted
+    /// (fail-stop), which reopens and if need be repairs the journal.
+    pub async fn faulted(&self) -> Arc<str> {
+        self.runtime.journal().faulted().await
     }
 
     /// The address the server listens on.

@@ -21,7 +21,7 @@ const MAX_READ: usize = 10_000;
 const DEFAULT_READ: usize = 1_000;
 /// A read stops early once its events take this many bytes (it always returns at least one
 /// event), so a page of large events cannot exhaust memory; clients page on from the last.
-pub(super) const PAGE_BYTES: usize = 16 << 20;
+const PAGE_BYTES: usize = 16 << 20;
 /// What an event costs a page beyond its variable fields: position, version, id, content type,
 /// time and the JSON around them.
 const EVENT_OVERHEAD: usize = 160;
@@ -207,9 +207,12 @@ pub async fn read_all(
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
 }
 
-/// Up to `limit` events from `from` on, read `CHUNK` at a time by `read(from, n)` and
-/// stopping once they take about `max_bytes` (see [`event_bytes`]); `key` is what `from`
-/// counts (version or position).
+/// Up to `limit` events from `from` on, read by `read(from, n)` and stopping once they take
+/// about `max_bytes` (see [`event_bytes`]); `key` is what `from` counts (version or position).
+///
+/// The first read takes one event; each next one as many as the rest of the budget holds at
+/// the average size so far (at most `CHUNK`), so a page of large events never reads far past
+/// its budget.
 pub(super) fn read_page(
     from: u64,
     limit: usize,
@@ -217,20 +220,19 @@ pub(super) fn read_page(
     key: impl Fn(&RecordedEvent) -> u64,
     read: impl Fn(u64, usize) -> Result<Vec<RecordedEvent>, JournalError>,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
-    let (mut events, mut bytes, mut next) = (Vec::new(), 0, from);
+    let (mut events, mut bytes, mut next, mut want) = (Vec::new(), 0, from, 1);
     while events.len() < limit && bytes < max_bytes {
-        let chunk = read(next, CHUNK.min(limit - events.len()))?;
+        let chunk = read(next, want.min(limit - events.len()))?;
         if chunk.is_empty() {
             break;
         }
         for event in chunk {
-            if bytes >= max_bytes {
-                break;
-            }
             bytes += event_bytes(&event);
             next = key(&event) + 1;
             events.push(event);
         }
+        let average = bytes / events.len();
+        want = (max_bytes.saturating_sub(bytes) / average).clamp(1, CHUNK);
     }
     Ok(events)
 }

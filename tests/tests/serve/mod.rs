@@ -175,6 +175,11 @@ impl Server {
         self.wait()
     }
 
+    /// Waits for a server that stops by itself to exit.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        self.wait()
+    }
+
     fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
         loop {

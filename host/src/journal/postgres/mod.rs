@@ -126,7 +126,7 @@ const EVENT_COLUMNS: &str =
 pub(super) struct PgJournal {
     pool: Pool,
     runtime: Option<tokio::runtime::Runtime>,
-    requests: Option<mpsc::UnboundedSender<Request>>,
+    requests: Option<mpsc::Sender<Request>>,
     /// Signalled when the writer has drained its queue and stopped (a Mutex only to be Sync).
     writer_done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     shared: Arc<Shared>,
@@ -264,7 +264,7 @@ impl PgJournal {
             Arc::downgrade(&shared),
         ));
 
-        let (requests, queue) = mpsc::unbounded_channel();
+        let (requests, queue) = mpsc::channel(config.max_queued_writes.max(1));
         let (done_tx, writer_done) = std::sync::mpsc::channel();
         runtime.spawn(write(
             pool.clone(),
@@ -289,13 +289,17 @@ impl PgJournal {
             .expect("the runtime lives as long as the journal")
     }
 
-    fn queue(&self, op: Op) -> oneshot::Receiver<Result<Option<AppendResult>, JournalError>> {
+    fn queue(
+        &self,
+        op: Op,
+    ) -> Result<oneshot::Receiver<Result<Option<AppendResult>, JournalError>>, JournalError> {
         let (reply, outcome) = oneshot::channel();
-        if let Some(requests) = &self.requests {
-            // A send to a stopped writer drops `reply`, which the caller sees as Closed.
-            let _ = requests.send(Request { op, reply });
+        let requests = self.requests.as_ref().ok_or(JournalError::Closed)?;
+        match requests.try_send(Request { op, reply }) {
+            Ok(()) => Ok(outcome),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(JournalError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(JournalError::Closed),
         }
-        outcome
     }
 
     pub(super) async fn append(
@@ -308,7 +312,7 @@ impl PgJournal {
             stream: stream.to_owned(),
             expected,
             events,
-        });
+        })?;
         let result = outcome.await.map_err(|_| JournalError::Closed)??;
         Ok(result.expect("an append reports where its events are"))
     }
@@ -323,7 +327,7 @@ impl PgJournal {
             stream: stream.to_owned(),
             expected,
             events,
-        });
+        })?;
         let result = outcome
             .blocking_recv()
             .map_err(|_| JournalError::Closed)??;
@@ -331,7 +335,7 @@ impl PgJournal {
     }
 
     pub(super) async fn write_op(&self, op: Op) -> Result<(), JournalError> {
-        self.queue(op)
+        self.queue(op)?
             .await
             .map_err(|_| JournalError::Closed)?
             .map(|_| ())
@@ -704,7 +708,7 @@ async fn follow(
 /// The writer task: drains queued requests into one transaction each round (group commit).
 async fn write(
     pool: Pool,
-    mut queue: mpsc::UnboundedReceiver<Request>,
+    mut queue: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     max_batch: usize,
     keep_snapshots: usize,

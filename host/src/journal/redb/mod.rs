@@ -13,7 +13,7 @@ mod store;
 mod writer;
 
 use std::path::Path;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
@@ -58,7 +58,7 @@ impl SharedDb {
 pub(super) struct RedbJournal {
     pub(super) db: SharedDb,
     shared: Arc<Shared>,
-    requests: Sender<Request>,
+    requests: SyncSender<Request>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -85,7 +85,7 @@ impl RedbJournal {
             max_batch: config.max_batch_appends.max(1),
             keep_snapshots: config.keep_snapshots,
         }
-        .spawn()
+        .spawn(config.max_queued_writes.max(1))
         .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
         Ok(Self {
             db,
@@ -99,10 +99,14 @@ impl RedbJournal {
         &self,
         (request, outcome): (Request, Outcome<T>),
     ) -> Result<Outcome<T>, JournalError> {
-        self.requests
-            .send(request)
-            .map_err(|_| JournalError::Closed)?;
-        Ok(outcome)
+        if let Some(fault) = self.shared.fault.borrow().clone() {
+            return Err(JournalError::Faulted(fault));
+        }
+        match self.requests.try_send(request) {
+            Ok(()) => Ok(outcome),
+            Err(TrySendError::Full(_)) => Err(JournalError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(JournalError::Closed),
+        }
     }
 
     pub(super) async fn append(
@@ -142,6 +146,10 @@ impl RedbJournal {
     pub(super) fn stats(&self) -> JournalStats {
         self.shared.stats()
     }
+
+    pub(super) fn faults(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.shared.fault.subscribe()
+    }
 }
 
 /// Writes a consistent backup of the journal to `path` while it keeps serving (see `backup`).
@@ -164,7 +172,7 @@ impl Drop for RedbJournal {
         // Disconnect the queue (swap in a sender of a dead channel) so the writer drains and exits.
         drop(std::mem::replace(
             &mut self.requests,
-            std::sync::mpsc::channel().0,
+            std::sync::mpsc::sync_channel(0).0,
         ));
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();

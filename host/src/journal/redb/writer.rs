@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,8 @@ use super::{JournalError, JournalStats, SharedDb};
 pub(super) struct Shared {
     /// The last committed global position.
     pub(super) head: watch::Sender<u64>,
+    /// The storage fault that stopped the writer, once one happened (see `commit`).
+    pub(super) fault: watch::Sender<Option<Arc<str>>>,
     commits: AtomicU64,
     appends: AtomicU64,
     events: AtomicU64,
@@ -31,6 +33,7 @@ impl Shared {
     pub(super) fn new(head: u64) -> Self {
         Self {
             head: watch::Sender::new(head),
+            fault: watch::Sender::new(None),
             commits: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             events: AtomicU64::new(0),
@@ -55,9 +58,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread; it stops once every sender is dropped and the queue is drained.
-    pub(super) fn spawn(self) -> std::io::Result<(Sender<Request>, JoinHandle<()>)> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Starts the writer thread with a queue of `capacity` requests; it stops once every
+    /// sender is dropped and the queue is drained.
+    pub(super) fn spawn(
+        self,
+        capacity: usize,
+    ) -> std::io::Result<(SyncSender<Request>, JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
         let thread = std::thread::Builder::new()
             .name("journal-writer".to_owned())
             .spawn(move || self.run(rx))?;
@@ -78,12 +85,27 @@ impl Writer {
     }
 
     /// Applies `batch` in order in one transaction, commits it and answers every request.
+    ///
+    /// A storage error is a fault: redb refuses every later write until the file is reopened,
+    /// and whether the failed commit reached the disk is unknown. The writer then stops
+    /// writing (fail-stop): this batch gets the error, every later request
+    /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
+    /// on, so a restart reopens (and if need be repairs) the file.
     pub(super) fn commit(&self, batch: Vec<Request>) {
+        if let Some(fault) = self.shared.fault.borrow().clone() {
+            for request in batch {
+                request.answer(Err(JournalError::Faulted(fault.clone())));
+            }
+            return;
+        }
         let started = Instant::now();
         let outcomes = match self.apply(&batch) {
             Ok(outcomes) => outcomes,
             Err(error) => {
-                tracing::error!(%error, requests = batch.len(), "journal commit failed");
+                tracing::error!(%error, requests = batch.len(), "journal commit failed: stopping writes");
+                self.shared
+                    .fault
+                    .send_replace(Some(error.to_string().into()));
                 for request in batch {
                     request.answer(Err(error.clone()));
                 }
