@@ -274,8 +274,8 @@ fn drain_until_closed(mut stream: TcpStream) -> u64 {
     let complete = &text[..text.rfind("\n\n").expect("no complete event")];
     complete
         .lines()
-        .filter_map(|line| line.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("id: "))
         .expect("no event id")
         .parse()
         .unwrap()

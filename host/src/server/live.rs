@@ -89,12 +89,14 @@ pub async fn live(
 
 /// A feed's place among the open feeds, given back when the feed ends (its client left, was
 /// cut off, or the server stops).
-struct FeedSlot(OwnedSemaphorePermit);
+struct FeedSlot {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl FeedSlot {
     fn new(permit: OwnedSemaphorePermit) -> Self {
         metrics::gauge!("foldhost_live_feeds").increment(1.0);
-        Self(permit)
+        Self { _permit: permit }
     }
 }
 
