@@ -1,5 +1,8 @@
-//! Builds every plugin for `wasm32-unknown-unknown` with a nested cargo and
-//! turns each core module into a component in `OUT_DIR/<artifact>.wasm`.
+//! Builds every plugin into a component in `OUT_DIR/<artifact>.wasm`: the Rust
+//! ones for `wasm32-unknown-unknown` with a nested cargo, componentized and
+//! checked with `foldhost-plugin-build`; the Python (and other language) ones
+//! with `foldhost_plugin_build::build`, cached in `target/plugins-<lang>/` by
+//! the fingerprint of their inputs, since componentize-py takes a minute.
 //!
 //! The nested cargo uses its own target directory (`target/plugins*`), so it
 //! never waits for the lock the outer cargo holds, and only builds the plugin
@@ -17,7 +20,7 @@ const PROFILE: &str = "plugin";
 /// Set for the nested cargo, to catch a plugin that depends on this crate.
 const NESTED: &str = "FOLDHOST_PLUGINS_NESTED";
 
-/// An artifact: its name, the package building it, and the package's features.
+/// A Rust artifact: its name, the package building it, and the package's features.
 struct Recipe {
     artifact: &'static str,
     package: &'static str,
@@ -48,6 +51,13 @@ const RECIPES: &[Recipe] = &[
         package: "bank-account",
         features: "v2",
     },
+];
+
+/// A plugin in another language: its artifact name and project folder under `plugins/`.
+const SOURCE_RECIPES: &[(&str, &str)] = &[
+    ("bank-account-python", "python/bank-account"),
+    ("bank-analytics-python", "python/bank-analytics"),
+    ("hostile-python", "python/hostile"),
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the
@@ -82,10 +92,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
-    for recipe in RECIPES {
+    for dir in ["rust", "python"] {
         println!(
             "cargo:rerun-if-changed={}",
-            workspace.join("plugins").join(recipe.package).display()
+            workspace.join("plugins").join(dir).display()
         );
     }
     check_target_installed()?;
@@ -110,9 +120,37 @@ fn run() -> Result<(), Box<dyn Error>> {
                 .join(format!("{}.wasm", recipe.package.replace('-', "_")));
             let component = out_dir.join(format!("{}.wasm", recipe.artifact));
             componentize(&module, &component)
-                .map_err(|e| format!("componentizing {}: {e}", module.display()))?;
+                .map_err(|e| format!("componentizing {}: {e:#}", module.display()))?;
         }
     }
+    for (artifact, dir) in SOURCE_RECIPES {
+        build_cached(&workspace, artifact, &workspace.join("plugins").join(dir), &out_dir)
+            .map_err(|e| format!("building {dir}: {e:#}"))?;
+    }
+    Ok(())
+}
+
+/// Builds the project in `dir` unless a build of the same inputs is cached.
+fn build_cached(
+    workspace: &Path,
+    artifact: &str,
+    dir: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<()> {
+    let lang = foldhost_plugin_build::Lang::detect(dir)?;
+    let cache = workspace.join(format!("target/plugins-{lang}"));
+    let cached = cache.join(format!(
+        "{artifact}-{}.wasm",
+        foldhost_plugin_build::fingerprint(dir)?
+    ));
+    if !cached.exists() {
+        let built = foldhost_plugin_build::build(dir)?;
+        std::fs::create_dir_all(&cache)?;
+        let partial = cached.with_extension("partial");
+        std::fs::write(&partial, &built.component)?;
+        std::fs::rename(&partial, &cached)?;
+    }
+    std::fs::copy(&cached, out_dir.join(format!("{artifact}.wasm")))?;
     Ok(())
 }
 
@@ -170,12 +208,10 @@ fn cargo_build(
     }
 }
 
-fn componentize(module: &Path, component: &Path) -> Result<(), Box<dyn Error>> {
-    let bytes = std::fs::read(module)?;
-    let encoded = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .and_then(|encoder| encoder.validate(true).encode())
-        .map_err(|e| format!("{e:#}"))?;
+/// Componentizes a Rust plugin's core module (unchecked: `wrong-contract` must
+/// stay wrong; `tests/components.rs` checks the others).
+fn componentize(module: &Path, component: &Path) -> anyhow::Result<()> {
+    let encoded = foldhost_plugin_build::componentize::componentize(&std::fs::read(module)?)?;
     std::fs::write(component, encoded)?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The workspace's plugins, built as WebAssembly components.
 //!
-//! The build script compiles every plugin crate for `wasm32-unknown-unknown`
-//! (profile `plugin`) and componentizes it, so depending on this crate is all
-//! a test or benchmark needs to get the components:
+//! The build script compiles every Rust plugin crate for
+//! `wasm32-unknown-unknown` (profile `plugin`) and componentizes it, and
+//! builds the Python examples with componentize-py (installed on first use,
+//! builds cached by input fingerprint), so depending on this crate is all a
+//! test or benchmark needs to get the components:
 //!
 //! ```no_run
 //! let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
@@ -29,18 +31,37 @@ pub const BANK_ACCOUNT_V2: &str = "bank-account-v2";
 pub const HOSTILE: &str = "hostile";
 /// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
 pub const WRONG_CONTRACT: &str = "wrong-contract";
+/// `plugins/python/bank-account`: the Python twin of [`BANK_ACCOUNT`] (same
+/// name, events, commands and state JSON).
+pub const BANK_ACCOUNT_PYTHON: &str = "bank-account-python";
+/// `plugins/python/bank-analytics`: the Python twin of [`BANK_ANALYTICS`].
+pub const BANK_ANALYTICS_PYTHON: &str = "bank-analytics-python";
+
+/// Aggregate `python-hostile`: Python handlers that raise, read the clock or
+/// randomness, exit or loop, and a `Ping` that still works afterwards.
+pub const HOSTILE_PYTHON: &str = "hostile-python";
 
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
+/// The examples in other languages than Rust (twins of Rust examples, so not
+/// served beside them).
+pub const OTHER_LANGUAGES: &[&str] = &[BANK_ACCOUNT_PYTHON, BANK_ANALYTICS_PYTHON];
 /// Plugins that exist only for tests.
-pub const TEST_ARTIFACTS: &[&str] = &[BANK_ANALYTICS_V2, BANK_ACCOUNT_V2, HOSTILE, WRONG_CONTRACT];
+pub const TEST_ARTIFACTS: &[&str] = &[
+    BANK_ANALYTICS_V2,
+    BANK_ACCOUNT_V2,
+    HOSTILE,
+    WRONG_CONTRACT,
+    HOSTILE_PYTHON,
+];
 
 /// The directory holding every `<name>.wasm`.
 pub fn dir() -> &'static Path {
     Path::new(env!("OUT_DIR"))
 }
 
-/// The component file of the plugin `name` (one of [`EXAMPLES`] or [`TEST_ARTIFACTS`]).
+/// The component file of the plugin `name` (one of [`EXAMPLES`], [`OTHER_LANGUAGES`] or
+/// [`TEST_ARTIFACTS`]).
 pub fn path(name: &str) -> PathBuf {
     dir().join(format!("{name}.wasm"))
 }

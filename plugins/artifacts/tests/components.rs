@@ -1,7 +1,7 @@
 //! Every artifact is a component with exactly the expected contract export and
 //! no imports beyond the contract (in particular, no WASI).
 
-use foldhost_plugins::{EXAMPLES, TEST_ARTIFACTS, path};
+use foldhost_plugins::{EXAMPLES, OTHER_LANGUAGES, TEST_ARTIFACTS, path};
 use wit_component::DecodedWasm;
 
 /// The component's imported and exported interface names.
@@ -25,7 +25,7 @@ fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
 
 fn expected_export(name: &str) -> &'static str {
     match name {
-        "bank-analytics" | "bank-analytics-v2" => "foldhost:plugin/projection@0.1.0",
+        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-python" => "foldhost:plugin/projection@0.1.0",
         "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
         _ => "foldhost:plugin/aggregate@0.1.0",
     }
@@ -33,7 +33,7 @@ fn expected_export(name: &str) -> &'static str {
 
 #[test]
 fn each_artifact_exports_one_world_and_imports_only_the_contract() {
-    for &name in EXAMPLES.iter().chain(TEST_ARTIFACTS) {
+    for &name in EXAMPLES.iter().chain(OTHER_LANGUAGES).chain(TEST_ARTIFACTS) {
         let (imports, exports) = interfaces(name);
         let export = expected_export(name);
         assert_eq!(exports, [export], "{name} exports");
