@@ -121,7 +121,10 @@ pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
     hasher.update(lang.to_string());
     hasher.update(contract::WIT);
     match lang {
-        Lang::Rust => bail!("{} is a Rust project: cargo caches its builds", dir.display()),
+        Lang::Rust => bail!(
+            "{} is a Rust project: cargo caches its builds",
+            dir.display()
+        ),
         Lang::Python => python::toolchain_fingerprint(&mut hasher),
         Lang::Js => js::toolchain_fingerprint(&mut hasher),
     }
@@ -129,7 +132,12 @@ pub fn fingerprint(dir: &Path) -> anyhow::Result<String> {
     collect_files(dir, &mut files)?;
     files.sort();
     for file in files {
-        hasher.update(file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().as_bytes());
+        hasher.update(
+            file.strip_prefix(dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         hasher.update(std::fs::read(&file)?);
     }
     Ok(hex::encode(hasher.finalize()))

@@ -80,8 +80,8 @@ impl Settings {
     /// Reads `project/pyproject.toml`.
     pub fn read(project: &Path) -> anyhow::Result<Self> {
         let path = project.join(MANIFEST);
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let parsed: PyProject =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         parsed.tool.and_then(|t| t.foldhost).with_context(|| {
@@ -98,9 +98,9 @@ impl Settings {
         match self.world.as_str() {
             "aggregate" => Ok(World::Aggregate),
             "projection" => Ok(World::Projection),
-            other => bail!(
-                "[tool.foldhost] world = {other:?}: expected \"aggregate\" or \"projection\""
-            ),
+            other => {
+                bail!("[tool.foldhost] world = {other:?}: expected \"aggregate\" or \"projection\"")
+            }
         }
     }
 }
@@ -125,7 +125,10 @@ pub fn build(project: &Path) -> anyhow::Result<Vec<u8>> {
     };
     std::fs::write(
         sdk.join(format!("{ENTRY}.py")),
-        format!("import {}\nfrom foldhost_guest._wit import {class}\n", settings.module),
+        format!(
+            "import {}\nfrom foldhost_guest._wit import {class}\n",
+            settings.module
+        ),
     )?;
     let output = work.path().join("plugin.wasm");
     let project = project
@@ -203,8 +206,18 @@ pub fn ensure_componentize_py() -> anyhow::Result<PathBuf> {
     );
     tools::run(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(["--root-user-action=ignore", "--no-warn-script-location", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args([
+                "--root-user-action=ignore",
+                "--no-warn-script-location",
+                "--target",
+            ])
             .arg(staging.path())
             .arg(format!("componentize-py=={COMPONENTIZE_PY}")),
         &format!("pip install componentize-py=={COMPONENTIZE_PY}"),
@@ -215,6 +228,8 @@ pub fn ensure_componentize_py() -> anyhow::Result<PathBuf> {
             Ok(dir)
         }
         Err(_) if dir.join("componentize_py").is_dir() => Ok(dir),
-        Err(error) => Err(error).with_context(|| format!("moving componentize-py to {}", dir.display())),
+        Err(error) => {
+            Err(error).with_context(|| format!("moving componentize-py to {}", dir.display()))
+        }
     }
 }

@@ -21,7 +21,11 @@ pub fn build(project: &Path) -> anyhow::Result<Vec<u8>> {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .args(["build", "--release", "--target", TARGET])
-        .args(["--message-format", "json-render-diagnostics", "--manifest-path"])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -29,7 +33,10 @@ pub fn build(project: &Path) -> anyhow::Result<Vec<u8>> {
         .output()
         .context("running cargo (is the Rust toolchain installed? https://rustup.rs)")?;
     if !output.status.success() {
-        bail!("cargo build failed ({}); see its output above", output.status);
+        bail!(
+            "cargo build failed ({}); see its output above",
+            output.status
+        );
     }
     let module = cdylib(&output.stdout, &manifest)?;
     std::fs::read(&module).with_context(|| format!("reading {}", module.display()))
@@ -83,7 +90,9 @@ struct Target {
 
 /// The `.wasm` of the cdylib built for `manifest`, from cargo's JSON messages.
 fn cdylib(messages: &[u8], manifest: &Path) -> anyhow::Result<PathBuf> {
-    let manifest = manifest.canonicalize().unwrap_or_else(|_| manifest.to_owned());
+    let manifest = manifest
+        .canonicalize()
+        .unwrap_or_else(|_| manifest.to_owned());
     let found = String::from_utf8_lossy(messages)
         .lines()
         .filter_map(|line| serde_json::from_str::<Message>(line).ok())

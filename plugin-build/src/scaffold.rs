@@ -30,14 +30,23 @@ pub fn files(lang: Lang, name: &str) -> anyhow::Result<Vec<File>> {
     let files = match lang {
         Lang::Rust => {
             let mut files = vec![
-                ("Cargo.toml".into(), fill(include_str!("../templates/rust/Cargo.toml"))),
-                ("src/lib.rs".into(), fill(include_str!("../templates/rust/src/lib.rs"))),
+                (
+                    "Cargo.toml".into(),
+                    fill(include_str!("../templates/rust/Cargo.toml")),
+                ),
+                (
+                    "src/lib.rs".into(),
+                    fill(include_str!("../templates/rust/src/lib.rs")),
+                ),
                 (".gitignore".into(), "/target\n*.wasm\n".to_owned()),
                 (
                     "foldhost-guest/Cargo.toml".into(),
                     fill(include_str!("../templates/rust/sdk-Cargo.toml")),
                 ),
-                ("foldhost-guest/wit/foldhost.wit".into(), contract::WIT.to_owned()),
+                (
+                    "foldhost-guest/wit/foldhost.wit".into(),
+                    contract::WIT.to_owned(),
+                ),
             ];
             for (path, text) in RUST_SDK {
                 // The SDK finds the contract beside its own manifest.
@@ -47,8 +56,14 @@ pub fn files(lang: Lang, name: &str) -> anyhow::Result<Vec<File>> {
             files
         }
         Lang::Python => vec![
-            ("pyproject.toml".into(), fill(include_str!("../templates/python/pyproject.toml"))),
-            (format!("{module}.py").into(), fill(include_str!("../templates/python/app.py"))),
+            (
+                "pyproject.toml".into(),
+                fill(include_str!("../templates/python/pyproject.toml")),
+            ),
+            (
+                format!("{module}.py").into(),
+                fill(include_str!("../templates/python/app.py")),
+            ),
             (".gitignore".into(), "__pycache__/\n*.wasm\n".to_owned()),
         ],
         Lang::Js => bail!("this foldhost cannot create JavaScript plugin projects yet"),
@@ -108,7 +123,10 @@ const RUST_SDK: &[(&str, &str)] = &[
 
 macro_rules! rust_sdk_file {
     ($path:literal) => {
-        ($path, include_str!(concat!("../../guest-sdk/rust/src/", $path)))
+        (
+            $path,
+            include_str!(concat!("../../guest-sdk/rust/src/", $path)),
+        )
     };
 }
 use rust_sdk_file;

@@ -124,8 +124,13 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
     }
     for (artifact, dir) in SOURCE_RECIPES {
-        build_cached(&workspace, artifact, &workspace.join("plugins").join(dir), &out_dir)
-            .map_err(|e| format!("building {dir}: {e:#}"))?;
+        build_cached(
+            &workspace,
+            artifact,
+            &workspace.join("plugins").join(dir),
+            &out_dir,
+        )
+        .map_err(|e| format!("building {dir}: {e:#}"))?;
     }
     Ok(())
 }

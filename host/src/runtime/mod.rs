@@ -22,7 +22,7 @@ pub use engine::{Limits, PluginEngine};
 pub use error::RuntimeError;
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
 pub use projection::{CheckpointPolicy, ProjectionInstance, ProjectionRunner, ProjectionStatus};
-pub use registry::{LoadFailure, PluginInfo, Runtime, RuntimeConfig};
+pub use registry::{CompileStatus, CompilingInfo, LoadFailure, PluginInfo, Runtime, RuntimeConfig};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async
 /// workers, inside the caller's tracing span (so plugin logs carry it).

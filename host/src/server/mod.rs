@@ -50,6 +50,8 @@ use crate::runtime::{Runtime, RuntimeConfig, plugin_dir};
 
 /// The journal's file name inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
+/// The compiled-plugin cache's folder inside a data directory.
+pub const COMPILE_CACHE: &str = "cache";
 /// Largest JSON request body (appends, commands).
 pub const MAX_JSON_BODY: usize = 8 << 20;
 /// Largest plugin upload.
@@ -210,7 +212,7 @@ impl Server {
         let runtime = Runtime::new(
             journal,
             RuntimeConfig {
-                cache_dir: Some(data.join("cache")),
+                cache_dir: Some(data.join(COMPILE_CACHE)),
                 ..RuntimeConfig::default()
             },
         )?;

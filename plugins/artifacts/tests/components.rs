@@ -25,7 +25,9 @@ fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
 
 fn expected_export(name: &str) -> &'static str {
     match name {
-        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-python" => "foldhost:plugin/projection@0.1.0",
+        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-python" => {
+            "foldhost:plugin/projection@0.1.0"
+        }
         "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
         _ => "foldhost:plugin/aggregate@0.1.0",
     }
