@@ -53,6 +53,9 @@ const RECIPES: &[Recipe] = &[
     },
 ];
 
+/// The artifact whose core module is also kept, as `<artifact>.core.wasm`.
+const CORE_MODULE: &str = "bank-account";
+
 /// A plugin in another language: its artifact name and project folder under `plugins/`.
 const SOURCE_RECIPES: &[(&str, &str)] = &[
     ("bank-account-python", "python/bank-account"),
@@ -119,6 +122,9 @@ fn run() -> Result<(), Box<dyn Error>> {
                 .join(PROFILE)
                 .join(format!("{}.wasm", recipe.package.replace('-', "_")));
             let component = out_dir.join(format!("{}.wasm", recipe.artifact));
+            if recipe.artifact == CORE_MODULE {
+                std::fs::copy(&module, out_dir.join(format!("{CORE_MODULE}.core.wasm")))?;
+            }
             componentize(&module, &component)
                 .map_err(|e| format!("componentizing {}: {e:#}", module.display()))?;
         }

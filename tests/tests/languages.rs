@@ -111,13 +111,15 @@ async fn rust_and_python_builds_take_over_from_each_other_without_a_difference()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_exceptions_answer_400_or_422_never_500() {
     let dirs = Dirs::new();
-    std::fs::copy(
-        foldhost_plugins::path(foldhost_plugins::HOSTILE_PYTHON),
-        dirs.plugins.join("python-hostile.wasm"),
-    )
-    .unwrap();
-    let server = Server::start(&dirs, None);
+    let server = Server::start(&dirs, Some(TOKEN));
     let http = Client::new();
+    upload(
+        &http,
+        &server,
+        "python-hostile",
+        foldhost_plugins::HOSTILE_PYTHON,
+    )
+    .await;
     let mut pings = 0;
     for (command, data, status, reason) in [
         (

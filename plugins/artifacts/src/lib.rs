@@ -66,6 +66,12 @@ pub fn path(name: &str) -> PathBuf {
     dir().join(format!("{name}.wasm"))
 }
 
+/// The core module of [`BANK_ACCOUNT`], as `cargo build --target wasm32-unknown-unknown`
+/// left it, before componentizing.
+pub fn bank_account_core_module() -> PathBuf {
+    dir().join(format!("{BANK_ACCOUNT}.core.wasm"))
+}
+
 /// Copies the [`EXAMPLES`] into `to` (created if missing); returns the new files.
 pub fn copy_examples(to: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(to)?;
