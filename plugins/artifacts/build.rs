@@ -95,12 +95,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
-    for dir in ["rust", "python"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join("plugins").join(dir).display()
-        );
-    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("plugins").display()
+    );
     check_target_installed()?;
 
     let mut feature_sets: Vec<&str> = Vec::new();

@@ -1,5 +1,5 @@
 """A bank account aggregate (streams ``bank-account-{id}``), the Python twin
-of ``plugins/rust/bank-account``: same name, events, commands, rules and
+of ``plugins/bank-account``: same name, events, commands, rules and
 state JSON, so either build can take over the other's streams.
 
 Rules: an account is opened once, with a non-empty owner; deposits and

@@ -1,6 +1,6 @@
 """A projection over the ``bank-account`` category: open accounts, total
 balance, deposits per UTC day and the largest balances; the Python twin of
-``plugins/rust/bank-analytics`` (same name, state JSON and queries).
+``plugins/bank-analytics`` (same name, state JSON and queries).
 
 Queries: ``top`` (``n``, default 10) lists the largest balances of open
 accounts; ``account`` (``id``, a stream) shows one account.
