@@ -1,5 +1,8 @@
-//! Builds every plugin for `wasm32-unknown-unknown` with a nested cargo and
-//! turns each core module into a component in `OUT_DIR/<artifact>.wasm`.
+//! Builds every plugin into a component in `OUT_DIR/<artifact>.wasm`: the Rust
+//! ones for `wasm32-unknown-unknown` with a nested cargo, componentized and
+//! checked with `foldhost-plugin-build`; the Python (and other language) ones
+//! with `foldhost_plugin_build::build`, cached in `target/plugins-<lang>/` by
+//! the fingerprint of their inputs, since componentize-py takes a minute.
 //!
 //! JavaScript plugins (`plugins/js/*`) are built by the JavaScript SDK's
 //! `guest-sdk/js/build.mjs` (esbuild + componentize-qjs, installed by
@@ -80,6 +83,16 @@ const JS_RECIPES: &[(&str, &str)] = &[
     ("hostile-js", "hostile"),
 ];
 
+/// The artifact whose core module is also kept, as `<artifact>.core.wasm`.
+const CORE_MODULE: &str = "bank-account";
+
+/// A plugin in another language: its artifact name and project folder under `plugins/`.
+const SOURCE_RECIPES: &[(&str, &str)] = &[
+    ("bank-account-python", "python/bank-account"),
+    ("bank-analytics-python", "python/bank-analytics"),
+    ("hostile-python", "python/hostile"),
+];
+
 /// Outer-build settings the nested build must not inherit: flags meant for the
 /// host target (`CARGO_ENCODED_RUSTFLAGS` is what cargo hands build scripts),
 /// and clippy's wrapper. The jobserver (`CARGO_MAKEFLAGS`) is kept on purpose
@@ -112,12 +125,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock", "plugins/js"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
-    for recipe in RECIPES {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join("plugins").join(recipe.package).display()
-        );
-    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("plugins").display()
+    );
     check_target_installed()?;
     // Started first: the JavaScript builds run while cargo builds the Rust plugins.
     let js_builds = start_js_builds(&workspace, &out_dir)?;
@@ -141,8 +152,11 @@ fn run() -> Result<(), Box<dyn Error>> {
                 .join(PROFILE)
                 .join(format!("{}.wasm", recipe.package.replace('-', "_")));
             let component = out_dir.join(format!("{}.wasm", recipe.artifact));
+            if recipe.artifact == CORE_MODULE {
+                std::fs::copy(&module, out_dir.join(format!("{CORE_MODULE}.core.wasm")))?;
+            }
             componentize(&module, &component)
-                .map_err(|e| format!("componentizing {}: {e}", module.display()))?;
+                .map_err(|e| format!("componentizing {}: {e:#}", module.display()))?;
         }
     }
     for (artifact, mut build) in js_builds {
@@ -154,6 +168,39 @@ fn run() -> Result<(), Box<dyn Error>> {
             .into());
         }
     }
+    for (artifact, dir) in SOURCE_RECIPES {
+        build_cached(
+            &workspace,
+            artifact,
+            &workspace.join("plugins").join(dir),
+            &out_dir,
+        )
+        .map_err(|e| format!("building {dir}: {e:#}"))?;
+    }
+    Ok(())
+}
+
+/// Builds the project in `dir` unless a build of the same inputs is cached.
+fn build_cached(
+    workspace: &Path,
+    artifact: &str,
+    dir: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<()> {
+    let lang = foldhost_plugin_build::Lang::detect(dir)?;
+    let cache = workspace.join(format!("target/plugins-{lang}"));
+    let cached = cache.join(format!(
+        "{artifact}-{}.wasm",
+        foldhost_plugin_build::fingerprint(dir)?
+    ));
+    if !cached.exists() {
+        let built = foldhost_plugin_build::build(dir)?;
+        std::fs::create_dir_all(&cache)?;
+        let partial = cached.with_extension("partial");
+        std::fs::write(&partial, &built.component)?;
+        std::fs::rename(&partial, &cached)?;
+    }
+    std::fs::copy(&cached, out_dir.join(format!("{artifact}.wasm")))?;
     Ok(())
 }
 
@@ -239,12 +286,10 @@ fn cargo_build(
     }
 }
 
-fn componentize(module: &Path, component: &Path) -> Result<(), Box<dyn Error>> {
-    let bytes = std::fs::read(module)?;
-    let encoded = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .and_then(|encoder| encoder.validate(true).encode())
-        .map_err(|e| format!("{e:#}"))?;
+/// Componentizes a Rust plugin's core module (unchecked: `wrong-contract` must
+/// stay wrong; `tests/components.rs` checks the others).
+fn componentize(module: &Path, component: &Path) -> anyhow::Result<()> {
+    let encoded = foldhost_plugin_build::componentize::componentize(&std::fs::read(module)?)?;
     std::fs::write(component, encoded)?;
     Ok(())
 }

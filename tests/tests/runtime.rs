@@ -507,6 +507,21 @@ async fn incompatible_or_broken_plugins_are_refused_with_a_clear_error() {
     assert!(host.runtime.list().is_empty());
 }
 
+/// The plain output of `cargo build --target wasm32-unknown-unknown` loads: the host
+/// componentizes it, into the very component `plugins/artifacts` builds (same hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_module_is_componentized_on_load() {
+    let host = Host::new();
+    let core = std::fs::read(foldhost_plugins::bank_account_core_module()).unwrap();
+    let info = host.runtime.load(core, "bank_account.wasm").await.unwrap();
+    let component = std::fs::read(foldhost_plugins::path("bank-account")).unwrap();
+    let loaded = Plugin::load(host.runtime.engine(), &component, "component").unwrap();
+    assert_eq!(info.hash, loaded.hash);
+    host.command("bank-account", "core", "Open", json!({"owner": "core"}))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_catches_up_follows_live_and_resumes_from_its_checkpoint() {
     let host = Host::new();

@@ -71,22 +71,21 @@
 //!
 //! # Building a plugin
 //!
-//! ```toml
-//! [lib]
-//! crate-type = ["cdylib", "rlib"]
-//! ```
-//!
 //! ```sh
-//! cargo build --target wasm32-unknown-unknown --profile plugin  # or --release
-//! wasm-tools component new target/wasm32-unknown-unknown/plugin/my_plugin.wasm -o my-plugin.wasm
+//! foldhost plugins new my-plugin --lang rust   # a project with this SDK vendored
+//! foldhost plugins build my-plugin             # → my-plugin/my-plugin.wasm
 //! ```
 //!
-//! In this workspace the `foldhost-plugins` crate does both steps for every
-//! plugin (with `wit-component`, the library behind `wasm-tools component
-//! new`). The `plugin` profile optimises for speed, strips debug info and uses
-//! LTO. The target is `wasm32-unknown-unknown`, not `wasm32-wasip2`: plugins
-//! must not do I/O, and on that target std has no WASI imports, so the
-//! component imports nothing but `foldhost:plugin/host`. No adapter is needed.
+//! `plugins build` runs `cargo build --release --target wasm32-unknown-unknown`
+//! (adding the target with rustup when missing), turns the core module into a
+//! component with `wit-component` (the library behind `wasm-tools component
+//! new`) and checks it against the contract. The host also accepts the plain
+//! core module and componentizes it on load. In this workspace the
+//! `foldhost-plugins` crate builds every example the same way with the
+//! `plugin` profile (fast folds, LTO, no debug info). The target is
+//! `wasm32-unknown-unknown`, not `wasm32-wasip2`: plugins must not do I/O, and
+//! on that target std has no WASI imports, so the component imports nothing
+//! but `foldhost:plugin/host`. No adapter is needed.
 //!
 //! The export macros expand to nothing on non-wasm targets: the `rlib` builds
 //! natively, so the host can test and benchmark the same logic without wasm,

@@ -120,9 +120,20 @@ enum PluginsAction {
     List,
     /// Install a plugin component (or replace the loaded version); needs the admin token.
     Load {
-        /// The .wasm component.
+        /// The .wasm component (or a core module from `cargo build --target
+        /// wasm32-unknown-unknown`).
         file: PathBuf,
+        /// The plugin's name; without it the file is loaded locally to ask it (for a Python or
+        /// JavaScript plugin that means compiling it twice).
+        #[arg(long)]
+        name: Option<String>,
     },
+    /// Offline: create a plugin project (Rust, Python or JavaScript) that `plugins build` turns
+    /// into a component.
+    New(super::author::NewArgs),
+    /// Offline: build the plugin project in DIR with its language's toolchain (installed where
+    /// missing), componentize it and check it against the contract.
+    Build(super::author::BuildArgs),
     /// Offline safety check before deploying a new build: replay every stream of the plugin
     /// (the whole log, for a projection) through both builds and list the streams whose final
     /// state differs. Exits with 1 when any does.
@@ -382,8 +393,11 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
-    if let PluginsAction::Diff(diff) = args.action {
-        return super::offline::diff(diff).await;
+    match args.action {
+        PluginsAction::Diff(diff) => return super::offline::diff(diff).await,
+        PluginsAction::New(new) => return super::author::new(new),
+        PluginsAction::Build(build) => return super::author::build(build).await,
+        _ => {}
     }
     let token = args.admin.resolve()?;
     let admin = |method, name: &str| -> anyhow::Result<RequestBuilder> {
@@ -395,16 +409,21 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
     };
     let answer = match &args.action {
         PluginsAction::List => send(args.remote.request(Method::GET, &["plugins"])?).await?,
-        PluginsAction::Load { file } => {
+        PluginsAction::Load { file, name } => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let name = described_name(&bytes, &file.display().to_string())?;
+            let name = match name {
+                Some(name) => name.clone(),
+                None => described_name(&bytes, &file.display().to_string())?,
+            };
             send(admin(Method::PUT, &name)?.body(bytes)).await?
         }
         PluginsAction::Unload { name, drop_data } => {
             send(admin(Method::DELETE, name)?.query(&[("drop_data", drop_data)])).await?
         }
-        PluginsAction::Diff(_) => unreachable!("handled offline above"),
+        PluginsAction::Diff(_) | PluginsAction::New(_) | PluginsAction::Build(_) => {
+            unreachable!("handled offline above")
+        }
     };
     print_pretty(&answer);
     Ok(())

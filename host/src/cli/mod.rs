@@ -1,6 +1,7 @@
 //! The `foldhost` command line: the server, client subcommands for a running server, and
 //! offline subcommands working directly on a data directory.
 
+mod author;
 mod backup;
 mod client;
 mod lifecycle;

@@ -22,8 +22,8 @@ use crate::runtime::{
     AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_LIMIT,
     diff_versions, stream_name,
 };
-use crate::server::JOURNAL_FILE;
 use crate::server::json::EventJson;
+use crate::server::{COMPILE_CACHE, JOURNAL_FILE};
 
 /// The data directory an offline subcommand works on.
 #[derive(Debug, Args)]
@@ -76,6 +76,12 @@ pub struct ImportArgs {
 }
 
 impl DataDir {
+    /// An engine sharing the server's cache of compiled plugins in this data directory,
+    /// so a plugin the server already compiled loads in milliseconds.
+    fn engine(&self) -> anyhow::Result<PluginEngine> {
+        PluginEngine::new(Limits::default(), Some(self.data.join(COMPILE_CACHE)))
+    }
+
     /// Opens the journal of an existing data directory.
     fn open_existing(&self) -> anyhow::Result<Journal> {
         let path = self.data.join(JOURNAL_FILE);
@@ -108,7 +114,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let journal = args.data.open_existing()?;
         let bytes = std::fs::read(&args.plugin)
             .with_context(|| format!("reading {}", args.plugin.display()))?;
-        let engine = PluginEngine::new(Limits::default(), None)?;
+        let engine = args.data.engine()?;
         let plugin = Plugin::load(&engine, &bytes, &args.plugin.display().to_string())?;
         let state = match (plugin.kind(), args.stream) {
             (PluginKind::Projection, None) => replay_projection(plugin, &journal)?,
@@ -175,7 +181,7 @@ fn replay_aggregate(
 pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let journal = args.data.open_existing()?;
-        let engine = PluginEngine::new(Limits::default(), None)?;
+        let engine = args.data.engine()?;
         let load = |path: &Path| -> anyhow::Result<Arc<Plugin>> {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

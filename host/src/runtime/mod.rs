@@ -26,7 +26,7 @@ pub use projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionInstance, ProjectionRunner,
     ProjectionStatus, RunnerOptions,
 };
-pub use registry::{LoadFailure, PluginInfo, Runtime, RuntimeConfig};
+pub use registry::{CompileStatus, CompilingInfo, LoadFailure, PluginInfo, Runtime, RuntimeConfig};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async
 /// workers, inside the caller's tracing span (so plugin logs carry it).

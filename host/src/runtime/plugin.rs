@@ -1,7 +1,9 @@
-//! Loading a plugin: compile, check it against the contract, trial-instantiate.
+//! Loading a plugin: componentize a core module, check it against the
+//! contract (before compiling anything), compile, trial-instantiate.
 
 use std::sync::Arc;
 
+use foldhost_plugin_build::{World, componentize, contract};
 use serde::Serialize;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -14,7 +16,7 @@ use super::error::RuntimeError;
 use super::sandbox::{guarded, new_store};
 
 /// The contract version this host implements; guests must be semver-compatible.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = contract::VERSION;
 
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,8 +80,10 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// Compiles and validates a component. `origin` (a file name, an upload)
-    /// names the plugin in errors until its own name is known.
+    /// Validates and compiles a component, or a core module from `cargo build
+    /// --target wasm32-unknown-unknown` (componentized first; the content hash
+    /// is the component's). `origin` (a file name, an upload) names the plugin
+    /// in errors until its own name is known.
     pub fn load(
         engine: &PluginEngine,
         bytes: &[u8],
@@ -89,10 +93,15 @@ impl Plugin {
             origin: origin.to_owned(),
             message,
         };
+        let bytes = componentize::to_component(bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        // Refused before compiling: a Python component takes seconds to compile.
+        let kind = match contract::check(&bytes).map_err(|e| invalid(e.to_string()))? {
+            World::Aggregate => PluginKind::Aggregate,
+            World::Projection => PluginKind::Projection,
+        };
         let (component, hash) = engine
-            .compile(bytes)
+            .compile(&bytes)
             .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
-        let kind = world_of(engine, &component).map_err(invalid)?;
         let pre = match kind {
             PluginKind::Aggregate => Pre::Aggregate(
                 link(
@@ -256,43 +265,6 @@ fn link<P>(
         .instantiate_pre(component)
         .map_err(|e| format!("imports something foldhost does not provide: {e:#}"))?;
     check_exports(pre).map_err(|e| format!("does not match the {world} contract: {e:#}"))
-}
-
-/// Finds which world a component implements from its exported interface names,
-/// checking the contract version is compatible with [`CONTRACT_VERSION`].
-fn world_of(engine: &PluginEngine, component: &Component) -> Result<PluginKind, String> {
-    let host = semver::Version::parse(CONTRACT_VERSION).expect("valid contract version");
-    let wanted = semver::VersionReq::parse(&format!("^{host}")).expect("valid requirement");
-    let mut exports = Vec::new();
-    for (name, _) in component.component_type().exports(engine.engine()) {
-        exports.push(name.to_owned());
-        let Some((interface, version)) = name.split_once('@') else {
-            continue;
-        };
-        let kind = match interface {
-            "foldhost:plugin/aggregate" => PluginKind::Aggregate,
-            "foldhost:plugin/projection" => PluginKind::Projection,
-            _ => continue,
-        };
-        let version = semver::Version::parse(version)
-            .map_err(|e| format!("export {name} has a malformed version: {e}"))?;
-        if !wanted.matches(&version) {
-            return Err(format!(
-                "built against contract foldhost:plugin@{version}, but this host implements \
-                 foldhost:plugin@{host} (compatible: {wanted}); rebuild the plugin with a matching SDK"
-            ));
-        }
-        return Ok(kind);
-    }
-    Err(format!(
-        "exports neither foldhost:plugin/aggregate nor foldhost:plugin/projection \
-         (it exports: {})",
-        if exports.is_empty() {
-            "nothing".to_owned()
-        } else {
-            exports.join(", ")
-        }
-    ))
 }
 
 /// Plugin names become stream categories and URL segments: keep them tame.

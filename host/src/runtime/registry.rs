@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -58,6 +59,27 @@ pub struct PluginInfo {
     pub policy: Option<FailurePolicy>,
 }
 
+/// A plugin file or upload being compiled, as `GET /plugins` shows it (a
+/// Python or JavaScript component takes seconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompilingInfo {
+    /// The file or upload name.
+    pub origin: String,
+    pub status: CompileStatus,
+}
+
+/// Always `{"status": "compiling", ...}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CompileStatus {
+    Compiling {
+        /// Size of the upload or file.
+        bytes: usize,
+        /// Since the compilation started.
+        seconds: f64,
+    },
+}
+
 /// A plugin file or upload that was refused, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadFailure {
@@ -92,6 +114,8 @@ pub struct Runtime {
     plugins: RwLock<BTreeMap<String, Slot>>,
     /// Refused loads whose plugin name is unknown, by origin.
     failures: RwLock<BTreeMap<String, String>>,
+    /// Compilations in progress: origin, size and start of each.
+    compiling: Mutex<Vec<(String, usize, Instant)>>,
 }
 
 impl Runtime {
@@ -107,6 +131,7 @@ impl Runtime {
             queries: Arc::new(Semaphore::new(QUERY_SLOTS)),
             plugins: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(BTreeMap::new()),
+            compiling: Mutex::new(Vec::new()),
         }))
     }
 
@@ -118,7 +143,7 @@ impl Runtime {
         &self.engine
     }
 
-    /// Validates and installs a plugin (compilation runs on the blocking pool).
+    /// Validates and installs a plugin (see [`compile`](Self::compile)).
     ///
     /// A new aggregate version takes effect for the next command; commands in
     /// flight finish on the old one. A new projection version catches up in the
@@ -129,22 +154,56 @@ impl Runtime {
         bytes: Vec<u8>,
         origin: &str,
     ) -> Result<PluginInfo, RuntimeError> {
+        let plugin = self.compile(bytes, origin).await?;
+        self.install(plugin, origin)
+    }
+
+    /// Validates and compiles a plugin on the blocking pool, listed by
+    /// [`compiling`](Self::compiling) meanwhile; a refusal is recorded (see
+    /// [`PluginInfo::last_error`]). Install it with [`install`](Self::install).
+    pub async fn compile(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        origin: &str,
+    ) -> Result<Arc<Plugin>, RuntimeError> {
         let engine = self.engine.clone();
         let origin_ = origin.to_owned();
-        match super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await {
+        let started = Instant::now();
+        self.compiling.lock().expect("compiling lock").push((
+            origin.to_owned(),
+            bytes.len(),
+            started,
+        ));
+        let loaded = super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await;
+        self.compiling
+            .lock()
+            .expect("compiling lock")
+            .retain(|(o, _, s)| !(o == origin && *s == started));
+        match loaded {
             Ok(plugin) => {
                 self.failures.write().expect("failures lock").remove(origin);
-                let installed = self.install(plugin);
-                if let Err(error) = &installed {
-                    self.record_failure(origin, error);
-                }
-                installed
+                Ok(plugin)
             }
             Err(error) => {
                 self.record_failure(origin, &error);
                 Err(error)
             }
         }
+    }
+
+    /// Plugins being compiled now.
+    pub fn compiling(&self) -> Vec<CompilingInfo> {
+        let compiling = self.compiling.lock().expect("compiling lock");
+        compiling
+            .iter()
+            .map(|(origin, bytes, started)| CompilingInfo {
+                origin: origin.clone(),
+                status: CompileStatus::Compiling {
+                    bytes: *bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                },
+            })
+            .collect()
     }
 
     /// Refused loads not attributable to a loaded plugin (see [`PluginInfo::last_error`]).
@@ -174,7 +233,21 @@ impl Runtime {
         }
     }
 
-    fn install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
+    /// Installs a compiled plugin (see [`load`](Self::load)); a refusal (a name
+    /// clash) is recorded under `origin` like a compile failure.
+    pub fn install(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        origin: &str,
+    ) -> Result<PluginInfo, RuntimeError> {
+        let installed = self.try_install(plugin);
+        if let Err(error) = &installed {
+            self.record_failure(origin, error);
+        }
+        installed
+    }
+
+    fn try_install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
         let name = plugin.name().to_owned();
         let mut plugins = self.plugins.write().expect("plugin table lock");
         // Only aggregates own streams, so only their names may not overlap.

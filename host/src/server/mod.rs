@@ -63,6 +63,8 @@ use crate::runtime::{FailurePolicy, Runtime, RuntimeConfig, plugin_dir};
 
 /// The journal's file name inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
+/// The compiled-plugin cache's folder inside a data directory.
+pub const COMPILE_CACHE: &str = "cache";
 /// Largest JSON request body (appends, commands).
 pub const MAX_JSON_BODY: usize = 8 << 20;
 /// Largest plugin upload.
@@ -290,7 +292,7 @@ impl Server {
         let runtime = Runtime::new(
             journal,
             RuntimeConfig {
-                cache_dir: Some(data.join("cache")),
+                cache_dir: Some(data.join(COMPILE_CACHE)),
                 failure_policy: config.failure_policy,
                 ..RuntimeConfig::default()
             },

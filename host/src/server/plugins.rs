@@ -9,11 +9,12 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::errors::ApiError;
+use super::blocking;
 use super::extract::{JsonBody, Path, Query};
-use super::{AppState, blocking};
 use crate::journal::ParkedEvent;
-use crate::runtime::{FailurePolicy, ParkReport, Plugin, PluginInfo};
+use crate::runtime::{CompilingInfo, FailurePolicy, ParkReport, PluginInfo};
 
 /// Proof that a request carries the configured admin token (`Authorization: Bearer <token>`).
 pub struct Admin;
@@ -50,13 +51,23 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// `GET /plugins`.
-pub async fn list(State(state): State<AppState>) -> Json<Vec<PluginInfo>> {
-    Json(state.runtime.list())
+/// One row of `GET /plugins`: a loaded plugin, or one being compiled.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Loaded(PluginInfo),
+    Compiling(CompilingInfo),
 }
 
-/// `PUT /plugins/{name}`: installs (or replaces) a plugin from the component in the body.
-/// The component must describe itself as `name`.
+/// `GET /plugins`: the loaded plugins by name, then those being compiled.
+pub async fn list(State(state): State<AppState>) -> Json<Vec<Listed>> {
+    let loaded = state.runtime.list().into_iter().map(Listed::Loaded);
+    let compiling = state.runtime.compiling().into_iter().map(Listed::Compiling);
+    Json(loaded.chain(compiling).collect())
+}
+
+/// `PUT /plugins/{name}`: installs (or replaces) a plugin from the component (or core module)
+/// in the body. The component must describe itself as `name`.
 pub async fn put(
     State(state): State<AppState>,
     _admin: Admin,
@@ -66,22 +77,16 @@ pub async fn put(
     tracing::Span::current().record("plugin", name.as_str());
     let bytes =
         body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-    let origin = name.clone();
     // Validate before installing: a component named otherwise must not replace anything.
-    let (engine, bytes_, origin_) = (
-        state.runtime.engine().clone(),
-        bytes.clone(),
-        origin.clone(),
-    );
-    let described = blocking(move || Ok(Plugin::load(&engine, &bytes_, &origin_)?)).await?;
-    if described.name() != name {
+    let plugin = state.runtime.compile(bytes.to_vec(), &name).await?;
+    if plugin.name() != name {
         return Err(ApiError::bad_request(format!(
             "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
-            described.name(),
-            described.name()
+            plugin.name(),
+            plugin.name()
         )));
     }
-    Ok(Json(state.runtime.load(bytes.to_vec(), &origin).await?))
+    Ok(Json(state.runtime.install(plugin, &name)?))
 }
 
 /// `?drop_data=true` also deletes the plugin's snapshots and checkpoints.

@@ -1,8 +1,10 @@
 //! The workspace's plugins, built as WebAssembly components.
 //!
-//! The build script compiles every plugin crate for `wasm32-unknown-unknown`
-//! (profile `plugin`) and componentizes it, so depending on this crate is all
-//! a test or benchmark needs to get the components:
+//! The build script compiles every Rust plugin crate for
+//! `wasm32-unknown-unknown` (profile `plugin`) and componentizes it, and
+//! builds the Python examples with componentize-py (installed on first use,
+//! builds cached by input fingerprint), so depending on this crate is all a
+//! test or benchmark needs to get the components:
 //!
 //! ```no_run
 //! let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
@@ -47,6 +49,14 @@ pub const BANK_ANALYTICS_JS: &str = "bank-analytics-js";
 /// Aggregate `hostile-js` in JavaScript: commands that throw, read the clock,
 /// loop, exhaust memory or recurse, and a `Poisoned` event whose apply throws.
 pub const HOSTILE_JS: &str = "hostile-js";
+/// `plugins/python/bank-account`: the Python twin of [`BANK_ACCOUNT`] (same
+/// name, events, commands and state JSON).
+pub const BANK_ACCOUNT_PYTHON: &str = "bank-account-python";
+/// `plugins/python/bank-analytics`: the Python twin of [`BANK_ANALYTICS`].
+pub const BANK_ANALYTICS_PYTHON: &str = "bank-analytics-python";
+/// Aggregate `python-hostile`: Python handlers that raise, read the clock or
+/// randomness, exit or loop, and a `Ping` that still works afterwards.
+pub const HOSTILE_PYTHON: &str = "hostile-python";
 
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
@@ -62,16 +72,30 @@ pub const TEST_ARTIFACTS: &[&str] = &[
 ];
 /// The examples in other languages: same plugin names as [`EXAMPLES`], so
 /// never served beside them, and their test plugins.
-pub const OTHER_LANGUAGES: &[&str] = &[BANK_ACCOUNT_JS, BANK_ANALYTICS_JS, HOSTILE_JS];
+pub const OTHER_LANGUAGES: &[&str] = &[
+    BANK_ACCOUNT_PYTHON,
+    BANK_ANALYTICS_PYTHON,
+    HOSTILE_PYTHON,
+    BANK_ACCOUNT_JS,
+    BANK_ANALYTICS_JS,
+    HOSTILE_JS,
+];
 
 /// The directory holding every `<name>.wasm`.
 pub fn dir() -> &'static Path {
     Path::new(env!("OUT_DIR"))
 }
 
-/// The component file of the plugin `name` (one of [`EXAMPLES`], [`TEST_ARTIFACTS`] or [`OTHER_LANGUAGES`]).
+/// The component file of the plugin `name` (one of [`EXAMPLES`], [`OTHER_LANGUAGES`] or
+/// [`TEST_ARTIFACTS`]).
 pub fn path(name: &str) -> PathBuf {
     dir().join(format!("{name}.wasm"))
+}
+
+/// The core module of [`BANK_ACCOUNT`], as `cargo build --target wasm32-unknown-unknown`
+/// left it, before componentizing.
+pub fn bank_account_core_module() -> PathBuf {
+    dir().join(format!("{BANK_ACCOUNT}.core.wasm"))
 }
 
 /// Copies the [`EXAMPLES`] into `to` (created if missing); returns the new files.
