@@ -4,7 +4,8 @@
 //! Every template is built into the binary. A Rust project gets the Rust SDK
 //! vendored into `foldhost-guest/` (its dependencies come from crates.io), so
 //! it needs no checkout of foldhost; a Python project gets the SDK from
-//! `foldhost plugins build` at build time.
+//! `foldhost plugins build` at build time, and so does a JavaScript one (its
+//! types are vendored into `foldhost-guest/index.d.ts` for tsc and editors).
 
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,26 @@ pub fn files(lang: Lang, name: &str) -> anyhow::Result<Vec<File>> {
             ),
             (".gitignore".into(), "__pycache__/\n*.wasm\n".to_owned()),
         ],
-        Lang::Js => bail!("this foldhost cannot create JavaScript plugin projects yet"),
+        Lang::Js => vec![
+            (
+                "package.json".into(),
+                fill(include_str!("../templates/js/package.json")),
+            ),
+            (
+                "tsconfig.json".into(),
+                fill(include_str!("../templates/js/tsconfig.json")),
+            ),
+            (
+                "src/index.ts".into(),
+                fill(include_str!("../templates/js/src/index.ts")),
+            ),
+            // The SDK's types, for tsc and editors; the build brings the SDK itself.
+            (
+                "foldhost-guest/index.d.ts".into(),
+                include_str!("../../guest-sdk/js/index.d.ts").to_owned(),
+            ),
+            (".gitignore".into(), "node_modules/\n*.wasm\n".to_owned()),
+        ],
     };
     Ok(files)
 }

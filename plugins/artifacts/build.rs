@@ -1,12 +1,9 @@
 //! Builds every plugin into a component in `OUT_DIR/<artifact>.wasm`: the Rust
 //! ones for `wasm32-unknown-unknown` with a nested cargo, componentized and
-//! checked with `foldhost-plugin-build`; the Python (and other language) ones
-//! with `foldhost_plugin_build::build`, cached in `target/plugins-<lang>/` by
+//! checked with `foldhost-plugin-build`; the Python and JavaScript ones with
+//! `foldhost_plugin_build::build` (which installs componentize-py or the
+//! pinned npm toolchain on first use), cached in `target/plugins-<lang>/` by
 //! the fingerprint of their inputs, since componentize-py takes a minute.
-//!
-//! JavaScript plugins (`plugins/js/*`) are built by the JavaScript SDK's
-//! `guest-sdk/js/build.mjs` (esbuild + componentize-qjs, installed by
-//! `scripts/js-toolchain`).
 //!
 //! The nested cargo uses its own target directory (`target/plugins*`), so it
 //! never waits for the lock the outer cargo holds, and only builds the plugin
@@ -17,7 +14,7 @@
 use std::env;
 use std::error::Error;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
 /// The workspace profile for plugins (size-optimised, LTO, no debug info).
@@ -76,13 +73,6 @@ const RECIPES: &[Recipe] = &[
     },
 ];
 
-/// JavaScript artifacts: the artifact name and its project folder in `plugins/js`.
-const JS_RECIPES: &[(&str, &str)] = &[
-    ("bank-account-js", "bank-account"),
-    ("bank-analytics-js", "bank-analytics"),
-    ("hostile-js", "hostile"),
-];
-
 /// The artifact whose core module is also kept, as `<artifact>.core.wasm`.
 const CORE_MODULE: &str = "bank-account";
 
@@ -91,6 +81,9 @@ const SOURCE_RECIPES: &[(&str, &str)] = &[
     ("bank-account-python", "python/bank-account"),
     ("bank-analytics-python", "python/bank-analytics"),
     ("hostile-python", "python/hostile"),
+    ("bank-account-js", "js/bank-account"),
+    ("bank-analytics-js", "js/bank-analytics"),
+    ("hostile-js", "js/hostile"),
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the
@@ -122,7 +115,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .join("../..")
         .canonicalize()?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
-    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock", "plugins/js"] {
+    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     println!(
@@ -130,8 +123,6 @@ fn run() -> Result<(), Box<dyn Error>> {
         workspace.join("plugins").display()
     );
     check_target_installed()?;
-    // Started first: the JavaScript builds run while cargo builds the Rust plugins.
-    let js_builds = start_js_builds(&workspace, &out_dir)?;
 
     let mut sets: Vec<&str> = Vec::new();
     for recipe in RECIPES {
@@ -157,15 +148,6 @@ fn run() -> Result<(), Box<dyn Error>> {
             }
             componentize(&module, &component)
                 .map_err(|e| format!("componentizing {}: {e:#}", module.display()))?;
-        }
-    }
-    for (artifact, mut build) in js_builds {
-        let status = build.wait()?;
-        if !status.success() {
-            return Err(format!(
-                "building the JavaScript plugin {artifact} failed ({status}); see the output above"
-            )
-            .into());
         }
     }
     for (artifact, dir) in SOURCE_RECIPES {
@@ -202,34 +184,6 @@ fn build_cached(
     }
     std::fs::copy(&cached, out_dir.join(format!("{artifact}.wasm")))?;
     Ok(())
-}
-
-/// Starts `node guest-sdk/js/build.mjs` for every JavaScript artifact.
-fn start_js_builds(
-    workspace: &Path,
-    out_dir: &Path,
-) -> Result<Vec<(&'static str, Child)>, Box<dyn Error>> {
-    let sdk = workspace.join("guest-sdk/js");
-    if !sdk.join("node_modules/.package-lock.json").is_file() {
-        return Err(
-            "the JavaScript plugin toolchain is missing: run `scripts/js-toolchain` \
-             (needs Node.js 20+ and npm)"
-                .into(),
-        );
-    }
-    JS_RECIPES
-        .iter()
-        .map(|&(artifact, project)| {
-            let child = Command::new("node")
-                .arg(sdk.join("build.mjs"))
-                .arg(workspace.join("plugins/js").join(project))
-                .arg("-o")
-                .arg(out_dir.join(format!("{artifact}.wasm")))
-                .spawn()
-                .map_err(|e| format!("cannot run node to build {artifact}: {e}"))?;
-            Ok((artifact, child))
-        })
-        .collect()
 }
 
 fn check_target_installed() -> Result<(), Box<dyn Error>> {

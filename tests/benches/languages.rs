@@ -16,6 +16,7 @@ use serde_json::json;
 const BUILDS: &[(&str, &str)] = &[
     ("Rust", foldhost_plugins::BANK_ACCOUNT),
     ("Python", foldhost_plugins::BANK_ACCOUNT_PYTHON),
+    ("JavaScript", foldhost_plugins::BANK_ACCOUNT_JS),
 ];
 /// Live instances created to measure memory per instance.
 const INSTANCES: usize = 40;

@@ -1,5 +1,5 @@
-//! One plugin, several languages (issue 11), on a real `foldhost serve`: the Python twins of
-//! the Rust examples take over live streams and the global-log fold by hot swap, every
+//! One plugin, several languages (issue 11), on a real `foldhost serve`: the Python and
+//! JavaScript twins of the Rust examples take over live streams and the global-log fold by hot swap, every
 //! command keeps working across the swaps, and `foldhost plugins diff` finds no difference
 //! over the history they wrote together. Python exceptions answer 400 or 422, never 500.
 
@@ -21,6 +21,7 @@ const COMPILE_PATIENCE: Duration = Duration::from_secs(300);
 const BANK_ACCOUNT_BUILDS: &[(&str, &str)] = &[
     ("rust", foldhost_plugins::BANK_ACCOUNT),
     ("python", foldhost_plugins::BANK_ACCOUNT_PYTHON),
+    ("js", foldhost_plugins::BANK_ACCOUNT_JS),
     ("rust-again", foldhost_plugins::BANK_ACCOUNT),
 ];
 
@@ -29,10 +30,11 @@ const BANK_ACCOUNT_BUILDS: &[(&str, &str)] = &[
 /// closing with money), and move on the accounts every earlier build opened; one account
 /// is emptied and closed by one language and stays closed under the next. Every answer
 /// (status, reason, state) is checked against a model. Then the Python bank-analytics
-/// replaces the Rust one and reaches the same state over the shared history, and offline
-/// `plugins diff` of the Rust and Python builds of both plugins reports no difference.
+/// replaces the Rust one, and the JavaScript one the Python one, each reaching the same
+/// state over the shared history, and offline `plugins diff` of the Rust build against the
+/// Python and the JavaScript builds of both plugins reports no difference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rust_and_python_builds_take_over_from_each_other_without_a_difference() {
+async fn rust_python_and_js_builds_take_over_from_each_other_without_a_difference() {
     let dirs = Dirs::new();
     let server = Server::start(&dirs, Some(TOKEN));
     let http = Client::new();
@@ -83,8 +85,24 @@ async fn rust_and_python_builds_take_over_from_each_other_without_a_difference()
         "{refused}"
     );
 
+    // Then the JavaScript one takes over from the Python one.
+    upload(
+        &http,
+        &server,
+        "bank-analytics",
+        foldhost_plugins::BANK_ANALYTICS_JS,
+    )
+    .await;
+    let hash = hash_of(foldhost_plugins::BANK_ANALYTICS_JS);
+    wait_for_cutover(&http, &server, "bank-analytics", &hash).await;
+    let js = wait_live_at_head(&http, &server).await;
+    assert_eq!(
+        js["state"], rust["state"],
+        "the JavaScript projection folds the log alike"
+    );
+
     assert!(server.terminate().success());
-    for (rust, python) in [
+    for (rust, other) in [
         (
             foldhost_plugins::BANK_ACCOUNT,
             foldhost_plugins::BANK_ACCOUNT_PYTHON,
@@ -93,8 +111,16 @@ async fn rust_and_python_builds_take_over_from_each_other_without_a_difference()
             foldhost_plugins::BANK_ANALYTICS,
             foldhost_plugins::BANK_ANALYTICS_PYTHON,
         ),
+        (
+            foldhost_plugins::BANK_ACCOUNT,
+            foldhost_plugins::BANK_ACCOUNT_JS,
+        ),
+        (
+            foldhost_plugins::BANK_ANALYTICS,
+            foldhost_plugins::BANK_ANALYTICS_JS,
+        ),
     ] {
-        let report = diff(&dirs, rust, python);
+        let report = diff(&dirs, rust, other);
         assert_eq!(report["differing"], 0, "{report}");
         let streams = if rust == foldhost_plugins::BANK_ACCOUNT {
             model.balances.len()

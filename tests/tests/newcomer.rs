@@ -23,6 +23,11 @@ async fn a_new_python_plugin_builds_loads_and_runs() {
     first_plugin("python").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_js_plugin_builds_loads_and_runs() {
+    first_plugin("js").await;
+}
+
 async fn first_plugin(lang: &str) {
     let root = tempfile::tempdir().unwrap();
     foldhost(root.path(), &["plugins", "new", "demo", "--lang", lang]);

@@ -2,8 +2,8 @@
 //!
 //! The build script compiles every Rust plugin crate for
 //! `wasm32-unknown-unknown` (profile `plugin`) and componentizes it, and
-//! builds the Python examples with componentize-py (installed on first use,
-//! builds cached by input fingerprint), so depending on this crate is all a
+//! builds the Python and JavaScript examples with componentize-py and
+//! componentize-qjs (installed on first use, builds cached by input fingerprint), so depending on this crate is all a
 //! test or benchmark needs to get the components:
 //!
 //! ```no_run
