@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::errors::ApiError;
-use super::blocking;
 use super::extract::{JsonBody, Path, Query};
 use crate::journal::ParkedEvent;
 use crate::runtime::{CompilingInfo, FailurePolicy, ParkReport, PluginInfo};
