@@ -3,6 +3,7 @@
 
 mod backup;
 mod client;
+mod import_check;
 mod lifecycle;
 mod limits;
 mod offline;
