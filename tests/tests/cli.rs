@@ -670,3 +670,77 @@ fn streams_are_deleted_truncated_and_scavenged_from_the_command_line() {
     let cleared = ok(url, &["streams", "metadata", "notes-1", "--clear"]);
     assert_eq!(parse(&cleared), json!({}));
 }
+
+#[test]
+fn projections_recover_and_imports_are_checked_from_the_command_line() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let url = &server.url.clone();
+    let admin = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--admin-token", TOKEN]);
+        parse(&ok(url, &all))
+    };
+    let info = admin(&["plugins", "policy", "bank-analytics", "stop"]);
+    assert_eq!(info["policy"], "stop", "{info}");
+    let usage = foldhost(url, &["plugins", "policy", "bank-analytics", "skip"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("park or stop"));
+    assert_eq!(
+        parse(&ok(url, &["plugins", "parked", "bank-analytics"])),
+        json!([])
+    );
+    assert_eq!(
+        admin(&["plugins", "replay-parked", "bank-analytics"]),
+        json!({"replayed": 0, "still_parked": 0})
+    );
+    assert_eq!(
+        admin(&["plugins", "restart", "bank-analytics"])["name"],
+        "bank-analytics"
+    );
+    assert_eq!(
+        admin(&["plugins", "reset", "bank-analytics"])["name"],
+        "bank-analytics"
+    );
+    assert!(
+        fails(
+            url,
+            &["plugins", "restart", "bank-account", "--admin-token", TOKEN]
+        )
+        .contains("not a projection")
+    );
+    drop(server);
+
+    // An import checked against the aggregates stops at the first event they cannot fold.
+    let event = |version: u64, kind: &str, data: Value| {
+        json!({"position": version, "stream": "bank-account-p", "version": version,
+               "id": uuid::Uuid::new_v4(), "type": kind, "content_type": "json", "data": data,
+               "metadata": null, "recorded_at": 0})
+        .to_string()
+    };
+    let file = dirs.data.join("poisoned.ndjson");
+    let ndjson = [
+        event(1, "Opened", json!({"owner": "P"})),
+        event(2, "Deposited", json!({"amount": "lots"})),
+        event(3, "Deposited", json!({"amount": 5})),
+    ]
+    .join("\n");
+    std::fs::write(&file, ndjson).unwrap();
+    let (file, plugins) = (
+        file.display().to_string(),
+        dirs.plugins.display().to_string(),
+    );
+    let data = dirs.data.join("checked").display().to_string();
+    let refused = fails(
+        url,
+        &["import", &file, "--data", &data, "--plugins", &plugins],
+    );
+    assert!(
+        refused.contains("line 2") && refused.contains("lots") && refused.contains("the 1 events"),
+        "{refused}"
+    );
+    assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 1);
+    // Unchecked, everything goes in (the line already imported is skipped by its id).
+    ok(url, &["import", &file, "--data", &data]);
+    assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 3);
+}

@@ -1,12 +1,15 @@
 //! Nothing a client sends can wedge a real `foldhost serve`: events an aggregate cannot fold
 //! are refused at the door, a stream with one already stored answers a clear error while the
-//! others serve, commands are idempotent by key, and plugin names cannot overlap.
+//! others serve, commands are idempotent by key, plugin names cannot overlap, projections
+//! park what they cannot fold (or stop, by policy) and queries cannot hurt them.
 
 mod serve;
 
+use std::time::{Duration, Instant};
+
 use reqwest::Client;
 use serde_json::{Value, json};
-use serve::{Dirs, Server, json};
+use serve::{Dirs, PATIENCE, Server, json};
 
 const TOKEN: &str = "s3cret-admin-token";
 
@@ -65,6 +68,64 @@ impl Api {
         json(request.send().await.unwrap()).await
     }
 
+    async fn admin_put(&self, path: &str, body: Value) -> (u16, Value) {
+        let request = self.client.put(self.server.url(path)).json(&body);
+        json(request.bearer_auth(TOKEN).send().await.unwrap()).await
+    }
+
+    async fn metrics(&self) -> String {
+        let response = self.client.get(self.server.url("/metrics")).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
+    /// Plugin `name` as `GET /plugins` lists it.
+    async fn plugin(&self, name: &str) -> Value {
+        let (status, list) = self.get("/plugins").await;
+        assert_eq!(status, 200, "{list}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not loaded: {list}"))
+            .clone()
+    }
+
+    /// Polls `GET /plugins` until plugin `name` satisfies `done` (a failure guard, not a timing
+    /// assertion).
+    async fn wait_plugin(&self, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let info = self.plugin(name).await;
+            if done(&info) {
+                return info;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{name} never got there: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until projection `name` (with no new version pending) is live at `position`.
+    async fn wait_live(&self, name: &str, position: u64) -> Value {
+        self.wait_plugin(name, |p| {
+            p["status"] == json!({"status": "live", "position": position}) && p["pending"].is_null()
+        })
+        .await
+    }
+
+    async fn analytics(&self) -> Value {
+        let (status, body) = self.get("/projections/bank-analytics").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn query(&self, projection: &str, query: &str) -> (u16, Value) {
+        self.get(&format!("/projections/{projection}/query/{query}"))
+            .await
+    }
+
     async fn append(&self, stream: &str, events: Value) -> (u16, Value) {
         let path = format!("/streams/{stream}/events");
         self.post(&path, json!({"events": events})).await
@@ -79,6 +140,38 @@ impl Api {
             .iter()
             .map(|e| e["type"].as_str().unwrap().to_owned())
             .collect()
+    }
+}
+
+/// A server whose plugins directory holds the examples but `bank-account`: nothing checks
+/// what goes into its streams, as before the aggregate was loaded. Plus `extra` artifacts.
+fn without_bank_account(extra: &[&str]) -> Dirs {
+    let dirs = Dirs::new();
+    std::fs::remove_file(dirs.plugins.join("bank-account.wasm")).unwrap();
+    for artifact in extra {
+        let to = dirs.plugins.join(format!("{artifact}.wasm"));
+        std::fs::copy(foldhost_plugins::path(artifact), to).unwrap();
+    }
+    dirs
+}
+
+/// Positions 1-5: two accounts, and at 4 the poison: a deposit of "lots".
+async fn history_with_poison(api: &Api) {
+    let history = [
+        ("x", json!({"type": "Opened", "data": {"owner": "X"}})),
+        ("x", json!({"type": "Deposited", "data": {"amount": 10}})),
+        ("y", json!({"type": "Opened", "data": {"owner": "Y"}})),
+        (
+            "y",
+            json!({"type": "Deposited", "data": {"amount": "lots"}}),
+        ),
+        ("x", json!({"type": "Deposited", "data": {"amount": 5}})),
+    ];
+    for (id, event) in history {
+        let (status, body) = api
+            .append(&format!("bank-account-{id}"), json!([event]))
+            .await;
+        assert_eq!(status, 200, "{body}");
     }
 }
 
@@ -374,4 +467,284 @@ async fn plugins_whose_names_overlap_are_refused() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["bank", "bank-analytics", "shopping-cart"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_already_in_the_log_is_parked_and_the_projection_stays_live() {
+    let dirs = without_bank_account(&[]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    history_with_poison(&api).await;
+    let info = api.wait_live("bank-analytics", 5).await;
+    assert_eq!(info["parked"], 1, "{info}");
+    // The good events around it all count.
+    let state = &api.analytics().await["state"];
+    assert_eq!(
+        (
+            state["open_accounts"].clone(),
+            state["total_balance"].clone()
+        ),
+        (json!(2), json!(15)),
+        "{state}"
+    );
+    let (status, parked) = api.get("/plugins/bank-analytics/parked").await;
+    assert_eq!(status, 200, "{parked}");
+    let parked = &parked[0];
+    assert_eq!(
+        (&parked["position"], &parked["stream"], &parked["type"]),
+        (&json!(4), &json!("bank-account-y"), &json!("Deposited")),
+        "{parked}"
+    );
+    assert!(reason(parked).contains("lots"), "{parked}");
+    assert_eq!(parked["attempts"], 3, "{parked}");
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("foldhost_projection_parked{plugin=\"bank-analytics\"} 1"),
+        "{metrics}"
+    );
+    // It keeps folding what comes next.
+    let more = json!([{"type": "Deposited", "data": {"amount": 1}}]);
+    api.append("bank-account-x", more).await;
+    api.wait_live("bank-analytics", 6).await;
+    assert_eq!(api.analytics().await["state"]["total_balance"], 16);
+
+    // Parked durably: a restart neither forgets the event nor tries it again.
+    api.server.terminate();
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let info = api.wait_live("bank-analytics", 6).await;
+    assert_eq!(
+        (info["parked"].clone(), info["replayed"].clone()),
+        (json!(1), json!(0))
+    );
+    assert_eq!(api.analytics().await["state"]["total_balance"], 16);
+
+    // Loaded now, the aggregate names the stream's poison; its other streams serve.
+    let (status, body) = api
+        .put_plugin("bank-account", foldhost_plugins::BANK_ACCOUNT)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.get("/aggregates/bank-account/y").await;
+    assert_eq!(
+        (status, body["position"].clone()),
+        (500, json!(4)),
+        "{body}"
+    );
+    let (status, body) = api.get("/aggregates/bank-account/x").await;
+    assert_eq!(
+        (status, body["state"]["balance"].clone()),
+        (200, json!(16)),
+        "{body}"
+    );
+    let (status, body) = api.get("/plugins/bank-account/parked").await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_fold_once_the_fix_is_there() {
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    history_with_poison(&api).await;
+    assert_eq!(api.wait_live("bank-analytics", 5).await["parked"], 1);
+
+    // A fixed build replays history in order, folds the event in its place, takes over.
+    let (status, body) = api
+        .put_plugin("bank-analytics", foldhost_plugins::BANK_ANALYTICS_LENIENT)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let info = api
+        .wait_plugin("bank-analytics", |p| {
+            p["version"] == "1.0.1" && p["pending"].is_null()
+        })
+        .await;
+    assert_eq!(info["parked"], 0, "{info}");
+    let (_, parked) = api.get("/plugins/bank-analytics/parked").await;
+    assert_eq!(parked, json!([]));
+    let state = &api.analytics().await["state"];
+    let deposits: u64 = state["deposits_per_day"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|day| day["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        (deposits, state["total_balance"].clone()),
+        (3, json!(15)),
+        "{state}"
+    );
+
+    // Replaying parked events folds them at the head: mischief folds a Poison only after
+    // an Antidote.
+    let hostile = |kind: &str| json!([{"type": kind, "data": null}]);
+    for kind in ["Ponged", "Poison", "Ponged"] {
+        api.append("hostile-1", hostile(kind)).await;
+    }
+    assert_eq!(api.wait_live("mischief", 8).await["parked"], 1);
+    let replay = "/plugins/mischief/parked/replay";
+    let (status, body) = api.post(replay, Value::Null).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, report) = api.admin_post(replay, Value::Null).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report, json!({"replayed": 0, "still_parked": 1}));
+    let (_, parked) = api.get("/plugins/mischief/parked").await;
+    assert_eq!(parked[0]["attempts"], 4, "{parked}");
+    assert!(reason(&parked[0]).contains("panicked"), "{parked}");
+
+    api.append("hostile-1", hostile("Antidote")).await;
+    api.wait_live("mischief", 9).await;
+    let (_, report) = api.admin_post(replay, Value::Null).await;
+    assert_eq!(report, json!({"replayed": 1, "still_parked": 0}));
+    let counts = json!({"pongs": 2, "poisons": 1, "antidotes": 1});
+    assert_eq!(api.query("mischief", "count").await, (200, counts.clone()));
+
+    // Folded, checkpointed and unparked in one write: even after a kill -9 (dropping the
+    // server kills it), the restart neither loses nor repeats it.
+    drop(api);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    assert_eq!(api.wait_live("mischief", 9).await["parked"], 0);
+    assert_eq!(api.query("mischief", "count").await, (200, counts));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_traps_leaves_the_projection_live_and_the_next_query_works() {
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let ponged = json!([{"type": "Ponged", "data": null}]);
+    for _ in 0..3 {
+        api.append("hostile-1", ponged.clone()).await;
+    }
+    api.wait_live("mischief", 3).await;
+    for (query, says) in [
+        ("panic", "panicked"),
+        ("loop", "time limit"),
+        ("allocate", "memory"),
+        ("huge?mib=40", "mischief"),
+    ] {
+        let (status, body) = api.query("mischief", query).await;
+        assert_eq!(status, 500, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(says),
+            "{query}: {body}"
+        );
+        let (status, count) = api.query("mischief", "count").await;
+        assert_eq!(
+            (status, count["pongs"].clone()),
+            (200, json!(3)),
+            "after {query}"
+        );
+        assert_eq!(api.plugin("mischief").await["status"]["status"], "live");
+    }
+    // The fold never noticed.
+    api.append("hostile-1", ponged).await;
+    api.wait_live("mischief", 4).await;
+    assert_eq!(api.query("mischief", "count").await.1["pongs"], 4);
+
+    // A crowd of queries that loop takes turns, a few at a time: the ones that wait too
+    // long are refused, and commands and other projections are served meanwhile.
+    let crowd: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (
+                api.client.clone(),
+                api.server.url("/projections/mischief/query/loop"),
+            );
+            tokio::spawn(async move { json(client.get(url).send().await.unwrap()).await })
+        })
+        .collect();
+    let (status, body) = api
+        .post(
+            "/streams/bank-account-z/events",
+            json!({"events": [{"type": "Opened", "data": {"owner": "Z"}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_live("bank-analytics", 5).await;
+    assert_eq!(api.analytics().await["state"]["open_accounts"], 1);
+    let mut statuses = Vec::new();
+    for query in crowd {
+        statuses.push(query.await.unwrap().0);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 500 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert_eq!(api.query("mischief", "count").await.1["pongs"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_policy_faults_like_kurrentdb_until_an_operator_acts() {
+    let dirs = without_bank_account(&[]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let policy = "/plugins/bank-analytics/policy";
+    let (status, body) = api.admin_put(policy, json!({"policy": "skip"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, info) = api.admin_put(policy, json!({"policy": "stop"})).await;
+    assert_eq!(
+        (status, info["policy"].clone()),
+        (200, json!("stop")),
+        "{info}"
+    );
+
+    history_with_poison(&api).await;
+    let info = api
+        .wait_plugin("bank-analytics", |p| p["status"]["status"] == "faulted")
+        .await;
+    assert_eq!(info["status"]["position"], 4, "{info}");
+    let why = info["status"]["reason"].as_str().unwrap();
+    assert!(why.contains("lots"), "{info}");
+    assert_eq!(info["parked"], 0, "{info}");
+    // Stopped before the event: its state is readable as of the event before.
+    let faulted = api.analytics().await;
+    assert_eq!(
+        (
+            faulted["position"].clone(),
+            faulted["state"]["total_balance"].clone()
+        ),
+        (json!(3), json!(10)),
+        "{faulted}"
+    );
+    // It stays there, whatever comes, until an operator acts.
+    api.append(
+        "bank-account-x",
+        json!([{"type": "Deposited", "data": {"amount": 1}}]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.plugin("bank-analytics").await["status"], info["status"]);
+    let (status, body) = api
+        .admin_post("/plugins/bank-analytics/parked/replay", Value::Null)
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // A restart under the same policy stops at the same event again...
+    let (status, body) = api
+        .admin_post("/plugins/bank-analytics/restart", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let again = api
+        .wait_plugin("bank-analytics", |p| p["status"]["status"] == "faulted")
+        .await;
+    assert_eq!(again["status"]["position"], 4, "{again}");
+    // ...and after switching to park, goes past it.
+    let (status, _) = api.admin_put(policy, json!({"policy": "park"})).await;
+    assert_eq!(status, 200);
+    let (status, body) = api
+        .admin_post("/plugins/bank-analytics/restart", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let info = api.wait_live("bank-analytics", 6).await;
+    assert_eq!(info["parked"], 1, "{info}");
+    assert_eq!(api.analytics().await["state"]["total_balance"], 16);
+
+    // A reset rebuilds from position 1 in the background and takes over at the head; the
+    // same build parks the same event.
+    let (status, body) = api
+        .admin_post("/plugins/bank-analytics/reset", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let info = api
+        .wait_plugin("bank-analytics", |p| {
+            p["pending"].is_null() && p["replayed"] == 6
+        })
+        .await;
+    assert_eq!(info["parked"], 1, "{info}");
+    assert_eq!(api.analytics().await["state"]["total_balance"], 16);
 }

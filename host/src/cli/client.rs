@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use reqwest::{Client, Method, RequestBuilder, Url};
 use serde_json::{Value, json};
 
-use crate::runtime::{Limits, Plugin, PluginEngine};
+use crate::runtime::{FailurePolicy, Limits, Plugin, PluginEngine};
 
 /// Where the server is.
 #[derive(Debug, Args)]
@@ -146,6 +146,35 @@ enum PluginsAction {
         /// build resumes from them).
         #[arg(long)]
         drop_data: bool,
+    },
+    /// List the events a projection parked (skipped because it could not fold them).
+    Parked {
+        /// The projection's name.
+        name: String,
+    },
+    /// Fold a projection's parked events again, at the head; needs the admin token.
+    ReplayParked {
+        /// The projection's name.
+        name: String,
+    },
+    /// Restart a projection from its checkpoint (e.g. one stopped by policy `stop`); needs
+    /// the admin token.
+    Restart {
+        /// The projection's name.
+        name: String,
+    },
+    /// Rebuild a projection from position 1 in the background; it takes over at the head.
+    /// Needs the admin token.
+    Reset {
+        /// The projection's name.
+        name: String,
+    },
+    /// Set what a projection does with an event it cannot fold; needs the admin token.
+    Policy {
+        /// The projection's name.
+        name: String,
+        /// `park` (skip it, listed by `plugins parked`) or `stop` (until `plugins restart`).
+        policy: FailurePolicy,
     },
 }
 
@@ -400,8 +429,12 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
         _ => {}
     }
     let token = args.admin.resolve()?;
-    let admin = |method, name: &str| -> anyhow::Result<RequestBuilder> {
-        let request = args.remote.request(method, &["plugins", name])?;
+    let admin = |method, name: &str, rest: &[&str]| -> anyhow::Result<RequestBuilder> {
+        let path: Vec<&str> = ["plugins", name]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect();
+        let request = args.remote.request(method, &path)?;
         Ok(match &token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -416,10 +449,26 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
                 Some(name) => name.clone(),
                 None => described_name(&bytes, &file.display().to_string())?,
             };
-            send(admin(Method::PUT, &name)?.body(bytes)).await?
+            send(admin(Method::PUT, &name, &[])?.body(bytes)).await?
         }
         PluginsAction::Unload { name, drop_data } => {
-            send(admin(Method::DELETE, name)?.query(&[("drop_data", drop_data)])).await?
+            send(admin(Method::DELETE, name, &[])?.query(&[("drop_data", drop_data)])).await?
+        }
+        PluginsAction::Parked { name } => {
+            send(
+                args.remote
+                    .request(Method::GET, &["plugins", name, "parked"])?,
+            )
+            .await?
+        }
+        PluginsAction::ReplayParked { name } => {
+            send(admin(Method::POST, name, &["parked", "replay"])?).await?
+        }
+        PluginsAction::Restart { name } => send(admin(Method::POST, name, &["restart"])?).await?,
+        PluginsAction::Reset { name } => send(admin(Method::POST, name, &["reset"])?).await?,
+        PluginsAction::Policy { name, policy } => {
+            let body = json!({ "policy": policy });
+            send(admin(Method::PUT, name, &["policy"])?.json(&body)).await?
         }
         PluginsAction::Diff(_) | PluginsAction::New(_) | PluginsAction::Build(_) => {
             unreachable!("handled offline above")

@@ -4,6 +4,7 @@
 mod author;
 mod backup;
 mod client;
+mod import_check;
 mod lifecycle;
 mod limits;
 mod offline;

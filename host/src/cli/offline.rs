@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::import_check::ImportCheck;
 use crate::durable;
 use crate::journal::{
     AppendResult, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
@@ -71,6 +72,11 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// An NDJSON export (`foldhost export`): one event per line, in global-log order.
     file: PathBuf,
+    /// Check the events of each aggregate's streams with the aggregates (`*.wasm`) in this
+    /// directory, as the server does: the import stops at the first event an aggregate cannot
+    /// fold (the events before it are imported). Without it nothing is checked.
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
     #[command(flatten)]
     data: DataDir,
 }
@@ -255,8 +261,9 @@ const IMPORT_WINDOW: usize = 256;
 type PendingAppend = Pin<Box<dyn Future<Output = Result<AppendResult, JournalError>> + Send>>;
 
 /// `import`: appends an export's events in order, consecutive events of one stream together
-/// (`ExpectedVersion::Any`), keeping their ids, types, data and metadata. Event ids make it
-/// idempotent: importing the same file again writes nothing new.
+/// (`ExpectedVersion::Any`), keeping their ids, types, data and metadata. Events whose ids
+/// are stored already are skipped, so importing a file again (or after an import stopped
+/// half way) writes only what is missing.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     durable::create_dir_all(&args.data.data)
         .with_context(|| format!("creating {}", args.data.data.display()))?;
@@ -265,6 +272,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let bar = progress(file.metadata()?.len(), "bytes");
     let mut lines = BufReader::new(file);
+    let mut check = args.plugins.as_deref().map(ImportCheck::load).transpose()?;
     let mut importer = Importer {
         journal: journal.clone(),
         batch: None,
@@ -287,6 +295,24 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             .and_then(|event| Ok((event.stream.clone(), event.to_new_event()?)));
         let (stream, event) = parsed
             .map_err(|error| anyhow::anyhow!("{} line {number}: {error}", args.file.display()))?;
+        // Already imported (a repeated or resumed import): skipped by its id.
+        if journal.event_by_id(event.id)?.is_some() {
+            continue;
+        }
+        if let Some(check) = check.as_mut().filter(|check| check.owns(&stream)) {
+            if !check.has_state(&stream) {
+                // Its state is rebuilt from the journal: store what came before first.
+                importer.settle().await?;
+            }
+            if let Err(error) = check.check(&journal, &stream, &event) {
+                let imported = importer.finish().await?;
+                bail!(
+                    "{} line {number}: {error:#}; the {imported} events before it are imported \
+                     (importing again skips them)",
+                    args.file.display()
+                );
+            }
+        }
         importer.add(stream, event).await?;
     }
     let events = importer.finish().await?;
@@ -345,12 +371,18 @@ impl Importer {
         Ok(())
     }
 
-    /// Queues the last batch, waits for every append, and returns how many events it sent.
-    async fn finish(mut self) -> anyhow::Result<u64> {
+    /// Queues the current batch and waits until every append is stored.
+    async fn settle(&mut self) -> anyhow::Result<()> {
         self.flush().await?;
         while !self.in_flight.is_empty() {
             self.settle_oldest().await?;
         }
+        Ok(())
+    }
+
+    /// Queues the last batch, waits for every append, and returns how many events it sent.
+    async fn finish(mut self) -> anyhow::Result<u64> {
+        self.settle().await?;
         Ok(self.events)
     }
 }

@@ -7,7 +7,10 @@ use crate::journal::{JournalError, RecordedEvent};
 pub enum RuntimeError {
     #[error("no plugin named {0:?} is loaded")]
     UnknownPlugin(String),
-    #[error("plugin {plugin:?} is not an {expected}")]
+    #[error(
+        "plugin {plugin:?} is not {} {expected}",
+        if expected.starts_with('a') { "an" } else { "a" }
+    )]
     WrongKind {
         plugin: String,
         expected: &'static str,
