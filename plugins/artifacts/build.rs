@@ -1,5 +1,6 @@
 //! Builds every plugin for `wasm32-unknown-unknown` with a nested cargo and
-//! turns each core module into a component in `OUT_DIR/<artifact>.wasm`.
+//! turns each core module into a component in `OUT_DIR/<artifact>.wasm`; the
+//! plugins written in WebAssembly text are assembled and componentized too.
 //!
 //! JavaScript plugins (`plugins/js/*`) are built by the JavaScript SDK's
 //! `guest-sdk/js/build.mjs` (esbuild + componentize-qjs, installed by
@@ -46,6 +47,7 @@ const RECIPES: &[Recipe] = &[
     plain("shopping-cart"),
     plain("hostile"),
     plain("mischief"),
+    plain("hostile-projection"),
     plain("wrong-contract"),
     Recipe {
         artifact: "bank-analytics-v2",
@@ -78,6 +80,38 @@ const JS_RECIPES: &[(&str, &str)] = &[
     ("bank-account-js", "bank-account"),
     ("bank-analytics-js", "bank-analytics"),
     ("hostile-js", "hostile"),
+];
+
+/// A plugin written in WebAssembly text, for attacks Rust cannot express: the
+/// world it implements, and declarations spliced in at its `;; @EXTRA@` line.
+struct WatRecipe {
+    artifact: &'static str,
+    source: &'static str,
+    world: &'static str,
+    extra: &'static str,
+}
+
+const HOARDER: &str = "plugins/hostile/wat/hoarder.wat";
+
+const WAT_RECIPES: &[WatRecipe] = &[
+    WatRecipe {
+        artifact: "hoarder",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "",
+    },
+    WatRecipe {
+        artifact: "hoarder-memories",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "(memory 1) (memory 1) (memory 1)",
+    },
+    WatRecipe {
+        artifact: "hoarder-table",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "(table 10000000 funcref)",
+    },
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the
@@ -141,9 +175,18 @@ fn run() -> Result<(), Box<dyn Error>> {
                 .join(PROFILE)
                 .join(format!("{}.wasm", recipe.package.replace('-', "_")));
             let component = out_dir.join(format!("{}.wasm", recipe.artifact));
-            componentize(&module, &component)
+            let bytes = std::fs::read(&module)?;
+            componentize(bytes, &component)
                 .map_err(|e| format!("componentizing {}: {e}", module.display()))?;
         }
+    }
+    for recipe in WAT_RECIPES {
+        assemble(
+            &workspace,
+            recipe,
+            &out_dir.join(format!("{}.wasm", recipe.artifact)),
+        )
+        .map_err(|e| format!("assembling {}: {e}", recipe.artifact))?;
     }
     for (artifact, mut build) in js_builds {
         let status = build.wait()?;
@@ -183,6 +226,27 @@ fn start_js_builds(
             Ok((artifact, child))
         })
         .collect()
+}
+
+/// Assembles a [`WatRecipe`], embeds its world's type information (what
+/// `wit-bindgen` does for Rust plugins) and componentizes it.
+fn assemble(workspace: &Path, recipe: &WatRecipe, component: &Path) -> Result<(), Box<dyn Error>> {
+    let source = workspace.join(recipe.source);
+    let text = std::fs::read_to_string(&source)?;
+    if !text.contains(";; @EXTRA@") {
+        return Err(format!("{} has no ;; @EXTRA@ line", source.display()).into());
+    }
+    let mut module = wat::parse_str(text.replace(";; @EXTRA@", recipe.extra))?;
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(workspace.join("wit"))?;
+    let world = resolve.select_world(&[package], Some(recipe.world))?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )?;
+    componentize(module, component)
 }
 
 fn check_target_installed() -> Result<(), Box<dyn Error>> {
@@ -239,8 +303,7 @@ fn cargo_build(
     }
 }
 
-fn componentize(module: &Path, component: &Path) -> Result<(), Box<dyn Error>> {
-    let bytes = std::fs::read(module)?;
+fn componentize(bytes: Vec<u8>, component: &Path) -> Result<(), Box<dyn Error>> {
     let encoded = wit_component::ComponentEncoder::default()
         .module(&bytes)
         .and_then(|encoder| encoder.validate(true).encode())

@@ -1,4 +1,5 @@
-//! Loading a plugin: compile, check it against the contract, trial-instantiate.
+//! Loading a plugin: check what it declares against its limits, compile, check
+//! it against the contract, trial-instantiate.
 
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
 use super::bindings::{PluginData, types};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
-use super::sandbox::{guarded, new_store};
+use super::footprint::Footprint;
+use super::limits::Limits;
+use super::sandbox::{LogBudget, guarded, new_store};
 
 /// The contract version this host implements; guests must be semver-compatible.
 pub const CONTRACT_VERSION: &str = "0.1.0";
@@ -60,6 +63,10 @@ pub struct Plugin {
     /// Only for projections.
     pub subscription: Subscription,
     engine: PluginEngine,
+    /// What confines each of its calls and instances.
+    limits: Limits,
+    /// Its log lines per second, shared by all its instances.
+    log: Arc<LogBudget>,
     pre: Pre,
 }
 
@@ -80,6 +87,10 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Compiles and validates a component. `origin` (a file name, an upload)
     /// names the plugin in errors until its own name is known.
+    ///
+    /// Until then it runs under the most generous limits any plugin has; once
+    /// it has named itself, it must fit its own, and is instantiated once more
+    /// under them.
     pub fn load(
         engine: &PluginEngine,
         bytes: &[u8],
@@ -89,6 +100,9 @@ impl Plugin {
             origin: origin.to_owned(),
             message,
         };
+        let footprint = Footprint::of(bytes).map_err(invalid)?;
+        let ceiling = engine.limits().ceiling();
+        footprint.check(&ceiling).map_err(invalid)?;
         let (component, hash) = engine
             .compile(bytes)
             .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
@@ -125,6 +139,8 @@ impl Plugin {
             hash,
             subscription: Subscription::default(),
             engine: engine.clone(),
+            log: Arc::new(LogBudget::new(origin, ceiling.log_lines_per_sec)),
+            limits: ceiling,
             pre,
         };
         // Trial-instantiate: a changed signature at the same contract version
@@ -138,8 +154,17 @@ impl Plugin {
             )));
         }
         validate_name(&description.name).map_err(invalid)?;
+        let limits = engine.limits().of(&description.name).clone();
+        footprint.check(&limits).map_err(invalid)?;
+        plugin.log = Arc::new(LogBudget::new(&description.name, limits.log_lines_per_sec));
+        plugin.limits = limits;
         plugin.description = description;
         plugin.subscription = subscription;
+        match plugin.kind() {
+            PluginKind::Aggregate => plugin.instantiate_aggregate().map(drop),
+            PluginKind::Projection => plugin.instantiate_projection().map(drop),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         Ok(Arc::new(plugin))
     }
 
@@ -155,6 +180,15 @@ impl Plugin {
         &self.engine
     }
 
+    /// The limits its calls and instances run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn new_store(&self) -> Store<PluginData> {
+        new_store(&self.engine, self.name(), &self.limits, self.log.clone())
+    }
+
     /// A new, isolated aggregate instance (fresh store).
     pub fn instantiate_aggregate(
         &self,
@@ -165,7 +199,7 @@ impl Plugin {
                 expected: "aggregate",
             });
         };
-        let mut store = new_store(&self.engine, self.name());
+        let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,
@@ -185,7 +219,7 @@ impl Plugin {
                 expected: "projection",
             });
         };
-        let mut store = new_store(&self.engine, self.name());
+        let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,
