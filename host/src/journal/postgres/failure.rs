@@ -73,6 +73,15 @@ impl From<Batch> for JournalError {
     }
 }
 
+/// Whether `error` says the database is out of reach (no connection, a broken one, a server
+/// going away or timing out) rather than that it refused what it was sent.
+pub(super) fn out_of_reach(error: &tokio_postgres::Error) -> bool {
+    error.is_closed()
+        || error
+            .as_db_error()
+            .is_none_or(|db| waited_or_went_away(db.code()))
+}
+
 /// Errors that say the server waited too long or is going away, not that it refused the data.
 fn waited_or_went_away(code: &SqlState) -> bool {
     let code = code.code();

@@ -201,11 +201,12 @@ fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
     }
 }
 
-/// Whether repeating a read after `error` may help.
+/// Whether repeating a read after `error` may help: the database was out of reach, going
+/// away (a restart) or timed out, rather than refusing the query.
 fn transient(error: &JournalError) -> bool {
     match error {
         JournalError::Unavailable(_) => true,
-        JournalError::Postgres(error) => error.is_closed() || error.as_db_error().is_none(),
+        JournalError::Postgres(error) => failure::out_of_reach(error),
         _ => false,
     }
 }
@@ -410,6 +411,10 @@ impl PgJournal {
                     match outcome {
                         Err(error) if attempt < READ_ATTEMPTS && transient(&error) => {
                             tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                        }
+                        // Still out of reach: the caller may try again later (503).
+                        Err(error @ JournalError::Postgres(_)) if transient(&error) => {
+                            break Err(JournalError::Unavailable(error.to_string()));
                         }
                         outcome => break outcome,
                     }
