@@ -43,6 +43,12 @@ fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> T
 
 /// Creates an empty database in the test cluster and returns its URL.
 fn fresh_database() -> String {
+    fresh_database_with("")
+}
+
+/// Creates an empty database with `options` (`CREATE DATABASE name options`) in the test
+/// cluster and returns its URL.
+fn fresh_database_with(options: &str) -> String {
     let admin = std::env::var("FOLDHOST_TEST_POSTGRES").unwrap_or_else(|_| {
         panic!(
             "FOLDHOST_TEST_POSTGRES is not set: the PostgreSQL journal tests need a throwaway \
@@ -52,13 +58,14 @@ fn fresh_database() -> String {
     let name = format!("t_{}", Uuid::new_v4().simple());
     let url = admin.clone();
     let create = name.clone();
+    let options = options.to_owned();
     run(async move {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .expect("connect to FOLDHOST_TEST_POSTGRES");
         tokio::spawn(connection);
         client
-            .batch_execute(&format!("CREATE DATABASE {create}"))
+            .batch_execute(&format!("CREATE DATABASE {create} {options}"))
             .await
             .expect("create a test database");
     });
@@ -164,6 +171,8 @@ on_both_backends! {
     #[tokio::test] async fn a_retry_that_differs_from_the_original_is_refused;
     #[tokio::test] async fn event_ids_are_unique_across_the_journal;
     #[tokio::test] async fn limits_are_refused_before_touching_the_journal;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn text_with_a_nul_character_is_refused_alike_and_alone;
     #[tokio::test] async fn reads_are_paged_and_ascending;
     #[tokio::test] async fn streams_are_listed_by_prefix;
     #[tokio::test] async fn subscribers_see_the_head_move_before_the_ack;
@@ -494,6 +503,64 @@ async fn limits_are_refused_before_touching_the_journal(backend: Backend) {
         2,
         "refused appends never reach the writer"
     );
+}
+
+async fn text_with_a_nul_character_is_refused_alike_and_alone(backend: Backend) {
+    let f = Fixture::with(
+        backend,
+        JournalConfig {
+            max_append_bytes: 1000,
+            ..JournalConfig::default()
+        },
+    );
+    // Queued together with good appends: only the bad ones fail, and with the same error on
+    // both backends (PostgreSQL cannot store a NUL character in text).
+    let tasks: Vec<_> = (0..12u64)
+        .map(|n| {
+            let journal = f.journal.clone();
+            tokio::spawn(async move {
+                let mut stream = format!("s-{n}");
+                let mut batch = events(2);
+                match n % 4 {
+                    1 => stream.push('\0'),
+                    2 => batch[1].event_type = "Bad\0Type".into(),
+                    3 => batch[0].metadata = Some("{\"note\":\"a\u{0}b\"}".into()),
+                    _ => {}
+                }
+                (
+                    n,
+                    journal
+                        .append(&stream, ExpectedVersion::NoStream, batch)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            (n, Ok(_)) => assert_eq!(n % 4, 0, "append {n} should have been refused"),
+            (n, Err(JournalError::InvalidStreamName(name))) if n % 4 == 1 => {
+                assert_eq!(name, format!("s-{n}\0"))
+            }
+            (n, Err(JournalError::NulCharacter("event type"))) if n % 4 == 2 => {}
+            (n, Err(JournalError::NulCharacter("metadata"))) if n % 4 == 3 => {}
+            (n, other) => panic!("append {n}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(f.all().len(), 6, "the three good appends, whole");
+    assert_eq!(
+        f.journal.streams_with_prefix("").unwrap(),
+        ["s-0", "s-4", "s-8"]
+    );
+    // An append larger than max_append_bytes is refused whole, before it is queued.
+    let big: Vec<NewEvent> = (0..11)
+        .map(|_| NewEvent::json("Big", &serde_json::json!("x".repeat(90))))
+        .collect();
+    assert!(matches!(
+        f.journal.append("big", ExpectedVersion::Any, big).await,
+        Err(JournalError::AppendTooLarge { max: 1000, .. })
+    ));
+    assert_eq!(f.all().len(), 6);
 }
 
 async fn reads_are_paged_and_ascending(backend: Backend) {
@@ -1201,6 +1268,139 @@ async fn postgres_hosts_follow_each_others_commits() {
     assert_eq!(retried.unwrap(), appended);
     let reopened = open_postgres(&url, JournalConfig::default());
     assert_eq!(reopened.head_position(), 3);
+}
+
+/// A connection of another client that holds the log lock, as a host frozen inside its write
+/// transaction would.
+struct FrozenPeer(tokio_postgres::Client);
+
+impl FrozenPeer {
+    async fn hold_log_lock(url: &str) -> FrozenPeer {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; SELECT position FROM log_head FOR UPDATE")
+            .await
+            .unwrap();
+        FrozenPeer(client)
+    }
+
+    /// Waits until a session of the journal waits for the peer's lock.
+    async fn wait_for_a_blocked_writer(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let waiting = self
+                .0
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no writer waits for the lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn let_go(self) {
+        self.0.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_frozen_peer_holding_the_log_lock_fails_appends_only_for_a_while() {
+    let url = fresh_database();
+    let journal = open_postgres(&format!("{url}?lock_timeout=1s"), JournalConfig::default());
+    journal
+        .append("s", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    let peer = FrozenPeer::hold_log_lock(&url).await;
+    let stalled = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        journal.append("s", ExpectedVersion::Any, events(1)),
+    )
+    .await
+    .expect("an append gives up instead of waiting for the lock for ever");
+    match stalled {
+        Err(JournalError::Unavailable(message)) => {
+            assert!(message.contains("lock timeout"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(journal.head_position(), 1);
+    assert_eq!(
+        journal.read_all(0, 10).unwrap().len(),
+        1,
+        "reads need no lock and are served meanwhile"
+    );
+    peer.let_go().await;
+    let recovered = journal
+        .append("s", ExpectedVersion::Exact(1), events(1))
+        .await;
+    assert_eq!(recovered.unwrap(), result((2, 2), (2, 2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_row_the_server_refuses_fails_only_its_own_append() {
+    // A LATIN1 database cannot store "€": PostgreSQL refuses the row, not the host's checks.
+    let url =
+        fresh_database_with("ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    let journal = open_postgres(&format!("{url}?lock_timeout=60s"), JournalConfig::default());
+    // While a peer holds the log lock the appends queue up, and commit as one batch after it.
+    let peer = FrozenPeer::hold_log_lock(&url).await;
+    let first = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            journal
+                .append("first", ExpectedVersion::NoStream, events(1))
+                .await
+        })
+    };
+    peer.wait_for_a_blocked_writer().await;
+    let tasks: Vec<_> = (0..12u64)
+        .map(|n| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                let mut batch = events(2);
+                if n == 7 {
+                    batch[1].metadata = Some("{\"price\":\"5 €\"}".into());
+                }
+                (
+                    n,
+                    journal
+                        .append(&format!("s-{n}"), ExpectedVersion::NoStream, batch)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    peer.let_go().await;
+    assert!(first.await.unwrap().is_ok());
+    for task in tasks {
+        match task.await.unwrap() {
+            (7, Err(JournalError::Rejected(message))) => {
+                assert!(message.contains("LATIN1"), "{message}")
+            }
+            (7, other) => panic!("expected Rejected, got {other:?}"),
+            (n, outcome) => assert!(outcome.is_ok(), "append {n}: {outcome:?}"),
+        }
+    }
+    let all = journal.read_all(0, usize::MAX).unwrap();
+    assert_eq!(all.len(), 23);
+    assert!(all.iter().zip(1..).all(|(event, p)| event.position == p));
+    assert!(all.iter().all(|event| event.stream != "s-7"));
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Builds every plugin into a component in `OUT_DIR/<artifact>.wasm`: the Rust
-//! ones for `wasm32-unknown-unknown` with a nested cargo, componentized and
-//! checked with `foldhost-plugin-build`; the Python and JavaScript ones with
+//! ones for `wasm32-unknown-unknown` with a nested cargo, componentized with
+//! `foldhost-plugin-build`; the ones written in WebAssembly text assembled and
+//! componentized too; the Python and JavaScript ones with
 //! `foldhost_plugin_build::build` (which installs componentize-py or the
 //! pinned npm toolchain on first use), cached in `target/plugins-<lang>/` by
 //! the fingerprint of their inputs, since componentize-py takes a minute.
@@ -46,6 +47,7 @@ const RECIPES: &[Recipe] = &[
     plain("shopping-cart"),
     plain("hostile"),
     plain("mischief"),
+    plain("hostile-projection"),
     plain("wrong-contract"),
     Recipe {
         artifact: "bank-analytics-v2",
@@ -84,6 +86,38 @@ const SOURCE_RECIPES: &[(&str, &str)] = &[
     ("bank-account-js", "js/bank-account"),
     ("bank-analytics-js", "js/bank-analytics"),
     ("hostile-js", "js/hostile"),
+];
+
+/// A plugin written in WebAssembly text, for attacks Rust cannot express: the
+/// world it implements, and declarations spliced in at its `;; @EXTRA@` line.
+struct WatRecipe {
+    artifact: &'static str,
+    source: &'static str,
+    world: &'static str,
+    extra: &'static str,
+}
+
+const HOARDER: &str = "plugins/hostile/wat/hoarder.wat";
+
+const WAT_RECIPES: &[WatRecipe] = &[
+    WatRecipe {
+        artifact: "hoarder",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "",
+    },
+    WatRecipe {
+        artifact: "hoarder-memories",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "(memory 1) (memory 1) (memory 1)",
+    },
+    WatRecipe {
+        artifact: "hoarder-table",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: "(table 10000000 funcref)",
+    },
 ];
 
 /// Outer-build settings the nested build must not inherit: flags meant for the
@@ -146,9 +180,17 @@ fn run() -> Result<(), Box<dyn Error>> {
             if recipe.artifact == CORE_MODULE {
                 std::fs::copy(&module, out_dir.join(format!("{CORE_MODULE}.core.wasm")))?;
             }
-            componentize(&module, &component)
+            componentize(std::fs::read(&module)?, &component)
                 .map_err(|e| format!("componentizing {}: {e:#}", module.display()))?;
         }
+    }
+    for recipe in WAT_RECIPES {
+        assemble(
+            &workspace,
+            recipe,
+            &out_dir.join(format!("{}.wasm", recipe.artifact)),
+        )
+        .map_err(|e| format!("assembling {}: {e}", recipe.artifact))?;
     }
     for (artifact, dir) in SOURCE_RECIPES {
         build_cached(
@@ -184,6 +226,27 @@ fn build_cached(
     }
     std::fs::copy(&cached, out_dir.join(format!("{artifact}.wasm")))?;
     Ok(())
+}
+
+/// Assembles a [`WatRecipe`], embeds its world's type information (what
+/// `wit-bindgen` does for Rust plugins) and componentizes it.
+fn assemble(workspace: &Path, recipe: &WatRecipe, component: &Path) -> Result<(), Box<dyn Error>> {
+    let source = workspace.join(recipe.source);
+    let text = std::fs::read_to_string(&source)?;
+    if !text.contains(";; @EXTRA@") {
+        return Err(format!("{} has no ;; @EXTRA@ line", source.display()).into());
+    }
+    let mut module = wat::parse_str(text.replace(";; @EXTRA@", recipe.extra))?;
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(workspace.join("wit"))?;
+    let world = resolve.select_world(&[package], Some(recipe.world))?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )?;
+    componentize(module, component)
 }
 
 fn check_target_installed() -> Result<(), Box<dyn Error>> {
@@ -240,10 +303,11 @@ fn cargo_build(
     }
 }
 
-/// Componentizes a Rust plugin's core module (unchecked: `wrong-contract` must
+/// Componentizes a plugin's core module (unchecked: `wrong-contract` must
 /// stay wrong; `tests/components.rs` checks the others).
-fn componentize(module: &Path, component: &Path) -> anyhow::Result<()> {
-    let encoded = foldhost_plugin_build::componentize::componentize(&std::fs::read(module)?)?;
+fn componentize(module: Vec<u8>, component: &Path) -> Result<(), Box<dyn Error>> {
+    let encoded =
+        foldhost_plugin_build::componentize::componentize(&module).map_err(|e| format!("{e:#}"))?;
     std::fs::write(component, encoded)?;
     Ok(())
 }

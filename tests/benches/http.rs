@@ -72,6 +72,7 @@ async fn bench() {
         metrics: None,
         failure_policy: Default::default(),
         limits: Default::default(),
+        plugin_limits: Default::default(),
     })
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bank_account::{Account, AccountEvent};
 use bank_analytics::{Analytics, BankEvent};
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent, RecordedEvent};
-use foldhost::runtime::{AggregateInstance, Plugin, PluginEngine, ProjectionInstance};
+use foldhost::runtime::{AggregateInstance, Limits, Plugin, PluginEngine, ProjectionInstance};
 use foldhost_guest::codec::decode_json;
 use foldhost_guest::{Aggregate, EventMeta, Projection};
 use serde_json::json;
@@ -40,13 +40,7 @@ fn main() {
     println!("|---|---:|---:|---:|");
     let events = journal.read_stream("bank-account-long", 1, long).unwrap();
     for batch in [1, 10, 100, 1024] {
-        let wasm = rate(events.len(), || {
-            let mut instance =
-                AggregateInstance::new(account.clone(), "bank-account-long", None).unwrap();
-            for chunk in events.chunks(batch) {
-                instance.apply(chunk).unwrap();
-            }
-        });
+        let wasm = rate(events.len(), || fold(&account, &events, batch));
         let native = rate(events.len(), || native_account(&events));
         row(
             &format!("bank-account apply, {batch} events/call"),
@@ -63,6 +57,28 @@ fn main() {
     });
     let native = rate(all.len(), || native_analytics(&all));
     row("bank-analytics apply, 1024 events/call", wasm, native);
+
+    println!();
+    println!("| fuel metering (fold only) | metered | unmetered | metered/unmetered |");
+    println!("|---|---:|---:|---:|");
+    let metered = PluginEngine::new(
+        Limits {
+            fuel: Some(u64::MAX),
+            ..Limits::default()
+        },
+        None,
+    )
+    .unwrap();
+    let metered_account = load(&metered, "bank-account");
+    for batch in [1, 1024] {
+        let with = rate(events.len(), || fold(&metered_account, &events, batch));
+        let without = rate(events.len(), || fold(&account, &events, batch));
+        row(
+            &format!("bank-account apply, {batch} events/call"),
+            with,
+            without,
+        );
+    }
 
     println!();
     println!(
@@ -130,6 +146,15 @@ fn main() {
         wasm,
         native,
     );
+}
+
+/// Folds `events` into a fresh instance of aggregate `plugin`, `batch` per call.
+fn fold(plugin: &Arc<Plugin>, events: &[RecordedEvent], batch: usize) -> AggregateInstance {
+    let mut instance = AggregateInstance::new(plugin.clone(), "bank-account-long", None).unwrap();
+    for chunk in events.chunks(batch) {
+        instance.apply(chunk).unwrap();
+    }
+    instance
 }
 
 fn load(engine: &PluginEngine, name: &str) -> Arc<Plugin> {

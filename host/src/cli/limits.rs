@@ -1,9 +1,11 @@
-//! `serve` flags bounding what clients may make the server hold.
+//! `serve` flags bounding what clients may make the server hold, and what confines each
+//! plugin.
 
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::runtime::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size};
 use crate::server::ClientLimits;
 
 #[derive(Debug, Args)]
@@ -33,5 +35,45 @@ impl ClientLimitArgs {
             write_stall_timeout: Duration::from_secs(self.write_stall_timeout.max(1)),
             max_queued_writes: self.max_queued_writes,
         }
+    }
+}
+
+/// What confines every plugin, and the plugins given other limits.
+#[derive(Debug, Args)]
+pub struct PluginLimitArgs {
+    /// Wall-clock limit for one call into a plugin, e.g. 1s or 250ms [default: 1s].
+    #[arg(long, env = "FOLDHOST_CALL_TIMEOUT", value_parser = parse_duration)]
+    call_timeout: Option<Duration>,
+    /// Memory of one plugin instance, all its linear memories and tables together, e.g.
+    /// 128MiB [default: 64MiB].
+    #[arg(long, env = "FOLDHOST_PLUGIN_MEMORY", value_parser = parse_size)]
+    plugin_memory: Option<usize>,
+    /// Deterministic budget for one call in wasmtime fuel (about one unit per wasm
+    /// instruction). Off by default: metering slows every plugin call by 15-50 %.
+    #[arg(long, env = "FOLDHOST_PLUGIN_FUEL")]
+    plugin_fuel: Option<u64>,
+    /// Other limits for one plugin, NAME:key=value,... with keys timeout, memory, fuel (a
+    /// number or off), answer (most bytes one call may hand the host), events (per command)
+    /// and logs (lines per second); e.g. `bank-analytics:timeout=5s,memory=256MiB`.
+    /// Repeatable; separated by ';' in the environment variable.
+    #[arg(
+        long = "plugin-limit",
+        value_name = "NAME:LIMITS",
+        env = "FOLDHOST_PLUGIN_LIMITS",
+        value_delimiter = ';'
+    )]
+    plugin_limits: Vec<PluginLimits>,
+}
+
+impl PluginLimitArgs {
+    pub fn policy(&self) -> LimitPolicy {
+        let defaults = Limits::default();
+        let defaults = Limits {
+            call_timeout: self.call_timeout.unwrap_or(defaults.call_timeout),
+            memory: self.plugin_memory.unwrap_or(defaults.memory),
+            fuel: self.plugin_fuel.or(defaults.fuel),
+            ..defaults
+        };
+        LimitPolicy::new(defaults, &self.plugin_limits)
     }
 }

@@ -96,6 +96,8 @@ struct ServeArgs {
     failure_policy: FailurePolicy,
     #[command(flatten)]
     limits: limits::ClientLimitArgs,
+    #[command(flatten)]
+    plugin_limits: limits::PluginLimitArgs,
 }
 
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
@@ -164,6 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Some(crate::server::metrics::install()?),
         failure_policy: args.failure_policy,
         limits: args.limits.limits(),
+        plugin_limits: args.plugin_limits.policy(),
     })
     .await?;
     println!("listening on http://{}", server.local_addr());
@@ -214,10 +217,49 @@ async fn terminated() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_limit_flags_make_the_policy() {
+        let cli = super::Cli::try_parse_from([
+            "foldhost",
+            "serve",
+            "--call-timeout",
+            "250ms",
+            "--plugin-fuel",
+            "1000",
+            "--plugin-limit",
+            "bank-analytics:memory=256MiB,fuel=off",
+        ])
+        .unwrap();
+        let super::Action::Serve(args) = cli.action else {
+            panic!("not serve");
+        };
+        let policy = args.plugin_limits.policy();
+        assert_eq!(
+            policy.defaults.call_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(policy.defaults.fuel, Some(1000));
+        assert_eq!(policy.defaults.memory, 64 << 20);
+        let analytics = policy.of("bank-analytics");
+        assert_eq!((analytics.memory, analytics.fuel), (256 << 20, None));
+        assert_eq!(
+            analytics.call_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        let refused = super::Cli::try_parse_from([
+            "foldhost",
+            "serve",
+            "--plugin-limit",
+            "bank-analytics:memory=lots",
+        ])
+        .unwrap_err();
+        assert!(refused.to_string().contains("not a size"), "{refused}");
     }
 }

@@ -14,6 +14,10 @@ pub struct JournalConfig {
     pub max_event_size: usize,
     /// Most events in one append.
     pub max_append_events: usize,
+    /// Largest append, counting every event's bytes as [`max_event_size`](Self::max_event_size)
+    /// does. It also bounds what one commit carries: a batch never grows past it with a second
+    /// append (PostgreSQL refuses a statement over 1 GiB).
+    pub max_append_bytes: usize,
     /// Most requests (appends, snapshot and checkpoint writes) the writer puts into one commit.
     pub max_batch_appends: usize,
     /// Most writes waiting for the writer; past it a write is refused at once with
@@ -32,6 +36,7 @@ impl Default for JournalConfig {
         Self {
             max_event_size: 1024 * 1024,
             max_append_events: 10_000,
+            max_append_bytes: 64 * 1024 * 1024,
             max_batch_appends: 1024,
             max_queued_writes: 4096,
             keep_snapshots: 4,
@@ -57,16 +62,26 @@ impl JournalConfig {
                 max: self.max_append_events,
             });
         }
+        let mut total = 0usize;
         for event in events {
-            let size = event.data.len()
-                + event.event_type.len()
-                + event.metadata.as_ref().map_or(0, String::len);
+            let size = event_size(event);
             if size > self.max_event_size {
                 return Err(JournalError::EventTooLarge {
                     size,
                     max: self.max_event_size,
                 });
             }
+            check_text("event type", &event.event_type)?;
+            if let Some(metadata) = &event.metadata {
+                check_text("metadata", metadata)?;
+            }
+            total += size;
+        }
+        if total > self.max_append_bytes {
+            return Err(JournalError::AppendTooLarge {
+                size: total,
+                max: self.max_append_bytes,
+            });
         }
         let mut ids = HashSet::with_capacity(events.len());
         match events.iter().find(|event| !ids.insert(event.id)) {
@@ -80,10 +95,24 @@ impl JournalConfig {
     }
 }
 
-/// Refuses an empty or over-long stream name.
+/// The bytes of `event` the size limits count: `data`, `metadata` and `event_type`.
+pub(super) fn event_size(event: &NewEvent) -> usize {
+    event.data.len() + event.event_type.len() + event.metadata.as_ref().map_or(0, String::len)
+}
+
+/// Refuses an empty or over-long stream name, or one with a NUL character.
 pub(super) fn check_stream_name(stream: &str) -> Result<(), JournalError> {
-    if stream.is_empty() || stream.len() > MAX_STREAM_NAME {
+    if stream.is_empty() || stream.len() > MAX_STREAM_NAME || stream.contains('\0') {
         return Err(JournalError::InvalidStreamName(stream.to_owned()));
+    }
+    Ok(())
+}
+
+/// Refuses text with a NUL character, which PostgreSQL cannot store in a `TEXT` column: both
+/// backends refuse it alike, before it is queued.
+fn check_text(field: &'static str, text: &str) -> Result<(), JournalError> {
+    if text.contains('\0') {
+        return Err(JournalError::NulCharacter(field));
     }
     Ok(())
 }

@@ -45,14 +45,21 @@ pub enum JournalError {
     /// An event's `data`, `metadata` and `event_type` together exceed the configured maximum.
     #[error("event of {size} bytes exceeds the limit of {max} bytes")]
     EventTooLarge { size: usize, max: usize },
+    /// An append's events together exceed the configured maximum of bytes.
+    #[error("append of {size} bytes exceeds the limit of {max} bytes")]
+    AppendTooLarge { size: usize, max: usize },
+    /// An event type or metadata holds a NUL character (`\u0000`), which the journal does not
+    /// store (PostgreSQL cannot).
+    #[error("the {0} contains a NUL character (\\u0000), which the journal cannot store")]
+    NulCharacter(&'static str),
     /// An append carries more events than the configured maximum.
     #[error("append of {count} events exceeds the limit of {max} events")]
     TooManyEvents { count: usize, max: usize },
     /// An append without events.
     #[error("append without events")]
     NoEvents,
-    /// A stream name that is empty or longer than 256 bytes.
-    #[error("invalid stream name {0:?}: a stream name has 1 to 256 bytes")]
+    /// A stream name that is empty, longer than 256 bytes or holds a NUL character.
+    #[error("invalid stream name {0:?}: a stream name has 1 to 256 bytes and no NUL character")]
     InvalidStreamName(String),
     /// redb failed. After a failed commit redb refuses further writes until the journal is
     /// reopened; such a commit's appends may or may not be durable (retry them: appends are
@@ -64,7 +71,21 @@ pub enum JournalError {
     /// durable; retry with the same event ids, which is idempotent.
     #[error("postgres error: {0}")]
     Postgres(#[source] Arc<tokio_postgres::Error>),
-    /// The PostgreSQL journal could not be reached (bad URL, no connection from the pool).
+    /// The database refused what a write carried (a PostgreSQL data exception, such as a
+    /// character its encoding cannot hold); nothing was written. The other writes committed
+    /// with it were not affected.
+    #[error("the database refused this write: {0}")]
+    Rejected(String),
+    /// The commit was sent but its answer never came (the connection broke, or the database
+    /// did not answer in time): the write may or may not be durable. Retry an append with the
+    /// same event ids: if it landed, the retry returns where, and writes nothing.
+    #[error(
+        "the outcome of this write is unknown ({0}): it may or may not be stored; retry with \
+         the same event ids"
+    )]
+    OutcomeUnknown(String),
+    /// The PostgreSQL journal could not be reached (bad URL, no connection from the pool),
+    /// or gave up waiting for it (a lock or statement timeout): nothing was written.
     #[error("the journal database is unavailable: {0}")]
     Unavailable(String),
     /// The PostgreSQL server runs with settings that let a power cut lose acknowledged commits

@@ -248,7 +248,16 @@ impl AggregateInstance {
             guest.call_handle(s, command_type, data)
         })?;
         let plugin = self.plugin.name().to_owned();
+        let most = self.plugin.limits().events_per_command;
         match decided {
+            Ok(events) if events.len() > most => Err(RuntimeError::PluginFailed {
+                plugin,
+                context: context(),
+                message: format!(
+                    "emitted {} events; its limit is {most} per command",
+                    events.len()
+                ),
+            }),
             Ok(events) => Ok(events
                 .into_iter()
                 .map(|e| NewEvent {

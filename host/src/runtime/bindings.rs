@@ -1,8 +1,10 @@
 //! Host-side bindings generated from `wit/foldhost.wit`, the per-store data
 //! every plugin instance carries, and the batch encoding.
 
-use wasmtime::StoreLimits;
+use std::sync::Arc;
 
+use super::limits::Limits;
+use super::sandbox::{LogBudget, StoreBudget, one_line};
 use crate::journal::{ContentType, RecordedEvent};
 
 /// Bindings for the `aggregate-plugin` world.
@@ -32,12 +34,21 @@ pub use aggregate::foldhost::plugin::types;
 pub struct PluginData {
     /// Plugin name, for log lines.
     pub plugin: String,
-    pub limits: StoreLimits,
+    /// The plugin's limits, for each call and for messages.
+    pub limits: Limits,
+    /// This store's memory budget (its `ResourceLimiter`).
+    pub budget: StoreBudget,
+    /// The plugin's allowance of log lines, shared by all its stores.
+    pub log: Arc<LogBudget>,
 }
 
 impl aggregate::foldhost::plugin::host::Host for PluginData {
     fn log(&mut self, level: Level, message: String) {
+        if !self.log.admit() {
+            return;
+        }
         let plugin = self.plugin.as_str();
+        let message = one_line(&message);
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
             Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),

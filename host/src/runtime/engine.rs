@@ -13,55 +13,40 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use super::limits::{LimitPolicy, Limits};
 use crate::durable;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Limits that confine every plugin call.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Wall-clock budget for one call into a plugin (one batch, one command).
-    pub call_timeout: Duration,
-    /// Linear-memory cap per plugin instance.
-    pub max_memory: usize,
-    /// Maximum wasm stack per call.
-    pub max_stack: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            call_timeout: Duration::from_secs(1),
-            max_memory: 64 << 20,
-            max_stack: 512 << 10,
-        }
-    }
-}
-
-impl Limits {
-    /// The call timeout in epoch ticks (at least one).
-    pub fn deadline_ticks(&self) -> u64 {
-        (self.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
-    }
-}
+/// Maximum wasm stack per call, for every plugin (an engine-wide setting).
+pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// The shared engine plus what every instance needs to be confined.
 #[derive(Clone)]
 pub struct PluginEngine {
     engine: Engine,
-    limits: Limits,
+    limits: LimitPolicy,
     cache_dir: Option<PathBuf>,
     _ticker: Arc<EpochTicker>,
 }
 
 impl PluginEngine {
-    /// Builds the engine. Compiled components are cached in `cache_dir` when given.
+    /// Builds the engine for plugins that all have the same `limits`.
+    /// Compiled components are cached in `cache_dir` when given.
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self> {
+        Self::with_policy(limits.into(), cache_dir)
+    }
+
+    /// Builds the engine for plugins confined by `limits`. Compiled components
+    /// are cached in `cache_dir` when given.
+    pub fn with_policy(limits: LimitPolicy, cache_dir: Option<PathBuf>) -> Result<Self> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .max_wasm_stack(limits.max_stack)
+            // Metering costs every plugin 15-50 %, so only when a budget asks for it.
+            .consume_fuel(limits.meters_fuel())
+            .max_wasm_stack(MAX_WASM_STACK)
             .concurrency_support(false);
         let engine = Engine::new(&config)?;
         if let Some(dir) = &cache_dir {
@@ -81,8 +66,14 @@ impl PluginEngine {
         &self.engine
     }
 
-    pub fn limits(&self) -> &Limits {
+    /// The limits of every plugin.
+    pub fn limits(&self) -> &LimitPolicy {
         &self.limits
+    }
+
+    /// Whether calls are metered with fuel (some plugin has a fuel budget).
+    pub fn meters_fuel(&self) -> bool {
+        self.limits.meters_fuel()
     }
 
     /// Compiles `bytes`, or loads the precompiled artifact cached for the same

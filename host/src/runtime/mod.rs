@@ -1,6 +1,7 @@
 //! The plugin runtime: loads WebAssembly components behind the WIT contract
-//! and runs them confined — one store per instance, a memory cap, a deadline
-//! per call — as aggregates (per-stream write side) and projections (folds
+//! and runs them confined — one store per instance, one memory budget for its
+//! memories and tables, a deadline (and optionally fuel) per call, bounded
+//! answers and log lines — as aggregates (per-stream write side) and projections (folds
 //! over the global log).
 
 mod aggregate;
@@ -10,6 +11,8 @@ mod commands;
 mod diff;
 mod engine;
 mod error;
+mod footprint;
+mod limits;
 mod plugin;
 pub mod plugin_dir;
 mod projection;
@@ -19,8 +22,9 @@ mod sandbox;
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
 pub use commands::{AggregateConfig, Aggregates, Command, CommandOutcome, stream_name};
 pub use diff::{DiffReport, StateDiff, diff_versions};
-pub use engine::{Limits, PluginEngine};
+pub use engine::PluginEngine;
 pub use error::RuntimeError;
+pub use limits::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size};
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
 pub use projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionInstance, ProjectionRunner,

@@ -1,5 +1,6 @@
 //! Loading a plugin: componentize a core module, check it against the
-//! contract (before compiling anything), compile, trial-instantiate.
+//! contract and what it declares against its limits (before compiling
+//! anything), compile, trial-instantiate.
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
 use super::bindings::{PluginData, types};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
-use super::sandbox::{guarded, new_store};
+use super::footprint::Footprint;
+use super::limits::Limits;
+use super::sandbox::{LogBudget, guarded, new_store};
 
 /// The contract version this host implements; guests must be semver-compatible.
 pub const CONTRACT_VERSION: &str = contract::VERSION;
@@ -62,6 +65,10 @@ pub struct Plugin {
     /// Only for projections.
     pub subscription: Subscription,
     engine: PluginEngine,
+    /// What confines each of its calls and instances.
+    limits: Limits,
+    /// Its log lines per second, shared by all its instances.
+    log: Arc<LogBudget>,
     pre: Pre,
 }
 
@@ -84,6 +91,10 @@ impl Plugin {
     /// --target wasm32-unknown-unknown` (componentized first; the content hash
     /// is the component's). `origin` (a file name, an upload) names the plugin
     /// in errors until its own name is known.
+    ///
+    /// Until then it runs under the most generous limits any plugin has; once
+    /// it has named itself, it must fit its own, and is instantiated once more
+    /// under them.
     pub fn load(
         engine: &PluginEngine,
         bytes: &[u8],
@@ -99,6 +110,9 @@ impl Plugin {
             World::Aggregate => PluginKind::Aggregate,
             World::Projection => PluginKind::Projection,
         };
+        let footprint = Footprint::of(&bytes).map_err(invalid)?;
+        let ceiling = engine.limits().ceiling();
+        footprint.check(&ceiling).map_err(invalid)?;
         let (component, hash) = engine
             .compile(&bytes)
             .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
@@ -134,6 +148,8 @@ impl Plugin {
             hash,
             subscription: Subscription::default(),
             engine: engine.clone(),
+            log: Arc::new(LogBudget::new(origin, ceiling.log_lines_per_sec)),
+            limits: ceiling,
             pre,
         };
         // Trial-instantiate: a changed signature at the same contract version
@@ -147,8 +163,17 @@ impl Plugin {
             )));
         }
         validate_name(&description.name).map_err(invalid)?;
+        let limits = engine.limits().of(&description.name).clone();
+        footprint.check(&limits).map_err(invalid)?;
+        plugin.log = Arc::new(LogBudget::new(&description.name, limits.log_lines_per_sec));
+        plugin.limits = limits;
         plugin.description = description;
         plugin.subscription = subscription;
+        match plugin.kind() {
+            PluginKind::Aggregate => plugin.instantiate_aggregate().map(drop),
+            PluginKind::Projection => plugin.instantiate_projection().map(drop),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         Ok(Arc::new(plugin))
     }
 
@@ -164,6 +189,15 @@ impl Plugin {
         &self.engine
     }
 
+    /// The limits its calls and instances run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn new_store(&self) -> Store<PluginData> {
+        new_store(&self.engine, self.name(), &self.limits, self.log.clone())
+    }
+
     /// A new, isolated aggregate instance (fresh store).
     pub fn instantiate_aggregate(
         &self,
@@ -174,7 +208,7 @@ impl Plugin {
                 expected: "aggregate",
             });
         };
-        let mut store = new_store(&self.engine, self.name());
+        let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,
@@ -194,7 +228,7 @@ impl Plugin {
                 expected: "projection",
             });
         };
-        let mut store = new_store(&self.engine, self.name());
+        let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,

@@ -8,8 +8,9 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
 use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome};
-use super::engine::{Limits, PluginEngine};
+use super::engine::PluginEngine;
 use super::error::RuntimeError;
+use super::limits::LimitPolicy;
 use super::plugin::{Plugin, PluginKind};
 use super::projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionRunner, ProjectionStatus, RunnerOptions,
@@ -22,7 +23,8 @@ const QUERY_SLOTS: usize = 8;
 /// Everything the runtime is tuned by.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    pub limits: Limits,
+    /// Every plugin's limits.
+    pub limits: LimitPolicy,
     pub aggregates: AggregateConfig,
     pub checkpoints: CheckpointPolicy,
     /// What projections do with an event they cannot fold, unless set per plugin.
@@ -120,7 +122,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(journal: Journal, config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
-        let engine = PluginEngine::new(config.limits, config.cache_dir)?;
+        let engine = PluginEngine::with_policy(config.limits, config.cache_dir)?;
         Ok(Arc::new(Self {
             aggregates: Aggregates::new(journal.clone(), config.aggregates),
             engine,

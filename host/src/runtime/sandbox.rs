@@ -1,41 +1,78 @@
-//! Confinement of plugin instances: one `Store` per instance with a memory cap,
-//! and every call under an epoch deadline. A trapped store is never reused.
+//! Confinement of plugin instances: one `Store` per instance under one
+//! memory budget for all its memories and tables, every call under a deadline
+//! (and fuel, if metered) with a cap on what it may hand the host, and a
+//! per-plugin allowance of log lines. A trapped store is never reused.
 
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{ResourceLimiter, Store, Trap};
 
 use super::bindings::PluginData;
-use super::engine::PluginEngine;
+use super::engine::{MAX_WASM_STACK, PluginEngine};
 use super::error::RuntimeError;
+use super::limits::{Limits, show_size};
 
-/// A fresh store for one instance of `plugin`, memory-capped.
-pub fn new_store(engine: &PluginEngine, plugin: &str) -> Store<PluginData> {
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(engine.limits().max_memory)
-        .trap_on_grow_failure(true)
-        .build();
+/// Most core instances one plugin instance may create.
+pub const MAX_INSTANCES: usize = 64;
+/// Most linear memories one plugin instance may have.
+pub const MAX_MEMORIES: usize = 4;
+/// Most tables one plugin instance may have.
+pub const MAX_TABLES: usize = 64;
+/// What one table element costs the host: a pointer, and a growable table's
+/// storage may hold up to twice its length (amortised doubling).
+pub const TABLE_ELEMENT_BYTES: usize = 2 * size_of::<usize>();
+/// Longest log line passed on, in bytes; the rest is cut.
+pub const MAX_LOG_LINE: usize = 4096;
+/// Least time between two summaries of dropped log lines.
+const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A fresh store for one instance of `plugin`, confined by `limits`.
+pub fn new_store(
+    engine: &PluginEngine,
+    plugin: &str,
+    limits: &Limits,
+    log: Arc<LogBudget>,
+) -> Store<PluginData> {
     let mut store = Store::new(
         engine.engine(),
         PluginData {
             plugin: plugin.to_owned(),
-            limits,
+            limits: limits.clone(),
+            budget: StoreBudget::new(limits.memory),
+            log,
         },
     );
-    store.limiter(|data| &mut data.limits);
+    store.limiter(|data| &mut data.budget);
     store.epoch_deadline_trap();
+    // Every string and list the host lifts out of the guest draws on this,
+    // so a call never makes the host copy more (aliased spans included).
+    store.set_hostcall_fuel(limits.answer);
     store
 }
 
-/// Runs one call into the plugin with a fresh deadline. A wasm error becomes
-/// [`RuntimeError::Trap`], described as `context` ("handling command X", ...).
+/// Runs one call into the plugin with a fresh deadline (and fuel). A wasm
+/// error becomes [`RuntimeError::Trap`], described as `context` ("handling
+/// command X", ...).
 pub fn guarded<R>(
     store: &mut Store<PluginData>,
     engine: &PluginEngine,
     context: impl FnOnce() -> String,
     call: impl FnOnce(&mut Store<PluginData>) -> wasmtime::Result<R>,
 ) -> Result<R, RuntimeError> {
-    store.set_epoch_deadline(engine.limits().deadline_ticks());
-    call(store).map_err(|error| {
-        let message = describe_trap(&error, engine);
+    let limits = &store.data().limits;
+    let (ticks, fuel) = (limits.deadline_ticks(), limits.fuel.unwrap_or(u64::MAX));
+    store.set_epoch_deadline(ticks);
+    if engine.meters_fuel() {
+        store
+            .set_fuel(fuel)
+            .expect("the engine was configured to consume fuel");
+    }
+    let outcome = call(store);
+    store.data().log.report_drops();
+    outcome.map_err(|error| {
+        let message = describe_trap(&error, &store.data().limits);
         let plugin = store.data().plugin.clone();
         metrics::counter!("foldhost_plugin_traps_total", "plugin" => plugin.clone()).increment(1);
         RuntimeError::Trap {
@@ -47,19 +84,22 @@ pub fn guarded<R>(
 }
 
 /// A one-line reason; the wasm backtrace goes to the debug log.
-fn describe_trap(error: &wasmtime::Error, engine: &PluginEngine) -> String {
+fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     tracing::debug!(target: "plugin", "trap: {error:?}");
-    let limits = engine.limits();
+    if let Some(over) = error.downcast_ref::<OverBudget>() {
+        return over.to_string();
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "exceeded its time limit of {:?} per call",
             limits.call_timeout
         ),
+        Some(Trap::OutOfFuel) => format!(
+            "ran out of fuel: its budget is {} per call",
+            limits.fuel.unwrap_or(u64::MAX)
+        ),
         Some(Trap::StackOverflow) => {
-            format!(
-                "overflowed its stack (limit {} KiB)",
-                limits.max_stack >> 10
-            )
+            format!("overflowed its stack (limit {} KiB)", MAX_WASM_STACK >> 10)
         }
         // Rust guests keep their stack in linear memory: running off its end
         // is how unbounded recursion shows up.
@@ -70,11 +110,293 @@ fn describe_trap(error: &wasmtime::Error, engine: &PluginEngine) -> String {
             "panicked or aborted (unreachable instruction)".to_owned()
         }
         Some(trap) => trap.to_string(),
-        None if error.root_cause().to_string().contains("growing memory") => format!(
-            "exceeded its memory limit of {} MiB ({})",
-            limits.max_memory >> 20,
-            error.root_cause()
-        ),
+        // wasmtime's hostcall fuel ran out while lifting the answer.
+        None if error
+            .root_cause()
+            .to_string()
+            .contains("fuel allocated for hostcalls") =>
+        {
+            format!(
+                "handed the host more than {} in one call (its answer limit)",
+                show_size(limits.answer)
+            )
+        }
         None => error.root_cause().to_string(),
+    }
+}
+
+/// One store's allowance for everything its instances allocate: every linear
+/// memory and every table, counted together, plus caps on how many of each.
+#[derive(Debug)]
+pub struct StoreBudget {
+    limit: usize,
+    used: usize,
+    /// The last growth granted, taken back if wasmtime then fails it.
+    granted: usize,
+}
+
+/// A growth the budget refused: the trap's message.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "exceeded its memory limit of {} (memories and tables together): {what} asked for {} more with {} in use",
+    show_size(*.limit), show_size(*.requested), show_size(*.used)
+)]
+pub struct OverBudget {
+    what: &'static str,
+    requested: usize,
+    used: usize,
+    limit: usize,
+}
+
+impl StoreBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: 0,
+            granted: 0,
+        }
+    }
+
+    fn claim(&mut self, what: &'static str, bytes: usize) -> wasmtime::Result<bool> {
+        match self.used.checked_add(bytes) {
+            Some(total) if total <= self.limit => {
+                self.used = total;
+                self.granted = bytes;
+                Ok(true)
+            }
+            _ => Err(OverBudget {
+                what,
+                requested: bytes,
+                used: self.used,
+                limit: self.limit,
+            }
+            .into()),
+        }
+    }
+
+    fn give_back(&mut self) {
+        self.used -= std::mem::take(&mut self.granted);
+    }
+}
+
+impl ResourceLimiter for StoreBudget {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.claim("a memory", desired.saturating_sub(current))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.give_back();
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let elements = desired.saturating_sub(current);
+        self.claim("a table", elements.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.give_back();
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// A plugin's allowance of log lines, shared by all its instances: a token
+/// bucket refilled at its `log_lines_per_sec`, holding one second's worth.
+/// Dropped lines are counted in `foldhost_plugin_log_lines_dropped_total` and
+/// summarised in one warning at most every second: at the end of the call
+/// that dropped them, or as a long flood goes on.
+#[derive(Debug)]
+pub struct LogBudget {
+    plugin: String,
+    rate: u32,
+    bucket: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+    last_summary: Option<Instant>,
+}
+
+impl LogBudget {
+    pub fn new(plugin: &str, lines_per_sec: u32) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            rate: lines_per_sec,
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(lines_per_sec),
+                refilled: Instant::now(),
+                dropped: 0,
+                last_summary: None,
+            }),
+        }
+    }
+
+    /// Whether one more line may be written now; a refused one is counted.
+    pub fn admit(&self) -> bool {
+        let mut bucket = self.bucket.lock().expect("log budget lock");
+        let rate = f64::from(self.rate);
+        let now = Instant::now();
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * rate).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return true;
+        }
+        bucket.dropped += 1;
+        metrics::counter!("foldhost_plugin_log_lines_dropped_total", "plugin" => self.plugin.clone())
+            .increment(1);
+        // A long flood is summarised as it goes, once a second.
+        if bucket
+            .last_summary
+            .is_some_and(|at| at.elapsed() >= DROP_SUMMARY_EVERY)
+        {
+            self.summarise(&mut bucket);
+        }
+        false
+    }
+
+    /// At the end of a call: summarises the lines dropped since the last
+    /// summary, unless one was written less than a second ago.
+    pub fn report_drops(&self) {
+        let mut bucket = self.bucket.lock().expect("log budget lock");
+        let due = bucket
+            .last_summary
+            .is_none_or(|at| at.elapsed() >= DROP_SUMMARY_EVERY);
+        if due {
+            self.summarise(&mut bucket);
+        }
+    }
+
+    fn summarise(&self, bucket: &mut Bucket) {
+        if bucket.dropped > 0 {
+            tracing::warn!(
+                target: "plugin",
+                plugin = %self.plugin,
+                dropped = bucket.dropped,
+                "dropped {} log lines over its limit of {} lines per second",
+                bucket.dropped,
+                self.rate
+            );
+            bucket.dropped = 0;
+            bucket.last_summary = Some(Instant::now());
+        }
+    }
+}
+
+/// `message` as one line of at most [`MAX_LOG_LINE`] bytes: control
+/// characters escaped, the excess cut and counted.
+pub fn one_line(message: &str) -> Cow<'_, str> {
+    if message.len() <= MAX_LOG_LINE && !message.contains(char::is_control) {
+        return Cow::Borrowed(message);
+    }
+    let mut line = String::with_capacity(MAX_LOG_LINE + 32);
+    let mut kept = 0;
+    for c in message.chars() {
+        let escaped = c.escape_default();
+        let width = if c.is_control() {
+            escaped.len()
+        } else {
+            c.len_utf8()
+        };
+        if line.len() + width > MAX_LOG_LINE {
+            break;
+        }
+        if c.is_control() {
+            line.extend(escaped);
+        } else {
+            line.push(c);
+        }
+        kept += c.len_utf8();
+    }
+    if kept < message.len() {
+        line.push_str(&format!("… ({} more bytes)", message.len() - kept));
+    }
+    Cow::Owned(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut budget = StoreBudget::new(1 << 20);
+        assert!(budget.memory_growing(0, 512 << 10, None).unwrap());
+        // A second memory draws on the same budget.
+        assert!(budget.memory_growing(0, 256 << 10, None).unwrap());
+        // Tables count at their host cost per element.
+        let elements = (256 << 10) / TABLE_ELEMENT_BYTES;
+        assert!(budget.table_growing(0, elements, None).unwrap());
+        let over = budget
+            .table_growing(elements, elements + 1, None)
+            .unwrap_err();
+        assert!(
+            over.to_string().contains("memory limit of 1.0 MiB"),
+            "{over}"
+        );
+        // A table.grow of 2^31 elements is refused before anything is allocated.
+        let huge = budget.table_growing(1, 1 << 31, None).unwrap_err();
+        assert!(
+            huge.to_string().contains("a table asked for 32.0 GiB"),
+            "{huge}"
+        );
+    }
+
+    #[test]
+    fn a_growth_wasmtime_fails_is_given_back() {
+        let mut budget = StoreBudget::new(1 << 20);
+        assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
+        budget
+            .memory_grow_failed(wasmtime::format_err!("past the maximum"))
+            .unwrap();
+        assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn the_log_budget_admits_a_second_s_worth_then_drops() {
+        let budget = LogBudget::new("p", 10);
+        let admitted = (0..1000).filter(|_| budget.admit()).count();
+        // Ten, plus whatever trickled in while looping.
+        assert!((10..=12).contains(&admitted), "{admitted}");
+        assert!(!LogBudget::new("p", 0).admit());
+    }
+
+    #[test]
+    fn log_lines_stay_one_bounded_line() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("two\nlines"), "two\\nlines");
+        let long = "é".repeat(MAX_LOG_LINE);
+        let cut = one_line(&long);
+        assert!(cut.len() <= MAX_LOG_LINE + 32, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("… ({} more bytes)", MAX_LOG_LINE)),
+            "{cut}"
+        );
     }
 }

@@ -86,20 +86,28 @@ impl From<JournalError> for ApiError {
             } => StatusCode::CONFLICT,
             JournalError::DuplicateEventId { position: None, .. }
             | JournalError::NoEvents
+            | JournalError::NulCharacter(_)
             | JournalError::InvalidStreamName(_) => StatusCode::BAD_REQUEST,
-            JournalError::EventTooLarge { .. } | JournalError::TooManyEvents { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            JournalError::EventTooLarge { .. }
+            | JournalError::AppendTooLarge { .. }
+            | JournalError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             JournalError::StreamDeleted(_) => StatusCode::GONE,
             JournalError::StreamNotFound(_) => StatusCode::NOT_FOUND,
             JournalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             JournalError::Overloaded => {
                 return Self::new(StatusCode::SERVICE_UNAVAILABLE, &error).retry_after(1);
             }
-            JournalError::Closed
-            | JournalError::Unavailable(_)
-            | JournalError::NotDurable(_)
-            | JournalError::Faulted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            JournalError::Unavailable(_) => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, &error).retry_after(1);
+            }
+            // The host is a gateway to the database and never got the commit's answer.
+            JournalError::OutcomeUnknown(_) => {
+                return Self::new(StatusCode::GATEWAY_TIMEOUT, &error).with("outcome", "unknown");
+            }
+            JournalError::Rejected(_) => StatusCode::BAD_REQUEST,
+            JournalError::Closed | JournalError::NotDurable(_) | JournalError::Faulted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             JournalError::Storage(_)
             | JournalError::Postgres(_)
             | JournalError::Corrupt { .. }

@@ -59,7 +59,7 @@ pub use admin::BACKUP_POSITION;
 use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
-use crate::runtime::{FailurePolicy, Runtime, RuntimeConfig, plugin_dir};
+use crate::runtime::{FailurePolicy, LimitPolicy, Runtime, RuntimeConfig, plugin_dir};
 
 /// The journal's file name inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
@@ -222,6 +222,8 @@ pub struct ServerConfig {
     pub failure_policy: FailurePolicy,
     /// What clients may make the server hold.
     pub limits: ClientLimits,
+    /// What confines each plugin: time, memory and fuel per call, answer sizes, log rates.
+    pub plugin_limits: LimitPolicy,
 }
 
 /// Bounds on what clients (authenticated or not) may make the server hold.
@@ -294,6 +296,7 @@ impl Server {
             RuntimeConfig {
                 cache_dir: Some(data.join(COMPILE_CACHE)),
                 failure_policy: config.failure_policy,
+                limits: config.plugin_limits,
                 ..RuntimeConfig::default()
             },
         )?;

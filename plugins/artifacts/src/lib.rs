@@ -29,6 +29,16 @@ pub const BANK_ACCOUNT_V2: &str = "bank-account-v2";
 /// the stack, a `Ping` that still works afterwards, and a `Poison` event whose
 /// apply panics.
 pub const HOSTILE: &str = "hostile";
+/// Projection `hostile-projection` over `hostile`'s streams: a `pongs` query that
+/// behaves, and an `answer` query as large as asked.
+pub const HOSTILE_PROJECTION: &str = "hostile-projection";
+/// Aggregate `hoarder`, written in WebAssembly text: `GrowTable` grows a table by
+/// 2^31 elements, `GrowMemories` grows each of its two memories by 56 MiB; `Ping` behaves.
+pub const HOARDER: &str = "hoarder";
+/// `hoarder` declaring five linear memories: more than a plugin may have.
+pub const HOARDER_MEMORIES: &str = "hoarder-memories";
+/// `hoarder` declaring a table of 10 million elements: more than its memory limit.
+pub const HOARDER_TABLE: &str = "hoarder-table";
 /// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
 pub const WRONG_CONTRACT: &str = "wrong-contract";
 /// Projection `mischief` over the `hostile` category: queries that panic, loop, exhaust
@@ -65,6 +75,10 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     BANK_ANALYTICS_V2,
     BANK_ACCOUNT_V2,
     HOSTILE,
+    HOSTILE_PROJECTION,
+    HOARDER,
+    HOARDER_MEMORIES,
+    HOARDER_TABLE,
     WRONG_CONTRACT,
     MISCHIEF,
     BANK_ANALYTICS_LENIENT,

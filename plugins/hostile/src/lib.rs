@@ -9,19 +9,25 @@
 //! | `Panic`    | panics (a trap; the message is logged first)            |
 //! | `Recurse`  | recurses without bound until the stack overflows        |
 //! | `Poison`   | behaves: emits `Poison`, whose `apply` panics           |
+//! | `Flood`    | emits `events` events of `bytes` bytes each             |
+//! | `Bloat`    | emits `Bloated`: the state then renders as `bytes` bytes |
+//! | `Chatter`  | logs `lines` lines of `bytes` bytes each, then pongs    |
 //!
 //! `Allocate` and `Recurse` reject the command if they ever return, which
-//! means the host failed to stop them.
+//! means the host failed to stop them. Attacks Rust cannot express (several
+//! memories, a huge `table.grow`) are in the WebAssembly text of `wat/`.
 
 use std::hint::black_box;
 
-use foldhost_guest::{Aggregate, Rejection, export_aggregate};
+use foldhost_guest::{Aggregate, Rejection, export_aggregate, log};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hostile {
     /// How many `Ponged` events were applied.
     pub pongs: u64,
+    /// Bytes the rendered state is padded to, once `Bloated`.
+    pub bloat: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +35,11 @@ pub enum HostileEvent {
     Ponged,
     /// Applying it panics, so replaying a stream that holds it traps.
     Poison,
+    /// Filler of one `Flood`.
+    Flooded(String),
+    Bloated {
+        bytes: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +50,9 @@ pub enum HostileCommand {
     Panic,
     Recurse,
     Poison,
+    Flood { events: u32, bytes: u32 },
+    Bloat { bytes: u32 },
+    Chatter { lines: u32, bytes: u32 },
 }
 
 const GIB: usize = 1 << 30;
@@ -82,6 +96,8 @@ impl Aggregate for Hostile {
         match event {
             HostileEvent::Ponged => self.pongs += 1,
             HostileEvent::Poison => panic!("hostile: applied a Poison event"),
+            HostileEvent::Flooded(_) => {}
+            HostileEvent::Bloated { bytes } => self.bloat = bytes,
         }
     }
 
@@ -96,7 +112,26 @@ impl Aggregate for Hostile {
                 recurse(0)
             ))),
             HostileCommand::Poison => Ok(vec![HostileEvent::Poison]),
+            HostileCommand::Flood { events, bytes } => Ok((0..events)
+                .map(|_| HostileEvent::Flooded("x".repeat(bytes as usize)))
+                .collect()),
+            HostileCommand::Bloat { bytes } => Ok(vec![HostileEvent::Bloated { bytes }]),
+            HostileCommand::Chatter { lines, bytes } => {
+                let line = "x".repeat(bytes as usize);
+                for _ in 0..lines {
+                    log::info!("{line}");
+                }
+                Ok(vec![HostileEvent::Ponged])
+            }
         }
+    }
+
+    fn state_json(&self) -> String {
+        format!(
+            r#"{{"pongs":{},"bloat":"{}"}}"#,
+            self.pongs,
+            "x".repeat(self.bloat as usize)
+        )
     }
 }
 
@@ -121,6 +156,13 @@ mod tests {
             state.handle(HostileCommand::Poison),
             Ok(vec![HostileEvent::Poison])
         );
+        let flood = state.handle(HostileCommand::Flood {
+            events: 3,
+            bytes: 2,
+        });
+        assert_eq!(flood, Ok(vec![HostileEvent::Flooded("xx".into()); 3]));
+        state.apply(HostileEvent::Bloated { bytes: 3 });
+        assert_eq!(state.state_json(), r#"{"pongs":1,"bloat":"xxx"}"#);
     }
 
     #[test]

@@ -316,10 +316,15 @@ pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError
         .map_err(pg)?;
     // Plain VACUUM only marks dead rows' space free; their bytes stay in the pages until
     // reused. VACUUM FULL writes new files without them (and locks the tables meanwhile).
-    client
-        .batch_execute("VACUUM FULL events, snapshots")
-        .await
-        .map_err(pg)?;
+    // It takes as long as the tables are big: exempt from the statement timeout.
+    // (one statement per call: VACUUM refuses to run in a multi-statement string)
+    for statement in [
+        "SET statement_timeout = 0",
+        "VACUUM FULL events, snapshots",
+        "RESET statement_timeout",
+    ] {
+        client.batch_execute(statement).await.map_err(pg)?;
+    }
     report.bytes_after = table_bytes(&**client).await?;
     tracing::info!(?report, "scavenged the journal");
     Ok(report)

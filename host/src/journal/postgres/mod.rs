@@ -39,16 +39,18 @@
 //! retry with the same event ids, which is idempotent.
 
 mod durability;
+mod failure;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, Pool};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, GenericClient, Transaction};
 use uuid::Uuid;
 
 mod lifecycle;
@@ -68,6 +70,8 @@ const CHANNEL: &str = "foldhost_log";
 /// Serialises schema creation between hosts starting together.
 const MIGRATION_LOCK: i64 = 0x666f_6c64_686f_7374;
 const READ_ATTEMPTS: usize = 3;
+/// Tries of a write transaction whose connection broke before it committed.
+const WRITE_ATTEMPTS: usize = 3;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE log_head (
@@ -125,6 +129,8 @@ const EVENT_COLUMNS: &str =
 /// The PostgreSQL side of a [`Journal`](super::Journal).
 pub(super) struct PgJournal {
     pool: Pool,
+    /// How long a read waits for the database before it gives up.
+    deadline: Duration,
     runtime: Option<tokio::runtime::Runtime>,
     requests: Option<mpsc::Sender<Request>>,
     /// Signalled when the writer has drained its queue and stopped (a Mutex only to be Sync).
@@ -178,6 +184,12 @@ impl Drop for PgJournal {
     }
 }
 
+fn no_answer(deadline: Duration) -> JournalError {
+    JournalError::Unavailable(format!(
+        "no answer from the journal database within {deadline:?}"
+    ))
+}
+
 fn pg(error: tokio_postgres::Error) -> JournalError {
     JournalError::Postgres(Arc::new(error))
 }
@@ -189,11 +201,12 @@ fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
     }
 }
 
-/// Whether repeating a read after `error` may help.
+/// Whether repeating a read after `error` may help: the database was out of reach, going
+/// away (a restart) or timed out, rather than refusing the query.
 fn transient(error: &JournalError) -> bool {
     match error {
         JournalError::Unavailable(_) => true,
-        JournalError::Postgres(error) => error.is_closed() || error.as_db_error().is_none(),
+        JournalError::Postgres(error) => failure::out_of_reach(error),
         _ => false,
     }
 }
@@ -207,25 +220,28 @@ fn now_millis() -> u64 {
 impl PgJournal {
     /// Connects to `url`, creates or checks the schema, and starts the writer and listener.
     pub(super) async fn connect(url: &str, config: &JournalConfig) -> Result<Self, JournalError> {
-        let pg_config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error: tokio_postgres::Error| JournalError::Unavailable(error.to_string()))?;
+        let settings = Arc::new(settings::Settings::parse(url)?);
+        let timeouts = settings.timeouts;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("journal-postgres")
             .enable_all()
             .build()
             .map_err(|error| JournalError::Unavailable(error.to_string()))?;
-        let pool = Pool::builder(Manager::new(pg_config.clone(), NoTls))
+        let pool = Pool::builder(Manager::new(settings.config.clone(), settings.tls.clone()))
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
+            // Waiting for a free connection counts against the same deadline as the query.
+            .wait_timeout(Some(timeouts.deadline()))
+            .create_timeout(Some(timeouts.connect))
+            .recycle_timeout(Some(timeouts.connect))
             .build()
             .map_err(|error| JournalError::Unavailable(error.to_string()))?;
 
         let setup = {
             let accept_risk = config.accept_non_durable_postgres;
             let pool = pool.clone();
-            let pg_config = pg_config.clone();
+            let settings = settings.clone();
             runtime
                 .spawn(async move {
                     let client = pool.get().await.map_err(pool_error)?;
@@ -233,7 +249,7 @@ impl PgJournal {
                     drop(client);
                     migrate(&pool).await?;
                     // Listen before reading the head, so no commit falls between the two.
-                    let listener = listen(&pg_config).await?;
+                    let listener = listen(&settings).await?;
                     let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
                     Ok::<_, JournalError>((head, listener))
                 })
@@ -258,7 +274,7 @@ impl PgJournal {
             events: AtomicU64::new(0),
         });
         runtime.spawn(follow(
-            pg_config,
+            settings,
             pool.clone(),
             listener,
             Arc::downgrade(&shared),
@@ -266,16 +282,16 @@ impl PgJournal {
 
         let (requests, queue) = mpsc::channel(config.max_queued_writes.max(1));
         let (done_tx, writer_done) = std::sync::mpsc::channel();
-        runtime.spawn(write(
-            pool.clone(),
-            queue,
-            shared.clone(),
-            config.max_batch_appends.max(1),
-            config.keep_snapshots.max(1),
-            done_tx,
-        ));
+        let limits = BatchLimits {
+            requests: config.max_batch_appends.max(1),
+            bytes: config.max_append_bytes.max(1),
+            keep_snapshots: config.keep_snapshots.max(1),
+            deadline: timeouts.deadline(),
+        };
+        runtime.spawn(write(pool.clone(), queue, shared.clone(), limits, done_tx));
         Ok(Self {
             pool,
+            deadline: timeouts.deadline(),
             runtime: Some(runtime),
             requests: Some(requests),
             writer_done: std::sync::Mutex::new(Some(writer_done)),
@@ -374,33 +390,46 @@ impl PgJournal {
     }
 
     /// Runs the read `query` on the backend's runtime and waits for it, retrying transient
-    /// failures; callable from any thread.
+    /// failures, for at most the deadline; callable from any thread.
     fn read<T, F, Fut>(&self, query: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
         F: Fn(deadpool_postgres::Object) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, JournalError>> + Send,
     {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline);
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime().spawn(async move {
             let mut attempt = 0;
-            let outcome = loop {
-                attempt += 1;
-                let outcome = match pool.get().await {
-                    Ok(client) => query(client).await,
-                    Err(error) => Err(pool_error(error)),
-                };
-                match outcome {
-                    Err(error) if attempt < READ_ATTEMPTS && transient(&error) => {
-                        tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+            let tries = async {
+                loop {
+                    attempt += 1;
+                    let outcome = match pool.get().await {
+                        Ok(client) => query(client).await,
+                        Err(error) => Err(pool_error(error)),
+                    };
+                    match outcome {
+                        Err(error) if attempt < READ_ATTEMPTS && transient(&error) => {
+                            tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                        }
+                        // Still out of reach: the caller may try again later (503).
+                        Err(error @ JournalError::Postgres(_)) if transient(&error) => {
+                            break Err(JournalError::Unavailable(error.to_string()));
+                        }
+                        outcome => break outcome,
                     }
-                    outcome => break outcome,
                 }
             };
+            let outcome = tokio::time::timeout(deadline, tries)
+                .await
+                .unwrap_or_else(|_| Err(no_answer(deadline)));
             let _ = tx.send(outcome);
         });
-        rx.recv().map_err(|_| JournalError::Closed)?
+        match rx.recv_timeout(deadline + Duration::from_secs(1)) {
+            Ok(outcome) => outcome,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(no_answer(deadline)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(JournalError::Closed),
+        }
     }
 
     pub(super) fn read_stream(
@@ -624,8 +653,12 @@ async fn migrate(pool: &Pool) -> Result<(), JournalError> {
 /// A connection that has run `LISTEN foldhost_log`, as a stream of notified positions.
 type Listener = futures_util::stream::BoxStream<'static, Result<u64, JournalError>>;
 
-async fn listen(config: &tokio_postgres::Config) -> Result<Listener, JournalError> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+async fn listen(settings: &settings::Settings) -> Result<Listener, JournalError> {
+    let (client, mut connection) = settings
+        .config
+        .connect(settings.tls.clone())
+        .await
+        .map_err(pg)?;
     let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The connection only makes progress while polled: drive it while LISTEN is sent.
     let (tx, rx) = mpsc::unbounded_channel();
@@ -662,7 +695,7 @@ async fn listen(config: &tokio_postgres::Config) -> Result<Listener, JournalErro
 /// Moves the head on every notification; reconnects (and re-reads the head) if the listening
 /// connection fails. Stops when the journal is gone.
 async fn follow(
-    config: tokio_postgres::Config,
+    settings: Arc<settings::Settings>,
     pool: Pool,
     mut listener: Listener,
     shared: std::sync::Weak<Shared>,
@@ -686,7 +719,7 @@ async fn follow(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             let reconnected = async {
-                let listener = listen(&config).await?;
+                let listener = listen(&settings).await?;
                 let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
                 Ok::<_, JournalError>((listener, head))
             }
@@ -705,51 +738,118 @@ async fn follow(
     }
 }
 
-/// The writer task: drains queued requests into one transaction each round (group commit).
+/// The writer task: drains queued requests into one transaction each round (group commit),
+/// at most `max_batch` requests and `max_bytes` of them (a single larger request goes alone).
 async fn write(
     pool: Pool,
     mut queue: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
-    max_batch: usize,
-    keep_snapshots: usize,
+    limits: BatchLimits,
     done: std::sync::mpsc::Sender<()>,
 ) {
     let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, max_batch).await > 0 {
-        let requests = std::mem::take(&mut batch);
-        commit(&pool, requests, &shared, keep_snapshots).await;
+    while queue.recv_many(&mut batch, limits.requests).await > 0 {
+        let mut requests = std::mem::take(&mut batch).into_iter().peekable();
+        while requests.peek().is_some() {
+            let mut bytes = 0;
+            let chunk: Vec<Request> = std::iter::from_fn(|| {
+                let weight = requests.peek()?.op.weight();
+                if bytes > 0 && bytes + weight > limits.bytes {
+                    return None;
+                }
+                bytes += weight;
+                requests.next()
+            })
+            .collect();
+            commit(&pool, chunk, &shared, &limits).await;
+        }
     }
     let _ = done.send(());
 }
 
-async fn commit(pool: &Pool, requests: Vec<Request>, shared: &Shared, keep_snapshots: usize) {
-    let outcomes: Vec<Result<Option<AppendResult>, JournalError>> =
-        match run_batch(pool, &requests, keep_snapshots).await {
-            Ok((outcomes, head, committed)) => {
-                if committed {
-                    shared.commits.fetch_add(1, Ordering::Relaxed);
-                }
-                for applied in outcomes.iter().flatten() {
-                    if applied.written_events > 0 {
-                        shared.appends.fetch_add(1, Ordering::Relaxed);
-                        shared
-                            .events
-                            .fetch_add(applied.written_events, Ordering::Relaxed);
-                    }
-                }
-                if let Some(head) = head {
-                    shared.advance(head);
-                }
-                outcomes
-                    .into_iter()
-                    .map(|outcome| outcome.map(|applied| applied.result))
-                    .collect()
+/// What the writer puts into one transaction, and how long it may take.
+struct BatchLimits {
+    requests: usize,
+    bytes: usize,
+    keep_snapshots: usize,
+    deadline: Duration,
+}
+
+/// Commits `requests` together. If the server refuses one of them (a row it cannot store),
+/// the others must not fail with it: the batch is then run again one request at a time.
+async fn commit(pool: &Pool, requests: Vec<Request>, shared: &Shared, limits: &BatchLimits) {
+    let outcomes = match attempt(pool, &requests, shared, limits).await {
+        Err(failure::Batch::Refused(error)) if requests.len() > 1 => {
+            tracing::warn!(%error, requests = requests.len(), "a batch was refused: committing its requests one by one");
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let alone = attempt(pool, std::slice::from_ref(request), shared, limits).await;
+                outcomes.push(
+                    alone.map_or_else(|failure| Err(failure.into()), |mut one| one.remove(0)),
+                );
             }
-            Err(error) => requests.iter().map(|_| Err(error.clone())).collect(),
-        };
+            outcomes
+        }
+        Ok(outcomes) => outcomes,
+        Err(failure) => {
+            let error = JournalError::from(failure);
+            requests.iter().map(|_| Err(error.clone())).collect()
+        }
+    };
     for (request, outcome) in requests.into_iter().zip(outcomes) {
         let _ = request.reply.send(outcome);
     }
+}
+
+/// Runs `requests` as one transaction, again after a connection failure that left nothing
+/// written (a connection of the pool broken by a server restart, say), and counts what it
+/// wrote.
+async fn attempt(
+    pool: &Pool,
+    requests: &[Request],
+    shared: &Shared,
+    limits: &BatchLimits,
+) -> Result<Vec<Result<Option<AppendResult>, JournalError>>, failure::Batch> {
+    let mut tries = 0;
+    let (outcomes, head, committed) = loop {
+        tries += 1;
+        let committing = AtomicBool::new(false);
+        let run = run_batch(pool, requests, limits.keep_snapshots, &committing);
+        let failure = match tokio::time::timeout(limits.deadline, run).await {
+            Ok(Ok(done)) => break done,
+            Ok(Err(error)) => failure::Batch::classify(error),
+            Err(_) if committing.load(Ordering::Relaxed) => failure::Batch::Unknown(format!(
+                "no answer to the commit within {:?}",
+                limits.deadline
+            )),
+            Err(_) => failure::Batch::Unavailable(format!(
+                "no answer from the database within {:?}; nothing was written",
+                limits.deadline
+            )),
+        };
+        if tries >= WRITE_ATTEMPTS || !failure.is_disconnection() {
+            return Err(failure);
+        }
+        tokio::time::sleep(Duration::from_millis(100 * tries as u64)).await;
+    };
+    if committed {
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+    }
+    for applied in outcomes.iter().flatten() {
+        if applied.written_events > 0 {
+            shared.appends.fetch_add(1, Ordering::Relaxed);
+            shared
+                .events
+                .fetch_add(applied.written_events, Ordering::Relaxed);
+        }
+    }
+    if let Some(head) = head {
+        shared.advance(head);
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.map(|applied| applied.result))
+        .collect())
 }
 
 /// Each request's outcome, the new head if events were appended, whether a commit happened.
@@ -762,10 +862,14 @@ type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
 /// the batch touches (read in two queries under the log lock, so nobody changes them
 /// meanwhile) and written with one insert: a batch costs a handful of round trips however many
 /// appends it holds.
+///
+/// `committing` is set once the commit is sent: a failure after that leaves the outcome
+/// unknown.
 async fn run_batch(
     pool: &Pool,
     requests: &[Request],
     keep_snapshots: usize,
+    committing: &AtomicBool,
 ) -> Result<BatchOutcome, JournalError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let txn = client.transaction().await.map_err(pg)?;
@@ -883,8 +987,11 @@ async fn run_batch(
         txn.rollback().await.map_err(pg)?;
         return Ok((outcomes, None, false));
     }
-    // Whether a failed commit took effect is unknown: it is reported as an error, never guessed.
-    txn.commit().await.map_err(pg)?;
+    // Whether a failed commit took effect is unknown: it is reported so, never guessed.
+    committing.store(true, Ordering::Relaxed);
+    txn.commit()
+        .await
+        .map_err(|error| JournalError::OutcomeUnknown(error.to_string()))?;
     Ok((outcomes, head, true))
 }
 
