@@ -143,12 +143,12 @@ fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), ContractE
             }
             Payload::ComponentImportSection(reader) => {
                 for import in reader {
-                    imports.push(import.map_err(malformed)?.name.name.to_owned());
+                    imports.push(import.map_err(malformed)?.name.0.to_owned());
                 }
             }
             Payload::ComponentExportSection(reader) => {
                 for export in reader {
-                    exports.push(export.map_err(malformed)?.name.name.to_owned());
+                    exports.push(export.map_err(malformed)?.name.0.to_owned());
                 }
             }
             Payload::ModuleSection {
