@@ -195,6 +195,67 @@ async fn python_exceptions_answer_400_or_422_never_500() {
     }
 }
 
+/// The plugins directory loads in the background at start: while the Python bank-analytics
+/// compiles, the server already answers `/health` (`loading_plugins`) and lists the file as
+/// queued or compiling with its size; a command sent meanwhile waits for the load instead of
+/// answering "unknown plugin", and the Python projection then folds what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_while_its_plugins_directory_compiles() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, plugins) = (root.path().join("data"), root.path().join("plugins"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    let python = "bank-analytics-python.wasm";
+    for (file, artifact) in [
+        ("bank-account.wasm", foldhost_plugins::BANK_ACCOUNT),
+        (python, foldhost_plugins::BANK_ANALYTICS_PYTHON),
+    ] {
+        std::fs::copy(foldhost_plugins::path(artifact), plugins.join(file)).unwrap();
+    }
+    let server = Server::launch_listening(Server::command(&data, Some(&plugins)));
+    let http = Client::new();
+    // Asked as soon as the server listens: compiling 18 MB takes seconds even in release.
+    let (status, health) = get(&http, &server, "/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["loading_plugins"], true, "{health}");
+    let (_, list) = get(&http, &server, "/plugins").await;
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["origin"] == python)
+        .unwrap_or_else(|| panic!("{python} is not listed: {list}"));
+    assert!(
+        matches!(
+            row["status"]["status"].as_str(),
+            Some("queued" | "compiling")
+        ),
+        "{row}"
+    );
+    let size = std::fs::metadata(plugins.join(python)).unwrap().len();
+    assert_eq!(row["status"]["bytes"], size, "{row}");
+
+    let (status, body) = post(
+        &http,
+        &server,
+        "/aggregates/bank-account/early/commands",
+        json!({"type": "Open", "data": {"owner": "early"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, health) = get(&http, &server, "/health").await;
+    assert!(health.get("loading_plugins").is_none(), "{health}");
+    let analytics = wait_live_at_head(&http, &server).await;
+    assert_eq!(analytics["state"]["accounts"], 1, "{analytics}");
+    let (_, list) = get(&http, &server, "/plugins").await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row.get("origin").is_none()),
+        "nothing left queued or compiling: {list}"
+    );
+}
+
 /// The expected balance and status of every account the script touched.
 #[derive(Default)]
 struct Model {

@@ -61,8 +61,9 @@ pub struct PluginInfo {
     pub policy: Option<FailurePolicy>,
 }
 
-/// A plugin file or upload being compiled, as `GET /plugins` shows it (a
-/// Python or JavaScript component takes seconds).
+/// A plugin file or upload being compiled, or a plugins-directory file waiting
+/// for its turn at start, as `GET /plugins` shows it (a Python or JavaScript
+/// component takes seconds to compile).
 #[derive(Debug, Clone, Serialize)]
 pub struct CompilingInfo {
     /// The file or upload name.
@@ -70,10 +71,14 @@ pub struct CompilingInfo {
     pub status: CompileStatus,
 }
 
-/// Always `{"status": "compiling", ...}`.
+/// `{"status": "queued", "bytes"}` or `{"status": "compiling", "bytes", "seconds"}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CompileStatus {
+    Queued {
+        /// Size of the file.
+        bytes: usize,
+    },
     Compiling {
         /// Size of the upload or file.
         bytes: usize,
@@ -116,8 +121,9 @@ pub struct Runtime {
     plugins: RwLock<BTreeMap<String, Slot>>,
     /// Refused loads whose plugin name is unknown, by origin.
     failures: RwLock<BTreeMap<String, String>>,
-    /// Compilations in progress: origin, size and start of each.
-    compiling: Mutex<Vec<(String, usize, Instant)>>,
+    /// Files queued at start (no start time yet), then compilations in progress: origin, size
+    /// and start of each.
+    compiling: Mutex<Vec<(String, usize, Option<Instant>)>>,
 }
 
 impl Runtime {
@@ -170,12 +176,12 @@ impl Runtime {
     ) -> Result<Arc<Plugin>, RuntimeError> {
         let engine = self.engine.clone();
         let origin_ = origin.to_owned();
-        let started = Instant::now();
-        self.compiling.lock().expect("compiling lock").push((
-            origin.to_owned(),
-            bytes.len(),
-            started,
-        ));
+        let started = Some(Instant::now());
+        {
+            let mut compiling = self.compiling.lock().expect("compiling lock");
+            compiling.retain(|(o, _, s)| !(o == origin && s.is_none()));
+            compiling.push((origin.to_owned(), bytes.len(), started));
+        }
         let loaded = super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await;
         self.compiling
             .lock()
@@ -193,19 +199,35 @@ impl Runtime {
         }
     }
 
-    /// Plugins being compiled now.
+    /// Plugins being compiled now, and files queued at start.
     pub fn compiling(&self) -> Vec<CompilingInfo> {
         let compiling = self.compiling.lock().expect("compiling lock");
         compiling
             .iter()
             .map(|(origin, bytes, started)| CompilingInfo {
                 origin: origin.clone(),
-                status: CompileStatus::Compiling {
-                    bytes: *bytes,
-                    seconds: started.elapsed().as_secs_f64(),
+                status: match started {
+                    None => CompileStatus::Queued { bytes: *bytes },
+                    Some(started) => CompileStatus::Compiling {
+                        bytes: *bytes,
+                        seconds: started.elapsed().as_secs_f64(),
+                    },
                 },
             })
             .collect()
+    }
+
+    /// Lists file `origin` as queued in [`compiling`](Self::compiling) until its compilation
+    /// starts (or [`dequeue`](Self::dequeue)).
+    pub fn queue(&self, origin: &str, bytes: usize) {
+        let mut compiling = self.compiling.lock().expect("compiling lock");
+        compiling.push((origin.to_owned(), bytes, None));
+    }
+
+    /// Drops queued file `origin` that will not be compiled after all.
+    pub fn dequeue(&self, origin: &str) {
+        let mut compiling = self.compiling.lock().expect("compiling lock");
+        compiling.retain(|(o, _, s)| !(o == origin && s.is_none()));
     }
 
     /// Refused loads not attributable to a loaded plugin (see [`PluginInfo::last_error`]).

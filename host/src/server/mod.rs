@@ -11,7 +11,7 @@
 //! | GET | `/aggregates/{plugin}/{id}?at_version=` | an aggregate's state, now or in the past |
 //! | GET | `/projections/{plugin}` | a projection's state |
 //! | GET | `/projections/{plugin}/query/{name}?k=v` | a projection's own query |
-//! | GET | `/plugins` | loaded plugins |
+//! | GET | `/plugins` | loaded plugins, then those queued or compiling |
 //! | PUT / DELETE | `/plugins/{name}` | install / unload a plugin (admin token) |
 //! | DELETE | `/streams/{stream}[?hard=true]` | soft-delete a stream; hard-delete (admin token) |
 //! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
@@ -49,7 +49,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -86,13 +86,18 @@ pub(crate) struct AppState {
     /// One permit per live feed that may be open.
     live_feeds: Arc<Semaphore>,
     limits: ClientLimits,
+    /// True once the plugins directory has loaded at start (see [`after_startup_load`]).
+    plugins_loaded: watch::Receiver<bool>,
 }
 
 /// The API's routes over `state`.
 fn router(state: AppState) -> Router {
-    Router::new()
+    // Answered at once, also while the plugins directory still loads at start.
+    let immediate = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::render))
+        .route("/plugins", get(plugins::list));
+    Router::new()
         .route(
             "/streams/{stream}/events",
             post(streams::append).get(streams::read_stream),
@@ -116,7 +121,6 @@ fn router(state: AppState) -> Router {
             "/projections/{plugin}/query/{name}",
             get(projections::query),
         )
-        .route("/plugins", get(plugins::list))
         .route(
             "/plugins/{name}",
             put(plugins::put)
@@ -131,6 +135,11 @@ fn router(state: AppState) -> Router {
         .route("/plugins/{name}/restart", post(plugins::restart))
         .route("/plugins/{name}/reset", post(plugins::reset))
         .route("/plugins/{name}/policy", put(plugins::set_policy))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            after_startup_load,
+        ))
+        .merge(immediate)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -158,14 +167,35 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: the server answers, and how far the journal has got; 503 once a storage
-/// fault stopped the journal (the host then exits, see [`Server::faulted`]).
+/// Holds a request until the plugins directory has loaded at start, as Akka stashes the
+/// commands of an entity that is still recovering: a command for a plugin still compiling
+/// must not answer "unknown plugin", nor an append to its streams skip its check.
+async fn after_startup_load(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut loaded = state.plugins_loaded.clone();
+    // An error means the loading task is gone (the server is stopping): go on.
+    let _ = loaded.wait_for(|loaded| *loaded).await;
+    next.run(request).await
+}
+
+/// `GET /health`: the server answers, and how far the journal has got (with
+/// `"loading_plugins": true` while the plugins directory still loads at start); 503 once a
+/// storage fault stopped the journal (the host then exits, see [`Server::faulted`]).
 async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
     let journal = state.runtime.journal();
     let head = journal.head_position();
     match journal.fault() {
+        None if !*state.plugins_loaded.borrow() => Json(serde_json::json!({
+            "status": "ok",
+            "head_position": head,
+            "loading_plugins": true,
+        }))
+        .into_response(),
         None => Json(serde_json::json!({"status": "ok", "head_position": head})).into_response(),
         Some(fault) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -209,8 +239,10 @@ pub struct ServerConfig {
     /// Start on a PostgreSQL server that does not flush commits durably, with a warning (see
     /// [`JournalConfig::accept_non_durable_postgres`]).
     pub accept_non_durable_postgres: bool,
-    /// Every `*.wasm` in it is loaded at start (one that fails to load is logged and
-    /// skipped), and files added or changed later are loaded while serving.
+    /// Every `*.wasm` in it is loaded at start, smallest first, in the background: the server
+    /// already listens, `GET /plugins` shows each file queued or compiling, and other requests
+    /// wait until all are loaded. One that fails to load is logged and skipped. Files added or
+    /// changed later are loaded while serving.
     pub plugins_dir: Option<PathBuf>,
     /// Port 0 picks a free port: see [`Server::local_addr`].
     pub listen: SocketAddr,
@@ -260,10 +292,13 @@ pub struct Server {
     serving: JoinHandle<std::io::Result<()>>,
     /// Loads plugins added to or changed in the plugin directory while serving.
     watcher: Option<plugin_dir::DirWatcher>,
+    /// Loads the plugin directory's files at start.
+    loading: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Opens the journal, loads the plugins, binds the listener and starts serving.
+    /// Opens the journal, binds the listener, starts serving and loading the plugins directory
+    /// (see [`ServerConfig::plugins_dir`]).
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         let data = config.data_dir;
         crate::durable::create_dir_all(&data)
@@ -300,15 +335,22 @@ impl Server {
                 ..RuntimeConfig::default()
             },
         )?;
-        let watcher = match &config.plugins_dir {
+        let (plugins_loaded, loaded) = watch::channel(config.plugins_dir.is_none());
+        let (watcher, loading) = match &config.plugins_dir {
             Some(dir) => {
-                let loaded = plugin_dir::load_all(&runtime, dir)
-                    .await
+                // Watched first, so a file changed while the others load is not missed.
+                let watcher = plugin_dir::watch(runtime.clone(), dir)?;
+                let files = plugin_dir::list(dir)
                     .with_context(|| format!("reading the plugin directory {}", dir.display()))?;
-                tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
-                Some(plugin_dir::watch(runtime.clone(), dir)?)
+                let (runtime, dir) = (runtime.clone(), dir.clone());
+                let loading = tokio::spawn(async move {
+                    let loaded = plugin_dir::load_all(&runtime, &files).await;
+                    tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
+                    plugins_loaded.send_replace(true);
+                });
+                (Some(watcher), Some(loading))
             }
-            None => None,
+            None => (None, None),
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -326,6 +368,7 @@ impl Server {
             data_dir: Arc::from(data.as_path()),
             live_feeds: Arc::new(Semaphore::new(config.limits.max_live_feeds)),
             limits: config.limits.clone(),
+            plugins_loaded: loaded,
         });
         let stop = shutdown.clone().cancelled_owned();
         let listener = listener::StallGuarded::new(listener, config.limits.write_stall_timeout);
@@ -341,6 +384,7 @@ impl Server {
             shutdown,
             serving,
             watcher,
+            loading,
         })
     }
 
@@ -375,6 +419,10 @@ impl Server {
             }
         }
         drop(self.watcher);
+        if let Some(loading) = self.loading.take() {
+            loading.abort();
+            let _ = loading.await;
+        }
         self.runtime.shutdown().await;
         let journal = self.runtime.journal().clone();
         drop(self.runtime);

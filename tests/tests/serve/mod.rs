@@ -8,7 +8,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of the helpers
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -20,6 +21,8 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_foldhost-under-test");
 /// Failure guard for anything that waits on the server.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+/// Failure guard for a plugins directory to load at start.
+pub const LOADING_PATIENCE: Duration = Duration::from_secs(300);
 
 /// A temporary data directory and plugin directory holding the example plugins.
 pub struct Dirs {
@@ -118,8 +121,16 @@ impl Server {
         Self::launch(command)
     }
 
-    /// Starts `command` (a `foldhost serve`) and waits for the address it listens on.
-    pub fn launch(mut command: Command) -> Server {
+    /// Starts `command` (a `foldhost serve`) and waits until its plugins directory has loaded
+    /// (it listens before that).
+    pub fn launch(command: Command) -> Server {
+        let server = Self::launch_listening(command);
+        server.wait_plugins_loaded();
+        server
+    }
+
+    /// Starts `command` (a `foldhost serve`) and waits only for the address it listens on.
+    pub fn launch_listening(mut command: Command) -> Server {
         command.env_remove("FOLDHOST_JOURNAL");
         let mut child = command.spawn().expect("starting foldhost");
         let stdout = child.stdout.take().unwrap();
@@ -152,6 +163,37 @@ impl Server {
             _stdout: stdout,
             url,
         }
+    }
+
+    /// Polls `GET /health` until it no longer says `loading_plugins` (a failure guard: an
+    /// 18 MB Python component takes a minute to compile in a debug build on a busy machine).
+    pub fn wait_plugins_loaded(&self) {
+        let deadline = Instant::now() + LOADING_PATIENCE;
+        loop {
+            let health = self.get_blocking("/health");
+            if !health.contains("\"loading_plugins\"") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the plugins directory did not load: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The raw HTTP response to `GET path`, without an async runtime.
+    fn get_blocking(&self, path: &str) -> String {
+        let address = self.url.strip_prefix("http://").unwrap();
+        let mut stream = TcpStream::connect(address).expect("connecting to foldhost");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
     }
 
     pub fn url(&self, path: &str) -> String {
