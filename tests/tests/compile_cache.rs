@@ -61,3 +61,45 @@ fn a_damaged_or_foreign_artifact_is_recompiled_not_loaded() {
         assert_eq!(artifact(cache.path()), path, "no temporary file is left");
     }
 }
+
+/// A component that imports anything beyond the contract (here WASI's wall clock) is refused
+/// from its import names alone, before anything compiles it: nothing lands in the cache. (A
+/// Python component takes a minute to compile on a busy machine; a refusal takes microseconds.)
+#[test]
+fn a_forbidden_import_is_refused_before_anything_compiles() {
+    let cache = tempfile::tempdir().unwrap();
+    let error = Plugin::load(
+        &engine(cache.path()),
+        &clock_importing_component(),
+        "clock.wasm",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("imports wasi:clocks/wall-clock@0.2.0, which foldhost does not provide"),
+        "{error}"
+    );
+    let cached = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(
+        cached, 0,
+        "the component was compiled before it was refused"
+    );
+}
+
+/// `(component (import "wasi:clocks/wall-clock@0.2.0" (instance)))`: valid, so wasmtime would
+/// compile it.
+fn clock_importing_component() -> Vec<u8> {
+    use wasm_encoder::{
+        Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
+    };
+    let mut types = ComponentTypeSection::new();
+    types.instance(&InstanceType::new());
+    let mut imports = ComponentImportSection::new();
+    imports.import(
+        "wasi:clocks/wall-clock@0.2.0",
+        ComponentTypeRef::Instance(0),
+    );
+    let mut component = Component::new();
+    component.section(&types).section(&imports);
+    component.finish()
+}
