@@ -173,6 +173,7 @@ on_both_backends! {
     #[tokio::test] async fn limits_are_refused_before_touching_the_journal;
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn text_with_a_nul_character_is_refused_alike_and_alone;
+    #[tokio::test] async fn an_import_keeps_the_time_it_is_given;
     #[tokio::test] async fn reads_are_paged_and_ascending;
     #[tokio::test] async fn streams_are_listed_by_prefix;
     #[tokio::test] async fn subscribers_see_the_head_move_before_the_ack;
@@ -561,6 +562,54 @@ async fn text_with_a_nul_character_is_refused_alike_and_alone(backend: Backend) 
         Err(JournalError::AppendTooLarge { max: 1000, .. })
     ));
     assert_eq!(f.all().len(), 6);
+}
+
+async fn an_import_keeps_the_time_it_is_given(backend: Backend) {
+    let f = Fixture::new(backend);
+    let before = now_millis();
+    f.journal
+        .append("now", ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    let (old, older) = (1_709_251_200_000, 1_700_000_000_000);
+    let imported = events(3);
+    f.journal
+        .import("s", ExpectedVersion::NoStream, imported[..2].to_vec(), old)
+        .await
+        .unwrap();
+    // Queued together: each append keeps its own time.
+    let (late, early) = tokio::join!(
+        f.journal.import(
+            "s",
+            ExpectedVersion::Exact(2),
+            imported[2..].to_vec(),
+            older
+        ),
+        f.journal.append("t", ExpectedVersion::Any, events(1)),
+    );
+    late.unwrap();
+    early.unwrap();
+    let times: Vec<(String, u64)> = f
+        .all()
+        .into_iter()
+        .map(|event| (event.stream, event.recorded_at))
+        .collect();
+    assert_eq!(
+        times[1..4],
+        [("s".into(), old), ("s".into(), old), ("s".into(), older)]
+    );
+    for (stream, at) in [&times[0], &times[4]] {
+        assert!(
+            stream != "s" && *at >= before,
+            "{stream} got {at}, not the commit's time"
+        );
+    }
+    // An import is idempotent like any append.
+    f.journal
+        .import("s", ExpectedVersion::Any, imported[..2].to_vec(), old)
+        .await
+        .unwrap();
+    assert_eq!(f.all().len(), 5);
 }
 
 async fn reads_are_paged_and_ascending(backend: Backend) {

@@ -47,7 +47,6 @@ const RECIPES: &[Recipe] = &[
     plain("shopping-cart"),
     plain("hostile"),
     plain("mischief"),
-    plain("hostile-projection"),
     plain("wrong-contract"),
     Recipe {
         artifact: "bank-analytics-v2",

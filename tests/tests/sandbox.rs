@@ -1,5 +1,5 @@
 //! The plugin sandbox under attack by real components: `hostile` and
-//! `hostile-projection` (Rust) and `hoarder` (WebAssembly text). Each attack
+//! `mischief` (Rust) and `hoarder` (WebAssembly text). Each attack
 //! ends in a one-line error for the attacking plugin alone, the host's memory
 //! stays bounded, and every other plugin keeps serving.
 
@@ -115,7 +115,11 @@ fn assert_contained<T: std::fmt::Debug>(
 ) {
     let error = match outcome {
         Err(error @ (RuntimeError::Trap { .. } | RuntimeError::PluginFailed { .. })) => error,
-        other => panic!("expected {plugin} to fail with {expect:?}, got {other:?}"),
+        other => {
+            // An oversized answer that got through would fill the terminal.
+            let got: String = format!("{other:?}").chars().take(300).collect();
+            panic!("expected {plugin} to fail with {expect:?}, got {got}")
+        }
     };
     let (RuntimeError::Trap { plugin: who, .. } | RuntimeError::PluginFailed { plugin: who, .. }) =
         &error
@@ -186,13 +190,10 @@ async fn components_declaring_more_than_the_sandbox_holds_are_refused_at_load() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_and_events_are_bounded_per_plugin() {
-    let host = Host::new(&[
-        "hostile:answer=1MiB,events=100",
-        "hostile-projection:answer=1MiB",
-    ]);
+    let host = Host::new(&["hostile:answer=1MiB,events=100", "mischief:answer=1MiB"]);
     for plugin in [
         artifacts::HOSTILE,
-        artifacts::HOSTILE_PROJECTION,
+        artifacts::MISCHIEF,
         artifacts::BANK_ACCOUNT,
     ] {
         host.load(plugin).await.unwrap();
@@ -277,17 +278,15 @@ async fn answers_and_events_are_bounded_per_plugin() {
     host.others_still_serve(&mut deposits).await;
 
     // A query answer too large.
-    let answered = host.query("hostile-projection", "answer", json!({"bytes": 2 * MIB}));
+    let answered = host.query("mischief", "huge", json!({"mib": 2}));
     assert_contained(
         answered.await,
-        "hostile-projection",
-        "answering query answer: handed the host more than 1.0 MiB",
+        "mischief",
+        "answering query huge: handed the host more than 1.0 MiB",
     );
-    let small = host
-        .query("hostile-projection", "answer", json!({"bytes": 10}))
-        .await;
+    let small = host.query("mischief", "count", Value::Null).await;
     assert!(
-        matches!(&small, Ok(Ok(Value::String(s))) if s.len() == 10),
+        matches!(&small, Ok(Ok(count)) if count["pongs"].is_u64()),
         "{small:?}"
     );
     host.others_still_serve(&mut deposits).await;
@@ -342,11 +341,7 @@ fn peak_rss(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_contains_every_attack_with_its_configured_limits() {
     let dirs = Dirs::new();
-    for plugin in [
-        artifacts::HOSTILE,
-        artifacts::HOSTILE_PROJECTION,
-        artifacts::HOARDER,
-    ] {
+    for plugin in [artifacts::HOSTILE, artifacts::MISCHIEF, artifacts::HOARDER] {
         std::fs::copy(
             artifacts::path(plugin),
             dirs.plugins.join(format!("{plugin}.wasm")),
@@ -366,7 +361,7 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         .env("FOLDHOST_PLUGIN_MEMORY", "60MiB")
         .env(
             "FOLDHOST_PLUGIN_LIMITS",
-            "hostile:answer=1MiB,events=50,logs=10;hostile-projection:answer=1MiB",
+            "hostile:answer=1MiB,events=50,logs=10;mischief:answer=1MiB",
         )
         .env("RUST_LOG", "info")
         .env_remove("FOLDHOST_ADMIN_TOKEN")
@@ -418,7 +413,7 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         );
         let (status, body) = get("/projections/bank-analytics".into()).await;
         assert_eq!(status, 200, "{body}");
-        let (status, pongs) = get("/projections/hostile-projection/query/pongs".into()).await;
+        let (status, pongs) = get("/projections/mischief/query/count".into()).await;
         assert_eq!(status, 200, "{pongs}");
     };
 
@@ -480,8 +475,7 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         deposits += 1;
         others_still_serve(deposits).await;
     }
-    let (status, answer) =
-        get("/projections/hostile-projection/query/answer?bytes=2000000".into()).await;
+    let (status, answer) = get("/projections/mischief/query/huge?mib=2".into()).await;
     assert_eq!(status, 500, "{}", short(&answer));
     assert!(
         answer["error"]

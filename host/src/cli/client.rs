@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use reqwest::{Client, Method, RequestBuilder, Url};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::runtime::{FailurePolicy, Limits, Plugin, PluginEngine};
@@ -30,12 +32,12 @@ pub struct AppendArgs {
     /// The event's type.
     #[arg(long = "type", value_name = "TYPE")]
     event_type: String,
-    /// The event's data, as JSON.
-    #[arg(long, value_parser = parse_json)]
-    data: Value,
-    /// A JSON object stored with the event.
-    #[arg(long, value_parser = parse_json)]
-    metadata: Option<Value>,
+    /// The event's data, as JSON (stored exactly as written).
+    #[arg(long, value_parser = parse_raw_json)]
+    data: Box<RawValue>,
+    /// A JSON object stored with the event (exactly as written).
+    #[arg(long, value_parser = parse_raw_json)]
+    metadata: Option<Box<RawValue>>,
     /// Only append if the stream is at this version: a number, `any` or `no_stream`.
     #[arg(long, default_value = "any")]
     expected_version: String,
@@ -69,9 +71,9 @@ pub struct CommandArgs {
     /// The command's type, e.g. Deposit.
     #[arg(value_name = "TYPE")]
     command_type: String,
-    /// The command's data, as JSON (default: null).
-    #[arg(value_parser = parse_json)]
-    data: Option<Value>,
+    /// The command's data, as JSON (default: null), passed on exactly as written.
+    #[arg(value_parser = parse_raw_json)]
+    data: Option<Box<RawValue>>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -178,8 +180,9 @@ enum PluginsAction {
     },
 }
 
-fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))
+/// JSON checked but kept as written, so the server stores the very text.
+fn parse_raw_json(text: &str) -> Result<Box<RawValue>, String> {
+    RawValue::from_string(text.to_owned()).map_err(|error| format!("not valid JSON: {error}"))
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -230,11 +233,28 @@ pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
         Ok(version) => json!(version),
         Err(_) => json!(args.expected_version),
     };
-    let mut event = json!({"type": args.event_type, "data": args.data});
-    if let Some(metadata) = args.metadata {
-        event["metadata"] = metadata;
+    /// The body of an append, with `data` and `metadata` as written.
+    #[derive(Serialize)]
+    struct Append<'a> {
+        expected_version: Value,
+        events: [Event<'a>; 1],
     }
-    let body = json!({"expected_version": expected, "events": [event]});
+    #[derive(Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<&'a RawValue>,
+    }
+    let body = Append {
+        expected_version: expected,
+        events: [Event {
+            event_type: &args.event_type,
+            data: &args.data,
+            metadata: args.metadata.as_deref(),
+        }],
+    };
     let request = args
         .remote
         .request(Method::POST, &["streams", &args.stream, "events"])?
@@ -384,7 +404,17 @@ impl SseParser {
 }
 
 pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
-    let body = json!({"type": args.command_type, "data": args.data.unwrap_or(Value::Null)});
+    /// The body of a command, with `data` as written.
+    #[derive(Serialize)]
+    struct CommandBody<'a> {
+        #[serde(rename = "type")]
+        command_type: &'a str,
+        data: Option<&'a RawValue>,
+    }
+    let body = CommandBody {
+        command_type: &args.command_type,
+        data: args.data.as_deref(),
+    };
     let request = args
         .remote
         .request(

@@ -16,9 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::import_check::ImportCheck;
 use crate::durable;
-use crate::journal::{
-    AppendResult, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
-};
+use crate::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
 use crate::runtime::{
     AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_LIMIT,
     diff_versions, stream_name,
@@ -258,10 +256,11 @@ const IMPORT_BATCH: usize = 1_000;
 /// Appends an import keeps queued at once, so the journal can group them into few commits.
 const IMPORT_WINDOW: usize = 256;
 
-type PendingAppend = Pin<Box<dyn Future<Output = Result<AppendResult, JournalError>> + Send>>;
+type PendingAppend = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send>>;
 
-/// `import`: appends an export's events in order, consecutive events of one stream together
-/// (`ExpectedVersion::Any`), keeping their ids, types, data and metadata. Events whose ids
+/// `import`: appends an export's events in order, consecutive events of one stream and one
+/// time together (`ExpectedVersion::Any`), keeping their ids, types, data bytes, metadata
+/// and `recorded_at`. Events whose ids
 /// are stored already are skipped, so importing a file again (or after an import stopped
 /// half way) writes only what is missing.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
@@ -292,8 +291,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
         let parsed = serde_json::from_str::<EventJson>(&line)
             .map_err(|error| error.to_string())
-            .and_then(|event| Ok((event.stream.clone(), event.to_new_event()?)));
-        let (stream, event) = parsed
+            .and_then(|event| {
+                let new = event.to_new_event()?;
+                Ok((event.stream, event.recorded_at, new))
+            });
+        let (stream, recorded_at, event) = parsed
             .map_err(|error| anyhow::anyhow!("{} line {number}: {error}", args.file.display()))?;
         // Already imported (a repeated or resumed import): skipped by its id.
         if journal.event_by_id(event.id)?.is_some() {
@@ -313,7 +315,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        importer.add(stream, event).await?;
+        importer.add(stream, recorded_at, event).await?;
     }
     let events = importer.finish().await?;
     bar.finish_and_clear();
@@ -323,20 +325,28 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
 struct Importer {
     journal: Journal,
-    batch: Option<(String, Vec<NewEvent>)>,
+    /// Consecutive events of one stream recorded at one time (as one append wrote them).
+    batch: Option<(String, u64, Vec<NewEvent>)>,
     in_flight: VecDeque<PendingAppend>,
     events: u64,
 }
 
 impl Importer {
-    async fn add(&mut self, stream: String, event: NewEvent) -> anyhow::Result<()> {
+    async fn add(
+        &mut self,
+        stream: String,
+        recorded_at: u64,
+        event: NewEvent,
+    ) -> anyhow::Result<()> {
         match &mut self.batch {
-            Some((current, events)) if *current == stream && events.len() < IMPORT_BATCH => {
+            Some((current, at, events))
+                if *current == stream && *at == recorded_at && events.len() < IMPORT_BATCH =>
+            {
                 events.push(event)
             }
             _ => {
                 self.flush().await?;
-                self.batch = Some((stream, vec![event]));
+                self.batch = Some((stream, recorded_at, vec![event]));
             }
         }
         Ok(())
@@ -345,13 +355,16 @@ impl Importer {
     /// Queues the current batch. The journal takes an append into its queue on the
     /// future's first poll, so polling each once as it is made keeps the import's order.
     async fn flush(&mut self) -> anyhow::Result<()> {
-        let Some((stream, events)) = self.batch.take() else {
+        let Some((stream, recorded_at, events)) = self.batch.take() else {
             return Ok(());
         };
         self.events += events.len() as u64;
         let journal = self.journal.clone();
-        let mut append: PendingAppend =
-            Box::pin(async move { journal.append(&stream, ExpectedVersion::Any, events).await });
+        let mut append: PendingAppend = Box::pin(async move {
+            journal
+                .import(&stream, ExpectedVersion::Any, events, recorded_at)
+                .await
+        });
         match std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await {
             Poll::Ready(done) => {
                 done?;

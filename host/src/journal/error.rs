@@ -69,7 +69,7 @@ pub enum JournalError {
     /// PostgreSQL failed or refused a statement. For an append this includes a commit whose
     /// outcome is unknown (the connection broke during it): its events may or may not be
     /// durable; retry with the same event ids, which is idempotent.
-    #[error("postgres error: {0}")]
+    #[error("postgres error: {}", with_causes(.0))]
     Postgres(#[source] Arc<tokio_postgres::Error>),
     /// The database refused what a write carried (a PostgreSQL data exception, such as a
     /// character its encoding cannot hold); nothing was written. The other writes committed
@@ -153,3 +153,15 @@ storage_errors!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// `error` and its causes, `: `-separated ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer"), so the reason reaches the operator.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text = format!("{text}: {error}");
+        cause = error.source();
+    }
+    text
+}

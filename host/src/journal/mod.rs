@@ -276,6 +276,26 @@ impl Journal {
         redb::inspect_backup(path)
     }
 
+    /// Appends `events` as they were recorded elsewhere: they keep `recorded_at` (ms since
+    /// the epoch) instead of taking the commit's time. For `import`, which restores an
+    /// export; the HTTP API offers no way to set an event's time.
+    pub async fn import(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        recorded_at: u64,
+    ) -> Result<(), JournalError> {
+        self.config.check_append(stream, &events)?;
+        self.write(Op::Append {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            recorded_at: Some(recorded_at),
+        })
+        .await
+    }
+
     /// Queues a write that answers only success or failure.
     async fn write(&self, op: Op) -> Result<(), JournalError> {
         match &*self.backend {

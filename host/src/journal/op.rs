@@ -9,6 +9,9 @@ pub(super) enum Op {
         stream: String,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        /// The events' time (ms since the epoch) when an import keeps the original one;
+        /// `None`: the commit's time.
+        recorded_at: Option<u64>,
     },
     PutSnapshot {
         plugin: String,

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use super::errors::ApiError;
@@ -23,9 +24,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub struct CommandRequest {
     #[serde(rename = "type")]
     command_type: String,
-    /// The command's JSON; null when absent.
+    /// The command's JSON, passed to the plugin as sent; null when absent.
     #[serde(default)]
-    data: Value,
+    data: Option<Box<RawValue>>,
 }
 
 /// What a command did: the stream version after it, the events it appended, the new state.
@@ -70,7 +71,9 @@ pub async fn command(
     };
     let command = Command {
         command_type: command.command_type,
-        data: serde_json::to_vec(&command.data).expect("a JSON value serialises"),
+        data: command
+            .data
+            .map_or_else(|| b"null".to_vec(), |data| data.get().as_bytes().to_vec()),
         idempotency_key,
     };
     let outcome = state.runtime.execute_command(&plugin, &id, command).await?;

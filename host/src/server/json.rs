@@ -1,10 +1,13 @@
 //! The JSON form of a stored event, shared by the HTTP API, the live feed and the NDJSON
 //! export/import.
+//!
+//! `data` and `metadata` are carried as [`RawValue`]: the exact text a client sent is what
+//! is stored and what every reader gets back (key order, spacing, numbers of any size).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::journal::{ContentType, NewEvent, RecordedEvent};
@@ -14,7 +17,7 @@ use crate::journal::{ContentType, NewEvent, RecordedEvent};
 /// `data` is the event's JSON when `content_type` is `json`, and a base64 string (standard
 /// alphabet, padded) of its bytes when it is `binary`. `metadata` is a JSON object or null.
 /// `recorded_at` is in milliseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventJson {
     pub position: u64,
     pub stream: String,
@@ -23,29 +26,28 @@ pub struct EventJson {
     #[serde(rename = "type")]
     pub event_type: String,
     pub content_type: ContentType,
-    pub data: Value,
-    pub metadata: Value,
+    pub data: Box<RawValue>,
+    pub metadata: Option<Box<RawValue>>,
     pub recorded_at: u64,
 }
 
 impl From<RecordedEvent> for EventJson {
     fn from(event: RecordedEvent) -> Self {
-        let json = match event.content_type {
-            ContentType::Json => serde_json::from_slice(&event.data).ok(),
-            ContentType::Binary => None,
+        let is_json = event.content_type == ContentType::Json
+            && serde_json::from_slice::<&RawValue>(&event.data).is_ok();
+        let json = match String::from_utf8(event.data) {
+            Ok(text) if is_json => Ok(RawValue::from_string(text).expect("checked above")),
+            Ok(text) => Err(text.into_bytes()),
+            Err(error) => Err(error.into_bytes()),
         };
         // Bytes stored as JSON that do not parse are shown losslessly, as binary.
         let (content_type, data) = match json {
-            Some(data) => (ContentType::Json, data),
-            None => (
-                ContentType::Binary,
-                Value::String(BASE64.encode(&event.data)),
-            ),
+            Ok(data) => (ContentType::Json, data),
+            Err(bytes) => (ContentType::Binary, base64_string(&bytes)),
         };
         let metadata = event
             .metadata
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or(Value::Null);
+            .and_then(|text| RawValue::from_string(text).ok());
         Self {
             position: event.position,
             stream: event.stream,
@@ -60,17 +62,19 @@ impl From<RecordedEvent> for EventJson {
     }
 }
 
+fn base64_string(bytes: &[u8]) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&BASE64.encode(bytes)).expect("a string serialises")
+}
+
 impl EventJson {
     /// The event to append to re-create this one elsewhere: same id, type, data and metadata
-    /// (its position, version and time are the new journal's).
+    /// (its position and version are the new journal's; its time is kept by an import).
     pub fn to_new_event(&self) -> Result<NewEvent, String> {
         let data = match self.content_type {
-            ContentType::Json => serde_json::to_vec(&self.data).expect("a JSON value serialises"),
+            ContentType::Json => self.data.get().as_bytes().to_vec(),
             ContentType::Binary => {
-                let text = self
-                    .data
-                    .as_str()
-                    .ok_or("binary data must be a base64 string")?;
+                let text: String = serde_json::from_str(self.data.get())
+                    .map_err(|_| "binary data must be a base64 string")?;
                 BASE64
                     .decode(text)
                     .map_err(|error| format!("binary data is not valid base64: {error}"))?
@@ -81,16 +85,20 @@ impl EventJson {
             event_type: self.event_type.clone(),
             content_type: self.content_type,
             data,
-            metadata: metadata_text(&self.metadata)?,
+            metadata: metadata_text(self.metadata.as_deref())?,
         })
     }
 }
 
-/// The stored form of event metadata: a JSON object as text, or none for null.
-pub fn metadata_text(metadata: &Value) -> Result<Option<String>, String> {
+/// The stored form of event metadata: a JSON object's text exactly as sent, or none for
+/// null (or absent).
+pub fn metadata_text(metadata: Option<&RawValue>) -> Result<Option<String>, String> {
     match metadata {
-        Value::Null => Ok(None),
-        Value::Object(_) => Ok(Some(metadata.to_string())),
-        other => Err(format!("metadata must be a JSON object, not {other}")),
+        None => Ok(None),
+        Some(object) if object.get().starts_with('{') => Ok(Some(object.get().to_owned())),
+        Some(other) => Err(format!(
+            "metadata must be a JSON object, not {}",
+            other.get()
+        )),
     }
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::errors::ApiError;
@@ -37,7 +38,7 @@ pub struct AppendRequest {
     events: Vec<EventInput>,
 }
 
-/// One event to append.
+/// One event to append. `data` and `metadata` are kept as the exact JSON text sent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventInput {
@@ -46,9 +47,9 @@ struct EventInput {
     id: Option<Uuid>,
     #[serde(rename = "type")]
     event_type: String,
-    data: Value,
+    data: Box<RawValue>,
     #[serde(default)]
-    metadata: Value,
+    metadata: Option<Box<RawValue>>,
 }
 
 /// `expected_version`: a version number, `"any"` or `"no_stream"`; absent means any.
@@ -111,13 +112,13 @@ pub async fn append(
         .into_iter()
         .enumerate()
         .map(|(i, event)| {
-            let metadata = metadata_text(&event.metadata)
+            let metadata = metadata_text(event.metadata.as_deref())
                 .map_err(|error| ApiError::bad_request(format!("event {i}: {error}")))?;
             Ok(NewEvent {
                 id: event.id.unwrap_or_else(Uuid::now_v7),
                 event_type: event.event_type,
                 content_type: ContentType::Json,
-                data: serde_json::to_vec(&event.data).expect("a JSON value serialises"),
+                data: event.data.get().as_bytes().to_vec(),
                 metadata,
             })
         })

@@ -29,9 +29,6 @@ pub const BANK_ACCOUNT_V2: &str = "bank-account-v2";
 /// the stack, a `Ping` that still works afterwards, and a `Poison` event whose
 /// apply panics.
 pub const HOSTILE: &str = "hostile";
-/// Projection `hostile-projection` over `hostile`'s streams: a `pongs` query that
-/// behaves, and an `answer` query as large as asked.
-pub const HOSTILE_PROJECTION: &str = "hostile-projection";
 /// Aggregate `hoarder`, written in WebAssembly text: `GrowTable` grows a table by
 /// 2^31 elements, `GrowMemories` grows each of its two memories by 56 MiB; `Ping` behaves.
 pub const HOARDER: &str = "hoarder";
@@ -75,7 +72,6 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     BANK_ANALYTICS_V2,
     BANK_ACCOUNT_V2,
     HOSTILE,
-    HOSTILE_PROJECTION,
     HOARDER,
     HOARDER_MEMORIES,
     HOARDER_TABLE,

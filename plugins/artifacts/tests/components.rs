@@ -30,8 +30,7 @@ fn expected_export(name: &str) -> &'static str {
         | "bank-analytics-lenient"
         | "bank-analytics-js"
         | "bank-analytics-python"
-        | "mischief"
-        | "hostile-projection" => "foldhost:plugin/projection@0.1.0",
+        | "mischief" => "foldhost:plugin/projection@0.1.0",
         "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
         _ => "foldhost:plugin/aggregate@0.1.0",
     }

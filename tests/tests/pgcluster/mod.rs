@@ -18,11 +18,90 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub struct Cluster {
     root: tempfile::TempDir,
     port: u16,
+    /// Server settings beyond the port and socket (`-c name=value ...`).
+    settings: String,
 }
 
 impl Cluster {
     /// Creates and starts a cluster on a free loopback port.
     pub fn start() -> Cluster {
+        Self::create().started()
+    }
+
+    /// [`start`](Self::start) with TLS on (`ssl=on`): a certificate for `127.0.0.1` signed by
+    /// a CA made for the test ([`ca`](Self::ca)); plain connections are still accepted.
+    pub fn start_with_tls() -> Cluster {
+        let mut cluster = Self::create();
+        let tls = cluster.root.path().join("tls");
+        std::fs::create_dir(&tls).unwrap();
+        let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&tls).args(args));
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, subject) in [
+            ("ca", "/CN=foldhost test CA"),
+            ("other-ca", "/CN=someone else"),
+        ] {
+            let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &cert]);
+            openssl(&args);
+        }
+        let mut args = vec!["req", "-subj", "/CN=127.0.0.1", "-keyout", "server.key"];
+        args.extend(ec);
+        args.extend(["-out", "server.csr"]);
+        openssl(&args);
+        std::fs::write(
+            tls.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        // PostgreSQL wants its key private to the user it runs as.
+        if as_root() {
+            run(Command::new("chown").args(["-R", "postgres:"]).arg(&tls));
+        }
+        run(Command::new("chmod").arg("600").arg(tls.join("server.key")));
+        cluster.settings = format!(
+            "-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+            tls.display()
+        );
+        cluster.started()
+    }
+
+    /// The CA that signed the server's certificate (with [`start_with_tls`](Self::start_with_tls)).
+    pub fn ca(&self) -> PathBuf {
+        self.root.path().join("tls/ca.crt")
+    }
+
+    /// A CA that did not sign it.
+    pub fn other_ca(&self) -> PathBuf {
+        self.root.path().join("tls/other-ca.crt")
+    }
+
+    fn create() -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("foldhost-pgcluster")
             .tempdir()
@@ -32,7 +111,11 @@ impl Cluster {
             .local_addr()
             .unwrap()
             .port();
-        let cluster = Cluster { root, port };
+        let cluster = Cluster {
+            root,
+            port,
+            settings: String::new(),
+        };
         if as_root() {
             // initdb refuses to run as root: the cluster belongs to the postgres user.
             run(Command::new("chown")
@@ -47,8 +130,12 @@ impl Cluster {
             "trust",
             "--no-sync",
         ]));
-        cluster.pg_ctl("start");
         cluster
+    }
+
+    fn started(self) -> Cluster {
+        self.pg_ctl("start");
+        self
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -82,9 +169,10 @@ impl Cluster {
 
     fn pg_ctl(&self, action: &str) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {}",
             self.port,
-            self.root.path().display()
+            self.root.path().display(),
+            self.settings
         );
         let mut command = self.pg("pg_ctl");
         command

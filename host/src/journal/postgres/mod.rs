@@ -328,6 +328,7 @@ impl PgJournal {
             stream: stream.to_owned(),
             expected,
             events,
+            recorded_at: None,
         })?;
         let result = outcome.await.map_err(|_| JournalError::Closed)??;
         Ok(result.expect("an append reports where its events are"))
@@ -343,6 +344,7 @@ impl PgJournal {
             stream: stream.to_owned(),
             expected,
             events,
+            recorded_at: None,
         })?;
         let result = outcome
             .blocking_recv()
@@ -906,10 +908,11 @@ async fn run_batch(
                 stream,
                 expected,
                 events,
+                recorded_at,
             } => Ok(state
                 .as_mut()
                 .expect("loaded for a batch with appends")
-                .append(stream, *expected, events)),
+                .append(stream, *expected, events, *recorded_at)),
             Op::PutSnapshot {
                 plugin,
                 stream,
@@ -1019,7 +1022,8 @@ struct BatchState<'a> {
     lifecycles: HashMap<String, Lifecycle>,
     /// Lifecycle records the batch changed, to store.
     changed: HashMap<String, Lifecycle>,
-    rows: Vec<(u64, &'a str, u64, &'a NewEvent)>,
+    /// Position, stream, version, event, and the time an import keeps.
+    rows: Vec<(u64, &'a str, u64, &'a NewEvent, Option<u64>)>,
 }
 
 impl<'a> BatchState<'a> {
@@ -1114,12 +1118,13 @@ impl<'a> BatchState<'a> {
     }
 
     /// Appends `events` to `stream` if `expected` holds, or recognises a retry; a refusal
-    /// changes nothing.
+    /// changes nothing. They get the commit's time unless `recorded_at` (an import's) is given.
     fn append(
         &mut self,
         stream: &'a str,
         expected: ExpectedVersion,
         events: &'a [NewEvent],
+        recorded_at: Option<u64>,
     ) -> Result<Applied, JournalError> {
         let mut lifecycle = self.lifecycle(stream);
         lifecycle.check_exists(stream)?;
@@ -1158,7 +1163,8 @@ impl<'a> BatchState<'a> {
         {
             self.known
                 .insert(event.id, (position, stream.to_owned(), version));
-            self.rows.push((position, stream, version, event));
+            self.rows
+                .push((position, stream, version, event, recorded_at));
         }
         self.versions
             .insert(stream.to_owned(), Some(result.last_version));
@@ -1195,12 +1201,18 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|row| row.3.metadata.as_deref())
             .collect();
+        let times: Vec<i64> = self
+            .rows
+            .iter()
+            .map(|row| row.4.unwrap_or(recorded_at) as i64)
+            .collect();
         txn.execute(
             "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
              metadata, recorded_at) \
-             SELECT p, s, v, i, t, c, d, m, $9 \
+             SELECT p, s, v, i, t, c, d, m, r \
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
-                         $6::SMALLINT[], $7::BYTEA[], $8::TEXT[]) AS e(p, s, v, i, t, c, d, m)",
+                         $6::SMALLINT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[]) \
+                  AS e(p, s, v, i, t, c, d, m, r)",
             &[
                 &positions,
                 &streams,
@@ -1210,7 +1222,7 @@ impl<'a> BatchState<'a> {
                 &content_types,
                 &data,
                 &metadata,
-                &(recorded_at as i64),
+                &times,
             ],
         )
         .await

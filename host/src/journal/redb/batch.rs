@@ -98,11 +98,13 @@ impl<'txn> Batch<'txn> {
     }
 
     /// Appends `events` to `stream` if `expected` holds, or recognises a retry of earlier events.
+    /// They get the batch's time unless `recorded_at` (an import's) is given.
     pub(super) fn append(
         &mut self,
         stream: &str,
         expected: ExpectedVersion,
         events: &[NewEvent],
+        recorded_at: Option<u64>,
     ) -> Result<Appended, JournalError> {
         let lifecycle = self.lifecycle(stream)?;
         if let Some(lifecycle) = &lifecycle {
@@ -132,12 +134,13 @@ impl<'txn> Batch<'txn> {
             lifecycle.appended();
             self.put_lifecycle(stream, &lifecycle)?;
         }
+        let recorded_at = recorded_at.unwrap_or(self.recorded_at);
         for ((event, version), position) in events
             .iter()
             .zip(result.first_version..)
             .zip(result.first_position..)
         {
-            let bytes = record::encode(stream, version, event, self.recorded_at);
+            let bytes = record::encode(stream, version, event, recorded_at);
             self.events.insert(position, bytes.as_slice())?;
             self.recent_index.insert((stream, version), position)?;
             self.event_ids.insert(event.id.as_u128(), position)?;

@@ -30,6 +30,7 @@ impl Request {
             stream,
             expected,
             events,
+            recorded_at: None,
         };
         (
             Self {
@@ -59,7 +60,10 @@ impl Request {
                 stream,
                 expected,
                 events,
-            } => batch.append(stream, *expected, events).map(Some),
+                recorded_at,
+            } => batch
+                .append(stream, *expected, events, *recorded_at)
+                .map(Some),
             Op::PutSnapshot {
                 plugin,
                 stream,
