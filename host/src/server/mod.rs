@@ -290,10 +290,9 @@ pub struct Server {
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
     serving: JoinHandle<std::io::Result<()>>,
-    /// Loads plugins added to or changed in the plugin directory while serving.
-    watcher: Option<plugin_dir::DirWatcher>,
-    /// Loads the plugin directory's files at start.
-    loading: Option<JoinHandle<()>>,
+    /// Loads the plugin directory's files at start, then watches it for files added or
+    /// changed: its output is the watcher, kept alive in the handle until shutdown.
+    loading: Option<JoinHandle<Option<plugin_dir::DirWatcher>>>,
 }
 
 impl Server {
@@ -336,21 +335,25 @@ impl Server {
             },
         )?;
         let (plugins_loaded, loaded) = watch::channel(config.plugins_dir.is_none());
-        let (watcher, loading) = match &config.plugins_dir {
+        let loading = match &config.plugins_dir {
             Some(dir) => {
-                // Watched first, so a file changed while the others load is not missed.
-                let watcher = plugin_dir::watch(runtime.clone(), dir)?;
                 let files = plugin_dir::list(dir)
                     .with_context(|| format!("reading the plugin directory {}", dir.display()))?;
                 let (runtime, dir) = (runtime.clone(), dir.clone());
+                // Watched only once loaded: the watcher sees the loads' own reads of the files.
                 let loading = tokio::spawn(async move {
                     let loaded = plugin_dir::load_all(&runtime, &files).await;
                     tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
                     plugins_loaded.send_replace(true);
+                    plugin_dir::watch(runtime, &dir)
+                        .inspect_err(
+                            |error| tracing::error!(%error, "cannot watch the plugin directory"),
+                        )
+                        .ok()
                 });
-                (Some(watcher), Some(loading))
+                Some(loading)
             }
-            None => (None, None),
+            None => None,
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -383,7 +386,6 @@ impl Server {
             runtime,
             shutdown,
             serving,
-            watcher,
             loading,
         })
     }
@@ -418,10 +420,10 @@ impl Server {
                 self.serving.abort();
             }
         }
-        drop(self.watcher);
         if let Some(loading) = self.loading.take() {
             loading.abort();
-            let _ = loading.await;
+            // The watcher, if the load had finished: dropping it stops watching.
+            drop(loading.await);
         }
         self.runtime.shutdown().await;
         let journal = self.runtime.journal().clone();
