@@ -430,8 +430,8 @@ impl Journal {
         dispatch!(self, checkpoint(plugin))
     }
 
-    /// Drops every snapshot, the checkpoint and the parked events of `plugin` (a content hash);
-    /// events stay.
+    /// Drops every snapshot, the checkpoint and the parked events of `plugin` (a content hash),
+    /// also those keyed `{plugin}+{upcaster chain}`; events stay.
     pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
         self.write(Op::DeletePluginData {
             plugin: plugin.to_owned(),

@@ -9,6 +9,7 @@ use super::blocking;
 use super::commands::{Aggregates, latest, take_state};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
+use super::upcast::UpcasterChain;
 use crate::journal::{
     AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, RecordedEvent,
 };
@@ -25,14 +26,16 @@ impl Aggregates {
     pub async fn append_validated(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, RuntimeError> {
         let slot = self.slot(stream);
         let mut live = slot.lock().await;
-        let cached = take_state(&mut live, plugin);
+        let cached = take_state(&mut live, plugin, upcasters);
         let (journal, plugin, stream) = (self.journal.clone(), plugin.clone(), stream.to_owned());
+        let upcasters = upcasters.clone();
         let retries = self.config.max_conflict_retries;
         let (instance, outcome) = blocking(move || {
             if let Some(first) = events.first()
@@ -41,7 +44,7 @@ impl Aggregates {
                 let retried = journal.append_blocking(&stream, expected, events);
                 return Ok((cached, retried.map_err(RuntimeError::from)));
             }
-            let mut instance = match latest(cached, plugin, &journal, &stream) {
+            let mut instance = match latest(cached, plugin, upcasters, &journal, &stream) {
                 Ok(instance) => instance,
                 Err(error) => return Ok((None, Err(error))),
             };

@@ -12,6 +12,7 @@ use super::aggregate::AggregateInstance;
 use super::blocking;
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
+use super::upcast::UpcasterChain;
 use crate::journal::{
     AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
 };
@@ -119,6 +120,7 @@ impl Aggregates {
     pub async fn execute(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         id: &str,
         command: Command,
     ) -> Result<CommandOutcome, RuntimeError> {
@@ -127,17 +129,18 @@ impl Aggregates {
         let stream = stream_name(plugin.name(), id);
         let slot = self.slot(&stream);
         let mut live = slot.lock().await;
-        let cached = take_state(&mut live, plugin);
-        let (journal, plugin_, retries) = (
+        let cached = take_state(&mut live, plugin, upcasters);
+        let (journal, plugin_, upcasters, retries) = (
             self.journal.clone(),
             plugin.clone(),
+            upcasters.clone(),
             self.config.max_conflict_retries,
         );
         let (instance, outcome) = blocking(move || {
             // Another writer (a direct append, another host) may have moved the stream on,
             // or a delete or retention rule hidden some of it: decide against what readers
             // see now.
-            let mut instance = match latest(cached, plugin_, &journal, &stream) {
+            let mut instance = match latest(cached, plugin_, upcasters, &journal, &stream) {
                 Ok(instance) => instance,
                 Err(error) => return Ok((None, Err(error))),
             };
@@ -164,6 +167,7 @@ impl Aggregates {
     pub async fn state(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         id: &str,
         at_version: Option<u64>,
     ) -> Result<(u64, serde_json::Value), RuntimeError> {
@@ -171,21 +175,22 @@ impl Aggregates {
         let stream = stream_name(plugin.name(), id);
         let journal = self.journal.clone();
         if let Some(at) = at_version {
-            let plugin = plugin.clone();
+            let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
             return blocking(move || {
                 let head = journal.stream_version(&stream)?.unwrap_or(0);
                 if head == 0 {
                     return Err(RuntimeError::NoSuchStream(stream));
                 }
-                let mut instance = AggregateInstance::rehydrate(plugin, &journal, &stream, at)?;
+                let mut instance =
+                    AggregateInstance::rehydrate_through(plugin, upcasters, &journal, &stream, at)?;
                 Ok((instance.version, instance.state()?))
             })
             .await;
         }
         let slot = self.slot(&stream);
         let mut live = slot.lock().await;
-        let instance = take_state(&mut live, plugin);
-        let plugin = plugin.clone();
+        let instance = take_state(&mut live, plugin, upcasters);
+        let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
         let (instance, version, state) = blocking(move || {
             let mut instance = match instance {
                 Some(mut instance) => {
@@ -201,7 +206,13 @@ impl Aggregates {
                 None if journal.stream_version(&stream)?.is_none() => {
                     return Err(RuntimeError::NoSuchStream(stream));
                 }
-                None => AggregateInstance::rehydrate(plugin, &journal, &stream, u64::MAX)?,
+                None => AggregateInstance::rehydrate_through(
+                    plugin,
+                    upcasters,
+                    &journal,
+                    &stream,
+                    u64::MAX,
+                )?,
             };
             let state = instance.state()?;
             let version = instance.version;
@@ -262,15 +273,12 @@ impl Aggregates {
         };
         match bytes {
             Ok(bytes) => {
-                let (journal, hash, version) = (
-                    self.journal.clone(),
-                    instance.plugin().hash.clone(),
-                    instance.version,
-                );
+                let (journal, key, version) =
+                    (self.journal.clone(), instance.state_key(), instance.version);
                 let stream = instance.stream().to_owned();
                 instance.snapshot_version = version;
                 tokio::spawn(async move {
-                    if let Err(error) = journal.put_snapshot(&hash, &stream, version, bytes).await {
+                    if let Err(error) = journal.put_snapshot(&key, &stream, version, bytes).await {
                         tracing::warn!(%error, %stream, version, "could not store snapshot");
                     }
                 });
@@ -281,19 +289,24 @@ impl Aggregates {
     }
 }
 
-/// Takes the cached state out of a slot if `plugin` folded it; a state of
-/// another version (the one before a swap, or after a rollback) is dropped.
+/// Takes the cached state out of a slot if `plugin` folded it through `upcasters`; a state of
+/// another version (the one before a swap, or after a rollback) or folded through another
+/// chain is dropped: the stream rehydrates on its next command.
 pub(super) fn take_state(
     live: &mut Option<AggregateInstance>,
     plugin: &Plugin,
+    upcasters: &UpcasterChain,
 ) -> Option<AggregateInstance> {
-    live.take().filter(|i| i.plugin().hash == plugin.hash)
+    let key = upcasters.state_key(&plugin.hash);
+    live.take().filter(|i| i.state_key() == key)
 }
 
-/// The cached state brought up to what readers see of the stream now, or the stream rebuilt.
+/// The cached state brought up to what readers see of the stream now, or the stream rebuilt
+/// through `upcasters`.
 pub(super) fn latest(
     cached: Option<AggregateInstance>,
     plugin: Arc<Plugin>,
+    upcasters: Arc<UpcasterChain>,
     journal: &Journal,
     stream: &str,
 ) -> Result<AggregateInstance, RuntimeError> {
@@ -302,7 +315,7 @@ pub(super) fn latest(
             instance.refresh(journal)?;
             Ok(instance)
         }
-        None => AggregateInstance::rehydrate(plugin, journal, stream, u64::MAX),
+        None => AggregateInstance::rehydrate_through(plugin, upcasters, journal, stream, u64::MAX),
     }
 }
 
@@ -427,8 +440,15 @@ fn outcome_of(
             return instance.state();
         }
         // A retry after the stream moved on: the state as this command left it.
-        let plugin = instance.plugin().clone();
-        AggregateInstance::rehydrate(plugin, journal, instance.stream(), version)?.state()
+        let (plugin, upcasters) = (instance.plugin().clone(), instance.upcasters().clone());
+        AggregateInstance::rehydrate_through(
+            plugin,
+            upcasters,
+            journal,
+            instance.stream(),
+            version,
+        )?
+        .state()
     })();
     CommandOutcome {
         version,

@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
 use super::bindings::aggregate::{AggregatePlugin, AggregatePluginPre};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
+use super::bindings::upcaster::{UpcasterPlugin, UpcasterPluginPre};
 use super::bindings::{PluginData, types};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
@@ -16,8 +17,8 @@ use super::footprint::Footprint;
 use super::limits::Limits;
 use super::sandbox::{LogBudget, guarded, new_store};
 
-/// The contract version this host implements; guests must be semver-compatible.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this host implements; guests built against any 0.1.y load.
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +26,8 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 pub enum PluginKind {
     Aggregate,
     Projection,
+    /// Rewrites stored events on their way to the other two (contract 0.1.1).
+    Upcaster,
 }
 
 /// What a plugin says about itself (its `describe` export).
@@ -44,6 +47,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether events of `stream` may belong to this subscription, whatever their type.
+    pub fn wants_stream(&self, stream: &str) -> bool {
+        self.categories.is_empty()
+            || self
+                .categories
+                .iter()
+                .any(|c| crate::journal::in_category(stream, c))
+    }
+
     /// Whether an event of `event_type` in `stream` belongs to this subscription.
     pub fn wants(&self, stream: &str, event_type: &str) -> bool {
         (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
@@ -60,7 +72,7 @@ pub struct Plugin {
     pub description: Description,
     /// Hex SHA-256 of the component bytes: the key of its snapshots and checkpoints.
     pub hash: String,
-    /// Only for projections.
+    /// Projections: the events they want; upcasters: the stored events they handle.
     pub subscription: Subscription,
     engine: PluginEngine,
     /// What confines each of its calls and instances.
@@ -73,6 +85,7 @@ pub struct Plugin {
 enum Pre {
     Aggregate(AggregatePluginPre<PluginData>),
     Projection(ProjectionPluginPre<PluginData>),
+    Upcaster(UpcasterPluginPre<PluginData>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -125,6 +138,16 @@ impl Plugin {
                     "projection",
                     |linker| ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
                     ProjectionPluginPre::new,
+                )
+                .map_err(invalid)?,
+            ),
+            PluginKind::Upcaster => Pre::Upcaster(
+                link(
+                    engine,
+                    &component,
+                    "upcaster",
+                    |linker| UpcasterPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
+                    UpcasterPluginPre::new,
                 )
                 .map_err(invalid)?,
             ),
@@ -229,6 +252,26 @@ impl Plugin {
         Ok((store, bindings))
     }
 
+    /// A new, isolated upcaster instance (fresh store).
+    pub fn instantiate_upcaster(
+        &self,
+    ) -> Result<(Store<PluginData>, UpcasterPlugin), RuntimeError> {
+        let Pre::Upcaster(pre) = &self.pre else {
+            return Err(RuntimeError::WrongKind {
+                plugin: self.name().to_owned(),
+                expected: "upcaster",
+            });
+        };
+        let mut store = new_store(&self.engine, self.name());
+        let bindings = guarded(
+            &mut store,
+            &self.engine,
+            || "instantiating".into(),
+            |s| pre.instantiate(s),
+        )?;
+        Ok((store, bindings))
+    }
+
     fn introspect(&self) -> Result<(Description, Subscription), RuntimeError> {
         let context = || "describing itself".to_owned();
         match &self.pre {
@@ -254,6 +297,28 @@ impl Plugin {
                     Subscription {
                         event_types: subscription.event_types,
                         categories: subscription.categories,
+                    },
+                ))
+            }
+            Pre::Upcaster(_) => {
+                let (mut store, bindings) = self.instantiate_upcaster()?;
+                let guest = bindings.foldhost_plugin_upcaster();
+                let described = guarded(&mut store, &self.engine, context, |s| {
+                    guest.call_describe(s)
+                })?;
+                let handles =
+                    guarded(&mut store, &self.engine, context, |s| guest.call_handles(s))?;
+                let description = Description {
+                    name: described.name,
+                    kind: PluginKind::Upcaster,
+                    plugin_version: described.plugin_version,
+                    state_schema: 0,
+                };
+                Ok((
+                    description,
+                    Subscription {
+                        event_types: handles.event_types,
+                        categories: handles.categories,
                     },
                 ))
             }
@@ -296,7 +361,9 @@ fn link<P>(
 /// checking the contract version is compatible with [`CONTRACT_VERSION`].
 fn world_of(engine: &PluginEngine, component: &Component) -> Result<PluginKind, String> {
     let host = semver::Version::parse(CONTRACT_VERSION).expect("valid contract version");
-    let wanted = semver::VersionReq::parse(&format!("^{host}")).expect("valid requirement");
+    // Any 0.1.y: a minor release only adds interfaces, so older and newer guests both load.
+    let wanted = semver::VersionReq::parse(&format!("^{}.{}", host.major, host.minor))
+        .expect("valid requirement");
     let mut exports = Vec::new();
     for (name, _) in component.component_type().exports(engine.engine()) {
         exports.push(name.to_owned());
@@ -306,6 +373,7 @@ fn world_of(engine: &PluginEngine, component: &Component) -> Result<PluginKind, 
         let kind = match interface {
             "foldhost:plugin/aggregate" => PluginKind::Aggregate,
             "foldhost:plugin/projection" => PluginKind::Projection,
+            "foldhost:plugin/upcaster" => PluginKind::Upcaster,
             _ => continue,
         };
         let version = semver::Version::parse(version)
@@ -319,7 +387,7 @@ fn world_of(engine: &PluginEngine, component: &Component) -> Result<PluginKind, 
         return Ok(kind);
     }
     Err(format!(
-        "exports neither foldhost:plugin/aggregate nor foldhost:plugin/projection \
+        "exports none of foldhost:plugin/aggregate, /projection or /upcaster \
          (it exports: {})",
         if exports.is_empty() {
             "nothing".to_owned()
