@@ -105,18 +105,27 @@ impl RuntimeError {
         matches!(self, Self::Trap { message, .. } if message.starts_with("exceeded its time limit"))
     }
 
-    /// `error` of `plugin` folding the stored `event`, as [`RuntimeError::Unfoldable`].
+    /// `error` of `plugin` folding the stored `event`, as [`RuntimeError::Unfoldable`]; the
+    /// reason names the upcaster when one of the plugin's upcasters failed.
     pub(super) fn unfoldable(plugin: &str, event: &RecordedEvent, error: RuntimeError) -> Self {
-        match error {
-            Self::Trap { .. } | Self::PluginFailed { .. } => Self::Unfoldable {
+        match &error {
+            Self::Trap {
+                plugin: culprit, ..
+            }
+            | Self::PluginFailed {
+                plugin: culprit, ..
+            } => Self::Unfoldable {
                 plugin: plugin.to_owned(),
                 stream: event.stream.clone(),
                 position: event.position,
                 version: event.version,
                 event_type: event.event_type.clone(),
-                reason: error.plugin_reason(),
+                reason: match culprit == plugin {
+                    true => error.plugin_reason(),
+                    false => error.to_string(),
+                },
             },
-            other => other,
+            _ => error,
         }
     }
 }
