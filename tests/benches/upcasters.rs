@@ -39,7 +39,6 @@ fn main() {
         Upcaster::new(load(&engine, "bank-upcast-v1")).unwrap(),
         Upcaster::new(load(&engine, "bank-upcast-v2")).unwrap(),
     ]);
-    let none = UpcasterChain::none();
 
     let events = scale(100_000);
     let current = fill(&dir.path().join("current.redb"), events, |i| match i {
@@ -73,19 +72,37 @@ fn main() {
          chain/none | chain of two, nothing to upcast | idle chain/none |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    let replays: [(&str, &dyn Fn(&Journal, &Arc<UpcasterChain>) -> Value); 2] = [
-        ("bank-account, one stream", &replay_account),
-        ("bank-analytics, the global log", &replay_analytics),
-    ];
-    for (label, replay) in replays {
+    let journals = Journals {
+        current: &current,
+        old: &old,
+        chain: &chain,
+        events,
+    };
+    journals.compare("bank-account, one stream", replay_account);
+    journals.compare("bank-analytics, the global log", replay_analytics);
+}
+
+/// The two journals and the chain, for one row of the table.
+struct Journals<'a> {
+    current: &'a Journal,
+    old: &'a Journal,
+    chain: &'a Arc<UpcasterChain>,
+    events: usize,
+}
+
+impl Journals<'_> {
+    /// Prints the row of one `replay`: current shape without upcasters, old shapes through
+    /// the chain, current shape through the chain.
+    fn compare(&self, label: &str, replay: impl Fn(&Journal, &Arc<UpcasterChain>) -> Value) {
+        let none = UpcasterChain::none();
         assert_eq!(
-            replay(&current, &none),
-            replay(&old, &chain),
+            replay(self.current, &none),
+            replay(self.old, self.chain),
             "{label}: the upcast history folds to the same state"
         );
-        let baseline = rate(events, || replay(&current, &none));
-        let upcast = rate(events, || replay(&old, &chain));
-        let idle = rate(events, || replay(&current, &chain));
+        let baseline = rate(self.events, || replay(self.current, &none));
+        let upcast = rate(self.events, || replay(self.old, self.chain));
+        let idle = rate(self.events, || replay(self.current, self.chain));
         println!(
             "| {label} | {} | {} | {:.2}x | {} | {:.2}x |",
             per_sec(baseline),

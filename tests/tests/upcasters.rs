@@ -378,7 +378,14 @@ async fn a_misbehaving_upcaster_is_contained() {
     // parked, as events a projection cannot fold are, and the rebuild takes over.
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (_, info) = get(&client, &server, "/plugins/bank-analytics").await;
+        let (_, plugins) = get(&client, &server, "/plugins").await;
+        let info = plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "bank-analytics")
+            .unwrap()
+            .clone();
         if info.get("pending").is_none() && info["parked"] == 2 {
             break;
         }

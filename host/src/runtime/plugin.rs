@@ -186,6 +186,7 @@ impl Plugin {
         match plugin.kind() {
             PluginKind::Aggregate => plugin.instantiate_aggregate().map(drop),
             PluginKind::Projection => plugin.instantiate_projection().map(drop),
+            PluginKind::Upcaster => plugin.instantiate_upcaster().map(drop),
         }
         .map_err(|e| invalid(e.to_string()))?;
         Ok(Arc::new(plugin))
@@ -262,7 +263,7 @@ impl Plugin {
                 expected: "upcaster",
             });
         };
-        let mut store = new_store(&self.engine, self.name());
+        let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,
