@@ -123,6 +123,17 @@ impl Journal {
         }
     }
 
+    /// The limits this journal was opened with.
+    pub fn config(&self) -> &JournalConfig {
+        &self.config
+    }
+
+    /// Checks `events` against the limits every append to `stream` must meet (sizes, counts,
+    /// distinct ids), as [`append`](Self::append) does before queueing them.
+    pub fn check_append(&self, stream: &str, events: &[NewEvent]) -> Result<(), JournalError> {
+        self.config.check_append(stream, events)
+    }
+
     /// [`append`](Self::append) for threads outside an async runtime.
     ///
     /// # Panics

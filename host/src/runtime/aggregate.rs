@@ -1,6 +1,7 @@
 //! One aggregate instance: a single stream's state living in its own store.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 use wasmtime::Store;
@@ -84,21 +85,9 @@ impl AggregateInstance {
         stream: &str,
         snapshot: Option<(u64, Vec<u8>)>,
     ) -> Result<Self, RuntimeError> {
-        let (mut store, bindings) = plugin.instantiate_aggregate()?;
+        let (store, bindings) = plugin.instantiate_aggregate()?;
         let (version, bytes) = snapshot.map_or((0, None), |(v, b)| (v, Some(b)));
-        let guest = bindings.foldhost_plugin_aggregate();
-        let restored = guarded(
-            &mut store,
-            plugin.engine(),
-            || format!("restoring {stream} from the snapshot at version {version}"),
-            |s| guest.call_init(s, bytes.as_deref()),
-        )?;
-        restored.map_err(|message| RuntimeError::PluginFailed {
-            plugin: plugin.name().to_owned(),
-            context: format!("restoring {stream} at version {version}"),
-            message,
-        })?;
-        Ok(Self {
+        let mut instance = Self {
             plugin,
             upcasters,
             stream: stream.to_owned(),
@@ -108,7 +97,57 @@ impl AggregateInstance {
             snapshot_version: version,
             base: 1,
             whole: true,
+        };
+        instance.init(version, bytes.as_deref())?;
+        Ok(instance)
+    }
+
+    /// Puts back the state `snapshot` holds, a snapshot of this stream at `version` taken from
+    /// this instance (to undo folds of events that were never stored).
+    pub fn restore(&mut self, version: u64, snapshot: &[u8]) -> Result<(), RuntimeError> {
+        self.init(version, Some(snapshot))?;
+        self.version = version;
+        Ok(())
+    }
+
+    /// Starts the plugin's state empty or from `snapshot`, the state at `version`.
+    fn init(&mut self, version: u64, snapshot: Option<&[u8]>) -> Result<(), RuntimeError> {
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let stream = &self.stream;
+        let restored = guarded(
+            &mut self.store,
+            self.plugin.engine(),
+            || format!("restoring {stream} from the snapshot at version {version}"),
+            |s| guest.call_init(s, snapshot),
+        )?;
+        restored.map_err(|message| RuntimeError::PluginFailed {
+            plugin: self.plugin.name().to_owned(),
+            context: format!("restoring {stream} at version {version}"),
+            message,
         })
+    }
+
+    /// `events` as they would be stored right now as this stream's next events after the
+    /// log's `head`: provisional positions and time, to fold before they are stored.
+    pub fn provisional(&self, head: u64, events: &[NewEvent]) -> Vec<RecordedEvent> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        events
+            .iter()
+            .zip(1..)
+            .map(|(event, n)| RecordedEvent {
+                position: head + n,
+                stream: self.stream.clone(),
+                version: self.version + n,
+                id: event.id,
+                event_type: event.event_type.clone(),
+                content_type: event.content_type,
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at: now,
+            })
+            .collect()
     }
 
     /// Rebuilds `stream` from its newest snapshot at or below `at_most` plus the

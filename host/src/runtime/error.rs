@@ -2,8 +2,9 @@
 
 use crate::journal::{JournalError, RecordedEvent};
 
-/// Errors from the plugin runtime. Each names the plugin involved.
-#[derive(Debug, thiserror::Error)]
+/// Errors from the plugin runtime. Each names the plugin involved. Cloneable so one failed
+/// round of commands can be reported to each of them.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("no plugin named {0:?} is loaded")]
     UnknownPlugin(String),

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod footprint;
 mod limits;
+mod pipeline;
 mod plugin;
 pub mod plugin_dir;
 mod projection;
@@ -21,7 +22,9 @@ mod sandbox;
 mod upcast;
 
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
-pub use commands::{AggregateConfig, Aggregates, Command, CommandOutcome, stream_name};
+pub use commands::{
+    AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, stream_name,
+};
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::PluginEngine;
 pub use error::RuntimeError;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
-use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome};
+use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
 use super::limits::LimitPolicy;
@@ -123,6 +123,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
+    }
+
+    /// Counters of the command pipeline (rounds, commands, re-decided rounds, queued commands).
+    pub fn command_stats(&self) -> CommandStats {
+        self.aggregates.stats()
     }
 
     /// Validates and installs a plugin (compilation runs on the blocking pool).
