@@ -254,15 +254,17 @@ async fn an_idempotent_retry_inside_a_pipeline_gets_the_original_outcome_and_app
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_every_command_in_it() {
     let host = Gated::new().await;
-    let gate = host.gate.clone();
+    let (gate, runtime) = (host.gate.clone(), host.runtime.clone());
+    let decided = runtime.command_stats().commands;
     let outcomes = host
         .round(vec![deposit(100), deposit(50), withdraw(120)], async move {
             // Let the first deposit's commit through, keep holding the round's, then make
             // its sync fail like a broken disk.
             gate.pass_one();
-            wait_until("the round's commit waits for its sync", || {
-                gate.waiting() == 1
-            })
+            wait_until(
+                "the first deposit is done and the round's commit waits",
+                || runtime.command_stats().commands == decided + 1 && gate.waiting() == 1,
+            )
             .await;
             gate.fail_next_sync();
         })
