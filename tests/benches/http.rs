@@ -37,7 +37,6 @@ struct Outcome {
     elapsed: Duration,
     latencies: Vec<Duration>,
     commits: u64,
-    events: u64,
 }
 
 fn seconds() -> Duration {
@@ -117,7 +116,7 @@ async fn bench() {
                 per_second,
                 quantile(0.5),
                 quantile(0.99),
-                outcome.events as f64 / outcome.commits.max(1) as f64,
+                outcome.requests as f64 / outcome.commits.max(1) as f64,
             );
         }
     }
@@ -204,6 +203,5 @@ async fn run(
         elapsed,
         latencies,
         commits: after.commits - before.commits,
-        events: after.appends - before.appends,
     }
 }
