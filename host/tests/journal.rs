@@ -865,9 +865,18 @@ async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin(backend:
             .unwrap();
     }
     j.put_snapshot("p10", "a", 1, b"s".to_vec()).await.unwrap();
+    // Keys of states folded through an upcaster chain belong to the plugin too.
+    j.put_checkpoint("p1+chain", 3, b"three".to_vec())
+        .await
+        .unwrap();
+    j.put_snapshot("p1+chain", "a", 1, b"s".to_vec())
+        .await
+        .unwrap();
 
     j.delete_plugin_data("p1").await.unwrap();
     assert_eq!(j.checkpoint("p1").unwrap(), None);
+    assert_eq!(j.checkpoint("p1+chain").unwrap(), None);
+    assert_eq!(j.latest_snapshot("p1+chain", "a", 9).unwrap(), None);
     assert_eq!(j.latest_snapshot("p1", "a", 9).unwrap(), None);
     assert_eq!(j.latest_snapshot("p1", "b", 9).unwrap(), None);
     assert_eq!(j.checkpoint("p2").unwrap(), Some((5, b"five".to_vec())));

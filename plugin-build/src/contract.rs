@@ -14,8 +14,9 @@ use wasmparser::{Chunk, Encoding, Parser, Payload};
 pub const WIT: &str = include_str!("../../wit/foldhost.wit");
 /// The contract's package.
 pub const PACKAGE: &str = "foldhost:plugin";
-/// The contract version this build implements; guests must be semver-compatible.
-pub const VERSION: &str = "0.1.0";
+/// The contract version this build implements; guests built against any 0.1.y load (a
+/// minor release only adds interfaces).
+pub const VERSION: &str = "0.1.1";
 /// Interfaces a plugin may import.
 const IMPORTABLE: &[&str] = &["host", "types"];
 
@@ -24,6 +25,7 @@ const IMPORTABLE: &[&str] = &["host", "types"];
 pub enum World {
     Aggregate,
     Projection,
+    Upcaster,
 }
 
 impl World {
@@ -32,6 +34,7 @@ impl World {
         match self {
             World::Aggregate => "aggregate-plugin",
             World::Projection => "projection-plugin",
+            World::Upcaster => "upcaster-plugin",
         }
     }
 
@@ -40,6 +43,7 @@ impl World {
         match self {
             World::Aggregate => "aggregate",
             World::Projection => "projection",
+            World::Upcaster => "upcaster",
         }
     }
 }
@@ -83,13 +87,14 @@ pub fn check(component: &[u8]) -> Result<World, ContractError> {
         let world = match interface {
             "aggregate" => World::Aggregate,
             "projection" => World::Projection,
+            "upcaster" => World::Upcaster,
             _ => continue,
         };
         return match compatible(version) {
             Ok(true) => Ok(world),
             Ok(false) => Err(ContractError::new(format!(
                 "built against contract {PACKAGE}@{version}, but this host implements \
-                 {PACKAGE}@{VERSION} (compatible: ^{VERSION}); rebuild the plugin with a matching SDK"
+                 {PACKAGE}@{VERSION} (compatible: ^0.1); rebuild the plugin with a matching SDK"
             ))),
             Err(e) => Err(ContractError::new(format!(
                 "export {export} has a malformed version: {e}"
@@ -97,7 +102,7 @@ pub fn check(component: &[u8]) -> Result<World, ContractError> {
         };
     }
     Err(ContractError::new(format!(
-        "exports neither {PACKAGE}/aggregate nor {PACKAGE}/projection (it exports: {})",
+        "exports none of {PACKAGE}/aggregate, /projection or /upcaster (it exports: {})",
         if exports.is_empty() {
             "nothing".to_owned()
         } else {
@@ -114,7 +119,9 @@ fn split_name(name: &str) -> Option<(&str, &str)> {
 
 fn compatible(version: &str) -> Result<bool, semver::Error> {
     let version = semver::Version::parse(version)?;
-    let wanted = semver::VersionReq::parse(&format!("^{VERSION}")).expect("a valid requirement");
+    let host = semver::Version::parse(VERSION).expect("a valid version");
+    let wanted = semver::VersionReq::parse(&format!("^{}.{}", host.major, host.minor))
+        .expect("a valid requirement");
     Ok(wanted.matches(&version))
 }
 

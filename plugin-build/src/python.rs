@@ -122,6 +122,7 @@ pub fn build(project: &Path) -> anyhow::Result<Vec<u8>> {
     let class = match world {
         World::Aggregate => "Aggregate",
         World::Projection => "Projection",
+        World::Upcaster => anyhow::bail!("the Python SDK does not write upcasters yet"),
     };
     std::fs::write(
         sdk.join(format!("{ENTRY}.py")),

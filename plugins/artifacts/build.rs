@@ -48,6 +48,10 @@ const RECIPES: &[Recipe] = &[
     plain("hostile"),
     plain("mischief"),
     plain("wrong-contract"),
+    plain("old-contract"),
+    plain("bank-upcast-v1"),
+    plain("bank-upcast-v2"),
+    plain("hostile-upcaster"),
     Recipe {
         artifact: "bank-analytics-v2",
         package: "bank-analytics",

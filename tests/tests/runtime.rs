@@ -660,12 +660,26 @@ async fn diff_reports_streams_whose_state_changes_between_versions() {
     let journal = host.runtime.journal().clone();
     tokio::task::spawn_blocking(move || {
         let mut calls = 0;
-        let same =
-            foldhost::runtime::diff_versions(&journal, &account, &account, 5, |_, _| calls += 1)
-                .unwrap();
+        let same = foldhost::runtime::diff_versions(
+            &journal,
+            &foldhost::runtime::UpcasterChain::default(),
+            &account,
+            &account,
+            5,
+            |_, _| calls += 1,
+        )
+        .unwrap();
         assert_eq!((same.compared, same.differing, calls), (3, 0, 3));
 
-        let changed = foldhost::runtime::diff_versions(&journal, &v1, &v2, 5, |_, _| {}).unwrap();
+        let changed = foldhost::runtime::diff_versions(
+            &journal,
+            &foldhost::runtime::UpcasterChain::default(),
+            &v1,
+            &v2,
+            5,
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!((changed.compared, changed.differing), (1, 1));
         let sample = &changed.samples[0];
         assert_eq!(sample.stream, "$all");
@@ -673,7 +687,14 @@ async fn diff_reports_streams_whose_state_changes_between_versions() {
         assert_eq!(old["total_balance"], new["total_balance"]);
         assert_ne!(old, new);
 
-        let mixed = foldhost::runtime::diff_versions(&journal, &account, &v2, 5, |_, _| {});
+        let mixed = foldhost::runtime::diff_versions(
+            &journal,
+            &foldhost::runtime::UpcasterChain::default(),
+            &account,
+            &v2,
+            5,
+            |_, _| {},
+        );
         assert!(
             matches!(mixed, Err(RuntimeError::InvalidPlugin { .. })),
             "{mixed:?}"

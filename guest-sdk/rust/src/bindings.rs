@@ -1,10 +1,11 @@
-//! Bindings for both worlds of `wit/foldhost.wit`.
+//! Bindings for the three worlds of `wit/foldhost.wit`.
 //!
 //! Both are generated with `pub_export_macro`, which makes wit-bindgen embed
 //! only an *imports-only* copy of each world in this crate. The full world,
 //! exports included, is embedded by the world's `export!` macro in the crate
-//! that invokes it, i.e. by `export_aggregate!` or `export_projection!` in the
-//! plugin. A plugin therefore never carries the other world's exports, however
+//! that invokes it, i.e. by `export_aggregate!`, `export_projection!` or
+//! `export_upcaster!` in the plugin. A plugin therefore never carries another
+//! world's exports, however
 //! the linker or LTO treats this crate's sections (see the crate docs).
 
 /// The `aggregate-plugin` world.
@@ -23,8 +24,21 @@ pub mod projection {
         world: "projection-plugin",
         pub_export_macro: true,
         with: {
-            "foldhost:plugin/types@0.1.0": crate::bindings::types,
-            "foldhost:plugin/host@0.1.0": crate::bindings::host,
+            "foldhost:plugin/types@0.1.1": crate::bindings::types,
+            "foldhost:plugin/host@0.1.1": crate::bindings::host,
+        },
+    });
+}
+
+/// The `upcaster-plugin` world, sharing the `types` and `host` bindings.
+pub mod upcaster {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "upcaster-plugin",
+        pub_export_macro: true,
+        with: {
+            "foldhost:plugin/types@0.1.1": crate::bindings::types,
+            "foldhost:plugin/host@0.1.1": crate::bindings::host,
         },
     });
 }

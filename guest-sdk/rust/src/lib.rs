@@ -1,9 +1,11 @@
-//! Write foldhost plugins — aggregates and projections — as ordinary Rust crates.
+//! Write foldhost plugins — aggregates, projections and upcasters — as ordinary
+//! Rust crates.
 //!
 //! A plugin is a WebAssembly component implementing one world of the contract
-//! `wit/foldhost.wit` (`foldhost:plugin@0.1.0`). This crate hides the WIT
-//! plumbing: implement [`Aggregate`] or [`Projection`] for your state type and
-//! invoke [`export_aggregate!`] or [`export_projection!`] once.
+//! `wit/foldhost.wit` (`foldhost:plugin@0.1.1`). This crate hides the WIT
+//! plumbing: implement [`Aggregate`] or [`Projection`] for your state type (or
+//! [`Upcaster`] for a type rewriting old event shapes) and invoke
+//! [`export_aggregate!`], [`export_projection!`] or [`export_upcaster!`] once.
 //!
 //! # An aggregate
 //!
@@ -64,7 +66,8 @@
 //! `init(None)` starts from `Default`.
 //!
 //! A [`Projection`] works alike, with a [`Subscription`], an [`EventMeta`] for
-//! every event and named JSON queries.
+//! every event and named JSON queries. An [`Upcaster`] maps an enum of old
+//! event shapes to zero or more current events.
 //!
 //! Write log lines with the [`log`] macros. A panic traps the instance; its
 //! message is logged at error level first.
@@ -96,17 +99,17 @@
 //! `wit-bindgen` describes a world to `wit-component` in a `component-type:*`
 //! custom section, and `wit-component` merges every such section in a module
 //! and then requires the exports of all of them. This crate generates bindings
-//! for *both* worlds, so if both full sections reached a plugin, an aggregate
+//! for *every* world, so if all full sections reached a plugin, an aggregate
 //! would be asked for projection exports too — and whether an unreferenced
 //! section is linked depends on codegen units and LTO, so "usually works" is
 //! not good enough. Cargo features per world do not help either: features
 //! unify when several plugins build in one cargo invocation.
 //!
 //! Instead the bindings use wit-bindgen's `pub_export_macro` mode, made for
-//! exactly this: this crate embeds only *imports-only* copies of the two
+//! exactly this: this crate embeds only *imports-only* copies of the
 //! worlds (harmless: `wit-component` drops unused imports), and the full world
 //! with its exports is embedded by the world's `export!` macro, which only
-//! [`export_aggregate!`] / [`export_projection!`] invoke — in the plugin crate.
+//! the `export_*!` macros invoke — in the plugin crate.
 //! So a plugin carries exactly one world's exports whatever the linker keeps,
 //! and stock `wasm-tools component new` works without any section surgery.
 //!
@@ -125,13 +128,15 @@ pub mod log;
 mod projection;
 mod runtime;
 mod state;
+mod upcaster;
 
 pub use aggregate::{Aggregate, Rejection};
 pub use projection::{EventMeta, Projection, Subscription};
+pub use upcaster::Upcaster;
 
 /// Used by the export macros; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::{aggregate, projection};
-    pub use crate::runtime::{AggregateSlot, ProjectionSlot};
+    pub use crate::bindings::{aggregate, projection, upcaster};
+    pub use crate::runtime::{AggregateSlot, ProjectionSlot, UpcasterSlot};
 }

@@ -1,4 +1,5 @@
-//! The glue between the generated WIT traits and [`Aggregate`] / [`Projection`].
+//! The glue between the generated WIT traits and [`Aggregate`] / [`Projection`] /
+//! [`Upcaster`].
 //!
 //! The export macros define a zero-sized type owning the plugin's state cell
 //! and implement a slot trait for it; the blanket impls here turn every slot
@@ -12,8 +13,10 @@ use crate::bindings::projection::exports::foldhost::plugin::projection as wit_pr
 use crate::bindings::types::{
     Batch, CommandError, ContentType, Description, NewEvent, PluginKind, Subscription,
 };
+use crate::bindings::upcaster::exports::foldhost::plugin::upcaster as wit_upcaster;
 use crate::codec;
 use crate::projection::Projection;
+use crate::upcaster::Upcaster;
 
 /// The state cell behind an exported aggregate.
 pub trait AggregateSlot: 'static {
@@ -27,6 +30,11 @@ pub trait ProjectionSlot: 'static {
     type Projection: Projection;
     /// Runs `f` on the state, creating the default state on first use.
     fn with<R>(f: impl FnOnce(&mut Self::Projection) -> R) -> R;
+}
+
+/// The type behind an exported upcaster (it has no state).
+pub trait UpcasterSlot: 'static {
+    type Upcaster: Upcaster;
 }
 
 /// Called on every entry: inside wasm, routes panic messages to the host log
@@ -183,6 +191,49 @@ impl<S: ProjectionSlot> wit_projection::Guest for S {
         };
         let answer = S::with(|state| state.query(&name, args))?;
         Ok(answer.to_string())
+    }
+}
+
+impl<S: UpcasterSlot> wit_upcaster::Guest for S {
+    fn describe() -> wit_upcaster::UpcasterDescription {
+        enter();
+        wit_upcaster::UpcasterDescription {
+            name: S::Upcaster::NAME.to_owned(),
+            plugin_version: S::Upcaster::VERSION.to_owned(),
+        }
+    }
+
+    fn handles() -> Subscription {
+        enter();
+        let handles = S::Upcaster::handles();
+        Subscription {
+            event_types: handles.event_types,
+            categories: handles.categories,
+        }
+    }
+
+    fn upcast(events: Batch) -> Result<Vec<wit_upcaster::Upcasted>, String> {
+        enter();
+        batch::events(&events)
+            .map(|raw| {
+                let raw = raw?;
+                let old = raw.decode()?;
+                let new = S::Upcaster::upcast(old, &raw.meta)
+                    .iter()
+                    .map(|event| {
+                        let (event_type, data) = codec::encode_json(event).map_err(|e| {
+                            format!("cannot encode what event {} became: {e}", raw.meta.position)
+                        })?;
+                        Ok(NewEvent {
+                            event_type,
+                            content_type: ContentType::Json,
+                            data,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(wit_upcaster::Upcasted::Replace(new))
+            })
+            .collect()
     }
 }
 

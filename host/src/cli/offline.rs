@@ -19,7 +19,7 @@ use crate::durable;
 use crate::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
 use crate::runtime::{
     AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_LIMIT,
-    diff_versions, stream_name,
+    Upcaster, UpcasterChain, diff_versions, stream_name,
 };
 use crate::server::json::EventJson;
 use crate::server::{COMPILE_CACHE, JOURNAL_FILE};
@@ -42,7 +42,33 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "ID")]
     stream: Option<String>,
     #[command(flatten)]
+    upcasters: UpcasterFiles,
+    #[command(flatten)]
     data: DataDir,
+}
+
+/// Upcasters to feed the events through, as the server does with the ones it has loaded.
+#[derive(Debug, Args)]
+pub struct UpcasterFiles {
+    /// An upcaster component (repeatable); they run in the order of their names.
+    #[arg(long = "upcaster", value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+impl UpcasterFiles {
+    fn load(&self, engine: &PluginEngine) -> anyhow::Result<Arc<UpcasterChain>> {
+        let upcasters = self
+            .files
+            .iter()
+            .map(|path| {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let plugin = Plugin::load(engine, &bytes, &path.display().to_string())?;
+                Ok(Upcaster::new(plugin)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(UpcasterChain::new(upcasters))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +80,8 @@ pub struct DiffArgs {
     /// How many differing streams to show.
     #[arg(long, default_value_t = 5)]
     samples: usize,
+    #[command(flatten)]
+    upcasters: UpcasterFiles,
     #[command(flatten)]
     data: DataDir,
 }
@@ -120,15 +148,24 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", args.plugin.display()))?;
         let engine = args.data.engine()?;
         let plugin = Plugin::load(&engine, &bytes, &args.plugin.display().to_string())?;
+        let upcasters = args.upcasters.load(&engine)?.for_plugin(&plugin);
         let state = match (plugin.kind(), args.stream) {
-            (PluginKind::Projection, None) => replay_projection(plugin, &journal)?,
+            (PluginKind::Upcaster, _) => {
+                bail!(
+                    "{} is an upcaster: it folds nothing; pass it with --upcaster",
+                    plugin.name()
+                )
+            }
+            (PluginKind::Projection, None) => replay_projection(plugin, upcasters, &journal)?,
             (PluginKind::Projection, Some(_)) => {
                 bail!(
                     "{} is a projection: it folds the global log, drop --stream",
                     plugin.name()
                 )
             }
-            (PluginKind::Aggregate, Some(id)) => replay_aggregate(plugin, &journal, &id)?,
+            (PluginKind::Aggregate, Some(id)) => {
+                replay_aggregate(plugin, upcasters, &journal, &id)?
+            }
             (PluginKind::Aggregate, None) => {
                 bail!(
                     "{} is an aggregate: name the aggregate with --stream ID",
@@ -142,9 +179,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     .await?
 }
 
-fn replay_projection(plugin: Arc<Plugin>, journal: &Journal) -> anyhow::Result<serde_json::Value> {
+fn replay_projection(
+    plugin: Arc<Plugin>,
+    upcasters: Arc<UpcasterChain>,
+    journal: &Journal,
+) -> anyhow::Result<serde_json::Value> {
     let bar = progress(journal.head_position(), "events");
-    let mut projection = ProjectionInstance::new(plugin, None)?;
+    let mut projection = ProjectionInstance::through(plugin, upcasters, None)?;
     loop {
         let events = journal.read_all_within(projection.position + 1, REPLAY_LIMIT)?;
         if events.is_empty() {
@@ -159,6 +200,7 @@ fn replay_projection(plugin: Arc<Plugin>, journal: &Journal) -> anyhow::Result<s
 
 fn replay_aggregate(
     plugin: Arc<Plugin>,
+    upcasters: Arc<UpcasterChain>,
     journal: &Journal,
     id: &str,
 ) -> anyhow::Result<serde_json::Value> {
@@ -167,7 +209,7 @@ fn replay_aggregate(
         bail!("stream {stream:?} has no events");
     };
     let bar = progress(head, "events");
-    let mut aggregate = AggregateInstance::new(plugin, &stream, None)?;
+    let mut aggregate = AggregateInstance::through(plugin, upcasters, &stream, None)?;
     while aggregate.version < head {
         let before = aggregate.version;
         aggregate.catch_up(journal, before + REPLAY_LIMIT.events as u64)?;
@@ -192,11 +234,19 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
             Ok(Plugin::load(&engine, &bytes, &path.display().to_string())?)
         };
         let (old, new) = (load(&args.old)?, load(&args.new)?);
+        let upcasters = args.upcasters.load(&engine)?;
         let bar = progress(0, "streams");
-        let report = diff_versions(&journal, &old, &new, args.samples, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
+        let report = diff_versions(
+            &journal,
+            &upcasters,
+            &old,
+            &new,
+            args.samples,
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )?;
         bar.finish_and_clear();
         println!("{}", serde_json::to_string_pretty(&report)?);
         if report.differing > 0 {

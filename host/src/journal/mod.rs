@@ -123,6 +123,17 @@ impl Journal {
         }
     }
 
+    /// The limits this journal was opened with.
+    pub fn config(&self) -> &JournalConfig {
+        &self.config
+    }
+
+    /// Checks `events` against the limits every append to `stream` must meet (sizes, counts,
+    /// distinct ids), as [`append`](Self::append) does before queueing them.
+    pub fn check_append(&self, stream: &str, events: &[NewEvent]) -> Result<(), JournalError> {
+        self.config.check_append(stream, events)
+    }
+
     /// [`append`](Self::append) for threads outside an async runtime.
     ///
     /// # Panics
@@ -430,8 +441,8 @@ impl Journal {
         dispatch!(self, checkpoint(plugin))
     }
 
-    /// Drops every snapshot, the checkpoint and the parked events of `plugin` (a content hash);
-    /// events stay.
+    /// Drops every snapshot, the checkpoint and the parked events of `plugin` (a content hash),
+    /// also those keyed `{plugin}+{upcaster chain}`; events stay.
     pub async fn delete_plugin_data(&self, plugin: &str) -> Result<(), JournalError> {
         self.write(Op::DeletePluginData {
             plugin: plugin.to_owned(),

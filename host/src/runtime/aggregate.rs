@@ -1,6 +1,7 @@
 //! One aggregate instance: a single stream's state living in its own store.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 use wasmtime::Store;
@@ -10,6 +11,7 @@ use super::bindings::{PluginData, encode_batch, types};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
+use super::upcast::UpcasterChain;
 use crate::journal::{Journal, NewEvent, ReadLimit, RecordedEvent, StreamWindow};
 
 /// Events moved into a plugin per `apply` call during replay: at most 1024, and at most 4 MiB
@@ -48,6 +50,8 @@ pub fn batches(
 /// A live aggregate: one stream's state folded up to `version`.
 pub struct AggregateInstance {
     plugin: Arc<Plugin>,
+    /// The upcasters its events pass through.
+    upcasters: Arc<UpcasterChain>,
     stream: String,
     store: Store<PluginData>,
     bindings: AggregatePlugin,
@@ -63,28 +67,29 @@ pub struct AggregateInstance {
 }
 
 impl AggregateInstance {
-    /// A fresh instance of `plugin` for `stream`, starting empty or from `snapshot`.
+    /// A fresh instance of `plugin` for `stream`, starting empty or from `snapshot`, fed the
+    /// events as stored.
     pub fn new(
         plugin: Arc<Plugin>,
         stream: &str,
         snapshot: Option<(u64, Vec<u8>)>,
     ) -> Result<Self, RuntimeError> {
-        let (mut store, bindings) = plugin.instantiate_aggregate()?;
+        Self::through(plugin, UpcasterChain::none(), stream, snapshot)
+    }
+
+    /// [`new`](Self::new), fed every event through `upcasters` (the chain relevant to the
+    /// plugin, see [`UpcasterChain::for_plugin`]).
+    pub fn through(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
+        stream: &str,
+        snapshot: Option<(u64, Vec<u8>)>,
+    ) -> Result<Self, RuntimeError> {
+        let (store, bindings) = plugin.instantiate_aggregate()?;
         let (version, bytes) = snapshot.map_or((0, None), |(v, b)| (v, Some(b)));
-        let guest = bindings.foldhost_plugin_aggregate();
-        let restored = guarded(
-            &mut store,
-            plugin.engine(),
-            || format!("restoring {stream} from the snapshot at version {version}"),
-            |s| guest.call_init(s, bytes.as_deref()),
-        )?;
-        restored.map_err(|message| RuntimeError::PluginFailed {
-            plugin: plugin.name().to_owned(),
-            context: format!("restoring {stream} at version {version}"),
-            message,
-        })?;
-        Ok(Self {
+        let mut instance = Self {
             plugin,
+            upcasters,
             stream: stream.to_owned(),
             store,
             bindings,
@@ -92,7 +97,57 @@ impl AggregateInstance {
             snapshot_version: version,
             base: 1,
             whole: true,
+        };
+        instance.init(version, bytes.as_deref())?;
+        Ok(instance)
+    }
+
+    /// Puts back the state `snapshot` holds, a snapshot of this stream at `version` taken from
+    /// this instance (to undo folds of events that were never stored).
+    pub fn restore(&mut self, version: u64, snapshot: &[u8]) -> Result<(), RuntimeError> {
+        self.init(version, Some(snapshot))?;
+        self.version = version;
+        Ok(())
+    }
+
+    /// Starts the plugin's state empty or from `snapshot`, the state at `version`.
+    fn init(&mut self, version: u64, snapshot: Option<&[u8]>) -> Result<(), RuntimeError> {
+        let guest = self.bindings.foldhost_plugin_aggregate();
+        let stream = &self.stream;
+        let restored = guarded(
+            &mut self.store,
+            self.plugin.engine(),
+            || format!("restoring {stream} from the snapshot at version {version}"),
+            |s| guest.call_init(s, snapshot),
+        )?;
+        restored.map_err(|message| RuntimeError::PluginFailed {
+            plugin: self.plugin.name().to_owned(),
+            context: format!("restoring {stream} at version {version}"),
+            message,
         })
+    }
+
+    /// `events` as they would be stored right now as this stream's next events after the
+    /// log's `head`: provisional positions and time, to fold before they are stored.
+    pub fn provisional(&self, head: u64, events: &[NewEvent]) -> Vec<RecordedEvent> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        events
+            .iter()
+            .zip(1..)
+            .map(|(event, n)| RecordedEvent {
+                position: head + n,
+                stream: self.stream.clone(),
+                version: self.version + n,
+                id: event.id,
+                event_type: event.event_type.clone(),
+                content_type: event.content_type,
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at: now,
+            })
+            .collect()
     }
 
     /// Rebuilds `stream` from its newest snapshot at or below `at_most` plus the
@@ -103,24 +158,38 @@ impl AggregateInstance {
         stream: &str,
         at_most: u64,
     ) -> Result<Self, RuntimeError> {
+        Self::rehydrate_through(plugin, UpcasterChain::none(), journal, stream, at_most)
+    }
+
+    /// [`rehydrate`](Self::rehydrate) through `upcasters`, from a snapshot folded through the
+    /// same chain.
+    pub fn rehydrate_through(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
+        journal: &Journal,
+        stream: &str,
+        at_most: u64,
+    ) -> Result<Self, RuntimeError> {
         let window = journal.stream_window(stream)?;
-        Self::rehydrate_in(plugin, journal, stream, at_most, &window)
+        Self::rehydrate_in(plugin, upcasters, journal, stream, at_most, &window)
     }
 
     /// [`rehydrate`](Self::rehydrate) within the stream's visible `window`: the state folds only
     /// the events readers see, so snapshots are used only when the window is the whole stream.
     fn rehydrate_in(
         plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
         journal: &Journal,
         stream: &str,
         at_most: u64,
         window: &StreamWindow,
     ) -> Result<Self, RuntimeError> {
+        let key = upcasters.state_key(&plugin.hash);
         let snapshot = match window.is_whole() {
-            true => journal.latest_snapshot(&plugin.hash, stream, at_most)?,
+            true => journal.latest_snapshot(&key, stream, at_most)?,
             false => None,
         };
-        let mut instance = Self::new(plugin, stream, snapshot)?;
+        let mut instance = Self::through(plugin, upcasters, stream, snapshot)?;
         instance.base = window.first;
         instance.whole = window.is_whole();
         instance.catch_up(journal, at_most)?;
@@ -144,8 +213,9 @@ impl AggregateInstance {
     pub fn refresh(&mut self, journal: &Journal) -> Result<(), RuntimeError> {
         let window = journal.stream_window(&self.stream)?;
         if !self.fits(&window) {
+            let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
             let stream = self.stream.clone();
-            *self = Self::rehydrate_in(self.plugin.clone(), journal, &stream, u64::MAX, &window)?;
+            *self = Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &window)?;
             return Ok(());
         }
         self.catch_up(journal, u64::MAX)?;
@@ -192,7 +262,9 @@ impl AggregateInstance {
         events: &[RecordedEvent],
     ) -> Result<Self, RuntimeError> {
         let before = events[0].version - 1;
-        let mut rebuilt = Self::rehydrate(self.plugin.clone(), journal, &self.stream, before)?;
+        let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
+        let mut rebuilt =
+            Self::rehydrate_through(plugin, upcasters, journal, &self.stream, before)?;
         for event in events {
             rebuilt
                 .apply(std::slice::from_ref(event))
@@ -201,9 +273,22 @@ impl AggregateInstance {
         Ok(rebuilt)
     }
 
-    /// Folds stored events (consecutive, starting at `version + 1`) into the state.
+    /// Folds stored events (consecutive, starting at `version + 1`) into the state, through
+    /// its upcasters.
     pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), RuntimeError> {
+        let Some(last_version) = events.last().map(|event| event.version) else {
+            return Ok(());
+        };
+        let upcast;
+        let events = if self.upcasters.is_empty() {
+            events
+        } else {
+            upcast = self.upcasters.upcast(events.to_vec())?;
+            &upcast[..]
+        };
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            // Upcast into nothing: the versions were still folded.
+            self.version = last_version;
             return Ok(());
         };
         let batch = encode_batch(events);
@@ -222,7 +307,7 @@ impl AggregateInstance {
             context: context(),
             message,
         })?;
-        self.version = last.version;
+        self.version = last_version;
         Ok(())
     }
 
@@ -315,5 +400,15 @@ impl AggregateInstance {
 
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    /// The upcasters its events pass through.
+    pub fn upcasters(&self) -> &Arc<UpcasterChain> {
+        &self.upcasters
+    }
+
+    /// The key of this state's snapshots: the plugin's hash and its upcaster chain's.
+    pub fn state_key(&self) -> String {
+        self.upcasters.state_key(&self.plugin.hash)
     }
 }

@@ -2,16 +2,14 @@
 //! a scratch copy of the stream's state, so that an event it cannot fold never gets stored.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::aggregate::{AggregateInstance, REPLAY_LIMIT, batches};
 use super::blocking;
 use super::commands::{Aggregates, latest, take_state};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
-use crate::journal::{
-    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, RecordedEvent,
-};
+use super::upcast::UpcasterChain;
+use crate::journal::{AppendResult, ExpectedVersion, Journal, JournalError, NewEvent};
 
 impl Aggregates {
     /// Appends `events` to `stream` of aggregate `plugin` once `expected` holds and the plugin
@@ -25,14 +23,16 @@ impl Aggregates {
     pub async fn append_validated(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, RuntimeError> {
         let slot = self.slot(stream);
-        let mut live = slot.lock().await;
-        let cached = take_state(&mut live, plugin);
+        let mut live = slot.live.lock().await;
+        let cached = take_state(&mut live, plugin, upcasters);
         let (journal, plugin, stream) = (self.journal.clone(), plugin.clone(), stream.to_owned());
+        let upcasters = upcasters.clone();
         let retries = self.config.max_conflict_retries;
         let (instance, outcome) = blocking(move || {
             if let Some(first) = events.first()
@@ -41,7 +41,7 @@ impl Aggregates {
                 let retried = journal.append_blocking(&stream, expected, events);
                 return Ok((cached, retried.map_err(RuntimeError::from)));
             }
-            let mut instance = match latest(cached, plugin, &journal, &stream) {
+            let mut instance = match latest(cached, plugin, upcasters, &journal, &stream) {
                 Ok(instance) => instance,
                 Err(error) => return Ok((None, Err(error))),
             };
@@ -107,7 +107,7 @@ fn validate(
     journal: &Journal,
     events: &[NewEvent],
 ) -> Result<(), RuntimeError> {
-    let provisional = provisional(instance, journal.head_position(), events);
+    let provisional = instance.provisional(journal.head_position(), events);
     let mut scratch = instance.scratch()?;
     if batches(&provisional, REPLAY_LIMIT).all(|batch| scratch.apply(batch).is_ok()) {
         return Ok(());
@@ -126,26 +126,4 @@ fn validate(
         }
     }
     Ok(())
-}
-
-/// `events` as they would be stored right now after `instance`'s version and the log's `head`.
-fn provisional(instance: &AggregateInstance, head: u64, events: &[NewEvent]) -> Vec<RecordedEvent> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
-    events
-        .iter()
-        .zip(1..)
-        .map(|(event, n)| RecordedEvent {
-            position: head + n,
-            stream: instance.stream().to_owned(),
-            version: instance.version + n,
-            id: event.id,
-            event_type: event.event_type.clone(),
-            content_type: event.content_type,
-            data: event.data.clone(),
-            metadata: event.metadata.clone(),
-            recorded_at: now,
-        })
-        .collect()
 }

@@ -1,5 +1,5 @@
-//! Host-side bindings generated from `wit/foldhost.wit`, the per-store data
-//! every plugin instance carries, and the batch encoding.
+//! Host-side bindings generated from `wit/foldhost.wit` (one module per world),
+//! the per-store data every plugin instance carries, and the batch encoding.
 
 use std::sync::Arc;
 
@@ -20,6 +20,18 @@ pub mod projection {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "projection-plugin",
+        with: {
+            "foldhost:plugin/types": super::aggregate::foldhost::plugin::types,
+            "foldhost:plugin/host": super::aggregate::foldhost::plugin::host,
+        },
+    });
+}
+
+/// Bindings for the `upcaster-plugin` world; shares the aggregate world's types.
+pub mod upcaster {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "upcaster-plugin",
         with: {
             "foldhost:plugin/types": super::aggregate::foldhost::plugin::types,
             "foldhost:plugin/host": super::aggregate::foldhost::plugin::host,

@@ -1,20 +1,29 @@
 //! The write side: commands against aggregates, with a bounded cache of live
 //! states, optimistic appends and periodic snapshots.
+//!
+//! Commands to one stream queue on that stream's slot in arrival order and are run in rounds by
+//! one driver task per busy stream: each round takes every command queued so far and runs them
+//! as one pipeline (see `pipeline`), so a hot stream pays one commit per round, not per command.
+//! Different streams proceed in parallel.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
+use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::aggregate::AggregateInstance;
 use super::blocking;
 use super::error::RuntimeError;
+use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
-use crate::journal::{
-    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
-};
+use super::upcast::UpcasterChain;
+use crate::journal::{AppendResult, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent};
 
 /// Tuning of the write side.
 #[derive(Debug, Clone)]
@@ -25,6 +34,8 @@ pub struct AggregateConfig {
     pub cache_capacity: usize,
     /// Times a command is re-decided after a concurrent append to its stream.
     pub max_conflict_retries: u32,
+    /// Most commands of one stream decided and appended together in one round.
+    pub max_pipeline: usize,
 }
 
 impl Default for AggregateConfig {
@@ -33,6 +44,7 @@ impl Default for AggregateConfig {
             snapshot_every: 500,
             cache_capacity: 10_000,
             max_conflict_retries: 8,
+            max_pipeline: 256,
         }
     }
 }
@@ -81,18 +93,120 @@ const IDEMPOTENCY_IDS: Uuid = Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f
 
 /// The id of event `index` of the command with idempotency `key` on `stream`: the same on
 /// every retry and every host, so the journal's idempotent append recognises a retry.
-fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
+pub(super) fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
     let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());
     Uuid::new_v5(&IDEMPOTENCY_IDS, name.as_bytes())
 }
 
-pub(super) type Slot = Arc<tokio::sync::Mutex<Option<AggregateInstance>>>;
+/// One stream's place in the cache: its live state and its queue of commands.
+#[derive(Default)]
+pub(super) struct StreamSlot {
+    /// The stream's state; held by one round of commands, one read or one validated append at
+    /// a time.
+    pub(super) live: tokio::sync::Mutex<Option<AggregateInstance>>,
+    queue: Mutex<Queue>,
+}
+
+pub(super) type Slot = Arc<StreamSlot>;
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Whether a driver task is running this stream's rounds.
+    driving: bool,
+}
+
+/// A command waiting for its round.
+struct Pending {
+    plugin: Arc<Plugin>,
+    upcasters: Arc<UpcasterChain>,
+    command: Command,
+    reply: oneshot::Sender<Result<CommandOutcome, RuntimeError>>,
+    queued: Instant,
+}
+
+impl Pending {
+    /// The key of the state its command must be decided on.
+    fn state_key(&self) -> String {
+        self.upcasters.state_key(&self.plugin.hash)
+    }
+}
+
+impl StreamSlot {
+    /// Queues `pending`; true if the caller is to start a driver.
+    fn enqueue(&self, pending: Pending) -> bool {
+        let mut queue = self.queue.lock().expect("queue lock");
+        queue.pending.push_back(pending);
+        !std::mem::replace(&mut queue.driving, true)
+    }
+
+    /// The next round: the queued commands for the plugin build and upcaster chain of the
+    /// first one, at most
+    /// `max`. None (and the driver stops) when nothing is queued.
+    fn next_round(&self, max: usize) -> Option<Vec<Pending>> {
+        let mut queue = self.queue.lock().expect("queue lock");
+        let Some(first) = queue.pending.front() else {
+            queue.driving = false;
+            return None;
+        };
+        let key = first.state_key();
+        let same = queue
+            .pending
+            .iter()
+            .take(max.max(1))
+            .take_while(|pending| pending.state_key() == key)
+            .count();
+        Some(queue.pending.drain(..same).collect())
+    }
+
+    /// Puts commands a round did not decide back at the head of the queue, in order.
+    fn requeue(&self, deferred: Vec<Pending>) {
+        let mut queue = self.queue.lock().expect("queue lock");
+        for pending in deferred.into_iter().rev() {
+            queue.pending.push_front(pending);
+        }
+    }
+
+    /// Stops driving after a panic, failing what is queued (their callers see the panic).
+    fn abandon(&self) -> u64 {
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dropped = queue.pending.len() as u64;
+        queue.pending.clear();
+        queue.driving = false;
+        dropped
+    }
+}
+
+/// Counters of the command pipeline since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Rounds run: each decided its commands together and appended their events at once.
+    pub rounds: u64,
+    /// Commands decided (every command once, however often its round was decided again).
+    pub commands: u64,
+    /// Times a round was decided again because another writer changed its stream first.
+    pub redecided: u64,
+    /// Commands waiting for a round right now.
+    pub queued: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    rounds: AtomicU64,
+    commands: AtomicU64,
+    redecided: AtomicU64,
+    queued: AtomicU64,
+}
 
 /// Runs commands. Commands to one stream queue on that stream's slot in
-/// arrival order; different streams proceed in parallel.
+/// arrival order and run in rounds; different streams proceed in parallel.
 pub struct Aggregates {
     pub(super) journal: Journal,
     pub(super) config: AggregateConfig,
+    stats: Arc<Stats>,
     /// Keyed by stream alone, so that commands to a stream keep queueing in
     /// arrival order while a new plugin version takes over; a state folded by
     /// another version is dropped, never reused (see `take_state`).
@@ -105,58 +219,62 @@ impl Aggregates {
         Self {
             journal,
             config,
+            stats: Arc::default(),
             cache: Mutex::new(LruCache::new(capacity)),
         }
     }
 
-    /// Handles `command` on aggregate `id`: load, decide, append with the expected version,
-    /// apply. On a conflicting concurrent append the state catches up and the command is
-    /// decided again. Once its events are stored the command succeeds, even if computing the
-    /// new state fails ([`CommandOutcome::state`]).
-    ///
-    /// The whole cycle runs in one hop to the blocking pool: its thread waits
-    /// for the group commit, so concurrent commands still share an fsync.
+    /// Handles `command` on aggregate `id`: decide it on the stream's state, append its events
+    /// with the expected version, apply them. The command runs in a round with the commands
+    /// queued on the stream with it (see `pipeline`); on a conflicting concurrent append the
+    /// round catches up and is decided again. Once its events are stored the command succeeds,
+    /// even if computing the new state fails ([`CommandOutcome::state`]).
     pub async fn execute(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         id: &str,
         command: Command,
     ) -> Result<CommandOutcome, RuntimeError> {
         expect_aggregate(plugin)?;
-        let started = Instant::now();
         let stream = stream_name(plugin.name(), id);
         let slot = self.slot(&stream);
-        let mut live = slot.lock().await;
-        let cached = take_state(&mut live, plugin);
-        let (journal, plugin_, retries) = (
-            self.journal.clone(),
-            plugin.clone(),
-            self.config.max_conflict_retries,
-        );
-        let (instance, outcome) = blocking(move || {
-            // Another writer (a direct append, another host) may have moved the stream on,
-            // or a delete or retention rule hidden some of it: decide against what readers
-            // see now.
-            let mut instance = match latest(cached, plugin_, &journal, &stream) {
-                Ok(instance) => instance,
-                Err(error) => return Ok((None, Err(error))),
-            };
-            let outcome = decide_and_append(&mut instance, &journal, &command, retries);
-            // A broken store is never reused; nor is one of a stream that still does not
-            // exist, so commands to made-up ids leave nothing behind.
-            let keep = intact(&outcome) && instance.version > 0;
-            Ok((keep.then_some(instance), outcome))
-        })
-        .await?;
-        if let Some(instance) = instance {
-            *live = Some(instance);
-            self.maybe_snapshot(&mut live).await;
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending {
+            plugin: plugin.clone(),
+            upcasters: upcasters.clone(),
+            command,
+            reply,
+            queued: Instant::now(),
+        };
+        // Bounded like the journal's write queue: past it a command is refused, never queued.
+        let limit = self.journal.config().max_queued_writes.max(1) as u64;
+        if self.stats.queued.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(JournalError::Overloaded.into());
         }
-        if outcome.is_ok() {
-            metrics::histogram!("foldhost_command_seconds", "plugin" => plugin.name().to_owned())
-                .record(started.elapsed().as_secs_f64());
+        if slot.enqueue(pending) {
+            let driver = Driver {
+                journal: self.journal.clone(),
+                config: self.config.clone(),
+                stats: self.stats.clone(),
+            };
+            let span = tracing::info_span!("commands", %stream);
+            tokio::spawn(driver.drive(slot, stream).instrument(span));
         }
         outcome
+            .await
+            .unwrap_or_else(|_| panic!("the round running this command panicked"))
+    }
+
+    /// Counters of the command pipeline.
+    pub fn stats(&self) -> CommandStats {
+        CommandStats {
+            rounds: self.stats.rounds.load(Ordering::Relaxed),
+            commands: self.stats.commands.load(Ordering::Relaxed),
+            redecided: self.stats.redecided.load(Ordering::Relaxed),
+            queued: self.stats.queued.load(Ordering::Relaxed),
+        }
     }
 
     /// The current state of aggregate `id`, or its state at `at_version`
@@ -164,6 +282,7 @@ impl Aggregates {
     pub async fn state(
         &self,
         plugin: &Arc<Plugin>,
+        upcasters: &Arc<UpcasterChain>,
         id: &str,
         at_version: Option<u64>,
     ) -> Result<(u64, serde_json::Value), RuntimeError> {
@@ -171,21 +290,22 @@ impl Aggregates {
         let stream = stream_name(plugin.name(), id);
         let journal = self.journal.clone();
         if let Some(at) = at_version {
-            let plugin = plugin.clone();
+            let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
             return blocking(move || {
                 let head = journal.stream_version(&stream)?.unwrap_or(0);
                 if head == 0 {
                     return Err(RuntimeError::NoSuchStream(stream));
                 }
-                let mut instance = AggregateInstance::rehydrate(plugin, &journal, &stream, at)?;
+                let mut instance =
+                    AggregateInstance::rehydrate_through(plugin, upcasters, &journal, &stream, at)?;
                 Ok((instance.version, instance.state()?))
             })
             .await;
         }
         let slot = self.slot(&stream);
-        let mut live = slot.lock().await;
-        let instance = take_state(&mut live, plugin);
-        let plugin = plugin.clone();
+        let mut live = slot.live.lock().await;
+        let instance = take_state(&mut live, plugin, upcasters);
+        let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
         let (instance, version, state) = blocking(move || {
             let mut instance = match instance {
                 Some(mut instance) => {
@@ -201,7 +321,13 @@ impl Aggregates {
                 None if journal.stream_version(&stream)?.is_none() => {
                     return Err(RuntimeError::NoSuchStream(stream));
                 }
-                None => AggregateInstance::rehydrate(plugin, &journal, &stream, u64::MAX)?,
+                None => AggregateInstance::rehydrate_through(
+                    plugin,
+                    upcasters,
+                    &journal,
+                    &stream,
+                    u64::MAX,
+                )?,
             };
             let state = instance.state()?;
             let version = instance.version;
@@ -217,7 +343,7 @@ impl Aggregates {
     pub fn evict_plugin(&self, plugin_hash: &str) {
         let cache = self.cache.lock().expect("cache lock");
         for (_, slot) in cache.iter() {
-            if let Ok(mut live) = slot.try_lock()
+            if let Ok(mut live) = slot.live.try_lock()
                 && live
                     .as_ref()
                     .is_some_and(|i| i.plugin().hash == plugin_hash)
@@ -237,6 +363,83 @@ impl Aggregates {
         let slot = Slot::default();
         cache.put(stream.to_owned(), slot.clone());
         slot
+    }
+}
+
+/// Runs the rounds of one stream while commands are queued on it.
+struct Driver {
+    journal: Journal,
+    config: AggregateConfig,
+    stats: Arc<Stats>,
+}
+
+impl Driver {
+    async fn drive(self, slot: Slot, stream: String) {
+        let mut abandon = Abandon {
+            slot: &slot,
+            stats: &self.stats,
+            armed: true,
+        };
+        loop {
+            let mut live = slot.live.lock().await;
+            let Some(round) = slot.next_round(self.config.max_pipeline) else {
+                break;
+            };
+            let (plugin, upcasters) = (round[0].plugin.clone(), round[0].upcasters.clone());
+            let cached = take_state(&mut live, &plugin, &upcasters);
+            let (commands, mut waiting): (Vec<Command>, Vec<_>) = round
+                .into_iter()
+                .map(|p| (p.command, (p.plugin, p.upcasters, p.reply, p.queued)))
+                .unzip();
+            let (journal, config, stream_) =
+                (self.journal.clone(), self.config.clone(), stream.clone());
+            let (ran, commands) = blocking(move || {
+                let state = pipeline::State {
+                    cached,
+                    plugin,
+                    upcasters,
+                };
+                let ran = pipeline::run(state, &journal, &stream_, &commands, &config);
+                Ok((ran, commands))
+            })
+            .await
+            .expect("a round reports failures in its outcomes");
+            let decided = ran.outcomes.len();
+            self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .commands
+                .fetch_add(decided as u64, Ordering::Relaxed);
+            self.stats
+                .queued
+                .fetch_sub(decided as u64, Ordering::Relaxed);
+            self.stats
+                .redecided
+                .fetch_add(u64::from(ran.redecided), Ordering::Relaxed);
+            metrics::histogram!("foldhost_command_round_size").record(decided as f64);
+            let deferred: Vec<Pending> = commands
+                .into_iter()
+                .skip(decided)
+                .zip(waiting.drain(decided..))
+                .map(|(command, (plugin, upcasters, reply, queued))| Pending {
+                    plugin,
+                    upcasters,
+                    command,
+                    reply,
+                    queued,
+                })
+                .collect();
+            slot.requeue(deferred);
+            for ((plugin, _, reply, queued), outcome) in waiting.into_iter().zip(ran.outcomes) {
+                if outcome.is_ok() {
+                    metrics::histogram!("foldhost_command_seconds", "plugin" => plugin.name().to_owned())
+                        .record(queued.elapsed().as_secs_f64());
+                }
+                let _ = reply.send(outcome);
+            }
+            *live = ran.instance;
+            self.maybe_snapshot(&mut live).await;
+        }
+        abandon.armed = false;
     }
 
     /// Stores a snapshot when enough events were folded since the last one.
@@ -262,15 +465,12 @@ impl Aggregates {
         };
         match bytes {
             Ok(bytes) => {
-                let (journal, hash, version) = (
-                    self.journal.clone(),
-                    instance.plugin().hash.clone(),
-                    instance.version,
-                );
+                let (journal, key, version) =
+                    (self.journal.clone(), instance.state_key(), instance.version);
                 let stream = instance.stream().to_owned();
                 instance.snapshot_version = version;
                 tokio::spawn(async move {
-                    if let Err(error) = journal.put_snapshot(&hash, &stream, version, bytes).await {
+                    if let Err(error) = journal.put_snapshot(&key, &stream, version, bytes).await {
                         tracing::warn!(%error, %stream, version, "could not store snapshot");
                     }
                 });
@@ -281,19 +481,41 @@ impl Aggregates {
     }
 }
 
-/// Takes the cached state out of a slot if `plugin` folded it; a state of
-/// another version (the one before a swap, or after a rollback) is dropped.
+/// Fails the queued commands of a stream whose driver panicked, so that the next command
+/// starts a new driver instead of waiting for a dead one.
+struct Abandon<'a> {
+    slot: &'a StreamSlot,
+    stats: &'a Stats,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let dropped = self.slot.abandon();
+            self.stats.queued.fetch_sub(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes the cached state out of a slot if `plugin` folded it through `upcasters`; a state of
+/// another version (the one before a swap, or after a rollback) or folded through another
+/// chain is dropped: the stream rehydrates on its next command.
 pub(super) fn take_state(
     live: &mut Option<AggregateInstance>,
     plugin: &Plugin,
+    upcasters: &UpcasterChain,
 ) -> Option<AggregateInstance> {
-    live.take().filter(|i| i.plugin().hash == plugin.hash)
+    let key = upcasters.state_key(&plugin.hash);
+    live.take().filter(|i| i.state_key() == key)
 }
 
-/// The cached state brought up to what readers see of the stream now, or the stream rebuilt.
+/// The cached state brought up to what readers see of the stream now, or the stream rebuilt
+/// through `upcasters`.
 pub(super) fn latest(
     cached: Option<AggregateInstance>,
     plugin: Arc<Plugin>,
+    upcasters: Arc<UpcasterChain>,
     journal: &Journal,
     stream: &str,
 ) -> Result<AggregateInstance, RuntimeError> {
@@ -302,89 +524,13 @@ pub(super) fn latest(
             instance.refresh(journal)?;
             Ok(instance)
         }
-        None => AggregateInstance::rehydrate(plugin, journal, stream, u64::MAX),
+        None => AggregateInstance::rehydrate_through(plugin, upcasters, journal, stream, u64::MAX),
     }
-}
-
-/// Whether the instance still holds the stream's state after `outcome`: a refusal leaves it
-/// as it was; a plugin failure may have broken it (a trapped store is never reused).
-fn intact(outcome: &Result<CommandOutcome, RuntimeError>) -> bool {
-    match outcome {
-        Ok(outcome) => outcome.state.is_ok(),
-        Err(error) => matches!(
-            error,
-            RuntimeError::Rejected { .. }
-                | RuntimeError::InvalidCommand { .. }
-                | RuntimeError::TooManyConflicts(_)
-                | RuntimeError::Journal(_)
-        ),
-    }
-}
-
-/// Decides the command and appends its events, re-deciding after conflicts. A command with
-/// an idempotency key whose events are already stored returns them instead.
-fn decide_and_append(
-    instance: &mut AggregateInstance,
-    journal: &Journal,
-    command: &Command,
-    retries: u32,
-) -> Result<CommandOutcome, RuntimeError> {
-    let stream = instance.stream().to_owned();
-    let key = command.idempotency_key.as_deref();
-    for _ in 0..=retries {
-        if let Some(key) = key
-            && let Some(stored) = committed(journal, &stream, key)?
-        {
-            return Ok(outcome_of(instance, journal, stored));
-        }
-        let mut events = instance.handle(&command.command_type, &command.data)?;
-        if events.is_empty() {
-            return Ok(CommandOutcome {
-                version: instance.version,
-                events: Vec::new(),
-                state: Ok(instance.state()?),
-            });
-        }
-        if let Some(key) = key {
-            for (index, event) in events.iter_mut().enumerate() {
-                event.id = derived_id(&stream, key, index);
-            }
-        }
-        let expected = match instance.version {
-            0 => ExpectedVersion::NoStream,
-            v => ExpectedVersion::Exact(v),
-        };
-        match journal.append_blocking(&stream, expected, events.clone()) {
-            // From here on the events are stored: the command succeeds whatever follows.
-            Ok(appended) => {
-                let stored = match key {
-                    Some(key) => committed(journal, &stream, key).and_then(|found| {
-                        found.ok_or_else(|| JournalError::Corrupt {
-                            position: appended.first_position,
-                            reason: "an appended event is not found by its id".to_owned(),
-                        })
-                    }),
-                    None => journal.read_stream(&stream, appended.first_version, events.len()),
-                };
-                return Ok(match stored {
-                    Ok(stored) => outcome_of(instance, journal, stored),
-                    Err(error) => unread_outcome(&stream, appended, events, error),
-                });
-            }
-            // Someone else appended (or deleted the stream): catch up, decide again.
-            Err(JournalError::Conflict { .. }) => instance.refresh(journal)?,
-            // Another host stored this key's command first, deciding other events: its
-            // outcome is found on the next round.
-            Err(JournalError::IdempotencyMismatch { .. }) if key.is_some() => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Err(RuntimeError::TooManyConflicts(stream))
 }
 
 /// The stored events of the command with idempotency `key` on `stream`, if it was stored:
 /// consecutive events whose ids derive from the key.
-fn committed(
+pub(super) fn committed(
     journal: &Journal,
     stream: &str,
     key: &str,
@@ -409,40 +555,9 @@ fn committed(
     }
 }
 
-/// The outcome of a command whose events are `stored`: the state right after them, or why
-/// it could not be computed.
-fn outcome_of(
-    instance: &mut AggregateInstance,
-    journal: &Journal,
-    stored: Vec<RecordedEvent>,
-) -> CommandOutcome {
-    let version = stored.last().expect("a stored command has events").version;
-    let state = (|| {
-        if instance.version + 1 == stored[0].version {
-            instance.apply(&stored)?;
-        } else if instance.version < version {
-            instance.catch_up(journal, version)?;
-        }
-        if instance.version == version {
-            return instance.state();
-        }
-        // A retry after the stream moved on: the state as this command left it.
-        let plugin = instance.plugin().clone();
-        AggregateInstance::rehydrate(plugin, journal, instance.stream(), version)?.state()
-    })();
-    CommandOutcome {
-        version,
-        events: stored,
-        state: state.map_err(|error| {
-            tracing::error!(%error, "the events are stored, but the new state is unknown");
-            format!("the events are stored, but the new state could not be computed: {error}")
-        }),
-    }
-}
-
 /// The outcome of a command whose events are stored but could not be read back: the events
 /// as they were sent, `recorded_at` from this host's clock.
-fn unread_outcome(
+pub(super) fn unread_outcome(
     stream: &str,
     appended: AppendResult,
     sent: Vec<NewEvent>,

@@ -9,6 +9,7 @@ use super::aggregate::AggregateInstance;
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
 use super::projection::ProjectionInstance;
+use super::upcast::UpcasterChain;
 use crate::journal::Journal;
 
 /// One stream whose final state differs between the versions (or that only
@@ -36,10 +37,11 @@ pub struct DiffReport {
 }
 
 /// Replays every stream of aggregate `old` (or, for projections, the whole
-/// global log) through both versions and compares the final states.
-/// `progress(done, total)` is called after each stream.
+/// global log) through both versions, each fed through the `upcasters` relevant to it, and
+/// compares the final states. `progress(done, total)` is called after each stream.
 pub fn diff_versions(
     journal: &Journal,
+    upcasters: &UpcasterChain,
     old: &Arc<Plugin>,
     new: &Arc<Plugin>,
     max_samples: usize,
@@ -60,6 +62,12 @@ pub fn diff_versions(
     let streams = match old.kind() {
         PluginKind::Aggregate => journal.streams_with_prefix(&format!("{}-", old.name()))?,
         PluginKind::Projection => vec!["$all".to_owned()],
+        PluginKind::Upcaster => {
+            return Err(RuntimeError::WrongKind {
+                plugin: old.name().to_owned(),
+                expected: "aggregate or projection",
+            });
+        }
     };
     let mut report = DiffReport {
         plugin: old.name().to_owned(),
@@ -67,9 +75,10 @@ pub fn diff_versions(
         differing: 0,
         samples: Vec::new(),
     };
+    let (old_chain, new_chain) = (upcasters.for_plugin(old), upcasters.for_plugin(new));
     for stream in &streams {
-        let old_state = final_state(journal, old, stream);
-        let new_state = final_state(journal, new, stream);
+        let old_state = final_state(journal, old, &old_chain, stream);
+        let new_state = final_state(journal, new, &new_chain, stream);
         report.compared += 1;
         if old_state != new_state {
             report.differing += 1;
@@ -89,20 +98,27 @@ pub fn diff_versions(
 fn final_state(
     journal: &Journal,
     plugin: &Arc<Plugin>,
+    upcasters: &Arc<UpcasterChain>,
     stream: &str,
 ) -> Result<serde_json::Value, String> {
     let replay = || -> Result<serde_json::Value, RuntimeError> {
         match plugin.kind() {
             PluginKind::Aggregate => {
-                let mut instance = AggregateInstance::new(plugin.clone(), stream, None)?;
+                let mut instance =
+                    AggregateInstance::through(plugin.clone(), upcasters.clone(), stream, None)?;
                 instance.catch_up(journal, u64::MAX)?;
                 instance.state()
             }
             PluginKind::Projection => {
-                let mut instance = ProjectionInstance::new(plugin.clone(), None)?;
+                let mut instance =
+                    ProjectionInstance::through(plugin.clone(), upcasters.clone(), None)?;
                 instance.catch_up(journal)?;
                 instance.state()
             }
+            PluginKind::Upcaster => Err(RuntimeError::WrongKind {
+                plugin: plugin.name().to_owned(),
+                expected: "aggregate or projection",
+            }),
         }
     };
     replay().map_err(|e| e.to_string())

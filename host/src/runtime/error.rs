@@ -2,8 +2,9 @@
 
 use crate::journal::{JournalError, RecordedEvent};
 
-/// Errors from the plugin runtime. Each names the plugin involved.
-#[derive(Debug, thiserror::Error)]
+/// Errors from the plugin runtime. Each names the plugin involved. Cloneable so one failed
+/// round of commands can be reported to each of them.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("no plugin named {0:?} is loaded")]
     UnknownPlugin(String),
@@ -105,18 +106,27 @@ impl RuntimeError {
         matches!(self, Self::Trap { message, .. } if message.starts_with("exceeded its time limit"))
     }
 
-    /// `error` of `plugin` folding the stored `event`, as [`RuntimeError::Unfoldable`].
+    /// `error` of `plugin` folding the stored `event`, as [`RuntimeError::Unfoldable`]; the
+    /// reason names the upcaster when one of the plugin's upcasters failed.
     pub(super) fn unfoldable(plugin: &str, event: &RecordedEvent, error: RuntimeError) -> Self {
-        match error {
-            Self::Trap { .. } | Self::PluginFailed { .. } => Self::Unfoldable {
+        match &error {
+            Self::Trap {
+                plugin: culprit, ..
+            }
+            | Self::PluginFailed {
+                plugin: culprit, ..
+            } => Self::Unfoldable {
                 plugin: plugin.to_owned(),
                 stream: event.stream.clone(),
                 position: event.position,
                 version: event.version,
                 event_type: event.event_type.clone(),
-                reason: error.plugin_reason(),
+                reason: match culprit == plugin {
+                    true => error.plugin_reason(),
+                    false => error.to_string(),
+                },
             },
-            other => other,
+            _ => error,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The plugin runtime: loads WebAssembly components behind the WIT contract
 //! and runs them confined — one store per instance, one memory budget for its
 //! memories and tables, a deadline (and optionally fuel) per call, bounded
-//! answers and log lines — as aggregates (per-stream write side) and projections (folds
-//! over the global log).
+//! answers and log lines — as aggregates (per-stream write side), projections
+//! (folds over the global log) and upcasters (rewriting old event shapes for both).
 
 mod aggregate;
 mod appends;
@@ -13,14 +13,18 @@ mod engine;
 mod error;
 mod footprint;
 mod limits;
+mod pipeline;
 mod plugin;
 pub mod plugin_dir;
 mod projection;
 mod registry;
 mod sandbox;
+mod upcast;
 
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
-pub use commands::{AggregateConfig, Aggregates, Command, CommandOutcome, stream_name};
+pub use commands::{
+    AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, stream_name,
+};
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::PluginEngine;
 pub use error::RuntimeError;
@@ -31,6 +35,7 @@ pub use projection::{
     ProjectionStatus, RunnerOptions,
 };
 pub use registry::{CompileStatus, CompilingInfo, LoadFailure, PluginInfo, Runtime, RuntimeConfig};
+pub use upcast::{Upcaster, UpcasterChain};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async
 /// workers, inside the caller's tracing span (so plugin logs carry it).

@@ -11,6 +11,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
 use super::bindings::aggregate::{AggregatePlugin, AggregatePluginPre};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
+use super::bindings::upcaster::{UpcasterPlugin, UpcasterPluginPre};
 use super::bindings::{PluginData, types};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
@@ -18,7 +19,7 @@ use super::footprint::Footprint;
 use super::limits::Limits;
 use super::sandbox::{LogBudget, guarded, new_store};
 
-/// The contract version this host implements; guests must be semver-compatible.
+/// The contract version this host implements; guests built against any 0.1.y load.
 pub const CONTRACT_VERSION: &str = contract::VERSION;
 
 /// Which world a plugin implements.
@@ -27,6 +28,8 @@ pub const CONTRACT_VERSION: &str = contract::VERSION;
 pub enum PluginKind {
     Aggregate,
     Projection,
+    /// Rewrites stored events on their way to the other two (contract 0.1.1).
+    Upcaster,
 }
 
 /// What a plugin says about itself (its `describe` export).
@@ -46,6 +49,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether events of `stream` may belong to this subscription, whatever their type.
+    pub fn wants_stream(&self, stream: &str) -> bool {
+        self.categories.is_empty()
+            || self
+                .categories
+                .iter()
+                .any(|c| crate::journal::in_category(stream, c))
+    }
+
     /// Whether an event of `event_type` in `stream` belongs to this subscription.
     pub fn wants(&self, stream: &str, event_type: &str) -> bool {
         (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
@@ -62,7 +74,7 @@ pub struct Plugin {
     pub description: Description,
     /// Hex SHA-256 of the component bytes: the key of its snapshots and checkpoints.
     pub hash: String,
-    /// Only for projections.
+    /// Projections: the events they want; upcasters: the stored events they handle.
     pub subscription: Subscription,
     engine: PluginEngine,
     /// What confines each of its calls and instances.
@@ -75,6 +87,7 @@ pub struct Plugin {
 enum Pre {
     Aggregate(AggregatePluginPre<PluginData>),
     Projection(ProjectionPluginPre<PluginData>),
+    Upcaster(UpcasterPluginPre<PluginData>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -109,6 +122,7 @@ impl Plugin {
         let kind = match contract::check(&bytes).map_err(|e| invalid(e.to_string()))? {
             World::Aggregate => PluginKind::Aggregate,
             World::Projection => PluginKind::Projection,
+            World::Upcaster => PluginKind::Upcaster,
         };
         let footprint = Footprint::of(&bytes).map_err(invalid)?;
         let ceiling = engine.limits().ceiling();
@@ -134,6 +148,16 @@ impl Plugin {
                     "projection",
                     |linker| ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
                     ProjectionPluginPre::new,
+                )
+                .map_err(invalid)?,
+            ),
+            PluginKind::Upcaster => Pre::Upcaster(
+                link(
+                    engine,
+                    &component,
+                    "upcaster",
+                    |linker| UpcasterPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
+                    UpcasterPluginPre::new,
                 )
                 .map_err(invalid)?,
             ),
@@ -172,6 +196,7 @@ impl Plugin {
         match plugin.kind() {
             PluginKind::Aggregate => plugin.instantiate_aggregate().map(drop),
             PluginKind::Projection => plugin.instantiate_projection().map(drop),
+            PluginKind::Upcaster => plugin.instantiate_upcaster().map(drop),
         }
         .map_err(|e| invalid(e.to_string()))?;
         Ok(Arc::new(plugin))
@@ -238,6 +263,26 @@ impl Plugin {
         Ok((store, bindings))
     }
 
+    /// A new, isolated upcaster instance (fresh store).
+    pub fn instantiate_upcaster(
+        &self,
+    ) -> Result<(Store<PluginData>, UpcasterPlugin), RuntimeError> {
+        let Pre::Upcaster(pre) = &self.pre else {
+            return Err(RuntimeError::WrongKind {
+                plugin: self.name().to_owned(),
+                expected: "upcaster",
+            });
+        };
+        let mut store = self.new_store();
+        let bindings = guarded(
+            &mut store,
+            &self.engine,
+            || "instantiating".into(),
+            |s| pre.instantiate(s),
+        )?;
+        Ok((store, bindings))
+    }
+
     fn introspect(&self) -> Result<(Description, Subscription), RuntimeError> {
         let context = || "describing itself".to_owned();
         match &self.pre {
@@ -263,6 +308,28 @@ impl Plugin {
                     Subscription {
                         event_types: subscription.event_types,
                         categories: subscription.categories,
+                    },
+                ))
+            }
+            Pre::Upcaster(_) => {
+                let (mut store, bindings) = self.instantiate_upcaster()?;
+                let guest = bindings.foldhost_plugin_upcaster();
+                let described = guarded(&mut store, &self.engine, context, |s| {
+                    guest.call_describe(s)
+                })?;
+                let handles =
+                    guarded(&mut store, &self.engine, context, |s| guest.call_handles(s))?;
+                let description = Description {
+                    name: described.name,
+                    kind: PluginKind::Upcaster,
+                    plugin_version: described.plugin_version,
+                    state_schema: 0,
+                };
+                Ok((
+                    description,
+                    Subscription {
+                        event_types: handles.event_types,
+                        categories: handles.categories,
                     },
                 ))
             }

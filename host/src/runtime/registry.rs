@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
-use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome};
+use super::commands::{AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
 use super::limits::LimitPolicy;
@@ -15,6 +15,7 @@ use super::plugin::{Plugin, PluginKind};
 use super::projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionRunner, ProjectionStatus, RunnerOptions,
 };
+use super::upcast::{Upcaster, UpcasterChain};
 use crate::journal::{AppendResult, ExpectedVersion, Journal, NewEvent, ParkedEvent, in_category};
 
 /// Query calls running at once in the whole host (see `projection::runner`).
@@ -100,6 +101,7 @@ enum Entry {
         active: Arc<ProjectionRunner>,
         pending: Option<Arc<ProjectionRunner>>,
     },
+    Upcaster(Arc<Upcaster>),
 }
 
 #[derive(Default)]
@@ -119,6 +121,8 @@ pub struct Runtime {
     policies: Mutex<BTreeMap<String, Arc<watch::Sender<FailurePolicy>>>>,
     queries: Arc<Semaphore>,
     plugins: RwLock<BTreeMap<String, Slot>>,
+    /// Every loaded upcaster, in the order they run (changed only under the `plugins` lock).
+    upcasters: RwLock<Arc<UpcasterChain>>,
     /// Refused loads whose plugin name is unknown, by origin.
     failures: RwLock<BTreeMap<String, String>>,
     /// Files queued at start (no start time yet), then compilations in progress: origin, size
@@ -138,6 +142,7 @@ impl Runtime {
             policies: Mutex::new(BTreeMap::new()),
             queries: Arc::new(Semaphore::new(QUERY_SLOTS)),
             plugins: RwLock::new(BTreeMap::new()),
+            upcasters: RwLock::new(UpcasterChain::none()),
             failures: RwLock::new(BTreeMap::new()),
             compiling: Mutex::new(Vec::new()),
         }))
@@ -149,6 +154,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
+    }
+
+    /// Counters of the command pipeline (rounds, commands, re-decided rounds, queued commands).
+    pub fn command_stats(&self) -> CommandStats {
+        self.aggregates.stats()
     }
 
     /// Validates and installs a plugin (see [`compile`](Self::compile)).
@@ -293,11 +303,14 @@ impl Runtime {
                 example: format!("{longer}-1"),
             });
         }
+        // The key this build's state would have, folded through today's upcasters.
+        let key = self.chain_for(&plugin).state_key(&plugin.hash);
         let slot = plugins.entry(name.clone()).or_default();
         let unchanged = match &mut slot.entry {
             Some(Entry::Aggregate(old)) => old.hash == plugin.hash,
+            Some(Entry::Upcaster(old)) => old.plugin().hash == plugin.hash,
             Some(Entry::Projection { active, pending }) => {
-                if active.plugin().hash == plugin.hash {
+                if active.state_key() == key {
                     // The latest upload wins: re-sending the serving build
                     // cancels a newer one still catching up.
                     if let Some(cancelled) = pending.take() {
@@ -306,61 +319,118 @@ impl Runtime {
                     }
                     true
                 } else {
-                    pending
-                        .as_ref()
-                        .is_some_and(|p| p.plugin().hash == plugin.hash)
+                    pending.as_ref().is_some_and(|p| p.state_key() == key)
                 }
             }
             None => false,
         };
-        if !unchanged {
-            tracing::info!(plugin = %name, hash = %plugin.hash, kind = ?plugin.kind(), "loading plugin");
-            slot.last_error = None;
-            match (plugin.kind(), slot.entry.take()) {
-                (PluginKind::Aggregate, old) => {
-                    if let Some(Entry::Aggregate(old)) = &old {
-                        self.aggregates.evict_plugin(&old.hash);
-                    }
-                    slot.entry = Some(Entry::Aggregate(plugin));
-                }
-                (PluginKind::Projection, Some(Entry::Projection { active, pending })) => {
-                    // A still-pending older upload is superseded: stop its replay
-                    // (the task waiting to promote it holds it alive otherwise).
-                    if let Some(superseded) = pending {
-                        tokio::spawn(async move { superseded.stop().await });
-                    }
-                    let pending = Arc::new(self.start_projection(plugin, false));
-                    self.promote_when_live(&name, pending.clone());
-                    slot.entry = Some(Entry::Projection {
-                        active,
-                        pending: Some(pending),
-                    });
-                }
-                (PluginKind::Projection, _) => {
-                    let active = Arc::new(self.start_projection(plugin, false));
-                    slot.entry = Some(Entry::Projection {
-                        active,
-                        pending: None,
-                    });
-                }
-            }
-        }
         let policy = self.policy_of(&name);
-        Ok(info(slot, &policy).expect("slot was just filled"))
+        if unchanged {
+            return Ok(info(slot, &policy).expect("slot is filled"));
+        }
+        tracing::info!(plugin = %name, hash = %plugin.hash, kind = ?plugin.kind(), "loading plugin");
+        slot.last_error = None;
+        let kind = plugin.kind();
+        match (kind, slot.entry.take()) {
+            (PluginKind::Aggregate, old) => {
+                if let Some(Entry::Aggregate(old)) = &old {
+                    self.aggregates.evict_plugin(&old.hash);
+                }
+                slot.entry = Some(Entry::Aggregate(plugin));
+            }
+            (PluginKind::Projection, Some(Entry::Projection { active, pending })) => {
+                // A still-pending older upload is superseded: stop its replay
+                // (the task waiting to promote it holds it alive otherwise).
+                if let Some(superseded) = pending {
+                    tokio::spawn(async move { superseded.stop().await });
+                }
+                let pending = Arc::new(self.start_projection(plugin, false));
+                self.promote_when_live(&name, pending.clone());
+                slot.entry = Some(Entry::Projection {
+                    active,
+                    pending: Some(pending),
+                });
+            }
+            (PluginKind::Projection, _) => {
+                let active = Arc::new(self.start_projection(plugin, false));
+                slot.entry = Some(Entry::Projection {
+                    active,
+                    pending: None,
+                });
+            }
+            (PluginKind::Upcaster, _) => slot.entry = Some(Entry::Upcaster(Upcaster::new(plugin)?)),
+        }
+        let info = info(slot, &policy).expect("slot was just filled");
+        if kind == PluginKind::Upcaster {
+            self.rechain(&mut plugins);
+        }
+        Ok(info)
+    }
+
+    /// The upcasters that feed `plugin` (see [`UpcasterChain::for_plugin`]).
+    fn chain_for(&self, plugin: &Plugin) -> Arc<UpcasterChain> {
+        self.upcasters().for_plugin(plugin)
+    }
+
+    /// Every loaded upcaster, in the order they run: what readers asking for upcast events get.
+    pub fn upcasters(&self) -> Arc<UpcasterChain> {
+        self.upcasters.read().expect("upcaster chain lock").clone()
+    }
+
+    /// After an upcaster was loaded, replaced or unloaded: rebuilds the chain, and replays each
+    /// projection whose events it changes through the new chain in the background; the rebuilt
+    /// state takes over at the head, as a new build does (aggregates rehydrate through the new
+    /// chain on their next command: their cached states carry the old chain's key).
+    fn rechain(self: &Arc<Self>, plugins: &mut BTreeMap<String, Slot>) {
+        let upcasters = plugins
+            .values()
+            .filter_map(|slot| match &slot.entry {
+                Some(Entry::Upcaster(upcaster)) => Some(upcaster.clone()),
+                _ => None,
+            })
+            .collect();
+        *self.upcasters.write().expect("upcaster chain lock") = UpcasterChain::new(upcasters);
+        for (name, slot) in plugins.iter_mut() {
+            let Some(Entry::Projection { active, pending }) = &mut slot.entry else {
+                continue;
+            };
+            // The newest build is the one to rebuild.
+            let current = pending.as_ref().unwrap_or(active);
+            let plugin = current.plugin().clone();
+            let key = self.chain_for(&plugin).state_key(&plugin.hash);
+            if current.state_key() == key {
+                continue;
+            }
+            if let Some(superseded) = pending.take() {
+                tokio::spawn(async move { superseded.stop().await });
+            }
+            if active.state_key() == key {
+                continue; // back to the chain the serving state was folded through
+            }
+            tracing::info!(plugin = %name, "upcasters changed: rebuilding the projection");
+            let rebuilt = Arc::new(self.start_projection(plugin, false));
+            self.promote_when_live(name, rebuilt.clone());
+            *pending = Some(rebuilt);
+        }
     }
 
     /// Stops and forgets plugin `name`. Its snapshots and checkpoints stay in
     /// the journal (a later load of the same build resumes from them) unless
     /// `drop_data` is set.
-    pub async fn unload(&self, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
-        let slot = self
-            .plugins
-            .write()
-            .expect("plugin table lock")
-            .remove(name)
-            .and_then(|s| s.entry)
-            .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))?;
+    pub async fn unload(self: &Arc<Self>, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
+        let slot = {
+            let mut plugins = self.plugins.write().expect("plugin table lock");
+            let slot = plugins
+                .remove(name)
+                .and_then(|s| s.entry)
+                .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))?;
+            if matches!(slot, Entry::Upcaster(_)) {
+                self.rechain(&mut plugins);
+            }
+            slot
+        };
         let hashes = match slot {
+            Entry::Upcaster(_) => Vec::new(),
             Entry::Aggregate(plugin) => {
                 self.aggregates.evict_plugin(&plugin.hash);
                 vec![plugin.hash.clone()]
@@ -500,7 +570,7 @@ impl Runtime {
         let plugins = self.plugins.read().expect("plugin table lock");
         match plugins.get(name).and_then(|s| s.entry.as_ref()) {
             Some(Entry::Aggregate(plugin)) => Ok(plugin.clone()),
-            Some(Entry::Projection { .. }) => Err(RuntimeError::WrongKind {
+            Some(Entry::Projection { .. } | Entry::Upcaster(_)) => Err(RuntimeError::WrongKind {
                 plugin: name.to_owned(),
                 expected: "aggregate",
             }),
@@ -513,7 +583,7 @@ impl Runtime {
         let plugins = self.plugins.read().expect("plugin table lock");
         match plugins.get(name).and_then(|s| s.entry.as_ref()) {
             Some(Entry::Projection { active, .. }) => Ok(active.clone()),
-            Some(Entry::Aggregate(_)) => Err(RuntimeError::WrongKind {
+            Some(Entry::Aggregate(_) | Entry::Upcaster(_)) => Err(RuntimeError::WrongKind {
                 plugin: name.to_owned(),
                 expected: "projection",
             }),
@@ -541,7 +611,10 @@ impl Runtime {
         command: Command,
     ) -> Result<CommandOutcome, RuntimeError> {
         let plugin = self.aggregate(name)?;
-        self.aggregates.execute(&plugin, id, command).await
+        let upcasters = self.chain_for(&plugin);
+        self.aggregates
+            .execute(&plugin, &upcasters, id, command)
+            .await
     }
 
     /// The aggregate plugin whose streams include `stream` (`{name}-{id}`), if one is loaded.
@@ -566,8 +639,9 @@ impl Runtime {
     ) -> Result<AppendResult, RuntimeError> {
         match self.owner(stream).filter(|_| validate) {
             Some(plugin) => {
+                let upcasters = self.chain_for(&plugin);
                 self.aggregates
-                    .append_validated(&plugin, stream, expected, events)
+                    .append_validated(&plugin, &upcasters, stream, expected, events)
                     .await
             }
             None => Ok(self.journal.append(stream, expected, events).await?),
@@ -582,12 +656,17 @@ impl Runtime {
         at_version: Option<u64>,
     ) -> Result<(u64, serde_json::Value), RuntimeError> {
         let plugin = self.aggregate(name)?;
-        self.aggregates.state(&plugin, id, at_version).await
+        let upcasters = self.chain_for(&plugin);
+        self.aggregates
+            .state(&plugin, &upcasters, id, at_version)
+            .await
     }
 
-    /// Starts a run of projection `plugin`; a `fresh` one starts from position 1 (a reset).
+    /// Starts a run of projection `plugin` fed through today's upcasters; a `fresh` one
+    /// starts from position 1 (a reset).
     fn start_projection(&self, plugin: Arc<Plugin>, fresh: bool) -> ProjectionRunner {
         let options = RunnerOptions {
+            upcasters: self.chain_for(&plugin),
             checkpoints: self.checkpoints.clone(),
             policy: self.policy_of(plugin.name()),
             fresh,
@@ -675,6 +754,7 @@ fn info(slot: &Slot, policy: &watch::Sender<FailurePolicy>) -> Option<PluginInfo
     };
     let mut info = match slot.entry.as_ref()? {
         Entry::Aggregate(plugin) => describe(plugin, ProjectionStatus::Serving),
+        Entry::Upcaster(upcaster) => describe(upcaster.plugin(), ProjectionStatus::Serving),
         Entry::Projection { active, pending } => {
             let describe_run = |run: &ProjectionRunner| PluginInfo {
                 replayed: Some(run.replayed()),

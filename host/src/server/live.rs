@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -21,20 +22,25 @@ use super::extract::Query;
 use super::json::EventJson;
 use super::streams::read_page;
 use crate::journal::{Journal, RecordedEvent};
+use crate::runtime::UpcasterChain;
 
 /// Most events read from the journal per page (fewer when they are large).
 const PAGE: usize = 1_000;
 
-/// `?from_position=`: the first position to send (default 1, the start of the log).
+/// `?from_position=`: the first position to send (default 1, the start of the log);
+/// `?upcast=true`: pass the events through the loaded upcasters.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
     from_position: Option<u64>,
+    #[serde(default)]
+    upcast: bool,
 }
 
 /// Each SSE event carries one event's JSON as `data` and its position as `id`; a client that
-/// reconnects with `Last-Event-ID` resumes right after it. A journal failure ends the feed
-/// with an event of type `error`.
+/// reconnects with `Last-Event-ID` resumes right after it. (An upcaster may turn one stored
+/// event into several: only the last of them carries the `id`.) A journal failure ends the
+/// feed with an event of type `error`.
 pub async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -76,6 +82,7 @@ pub async fn live(
         commits: journal.subscribe(),
         journal,
         next: resume.or(query.from_position).unwrap_or(1).max(1),
+        upcasters: query.upcast.then(|| state.runtime.upcasters()),
         pending: VecDeque::new(),
         failed: false,
     };
@@ -114,6 +121,8 @@ struct Follower {
     commits: watch::Receiver<u64>,
     /// The position of the next event to send.
     next: u64,
+    /// Set when the client asked for upcast events.
+    upcasters: Option<Arc<UpcasterChain>>,
     pending: VecDeque<RecordedEvent>,
     failed: bool,
 }
@@ -126,7 +135,12 @@ impl Follower {
                 let position = event.position;
                 let json =
                     serde_json::to_string(&EventJson::from(event)).expect("an event serialises");
-                return Some(Event::default().id(position.to_string()).data(json));
+                let sse = Event::default().data(json);
+                let more_of_it = self.pending.front().is_some_and(|e| e.position == position);
+                return Some(match more_of_it {
+                    true => sse,
+                    false => sse.id(position.to_string()),
+                });
             }
             if self.failed {
                 return None;
@@ -138,24 +152,30 @@ impl Follower {
                 continue;
             }
             let (journal, from, bytes) = (self.journal.clone(), self.next, self.buffer_bytes);
+            let upcasters = self.upcasters.clone();
             let page = tokio::task::spawn_blocking(move || {
-                read_page(
+                let events = read_page(
                     from,
                     PAGE,
                     bytes,
                     |e| e.position,
                     |from, n| journal.read_all(from, n),
                 )
+                .map_err(|error| error.to_string())?;
+                let next = events.last().map(|last| last.position + 1);
+                let events = match upcasters {
+                    Some(upcasters) => upcasters.upcast(events).map_err(|e| e.to_string())?,
+                    None => events,
+                };
+                Ok::<_, String>((next, events))
             })
             .await;
             match page {
-                Ok(Ok(events)) => match events.last() {
-                    Some(last) => {
-                        self.next = last.position + 1;
-                        self.pending.extend(events);
-                    }
-                    None => self.commits.changed().await.ok()?,
-                },
+                Ok(Ok((Some(next), events))) => {
+                    self.next = next;
+                    self.pending.extend(events);
+                }
+                Ok(Ok((None, _))) => self.commits.changed().await.ok()?,
                 Ok(Err(error)) => return Some(self.fail(error)),
                 Err(error) => return Some(self.fail(error)),
             }

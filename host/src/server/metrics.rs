@@ -144,6 +144,7 @@ fn register_plugin(info: &PluginInfo) {
             gauge!("foldhost_projection_parked", "plugin" => plugin)
                 .set(info.parked.unwrap_or(0) as f64);
         }
+        PluginKind::Upcaster => {}
     }
 }
 

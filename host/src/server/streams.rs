@@ -1,5 +1,7 @@
 //! Appending to streams and reading streams and the global log directly.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Deserializer};
@@ -15,6 +17,7 @@ use super::{AppState, blocking};
 use crate::journal::{
     AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, RecordedEvent,
 };
+use crate::runtime::UpcasterChain;
 
 /// Most events one read returns.
 const MAX_READ: usize = 10_000;
@@ -142,6 +145,9 @@ pub struct StreamRange {
     #[serde(default = "first")]
     from_version: u64,
     limit: Option<usize>,
+    /// Pass the events through the loaded upcasters (stored bytes never change).
+    #[serde(default)]
+    upcast: bool,
 }
 
 /// `?from_position=&limit=` of a global-log read.
@@ -151,6 +157,9 @@ pub struct LogRange {
     #[serde(default = "first")]
     from_position: u64,
     limit: Option<usize>,
+    /// Pass the events through the loaded upcasters (stored bytes never change).
+    #[serde(default)]
+    upcast: bool,
 }
 
 fn first() -> u64 {
@@ -169,6 +178,7 @@ pub async fn read_stream(
 ) -> Result<Json<Vec<EventJson>>, ApiError> {
     tracing::Span::current().record("stream", stream.as_str());
     let journal = state.runtime.journal().clone();
+    let upcasters = range.upcast.then(|| state.runtime.upcasters());
     let events = blocking(move || {
         if journal.stream_version(&stream)?.is_none() {
             return Err(ApiError::not_found(format!(
@@ -176,13 +186,14 @@ pub async fn read_stream(
             )));
         }
         let read = |from, n| journal.read_stream(&stream, from, n);
-        Ok(read_page(
+        let page = read_page(
             range.from_version,
             limit(range.limit),
             PAGE_BYTES,
             |e| e.version,
             read,
-        )?)
+        )?;
+        upcast(upcasters, page)
     })
     .await?;
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
@@ -194,18 +205,31 @@ pub async fn read_all(
     Query(range): Query<LogRange>,
 ) -> Result<Json<Vec<EventJson>>, ApiError> {
     let journal = state.runtime.journal().clone();
+    let upcasters = range.upcast.then(|| state.runtime.upcasters());
     let events = blocking(move || {
         let read = |from, n| journal.read_all(from, n);
-        Ok(read_page(
+        let page = read_page(
             range.from_position,
             limit(range.limit),
             PAGE_BYTES,
             |e| e.position,
             read,
-        )?)
+        )?;
+        upcast(upcasters, page)
     })
     .await?;
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
+}
+
+/// `events` as the `upcasters` make them (as stored without).
+pub(super) fn upcast(
+    upcasters: Option<Arc<UpcasterChain>>,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, ApiError> {
+    match upcasters {
+        Some(upcasters) => Ok(upcasters.upcast(events)?),
+        None => Ok(events),
+    }
 }
 
 /// Up to `limit` events from `from` on, read by `read(from, n)` and stopping once they take

@@ -65,6 +65,17 @@ pub const BANK_ANALYTICS_PYTHON: &str = "bank-analytics-python";
 /// randomness, exit or loop, and a `Ping` that still works afterwards.
 pub const HOSTILE_PYTHON: &str = "hostile-python";
 
+/// Upcaster: splits the first `bank-account` shape, `OpenedWithDeposit`, into
+/// the second, `AccountOpened` + `Credited`.
+pub const BANK_UPCAST_V1: &str = "bank-upcast-v1";
+/// Upcaster: the second `bank-account` shape into the current one
+/// (`AccountOpened` → `Opened`, `Credited` → `Deposited`).
+pub const BANK_UPCAST_V2: &str = "bank-upcast-v2";
+/// Upcaster that panics on `Poison` events and loops on `Spin` events of `bank-account`.
+pub const HOSTILE_UPCASTER: &str = "hostile-upcaster";
+/// An aggregate built against the first contract, `foldhost:plugin@0.1.0`; 0.1 hosts load it.
+pub const OLD_CONTRACT: &str = "old-contract";
+
 /// The example plugins, as served by `foldhost serve --plugins DIR`.
 pub const EXAMPLES: &[&str] = &[BANK_ACCOUNT, BANK_ANALYTICS, SHOPPING_CART];
 /// Plugins that exist only for tests.
@@ -79,7 +90,12 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     MISCHIEF,
     BANK_ANALYTICS_LENIENT,
     HOSTILE_AS_BANK,
+    OLD_CONTRACT,
+    HOSTILE_UPCASTER,
 ];
+/// The example upcasters, for journals holding old `bank-account` event shapes (not among
+/// the [`EXAMPLES`]: load them where such events are).
+pub const UPCASTERS: &[&str] = &[BANK_UPCAST_V1, BANK_UPCAST_V2];
 /// The examples in other languages: same plugin names as [`EXAMPLES`], so
 /// never served beside them, and their test plugins.
 pub const OTHER_LANGUAGES: &[&str] = &[

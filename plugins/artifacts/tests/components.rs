@@ -1,7 +1,7 @@
 //! Every artifact is a component with exactly the expected contract export and
 //! no imports beyond the contract (in particular, no WASI).
 
-use foldhost_plugins::{EXAMPLES, OTHER_LANGUAGES, TEST_ARTIFACTS, path};
+use foldhost_plugins::{EXAMPLES, OTHER_LANGUAGES, TEST_ARTIFACTS, UPCASTERS, path};
 use wit_component::DecodedWasm;
 
 /// The component's imported and exported interface names.
@@ -30,15 +30,20 @@ fn expected_export(name: &str) -> &'static str {
         | "bank-analytics-lenient"
         | "bank-analytics-js"
         | "bank-analytics-python"
-        | "mischief" => "foldhost:plugin/projection@0.1.0",
+        | "mischief" => "foldhost:plugin/projection@0.1.1",
+        "bank-upcast-v1" | "bank-upcast-v2" | "hostile-upcaster" => {
+            "foldhost:plugin/upcaster@0.1.1"
+        }
         "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
-        _ => "foldhost:plugin/aggregate@0.1.0",
+        "old-contract" => "foldhost:plugin/aggregate@0.1.0",
+        _ => "foldhost:plugin/aggregate@0.1.1",
     }
 }
 
 #[test]
 fn each_artifact_exports_one_world_and_imports_only_the_contract() {
-    for &name in EXAMPLES.iter().chain(TEST_ARTIFACTS).chain(OTHER_LANGUAGES) {
+    let all = EXAMPLES.iter().chain(TEST_ARTIFACTS).chain(UPCASTERS);
+    for &name in all.chain(OTHER_LANGUAGES) {
         let (imports, exports) = interfaces(name);
         let export = expected_export(name);
         // componentize-py adds an `exports` instance of its own, and componentize-qjs keeps
@@ -62,7 +67,7 @@ fn each_artifact_exports_one_world_and_imports_only_the_contract() {
 fn plugins_that_log_import_the_host() {
     let (imports, _) = interfaces("bank-account");
     assert!(
-        imports.iter().any(|i| i == "foldhost:plugin/host@0.1.0"),
+        imports.iter().any(|i| i == "foldhost:plugin/host@0.1.1"),
         "{imports:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! An aggregate built against `foldhost:plugin@0.2.0` (a copy of the contract
 //! in `wit/` with only the version bumped), using wit-bindgen directly rather
 //! than the SDK. A host for 0.1 must refuse to load it: semver treats 0.1 →
-//! 0.2 as breaking, so it does not export `foldhost:plugin/aggregate@0.1.0`.
+//! 0.2 as breaking, so it does not export `foldhost:plugin/aggregate@0.1.x`.
 
 #[cfg(target_arch = "wasm32")]
 mod component {

@@ -1315,14 +1315,12 @@ async fn unpark(
 }
 
 async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<(), JournalError> {
-    txn.execute("DELETE FROM checkpoints WHERE plugin = $1", &[&plugin])
-        .await
-        .map_err(pg)?;
-    txn.execute("DELETE FROM parked WHERE plugin = $1", &[&plugin])
-        .await
-        .map_err(pg)?;
-    txn.execute("DELETE FROM snapshots WHERE plugin = $1", &[&plugin])
-        .await
-        .map_err(pg)?;
+    // The plugin's own key, and its keys through upcaster chains (`{plugin}+{chain}`).
+    let owned = "plugin = $1 OR starts_with(plugin, $1 || '+')";
+    for table in ["checkpoints", "parked", "snapshots"] {
+        txn.execute(&format!("DELETE FROM {table} WHERE {owned}"), &[&plugin])
+            .await
+            .map_err(pg)?;
+    }
     Ok(())
 }

@@ -271,23 +271,34 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
-    /// Removes every snapshot, the checkpoint and the parked events of `plugin`.
+    /// Removes every snapshot, checkpoint and parked event of `plugin`, through any upcaster
+    /// chain.
     pub(super) fn delete_plugin_data(&mut self, plugin: &str) -> Result<(), JournalError> {
         self.wrote = true;
-        self.checkpoints.remove(plugin)?;
+        // The plugin's own key, and its keys through upcaster chains (`{plugin}+{chain}`).
+        let owned = |key: &str| {
+            key == plugin
+                || key
+                    .strip_prefix(plugin)
+                    .is_some_and(|rest| rest.starts_with('+'))
+        };
+        self.checkpoints.retain_in(plugin.., |key, _| !owned(key))?;
         self.parked()?
-            .retain_in((plugin, 0)..=(plugin, u64::MAX), |_, _| false)?;
+            .retain_in((plugin, 0).., |(key, _), _| !owned(key))?;
         let mut keys = Vec::new();
         for entry in self.snapshots.range((plugin, "", 0)..)? {
             let (key, _) = entry?;
             let (owner, stream, version) = key.value();
-            if owner != plugin {
+            if !owner.starts_with(plugin) {
                 break;
             }
-            keys.push((stream.to_owned(), version));
+            if owned(owner) {
+                keys.push((owner.to_owned(), stream.to_owned(), version));
+            }
         }
-        for (stream, version) in &keys {
-            self.snapshots.remove((plugin, stream.as_str(), *version))?;
+        for (owner, stream, version) in &keys {
+            self.snapshots
+                .remove((owner.as_str(), stream.as_str(), *version))?;
         }
         Ok(())
     }

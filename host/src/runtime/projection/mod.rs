@@ -22,6 +22,7 @@ use super::bindings::{PluginData, encode_batch};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
+use super::upcast::UpcasterChain;
 use crate::journal::{Journal, RecordedEvent};
 
 pub use failure::{FailurePolicy, ParkReport};
@@ -79,6 +80,8 @@ pub enum ProjectionStatus {
 /// One projection instance: the state folded up to `position`.
 pub struct ProjectionInstance {
     plugin: Arc<Plugin>,
+    /// The upcasters its events pass through.
+    upcasters: Arc<UpcasterChain>,
     store: Store<PluginData>,
     bindings: ProjectionPlugin,
     /// The last global position read (whether or not the plugin wanted it).
@@ -86,9 +89,19 @@ pub struct ProjectionInstance {
 }
 
 impl ProjectionInstance {
-    /// Starts empty, or from a checkpoint `(position, snapshot)`.
+    /// Starts empty, or from a checkpoint `(position, snapshot)`, fed the events as stored.
     pub fn new(
         plugin: Arc<Plugin>,
+        checkpoint: Option<(u64, Vec<u8>)>,
+    ) -> Result<Self, RuntimeError> {
+        Self::through(plugin, UpcasterChain::none(), checkpoint)
+    }
+
+    /// [`new`](Self::new), fed every event through `upcasters` (the chain relevant to the
+    /// plugin, see [`UpcasterChain::for_plugin`]).
+    pub fn through(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
         checkpoint: Option<(u64, Vec<u8>)>,
     ) -> Result<Self, RuntimeError> {
         let (mut store, bindings) = plugin.instantiate_projection()?;
@@ -107,24 +120,35 @@ impl ProjectionInstance {
         })?;
         Ok(Self {
             plugin,
+            upcasters,
             store,
             bindings,
             position,
         })
     }
 
-    /// Whether the plugin folds `event` at all (its subscription).
+    /// Whether the plugin may fold stored `event`: it is in its subscription, or (when
+    /// upcasters feed it, which may change event types) in one of its categories.
     pub fn wants(&self, event: &RecordedEvent) -> bool {
-        self.plugin
-            .subscription
-            .wants(&event.stream, &event.event_type)
+        let subscription = &self.plugin.subscription;
+        match self.upcasters.is_empty() {
+            true => subscription.wants(&event.stream, &event.event_type),
+            false => subscription.wants_stream(&event.stream),
+        }
     }
 
-    /// Folds a page of the global log (ascending, after `position`); events
-    /// outside the plugin's subscription are skipped without a call.
+    /// Folds a page of the global log (ascending, after `position`) through the upcasters;
+    /// events outside the plugin's subscription (as upcast) are skipped without a call.
     pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), RuntimeError> {
-        let Some(last) = events.last() else {
+        let Some(last) = events.last().map(|event| event.position) else {
             return Ok(());
+        };
+        let upcast;
+        let events = if self.upcasters.is_empty() {
+            events
+        } else {
+            upcast = self.upcasters.upcast(events.to_vec())?;
+            &upcast[..]
         };
         let subscription = &self.plugin.subscription;
         let wanted: Vec<&RecordedEvent> = events
@@ -145,7 +169,7 @@ impl ProjectionInstance {
                 message,
             })?;
         }
-        self.position = last.position;
+        self.position = last;
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::journal::{Journal, ParkedEvent};
 use crate::runtime::blocking;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::plugin::Plugin;
+use crate::runtime::upcast::UpcasterChain;
 
 /// How long a query waits for its turn before it is refused.
 const QUERY_WAIT: Duration = Duration::from_secs(10);
@@ -36,6 +37,8 @@ pub struct RunnerOptions {
     pub fresh: bool,
     /// Query calls running at once, host-wide.
     pub queries: Arc<Semaphore>,
+    /// The upcasters its events pass through (see [`UpcasterChain::for_plugin`]).
+    pub upcasters: Arc<UpcasterChain>,
 }
 
 /// A projection kept up to date by a background task.
@@ -50,12 +53,16 @@ pub struct ProjectionRunner {
 }
 
 impl ProjectionRunner {
-    /// Starts following the journal from the plugin's checkpoint (or position 1).
+    /// Starts following the journal from the checkpoint the plugin folded through the same
+    /// upcasters (or from position 1).
     pub fn start(plugin: Arc<Plugin>, journal: Journal, options: RunnerOptions) -> Self {
         let (status_tx, status) = watch::channel(ProjectionStatus::Starting);
         let (control, requests) = mpsc::unbounded_channel();
+        let key = options.upcasters.state_key(&plugin.hash);
         let shared = Arc::new(Shared {
             plugin,
+            upcasters: options.upcasters,
+            key,
             fold: Mutex::new(None),
             parked: Mutex::new(Default::default()),
             replayed: AtomicU64::new(0),
@@ -82,6 +89,11 @@ impl ProjectionRunner {
 
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.shared.plugin
+    }
+
+    /// The key of its checkpoint and parked events (see [`UpcasterChain::state_key`]).
+    pub fn state_key(&self) -> &str {
+        &self.shared.key
     }
 
     pub fn status(&self) -> ProjectionStatus {
@@ -198,7 +210,7 @@ impl ProjectionRunner {
         .await?;
         if let Some((position, snapshot)) = saved {
             journal
-                .put_checkpoint(&self.shared.plugin.hash, position, snapshot)
+                .put_checkpoint(&self.shared.key, position, snapshot)
                 .await?;
         }
         Ok(())
@@ -247,9 +259,6 @@ fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<b
             }
         }
     };
-    *reader = Some(ProjectionInstance::new(
-        shared.plugin.clone(),
-        Some(snapshot),
-    )?);
+    *reader = Some(shared.instance(Some(snapshot))?);
     Ok(true)
 }

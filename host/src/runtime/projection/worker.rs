@@ -15,6 +15,7 @@ use crate::journal::{Journal, JournalError, ParkedEvent, ReadLimit, RecordedEven
 use crate::runtime::blocking;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::plugin::Plugin;
+use crate::runtime::upcast::UpcasterChain;
 
 /// The first pause after a failed journal read or write.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -22,6 +23,10 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// What the worker and the runner's readers share.
 pub(super) struct Shared {
     pub plugin: Arc<Plugin>,
+    /// The upcasters its events pass through.
+    pub upcasters: Arc<UpcasterChain>,
+    /// The key of its checkpoint and parked events: the plugin's hash and its upcaster chain's.
+    pub key: String,
     /// The fold's instance: `None` before it starts, and after a failed call discarded it
     /// (the worker then rebuilds it).
     pub fold: Mutex<Option<ProjectionInstance>>,
@@ -55,15 +60,28 @@ impl Shared {
         outcome
     }
 
-    /// The events of `page` the plugin folds: subscribed to, and not parked.
+    /// The events of `page` the plugin folds: subscribed to (by category only when upcasters
+    /// may change their types), and not parked.
     fn foldable(&self, page: &[RecordedEvent]) -> Vec<RecordedEvent> {
         let parked = self.parked.lock().expect("parked lock");
         let subscription = &self.plugin.subscription;
+        let upcast = !self.upcasters.is_empty();
         page.iter()
-            .filter(|e| subscription.wants(&e.stream, &e.event_type))
+            .filter(|e| match upcast {
+                true => subscription.wants_stream(&e.stream),
+                false => subscription.wants(&e.stream, &e.event_type),
+            })
             .filter(|e| !parked.contains_key(&e.position))
             .cloned()
             .collect()
+    }
+
+    /// A new instance of the plugin fed through its upcasters.
+    pub fn instance(
+        &self,
+        checkpoint: Option<(u64, Vec<u8>)>,
+    ) -> Result<ProjectionInstance, RuntimeError> {
+        ProjectionInstance::through(self.plugin.clone(), self.upcasters.clone(), checkpoint)
     }
 }
 
@@ -173,7 +191,7 @@ impl Worker {
     /// Restores the checkpoint and the list of parked events.
     async fn start(&mut self) -> Result<(), Halt> {
         if !self.fresh {
-            let (journal, hash) = (self.journal.clone(), self.shared.plugin.hash.clone());
+            let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
             let (checkpoint, parked) = self
                 .retrying("reading the checkpoint", move || {
                     Ok((journal.checkpoint(&hash)?, journal.parked(&hash)?))
@@ -186,17 +204,16 @@ impl Worker {
         }
         let shared = self.shared.clone();
         let saved = self.saved.clone();
-        let restored =
-            blocking(move || ProjectionInstance::new(shared.plugin.clone(), saved)).await;
+        let restored = blocking(move || shared.instance(saved)).await;
         let instance = match restored {
             Ok(instance) => instance,
             Err(error) => {
                 // Its own build could not read its checkpoint: fold from the start instead.
                 tracing::warn!(plugin = %self.name(), %error, "checkpoint not restored; folding from position 1");
                 self.saved = None;
-                let plugin = self.shared.plugin.clone();
+                let shared = self.shared.clone();
                 self.retrying("starting from an empty state", move || {
-                    ProjectionInstance::new(plugin.clone(), None)
+                    shared.instance(None)
                 })
                 .await?
             }
@@ -352,7 +369,7 @@ impl Worker {
     /// Records (or re-records) a parked event: in the journal first, if durable.
     async fn record_parked(&mut self, record: ParkedEvent) -> Result<(), Halt> {
         if self.durable() {
-            let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+            let (journal, hash) = (&self.journal, &self.shared.key);
             self.retrying_write("recording a parked event", || {
                 journal.park(hash, vec![record.clone()])
             })
@@ -392,7 +409,7 @@ impl Worker {
         if self.durable()
             && let Err(error) = self
                 .journal
-                .put_checkpoint(&self.shared.plugin.hash, position, state)
+                .put_checkpoint(&self.shared.key, position, state)
                 .await
         {
             if let JournalError::Closed = error {
@@ -484,7 +501,7 @@ impl Worker {
             match folded {
                 Ok((at, state)) => {
                     if self.durable() {
-                        let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+                        let (journal, hash) = (&self.journal, &self.shared.key);
                         self.retrying_write("checkpointing a replayed event", || {
                             journal.put_checkpoint_reparked(
                                 hash,
@@ -533,7 +550,7 @@ impl Worker {
     /// Drops a parked event that is no longer in the log.
     async fn forget_parked(&mut self, position: u64) -> Result<(), Halt> {
         if self.durable() {
-            let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+            let (journal, hash) = (&self.journal, &self.shared.key);
             self.retrying_write("forgetting a parked event", || {
                 journal.unpark(hash, vec![position])
             })
@@ -548,7 +565,7 @@ impl Worker {
     /// replace the journal's, in one write.
     async fn adopt(&mut self) -> Result<(), Halt> {
         self.shared.durable.store(true, Ordering::Relaxed);
-        let (journal, hash) = (self.journal.clone(), self.shared.plugin.hash.clone());
+        let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
         let listed = self
             .retrying("reading the parked events", move || {
                 Ok(journal.parked(&hash)?)
@@ -570,7 +587,7 @@ impl Worker {
         let Some((position, state)) = self.snapshot().await? else {
             return Ok(());
         };
-        let (journal, hash) = (&self.journal, &self.shared.plugin.hash);
+        let (journal, hash) = (&self.journal, &self.shared.key);
         self.retrying_write("adopting the reset", || {
             journal.put_checkpoint_reparked(
                 hash,
@@ -678,7 +695,7 @@ fn rebuilt(
     saved: Option<(u64, Vec<u8>)>,
     target: u64,
 ) -> Result<ProjectionInstance, RuntimeError> {
-    let mut instance = ProjectionInstance::new(shared.plugin.clone(), saved.clone())?;
+    let mut instance = shared.instance(saved.clone())?;
     let mut singly = false;
     while instance.position < target {
         let mut page = journal.read_all_within(instance.position + 1, REPLAY_LIMIT)?;
@@ -695,7 +712,7 @@ fn rebuilt(
             if events.len() <= 1 {
                 return Err(error);
             }
-            instance = ProjectionInstance::new(shared.plugin.clone(), saved.clone())?;
+            instance = shared.instance(saved.clone())?;
             singly = true;
             continue;
         }

@@ -1,0 +1,491 @@
+//! One round of a stream's command pipeline.
+//!
+//! The commands queued on a stream are decided one after another, each on the state the
+//! previous one produced, and the events of all of them are appended as one append (one group
+//! commit, one fsync). Each command keeps its own outcome: a rejected one appends nothing and
+//! leaves the others be, an idempotency key already stored answers with its stored outcome, and
+//! a key seen earlier in the round gets that command's outcome.
+//!
+//! Events are folded ahead of their commit with provisional positions and times. Once the
+//! append is durable, the state is put back to the snapshot taken before the round and the
+//! stored events are folded for real, command by command, so that every outcome's state and the
+//! cached state are exactly the fold of the log. If the append conflicts with another writer
+//! (a direct append, another host), the whole round is decided again on the new state; if it
+//! fails, every command decided on the uncommitted state fails and the state rolls back.
+
+use std::sync::Arc;
+
+use super::aggregate::AggregateInstance;
+use super::commands::{
+    AggregateConfig, Command, CommandOutcome, committed, derived_id, latest, unread_outcome,
+};
+use super::error::RuntimeError;
+use super::plugin::Plugin;
+use super::upcast::UpcasterChain;
+use crate::journal::{
+    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, RecordedEvent,
+};
+
+/// What a round did.
+pub(super) struct Ran {
+    /// The instance, if it still holds the stream's committed state.
+    pub instance: Option<AggregateInstance>,
+    /// The outcomes of the first commands, in order; the others were not decided this round
+    /// (the round was full, or the store failed under an earlier one) and queue again.
+    pub outcomes: Vec<Result<CommandOutcome, RuntimeError>>,
+    /// Times the round was decided again after a conflicting write.
+    pub redecided: u32,
+}
+
+/// The state a round starts from: the cached one, if any, of `plugin` through `upcasters`.
+pub(super) struct State {
+    pub cached: Option<AggregateInstance>,
+    pub plugin: Arc<Plugin>,
+    pub upcasters: Arc<UpcasterChain>,
+}
+
+/// Runs `commands` (queued on `stream` in this order) as one round on the cached state.
+pub(super) fn run(
+    State {
+        cached,
+        plugin,
+        upcasters,
+    }: State,
+    journal: &Journal,
+    stream: &str,
+    commands: &[Command],
+    config: &AggregateConfig,
+) -> Ran {
+    let failed = |error: RuntimeError, redecided| Ran {
+        instance: None,
+        outcomes: vec![Err(error); commands.len()],
+        redecided,
+    };
+    // Another writer (a direct append, another host) may have moved the stream on, or a
+    // delete or retention rule hidden some of it: decide against what readers see now.
+    let mut instance = match latest(cached, plugin.clone(), upcasters.clone(), journal, stream) {
+        Ok(instance) => instance,
+        Err(error) => return failed(error, 0),
+    };
+    for redecided in 0..=config.max_conflict_retries {
+        let max_events = journal.config().max_append_events;
+        let round = decide(&mut instance, journal, commands, max_events);
+        let sent = round.events();
+        let appended = match sent.is_empty() {
+            true => Ok(None),
+            false => journal
+                .append_blocking(stream, round.expected(), sent.clone())
+                .map(Some),
+        };
+        let stored = match appended {
+            Ok(None) => Vec::new(),
+            Ok(Some(appended)) => {
+                let count = sent.len();
+                match journal.read_stream(stream, appended.first_version, count) {
+                    Ok(stored) if stored.len() == count => stored,
+                    Ok(_) => {
+                        let missing = JournalError::Corrupt {
+                            position: appended.first_position,
+                            reason: "appended events are missing when read back".to_owned(),
+                        };
+                        return round.unread(stream, appended, sent, missing, redecided);
+                    }
+                    Err(error) => return round.unread(stream, appended, sent, error, redecided),
+                }
+            }
+            // Someone else appended (or deleted the stream), or another host stored a command
+            // of one of the keys first: catch up and decide again.
+            Err(JournalError::Conflict { .. }) => {
+                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
+                    Ok(instance) => instance,
+                    Err(error) => return failed(error, redecided),
+                };
+                continue;
+            }
+            Err(JournalError::IdempotencyMismatch { .. }) if round.has_keys(commands) => {
+                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
+                    Ok(instance) => instance,
+                    Err(error) => return failed(error, redecided),
+                };
+                continue;
+            }
+            Err(error) => return round.failed(instance, error.into(), redecided),
+        };
+        return round.refold(
+            instance,
+            (&plugin, &upcasters),
+            journal,
+            stream,
+            stored,
+            redecided,
+        );
+    }
+    failed(
+        RuntimeError::TooManyConflicts(stream.to_owned()),
+        config.max_conflict_retries,
+    )
+}
+
+/// The plugin build and upcaster chain a round's state is folded with.
+type Build<'a> = (&'a Arc<Plugin>, &'a Arc<UpcasterChain>);
+
+/// How one command of a round was decided.
+enum Decision {
+    /// Refused (rejected, invalid) or failed; it appends nothing.
+    Failed(RuntimeError),
+    /// Its idempotency key's command was stored before: that command's outcome.
+    Stored(Result<CommandOutcome, RuntimeError>),
+    /// The same key as the command at this index of the round: the same outcome.
+    SameAs(usize),
+    /// Events to append, possibly none.
+    Events(Vec<NewEvent>),
+}
+
+/// A round's decisions, before they are stored.
+struct Round {
+    decisions: Vec<Decision>,
+    /// The stream version the round was decided on.
+    base: u64,
+    /// The state at `base`, taken before the first fold ahead of the commit.
+    committed: Option<Vec<u8>>,
+    /// Whether a plugin call failed so that the store must not be used again.
+    broken: bool,
+}
+
+/// Decides `commands` in order on `instance`, folding each one's events ahead of the commit
+/// so that the next one is decided on the state they produce. Stops early, leaving the rest for
+/// the next round, when the round holds `max` events or the store fails.
+fn decide(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    commands: &[Command],
+    max: usize,
+) -> Round {
+    let stream = instance.stream().to_owned();
+    let mut round = Round {
+        decisions: Vec::with_capacity(commands.len()),
+        base: instance.version,
+        committed: None,
+        broken: false,
+    };
+    let mut events_so_far = 0;
+    for (index, command) in commands.iter().enumerate() {
+        let key = command.idempotency_key.as_deref();
+        if let Some(key) = key {
+            let earlier = commands[..index]
+                .iter()
+                .position(|c| c.idempotency_key.as_deref() == Some(key));
+            if let Some(earlier) = earlier {
+                round.decisions.push(Decision::SameAs(earlier));
+                continue;
+            }
+            match committed(journal, &stream, key) {
+                Ok(None) => {}
+                Ok(Some(stored)) => {
+                    let outcome =
+                        stored_outcome(instance, round.committed.is_none(), journal, stored);
+                    round.decisions.push(Decision::Stored(outcome));
+                    continue;
+                }
+                Err(error) => {
+                    round.decisions.push(Decision::Failed(error.into()));
+                    continue;
+                }
+            }
+        }
+        let mut events = match instance.handle(&command.command_type, &command.data) {
+            Ok(events) => events,
+            Err(error) => {
+                let refused = matches!(
+                    error,
+                    RuntimeError::Rejected { .. } | RuntimeError::InvalidCommand { .. }
+                );
+                round.decisions.push(Decision::Failed(error));
+                if refused {
+                    continue;
+                }
+                round.broken = true;
+                break;
+            }
+        };
+        if events.is_empty() {
+            round.decisions.push(Decision::Events(events));
+            continue;
+        }
+        if let Err(error) = journal.check_append(&stream, &events) {
+            round.decisions.push(Decision::Failed(error.into()));
+            continue;
+        }
+        if events_so_far > 0 && events_so_far + events.len() > max {
+            break;
+        }
+        events_so_far += events.len();
+        if let Some(key) = key {
+            for (index, event) in events.iter_mut().enumerate() {
+                event.id = derived_id(&stream, key, index);
+            }
+        }
+        let last = index + 1 == commands.len();
+        if !last && !round.fold_ahead(instance, journal, &events) {
+            // This command's events are still stored (the store is rebuilt to fold them); the
+            // commands after it wait for the next round.
+            round.decisions.push(Decision::Events(events));
+            round.broken = true;
+            break;
+        }
+        round.decisions.push(Decision::Events(events));
+    }
+    round
+}
+
+/// The outcome of a command whose events were `stored` by an earlier round: the state right
+/// after them, from `instance` when it holds exactly that (`as_committed`: nothing folded
+/// ahead of a commit yet), otherwise rebuilt.
+fn stored_outcome(
+    instance: &mut AggregateInstance,
+    as_committed: bool,
+    journal: &Journal,
+    stored: Vec<RecordedEvent>,
+) -> Result<CommandOutcome, RuntimeError> {
+    let version = stored.last().expect("a stored command has events").version;
+    let state = match as_committed && instance.version == version {
+        true => instance.state(),
+        false => {
+            let (plugin, upcasters) = (instance.plugin().clone(), instance.upcasters().clone());
+            AggregateInstance::rehydrate_through(
+                plugin,
+                upcasters,
+                journal,
+                instance.stream(),
+                version,
+            )
+            .and_then(|mut rebuilt| rebuilt.state())
+        }
+    };
+    Ok(CommandOutcome {
+        version,
+        events: stored,
+        state: state.map_err(|error| error.to_string()),
+    })
+}
+
+impl Round {
+    /// Folds `events` into `instance` ahead of their commit, after saving the committed state
+    /// the first time. False if the store failed.
+    fn fold_ahead(
+        &mut self,
+        instance: &mut AggregateInstance,
+        journal: &Journal,
+        events: &[NewEvent],
+    ) -> bool {
+        if self.committed.is_none() {
+            match instance.snapshot() {
+                Ok(bytes) => self.committed = Some(bytes),
+                Err(_) => return false,
+            }
+        }
+        let provisional = instance.provisional(journal.head_position(), events);
+        instance.apply(&provisional).is_ok()
+    }
+
+    /// Every event the round decided, in order: its one append.
+    fn events(&self) -> Vec<NewEvent> {
+        self.decisions
+            .iter()
+            .filter_map(|decision| match decision {
+                Decision::Events(events) => Some(events.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The append holds only if the stream is still where the round found it.
+    fn expected(&self) -> ExpectedVersion {
+        match self.base {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        }
+    }
+
+    fn has_keys(&self, commands: &[Command]) -> bool {
+        commands[..self.decisions.len()]
+            .iter()
+            .any(|command| command.idempotency_key.is_some())
+    }
+
+    /// The index of the first command that decided events: the ones after it were decided on
+    /// state that is not committed yet.
+    fn first_writer(&self) -> usize {
+        self.decisions
+            .iter()
+            .position(|d| matches!(d, Decision::Events(events) if !events.is_empty()))
+            .unwrap_or(self.decisions.len())
+    }
+
+    /// `instance` back at the committed state and caught up with the stream, or rebuilt.
+    fn rollback(
+        &self,
+        instance: AggregateInstance,
+        (plugin, upcasters): Build,
+        journal: &Journal,
+        stream: &str,
+    ) -> Result<AggregateInstance, RuntimeError> {
+        let restored = self.restore(instance);
+        latest(restored, plugin.clone(), upcasters.clone(), journal, stream)
+    }
+
+    /// `instance` put back to the state at `base`, unless its store failed.
+    fn restore(&self, mut instance: AggregateInstance) -> Option<AggregateInstance> {
+        if self.broken {
+            return None;
+        }
+        match &self.committed {
+            None => Some(instance),
+            Some(bytes) => instance.restore(self.base, bytes).ok().map(|()| instance),
+        }
+    }
+
+    /// The append failed: each command decided on uncommitted state fails with `error`; the
+    /// state rolls back to the committed one.
+    fn failed(self, instance: AggregateInstance, error: RuntimeError, redecided: u32) -> Ran {
+        let mut instance = self.restore(instance);
+        let first_writer = self.first_writer();
+        let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
+        for (index, decision) in self.decisions.into_iter().enumerate() {
+            let outcome = match decision {
+                Decision::Stored(outcome) => outcome,
+                Decision::SameAs(earlier) => outcomes[earlier].clone(),
+                _ if index >= first_writer => Err(error.clone()),
+                Decision::Failed(refused) => Err(refused),
+                Decision::Events(_) => match &mut instance {
+                    Some(instance) => Ok(CommandOutcome {
+                        version: self.base,
+                        events: Vec::new(),
+                        state: instance.state().map_err(|error| error.to_string()),
+                    }),
+                    None => Err(error.clone()),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        Ran {
+            instance: instance.filter(|instance| instance.version > 0),
+            outcomes,
+            redecided,
+        }
+    }
+
+    /// The round's events are `stored`: folds them into the committed state, command by
+    /// command, for each outcome's state.
+    fn refold(
+        self,
+        instance: AggregateInstance,
+        (plugin, upcasters): Build,
+        journal: &Journal,
+        stream: &str,
+        stored: Vec<RecordedEvent>,
+        redecided: u32,
+    ) -> Ran {
+        let mut folded = match self.restore(instance) {
+            Some(instance) => Ok(instance),
+            None => AggregateInstance::rehydrate_through(
+                plugin.clone(),
+                upcasters.clone(),
+                journal,
+                stream,
+                self.base,
+            ),
+        };
+        let mut version = self.base;
+        let mut stored = stored.into_iter();
+        let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
+        for decision in self.decisions {
+            let outcome = match decision {
+                Decision::Failed(error) => Err(error),
+                Decision::Stored(outcome) => outcome,
+                Decision::SameAs(earlier) => outcomes[earlier].clone(),
+                Decision::Events(decided) => {
+                    let events: Vec<RecordedEvent> = stored.by_ref().take(decided.len()).collect();
+                    if let Some(last) = events.last() {
+                        version = last.version;
+                        if let Ok(instance) = &mut folded
+                            && let Err(error) = instance.apply(&events)
+                        {
+                            folded = Err(error);
+                        }
+                    }
+                    let rendered = match &mut folded {
+                        Ok(instance) => instance.state(),
+                        Err(error) => Err(error.clone()),
+                    };
+                    Ok(CommandOutcome {
+                        version,
+                        events,
+                        state: rendered.map_err(|error| {
+                            tracing::error!(%error, "the events are stored, but the new state is unknown");
+                            format!(
+                                "the events are stored, but the new state could not be computed: \
+                                 {error}"
+                            )
+                        }),
+                    })
+                }
+            };
+            outcomes.push(outcome);
+        }
+        // A store that failed is never reused; nor is one of a stream that still does not
+        // exist, so commands to made-up ids leave nothing behind.
+        let instance = folded.ok().filter(|instance| instance.version > 0);
+        Ran {
+            instance,
+            outcomes,
+            redecided,
+        }
+    }
+
+    /// The round's events were appended but could not be read back: outcomes from the events
+    /// as they were sent; the state is unknown, so the instance is dropped.
+    fn unread(
+        self,
+        stream: &str,
+        appended: AppendResult,
+        sent: Vec<NewEvent>,
+        error: JournalError,
+        redecided: u32,
+    ) -> Ran {
+        let mut sent = sent.into_iter();
+        let (mut version, mut position) = (appended.first_version, appended.first_position);
+        let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
+        for decision in self.decisions {
+            let outcome = match decision {
+                Decision::Failed(error) => Err(error),
+                Decision::Stored(outcome) => outcome,
+                Decision::SameAs(earlier) => outcomes[earlier].clone(),
+                Decision::Events(decided) if decided.is_empty() => Ok(CommandOutcome {
+                    version: version - 1,
+                    events: Vec::new(),
+                    state: Err(format!("the state is unknown: {error}")),
+                }),
+                Decision::Events(decided) => {
+                    let count = decided.len() as u64;
+                    let events: Vec<NewEvent> = sent.by_ref().take(decided.len()).collect();
+                    let placed = AppendResult {
+                        first_version: version,
+                        last_version: version + count - 1,
+                        first_position: position,
+                        last_position: position + count - 1,
+                    };
+                    (version, position) = (version + count, position + count);
+                    Ok(unread_outcome(stream, placed, events, error.clone()))
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ran {
+            instance: None,
+            outcomes,
+            redecided,
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The command pipeline of a hot stream, with the real bank-account plugin: the commands queued
+//! on one aggregate are decided one after another, each on the state the previous one produced,
+//! and appended in one commit, each keeping its own outcome.
+//!
+//! The rounds are lined up exactly: a disk whose syncs the test holds keeps the journal's
+//! writer inside the commit of a first command while the others queue behind it
+//! (`foldhost_tests::gated_disk`). The PostgreSQL test needs `FOLDHOST_TEST_POSTGRES`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
+use foldhost::runtime::{
+    AggregateConfig, Command, CommandOutcome, Runtime, RuntimeConfig, RuntimeError,
+};
+use foldhost_tests::gated_disk::{Gate, GatedDisk};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+type Outcome = Result<CommandOutcome, RuntimeError>;
+
+/// A command as the tests write it: type, data, idempotency key.
+type Sent = (&'static str, Value, Option<&'static str>);
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn runtime_on(journal: Journal, aggregates: AggregateConfig) -> Arc<Runtime> {
+    let config = RuntimeConfig {
+        aggregates,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(journal, config).unwrap();
+    let bytes = std::fs::read(foldhost_plugins::path("bank-account")).unwrap();
+    runtime.load(bytes, "bank-account").await.unwrap();
+    runtime
+}
+
+fn send(runtime: &Arc<Runtime>, id: &str, (kind, data, key): Sent) -> JoinHandle<Outcome> {
+    let (runtime, id) = (runtime.clone(), id.to_owned());
+    let command = Command {
+        command_type: kind.to_owned(),
+        data: serde_json::to_vec(&data).unwrap(),
+        idempotency_key: key.map(str::to_owned),
+    };
+    tokio::spawn(async move { runtime.execute_command("bank-account", &id, command).await })
+}
+
+fn deposit(amount: u64) -> Sent {
+    ("Deposit", json!({"amount": amount}), None)
+}
+
+fn withdraw(amount: u64) -> Sent {
+    ("Withdraw", json!({"amount": amount}), None)
+}
+
+fn balance(outcome: &CommandOutcome) -> u64 {
+    let state = outcome.state.as_ref().expect("the state after the command");
+    state["balance"].as_u64().unwrap()
+}
+
+fn stored_types(journal: &Journal, stream: &str) -> Vec<String> {
+    let events = journal.read_stream(stream, 1, 1000).unwrap();
+    events.into_iter().map(|e| e.event_type).collect()
+}
+
+/// The balance of `stream` after each version (index 0: before the first), folded from the
+/// journal by the test itself.
+fn balances(journal: &Journal, stream: &str) -> Vec<u64> {
+    let mut balances = vec![0];
+    loop {
+        let page = journal
+            .read_stream(stream, balances.len() as u64, 1000)
+            .unwrap();
+        if page.is_empty() {
+            return balances;
+        }
+        for event in page {
+            let data: Value = serde_json::from_slice(&event.data).unwrap();
+            let amount = data["amount"].as_u64().unwrap_or(0);
+            let balance = *balances.last().unwrap();
+            balances.push(match event.event_type.as_str() {
+                "Deposited" => balance + amount,
+                "Withdrawn" => balance - amount,
+                _ => balance,
+            });
+        }
+    }
+}
+
+/// A host on a disk whose syncs the test holds.
+struct Gated {
+    runtime: Arc<Runtime>,
+    journal: Journal,
+    gate: Arc<Gate>,
+}
+
+impl Gated {
+    async fn new() -> Self {
+        Self::with(JournalConfig::default()).await
+    }
+
+    async fn with(config: JournalConfig) -> Self {
+        let disk = GatedDisk::new();
+        let gate = disk.gate();
+        let journal = Journal::open_on(disk, config).unwrap();
+        let runtime = runtime_on(journal.clone(), AggregateConfig::default()).await;
+        let host = Self {
+            runtime,
+            journal,
+            gate,
+        };
+        let opened = send(
+            &host.runtime,
+            "hot",
+            ("Open", json!({"owner": "Hot"}), None),
+        );
+        opened.await.unwrap().unwrap();
+        host
+    }
+
+    /// Holds the journal inside the commit of a first deposit of 1 on account `hot`, queues
+    /// `commands` behind it in this order, then lets them run: they form one round.
+    /// `before_release` runs while everything is lined up.
+    async fn round(
+        &self,
+        commands: Vec<Sent>,
+        before_release: impl Future<Output = ()>,
+    ) -> Vec<Outcome> {
+        let stats = self.runtime.command_stats();
+        self.gate.hold();
+        let first = send(&self.runtime, "hot", deposit(1));
+        wait_until("the first deposit's commit waits for its sync", || {
+            self.gate.waiting() == 1
+        })
+        .await;
+        let mut queued = Vec::new();
+        for command in commands {
+            queued.push(send(&self.runtime, "hot", command));
+            let expected = stats.queued + 1 + queued.len() as u64;
+            wait_until("the command is queued", || {
+                self.runtime.command_stats().queued == expected
+            })
+            .await;
+        }
+        before_release.await;
+        self.gate.release();
+        first.await.unwrap().unwrap();
+        let mut outcomes = Vec::new();
+        for command in queued {
+            outcomes.push(command.await.unwrap());
+        }
+        let rounds = self.runtime.command_stats().rounds - stats.rounds;
+        assert_eq!(
+            rounds, 2,
+            "the first deposit's round, then one for the queued commands"
+        );
+        outcomes
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_mid_pipeline_appends_nothing_and_the_others_see_each_others_events() {
+    let host = Gated::new().await;
+    let commits = host.journal.stats().commits;
+    let outcomes = host
+        .round(
+            vec![deposit(100), withdraw(150), withdraw(80), deposit(0)],
+            async {},
+        )
+        .await;
+
+    // The first deposit left 1; the round decided on 1, then on 101.
+    let deposited = outcomes[0].as_ref().unwrap();
+    assert_eq!((deposited.version, balance(deposited)), (3, 101));
+    match &outcomes[1] {
+        Err(RuntimeError::Rejected { reason, .. }) => {
+            assert!(reason.contains("balance 101, requested 150"), "{reason}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Decided on the deposit before it, although that was not stored yet.
+    let withdrawn = outcomes[2].as_ref().unwrap();
+    assert_eq!((withdrawn.version, balance(withdrawn)), (4, 21));
+    assert_eq!(withdrawn.events.len(), 1);
+    assert_eq!(withdrawn.events[0].event_type, "Withdrawn");
+    assert!(
+        matches!(&outcomes[3], Err(RuntimeError::Rejected { reason, .. }) if reason.contains("positive"))
+    );
+
+    assert_eq!(
+        stored_types(&host.journal, "bank-account-hot"),
+        ["Opened", "Deposited", "Deposited", "Withdrawn"]
+    );
+    assert_eq!(
+        host.journal.stats().commits - commits,
+        2,
+        "one commit for the first deposit, one for the whole round"
+    );
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "hot", None)
+        .await
+        .unwrap();
+    assert_eq!((version, state["balance"].as_u64()), (4, Some(21)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_inside_a_pipeline_gets_the_original_outcome_and_appends_once() {
+    let host = Gated::new().await;
+    let keyed = |amount: u64, key| ("Deposit", json!({"amount": amount}), Some(key));
+    let outcomes = host
+        .round(
+            vec![keyed(10, "k1"), keyed(10, "k1"), keyed(5, "k2"), deposit(7)],
+            async {},
+        )
+        .await;
+    let outcomes: Vec<&CommandOutcome> = outcomes.iter().map(|o| o.as_ref().unwrap()).collect();
+    let ids = |outcome: &CommandOutcome| outcome.events.iter().map(|e| e.id).collect::<Vec<_>>();
+
+    assert_eq!((outcomes[0].version, balance(outcomes[0])), (3, 11));
+    assert_eq!(outcomes[1].version, outcomes[0].version);
+    assert_eq!(ids(outcomes[1]), ids(outcomes[0]));
+    assert_eq!(balance(outcomes[1]), 11);
+    assert_eq!((outcomes[2].version, balance(outcomes[2])), (4, 16));
+    assert_eq!((outcomes[3].version, balance(outcomes[3])), (5, 23));
+    assert_eq!(
+        stored_types(&host.journal, "bank-account-hot"),
+        ["Opened", "Deposited", "Deposited", "Deposited", "Deposited"]
+    );
+
+    // A later retry is answered from the journal, with the state the command left.
+    let retried = send(&host.runtime, "hot", keyed(10, "k1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((retried.version, balance(&retried)), (3, 11));
+    assert_eq!(ids(&retried), ids(outcomes[0]));
+    assert_eq!(
+        host.journal.stream_version("bank-account-hot").unwrap(),
+        Some(5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_fails_every_command_in_it() {
+    let host = Gated::new().await;
+    let (gate, runtime) = (host.gate.clone(), host.runtime.clone());
+    let decided = runtime.command_stats().commands;
+    let outcomes = host
+        .round(vec![deposit(100), deposit(50), withdraw(120)], async move {
+            // Let the first deposit's commit through, keep holding the round's, then make
+            // its sync fail like a broken disk.
+            gate.pass_one();
+            wait_until(
+                "the first deposit is done and the round's commit waits",
+                || runtime.command_stats().commands == decided + 1 && gate.waiting() == 1,
+            )
+            .await;
+            gate.fail_next_sync();
+        })
+        .await;
+    for outcome in &outcomes {
+        match outcome {
+            Err(RuntimeError::Journal(JournalError::Storage(_))) => {}
+            other => panic!("every command of the failed commit fails, got {other:?}"),
+        }
+    }
+    // The journal stopped writing (fail-stop); the state is the log's again, not the one the
+    // round folded ahead of its commit.
+    assert_eq!(
+        stored_types(&host.journal, "bank-account-hot"),
+        ["Opened", "Deposited"]
+    );
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "hot", None)
+        .await
+        .unwrap();
+    assert_eq!((version, state["balance"].as_u64()), (2, Some(1)));
+}
+
+/// Commands waiting on a stream count against the journal's write-queue bound: past it a
+/// command is refused at once (the server answers 503) and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_command_queue_refuses_a_command_at_once() {
+    let config = JournalConfig {
+        max_queued_writes: 2,
+        ..JournalConfig::default()
+    };
+    let host = Gated::with(config).await;
+    host.gate.hold();
+    let first = send(&host.runtime, "hot", deposit(1));
+    wait_until("the first deposit's commit waits for its sync", || {
+        host.gate.waiting() == 1
+    })
+    .await;
+    let second = send(&host.runtime, "hot", deposit(2));
+    wait_until("the second deposit is queued", || {
+        host.runtime.command_stats().queued == 2
+    })
+    .await;
+    let refused = tokio::time::timeout(PATIENCE, send(&host.runtime, "hot", deposit(4)))
+        .await
+        .expect("refused at once, not queued")
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(RuntimeError::Journal(JournalError::Overloaded))
+        ),
+        "{refused:?}"
+    );
+    host.gate.release();
+    first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!((second.version, balance(&second)), (3, 3));
+    assert_eq!(
+        stored_types(&host.journal, "bank-account-hot"),
+        ["Opened", "Deposited", "Deposited"]
+    );
+}
+
+/// Commands on one hot account race direct appends to its stream, with no second try: rounds
+/// that lose the race fail as a whole. Every command that succeeded must report the balance the
+/// log holds at its version, which it cannot if a failed round left its uncommitted events in
+/// the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_round_rolls_the_state_back_to_the_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("journal.redb"), JournalConfig::default()).unwrap();
+    let config = AggregateConfig {
+        max_conflict_retries: 0,
+        ..AggregateConfig::default()
+    };
+    let runtime = runtime_on(journal.clone(), config).await;
+    let stream = "bank-account-hot";
+    send(&runtime, "hot", ("Open", json!({"owner": "Hot"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let interloper = {
+        let (journal, stop) = (journal.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let event = NewEvent::json("Deposited", &json!({"amount": 1000}));
+                journal
+                    .append(stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<JoinHandle<Vec<CommandOutcome>>> = (0..8)
+        .map(|client| {
+            let (runtime, stop, failed) = (runtime.clone(), stop.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut succeeded = Vec::new();
+                let mut amount = client + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    match send(&runtime, "hot", deposit(amount)).await.unwrap() {
+                        Ok(outcome) => succeeded.push(outcome),
+                        Err(RuntimeError::TooManyConflicts(_)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(other) => panic!("unexpected failure: {other}"),
+                    }
+                    amount = amount % 97 + 1;
+                }
+                succeeded
+            })
+        })
+        .collect();
+    wait_until(
+        "rounds of several commands lost races and others succeeded",
+        || {
+            let stats = runtime.command_stats();
+            failed.load(Ordering::Relaxed) >= 40
+                && stats.commands >= 2 * stats.rounds
+                && stats.commands >= 300
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    interloper.await.unwrap();
+    let mut succeeded = Vec::new();
+    for client in clients {
+        succeeded.extend(client.await.unwrap());
+    }
+
+    let log = balances(&journal, stream);
+    for outcome in &succeeded {
+        assert_eq!(
+            balance(outcome),
+            log[outcome.version as usize],
+            "a command's state must be the log's at its version {}",
+            outcome.version
+        );
+        let stored = journal.read_stream(stream, outcome.version, 1).unwrap();
+        assert_eq!(stored[0].id, outcome.events[0].id);
+    }
+    // Nothing of a failed round was stored.
+    assert_eq!(journal_commands(&journal, stream), succeeded.len() as u64);
+    let head = journal.stream_version(stream).unwrap().unwrap();
+    let (version, state) = runtime
+        .aggregate_state("bank-account", "hot", None)
+        .await
+        .unwrap();
+    assert_eq!((version, log.len() as u64), (head, head + 1));
+    assert_eq!(state["balance"].as_u64(), Some(log[head as usize]));
+}
+
+/// Deposits stored by commands (the interloper deposits 1000).
+fn journal_commands(journal: &Journal, stream: &str) -> u64 {
+    let mut count = 0;
+    let mut from = 1;
+    loop {
+        let page = journal.read_stream(stream, from, 1000).unwrap();
+        let Some(last) = page.last() else {
+            return count;
+        };
+        from = last.version + 1;
+        count += page
+            .iter()
+            .filter(|e| e.event_type == "Deposited" && !e.data.starts_with(br#"{"amount":1000}"#))
+            .count() as u64;
+    }
+}
+
+/// Creates an empty database in the test cluster and returns its URL.
+async fn fresh_database() -> String {
+    let admin = std::env::var("FOLDHOST_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "FOLDHOST_TEST_POSTGRES is not set: run scripts/test (or `. scripts/postgres` first)"
+        )
+    });
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to FOLDHOST_TEST_POSTGRES");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let base = admin.split('?').next().unwrap();
+    match base.rfind('/').filter(|&i| i > "postgres://".len()) {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Two hosts on one PostgreSQL journal drive commands into the same account: each host's
+/// rounds keep losing races to the other's commits and are decided again on the new state.
+/// Every command succeeds with the balance the log holds at its version, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_from_another_host_re_decides_the_whole_pipeline() {
+    let url = fresh_database().await;
+    let config = JournalConfig {
+        accept_non_durable_postgres: true,
+        ..JournalConfig::default()
+    };
+    let aggregates = AggregateConfig {
+        max_conflict_retries: 1000,
+        ..AggregateConfig::default()
+    };
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let journal = Journal::open_postgres(&url, config.clone()).await.unwrap();
+        hosts.push(runtime_on(journal, aggregates.clone()).await);
+    }
+    let journal = hosts[0].journal().clone();
+    let stream = "bank-account-shared";
+    send(
+        &hosts[0],
+        "shared",
+        ("Open", json!({"owner": "Shared"}), None),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for host in &hosts {
+        for client in 0..8u64 {
+            let (host, stop) = (host.clone(), stop.clone());
+            clients.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut amount = client + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = send(&host, "shared", deposit(amount)).await.unwrap();
+                    outcomes.push((amount, outcome.expect("every command succeeds")));
+                    amount = amount % 89 + 1;
+                }
+                outcomes
+            }));
+        }
+    }
+    wait_until(
+        "both hosts pipelined and re-decided rounds after the other's commits",
+        || {
+            hosts.iter().all(|host| {
+                let stats = host.command_stats();
+                stats.redecided >= 3 && stats.commands >= stats.rounds + 20
+            })
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut deposited = 0;
+    let mut count = 0;
+    let mut outcomes = Vec::new();
+    for client in clients {
+        outcomes.extend(client.await.unwrap());
+    }
+    let log = balances(&journal, stream);
+    for (amount, outcome) in outcomes {
+        {
+            assert_eq!(
+                balance(&outcome),
+                log[outcome.version as usize],
+                "the state after version {}",
+                outcome.version
+            );
+            deposited += amount;
+            count += 1;
+        }
+    }
+    let head = journal.stream_version(stream).unwrap().unwrap();
+    assert_eq!(head, 1 + count, "every command's event, once");
+    assert_eq!(log[head as usize], deposited);
+    for host in &hosts {
+        let (version, state) = host
+            .aggregate_state("bank-account", "shared", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (version, state["balance"].as_u64()),
+            (head, Some(deposited))
+        );
+    }
+}
