@@ -766,3 +766,78 @@ async fn reads_of_large_events_are_cut_into_pages_by_size() {
     let (_, log) = get(&client, &server, "/events").await;
     assert_eq!(log.as_array().unwrap().len(), first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_listed_most_recently_written_first() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let client = Client::new();
+    let touch = json!({"events": [{"type": "Touched", "data": null}]});
+    for stream in ["cart-1", "user-1", "cart-2", "cart-1", "user-2", "cart-3"] {
+        let (status, body) = post(
+            &client,
+            &server,
+            &format!("/streams/{stream}/events"),
+            touch.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = json(
+        client
+            .delete(server.url("/streams/cart-3"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names = |page: &Value| -> Vec<String> {
+        page["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stream"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Newest first, each stream once at its newest event, the deleted one left out.
+    let (status, page) = get(&client, &server, "/streams").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(names(&page), ["user-2", "cart-1", "cart-2", "user-1"]);
+    assert_eq!(page["next_after"], Value::Null);
+    let cart_1 = &page["streams"][1];
+    assert_eq!(
+        (cart_1["version"].as_u64(), cart_1["last_position"].as_u64()),
+        (Some(2), Some(4)),
+        "{page}"
+    );
+    assert!(
+        cart_1["last_written_at"].as_u64().unwrap() > 1_700_000_000_000,
+        "{page}"
+    );
+
+    // A category, a page at a time.
+    let (_, first) = get(&client, &server, "/streams?prefix=cart-&limit=1").await;
+    assert_eq!(names(&first), ["cart-1"]);
+    let after = first["next_after"].as_u64().unwrap();
+    let (_, second) = get(
+        &client,
+        &server,
+        &format!("/streams?prefix=cart-&limit=1&after={after}"),
+    )
+    .await;
+    assert_eq!(names(&second), ["cart-2"]);
+    let after = second["next_after"].as_u64().unwrap();
+    let (_, rest) = get(
+        &client,
+        &server,
+        &format!("/streams?prefix=cart-&after={after}"),
+    )
+    .await;
+    assert_eq!(names(&rest), Vec::<String>::new());
+    assert_eq!(rest["next_after"], Value::Null);
+
+    let (status, body) = get(&client, &server, "/streams?limit=many").await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -1,4 +1,4 @@
-//! Client subcommands for stream lifecycles: deleting streams, their retention metadata and
+//! Client subcommands for streams: listing them, deleting them, their retention metadata and
 //! scavenging the journal.
 
 use clap::{Args, Subcommand};
@@ -41,6 +41,18 @@ impl AdminToken {
 
 #[derive(Debug, Subcommand)]
 enum StreamsAction {
+    /// List streams, the most recently written first, with their version and last write.
+    List {
+        /// Only streams whose name starts with this (a category: `bank-account-`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Most streams to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue a listing: the `next_after` it printed.
+        #[arg(long, value_name = "POSITION")]
+        after: Option<u64>,
+    },
     /// Delete a stream: soft (reads find nothing until an append recreates it) or, with
     /// --hard and the admin token, for good. Its events go at the next scavenge.
     Delete {
@@ -82,6 +94,20 @@ pub struct ScavengeArgs {
 
 pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
     let answer = match args.action {
+        StreamsAction::List {
+            prefix,
+            limit,
+            after,
+        } => {
+            let mut query = vec![("prefix", prefix), ("limit", limit.to_string())];
+            query.extend(after.map(|after| ("after", after.to_string())));
+            send(
+                args.remote
+                    .request(Method::GET, &["streams"])?
+                    .query(&query),
+            )
+            .await?
+        }
         StreamsAction::Delete {
             stream,
             hard,

@@ -46,7 +46,7 @@ enum Action {
     Projection(client::ProjectionArgs),
     /// List, load or unload the server's plugins.
     Plugins(client::PluginsArgs),
-    /// Delete streams and read or set their retention metadata.
+    /// List streams, delete them, and read or set their retention metadata.
     Streams(lifecycle::StreamsArgs),
     /// Remove the events no reader sees any more (deleted, expired) and compact the journal;
     /// needs the admin token.
@@ -170,6 +170,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!("listening on http://{}", server.local_addr());
+    println!("web console: http://{}/", server.local_addr());
     tokio::select! {
         stopped = terminated() => {
             stopped?;

@@ -11,7 +11,7 @@ use super::{ExpectedVersion, JournalError};
 
 /// A stream's retention rules, as KurrentDB's `$maxAge`, `$maxCount` and `$tb`. Events outside
 /// them are hidden from every reader at once and removed by the next scavenge.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamMetadata {
     /// Hide events recorded more than this many seconds ago.
@@ -210,7 +210,7 @@ pub(super) fn now_millis() -> u64 {
 }
 
 /// What a scavenge removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScavengeReport {
     /// Streams whose hidden events were looked at.
     pub streams: u64,

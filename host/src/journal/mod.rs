@@ -315,6 +315,14 @@ impl Journal {
         }
     }
 
+    /// Which backend stores the events: `redb` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Redb(_) => "redb",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     /// The last committed global position, 0 when the journal is empty.
     pub fn head_position(&self) -> u64 {
         match &*self.backend {

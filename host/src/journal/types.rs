@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// How an event's `data` is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContentType {
     /// UTF-8 JSON (the default).
@@ -72,7 +72,7 @@ pub struct RecordedEvent {
 }
 
 /// Where an append's events landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppendResult {
     pub first_version: u64,
     pub last_version: u64,
@@ -138,7 +138,7 @@ impl RecordedEvent {
 }
 
 /// An event a projection could not fold and skipped, as recorded in the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ParkedEvent {
     /// The event's global position.
     pub position: u64,

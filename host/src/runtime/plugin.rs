@@ -23,7 +23,7 @@ use super::sandbox::{LogBudget, guarded, new_store};
 pub const CONTRACT_VERSION: &str = contract::VERSION;
 
 /// Which world a plugin implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
     Aggregate,

@@ -35,7 +35,7 @@ pub struct RuntimeConfig {
 }
 
 /// A loaded plugin as `GET /plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     pub name: String,
     pub kind: PluginKind,
@@ -46,6 +46,7 @@ pub struct PluginInfo {
     pub status: ProjectionStatus,
     /// A newer version still catching up before it takes over.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
     pub pending: Option<Box<PluginInfo>>,
     /// Why the last attempt to replace this plugin failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,7 +66,7 @@ pub struct PluginInfo {
 /// A plugin file or upload being compiled, or a plugins-directory file waiting
 /// for its turn at start, as `GET /plugins` shows it (a Python or JavaScript
 /// component takes seconds to compile).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CompilingInfo {
     /// The file or upload name.
     pub origin: String,
@@ -73,7 +74,7 @@ pub struct CompilingInfo {
 }
 
 /// `{"status": "queued", "bytes"}` or `{"status": "compiling", "bytes", "seconds"}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CompileStatus {
     Queued {

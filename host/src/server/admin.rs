@@ -19,6 +19,8 @@ const CHUNK: usize = 256 << 10;
 
 /// `POST /admin/scavenge`: removes the events no reader sees any more and compacts the storage
 /// (reads and appends pause while redb compacts; PostgreSQL locks the tables it rewrites).
+#[utoipa::path(post, path = "/admin/scavenge", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = ScavengeReport), (status = 401, body = ApiError)))]
 pub async fn scavenge(
     State(state): State<AppState>,
     _admin: Admin,
@@ -30,6 +32,12 @@ pub async fn scavenge(
 /// `GET /admin/backup`: a consistent copy of the redb journal, taken while the server keeps
 /// serving, as a redb file (`foldhost restore` puts it into a data directory). Staged in the
 /// data directory and unlinked once open, so nothing is left behind.
+#[utoipa::path(get, path = "/admin/backup", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The redb file; header `foldhost-backup-position` says up to where",
+            body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 401, body = ApiError), (status = 501, description = "PostgreSQL journal", body = ApiError),
+    ))]
 pub async fn backup(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let staged = state
         .data_dir

@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::errors::ApiError;
@@ -19,18 +20,19 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// `POST /aggregates/{plugin}/{id}/commands`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
     #[serde(rename = "type")]
     command_type: String,
     /// The command's JSON, passed to the plugin as sent; null when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     data: Option<Box<RawValue>>,
 }
 
 /// What a command did: the stream version after it, the events it appended, the new state.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CommandResponse {
     version: u64,
     events: Vec<EventJson>,
@@ -44,6 +46,19 @@ pub struct CommandResponse {
 /// `POST /aggregates/{plugin}/{id}/commands`, with an optional `Idempotency-Key` header: a
 /// retry with the key of a command whose events were stored answers that command's outcome
 /// and appends nothing.
+#[utoipa::path(post, path = "/aggregates/{plugin}/{id}/commands", tag = "aggregates",
+    params(
+        ("plugin" = String, Path), ("id" = String, Path, description = "The stream is `{plugin}-{id}`"),
+        ("idempotency-key" = Option<String>, Header, description = "Makes a retry answer the first outcome"),
+    ),
+    request_body = CommandRequest,
+    responses(
+        (status = 200, body = CommandResponse),
+        (status = 400, body = ApiError), (status = 404, description = "No such aggregate plugin", body = ApiError),
+        (status = 409, body = ApiError),
+        (status = 422, description = "The plugin refused the command: `reason` says why", body = ApiError),
+        (status = 503, body = ApiError),
+    ))]
 pub async fn command(
     State(state): State<AppState>,
     Path((plugin, id)): Path<(String, String)>,
@@ -90,19 +105,27 @@ pub async fn command(
 }
 
 /// `?at_version=V`: the state as it was after version V.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AtVersion {
     at_version: Option<u64>,
 }
 
 /// An aggregate's state and the stream version it reflects.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StateResponse {
     version: u64,
     state: Value,
 }
 
+/// `GET /aggregates/{plugin}/{id}?at_version=`: the state now, or as it was after a version.
+#[utoipa::path(get, path = "/aggregates/{plugin}/{id}", tag = "aggregates",
+    params(("plugin" = String, Path), ("id" = String, Path), AtVersion),
+    responses(
+        (status = 200, body = StateResponse),
+        (status = 404, description = "No such plugin or stream", body = ApiError),
+    ))]
 pub async fn state(
     State(state): State<AppState>,
     Path((plugin, id)): Path<(String, String)>,

@@ -59,6 +59,29 @@ impl ApiError {
     }
 }
 
+/// Documents the error body: `{"error": message}`, with extras named where they apply.
+impl utoipa::PartialSchema for ApiError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property(
+                "error",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("What went wrong, for a person")),
+            )
+            .required("error")
+            .description(Some(
+                "A failed request. Some carry extras a client can act on: `current_version` \
+                 (409), `reason` and `index` (422: a plugin refused), `stream`, `position`, \
+                 `version` (500: history a plugin cannot fold).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ApiError {}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

@@ -17,7 +17,7 @@ use crate::journal::{ContentType, NewEvent, RecordedEvent};
 /// `data` is the event's JSON when `content_type` is `json`, and a base64 string (standard
 /// alphabet, padded) of its bytes when it is `binary`. `metadata` is a JSON object or null.
 /// `recorded_at` is in milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventJson {
     pub position: u64,
     pub stream: String,
@@ -26,7 +26,9 @@ pub struct EventJson {
     #[serde(rename = "type")]
     pub event_type: String,
     pub content_type: ContentType,
+    #[schema(value_type = Value)]
     pub data: Box<RawValue>,
+    #[schema(value_type = Option<Value>)]
     pub metadata: Option<Box<RawValue>>,
     pub recorded_at: u64,
 }

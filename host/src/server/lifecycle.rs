@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
@@ -12,17 +13,19 @@ use super::{AppState, blocking};
 use crate::journal::StreamMetadata;
 
 /// `?hard=&expected_version=` of a delete.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     #[serde(default)]
     hard: bool,
     #[serde(default)]
+    #[param(value_type = Option<String>)]
     expected_version: Expected,
 }
 
 /// What a delete did.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Deleted {
     stream: String,
     hard: bool,
@@ -31,6 +34,12 @@ pub struct Deleted {
 /// `DELETE /streams/{stream}[?hard=true][&expected_version=]`: a soft delete hides the stream
 /// (reads answer 404) until an append recreates it; a hard delete (admin) is final (410 Gone
 /// ever after). Events are removed at the next scavenge.
+#[utoipa::path(delete, path = "/streams/{stream}", tag = "streams",
+    params(("stream" = String, Path), DeleteQuery),
+    responses(
+        (status = 200, body = Deleted), (status = 401, description = "A hard delete needs the admin token", body = ApiError),
+        (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 410, body = ApiError),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -54,6 +63,9 @@ pub async fn delete(
 }
 
 /// `GET /streams/{stream}/metadata`: its retention rules (`{}` when none).
+#[utoipa::path(get, path = "/streams/{stream}/metadata", tag = "streams",
+    params(("stream" = String, Path)),
+    responses((status = 200, body = StreamMetadata), (status = 410, body = ApiError)))]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -65,6 +77,9 @@ pub async fn metadata(
 
 /// `PUT /streams/{stream}/metadata`: replaces its retention rules (`max_age` in seconds,
 /// `max_count`, `truncate_before`); readers stop seeing what they exclude at once.
+#[utoipa::path(put, path = "/streams/{stream}/metadata", tag = "streams",
+    params(("stream" = String, Path)), request_body = StreamMetadata,
+    responses((status = 200, body = StreamMetadata), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
 pub async fn put_metadata(
     State(state): State<AppState>,
     Path(stream): Path<String>,

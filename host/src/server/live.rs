@@ -15,6 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::errors::ApiError;
@@ -29,7 +30,8 @@ const PAGE: usize = 1_000;
 
 /// `?from_position=`: the first position to send (default 1, the start of the log);
 /// `?upcast=true`: pass the events through the loaded upcasters.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
     from_position: Option<u64>,
@@ -41,6 +43,13 @@ pub struct LiveQuery {
 /// reconnects with `Last-Event-ID` resumes right after it. (An upcaster may turn one stored
 /// event into several: only the last of them carries the `id`.) A journal failure ends the
 /// feed with an event of type `error`.
+#[utoipa::path(get, path = "/events/live", tag = "streams",
+    params(LiveQuery, ("last-event-id" = Option<u64>, Header, description = "Resume after this position")),
+    responses(
+        (status = 200, description = "Server-Sent Events, one per event (`id` = position, `data` = the event's JSON)",
+            body = EventJson, content_type = "text/event-stream"),
+        (status = 400, body = ApiError), (status = 503, description = "Too many live feeds", body = ApiError),
+    ))]
 pub async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -149,6 +149,11 @@ fn register_plugin(info: &PluginInfo) {
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 404, description = "Not recorded by this server", body = ApiError),
+    ))]
 pub(super) async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = state.metrics.ok_or_else(|| {
         ApiError::not_found(

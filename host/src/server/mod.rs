@@ -20,19 +20,26 @@
 //! | GET | `/plugins/{name}/parked` | events a projection could not fold |
 //! | POST | `/plugins/{name}/parked/replay`, `/restart`, `/reset` | projection recovery (admin) |
 //! | PUT | `/plugins/{name}/policy` | `park` or `stop` on an event it cannot fold (admin) |
-//! | GET | `/health`, `/metrics` | liveness, Prometheus metrics |
+//! | GET | `/streams?prefix=&limit=&after=` | streams, most recently written first |
+//! | GET | `/health`, `/metrics`, `/stats` | liveness, Prometheus metrics, an overview as JSON |
+//! | GET | `/openapi.json` | this API as OpenAPI 3.1 |
+//! | GET | `/`, `/ui/{file}` | the web console |
 
 mod admin;
 mod aggregates;
+mod console;
 mod errors;
 mod extract;
 pub mod json;
 mod lifecycle;
 mod listener;
+mod listing;
 mod live;
 pub mod metrics;
+pub mod openapi;
 mod plugins;
 mod projections;
+mod stats;
 mod streams;
 mod unread;
 
@@ -45,7 +52,6 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -54,6 +60,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use admin::BACKUP_POSITION;
 use errors::ApiError;
@@ -88,58 +96,54 @@ pub(crate) struct AppState {
     limits: ClientLimits,
     /// True once the plugins directory has loaded at start (see [`after_startup_load`]).
     plugins_loaded: watch::Receiver<bool>,
+    /// When the server started (`GET /stats` shows the uptime).
+    started: std::time::Instant,
 }
 
-/// The API's routes over `state`.
+/// Every route with its OpenAPI description (see [`openapi`]).
+///
+/// Add a route only here, as a handler annotated with `#[utoipa::path(...)]` and registered
+/// with `routes!` (handlers of one path go in the same `routes!`), never with `.route()`: the
+/// annotation is where the router takes the path and method from, so the route and its
+/// documentation cannot drift apart (`tests/tests/openapi.rs` checks both ways).
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(listing::list))
+        .routes(routes!(streams::append, streams::read_stream))
+        .routes(routes!(lifecycle::delete))
+        .routes(routes!(lifecycle::metadata, lifecycle::put_metadata))
+        .routes(routes!(admin::scavenge))
+        .routes(routes!(admin::backup))
+        .routes(routes!(streams::read_all))
+        .routes(routes!(live::live))
+        .routes(routes!(aggregates::command))
+        .routes(routes!(aggregates::state))
+        .routes(routes!(projections::state))
+        .routes(routes!(projections::query))
+        .routes(
+            routes!(plugins::put, plugins::delete).layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY)),
+        )
+        .routes(routes!(plugins::parked))
+        .routes(routes!(plugins::replay_parked))
+        .routes(routes!(plugins::restart))
+        .routes(routes!(plugins::reset))
+        .routes(routes!(plugins::set_policy))
+        // The routes above wait for the plugins directory's load at start; those below answer
+        // at once.
+        .route_layer(axum::middleware::from_fn(after_startup_load))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(health))
+        .routes(routes!(stats::stats))
+        .routes(routes!(metrics::render))
+        .routes(routes!(plugins::list))
+}
+
+/// The server's routes over `state`, with the layers every request passes through.
 fn router(state: AppState) -> Router {
-    // Answered at once, also while the plugins directory still loads at start.
-    let immediate = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics::render))
-        .route("/plugins", get(plugins::list));
-    Router::new()
-        .route(
-            "/streams/{stream}/events",
-            post(streams::append).get(streams::read_stream),
-        )
-        .route("/streams/{stream}", delete(lifecycle::delete))
-        .route(
-            "/streams/{stream}/metadata",
-            get(lifecycle::metadata).put(lifecycle::put_metadata),
-        )
-        .route("/admin/scavenge", post(admin::scavenge))
-        .route("/admin/backup", get(admin::backup))
-        .route("/events", get(streams::read_all))
-        .route("/events/live", get(live::live))
-        .route(
-            "/aggregates/{plugin}/{id}/commands",
-            post(aggregates::command),
-        )
-        .route("/aggregates/{plugin}/{id}", get(aggregates::state))
-        .route("/projections/{plugin}", get(projections::state))
-        .route(
-            "/projections/{plugin}/query/{name}",
-            get(projections::query),
-        )
-        .route(
-            "/plugins/{name}",
-            put(plugins::put)
-                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY))
-                .delete(plugins::delete),
-        )
-        .route("/plugins/{name}/parked", get(plugins::parked))
-        .route(
-            "/plugins/{name}/parked/replay",
-            post(plugins::replay_parked),
-        )
-        .route("/plugins/{name}/restart", post(plugins::restart))
-        .route("/plugins/{name}/reset", post(plugins::reset))
-        .route("/plugins/{name}/policy", put(plugins::set_policy))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            after_startup_load,
-        ))
-        .merge(immediate)
+    let (routes, _document) = api().split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -164,6 +168,7 @@ fn router(state: AppState) -> Router {
                 )
             }),
         )
+        .layer(axum::Extension(state.plugins_loaded.clone()))
         .with_state(state)
 }
 
@@ -171,39 +176,57 @@ fn router(state: AppState) -> Router {
 /// commands of an entity that is still recovering: a command for a plugin still compiling
 /// must not answer "unknown plugin", nor an append to its streams skip its check.
 async fn after_startup_load(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(loaded): axum::Extension<watch::Receiver<bool>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let mut loaded = state.plugins_loaded.clone();
+    let mut loaded = loaded;
     // An error means the loading task is gone (the server is stopping): go on.
     let _ = loaded.wait_for(|loaded| *loaded).await;
     next.run(request).await
 }
 
+/// The body of `GET /health`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`, or `failed` after a storage fault.
+    status: &'static str,
+    head_position: u64,
+    /// True while the plugins directory still loads at start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    loading_plugins: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
 /// `GET /health`: the server answers, and how far the journal has got (with
 /// `"loading_plugins": true` while the plugins directory still loads at start); 503 once a
 /// storage fault stopped the journal (the host then exits, see [`Server::faulted`]).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, description = "Failed", body = Health)))]
 async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
     let journal = state.runtime.journal();
-    let head = journal.head_position();
+    let head_position = journal.head_position();
     match journal.fault() {
-        None if !*state.plugins_loaded.borrow() => Json(serde_json::json!({
-            "status": "ok",
-            "head_position": head,
-            "loading_plugins": true,
-        }))
+        None => Json(Health {
+            status: "ok",
+            head_position,
+            loading_plugins: !*state.plugins_loaded.borrow(),
+            error: None,
+        })
         .into_response(),
-        None => Json(serde_json::json!({"status": "ok", "head_position": head})).into_response(),
         Some(fault) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({
-                "status": "failed",
-                "error": format!("the journal stopped writing after a storage fault: {fault}"),
-                "head_position": head,
-            })),
+            Json(Health {
+                status: "failed",
+                head_position,
+                loading_plugins: false,
+                error: Some(format!(
+                    "the journal stopped writing after a storage fault: {fault}"
+                )),
+            }),
         )
             .into_response(),
     }
@@ -372,6 +395,7 @@ impl Server {
             live_feeds: Arc::new(Semaphore::new(config.limits.max_live_feeds)),
             limits: config.limits.clone(),
             plugins_loaded: loaded,
+            started: std::time::Instant::now(),
         });
         let stop = shutdown.clone().cancelled_owned();
         let listener = listener::StallGuarded::new(listener, config.limits.write_stall_timeout);

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::errors::ApiError;
@@ -51,7 +52,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// One row of `GET /plugins`: a loaded plugin, or one being compiled.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Listed {
     Loaded(PluginInfo),
@@ -59,6 +60,7 @@ pub enum Listed {
 }
 
 /// `GET /plugins`: the loaded plugins by name, then those being compiled.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", responses((status = 200, body = Vec<Listed>)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<Listed>> {
     let loaded = state.runtime.list().into_iter().map(Listed::Loaded);
     let compiling = state.runtime.compiling().into_iter().map(Listed::Compiling);
@@ -67,6 +69,14 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<Listed>> {
 
 /// `PUT /plugins/{name}`: installs (or replaces) a plugin from the component (or core module)
 /// in the body. The component must describe itself as `name`.
+#[utoipa::path(put, path = "/plugins/{name}", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component or core module"),
+    responses(
+        (status = 200, description = "Loaded; a projection catches up in the background", body = PluginInfo),
+        (status = 400, description = "Not a valid plugin, or named otherwise", body = ApiError),
+        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError),
+    ))]
 pub async fn put(
     State(state): State<AppState>,
     _admin: Admin,
@@ -89,7 +99,8 @@ pub async fn put(
 }
 
 /// `?drop_data=true` also deletes the plugin's snapshots and checkpoints.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UnloadQuery {
     #[serde(default)]
@@ -97,7 +108,7 @@ pub struct UnloadQuery {
 }
 
 /// What `DELETE /plugins/{name}` did.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Unloaded {
     unloaded: String,
     dropped_data: bool,
@@ -105,6 +116,9 @@ pub struct Unloaded {
 
 /// `DELETE /plugins/{name}`: stops and forgets a plugin. Its snapshots and checkpoints stay
 /// (reloading the same build resumes from them) unless `?drop_data=true`.
+#[utoipa::path(delete, path = "/plugins/{name}", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path), UnloadQuery),
+    responses((status = 200, body = Unloaded), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn delete(
     State(state): State<AppState>,
     _admin: Admin,
@@ -121,6 +135,9 @@ pub async fn delete(
 
 /// `GET /plugins/{name}/parked`: the events a projection skipped because it could not fold
 /// them, by position, with the reason.
+#[utoipa::path(get, path = "/plugins/{name}/parked", tag = "plugins",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Vec<ParkedEvent>), (status = 404, body = ApiError)))]
 pub async fn parked(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -131,6 +148,9 @@ pub async fn parked(
 
 /// `POST /plugins/{name}/parked/replay`: folds the parked events again, at the head; those
 /// that fold are parked no more.
+#[utoipa::path(post, path = "/plugins/{name}/parked/replay", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = ParkReport), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn replay_parked(
     State(state): State<AppState>,
     _admin: Admin,
@@ -141,6 +161,9 @@ pub async fn replay_parked(
 }
 
 /// `POST /plugins/{name}/restart`: a projection resumes from its checkpoint.
+#[utoipa::path(post, path = "/plugins/{name}/restart", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn restart(
     State(state): State<AppState>,
     _admin: Admin,
@@ -152,6 +175,9 @@ pub async fn restart(
 
 /// `POST /plugins/{name}/reset`: a projection rebuilds from position 1 in the background and
 /// takes over at the head.
+#[utoipa::path(post, path = "/plugins/{name}/reset", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn reset(
     State(state): State<AppState>,
     _admin: Admin,
@@ -162,13 +188,16 @@ pub async fn reset(
 }
 
 /// `PUT /plugins/{name}/policy` body: what a projection does with an event it cannot fold.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     policy: FailurePolicy,
 }
 
 /// `PUT /plugins/{name}/policy`: `{"policy": "park" | "stop"}`.
+#[utoipa::path(put, path = "/plugins/{name}/policy", tag = "plugins", security(("admin" = [])),
+    params(("name" = String, Path)), request_body = PolicyBody,
+    responses((status = 200, body = PluginInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn set_policy(
     State(state): State<AppState>,
     _admin: Admin,

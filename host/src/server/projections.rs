@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::errors::ApiError;
@@ -11,7 +12,7 @@ use super::extract::{Path, Query};
 use crate::runtime::ProjectionStatus;
 
 /// A projection's state, the global position it has folded up to, and where it stands.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProjectionResponse {
     position: u64,
     status: ProjectionStatus,
@@ -20,6 +21,9 @@ pub struct ProjectionResponse {
 }
 
 /// `GET /projections/{plugin}`.
+#[utoipa::path(get, path = "/projections/{plugin}", tag = "projections",
+    params(("plugin" = String, Path)),
+    responses((status = 200, body = ProjectionResponse), (status = 404, body = ApiError)))]
 pub async fn state(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -40,6 +44,13 @@ pub async fn state(
 /// query parameters as its JSON object of arguments. Each value is taken as JSON when it
 /// parses as JSON (`n=3` → `3`, `open=true` → `true`) and as a string otherwise
 /// (`owner=alice` → `"alice"`; quote it to force a string: `id="42"`).
+#[utoipa::path(get, path = "/projections/{plugin}/query/{name}", tag = "projections",
+    params(("plugin" = String, Path), ("name" = String, Path, description = "The query's name; its arguments are the query string")),
+    responses(
+        (status = 200, description = "The query's JSON answer", body = Value),
+        (status = 400, description = "The plugin refused the query: `reason` says why", body = ApiError),
+        (status = 404, body = ApiError), (status = 503, description = "No state yet", body = ApiError),
+    ))]
 pub async fn query(
     State(state): State<AppState>,
     Path((plugin, name)): Path<(String, String)>,

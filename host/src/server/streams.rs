@@ -7,6 +7,7 @@ use axum::extract::State;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::errors::ApiError;
@@ -33,7 +34,7 @@ const EVENT_OVERHEAD: usize = 160;
 const CHUNK: usize = 128;
 
 /// `POST /streams/{stream}/events`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     #[serde(default)]
@@ -42,7 +43,7 @@ pub struct AppendRequest {
 }
 
 /// One event to append. `data` and `metadata` are kept as the exact JSON text sent.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EventInput {
     /// Re-sending an event id makes the append idempotent; a fresh (time-ordered) one is
@@ -50,8 +51,10 @@ struct EventInput {
     id: Option<Uuid>,
     #[serde(rename = "type")]
     event_type: String,
+    #[schema(value_type = Value)]
     data: Box<RawValue>,
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     metadata: Option<Box<RawValue>>,
 }
 
@@ -61,6 +64,35 @@ pub(super) struct Expected(pub(super) ExpectedVersion);
 impl Default for Expected {
     fn default() -> Self {
         Self(ExpectedVersion::Any)
+    }
+}
+
+/// Documents what [`Expected`] deserialises by hand.
+impl utoipa::PartialSchema for Expected {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["any", "no_stream"])),
+            )
+            .description(Some(
+                "The stream's version must be exactly this number, or `any` (the default), or \
+                 `no_stream` (it must not exist yet)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Expected {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ExpectedVersion".into()
     }
 }
 
@@ -86,7 +118,8 @@ impl<'de> Deserialize<'de> for Expected {
 }
 
 /// `?validate=false` (admin token only) stores events to an aggregate's stream unchecked.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AppendOptions {
     #[serde(default = "yes")]
@@ -99,6 +132,16 @@ fn yes() -> bool {
 
 /// `POST /streams/{stream}/events`. Events for a stream of a loaded aggregate are folded by
 /// that aggregate first and refused (422, nothing stored) if it cannot fold them.
+#[utoipa::path(post, path = "/streams/{stream}/events", tag = "streams",
+    params(("stream" = String, Path), AppendOptions),
+    request_body = AppendRequest,
+    responses(
+        (status = 200, description = "Appended (or an idempotent retry)", body = AppendResult),
+        (status = 400, body = ApiError), (status = 409, description = "Version conflict", body = ApiError),
+        (status = 410, description = "Hard-deleted", body = ApiError),
+        (status = 422, description = "The stream's aggregate cannot fold these events", body = ApiError),
+        (status = 503, description = "Too many writes queued", body = ApiError),
+    ))]
 pub async fn append(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -139,7 +182,8 @@ pub async fn append(
 }
 
 /// `?from_version=&limit=` of a stream read.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRange {
     #[serde(default = "first")]
@@ -151,7 +195,8 @@ pub struct StreamRange {
 }
 
 /// `?from_position=&limit=` of a global-log read.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogRange {
     #[serde(default = "first")]
@@ -171,6 +216,12 @@ fn limit(limit: Option<usize>) -> usize {
 }
 
 /// `GET /streams/{stream}/events`: a page of one stream, ascending; 404 if it has no events.
+#[utoipa::path(get, path = "/streams/{stream}/events", tag = "streams",
+    params(("stream" = String, Path), StreamRange),
+    responses(
+        (status = 200, body = Vec<EventJson>),
+        (status = 404, body = ApiError), (status = 410, description = "Hard-deleted", body = ApiError),
+    ))]
 pub async fn read_stream(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -200,6 +251,8 @@ pub async fn read_stream(
 }
 
 /// `GET /events`: a page of the global log, ascending by position.
+#[utoipa::path(get, path = "/events", tag = "streams", params(LogRange),
+    responses((status = 200, body = Vec<EventJson>), (status = 400, body = ApiError)))]
 pub async fn read_all(
     State(state): State<AppState>,
     Query(range): Query<LogRange>,

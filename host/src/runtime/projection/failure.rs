@@ -25,7 +25,7 @@ pub const TRIES: u32 = 3;
 pub const TIMEOUT_TRIES: u32 = 5;
 
 /// What a projection does with an event it cannot fold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Record the event as parked, skip it and go on (the default).
@@ -60,7 +60,7 @@ impl std::fmt::Display for FailurePolicy {
 }
 
 /// What replaying parked events did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ParkReport {
     /// Parked events that folded this time and are parked no more.
     pub replayed: usize,

@@ -47,7 +47,7 @@ impl Default for CheckpointPolicy {
 }
 
 /// Where a plugin stands: a projection's progress, or an aggregate that is serving.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum ProjectionStatus {
     /// Starting: restoring its checkpoint.

@@ -1,0 +1,53 @@
+// Live tail: the global log as it is written (SSE), with pause, a filter by stream prefix or
+// event type, and reconnection from the last position seen.
+import { h, fill, when } from './dom.js';
+
+const KEEP = 500;
+
+export async function render(main) {
+  const prefix = h('input', { id: 'tail-prefix', placeholder: 'stream prefix' });
+  const type = h('input', { id: 'tail-type', placeholder: 'event type' });
+  const pause = h('button', { type: 'button', id: 'tail-pause' }, 'Pause');
+  const state = h('span', { class: 'muted', id: 'tail-state' });
+  const rows = h('div', { class: 'tail', id: 'tail' });
+  let paused = false, source = null, last = null, retry = null;
+  const held = [];
+  function show(event) {
+    if (prefix.value && !event.stream.startsWith(prefix.value)) return;
+    if (type.value && event.type !== type.value) return;
+    rows.prepend(h('div', { class: 'row', 'data-position': event.position },
+      h('span', { class: 'mono' }, `${event.position} `), h('strong', {}, event.type), ' on ',
+      h('a', { href: `#/stream/${encodeURIComponent(event.stream)}` }, event.stream),
+      h('span', { class: 'muted' }, ` v${event.version} · ${when(event.recorded_at)} `),
+      h('code', { class: 'data' }, JSON.stringify(event.data))));
+    while (rows.childElementCount > KEEP) rows.lastElementChild.remove();
+  }
+  function connect() {
+    // Starts at the head, or right after the last event seen (the feed resumes from there).
+    const from = last === null ? '' : `?from_position=${last + 1}`;
+    source = new EventSource(`/events/live${from}`);
+    state.textContent = 'connecting…';
+    source.onopen = () => { state.textContent = 'following'; };
+    source.onmessage = (message) => {
+      const event = JSON.parse(message.data);
+      last = event.position;
+      if (paused) { held.push(event); if (held.length > KEEP) held.shift(); } else show(event);
+    };
+    source.onerror = () => {
+      source.close();
+      state.textContent = 'disconnected, reconnecting…';
+      retry = setTimeout(connect, 1000);
+    };
+  }
+  pause.addEventListener('click', () => {
+    paused = !paused;
+    pause.textContent = paused ? 'Resume' : 'Pause';
+    if (!paused) held.splice(0).forEach(show);
+  });
+  fill(main, h('h1', {}, 'Live tail'),
+    h('div', { class: 'toolbar' }, prefix, type, pause, state), rows);
+  const health = await fetch('/health').then((r) => r.json());
+  last = health.head_position > 10 ? health.head_position - 10 : null;
+  connect();
+  return () => { clearTimeout(retry); if (source) source.close(); };
+}

@@ -1,0 +1,455 @@
+//! The web console in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! installed by `scripts/chromium`), driven over WebDriver against a real `foldhost serve`
+//! with the example plugins. The run also rewrites the README's screenshots in `docs/`.
+
+mod serve;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use serve::{Dirs, PATIENCE, Server};
+
+const TOKEN: &str = "console-admin-token";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A headless Chromium session through its own `chromedriver`, both stopped when dropped.
+struct Browser {
+    client: Option<Client>,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        for binary in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(binary).exists(),
+                "{binary} is missing: run scripts/chromium (Debian's chromium and chromium-driver)"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--window-size=1280,860",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + PATIENCE;
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => panic!("no WebDriver session from chromedriver: {error}"),
+            }
+        };
+        Browser {
+            client: Some(client),
+            driver,
+            _profile: profile,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().unwrap()
+    }
+
+    async fn goto(&self, server: &Server, hash: &str) {
+        self.client()
+            .goto(&server.url(&format!("/{hash}")))
+            .await
+            .unwrap();
+    }
+
+    /// Runs `script` in the page and returns its value.
+    async fn eval(&self, script: &str) -> Value {
+        self.client().execute(script, vec![]).await.unwrap()
+    }
+
+    /// The text of the first element matching `css` once `holds` accepts it.
+    async fn wait_text(&self, css: &str, holds: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
+        loop {
+            if let Ok(element) = self.client().find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+            {
+                if holds(&text) {
+                    return text;
+                }
+                last = Some(text);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed what was expected; last: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.client().find(Locator::Css(css)).await.unwrap();
+        element.clear().await.unwrap();
+        element.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.client().find(Locator::Css(css)).await.unwrap();
+        element.click().await.unwrap();
+    }
+
+    /// Saves a PNG of the page as `docs/{name}` for the README.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client().screenshot().await.unwrap();
+        let path = docs().join(name);
+        std::fs::write(&path, png).unwrap();
+        eprintln!("wrote {}", path.display());
+    }
+
+    async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            client.close().await.unwrap();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn docs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")
+}
+
+async fn post(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> Value {
+    let response = client
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+/// Whether the page ran injected code or made an element out of event data.
+const INJECTED: &str = "return {ran: window.__xss === undefined ? null : window.__xss, \
+    elements: document.querySelectorAll('main img, main script, main b').length}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_works_in_a_real_browser() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let http = reqwest::Client::new();
+    let browser = Browser::start().await;
+    browser.client().set_window_size(1280, 860).await.unwrap();
+
+    // The XSS probe: event data, metadata and type that would run code as HTML.
+    let probe =
+        "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\"><b>bold</b>";
+    post(
+        &http,
+        &server,
+        "/streams/probe-1/events",
+        json!({"events": [{
+            "type": "<img src=x onerror=\"window.__xss = 3\">",
+            "data": {"name": probe},
+            "metadata": {"note": probe},
+        }]}),
+    )
+    .await;
+
+    // Aggregate: commands from the form change the state shown; a refusal shows its reason.
+    browser
+        .goto(&server, "#/aggregate/bank-account/alice")
+        .await;
+    browser.wait_text("h1", |t| t.contains("alice")).await;
+    // Measured, not asserted (shared machine): the time to the page's first paint.
+    let paint = browser
+        .eval("const p = performance.getEntriesByName('first-contentful-paint')[0]; return p ? p.startTime : null")
+        .await;
+    eprintln!("first contentful paint after {paint} ms");
+    for (command, data, balance) in [
+        ("Open", r#"{"owner": "Alice"}"#, "0"),
+        ("Deposit", r#"{"amount": 100}"#, "100"),
+        ("Deposit", r#"{"amount": 50}"#, "150"),
+    ] {
+        browser.type_into("#command-type", command).await;
+        browser.type_into("#command-data", data).await;
+        browser.click("#command-form button").await;
+        browser
+            .wait_text("#aggregate-state", |t| {
+                t.contains(&format!("\"balance\": {balance}"))
+            })
+            .await;
+    }
+    browser
+        .wait_text("#aggregate-version", |t| t.contains("version 3"))
+        .await;
+    browser.type_into("#command-type", "Withdraw").await;
+    browser
+        .type_into("#command-data", r#"{"amount": 1000}"#)
+        .await;
+    browser.click("#command-form button").await;
+    let refused = browser
+        .wait_text("#command-refused", |t| t.contains("422"))
+        .await;
+    assert!(refused.starts_with("Refused (422): "), "{refused}");
+    // The time-travel slider, moved with the keyboard, shows the balance as of version 2.
+    let slider = browser
+        .client()
+        .find(Locator::Css("#version-slider"))
+        .await
+        .unwrap();
+    slider.send_keys("\u{E012}").await.unwrap(); // ArrowLeft
+    browser
+        .wait_text("#aggregate-version", |t| t.contains("version 2 of 3"))
+        .await;
+    browser
+        .wait_text("#aggregate-state", |t| t.contains("\"balance\": 100"))
+        .await;
+
+    // Projection: its state as a tree, and a named query with arguments.
+    browser.goto(&server, "#/projection/bank-analytics").await;
+    browser
+        .wait_text("#projection-state", |t| t.contains("total_balance"))
+        .await;
+    browser
+        .wait_text("#projection-state", |t| t.contains("150"))
+        .await;
+    browser.type_into("#query-name", "top").await;
+    browser.type_into("#query-args", "n=1").await;
+    browser.click("#query-form button").await;
+    browser
+        .wait_text("#query-answer", |t| t.contains("Alice"))
+        .await;
+    browser.screenshot("console-projection.png").await;
+
+    // Streams: listed newest first; a stream's events shown as text, the probe inert.
+    browser.goto(&server, "#/streams").await;
+    let listed = browser
+        .wait_text("#streams tbody", |t| t.contains("probe-1"))
+        .await;
+    let (alice, probe_at) = (
+        listed.find("bank-account-alice").unwrap(),
+        listed.find("probe-1").unwrap(),
+    );
+    assert!(alice < probe_at, "newest first: {listed}");
+    browser.goto(&server, "#/stream/probe-1").await;
+    let shown = browser
+        .wait_text("#events", |t| t.contains("window.__xss = 1"))
+        .await;
+    assert!(shown.contains("<script>"), "{shown}");
+    assert!(shown.contains("onerror=\"window.__xss = 3\""), "{shown}");
+    assert_eq!(
+        browser.eval(INJECTED).await,
+        json!({"ran": null, "elements": 0})
+    );
+
+    // Live tail: an event appended through the API appears.
+    browser.goto(&server, "#/tail").await;
+    browser.wait_text("#tail-state", |t| t == "following").await;
+    let appended = Instant::now();
+    post(
+        &http,
+        &server,
+        "/streams/tail-1/events",
+        json!({"events": [{"type": "Pinged", "data": {"probe": probe}}]}),
+    )
+    .await;
+    browser.wait_text("#tail", |t| t.contains("Pinged")).await;
+    eprintln!(
+        "live tail showed the event {:?} after the append",
+        appended.elapsed()
+    );
+    assert_eq!(
+        browser.eval(INJECTED).await,
+        json!({"ran": null, "elements": 0})
+    );
+
+    // Plugins and the API page list what the server has.
+    browser.goto(&server, "#/plugins").await;
+    browser
+        .wait_text("#plugins tbody", |t| {
+            t.contains("bank-account")
+                && t.contains("bank-analytics")
+                && t.contains("shopping-cart")
+        })
+        .await;
+    browser.goto(&server, "#/api").await;
+    browser
+        .wait_text("main", |t| {
+            t.contains("OpenAPI 3.1") && t.contains("/streams/{stream}/events")
+        })
+        .await;
+
+    // Overview, with some traffic for its chart.
+    browser.goto(&server, "#/").await;
+    for i in 0..40 {
+        post(
+            &http,
+            &server,
+            "/aggregates/bank-account/alice/commands",
+            json!({"type": "Deposit", "data": {"amount": i + 1}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_text("#backend", |t| t == "redb").await;
+    browser
+        .wait_text("#commands-rate", |t| t != "0" && t != "–")
+        .await;
+    browser.wait_text("#p99", |t| t.ends_with(" ms")).await;
+    let head = browser.wait_text("#head", |t| !t.is_empty()).await;
+    assert_eq!(head, "45", "the probe, 3 commands, the ping, 40 deposits");
+    browser.screenshot("console-overview.png").await;
+    browser.close().await;
+}
+
+/// Records in the page each state the plugins page shows for bank-analytics's pending
+/// version: its status, and `bar` while a progress bar is drawn (`none` without one).
+const RECORD_PENDING: &str = "window.__pending = []; \
+    new MutationObserver(() => { \
+      const cell = document.querySelector('tr[data-plugin=\"bank-analytics\"] .pending'); \
+      if (!cell) return; \
+      const status = cell.querySelector('.status'); \
+      const seen = (status ? status.textContent : 'none') + (cell.querySelector('progress') ? ' bar' : ''); \
+      if (window.__pending.at(-1) !== seen) window.__pending.push(seen); \
+    }).observe(document.getElementById('page'), {subtree: true, childList: true, characterData: true}); \
+    return true";
+
+/// A new build of a projection, uploaded through the page (the JavaScript twin of
+/// bank-analytics, slow enough to watch), shows as a pending version with a catch-up bar and
+/// then takes over, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_plugin_shows_its_catch_up_and_goes_live() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let http = reqwest::Client::new();
+    // A history for the new build to catch up on, long enough to watch.
+    for account in 0..200 {
+        let mut events =
+            vec![json!({"type": "Opened", "data": {"owner": format!("owner {account}")}})];
+        events.extend((0..999).map(|_| json!({"type": "Deposited", "data": {"amount": 1}})));
+        post(
+            &http,
+            &server,
+            &format!("/streams/bank-account-{account}/events"),
+            json!({"events": events}),
+        )
+        .await;
+    }
+    let hash_of = |plugins: Value| {
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "bank-analytics")
+            .map(|p| p["hash"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let plugins = http.get(server.url("/plugins")).send().await.unwrap();
+    let old_hash = hash_of(plugins.json().await.unwrap());
+
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/plugins").await;
+    browser
+        .wait_text("#plugins tbody", |t| t.contains("bank-analytics"))
+        .await;
+    // The token for this tab, as the page's prompt would keep it.
+    browser
+        .eval(&format!(
+            "sessionStorage.setItem('foldhost-admin-token', '{TOKEN}'); return true"
+        ))
+        .await;
+    browser.eval(RECORD_PENDING).await;
+    let upload = tempfile::tempdir().unwrap();
+    let file = upload.path().join("bank-analytics.wasm");
+    std::fs::copy(
+        foldhost_plugins::path(foldhost_plugins::BANK_ANALYTICS_JS),
+        &file,
+    )
+    .unwrap();
+    let input = browser
+        .client()
+        .find(Locator::Css("#upload-file"))
+        .await
+        .unwrap();
+    input.send_keys(file.to_str().unwrap()).await.unwrap();
+    browser
+        .wait_text("#plugins-message", |t| {
+            t.starts_with("Installed bank-analytics")
+        })
+        .await;
+
+    // It takes over: the row shows the new build's hash, live, with nothing pending.
+    let plugins = loop {
+        let plugins: Value = http
+            .get(server.url("/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if hash_of(plugins.clone()) != old_hash {
+            break plugins;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let new_hash = hash_of(plugins);
+    let row = "tr[data-plugin=\"bank-analytics\"]";
+    browser
+        .wait_text(row, |t| t.contains(&new_hash[..12]))
+        .await;
+    browser
+        .wait_text(&format!("{row} .plugin-status"), |t| t.starts_with("live"))
+        .await;
+    let seen: Vec<String> =
+        serde_json::from_value(browser.eval("return window.__pending").await).unwrap();
+    eprintln!("pending version as shown: {seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "catching-up bar"),
+        "the catch-up bar never showed: {seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("none"), "{seen:?}");
+    browser.close().await;
+}
