@@ -103,7 +103,7 @@ pub(crate) struct AppState {
 /// Every route with its OpenAPI description (see [`openapi`]).
 ///
 /// Add a route only here, as a handler annotated with `#[utoipa::path(...)]` and registered
-/// with `routes!` (handlers of one path go in the same `routes!`), never with `.route()`: the
+/// with `routes!` (handlers of one path go in the same `routes!`), never with axum's `route`: the
 /// annotation is where the router takes the path and method from, so the route and its
 /// documentation cannot drift apart (`tests/tests/openapi.rs` checks both ways).
 pub(crate) fn api() -> OpenApiRouter<AppState> {
