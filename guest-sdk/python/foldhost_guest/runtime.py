@@ -35,9 +35,19 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _traceback(error: BaseException) -> str:
+    """The frames of `error`'s traceback, without their source lines: reading
+    the source would open files, and a plugin's stubbed WASI traps on that."""
+    frames = traceback.walk_tb(error.__traceback__)
+    return "".join(
+        f'  File "{frame.f_code.co_filename}", line {line}, in {frame.f_code.co_name}\n'
+        for frame, line in frames
+    )
+
+
 def _logged(error: BaseException, doing: str) -> str:
     """Logs the traceback of an unexpected exception; returns a one-line reason."""
-    log.error(f"{doing} raised {_describe(error)}\n{traceback.format_exc()}")
+    log.error(f"{doing} raised {_describe(error)}\n{_traceback(error)}")
     return _describe(error)
 
 
