@@ -118,15 +118,16 @@ impl Plugin {
             message,
         };
         let bytes = componentize::to_component(bytes).map_err(|e| invalid(format!("{e:#}")))?;
-        // Refused before compiling: a Python component takes seconds to compile.
+        // Refused before compiling (a Python component takes seconds to compile):
+        // first what it declares beyond the sandbox, then what it imports and exports.
+        let footprint = Footprint::of(&bytes).map_err(invalid)?;
+        let ceiling = engine.limits().ceiling();
+        footprint.check(&ceiling).map_err(invalid)?;
         let kind = match contract::check(&bytes).map_err(|e| invalid(e.to_string()))? {
             World::Aggregate => PluginKind::Aggregate,
             World::Projection => PluginKind::Projection,
             World::Upcaster => PluginKind::Upcaster,
         };
-        let footprint = Footprint::of(&bytes).map_err(invalid)?;
-        let ceiling = engine.limits().ceiling();
-        footprint.check(&ceiling).map_err(invalid)?;
         let (component, hash) = engine
             .compile(&bytes)
             .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
