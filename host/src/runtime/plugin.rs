@@ -234,14 +234,7 @@ impl Plugin {
                 expected: "aggregate",
             });
         };
-        let mut store = self.new_store();
-        let bindings = guarded(
-            &mut store,
-            &self.engine,
-            || "instantiating".into(),
-            |s| pre.instantiate(s),
-        )?;
-        Ok((store, bindings))
+        self.instantiate_in_new_store(|s| pre.instantiate(s))
     }
 
     /// A new, isolated projection instance (fresh store).
@@ -254,14 +247,7 @@ impl Plugin {
                 expected: "projection",
             });
         };
-        let mut store = self.new_store();
-        let bindings = guarded(
-            &mut store,
-            &self.engine,
-            || "instantiating".into(),
-            |s| pre.instantiate(s),
-        )?;
-        Ok((store, bindings))
+        self.instantiate_in_new_store(|s| pre.instantiate(s))
     }
 
     /// A new, isolated upcaster instance (fresh store).
@@ -274,12 +260,20 @@ impl Plugin {
                 expected: "upcaster",
             });
         };
+        self.instantiate_in_new_store(|s| pre.instantiate(s))
+    }
+
+    /// A fresh store under the plugin's limits, with what `instantiate` made in it.
+    fn instantiate_in_new_store<T>(
+        &self,
+        instantiate: impl FnOnce(&mut Store<PluginData>) -> wasmtime::Result<T>,
+    ) -> Result<(Store<PluginData>, T), RuntimeError> {
         let mut store = self.new_store();
         let bindings = guarded(
             &mut store,
             &self.engine,
             || "instantiating".into(),
-            |s| pre.instantiate(s),
+            instantiate,
         )?;
         Ok((store, bindings))
     }
