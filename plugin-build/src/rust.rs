@@ -17,9 +17,13 @@ pub const TARGET: &str = "wasm32-unknown-unknown";
 /// Builds the crate in `project` and returns its core module.
 pub fn build(project: &Path) -> anyhow::Result<Vec<u8>> {
     ensure_target()?;
+    let project = &std::path::absolute(project)
+        .with_context(|| format!("resolving {}", project.display()))?;
     let manifest = project.join(MANIFEST);
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Run in the project, so its .cargo/config.toml (the plugin's stack size) applies.
     cargo
+        .current_dir(project)
         .args(["build", "--release", "--target", TARGET])
         .args([
             "--message-format",

@@ -39,6 +39,10 @@ pub fn files(lang: Lang, name: &str) -> anyhow::Result<Vec<File>> {
                     "src/lib.rs".into(),
                     fill(include_str!("../templates/rust/src/lib.rs")),
                 ),
+                (
+                    ".cargo/config.toml".into(),
+                    include_str!("../templates/rust/.cargo/config.toml").to_owned(),
+                ),
                 (".gitignore".into(), "/target\n*.wasm\n".to_owned()),
                 (
                     "foldhost-guest/Cargo.toml".into(),

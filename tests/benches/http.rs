@@ -72,6 +72,7 @@ async fn bench() {
         failure_policy: Default::default(),
         limits: Default::default(),
         plugin_limits: Default::default(),
+        aggregate_cache_bytes: foldhost::runtime::DEFAULT_CACHE_BYTES,
     })
     .await
     .unwrap();

@@ -242,6 +242,62 @@ async fn made_up_aggregates_leave_nothing_behind() {
     assert_eq!(log.as_array().unwrap().len(), 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_aggregates_keep_within_the_cache_budget() {
+    const BUDGET_MIB: u64 = 8;
+    const ACCOUNTS: usize = 3000;
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, Some(&dirs.plugins));
+    command.args(["--aggregate-cache", &format!("{BUDGET_MIB}MiB")]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    let open = |i: usize| {
+        let (client, url) = (
+            client.clone(),
+            server.url(&format!("/aggregates/bank-account/acct-{i}/commands")),
+        );
+        tokio::spawn(async move {
+            let body = json!({"type": "Open", "data": {"owner": "O"}});
+            json(client.post(url).json(&body).send().await.unwrap()).await
+        })
+    };
+    // Warm up: the plugin's code, the pools and the projection are in place.
+    for i in 0..50 {
+        assert_eq!(open(i).await.unwrap().0, 200);
+    }
+    let before = server.usage();
+    // Eight at a time; each would keep a live state of ~60 KiB resident if none were dropped.
+    for start in (50..ACCOUNTS).step_by(8) {
+        let batch: Vec<_> = (start..(start + 8).min(ACCOUNTS)).map(open).collect();
+        for opened in batch {
+            let (status, body) = opened.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // The budget plus what the journal, the projection and the allocator keep.
+    assert_bounded(before, server.usage(), BUDGET_MIB + 32, 16);
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cached: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("foldhost_aggregate_cache_bytes "))
+        .unwrap_or_else(|| panic!("no cache bytes in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Only the states in use may stand beyond the budget.
+    assert!(
+        cached <= ((BUDGET_MIB + 2) << 20) as f64,
+        "the cache counts {cached} bytes against a budget of {BUDGET_MIB} MiB"
+    );
+}
+
 /// Appends `count` events of about `size` bytes each to `stream`, 7 per request.
 async fn append_heavy(client: &Client, server: &Server, stream: &str, count: usize, size: usize) {
     let data = "d".repeat(size);

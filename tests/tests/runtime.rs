@@ -803,3 +803,57 @@ async fn shutdown_checkpoints_projections_so_a_restart_replays_nothing() {
     let (_, state) = analytics.state().await.unwrap().unwrap();
     assert_eq!(state["open_accounts"], json!(40), "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregate_cache_keeps_to_its_byte_budget_and_evicted_states_come_back() {
+    const BUDGET: usize = 4 << 20;
+    const ACCOUNTS: u64 = 150;
+    let host = Host::with(RuntimeConfig {
+        aggregates: AggregateConfig {
+            cache_bytes: BUDGET,
+            snapshot_every: 10,
+            ..AggregateConfig::default()
+        },
+        ..config()
+    });
+    host.load("bank-account").await;
+    let plugin = host.runtime.aggregate("bank-account").unwrap();
+    let one = AggregateInstance::new(plugin, "bank-account-probe", None)
+        .unwrap()
+        .footprint();
+    for i in 0..ACCOUNTS {
+        let id = format!("acct-{i}");
+        host.command("bank-account", &id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+        host.command("bank-account", &id, "Deposit", json!({"amount": i + 1}))
+            .await
+            .unwrap();
+        let cached = host.runtime.command_stats().cached_bytes as usize;
+        // Only the state just used may stand beyond the budget.
+        assert!(
+            cached <= BUDGET + one,
+            "{cached} bytes cached against a budget of {BUDGET} (one state is {one})"
+        );
+    }
+    let stats = host.runtime.command_stats();
+    assert!(
+        stats.cached_streams < ACCOUNTS,
+        "{} of {ACCOUNTS} states are still cached: nothing was evicted",
+        stats.cached_streams
+    );
+    assert!(stats.cached_bytes > 0, "no bytes counted at all");
+    // Every account, evicted or not, answers from its whole history.
+    for i in 0..ACCOUNTS {
+        let state = host
+            .command(
+                "bank-account",
+                &format!("acct-{i}"),
+                "Deposit",
+                json!({"amount": 1}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(balance(&state), i as i64 + 2);
+    }
+}

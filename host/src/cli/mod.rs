@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::runtime::FailurePolicy;
+use crate::runtime::{FailurePolicy, parse_size};
 use crate::server::{Server, ServerConfig};
 
 /// Event sourcing whose aggregates and projections are sandboxed WebAssembly plugins.
@@ -94,6 +94,11 @@ struct ServeArgs {
     /// Per plugin: `foldhost plugins policy NAME park|stop`.
     #[arg(long, env = "FOLDHOST_FAILURE_POLICY", default_value = "park")]
     failure_policy: FailurePolicy,
+    /// Most memory the cached live aggregate states may hold together, e.g. 512MiB. Each is
+    /// counted by what it may touch (its linear memories and tables); past it the least
+    /// recently used idle states are dropped and rehydrate from snapshots when next used.
+    #[arg(long, env = "FOLDHOST_AGGREGATE_CACHE", value_name = "SIZE", value_parser = parse_size, default_value = "512MiB")]
+    aggregate_cache: usize,
     #[command(flatten)]
     limits: limits::ClientLimitArgs,
     #[command(flatten)]
@@ -167,6 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         failure_policy: args.failure_policy,
         limits: args.limits.limits(),
         plugin_limits: args.plugin_limits.policy(),
+        aggregate_cache_bytes: args.aggregate_cache,
     })
     .await?;
     println!("listening on http://{}", server.local_addr());

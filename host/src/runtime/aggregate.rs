@@ -394,6 +394,13 @@ impl AggregateInstance {
         })
     }
 
+    /// Bytes this instance may hold: its linear memories and tables as granted by its memory
+    /// budget. An upper bound of what it keeps resident: wasmtime maps pages lazily, so a guest
+    /// touches only part of its memory, and the rest of its store is small beside it.
+    pub fn footprint(&self) -> usize {
+        self.store.data().budget.used()
+    }
+
     pub fn stream(&self) -> &str {
         &self.stream
     }

@@ -29,7 +29,7 @@ impl Aggregates {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, RuntimeError> {
         let slot = self.slot(stream);
-        let mut live = slot.live.lock().await;
+        let mut live = slot.lock().await;
         let cached = take_state(&mut live, plugin, upcasters);
         let (journal, plugin, stream) = (self.journal.clone(), plugin.clone(), stream.to_owned());
         let upcasters = upcasters.clone();

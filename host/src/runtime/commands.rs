@@ -7,18 +7,17 @@
 //! Different streams proceed in parallel.
 
 use std::collections::VecDeque;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use lru::LruCache;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::aggregate::AggregateInstance;
 use super::blocking;
+use super::cache::{AggregateCache, LiveGuard, Slot};
 use super::error::RuntimeError;
 use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
@@ -30,8 +29,11 @@ use crate::journal::{AppendResult, Journal, JournalError, NewEvent, ReadLimit, R
 pub struct AggregateConfig {
     /// Store a snapshot after this many events since the last one.
     pub snapshot_every: u64,
-    /// Live aggregate states kept in memory.
+    /// Most live aggregate states kept in memory.
     pub cache_capacity: usize,
+    /// Most bytes the live aggregate states may hold together, each counted by its footprint
+    /// (linear memories, tables and store); idle ones are dropped past it.
+    pub cache_bytes: usize,
     /// Times a command is re-decided after a concurrent append to its stream.
     pub max_conflict_retries: u32,
     /// Most commands of one stream decided and appended together in one round.
@@ -43,11 +45,15 @@ impl Default for AggregateConfig {
         Self {
             snapshot_every: 500,
             cache_capacity: 10_000,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             max_conflict_retries: 8,
             max_pipeline: 256,
         }
     }
 }
+
+/// The default of [`AggregateConfig::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 
 /// A command to an aggregate.
 #[derive(Debug, Clone)]
@@ -99,15 +105,16 @@ pub(super) fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
 }
 
 /// One stream's place in the cache: its live state and its queue of commands.
-#[derive(Default)]
 pub(super) struct StreamSlot {
     /// The stream's state; held by one round of commands, one read or one validated append at
     /// a time.
-    pub(super) live: tokio::sync::Mutex<Option<AggregateInstance>>,
+    live: tokio::sync::Mutex<Option<AggregateInstance>>,
     queue: Mutex<Queue>,
+    /// The footprint of `live` when it was last unlocked, counted in `counted`.
+    pub(super) footprint: AtomicUsize,
+    /// The cache's count of bytes held by its slots.
+    pub(super) counted: Arc<AtomicUsize>,
 }
-
-pub(super) type Slot = Arc<StreamSlot>;
 
 #[derive(Default)]
 struct Queue {
@@ -133,6 +140,29 @@ impl Pending {
 }
 
 impl StreamSlot {
+    /// An empty slot whose state's bytes are counted in `counted`.
+    pub(super) fn new(counted: Arc<AtomicUsize>) -> Self {
+        Self {
+            live: tokio::sync::Mutex::default(),
+            queue: Mutex::default(),
+            footprint: AtomicUsize::new(0),
+            counted,
+        }
+    }
+
+    /// The stream's state, once no one else holds it.
+    pub(super) async fn lock(&self) -> LiveGuard<'_> {
+        LiveGuard::new(self, self.live.lock().await)
+    }
+
+    /// The stream's state, unless someone holds it.
+    fn try_lock(&self) -> Option<LiveGuard<'_>> {
+        self.live
+            .try_lock()
+            .ok()
+            .map(|live| LiveGuard::new(self, live))
+    }
+
     /// Queues `pending`; true if the caller is to start a driver.
     fn enqueue(&self, pending: Pending) -> bool {
         let mut queue = self.queue.lock().expect("queue lock");
@@ -191,6 +221,10 @@ pub struct CommandStats {
     pub redecided: u64,
     /// Commands waiting for a round right now.
     pub queued: u64,
+    /// Streams whose slot is in the aggregate cache.
+    pub cached_streams: u64,
+    /// Bytes the cached states hold, as last counted (see [`AggregateConfig::cache_bytes`]).
+    pub cached_bytes: u64,
 }
 
 #[derive(Default)]
@@ -210,17 +244,17 @@ pub struct Aggregates {
     /// Keyed by stream alone, so that commands to a stream keep queueing in
     /// arrival order while a new plugin version takes over; a state folded by
     /// another version is dropped, never reused (see `take_state`).
-    cache: Mutex<LruCache<String, Slot>>,
+    cache: AggregateCache,
 }
 
 impl Aggregates {
     pub fn new(journal: Journal, config: AggregateConfig) -> Self {
-        let capacity = NonZeroUsize::new(config.cache_capacity.max(1)).expect("non-zero");
+        let cache = AggregateCache::new(config.cache_capacity, config.cache_bytes);
         Self {
             journal,
             config,
             stats: Arc::default(),
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache,
         }
     }
 
@@ -274,6 +308,8 @@ impl Aggregates {
             commands: self.stats.commands.load(Ordering::Relaxed),
             redecided: self.stats.redecided.load(Ordering::Relaxed),
             queued: self.stats.queued.load(Ordering::Relaxed),
+            cached_streams: self.cache.len() as u64,
+            cached_bytes: self.cache.bytes() as u64,
         }
     }
 
@@ -303,7 +339,7 @@ impl Aggregates {
             .await;
         }
         let slot = self.slot(&stream);
-        let mut live = slot.live.lock().await;
+        let mut live = slot.lock().await;
         let instance = take_state(&mut live, plugin, upcasters);
         let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
         let (instance, version, state) = blocking(move || {
@@ -341,28 +377,19 @@ impl Aggregates {
     /// Drops every cached state of `plugin_hash` (after an unload or a swap).
     /// A state in use right now is dropped by its next user instead (see `take_state`).
     pub fn evict_plugin(&self, plugin_hash: &str) {
-        let cache = self.cache.lock().expect("cache lock");
-        for (_, slot) in cache.iter() {
-            if let Ok(mut live) = slot.live.try_lock()
+        self.cache.for_each(|slot| {
+            if let Some(mut live) = slot.try_lock()
                 && live
                     .as_ref()
                     .is_some_and(|i| i.plugin().hash == plugin_hash)
             {
                 *live = None;
             }
-        }
+        });
     }
 
     pub(super) fn slot(&self, stream: &str) -> Slot {
-        let mut cache = self.cache.lock().expect("cache lock");
-        if let Some(slot) = cache.get(stream) {
-            metrics::counter!("foldhost_aggregate_cache_hits_total").increment(1);
-            return slot.clone();
-        }
-        metrics::counter!("foldhost_aggregate_cache_misses_total").increment(1);
-        let slot = Slot::default();
-        cache.put(stream.to_owned(), slot.clone());
-        slot
+        self.cache.slot(stream)
     }
 }
 
@@ -381,7 +408,7 @@ impl Driver {
             armed: true,
         };
         loop {
-            let mut live = slot.live.lock().await;
+            let mut live = slot.lock().await;
             let Some(round) = slot.next_round(self.config.max_pipeline) else {
                 break;
             };

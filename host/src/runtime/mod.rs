@@ -7,6 +7,7 @@
 mod aggregate;
 mod appends;
 mod bindings;
+mod cache;
 mod commands;
 mod diff;
 mod engine;
@@ -23,7 +24,8 @@ mod upcast;
 
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
 pub use commands::{
-    AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, stream_name,
+    AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, DEFAULT_CACHE_BYTES,
+    stream_name,
 };
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::PluginEngine;

@@ -157,6 +157,11 @@ impl StoreBudget {
         }
     }
 
+    /// Bytes of memories and tables granted so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
     fn claim(&mut self, what: &'static str, bytes: usize) -> wasmtime::Result<bool> {
         match self.used.checked_add(bytes) {
             Some(total) if total <= self.limit => {

@@ -67,7 +67,9 @@ pub use admin::BACKUP_POSITION;
 use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
-use crate::runtime::{FailurePolicy, LimitPolicy, Runtime, RuntimeConfig, plugin_dir};
+use crate::runtime::{
+    AggregateConfig, FailurePolicy, LimitPolicy, Runtime, RuntimeConfig, plugin_dir,
+};
 
 /// The journal's file name inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
@@ -279,6 +281,9 @@ pub struct ServerConfig {
     pub limits: ClientLimits,
     /// What confines each plugin: time, memory and fuel per call, answer sizes, log rates.
     pub plugin_limits: LimitPolicy,
+    /// Most bytes the cached live aggregate states hold together (see
+    /// [`AggregateConfig::cache_bytes`]).
+    pub aggregate_cache_bytes: usize,
 }
 
 /// Bounds on what clients (authenticated or not) may make the server hold.
@@ -354,6 +359,10 @@ impl Server {
                 cache_dir: Some(data.join(COMPILE_CACHE)),
                 failure_policy: config.failure_policy,
                 limits: config.plugin_limits,
+                aggregates: AggregateConfig {
+                    cache_bytes: config.aggregate_cache_bytes,
+                    ..AggregateConfig::default()
+                },
                 ..RuntimeConfig::default()
             },
         )?;
