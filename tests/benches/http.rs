@@ -73,6 +73,7 @@ async fn bench() {
         limits: Default::default(),
         plugin_limits: Default::default(),
         aggregate_cache_bytes: foldhost::runtime::DEFAULT_CACHE_BYTES,
+        journal_cache_bytes: foldhost::journal::DEFAULT_CACHE_BYTES,
     })
     .await
     .unwrap();

@@ -99,6 +99,11 @@ struct ServeArgs {
     /// recently used idle states are dropped and rehydrate from snapshots when next used.
     #[arg(long, env = "FOLDHOST_AGGREGATE_CACHE", value_name = "SIZE", value_parser = parse_size, default_value = "512MiB")]
     aggregate_cache: usize,
+    /// Most memory the redb journal keeps of its file's pages (read cache and the commit being
+    /// written), e.g. 64MiB; the rest is read from the file through the OS page cache.
+    /// Ignored with --journal postgres://….
+    #[arg(long, env = "FOLDHOST_JOURNAL_CACHE", value_name = "SIZE", value_parser = parse_size, default_value = "4MiB")]
+    journal_cache: usize,
     #[command(flatten)]
     limits: limits::ClientLimitArgs,
     #[command(flatten)]
@@ -173,6 +178,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: args.limits.limits(),
         plugin_limits: args.plugin_limits.policy(),
         aggregate_cache_bytes: args.aggregate_cache,
+        journal_cache_bytes: args.journal_cache,
     })
     .await?;
     println!("listening on http://{}", server.local_addr());

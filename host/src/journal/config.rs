@@ -7,6 +7,10 @@ use super::{JournalError, NewEvent};
 /// The longest stream name, in bytes.
 pub const MAX_STREAM_NAME: usize = 256;
 
+/// The default [`JournalConfig::cache_bytes`]: the pages appends and recent reads touch,
+/// not the whole file (redb's own default is 1 GiB, which a long-running host fills).
+pub const DEFAULT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Limits and tuning of a [`Journal`](super::Journal).
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -25,6 +29,10 @@ pub struct JournalConfig {
     pub max_queued_writes: usize,
     /// Snapshots kept per (plugin, stream); older ones are pruned. At least one is always kept.
     pub keep_snapshots: usize,
+    /// redb only: most bytes of the journal file's pages held in memory, read cache and the
+    /// pages of the commit being written together. Pages past it are read from the file (the
+    /// OS page cache) again; a commit larger than half of it writes its pages out early.
+    pub cache_bytes: usize,
     /// PostgreSQL only: start, with a warning, on a server that may lose acknowledged commits
     /// in a power cut (`fsync`, `synchronous_commit` or `full_page_writes` off) instead of
     /// refusing it. For throwaway test clusters.
@@ -40,6 +48,7 @@ impl Default for JournalConfig {
             max_batch_appends: 1024,
             max_queued_writes: 4096,
             keep_snapshots: 4,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             accept_non_durable_postgres: false,
         }
     }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 /// Storage a redb journal can live on besides a file (see [`Journal::open_on`]).
 pub use ::redb::StorageBackend;
-pub use config::{JournalConfig, MAX_STREAM_NAME};
+pub use config::{DEFAULT_CACHE_BYTES, JournalConfig, MAX_STREAM_NAME};
 pub use error::JournalError;
 pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;

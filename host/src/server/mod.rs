@@ -284,6 +284,9 @@ pub struct ServerConfig {
     /// Most bytes the cached live aggregate states hold together (see
     /// [`AggregateConfig::cache_bytes`]).
     pub aggregate_cache_bytes: usize,
+    /// Most bytes of the redb journal's pages held in memory (see
+    /// [`JournalConfig::cache_bytes`]).
+    pub journal_cache_bytes: usize,
 }
 
 /// Bounds on what clients (authenticated or not) may make the server hold.
@@ -332,6 +335,7 @@ impl Server {
             .with_context(|| format!("creating the data directory {}", data.display()))?;
         let journal_config = JournalConfig {
             max_queued_writes: config.limits.max_queued_writes,
+            cache_bytes: config.journal_cache_bytes,
             ..JournalConfig::default()
         };
         let journal = match &config.journal_url {

@@ -127,7 +127,11 @@ mod tests {
     #[test]
     fn a_table_the_backup_does_not_know_fails_it_instead_of_going_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::open(&dir.path().join("journal.redb")).unwrap();
+        let db = store::open(
+            &dir.path().join("journal.redb"),
+            crate::journal::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
         let backup = dir.path().join("backup.redb");
         let db = SharedDb::new(db);
         assert_eq!(write(&db, &backup).unwrap().position, 0);

@@ -65,7 +65,7 @@ pub(super) struct RedbJournal {
 impl RedbJournal {
     /// Opens (or creates) the file at `path` and starts the writer thread.
     pub(super) fn open(path: &Path, config: &JournalConfig) -> Result<Self, JournalError> {
-        Self::start(store::open(path)?, config)
+        Self::start(store::open(path, config.cache_bytes)?, config)
     }
 
     /// Opens (or creates) a journal on `backend` and starts the writer thread.
@@ -73,7 +73,7 @@ impl RedbJournal {
         backend: impl StorageBackend,
         config: &JournalConfig,
     ) -> Result<Self, JournalError> {
-        Self::start(store::open_on(backend)?, config)
+        Self::start(store::open_on(backend, config.cache_bytes)?, config)
     }
 
     fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
@@ -177,5 +177,49 @@ impl Drop for RedbJournal {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+
+    use super::*;
+
+    /// However much is written and read, the journal holds no more of its file in memory
+    /// than its configured cache (redb's own default would keep up to 1 GiB of it).
+    #[test]
+    fn holds_at_most_its_cache_of_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_bytes = 1 << 20;
+        let config = JournalConfig {
+            cache_bytes,
+            ..JournalConfig::default()
+        };
+        let journal = RedbJournal::open(&dir.path().join("journal.redb"), &config).unwrap();
+        let padded = serde_json::json!({ "padding": "x".repeat(1000) });
+        for stream in 0..64 {
+            let events = (0..100)
+                .map(|_| NewEvent::json("Padded", &padded))
+                .collect();
+            let stream = format!("s{stream}");
+            journal
+                .append_blocking(&stream, ExpectedVersion::Any, events)
+                .unwrap();
+        }
+        let mut from = 1;
+        let mut read = 0;
+        loop {
+            let page = reader::read_all(&journal.db.get(), from, ReadLimit::events(1000)).unwrap();
+            let Some(last) = page.last() else { break };
+            from = last.position + 1;
+            read += page.len();
+        }
+        assert_eq!(read, 6400, "every event read back");
+        let used = journal.db.get().cache_stats().used_bytes();
+        assert!(
+            used > 0 && used <= cache_bytes,
+            "{used} bytes cached, configured {cache_bytes}"
+        );
     }
 }

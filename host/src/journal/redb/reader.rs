@@ -326,7 +326,11 @@ mod tests {
         index: &[(&str, u64, u64)],
     ) -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::open(&dir.path().join("journal.redb")).unwrap();
+        let db = store::open(
+            &dir.path().join("journal.redb"),
+            crate::journal::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut log = txn.open_table(EVENTS).unwrap();

@@ -50,20 +50,29 @@ pub(super) const STREAM_LIFECYCLE: TableDefinition<&str, &[u8]> =
 /// newest events never lets their positions be handed out again.
 pub(super) const LAST_POSITION_KEY: &str = "last_position";
 
-/// Opens (or creates) the journal file at `path`, creating its tables and checking its format.
+/// Opens (or creates) the journal file at `path`, holding at most `cache_bytes` of its pages in
+/// memory, creating its tables and checking its format.
 ///
 /// A new file is only durable once its name is: the directory holding it is synced too.
-pub(super) fn open(path: &Path) -> Result<Database, JournalError> {
-    let db = Database::create(path)?;
+pub(super) fn open(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
     prepare(&db)?;
     crate::durable::sync_parent(path)
         .map_err(|error| JournalError::Storage(Arc::new(redb::StorageError::Io(error).into())))?;
     Ok(db)
 }
 
-/// Opens (or creates) a journal on `backend`, e.g. a simulated disk.
-pub(super) fn open_on(backend: impl StorageBackend) -> Result<Database, JournalError> {
-    let db = Database::builder().create_with_backend(backend)?;
+/// Opens (or creates) a journal on `backend`, e.g. a simulated disk, holding at most
+/// `cache_bytes` of its pages in memory.
+pub(super) fn open_on(
+    backend: impl StorageBackend,
+    cache_bytes: usize,
+) -> Result<Database, JournalError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create_with_backend(backend)?;
     prepare(&db)?;
     Ok(db)
 }
@@ -110,12 +119,13 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::DEFAULT_CACHE_BYTES;
 
     #[test]
     fn refuses_another_storage_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
-        drop(open(&path).unwrap());
+        drop(open(&path, DEFAULT_CACHE_BYTES).unwrap());
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
@@ -125,7 +135,7 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        match open(&path) {
+        match open(&path, DEFAULT_CACHE_BYTES) {
             Err(JournalError::UnsupportedFormat { found, supported }) => {
                 assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION))
             }
@@ -137,8 +147,8 @@ mod tests {
     fn reopening_keeps_the_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
-        drop(open(&path).unwrap());
-        let db = open(&path).unwrap();
+        drop(open(&path, DEFAULT_CACHE_BYTES).unwrap());
+        let db = open(&path, DEFAULT_CACHE_BYTES).unwrap();
         let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
         let format = txn
             .open_table(META)

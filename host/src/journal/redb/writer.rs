@@ -191,7 +191,13 @@ mod tests {
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
         Writer {
-            db: SharedDb::new(store::open(&dir.path().join("journal.redb")).unwrap()),
+            db: SharedDb::new(
+                store::open(
+                    &dir.path().join("journal.redb"),
+                    crate::journal::DEFAULT_CACHE_BYTES,
+                )
+                .unwrap(),
+            ),
             shared: Arc::new(Shared::new(0)),
             max_batch: 16,
             keep_snapshots: 4,
