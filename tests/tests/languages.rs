@@ -197,8 +197,9 @@ async fn python_exceptions_answer_400_or_422_never_500() {
 
 /// The plugins directory loads in the background at start: while the Python bank-analytics
 /// compiles, the server already answers `/health` (`loading_plugins`) and lists the file as
-/// queued or compiling with its size; a command sent meanwhile waits for the load instead of
-/// answering "unknown plugin", and the Python projection then folds what it wrote.
+/// queued or compiling with its size; a command sent meanwhile waits for the aggregate's load
+/// instead of answering "unknown plugin", but not for the projection's (aggregates load
+/// first), and the Python projection then folds what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_answers_while_its_plugins_directory_compiles() {
     let root = tempfile::tempdir().unwrap();
@@ -242,9 +243,21 @@ async fn the_server_answers_while_its_plugins_directory_compiles() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // Answered while the projection still compiles: its 18 MB take seconds, a command
+    // milliseconds.
+    let (_, list) = get(&http, &server, "/plugins").await;
+    let projection = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["origin"] == python);
+    assert!(
+        projection.is_some(),
+        "{python} is no longer compiling: {list}"
+    );
+    let analytics = wait_live_at_head(&http, &server).await;
     let (_, health) = get(&http, &server, "/health").await;
     assert!(health.get("loading_plugins").is_none(), "{health}");
-    let analytics = wait_live_at_head(&http, &server).await;
     assert_eq!(analytics["state"]["accounts"], 1, "{analytics}");
     let (_, list) = get(&http, &server, "/plugins").await;
     assert!(

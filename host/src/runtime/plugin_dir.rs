@@ -2,6 +2,10 @@
 //! background: the server already answers), and changes are picked up while
 //! serving.
 //!
+//! At start, upcasters and aggregates load before projections, so that commands and appends,
+//! which depend on them and never on a projection, need not wait for a projection to compile
+//! (a Python one takes seconds): see [`StartupLoad`].
+//!
 //! Writers should create the file under another name and rename it into place;
 //! in any case a change is only read once the directory has been quiet for the
 //! debounce period, and a file that is still incomplete fails validation and
@@ -12,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhost_plugin_build::{World, componentize, contract};
 use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::watch;
 
 use super::registry::Runtime;
 
@@ -32,18 +38,59 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, path)| path).collect())
 }
 
+/// How far the load of the plugins directory at start has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StartupLoad {
+    /// Upcasters and aggregates are still loading.
+    Loading,
+    /// Every file but the projections has loaded (or been refused): commands and appends can
+    /// go ahead.
+    AggregatesLoaded,
+    /// Every file has loaded (or been refused).
+    Loaded,
+}
+
 /// Loads `files` one after another, each listed as queued in [`Runtime::compiling`] until its
-/// turn, logging (not failing on) the ones that are refused. Returns how many loaded.
-pub async fn load_all(runtime: &Arc<Runtime>, files: &[PathBuf]) -> usize {
+/// turn, logging (not failing on) the ones that are refused: first all but the projections,
+/// then the projections, reporting each stage on `progress`. Returns how many loaded.
+pub async fn load_all(
+    runtime: &Arc<Runtime>,
+    files: &[PathBuf],
+    progress: &watch::Sender<StartupLoad>,
+) -> usize {
     for path in files {
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
         runtime.queue(&origin(path), usize::try_from(size).unwrap_or(usize::MAX));
     }
+    let mut projections = Vec::new();
     let mut loaded = 0;
     for path in files {
+        if is_projection(path).await {
+            projections.push(path);
+        } else {
+            loaded += usize::from(load_file(runtime, path).await);
+        }
+    }
+    progress.send_replace(StartupLoad::AggregatesLoaded);
+    for path in projections {
         loaded += usize::from(load_file(runtime, path).await);
     }
+    progress.send_replace(StartupLoad::Loaded);
     loaded
+}
+
+/// Whether the file at `path` is a projection, as far as its declared world tells without
+/// compiling it. A file that cannot be read or checked counts as not one: it loads early.
+async fn is_projection(path: &Path) -> bool {
+    let Ok(bytes) = tokio::fs::read(path).await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let component = componentize::to_component(&bytes).ok()?;
+        contract::check(&component).ok()
+    })
+    .await
+    .is_ok_and(|world| world == Some(World::Projection))
 }
 
 /// Watches `dir` until the returned guard is dropped.

@@ -68,7 +68,8 @@ use errors::ApiError;
 
 use crate::journal::{Journal, JournalConfig};
 use crate::runtime::{
-    AggregateConfig, FailurePolicy, LimitPolicy, Runtime, RuntimeConfig, plugin_dir,
+    AggregateConfig, FailurePolicy, LimitPolicy, Runtime, RuntimeConfig,
+    plugin_dir::{self, StartupLoad},
 };
 
 /// The journal's file name inside a data directory.
@@ -96,8 +97,8 @@ pub(crate) struct AppState {
     /// One permit per live feed that may be open.
     live_feeds: Arc<Semaphore>,
     limits: ClientLimits,
-    /// True once the plugins directory has loaded at start (see [`after_startup_load`]).
-    plugins_loaded: watch::Receiver<bool>,
+    /// How far the plugins directory has loaded at start (see [`after_startup_load`]).
+    plugins_loaded: watch::Receiver<StartupLoad>,
     /// When the server started (`GET /stats` shows the uptime).
     started: std::time::Instant,
 }
@@ -110,16 +111,6 @@ pub(crate) struct AppState {
 /// documentation cannot drift apart (`tests/tests/openapi.rs` checks both ways).
 pub(crate) fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
-        .routes(routes!(listing::list))
-        .routes(routes!(streams::append, streams::read_stream))
-        .routes(routes!(lifecycle::delete))
-        .routes(routes!(lifecycle::metadata, lifecycle::put_metadata))
-        .routes(routes!(admin::scavenge))
-        .routes(routes!(admin::backup))
-        .routes(routes!(streams::read_all))
-        .routes(routes!(live::live))
-        .routes(routes!(aggregates::command))
-        .routes(routes!(aggregates::state))
         .routes(routes!(projections::state))
         .routes(routes!(projections::query))
         .routes(
@@ -130,9 +121,21 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::restart))
         .routes(routes!(plugins::reset))
         .routes(routes!(plugins::set_policy))
-        // The routes above wait for the plugins directory's load at start; those below answer
-        // at once.
+        // The routes above wait for the whole plugins directory's load at start.
         .route_layer(axum::middleware::from_fn(after_startup_load))
+        .routes(routes!(listing::list))
+        .routes(routes!(streams::append, streams::read_stream))
+        .routes(routes!(lifecycle::delete))
+        .routes(routes!(lifecycle::metadata, lifecycle::put_metadata))
+        .routes(routes!(admin::scavenge))
+        .routes(routes!(admin::backup))
+        .routes(routes!(streams::read_all))
+        .routes(routes!(live::live))
+        .routes(routes!(aggregates::command))
+        .routes(routes!(aggregates::state))
+        // The routes above wait until the directory's upcasters and aggregates have loaded (not
+        // its projections, which they never depend on); those below answer at once.
+        .route_layer(axum::middleware::from_fn(after_aggregates_load))
         .routes(routes!(console::index))
         .routes(routes!(console::asset))
         .routes(routes!(openapi::serve))
@@ -175,17 +178,33 @@ fn router(state: AppState) -> Router {
 }
 
 /// Holds a request until the plugins directory has loaded at start, as Akka stashes the
-/// commands of an entity that is still recovering: a command for a plugin still compiling
-/// must not answer "unknown plugin", nor an append to its streams skip its check.
+/// commands of an entity that is still recovering: a query of a projection still compiling
+/// must not answer "unknown plugin".
 async fn after_startup_load(
-    axum::Extension(loaded): axum::Extension<watch::Receiver<bool>>,
+    axum::Extension(progress): axum::Extension<watch::Receiver<StartupLoad>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let mut loaded = loaded;
-    // An error means the loading task is gone (the server is stopping): go on.
-    let _ = loaded.wait_for(|loaded| *loaded).await;
+    held_until(progress, StartupLoad::Loaded).await;
     next.run(request).await
+}
+
+/// Holds a request until the plugins directory's upcasters and aggregates have loaded at
+/// start: a command for an aggregate still compiling must not answer "unknown plugin", nor an
+/// append to its streams skip its check, nor a read miss an upcaster. Projections may still be
+/// loading.
+async fn after_aggregates_load(
+    axum::Extension(progress): axum::Extension<watch::Receiver<StartupLoad>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    held_until(progress, StartupLoad::AggregatesLoaded).await;
+    next.run(request).await
+}
+
+async fn held_until(mut progress: watch::Receiver<StartupLoad>, stage: StartupLoad) {
+    // An error means the loading task is gone (the server is stopping): go on.
+    let _ = progress.wait_for(|reached| *reached >= stage).await;
 }
 
 /// The body of `GET /health`.
@@ -215,7 +234,7 @@ async fn health(
         None => Json(Health {
             status: "ok",
             head_position,
-            loading_plugins: !*state.plugins_loaded.borrow(),
+            loading_plugins: *state.plugins_loaded.borrow() != StartupLoad::Loaded,
             error: None,
         })
         .into_response(),
@@ -266,7 +285,8 @@ pub struct ServerConfig {
     pub accept_non_durable_postgres: bool,
     /// Every `*.wasm` in it is loaded at start, smallest first, in the background: the server
     /// already listens, `GET /plugins` shows each file queued or compiling, and other requests
-    /// wait until all are loaded. One that fails to load is logged and skipped. Files added or
+    /// wait until all are loaded (commands, appends and reads only for the upcasters and
+    /// aggregates, which load before the projections). One that fails to load is logged and skipped. Files added or
     /// changed later are loaded while serving.
     pub plugins_dir: Option<PathBuf>,
     /// Port 0 picks a free port: see [`Server::local_addr`].
@@ -370,7 +390,10 @@ impl Server {
                 ..RuntimeConfig::default()
             },
         )?;
-        let (plugins_loaded, loaded) = watch::channel(config.plugins_dir.is_none());
+        let (plugins_loaded, loaded) = watch::channel(match config.plugins_dir {
+            Some(_) => StartupLoad::Loading,
+            None => StartupLoad::Loaded,
+        });
         let loading = match &config.plugins_dir {
             Some(dir) => {
                 let files = plugin_dir::list(dir)
@@ -378,9 +401,8 @@ impl Server {
                 let (runtime, dir) = (runtime.clone(), dir.clone());
                 // Watched only once loaded: the watcher sees the loads' own reads of the files.
                 let loading = tokio::spawn(async move {
-                    let loaded = plugin_dir::load_all(&runtime, &files).await;
+                    let loaded = plugin_dir::load_all(&runtime, &files, &plugins_loaded).await;
                     tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
-                    plugins_loaded.send_replace(true);
                     plugin_dir::watch(runtime, &dir)
                         .inspect_err(
                             |error| tracing::error!(%error, "cannot watch the plugin directory"),
