@@ -1,7 +1,8 @@
 //! Resident memory of the release `foldhost serve`, read from /proc/PID/status, as a user
 //! watching `top` would see it:
 //! - idle, with bank-account and bank-analytics loaded and a few requests served (the
-//!   baseline, measured in the same run);
+//!   baseline, measured in the same run), on a first start (which compiles the plugins) and
+//!   after a restart (which loads them compiled);
 //! - after 80,000 Deposit commands over 1,000 accounts (64 concurrent clients), bank-analytics
 //!   live and caught up;
 //! - a second server with `--aggregate-cache 32MiB` and bank-account alone, after opening
@@ -50,18 +51,20 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let loaded = Server::start(
-        dir.path(),
-        "loaded",
-        &[
-            foldhost_plugins::BANK_ACCOUNT,
-            foldhost_plugins::BANK_ANALYTICS,
-        ],
-        &[],
-    );
-    let (idle, after_load) = runtime.block_on(async {
+    let banking = [
+        foldhost_plugins::BANK_ACCOUNT,
+        foldhost_plugins::BANK_ANALYTICS,
+    ];
+    let first = Server::start(dir.path(), "loaded", &banking, &[]);
+    let idle = runtime.block_on(async {
+        first.warm_up().await;
+        first.memory()
+    });
+    drop(first);
+    let loaded = Server::start(dir.path(), "loaded", &banking, &[]);
+    let (restarted, after_load) = runtime.block_on(async {
         loaded.warm_up().await;
-        let idle = loaded.memory();
+        let restarted = loaded.memory();
         let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("a{i}")).collect();
         loaded.run(ids.clone(), OPEN).await;
         let deposits = (0..DEPOSITS).map(|i| ids[i % ACCOUNTS].clone()).collect();
@@ -69,7 +72,7 @@ fn main() {
         loaded.run(deposits, DEPOSIT).await;
         let rate = DEPOSITS as f64 / started.elapsed().as_secs_f64();
         loaded.wait_projection_caught_up().await;
-        (idle, (loaded.memory(), rate))
+        (restarted, (loaded.memory(), rate))
     });
     let (after_load, rate) = after_load;
     drop(loaded);
@@ -97,6 +100,12 @@ fn main() {
     row(
         "idle: bank-account + bank-analytics loaded, a few requests (baseline)",
         idle,
+        Some(THALO_IDLE_MIB),
+        idle.rss,
+    );
+    row(
+        "idle after a restart (plugins from the compiled cache)",
+        restarted,
         Some(THALO_IDLE_MIB),
         idle.rss,
     );
@@ -216,9 +225,10 @@ impl Server {
             assert!(Instant::now() < deadline, "plugins still loading: {health}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.run(vec!["warm".to_owned()], OPEN).await;
-        self.run(vec!["warm".to_owned()], DEPOSIT).await;
-        self.get("/aggregates/bank-account/warm").await;
+        let id = format!("warm-{}", self.child.id());
+        self.run(vec![id.clone()], OPEN).await;
+        self.run(vec![id.clone()], DEPOSIT).await;
+        self.get(&format!("/aggregates/bank-account/{id}")).await;
         self.get("/plugins").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
