@@ -1,6 +1,7 @@
 //! The `foldhost` command line: the server, client subcommands for a running server, and
 //! offline subcommands working directly on a data directory.
 
+mod allocator;
 mod author;
 mod backup;
 mod client;
@@ -113,6 +114,7 @@ struct ServeArgs {
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
 /// on stderr with a non-zero exit code.
 pub fn main() -> ExitCode {
+    allocator::cap_arenas();
     let cli = Cli::parse();
     let default_log = match cli.action {
         Action::Serve(_) => "info",
