@@ -6,6 +6,7 @@
 //! - [`server`]: the JSON HTTP API of `foldhost serve`.
 //! - [`cli`]: the `foldhost` command line (server, client and offline subcommands).
 
+mod allocator;
 pub mod cli;
 mod durable;
 pub mod journal;

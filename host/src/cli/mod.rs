@@ -1,7 +1,6 @@
 //! The `foldhost` command line: the server, client subcommands for a running server, and
 //! offline subcommands working directly on a data directory.
 
-mod allocator;
 mod author;
 mod backup;
 mod client;
@@ -114,7 +113,7 @@ struct ServeArgs {
 /// Runs the command line: parses the arguments, runs the subcommand and reports a failure
 /// on stderr with a non-zero exit code.
 pub fn main() -> ExitCode {
-    allocator::cap_arenas();
+    crate::allocator::cap_arenas();
     let cli = Cli::parse();
     let default_log = match cli.action {
         Action::Serve(_) => "info",

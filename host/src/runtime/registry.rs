@@ -193,7 +193,12 @@ impl Runtime {
             compiling.retain(|(o, _, s)| !(o == origin && s.is_none()));
             compiling.push((origin.to_owned(), bytes.len(), started));
         }
-        let loaded = super::blocking(move || Plugin::load(&engine, &bytes, &origin_)).await;
+        let loaded = super::blocking(move || {
+            let loaded = Plugin::load(&engine, &bytes, &origin_);
+            crate::allocator::release_free_memory();
+            loaded
+        })
+        .await;
         self.compiling
             .lock()
             .expect("compiling lock")
