@@ -160,8 +160,9 @@ impl<S: ProjectionSlot> wit_projection::Guest for S {
         let mut decoded = Vec::with_capacity(events.events.len());
         for raw in batch::events(&events) {
             let raw = raw?;
-            if subscription.matches(raw.meta.stream, raw.event_type) {
-                decoded.push((raw.decode()?, raw.meta));
+            let meta = raw.meta()?;
+            if subscription.matches(meta.stream, raw.event_type) {
+                decoded.push((raw.decode()?, meta));
             }
         }
         S::with(|state| {
@@ -217,12 +218,13 @@ impl<S: UpcasterSlot> wit_upcaster::Guest for S {
         batch::events(&events)
             .map(|raw| {
                 let raw = raw?;
+                let meta = raw.meta()?;
                 let old = raw.decode()?;
-                let new = S::Upcaster::upcast(old, &raw.meta)
+                let new = S::Upcaster::upcast(old, &meta)
                     .iter()
                     .map(|event| {
                         let (event_type, data) = codec::encode_json(event).map_err(|e| {
-                            format!("cannot encode what event {} became: {e}", raw.meta.position)
+                            format!("cannot encode what event {} became: {e}", meta.position)
                         })?;
                         Ok(NewEvent {
                             event_type,

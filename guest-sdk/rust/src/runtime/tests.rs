@@ -205,6 +205,32 @@ fn projections_skip_events_outside_their_subscription() {
 }
 
 #[test]
+fn a_projection_checks_the_stream_span_an_aggregate_never_reads() {
+    let broken = || {
+        let mut events = batch(&[
+            ("counter-a", "Added", JSON, br#"{"by":1}"#),
+            ("counter-b", "Added", JSON, br#"{"by":2}"#),
+        ]);
+        events.events[1].stream = Span {
+            offset: 7,
+            len: 1000,
+        };
+        events
+    };
+    StreamsSlot::init(None).unwrap();
+    let err = StreamsSlot::apply(broken()).unwrap_err();
+    assert!(
+        err.contains("position 2: stream span 7+1000 lies outside"),
+        "{err}"
+    );
+    assert_eq!(StreamsSlot::state(), r#"{"seen":[]}"#, "state untouched");
+
+    CounterSlot::init(None).unwrap();
+    CounterSlot::apply(broken()).unwrap();
+    assert_eq!(CounterSlot::state(), r#"{"total":3}"#);
+}
+
+#[test]
 fn projection_queries() {
     StreamsSlot::init(None).unwrap();
     let err = StreamsSlot::query("top".into(), String::new()).unwrap_err();
