@@ -733,3 +733,51 @@ fn projections_recover_and_imports_are_checked_from_the_command_line() {
     ok(url, &["import", &file, "--data", &data]);
     assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 3);
 }
+
+#[test]
+fn serve_keeps_serving_when_its_stdout_is_closed() {
+    let dirs = Dirs::new();
+    // A free port, so the address need not be read from the closed stdout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(&dirs.data)
+        .env_remove("FOLDHOST_PLUGINS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Closed before the host prints its address: as `foldhost serve | head -0` would.
+    drop(child.stdout.take());
+    let health = || -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let request = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let mut response = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut response).is_ok()
+            && response.starts_with("HTTP/1.1 200")
+    };
+    let started = Instant::now();
+    let mut healthy = 0;
+    while healthy < 3 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited ({status}) once its stdout was closed");
+        }
+        assert!(started.elapsed() < PATIENCE, "serve never answered");
+        if health() {
+            healthy += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -10,7 +10,7 @@ mod limits;
 mod offline;
 mod token;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,8 +182,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         journal_cache_bytes: args.journal_cache,
     })
     .await?;
-    println!("listening on http://{}", server.local_addr());
-    println!("web console: http://{}/", server.local_addr());
+    // Not println!: a closed stdout (`foldhost serve | head -1`, a supervisor that read the
+    // address and went) must not panic a serving host.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on http://{}", server.local_addr());
+    let _ = writeln!(stdout, "web console: http://{}/", server.local_addr());
     tokio::select! {
         stopped = terminated() => {
             stopped?;
