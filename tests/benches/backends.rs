@@ -5,20 +5,13 @@
 //! numbers are an upper bound). FOLDHOST_BENCH_SCALE=0.1 for a quick pass. Prints a markdown
 //! table. Without FOLDHOST_TEST_POSTGRES only redb is measured.
 
+use foldhost_tests::bench::scale;
 use std::sync::Arc;
 use std::time::Instant;
 
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 use foldhost::runtime::{Runtime, RuntimeConfig};
 use serde_json::json;
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(64)
-}
 
 async fn fresh_database(admin: &str) -> String {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
@@ -95,7 +88,7 @@ async fn commands_per_second(runtime: &Arc<Runtime>, clients: usize, total: usiz
 async fn measure(name: &str, open: impl AsyncFn() -> Journal) {
     for appenders in [1, 64] {
         let journal = open().await;
-        let total = scale(if appenders == 1 { 2_000 } else { 20_000 });
+        let total = scale(if appenders == 1 { 2_000 } else { 20_000 }, 64);
         let rate = appends_per_second(&journal, appenders, total).await;
         println!("| {name} | appends, {appenders} concurrent | {rate:.0}/s |");
     }
@@ -104,7 +97,7 @@ async fn measure(name: &str, open: impl AsyncFn() -> Journal) {
         let runtime = Runtime::new(journal, RuntimeConfig::default()).unwrap();
         let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
         runtime.load(bytes, "bank-account").await.unwrap();
-        let total = scale(if clients == 1 { 2_000 } else { 10_000 });
+        let total = scale(if clients == 1 { 2_000 } else { 10_000 }, 64);
         let rate = commands_per_second(&runtime, clients, total).await;
         println!("| {name} | commands, {clients} concurrent | {rate:.0}/s |");
         runtime.shutdown().await;

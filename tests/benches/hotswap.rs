@@ -9,6 +9,7 @@
 //! `cargo bench -p foldhost-tests --bench hotswap` (FOLDHOST_BENCH_SCALE=0.1
 //! for a quick pass). Prints a markdown table.
 
+use foldhost_tests::bench::scale;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,19 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(600);
 /// Events per append, and per account.
 const APPEND: usize = 1000;
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(APPEND)
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path().join("bench.redb"), JournalConfig::default()).unwrap();
     let started = Instant::now();
-    let head = fill(&journal, scale(1_000_000));
+    let head = fill(&journal, scale(1_000_000, APPEND));
     let fill_time = started.elapsed();
 
     let rt = tokio::runtime::Builder::new_multi_thread()

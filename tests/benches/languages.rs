@@ -5,6 +5,7 @@
 //! `cargo bench -p foldhost-tests --bench languages` (FOLDHOST_BENCH_SCALE=0.1 for a quick
 //! pass). Prints a markdown table.
 
+use foldhost_tests::bench::scale;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,6 @@ const BUILDS: &[(&str, &str)] = &[
 const INSTANCES: usize = 40;
 const STREAM: &str = "bank-account-bench";
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(100)
-}
-
 struct Measured {
     size: usize,
     compile: Duration,
@@ -43,7 +36,7 @@ struct Measured {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path().join("bench.redb"), JournalConfig::default()).unwrap();
-    let events = scale(20_000);
+    let events = scale(20_000, 100);
     fill(&journal, events);
     let stored = journal.read_stream(STREAM, 1, events).unwrap();
     let engine = PluginEngine::new(Default::default(), None).unwrap();

@@ -11,6 +11,7 @@
 //! `cargo bench -p foldhost-tests --bench memory` (FOLDHOST_BENCH_SCALE scales the 100,000).
 //! The goal column quotes thalo's figures at the same load (/work/shared/peers.md, issue #12).
 
+use foldhost_tests::bench::scale;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -43,11 +44,7 @@ struct Memory {
 }
 
 fn main() {
-    let scale: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let touched = ((TOUCHED as f64 * scale) as usize).max(1000);
+    let touched = scale(TOUCHED, 1000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! `cargo bench -p foldhost-tests --bench runtime` (FOLDHOST_BENCH_SCALE=0.1
 //! for a quick pass). Prints a markdown table.
 
+use foldhost_tests::bench::scale;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,6 @@ use foldhost_guest::codec::decode_json;
 use foldhost_guest::{Aggregate, EventMeta, Projection};
 use serde_json::json;
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(100)
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path().join("bench.redb"), JournalConfig::default()).unwrap();
@@ -29,11 +22,11 @@ fn main() {
     let account = load(&engine, "bank-account");
     let analytics = load(&engine, "bank-analytics");
 
-    let long = scale(100_000);
-    let short = scale(10_000);
+    let long = scale(100_000, 100);
+    let short = scale(10_000, 100);
     fill_account(&journal, "bank-account-long", long);
     fill_account(&journal, "bank-account-short", short);
-    let spread = scale(200_000);
+    let spread = scale(200_000, 100);
     fill_many_accounts(&journal, spread, 1_000);
 
     println!("| fold only (events already in memory) | WASM | native | WASM/native |");

@@ -14,6 +14,7 @@
 //! `cargo bench -p foldhost-tests --bench startup` (FOLDHOST_BENCH_SCALE=0.1 for a quick pass).
 //! Prints a markdown table.
 
+use foldhost_tests::bench::scale;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -44,14 +45,6 @@ const PLUGINS: [(&str, &str); 3] = [
     ("shopping-cart.wasm", foldhost_plugins::SHOPPING_CART),
 ];
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(ACCOUNTS * 2)
-}
-
 /// How long one start took to serve.
 struct Start {
     /// From spawn until the first command answered 200.
@@ -73,7 +66,7 @@ fn main() {
 
     let large = dir.path().join("large");
     let started = Instant::now();
-    let head = fill(&large, scale(1_000_000));
+    let head = fill(&large, scale(1_000_000, ACCOUNTS * 2));
     let fill_time = started.elapsed();
     let cold = runtime.block_on(start(&large, &plugins, 0));
     let warm: Vec<Start> = (1..=STARTS)

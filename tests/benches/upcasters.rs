@@ -10,6 +10,7 @@
 //! `cargo bench -p foldhost-tests --bench upcasters` (FOLDHOST_BENCH_SCALE=0.1 for a quick
 //! pass). Prints a markdown table.
 
+use foldhost_tests::bench::scale;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +23,6 @@ use serde_json::{Value, json};
 
 const STREAM: &str = "bank-account-bench";
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("FOLDHOST_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(100)
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let engine = PluginEngine::new(Default::default(), None).unwrap();
@@ -40,7 +33,7 @@ fn main() {
         Upcaster::new(load(&engine, "bank-upcast-v2")).unwrap(),
     ]);
 
-    let events = scale(100_000);
+    let events = scale(100_000, 100);
     let current = fill(&dir.path().join("current.redb"), events, |i| match i {
         0 => NewEvent::json("Opened", &json!({"owner": "bench"})),
         i => NewEvent::json("Deposited", &json!({"amount": i % 100 + 1})),
