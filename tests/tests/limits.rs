@@ -276,14 +276,7 @@ async fn thousands_of_aggregates_keep_within_the_cache_budget() {
     }
     // The budget plus what the journal, the projection and the allocator keep.
     assert_bounded(before, server.usage(), BUDGET_MIB + 32, 16);
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     let cached: f64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("foldhost_aggregate_cache_bytes "))
@@ -434,14 +427,7 @@ async fn live_feeds_are_capped_and_clients_that_stop_reading_are_cut_off() {
 
 /// The `foldhost_live_feeds` gauge of `/metrics`.
 async fn open_feeds(client: &Client, server: &Server) -> u64 {
-    let text = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics(client).await;
     let line = text
         .lines()
         .find(|line| line.starts_with("foldhost_live_feeds "))

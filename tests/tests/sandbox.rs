@@ -504,14 +504,7 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         grown >> 20
     );
 
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     let dropped: u64 = metrics
         .lines()
         .find(|line| {

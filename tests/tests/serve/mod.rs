@@ -209,6 +209,12 @@ impl Server {
         Usage::of(self.pid())
     }
 
+    /// The text of its `GET /metrics` (Prometheus).
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        let response = client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
