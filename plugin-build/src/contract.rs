@@ -16,7 +16,7 @@ pub const WIT: &str = include_str!("../../wit/foldhost.wit");
 pub const PACKAGE: &str = "foldhost:plugin";
 /// The contract version this build implements; guests built against any 0.1.y load (a
 /// minor release only adds interfaces).
-pub const VERSION: &str = "0.1.1";
+pub const VERSION: &str = "0.1.2";
 /// Interfaces a plugin may import.
 const IMPORTABLE: &[&str] = &["host", "types"];
 

@@ -857,3 +857,40 @@ async fn the_aggregate_cache_keeps_to_its_byte_budget_and_evicted_states_come_ba
         assert_eq!(balance(&state), i as i64 + 2);
     }
 }
+
+/// Plugins built with the Rust SDK export the packed folds of contract 0.1.2 and are fed
+/// packed batches; plugins without them (a 0.1.0 build, the JavaScript SDK's) get span
+/// batches; both fold the same events to the same state.
+#[test]
+fn packed_folds_are_used_when_exported_and_span_batches_otherwise() {
+    let engine = foldhost::runtime::PluginEngine::new(Default::default(), None).unwrap();
+    let load = |name: &str| {
+        let bytes = std::fs::read(foldhost_plugins::path(name)).unwrap();
+        Arc::new(Plugin::load(&engine, &bytes, name).unwrap())
+    };
+    let rust = load(foldhost_plugins::BANK_ACCOUNT);
+    let js = load(foldhost_plugins::BANK_ACCOUNT_JS);
+    assert!(rust.packed());
+    assert!(load(foldhost_plugins::BANK_ANALYTICS).packed());
+    assert!(!js.packed());
+    assert!(!load(foldhost_plugins::OLD_CONTRACT).packed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), JournalConfig::default()).unwrap();
+    let mut events = vec![NewEvent::json("Opened", &json!({"owner": "ada"}))];
+    events.extend((1..3000u64).map(|i| NewEvent::json("Deposited", &json!({"amount": i}))));
+    journal
+        .append_blocking("bank-account-1", ExpectedVersion::NoStream, events)
+        .unwrap();
+    let stored = journal.read_stream("bank-account-1", 1, 10_000).unwrap();
+    let fold = |plugin: &Arc<Plugin>| {
+        let mut instance = AggregateInstance::new(plugin.clone(), "bank-account-1", None).unwrap();
+        for batch in stored.chunks(1024) {
+            instance.apply(batch).unwrap();
+        }
+        instance.state().unwrap()
+    };
+    let state = fold(&rust);
+    assert_eq!(balance(&state), (1..3000).sum::<i64>(), "{state}");
+    assert_eq!(state, fold(&js));
+}

@@ -1,7 +1,7 @@
 // Logging to the host's `tracing` log, and a `console` that does the same
 // (QuickJS has none).
 
-import host from "foldhost:plugin/host@0.1.1";
+import host from "foldhost:plugin/host@0.1.2";
 
 import { show } from "./errors.js";
 

@@ -8,24 +8,24 @@
 //! world's exports, however
 //! the linker or LTO treats this crate's sections (see the crate docs).
 
-/// The `aggregate-plugin` world.
+/// The `packed-aggregate-plugin` world: `aggregate-plugin` plus its packed fold.
 pub mod aggregate {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "aggregate-plugin",
+        world: "packed-aggregate-plugin",
         pub_export_macro: true,
     });
 }
 
-/// The `projection-plugin` world, sharing the `types` and `host` bindings.
+/// The `packed-projection-plugin` world, sharing the `types` and `host` bindings.
 pub mod projection {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "projection-plugin",
+        world: "packed-projection-plugin",
         pub_export_macro: true,
         with: {
-            "foldhost:plugin/types@0.1.1": crate::bindings::types,
-            "foldhost:plugin/host@0.1.1": crate::bindings::host,
+            "foldhost:plugin/types@0.1.2": crate::bindings::types,
+            "foldhost:plugin/host@0.1.2": crate::bindings::host,
         },
     });
 }
@@ -37,8 +37,8 @@ pub mod upcaster {
         world: "upcaster-plugin",
         pub_export_macro: true,
         with: {
-            "foldhost:plugin/types@0.1.1": crate::bindings::types,
-            "foldhost:plugin/host@0.1.1": crate::bindings::host,
+            "foldhost:plugin/types@0.1.2": crate::bindings::types,
+            "foldhost:plugin/host@0.1.2": crate::bindings::host,
         },
     });
 }

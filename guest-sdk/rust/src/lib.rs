@@ -2,7 +2,7 @@
 //! Rust crates.
 //!
 //! A plugin is a WebAssembly component implementing one world of the contract
-//! `wit/foldhost.wit` (`foldhost:plugin@0.1.1`). This crate hides the WIT
+//! `wit/foldhost.wit` (`foldhost:plugin@0.1.2`). This crate hides the WIT
 //! plumbing: implement [`Aggregate`] or [`Projection`] for your state type (or
 //! [`Upcaster`] for a type rewriting old event shapes) and invoke
 //! [`export_aggregate!`], [`export_projection!`] or [`export_upcaster!`] once.

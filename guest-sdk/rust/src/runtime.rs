@@ -7,11 +7,13 @@
 //! applied, so a failed `apply` leaves the state as it was.
 
 use crate::aggregate::Aggregate;
-use crate::batch;
+use crate::batch::{self, RawEvent};
 use crate::bindings::aggregate::exports::foldhost::plugin::aggregate as wit_aggregate;
+use crate::bindings::aggregate::exports::foldhost::plugin::packed_aggregate as wit_packed_aggregate;
+use crate::bindings::projection::exports::foldhost::plugin::packed_projection as wit_packed_projection;
 use crate::bindings::projection::exports::foldhost::plugin::projection as wit_projection;
 use crate::bindings::types::{
-    Batch, CommandError, ContentType, Description, NewEvent, PluginKind, Subscription,
+    Batch, CommandError, ContentType, Description, NewEvent, PackedBatch, PluginKind, Subscription,
 };
 use crate::bindings::upcaster::exports::foldhost::plugin::upcaster as wit_upcaster;
 use crate::codec;
@@ -88,11 +90,7 @@ impl<S: AggregateSlot> wit_aggregate::Guest for S {
 
     fn apply(events: Batch) -> Result<(), String> {
         enter();
-        let events = batch::events(&events)
-            .map(|raw| raw?.decode())
-            .collect::<Result<Vec<_>, String>>()?;
-        S::with(|state| events.into_iter().for_each(|event| state.apply(event)));
-        Ok(())
+        fold_aggregate::<S>(batch::events(&events))
     }
 
     fn handle(command_type: String, data: Vec<u8>) -> Result<Vec<NewEvent>, CommandError> {
@@ -126,6 +124,53 @@ impl<S: AggregateSlot> wit_aggregate::Guest for S {
     }
 }
 
+/// Decodes every event, then folds them all: a bad one leaves the state as it was.
+fn fold_aggregate<'a, S: AggregateSlot>(
+    events: impl Iterator<Item = Result<RawEvent<'a>, String>>,
+) -> Result<(), String> {
+    let events = events
+        .map(|raw| raw?.decode())
+        .collect::<Result<Vec<_>, String>>()?;
+    S::with(|state| events.into_iter().for_each(|event| state.apply(event)));
+    Ok(())
+}
+
+impl<S: AggregateSlot> wit_packed_aggregate::Guest for S {
+    fn apply(events: PackedBatch) -> Result<(), String> {
+        enter();
+        fold_aggregate::<S>(batch::packed_events(&events)?)
+    }
+}
+
+/// Decodes the subscribed events, then folds them all: a bad one leaves the
+/// state as it was.
+fn fold_projection<'a, S: ProjectionSlot>(
+    events: impl Iterator<Item = Result<RawEvent<'a>, String>>,
+) -> Result<(), String> {
+    let subscription = S::Projection::subscription();
+    let mut decoded = Vec::with_capacity(events.size_hint().0);
+    for raw in events {
+        let raw = raw?;
+        let meta = raw.meta()?;
+        if subscription.matches(meta.stream, raw.event_type) {
+            decoded.push((raw.decode()?, meta));
+        }
+    }
+    S::with(|state| {
+        for (event, meta) in decoded {
+            state.apply(event, &meta);
+        }
+    });
+    Ok(())
+}
+
+impl<S: ProjectionSlot> wit_packed_projection::Guest for S {
+    fn apply(events: PackedBatch) -> Result<(), String> {
+        enter();
+        fold_projection::<S>(batch::packed_events(&events)?)
+    }
+}
+
 impl<S: ProjectionSlot> wit_projection::Guest for S {
     fn describe() -> Description {
         enter();
@@ -156,21 +201,7 @@ impl<S: ProjectionSlot> wit_projection::Guest for S {
 
     fn apply(events: Batch) -> Result<(), String> {
         enter();
-        let subscription = S::Projection::subscription();
-        let mut decoded = Vec::with_capacity(events.events.len());
-        for raw in batch::events(&events) {
-            let raw = raw?;
-            let meta = raw.meta()?;
-            if subscription.matches(meta.stream, raw.event_type) {
-                decoded.push((raw.decode()?, meta));
-            }
-        }
-        S::with(|state| {
-            for (event, meta) in decoded {
-                state.apply(event, &meta);
-            }
-        });
-        Ok(())
+        fold_projection::<S>(batch::events(&events))
     }
 
     fn snapshot() -> Vec<u8> {

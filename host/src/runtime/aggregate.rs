@@ -6,8 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use wasmtime::Store;
 
-use super::bindings::aggregate::AggregatePlugin;
-use super::bindings::{PluginData, encode_batch, types};
+use super::bindings::{AggregateExports, PluginData, encode_batch, encode_packed_batch, types};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
@@ -54,7 +53,7 @@ pub struct AggregateInstance {
     upcasters: Arc<UpcasterChain>,
     stream: String,
     store: Store<PluginData>,
-    bindings: AggregatePlugin,
+    bindings: AggregateExports,
     /// The stream version folded into the state (0 = empty).
     pub version: u64,
     /// The version of the newest stored snapshot of this state.
@@ -112,7 +111,7 @@ impl AggregateInstance {
 
     /// Starts the plugin's state empty or from `snapshot`, the state at `version`.
     fn init(&mut self, version: u64, snapshot: Option<&[u8]>) -> Result<(), RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_aggregate();
+        let guest = self.bindings.world.foldhost_plugin_aggregate();
         let stream = &self.stream;
         let restored = guarded(
             &mut self.store,
@@ -291,17 +290,25 @@ impl AggregateInstance {
             self.version = last_version;
             return Ok(());
         };
-        let batch = encode_batch(events);
-        let guest = self.bindings.foldhost_plugin_aggregate();
         let context = || {
             format!(
                 "applying {} events at positions {}..={}",
                 self.stream, first.position, last.position
             )
         };
-        let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
-            guest.call_apply(s, &batch)
-        })?;
+        let bindings = &self.bindings;
+        let applied = guarded(
+            &mut self.store,
+            self.plugin.engine(),
+            context,
+            |s| match &bindings.packed {
+                Some(packed) => packed.call_apply(s, &encode_packed_batch(events)),
+                None => {
+                    let guest = bindings.world.foldhost_plugin_aggregate();
+                    guest.call_apply(s, &encode_batch(events))
+                }
+            },
+        )?;
         applied.map_err(|message| RuntimeError::PluginFailed {
             plugin: self.plugin.name().to_owned(),
             context: context(),
@@ -327,7 +334,7 @@ impl AggregateInstance {
         command_type: &str,
         data: &[u8],
     ) -> Result<Vec<NewEvent>, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_aggregate();
+        let guest = self.bindings.world.foldhost_plugin_aggregate();
         let context = || format!("handling command {command_type} on {}", self.stream);
         let decided = guarded(&mut self.store, self.plugin.engine(), context, |s| {
             guest.call_handle(s, command_type, data)
@@ -367,7 +374,7 @@ impl AggregateInstance {
 
     /// The state in the plugin's own encoding.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_aggregate();
+        let guest = self.bindings.world.foldhost_plugin_aggregate();
         let stream = &self.stream;
         guarded(
             &mut self.store,
@@ -379,7 +386,7 @@ impl AggregateInstance {
 
     /// The state as JSON.
     pub fn state(&mut self) -> Result<serde_json::Value, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_aggregate();
+        let guest = self.bindings.world.foldhost_plugin_aggregate();
         let stream = &self.stream;
         let text = guarded(
             &mut self.store,

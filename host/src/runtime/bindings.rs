@@ -39,8 +39,42 @@ pub mod upcaster {
     });
 }
 
+/// Bindings for the packed folds of contract 0.1.2, apart from the worlds: a
+/// plugin may export them or not, and its world's bindings work either way.
+pub mod packed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "
+            package foldhost:host;
+            world packed-folds {
+                export foldhost:plugin/packed-aggregate@0.1.2;
+                export foldhost:plugin/packed-projection@0.1.2;
+            }
+        ",
+        world: "foldhost:host/packed-folds",
+        with: {
+            "foldhost:plugin/types": super::aggregate::foldhost::plugin::types,
+        },
+    });
+
+    pub use exports::foldhost::plugin::packed_aggregate as aggregate;
+    pub use exports::foldhost::plugin::packed_projection as projection;
+}
+
 pub use aggregate::foldhost::plugin::host::Level;
 pub use aggregate::foldhost::plugin::types;
+
+/// An instance's exports: its world's, and its packed fold when the plugin
+/// exports one (contract 0.1.2), which the host then calls instead of `apply`.
+pub struct Exports<W, P> {
+    pub world: W,
+    pub packed: Option<P>,
+}
+
+/// An aggregate instance's exports.
+pub type AggregateExports = Exports<aggregate::AggregatePlugin, packed::aggregate::Guest>;
+/// A projection instance's exports.
+pub type ProjectionExports = Exports<projection::ProjectionPlugin, packed::projection::Guest>;
 
 /// The data held by each plugin's wasmtime `Store`.
 pub struct PluginData {
@@ -89,6 +123,41 @@ impl From<types::ContentType> for ContentType {
             types::ContentType::Binary => Self::Binary,
         }
     }
+}
+
+/// Bytes per event in a packed batch's `headers` (the layout is in the WIT).
+pub const PACKED_HEADER_LEN: usize = 60;
+
+/// Packs events into a `packed-batch` (contract 0.1.2): one little-endian
+/// header record per event, strings and payloads in the shared buffer.
+pub fn encode_packed_batch<'a>(
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+) -> types::PackedBatch {
+    let events = events.into_iter();
+    let mut headers = Vec::with_capacity(events.size_hint().0 * PACKED_HEADER_LEN);
+    let mut buffer = Vec::new();
+    for event in events {
+        headers.extend_from_slice(&event.position.to_le_bytes());
+        headers.extend_from_slice(&event.version.to_le_bytes());
+        headers.extend_from_slice(&event.recorded_at.to_le_bytes());
+        let metadata = event.metadata.as_deref().unwrap_or_default().as_bytes();
+        for bytes in [
+            event.stream.as_bytes(),
+            event.event_type.as_bytes(),
+            &event.data,
+            metadata,
+        ] {
+            headers.extend_from_slice(&(buffer.len() as u32).to_le_bytes());
+            headers.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(bytes);
+        }
+        let content_type: u32 = match event.content_type {
+            ContentType::Json => 0,
+            ContentType::Binary => 1,
+        };
+        headers.extend_from_slice(&content_type.to_le_bytes());
+    }
+    types::PackedBatch { headers, buffer }
 }
 
 /// Packs events into the contract's batch shape: flat scalar records whose

@@ -9,10 +9,10 @@ use serde::Serialize;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
-use super::bindings::aggregate::{AggregatePlugin, AggregatePluginPre};
-use super::bindings::projection::{ProjectionPlugin, ProjectionPluginPre};
+use super::bindings::aggregate::{AggregatePlugin, AggregatePluginIndices};
+use super::bindings::projection::{ProjectionPlugin, ProjectionPluginIndices};
 use super::bindings::upcaster::{UpcasterPlugin, UpcasterPluginPre};
-use super::bindings::{PluginData, types};
+use super::bindings::{AggregateExports, Exports, PluginData, ProjectionExports, packed, types};
 use super::engine::PluginEngine;
 use super::error::RuntimeError;
 use super::footprint::Footprint;
@@ -85,9 +85,17 @@ pub struct Plugin {
 }
 
 enum Pre {
-    Aggregate(AggregatePluginPre<PluginData>),
-    Projection(ProjectionPluginPre<PluginData>),
+    Aggregate(Linked<AggregatePluginIndices, packed::aggregate::GuestIndices>),
+    Projection(Linked<ProjectionPluginIndices, packed::projection::GuestIndices>),
     Upcaster(UpcasterPluginPre<PluginData>),
+}
+
+/// A component linked for instantiation, with where its world's exports are
+/// and, when it has one, its packed fold.
+struct Linked<W, P> {
+    pre: InstancePre<PluginData>,
+    world: W,
+    packed: Option<P>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -138,7 +146,13 @@ impl Plugin {
                     &component,
                     "aggregate",
                     |linker| AggregatePlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
-                    AggregatePluginPre::new,
+                    |pre| {
+                        Ok(Linked {
+                            world: AggregatePluginIndices::new(&pre)?,
+                            packed: packed::aggregate::GuestIndices::new(&pre).ok(),
+                            pre,
+                        })
+                    },
                 )
                 .map_err(invalid)?,
             ),
@@ -148,7 +162,13 @@ impl Plugin {
                     &component,
                     "projection",
                     |linker| ProjectionPlugin::add_to_linker::<_, HasSelf<_>>(linker, |d| d),
-                    ProjectionPluginPre::new,
+                    |pre| {
+                        Ok(Linked {
+                            world: ProjectionPluginIndices::new(&pre)?,
+                            packed: packed::projection::GuestIndices::new(&pre).ok(),
+                            pre,
+                        })
+                    },
                 )
                 .map_err(invalid)?,
             ),
@@ -227,27 +247,52 @@ impl Plugin {
     /// A new, isolated aggregate instance (fresh store).
     pub fn instantiate_aggregate(
         &self,
-    ) -> Result<(Store<PluginData>, AggregatePlugin), RuntimeError> {
-        let Pre::Aggregate(pre) = &self.pre else {
+    ) -> Result<(Store<PluginData>, AggregateExports), RuntimeError> {
+        let Pre::Aggregate(linked) = &self.pre else {
             return Err(RuntimeError::WrongKind {
                 plugin: self.name().to_owned(),
                 expected: "aggregate",
             });
         };
-        self.instantiate_in_new_store(|s| pre.instantiate(s))
+        self.instantiate_in_new_store(|s| {
+            let instance = linked.pre.instantiate(&mut *s)?;
+            Ok(Exports {
+                world: linked.world.load(&mut *s, &instance)?,
+                packed: (linked.packed.as_ref())
+                    .map(|packed| packed.load(&mut *s, &instance))
+                    .transpose()?,
+            })
+        })
     }
 
     /// A new, isolated projection instance (fresh store).
     pub fn instantiate_projection(
         &self,
-    ) -> Result<(Store<PluginData>, ProjectionPlugin), RuntimeError> {
-        let Pre::Projection(pre) = &self.pre else {
+    ) -> Result<(Store<PluginData>, ProjectionExports), RuntimeError> {
+        let Pre::Projection(linked) = &self.pre else {
             return Err(RuntimeError::WrongKind {
                 plugin: self.name().to_owned(),
                 expected: "projection",
             });
         };
-        self.instantiate_in_new_store(|s| pre.instantiate(s))
+        self.instantiate_in_new_store(|s| {
+            let instance = linked.pre.instantiate(&mut *s)?;
+            Ok(Exports {
+                world: linked.world.load(&mut *s, &instance)?,
+                packed: (linked.packed.as_ref())
+                    .map(|packed| packed.load(&mut *s, &instance))
+                    .transpose()?,
+            })
+        })
+    }
+
+    /// Whether its instances fold packed batches (contract 0.1.2).
+    pub fn packed(&self) -> bool {
+        match &self.pre {
+            Pre::Aggregate(linked) => linked.packed.is_some(),
+            Pre::Projection(linked) => linked.packed.is_some(),
+            Pre::Upcaster(_) => false,
+        }
     }
 
     /// A new, isolated upcaster instance (fresh store).
@@ -283,7 +328,7 @@ impl Plugin {
         match &self.pre {
             Pre::Aggregate(_) => {
                 let (mut store, bindings) = self.instantiate_aggregate()?;
-                let guest = bindings.foldhost_plugin_aggregate();
+                let guest = bindings.world.foldhost_plugin_aggregate();
                 let description = guarded(&mut store, &self.engine, context, |s| {
                     guest.call_describe(s)
                 })?;
@@ -291,7 +336,7 @@ impl Plugin {
             }
             Pre::Projection(_) => {
                 let (mut store, bindings) = self.instantiate_projection()?;
-                let guest = bindings.foldhost_plugin_projection();
+                let guest = bindings.world.foldhost_plugin_projection();
                 let description = guarded(&mut store, &self.engine, context, |s| {
                     guest.call_describe(s)
                 })?;

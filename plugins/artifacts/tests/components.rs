@@ -1,4 +1,4 @@
-//! Every artifact is a component with exactly the expected contract export and
+//! Every artifact is a component with exactly the expected contract exports and
 //! no imports beyond the contract (in particular, no WASI).
 
 use foldhost_plugins::{EXAMPLES, OTHER_LANGUAGES, TEST_ARTIFACTS, UPCASTERS, path};
@@ -23,20 +23,27 @@ fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
     )
 }
 
-fn expected_export(name: &str) -> &'static str {
+/// The contract interfaces `name` exports: its world's, plus the packed fold (0.1.2) for
+/// Rust aggregates and projections built with the SDK.
+fn expected_exports(name: &str) -> Vec<&'static str> {
     match name {
-        "bank-analytics"
-        | "bank-analytics-v2"
-        | "bank-analytics-lenient"
-        | "bank-analytics-js"
-        | "bank-analytics-python"
-        | "mischief" => "foldhost:plugin/projection@0.1.1",
+        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-lenient" | "mischief" => vec![
+            "foldhost:plugin/projection@0.1.2",
+            "foldhost:plugin/packed-projection@0.1.2",
+        ],
+        "bank-analytics-js" | "bank-analytics-python" => vec!["foldhost:plugin/projection@0.1.2"],
         "bank-upcast-v1" | "bank-upcast-v2" | "hostile-upcaster" => {
-            "foldhost:plugin/upcaster@0.1.1"
+            vec!["foldhost:plugin/upcaster@0.1.2"]
         }
-        "wrong-contract" => "foldhost:plugin/aggregate@0.2.0",
-        "old-contract" => "foldhost:plugin/aggregate@0.1.0",
-        _ => "foldhost:plugin/aggregate@0.1.1",
+        "wrong-contract" => vec!["foldhost:plugin/aggregate@0.2.0"],
+        "old-contract" => vec!["foldhost:plugin/aggregate@0.1.0"],
+        _ if name.ends_with("-js") || name.ends_with("-python") => {
+            vec!["foldhost:plugin/aggregate@0.1.2"]
+        }
+        _ => vec![
+            "foldhost:plugin/aggregate@0.1.2",
+            "foldhost:plugin/packed-aggregate@0.1.2",
+        ],
     }
 }
 
@@ -45,15 +52,15 @@ fn each_artifact_exports_one_world_and_imports_only_the_contract() {
     let all = EXAMPLES.iter().chain(TEST_ARTIFACTS).chain(UPCASTERS);
     for &name in all.chain(OTHER_LANGUAGES) {
         let (imports, exports) = interfaces(name);
-        let export = expected_export(name);
+        let expected = expected_exports(name);
         // componentize-py adds an `exports` instance of its own, and componentize-qjs keeps
         // its build-time initialiser `init`; the host calls neither: the contract is what counts.
         let contract: Vec<_> = exports
             .iter()
             .filter(|e| e.starts_with("foldhost:"))
             .collect();
-        assert_eq!(contract, [export], "{name} exports");
-        let version = &export[export.rfind('@').unwrap()..];
+        assert_eq!(contract, expected, "{name} exports");
+        let version = &expected[0][expected[0].rfind('@').unwrap()..];
         for import in &imports {
             assert!(
                 import.starts_with("foldhost:plugin/") && import.ends_with(version),
@@ -67,7 +74,7 @@ fn each_artifact_exports_one_world_and_imports_only_the_contract() {
 fn plugins_that_log_import_the_host() {
     let (imports, _) = interfaces("bank-account");
     assert!(
-        imports.iter().any(|i| i == "foldhost:plugin/host@0.1.1"),
+        imports.iter().any(|i| i == "foldhost:plugin/host@0.1.2"),
         "{imports:?}"
     );
 }

@@ -1,5 +1,5 @@
 ;; `hoarder`: an aggregate written by hand against the canonical ABI of
-;; `foldhost:plugin/aggregate@0.1.1`, for attacks on the host's memory
+;; `foldhost:plugin/aggregate@0.1.2`, for attacks on the host's memory
 ;; accounting that Rust cannot express.
 ;;
 ;;   Ping          emits `Ponged` (data `null`): it still works after an attack
@@ -43,7 +43,7 @@
     (local.get $ptr))
 
   ;; describe: func() -> description {name, kind, plugin-version, state-schema}
-  (func (export "foldhost:plugin/aggregate@0.1.1#describe") (result i32)
+  (func (export "foldhost:plugin/aggregate@0.1.2#describe") (result i32)
     (i32.store (i32.const 1024) (i32.const 16))
     (i32.store (i32.const 1028) (i32.const 7))
     (i32.store8 (i32.const 1032) (i32.const 0))
@@ -57,19 +57,19 @@
     (i32.store8 (i32.const 1056) (i32.const 0))
     (i32.const 1056))
 
-  (func (export "foldhost:plugin/aggregate@0.1.1#init") (param i32 i32 i32) (result i32)
+  (func (export "foldhost:plugin/aggregate@0.1.2#init") (param i32 i32 i32) (result i32)
     (call $ok))
 
-  (func (export "foldhost:plugin/aggregate@0.1.1#apply") (param i32 i32 i32 i32) (result i32)
+  (func (export "foldhost:plugin/aggregate@0.1.2#apply") (param i32 i32 i32 i32) (result i32)
     (call $ok))
 
   ;; snapshot: func() -> list<u8>, empty
-  (func (export "foldhost:plugin/aggregate@0.1.1#snapshot") (result i32)
+  (func (export "foldhost:plugin/aggregate@0.1.2#snapshot") (result i32)
     (i64.store (i32.const 1072) (i64.const 0))
     (i32.const 1072))
 
   ;; state: func() -> string, "{}"
-  (func (export "foldhost:plugin/aggregate@0.1.1#state") (result i32)
+  (func (export "foldhost:plugin/aggregate@0.1.2#state") (result i32)
     (i32.store (i32.const 1080) (i32.const 48))
     (i32.store (i32.const 1084) (i32.const 2))
     (i32.const 1080))
@@ -116,7 +116,7 @@
 
   ;; handle: func(command-type: string, data: list<u8>) -> result<list<new-event>, command-error>
   ;; "Ping" is the only 4-byte command; the others differ at byte 4.
-  (func (export "foldhost:plugin/aggregate@0.1.1#handle")
+  (func (export "foldhost:plugin/aggregate@0.1.2#handle")
     (param $type i32) (param $len i32) (param i32 i32) (result i32)
     (if (i32.eq (local.get $len) (i32.const 4))
       (then (return (call $ponged))))

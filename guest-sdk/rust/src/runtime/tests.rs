@@ -3,7 +3,11 @@ use std::cell::RefCell;
 use serde::{Deserialize, Serialize};
 
 use super::{AggregateSlot, ProjectionSlot, wit_aggregate::Guest as _, wit_projection::Guest as _};
-use crate::bindings::types::{Batch, CommandError, ContentType, Event, NewEvent, Span};
+use super::{wit_packed_aggregate, wit_packed_projection};
+use crate::batch::PACKED_HEADER_LEN;
+use crate::bindings::types::{
+    Batch, CommandError, ContentType, Event, NewEvent, PackedBatch, Span,
+};
 use crate::{Aggregate, EventMeta, Projection, Rejection, Subscription};
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +106,30 @@ fn batch(events: &[(&str, &str, ContentType, &[u8])]) -> Batch {
         })
         .collect();
     Batch { events, buffer }
+}
+
+/// The same batch packed as the host packs it (the layout in the WIT).
+fn packed(batch: Batch) -> PackedBatch {
+    let mut headers = Vec::new();
+    for event in &batch.events {
+        headers.extend_from_slice(&event.position.to_le_bytes());
+        headers.extend_from_slice(&event.version.to_le_bytes());
+        headers.extend_from_slice(&event.recorded_at.to_le_bytes());
+        for span in [event.stream, event.event_type, event.data, event.metadata] {
+            headers.extend_from_slice(&span.offset.to_le_bytes());
+            headers.extend_from_slice(&span.len.to_le_bytes());
+        }
+        let content_type: u32 = match event.content_type {
+            ContentType::Json => 0,
+            ContentType::Binary => 1,
+        };
+        headers.extend_from_slice(&content_type.to_le_bytes());
+    }
+    assert_eq!(headers.len(), batch.events.len() * PACKED_HEADER_LEN);
+    PackedBatch {
+        headers,
+        buffer: batch.buffer,
+    }
 }
 
 const JSON: ContentType = ContentType::Json;
@@ -237,4 +265,96 @@ fn projection_queries() {
     assert_eq!(err, "unknown query `top`");
     let err = StreamsSlot::query("top".into(), "{".into()).unwrap_err();
     assert!(err.starts_with("query arguments are not JSON"), "{err}");
+}
+
+#[test]
+fn packed_batches_fold_like_span_batches() {
+    let binary = postcard::to_allocvec(&(5u64,)).unwrap();
+    let events = || {
+        batch(&[
+            ("counter-a", "Added", JSON, br#"{"by":2}"#),
+            ("other-b", "Added", JSON, br#"{"by":3}"#),
+            ("counter-c", "Added", ContentType::Binary, &binary),
+        ])
+    };
+    CounterSlot::init(None).unwrap();
+    <CounterSlot as wit_packed_aggregate::Guest>::apply(packed(events())).unwrap();
+    let packed_state = CounterSlot::state();
+    CounterSlot::init(None).unwrap();
+    CounterSlot::apply(events()).unwrap();
+    assert_eq!(packed_state, CounterSlot::state());
+    assert_eq!(packed_state, r#"{"total":10}"#);
+
+    StreamsSlot::init(None).unwrap();
+    <StreamsSlot as wit_packed_projection::Guest>::apply(packed(events())).unwrap();
+    assert_eq!(
+        StreamsSlot::state(),
+        r#"{"seen":[["counter-a",1002],["counter-c",3005]]}"#
+    );
+}
+
+#[test]
+fn a_packed_header_pointing_outside_the_buffer_names_the_event() {
+    let apply = |events: PackedBatch| {
+        CounterSlot::init(None).unwrap();
+        let err = <CounterSlot as wit_packed_aggregate::Guest>::apply(events).unwrap_err();
+        assert_eq!(CounterSlot::state(), r#"{"total":0}"#, "state untouched");
+        err
+    };
+    let events = || {
+        packed(batch(&[
+            ("counter-1", "Added", JSON, br#"{"by":2}"#),
+            ("counter-1", "Added", JSON, br#"{"by":3}"#),
+        ]))
+    };
+    let field = |at: usize| PACKED_HEADER_LEN + at..PACKED_HEADER_LEN + at + 4;
+
+    let mut data_outside = events();
+    data_outside.headers[field(44)].copy_from_slice(&1000u32.to_le_bytes());
+    let err = apply(data_outside);
+    assert!(
+        err.contains("event at position 2: data span 36+1000 lies outside the 44-byte buffer"),
+        "{err}"
+    );
+
+    let mut type_outside = events();
+    type_outside.headers[field(32)].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = apply(type_outside);
+    assert!(
+        err.contains("event at position 2: event type span 4294967295+5 lies outside"),
+        "{err}"
+    );
+
+    let mut bad_content_type = events();
+    bad_content_type.headers[field(56)].copy_from_slice(&7u32.to_le_bytes());
+    let err = apply(bad_content_type);
+    assert!(
+        err.contains("event at position 2: content type 7 is neither"),
+        "{err}"
+    );
+
+    let mut torn = events();
+    torn.headers.pop();
+    let err = apply(torn);
+    assert!(
+        err.contains("headers are 119 bytes, not a whole number of 60-byte records"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_packed_projection_checks_the_stream_span() {
+    let mut events = packed(batch(&[
+        ("counter-a", "Added", JSON, br#"{"by":1}"#),
+        ("counter-b", "Added", JSON, br#"{"by":2}"#),
+    ]));
+    let stream = PACKED_HEADER_LEN + 28..PACKED_HEADER_LEN + 32;
+    events.headers[stream].copy_from_slice(&1000u32.to_le_bytes());
+    StreamsSlot::init(None).unwrap();
+    let err = <StreamsSlot as wit_packed_projection::Guest>::apply(events).unwrap_err();
+    assert!(
+        err.contains("position 2: stream span 22+1000 lies outside"),
+        "{err}"
+    );
+    assert_eq!(StreamsSlot::state(), r#"{"seen":[]}"#, "state untouched");
 }

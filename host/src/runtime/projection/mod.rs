@@ -17,8 +17,7 @@ use serde::Serialize;
 use wasmtime::Store;
 
 use super::aggregate::REPLAY_LIMIT;
-use super::bindings::projection::ProjectionPlugin;
-use super::bindings::{PluginData, encode_batch};
+use super::bindings::{PluginData, ProjectionExports, encode_batch, encode_packed_batch};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
@@ -83,7 +82,7 @@ pub struct ProjectionInstance {
     /// The upcasters its events pass through.
     upcasters: Arc<UpcasterChain>,
     store: Store<PluginData>,
-    bindings: ProjectionPlugin,
+    bindings: ProjectionExports,
     /// The last global position read (whether or not the plugin wanted it).
     pub position: u64,
 }
@@ -106,7 +105,7 @@ impl ProjectionInstance {
     ) -> Result<Self, RuntimeError> {
         let (mut store, bindings) = plugin.instantiate_projection()?;
         let (position, bytes) = checkpoint.map_or((0, None), |(p, b)| (p, Some(b)));
-        let guest = bindings.foldhost_plugin_projection();
+        let guest = bindings.world.foldhost_plugin_projection();
         let restored = guarded(
             &mut store,
             plugin.engine(),
@@ -157,12 +156,21 @@ impl ProjectionInstance {
             .collect();
         if let (Some(first), Some(end)) = (wanted.first(), wanted.last()) {
             let (from, to) = (first.position, end.position);
-            let batch = encode_batch(wanted);
-            let guest = self.bindings.foldhost_plugin_projection();
             let context = || format!("applying events at positions {from}..={to}");
-            let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
-                guest.call_apply(s, &batch)
-            })?;
+            let bindings = &self.bindings;
+            let applied =
+                guarded(
+                    &mut self.store,
+                    self.plugin.engine(),
+                    context,
+                    |s| match &bindings.packed {
+                        Some(packed) => packed.call_apply(s, &encode_packed_batch(wanted)),
+                        None => {
+                            let guest = bindings.world.foldhost_plugin_projection();
+                            guest.call_apply(s, &encode_batch(wanted))
+                        }
+                    },
+                )?;
             applied.map_err(|message| RuntimeError::PluginFailed {
                 plugin: self.plugin.name().to_owned(),
                 context: context(),
@@ -191,7 +199,7 @@ impl ProjectionInstance {
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_projection();
+        let guest = self.bindings.world.foldhost_plugin_projection();
         guarded(
             &mut self.store,
             self.plugin.engine(),
@@ -201,7 +209,7 @@ impl ProjectionInstance {
     }
 
     pub fn state(&mut self) -> Result<serde_json::Value, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_projection();
+        let guest = self.bindings.world.foldhost_plugin_projection();
         let text = guarded(
             &mut self.store,
             self.plugin.engine(),
@@ -217,7 +225,7 @@ impl ProjectionInstance {
         name: &str,
         args: &serde_json::Value,
     ) -> Result<Result<serde_json::Value, String>, RuntimeError> {
-        let guest = self.bindings.foldhost_plugin_projection();
+        let guest = self.bindings.world.foldhost_plugin_projection();
         let args = args.to_string();
         let answer = guarded(
             &mut self.store,
