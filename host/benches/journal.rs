@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use foldhost::journal::{ContentType, ExpectedVersion, Journal, JournalConfig, NewEvent};
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use uuid::Uuid;
 
 /// The size of a journal record holding one `event()` (format byte, stream name, version, id,
@@ -122,15 +122,30 @@ fn main() {
     }
 
     println!();
-    let (events, scan, replay) = scans(
+    let scan = scans(
         &runtime,
         &dir.path().join("scan.redb"),
         (200_000.0 * scale) as u64,
     );
-    println!("(c) reads of {events} events in 100 interleaved streams, pages of 1000");
-    println!("{:>22} {:>12}", "", "events/s");
-    println!("{:>22} {:>12.0}", "global log scan", scan);
-    println!("{:>22} {:>12.0}", "per-stream replay", replay);
+    println!(
+        "(c) reads of {} events in 100 interleaved streams, pages of 1000; raw redb iterates the",
+        scan.events
+    );
+    println!(
+        "    same file's log table in pages of 1000 without decoding (best of {PASSES} passes each)"
+    );
+    println!(
+        "{:>22} {:>12} {:>12} {:>6}",
+        "", "events/s", "raw redb/s", "ratio"
+    );
+    println!(
+        "{:>22} {:>12.0} {:>12.0} {:>6.2}",
+        "global log scan",
+        scan.log,
+        scan.raw,
+        scan.log / scan.raw
+    );
+    println!("{:>22} {:>12.0}", "per-stream replay", scan.replay);
 }
 
 /// A raw redb file appending records under increasing keys.
@@ -301,9 +316,40 @@ async fn append_for(
     }
 }
 
+/// Timed passes over the scan data set, per reader; the best counts (other processes share
+/// the cores).
+const PASSES: usize = 3;
+/// The journal's global log table (see `journal/redb/store.rs`), for the raw scan.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// What `scans` measured, in events/s.
+struct Scans {
+    events: u64,
+    /// Paged `read_all` of the global log.
+    log: f64,
+    /// Raw redb paging through the same log table, reading each record's length.
+    raw: f64,
+    /// Paged `read_stream` of every stream.
+    replay: f64,
+}
+
+/// The best of `PASSES` runs of `pass`, which returns how many events it read.
+fn best(mut pass: impl FnMut() -> u64) -> (u64, f64) {
+    let mut best = (0, 0.0);
+    for _ in 0..PASSES {
+        let started = Instant::now();
+        let read = pass();
+        let rate = read as f64 / started.elapsed().as_secs_f64();
+        if rate > best.1 {
+            best = (read, rate);
+        }
+    }
+    best
+}
+
 /// Fills a journal with about `events` events in 100 interleaved streams, then times a paged
-/// scan of the global log and a paged replay of every stream: (events, scan/s, replay/s).
-fn scans(runtime: &tokio::runtime::Runtime, path: &Path, events: u64) -> (u64, f64, f64) {
+/// scan of the global log, a paged replay of every stream, and raw redb scanning the same file.
+fn scans(runtime: &tokio::runtime::Runtime, path: &Path, events: u64) -> Scans {
     const STREAMS: usize = 100;
     const PER_APPEND: usize = 100;
     const PAGE: usize = 1000;
@@ -328,33 +374,61 @@ fn scans(runtime: &tokio::runtime::Runtime, path: &Path, events: u64) -> (u64, f
             task.await.unwrap();
         }
     });
+    let head = journal.head_position();
 
-    let started = Instant::now();
-    let mut scanned = 0;
-    loop {
-        let page = journal.read_all(scanned + 1, PAGE).unwrap();
-        if page.is_empty() {
-            break;
-        }
-        scanned += page.len() as u64;
-    }
-    let scan = scanned as f64 / started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let mut replayed = 0;
-    for stream in journal.streams_with_prefix("bench-").unwrap() {
-        let mut version = 0;
+    let (scanned, log) = best(|| {
+        let mut scanned = 0;
         loop {
-            let page = journal.read_stream(&stream, version + 1, PAGE).unwrap();
-            let Some(last) = page.last() else { break };
-            version = last.version;
-            replayed += page.len() as u64;
+            let page = journal.read_all(scanned + 1, PAGE).unwrap();
+            if page.is_empty() {
+                break scanned;
+            }
+            scanned += page.len() as u64;
         }
+    });
+    let (replayed, replay) = best(|| {
+        let mut replayed = 0;
+        for stream in journal.streams_with_prefix("bench-").unwrap() {
+            let mut version = 0;
+            loop {
+                let page = journal.read_stream(&stream, version + 1, PAGE).unwrap();
+                let Some(last) = page.last() else { break };
+                version = last.version;
+                replayed += page.len() as u64;
+            }
+        }
+        replayed
+    });
+    assert_eq!((scanned, replayed), (head, head));
+    drop(journal);
+
+    // The same cache size as the journal's, so both read the file the same way.
+    let db = Database::builder()
+        .set_cache_size(JournalConfig::default().cache_bytes)
+        .open(path)
+        .expect("open the journal's file");
+    let (raw_scanned, raw) = best(|| {
+        let (mut scanned, mut bytes) = (0, 0);
+        loop {
+            let txn = db.begin_read().unwrap();
+            let log = txn.open_table(LOG).unwrap();
+            let before = scanned;
+            for entry in log.range(scanned + 1..).unwrap().take(PAGE) {
+                bytes += entry.unwrap().1.value().len();
+                scanned += 1;
+            }
+            if scanned == before {
+                break;
+            }
+        }
+        std::hint::black_box(bytes);
+        scanned
+    });
+    assert_eq!(raw_scanned, head);
+    Scans {
+        events: head,
+        log,
+        raw,
+        replay,
     }
-    let replay = replayed as f64 / started.elapsed().as_secs_f64();
-    assert_eq!(
-        (scanned, replayed),
-        (journal.head_position(), journal.head_position())
-    );
-    (scanned, scan, replay)
 }
