@@ -74,6 +74,8 @@ async fn bench() {
         plugin_limits: Default::default(),
         aggregate_cache_bytes: foldhost::runtime::DEFAULT_CACHE_BYTES,
         journal_cache_bytes: foldhost::journal::DEFAULT_CACHE_BYTES,
+        compiler: None,
+        passivate_after: Some(foldhost::runtime::DEFAULT_PASSIVATE_AFTER),
     })
     .await
     .unwrap();

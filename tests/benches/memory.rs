@@ -5,6 +5,7 @@
 //!   after a restart (which loads them compiled);
 //! - after 80,000 Deposit commands over 1,000 accounts (64 concurrent clients), bank-analytics
 //!   live and caught up;
+//! - the same host once idle past its `--passivate-after`, its 1,000 live states dropped;
 //! - a second server with `--aggregate-cache 32MiB` and bank-account alone, after opening
 //!   100,000 distinct accounts: its peak must stay under idle + budget.
 //!
@@ -27,6 +28,8 @@ const TOUCHED: usize = 100_000;
 const CLIENTS: usize = 64;
 const CACHE_BUDGET: &str = "32MiB";
 const CACHE_BUDGET_MIB: f64 = 32.0;
+/// Long enough that no account goes idle during the load (each is used every ~0.2 s).
+const PASSIVATE_AFTER: &str = "10s";
 /// thalo's RSS on this kind of machine, idle and after ~80k commands (peers.md).
 const THALO_IDLE_MIB: f64 = 26.0;
 const THALO_LOADED_MIB: f64 = 78.0;
@@ -58,8 +61,13 @@ fn main() {
         first.memory()
     });
     drop(first);
-    let loaded = Server::start(dir.path(), "loaded", &banking, &[]);
-    let (restarted, after_load) = runtime.block_on(async {
+    let loaded = Server::start(
+        dir.path(),
+        "loaded",
+        &banking,
+        &["--passivate-after", PASSIVATE_AFTER],
+    );
+    let (restarted, after_load, passivated) = runtime.block_on(async {
         loaded.warm_up().await;
         let restarted = loaded.memory();
         let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("a{i}")).collect();
@@ -69,8 +77,13 @@ fn main() {
         loaded.run(deposits, DEPOSIT).await;
         let rate = DEPOSITS as f64 / started.elapsed().as_secs_f64();
         loaded.wait_projection_caught_up().await;
-        (restarted, (loaded.memory(), rate))
+        let after_load = loaded.memory();
+        let early = loaded.metric("foldhost_aggregates_passivated_total").await;
+        loaded.wait_all_passivated().await;
+        let passivated = loaded.metric("foldhost_aggregates_passivated_total").await - early;
+        (restarted, (after_load, rate), (loaded.memory(), passivated))
     });
+    let (passivated, passivated_states) = passivated;
     let (after_load, rate) = after_load;
     drop(loaded);
 
@@ -112,6 +125,14 @@ fn main() {
         ),
         after_load,
         Some(THALO_LOADED_MIB),
+        idle.rss,
+    );
+    row(
+        &format!(
+            "the same host idle past --passivate-after {PASSIVATE_AFTER} ({passivated_states} states passivated)"
+        ),
+        passivated,
+        None,
         idle.rss,
     );
     row(
@@ -277,6 +298,16 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Polls until no aggregate state is cached any more, then lets the host settle.
+    async fn wait_all_passivated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.metric("foldhost_aggregate_cache_streams").await > 0.0 {
+            assert!(Instant::now() < deadline, "states are not passivated");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     /// One gauge from `GET /metrics`.

@@ -805,6 +805,57 @@ async fn shutdown_checkpoints_projections_so_a_restart_replays_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_states_are_passivated_and_answer_from_their_whole_history() {
+    let host = Host::with(RuntimeConfig {
+        aggregates: AggregateConfig {
+            snapshot_every: 10,
+            passivate_after: Some(Duration::from_millis(300)),
+            ..AggregateConfig::default()
+        },
+        ..config()
+    });
+    host.load("bank-account").await;
+    for id in ["alice", "bob"] {
+        host.command("bank-account", id, "Open", json!({"owner": id}))
+            .await
+            .unwrap();
+        // Past two snapshots, with a tail after the last one.
+        for _ in 0..25 {
+            host.command("bank-account", id, "Deposit", json!({"amount": 2}))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(host.runtime.command_stats().cached_streams, 2);
+    assert!(host.runtime.command_stats().cached_bytes > 0);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = host.runtime.command_stats();
+        if stats.cached_streams == 0 && stats.cached_bytes == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle states were never passivated: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let state = host
+        .command("bank-account", "alice", "Deposit", json!({"amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 51);
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "bob", None)
+        .await
+        .unwrap();
+    assert_eq!((version, balance(&state)), (26, 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aggregate_cache_keeps_to_its_byte_budget_and_evicted_states_come_back() {
     const BUDGET: usize = 4 << 20;
     const ACCOUNTS: u64 = 150;

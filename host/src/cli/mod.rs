@@ -62,6 +62,13 @@ enum Action {
     Export(offline::ExportArgs),
     /// Offline: append the events of an NDJSON export to a data directory's journal.
     Import(offline::ImportArgs),
+    /// Internal, run by `serve`: compile the component on stdin, write the result to stdout.
+    #[command(name = crate::runtime::COMPILE_COMMAND, hide = true)]
+    CompileComponent {
+        /// For an engine that meters fuel.
+        #[arg(long)]
+        fuel: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +111,11 @@ struct ServeArgs {
     /// Ignored with --journal postgres://….
     #[arg(long, env = "FOLDHOST_JOURNAL_CACHE", value_name = "SIZE", value_parser = parse_size, default_value = "4MiB")]
     journal_cache: usize,
+    /// Live aggregate states unused for this long are dropped, freeing their memory, and
+    /// rehydrate from their snapshot on their next command (Akka's passivation), e.g. 30s;
+    /// 0 or off keeps them until the cache's bounds evict them.
+    #[arg(long, env = "FOLDHOST_PASSIVATE_AFTER", value_name = "DURATION", value_parser = parse_passivation, default_value = "2m")]
+    passivate_after: Passivation,
     #[command(flatten)]
     limits: limits::ClientLimitArgs,
     #[command(flatten)]
@@ -158,6 +170,27 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::Replay(args) => offline::replay(args).await,
         Action::Export(args) => offline::export(args).await,
         Action::Import(args) => offline::import(args).await,
+        Action::CompileComponent { fuel } => crate::runtime::compile_child(fuel),
+    }
+}
+
+/// `--passivate-after`: a timeout, or none.
+#[derive(Debug, Clone, Copy)]
+struct Passivation(Option<std::time::Duration>);
+
+fn parse_passivation(text: &str) -> Result<Passivation, String> {
+    match text {
+        "0" | "off" => Ok(Passivation(None)),
+        _ => crate::runtime::parse_duration(text).map(|timeout| Passivation(Some(timeout))),
+    }
+}
+
+/// This process's binary, even if its file was replaced or deleted since it started.
+fn this_binary() -> Option<PathBuf> {
+    if cfg!(target_os = "linux") {
+        Some("/proc/self/exe".into())
+    } else {
+        std::env::current_exe().ok()
     }
 }
 
@@ -180,6 +213,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plugin_limits: args.plugin_limits.policy(),
         aggregate_cache_bytes: args.aggregate_cache,
         journal_cache_bytes: args.journal_cache,
+        passivate_after: args.passivate_after.0,
+        // Plugins compile in a child: the serving process never holds the compiler's memory.
+        compiler: this_binary(),
     })
     .await?;
     // Not println!: a closed stdout (`foldhost serve | head -1`, a supervisor that read the

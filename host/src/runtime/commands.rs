@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -38,6 +38,9 @@ pub struct AggregateConfig {
     pub max_conflict_retries: u32,
     /// Most commands of one stream decided and appended together in one round.
     pub max_pipeline: usize,
+    /// Live states unused for this long are dropped (passivated), freeing their store; the
+    /// next command rehydrates them from their snapshot. None: kept until evicted.
+    pub passivate_after: Option<Duration>,
 }
 
 impl Default for AggregateConfig {
@@ -48,9 +51,13 @@ impl Default for AggregateConfig {
             cache_bytes: DEFAULT_CACHE_BYTES,
             max_conflict_retries: 8,
             max_pipeline: 256,
+            passivate_after: Some(DEFAULT_PASSIVATE_AFTER),
         }
     }
 }
+
+/// The default of [`AggregateConfig::passivate_after`]: Akka Cluster Sharding's.
+pub const DEFAULT_PASSIVATE_AFTER: Duration = Duration::from_secs(120);
 
 /// The default of [`AggregateConfig::cache_bytes`].
 pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
@@ -244,12 +251,22 @@ pub struct Aggregates {
     /// Keyed by stream alone, so that commands to a stream keep queueing in
     /// arrival order while a new plugin version takes over; a state folded by
     /// another version is dropped, never reused (see `take_state`).
-    cache: AggregateCache,
+    cache: Arc<AggregateCache>,
 }
 
 impl Aggregates {
+    /// Passivates idle states in the background, if configured and inside a tokio runtime.
     pub fn new(journal: Journal, config: AggregateConfig) -> Self {
-        let cache = AggregateCache::new(config.cache_capacity, config.cache_bytes);
+        let cache = Arc::new(AggregateCache::new(
+            config.cache_capacity,
+            config.cache_bytes,
+        ));
+        if let (Some(timeout), Ok(runtime)) = (
+            config.passivate_after,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(passivate_idle(Arc::downgrade(&cache), timeout));
+        }
         Self {
             journal,
             config,
@@ -390,6 +407,26 @@ impl Aggregates {
 
     pub(super) fn slot(&self, stream: &str) -> Slot {
         self.cache.slot(stream)
+    }
+}
+
+/// Passivates the states idle for `timeout`, checking a few times per timeout, for as long
+/// as the cache lives.
+async fn passivate_idle(cache: std::sync::Weak<AggregateCache>, timeout: Duration) {
+    let mut ticks = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        // Dropping stores unmaps their memories: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            if cache.passivate(timeout) > 0 {
+                crate::allocator::release_free_memory();
+            }
+        })
+        .await;
     }
 }
 

@@ -1,8 +1,10 @@
-//! The one wasmtime [`Engine`] shared by every plugin, its epoch clock and the
-//! on-disk cache of compiled components.
+//! The one wasmtime [`Engine`] shared by every plugin, its epoch clock, the
+//! on-disk cache of compiled components and the child process that may compile them.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -28,6 +30,8 @@ pub struct PluginEngine {
     engine: Engine,
     limits: LimitPolicy,
     cache_dir: Option<PathBuf>,
+    /// The `foldhost` binary that compiles components in a child process, if any.
+    compiler: Option<PathBuf>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -41,14 +45,7 @@ impl PluginEngine {
     /// Builds the engine for plugins confined by `limits`. Compiled components
     /// are cached in `cache_dir` when given.
     pub fn with_policy(limits: LimitPolicy, cache_dir: Option<PathBuf>) -> Result<Self> {
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            // Metering costs every plugin 15-50 %, so only when a budget asks for it.
-            .consume_fuel(limits.meters_fuel())
-            .max_wasm_stack(MAX_WASM_STACK)
-            .concurrency_support(false);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&config(limits.meters_fuel()))?;
         if let Some(dir) = &cache_dir {
             durable::create_dir_all(dir)
                 .with_context(|| format!("creating component cache {}", dir.display()))?;
@@ -58,8 +55,18 @@ impl PluginEngine {
             engine,
             limits,
             cache_dir,
+            compiler: None,
             _ticker: ticker,
         })
+    }
+
+    /// Compiles components with `foldhost compile-component` run from `binary` (see
+    /// [`compile_child`]) rather than in this process, which then keeps none of the
+    /// compiler's code pages, threads or working memory: a first start costs no more resident
+    /// memory than a restart from the cache. Only with a cache directory.
+    pub fn compile_in_child(mut self, binary: PathBuf) -> Self {
+        self.compiler = Some(binary);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -88,10 +95,44 @@ impl PluginEngine {
         if let Some(component) = self.load_cached(&key, &artifact) {
             return Ok((component, hash));
         }
-        let component = Component::from_binary(&self.engine, bytes)?;
-        durable::write_atomically(&artifact, &seal(&key, &component.serialize()?))
+        let compiled = match &self.compiler {
+            Some(binary) => self.compile_in(binary, bytes)?,
+            None => self.engine.precompile_component(bytes)?,
+        };
+        durable::write_atomically(&artifact, &seal(&key, &compiled))
             .with_context(|| format!("caching compiled component at {}", artifact.display()))?;
+        // SAFETY: `compiled` is what `precompile_component` produced for this engine's
+        // configuration, here or in a child running this same binary; wasmtime re-checks the
+        // header.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled) }?;
         Ok((component, hash))
+    }
+
+    /// Runs `binary compile-component` on `bytes` and returns the compiled component.
+    fn compile_in(&self, binary: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut command = Command::new(binary);
+        command.arg(COMPILE_COMMAND);
+        if self.meters_fuel() {
+            command.arg("--fuel");
+        }
+        let mut child = command
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the compiler {}", binary.display()))?;
+        // A child that failed early closed its stdin: its stderr says why.
+        let _ = child.stdin.take().expect("piped").write_all(bytes);
+        let output = child
+            .wait_with_output()
+            .context("waiting for the compiler")?;
+        if !output.status.success() {
+            let message = String::from_utf8_lossy(&output.stderr);
+            let message = message.trim().trim_start_matches("error: ");
+            anyhow::bail!("{message} (compiler {})", output.status);
+        }
+        Ok(output.stdout)
     }
 
     /// The component cached under `key` at `artifact`, unless it is missing, torn or foreign.
@@ -127,6 +168,35 @@ impl PluginEngine {
             .hash(&mut hasher);
         hasher.finish()
     }
+}
+
+/// The hidden subcommand of `foldhost` that runs [`compile_child`].
+pub const COMPILE_COMMAND: &str = "compile-component";
+
+/// The child side of [`PluginEngine::compile_in_child`]: compiles the component on stdin for
+/// an engine that meters fuel or not, and writes the compiled component to stdout.
+pub fn compile_child(meters_fuel: bool) -> Result<()> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading the component")?;
+    let compiled = Engine::new(&config(meters_fuel))?.precompile_component(&bytes)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&compiled)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The engine configuration; a compiled component loads only into an engine configured alike.
+fn config(meters_fuel: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Metering costs every plugin 15-50 %, so only when a budget asks for it.
+        .consume_fuel(meters_fuel)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .concurrency_support(false);
+    config
 }
 
 /// A cached artifact is a checksum followed by the serialized component. The checksum is the

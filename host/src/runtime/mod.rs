@@ -25,10 +25,10 @@ mod upcast;
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
 pub use commands::{
     AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, DEFAULT_CACHE_BYTES,
-    stream_name,
+    DEFAULT_PASSIVATE_AFTER, stream_name,
 };
 pub use diff::{DiffReport, StateDiff, diff_versions};
-pub use engine::PluginEngine;
+pub use engine::{COMPILE_COMMAND, PluginEngine, compile_child};
 pub use error::RuntimeError;
 pub use limits::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size};
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};

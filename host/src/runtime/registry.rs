@@ -32,6 +32,9 @@ pub struct RuntimeConfig {
     pub failure_policy: FailurePolicy,
     /// Where compiled components are cached (none: compile every load).
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The `foldhost` binary that compiles plugins in a child process (see
+    /// [`PluginEngine::compile_in_child`]); none: in this process.
+    pub compiler: Option<std::path::PathBuf>,
 }
 
 /// A loaded plugin as `GET /plugins` shows it.
@@ -133,7 +136,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(journal: Journal, config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
-        let engine = PluginEngine::with_policy(config.limits, config.cache_dir)?;
+        let mut engine = PluginEngine::with_policy(config.limits, config.cache_dir)?;
+        if let Some(binary) = config.compiler {
+            engine = engine.compile_in_child(binary);
+        }
         Ok(Arc::new(Self {
             aggregates: Aggregates::new(journal.clone(), config.aggregates),
             engine,

@@ -307,6 +307,13 @@ pub struct ServerConfig {
     /// Most bytes of the redb journal's pages held in memory (see
     /// [`JournalConfig::cache_bytes`]).
     pub journal_cache_bytes: usize,
+    /// The `foldhost` binary that compiles plugins in a child process, so that the server
+    /// keeps none of the compiler's memory (see [`PluginEngine::compile_in_child`]); none: in
+    /// this process.
+    pub compiler: Option<PathBuf>,
+    /// How long a live aggregate state may go unused before it is dropped (see
+    /// [`AggregateConfig::passivate_after`]).
+    pub passivate_after: Option<Duration>,
 }
 
 /// Bounds on what clients (authenticated or not) may make the server hold.
@@ -381,10 +388,12 @@ impl Server {
             journal,
             RuntimeConfig {
                 cache_dir: Some(data.join(COMPILE_CACHE)),
+                compiler: config.compiler,
                 failure_policy: config.failure_policy,
                 limits: config.plugin_limits,
                 aggregates: AggregateConfig {
                     cache_bytes: config.aggregate_cache_bytes,
+                    passivate_after: config.passivate_after,
                     ..AggregateConfig::default()
                 },
                 ..RuntimeConfig::default()
