@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use serve::{BIN, Dirs, PATIENCE, Server, json};
+use serve::{BIN, Dirs, Server, json};
 
 const TOKEN: &str = "languages-admin-token";
 /// Compiling an 18 MB Python component takes seconds, more on a busy machine.
@@ -485,7 +485,7 @@ async fn wait_for_cutover(http: &Client, server: &Server, name: &str, hash: &str
 
 /// Polls until `bank-analytics` is live at the journal's head; returns its state.
 async fn wait_live_at_head(http: &Client, server: &Server) -> Value {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + COMPILE_PATIENCE;
     loop {
         let (_, health) = get(http, server, "/health").await;
         let (_, projection) = get(http, server, "/projections/bank-analytics").await;

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use wasmtime::Store;
 
-use super::bindings::{AggregateExports, PluginData, encode_batch, encode_packed_batch, types};
+use super::bindings::{AggregateExports, PluginData, types};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
@@ -297,18 +297,9 @@ impl AggregateInstance {
             )
         };
         let bindings = &self.bindings;
-        let applied = guarded(
-            &mut self.store,
-            self.plugin.engine(),
-            context,
-            |s| match &bindings.packed {
-                Some(packed) => packed.call_apply(s, &encode_packed_batch(events)),
-                None => {
-                    let guest = bindings.world.foldhost_plugin_aggregate();
-                    guest.call_apply(s, &encode_batch(events))
-                }
-            },
-        )?;
+        let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+            bindings.call_apply(s, events)
+        })?;
         applied.map_err(|message| RuntimeError::PluginFailed {
             plugin: self.plugin.name().to_owned(),
             context: context(),

@@ -76,6 +76,28 @@ pub type AggregateExports = Exports<aggregate::AggregatePlugin, packed::aggregat
 /// A projection instance's exports.
 pub type ProjectionExports = Exports<projection::ProjectionPlugin, packed::projection::Guest>;
 
+/// `apply` for an instance's exports: the packed fold when it has one, else
+/// its world's `apply` over a span batch.
+macro_rules! apply_through_exports {
+    ($exports:ty, $world_guest:ident) => {
+        impl $exports {
+            /// Folds `events` into the instance's state.
+            pub fn call_apply<'a>(
+                &self,
+                store: &mut wasmtime::Store<PluginData>,
+                events: impl IntoIterator<Item = &'a RecordedEvent>,
+            ) -> wasmtime::Result<Result<(), String>> {
+                match &self.packed {
+                    Some(packed) => packed.call_apply(store, &encode_packed_batch(events)),
+                    None => (self.world.$world_guest()).call_apply(store, &encode_batch(events)),
+                }
+            }
+        }
+    };
+}
+apply_through_exports!(AggregateExports, foldhost_plugin_aggregate);
+apply_through_exports!(ProjectionExports, foldhost_plugin_projection);
+
 /// The data held by each plugin's wasmtime `Store`.
 pub struct PluginData {
     /// Plugin name, for log lines.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use foldhost_plugin_build::{World, componentize, contract};
 use serde::Serialize;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 
 use super::bindings::aggregate::{AggregatePlugin, AggregatePluginIndices};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginIndices};
@@ -97,6 +97,54 @@ struct Linked<W, P> {
     world: W,
     packed: Option<P>,
 }
+
+impl<W: ExportIndices, P: ExportIndices> Linked<W, P> {
+    /// Instantiates the component in `store` and loads its exports.
+    fn instantiate(
+        &self,
+        store: &mut Store<PluginData>,
+    ) -> wasmtime::Result<Exports<W::Exports, P::Exports>> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        Ok(Exports {
+            world: self.world.load(store, &instance)?,
+            packed: (self.packed.as_ref())
+                .map(|packed| packed.load(store, &instance))
+                .transpose()?,
+        })
+    }
+}
+
+/// Where a set of exports sits in a component, as bindgen's `*Indices` types
+/// know it.
+trait ExportIndices {
+    type Exports;
+    fn load(
+        &self,
+        store: &mut Store<PluginData>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self::Exports>;
+}
+
+macro_rules! export_indices {
+    ($($indices:ty => $exports:ty),* $(,)?) => {$(
+        impl ExportIndices for $indices {
+            type Exports = $exports;
+            fn load(
+                &self,
+                store: &mut Store<PluginData>,
+                instance: &Instance,
+            ) -> wasmtime::Result<$exports> {
+                <$indices>::load(self, store, instance)
+            }
+        }
+    )*};
+}
+export_indices!(
+    AggregatePluginIndices => AggregatePlugin,
+    ProjectionPluginIndices => ProjectionPlugin,
+    packed::aggregate::GuestIndices => packed::aggregate::Guest,
+    packed::projection::GuestIndices => packed::projection::Guest,
+);
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,20 +297,9 @@ impl Plugin {
         &self,
     ) -> Result<(Store<PluginData>, AggregateExports), RuntimeError> {
         let Pre::Aggregate(linked) = &self.pre else {
-            return Err(RuntimeError::WrongKind {
-                plugin: self.name().to_owned(),
-                expected: "aggregate",
-            });
+            return Err(self.wrong_kind("aggregate"));
         };
-        self.instantiate_in_new_store(|s| {
-            let instance = linked.pre.instantiate(&mut *s)?;
-            Ok(Exports {
-                world: linked.world.load(&mut *s, &instance)?,
-                packed: (linked.packed.as_ref())
-                    .map(|packed| packed.load(&mut *s, &instance))
-                    .transpose()?,
-            })
-        })
+        self.instantiate_in_new_store(|s| linked.instantiate(s))
     }
 
     /// A new, isolated projection instance (fresh store).
@@ -270,20 +307,16 @@ impl Plugin {
         &self,
     ) -> Result<(Store<PluginData>, ProjectionExports), RuntimeError> {
         let Pre::Projection(linked) = &self.pre else {
-            return Err(RuntimeError::WrongKind {
-                plugin: self.name().to_owned(),
-                expected: "projection",
-            });
+            return Err(self.wrong_kind("projection"));
         };
-        self.instantiate_in_new_store(|s| {
-            let instance = linked.pre.instantiate(&mut *s)?;
-            Ok(Exports {
-                world: linked.world.load(&mut *s, &instance)?,
-                packed: (linked.packed.as_ref())
-                    .map(|packed| packed.load(&mut *s, &instance))
-                    .transpose()?,
-            })
-        })
+        self.instantiate_in_new_store(|s| linked.instantiate(s))
+    }
+
+    fn wrong_kind(&self, expected: &'static str) -> RuntimeError {
+        RuntimeError::WrongKind {
+            plugin: self.name().to_owned(),
+            expected,
+        }
     }
 
     /// Whether its instances fold packed batches (contract 0.1.2).
@@ -300,10 +333,7 @@ impl Plugin {
         &self,
     ) -> Result<(Store<PluginData>, UpcasterPlugin), RuntimeError> {
         let Pre::Upcaster(pre) = &self.pre else {
-            return Err(RuntimeError::WrongKind {
-                plugin: self.name().to_owned(),
-                expected: "upcaster",
-            });
+            return Err(self.wrong_kind("upcaster"));
         };
         self.instantiate_in_new_store(|s| pre.instantiate(s))
     }

@@ -307,31 +307,29 @@ fn a_packed_header_pointing_outside_the_buffer_names_the_event() {
             ("counter-1", "Added", JSON, br#"{"by":3}"#),
         ]))
     };
-    let field = |at: usize| PACKED_HEADER_LEN + at..PACKED_HEADER_LEN + at + 4;
-
-    let mut data_outside = events();
-    data_outside.headers[field(44)].copy_from_slice(&1000u32.to_le_bytes());
-    let err = apply(data_outside);
-    assert!(
-        err.contains("event at position 2: data span 36+1000 lies outside the 44-byte buffer"),
-        "{err}"
-    );
-
-    let mut type_outside = events();
-    type_outside.headers[field(32)].copy_from_slice(&u32::MAX.to_le_bytes());
-    let err = apply(type_outside);
-    assert!(
-        err.contains("event at position 2: event type span 4294967295+5 lies outside"),
-        "{err}"
-    );
-
-    let mut bad_content_type = events();
-    bad_content_type.headers[field(56)].copy_from_slice(&7u32.to_le_bytes());
-    let err = apply(bad_content_type);
-    assert!(
-        err.contains("event at position 2: content type 7 is neither"),
-        "{err}"
-    );
+    // The second event's header with one u32 field (at a byte offset) overwritten.
+    let with_field = |at: usize, value: u32| {
+        let mut batch = events();
+        let field = PACKED_HEADER_LEN + at..PACKED_HEADER_LEN + at + 4;
+        batch.headers[field].copy_from_slice(&value.to_le_bytes());
+        batch
+    };
+    for (at, value, expected) in [
+        (
+            44,
+            1000,
+            "event at position 2: data span 36+1000 lies outside the 44-byte buffer",
+        ),
+        (
+            32,
+            u32::MAX,
+            "event at position 2: event type span 4294967295+5 lies outside",
+        ),
+        (56, 7, "event at position 2: content type 7 is neither"),
+    ] {
+        let err = apply(with_field(at, value));
+        assert!(err.contains(expected), "{err}");
+    }
 
     let mut torn = events();
     torn.headers.pop();

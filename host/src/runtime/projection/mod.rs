@@ -17,7 +17,7 @@ use serde::Serialize;
 use wasmtime::Store;
 
 use super::aggregate::REPLAY_LIMIT;
-use super::bindings::{PluginData, ProjectionExports, encode_batch, encode_packed_batch};
+use super::bindings::{PluginData, ProjectionExports};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
@@ -158,19 +158,9 @@ impl ProjectionInstance {
             let (from, to) = (first.position, end.position);
             let context = || format!("applying events at positions {from}..={to}");
             let bindings = &self.bindings;
-            let applied =
-                guarded(
-                    &mut self.store,
-                    self.plugin.engine(),
-                    context,
-                    |s| match &bindings.packed {
-                        Some(packed) => packed.call_apply(s, &encode_packed_batch(wanted)),
-                        None => {
-                            let guest = bindings.world.foldhost_plugin_projection();
-                            guest.call_apply(s, &encode_batch(wanted))
-                        }
-                    },
-                )?;
+            let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+                bindings.call_apply(s, wanted)
+            })?;
             applied.map_err(|message| RuntimeError::PluginFailed {
                 plugin: self.plugin.name().to_owned(),
                 context: context(),
