@@ -16,90 +16,199 @@ use crate::projection::EventMeta;
 /// Bytes per event in a packed batch's `headers`.
 pub(crate) const PACKED_HEADER_LEN: usize = 60;
 
-/// One event of a batch with its type and payload resolved.
+/// One event of a batch, read lazily: a field is looked up (and a span checked
+/// against the buffer) only when asked for, so a fold touches just what it uses.
+#[derive(Clone, Copy)]
 pub(crate) struct RawEvent<'a> {
-    event: Event,
+    header: Header<'a>,
     buffer: &'a [u8],
-    pub(crate) event_type: &'a str,
-    data: &'a [u8],
+}
+
+/// Where an event's fixed-size fields are: a `batch` record, or a packed
+/// record read in place.
+#[derive(Clone, Copy)]
+enum Header<'a> {
+    Record(&'a Event),
+    Packed(&'a [u8; PACKED_HEADER_LEN]),
+}
+
+/// A span field of the header.
+#[derive(Clone, Copy)]
+enum Field {
+    Stream,
+    EventType,
+    Data,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Stream => "stream",
+            Field::EventType => "event type",
+            Field::Data => "data",
+        }
+    }
+}
+
+impl<'a> Header<'a> {
+    #[inline]
+    fn u64_at(record: &[u8; PACKED_HEADER_LEN], at: usize) -> u64 {
+        u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    #[inline]
+    fn u32_at(record: &[u8; PACKED_HEADER_LEN], at: usize) -> u32 {
+        u32::from_le_bytes(record[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    #[inline]
+    fn position(self) -> u64 {
+        match self {
+            Header::Record(event) => event.position,
+            Header::Packed(record) => Self::u64_at(record, 0),
+        }
+    }
+
+    #[inline]
+    fn version(self) -> u64 {
+        match self {
+            Header::Record(event) => event.version,
+            Header::Packed(record) => Self::u64_at(record, 8),
+        }
+    }
+
+    #[inline]
+    fn recorded_at(self) -> u64 {
+        match self {
+            Header::Record(event) => event.recorded_at,
+            Header::Packed(record) => Self::u64_at(record, 16),
+        }
+    }
+
+    #[inline]
+    fn span(self, field: Field) -> Span {
+        match self {
+            Header::Record(event) => match field {
+                Field::Stream => event.stream,
+                Field::EventType => event.event_type,
+                Field::Data => event.data,
+            },
+            Header::Packed(record) => {
+                let at = match field {
+                    Field::Stream => 24,
+                    Field::EventType => 32,
+                    Field::Data => 40,
+                };
+                Span {
+                    offset: Self::u32_at(record, at),
+                    len: Self::u32_at(record, at + 4),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn content_type(self) -> Result<ContentType, String> {
+        match self {
+            Header::Record(event) => Ok(event.content_type),
+            Header::Packed(record) => match Self::u32_at(record, 56) {
+                0 => Ok(ContentType::Json),
+                1 => Ok(ContentType::Binary),
+                other => Err(format!(
+                    "event at position {}: content type {other} is neither 0 (json) nor \
+                     1 (binary)",
+                    self.position()
+                )),
+            },
+        }
+    }
 }
 
 impl<'a> RawEvent<'a> {
-    /// Resolves `event`'s type and payload spans in `buffer`.
-    fn read(event: Event, buffer: &'a [u8]) -> Result<Self, String> {
-        Ok(Self {
-            event,
-            buffer,
-            event_type: text(&event, buffer, "event type", event.event_type)?,
-            data: bytes(&event, buffer, "data", event.data)?,
-        })
+    /// The bytes of `field`'s span in the buffer.
+    #[inline]
+    fn bytes(self, field: Field) -> Result<&'a [u8], String> {
+        let span = self.header.span(field);
+        let start = span.offset as usize;
+        match self
+            .buffer
+            .get(start..start.saturating_add(span.len as usize))
+        {
+            Some(bytes) => Ok(bytes),
+            None => Err(self.outside(field, span)),
+        }
     }
 
-    /// Where the event sits: resolves its stream span.
-    pub(crate) fn meta(&self) -> Result<EventMeta<'a>, String> {
-        Ok(EventMeta {
-            stream: text(&self.event, self.buffer, "stream", self.event.stream)?,
-            version: self.event.version,
-            position: self.event.position,
-            recorded_at: self.event.recorded_at,
-        })
-    }
-
-    /// Decodes the payload into the plugin's event enum.
-    pub(crate) fn decode<E: DeserializeOwned>(&self) -> Result<E, String> {
-        let decoded = match self.event.content_type {
-            ContentType::Json => codec::decode_json(self.event_type, self.data),
-            ContentType::Binary => codec::decode_postcard(self.event_type, self.data),
-        };
-        decoded.map_err(|e| {
+    /// The UTF-8 text of `field`'s span in the buffer.
+    #[inline]
+    fn text(self, field: Field) -> Result<&'a str, String> {
+        std::str::from_utf8(self.bytes(field)?).map_err(|_| {
+            let position = self.header.position();
             format!(
-                "cannot apply event at position {} of type `{}`: {e}",
-                self.event.position, self.event_type
+                "event at position {position}: {} is not UTF-8",
+                field.name()
             )
         })
     }
-}
 
-/// The bytes of `span` in `buffer`; `field` names it in the error.
-#[inline]
-fn bytes<'a>(event: &Event, buffer: &'a [u8], field: &str, span: Span) -> Result<&'a [u8], String> {
-    let start = span.offset as usize;
-    match buffer.get(start..start.saturating_add(span.len as usize)) {
-        Some(bytes) => Ok(bytes),
-        None => Err(outside(event, buffer, field, span)),
+    #[cold]
+    fn outside(self, field: Field, span: Span) -> String {
+        format!(
+            "event at position {}: {} span {}+{} lies outside the {}-byte buffer",
+            self.header.position(),
+            field.name(),
+            span.offset,
+            span.len,
+            self.buffer.len()
+        )
+    }
+
+    /// The event's type.
+    #[inline]
+    pub(crate) fn event_type(self) -> Result<&'a str, String> {
+        self.text(Field::EventType)
+    }
+
+    /// Where the event sits: resolves its stream span.
+    #[inline]
+    pub(crate) fn meta(self) -> Result<EventMeta<'a>, String> {
+        Ok(EventMeta {
+            stream: self.text(Field::Stream)?,
+            version: self.header.version(),
+            position: self.header.position(),
+            recorded_at: self.header.recorded_at(),
+        })
+    }
+
+    /// Decodes the payload into the plugin's event enum; `event_type` is
+    /// [`event_type`](Self::event_type)'s answer.
+    #[inline]
+    pub(crate) fn decode<E: DeserializeOwned>(self, event_type: &str) -> Result<E, String> {
+        let content_type = self.header.content_type()?;
+        let data = self.bytes(Field::Data)?;
+        let decoded = match content_type {
+            ContentType::Json => codec::decode_json(event_type, data),
+            ContentType::Binary => codec::decode_postcard(event_type, data),
+        };
+        decoded.map_err(|e| {
+            let position = self.header.position();
+            format!("cannot apply event at position {position} of type `{event_type}`: {e}")
+        })
     }
 }
 
-/// The UTF-8 text of `span` in `buffer`; `field` names it in the error.
-#[inline]
-fn text<'a>(event: &Event, buffer: &'a [u8], field: &str, span: Span) -> Result<&'a str, String> {
-    std::str::from_utf8(bytes(event, buffer, field, span)?)
-        .map_err(|_| format!("event at position {}: {field} is not UTF-8", event.position))
-}
-
-#[cold]
-fn outside(event: &Event, buffer: &[u8], field: &str, span: Span) -> String {
-    format!(
-        "event at position {}: {field} span {}+{} lies outside the {}-byte buffer",
-        event.position,
-        span.offset,
-        span.len,
-        buffer.len()
-    )
-}
-
 /// The batch's events in order.
-pub(crate) fn events(batch: &Batch) -> impl Iterator<Item = Result<RawEvent<'_>, String>> {
-    batch
-        .events
-        .iter()
-        .map(|event| RawEvent::read(*event, &batch.buffer))
+pub(crate) fn events(batch: &Batch) -> impl ExactSizeIterator<Item = RawEvent<'_>> {
+    batch.events.iter().map(|event| RawEvent {
+        header: Header::Record(event),
+        buffer: &batch.buffer,
+    })
 }
 
 /// The packed batch's events in order; an error if its headers are not whole records.
 pub(crate) fn packed_events(
     batch: &PackedBatch,
-) -> Result<impl Iterator<Item = Result<RawEvent<'_>, String>>, String> {
+) -> Result<impl ExactSizeIterator<Item = RawEvent<'_>>, String> {
     let (records, rest) = batch.headers.as_chunks::<PACKED_HEADER_LEN>();
     if !rest.is_empty() {
         return Err(format!(
@@ -108,39 +217,8 @@ pub(crate) fn packed_events(
             batch.headers.len()
         ));
     }
-    Ok(records
-        .iter()
-        .map(|record| RawEvent::read(unpack(record)?, &batch.buffer)))
-}
-
-/// One header record (little-endian, the layout in the WIT) as an [`Event`].
-#[inline]
-fn unpack(record: &[u8; PACKED_HEADER_LEN]) -> Result<Event, String> {
-    let u32_at = |at: usize| u32::from_le_bytes(record[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
-    let span_at = |at: usize| Span {
-        offset: u32_at(at),
-        len: u32_at(at + 4),
-    };
-    let position = u64_at(0);
-    let content_type = match u32_at(56) {
-        0 => ContentType::Json,
-        1 => ContentType::Binary,
-        other => {
-            return Err(format!(
-                "event at position {position}: content type {other} is neither 0 (json) nor \
-                 1 (binary)"
-            ));
-        }
-    };
-    Ok(Event {
-        position,
-        version: u64_at(8),
-        recorded_at: u64_at(16),
-        stream: span_at(24),
-        event_type: span_at(32),
-        data: span_at(40),
-        metadata: span_at(48),
-        content_type,
-    })
+    Ok(records.iter().map(|record| RawEvent {
+        header: Header::Packed(record),
+        buffer: &batch.buffer,
+    }))
 }

@@ -126,12 +126,13 @@ impl<S: AggregateSlot> wit_aggregate::Guest for S {
 
 /// Decodes every event, then folds them all: a bad one leaves the state as it was.
 fn fold_aggregate<'a, S: AggregateSlot>(
-    events: impl Iterator<Item = Result<RawEvent<'a>, String>>,
+    events: impl ExactSizeIterator<Item = RawEvent<'a>>,
 ) -> Result<(), String> {
-    let events = events
-        .map(|raw| raw?.decode())
-        .collect::<Result<Vec<_>, String>>()?;
-    S::with(|state| events.into_iter().for_each(|event| state.apply(event)));
+    let mut decoded = Vec::with_capacity(events.len());
+    for raw in events {
+        decoded.push(raw.decode(raw.event_type()?)?);
+    }
+    S::with(|state| decoded.into_iter().for_each(|event| state.apply(event)));
     Ok(())
 }
 
@@ -145,15 +146,15 @@ impl<S: AggregateSlot> wit_packed_aggregate::Guest for S {
 /// Decodes the subscribed events, then folds them all: a bad one leaves the
 /// state as it was.
 fn fold_projection<'a, S: ProjectionSlot>(
-    events: impl Iterator<Item = Result<RawEvent<'a>, String>>,
+    events: impl ExactSizeIterator<Item = RawEvent<'a>>,
 ) -> Result<(), String> {
     let subscription = S::Projection::subscription();
-    let mut decoded = Vec::with_capacity(events.size_hint().0);
+    let mut decoded = Vec::with_capacity(events.len());
     for raw in events {
-        let raw = raw?;
         let meta = raw.meta()?;
-        if subscription.matches(meta.stream, raw.event_type) {
-            decoded.push((raw.decode()?, meta));
+        let event_type = raw.event_type()?;
+        if subscription.matches(meta.stream, event_type) {
+            decoded.push((raw.decode(event_type)?, meta));
         }
     }
     S::with(|state| {
@@ -248,9 +249,8 @@ impl<S: UpcasterSlot> wit_upcaster::Guest for S {
         enter();
         batch::events(&events)
             .map(|raw| {
-                let raw = raw?;
                 let meta = raw.meta()?;
-                let old = raw.decode()?;
+                let old = raw.decode(raw.event_type()?)?;
                 let new = S::Upcaster::upcast(old, &meta)
                     .iter()
                     .map(|event| {

@@ -151,33 +151,42 @@ impl From<types::ContentType> for ContentType {
 pub const PACKED_HEADER_LEN: usize = 60;
 
 /// Packs events into a `packed-batch` (contract 0.1.2): one little-endian
-/// header record per event, strings and payloads in the shared buffer.
-pub fn encode_packed_batch<'a>(
-    events: impl IntoIterator<Item = &'a RecordedEvent>,
-) -> types::PackedBatch {
+/// header record per event, strings and payloads in the shared buffer. Both
+/// lists are allocated once, at their final size.
+pub fn encode_packed_batch<'a, I>(events: I) -> types::PackedBatch
+where
+    I: IntoIterator<Item = &'a RecordedEvent>,
+    I::IntoIter: Clone + ExactSizeIterator,
+{
     let events = events.into_iter();
-    let mut headers = Vec::with_capacity(events.size_hint().0 * PACKED_HEADER_LEN);
-    let mut buffer = Vec::new();
-    for event in events {
-        headers.extend_from_slice(&event.position.to_le_bytes());
-        headers.extend_from_slice(&event.version.to_le_bytes());
-        headers.extend_from_slice(&event.recorded_at.to_le_bytes());
-        let metadata = event.metadata.as_deref().unwrap_or_default().as_bytes();
-        for bytes in [
+    let spans = |event: &'a RecordedEvent| {
+        let metadata = event.metadata.as_deref().unwrap_or_default();
+        [
             event.stream.as_bytes(),
             event.event_type.as_bytes(),
-            &event.data,
-            metadata,
-        ] {
-            headers.extend_from_slice(&(buffer.len() as u32).to_le_bytes());
-            headers.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            &event.data[..],
+            metadata.as_bytes(),
+        ]
+    };
+    let buffer_len = events.clone().flat_map(spans).map(<[u8]>::len).sum();
+    let mut headers = Vec::with_capacity(events.len() * PACKED_HEADER_LEN);
+    let mut buffer = Vec::with_capacity(buffer_len);
+    for event in events {
+        let mut record = [0; PACKED_HEADER_LEN];
+        record[0..8].copy_from_slice(&event.position.to_le_bytes());
+        record[8..16].copy_from_slice(&event.version.to_le_bytes());
+        record[16..24].copy_from_slice(&event.recorded_at.to_le_bytes());
+        for (bytes, at) in spans(event).into_iter().zip((24..56).step_by(8)) {
+            record[at..at + 4].copy_from_slice(&(buffer.len() as u32).to_le_bytes());
+            record[at + 4..at + 8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
             buffer.extend_from_slice(bytes);
         }
         let content_type: u32 = match event.content_type {
             ContentType::Json => 0,
             ContentType::Binary => 1,
         };
-        headers.extend_from_slice(&content_type.to_le_bytes());
+        record[56..60].copy_from_slice(&content_type.to_le_bytes());
+        headers.extend_from_slice(&record);
     }
     types::PackedBatch { headers, buffer }
 }
