@@ -140,13 +140,13 @@ pub fn encode_packed_batch<'a>(
         headers.extend_from_slice(&event.position.to_le_bytes());
         headers.extend_from_slice(&event.version.to_le_bytes());
         headers.extend_from_slice(&event.recorded_at.to_le_bytes());
-        let metadata = event.metadata.as_deref().unwrap_or_default().as_bytes();
-        for bytes in [
+        let fields: [&[u8]; 4] = [
             event.stream.as_bytes(),
             event.event_type.as_bytes(),
             &event.data,
-            metadata,
-        ] {
+            event.metadata.as_deref().unwrap_or_default().as_bytes(),
+        ];
+        for bytes in fields {
             headers.extend_from_slice(&(buffer.len() as u32).to_le_bytes());
             headers.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             buffer.extend_from_slice(bytes);
