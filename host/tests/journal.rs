@@ -1235,12 +1235,7 @@ async fn events_are_found_by_id(backend: Backend) {
         .unwrap();
     let found = f.journal.event_by_id(batch[1].id).unwrap().unwrap();
     assert_eq!(
-        (
-            found.position,
-            &*found.stream,
-            found.version,
-            found.id
-        ),
+        (found.position, &*found.stream, found.version, found.id),
         (4, "t", 2, batch[1].id)
     );
     assert_eq!(found.data, batch[1].data);
