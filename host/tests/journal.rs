@@ -244,20 +244,16 @@ async fn appended_events_read_back_with_positions_and_versions(backend: Backend)
     assert_eq!(stream.len(), 2);
     let recorded = &stream[0];
     assert_eq!(
-        (
-            recorded.position,
-            recorded.version,
-            recorded.stream.as_str()
-        ),
+        (recorded.position, recorded.version, &*recorded.stream),
         (1, 1, "account-1")
     );
     assert_eq!(
-        (recorded.id, &recorded.event_type, recorded.content_type),
-        (first.id, &first.event_type, first.content_type)
+        (recorded.id, &*recorded.event_type, recorded.content_type),
+        (first.id, first.event_type.as_str(), first.content_type)
     );
     assert_eq!(
-        (&recorded.data, &recorded.metadata),
-        (&first.data, &first.metadata)
+        (&recorded.data[..], recorded.metadata.as_deref()),
+        (&first.data[..], first.metadata.as_deref())
     );
     assert!((before..=now_millis()).contains(&recorded.recorded_at));
     assert_eq!(f.journal.stream_version("account-1").unwrap(), Some(2));
@@ -592,7 +588,7 @@ async fn an_import_keeps_the_time_it_is_given(backend: Backend) {
     let times: Vec<(String, u64)> = f
         .all()
         .into_iter()
-        .map(|event| (event.stream, event.recorded_at))
+        .map(|event| (event.stream.into(), event.recorded_at))
         .collect();
     assert_eq!(
         times[1..4],
@@ -739,7 +735,7 @@ async fn concurrent_appends_get_gapless_positions_and_versions(backend: Backend)
             (result.first_position..=result.last_position).zip(result.first_version..)
         {
             let event = &all[position as usize - 1];
-            assert_eq!((&event.stream, event.version), (stream, version));
+            assert_eq!((&*event.stream, event.version), (stream.as_str(), version));
         }
     }
     for stream in f.journal.streams_with_prefix("s-").unwrap() {
@@ -804,10 +800,10 @@ fn appends_survive_closing_and_reopening(backend: Backend) {
         .into_iter()
         .map(|e| NewEvent {
             id: e.id,
-            event_type: e.event_type,
+            event_type: e.event_type.into(),
             content_type: e.content_type,
-            data: e.data,
-            metadata: e.metadata,
+            data: e.data.into(),
+            metadata: e.metadata.map(Into::into),
         })
         .collect();
     let retry = f
@@ -1079,11 +1075,11 @@ async fn retention_metadata_hides_events_from_every_reader_at_once(backend: Back
     assert!(j.stream_window("aged-1").unwrap().expires);
 
     // The global log, paged one event at a time, skips every hidden event.
-    let mut seen = Vec::new();
+    let mut seen: Vec<(String, u64)> = Vec::new();
     let mut from = 1;
     while let Some(event) = j.read_all(from, 1).unwrap().pop() {
         from = event.position + 1;
-        seen.push((event.stream, event.version));
+        seen.push((event.stream.into(), event.version));
     }
     let expected: Vec<(String, u64)> = [
         ("counted-1", 4),
@@ -1102,8 +1098,8 @@ async fn retention_metadata_hides_events_from_every_reader_at_once(backend: Back
     assert_eq!(
         f.all()
             .into_iter()
-            .map(|event| (event.stream, event.version))
-            .collect::<Vec<_>>(),
+            .map(|event| (event.stream.into(), event.version))
+            .collect::<Vec<(String, u64)>>(),
         expected
     );
 
@@ -1239,12 +1235,7 @@ async fn events_are_found_by_id(backend: Backend) {
         .unwrap();
     let found = f.journal.event_by_id(batch[1].id).unwrap().unwrap();
     assert_eq!(
-        (
-            found.position,
-            found.stream.as_str(),
-            found.version,
-            found.id
-        ),
+        (found.position, &*found.stream, found.version, found.id),
         (4, "t", 2, batch[1].id)
     );
     assert_eq!(found.data, batch[1].data);

@@ -159,8 +159,8 @@ fn acknowledged_appends_survive_sigkill() {
                 .get(position as usize - 1)
                 .unwrap_or_else(|| panic!("acknowledged event {id} at {position} is missing"));
             assert_eq!(
-                (&event.id, &event.stream, event.version),
-                (id, &ack.stream, version),
+                (&event.id, &*event.stream, event.version),
+                (id, ack.stream.as_str(), version),
                 "position {position}"
             );
         }

@@ -95,7 +95,12 @@ impl Host {
         let events = outcome
             .events
             .into_iter()
-            .map(|e| (e.event_type, String::from_utf8(e.data).unwrap()))
+            .map(|e| {
+                (
+                    e.event_type.into(),
+                    String::from_utf8(e.data.into()).unwrap(),
+                )
+            })
             .collect();
         Ok((events, outcome.state.expect("the state after the command")))
     }

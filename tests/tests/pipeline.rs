@@ -70,7 +70,7 @@ fn balance(outcome: &CommandOutcome) -> u64 {
 
 fn stored_types(journal: &Journal, stream: &str) -> Vec<String> {
     let events = journal.read_stream(stream, 1, 1000).unwrap();
-    events.into_iter().map(|e| e.event_type).collect()
+    events.into_iter().map(|e| e.event_type.into()).collect()
 }
 
 /// The balance of `stream` after each version (index 0: before the first), folded from the
@@ -88,7 +88,7 @@ fn balances(journal: &Journal, stream: &str) -> Vec<u64> {
             let data: Value = serde_json::from_slice(&event.data).unwrap();
             let amount = data["amount"].as_u64().unwrap_or(0);
             let balance = *balances.last().unwrap();
-            balances.push(match event.event_type.as_str() {
+            balances.push(match &*event.event_type {
                 "Deposited" => balance + amount,
                 "Withdrawn" => balance - amount,
                 _ => balance,

@@ -157,13 +157,13 @@ impl History {
         {
             let recorded = RecordedEvent {
                 position,
-                stream: stream.to_owned(),
+                stream: stream.into(),
                 version,
                 id: event.id,
-                event_type: event.event_type,
+                event_type: event.event_type.into(),
                 content_type: event.content_type,
-                data: event.data,
-                metadata: event.metadata,
+                data: event.data.into(),
+                metadata: event.metadata.map(Into::into),
                 recorded_at: 0, // not known to the client; not compared
             };
             self.acknowledged.insert(recorded.id, recorded);
@@ -487,10 +487,10 @@ fn check(
     {
         let known = match history.unacknowledged.get(&event.id) {
             Some((stream, sent)) => {
-                *stream == event.stream
-                    && sent.event_type == event.event_type
-                    && sent.data == event.data
-                    && sent.metadata == event.metadata
+                event.stream == stream
+                    && event.event_type == sent.event_type
+                    && event.data == sent.data
+                    && event.metadata.as_deref() == sent.metadata.as_deref()
             }
             // A command's events: their ids are the host's, known only on acknowledgement.
             None => {

@@ -92,13 +92,13 @@ impl ImportCheck {
         };
         let next = RecordedEvent {
             position: journal.head_position() + 1,
-            stream: stream.to_owned(),
+            stream: stream.into(),
             version: instance.version + 1,
             id: event.id,
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.as_str().into(),
             content_type: event.content_type,
-            data: event.data.clone(),
-            metadata: event.metadata.clone(),
+            data: event.data.clone().into(),
+            metadata: event.metadata.as_deref().map(Into::into),
             recorded_at: 0,
         };
         if let Err(error) = instance.apply(std::slice::from_ref(&next)) {

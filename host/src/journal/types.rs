@@ -1,5 +1,7 @@
 //! The journal's data model: what callers append and what they read back.
 
+use bytes::Bytes;
+pub use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -55,18 +57,21 @@ impl NewEvent {
 }
 
 /// An event as stored in the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its text and data are reference-counted slices: the events of one read share a few buffers
+/// instead of owning three or four each, and clones are cheap.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
     /// 1-based, gapless position in the global log.
     pub position: u64,
-    pub stream: String,
+    pub stream: ByteString,
     /// 1-based version within the stream.
     pub version: u64,
     pub id: Uuid,
-    pub event_type: String,
+    pub event_type: ByteString,
     pub content_type: ContentType,
-    pub data: Vec<u8>,
-    pub metadata: Option<String>,
+    pub data: Bytes,
+    pub metadata: Option<ByteString>,
     /// Milliseconds since the Unix epoch.
     pub recorded_at: u64,
 }
@@ -119,9 +124,10 @@ impl ReadLimit {
         }
     }
 
-    /// Whether `event` still fits after `used` bytes (then counted into `used`).
-    pub(super) fn admits(&self, used: &mut usize, event: &RecordedEvent, first: bool) -> bool {
-        let total = used.saturating_add(event.size());
+    /// Whether an event of [`size`](RecordedEvent::size) still fits after `used` bytes (then
+    /// counted into `used`).
+    pub(super) fn admits(&self, used: &mut usize, size: usize, first: bool) -> bool {
+        let total = used.saturating_add(size);
         if !first && total > self.bytes {
             return false;
         }
@@ -133,7 +139,7 @@ impl ReadLimit {
 impl RecordedEvent {
     /// The bytes the journal's size limit counts: `data`, `metadata` and `event_type`.
     pub fn size(&self) -> usize {
-        self.data.len() + self.event_type.len() + self.metadata.as_ref().map_or(0, String::len)
+        self.data.len() + self.event_type.len() + self.metadata.as_deref().map_or(0, str::len)
     }
 }
 

@@ -11,7 +11,7 @@ use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
 use super::upcast::UpcasterChain;
-use crate::journal::{Journal, NewEvent, ReadLimit, RecordedEvent, StreamWindow};
+use crate::journal::{ByteString, Journal, NewEvent, ReadLimit, RecordedEvent, StreamWindow};
 
 /// Events moved into a plugin per `apply` call during replay: at most 1024, and at most 4 MiB
 /// of event data (a single larger event goes alone), so a batch fits well within the plugin's
@@ -132,18 +132,19 @@ impl AggregateInstance {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let stream = ByteString::from(self.stream.as_str());
         events
             .iter()
             .zip(1..)
             .map(|(event, n)| RecordedEvent {
                 position: head + n,
-                stream: self.stream.clone(),
+                stream: stream.clone(),
                 version: self.version + n,
                 id: event.id,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type.as_str().into(),
                 content_type: event.content_type,
-                data: event.data.clone(),
-                metadata: event.metadata.clone(),
+                data: event.data.clone().into(),
+                metadata: event.metadata.as_deref().map(Into::into),
                 recorded_at: now,
             })
             .collect()

@@ -118,9 +118,9 @@ fn validate(
         if let Err(error) = scratch.apply(std::slice::from_ref(event)) {
             return Err(RuntimeError::Refused {
                 plugin: instance.plugin().name().to_owned(),
-                stream: event.stream.clone(),
+                stream: event.stream.to_string(),
                 index,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type.to_string(),
                 reason: error.plugin_reason(),
             });
         }

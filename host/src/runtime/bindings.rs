@@ -82,11 +82,15 @@ macro_rules! apply_through_exports {
     ($exports:ty, $world_guest:ident) => {
         impl $exports {
             /// Folds `events` into the instance's state.
-            pub fn call_apply<'a>(
+            pub fn call_apply<'a, I>(
                 &self,
                 store: &mut wasmtime::Store<PluginData>,
-                events: impl IntoIterator<Item = &'a RecordedEvent>,
-            ) -> wasmtime::Result<Result<(), String>> {
+                events: I,
+            ) -> wasmtime::Result<Result<(), String>>
+            where
+                I: IntoIterator<Item = &'a RecordedEvent>,
+                I::IntoIter: Clone + ExactSizeIterator,
+            {
                 match &self.packed {
                     Some(packed) => packed.call_apply(store, &encode_packed_batch(events)),
                     None => (self.world.$world_guest()).call_apply(store, &encode_batch(events)),

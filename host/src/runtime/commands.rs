@@ -22,7 +22,9 @@ use super::error::RuntimeError;
 use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
 use super::upcast::UpcasterChain;
-use crate::journal::{AppendResult, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent};
+use crate::journal::{
+    AppendResult, ByteString, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
+};
 
 /// Tuning of the write side.
 #[derive(Debug, Clone)]
@@ -630,19 +632,20 @@ pub(super) fn unread_outcome(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let stream = ByteString::from(stream);
     let events = sent
         .into_iter()
         .zip(appended.first_version..)
         .zip(appended.first_position..)
         .map(|((event, version), position)| RecordedEvent {
             position,
-            stream: stream.to_owned(),
+            stream: stream.clone(),
             version,
             id: event.id,
-            event_type: event.event_type,
+            event_type: event.event_type.into(),
             content_type: event.content_type,
-            data: event.data,
-            metadata: event.metadata,
+            data: event.data.into(),
+            metadata: event.metadata.map(Into::into),
             recorded_at: now,
         })
         .collect();

@@ -117,10 +117,10 @@ impl RuntimeError {
                 plugin: culprit, ..
             } => Self::Unfoldable {
                 plugin: plugin.to_owned(),
-                stream: event.stream.clone(),
+                stream: event.stream.to_string(),
                 position: event.position,
                 version: event.version,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type.to_string(),
                 reason: match culprit == plugin {
                     true => error.plugin_reason(),
                     false => error.to_string(),

@@ -97,9 +97,9 @@ impl Upcaster {
             match answers.next_if(|(handled, _)| *handled == index) {
                 Some((_, Upcasted::Replace(replacements))) => {
                     upcast.extend(replacements.into_iter().map(|new| RecordedEvent {
-                        event_type: new.event_type,
+                        event_type: new.event_type.into(),
                         content_type: new.content_type.into(),
-                        data: new.data,
+                        data: new.data.into(),
                         ..event.clone()
                     }))
                 }

@@ -37,7 +37,7 @@ impl From<RecordedEvent> for EventJson {
     fn from(event: RecordedEvent) -> Self {
         let is_json = event.content_type == ContentType::Json
             && serde_json::from_slice::<&RawValue>(&event.data).is_ok();
-        let json = match String::from_utf8(event.data) {
+        let json = match String::from_utf8(Vec::from(event.data)) {
             Ok(text) if is_json => Ok(RawValue::from_string(text).expect("checked above")),
             Ok(text) => Err(text.into_bytes()),
             Err(error) => Err(error.into_bytes()),
@@ -49,13 +49,13 @@ impl From<RecordedEvent> for EventJson {
         };
         let metadata = event
             .metadata
-            .and_then(|text| RawValue::from_string(text).ok());
+            .and_then(|text| RawValue::from_string(text.into()).ok());
         Self {
             position: event.position,
-            stream: event.stream,
+            stream: event.stream.into(),
             version: event.version,
             id: event.id,
-            event_type: event.event_type,
+            event_type: event.event_type.into(),
             content_type,
             data,
             metadata,

@@ -99,20 +99,20 @@ fn list_streams(
             if !event.stream.starts_with(prefix) {
                 continue;
             }
-            let current = match versions.get(&event.stream) {
+            let current = match versions.get(&*event.stream) {
                 Some(version) => *version,
                 None => {
                     let version = match journal.stream_version(&event.stream) {
                         Err(JournalError::StreamDeleted(_)) => None,
                         found => found?,
                     };
-                    versions.insert(event.stream.clone(), version);
+                    versions.insert(event.stream.to_string(), version);
                     version
                 }
             };
             if current == Some(event.version) {
                 streams.push(StreamSummary {
-                    stream: event.stream.clone(),
+                    stream: event.stream.to_string(),
                     version: event.version,
                     last_position: event.position,
                     last_written_at: event.recorded_at,

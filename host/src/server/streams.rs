@@ -321,5 +321,5 @@ fn event_bytes(event: &RecordedEvent) -> usize {
         + event.stream.len()
         + event.event_type.len()
         + event.data.len()
-        + event.metadata.as_ref().map_or(0, String::len)
+        + event.metadata.as_deref().map_or(0, str::len)
 }

@@ -167,7 +167,7 @@ pub(super) async fn read_stream(
             if !visibility.admits(event.version, event.recorded_at) {
                 continue;
             }
-            if !limit.admits(&mut used, &event, events.is_empty()) {
+            if !limit.admits(&mut used, event.size(), events.is_empty()) {
                 return Ok(events);
             }
             events.push(event);
@@ -208,7 +208,7 @@ pub(super) async fn read_all(
         for row in &rows {
             let event = decode(row)?;
             from = event.position + 1;
-            let visibility = match seen.get(&event.stream) {
+            let visibility = match seen.get(&*event.stream) {
                 Some(visibility) => *visibility,
                 None => {
                     let visibility = match lifecycle_at(row, 10, &event.stream)? {
@@ -217,14 +217,14 @@ pub(super) async fn read_all(
                             lifecycle.visibility(version_at(row, 9).unwrap_or(0), now)
                         }
                     };
-                    seen.insert(event.stream.clone(), visibility);
+                    seen.insert(event.stream.to_string(), visibility);
                     visibility
                 }
             };
             if !visibility.admits(event.version, event.recorded_at) {
                 continue;
             }
-            if !limit.admits(&mut used, &event, events.is_empty()) {
+            if !limit.admits(&mut used, event.size(), events.is_empty()) {
                 return Ok(events);
             }
             events.push(event);

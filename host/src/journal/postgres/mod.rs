@@ -588,13 +588,13 @@ fn decode(row: &tokio_postgres::Row) -> Result<RecordedEvent, JournalError> {
     };
     Ok(RecordedEvent {
         position,
-        stream: row.get(1),
+        stream: row.get::<_, String>(1).into(),
         version: row.get::<_, i64>(2) as u64,
         id: row.get(3),
-        event_type: row.get(4),
+        event_type: row.get::<_, String>(4).into(),
         content_type,
-        data: row.get(6),
-        metadata: row.get(7),
+        data: row.get::<_, Vec<u8>>(6).into(),
+        metadata: row.get::<_, Option<String>>(7).map(Into::into),
         recorded_at: row.get::<_, i64>(8) as u64,
     })
 }

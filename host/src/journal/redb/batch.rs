@@ -6,6 +6,7 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
+use super::page::Page;
 use super::rules::{self, Written};
 use super::store::{
     CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_INDEX,
@@ -158,7 +159,7 @@ impl<'txn> Batch<'txn> {
         events: &[NewEvent],
         known: &[u64],
     ) -> Result<AppendResult, JournalError> {
-        let mut stored = Vec::with_capacity(known.len());
+        let (mut stored, mut page) = (Vec::with_capacity(known.len()), Page::default());
         for &position in known {
             let bytes = self
                 .events
@@ -167,7 +168,7 @@ impl<'txn> Batch<'txn> {
                     position,
                     reason: "an event id points at a missing record".to_owned(),
                 })?;
-            stored.push(record::decode(position, bytes.value())?);
+            stored.push(page.own(position, &record::decode(position, bytes.value())?));
         }
         let written: Vec<Written> = stored
             .iter()

@@ -5,6 +5,7 @@
 
 mod backup;
 mod batch;
+mod page;
 pub(super) mod reader;
 mod record;
 mod request;

@@ -2,28 +2,40 @@
 //!
 //! The leading byte lets the envelope evolve: a new layout gets a new byte and old records keep
 //! decoding with their own layout.
+//!
+//! Records are written with postcard and read back by `Fields`, which follows postcard's wire
+//! format field by field: reads are the hot path (every scan and replay), and going through
+//! serde cost more than redb's own work per record.
 
-use serde::{Deserialize, Serialize, Serializer};
-use uuid::Uuid;
+use serde::{Serialize, Serializer};
 
-use super::{ContentType, JournalError, NewEvent, RecordedEvent};
+use super::{ContentType, JournalError, NewEvent};
 
 /// The layout written by this build.
 const FORMAT_V1: u8 = 1;
 
+/// A decoded record, borrowing its text and data from the stored bytes.
+pub(super) type Envelope<'a> = EnvelopeV1<'a>;
+
 /// Layout 1. Field order is the wire format: never reorder, only add a new layout.
-#[derive(Serialize, Deserialize)]
-struct EnvelopeV1<'a> {
-    stream: &'a str,
-    version: u64,
-    id: [u8; 16],
-    event_type: &'a str,
-    content_type: ContentType,
+#[derive(Debug, Serialize)]
+pub(super) struct EnvelopeV1<'a> {
+    pub stream: &'a str,
+    pub version: u64,
+    pub id: [u8; 16],
+    pub event_type: &'a str,
+    pub content_type: ContentType,
     #[serde(serialize_with = "as_bytes")]
-    data: &'a [u8],
-    #[serde(borrow)]
-    metadata: Option<&'a str>,
-    recorded_at: u64,
+    pub data: &'a [u8],
+    pub metadata: Option<&'a str>,
+    pub recorded_at: u64,
+}
+
+impl EnvelopeV1<'_> {
+    /// What a read's size limit counts, as [`RecordedEvent::size`](super::RecordedEvent::size).
+    pub fn size(&self) -> usize {
+        self.data.len() + self.event_type.len() + self.metadata.map_or(0, str::len)
+    }
 }
 
 /// Writes `data` as one length-prefixed block rather than element by element.
@@ -49,8 +61,8 @@ pub(super) fn encode(stream: &str, version: u64, event: &NewEvent, recorded_at: 
     postcard::to_extend(&envelope, bytes).expect("encoding into a Vec cannot fail")
 }
 
-/// Decodes the record stored at `position`.
-pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<RecordedEvent, JournalError> {
+/// Decodes the record stored at `position`, borrowing from `bytes`.
+pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<Envelope<'_>, JournalError> {
     let corrupt = |reason: String| JournalError::Corrupt { position, reason };
     let (&format, body) = bytes
         .split_first()
@@ -58,26 +70,80 @@ pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<RecordedEvent, Journ
     if format != FORMAT_V1 {
         return Err(corrupt(format!("unknown record format {format}")));
     }
-    let (envelope, rest) = postcard::take_from_bytes::<EnvelopeV1<'_>>(body)
-        .map_err(|error| corrupt(format!("undecodable envelope: {error}")))?;
-    if !rest.is_empty() {
-        return Err(corrupt(format!("{} trailing bytes", rest.len())));
+    let mut fields = Fields(body);
+    let envelope = fields
+        .envelope()
+        .ok_or_else(|| corrupt("undecodable envelope".to_owned()))?;
+    if !fields.0.is_empty() {
+        return Err(corrupt(format!("{} trailing bytes", fields.0.len())));
     }
-    Ok(RecordedEvent {
-        position,
-        stream: envelope.stream.to_owned(),
-        version: envelope.version,
-        id: Uuid::from_bytes(envelope.id),
-        event_type: envelope.event_type.to_owned(),
-        content_type: envelope.content_type,
-        data: envelope.data.to_vec(),
-        metadata: envelope.metadata.map(str::to_owned),
-        recorded_at: envelope.recorded_at,
-    })
+    Ok(envelope)
+}
+
+/// The unread rest of a postcard-encoded envelope. Postcard writes integers (and lengths,
+/// and enum variants) as LEB128 varints, a `u8` as itself, and a 0 or 1 before an `Option`'s
+/// value; every reader answers `None` for bytes postcard would not have written.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn envelope(&mut self) -> Option<Envelope<'a>> {
+        // Fields are evaluated in the order written, which is the layout's.
+        Some(EnvelopeV1 {
+            stream: self.text()?,
+            version: self.varint()?,
+            id: self.take(16)?.try_into().ok()?,
+            event_type: self.text()?,
+            content_type: match self.varint()? {
+                0 => ContentType::Json,
+                1 => ContentType::Binary,
+                _ => return None,
+            },
+            data: self.bytes()?,
+            metadata: match self.take(1)? {
+                [0] => None,
+                [1] => Some(self.text()?),
+                _ => return None,
+            },
+            recorded_at: self.varint()?,
+        })
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// A `u64` in at most ten bytes, the last holding only its top bit.
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.0.split_first()?;
+            self.0 = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return (shift < 63 || byte <= 1).then_some(value);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        self.take(len)
+    }
+
+    fn text(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
+    use super::super::RecordedEvent;
+    use super::super::page::Page;
     use super::*;
 
     fn event() -> NewEvent {
@@ -91,22 +157,58 @@ mod tests {
     }
 
     #[test]
+    fn reads_back_what_postcard_wrote() {
+        let long = NewEvent {
+            id: Uuid::now_v7(),
+            event_type: "é".repeat(100),
+            content_type: ContentType::Json,
+            data: vec![7; 300],
+            metadata: None,
+        };
+        let empty = NewEvent {
+            data: Vec::new(),
+            metadata: Some(String::new()),
+            ..event()
+        };
+        for (new, version, recorded_at) in [
+            (long, u64::MAX, u64::MAX),
+            (empty, 0, 0),
+            (event(), 127, 128),
+        ] {
+            let bytes = encode("s", version, &new, recorded_at);
+            let envelope = decode(1, &bytes).unwrap();
+            assert_eq!(
+                (envelope.stream, envelope.version, envelope.id),
+                ("s", version, *new.id.as_bytes())
+            );
+            assert_eq!(
+                (envelope.event_type, envelope.content_type, envelope.data),
+                (new.event_type.as_str(), new.content_type, &new.data[..])
+            );
+            assert_eq!(
+                (envelope.metadata, envelope.recorded_at),
+                (new.metadata.as_deref(), recorded_at)
+            );
+        }
+    }
+
+    #[test]
     fn round_trips_every_field() {
         let new = event();
         let bytes = encode("account-1", 7, &new, 1_700_000_000_123);
         assert_eq!(bytes[0], FORMAT_V1);
-        let recorded = decode(42, &bytes).unwrap();
+        let recorded = Page::default().own(42, &decode(42, &bytes).unwrap());
         assert_eq!(
             recorded,
             RecordedEvent {
                 position: 42,
-                stream: "account-1".to_owned(),
+                stream: "account-1".into(),
                 version: 7,
                 id: new.id,
-                event_type: new.event_type,
+                event_type: new.event_type.into(),
                 content_type: new.content_type,
-                data: new.data,
-                metadata: new.metadata,
+                data: new.data.into(),
+                metadata: new.metadata.map(Into::into),
                 recorded_at: 1_700_000_000_123,
             }
         );

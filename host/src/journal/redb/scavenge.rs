@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use uuid::Uuid;
 
 use super::store::{
     EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS,
@@ -126,7 +127,12 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
         if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
             break;
         }
-        hidden.push((in_recent, version, position, event.id.as_u128()));
+        hidden.push((
+            in_recent,
+            version,
+            position,
+            Uuid::from_bytes(event.id).as_u128(),
+        ));
     }
     if hidden.is_empty() {
         return Ok((0, whole));

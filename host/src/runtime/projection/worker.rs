@@ -354,8 +354,8 @@ impl Worker {
         tracing::warn!(plugin = %self.name(), position = event.position, stream = %event.stream, %reason, "parking an event the projection cannot fold");
         let record = ParkedEvent {
             position: event.position,
-            stream: event.stream.clone(),
-            event_type: event.event_type.clone(),
+            stream: event.stream.to_string(),
+            event_type: event.event_type.to_string(),
             reason,
             attempts,
             parked_at: now_millis(),
