@@ -3,11 +3,10 @@
 //! The leading byte lets the envelope evolve: a new layout gets a new byte and old records keep
 //! decoding with their own layout.
 //!
-//! Records are written with postcard and read back by `Fields`, which follows postcard's wire
-//! format field by field: reads are the hot path (every scan and replay), and going through
-//! serde cost more than redb's own work per record.
+//! Records are read back borrowing their text and data from the stored bytes, so a read
+//! allocates only where its events are made (`Page`).
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{ContentType, JournalError, NewEvent};
 
@@ -18,7 +17,7 @@ const FORMAT_V1: u8 = 1;
 pub(super) type Envelope<'a> = EnvelopeV1<'a>;
 
 /// Layout 1. Field order is the wire format: never reorder, only add a new layout.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct EnvelopeV1<'a> {
     pub stream: &'a str,
     pub version: u64,
@@ -27,6 +26,7 @@ pub(super) struct EnvelopeV1<'a> {
     pub content_type: ContentType,
     #[serde(serialize_with = "as_bytes")]
     pub data: &'a [u8],
+    #[serde(borrow)]
     pub metadata: Option<&'a str>,
     pub recorded_at: u64,
 }
@@ -70,72 +70,12 @@ pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<Envelope<'_>, Journa
     if format != FORMAT_V1 {
         return Err(corrupt(format!("unknown record format {format}")));
     }
-    let mut fields = Fields(body);
-    let envelope = fields
-        .envelope()
-        .ok_or_else(|| corrupt("undecodable envelope".to_owned()))?;
-    if !fields.0.is_empty() {
-        return Err(corrupt(format!("{} trailing bytes", fields.0.len())));
+    let (envelope, rest) = postcard::take_from_bytes::<Envelope<'_>>(body)
+        .map_err(|error| corrupt(format!("undecodable envelope: {error}")))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} trailing bytes", rest.len())));
     }
     Ok(envelope)
-}
-
-/// The unread rest of a postcard-encoded envelope. Postcard writes integers (and lengths,
-/// and enum variants) as LEB128 varints, a `u8` as itself, and a 0 or 1 before an `Option`'s
-/// value; every reader answers `None` for bytes postcard would not have written.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    fn envelope(&mut self) -> Option<Envelope<'a>> {
-        // Fields are evaluated in the order written, which is the layout's.
-        Some(EnvelopeV1 {
-            stream: self.text()?,
-            version: self.varint()?,
-            id: self.take(16)?.try_into().ok()?,
-            event_type: self.text()?,
-            content_type: match self.varint()? {
-                0 => ContentType::Json,
-                1 => ContentType::Binary,
-                _ => return None,
-            },
-            data: self.bytes()?,
-            metadata: match self.take(1)? {
-                [0] => None,
-                [1] => Some(self.text()?),
-                _ => return None,
-            },
-            recorded_at: self.varint()?,
-        })
-    }
-
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(len)?;
-        self.0 = rest;
-        Some(head)
-    }
-
-    /// A `u64` in at most ten bytes, the last holding only its top bit.
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.0.split_first()?;
-            self.0 = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return (shift < 63 || byte <= 1).then_some(value);
-            }
-        }
-        None
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        self.take(len)
-    }
-
-    fn text(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.bytes()?).ok()
-    }
 }
 
 #[cfg(test)]
