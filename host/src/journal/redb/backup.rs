@@ -11,9 +11,10 @@ use redb::{
     ReadableTableMetadata, TableDefinition, TableHandle, Value,
 };
 
+use super::migrate::FORMAT_1;
 use super::store::{
     CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, LAST_POSITION_KEY, META,
-    RECENT_INDEX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
+    RECENT_RUNS, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
@@ -32,8 +33,8 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
         let copied = [
             copy(&txn, &target, META)?,
             copy(&txn, &target, EVENTS)?,
-            copy(&txn, &target, STREAM_INDEX)?,
-            copy(&txn, &target, RECENT_INDEX)?,
+            copy(&txn, &target, STREAM_RUNS)?,
+            copy(&txn, &target, RECENT_RUNS)?,
             copy(&txn, &target, STREAM_HEADS)?,
             copy(&txn, &target, EVENT_IDS)?,
             copy(&txn, &target, SNAPSHOTS)?,
@@ -60,7 +61,8 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
     Ok(report)
 }
 
-/// Checks that `path` is a journal this build reads and says what it holds, without changing it.
+/// Checks that `path` is a journal this build reads (an older format is migrated when opened)
+/// and says what it holds, without changing it.
 pub(super) fn inspect(path: &Path) -> Result<BackupReport, JournalError> {
     let db: ReadOnlyDatabase = Database::builder().open_read_only(path)?;
     let txn = db.begin_read()?;
@@ -68,7 +70,7 @@ pub(super) fn inspect(path: &Path) -> Result<BackupReport, JournalError> {
         .open_table(META)?
         .get(FORMAT_KEY)?
         .map_or(0, |format| format.value());
-    if format != FORMAT_VERSION {
+    if !(FORMAT_1..=FORMAT_VERSION).contains(&format) {
         return Err(JournalError::UnsupportedFormat {
             found: format,
             supported: FORMAT_VERSION,

@@ -8,9 +8,10 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::page::Page;
 use super::rules::{self, Written};
+use super::runs::{RunKey, RunValue};
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_INDEX,
-    RECENT_INDEX_MAX, SNAPSHOTS, STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_RUNS, RECENT_RUNS_MAX,
+    SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{
     AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
@@ -38,8 +39,8 @@ impl Appended {
 /// The journal's tables inside one write transaction.
 pub(super) struct Batch<'txn> {
     events: Table<'txn, u64, &'static [u8]>,
-    stream_index: Table<'txn, (&'static str, u64), u64>,
-    recent_index: Table<'txn, (&'static str, u64), u64>,
+    stream_runs: Table<'txn, RunKey, RunValue>,
+    recent_runs: Table<'txn, RunKey, RunValue>,
     stream_heads: Table<'txn, &'static str, u64>,
     event_ids: Table<'txn, u128, u64>,
     snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
@@ -72,8 +73,8 @@ impl<'txn> Batch<'txn> {
         let next_position = last.max(scavenged) + 1;
         Ok(Self {
             events,
-            stream_index: txn.open_table(STREAM_INDEX)?,
-            recent_index: txn.open_table(RECENT_INDEX)?,
+            stream_runs: txn.open_table(STREAM_RUNS)?,
+            recent_runs: txn.open_table(RECENT_RUNS)?,
             stream_heads: txn.open_table(STREAM_HEADS)?,
             event_ids: txn.open_table(EVENT_IDS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
@@ -143,9 +144,11 @@ impl<'txn> Batch<'txn> {
         {
             let bytes = record::encode(stream, version, event, recorded_at);
             self.events.insert(position, bytes.as_slice())?;
-            self.recent_index.insert((stream, version), position)?;
             self.event_ids.insert(event.id.as_u128(), position)?;
         }
+        let run = (result.first_position, count);
+        self.recent_runs
+            .insert((stream, result.first_version), run)?;
         self.stream_heads.insert(stream, result.last_version)?;
         self.next_position = result.last_position + 1;
         Ok(Appended::Written(result))
@@ -182,15 +185,15 @@ impl<'txn> Batch<'txn> {
         rules::retried(stream, events, &written)
     }
 
-    /// Completes the batch before its commit: moves the recent stream index into the main one
-    /// once it is full.
+    /// Completes the batch before its commit: moves the recent runs into the main table once
+    /// they are many.
     pub(super) fn finish(&mut self) -> Result<(), JournalError> {
-        if self.recent_index.len()? < RECENT_INDEX_MAX {
+        if self.recent_runs.len()? < RECENT_RUNS_MAX {
             return Ok(());
         }
-        for entry in self.recent_index.extract_if(|_, _| true)? {
-            let (key, position) = entry?;
-            self.stream_index.insert(key.value(), position.value())?;
+        for entry in self.recent_runs.extract_if(|_, _| true)? {
+            let (key, run) = entry?;
+            self.stream_runs.insert(key.value(), run.value())?;
         }
         Ok(())
     }

@@ -5,10 +5,12 @@
 
 mod backup;
 mod batch;
+mod migrate;
 mod page;
 pub(super) mod reader;
 mod record;
 mod request;
+mod runs;
 mod scavenge;
 mod store;
 mod writer;

@@ -14,10 +14,12 @@ use uuid::Uuid;
 
 use super::page::Page;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_INDEX, SNAPSHOTS,
-    STREAM_HEADS, STREAM_INDEX, STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_RUNS, SNAPSHOTS,
+    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
-use super::{JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, Visibility, record};
+use super::{
+    JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, Visibility, record, runs,
+};
 use crate::journal::lifecycle::now_millis;
 use crate::journal::{StreamMetadata, StreamWindow};
 
@@ -116,42 +118,50 @@ pub(in crate::journal) fn read_stream(
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let txn = db.begin_read()?;
     let visibility = Lifecycles::open(&txn)?.visibility(stream)?;
-    let index = txn.open_table(STREAM_INDEX)?;
-    let recent = txn.open_table(RECENT_INDEX)?;
+    let (main, recent) = (txn.open_table(STREAM_RUNS)?, txn.open_table(RECENT_RUNS)?);
     let log = txn.open_table(EVENTS)?;
-    let versions = (stream, from_version.max(visibility.first()))..=(stream, u64::MAX);
-    // A stream's recent versions all follow its versions in the main index.
-    let positions = index
-        .range(versions.clone())?
-        .chain(recent.range(versions)?);
+    let from = from_version.max(visibility.first());
+    // A stream's recent runs all follow its runs in the main table.
+    let runs = runs::holding(&main, stream, from)?.chain(runs::holding(&recent, stream, from)?);
     let (mut events, mut used, mut page) = (reserved(limit), 0, Page::default());
-    for entry in positions {
-        if events.len() >= limit.events {
-            break;
+    'runs: for run in runs {
+        let run = run?;
+        let first = run.first_version.max(from);
+        let mut records = log.range(run.position(first)..run.first_position + run.count)?;
+        for version in first..run.end_version() {
+            if events.len() >= limit.events {
+                break 'runs;
+            }
+            let position = run.position(version);
+            let bytes = match records.next().transpose()? {
+                Some((stored, bytes)) if stored.value() == position => bytes,
+                _ => {
+                    return Err(JournalError::Corrupt {
+                        position,
+                        reason: format!(
+                            "version {version} of stream {stream:?} points at a missing record"
+                        ),
+                    });
+                }
+            };
+            let event = record::decode(position, bytes.value())?;
+            if event.stream != stream || event.version != version {
+                return Err(JournalError::Corrupt {
+                    position,
+                    reason: format!(
+                        "indexed as version {version} of {stream:?} but holds version {} of {:?}",
+                        event.version, event.stream
+                    ),
+                });
+            }
+            if !visibility.admits(event.version, event.recorded_at) {
+                continue;
+            }
+            if !limit.admits(&mut used, event.size(), events.is_empty()) {
+                break 'runs;
+            }
+            events.push(page.own(position, &event));
         }
-        let (key, position) = entry?;
-        let (version, position) = (key.value().1, position.value());
-        let bytes = log.get(position)?.ok_or_else(|| JournalError::Corrupt {
-            position,
-            reason: format!("version {version} of stream {stream:?} points at a missing record"),
-        })?;
-        let event = record::decode(position, bytes.value())?;
-        if event.stream != stream || event.version != version {
-            return Err(JournalError::Corrupt {
-                position,
-                reason: format!(
-                    "indexed as version {version} of {stream:?} but holds version {} of {:?}",
-                    event.version, event.stream
-                ),
-            });
-        }
-        if !visibility.admits(event.version, event.recorded_at) {
-            continue;
-        }
-        if !limit.admits(&mut used, event.size(), events.is_empty()) {
-            break;
-        }
-        events.push(page.own(position, &event));
     }
     Ok(events)
 }
@@ -334,7 +344,7 @@ mod tests {
 
     fn journal_with(
         records: &[(u64, Vec<u8>)],
-        index: &[(&str, u64, u64)],
+        runs: &[(&str, u64, u64, u64)],
     ) -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = store::open(
@@ -348,11 +358,13 @@ mod tests {
             for (position, bytes) in records {
                 log.insert(position, bytes.as_slice()).unwrap();
             }
-            let mut stream_index = txn.open_table(STREAM_INDEX).unwrap();
+            let mut stream_runs = txn.open_table(STREAM_RUNS).unwrap();
             let mut heads = txn.open_table(STREAM_HEADS).unwrap();
-            for &(stream, version, position) in index {
-                stream_index.insert((stream, version), position).unwrap();
-                heads.insert(stream, version).unwrap();
+            for &(stream, version, position, count) in runs {
+                stream_runs
+                    .insert((stream, version), (position, count))
+                    .unwrap();
+                heads.insert(stream, version + count - 1).unwrap();
             }
         }
         txn.commit().unwrap();
@@ -378,7 +390,7 @@ mod tests {
             (2, vec![1, 0xff]),
             (3, encoded("s", 2)),
         ];
-        let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2)]);
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1, 2)]);
         let n = ReadLimit::events;
         assert_eq!(read_all(&db, 1, n(1)).unwrap().len(), 1);
         assert_eq!(corrupt_position(read_all(&db, 1, n(10))), 2);
@@ -389,7 +401,7 @@ mod tests {
     #[test]
     fn an_index_that_disagrees_with_the_record_is_corrupt() {
         let records = [(1, encoded("s", 1)), (2, encoded("t", 1))];
-        let (_dir, db) = journal_with(&records, &[("s", 1, 1), ("s", 2, 2), ("u", 1, 9)]);
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1, 2), ("u", 1, 9, 1)]);
         let n = ReadLimit::events;
         assert_eq!(read_stream(&db, "s", 1, n(1)).unwrap().len(), 1);
         assert_eq!(corrupt_position(read_stream(&db, "s", 1, n(10))), 2);

@@ -9,12 +9,13 @@
 
 use std::collections::BTreeSet;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use uuid::Uuid;
 
+use super::runs::{self, Run, RunKey, RunValue};
 use super::store::{
-    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_INDEX, SNAPSHOTS, STREAM_HEADS,
-    STREAM_INDEX, STREAM_LIFECYCLE,
+    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_RUNS, SNAPSHOTS, STREAM_HEADS,
+    STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, record};
 use crate::journal::lifecycle::now_millis;
@@ -100,39 +101,41 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
         .is_ok_and(|window| window.is_whole());
 
     let mut events = txn.open_table(EVENTS)?;
-    let mut index = txn.open_table(STREAM_INDEX)?;
-    let mut recent = txn.open_table(RECENT_INDEX)?;
+    let mut tables = [txn.open_table(STREAM_RUNS)?, txn.open_table(RECENT_RUNS)?];
     let mut ids = txn.open_table(EVENT_IDS)?;
-    let versions = (stream, 0)..=(stream, u64::MAX);
-    // (in the recent index?, version, position, id)
-    let mut hidden = Vec::new();
-    let entries = index
-        .range(versions.clone())?
-        .map(|entry| entry.map(|e| (false, e)))
-        .chain(
-            recent
-                .range(versions)?
-                .map(|entry| entry.map(|e| (true, e))),
-        );
-    for entry in entries {
-        let (in_recent, (key, position)) = entry?;
-        let (version, position) = (key.value().1, position.value());
-        let Some(bytes) = events.get(position)? else {
-            return Err(JournalError::Corrupt {
-                position,
-                reason: format!("version {version} of {stream:?} points at a missing record"),
-            });
-        };
-        let event = record::decode(position, bytes.value())?;
-        if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
-            break;
+    // (position, id) of each hidden event, and (table, run, how many of its events are hidden)
+    // of the runs holding them.
+    let (mut hidden, mut trimmed) = (Vec::new(), Vec::new());
+    'runs: for (table, runs) in tables.iter().enumerate() {
+        for run in runs::holding(runs, stream, 0)? {
+            let run = run?;
+            let mut removed = 0;
+            let mut stop = false;
+            for version in run.first_version..run.end_version() {
+                let position = run.position(version);
+                let Some(bytes) = events.get(position)? else {
+                    return Err(JournalError::Corrupt {
+                        position,
+                        reason: format!(
+                            "version {version} of {stream:?} points at a missing record"
+                        ),
+                    });
+                };
+                let event = record::decode(position, bytes.value())?;
+                if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
+                    stop = true;
+                    break;
+                }
+                hidden.push((position, Uuid::from_bytes(event.id).as_u128()));
+                removed += 1;
+            }
+            if removed > 0 {
+                trimmed.push((table, run, removed));
+            }
+            if stop {
+                break 'runs;
+            }
         }
-        hidden.push((
-            in_recent,
-            version,
-            position,
-            Uuid::from_bytes(event.id).as_u128(),
-        ));
     }
     if hidden.is_empty() {
         return Ok((0, whole));
@@ -142,16 +145,29 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
     let mut meta = txn.open_table(META)?;
     let kept = meta.get(LAST_POSITION_KEY)?.map_or(0, |v| v.value());
     meta.insert(LAST_POSITION_KEY, last.max(kept))?;
-    for &(in_recent, version, position, id) in &hidden {
+    for &(position, id) in &hidden {
         events.remove(position)?;
         ids.remove(id)?;
-        if in_recent {
-            recent.remove((stream, version))?;
-        } else {
-            index.remove((stream, version))?;
-        }
+    }
+    for &(table, run, removed) in &trimmed {
+        trim(&mut tables[table], stream, run, removed)?;
     }
     Ok((hidden.len(), whole))
+}
+
+/// Removes the first `removed` events of `run` of `stream` from its runs table.
+fn trim(
+    table: &mut Table<'_, RunKey, RunValue>,
+    stream: &str,
+    run: Run,
+    removed: u64,
+) -> Result<(), JournalError> {
+    table.remove((stream, run.first_version))?;
+    if removed < run.count {
+        let rest = run.without_first(removed);
+        table.insert((stream, rest.first_version), rest.value())?;
+    }
+    Ok(())
 }
 
 /// Removes every snapshot (of any plugin) of `streams`; returns how many.

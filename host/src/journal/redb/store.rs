@@ -5,28 +5,30 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition, TableHandle};
 
-use super::JournalError;
+use super::{JournalError, migrate};
 
 /// The storage format this build reads and writes (the tables below and their key layouts).
-pub(super) const FORMAT_VERSION: u64 = 1;
+/// Format 1 indexed streams per event; opening such a file migrates it (see `migrate`).
+pub(super) const FORMAT_VERSION: u64 = 2;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The global log: position → encoded record (see `record`).
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// (stream, version) → position, for all but the most recent events (see `RECENT_INDEX`).
-pub(super) const STREAM_INDEX: TableDefinition<(&str, u64), u64> =
-    TableDefinition::new("stream_index");
-/// (stream, version) → position of the most recent events, moved into `STREAM_INDEX` in bulk
-/// once it holds `RECENT_INDEX_MAX` entries. Every stream appended to has its own last page in
-/// `STREAM_INDEX`, so indexing there directly would dirty one page per stream per commit; this
-/// small table keeps a commit's index writes on a few pages. For each stream, its versions here
-/// are above all its versions in `STREAM_INDEX`.
-pub(super) const RECENT_INDEX: TableDefinition<(&str, u64), u64> =
-    TableDefinition::new("stream_index_recent");
-/// When `RECENT_INDEX` is moved into `STREAM_INDEX`.
-pub(super) const RECENT_INDEX_MAX: u64 = 1024;
+/// (stream, first version) → (first position, count): the [runs](super::runs) of each stream
+/// (one per append), for all but the most recent runs (see `RECENT_RUNS`).
+pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("stream_runs");
+/// The most recent runs, moved into `STREAM_RUNS` in bulk once it holds `RECENT_RUNS_MAX`
+/// entries. Every stream appended to has its own last page in `STREAM_RUNS`, so indexing there
+/// directly would dirty one page per stream per commit; this small table keeps a commit's index
+/// writes on a few pages. For each stream, its runs here are above all its runs in
+/// `STREAM_RUNS`.
+pub(super) const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("stream_runs_recent");
+/// When `RECENT_RUNS` is moved into `STREAM_RUNS`.
+pub(super) const RECENT_RUNS_MAX: u64 = 1024;
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 /// event id → position.
@@ -77,7 +79,8 @@ pub(super) fn open_on(
     Ok(db)
 }
 
-/// Creates the tables of a new database, or checks the format of an existing one.
+/// Creates the tables of a new database, or checks the format of an existing one and migrates it
+/// from an older format, in one transaction: a crash half way leaves the old format intact.
 fn prepare(db: &Database) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
     let added = !txn
@@ -89,6 +92,11 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
         let found = meta.get(FORMAT_KEY)?.map(|v| v.value());
         match found {
             Some(FORMAT_VERSION) => false,
+            Some(migrate::FORMAT_1) => {
+                migrate::from_format_1(&txn)?;
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                true
+            }
             Some(found) => {
                 return Err(JournalError::UnsupportedFormat {
                     found,
@@ -98,8 +106,8 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             None => {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 txn.open_table(EVENTS)?;
-                txn.open_table(STREAM_INDEX)?;
-                txn.open_table(RECENT_INDEX)?;
+                txn.open_table(STREAM_RUNS)?;
+                txn.open_table(RECENT_RUNS)?;
                 txn.open_table(STREAM_HEADS)?;
                 txn.open_table(EVENT_IDS)?;
                 txn.open_table(SNAPSHOTS)?;

@@ -264,39 +264,43 @@ mod tests {
     }
 
     #[test]
-    fn the_recent_stream_index_moves_into_the_main_one_when_full() {
+    fn the_recent_runs_move_into_the_main_table_when_many() {
         use redb::{ReadableDatabase, ReadableTableMetadata};
 
         use crate::journal::redb::reader;
-        use crate::journal::redb::store::{RECENT_INDEX, RECENT_INDEX_MAX, STREAM_INDEX};
+        use crate::journal::redb::store::{RECENT_RUNS, RECENT_RUNS_MAX, STREAM_RUNS};
 
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(&dir);
         let sizes = || {
             let txn = writer.db.get().begin_read().unwrap();
-            let main = txn.open_table(STREAM_INDEX).unwrap().len().unwrap();
-            (main, txn.open_table(RECENT_INDEX).unwrap().len().unwrap())
+            let main = txn.open_table(STREAM_RUNS).unwrap().len().unwrap();
+            (main, txn.open_table(RECENT_RUNS).unwrap().len().unwrap())
         };
         let events = |count| (0..count).map(|_| event()).collect();
-        let full = RECENT_INDEX_MAX;
+        let full = RECENT_RUNS_MAX;
 
-        writer.commit(vec![append(ExpectedVersion::Any, events(full - 1)).0]);
+        // One run per append, however many events it has.
+        let singles = (1..full).map(|_| append(ExpectedVersion::Any, events(1)).0);
+        writer.commit(singles.collect());
         assert_eq!(sizes(), (0, full - 1));
         let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
-        writer.commit(vec![append(ExpectedVersion::Any, events(1)).0, other]);
+        writer.commit(vec![append(ExpectedVersion::Any, events(3)).0, other]);
         assert_eq!(sizes(), (full + 1, 0));
         writer.commit(vec![append(ExpectedVersion::Any, events(2)).0]);
-        assert_eq!(sizes(), (full + 1, 2));
+        assert_eq!(sizes(), (full + 1, 1));
 
-        // A stream reads the same across both tables, page by page.
+        // A stream reads the same across both tables, page by page, from inside a run.
         let versions = |from, limit| -> Vec<u64> {
             let limit = ReadLimit::events(limit);
             let events = reader::read_stream(&writer.db.get(), "s", from, limit).unwrap();
             events.iter().map(|event| event.version).collect()
         };
-        assert_eq!(versions(1, usize::MAX), (1..=full + 2).collect::<Vec<_>>());
+        assert_eq!(versions(1, usize::MAX), (1..=full + 4).collect::<Vec<_>>());
         assert_eq!(versions(full - 1, 3), [full - 1, full, full + 1]);
-        assert_eq!(versions(full + 2, 3), [full + 2]);
+        assert_eq!(versions(full + 1, 3), [full + 1, full + 2, full + 3]);
+        assert_eq!(versions(full + 4, 3), [full + 4]);
+        assert_eq!(versions(full + 5, 3), Vec::<u64>::new());
         let all = ReadLimit::events(9);
         assert_eq!(
             reader::read_stream(&writer.db.get(), "t", 1, all)

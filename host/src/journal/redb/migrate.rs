@@ -1,0 +1,227 @@
+//! Migrating a file of an older storage format, inside the transaction that opens it (see
+//! `store::prepare`).
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::JournalError;
+use super::runs::Run;
+use super::store::{RECENT_RUNS, STREAM_RUNS};
+
+/// The format that indexed streams per event, in the two tables below.
+pub(super) const FORMAT_1: u64 = 1;
+/// Format 1: (stream, version) → position, for all but the most recent events.
+const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
+/// Format 1: (stream, version) → position of the most recent events.
+const RECENT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index_recent");
+
+/// Rebuilds format 1's per-event stream index as runs of consecutive versions at consecutive
+/// positions, and drops it.
+pub(super) fn from_format_1(txn: &WriteTransaction) -> Result<(), JournalError> {
+    let mut runs = txn.open_table(STREAM_RUNS)?;
+    txn.open_table(RECENT_RUNS)?;
+    let (mut events, mut count) = (0, 0);
+    for old in [STREAM_INDEX, RECENT_INDEX] {
+        let index = txn.open_table(old)?;
+        let mut current: Option<(String, Run)> = None;
+        for entry in index.iter()? {
+            let (key, position) = entry?;
+            let ((stream, version), position) = (key.value(), position.value());
+            events += 1;
+            match &mut current {
+                Some((name, run))
+                    if name == stream
+                        && run.end_version() == version
+                        && run.first_position + run.count == position =>
+                {
+                    run.count += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let next = Run::new(version, (position, 1));
+            if let Some((name, run)) = current.replace((stream.to_owned(), next)) {
+                runs.insert((name.as_str(), run.first_version), run.value())?;
+                count += 1;
+            }
+        }
+        if let Some((name, run)) = current {
+            runs.insert((name.as_str(), run.first_version), run.value())?;
+            count += 1;
+        }
+        drop(index);
+        txn.delete_table(old)?;
+    }
+    tracing::info!(
+        events,
+        runs = count,
+        "migrated the journal from format 1: its stream index now holds runs"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{Database, ReadableDatabase, TableHandle};
+
+    use super::*;
+    use crate::journal::redb::store::{
+        self, CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS,
+        STREAM_HEADS, STREAM_LIFECYCLE,
+    };
+    use crate::journal::redb::{Lifecycle, RedbJournal, reader, record};
+    use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
+
+    /// An event as stored: stream, version, position, and the event appended.
+    type Stored = (&'static str, u64, u64, NewEvent);
+
+    /// Writes a format 1 file the way format 1 laid it out, with a per-event stream index: the
+    /// events of `appends` (stream, event count) in order, indexed in the old main table up to
+    /// position `moved` and in the old recent table after it, and `deleted` soft-deleted.
+    fn format_1_file(
+        path: &std::path::Path,
+        appends: &[(&'static str, u64)],
+        moved: u64,
+        deleted: &str,
+    ) -> Vec<Stored> {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut stored = Vec::new();
+        {
+            txn.open_table(META).unwrap().insert(FORMAT_KEY, 1).unwrap();
+            txn.open_table(SNAPSHOTS).unwrap();
+            txn.open_table(CHECKPOINTS).unwrap();
+            let mut log = txn.open_table(EVENTS).unwrap();
+            let mut indexes = [
+                txn.open_table(STREAM_INDEX).unwrap(),
+                txn.open_table(RECENT_INDEX).unwrap(),
+            ];
+            let mut heads = txn.open_table(STREAM_HEADS).unwrap();
+            let mut ids = txn.open_table(EVENT_IDS).unwrap();
+            let mut position = 0;
+            for &(stream, count) in appends {
+                for _ in 0..count {
+                    position += 1;
+                    let version = heads.get(stream).unwrap().map_or(0, |v| v.value()) + 1;
+                    let event = NewEvent::json("Happened", &serde_json::json!({ "at": position }));
+                    let bytes = record::encode(stream, version, &event, 1_000);
+                    log.insert(position, bytes.as_slice()).unwrap();
+                    indexes[usize::from(position > moved)]
+                        .insert((stream, version), position)
+                        .unwrap();
+                    heads.insert(stream, version).unwrap();
+                    ids.insert(event.id.as_u128(), position).unwrap();
+                    stored.push((stream, version, position, event));
+                }
+            }
+            let mut lifecycle = Lifecycle::default();
+            let last = heads.get(deleted).unwrap().map(|v| v.value());
+            lifecycle
+                .delete(deleted, last, ExpectedVersion::Any, false)
+                .unwrap();
+            txn.open_table(STREAM_LIFECYCLE)
+                .unwrap()
+                .insert(deleted, lifecycle.encode().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        stored
+    }
+
+    fn seen(events: &[crate::journal::RecordedEvent]) -> Vec<(String, u64, u64, uuid::Uuid)> {
+        let seen = events.iter().map(|event| {
+            let stream = event.stream.to_string();
+            (stream, event.version, event.position, event.id)
+        });
+        seen.collect()
+    }
+
+    fn expected<'a>(
+        stored: impl Iterator<Item = &'a Stored>,
+    ) -> Vec<(String, u64, u64, uuid::Uuid)> {
+        let expected = stored.map(|(stream, version, position, event)| {
+            (stream.to_string(), *version, *position, event.id)
+        });
+        expected.collect()
+    }
+
+    #[test]
+    fn a_format_1_file_reads_the_same_after_its_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        // Interleaved streams; c's second append straddles the two old tables.
+        let appends = [
+            ("a", 2),
+            ("b", 1),
+            ("a", 1),
+            ("c", 3),
+            ("gone", 2),
+            ("b", 2),
+            ("a", 3),
+        ];
+        let stored = format_1_file(&path, &appends, 6, "gone");
+
+        let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(META).unwrap().get(FORMAT_KEY).unwrap();
+        assert_eq!(format.unwrap().value(), FORMAT_VERSION);
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|table| table.name().to_owned())
+            .collect();
+        assert!(
+            !tables.contains(&STREAM_INDEX.name().to_owned()),
+            "{tables:?}"
+        );
+        assert!(
+            !tables.contains(&RECENT_INDEX.name().to_owned()),
+            "{tables:?}"
+        );
+        drop(txn);
+
+        let visible = || stored.iter().filter(|(stream, ..)| *stream != "gone");
+        let all = reader::read_all(&db, 1, ReadLimit::events(100)).unwrap();
+        assert_eq!(seen(&all), expected(visible()));
+        for (stream, last) in [("a", 6), ("b", 3), ("c", 3)] {
+            for from in 1..=last + 1 {
+                let events = reader::read_stream(&db, stream, from, ReadLimit::events(100));
+                let of_stream =
+                    visible().filter(|(s, version, ..)| *s == stream && *version >= from);
+                assert_eq!(
+                    seen(&events.unwrap()),
+                    expected(of_stream),
+                    "{stream} from {from}"
+                );
+            }
+            assert_eq!(reader::stream_version(&db, stream).unwrap(), Some(last));
+        }
+        let gone = reader::read_stream(&db, "gone", 1, ReadLimit::events(100)).unwrap();
+        assert!(gone.is_empty());
+        assert_eq!(reader::stream_version(&db, "gone").unwrap(), None);
+        for (stream, _, position, event) in &stored {
+            let found = reader::event_by_id(&db, event.id).unwrap();
+            let found = found.map(|event| event.position);
+            assert_eq!(found, (*stream != "gone").then_some(*position));
+        }
+        assert_eq!(reader::head_position(&db).unwrap(), 14);
+        drop(db);
+
+        // Appends go on after the migrated history, and a retry of a migrated append is known.
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        let first_two: Vec<NewEvent> = stored[..2].iter().map(|s| s.3.clone()).collect();
+        let retried = journal.append_blocking("a", ExpectedVersion::NoStream, first_two);
+        assert_eq!(
+            (retried.unwrap().first_position, stored[1].2),
+            (1, 2),
+            "a retry answers where the events are"
+        );
+        let more = vec![NewEvent::json("Happened", &serde_json::json!({}))];
+        let appended = journal
+            .append_blocking("a", ExpectedVersion::Exact(6), more)
+            .unwrap();
+        assert_eq!((appended.first_version, appended.first_position), (7, 15));
+        let a = reader::read_stream(&journal.db.get(), "a", 5, ReadLimit::events(9)).unwrap();
+        let versions: Vec<u64> = a.iter().map(|event| event.version).collect();
+        assert_eq!(versions, [5, 6, 7]);
+    }
+}
