@@ -1150,6 +1150,12 @@ async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions(backe
         "{report:?}"
     );
     assert_eq!(f.all(), visible, "readers see no difference");
+    let short = j.read_stream("short-1", 1, 10).unwrap();
+    assert_eq!(
+        versions(&short),
+        [4, 5],
+        "the rest of a partly removed append"
+    );
     assert_eq!(j.latest_snapshot("p", "customer-1", 9).unwrap(), None);
     assert_eq!(j.latest_snapshot("q", "short-1", 9).unwrap(), None);
     assert!(j.latest_snapshot("p", "kept-1", 9).unwrap().is_some());
