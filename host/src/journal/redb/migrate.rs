@@ -68,7 +68,7 @@ mod tests {
         self, CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS,
         STREAM_HEADS, STREAM_LIFECYCLE,
     };
-    use crate::journal::redb::{Lifecycle, RedbJournal, reader, record};
+    use crate::journal::redb::{Lifecycle, RedbJournal, backup, reader, record};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
 
     /// An event as stored: stream, version, position, and the event appended.
@@ -159,6 +159,8 @@ mod tests {
             ("a", 3),
         ];
         let stored = format_1_file(&path, &appends, 6, "gone");
+        // A format 1 backup is restorable: it is migrated once opened.
+        assert_eq!(backup::inspect(&path).unwrap().events, 14);
 
         let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
         let txn = db.begin_read().unwrap();
