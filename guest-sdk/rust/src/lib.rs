@@ -125,6 +125,8 @@ mod batch;
 mod bindings;
 pub mod codec;
 pub mod log;
+#[cfg(any(target_arch = "wasm32", test))]
+mod memcmp;
 mod projection;
 mod runtime;
 mod state;
