@@ -135,6 +135,7 @@ const RUST_SDK: &[(&str, &str)] = &[
     rust_sdk_file!("batch.rs"),
     rust_sdk_file!("bindings.rs"),
     rust_sdk_file!("log.rs"),
+    rust_sdk_file!("memcmp.rs"),
     rust_sdk_file!("projection.rs"),
     rust_sdk_file!("runtime.rs"),
     rust_sdk_file!("runtime/tests.rs"),
@@ -155,3 +156,33 @@ macro_rules! rust_sdk_file {
     };
 }
 use rust_sdk_file;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::RUST_SDK;
+
+    /// Every source file of the Rust SDK is built in: a new plugin's copy must compile.
+    #[test]
+    fn the_built_in_rust_sdk_has_every_source_file() {
+        fn walk(dir: &Path, root: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, found);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let relative = path.strip_prefix(root).unwrap();
+                    found.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/rust/src");
+        let mut found = Vec::new();
+        walk(&root, &root, &mut found);
+        found.sort();
+        let mut built_in: Vec<String> = RUST_SDK.iter().map(|(path, _)| path.to_string()).collect();
+        built_in.sort();
+        assert_eq!(built_in, found);
+    }
+}
