@@ -36,7 +36,7 @@ pub struct AggregateConfig {
     pub cache_capacity: usize,
     /// Most bytes the live aggregate states may hold together, each counted by its footprint
     /// (linear memories, tables and store), and the snapshots of dropped states kept in memory
-    /// (dehydrated): an eighth of it is theirs. Idle live states are dropped past the rest.
+    /// (dehydrated): a sixteenth of it is theirs. Idle live states are dropped past the rest.
     pub cache_bytes: usize,
     /// Times a command is re-decided after a concurrent append to its stream.
     pub max_conflict_retries: u32,
@@ -272,7 +272,7 @@ pub struct Aggregates {
 impl Aggregates {
     /// Passivates idle states in the background, if configured and inside a tokio runtime.
     pub fn new(journal: Journal, config: AggregateConfig) -> Self {
-        let dehydrated_bytes = config.cache_bytes / 8;
+        let dehydrated_bytes = config.cache_bytes / 16;
         let dehydrated = Arc::new(DehydratedStates::new(dehydrated_bytes));
         let cache = Arc::new(AggregateCache::new(
             config.cache_capacity,

@@ -21,8 +21,9 @@ use super::aggregate::AggregateInstance;
 /// are dropped as they are. Small: a waiting instance still holds its memory.
 const QUEUE: usize = 16;
 
-/// Bytes counted per state besides its snapshot, stream name and key (map entry, allocations).
-const OVERHEAD: usize = 96;
+/// Bytes counted per state besides its snapshot, stream name and key: the map's node and
+/// slot, the state's fields and three allocations' headers and rounding, as malloc spends them.
+const OVERHEAD: usize = 192;
 
 /// One stream's state as its snapshot.
 pub(super) struct Dehydrated {
