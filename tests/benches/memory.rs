@@ -5,6 +5,8 @@
 //!   after a restart (which loads them compiled);
 //! - after 80,000 Deposit commands over 1,000 accounts (64 concurrent clients), bank-analytics
 //!   live and caught up;
+//! - the same load on a server whose `--aggregate-cache` keeps most states dehydrated, and
+//!   its commands/s against the first's;
 //! - the same host once idle past its `--passivate-after`, its 1,000 live states dropped;
 //! - a second server with `--aggregate-cache 32MiB` and bank-account alone, after opening
 //!   100,000 distinct accounts: its peak must stay under idle + budget.
@@ -28,6 +30,9 @@ const TOUCHED: usize = 100_000;
 const CLIENTS: usize = 64;
 const CACHE_BUDGET: &str = "32MiB";
 const CACHE_BUDGET_MIB: f64 = 32.0;
+/// The budget of the second loaded server (FOLDHOST_BENCH_LOAD_BUDGET overrides it): most of
+/// its 1,000 states dehydrated, to keep under thalo's RSS.
+const LOAD_BUDGET: &str = "32MiB";
 /// Long enough that no account goes idle during the load (each is used every ~0.2 s).
 const PASSIVATE_AFTER: &str = "10s";
 /// thalo's RSS on this kind of machine, idle and after ~80k commands (peers.md).
@@ -70,22 +75,35 @@ fn main() {
     let (restarted, after_load, passivated) = runtime.block_on(async {
         loaded.warm_up().await;
         let restarted = loaded.memory();
-        let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("a{i}")).collect();
-        loaded.run(ids.clone(), OPEN).await;
-        let deposits = (0..DEPOSITS).map(|i| ids[i % ACCOUNTS].clone()).collect();
-        let started = Instant::now();
-        loaded.run(deposits, DEPOSIT).await;
-        let rate = DEPOSITS as f64 / started.elapsed().as_secs_f64();
-        loaded.wait_projection_caught_up().await;
-        let after_load = loaded.memory();
+        let after_load = loaded.load().await;
         let early = loaded.metric("foldhost_aggregates_passivated_total").await;
         loaded.wait_all_passivated().await;
         let passivated = loaded.metric("foldhost_aggregates_passivated_total").await - early;
-        (restarted, (after_load, rate), (loaded.memory(), passivated))
+        (restarted, after_load, (loaded.memory(), passivated))
     });
     let (passivated, passivated_states) = passivated;
     let (after_load, rate) = after_load;
     drop(loaded);
+
+    let load_budget = std::env::var("FOLDHOST_BENCH_LOAD_BUDGET");
+    let load_budget = load_budget.as_deref().unwrap_or(LOAD_BUDGET);
+    let small = Server::start(
+        dir.path(),
+        "loaded-small",
+        &banking,
+        &[
+            "--passivate-after",
+            PASSIVATE_AFTER,
+            "--aggregate-cache",
+            load_budget,
+        ],
+    );
+    let (small_load, small_rate) = runtime.block_on(async {
+        small.warm_up().await;
+        small.load().await
+    });
+    let small_live = runtime.block_on(small.metric("foldhost_aggregate_cache_streams"));
+    drop(small);
 
     let budgeted = Server::start(
         dir.path(),
@@ -136,6 +154,14 @@ fn main() {
         idle.rss,
     );
     row(
+        &format!(
+            "the 80,000 Deposits again, --aggregate-cache {load_budget} ({small_live} states live, the rest dehydrated)"
+        ),
+        small_load,
+        Some(THALO_LOADED_MIB),
+        idle.rss,
+    );
+    row(
         &format!("idle: bank-account, --aggregate-cache {CACHE_BUDGET}"),
         budget_idle,
         None,
@@ -150,8 +176,10 @@ fn main() {
         budget_idle.rss,
     );
     println!(
-        "\n{DEPOSITS} Deposits at {rate:.0} commands/s. Goals: thalo {THALO_IDLE_MIB} MiB idle and {THALO_LOADED_MIB} MiB after ~80k commands (peers.md); \
+        "\n{DEPOSITS} Deposits at {rate:.0} commands/s; on --aggregate-cache {load_budget} at {small_rate:.0} \
+         commands/s ({:.2}× the default's). Goals: thalo {THALO_IDLE_MIB} MiB idle and {THALO_LOADED_MIB} MiB after ~80k commands (peers.md); \
          touched: idle + budget. Peak after touching: {:.1} MiB, {} the bound of {:.1} MiB.",
+        small_rate / rate,
         after_touch.peak,
         if after_touch.peak <= budget_idle.rss + CACHE_BUDGET_MIB {
             "within"
@@ -279,6 +307,19 @@ impl Server {
         for client in clients {
             client.await.unwrap();
         }
+    }
+
+    /// Opens [`ACCOUNTS`] accounts, sends them [`DEPOSITS`] Deposits in turn, waits for
+    /// bank-analytics to catch up, and returns the memory then and the Deposits' commands/s.
+    async fn load(&self) -> (Memory, f64) {
+        let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("a{i}")).collect();
+        self.run(ids.clone(), OPEN).await;
+        let deposits = (0..DEPOSITS).map(|i| ids[i % ACCOUNTS].clone()).collect();
+        let started = Instant::now();
+        self.run(deposits, DEPOSIT).await;
+        let rate = DEPOSITS as f64 / started.elapsed().as_secs_f64();
+        self.wait_projection_caught_up().await;
+        (self.memory(), rate)
     }
 
     /// Polls until bank-analytics has folded every event in the journal.

@@ -909,6 +909,138 @@ async fn the_aggregate_cache_keeps_to_its_byte_budget_and_evicted_states_come_ba
     }
 }
 
+/// A host whose cache keeps one live state and whose journal has no snapshots below 1,000
+/// events: an evicted state comes back only from its dehydrated snapshot or a full replay.
+fn one_live_state() -> Host {
+    Host::with(RuntimeConfig {
+        aggregates: AggregateConfig {
+            cache_capacity: 1,
+            snapshot_every: 1000,
+            passivate_after: None,
+            ..AggregateConfig::default()
+        },
+        ..config()
+    })
+}
+
+/// Opens `id` and deposits 2 twenty times (version 21, balance 40).
+async fn open_with_deposits(host: &Host, id: &str) {
+    host.command("bank-account", id, "Open", json!({"owner": id}))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        host.command("bank-account", id, "Deposit", json!({"amount": 2}))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until `count` states are dehydrated.
+async fn wait_dehydrated(host: &Host, count: u64) {
+    wait_for(|| (host.runtime.command_stats().dehydrated_streams == count).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_state_comes_back_from_its_dehydrated_snapshot_plus_the_events_since() {
+    let host = one_live_state();
+    host.load("bank-account").await;
+    open_with_deposits(&host, "alice").await;
+    // Bob's slot evicts alice's state: it is dehydrated.
+    host.command("bank-account", "bob", "Open", json!({"owner": "bob"}))
+        .await
+        .unwrap();
+    wait_dehydrated(&host, 1).await;
+    host.runtime
+        .journal()
+        .append(
+            "bank-account-alice",
+            ExpectedVersion::Exact(21),
+            vec![NewEvent::json("Deposited", &json!({"amount": 5}))],
+        )
+        .await
+        .unwrap();
+
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "alice", None)
+        .await
+        .unwrap();
+    assert_eq!((version, balance(&state)), (22, 45));
+    assert_eq!(
+        host.runtime.command_stats().rehydrated,
+        1,
+        "not from memory"
+    );
+
+    // And through a command, with bob's state dehydrated by alice's read.
+    wait_dehydrated(&host, 1).await;
+    let state = host
+        .command("bank-account", "bob", "Deposit", json!({"amount": 7}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 7);
+    assert_eq!(
+        host.runtime.command_stats().rehydrated,
+        2,
+        "not from memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_drops_the_dehydrated_states_of_the_build_it_replaces() {
+    let host = one_live_state();
+    host.load("bank-account").await;
+    open_with_deposits(&host, "alice").await;
+    host.command("bank-account", "bob", "Open", json!({"owner": "bob"}))
+        .await
+        .unwrap();
+    wait_dehydrated(&host, 1).await;
+
+    host.load("bank-account-v2").await;
+    assert_eq!(host.runtime.command_stats().dehydrated_streams, 0);
+    let state = host
+        .command("bank-account", "alice", "Deposit", json!({"amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(balance(&state), 41);
+    assert_eq!(
+        host.runtime.command_stats().rehydrated,
+        0,
+        "the old build's state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_whose_snapshot_traps_on_eviction_is_dropped_and_rebuilt_from_the_journal() {
+    let host = one_live_state();
+    host.load("hostile").await;
+    host.command("hostile", "h", "Ping", Value::Null)
+        .await
+        .unwrap();
+    host.command("hostile", "h", "Jam", Value::Null)
+        .await
+        .unwrap();
+    // g evicts h, whose snapshot traps; k evicts g, dehydrated after h in turn.
+    for id in ["g", "k"] {
+        host.command("hostile", id, "Ping", Value::Null)
+            .await
+            .unwrap();
+    }
+    wait_dehydrated(&host, 1).await;
+
+    let state = host
+        .command("hostile", "h", "Ping", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(state["pongs"], json!(2), "{state}");
+    assert_eq!(host.runtime.command_stats().rehydrated, 0);
+    let state = host
+        .command("hostile", "g", "Ping", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(state["pongs"], json!(2), "{state}");
+}
+
 /// Plugins built with the Rust SDK export the packed folds of contract 0.1.2 and are fed
 /// packed batches; plugins without them (a 0.1.0 build, the JavaScript SDK's) get span
 /// batches; both fold the same events to the same state.

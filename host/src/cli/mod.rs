@@ -101,9 +101,11 @@ struct ServeArgs {
     /// Per plugin: `foldhost plugins policy NAME park|stop`.
     #[arg(long, env = "FOLDHOST_FAILURE_POLICY", default_value = "park")]
     failure_policy: FailurePolicy,
-    /// Most memory the cached live aggregate states may hold together, e.g. 512MiB. Each is
-    /// counted by what it may touch (its linear memories and tables); past it the least
-    /// recently used idle states are dropped and rehydrate from snapshots when next used.
+    /// Most memory the cached aggregate states may hold together, e.g. 512MiB. A live state is
+    /// counted by what it may touch (its linear memories and tables); past fifteen sixteenths
+    /// of this the least recently used idle ones are dropped, their snapshots kept in memory
+    /// (dehydrated) within the last sixteenth, and a dropped state comes back from its snapshot
+    /// plus the events appended since (or from the journal, once its snapshot is dropped too).
     #[arg(long, env = "FOLDHOST_AGGREGATE_CACHE", value_name = "SIZE", value_parser = parse_size, default_value = "512MiB")]
     aggregate_cache: usize,
     /// Most memory the redb journal keeps of its file's pages (read cache and the commit being

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use wasmtime::Store;
 
 use super::bindings::{AggregateExports, PluginData, types};
+use super::dehydrated::Dehydrated;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
@@ -170,12 +171,28 @@ impl AggregateInstance {
         stream: &str,
         at_most: u64,
     ) -> Result<Self, RuntimeError> {
+        Self::rehydrate_from(plugin, upcasters, journal, stream, at_most, None)
+    }
+
+    /// [`rehydrate_through`](Self::rehydrate_through) starting from `dehydrated`, a state of
+    /// this stream folded through the same chain, instead of a journal snapshot.
+    pub(super) fn rehydrate_from(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
+        journal: &Journal,
+        stream: &str,
+        at_most: u64,
+        dehydrated: Option<Dehydrated>,
+    ) -> Result<Self, RuntimeError> {
         let window = journal.stream_window(stream)?;
-        Self::rehydrate_in(plugin, upcasters, journal, stream, at_most, &window)
+        Self::rehydrate_in(
+            plugin, upcasters, journal, stream, at_most, &window, dehydrated,
+        )
     }
 
     /// [`rehydrate`](Self::rehydrate) within the stream's visible `window`: the state folds only
-    /// the events readers see, so snapshots are used only when the window is the whole stream.
+    /// the events readers see, so snapshots (journal or dehydrated) are used only when the
+    /// window is the whole stream.
     fn rehydrate_in(
         plugin: Arc<Plugin>,
         upcasters: Arc<UpcasterChain>,
@@ -183,13 +200,23 @@ impl AggregateInstance {
         stream: &str,
         at_most: u64,
         window: &StreamWindow,
+        dehydrated: Option<Dehydrated>,
     ) -> Result<Self, RuntimeError> {
         let key = upcasters.state_key(&plugin.hash);
-        let snapshot = match window.is_whole() {
-            true => journal.latest_snapshot(&key, stream, at_most)?,
-            false => None,
+        let head = window.current.unwrap_or(0).min(at_most);
+        let start = match (window.is_whole(), dehydrated) {
+            (false, _) => None,
+            (true, Some(state)) if state.key == key && state.version <= head => {
+                Some((state.version, state.snapshot_version, state.bytes))
+            }
+            (true, _) => journal
+                .latest_snapshot(&key, stream, at_most)?
+                .map(|(version, bytes)| (version, version, bytes)),
         };
+        let snapshot_version = start.as_ref().map_or(0, |(_, stored, _)| *stored);
+        let snapshot = start.map(|(version, _, bytes)| (version, bytes));
         let mut instance = Self::through(plugin, upcasters, stream, snapshot)?;
+        instance.snapshot_version = snapshot_version;
         instance.base = window.first;
         instance.whole = window.is_whole();
         instance.catch_up(journal, at_most)?;
@@ -215,7 +242,8 @@ impl AggregateInstance {
         if !self.fits(&window) {
             let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
             let stream = self.stream.clone();
-            *self = Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &window)?;
+            *self =
+                Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &window, None)?;
             return Ok(());
         }
         self.catch_up(journal, u64::MAX)?;

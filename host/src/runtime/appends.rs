@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::aggregate::{AggregateInstance, REPLAY_LIMIT, batches};
 use super::blocking;
-use super::commands::{Aggregates, latest, take_state};
+use super::commands::{Aggregates, latest, take_dehydrated, take_state};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::upcast::UpcasterChain;
@@ -31,6 +31,8 @@ impl Aggregates {
         let slot = self.slot(stream);
         let mut live = slot.lock().await;
         let cached = take_state(&mut live, plugin, upcasters);
+        let dehydrated =
+            take_dehydrated(&self.dehydrated, cached.as_ref(), stream, plugin, upcasters);
         let (journal, plugin, stream) = (self.journal.clone(), plugin.clone(), stream.to_owned());
         let upcasters = upcasters.clone();
         let retries = self.config.max_conflict_retries;
@@ -41,7 +43,8 @@ impl Aggregates {
                 let retried = journal.append_blocking(&stream, expected, events);
                 return Ok((cached, retried.map_err(RuntimeError::from)));
             }
-            let mut instance = match latest(cached, plugin, upcasters, &journal, &stream) {
+            let latest = latest(cached, dehydrated, plugin, upcasters, &journal, &stream);
+            let mut instance = match latest {
                 Ok(instance) => instance,
                 Err(error) => return Ok((None, Err(error))),
             };

@@ -1,8 +1,9 @@
 //! The cache of live aggregate states: one slot per stream, bounded by how many slots it
 //! keeps and by the bytes their instances hold. Past either bound the least recently used idle
-//! slots are dropped; their streams rehydrate from a snapshot on their next command. Slots
-//! idle for longer than a timeout are dropped the same way ([passivated](AggregateCache::passivate),
-//! as Akka Cluster Sharding passivates idle entities).
+//! slots are dropped: their instances go to the [`Dehydrator`], which keeps their snapshots,
+//! and their streams rehydrate from those on their next command. Slots idle for longer than a
+//! timeout are dropped the same way ([passivated](AggregateCache::passivate), as Akka Cluster
+//! Sharding passivates idle entities).
 //!
 //! An instance's bytes are its [footprint](AggregateInstance::footprint), counted whenever its
 //! slot is unlocked, so the total follows instances as they grow. Slots in use are never
@@ -17,6 +18,7 @@ use lru::LruCache;
 
 use super::aggregate::AggregateInstance;
 use super::commands::StreamSlot;
+use super::dehydrated::Dehydrator;
 
 /// Busy slots passed over at the cold end before one pass of eviction gives up.
 const MAX_BUSY_SKIPS: usize = 16;
@@ -36,15 +38,18 @@ pub(super) struct AggregateCache {
     max_bytes: usize,
     /// Bytes held by every slot's instance, as last counted.
     bytes: Arc<AtomicUsize>,
+    /// Takes the instances of dropped slots.
+    dehydrator: Dehydrator,
 }
 
 impl AggregateCache {
-    pub(super) fn new(max_slots: usize, max_bytes: usize) -> Self {
+    pub(super) fn new(max_slots: usize, max_bytes: usize, dehydrator: Dehydrator) -> Self {
         Self {
             slots: Mutex::new(LruCache::unbounded()),
             max_slots: max_slots.max(1),
             max_bytes,
             bytes: Arc::default(),
+            dehydrator,
         }
     }
 
@@ -117,11 +122,15 @@ impl AggregateCache {
         passivated
     }
 
-    /// Drops the least recently used slot, uncounting its bytes.
+    /// Drops the least recently used slot (idle), uncounting its bytes and handing its
+    /// instance to the dehydrator.
     fn pop_lru(&self, slots: &mut LruCache<String, Entry>) {
         let (_, entry) = slots.pop_lru().expect("a slot to drop");
         let footprint = entry.slot.footprint.swap(0, Ordering::Relaxed);
         self.bytes.fetch_sub(footprint, Ordering::Relaxed);
+        if let Some(instance) = Arc::into_inner(entry.slot).and_then(StreamSlot::into_state) {
+            self.dehydrator.dehydrate(instance);
+        }
     }
 
     fn report(&self, slots: &LruCache<String, Entry>) {

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::aggregate::AggregateInstance;
 use super::blocking;
 use super::cache::{AggregateCache, LiveGuard, Slot};
+use super::dehydrated::{Dehydrated, DehydratedStates, Dehydrator};
 use super::error::RuntimeError;
 use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
@@ -34,7 +35,8 @@ pub struct AggregateConfig {
     /// Most live aggregate states kept in memory.
     pub cache_capacity: usize,
     /// Most bytes the live aggregate states may hold together, each counted by its footprint
-    /// (linear memories, tables and store); idle ones are dropped past it.
+    /// (linear memories, tables and store), and the snapshots of dropped states kept in memory
+    /// (dehydrated): a sixteenth of it is theirs. Idle live states are dropped past the rest.
     pub cache_bytes: usize,
     /// Times a command is re-decided after a concurrent append to its stream.
     pub max_conflict_retries: u32,
@@ -206,6 +208,11 @@ impl StreamSlot {
         }
     }
 
+    /// The stream's state, once the slot is no one else's.
+    pub(super) fn into_state(self) -> Option<AggregateInstance> {
+        self.live.into_inner()
+    }
+
     /// Stops driving after a panic, failing what is queued (their callers see the panic).
     fn abandon(&self) -> u64 {
         let mut queue = self
@@ -234,6 +241,10 @@ pub struct CommandStats {
     pub cached_streams: u64,
     /// Bytes the cached states hold, as last counted (see [`AggregateConfig::cache_bytes`]).
     pub cached_bytes: u64,
+    /// Streams whose state is kept dehydrated (as a snapshot in memory).
+    pub dehydrated_streams: u64,
+    /// States restored from their dehydrated snapshot.
+    pub rehydrated: u64,
 }
 
 #[derive(Default)]
@@ -254,14 +265,19 @@ pub struct Aggregates {
     /// arrival order while a new plugin version takes over; a state folded by
     /// another version is dropped, never reused (see `take_state`).
     cache: Arc<AggregateCache>,
+    /// The snapshots of the states the cache dropped.
+    pub(super) dehydrated: Arc<DehydratedStates>,
 }
 
 impl Aggregates {
     /// Passivates idle states in the background, if configured and inside a tokio runtime.
     pub fn new(journal: Journal, config: AggregateConfig) -> Self {
+        let dehydrated_bytes = config.cache_bytes / 16;
+        let dehydrated = Arc::new(DehydratedStates::new(dehydrated_bytes));
         let cache = Arc::new(AggregateCache::new(
             config.cache_capacity,
-            config.cache_bytes,
+            config.cache_bytes - dehydrated_bytes,
+            Dehydrator::start(dehydrated.clone()),
         ));
         if let (Some(timeout), Ok(runtime)) = (
             config.passivate_after,
@@ -274,6 +290,7 @@ impl Aggregates {
             config,
             stats: Arc::default(),
             cache,
+            dehydrated,
         }
     }
 
@@ -311,6 +328,7 @@ impl Aggregates {
                 journal: self.journal.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
+                dehydrated: self.dehydrated.clone(),
             };
             let span = tracing::info_span!("commands", %stream);
             tokio::spawn(driver.drive(slot, stream).instrument(span));
@@ -329,6 +347,8 @@ impl Aggregates {
             queued: self.stats.queued.load(Ordering::Relaxed),
             cached_streams: self.cache.len() as u64,
             cached_bytes: self.cache.bytes() as u64,
+            dehydrated_streams: self.dehydrated.len() as u64,
+            rehydrated: self.dehydrated.taken(),
         }
     }
 
@@ -360,6 +380,13 @@ impl Aggregates {
         let slot = self.slot(&stream);
         let mut live = slot.lock().await;
         let instance = take_state(&mut live, plugin, upcasters);
+        let dehydrated = take_dehydrated(
+            &self.dehydrated,
+            instance.as_ref(),
+            &stream,
+            plugin,
+            upcasters,
+        );
         let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
         let (instance, version, state) = blocking(move || {
             let mut instance = match instance {
@@ -376,12 +403,13 @@ impl Aggregates {
                 None if journal.stream_version(&stream)?.is_none() => {
                     return Err(RuntimeError::NoSuchStream(stream));
                 }
-                None => AggregateInstance::rehydrate_through(
+                None => AggregateInstance::rehydrate_from(
                     plugin,
                     upcasters,
                     &journal,
                     &stream,
                     u64::MAX,
+                    dehydrated,
                 )?,
             };
             let state = instance.state()?;
@@ -396,6 +424,7 @@ impl Aggregates {
     /// Drops every cached state of `plugin_hash` (after an unload or a swap).
     /// A state in use right now is dropped by its next user instead (see `take_state`).
     pub fn evict_plugin(&self, plugin_hash: &str) {
+        self.dehydrated.forget_plugin(plugin_hash);
         self.cache.for_each(|slot| {
             if let Some(mut live) = slot.try_lock()
                 && live
@@ -409,6 +438,21 @@ impl Aggregates {
 
     pub(super) fn slot(&self, stream: &str) -> Slot {
         self.cache.slot(stream)
+    }
+}
+
+/// The dehydrated state of `stream` by `plugin` through `upcasters` out of `states`, when no
+/// live one is `cached`.
+pub(super) fn take_dehydrated(
+    states: &DehydratedStates,
+    cached: Option<&AggregateInstance>,
+    stream: &str,
+    plugin: &Plugin,
+    upcasters: &UpcasterChain,
+) -> Option<Dehydrated> {
+    match cached {
+        Some(_) => None,
+        None => states.take(stream, &upcasters.state_key(&plugin.hash)),
     }
 }
 
@@ -437,6 +481,7 @@ struct Driver {
     journal: Journal,
     config: AggregateConfig,
     stats: Arc<Stats>,
+    dehydrated: Arc<DehydratedStates>,
 }
 
 impl Driver {
@@ -453,6 +498,13 @@ impl Driver {
             };
             let (plugin, upcasters) = (round[0].plugin.clone(), round[0].upcasters.clone());
             let cached = take_state(&mut live, &plugin, &upcasters);
+            let dehydrated = take_dehydrated(
+                &self.dehydrated,
+                cached.as_ref(),
+                &stream,
+                &plugin,
+                &upcasters,
+            );
             let (commands, mut waiting): (Vec<Command>, Vec<_>) = round
                 .into_iter()
                 .map(|p| (p.command, (p.plugin, p.upcasters, p.reply, p.queued)))
@@ -462,6 +514,7 @@ impl Driver {
             let (ran, commands) = blocking(move || {
                 let state = pipeline::State {
                     cached,
+                    dehydrated,
                     plugin,
                     upcasters,
                 };
@@ -577,9 +630,10 @@ pub(super) fn take_state(
 }
 
 /// The cached state brought up to what readers see of the stream now, or the stream rebuilt
-/// through `upcasters`.
+/// through `upcasters` (from its `dehydrated` state, if any).
 pub(super) fn latest(
     cached: Option<AggregateInstance>,
+    dehydrated: Option<Dehydrated>,
     plugin: Arc<Plugin>,
     upcasters: Arc<UpcasterChain>,
     journal: &Journal,
@@ -590,7 +644,14 @@ pub(super) fn latest(
             instance.refresh(journal)?;
             Ok(instance)
         }
-        None => AggregateInstance::rehydrate_through(plugin, upcasters, journal, stream, u64::MAX),
+        None => AggregateInstance::rehydrate_from(
+            plugin,
+            upcasters,
+            journal,
+            stream,
+            u64::MAX,
+            dehydrated,
+        ),
     }
 }
 

@@ -9,6 +9,7 @@ mod appends;
 mod bindings;
 mod cache;
 mod commands;
+mod dehydrated;
 mod diff;
 mod engine;
 mod error;

@@ -19,6 +19,7 @@ use super::aggregate::AggregateInstance;
 use super::commands::{
     AggregateConfig, Command, CommandOutcome, committed, derived_id, latest, unread_outcome,
 };
+use super::dehydrated::Dehydrated;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::upcast::UpcasterChain;
@@ -40,6 +41,8 @@ pub(super) struct Ran {
 /// The state a round starts from: the cached one, if any, of `plugin` through `upcasters`.
 pub(super) struct State {
     pub cached: Option<AggregateInstance>,
+    /// The stream's dehydrated state, when none is cached.
+    pub dehydrated: Option<Dehydrated>,
     pub plugin: Arc<Plugin>,
     pub upcasters: Arc<UpcasterChain>,
 }
@@ -48,6 +51,7 @@ pub(super) struct State {
 pub(super) fn run(
     State {
         cached,
+        dehydrated,
         plugin,
         upcasters,
     }: State,
@@ -63,7 +67,15 @@ pub(super) fn run(
     };
     // Another writer (a direct append, another host) may have moved the stream on, or a
     // delete or retention rule hidden some of it: decide against what readers see now.
-    let mut instance = match latest(cached, plugin.clone(), upcasters.clone(), journal, stream) {
+    let latest = latest(
+        cached,
+        dehydrated,
+        plugin.clone(),
+        upcasters.clone(),
+        journal,
+        stream,
+    );
+    let mut instance = match latest {
         Ok(instance) => instance,
         Err(error) => return failed(error, 0),
     };
@@ -332,7 +344,14 @@ impl Round {
         stream: &str,
     ) -> Result<AggregateInstance, RuntimeError> {
         let restored = self.restore(instance);
-        latest(restored, plugin.clone(), upcasters.clone(), journal, stream)
+        latest(
+            restored,
+            None,
+            plugin.clone(),
+            upcasters.clone(),
+            journal,
+            stream,
+        )
     }
 
     /// `instance` put back to the state at `base`, unless its store failed.

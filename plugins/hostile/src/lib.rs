@@ -12,6 +12,7 @@
 //! | `Flood`    | emits `events` events of `bytes` bytes each             |
 //! | `Bloat`    | emits `Bloated`: the state then renders as `bytes` bytes |
 //! | `Chatter`  | logs `lines` lines of `bytes` bytes each, then pongs    |
+//! | `Jam`      | emits `Jammed`: snapshots of the state then panic       |
 //!
 //! `Allocate` and `Recurse` reject the command if they ever return, which
 //! means the host failed to stop them. Attacks Rust cannot express (several
@@ -28,6 +29,14 @@ pub struct Hostile {
     pub pongs: u64,
     /// Bytes the rendered state is padded to, once `Bloated`.
     pub bloat: u32,
+    /// Once `Jammed`, taking a snapshot panics (a trap).
+    #[serde(default, serialize_with = "jam")]
+    pub jammed: bool,
+}
+
+fn jam<S: serde::Serializer>(jammed: &bool, serializer: S) -> Result<S::Ok, S::Error> {
+    assert!(!jammed, "hostile: snapshotting a jammed state");
+    serializer.serialize_bool(*jammed)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +49,7 @@ pub enum HostileEvent {
     Bloated {
         bytes: u32,
     },
+    Jammed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +63,7 @@ pub enum HostileCommand {
     Flood { events: u32, bytes: u32 },
     Bloat { bytes: u32 },
     Chatter { lines: u32, bytes: u32 },
+    Jam,
 }
 
 const GIB: usize = 1 << 30;
@@ -98,6 +109,7 @@ impl Aggregate for Hostile {
             HostileEvent::Poison => panic!("hostile: applied a Poison event"),
             HostileEvent::Flooded(_) => {}
             HostileEvent::Bloated { bytes } => self.bloat = bytes,
+            HostileEvent::Jammed => self.jammed = true,
         }
     }
 
@@ -116,6 +128,7 @@ impl Aggregate for Hostile {
                 .map(|_| HostileEvent::Flooded("x".repeat(bytes as usize)))
                 .collect()),
             HostileCommand::Bloat { bytes } => Ok(vec![HostileEvent::Bloated { bytes }]),
+            HostileCommand::Jam => Ok(vec![HostileEvent::Jammed]),
             HostileCommand::Chatter { lines, bytes } => {
                 let line = "x".repeat(bytes as usize);
                 for _ in 0..lines {
@@ -163,6 +176,14 @@ mod tests {
         assert_eq!(flood, Ok(vec![HostileEvent::Flooded("xx".into()); 3]));
         state.apply(HostileEvent::Bloated { bytes: 3 });
         assert_eq!(state.state_json(), r#"{"pongs":1,"bloat":"xxx"}"#);
+    }
+
+    #[test]
+    #[should_panic(expected = "jammed")]
+    fn a_jammed_state_panics_when_snapshotted() {
+        let mut state = Hostile::default();
+        state.apply(HostileEvent::Jammed);
+        state.snapshot();
     }
 
     #[test]
