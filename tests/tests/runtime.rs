@@ -935,9 +935,21 @@ async fn open_with_deposits(host: &Host, id: &str) {
     }
 }
 
-/// Waits until `count` states are dehydrated.
-async fn wait_dehydrated(host: &Host, count: u64) {
-    wait_for(|| (host.runtime.command_stats().dehydrated_streams == count).then_some(())).await;
+/// Waits until `count` states are dehydrated. A state still held by its round's driver when
+/// the cache passed its bound is evicted by the cache's next use, so each try reads the state of
+/// `plugin`'s `id`, the most recently used stream (which keeps its own place).
+async fn wait_dehydrated(host: &Host, count: u64, plugin: &str, id: &str) {
+    for _ in 0..600 {
+        if host.runtime.command_stats().dehydrated_streams == count {
+            return;
+        }
+        host.runtime
+            .aggregate_state(plugin, id, None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} dehydrated states not reached within 30 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -949,7 +961,7 @@ async fn an_evicted_state_comes_back_from_its_dehydrated_snapshot_plus_the_event
     host.command("bank-account", "bob", "Open", json!({"owner": "bob"}))
         .await
         .unwrap();
-    wait_dehydrated(&host, 1).await;
+    wait_dehydrated(&host, 1, "bank-account", "bob").await;
     host.runtime
         .journal()
         .append(
@@ -973,7 +985,7 @@ async fn an_evicted_state_comes_back_from_its_dehydrated_snapshot_plus_the_event
     );
 
     // And through a command, with bob's state dehydrated by alice's read.
-    wait_dehydrated(&host, 1).await;
+    wait_dehydrated(&host, 1, "bank-account", "alice").await;
     let state = host
         .command("bank-account", "bob", "Deposit", json!({"amount": 7}))
         .await
@@ -994,7 +1006,7 @@ async fn a_swap_drops_the_dehydrated_states_of_the_build_it_replaces() {
     host.command("bank-account", "bob", "Open", json!({"owner": "bob"}))
         .await
         .unwrap();
-    wait_dehydrated(&host, 1).await;
+    wait_dehydrated(&host, 1, "bank-account", "bob").await;
 
     host.load("bank-account-v2").await;
     assert_eq!(host.runtime.command_stats().dehydrated_streams, 0);
@@ -1026,7 +1038,7 @@ async fn a_state_whose_snapshot_traps_on_eviction_is_dropped_and_rebuilt_from_th
             .await
             .unwrap();
     }
-    wait_dehydrated(&host, 1).await;
+    wait_dehydrated(&host, 1, "hostile", "k").await;
 
     let state = host
         .command("hostile", "h", "Ping", Value::Null)
