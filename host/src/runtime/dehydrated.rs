@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::aggregate::AggregateInstance;
+use super::upcast::UpcasterChain;
 
 /// Instances waiting for the dehydrator, uncounted by the cache; past this, evicted instances
 /// are dropped as they are. Small: a waiting instance still holds its memory.
@@ -108,7 +109,7 @@ impl DehydratedStates {
         let stale: Vec<String> = states
             .by_stream
             .iter()
-            .filter(|(_, state)| state.key.split('+').next() == Some(plugin_hash))
+            .filter(|(_, state)| UpcasterChain::plugin_of_state_key(&state.key) == plugin_hash)
             .map(|(stream, _)| stream.clone())
             .collect();
         for stream in stale {

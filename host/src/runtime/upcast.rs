@@ -169,6 +169,12 @@ impl UpcasterChain {
         }
     }
 
+    /// The plugin hash a [`state_key`](Self::state_key) was made from.
+    pub fn plugin_of_state_key(key: &str) -> &str {
+        key.split_once('+')
+            .map_or(key, |(plugin_hash, _)| plugin_hash)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.upcasters.is_empty()
     }
