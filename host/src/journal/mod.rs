@@ -56,12 +56,12 @@ enum Backend {
     Postgres(postgres::PgJournal),
 }
 
-/// Calls the read `$method` of the redb reader (with the database first) or of the PostgreSQL
+/// Calls the read `$method` of the redb reader (with the shared database first) or of the PostgreSQL
 /// backend.
 macro_rules! dispatch {
     ($journal:expr, $method:ident($($arg:expr),*)) => {
         match &*$journal.backend {
-            Backend::Redb(inner) => redb::reader::$method(&inner.db.get(), $($arg),*),
+            Backend::Redb(inner) => redb::reader::$method(&inner.db, $($arg),*),
             Backend::Postgres(pg) => pg.$method($($arg),*),
         }
     };

@@ -1,7 +1,9 @@
 //! Online backups: every table copied from one read transaction into a new redb file while the
 //! writer keeps committing. redb's read transactions see one committed state, so the copy holds
 //! every event up to some position and none after, with the snapshots, checkpoints and stream
-//! lifecycles of that same moment.
+//! lifecycles of that same moment. It copies `META` too, so the position its index tables cover
+//! is copied with them: opening the backup rebuilds the indexes of the rest from its log (see
+//! `memtable`).
 
 use std::path::Path;
 
@@ -13,8 +15,8 @@ use redb::{
 
 use super::migrate::FORMAT_1;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, LAST_POSITION_KEY, META,
-    RECENT_RUNS, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, LAST_POSITION_KEY, META, SNAPSHOTS,
+    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
@@ -34,7 +36,6 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
             copy(&txn, &target, META)?,
             copy(&txn, &target, EVENTS)?,
             copy(&txn, &target, STREAM_RUNS)?,
-            copy(&txn, &target, RECENT_RUNS)?,
             copy(&txn, &target, STREAM_HEADS)?,
             copy(&txn, &target, EVENT_IDS)?,
             copy(&txn, &target, SNAPSHOTS)?,
@@ -135,7 +136,7 @@ mod tests {
         )
         .unwrap();
         let backup = dir.path().join("backup.redb");
-        let db = SharedDb::new(db);
+        let db = SharedDb::new(db).unwrap();
         assert_eq!(write(&db, &backup).unwrap().position, 0);
         assert_eq!(inspect(&backup).unwrap().events, 0);
         std::fs::remove_file(&backup).unwrap();

@@ -4,14 +4,15 @@
 //! leaves the transaction untouched. Only storage errors can strike half way; the writer then
 //! drops the whole transaction.
 
-use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::memtable::Memtable;
 use super::page::Page;
 use super::rules::{self, Written};
-use super::runs::{RunKey, RunValue};
+use super::runs::Run;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_RUNS, RECENT_RUNS_MAX,
-    SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
+    STREAM_LIFECYCLE,
 };
 use super::{
     AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
@@ -36,11 +37,27 @@ impl Appended {
     }
 }
 
-/// The journal's tables inside one write transaction.
+/// Where the indexes of a committed batch's appends are.
+pub(super) enum Indexed {
+    /// Only here: the writer adds them to the memtable once the batch committed.
+    InMemory(Memtable),
+    /// In the index tables, with the memtable's: the writer clears it once the batch committed.
+    Flushed,
+}
+
+/// What a batch did, once finished.
+pub(super) struct Finished {
+    /// Whether anything was written (otherwise the transaction need not be committed).
+    pub(super) wrote: bool,
+    /// The last global position, counting this batch's appends.
+    pub(super) head: u64,
+    pub(super) indexed: Indexed,
+}
+
+/// The journal's tables inside one write transaction. Appends write only the log; their
+/// indexes go to the memtable (see `memtable`).
 pub(super) struct Batch<'txn> {
     events: Table<'txn, u64, &'static [u8]>,
-    stream_runs: Table<'txn, RunKey, RunValue>,
-    recent_runs: Table<'txn, RunKey, RunValue>,
     stream_heads: Table<'txn, &'static str, u64>,
     event_ids: Table<'txn, u128, u64>,
     snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
@@ -49,6 +66,10 @@ pub(super) struct Batch<'txn> {
     /// Opened (and created, on a file from before it existed) by the first write that needs it.
     parked: Option<Table<'txn, (&'static str, u64), &'static [u8]>>,
     txn: &'txn WriteTransaction,
+    /// The indexes of the events before this batch that the tables do not hold.
+    memtable: &'txn Memtable,
+    /// The indexes of this batch's appends.
+    appended: Memtable,
     /// The next global position, read from the log itself, so a failed commit leaves no gap.
     next_position: u64,
     recorded_at: u64,
@@ -57,9 +78,11 @@ pub(super) struct Batch<'txn> {
 }
 
 impl<'txn> Batch<'txn> {
-    /// Opens the tables in `txn`; events appended get `recorded_at` (ms since the epoch).
+    /// Opens the tables in `txn`, indexed beyond them by `memtable`; events appended get
+    /// `recorded_at` (ms since the epoch).
     pub(super) fn open(
         txn: &'txn WriteTransaction,
+        memtable: &'txn Memtable,
         recorded_at: u64,
         keep_snapshots: usize,
     ) -> Result<Self, JournalError> {
@@ -73,8 +96,6 @@ impl<'txn> Batch<'txn> {
         let next_position = last.max(scavenged) + 1;
         Ok(Self {
             events,
-            stream_runs: txn.open_table(STREAM_RUNS)?,
-            recent_runs: txn.open_table(RECENT_RUNS)?,
             stream_heads: txn.open_table(STREAM_HEADS)?,
             event_ids: txn.open_table(EVENT_IDS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
@@ -82,6 +103,8 @@ impl<'txn> Batch<'txn> {
             lifecycles: txn.open_table(STREAM_LIFECYCLE)?,
             parked: None,
             txn,
+            memtable,
+            appended: Memtable::default(),
             next_position,
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
@@ -89,14 +112,22 @@ impl<'txn> Batch<'txn> {
         })
     }
 
-    /// Whether anything was written (otherwise the transaction need not be committed).
-    pub(super) fn wrote(&self) -> bool {
-        self.wrote
+    /// The position of the event with `id`, if it was appended.
+    fn position_of(&self, id: u128) -> Result<Option<u64>, JournalError> {
+        let held = self.appended.position(id);
+        match held.or_else(|| self.memtable.position(id)) {
+            Some(position) => Ok(Some(position)),
+            None => Ok(self.event_ids.get(id)?.map(|position| position.value())),
+        }
     }
 
-    /// The last global position, counting this batch's appends.
-    pub(super) fn head(&self) -> u64 {
-        self.next_position - 1
+    /// The last stored version of `stream`, deleted or not.
+    fn stored_head(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        let held = self.appended.head(stream);
+        match held.or_else(|| self.memtable.head(stream)) {
+            Some(head) => Ok(Some(head)),
+            None => Ok(self.stream_heads.get(stream)?.map(|head| head.value())),
+        }
     }
 
     /// Appends `events` to `stream` if `expected` holds, or recognises a retry of earlier events.
@@ -114,8 +145,8 @@ impl<'txn> Batch<'txn> {
         }
         let mut known = Vec::new();
         for event in events {
-            if let Some(position) = self.event_ids.get(event.id.as_u128())? {
-                known.push(position.value());
+            if let Some(position) = self.position_of(event.id.as_u128())? {
+                known.push(position);
             }
         }
         if !known.is_empty() {
@@ -124,7 +155,7 @@ impl<'txn> Batch<'txn> {
                 .map(Appended::AlreadyWritten);
         }
 
-        let stored = self.stream_heads.get(stream)?.map(|v| v.value());
+        let stored = self.stored_head(stream)?;
         let current = lifecycle.map_or(stored, |lifecycle| lifecycle.current(stored));
         expected.check(stream, current)?;
 
@@ -144,12 +175,10 @@ impl<'txn> Batch<'txn> {
         {
             let bytes = record::encode(stream, version, event, recorded_at);
             self.events.insert(position, bytes.as_slice())?;
-            self.event_ids.insert(event.id.as_u128(), position)?;
         }
-        let run = (result.first_position, count);
-        self.recent_runs
-            .insert((stream, result.first_version), run)?;
-        self.stream_heads.insert(stream, result.last_version)?;
+        let run = Run::new(result.first_version, (result.first_position, count));
+        let ids = events.iter().map(|event| event.id.as_u128());
+        self.appended.add(stream, run, ids);
         self.next_position = result.last_position + 1;
         Ok(Appended::Written(result))
     }
@@ -185,17 +214,29 @@ impl<'txn> Batch<'txn> {
         rules::retried(stream, events, &written)
     }
 
-    /// Completes the batch before its commit: moves the recent runs into the main table once
-    /// they are many.
-    pub(super) fn finish(&mut self) -> Result<(), JournalError> {
-        if self.recent_runs.len()? < RECENT_RUNS_MAX {
-            return Ok(());
+    /// Completes the batch before its commit: once the memtable and this batch's appends hold
+    /// `flush_events` events, writes both into the index tables.
+    pub(super) fn finish(self, flush_events: usize) -> Result<Finished, JournalError> {
+        let head = self.next_position - 1;
+        let wrote = self.wrote;
+        if self.memtable.len() + self.appended.len() < flush_events {
+            let indexed = Indexed::InMemory(self.appended);
+            return Ok(Finished {
+                wrote,
+                head,
+                indexed,
+            });
         }
-        for entry in self.recent_runs.extract_if(|_, _| true)? {
-            let (key, run) = entry?;
-            self.stream_runs.insert(key.value(), run.value())?;
-        }
-        Ok(())
+        // The index tables are opened again to write them.
+        drop((self.stream_heads, self.event_ids));
+        self.memtable.write(self.txn, head)?;
+        self.appended.write(self.txn, head)?;
+        let indexed = Indexed::Flushed;
+        Ok(Finished {
+            wrote,
+            head,
+            indexed,
+        })
     }
 
     /// The lifecycle record of `stream`, if it has one.
@@ -220,7 +261,7 @@ impl<'txn> Batch<'txn> {
         hard: bool,
     ) -> Result<(), JournalError> {
         let mut lifecycle = self.lifecycle(stream)?.unwrap_or_default();
-        let stored = self.stream_heads.get(stream)?.map(|v| v.value());
+        let stored = self.stored_head(stream)?;
         lifecycle.delete(stream, stored, expected, hard)?;
         self.wrote = true;
         self.put_lifecycle(stream, &lifecycle)

@@ -1,14 +1,21 @@
 //! Migrating a file of an older storage format, inside the transaction that opens it (see
 //! `store::prepare`).
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::JournalError;
+use super::memtable::INDEXED_THROUGH_KEY;
 use super::runs::Run;
-use super::store::{RECENT_RUNS, STREAM_RUNS};
+use super::store::{EVENTS, FORMAT_KEY, FORMAT_VERSION, STREAM_RUNS};
 
 /// The format that indexed streams per event, in the two tables below.
 pub(super) const FORMAT_1: u64 = 1;
+/// The format that indexed every event in the commit that appended it, its most recent runs in
+/// `RECENT_RUNS`.
+pub(super) const FORMAT_2: u64 = 2;
+/// Format 2: the most recent runs, above every run of their stream in `STREAM_RUNS`.
+const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("stream_runs_recent");
 /// Format 1: (stream, version) → position, for all but the most recent events.
 const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
 /// Format 1: (stream, version) → position of the most recent events.
@@ -18,7 +25,6 @@ const RECENT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("st
 /// positions, and drops it.
 pub(super) fn from_format_1(txn: &WriteTransaction) -> Result<(), JournalError> {
     let mut runs = txn.open_table(STREAM_RUNS)?;
-    txn.open_table(RECENT_RUNS)?;
     let (mut events, mut count) = (0, 0);
     for old in [STREAM_INDEX, RECENT_INDEX] {
         let index = txn.open_table(old)?;
@@ -59,6 +65,27 @@ pub(super) fn from_format_1(txn: &WriteTransaction) -> Result<(), JournalError> 
     Ok(())
 }
 
+/// Moves format 2's recent runs into the main table and records that the tables index the
+/// whole log (format 2 indexed every event as it was appended).
+pub(super) fn from_format_2(
+    txn: &WriteTransaction,
+    meta: &mut Table<'_, &'static str, u64>,
+) -> Result<(), JournalError> {
+    let mut runs = txn.open_table(STREAM_RUNS)?;
+    for entry in txn.open_table(RECENT_RUNS)?.iter()? {
+        let (key, run) = entry?;
+        runs.insert(key.value(), run.value())?;
+    }
+    txn.delete_table(RECENT_RUNS)?;
+    let last = txn
+        .open_table(EVENTS)?
+        .last()?
+        .map_or(0, |(position, _)| position.value());
+    meta.insert(INDEXED_THROUGH_KEY, last)?;
+    meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use redb::{Database, ReadableDatabase, TableHandle};
@@ -68,7 +95,7 @@ mod tests {
         self, CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS,
         STREAM_HEADS, STREAM_LIFECYCLE,
     };
-    use crate::journal::redb::{Lifecycle, RedbJournal, backup, reader, record};
+    use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
 
     /// An event as stored: stream, version, position, and the event appended.
@@ -163,7 +190,8 @@ mod tests {
         assert_eq!(backup::inspect(&path).unwrap().events, 14);
 
         let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
-        let txn = db.begin_read().unwrap();
+        let db = SharedDb::new(db).unwrap();
+        let txn = db.get().begin_read().unwrap();
         let format = txn.open_table(META).unwrap().get(FORMAT_KEY).unwrap();
         assert_eq!(format.unwrap().value(), FORMAT_VERSION);
         let tables: Vec<String> = txn
@@ -222,8 +250,85 @@ mod tests {
             .append_blocking("a", ExpectedVersion::Exact(6), more)
             .unwrap();
         assert_eq!((appended.first_version, appended.first_position), (7, 15));
-        let a = reader::read_stream(&journal.db.get(), "a", 5, ReadLimit::events(9)).unwrap();
+        let a = reader::read_stream(&journal.db, "a", 5, ReadLimit::events(9)).unwrap();
         let versions: Vec<u64> = a.iter().map(|event| event.version).collect();
         assert_eq!(versions, [5, 6, 7]);
+    }
+
+    /// A format 2 file indexed every event as it was appended, its newest runs in a table of
+    /// their own: it opens as format 3 with nothing left to the memtable.
+    #[test]
+    fn a_format_2_file_opens_as_format_3_with_every_event_indexed() {
+        use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
+        use crate::journal::redb::store::STREAM_RUNS;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let mut stored = Vec::new();
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(META).unwrap().insert(FORMAT_KEY, 2).unwrap();
+                txn.open_table(SNAPSHOTS).unwrap();
+                txn.open_table(CHECKPOINTS).unwrap();
+                let mut log = txn.open_table(EVENTS).unwrap();
+                let mut runs = [
+                    txn.open_table(STREAM_RUNS).unwrap(),
+                    txn.open_table(RECENT_RUNS).unwrap(),
+                ];
+                let mut heads = txn.open_table(STREAM_HEADS).unwrap();
+                let mut ids = txn.open_table(EVENT_IDS).unwrap();
+                // (stream, events): the last two appends' runs are in the recent table.
+                let appends = [("a", 2), ("b", 1), ("a", 3), ("b", 2)];
+                let mut position = 0;
+                for (n, &(stream, count)) in appends.iter().enumerate() {
+                    let first = heads.get(stream).unwrap().map_or(0, |v| v.value()) + 1;
+                    runs[usize::from(n >= 2)]
+                        .insert((stream, first), (position + 1, count))
+                        .unwrap();
+                    for version in first..first + count {
+                        position += 1;
+                        let event = NewEvent::json("Happened", &serde_json::json!({}));
+                        let bytes = record::encode(stream, version, &event, 1_000);
+                        log.insert(position, bytes.as_slice()).unwrap();
+                        ids.insert(event.id.as_u128(), position).unwrap();
+                        stored.push((stream, version, position, event));
+                    }
+                    heads.insert(stream, first + count - 1).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+
+        let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        let db = SharedDb::new(db).unwrap();
+        {
+            let txn = db.get().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), 3);
+            let through = meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value();
+            assert_eq!(through, 8);
+            let tables: Vec<String> = txn
+                .list_tables()
+                .unwrap()
+                .map(|table| table.name().to_owned())
+                .collect();
+            assert!(
+                !tables.contains(&RECENT_RUNS.name().to_owned()),
+                "{tables:?}"
+            );
+        }
+        assert_eq!(db.memtable().len(), 0);
+        for (stream, last) in [("a", 5), ("b", 3)] {
+            let events = reader::read_stream(&db, stream, 1, ReadLimit::events(100)).unwrap();
+            let of_stream = stored.iter().filter(|(s, ..)| *s == stream);
+            assert_eq!(seen(&events), expected(of_stream));
+            assert_eq!(reader::stream_version(&db, stream).unwrap(), Some(last));
+        }
+        for (_, _, position, event) in &stored {
+            let found = reader::event_by_id(&db, event.id).unwrap().unwrap();
+            assert_eq!(found.position, *position);
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The embedded backend: one redb file holds the global log, the stream and event-id indexes,
 //! aggregate snapshots and projection checkpoints. Every write goes through one writer thread
 //! that batches whatever is queued into a single durable commit (group commit); reads run
-//! concurrently on their own read transactions.
+//! concurrently on their own read transactions. The indexes of the log's newest events are
+//! held in memory and written to their tables in bulk (see `memtable`).
 
 mod backup;
 mod batch;
+mod memtable;
 mod migrate;
 mod page;
 pub(super) mod reader;
@@ -20,7 +22,8 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
-use redb::{Database, StorageBackend};
+use memtable::Memtable;
+use redb::{Database, ReadTransaction, StorageBackend};
 use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
@@ -31,29 +34,77 @@ use super::{
 use request::{Outcome, Request};
 use writer::{Shared, Writer};
 
-/// The database, shared by the readers and the writer; a compaction takes it exclusively (see
-/// `scavenge`), so readers and writers wait while it runs.
+/// The database and the memtable of its log's tail (see `memtable`), shared by the readers and
+/// the writer; a compaction takes the database exclusively (see `scavenge`), so readers and
+/// writers wait while it runs.
 #[derive(Clone)]
-pub(super) struct SharedDb(Arc<RwLock<Database>>);
+pub(super) struct SharedDb {
+    db: Arc<RwLock<Database>>,
+    memtable: Arc<RwLock<Memtable>>,
+}
 
 impl SharedDb {
-    fn new(db: Database) -> Self {
-        Self(Arc::new(RwLock::new(db)))
+    /// Shares `db`, rebuilding the memtable from its log.
+    fn new(db: Database) -> Result<Self, JournalError> {
+        let memtable = Memtable::load(&redb::ReadableDatabase::begin_read(&db)?)?;
+        Ok(Self {
+            db: Arc::new(RwLock::new(db)),
+            memtable: Arc::new(RwLock::new(memtable)),
+        })
     }
 
     /// The database, for transactions.
     pub(super) fn get(&self) -> RwLockReadGuard<'_, Database> {
         // A panic elsewhere never leaves the database itself half-changed.
-        self.0
+        self.db
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The database alone, once every reader and writer has let go of it.
     fn exclusive(&self) -> RwLockWriteGuard<'_, Database> {
-        self.0
+        self.db
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The memtable, for reading.
+    fn memtable(&self) -> RwLockReadGuard<'_, Memtable> {
+        // Changed only by the writer (or a scavenge) after the commit it mirrors succeeded.
+        self.memtable
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The memtable, for the writer (or a scavenge) holding the write transaction.
+    fn memtable_mut(&self) -> RwLockWriteGuard<'_, Memtable> {
+        self.memtable
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Begins a read transaction on `db` (a guard of [`get`](Self::get), held for the read)
+    /// and takes what the read needs of the memtable with `copy`, as one consistent pair.
+    ///
+    /// Why the pair is consistent: the writer changes the memtable only after the commit it
+    /// mirrors, under the write lock, and a commit that moves the memtable into the tables
+    /// (a flush) holds the write lock from before that commit until the memtable is cleared.
+    /// Here the read lock is held across beginning the transaction, so a reader never pairs a
+    /// transaction from before a flush with the memtable from after it (which would miss the
+    /// flushed events), nor the reverse (the memtable is cleared before any later transaction
+    /// can be paired with it). The one mismatch left is an older memtable with a transaction
+    /// that already holds the next commit's records: the reader sees no index of them and
+    /// the log is read only up to [`Memtable::through`], so it reads as if it had begun before
+    /// that commit. Readers copy what they need and let go, so the writer waits for no read.
+    fn begin_read<T>(
+        &self,
+        db: &Database,
+        copy: impl FnOnce(&ReadTransaction, &Memtable) -> Result<T, JournalError>,
+    ) -> Result<(ReadTransaction, T), JournalError> {
+        let memtable = self.memtable();
+        let txn = redb::ReadableDatabase::begin_read(db)?;
+        let copied = copy(&txn, &memtable)?;
+        Ok((txn, copied))
     }
 }
 
@@ -80,13 +131,14 @@ impl RedbJournal {
     }
 
     fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
-        let db = SharedDb::new(db);
-        let shared = Arc::new(Shared::new(reader::head_position(&db.get())?));
+        let db = SharedDb::new(db)?;
+        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
         let (requests, writer) = Writer {
             db: db.clone(),
             shared: shared.clone(),
             max_batch: config.max_batch_appends.max(1),
             keep_snapshots: config.keep_snapshots,
+            flush_events: memtable::FLUSH_EVENTS,
         }
         .spawn(config.max_queued_writes.max(1))
         .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
@@ -213,7 +265,7 @@ mod tests {
         let mut from = 1;
         let mut read = 0;
         loop {
-            let page = reader::read_all(&journal.db.get(), from, ReadLimit::events(1000)).unwrap();
+            let page = reader::read_all(&journal.db, from, ReadLimit::events(1000)).unwrap();
             let Some(last) = page.last() else { break };
             from = last.position + 1;
             read += page.len();

@@ -4,43 +4,53 @@
 //! Every read applies the streams' lifecycles: events of deleted streams and events outside
 //! their retention window are skipped (see `lifecycle`).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableError,
+    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableError,
 };
 use uuid::Uuid;
 
 use super::page::Page;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, RECENT_RUNS, SNAPSHOTS,
-    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
+    STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{
-    JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, Visibility, record, runs,
+    JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, SharedDb, Visibility, record,
+    runs,
 };
 use crate::journal::lifecycle::now_millis;
 use crate::journal::{StreamMetadata, StreamWindow};
 
+/// Stream heads the memtable holds (those a read needs), paired with its read transaction.
+type Held<'m> = Cow<'m, BTreeMap<String, u64>>;
+
 /// The lifecycle records of one read transaction.
-struct Lifecycles {
+struct Lifecycles<'m> {
     table: ReadOnlyTable<&'static str, &'static [u8]>,
     heads: ReadOnlyTable<&'static str, u64>,
+    held: Held<'m>,
     now: u64,
 }
 
-impl Lifecycles {
-    fn open(txn: &ReadTransaction) -> Result<Self, JournalError> {
+impl<'m> Lifecycles<'m> {
+    fn open(txn: &ReadTransaction, held: Held<'m>) -> Result<Self, JournalError> {
         Ok(Self {
             table: txn.open_table(STREAM_LIFECYCLE)?,
             heads: txn.open_table(STREAM_HEADS)?,
+            held,
             now: now_millis(),
         })
     }
 
     /// The last stored version of `stream`, deleted or not.
     fn stored(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        if let Some(&head) = self.held.get(stream) {
+            return Ok(Some(head));
+        }
         Ok(self.heads.get(stream)?.map(|version| version.value()))
     }
 
@@ -65,18 +75,21 @@ impl Lifecycles {
 }
 
 /// Filters a scan of the global log, looking each stream's lifecycle up once.
-struct LogFilter {
-    lifecycles: Option<Lifecycles>,
+struct LogFilter<'m> {
+    lifecycles: Option<Lifecycles<'m>>,
     seen: HashMap<String, Visibility>,
 }
 
-impl LogFilter {
-    /// A filter that admits everything when no stream has a lifecycle record.
-    fn open(txn: &ReadTransaction) -> Result<Self, JournalError> {
-        let lifecycles = Lifecycles::open(txn)?;
-        let any = !lifecycles.table.is_empty()?;
+impl<'m> LogFilter<'m> {
+    /// A filter that admits everything when `held` is `None`: no stream has a lifecycle record
+    /// (see [`any_lifecycle`]).
+    fn open(txn: &ReadTransaction, held: Option<Held<'m>>) -> Result<Self, JournalError> {
+        let lifecycles = match held {
+            Some(held) => Some(Lifecycles::open(txn, held)?),
+            None => None,
+        };
         Ok(Self {
-            lifecycles: any.then_some(lifecycles),
+            lifecycles,
             seen: HashMap::new(),
         })
     }
@@ -100,6 +113,11 @@ impl LogFilter {
     }
 }
 
+/// Whether any stream has a lifecycle record (then reads of the log filter it).
+fn any_lifecycle(txn: &ReadTransaction) -> Result<bool, JournalError> {
+    Ok(!txn.open_table(STREAM_LIFECYCLE)?.is_empty()?)
+}
+
 /// Events reserved for up front by a read of many (growing a page's vector was a tenth of a
 /// scan).
 const RESERVE: usize = 1024;
@@ -111,18 +129,23 @@ fn reserved(limit: ReadLimit) -> Vec<RecordedEvent> {
 
 /// Up to `limit` events of `stream` with version ≥ `from_version`, ascending.
 pub(in crate::journal) fn read_stream(
-    db: &Database,
+    db: &SharedDb,
     stream: &str,
     from_version: u64,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
-    let txn = db.begin_read()?;
-    let visibility = Lifecycles::open(&txn)?.visibility(stream)?;
-    let (main, recent) = (txn.open_table(STREAM_RUNS)?, txn.open_table(RECENT_RUNS)?);
+    let database = db.get();
+    let (txn, (held_runs, held)) = db.begin_read(&database, |_, memtable| {
+        let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
+        Ok((memtable.runs(stream).to_vec(), head.into_iter().collect()))
+    })?;
+    let visibility = Lifecycles::open(&txn, Cow::Owned(held))?.visibility(stream)?;
+    let main = txn.open_table(STREAM_RUNS)?;
     let log = txn.open_table(EVENTS)?;
     let from = from_version.max(visibility.first());
-    // A stream's recent runs all follow its runs in the main table.
-    let runs = runs::holding(&main, stream, from)?.chain(runs::holding(&recent, stream, from)?);
+    // A stream's runs in the memtable all follow its runs in the table.
+    let held_runs = held_runs.into_iter().filter(|run| run.end_version() > from);
+    let runs = runs::holding(&main, stream, from)?.chain(held_runs.map(Ok));
     let (mut events, mut used, mut page) = (reserved(limit), 0, Page::default());
     'runs: for run in runs {
         let run = run?;
@@ -168,15 +191,22 @@ pub(in crate::journal) fn read_stream(
 
 /// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
 pub(in crate::journal) fn read_all(
-    db: &Database,
+    db: &SharedDb,
     from_position: u64,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
-    let txn = db.begin_read()?;
+    let database = db.get();
+    let (txn, (through, held)) = db.begin_read(&database, |txn, memtable| {
+        let held = any_lifecycle(txn)?.then(|| Cow::Owned(memtable.heads().clone()));
+        Ok((memtable.through(), held))
+    })?;
     let log = txn.open_table(EVENTS)?;
-    let mut filter = LogFilter::open(&txn)?;
+    let mut filter = LogFilter::open(&txn, held)?;
     let (mut events, mut used, mut page) = (reserved(limit), 0, Page::default());
-    for entry in log.range(from_position..)? {
+    if from_position > through {
+        return Ok(events);
+    }
+    for entry in log.range(from_position..=through)? {
         if events.len() >= limit.events {
             break;
         }
@@ -196,30 +226,40 @@ pub(in crate::journal) fn read_all(
 
 /// The event with id `id`, if the journal has it and readers may see it.
 pub(in crate::journal) fn event_by_id(
-    db: &Database,
+    db: &SharedDb,
     id: Uuid,
 ) -> Result<Option<RecordedEvent>, JournalError> {
-    let txn = db.begin_read()?;
-    let Some(position) = txn.open_table(EVENT_IDS)?.get(id.as_u128())? else {
-        return Ok(None);
-    };
-    let position = position.value();
-    let log = txn.open_table(EVENTS)?;
-    let Some(bytes) = log.get(position)? else {
-        // Scavenged: its id is kept so that a retry is still recognised.
-        return Ok(None);
-    };
-    let event = record::decode(position, bytes.value())?;
-    let visible = LogFilter::open(&txn)?.admits(&event)?;
-    Ok(visible.then(|| Page::default().own(position, &event)))
+    let database = db.get();
+    // A point read: it reads the event while holding the memtable (its stream's head).
+    let (_, event) = db.begin_read(&database, |txn, memtable| {
+        let id = id.as_u128();
+        let position = match memtable.position(id) {
+            Some(position) => position,
+            None => match txn.open_table(EVENT_IDS)?.get(id)? {
+                Some(position) => position.value(),
+                None => return Ok(None),
+            },
+        };
+        let log = txn.open_table(EVENTS)?;
+        let Some(bytes) = log.get(position)? else {
+            // Scavenged: its id is kept so that a retry is still recognised.
+            return Ok(None);
+        };
+        let event = record::decode(position, bytes.value())?;
+        let held = any_lifecycle(txn)?.then_some(Cow::Borrowed(memtable.heads()));
+        let visible = LogFilter::open(txn, held)?.admits(&event)?;
+        Ok(visible.then(|| Page::default().own(position, &event)))
+    })?;
+    Ok(event)
 }
 
 /// The events `plugin` parked, by position.
 pub(in crate::journal) fn parked(
-    db: &Database,
+    db: &SharedDb,
     plugin: &str,
 ) -> Result<Vec<ParkedEvent>, JournalError> {
-    let txn = db.begin_read()?;
+    let database = db.get();
+    let txn = database.begin_read()?;
     let table = match txn.open_table(PARKED) {
         Ok(table) => table,
         // A file from before parking existed: nothing parked yet.
@@ -240,8 +280,9 @@ pub(in crate::journal) fn parked(
 }
 
 /// The last global position (0 when the log is empty).
-pub(super) fn head_position(db: &Database) -> Result<u64, JournalError> {
-    let txn = db.begin_read()?;
+pub(super) fn head_position(db: &SharedDb) -> Result<u64, JournalError> {
+    let database = db.get();
+    let txn = database.begin_read()?;
     let log = txn.open_table(EVENTS)?;
     let last = log.last()?.map_or(0, |(position, _)| position.value());
     let scavenged = txn
@@ -253,7 +294,7 @@ pub(super) fn head_position(db: &Database) -> Result<u64, JournalError> {
 
 /// The last version of `stream`, if it exists (a soft-deleted stream does not).
 pub(in crate::journal) fn stream_version(
-    db: &Database,
+    db: &SharedDb,
     stream: &str,
 ) -> Result<Option<u64>, JournalError> {
     Ok(stream_window(db, stream)?.current)
@@ -261,45 +302,60 @@ pub(in crate::journal) fn stream_version(
 
 /// What readers see of `stream`; fails for a hard-deleted one.
 pub(in crate::journal) fn stream_window(
-    db: &Database,
+    db: &SharedDb,
     stream: &str,
 ) -> Result<StreamWindow, JournalError> {
-    let txn = db.begin_read()?;
-    let lifecycles = Lifecycles::open(&txn)?;
+    let database = db.get();
+    let (txn, held) = db.begin_read(&database, |_, memtable| {
+        let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
+        Ok(head.into_iter().collect())
+    })?;
+    let lifecycles = Lifecycles::open(&txn, Cow::Owned(held))?;
     let lifecycle = lifecycles.get(stream)?.unwrap_or_default();
     lifecycle.window(stream, lifecycles.stored(stream)?, lifecycles.now)
 }
 
 /// The retention metadata of `stream`; fails for a hard-deleted one.
 pub(in crate::journal) fn stream_metadata(
-    db: &Database,
+    db: &SharedDb,
     stream: &str,
 ) -> Result<StreamMetadata, JournalError> {
-    let txn = db.begin_read()?;
-    let lifecycle = Lifecycles::open(&txn)?.get(stream)?.unwrap_or_default();
+    let database = db.get();
+    let txn = database.begin_read()?;
+    let lifecycle = Lifecycles::open(&txn, Cow::Owned(BTreeMap::new()))?
+        .get(stream)?
+        .unwrap_or_default();
     lifecycle.check_exists(stream)?;
     Ok(lifecycle.metadata)
 }
 
 /// Every stream whose name starts with `prefix`, in name order.
 pub(in crate::journal) fn streams_with_prefix(
-    db: &Database,
+    db: &SharedDb,
     prefix: &str,
 ) -> Result<Vec<String>, JournalError> {
-    let txn = db.begin_read()?;
-    let lifecycles = Lifecycles::open(&txn)?;
-    let mut streams = Vec::new();
+    let database = db.get();
+    let (txn, held) = db.begin_read(&database, |_, memtable| {
+        let held = memtable.streams_with_prefix(prefix).map(str::to_owned);
+        Ok(held.collect::<BTreeSet<String>>())
+    })?;
+    let lifecycles = Lifecycles::open(&txn, Cow::Owned(BTreeMap::new()))?;
+    let mut named = held;
     for entry in lifecycles.heads.range(prefix..)? {
         let (stream, _) = entry?;
         let stream = stream.value();
         if !stream.starts_with(prefix) {
             break;
         }
+        named.insert(stream.to_owned());
+    }
+    let mut streams = Vec::new();
+    for stream in named {
         if lifecycles
-            .get(stream)?
+            .get(&stream)?
             .is_none_or(|lifecycle| lifecycle.is_listed())
         {
-            streams.push(stream.to_owned());
+            streams.push(stream);
         }
     }
     Ok(streams)
@@ -307,12 +363,13 @@ pub(in crate::journal) fn streams_with_prefix(
 
 /// The newest snapshot of (plugin, stream) with version ≤ `at_most_version`.
 pub(in crate::journal) fn latest_snapshot(
-    db: &Database,
+    db: &SharedDb,
     plugin: &str,
     stream: &str,
     at_most_version: u64,
 ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-    let txn = db.begin_read()?;
+    let database = db.get();
+    let txn = database.begin_read()?;
     let snapshots = txn.open_table(SNAPSHOTS)?;
     let newest = snapshots
         .range((plugin, stream, 0)..=(plugin, stream, at_most_version))?
@@ -323,10 +380,11 @@ pub(in crate::journal) fn latest_snapshot(
 
 /// The checkpoint of `plugin`: position and state.
 pub(in crate::journal) fn checkpoint(
-    db: &Database,
+    db: &SharedDb,
     plugin: &str,
 ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-    let txn = db.begin_read()?;
+    let database = db.get();
+    let txn = database.begin_read()?;
     let checkpoints = txn.open_table(CHECKPOINTS)?;
     Ok(checkpoints.get(plugin)?.map(|entry| {
         let (position, state) = entry.value();
@@ -336,16 +394,15 @@ pub(in crate::journal) fn checkpoint(
 
 #[cfg(test)]
 mod tests {
-    use redb::Database;
-
     use super::*;
     use crate::journal::NewEvent;
+    use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::store::{self, STREAM_HEADS};
 
     fn journal_with(
         records: &[(u64, Vec<u8>)],
         runs: &[(&str, u64, u64, u64)],
-    ) -> (tempfile::TempDir, Database) {
+    ) -> (tempfile::TempDir, SharedDb) {
         let dir = tempfile::tempdir().unwrap();
         let db = store::open(
             &dir.path().join("journal.redb"),
@@ -366,9 +423,13 @@ mod tests {
                     .unwrap();
                 heads.insert(stream, version + count - 1).unwrap();
             }
+            // The tables index the whole log: nothing of it is left to the memtable.
+            let last = records.iter().map(|(position, _)| *position).max();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(INDEXED_THROUGH_KEY, last.unwrap_or(0)).unwrap();
         }
         txn.commit().unwrap();
-        (dir, db)
+        (dir, SharedDb::new(db).unwrap())
     }
 
     fn encoded(stream: &str, version: u64) -> Vec<u8> {

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::runs::{self, Run, RunKey, RunValue};
 use super::store::{
-    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, RECENT_RUNS, SNAPSHOTS, STREAM_HEADS,
-    STREAM_LIFECYCLE, STREAM_RUNS,
+    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
+    STREAM_RUNS,
 };
 use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, record};
 use crate::journal::lifecycle::now_millis;
@@ -37,8 +37,15 @@ pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
             let database = db.get();
             let mut txn = database.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            // Removal rewrites the indexes: the memtable moves into them first, in the same
+            // transaction, and is held across the commit as the writer holds it for a flush.
+            let mut memtable = db.memtable_mut();
+            let through = memtable.through();
+            memtable.write(&txn, through)?;
             let (removed, whole) = remove_hidden(&txn, stream)?;
             txn.commit()?;
+            memtable.clear(through);
+            drop(memtable);
             report.events += removed as u64;
             if !whole {
                 unusable_snapshots.insert(stream.clone());
@@ -101,40 +108,36 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
         .is_ok_and(|window| window.is_whole());
 
     let mut events = txn.open_table(EVENTS)?;
-    let mut tables = [txn.open_table(STREAM_RUNS)?, txn.open_table(RECENT_RUNS)?];
+    let mut runs_table = txn.open_table(STREAM_RUNS)?;
     let mut ids = txn.open_table(EVENT_IDS)?;
-    // (position, id) of each hidden event, and (table, run, how many of its events are hidden)
-    // of the runs holding them.
+    // (position, id) of each hidden event, and (run, how many of its events are hidden) of the
+    // runs holding them.
     let (mut hidden, mut trimmed) = (Vec::new(), Vec::new());
-    'runs: for (table, runs) in tables.iter().enumerate() {
-        for run in runs::holding(runs, stream, 0)? {
-            let run = run?;
-            let mut removed = 0;
-            let mut stop = false;
-            for version in run.first_version..run.end_version() {
-                let position = run.position(version);
-                let Some(bytes) = events.get(position)? else {
-                    return Err(JournalError::Corrupt {
-                        position,
-                        reason: format!(
-                            "version {version} of {stream:?} points at a missing record"
-                        ),
-                    });
-                };
-                let event = record::decode(position, bytes.value())?;
-                if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
-                    stop = true;
-                    break;
-                }
-                hidden.push((position, Uuid::from_bytes(event.id).as_u128()));
-                removed += 1;
+    for run in runs::holding(&runs_table, stream, 0)? {
+        let run = run?;
+        let mut removed = 0;
+        let mut stop = false;
+        for version in run.first_version..run.end_version() {
+            let position = run.position(version);
+            let Some(bytes) = events.get(position)? else {
+                return Err(JournalError::Corrupt {
+                    position,
+                    reason: format!("version {version} of {stream:?} points at a missing record"),
+                });
+            };
+            let event = record::decode(position, bytes.value())?;
+            if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
+                stop = true;
+                break;
             }
-            if removed > 0 {
-                trimmed.push((table, run, removed));
-            }
-            if stop {
-                break 'runs;
-            }
+            hidden.push((position, Uuid::from_bytes(event.id).as_u128()));
+            removed += 1;
+        }
+        if removed > 0 {
+            trimmed.push((run, removed));
+        }
+        if stop {
+            break;
         }
     }
     if hidden.is_empty() {
@@ -149,8 +152,8 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
         events.remove(position)?;
         ids.remove(id)?;
     }
-    for &(table, run, removed) in &trimmed {
-        trim(&mut tables[table], stream, run, removed)?;
+    for &(run, removed) in &trimmed {
+        trim(&mut runs_table, stream, run, removed)?;
     }
     Ok((hidden.len(), whole))
 }

@@ -8,27 +8,19 @@ use redb::{Database, ReadableTable, StorageBackend, TableDefinition, TableHandle
 use super::{JournalError, migrate};
 
 /// The storage format this build reads and writes (the tables below and their key layouts).
-/// Format 1 indexed streams per event; opening such a file migrates it (see `migrate`).
-pub(super) const FORMAT_VERSION: u64 = 2;
+/// Format 1 indexed streams per event, format 2 indexed every event in its own commit; opening
+/// such a file migrates it (see `migrate`). In format 3 the index tables cover the log up to
+/// `META`'s `indexed_through` only (see `memtable`), which a format 2 build would misread.
+pub(super) const FORMAT_VERSION: u64 = 3;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The global log: position → encoded record (see `record`).
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// (stream, first version) → (first position, count): the [runs](super::runs) of each stream
-/// (one per append), for all but the most recent runs (see `RECENT_RUNS`).
+/// (stream, first version) → (first position, count): the [runs](super::runs) of each stream.
 pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs");
-/// The most recent runs, moved into `STREAM_RUNS` in bulk once it holds `RECENT_RUNS_MAX`
-/// entries. Every stream appended to has its own last page in `STREAM_RUNS`, so indexing there
-/// directly would dirty one page per stream per commit; this small table keeps a commit's index
-/// writes on a few pages. For each stream, its runs here are above all its runs in
-/// `STREAM_RUNS`.
-pub(super) const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
-    TableDefinition::new("stream_runs_recent");
-/// When `RECENT_RUNS` is moved into `STREAM_RUNS`.
-pub(super) const RECENT_RUNS_MAX: u64 = 1024;
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 /// event id → position.
@@ -94,7 +86,11 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             Some(FORMAT_VERSION) => false,
             Some(migrate::FORMAT_1) => {
                 migrate::from_format_1(&txn)?;
-                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                migrate::from_format_2(&txn, &mut meta)?;
+                true
+            }
+            Some(migrate::FORMAT_2) => {
+                migrate::from_format_2(&txn, &mut meta)?;
                 true
             }
             Some(found) => {
@@ -107,7 +103,6 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 txn.open_table(EVENTS)?;
                 txn.open_table(STREAM_RUNS)?;
-                txn.open_table(RECENT_RUNS)?;
                 txn.open_table(STREAM_HEADS)?;
                 txn.open_table(EVENT_IDS)?;
                 txn.open_table(SNAPSHOTS)?;

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use redb::Durability;
 use tokio::sync::watch;
 
-use super::batch::{Appended, Batch};
+use super::batch::{Appended, Batch, Indexed};
 use super::request::Request;
 use super::{JournalError, JournalStats, SharedDb};
 
@@ -55,6 +55,8 @@ pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) max_batch: usize,
     pub(super) keep_snapshots: usize,
+    /// Events the memtable holds before a commit moves it into the tables (see `memtable`).
+    pub(super) flush_events: usize,
 }
 
 impl Writer {
@@ -145,8 +147,11 @@ impl Writer {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
-        let (wrote, head) = {
-            let mut tables = Batch::open(&txn, now_millis(), self.keep_snapshots)?;
+        let finished = {
+            // Only this thread (or a scavenge, which holds the write transaction meanwhile)
+            // changes the memtable, so it stays as read here until the commit below.
+            let memtable = self.db.memtable();
+            let mut tables = Batch::open(&txn, &memtable, now_millis(), self.keep_snapshots)?;
             for request in batch {
                 match request.apply(&mut tables) {
                     // Possibly half-applied: drop the whole transaction.
@@ -154,17 +159,26 @@ impl Writer {
                     outcome => results.push(outcome),
                 }
             }
-            tables.finish()?;
-            (tables.wrote(), tables.head())
+            tables.finish(self.flush_events)?
         };
-        if wrote {
-            txn.commit()?;
-        } else {
-            txn.abort()?;
+        let head = finished.head;
+        match finished.indexed {
+            _ if !finished.wrote => txn.abort()?,
+            Indexed::InMemory(appended) => {
+                txn.commit()?;
+                self.db.memtable_mut().absorb(appended, head);
+            }
+            Indexed::Flushed => {
+                // Held across the commit: no reader pairs the memtable with a transaction
+                // from the other side of the flush (see `SharedDb::begin_read`).
+                let mut memtable = self.db.memtable_mut();
+                txn.commit()?;
+                memtable.clear(head);
+            }
         }
         Ok(Applied {
             results,
-            committed_head: wrote.then_some(head),
+            committed_head: finished.wrote.then_some(head),
         })
     }
 }
@@ -197,10 +211,12 @@ mod tests {
                     crate::journal::DEFAULT_CACHE_BYTES,
                 )
                 .unwrap(),
-            ),
+            )
+            .unwrap(),
             shared: Arc::new(Shared::new(0)),
             max_batch: 16,
             keep_snapshots: 4,
+            flush_events: 64,
         }
     }
 
@@ -264,36 +280,41 @@ mod tests {
     }
 
     #[test]
-    fn the_recent_runs_move_into_the_main_table_when_many() {
+    fn the_memtable_moves_into_the_tables_when_full() {
         use redb::{ReadableDatabase, ReadableTableMetadata};
 
+        use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
         use crate::journal::redb::reader;
-        use crate::journal::redb::store::{RECENT_RUNS, RECENT_RUNS_MAX, STREAM_RUNS};
+        use crate::journal::redb::store::{META, STREAM_RUNS};
 
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(&dir);
+        // (runs in the table, the position they index through, events in the memtable)
         let sizes = || {
             let txn = writer.db.get().begin_read().unwrap();
-            let main = txn.open_table(STREAM_RUNS).unwrap().len().unwrap();
-            (main, txn.open_table(RECENT_RUNS).unwrap().len().unwrap())
+            let runs = txn.open_table(STREAM_RUNS).unwrap().len().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            let through = meta.get(INDEXED_THROUGH_KEY).unwrap().map(|v| v.value());
+            (runs, through, writer.db.memtable().len())
         };
         let events = |count| (0..count).map(|_| event()).collect();
-        let full = RECENT_RUNS_MAX;
+        let full = writer.flush_events as u64;
 
-        // One run per append, however many events it has.
+        // Consecutive appends of one stream are one run.
         let singles = (1..full).map(|_| append(ExpectedVersion::Any, events(1)).0);
         writer.commit(singles.collect());
-        assert_eq!(sizes(), (0, full - 1));
+        assert_eq!(sizes(), (0, None, writer.flush_events - 1));
         let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
         writer.commit(vec![append(ExpectedVersion::Any, events(3)).0, other]);
-        assert_eq!(sizes(), (full + 1, 0));
+        assert_eq!(sizes(), (3, Some(full + 3), 0));
         writer.commit(vec![append(ExpectedVersion::Any, events(2)).0]);
-        assert_eq!(sizes(), (full + 1, 1));
+        assert_eq!(sizes(), (3, Some(full + 3), 2));
 
-        // A stream reads the same across both tables, page by page, from inside a run.
+        // A stream reads the same across the table and the memtable, page by page, from
+        // inside a run.
         let versions = |from, limit| -> Vec<u64> {
             let limit = ReadLimit::events(limit);
-            let events = reader::read_stream(&writer.db.get(), "s", from, limit).unwrap();
+            let events = reader::read_stream(&writer.db, "s", from, limit).unwrap();
             events.iter().map(|event| event.version).collect()
         };
         assert_eq!(versions(1, usize::MAX), (1..=full + 4).collect::<Vec<_>>());
@@ -303,11 +324,61 @@ mod tests {
         assert_eq!(versions(full + 5, 3), Vec::<u64>::new());
         let all = ReadLimit::events(9);
         assert_eq!(
-            reader::read_stream(&writer.db.get(), "t", 1, all)
-                .unwrap()
-                .len(),
+            reader::read_stream(&writer.db, "t", 1, all).unwrap().len(),
             1
         );
+        assert_eq!(
+            reader::stream_version(&writer.db, "s").unwrap(),
+            Some(full + 4)
+        );
+    }
+
+    /// Readers running while the writer commits, and moves the memtable into the tables every
+    /// few commits, see every event committed before they began, once.
+    #[test]
+    fn reads_during_flushes_miss_nothing_committed_before_them() {
+        use std::sync::atomic::AtomicBool;
+
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let done = AtomicBool::new(false);
+        let read = || {
+            let mut reads = 0;
+            while !done.load(Ordering::Acquire) {
+                // One stream: its versions are the positions.
+                let before = *writer.shared.head.borrow();
+                let all = ReadLimit::events(usize::MAX);
+                let stream = reader::read_stream(&writer.db, "s", 1, all).unwrap();
+                let versions: Vec<u64> = stream.iter().map(|event| event.version).collect();
+                assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+                assert!(
+                    versions.len() as u64 >= before,
+                    "{versions:?} before {before}"
+                );
+                let log = reader::read_all(&writer.db, 1, all).unwrap();
+                let positions: Vec<u64> = log.iter().map(|event| event.position).collect();
+                assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+                assert!(positions.len() as u64 >= before);
+                let version = reader::stream_version(&writer.db, "s").unwrap();
+                assert!(version.unwrap_or(0) >= before);
+                reads += 1;
+            }
+            reads
+        };
+        std::thread::scope(|scope| {
+            let readers = [scope.spawn(read), scope.spawn(read)];
+            for _ in 0..300 {
+                let (request, _) = append(ExpectedVersion::Any, vec![event(), event()]);
+                writer.commit(vec![request]);
+            }
+            done.store(true, Ordering::Release);
+            for reader in readers {
+                assert!(reader.join().unwrap() > 0);
+            }
+        });
+        assert_eq!(writer.shared.stats().events, 600);
     }
 
     #[test]

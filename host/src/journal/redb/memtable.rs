@@ -1,0 +1,250 @@
+//! The indexes of the log's tail, held in memory (EventStoreDB's memtable). An append writes
+//! only its records to the log; the memtable keeps their ids, stream runs and stream heads. Once
+//! it holds [`FLUSH_EVENTS`] events the writer moves it into the index tables inside the write
+//! transaction of that commit's own events, and records in `META` ([`INDEXED_THROUGH_KEY`])
+//! the position the tables index through. Every committed file state is thus self-consistent:
+//! the tables index the log up to that position, and opening the file rebuilds the memtable
+//! from the log records after it (each record holds its stream, version and id).
+//!
+//! Readers pair a read transaction with the memtable's state (see
+//! [`SharedDb::begin_read`](super::SharedDb::begin_read)).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use redb::{ReadTransaction, WriteTransaction};
+use uuid::Uuid;
+
+use super::runs::Run;
+use super::store::{EVENT_IDS, EVENTS, META, STREAM_HEADS, STREAM_RUNS};
+use super::{JournalError, record};
+
+/// Events the memtable holds before the writer moves it into the tables.
+pub(super) const FLUSH_EVENTS: usize = 8192;
+/// The `META` key of the last position the index tables cover; the memtable covers the rest.
+pub(super) const INDEXED_THROUGH_KEY: &str = "indexed_through";
+
+/// The ids, runs and heads of events the index tables do not hold yet.
+#[derive(Debug, Default)]
+pub(super) struct Memtable {
+    ids: HashMap<u128, u64>,
+    /// Each stream's runs, ascending; all above its runs in the tables.
+    runs: HashMap<String, Vec<Run>>,
+    heads: BTreeMap<String, u64>,
+    events: usize,
+    /// The last position readers may see: every event up to it is indexed here or in the
+    /// tables.
+    through: u64,
+}
+
+impl Memtable {
+    /// An empty memtable over tables that index through `through`.
+    pub(super) fn new(through: u64) -> Self {
+        Self {
+            through,
+            ..Self::default()
+        }
+    }
+
+    /// Rebuilds the memtable of a file from its log records after `indexed_through`.
+    pub(super) fn load(txn: &ReadTransaction) -> Result<Self, JournalError> {
+        let indexed_through = txn
+            .open_table(META)?
+            .get(INDEXED_THROUGH_KEY)?
+            .map_or(0, |through| through.value());
+        let log = txn.open_table(EVENTS)?;
+        let mut memtable = Self::new(indexed_through);
+        for entry in log.range(indexed_through + 1..)? {
+            let (position, bytes) = entry?;
+            let position = position.value();
+            let event = record::decode(position, bytes.value())?;
+            let run = Run::new(event.version, (position, 1));
+            memtable.add(event.stream, run, [Uuid::from_bytes(event.id).as_u128()]);
+            memtable.through = position;
+        }
+        Ok(memtable)
+    }
+
+    /// Records an append: `run` of `stream`, whose events have `ids` in order.
+    pub(super) fn add(&mut self, stream: &str, run: Run, ids: impl IntoIterator<Item = u128>) {
+        self.ids.extend(ids.into_iter().zip(run.first_position..));
+        let runs = match self.runs.get_mut(stream) {
+            Some(runs) => runs,
+            None => self.runs.entry(stream.to_owned()).or_default(),
+        };
+        match runs.last_mut() {
+            // Consecutive versions at consecutive positions read as one run.
+            Some(last)
+                if last.end_version() == run.first_version
+                    && last.first_position + last.count == run.first_position =>
+            {
+                last.count += run.count
+            }
+            _ => runs.push(run),
+        }
+        self.heads.insert(stream.to_owned(), run.end_version() - 1);
+        self.events += run.count as usize;
+    }
+
+    /// Takes in the appends of `later`, a memtable of the commit that followed, which made
+    /// every position up to `through` readable.
+    pub(super) fn absorb(&mut self, later: Memtable, through: u64) {
+        for (stream, runs) in later.runs {
+            for run in runs {
+                self.add(&stream, run, []);
+            }
+        }
+        self.ids.extend(later.ids);
+        self.through = through;
+    }
+
+    /// Forgets everything once it is in the tables, which now index through `through`.
+    pub(super) fn clear(&mut self, through: u64) {
+        *self = Self::new(through);
+    }
+
+    /// How many events it holds.
+    pub(super) fn len(&self) -> usize {
+        self.events
+    }
+
+    /// The last position readers may see.
+    pub(super) fn through(&self) -> u64 {
+        self.through
+    }
+
+    /// The position of the event with `id`, if held here.
+    pub(super) fn position(&self, id: u128) -> Option<u64> {
+        self.ids.get(&id).copied()
+    }
+
+    /// The last version of `stream`, if it has events here.
+    pub(super) fn head(&self, stream: &str) -> Option<u64> {
+        self.heads.get(stream).copied()
+    }
+
+    /// The last version of each stream held here.
+    pub(super) fn heads(&self) -> &BTreeMap<String, u64> {
+        &self.heads
+    }
+
+    /// The runs of `stream` held here, ascending.
+    pub(super) fn runs(&self, stream: &str) -> &[Run] {
+        self.runs.get(stream).map_or(&[], Vec::as_slice)
+    }
+
+    /// The streams held here whose names start with `prefix`, in name order.
+    pub(super) fn streams_with_prefix<'m>(
+        &'m self,
+        prefix: &'m str,
+    ) -> impl Iterator<Item = &'m str> + 'm {
+        self.heads
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(stream, _)| stream.as_str())
+            .take_while(move |stream| stream.starts_with(prefix))
+    }
+
+    /// Writes everything held here into the index tables of `txn` and records that they index
+    /// through `through`; the caller clears the memtable once `txn` committed.
+    pub(super) fn write(&self, txn: &WriteTransaction, through: u64) -> Result<(), JournalError> {
+        let mut ids = txn.open_table(EVENT_IDS)?;
+        for (&id, &position) in &self.ids {
+            ids.insert(id, position)?;
+        }
+        let mut runs = txn.open_table(STREAM_RUNS)?;
+        for (stream, held) in &self.runs {
+            for run in held {
+                runs.insert((stream.as_str(), run.first_version), run.value())?;
+            }
+        }
+        let mut heads = txn.open_table(STREAM_HEADS)?;
+        for (stream, &head) in &self.heads {
+            heads.insert(stream.as_str(), head)?;
+        }
+        txn.open_table(META)?.insert(INDEXED_THROUGH_KEY, through)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+
+    use super::*;
+    use crate::journal::redb::{RedbJournal, reader};
+    use crate::journal::{ExpectedVersion, JournalConfig, JournalError, NewEvent, ReadLimit};
+
+    /// The journal keeps nothing of the memtable when it closes, as if killed after its last
+    /// commit: reopening rebuilds it from the log, and every read, version check and retry of
+    /// the unindexed tail answers as before.
+    #[test]
+    fn a_reopened_journal_rebuilds_the_indexes_of_its_tail_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let config = JournalConfig::default();
+        let journal = RedbJournal::open(&path, &config).unwrap();
+        let mut appended = Vec::new();
+        // Past one flush: the file holds both indexed and unindexed events.
+        for n in 0..FLUSH_EVENTS / 50 + 4 {
+            let stream = format!("s{}", n % 8);
+            let events: Vec<NewEvent> = (0..50)
+                .map(|_| NewEvent::json("Happened", &serde_json::json!({ "n": n })))
+                .collect();
+            let result = journal
+                .append_blocking(&stream, ExpectedVersion::Any, events.clone())
+                .unwrap();
+            appended.push((stream, events, result));
+        }
+        let head = journal.head_position();
+        drop(journal);
+
+        let journal = RedbJournal::open(&path, &config).unwrap();
+        let indexed_through = {
+            let txn = journal.db.get().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value()
+        };
+        assert!(0 < indexed_through && indexed_through < head);
+        let held = journal.db.memtable().len() as u64;
+        assert_eq!(held, head - indexed_through);
+        assert_eq!(journal.head_position(), head);
+
+        let db = &journal.db;
+        let all = ReadLimit::events(usize::MAX);
+        assert_eq!(reader::read_all(db, 1, all).unwrap().len() as u64, head);
+        for n in 0..8 {
+            let stream = format!("s{n}");
+            let expected: Vec<_> = appended
+                .iter()
+                .filter(|(name, ..)| *name == stream)
+                .flat_map(|(_, events, _)| events.iter().map(|event| event.id))
+                .collect();
+            let read = reader::read_stream(db, &stream, 1, all).unwrap();
+            let ids: Vec<_> = read.iter().map(|event| event.id).collect();
+            assert_eq!(ids, expected, "{stream}");
+            let version = reader::stream_version(db, &stream).unwrap();
+            assert_eq!(version, Some(expected.len() as u64));
+            let refused = journal.append_blocking(
+                &stream,
+                ExpectedVersion::Exact(expected.len() as u64 - 1),
+                vec![NewEvent::json("Late", &serde_json::json!({}))],
+            );
+            match refused {
+                Err(JournalError::Conflict { current, .. }) => {
+                    assert_eq!(current, version, "{stream}")
+                }
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(reader::streams_with_prefix(db, "s").unwrap().len(), 8);
+        for (stream, events, result) in &appended {
+            for (event, position) in events.iter().zip(result.first_position..) {
+                let found = reader::event_by_id(db, event.id).unwrap().unwrap();
+                assert_eq!(found.position, position);
+            }
+            let retried = journal.append_blocking(stream, ExpectedVersion::Any, events.clone());
+            assert_eq!(retried.unwrap(), *result, "a retry answers where they are");
+        }
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+    }
+}
