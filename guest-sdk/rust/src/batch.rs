@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::bindings::types::{Batch, ContentType, Event, PackedBatch, Span};
 use crate::codec;
 use crate::projection::EventMeta;
+use crate::text;
 
 /// Bytes per event in a packed batch's `headers`.
 pub(crate) const PACKED_HEADER_LEN: usize = 60;
@@ -143,13 +144,7 @@ impl<'a> RawEvent<'a> {
     #[inline]
     fn text(self, field: Field) -> Result<&'a str, String> {
         let bytes = self.bytes(field)?;
-        // Names are nearly always ASCII, which checks in a fraction of the time `from_utf8`
-        // takes in wasm (a byte-at-a-time state machine for short strings).
-        if bytes.is_ascii() {
-            // SAFETY: ASCII is UTF-8.
-            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
-        }
-        std::str::from_utf8(bytes).map_err(|_| {
+        text::utf8(bytes).ok_or_else(|| {
             let position = self.header.position();
             format!(
                 "event at position {position}: {} is not UTF-8",

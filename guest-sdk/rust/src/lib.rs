@@ -130,6 +130,7 @@ mod memcmp;
 mod projection;
 mod runtime;
 mod state;
+mod text;
 mod upcaster;
 
 pub use aggregate::{Aggregate, Rejection};

@@ -156,7 +156,10 @@ pub const PACKED_HEADER_LEN: usize = 60;
 
 /// Packs events into a `packed-batch` (contract 0.1.2): one little-endian
 /// header record per event, strings and payloads in the shared buffer. Both
-/// lists are allocated once, at their final size.
+/// lists are allocated once, at their final size (the buffer at most).
+///
+/// An event of the same stream as the one before shares its stream span, so
+/// an aggregate's batch carries its stream name once; empty spans copy nothing.
 pub fn encode_packed_batch<'a, I>(events: I) -> types::PackedBatch
 where
     I: IntoIterator<Item = &'a RecordedEvent>,
@@ -175,15 +178,34 @@ where
     let buffer_len = events.clone().flat_map(spans).map(<[u8]>::len).sum();
     let mut headers = Vec::with_capacity(events.len() * PACKED_HEADER_LEN);
     let mut buffer = Vec::with_capacity(buffer_len);
+    let mut put = |bytes: &[u8]| {
+        let offset = buffer.len() as u32;
+        if !bytes.is_empty() {
+            buffer.extend_from_slice(bytes);
+        }
+        offset
+    };
+    let mut previous_stream: Option<(&[u8], u32)> = None;
     for event in events {
         let mut record = [0; PACKED_HEADER_LEN];
         record[0..8].copy_from_slice(&event.position.to_le_bytes());
         record[8..16].copy_from_slice(&event.version.to_le_bytes());
         record[16..24].copy_from_slice(&event.recorded_at.to_le_bytes());
-        for (bytes, at) in spans(event).into_iter().zip((24..56).step_by(8)) {
-            record[at..at + 4].copy_from_slice(&(buffer.len() as u32).to_le_bytes());
+        let [stream, event_type, data, metadata] = spans(event);
+        let stream_offset = match previous_stream {
+            Some((previous, offset)) if previous == stream => offset,
+            _ => put(stream),
+        };
+        previous_stream = Some((stream, stream_offset));
+        let placed = [
+            (stream_offset, stream),
+            (put(event_type), event_type),
+            (put(data), data),
+            (put(metadata), metadata),
+        ];
+        for ((offset, bytes), at) in placed.into_iter().zip((24..56).step_by(8)) {
+            record[at..at + 4].copy_from_slice(&offset.to_le_bytes());
             record[at + 4..at + 8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-            buffer.extend_from_slice(bytes);
         }
         let content_type: u32 = match event.content_type {
             ContentType::Json => 0,
@@ -228,4 +250,51 @@ pub fn encode_batch<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> 
         });
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: u64, stream: &str, event_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            stream: stream.into(),
+            version: position,
+            id: uuid::Uuid::nil(),
+            event_type: event_type.into(),
+            content_type: ContentType::Json,
+            data: format!("{{\"n\":{position}}}").into_bytes().into(),
+            metadata: None,
+            recorded_at: 0,
+        }
+    }
+
+    /// The text of span `field` (0 stream, 1 type, 2 data, 3 metadata) of header `index`.
+    fn field(batch: &types::PackedBatch, index: usize, field: usize) -> &str {
+        let at = index * PACKED_HEADER_LEN + 24 + field * 8;
+        let word = |at: usize| u32::from_le_bytes(batch.headers[at..at + 4].try_into().unwrap());
+        let (offset, len) = (word(at) as usize, word(at + 4) as usize);
+        std::str::from_utf8(&batch.buffer[offset..offset + len]).unwrap()
+    }
+
+    #[test]
+    fn packed_spans_resolve_and_a_repeated_stream_is_stored_once() {
+        let events = [
+            event(1, "account-a", "Opened"),
+            event(2, "account-a", "Deposited"),
+            event(3, "account-b", "Opened"),
+            event(4, "account-a", "Closed"),
+        ];
+        let batch = encode_packed_batch(&events);
+        for (index, event) in events.iter().enumerate() {
+            assert_eq!(field(&batch, index, 0), &*event.stream);
+            assert_eq!(field(&batch, index, 1), &*event.event_type);
+            assert_eq!(field(&batch, index, 2).as_bytes(), &event.data[..]);
+            assert_eq!(field(&batch, index, 3), "");
+        }
+        let buffer = std::str::from_utf8(&batch.buffer).unwrap();
+        assert_eq!(buffer.matches("account-a").count(), 2);
+        assert_eq!(buffer.matches("account-b").count(), 1);
+    }
 }

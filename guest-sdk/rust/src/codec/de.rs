@@ -5,6 +5,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::Error;
+use crate::text;
 
 /// The enum value whose variant is `type_name` and whose payload is `payload`.
 pub(super) struct Tagged<'a, P> {
@@ -49,13 +50,17 @@ pub(super) struct Json<'de>(pub(super) &'de [u8]);
 
 impl<'de> Json<'de> {
     /// Runs `f` on a deserializer over the whole payload, rejecting trailing input.
+    ///
+    /// The payload is checked to be UTF-8 once, up front, so serde_json reads
+    /// it as text and does not check every string (each field name) again.
     fn parse<T>(
         self,
         f: impl FnOnce(
-            &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+            &mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
         ) -> serde_json::Result<T>,
     ) -> Result<T, Error> {
-        let mut de = serde_json::Deserializer::from_slice(self.0);
+        let text = text::utf8(self.0).ok_or_else(|| Error::new("JSON data is not UTF-8"))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let value = f(&mut de).and_then(|value| de.end().map(|()| value));
         value.map_err(Error::new)
     }
