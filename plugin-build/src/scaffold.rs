@@ -140,6 +140,7 @@ const RUST_SDK: &[(&str, &str)] = &[
     rust_sdk_file!("runtime.rs"),
     rust_sdk_file!("runtime/tests.rs"),
     rust_sdk_file!("state.rs"),
+    rust_sdk_file!("text.rs"),
     rust_sdk_file!("upcaster.rs"),
     rust_sdk_file!("codec/mod.rs"),
     rust_sdk_file!("codec/de.rs"),
