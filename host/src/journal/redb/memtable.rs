@@ -82,7 +82,14 @@ impl Memtable {
             }
             _ => runs.push(run),
         }
-        self.heads.insert(stream.to_owned(), run.end_version() - 1);
+        // Named only on a stream's first append here: this runs for every append.
+        let head = run.end_version() - 1;
+        match self.heads.get_mut(stream) {
+            Some(last) => *last = head,
+            None => {
+                self.heads.insert(stream.to_owned(), head);
+            }
+        }
         self.events += run.count as usize;
     }
 
