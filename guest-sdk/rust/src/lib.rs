@@ -124,6 +124,8 @@ mod aggregate;
 mod batch;
 mod bindings;
 pub mod codec;
+#[cfg(all(target_arch = "wasm32", feature = "lean-heap"))]
+mod heap;
 pub mod log;
 #[cfg(any(target_arch = "wasm32", test))]
 mod memcmp;
