@@ -134,6 +134,7 @@ const RUST_SDK: &[(&str, &str)] = &[
     rust_sdk_file!("aggregate.rs"),
     rust_sdk_file!("batch.rs"),
     rust_sdk_file!("bindings.rs"),
+    rust_sdk_file!("heap.rs"),
     rust_sdk_file!("log.rs"),
     rust_sdk_file!("memcmp.rs"),
     rust_sdk_file!("projection.rs"),
