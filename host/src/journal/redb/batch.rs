@@ -37,21 +37,18 @@ impl Appended {
     }
 }
 
-/// Where the indexes of a committed batch's appends are.
-pub(super) enum Indexed {
-    /// Only here: the writer adds them to the memtable once the batch committed.
-    InMemory(Memtable),
-    /// In the index tables, with the memtable's: the writer clears it once the batch committed.
-    Flushed,
-}
-
 /// What a batch did, once finished.
 pub(super) struct Finished {
     /// Whether anything was written (otherwise the transaction need not be committed).
     pub(super) wrote: bool,
     /// The last global position, counting this batch's appends.
     pub(super) head: u64,
-    pub(super) indexed: Indexed,
+    /// The indexes of the batch's appends: the writer adds them to the memtable once the batch
+    /// committed.
+    pub(super) appended: Memtable,
+    /// Whether the batch also wrote the memtable and its own appends into the index tables:
+    /// the writer then clears the memtable once the batch committed.
+    pub(super) flushed: bool,
 }
 
 /// The journal's tables inside one write transaction. Appends write only the log; their
@@ -117,6 +114,7 @@ impl<'txn> Batch<'txn> {
         let held = self.appended.position(id);
         match held.or_else(|| self.memtable.position(id)) {
             Some(position) => Ok(Some(position)),
+            None if !self.memtable.table_may_hold(id) => Ok(None),
             None => Ok(self.event_ids.get(id)?.map(|position| position.value())),
         }
     }
@@ -218,24 +216,18 @@ impl<'txn> Batch<'txn> {
     /// `flush_events` events, writes both into the index tables.
     pub(super) fn finish(self, flush_events: usize) -> Result<Finished, JournalError> {
         let head = self.next_position - 1;
-        let wrote = self.wrote;
-        if self.memtable.len() + self.appended.len() < flush_events {
-            let indexed = Indexed::InMemory(self.appended);
-            return Ok(Finished {
-                wrote,
-                head,
-                indexed,
-            });
+        let flushed = self.memtable.len() + self.appended.len() >= flush_events;
+        if flushed {
+            // The index tables are opened again to write them.
+            drop((self.stream_heads, self.event_ids));
+            self.memtable.write(self.txn, head)?;
+            self.appended.write(self.txn, head)?;
         }
-        // The index tables are opened again to write them.
-        drop((self.stream_heads, self.event_ids));
-        self.memtable.write(self.txn, head)?;
-        self.appended.write(self.txn, head)?;
-        let indexed = Indexed::Flushed;
         Ok(Finished {
-            wrote,
+            wrote: self.wrote,
             head,
-            indexed,
+            appended: self.appended,
+            flushed,
         })
     }
 

@@ -9,10 +9,11 @@
 //! Readers pair a read transaction with the memtable's state (see
 //! [`SharedDb::begin_read`](super::SharedDb::begin_read)).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use redb::{ReadTransaction, WriteTransaction};
+use foldhash::HashMap;
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use uuid::Uuid;
 
 use super::runs::Run;
@@ -27,6 +28,8 @@ pub(super) const INDEXED_THROUGH_KEY: &str = "indexed_through";
 /// The ids, runs and heads of events the index tables do not hold yet.
 #[derive(Debug, Default)]
 pub(super) struct Memtable {
+    /// Hashed with foldhash: ids are random or time-ordered, never chosen to collide
+    /// (SipHash's protection cost an eighth of the writer).
     ids: HashMap<u128, u64>,
     /// Each stream's runs, ascending; all above its runs in the tables.
     runs: HashMap<String, Vec<Run>>,
@@ -35,13 +38,18 @@ pub(super) struct Memtable {
     /// The last position readers may see: every event up to it is indexed here or in the
     /// tables.
     through: u64,
+    /// No id in the event-id table is above it (its largest when last flushed or opened), so
+    /// a newer id, as time-ordered ids almost always are, is new without a search.
+    table_ids_bound: u128,
 }
 
 impl Memtable {
-    /// An empty memtable over tables that index through `through`.
-    pub(super) fn new(through: u64) -> Self {
+    /// An empty memtable over tables that index through `through` and hold no id above
+    /// `table_ids_bound`.
+    fn new(through: u64, table_ids_bound: u128) -> Self {
         Self {
             through,
+            table_ids_bound,
             ..Self::default()
         }
     }
@@ -52,8 +60,10 @@ impl Memtable {
             .open_table(META)?
             .get(INDEXED_THROUGH_KEY)?
             .map_or(0, |through| through.value());
+        let ids = txn.open_table(EVENT_IDS)?;
+        let bound = ids.last()?.map_or(0, |(id, _)| id.value());
         let log = txn.open_table(EVENTS)?;
-        let mut memtable = Self::new(indexed_through);
+        let mut memtable = Self::new(indexed_through, bound);
         for entry in log.range(indexed_through + 1..)? {
             let (position, bytes) = entry?;
             let position = position.value();
@@ -107,7 +117,8 @@ impl Memtable {
 
     /// Forgets everything once it is in the tables, which now index through `through`.
     pub(super) fn clear(&mut self, through: u64) {
-        *self = Self::new(through);
+        let held = self.ids.keys().copied().max();
+        *self = Self::new(through, self.table_ids_bound.max(held.unwrap_or(0)));
     }
 
     /// How many events it holds.
@@ -123,6 +134,11 @@ impl Memtable {
     /// The position of the event with `id`, if held here.
     pub(super) fn position(&self, id: u128) -> Option<u64> {
         self.ids.get(&id).copied()
+    }
+
+    /// Whether the event-id table may hold `id`; if not, only the memtable may.
+    pub(super) fn table_may_hold(&self, id: u128) -> bool {
+        id <= self.table_ids_bound
     }
 
     /// The last version of `stream`, if it has events here.

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use redb::Durability;
 use tokio::sync::watch;
 
-use super::batch::{Appended, Batch, Indexed};
+use super::batch::{Appended, Batch};
 use super::request::Request;
 use super::{JournalError, JournalStats, SharedDb};
 
@@ -162,19 +162,20 @@ impl Writer {
             tables.finish(self.flush_events)?
         };
         let head = finished.head;
-        match finished.indexed {
-            _ if !finished.wrote => txn.abort()?,
-            Indexed::InMemory(appended) => {
-                txn.commit()?;
-                self.db.memtable_mut().absorb(appended, head);
-            }
-            Indexed::Flushed => {
-                // Held across the commit: no reader pairs the memtable with a transaction
-                // from the other side of the flush (see `SharedDb::begin_read`).
-                let mut memtable = self.db.memtable_mut();
-                txn.commit()?;
-                memtable.clear(head);
-            }
+        if !finished.wrote {
+            txn.abort()?;
+        } else if finished.flushed {
+            // Held across the commit: no reader pairs the memtable with a transaction
+            // from the other side of the flush (see `SharedDb::begin_read`).
+            let mut memtable = self.db.memtable_mut();
+            txn.commit()?;
+            // Absorbed first, so that clearing raises the bound of the ids in the table over
+            // this batch's too.
+            memtable.absorb(finished.appended, head);
+            memtable.clear(head);
+        } else {
+            txn.commit()?;
+            self.db.memtable_mut().absorb(finished.appended, head);
         }
         Ok(Applied {
             results,
@@ -330,6 +331,51 @@ mod tests {
         assert_eq!(
             reader::stream_version(&writer.db, "s").unwrap(),
             Some(full + 4)
+        );
+    }
+
+    /// A new id above every id in the event-id table is taken as new without searching the
+    /// table, so a retry must still be recognised wherever its id is: the table's largest id
+    /// (the bound), an id below it, after the flush that moved them there and after a reopen.
+    #[test]
+    fn a_retry_of_events_already_in_the_tables_is_recognised() {
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let with_id = |id: u128| NewEvent {
+            id: uuid::Uuid::from_u128(id),
+            ..event()
+        };
+        // Out of time order, as random ids are: the largest first. Time-ordered ids
+        // (`event()`) stay below it: their top bits are the time in ms.
+        let (largest, older) = (with_id(u128::MAX / 2), with_id(7));
+        let retry = |writer: &Writer, event: &NewEvent| {
+            let (request, mut outcome) = append(ExpectedVersion::Any, vec![event.clone()]);
+            writer.commit(vec![request]);
+            outcome.try_recv().unwrap().unwrap()
+        };
+        let writer = writer(&dir);
+        let first = retry(&writer, &largest);
+        let second = retry(&writer, &older);
+        let fill = (0..writer.flush_events).map(|_| append(ExpectedVersion::Any, vec![event()]));
+        writer.commit(fill.map(|(request, _)| request).collect());
+        assert_eq!(writer.db.memtable().len(), 0, "moved into the tables");
+        let head = reader::head_position(&writer.db).unwrap();
+        let recognised = |writer: &Writer| {
+            assert_eq!(retry(writer, &largest), first);
+            assert_eq!(retry(writer, &older), second);
+            let after = reader::head_position(&writer.db).unwrap();
+            assert_eq!(after, head, "the retries wrote nothing");
+        };
+        recognised(&writer);
+        drop(writer);
+        let writer = self::writer(&dir);
+        recognised(&writer);
+        let above = retry(&writer, &with_id(u128::MAX / 2 + 1));
+        assert_eq!(
+            above.first_position,
+            head + 1,
+            "a new id above the bound is written"
         );
     }
 
