@@ -47,13 +47,19 @@ impl Pages {
         }
     }
 
+    /// Whether nothing is left to read: a stream read through version `to`.
+    fn exhausted(&self) -> bool {
+        matches!(self, Pages::Stream { from, to, .. } if from > to)
+    }
+
     /// Folds every page, in order, with `fold`, reading the next page on a second thread while
     /// `fold` works on the current one: at most two pages are held at once.
     ///
     /// Stops at the first error, of a read or of `fold`, where reading and folding one page
     /// after the other would: the pages before it folded, none after, and a failed read
     /// returned as it was. When this returns, the reading thread has ended. A catch-up whose
-    /// first page is not full (most aggregates) reads on the calling thread and starts none.
+    /// first page is not full (most aggregates) or is its last reads on the calling thread
+    /// and starts none.
     pub fn fold_ahead<E: From<JournalError>>(
         mut self,
         journal: &Journal,
@@ -61,7 +67,7 @@ impl Pages {
         mut fold: impl FnMut(&[RecordedEvent]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut page = self.read(journal, limit)?;
-        if page.len() >= limit.events {
+        if page.len() >= limit.events && !self.exhausted() {
             return ahead(|| self.read(journal, limit), page, fold);
         }
         while !page.is_empty() {
