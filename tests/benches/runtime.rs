@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 
 use bank_account::{Account, AccountEvent};
 use bank_analytics::{Analytics, BankEvent};
-use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent, RecordedEvent};
-use foldhost::runtime::{AggregateInstance, Limits, Plugin, PluginEngine, ProjectionInstance};
+use foldhost::journal::{
+    ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent, Pages, RecordedEvent,
+};
+use foldhost::runtime::{
+    AggregateInstance, Limits, Plugin, PluginEngine, ProjectionInstance, REPLAY_LIMIT,
+};
 use foldhost_guest::codec::decode_json;
 use foldhost_guest::{Aggregate, EventMeta, Projection};
 use serde_json::json;
@@ -98,47 +102,98 @@ fn main() {
         "| replay from the journal (read + fold, 1024-event pages) | WASM | native | WASM/native |"
     );
     println!("|---|---:|---:|---:|");
+    // Sequential: read a page, fold it, read the next. Read-ahead: the host's catch-up, which
+    // reads the next page on another thread while one folds; the native fold goes through the
+    // same `Pages::fold_ahead`, so the ratio still compares the folds.
+    let stream = || Pages::Stream {
+        stream: "bank-account-long".into(),
+        from: 1,
+        to: u64::MAX,
+    };
+    let wasm = rate(long, || {
+        let mut instance =
+            AggregateInstance::new(account.clone(), "bank-account-long", None).unwrap();
+        sequentially(&journal, stream(), |page| instance.apply(page).unwrap());
+        instance
+    });
+    let native = rate(long, || {
+        let mut state = Account::default();
+        sequentially(&journal, stream(), |page| fold_account(&mut state, page));
+        state
+    });
+    row(
+        &format!("bank-account, one stream of {long}, sequential"),
+        wasm,
+        native,
+    );
     let wasm = rate(long, || {
         let mut instance =
             AggregateInstance::new(account.clone(), "bank-account-long", None).unwrap();
         instance.catch_up(&journal, u64::MAX).unwrap();
+        instance
     });
     let native = rate(long, || {
         let mut state = Account::default();
-        let mut from = 1;
-        loop {
-            let page = journal
-                .read_stream("bank-account-long", from, 1024)
-                .unwrap();
-            if page.is_empty() {
-                return state;
-            }
-            from += page.len() as u64;
-            fold_account(&mut state, &page);
-        }
-    });
-    row(&format!("bank-account, one stream of {long}"), wasm, native);
-    let wasm = rate(all.len(), || {
-        let mut instance = ProjectionInstance::new(analytics.clone(), None).unwrap();
-        instance.catch_up(&journal).unwrap();
-    });
-    let native = rate(all.len(), || {
-        let mut state = Analytics::default();
-        let mut from = 1;
-        loop {
-            let page = journal.read_all(from, 1024).unwrap();
-            if page.is_empty() {
-                return state;
-            }
-            from += page.len() as u64;
-            fold_analytics(&mut state, &page);
-        }
+        ahead(&journal, stream(), |page| fold_account(&mut state, page));
+        state
     });
     row(
-        &format!("bank-analytics, global log of {}", all.len()),
+        &format!("bank-account, one stream of {long}, read-ahead"),
         wasm,
         native,
     );
+    let log = || Pages::All { from: 1 };
+    let wasm = rate(all.len(), || {
+        let mut instance = ProjectionInstance::new(analytics.clone(), None).unwrap();
+        sequentially(&journal, log(), |page| instance.apply(page).unwrap());
+        instance
+    });
+    let native = rate(all.len(), || {
+        let mut state = Analytics::default();
+        sequentially(&journal, log(), |page| fold_analytics(&mut state, page));
+        state
+    });
+    row(
+        &format!("bank-analytics, global log of {}, sequential", all.len()),
+        wasm,
+        native,
+    );
+    let wasm = rate(all.len(), || {
+        let mut instance = ProjectionInstance::new(analytics.clone(), None).unwrap();
+        instance.catch_up(&journal).unwrap();
+        instance
+    });
+    let native = rate(all.len(), || {
+        let mut state = Analytics::default();
+        ahead(&journal, log(), |page| fold_analytics(&mut state, page));
+        state
+    });
+    row(
+        &format!("bank-analytics, global log of {}, read-ahead", all.len()),
+        wasm,
+        native,
+    );
+}
+
+/// Reads each page of `pages`, then folds it, then reads the next.
+fn sequentially(journal: &Journal, mut pages: Pages, mut fold: impl FnMut(&[RecordedEvent])) {
+    loop {
+        let page = pages.read(journal, REPLAY_LIMIT).unwrap();
+        if page.is_empty() {
+            return;
+        }
+        fold(&page);
+    }
+}
+
+/// Folds `pages` as the host's catch-up does: the next page read while one folds.
+fn ahead(journal: &Journal, pages: Pages, mut fold: impl FnMut(&[RecordedEvent])) {
+    pages
+        .fold_ahead(journal, REPLAY_LIMIT, |page| {
+            fold(page);
+            Ok::<_, JournalError>(())
+        })
+        .unwrap();
 }
 
 /// Folds `events` into a fresh instance of aggregate `plugin`, `batch` per call.

@@ -1,10 +1,11 @@
-//! An in-memory disk whose syncs a test can hold and fail, for a redb journal opened with
-//! [`Journal::open_on`](foldhost::journal::Journal::open_on).
+//! An in-memory disk whose syncs a test can hold and fail, and whose reads it can fail, for a
+//! redb journal opened with [`Journal::open_on`](foldhost::journal::Journal::open_on).
 //!
 //! Holding the syncs holds the journal's writer inside a commit: appends queued meanwhile wait
 //! for the next commit, and commands queued on a stream wait for its next round. That lets a
 //! test line work up exactly, then release it. [`Gate::fail_next_sync`] makes the next sync fail
-//! as a real disk error would.
+//! as a real disk error would; [`Gate::fail_reads_after`] makes reads fail from a given one on,
+//! until [`Gate::heal_reads`].
 
 use std::fmt;
 use std::io;
@@ -34,6 +35,10 @@ struct GateState {
     /// Syncs allowed through while the gate stays held.
     passes: usize,
     fail_next: bool,
+    /// Reads so far.
+    reads: usize,
+    /// Reads still allowed before every later one fails; `None`: no limit.
+    reads_left: Option<usize>,
 }
 
 impl GatedDisk {
@@ -69,6 +74,36 @@ impl Gate {
     /// Makes the next sync fail with an I/O error.
     pub fn fail_next_sync(&self) {
         self.lock().fail_next = true;
+    }
+
+    /// Lets the next `reads` reads through and fails every later one, until
+    /// [`heal_reads`](Self::heal_reads).
+    pub fn fail_reads_after(&self, reads: usize) {
+        self.lock().reads_left = Some(reads);
+    }
+
+    /// Lets every read through again.
+    pub fn heal_reads(&self) {
+        self.lock().reads_left = None;
+    }
+
+    /// How many reads the disk has served or failed.
+    pub fn reads(&self) -> usize {
+        self.lock().reads
+    }
+
+    /// Counts a read; fails it once the reads allowed are used up.
+    fn read(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        state.reads += 1;
+        match &mut state.reads_left {
+            Some(0) => Err(io::Error::other("the disk failed to read (injected)")),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// How many syncs are waiting for the gate.
@@ -110,6 +145,7 @@ impl StorageBackend for GatedDisk {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.gate.read()?;
         let bytes = self.bytes.lock().expect("disk lock");
         let start = offset as usize;
         let stored = bytes

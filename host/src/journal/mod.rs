@@ -3,13 +3,15 @@
 //! Two backends sit behind the same [`Journal`] API: a local redb file (the default, see
 //! `redb`) and a PostgreSQL database shared by several hosts (see `postgres`). What they share
 //! lives here: the data model (`types`), limits checked before a write is queued (`config`),
-//! the write operations (`op`), the rules an append must satisfy (`rules`) and a stream's
-//! lifecycle: deletion, retention and what a scavenge removes (`lifecycle`).
+//! the write operations (`op`), the rules an append must satisfy (`rules`), a stream's
+//! lifecycle: deletion, retention and what a scavenge removes (`lifecycle`), and catching up
+//! page by page with the next page read ahead (`pages`).
 
 mod config;
 mod error;
 mod lifecycle;
 mod op;
+mod pages;
 mod postgres;
 mod redb;
 mod rules;
@@ -26,6 +28,7 @@ pub use config::{DEFAULT_CACHE_BYTES, JournalConfig, MAX_STREAM_NAME};
 pub use error::JournalError;
 pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;
+pub use pages::Pages;
 pub use types::*;
 
 /// Counters since the journal was opened.

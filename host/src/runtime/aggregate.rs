@@ -12,7 +12,9 @@ use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
 use super::upcast::UpcasterChain;
-use crate::journal::{ByteString, Journal, NewEvent, ReadLimit, RecordedEvent, StreamWindow};
+use crate::journal::{
+    ByteString, Journal, NewEvent, Pages, ReadLimit, RecordedEvent, StreamWindow,
+};
 
 /// Events moved into a plugin per `apply` call during replay: at most 1024, and at most 4 MiB
 /// of event data (a single larger event goes alone), so a batch fits well within the plugin's
@@ -263,24 +265,24 @@ impl AggregateInstance {
     /// When a batch fails, its events are folded one at a time on a rebuilt instance: that
     /// gets past a batch that failed only as a whole (it ran out of time or memory), and
     /// otherwise names the one event this build cannot fold ([`RuntimeError::Unfoldable`]).
+    ///
+    /// A stream longer than a page is read one page ahead of the fold
+    /// ([`Pages::fold_ahead`]).
     pub fn catch_up(&mut self, journal: &Journal, at_most: u64) -> Result<(), RuntimeError> {
-        while self.version < at_most {
-            let limit = ReadLimit {
-                events: (at_most - self.version).min(REPLAY_LIMIT.events as u64) as usize,
-                ..REPLAY_LIMIT
-            };
-            let events = journal.read_stream_within(&self.stream, self.version + 1, limit)?;
-            if events.is_empty() {
-                break;
-            }
-            if let Err(error) = self.apply(&events) {
-                if let [event] = events.as_slice() {
+        let pages = Pages::Stream {
+            stream: self.stream.clone(),
+            from: self.version + 1,
+            to: at_most,
+        };
+        pages.fold_ahead(journal, REPLAY_LIMIT, |events| {
+            if let Err(error) = self.apply(events) {
+                if let [event] = events {
                     return Err(RuntimeError::unfoldable(self.plugin.name(), event, error));
                 }
-                *self = self.fold_singly(journal, &events)?;
+                *self = self.fold_singly(journal, events)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Rebuilds the state before `events` (a batch that failed) and folds them one at a time.

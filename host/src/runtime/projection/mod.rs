@@ -22,7 +22,7 @@ use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::sandbox::guarded;
 use super::upcast::UpcasterChain;
-use crate::journal::{Journal, RecordedEvent};
+use crate::journal::{Journal, Pages, RecordedEvent};
 
 pub use failure::{FailurePolicy, ParkReport};
 pub use runner::{ProjectionRunner, RunnerOptions};
@@ -171,17 +171,19 @@ impl ProjectionInstance {
         Ok(())
     }
 
-    /// Reads and folds the global log up to the current head (for offline replay).
+    /// Reads and folds the global log up to the current head (for offline replay), reading
+    /// each page while the one before it folds ([`Pages::fold_ahead`]); returns how many
+    /// events it read.
     pub fn catch_up(&mut self, journal: &Journal) -> Result<u64, RuntimeError> {
         let mut replayed = 0;
-        loop {
-            let events = journal.read_all_within(self.position + 1, REPLAY_LIMIT)?;
-            if events.is_empty() {
-                return Ok(replayed);
-            }
-            replayed += events.len() as u64;
-            self.apply(&events)?;
-        }
+        let pages = Pages::All {
+            from: self.position + 1,
+        };
+        pages.fold_ahead(journal, REPLAY_LIMIT, |page| {
+            replayed += page.len() as u64;
+            self.apply(page)
+        })?;
+        Ok(replayed)
     }
 
     pub fn plugin(&self) -> &Arc<Plugin> {

@@ -1,6 +1,7 @@
 //! The background task behind a [`ProjectionRunner`](super::ProjectionRunner): folds the log
-//! from the checkpoint to the head, then follows it; retries what may pass, narrows a failed
-//! batch down to the event, and parks (or stops at) an event that keeps failing.
+//! from the checkpoint to the head (reading each page while the one before it folds), then
+//! follows it; retries what may pass, narrows a failed batch down to the event, and parks (or
+//! stops at) an event that keeps failing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use super::failure::{FailurePolicy, ParkReport, backoff, tries_after};
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus, REPLAY_LIMIT};
@@ -19,6 +21,9 @@ use crate::runtime::upcast::UpcasterChain;
 
 /// The first pause after a failed journal read or write.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// A read of one page on the blocking pool.
+type PageRead = JoinHandle<Result<Vec<RecordedEvent>, RuntimeError>>;
 
 /// What the worker and the runner's readers share.
 pub(super) struct Shared {
@@ -120,6 +125,8 @@ pub(super) struct Worker {
     rate: (u64, Instant),
     /// The plugin's snapshot failed once: no more checkpoints in this run.
     checkpoints_broken: bool,
+    /// The next page, read while the current one folds: where it starts, and the read.
+    ahead: Option<(u64, PageRead)>,
 }
 
 impl Worker {
@@ -143,6 +150,7 @@ impl Worker {
             checkpointed: (0, Instant::now()),
             rate: (0, Instant::now()),
             checkpoints_broken: false,
+            ahead: None,
         }
     }
 
@@ -244,17 +252,29 @@ impl Worker {
             }
             return Ok(());
         }
-        let (journal, from) = (self.journal.clone(), self.position + 1);
-        let page = self
-            .retrying("reading the journal", move || {
-                Ok(journal.read_all_within(from, REPLAY_LIMIT)?)
-            })
-            .await?;
+        let from = self.position + 1;
+        let page = match self.read_ahead(from).await {
+            Some(page) => page,
+            None => {
+                let journal = self.journal.clone();
+                self.retrying("reading the journal", move || {
+                    Ok(journal.read_all_within(from, REPLAY_LIMIT)?)
+                })
+                .await?
+            }
+        };
         if page.is_empty() {
             // Nothing up to the head is visible any more (deleted, expired or scavenged):
             // the log skips those positions.
             self.skip_to(head).await?;
             return Ok(());
+        }
+        let last = page.last().expect("a page has events").position;
+        if last < head {
+            // Catching up: read the next page while this one folds.
+            let journal = self.journal.clone();
+            let read = blocking(move || Ok(journal.read_all_within(last + 1, REPLAY_LIMIT)?));
+            self.ahead = Some((last + 1, tokio::spawn(read)));
         }
         let count = page.len() as u64;
         self.shared.replayed.fetch_add(count, Ordering::Relaxed);
@@ -263,6 +283,18 @@ impl Worker {
         self.fold(page).await?;
         self.report_progress(head);
         self.checkpoint_if_due(false).await
+    }
+
+    /// The page read ahead from `from`, if there is one with events. Otherwise (none was read,
+    /// the fold moved elsewhere, the read failed or found nothing) the caller reads the page
+    /// itself, so a failure is retried and an empty page judged against a fresh head as ever.
+    async fn read_ahead(&mut self, from: u64) -> Option<Vec<RecordedEvent>> {
+        let (start, read) = self.ahead.take()?;
+        if start != from {
+            return None;
+        }
+        let page = read.await.ok()?.ok()?;
+        (!page.is_empty()).then_some(page)
     }
 
     /// Folds a page in one call; if that fails, event by event from the state before it.
