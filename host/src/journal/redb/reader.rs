@@ -13,6 +13,7 @@ use redb::{
 };
 use uuid::Uuid;
 
+use super::memtable::Memtable;
 use super::page::Page;
 use super::store::{
     CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
@@ -82,7 +83,7 @@ struct LogFilter<'m> {
 
 impl<'m> LogFilter<'m> {
     /// A filter that admits everything when `held` is `None`: no stream has a lifecycle record
-    /// (see [`any_lifecycle`]).
+    /// (see [`lifecycle_heads`]).
     fn open(txn: &ReadTransaction, held: Option<Held<'m>>) -> Result<Self, JournalError> {
         let lifecycles = match held {
             Some(held) => Some(Lifecycles::open(txn, held)?),
@@ -110,6 +111,31 @@ impl<'m> LogFilter<'m> {
             }
         };
         Ok(visibility.admits(event.version, event.recorded_at))
+    }
+}
+
+/// The memtable's heads of the streams with a lifecycle record, the only heads a filter of the
+/// log asks for, or `None` when no stream has one. Walks the smaller of the two, so a read
+/// copies no more heads than there are lifecycle records.
+fn lifecycle_heads(
+    txn: &ReadTransaction,
+    memtable: &Memtable,
+) -> Result<Option<BTreeMap<String, u64>>, JournalError> {
+    let records = txn.open_table(STREAM_LIFECYCLE)?;
+    let heads = memtable.heads();
+    match records.len()? {
+        0 => Ok(None),
+        count if count >= heads.len() as u64 => Ok(Some(heads.clone())),
+        _ => {
+            let mut held = BTreeMap::new();
+            for entry in records.iter()? {
+                let (stream, _) = entry?;
+                if let Some((stream, &head)) = heads.get_key_value(stream.value()) {
+                    held.insert(stream.clone(), head);
+                }
+            }
+            Ok(Some(held))
+        }
     }
 }
 
@@ -197,7 +223,7 @@ pub(in crate::journal) fn read_all(
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let database = db.get();
     let (txn, (through, held)) = db.begin_read(&database, |txn, memtable| {
-        let held = any_lifecycle(txn)?.then(|| Cow::Owned(memtable.heads().clone()));
+        let held = lifecycle_heads(txn, memtable)?.map(Cow::Owned);
         Ok((memtable.through(), held))
     })?;
     let log = txn.open_table(EVENTS)?;
