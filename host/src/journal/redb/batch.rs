@@ -198,7 +198,8 @@ impl<'txn> Batch<'txn> {
                     position,
                     reason: "an event id points at a missing record".to_owned(),
                 })?;
-            stored.push(page.own(position, &record::decode(position, bytes.value())?));
+            let record = record::decode_raw(position, bytes.value())?;
+            stored.push(page.hold(position, &record)?.own());
         }
         let written: Vec<Written> = stored
             .iter()

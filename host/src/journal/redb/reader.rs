@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::memtable::Memtable;
 use super::page::Page;
+use super::record::RawEnvelope;
 use super::store::{
     CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
     STREAM_LIFECYCLE, STREAM_RUNS,
@@ -95,22 +96,23 @@ impl<'m> LogFilter<'m> {
         })
     }
 
-    fn admits(&mut self, event: &record::Envelope<'_>) -> Result<bool, JournalError> {
+    /// Whether readers see the event `record` of `stream`.
+    fn admits(&mut self, stream: &str, record: &RawEnvelope<'_>) -> Result<bool, JournalError> {
         let Some(lifecycles) = &self.lifecycles else {
             return Ok(true);
         };
-        let visibility = match self.seen.get(event.stream) {
+        let visibility = match self.seen.get(stream) {
             Some(visibility) => *visibility,
             None => {
-                let visibility = match lifecycles.visibility(event.stream) {
+                let visibility = match lifecycles.visibility(stream) {
                     Err(JournalError::StreamDeleted(_)) => Visibility::NONE,
                     other => other?,
                 };
-                self.seen.insert(event.stream.to_owned(), visibility);
+                self.seen.insert(stream.to_owned(), visibility);
                 visibility
             }
         };
-        Ok(visibility.admits(event.version, event.recorded_at))
+        Ok(visibility.admits(record.version, record.recorded_at))
     }
 }
 
@@ -193,23 +195,24 @@ pub(in crate::journal) fn read_stream(
                     });
                 }
             };
-            let event = record::decode(position, bytes.value())?;
-            if event.stream != stream || event.version != version {
+            let record = record::decode_raw(position, bytes.value())?;
+            if record.stream != stream.as_bytes() || record.version != version {
                 return Err(JournalError::Corrupt {
                     position,
                     reason: format!(
                         "indexed as version {version} of {stream:?} but holds version {} of {:?}",
-                        event.version, event.stream
+                        record.version,
+                        String::from_utf8_lossy(record.stream)
                     ),
                 });
             }
-            if !visibility.admits(event.version, event.recorded_at) {
+            if !visibility.admits(record.version, record.recorded_at) {
                 continue;
             }
-            if !limit.admits(&mut used, event.size(), events.is_empty()) {
+            if !limit.admits(&mut used, record.size(), events.is_empty()) {
                 break 'runs;
             }
-            events.push(page.own(position, &event));
+            events.push(page.hold(position, &record)?.own());
         }
     }
     Ok(events)
@@ -238,14 +241,15 @@ pub(in crate::journal) fn read_all(
         }
         let (position, bytes) = entry?;
         let position = position.value();
-        let event = record::decode(position, bytes.value())?;
-        if !filter.admits(&event)? {
+        let record = record::decode_raw(position, bytes.value())?;
+        let held = page.hold(position, &record)?;
+        if !filter.admits(held.stream(), &record)? {
             continue;
         }
-        if !limit.admits(&mut used, event.size(), events.is_empty()) {
+        if !limit.admits(&mut used, record.size(), events.is_empty()) {
             break;
         }
-        events.push(page.own(position, &event));
+        events.push(held.own());
     }
     Ok(events)
 }
@@ -271,10 +275,12 @@ pub(in crate::journal) fn event_by_id(
             // Scavenged: its id is kept so that a retry is still recognised.
             return Ok(None);
         };
-        let event = record::decode(position, bytes.value())?;
+        let record = record::decode_raw(position, bytes.value())?;
+        let mut page = Page::default();
+        let event = page.hold(position, &record)?;
         let held = any_lifecycle(txn)?.then_some(Cow::Borrowed(memtable.heads()));
-        let visible = LogFilter::open(txn, held)?.admits(&event)?;
-        Ok(visible.then(|| Page::default().own(position, &event)))
+        let visible = LogFilter::open(txn, held)?.admits(event.stream(), &record)?;
+        Ok(visible.then(|| event.own()))
     })?;
     Ok(event)
 }
@@ -493,5 +499,19 @@ mod tests {
         assert_eq!(read_stream(&db, "s", 1, n(1)).unwrap().len(), 1);
         assert_eq!(corrupt_position(read_stream(&db, "s", 1, n(10))), 2);
         assert_eq!(corrupt_position(read_stream(&db, "u", 1, n(10))), 9);
+    }
+
+    #[test]
+    fn a_record_whose_stream_name_is_not_utf8_is_corrupt() {
+        // A valid record of stream "sx", then one whose name is "s" and a byte that is not UTF-8.
+        let mut bad = encoded("sx", 2);
+        let at = bad.windows(2).position(|name| name == b"sx").unwrap();
+        bad[at + 1] = 0xff;
+        let records = [(1, encoded("sx", 1)), (2, bad)];
+        let (_dir, db) = journal_with(&records, &[("sx", 1, 1, 1)]);
+        let n = ReadLimit::events;
+        assert_eq!(read_all(&db, 1, n(1)).unwrap()[0].stream, "sx");
+        assert_eq!(corrupt_position(read_all(&db, 1, n(10))), 2);
+        assert_eq!(corrupt_position(read_all(&db, 2, n(10))), 2);
     }
 }

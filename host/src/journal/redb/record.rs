@@ -16,13 +16,19 @@ const FORMAT_V1: u8 = 1;
 /// A decoded record, borrowing its text and data from the stored bytes.
 pub(super) type Envelope<'a> = EnvelopeV1<'a>;
 
-/// Layout 1. Field order is the wire format: never reorder, only add a new layout.
+/// A decoded record whose stream and type names are not yet checked to be UTF-8: a page of
+/// many events checks each name once, not once per event (see `Page`).
+pub(super) type RawEnvelope<'a> = EnvelopeV1<'a, &'a [u8]>;
+
+/// Layout 1. Field order is the wire format: never reorder, only add a new layout. Postcard
+/// writes a `str` and a byte string alike (length, then bytes), so `Name` only chooses whether
+/// decoding checks the names.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct EnvelopeV1<'a> {
-    pub stream: &'a str,
+pub(super) struct EnvelopeV1<'a, Name = &'a str> {
+    pub stream: Name,
     pub version: u64,
     pub id: [u8; 16],
-    pub event_type: &'a str,
+    pub event_type: Name,
     pub content_type: ContentType,
     #[serde(serialize_with = "as_bytes")]
     pub data: &'a [u8],
@@ -31,10 +37,10 @@ pub(super) struct EnvelopeV1<'a> {
     pub recorded_at: u64,
 }
 
-impl EnvelopeV1<'_> {
+impl<Name: AsRef<[u8]>> EnvelopeV1<'_, Name> {
     /// What a read's size limit counts, as [`RecordedEvent::size`](super::RecordedEvent::size).
     pub fn size(&self) -> usize {
-        self.data.len() + self.event_type.len() + self.metadata.map_or(0, str::len)
+        self.data.len() + self.event_type.as_ref().len() + self.metadata.map_or(0, str::len)
     }
 }
 
@@ -63,6 +69,22 @@ pub(super) fn encode(stream: &str, version: u64, event: &NewEvent, recorded_at: 
 
 /// Decodes the record stored at `position`, borrowing from `bytes`.
 pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<Envelope<'_>, JournalError> {
+    let raw = decode_raw(position, bytes)?;
+    Ok(EnvelopeV1 {
+        stream: utf8(position, "stream name", raw.stream)?,
+        version: raw.version,
+        id: raw.id,
+        event_type: utf8(position, "event type", raw.event_type)?,
+        content_type: raw.content_type,
+        data: raw.data,
+        metadata: raw.metadata,
+        recorded_at: raw.recorded_at,
+    })
+}
+
+/// Decodes the record stored at `position`, borrowing from `bytes`, leaving its names
+/// unchecked: each must go through [`utf8`] before it is used as text.
+pub(super) fn decode_raw(position: u64, bytes: &[u8]) -> Result<RawEnvelope<'_>, JournalError> {
     let corrupt = |reason: String| JournalError::Corrupt { position, reason };
     let (&format, body) = bytes
         .split_first()
@@ -70,12 +92,20 @@ pub(super) fn decode(position: u64, bytes: &[u8]) -> Result<Envelope<'_>, Journa
     if format != FORMAT_V1 {
         return Err(corrupt(format!("unknown record format {format}")));
     }
-    let (envelope, rest) = postcard::take_from_bytes::<Envelope<'_>>(body)
+    let (envelope, rest) = postcard::take_from_bytes::<RawEnvelope<'_>>(body)
         .map_err(|error| corrupt(format!("undecodable envelope: {error}")))?;
     if !rest.is_empty() {
         return Err(corrupt(format!("{} trailing bytes", rest.len())));
     }
     Ok(envelope)
+}
+
+/// `name`, the `what` of the record stored at `position`, as text.
+pub(super) fn utf8<'a>(position: u64, what: &str, name: &'a [u8]) -> Result<&'a str, JournalError> {
+    std::str::from_utf8(name).map_err(|error| JournalError::Corrupt {
+        position,
+        reason: format!("its {what} is not UTF-8: {error}"),
+    })
 }
 
 #[cfg(test)]
@@ -137,7 +167,8 @@ mod tests {
         let new = event();
         let bytes = encode("account-1", 7, &new, 1_700_000_000_123);
         assert_eq!(bytes[0], FORMAT_V1);
-        let recorded = Page::default().own(42, &decode(42, &bytes).unwrap());
+        let record = decode_raw(42, &bytes).unwrap();
+        let recorded = Page::default().hold(42, &record).unwrap().own();
         assert_eq!(
             recorded,
             RecordedEvent {
