@@ -1164,7 +1164,10 @@ async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions(backe
     assert_eq!(j.scavenge().await.unwrap().events, 0);
 
     // Positions 9..=12 are gone but stay used, also after a restart.
-    let next = j
+    let f = f.reopen();
+    assert_eq!(f.journal.head_position(), 12);
+    let next = f
+        .journal
         .append("kept-1", ExpectedVersion::Exact(3), events(1))
         .await
         .unwrap();

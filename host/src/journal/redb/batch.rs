@@ -4,15 +4,14 @@
 //! leaves the transaction untouched. Only storage errors can strike half way; the writer then
 //! drops the whole transaction.
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
 use super::memtable::Memtable;
 use super::page::Page;
 use super::rules::{self, Written};
 use super::runs::Run;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
-    STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_IDS, EVENTS, PARKED, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
 };
 use super::{
     AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
@@ -52,53 +51,74 @@ pub(super) struct Finished {
 }
 
 /// The journal's tables inside one write transaction. Appends write only the log; their
-/// indexes go to the memtable (see `memtable`).
+/// indexes go to the memtable (see `memtable`). Every table but the log is opened by the first
+/// operation that needs it: most commits touch few of them, and opening one costs a search of
+/// the transaction's table of tables.
 pub(super) struct Batch<'txn> {
     events: Table<'txn, u64, &'static [u8]>,
-    stream_heads: Table<'txn, &'static str, u64>,
-    event_ids: Table<'txn, u128, u64>,
-    snapshots: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
-    checkpoints: Table<'txn, &'static str, (u64, &'static [u8])>,
-    lifecycles: Table<'txn, &'static str, &'static [u8]>,
-    /// Opened (and created, on a file from before it existed) by the first write that needs it.
-    parked: Option<Table<'txn, (&'static str, u64), &'static [u8]>>,
+    stream_heads: Lazy<'txn, &'static str, u64>,
+    event_ids: Lazy<'txn, u128, u64>,
+    snapshots: Lazy<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    checkpoints: Lazy<'txn, &'static str, (u64, &'static [u8])>,
+    lifecycles: Lazy<'txn, &'static str, &'static [u8]>,
+    /// Created, on a file from before it existed, by the first write that needs it.
+    parked: Lazy<'txn, (&'static str, u64), &'static [u8]>,
     txn: &'txn WriteTransaction,
     /// The indexes of the events before this batch that the tables do not hold.
     memtable: &'txn Memtable,
     /// The indexes of this batch's appends.
     appended: Memtable,
-    /// The next global position, read from the log itself, so a failed commit leaves no gap.
+    /// The next global position.
     next_position: u64,
     recorded_at: u64,
     keep_snapshots: usize,
     wrote: bool,
 }
 
+/// A table of a batch's transaction, opened by its first use.
+struct Lazy<'txn, K: Key + 'static, V: Value + 'static> {
+    definition: TableDefinition<'static, K, V>,
+    table: Option<Table<'txn, K, V>>,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
+    fn new(definition: TableDefinition<'static, K, V>) -> Self {
+        Self {
+            definition,
+            table: None,
+        }
+    }
+
+    /// The table, opened (and created if missing) in `txn` the first time.
+    fn open(
+        &mut self,
+        txn: &'txn WriteTransaction,
+    ) -> Result<&mut Table<'txn, K, V>, JournalError> {
+        if self.table.is_none() {
+            self.table = Some(txn.open_table(self.definition)?);
+        }
+        Ok(self.table.as_mut().expect("opened above"))
+    }
+}
+
 impl<'txn> Batch<'txn> {
-    /// Opens the tables in `txn`, indexed beyond them by `memtable`; events appended get
-    /// `recorded_at` (ms since the epoch).
+    /// Opens the log in `txn`, indexed beyond its tables by `memtable`; the batch's appends
+    /// begin at `next_position` and get `recorded_at` (ms since the epoch).
     pub(super) fn open(
         txn: &'txn WriteTransaction,
         memtable: &'txn Memtable,
+        next_position: u64,
         recorded_at: u64,
         keep_snapshots: usize,
     ) -> Result<Self, JournalError> {
-        let events = txn.open_table(EVENTS)?;
-        let last = events.last()?.map_or(0, |(position, _)| position.value());
-        // A scavenge may have removed the newest events; their positions stay used.
-        let scavenged = txn
-            .open_table(META)?
-            .get(LAST_POSITION_KEY)?
-            .map_or(0, |last| last.value());
-        let next_position = last.max(scavenged) + 1;
         Ok(Self {
-            events,
-            stream_heads: txn.open_table(STREAM_HEADS)?,
-            event_ids: txn.open_table(EVENT_IDS)?,
-            snapshots: txn.open_table(SNAPSHOTS)?,
-            checkpoints: txn.open_table(CHECKPOINTS)?,
-            lifecycles: txn.open_table(STREAM_LIFECYCLE)?,
-            parked: None,
+            events: txn.open_table(EVENTS)?,
+            stream_heads: Lazy::new(STREAM_HEADS),
+            event_ids: Lazy::new(EVENT_IDS),
+            snapshots: Lazy::new(SNAPSHOTS),
+            checkpoints: Lazy::new(CHECKPOINTS),
+            lifecycles: Lazy::new(STREAM_LIFECYCLE),
+            parked: Lazy::new(PARKED),
             txn,
             memtable,
             appended: Memtable::default(),
@@ -110,21 +130,27 @@ impl<'txn> Batch<'txn> {
     }
 
     /// The position of the event with `id`, if it was appended.
-    fn position_of(&self, id: u128) -> Result<Option<u64>, JournalError> {
+    fn position_of(&mut self, id: u128) -> Result<Option<u64>, JournalError> {
         let held = self.appended.position(id);
         match held.or_else(|| self.memtable.position(id)) {
             Some(position) => Ok(Some(position)),
             None if !self.memtable.table_may_hold(id) => Ok(None),
-            None => Ok(self.event_ids.get(id)?.map(|position| position.value())),
+            None => {
+                let ids = self.event_ids.open(self.txn)?;
+                Ok(ids.get(id)?.map(|position| position.value()))
+            }
         }
     }
 
     /// The last stored version of `stream`, deleted or not.
-    fn stored_head(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+    fn stored_head(&mut self, stream: &str) -> Result<Option<u64>, JournalError> {
         let held = self.appended.head(stream);
         match held.or_else(|| self.memtable.head(stream)) {
             Some(head) => Ok(Some(head)),
-            None => Ok(self.stream_heads.get(stream)?.map(|head| head.value())),
+            None => {
+                let heads = self.stream_heads.open(self.txn)?;
+                Ok(heads.get(stream)?.map(|head| head.value()))
+            }
         }
     }
 
@@ -233,8 +259,9 @@ impl<'txn> Batch<'txn> {
     }
 
     /// The lifecycle record of `stream`, if it has one.
-    fn lifecycle(&self, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
+    fn lifecycle(&mut self, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
         self.lifecycles
+            .open(self.txn)?
             .get(stream)?
             .map(|bytes| Lifecycle::decode(stream, bytes.value()))
             .transpose()
@@ -242,6 +269,7 @@ impl<'txn> Batch<'txn> {
 
     fn put_lifecycle(&mut self, stream: &str, lifecycle: &Lifecycle) -> Result<(), JournalError> {
         self.lifecycles
+            .open(self.txn)?
             .insert(stream, lifecycle.encode().as_slice())?;
         Ok(())
     }
@@ -282,17 +310,15 @@ impl<'txn> Batch<'txn> {
         state: &[u8],
     ) -> Result<(), JournalError> {
         self.wrote = true;
-        self.snapshots.insert((plugin, stream, version), state)?;
+        let snapshots = self.snapshots.open(self.txn)?;
+        snapshots.insert((plugin, stream, version), state)?;
         let mut versions = Vec::new();
-        for entry in self
-            .snapshots
-            .range((plugin, stream, 0)..=(plugin, stream, u64::MAX))?
-        {
+        for entry in snapshots.range((plugin, stream, 0)..=(plugin, stream, u64::MAX))? {
             versions.push(entry?.0.value().2);
         }
         let surplus = versions.len().saturating_sub(self.keep_snapshots);
         for version in &versions[..surplus] {
-            self.snapshots.remove((plugin, stream, *version))?;
+            snapshots.remove((plugin, stream, *version))?;
         }
         Ok(())
     }
@@ -305,7 +331,9 @@ impl<'txn> Batch<'txn> {
         state: &[u8],
     ) -> Result<(), JournalError> {
         self.wrote = true;
-        self.checkpoints.insert(plugin, (position, state))?;
+        self.checkpoints
+            .open(self.txn)?
+            .insert(plugin, (position, state))?;
         Ok(())
     }
 
@@ -320,11 +348,15 @@ impl<'txn> Batch<'txn> {
                     .strip_prefix(plugin)
                     .is_some_and(|rest| rest.starts_with('+'))
         };
-        self.checkpoints.retain_in(plugin.., |key, _| !owned(key))?;
-        self.parked()?
+        self.checkpoints
+            .open(self.txn)?
+            .retain_in(plugin.., |key, _| !owned(key))?;
+        self.parked
+            .open(self.txn)?
             .retain_in((plugin, 0).., |(key, _), _| !owned(key))?;
         let mut keys = Vec::new();
-        for entry in self.snapshots.range((plugin, "", 0)..)? {
+        let snapshots = self.snapshots.open(self.txn)?;
+        for entry in snapshots.range((plugin, "", 0)..)? {
             let (key, _) = entry?;
             let (owner, stream, version) = key.value();
             if !owner.starts_with(plugin) {
@@ -335,8 +367,7 @@ impl<'txn> Batch<'txn> {
             }
         }
         for (owner, stream, version) in &keys {
-            self.snapshots
-                .remove((owner.as_str(), stream.as_str(), *version))?;
+            snapshots.remove((owner.as_str(), stream.as_str(), *version))?;
         }
         Ok(())
     }
@@ -351,7 +382,7 @@ impl<'txn> Batch<'txn> {
             return Ok(());
         }
         self.wrote = true;
-        let parked = self.parked()?;
+        let parked = self.parked.open(self.txn)?;
         for event in events {
             let bytes = serde_json::to_vec(event).expect("a parked event serialises");
             parked.insert((plugin, event.position), bytes.as_slice())?;
@@ -365,19 +396,10 @@ impl<'txn> Batch<'txn> {
             return Ok(());
         }
         self.wrote = true;
-        let parked = self.parked()?;
+        let parked = self.parked.open(self.txn)?;
         for &position in positions {
             parked.remove((plugin, position))?;
         }
         Ok(())
-    }
-
-    fn parked(
-        &mut self,
-    ) -> Result<&mut Table<'txn, (&'static str, u64), &'static [u8]>, JournalError> {
-        if self.parked.is_none() {
-            self.parked = Some(self.txn.open_table(PARKED)?);
-        }
-        Ok(self.parked.as_mut().expect("opened above"))
     }
 }

@@ -170,12 +170,18 @@ impl Memtable {
     /// Writes everything held here into the index tables of `txn` and records that they index
     /// through `through`; the caller clears the memtable once `txn` committed.
     pub(super) fn write(&self, txn: &WriteTransaction, through: u64) -> Result<(), JournalError> {
+        // In key order, each insert lands beside the one before, in a page this commit already
+        // copied: time-ordered ids all go to the table's end (random ones gain nothing).
+        let mut sorted: Vec<(u128, u64)> = self.ids.iter().map(|(&id, &at)| (id, at)).collect();
+        sorted.sort_unstable();
         let mut ids = txn.open_table(EVENT_IDS)?;
-        for (&id, &position) in &self.ids {
+        for (id, position) in sorted {
             ids.insert(id, position)?;
         }
+        let mut streams: Vec<(&String, &Vec<Run>)> = self.runs.iter().collect();
+        streams.sort_unstable_by_key(|(stream, _)| *stream);
         let mut runs = txn.open_table(STREAM_RUNS)?;
-        for (stream, held) in &self.runs {
+        for (stream, held) in streams {
             for run in held {
                 runs.insert((stream.as_str(), run.first_version), run.value())?;
             }

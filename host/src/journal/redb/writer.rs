@@ -57,6 +57,11 @@ pub(super) struct Writer {
     pub(super) keep_snapshots: usize,
     /// Events the memtable holds before a commit moves it into the tables (see `memtable`).
     pub(super) flush_events: usize,
+    /// The last position used, counting any a scavenge removed from the log's end (as
+    /// `reader::head_position` reads it on open), so commits need not read it from the log
+    /// and `META`. Advanced only by a commit that succeeded; after a failed one the writer
+    /// refuses every write until the file is reopened.
+    pub(super) head: u64,
 }
 
 impl Writer {
@@ -73,7 +78,7 @@ impl Writer {
         Ok((tx, thread))
     }
 
-    fn run(self, requests: Receiver<Request>) {
+    fn run(mut self, requests: Receiver<Request>) {
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
@@ -93,7 +98,7 @@ impl Writer {
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    pub(super) fn commit(&self, batch: Vec<Request>) {
+    pub(super) fn commit(&mut self, batch: Vec<Request>) {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             for request in batch {
                 request.answer(Err(JournalError::Faulted(fault.clone())));
@@ -129,6 +134,7 @@ impl Writer {
             metrics::counter!("foldhost_events_appended_total").increment(events);
             metrics::histogram!("foldhost_commit_batch_size").record(batch.len() as f64);
             metrics::histogram!("foldhost_commit_seconds").record(started.elapsed().as_secs_f64());
+            self.head = head;
             // Before answering, so an acknowledged append is never ahead of the published head.
             self.shared.head.send_if_modified(|current| {
                 let moved = *current != head;
@@ -151,7 +157,13 @@ impl Writer {
             // Only this thread (or a scavenge, which holds the write transaction meanwhile)
             // changes the memtable, so it stays as read here until the commit below.
             let memtable = self.db.memtable();
-            let mut tables = Batch::open(&txn, &memtable, now_millis(), self.keep_snapshots)?;
+            let mut tables = Batch::open(
+                &txn,
+                &memtable,
+                self.head + 1,
+                now_millis(),
+                self.keep_snapshots,
+            )?;
             for request in batch {
                 match request.apply(&mut tables) {
                     // Possibly half-applied: drop the whole transaction.
@@ -205,19 +217,17 @@ mod tests {
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
+        let path = dir.path().join("journal.redb");
+        let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        let db = SharedDb::new(db).unwrap();
+        let head = crate::journal::redb::reader::head_position(&db).unwrap();
         Writer {
-            db: SharedDb::new(
-                store::open(
-                    &dir.path().join("journal.redb"),
-                    crate::journal::DEFAULT_CACHE_BYTES,
-                )
-                .unwrap(),
-            )
-            .unwrap(),
-            shared: Arc::new(Shared::new(0)),
+            db,
+            shared: Arc::new(Shared::new(head)),
             max_batch: 16,
             keep_snapshots: 4,
             flush_events: 64,
+            head,
         }
     }
 
@@ -244,7 +254,7 @@ mod tests {
     #[test]
     fn appends_in_one_batch_are_checked_in_order_against_each_other() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer(&dir);
+        let mut writer = writer(&dir);
         let refused = event();
         let (first, mut first_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
         let (second, mut second_outcome) = append(ExpectedVersion::NoStream, vec![refused.clone()]);
@@ -270,7 +280,7 @@ mod tests {
     #[test]
     fn a_retry_in_the_same_batch_gets_the_same_result() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer(&dir);
+        let mut writer = writer(&dir);
         let events = vec![event(), event()];
         let (original, mut original_outcome) = append(ExpectedVersion::NoStream, events.clone());
         let (retry, mut retry_outcome) = append(ExpectedVersion::NoStream, events);
@@ -289,14 +299,15 @@ mod tests {
         use crate::journal::redb::store::{META, STREAM_RUNS};
 
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer(&dir);
+        let mut writer = writer(&dir);
+        let db = writer.db.clone();
         // (runs in the table, the position they index through, events in the memtable)
         let sizes = || {
-            let txn = writer.db.get().begin_read().unwrap();
+            let txn = db.get().begin_read().unwrap();
             let runs = txn.open_table(STREAM_RUNS).unwrap().len().unwrap();
             let meta = txn.open_table(META).unwrap();
             let through = meta.get(INDEXED_THROUGH_KEY).unwrap().map(|v| v.value());
-            (runs, through, writer.db.memtable().len())
+            (runs, through, db.memtable().len())
         };
         let events = |count| (0..count).map(|_| event()).collect();
         let full = writer.flush_events as u64;
@@ -349,29 +360,29 @@ mod tests {
         // Out of time order, as random ids are: the largest first. Time-ordered ids
         // (`event()`) stay below it: their top bits are the time in ms.
         let (largest, older) = (with_id(u128::MAX / 2), with_id(7));
-        let retry = |writer: &Writer, event: &NewEvent| {
+        let retry = |writer: &mut Writer, event: &NewEvent| {
             let (request, mut outcome) = append(ExpectedVersion::Any, vec![event.clone()]);
             writer.commit(vec![request]);
             outcome.try_recv().unwrap().unwrap()
         };
-        let writer = writer(&dir);
-        let first = retry(&writer, &largest);
-        let second = retry(&writer, &older);
+        let mut writer = writer(&dir);
+        let first = retry(&mut writer, &largest);
+        let second = retry(&mut writer, &older);
         let fill = (0..writer.flush_events).map(|_| append(ExpectedVersion::Any, vec![event()]));
         writer.commit(fill.map(|(request, _)| request).collect());
         assert_eq!(writer.db.memtable().len(), 0, "moved into the tables");
         let head = reader::head_position(&writer.db).unwrap();
-        let recognised = |writer: &Writer| {
+        let recognised = |writer: &mut Writer| {
             assert_eq!(retry(writer, &largest), first);
             assert_eq!(retry(writer, &older), second);
             let after = reader::head_position(&writer.db).unwrap();
             assert_eq!(after, head, "the retries wrote nothing");
         };
-        recognised(&writer);
+        recognised(&mut writer);
         drop(writer);
-        let writer = self::writer(&dir);
-        recognised(&writer);
-        let above = retry(&writer, &with_id(u128::MAX / 2 + 1));
+        let mut writer = self::writer(&dir);
+        recognised(&mut writer);
+        let above = retry(&mut writer, &with_id(u128::MAX / 2 + 1));
         assert_eq!(
             above.first_position,
             head + 1,
@@ -388,26 +399,27 @@ mod tests {
         use crate::journal::redb::reader;
 
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer(&dir);
+        let mut writer = writer(&dir);
+        let (db, shared) = (writer.db.clone(), writer.shared.clone());
         let done = AtomicBool::new(false);
         let read = || {
             let mut reads = 0;
             while !done.load(Ordering::Acquire) {
                 // One stream: its versions are the positions.
-                let before = *writer.shared.head.borrow();
+                let before = *shared.head.borrow();
                 let all = ReadLimit::events(usize::MAX);
-                let stream = reader::read_stream(&writer.db, "s", 1, all).unwrap();
+                let stream = reader::read_stream(&db, "s", 1, all).unwrap();
                 let versions: Vec<u64> = stream.iter().map(|event| event.version).collect();
                 assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
                 assert!(
                     versions.len() as u64 >= before,
                     "{versions:?} before {before}"
                 );
-                let log = reader::read_all(&writer.db, 1, all).unwrap();
+                let log = reader::read_all(&db, 1, all).unwrap();
                 let positions: Vec<u64> = log.iter().map(|event| event.position).collect();
                 assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
                 assert!(positions.len() as u64 >= before);
-                let version = reader::stream_version(&writer.db, "s").unwrap();
+                let version = reader::stream_version(&db, "s").unwrap();
                 assert!(version.unwrap_or(0) >= before);
                 reads += 1;
             }
@@ -430,7 +442,7 @@ mod tests {
     #[test]
     fn a_batch_that_writes_nothing_is_not_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer(&dir);
+        let mut writer = writer(&dir);
         let mut head = writer.shared.head.subscribe();
         let (refused, mut outcome) = append(ExpectedVersion::Exact(5), vec![event()]);
         writer.commit(vec![refused]);
