@@ -149,14 +149,16 @@ mod tests {
                     assert!(!equal(&base, &other), "{case}");
                     assert!(!equal(&other, &base), "{case}");
                 }
-                // A later byte differing the other way must not decide.
-                if at + 1 < len {
-                    let mut other = base.clone();
-                    other[at] = other[at].wrapping_add(1);
-                    other[at + 1] = other[at + 1].wrapping_sub(1);
-                    let case = format!("{len} {at} two");
-                    assert_eq!(compare(&base, &other), base.cmp(&other), "{case}");
-                    assert_eq!(compare(&other, &base), other.cmp(&base), "{case}");
+                // A later byte differing too must not decide.
+                for (first, next) in [(1u8, 0xffu8), (0x80, 1), (0x80, 0x7f), (0xff, 0x80)] {
+                    if at + 1 < len {
+                        let mut other = base.clone();
+                        other[at] = other[at].wrapping_add(first);
+                        other[at + 1] = other[at + 1].wrapping_add(next);
+                        let case = format!("{len} {at} {first} then {next}");
+                        assert_eq!(compare(&base, &other), base.cmp(&other), "{case}");
+                        assert_eq!(compare(&other, &base), other.cmp(&base), "{case}");
+                    }
                 }
             }
         }
