@@ -174,12 +174,32 @@ impl<'a> RawEvent<'a> {
     /// Where the event sits: resolves its stream span.
     #[inline]
     pub(crate) fn meta(self) -> Result<EventMeta<'a>, String> {
-        Ok(EventMeta {
-            stream: self.text(Field::Stream)?,
+        Ok(self.meta_in(self.text(Field::Stream)?))
+    }
+
+    /// Where the event sits, its stream already resolved (see [`stream_span`](Self::stream_span)).
+    #[inline]
+    pub(crate) fn meta_in(self, stream: &'a str) -> EventMeta<'a> {
+        EventMeta {
+            stream,
             version: self.header.version(),
             position: self.header.position(),
             recorded_at: self.header.recorded_at(),
-        })
+        }
+    }
+
+    /// The stream's span as `(offset, len)`: two events with the same span in one batch
+    /// have the same stream (the host stores a run of one stream's name once).
+    #[inline]
+    pub(crate) fn stream_span(self) -> (u32, u32) {
+        let span = self.header.span(Field::Stream);
+        (span.offset, span.len)
+    }
+
+    /// The event's stream name.
+    #[inline]
+    pub(crate) fn stream(self) -> Result<&'a str, String> {
+        self.text(Field::Stream)
     }
 
     /// Decodes the payload into the plugin's event enum; `event_type` is

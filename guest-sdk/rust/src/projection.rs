@@ -39,15 +39,22 @@ impl Subscription {
 
     /// Whether an event of `event_type` in `stream` is wanted.
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        let type_ok =
-            self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type);
-        let category_ok = self.categories.is_empty()
+        self.matches_type(event_type) && self.matches_category(stream)
+    }
+
+    /// Whether events of `event_type` are wanted, whatever their stream.
+    pub(crate) fn matches_type(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type)
+    }
+
+    /// Whether `stream` is in a wanted category.
+    pub(crate) fn matches_category(&self, stream: &str) -> bool {
+        self.categories.is_empty()
             || self.categories.iter().any(|c| {
                 stream
                     .strip_prefix(c.as_str())
                     .is_some_and(|rest| rest.starts_with('-'))
-            });
-        type_ok && category_ok
+            })
     }
 }
 

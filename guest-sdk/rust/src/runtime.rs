@@ -150,11 +150,23 @@ fn fold_projection<'a, S: ProjectionSlot>(
 ) -> Result<(), String> {
     let subscription = S::Projection::subscription();
     let mut decoded = Vec::with_capacity(events.len());
+    // The stream of the event before, by span, and whether it is in a subscribed category:
+    // a run of one stream's events shares one span, so its name is checked once.
+    let mut last_stream = None;
     for raw in events {
-        let meta = raw.meta()?;
+        let span = raw.stream_span();
+        let (stream, in_category) = match last_stream {
+            Some((last_span, stream, in_category)) if last_span == span => (stream, in_category),
+            _ => {
+                let stream = raw.stream()?;
+                let in_category = subscription.matches_category(stream);
+                last_stream = Some((span, stream, in_category));
+                (stream, in_category)
+            }
+        };
         let event_type = raw.event_type()?;
-        if subscription.matches(meta.stream, event_type) {
-            decoded.push((raw.decode(event_type)?, meta));
+        if in_category && subscription.matches_type(event_type) {
+            decoded.push((raw.decode(event_type)?, raw.meta_in(stream)));
         }
     }
     S::with(|state| {

@@ -95,6 +95,20 @@ struct AccountArgs {
     id: String,
 }
 
+/// Runs `f` on the value under `key`, inserting the default value first when
+/// there is none: the key is copied into a `String` only then, not on every
+/// event.
+fn with_entry<V: Default, R>(
+    map: &mut BTreeMap<String, V>,
+    key: &str,
+    f: impl FnOnce(&mut V) -> R,
+) -> R {
+    match map.get_mut(key) {
+        Some(value) => f(value),
+        None => f(map.entry(key.to_owned()).or_default()),
+    }
+}
+
 /// Parses query arguments; no arguments count as `{}`.
 fn arguments<T: serde::de::DeserializeOwned>(query: &str, args: Value) -> Result<T, String> {
     let args = if args.is_null() { json!({}) } else { args };
@@ -113,15 +127,15 @@ impl Analytics {
     }
 
     fn deposit(&mut self, amount: u64, meta: &EventMeta<'_>) {
-        let account = self.accounts.entry(meta.stream.to_owned()).or_default();
-        account.balance = account.balance.saturating_add(amount);
+        with_entry(&mut self.accounts, meta.stream, |account| {
+            account.balance = account.balance.saturating_add(amount);
+        });
         self.total_balance = self.total_balance.saturating_add(amount);
-        let day = self
-            .deposits_per_day
-            .entry(date::utc_date(meta.recorded_at))
-            .or_default();
-        day.count += 1;
-        day.amount = day.amount.saturating_add(amount);
+        let date = date::utc_date(meta.recorded_at);
+        with_entry(&mut self.deposits_per_day, date.as_str(), |day| {
+            day.count += 1;
+            day.amount = day.amount.saturating_add(amount);
+        });
         #[cfg(feature = "v2")]
         if self
             .largest_deposit
@@ -156,24 +170,28 @@ impl Projection for Analytics {
     fn apply(&mut self, event: BankEvent, meta: &EventMeta<'_>) {
         match event {
             BankEvent::Opened { owner } => {
-                let account = self.accounts.entry(meta.stream.to_owned()).or_default();
-                if !account.open {
-                    account.open = true;
+                let opened = with_entry(&mut self.accounts, meta.stream, |account| {
+                    account.owner = owner;
+                    !std::mem::replace(&mut account.open, true)
+                });
+                if opened {
                     self.open_accounts += 1;
                 }
-                account.owner = owner;
             }
             BankEvent::Deposited { amount } => self.deposit(amount, meta),
             BankEvent::Withdrawn { amount } => {
-                let account = self.accounts.entry(meta.stream.to_owned()).or_default();
-                let taken = amount.min(account.balance);
-                account.balance -= taken;
+                let taken = with_entry(&mut self.accounts, meta.stream, |account| {
+                    let taken = amount.min(account.balance);
+                    account.balance -= taken;
+                    taken
+                });
                 self.total_balance = self.total_balance.saturating_sub(taken);
             }
             BankEvent::Closed => {
-                let account = self.accounts.entry(meta.stream.to_owned()).or_default();
-                if account.open {
-                    account.open = false;
+                let closed = with_entry(&mut self.accounts, meta.stream, |account| {
+                    std::mem::replace(&mut account.open, false)
+                });
+                if closed {
                     self.open_accounts = self.open_accounts.saturating_sub(1);
                 }
             }

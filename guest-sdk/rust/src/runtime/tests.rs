@@ -356,3 +356,27 @@ fn a_packed_projection_checks_the_stream_span() {
     );
     assert_eq!(StreamsSlot::state(), r#"{"seen":[]}"#, "state untouched");
 }
+
+#[test]
+fn events_sharing_a_stream_span_are_each_judged_by_their_own_stream() {
+    // As the host packs a run of one stream: the name once, its span repeated.
+    let events = || {
+        let mut events = batch(&[
+            ("counter-a", "Added", JSON, br#"{"by":1}"#),
+            ("counter-x", "Added", JSON, br#"{"by":2}"#),
+            ("other-b", "Added", JSON, br#"{"by":4}"#),
+            ("other-y", "Added", JSON, br#"{"by":8}"#),
+            ("counter-c", "Added", JSON, br#"{"by":16}"#),
+        ]);
+        events.events[1].stream = events.events[0].stream;
+        events.events[3].stream = events.events[2].stream;
+        events
+    };
+    let expected = r#"{"seen":[["counter-a",1001],["counter-a",2002],["counter-c",5016]]}"#;
+    StreamsSlot::init(None).unwrap();
+    StreamsSlot::apply(events()).unwrap();
+    assert_eq!(StreamsSlot::state(), expected);
+    StreamsSlot::init(None).unwrap();
+    <StreamsSlot as wit_packed_projection::Guest>::apply(packed(events())).unwrap();
+    assert_eq!(StreamsSlot::state(), expected);
+}
