@@ -2,7 +2,7 @@
 //! copy-on-write image (the kernel's fault-around maps all of it on the guest's first read), so
 //! each page of initialized data costs a page of RSS per live state: a dependency that brings
 //! tables into the SDK (serde_json ≥ 1.0.147's zmij, ryu without `small`) costs 16 KiB per
-//! instance, 16 MiB at 1,000 live states (README → Benchmarks → Memory).
+//! instance, 16 MiB at 1,000 live states (docs/performance.md → Memory).
 
 use wasmparser::{DataKind, Operator, Parser, Payload};
 

@@ -1,7 +1,7 @@
 //! What a live aggregate instance keeps resident of its linear memory, page by page, read from
 //! the kernel (`/proc/self/smaps`). The host keeps one instance per live state, so each page
 //! here costs a page of RSS per state: 4 MiB at the 1,000 states of the memory bench
-//! (README → Benchmarks → Memory).
+//! (docs/performance.md → Memory).
 
 use std::sync::Arc;
 

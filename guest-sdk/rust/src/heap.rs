@@ -12,7 +12,7 @@
 //! instance, since `.data` and `.bss` end in it), and grows its end a 4 KiB page at a time, so
 //! it writes no page it does not allocate from; it calls `memory.grow` only once the initial
 //! memory is used up, then goes on a page at a time in the grown memory. A bank-account
-//! instance holds one heap page instead of two (README → Benchmarks → Memory).
+//! instance holds one heap page instead of two (docs/performance.md → Memory).
 //!
 //! Turn the feature off (`default-features = false`) for std's dlmalloc.
 
