@@ -857,6 +857,15 @@ async fn attempt(
 /// Each request's outcome, the new head if events were appended, whether a commit happened.
 type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
 
+/// `sql` prepared once per pooled connection (deadpool's statement cache), so each statement of
+/// the write path costs one round trip, not two (a prepare, then the execution).
+async fn prepared(
+    txn: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, JournalError> {
+    txn.prepare_cached(sql).await.map_err(pg)
+}
+
 /// Applies `requests` in order in one transaction and commits it. The head returned is the new
 /// last position if events were appended.
 ///
@@ -977,10 +986,10 @@ async fn run_batch(
     if let Some(state) = state.filter(|state| state.next > state.start + 1) {
         let last = state.next - 1;
         state.write(&txn, recorded_at).await?;
-        txn.execute("UPDATE log_head SET position = $1", &[&(last as i64)])
-            .await
-            .map_err(pg)?;
-        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+        let advance = prepared(&txn, "UPDATE log_head SET position = $1").await?;
+        txn.execute(&advance, &[&(last as i64)]).await.map_err(pg)?;
+        let notify = prepared(&txn, "SELECT pg_notify($1, $2)").await?;
+        txn.execute(&notify, &[&CHANNEL, &last.to_string()])
             .await
             .map_err(pg)?;
         head = Some(last);
@@ -1030,24 +1039,24 @@ impl<'a> BatchState<'a> {
     /// Locks the log head and reads the stored ids `appends` involve, and the versions and
     /// lifecycles of `streams`.
     async fn load(
-        txn: &tokio_postgres::Transaction<'_>,
+        txn: &deadpool_postgres::Transaction<'_>,
         appends: &[(&'a str, &'a [NewEvent])],
         streams: &[&str],
     ) -> Result<Self, JournalError> {
-        let row = txn
-            .query_one("SELECT position FROM log_head FOR UPDATE", &[])
-            .await
-            .map_err(pg)?;
+        let lock = prepared(txn, "SELECT position FROM log_head FOR UPDATE").await?;
+        let row = txn.query_one(&lock, &[]).await.map_err(pg)?;
         let start = row.get::<_, i64>(0) as u64;
         let ids: Vec<Uuid> = appends
             .iter()
             .flat_map(|(_, events)| events.iter().map(|event| event.id))
             .collect();
+        let stored = prepared(
+            txn,
+            "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
+        )
+        .await?;
         let known = txn
-            .query(
-                "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
-                &[&ids],
-            )
+            .query(&stored, &[&ids])
             .await
             .map_err(pg)?
             .iter()
@@ -1064,14 +1073,12 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|stream| ((*stream).to_owned(), None))
             .collect();
-        for row in txn
-            .query(
-                "SELECT stream, version FROM streams WHERE stream = ANY($1)",
-                &[&streams],
-            )
-            .await
-            .map_err(pg)?
-        {
+        let heads = prepared(
+            txn,
+            "SELECT stream, version FROM streams WHERE stream = ANY($1)",
+        )
+        .await?;
+        for row in txn.query(&heads, &[&streams]).await.map_err(pg)? {
             versions.insert(row.get(0), Some(row.get::<_, i64>(1) as u64));
         }
         Ok(Self {
@@ -1079,7 +1086,7 @@ impl<'a> BatchState<'a> {
             next: start + 1,
             known,
             versions,
-            lifecycles: lifecycle::load(txn, streams).await?,
+            lifecycles: lifecycle::load(&**txn, streams).await?,
             changed: HashMap::new(),
             rows: Vec::new(),
         })
@@ -1178,7 +1185,7 @@ impl<'a> BatchState<'a> {
     /// Inserts the accepted events and moves their streams' versions.
     async fn write(
         self,
-        txn: &tokio_postgres::Transaction<'_>,
+        txn: &deadpool_postgres::Transaction<'_>,
         recorded_at: u64,
     ) -> Result<(), JournalError> {
         let positions: Vec<i64> = self.rows.iter().map(|row| row.0 as i64).collect();
@@ -1206,13 +1213,18 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|row| row.4.unwrap_or(recorded_at) as i64)
             .collect();
-        txn.execute(
+        let insert = prepared(
+            txn,
             "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
              metadata, recorded_at) \
              SELECT p, s, v, i, t, c, d, m, r \
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
                          $6::SMALLINT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[]) \
                   AS e(p, s, v, i, t, c, d, m, r)",
+        )
+        .await?;
+        txn.execute(
+            &insert,
             &[
                 &positions,
                 &streams,
@@ -1232,14 +1244,16 @@ impl<'a> BatchState<'a> {
             .iter()
             .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
             .unzip();
-        txn.execute(
+        let move_heads = prepared(
+            txn,
             "INSERT INTO streams (stream, version) \
              SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
              ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-            &[&heads, &head_versions],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
+        txn.execute(&move_heads, &[&heads, &head_versions])
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 }
