@@ -132,15 +132,13 @@ impl RedbJournal {
 
     fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
         let db = SharedDb::new(db)?;
-        let head = reader::head_position(&db)?;
-        let shared = Arc::new(Shared::new(head));
+        let shared = Arc::new(Shared::new(reader::head_position(&db)?));
         let (requests, writer) = Writer {
             db: db.clone(),
             shared: shared.clone(),
             max_batch: config.max_batch_appends.max(1),
             keep_snapshots: config.keep_snapshots,
             flush_events: memtable::FLUSH_EVENTS,
-            head,
         }
         .spawn(config.max_queued_writes.max(1))
         .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;

@@ -57,11 +57,6 @@ pub(super) struct Writer {
     pub(super) keep_snapshots: usize,
     /// Events the memtable holds before a commit moves it into the tables (see `memtable`).
     pub(super) flush_events: usize,
-    /// The last position used, counting any a scavenge removed from the log's end (as
-    /// `reader::head_position` reads it on open), so commits need not read it from the log
-    /// and `META`. Advanced only by a commit that succeeded; after a failed one the writer
-    /// refuses every write until the file is reopened.
-    pub(super) head: u64,
 }
 
 impl Writer {
@@ -78,7 +73,7 @@ impl Writer {
         Ok((tx, thread))
     }
 
-    fn run(mut self, requests: Receiver<Request>) {
+    fn run(self, requests: Receiver<Request>) {
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
@@ -98,7 +93,7 @@ impl Writer {
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    pub(super) fn commit(&mut self, batch: Vec<Request>) {
+    pub(super) fn commit(&self, batch: Vec<Request>) {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             for request in batch {
                 request.answer(Err(JournalError::Faulted(fault.clone())));
@@ -134,7 +129,6 @@ impl Writer {
             metrics::counter!("foldhost_events_appended_total").increment(events);
             metrics::histogram!("foldhost_commit_batch_size").record(batch.len() as f64);
             metrics::histogram!("foldhost_commit_seconds").record(started.elapsed().as_secs_f64());
-            self.head = head;
             // Before answering, so an acknowledged append is never ahead of the published head.
             self.shared.head.send_if_modified(|current| {
                 let moved = *current != head;
@@ -157,10 +151,15 @@ impl Writer {
             // Only this thread (or a scavenge, which holds the write transaction meanwhile)
             // changes the memtable, so it stays as read here until the commit below.
             let memtable = self.db.memtable();
+            // After the published head: the last position used, counting any a scavenge
+            // removed from the log's end (as `reader::head_position` reads it on open). Only a
+            // commit that succeeded moves it; after a failed one nothing is written until the
+            // file is reopened.
+            let next_position = *self.shared.head.borrow() + 1;
             let mut tables = Batch::open(
                 &txn,
                 &memtable,
-                self.head + 1,
+                next_position,
                 now_millis(),
                 self.keep_snapshots,
             )?;
@@ -227,7 +226,6 @@ mod tests {
             max_batch: 16,
             keep_snapshots: 4,
             flush_events: 64,
-            head,
         }
     }
 
@@ -254,7 +252,7 @@ mod tests {
     #[test]
     fn appends_in_one_batch_are_checked_in_order_against_each_other() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = writer(&dir);
+        let writer = writer(&dir);
         let refused = event();
         let (first, mut first_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
         let (second, mut second_outcome) = append(ExpectedVersion::NoStream, vec![refused.clone()]);
@@ -280,7 +278,7 @@ mod tests {
     #[test]
     fn a_retry_in_the_same_batch_gets_the_same_result() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = writer(&dir);
+        let writer = writer(&dir);
         let events = vec![event(), event()];
         let (original, mut original_outcome) = append(ExpectedVersion::NoStream, events.clone());
         let (retry, mut retry_outcome) = append(ExpectedVersion::NoStream, events);
@@ -299,7 +297,7 @@ mod tests {
         use crate::journal::redb::store::{META, STREAM_RUNS};
 
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = writer(&dir);
+        let writer = writer(&dir);
         let db = writer.db.clone();
         // (runs in the table, the position they index through, events in the memtable)
         let sizes = || {
@@ -360,29 +358,29 @@ mod tests {
         // Out of time order, as random ids are: the largest first. Time-ordered ids
         // (`event()`) stay below it: their top bits are the time in ms.
         let (largest, older) = (with_id(u128::MAX / 2), with_id(7));
-        let retry = |writer: &mut Writer, event: &NewEvent| {
+        let retry = |writer: &Writer, event: &NewEvent| {
             let (request, mut outcome) = append(ExpectedVersion::Any, vec![event.clone()]);
             writer.commit(vec![request]);
             outcome.try_recv().unwrap().unwrap()
         };
-        let mut writer = writer(&dir);
-        let first = retry(&mut writer, &largest);
-        let second = retry(&mut writer, &older);
+        let writer = writer(&dir);
+        let first = retry(&writer, &largest);
+        let second = retry(&writer, &older);
         let fill = (0..writer.flush_events).map(|_| append(ExpectedVersion::Any, vec![event()]));
         writer.commit(fill.map(|(request, _)| request).collect());
         assert_eq!(writer.db.memtable().len(), 0, "moved into the tables");
         let head = reader::head_position(&writer.db).unwrap();
-        let recognised = |writer: &mut Writer| {
+        let recognised = |writer: &Writer| {
             assert_eq!(retry(writer, &largest), first);
             assert_eq!(retry(writer, &older), second);
             let after = reader::head_position(&writer.db).unwrap();
             assert_eq!(after, head, "the retries wrote nothing");
         };
-        recognised(&mut writer);
+        recognised(&writer);
         drop(writer);
-        let mut writer = self::writer(&dir);
-        recognised(&mut writer);
-        let above = retry(&mut writer, &with_id(u128::MAX / 2 + 1));
+        let writer = self::writer(&dir);
+        recognised(&writer);
+        let above = retry(&writer, &with_id(u128::MAX / 2 + 1));
         assert_eq!(
             above.first_position,
             head + 1,
@@ -399,7 +397,7 @@ mod tests {
         use crate::journal::redb::reader;
 
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = writer(&dir);
+        let writer = writer(&dir);
         let (db, shared) = (writer.db.clone(), writer.shared.clone());
         let done = AtomicBool::new(false);
         let read = || {
@@ -442,7 +440,7 @@ mod tests {
     #[test]
     fn a_batch_that_writes_nothing_is_not_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = writer(&dir);
+        let writer = writer(&dir);
         let mut head = writer.shared.head.subscribe();
         let (refused, mut outcome) = append(ExpectedVersion::Exact(5), vec![event()]);
         writer.commit(vec![refused]);
