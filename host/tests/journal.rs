@@ -698,16 +698,20 @@ async fn a_lone_append_costs_one_commit(backend: Backend) {
     }
 }
 
+/// Tasks and threads appending at once: on redb each commit is made by the writer thread or
+/// by an appender that found it idle, and either way they must follow one another.
 async fn concurrent_appends_get_gapless_positions_and_versions(backend: Backend) {
     let f = Fixture::new(backend);
+    // The stream and event count of appender `n`'s append `round`.
+    let nth =
+        |n: usize, round: usize| (format!("s-{}", (n + round) % 5), 1 + (n + round) as u64 % 3);
     let tasks: Vec<_> = (0..32)
         .map(|task| {
             let journal = f.journal.clone();
             tokio::spawn(async move {
                 let mut results = Vec::new();
-                for n in 0..20 {
-                    let stream = format!("s-{}", (task + n) % 5);
-                    let count = 1 + (task + n) as u64 % 3;
+                for round in 0..20 {
+                    let (stream, count) = nth(task, round);
                     let appended = journal
                         .append(&stream, ExpectedVersion::Any, events(count))
                         .await;
@@ -717,9 +721,24 @@ async fn concurrent_appends_get_gapless_positions_and_versions(backend: Backend)
             })
         })
         .collect();
+    let threads: Vec<_> = (32..36)
+        .map(|thread| {
+            let journal = f.journal.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut results = Vec::new();
+                for round in 0..20 {
+                    let (stream, count) = nth(thread, round);
+                    let appended =
+                        journal.append_blocking(&stream, ExpectedVersion::Any, events(count));
+                    results.push((stream, count, appended.unwrap()));
+                }
+                results
+            })
+        })
+        .collect();
     let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await.unwrap());
+    for appender in tasks.into_iter().chain(threads) {
+        acked.extend(appender.await.unwrap());
     }
     let all = f.all();
     let total: u64 = acked.iter().map(|(_, count, _)| count).sum();

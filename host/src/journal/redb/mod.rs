@@ -1,8 +1,10 @@
 //! The embedded backend: one redb file holds the global log, the stream and event-id indexes,
 //! aggregate snapshots and projection checkpoints. Every write goes through one writer thread
 //! that batches whatever is queued into a single durable commit (group commit); reads run
-//! concurrently on their own read transactions. The indexes of the log's newest events are
-//! held in memory and written to their tables in bulk (see `memtable`).
+//! concurrently on their own read transactions. A lone appender that finds the writer idle
+//! commits on its own thread instead, sparing two thread wake-ups (see `writer`). The
+//! indexes of the log's newest events are held in memory and written to their tables in bulk
+//! (see `memtable`).
 
 mod backup;
 mod batch;
@@ -18,12 +20,14 @@ mod store;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use memtable::Memtable;
 use redb::{Database, ReadTransaction, StorageBackend};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
@@ -112,8 +116,21 @@ impl SharedDb {
 pub(super) struct RedbJournal {
     pub(super) db: SharedDb,
     shared: Arc<Shared>,
+    writer: Arc<Writer>,
     requests: SyncSender<Request>,
-    writer: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Where a caller waits for its write.
+#[derive(Clone, Copy)]
+enum Caller {
+    /// In an async task. It may commit in place only on a multi-threaded tokio runtime, which
+    /// hands the thread's other tasks to another thread meanwhile, and only after its own
+    /// last request was committed alone: other tasks on its thread cannot queue requests to
+    /// batch with its own until it lets them run, so it would commit alone again and again.
+    Task,
+    /// On a thread it may block: appenders on other threads queue beside its commit.
+    Thread,
 }
 
 impl RedbJournal {
@@ -133,35 +150,63 @@ impl RedbJournal {
     fn start(db: Database, config: &JournalConfig) -> Result<Self, JournalError> {
         let db = SharedDb::new(db)?;
         let shared = Arc::new(Shared::new(reader::head_position(&db)?));
-        let (requests, writer) = Writer {
+        let writer = Arc::new(Writer {
             db: db.clone(),
             shared: shared.clone(),
             max_batch: config.max_batch_appends.max(1),
             keep_snapshots: config.keep_snapshots,
             flush_events: memtable::FLUSH_EVENTS,
-        }
-        .spawn(config.max_queued_writes.max(1))
-        .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
+            committing: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+        });
+        let (requests, thread) = writer
+            .spawn(config.max_queued_writes.max(1))
+            .map_err(|error| JournalError::Storage(Arc::new(error.into())))?;
         Ok(Self {
             db,
             shared,
+            writer,
             requests,
-            writer: Some(writer),
+            thread: Some(thread),
         })
     }
 
+    /// Commits the request on the caller's thread if the writer is idle and the caller may
+    /// block (see [`Caller`]), else queues it for the writer thread; either way its outcome
+    /// comes on `outcome`.
     fn queue<T>(
         &self,
         (request, outcome): (Request, Outcome<T>),
+        caller: Caller,
     ) -> Result<Outcome<T>, JournalError> {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             return Err(JournalError::Faulted(fault));
         }
-        match self.requests.try_send(request) {
-            Ok(()) => Ok(outcome),
-            Err(TrySendError::Full(_)) => Err(JournalError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(JournalError::Closed),
+        let claim = match caller {
+            Caller::Thread => self.writer.claim_if_idle(None),
+            Caller::Task => request
+                .task
+                .filter(|_| {
+                    Handle::try_current()
+                        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
+                })
+                .and_then(|task| self.writer.claim_if_idle(Some(task))),
+        };
+        if let Some(claim) = claim {
+            match caller {
+                Caller::Thread => claim.commit(vec![request]),
+                Caller::Task => tokio::task::block_in_place(|| claim.commit(vec![request])),
+            }
+            return Ok(outcome);
         }
+        self.writer.queued.fetch_add(1, Ordering::AcqRel);
+        let refused = match self.requests.try_send(request) {
+            Ok(()) => return Ok(outcome),
+            Err(TrySendError::Full(_)) => JournalError::Overloaded,
+            Err(TrySendError::Disconnected(_)) => JournalError::Closed,
+        };
+        self.writer.queued.fetch_sub(1, Ordering::AcqRel);
+        Err(refused)
     }
 
     pub(super) async fn append(
@@ -170,7 +215,8 @@ impl RedbJournal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue(Request::append(stream.to_owned(), expected, events))?;
+        let request = Request::append(stream.to_owned(), expected, events);
+        let outcome = self.queue(request, Caller::Task)?;
         outcome.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -180,13 +226,14 @@ impl RedbJournal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue(Request::append(stream.to_owned(), expected, events))?;
+        let request = Request::append(stream.to_owned(), expected, events);
+        let outcome = self.queue(request, Caller::Thread)?;
         outcome.blocking_recv().map_err(|_| JournalError::Closed)?
     }
 
     /// Queues a write that answers nothing but success or failure, and waits for it.
     pub(super) async fn write(&self, op: Op) -> Result<(), JournalError> {
-        let outcome = self.queue(Request::done(op))?;
+        let outcome = self.queue(Request::done(op), Caller::Task)?;
         outcome.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -229,8 +276,8 @@ impl Drop for RedbJournal {
             &mut self.requests,
             std::sync::mpsc::sync_channel(0).0,
         ));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Requests to the writer thread: one write each, with the channel its outcome goes to.
 
 use tokio::sync::oneshot;
+use tokio::task;
 
 use super::batch::{Appended, Batch};
 use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, Op};
@@ -9,6 +10,8 @@ use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, Op};
 pub(super) struct Request {
     op: Op,
     reply: Reply,
+    /// The async task that made it, if one did.
+    pub(super) task: Option<task::Id>,
 }
 
 enum Reply {
@@ -36,6 +39,7 @@ impl Request {
             Self {
                 op,
                 reply: Reply::Append(tx),
+                task: task::try_id(),
             },
             rx,
         )
@@ -48,6 +52,7 @@ impl Request {
             Self {
                 op,
                 reply: Reply::Done(tx),
+                task: task::try_id(),
             },
             rx,
         )

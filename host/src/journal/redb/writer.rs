@@ -1,18 +1,22 @@
-//! The single writer thread: group commit of queued requests.
+//! The writer: group commit of queued requests, one commit at a time.
 //!
-//! The thread blocks on its queue while idle, then drains whatever has queued up (at most
-//! `max_batch_appends` requests) into one write transaction, commits it durably, publishes the
-//! new head and answers every request. A lone request therefore costs exactly one commit, and
-//! under load one commit (one fsync) serves many requests.
+//! The writer thread blocks on its queue while idle, then drains whatever has queued up (at
+//! most `max_batch_appends` requests) into one write transaction, commits it durably,
+//! publishes the new head and answers every request. Under load one commit (one fsync) thus
+//! serves many requests. A lone appender may commit its request on its own thread instead, in
+//! the same way, when the writer is idle (nothing queued, no commit running): waking the
+//! writer thread and then being woken by it costs two thread wake-ups, more than the commit
+//! itself when fsync is fast. Either way, commits are made one at a time (see [`Claim`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::Durability;
 use tokio::sync::watch;
+use tokio::task;
 
 use super::batch::{Appended, Batch};
 use super::request::Request;
@@ -57,23 +61,48 @@ pub(super) struct Writer {
     pub(super) keep_snapshots: usize,
     /// Events the memtable holds before a commit moves it into the tables (see `memtable`).
     pub(super) flush_events: usize,
+    /// Held by whoever is committing: the writer thread or a caller (see [`Claim`]). It holds
+    /// the async task whose request alone made the last commit, if one did.
+    pub(super) committing: Mutex<Option<task::Id>>,
+    /// Requests sent to the writer thread that it has not taken off its queue yet.
+    pub(super) queued: AtomicUsize,
+}
+
+/// The right to commit: only its holder changes the tables, the memtable and the head, so
+/// commits are made one at a time and each sees the one before it.
+pub(super) struct Claim<'w> {
+    writer: &'w Writer,
+    last_alone: MutexGuard<'w, Option<task::Id>>,
+}
+
+impl Claim<'_> {
+    /// Applies `batch` in order in one transaction, commits it and answers every request
+    /// (see [`Writer::commit`]).
+    pub(super) fn commit(mut self, batch: Vec<Request>) {
+        *self.last_alone = match batch.as_slice() {
+            [alone] => alone.task,
+            _ => None,
+        };
+        self.writer.commit_claimed(batch);
+    }
 }
 
 impl Writer {
     /// Starts the writer thread with a queue of `capacity` requests; it stops once every
     /// sender is dropped and the queue is drained.
     pub(super) fn spawn(
-        self,
+        self: &Arc<Self>,
         capacity: usize,
     ) -> std::io::Result<(SyncSender<Request>, JoinHandle<()>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let writer = self.clone();
         let thread = std::thread::Builder::new()
             .name("journal-writer".to_owned())
-            .spawn(move || self.run(rx))?;
+            .spawn(move || writer.run(rx))?;
         Ok((tx, thread))
     }
 
-    fn run(self, requests: Receiver<Request>) {
+    fn run(&self, requests: Receiver<Request>) {
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
@@ -82,11 +111,50 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             self.commit(batch);
         }
     }
 
-    /// Applies `batch` in order in one transaction, commits it and answers every request.
+    /// The right to commit, once the commit running (if any) is done.
+    fn claim(&self) -> Claim<'_> {
+        // A panic half way through a commit leaves nothing half-changed that the next commit
+        // relies on: redb drops the transaction, and the memtable and head change only after
+        // a commit succeeded.
+        let last_alone = self
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Claim {
+            writer: self,
+            last_alone,
+        }
+    }
+
+    /// The right to commit if the writer is idle: no request waits in its queue and no commit
+    /// is running, so a request committed with it overtakes none already queued.
+    /// With `after`, only if that task's request alone made the last commit: a task appending
+    /// back to back while no other does, which gathers no batch.
+    pub(super) fn claim_if_idle(&self, after: Option<task::Id>) -> Option<Claim<'_>> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let last_alone = match self.committing.try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        if after.is_some_and(|task| *last_alone != Some(task)) {
+            return None;
+        }
+        Some(Claim {
+            writer: self,
+            last_alone,
+        })
+    }
+
+    /// Applies `batch` in order in one transaction, commits it and answers every request,
+    /// once the commit running (if any) is done.
     ///
     /// A storage error is a fault: redb refuses every later write until the file is reopened,
     /// and whether the failed commit reached the disk is unknown. The writer then stops
@@ -94,6 +162,11 @@ impl Writer {
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
     pub(super) fn commit(&self, batch: Vec<Request>) {
+        self.claim().commit(batch);
+    }
+
+    /// [`commit`](Self::commit), for the holder of the [`Claim`].
+    fn commit_claimed(&self, batch: Vec<Request>) {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             for request in batch {
                 request.answer(Err(JournalError::Faulted(fault.clone())));
@@ -226,6 +299,8 @@ mod tests {
             max_batch: 16,
             keep_snapshots: 4,
             flush_events: 64,
+            committing: Mutex::new(None),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -435,6 +510,55 @@ mod tests {
             }
         });
         assert_eq!(writer.shared.stats().events, 600);
+    }
+
+    /// A caller may commit in place only while the writer is idle: no request waits for the
+    /// writer thread (it would be overtaken) and no commit is running; an async task only
+    /// right after its own request alone made the last commit.
+    #[test]
+    fn only_an_idle_writer_lets_a_caller_commit_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let claim = writer.claim_if_idle(None).expect("idle");
+        assert!(writer.claim_if_idle(None).is_none(), "a commit is running");
+        drop(claim);
+        writer.queued.fetch_add(1, Ordering::AcqRel);
+        assert!(writer.claim_if_idle(None).is_none(), "a request is queued");
+        writer.queued.fetch_sub(1, Ordering::AcqRel);
+
+        // Requests made by two tasks, a and b.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let from_task = || {
+            runtime
+                .block_on(runtime.spawn(async {
+                    let request = || append(ExpectedVersion::Any, vec![event()]).0;
+                    (tokio::task::id(), [request(), request(), request()])
+                }))
+                .unwrap()
+        };
+        let ((a, [a1, a2, a3]), (b, [b1, ..])) = (from_task(), from_task());
+        assert!(
+            writer.claim_if_idle(Some(a)).is_none(),
+            "no commit of a's yet"
+        );
+        writer.commit(vec![a1]);
+        assert!(
+            writer.claim_if_idle(Some(b)).is_none(),
+            "the last commit was a's"
+        );
+        writer
+            .claim_if_idle(Some(a))
+            .expect("a appends back to back")
+            .commit(vec![a2]);
+        writer.commit(vec![b1, a3]);
+        assert!(
+            writer.claim_if_idle(Some(a)).is_none(),
+            "a's last request was batched"
+        );
+        assert!(writer.claim_if_idle(None).is_some(), "a thread may");
+        assert_eq!(*writer.shared.head.borrow(), 4);
     }
 
     #[test]
