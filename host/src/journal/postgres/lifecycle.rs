@@ -118,16 +118,48 @@ pub(super) async fn stream_metadata(
 }
 
 /// Visible events of `stream` from `from_version` on, within `limit`.
-///
-/// One query in the common case: it returns the stream's version and lifecycle with the page
-/// (a row without an event when the page is empty), so a hard-deleted stream is refused even
-/// after its events were scavenged. The byte limit cuts the page as it is read.
 pub(super) async fn read_stream(
     client: &impl GenericClient,
     stream: &str,
     from_version: u64,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
+    Ok(page(client, stream, from_version, limit).await?.1)
+}
+
+/// The window of `stream` and its visible events from `from_version` on, within `limit`: the
+/// window comes with the page's first query (a second query only for a stream without events,
+/// whose lifecycle record may exist all the same).
+pub(super) async fn stream_window_and_page(
+    client: &impl GenericClient,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+    let (found, events) = page(client, stream, from_version, limit).await?;
+    let window = match found {
+        Some((stored, lifecycle, now)) => lifecycle.window(stream, stored, now)?,
+        None => stream_window(client, stream).await?,
+    };
+    Ok((window, events))
+}
+
+/// What the first query of a page found of its stream: the stored version, the lifecycle record
+/// and the time its visibility was judged at.
+type Found = (Option<u64>, Lifecycle, u64);
+
+/// Visible events of `stream` from `from_version` on, within `limit`, and what the first query
+/// found of the stream (None: no such stream).
+///
+/// One query in the common case: it returns the stream's version and lifecycle with the page
+/// (a row without an event when the page is empty), so a hard-deleted stream is refused even
+/// after its events were scavenged. The byte limit cuts the page as it is read.
+async fn page(
+    client: &impl GenericClient,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<(Option<Found>, Vec<RecordedEvent>), JournalError> {
     let sql = format!(
         "SELECT e.*, s.version, l.lifecycle FROM streams s \
          LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
@@ -137,6 +169,7 @@ pub(super) async fn read_stream(
     );
     let now = now_millis();
     let (mut from, mut events, mut used) = (from_version, Vec::new(), 0);
+    let mut found = None;
     while events.len() < limit.events {
         let want = limit.events - events.len();
         let rows = cached::query(
@@ -148,11 +181,16 @@ pub(super) async fn read_stream(
         let Some(first) = rows.first() else {
             break; // no such stream
         };
+        let stored = version_at(first, 9);
         let visibility = match lifecycle_at(first, 10, stream)? {
-            None => Visibility::ALL,
+            None => {
+                found.get_or_insert((stored, Lifecycle::default(), now));
+                Visibility::ALL
+            }
             Some(lifecycle) => {
                 lifecycle.check_exists(stream)?;
-                lifecycle.visibility(version_at(first, 9).unwrap_or(0), now)
+                found.get_or_insert((stored, lifecycle, now));
+                lifecycle.visibility(stored.unwrap_or(0), now)
             }
         };
         if from < visibility.first() {
@@ -168,7 +206,7 @@ pub(super) async fn read_stream(
                 continue;
             }
             if !limit.admits(&mut used, event.size(), events.is_empty()) {
-                return Ok(events);
+                return Ok((found, events));
             }
             events.push(event);
         }
@@ -176,7 +214,7 @@ pub(super) async fn read_stream(
             break;
         }
     }
-    Ok(events)
+    Ok((found, events))
 }
 
 /// Visible events of the global log from `from_position` on, within `limit`.

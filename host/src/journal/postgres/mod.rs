@@ -501,6 +501,21 @@ impl PgJournal {
         })
     }
 
+    pub(super) fn stream_window_and_page(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: ReadLimit,
+    ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+        let stream = stream.to_owned();
+        self.read(move |client| {
+            let stream = stream.clone();
+            async move {
+                lifecycle::stream_window_and_page(&client, &stream, from_version, limit).await
+            }
+        })
+    }
+
     pub(super) fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, JournalError> {
         let stream = stream.to_owned();
         self.read(move |client| {
