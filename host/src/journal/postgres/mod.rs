@@ -976,21 +976,32 @@ async fn run_batch(
         }
         outcomes.push(outcome);
     }
+    let changed = state
+        .as_mut()
+        .map(|state| std::mem::take(&mut state.changed))
+        .unwrap_or_default();
+    let store = lifecycle::store(&txn, &changed);
     let mut head = None;
-    if let Some(state) = &mut state {
-        lifecycle::store(&txn, &std::mem::take(&mut state.changed)).await?;
-    }
-    if let Some(state) = state.filter(|state| state.next > state.start + 1) {
-        let last = state.next - 1;
-        state.write(&txn, recorded_at).await?;
-        cached::execute(&txn, "UPDATE log_head SET position = $1", &[&(last as i64)]).await?;
-        cached::execute(
-            &txn,
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &last.to_string()],
-        )
-        .await?;
-        head = Some(last);
+    match state.filter(|state| state.next > state.start + 1) {
+        Some(state) => {
+            let last = state.next - 1;
+            let (position, notice) = (last as i64, last.to_string());
+            // These writes do not depend on each other: sent together (pipelined), they cost
+            // one round trip (see `BatchState::load` on their order).
+            tokio::try_join!(
+                biased;
+                store,
+                state.write(&txn, recorded_at),
+                async {
+                    cached::execute(&txn, "UPDATE log_head SET position = $1", &[&position]).await
+                },
+                async {
+                    cached::execute(&txn, "SELECT pg_notify($1, $2)", &[&CHANNEL, &notice]).await
+                },
+            )?;
+            head = Some(last);
+        }
+        None => store.await?,
     }
     if !wrote {
         // Only retries and refusals: nothing to commit (and no commit to count).
@@ -1047,32 +1058,37 @@ impl<'a> BatchState<'a> {
             .iter()
             .flat_map(|(_, events)| events.iter().map(|event| event.id))
             .collect();
-        let known = cached::query(
-            txn,
-            "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            let stored = (
-                row.get::<_, i64>(0) as u64,
-                row.get::<_, String>(1),
-                row.get::<_, i64>(2) as u64,
-            );
-            (row.get::<_, Uuid>(3), stored)
-        })
-        .collect();
+        // Under the lock, so they see every commit before it; independent of each other, they
+        // are sent together (pipelined) and cost one round trip. Polled in order (`biased`),
+        // they also run in this order, so the first error is the first failed statement's, not
+        // a later one's "transaction is aborted".
+        let (known, heads, lifecycles) = tokio::try_join!(
+            biased;
+            async {
+                let sql = "SELECT position, stream, version, id FROM events WHERE id = ANY($1)";
+                cached::query(txn, sql, &[&ids]).await
+            },
+            async {
+                let sql = "SELECT stream, version FROM streams WHERE stream = ANY($1)";
+                cached::query(txn, sql, &[&streams]).await
+            },
+            lifecycle::load(txn, streams),
+        )?;
+        let known = known
+            .iter()
+            .map(|row| {
+                let stored = (
+                    row.get::<_, i64>(0) as u64,
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2) as u64,
+                );
+                (row.get::<_, Uuid>(3), stored)
+            })
+            .collect();
         let mut versions: HashMap<String, Option<u64>> = streams
             .iter()
             .map(|stream| ((*stream).to_owned(), None))
             .collect();
-        let heads = cached::query(
-            txn,
-            "SELECT stream, version FROM streams WHERE stream = ANY($1)",
-            &[&streams],
-        )
-        .await?;
         for row in heads {
             versions.insert(row.get(0), Some(row.get::<_, i64>(1) as u64));
         }
@@ -1081,7 +1097,7 @@ impl<'a> BatchState<'a> {
             next: start + 1,
             known,
             versions,
-            lifecycles: lifecycle::load(txn, streams).await?,
+            lifecycles,
             changed: HashMap::new(),
             rows: Vec::new(),
         })
@@ -1204,7 +1220,14 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|row| row.4.unwrap_or(recorded_at) as i64)
             .collect();
-        cached::execute(
+        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
+            .versions
+            .iter()
+            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
+            .unzip();
+        // Pipelined, as the other writes of the batch.
+        let insert = async {
+            cached::execute(
             txn,
             "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
              metadata, recorded_at) \
@@ -1223,21 +1246,19 @@ impl<'a> BatchState<'a> {
                 &metadata,
                 &times,
             ],
-        )
-        .await?;
-        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
-            .versions
-            .iter()
-            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
-            .unzip();
-        cached::execute(
-            txn,
-            "INSERT INTO streams (stream, version) \
+        ).await
+        };
+        let move_heads = async {
+            cached::execute(
+                txn,
+                "INSERT INTO streams (stream, version) \
              SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
              ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-            &[&heads, &head_versions],
-        )
-        .await?;
+                &[&heads, &head_versions],
+            )
+            .await
+        };
+        tokio::try_join!(biased; insert, move_heads)?;
         Ok(())
     }
 }
