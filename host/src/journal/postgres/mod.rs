@@ -11,9 +11,10 @@
 //! visible strictly in commit order.
 //!
 //! The cost: appends are serialised across the whole cluster (every host), one transaction at a
-//! time, each holding the lock for one round trip plus its commit. To amortise that, each host
-//! runs one writer task that drains whatever appends are queued into a single transaction (group
-//! commit, as the redb backend does): under load one lock and one commit serve many appends.
+//! time, each holding the lock for two round trips (its reads, then its writes, each sent
+//! together) plus its commit. To amortise that, each host runs one writer task that drains
+//! whatever appends are queued into a single transaction (group commit, as the redb backend
+//! does): under load one lock and one commit serve many appends.
 //!
 //! Within a batch each request is validated (idempotency, expected version) before it writes
 //! anything, and the lock guarantees that nobody else writes meanwhile, so a refused append
@@ -867,9 +868,9 @@ type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
 /// last position if events were appended.
 ///
 /// Appends are validated in memory against the stored versions and event ids of everything
-/// the batch touches (read in two queries under the log lock, so nobody changes them
-/// meanwhile) and written with one insert: a batch costs a handful of round trips however many
-/// appends it holds.
+/// the batch touches (read under the log lock, so nobody changes them meanwhile) and written
+/// with one insert: a batch of appends costs five round trips (begin, lock, reads, writes,
+/// commit) however many it holds.
 ///
 /// `committing` is set once the commit is sent: a failure after that leaves the outcome
 /// unknown.
