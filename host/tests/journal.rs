@@ -187,6 +187,7 @@ on_both_backends! {
     #[tokio::test] async fn a_soft_deleted_stream_reads_as_missing_until_an_append_recreates_it;
     #[tokio::test] async fn a_hard_deleted_stream_is_gone_for_good;
     #[tokio::test] async fn retention_metadata_hides_events_from_every_reader_at_once;
+    #[tokio::test] async fn a_window_read_with_its_page_is_what_the_two_reads_return;
     #[tokio::test] async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions;
     #[tokio::test] async fn a_delete_and_appends_in_one_batch_apply_in_order;
     #[tokio::test] async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it;
@@ -1127,6 +1128,65 @@ async fn retention_metadata_hides_events_from_every_reader_at_once(backend: Back
         .await
         .unwrap();
     assert_eq!(j.read_stream("truncated-1", 1, 100).unwrap().len(), 4);
+}
+
+/// `stream_window_and_page` (one query on PostgreSQL) answers exactly what `stream_window` and
+/// `read_stream_within` do, on streams in every lifecycle state.
+async fn a_window_read_with_its_page_is_what_the_two_reads_return(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = &f.journal;
+    for stream in ["plain-1", "counted-1", "truncated-1", "soft-1", "hard-1"] {
+        j.append(stream, ExpectedVersion::Any, events(5))
+            .await
+            .unwrap();
+    }
+    let count = StreamMetadata {
+        max_count: Some(2),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("counted-1", count).await.unwrap();
+    let truncate = StreamMetadata {
+        truncate_before: Some(3),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("truncated-1", truncate)
+        .await
+        .unwrap();
+    // Metadata of a stream without events: its window is the metadata's.
+    j.set_stream_metadata("ghost-1", truncate).await.unwrap();
+    j.delete_stream("soft-1", ExpectedVersion::Any, false)
+        .await
+        .unwrap();
+    j.delete_stream("hard-1", ExpectedVersion::Any, true)
+        .await
+        .unwrap();
+    for stream in [
+        "plain-1",
+        "counted-1",
+        "truncated-1",
+        "ghost-1",
+        "soft-1",
+        "hard-1",
+        "nobody-1",
+    ] {
+        for from in [1, 4, 9] {
+            let limit = ReadLimit::events(2);
+            let together = j.stream_window_and_page(stream, from, limit);
+            let apart = j
+                .stream_window(stream)
+                .and_then(|window| Ok((window, j.read_stream_within(stream, from, limit)?)));
+            match (together, apart) {
+                (Ok((window, page)), Ok((expected_window, expected_page))) => {
+                    assert_eq!(window, expected_window, "{stream} from {from}");
+                    assert_eq!(page, expected_page, "{stream} from {from}");
+                }
+                (Err(error), Err(expected)) => {
+                    assert_eq!(error.to_string(), expected.to_string(), "{stream}");
+                }
+                (together, apart) => panic!("{stream} from {from}: {together:?} vs {apart:?}"),
+            }
+        }
+    }
 }
 
 async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions(backend: Backend) {

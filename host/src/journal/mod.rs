@@ -210,6 +210,24 @@ impl Journal {
         dispatch!(self, stream_window(stream))
     }
 
+    /// [`stream_window`](Self::stream_window) and the page
+    /// [`read_stream_within`](Self::read_stream_within) returns, read together: what an aggregate
+    /// catching up needs first, in one query on PostgreSQL instead of two.
+    pub fn stream_window_and_page(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: ReadLimit,
+    ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+        match &*self.backend {
+            Backend::Redb(inner) => Ok((
+                redb::reader::stream_window(&inner.db, stream)?,
+                redb::reader::read_stream(&inner.db, stream, from_version, limit)?,
+            )),
+            Backend::Postgres(pg) => pg.stream_window_and_page(stream, from_version, limit),
+        }
+    }
+
     /// The retention metadata of `stream` (empty if none was set).
     pub fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, JournalError> {
         dispatch!(self, stream_metadata(stream))

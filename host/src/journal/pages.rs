@@ -25,9 +25,7 @@ impl Pages {
         match self {
             Pages::All { from } => {
                 let page = journal.read_all_within(*from, limit)?;
-                if let Some(last) = page.last() {
-                    *from = last.position + 1;
-                }
+                self.pass(&page);
                 Ok(page)
             }
             Pages::Stream { stream, from, to } => {
@@ -39,11 +37,18 @@ impl Pages {
                     ..limit
                 };
                 let page = journal.read_stream_within(stream, *from, limit)?;
-                if let Some(last) = page.last() {
-                    *from = last.version + 1;
-                }
+                self.pass(&page);
                 Ok(page)
             }
+        }
+    }
+
+    /// Moves past `page`, the next page.
+    fn pass(&mut self, page: &[RecordedEvent]) {
+        match (self, page.last()) {
+            (Pages::All { from }, Some(last)) => *from = last.position + 1,
+            (Pages::Stream { from, .. }, Some(last)) => *from = last.version + 1,
+            (_, None) => {}
         }
     }
 
@@ -64,9 +69,33 @@ impl Pages {
         mut self,
         journal: &Journal,
         limit: ReadLimit,
+        fold: impl FnMut(&[RecordedEvent]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let first = self.read(journal, limit)?;
+        self.fold_from(first, journal, limit, fold)
+    }
+
+    /// [`fold_ahead`](Self::fold_ahead) with the first page already read, within `limit`, by a
+    /// read that fetched something else with it (as [`Journal::stream_window_and_page`] does).
+    pub fn fold_ahead_from<E: From<JournalError>>(
+        mut self,
+        first: Vec<RecordedEvent>,
+        journal: &Journal,
+        limit: ReadLimit,
+        fold: impl FnMut(&[RecordedEvent]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.pass(&first);
+        self.fold_from(first, journal, limit, fold)
+    }
+
+    /// Folds `page`, the page just passed, and every one after it.
+    fn fold_from<E: From<JournalError>>(
+        mut self,
+        mut page: Vec<RecordedEvent>,
+        journal: &Journal,
+        limit: ReadLimit,
         mut fold: impl FnMut(&[RecordedEvent]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut page = self.read(journal, limit)?;
         if page.len() >= limit.events && !self.exhausted() {
             return ahead(|| self.read(journal, limit), page, fold);
         }

@@ -240,7 +240,9 @@ impl AggregateInstance {
     /// Brings the state to the stream's head, refolding it from scratch when the visible
     /// window moved under it.
     pub fn refresh(&mut self, journal: &Journal) -> Result<(), RuntimeError> {
-        let window = journal.stream_window(&self.stream)?;
+        // The window comes with the first page of events since this state: one read.
+        let (window, first) =
+            journal.stream_window_and_page(&self.stream, self.version + 1, REPLAY_LIMIT)?;
         if !self.fits(&window) {
             let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
             let stream = self.stream.clone();
@@ -248,7 +250,7 @@ impl AggregateInstance {
                 Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &window, None)?;
             return Ok(());
         }
-        self.catch_up(journal, u64::MAX)?;
+        self.catch_up_from(journal, u64::MAX, Some(first))?;
         self.settle(&window, u64::MAX);
         Ok(())
     }
@@ -269,12 +271,23 @@ impl AggregateInstance {
     /// A stream longer than a page is read one page ahead of the fold
     /// ([`Pages::fold_ahead`]).
     pub fn catch_up(&mut self, journal: &Journal, at_most: u64) -> Result<(), RuntimeError> {
+        self.catch_up_from(journal, at_most, None)
+    }
+
+    /// [`catch_up`](Self::catch_up), starting with `first` if the page after `self.version`
+    /// was read already.
+    fn catch_up_from(
+        &mut self,
+        journal: &Journal,
+        at_most: u64,
+        first: Option<Vec<RecordedEvent>>,
+    ) -> Result<(), RuntimeError> {
         let pages = Pages::Stream {
             stream: self.stream.clone(),
             from: self.version + 1,
             to: at_most,
         };
-        pages.fold_ahead(journal, REPLAY_LIMIT, |events| {
+        let fold = |events: &[RecordedEvent]| {
             if let Err(error) = self.apply(events) {
                 if let [event] = events {
                     return Err(RuntimeError::unfoldable(self.plugin.name(), event, error));
@@ -282,7 +295,11 @@ impl AggregateInstance {
                 *self = self.fold_singly(journal, events)?;
             }
             Ok(())
-        })
+        };
+        match first {
+            Some(first) => pages.fold_ahead_from(first, journal, REPLAY_LIMIT, fold),
+            None => pages.fold_ahead(journal, REPLAY_LIMIT, fold),
+        }
     }
 
     /// Rebuilds the state before `events` (a batch that failed) and folds them one at a time.

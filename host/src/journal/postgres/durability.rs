@@ -3,9 +3,9 @@
 //! page torn mid-write. At connect the journal reads the settings that decide this and refuses a
 //! server that has any of them off, unless told to accept the risk.
 
-use tokio_postgres::GenericClient;
+use deadpool_postgres::GenericClient;
 
-use super::{JournalError, pg};
+use super::{JournalError, cached};
 
 /// The settings that must be on, and what is lost without each.
 const REQUIRED: [(&str, &str); 3] = [
@@ -27,13 +27,12 @@ pub(super) async fn check(
     accept_risk: bool,
 ) -> Result<(), JournalError> {
     let names: Vec<&str> = REQUIRED.iter().map(|(name, _)| *name).collect();
-    let rows = client
-        .query(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
-            &[&names],
-        )
-        .await
-        .map_err(pg)?;
+    let rows = cached::query(
+        client,
+        "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
+        &[&names],
+    )
+    .await?;
     let off: Vec<String> = REQUIRED
         .iter()
         .filter(|(name, _)| {

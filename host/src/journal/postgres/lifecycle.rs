@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{GenericClient, Row};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 
-use super::{EVENT_COLUMNS, Pool, decode, pg, pool_error, to_i64};
+use super::{EVENT_COLUMNS, Pool, cached, decode, pg, pool_error, to_i64};
 use crate::journal::lifecycle::{Lifecycle, Visibility, now_millis};
 use crate::journal::{
     JournalError, ReadLimit, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,
@@ -42,13 +43,12 @@ pub(super) async fn load(
     client: &impl GenericClient,
     streams: &[&str],
 ) -> Result<HashMap<String, Lifecycle>, JournalError> {
-    let rows = client
-        .query(
-            "SELECT stream, lifecycle FROM stream_lifecycle WHERE stream = ANY($1)",
-            &[&streams],
-        )
-        .await
-        .map_err(pg)?;
+    let rows = cached::query(
+        client,
+        "SELECT stream, lifecycle FROM stream_lifecycle WHERE stream = ANY($1)",
+        &[&streams],
+    )
+    .await?;
     rows.iter()
         .map(|row| {
             let stream: String = row.get(0);
@@ -70,15 +70,14 @@ pub(super) async fn store(
         .iter()
         .map(|(stream, lifecycle)| (stream.as_str(), lifecycle.encode()))
         .unzip();
-    client
-        .execute(
-            "INSERT INTO stream_lifecycle (stream, lifecycle) \
-             SELECT s, l FROM unnest($1::TEXT[], $2::BYTEA[]) AS r(s, l) \
-             ON CONFLICT (stream) DO UPDATE SET lifecycle = excluded.lifecycle",
-            &[&streams, &records],
-        )
-        .await
-        .map_err(pg)?;
+    cached::execute(
+        client,
+        "INSERT INTO stream_lifecycle (stream, lifecycle) \
+         SELECT s, l FROM unnest($1::TEXT[], $2::BYTEA[]) AS r(s, l) \
+         ON CONFLICT (stream) DO UPDATE SET lifecycle = excluded.lifecycle",
+        &[&streams, &records],
+    )
+    .await?;
     Ok(())
 }
 
@@ -87,15 +86,14 @@ async fn stream_record(
     client: &impl GenericClient,
     stream: &str,
 ) -> Result<(Option<u64>, Lifecycle), JournalError> {
-    let row = client
-        .query_one(
-            "SELECT s.version, l.lifecycle FROM (SELECT $1::TEXT AS stream) q \
-             LEFT JOIN streams s ON s.stream = q.stream \
-             LEFT JOIN stream_lifecycle l ON l.stream = q.stream",
-            &[&stream],
-        )
-        .await
-        .map_err(pg)?;
+    let row = cached::query_one(
+        client,
+        "SELECT s.version, l.lifecycle FROM (SELECT $1::TEXT AS stream) q \
+         LEFT JOIN streams s ON s.stream = q.stream \
+         LEFT JOIN stream_lifecycle l ON l.stream = q.stream",
+        &[&stream],
+    )
+    .await?;
     Ok((
         version_at(&row, 0),
         lifecycle_at(&row, 1, stream)?.unwrap_or_default(),
@@ -120,16 +118,48 @@ pub(super) async fn stream_metadata(
 }
 
 /// Visible events of `stream` from `from_version` on, within `limit`.
-///
-/// One query in the common case: it returns the stream's version and lifecycle with the page
-/// (a row without an event when the page is empty), so a hard-deleted stream is refused even
-/// after its events were scavenged. The byte limit cuts the page as it is read.
 pub(super) async fn read_stream(
     client: &impl GenericClient,
     stream: &str,
     from_version: u64,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
+    Ok(page(client, stream, from_version, limit).await?.1)
+}
+
+/// The window of `stream` and its visible events from `from_version` on, within `limit`: the
+/// window comes with the page's first query (a second query only for a stream without events,
+/// whose lifecycle record may exist all the same).
+pub(super) async fn stream_window_and_page(
+    client: &impl GenericClient,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+    let (found, events) = page(client, stream, from_version, limit).await?;
+    let window = match found {
+        Some((stored, lifecycle, now)) => lifecycle.window(stream, stored, now)?,
+        None => stream_window(client, stream).await?,
+    };
+    Ok((window, events))
+}
+
+/// What the first query of a page found of its stream: the stored version, the lifecycle record
+/// and the time its visibility was judged at.
+type Found = (Option<u64>, Lifecycle, u64);
+
+/// Visible events of `stream` from `from_version` on, within `limit`, and what the first query
+/// found of the stream (None: no such stream).
+///
+/// One query in the common case: it returns the stream's version and lifecycle with the page
+/// (a row without an event when the page is empty), so a hard-deleted stream is refused even
+/// after its events were scavenged. The byte limit cuts the page as it is read.
+async fn page(
+    client: &impl GenericClient,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<(Option<Found>, Vec<RecordedEvent>), JournalError> {
     let sql = format!(
         "SELECT e.*, s.version, l.lifecycle FROM streams s \
          LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
@@ -139,20 +169,28 @@ pub(super) async fn read_stream(
     );
     let now = now_millis();
     let (mut from, mut events, mut used) = (from_version, Vec::new(), 0);
+    let mut found = None;
     while events.len() < limit.events {
         let want = limit.events - events.len();
-        let rows = client
-            .query(&sql, &[&stream, &to_i64(from), &to_i64(want as u64)])
-            .await
-            .map_err(pg)?;
+        let rows = cached::query(
+            client,
+            &sql,
+            &[&stream, &to_i64(from), &to_i64(want as u64)],
+        )
+        .await?;
         let Some(first) = rows.first() else {
             break; // no such stream
         };
+        let stored = version_at(first, 9);
         let visibility = match lifecycle_at(first, 10, stream)? {
-            None => Visibility::ALL,
+            None => {
+                found.get_or_insert((stored, Lifecycle::default(), now));
+                Visibility::ALL
+            }
             Some(lifecycle) => {
                 lifecycle.check_exists(stream)?;
-                lifecycle.visibility(version_at(first, 9).unwrap_or(0), now)
+                found.get_or_insert((stored, lifecycle, now));
+                lifecycle.visibility(stored.unwrap_or(0), now)
             }
         };
         if from < visibility.first() {
@@ -168,7 +206,7 @@ pub(super) async fn read_stream(
                 continue;
             }
             if !limit.admits(&mut used, event.size(), events.is_empty()) {
-                return Ok(events);
+                return Ok((found, events));
             }
             events.push(event);
         }
@@ -176,7 +214,7 @@ pub(super) async fn read_stream(
             break;
         }
     }
-    Ok(events)
+    Ok((found, events))
 }
 
 /// Visible events of the global log from `from_position` on, within `limit`.
@@ -201,10 +239,7 @@ pub(super) async fn read_all(
     let (mut from, mut events, mut used) = (from_position, Vec::new(), 0);
     while events.len() < limit.events {
         let want = limit.events - events.len();
-        let rows = client
-            .query(&sql, &[&to_i64(from), &to_i64(want as u64)])
-            .await
-            .map_err(pg)?;
+        let rows = cached::query(client, &sql, &[&to_i64(from), &to_i64(want as u64)]).await?;
         for row in &rows {
             let event = decode(row)?;
             from = event.position + 1;
@@ -242,7 +277,7 @@ pub(super) async fn event_by_id(
     id: uuid::Uuid,
 ) -> Result<Option<RecordedEvent>, JournalError> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-    let Some(row) = client.query_opt(&sql, &[&id]).await.map_err(pg)? else {
+    let Some(row) = cached::query_opt(client, &sql, &[&id]).await? else {
         return Ok(None);
     };
     let event = decode(&row)?;
@@ -259,15 +294,14 @@ pub(super) async fn streams_with_prefix(
     client: &impl GenericClient,
     prefix: &str,
 ) -> Result<Vec<String>, JournalError> {
-    let rows = client
-        .query(
-            "SELECT s.stream, l.lifecycle FROM streams s \
-             LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
-             WHERE starts_with(s.stream, $1) ORDER BY s.stream",
-            &[&prefix],
-        )
-        .await
-        .map_err(pg)?;
+    let rows = cached::query(
+        client,
+        "SELECT s.stream, l.lifecycle FROM streams s \
+         LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
+         WHERE starts_with(s.stream, $1) ORDER BY s.stream",
+        &[&prefix],
+    )
+    .await?;
     let mut streams = Vec::new();
     for row in &rows {
         let stream: String = row.get(0);
@@ -283,16 +317,18 @@ pub(super) async fn streams_with_prefix(
 pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let mut report = ScavengeReport {
-        bytes_before: table_bytes(&**client).await?,
+        bytes_before: table_bytes(&client).await?,
         ..ScavengeReport::default()
     };
-    let streams: Vec<String> = client
-        .query("SELECT stream FROM stream_lifecycle ORDER BY stream", &[])
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let streams: Vec<String> = cached::query(
+        &client,
+        "SELECT stream FROM stream_lifecycle ORDER BY stream",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
     let mut unusable = Vec::new();
     for stream in &streams {
         report.streams += 1;
@@ -310,10 +346,12 @@ pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError
         }
     }
     unusable.dedup();
-    report.snapshots = client
-        .execute("DELETE FROM snapshots WHERE stream = ANY($1)", &[&unusable])
-        .await
-        .map_err(pg)?;
+    report.snapshots = cached::execute(
+        &client,
+        "DELETE FROM snapshots WHERE stream = ANY($1)",
+        &[&unusable],
+    )
+    .await?;
     // Plain VACUUM only marks dead rows' space free; their bytes stay in the pages until
     // reused. VACUUM FULL writes new files without them (and locks the tables meanwhile).
     // It takes as long as the tables are big: exempt from the statement timeout.
@@ -325,38 +363,36 @@ pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError
     ] {
         client.batch_execute(statement).await.map_err(pg)?;
     }
-    report.bytes_after = table_bytes(&**client).await?;
+    report.bytes_after = table_bytes(&client).await?;
     tracing::info!(?report, "scavenged the journal");
     Ok(report)
 }
 
 /// The bytes of the tables a scavenge shrinks, with their indexes and TOAST.
 async fn table_bytes(client: &impl GenericClient) -> Result<u64, JournalError> {
-    let row = client
-        .query_one(
-            "SELECT pg_total_relation_size('events') + pg_total_relation_size('snapshots')",
-            &[],
-        )
-        .await
-        .map_err(pg)?;
+    let row = cached::query_one(
+        client,
+        "SELECT pg_total_relation_size('events') + pg_total_relation_size('snapshots')",
+        &[],
+    )
+    .await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// Removes up to [`CHUNK`] of the oldest hidden events of `stream`, stopping at the first
 /// visible one; returns how many, and whether the stream's window is whole.
 async fn remove_hidden(
-    txn: &tokio_postgres::Transaction<'_>,
+    txn: &deadpool_postgres::Transaction<'_>,
     stream: &str,
 ) -> Result<(u64, bool), JournalError> {
     // Locks the record: a delete or metadata change of this stream waits for this transaction.
-    let row = txn
-        .query_opt(
-            "SELECT l.lifecycle, s.version FROM stream_lifecycle l \
-             LEFT JOIN streams s ON s.stream = l.stream WHERE l.stream = $1 FOR UPDATE OF l",
-            &[&stream],
-        )
-        .await
-        .map_err(pg)?;
+    let row = cached::query_opt(
+        txn,
+        "SELECT l.lifecycle, s.version FROM stream_lifecycle l \
+         LEFT JOIN streams s ON s.stream = l.stream WHERE l.stream = $1 FOR UPDATE OF l",
+        &[&stream],
+    )
+    .await?;
     let Some(row) = row else {
         return Ok((0, true));
     };
@@ -367,13 +403,12 @@ async fn remove_hidden(
     let whole = lifecycle
         .window(stream, stored, now)
         .is_ok_and(|window| window.is_whole());
-    let rows = txn
-        .query(
-            "SELECT version, recorded_at FROM events WHERE stream = $1 ORDER BY version LIMIT $2",
-            &[&stream, &CHUNK],
-        )
-        .await
-        .map_err(pg)?;
+    let rows = cached::query(
+        txn,
+        "SELECT version, recorded_at FROM events WHERE stream = $1 ORDER BY version LIMIT $2",
+        &[&stream, &CHUNK],
+    )
+    .await?;
     let hidden: Vec<u64> = rows
         .iter()
         .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
@@ -383,12 +418,11 @@ async fn remove_hidden(
     let Some(&last) = hidden.last() else {
         return Ok((0, whole));
     };
-    let removed = txn
-        .execute(
-            "DELETE FROM events WHERE stream = $1 AND version <= $2",
-            &[&stream, &to_i64(last)],
-        )
-        .await
-        .map_err(pg)?;
+    let removed = cached::execute(
+        txn,
+        "DELETE FROM events WHERE stream = $1 AND version <= $2",
+        &[&stream, &to_i64(last)],
+    )
+    .await?;
     Ok((removed, whole))
 }

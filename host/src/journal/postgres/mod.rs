@@ -11,9 +11,10 @@
 //! visible strictly in commit order.
 //!
 //! The cost: appends are serialised across the whole cluster (every host), one transaction at a
-//! time, each holding the lock for one round trip plus its commit. To amortise that, each host
-//! runs one writer task that drains whatever appends are queued into a single transaction (group
-//! commit, as the redb backend does): under load one lock and one commit serve many appends.
+//! time, each holding the lock for two round trips (its reads, then its writes, each sent
+//! together) plus its commit. To amortise that, each host runs one writer task that drains
+//! whatever appends are queued into a single transaction (group commit, as the redb backend
+//! does): under load one lock and one commit serve many appends.
 //!
 //! Within a batch each request is validated (idempotency, expected version) before it writes
 //! anything, and the lock guarantees that nobody else writes meanwhile, so a refused append
@@ -38,6 +39,7 @@
 //! never retried: if a commit's outcome is unknown the error is reported, and the client may
 //! retry with the same event ids, which is idempotent.
 
+mod cached;
 mod durability;
 mod failure;
 mod settings;
@@ -47,10 +49,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{Manager, Pool};
+use deadpool_postgres::{GenericClient, Manager, Pool, Transaction};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, GenericClient, Transaction};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 mod lifecycle;
@@ -245,12 +247,12 @@ impl PgJournal {
             runtime
                 .spawn(async move {
                     let client = pool.get().await.map_err(pool_error)?;
-                    durability::check(&**client, accept_risk).await?;
+                    durability::check(&client, accept_risk).await?;
                     drop(client);
                     migrate(&pool).await?;
                     // Listen before reading the head, so no commit falls between the two.
                     let listener = listen(&settings).await?;
-                    let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
+                    let head = read_head(&pool.get().await.map_err(pool_error)?).await?;
                     Ok::<_, JournalError>((head, listener))
                 })
                 .await
@@ -443,7 +445,7 @@ impl PgJournal {
         let stream = stream.to_owned();
         self.read(move |client| {
             let stream = stream.clone();
-            async move { lifecycle::read_stream(&**client, &stream, from_version, limit).await }
+            async move { lifecycle::read_stream(&client, &stream, from_version, limit).await }
         })
     }
 
@@ -452,13 +454,13 @@ impl PgJournal {
         from_position: u64,
         limit: ReadLimit,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
-        self.read(move |client| async move {
-            lifecycle::read_all(&**client, from_position, limit).await
-        })
+        self.read(
+            move |client| async move { lifecycle::read_all(&client, from_position, limit).await },
+        )
     }
 
     pub(super) fn event_by_id(&self, id: Uuid) -> Result<Option<RecordedEvent>, JournalError> {
-        self.read(move |client| async move { lifecycle::event_by_id(&**client, id).await })
+        self.read(move |client| async move { lifecycle::event_by_id(&client, id).await })
     }
 
     pub(super) fn parked(&self, plugin: &str) -> Result<Vec<ParkedEvent>, JournalError> {
@@ -466,14 +468,13 @@ impl PgJournal {
         self.read(move |client| {
             let plugin = plugin.clone();
             async move {
-                let rows = client
-                    .query(
-                        "SELECT position, stream, event_type, reason, attempts, parked_at \
-                         FROM parked WHERE plugin = $1 ORDER BY position",
-                        &[&plugin],
-                    )
-                    .await
-                    .map_err(pg)?;
+                let rows = cached::query(
+                    &client,
+                    "SELECT position, stream, event_type, reason, attempts, parked_at \
+                     FROM parked WHERE plugin = $1 ORDER BY position",
+                    &[&plugin],
+                )
+                .await?;
                 Ok(rows
                     .iter()
                     .map(|row| ParkedEvent {
@@ -497,7 +498,22 @@ impl PgJournal {
         let stream = stream.to_owned();
         self.read(move |client| {
             let stream = stream.clone();
-            async move { lifecycle::stream_window(&**client, &stream).await }
+            async move { lifecycle::stream_window(&client, &stream).await }
+        })
+    }
+
+    pub(super) fn stream_window_and_page(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: ReadLimit,
+    ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+        let stream = stream.to_owned();
+        self.read(move |client| {
+            let stream = stream.clone();
+            async move {
+                lifecycle::stream_window_and_page(&client, &stream, from_version, limit).await
+            }
         })
     }
 
@@ -505,7 +521,7 @@ impl PgJournal {
         let stream = stream.to_owned();
         self.read(move |client| {
             let stream = stream.clone();
-            async move { lifecycle::stream_metadata(&**client, &stream).await }
+            async move { lifecycle::stream_metadata(&client, &stream).await }
         })
     }
 
@@ -513,7 +529,7 @@ impl PgJournal {
         let prefix = prefix.to_owned();
         self.read(move |client| {
             let prefix = prefix.clone();
-            async move { lifecycle::streams_with_prefix(&**client, &prefix).await }
+            async move { lifecycle::streams_with_prefix(&client, &prefix).await }
         })
     }
 
@@ -537,15 +553,14 @@ impl PgJournal {
         self.read(move |client| {
             let (plugin, stream) = (plugin.clone(), stream.clone());
             async move {
-                let row = client
-                    .query_opt(
-                        "SELECT version, state FROM snapshots \
-                         WHERE plugin = $1 AND stream = $2 AND version <= $3 \
-                         ORDER BY version DESC LIMIT 1",
-                        &[&plugin, &stream, &at_most],
-                    )
-                    .await
-                    .map_err(pg)?;
+                let row = cached::query_opt(
+                    &client,
+                    "SELECT version, state FROM snapshots \
+                     WHERE plugin = $1 AND stream = $2 AND version <= $3 \
+                     ORDER BY version DESC LIMIT 1",
+                    &[&plugin, &stream, &at_most],
+                )
+                .await?;
                 Ok(row.map(|row| (row.get::<_, i64>(0) as u64, row.get(1))))
             }
         })
@@ -556,13 +571,12 @@ impl PgJournal {
         self.read(move |client| {
             let plugin = plugin.clone();
             async move {
-                let row = client
-                    .query_opt(
-                        "SELECT position, state FROM checkpoints WHERE plugin = $1",
-                        &[&plugin],
-                    )
-                    .await
-                    .map_err(pg)?;
+                let row = cached::query_opt(
+                    &client,
+                    "SELECT position, state FROM checkpoints WHERE plugin = $1",
+                    &[&plugin],
+                )
+                .await?;
                 Ok(row.map(|row| (row.get::<_, i64>(0) as u64, row.get(1))))
             }
         })
@@ -607,10 +621,7 @@ fn content_type_code(content_type: ContentType) -> i16 {
 }
 
 async fn read_head(client: &impl GenericClient) -> Result<u64, JournalError> {
-    let row = client
-        .query_one("SELECT position FROM log_head", &[])
-        .await
-        .map_err(pg)?;
+    let row = cached::query_one(client, "SELECT position FROM log_head", &[]).await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 
@@ -618,26 +629,22 @@ async fn read_head(client: &impl GenericClient) -> Result<u64, JournalError> {
 async fn migrate(pool: &Pool) -> Result<(), JournalError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let txn = client.transaction().await.map_err(pg)?;
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(pg)?;
+    cached::execute(&txn, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     txn.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
         .await
         .map_err(pg)?;
-    let found = txn
-        .query_opt("SELECT max(version) FROM schema_version", &[])
-        .await
-        .map_err(pg)?
+    let found = cached::query_opt(&txn, "SELECT max(version) FROM schema_version", &[])
+        .await?
         .and_then(|row| row.get::<_, Option<i64>>(0));
     match found {
         None => {
             txn.batch_execute(SCHEMA_V1).await.map_err(pg)?;
-            txn.execute(
+            cached::execute(
+                &txn,
                 "INSERT INTO schema_version (version) VALUES ($1)",
                 &[&(SCHEMA_VERSION as i64)],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
         }
         Some(found) if found as u64 == SCHEMA_VERSION => {}
         Some(found) => {
@@ -722,7 +729,7 @@ async fn follow(
             tokio::time::sleep(Duration::from_millis(200)).await;
             let reconnected = async {
                 let listener = listen(&settings).await?;
-                let head = read_head(&**pool.get().await.map_err(pool_error)?).await?;
+                let head = read_head(&pool.get().await.map_err(pool_error)?).await?;
                 Ok::<_, JournalError>((listener, head))
             }
             .await;
@@ -857,22 +864,13 @@ async fn attempt(
 /// Each request's outcome, the new head if events were appended, whether a commit happened.
 type BatchOutcome = (Vec<Result<Applied, JournalError>>, Option<u64>, bool);
 
-/// `sql` prepared once per pooled connection (deadpool's statement cache), so each statement of
-/// the write path costs one round trip, not two (a prepare, then the execution).
-async fn prepared(
-    txn: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-) -> Result<tokio_postgres::Statement, JournalError> {
-    txn.prepare_cached(sql).await.map_err(pg)
-}
-
 /// Applies `requests` in order in one transaction and commits it. The head returned is the new
 /// last position if events were appended.
 ///
 /// Appends are validated in memory against the stored versions and event ids of everything
-/// the batch touches (read in two queries under the log lock, so nobody changes them
-/// meanwhile) and written with one insert: a batch costs a handful of round trips however many
-/// appends it holds.
+/// the batch touches (read under the log lock, so nobody changes them meanwhile) and written
+/// with one insert: a batch of appends costs five round trips (begin, lock, reads, writes,
+/// commit) however many it holds.
 ///
 /// `committing` is set once the commit is sent: a failure after that leaves the outcome
 /// unknown.
@@ -937,13 +935,13 @@ async fn run_batch(
                 park: parked,
                 unpark: unparked,
             } => async {
-                txn.execute(
+                cached::execute(
+                    &txn,
                     "INSERT INTO checkpoints (plugin, position, state) VALUES ($1, $2, $3) \
                      ON CONFLICT (plugin) DO UPDATE SET position = $2, state = $3",
                     &[plugin, &to_i64(*position), state],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
                 park(&txn, plugin, parked).await?;
                 unpark(&txn, plugin, unparked).await
             }
@@ -979,20 +977,32 @@ async fn run_batch(
         }
         outcomes.push(outcome);
     }
+    let changed = state
+        .as_mut()
+        .map(|state| std::mem::take(&mut state.changed))
+        .unwrap_or_default();
+    let store = lifecycle::store(&txn, &changed);
     let mut head = None;
-    if let Some(state) = &mut state {
-        lifecycle::store(&*txn, &std::mem::take(&mut state.changed)).await?;
-    }
-    if let Some(state) = state.filter(|state| state.next > state.start + 1) {
-        let last = state.next - 1;
-        state.write(&txn, recorded_at).await?;
-        let advance = prepared(&txn, "UPDATE log_head SET position = $1").await?;
-        txn.execute(&advance, &[&(last as i64)]).await.map_err(pg)?;
-        let notify = prepared(&txn, "SELECT pg_notify($1, $2)").await?;
-        txn.execute(&notify, &[&CHANNEL, &last.to_string()])
-            .await
-            .map_err(pg)?;
-        head = Some(last);
+    match state.filter(|state| state.next > state.start + 1) {
+        Some(state) => {
+            let last = state.next - 1;
+            let (position, notice) = (last as i64, last.to_string());
+            // These writes do not depend on each other: sent together (pipelined), they cost
+            // one round trip (see `BatchState::load` on their order).
+            tokio::try_join!(
+                biased;
+                store,
+                state.write(&txn, recorded_at),
+                async {
+                    cached::execute(&txn, "UPDATE log_head SET position = $1", &[&position]).await
+                },
+                async {
+                    cached::execute(&txn, "SELECT pg_notify($1, $2)", &[&CHANNEL, &notice]).await
+                },
+            )?;
+            head = Some(last);
+        }
+        None => store.await?,
     }
     if !wrote {
         // Only retries and refusals: nothing to commit (and no commit to count).
@@ -1039,26 +1049,33 @@ impl<'a> BatchState<'a> {
     /// Locks the log head and reads the stored ids `appends` involve, and the versions and
     /// lifecycles of `streams`.
     async fn load(
-        txn: &deadpool_postgres::Transaction<'_>,
+        txn: &Transaction<'_>,
         appends: &[(&'a str, &'a [NewEvent])],
         streams: &[&str],
     ) -> Result<Self, JournalError> {
-        let lock = prepared(txn, "SELECT position FROM log_head FOR UPDATE").await?;
-        let row = txn.query_one(&lock, &[]).await.map_err(pg)?;
+        let row = cached::query_one(txn, "SELECT position FROM log_head FOR UPDATE", &[]).await?;
         let start = row.get::<_, i64>(0) as u64;
         let ids: Vec<Uuid> = appends
             .iter()
             .flat_map(|(_, events)| events.iter().map(|event| event.id))
             .collect();
-        let stored = prepared(
-            txn,
-            "SELECT position, stream, version, id FROM events WHERE id = ANY($1)",
-        )
-        .await?;
-        let known = txn
-            .query(&stored, &[&ids])
-            .await
-            .map_err(pg)?
+        // Under the lock, so they see every commit before it; independent of each other, they
+        // are sent together (pipelined) and cost one round trip. Polled in order (`biased`),
+        // they also run in this order, so the first error is the first failed statement's, not
+        // a later one's "transaction is aborted".
+        let (known, heads, lifecycles) = tokio::try_join!(
+            biased;
+            async {
+                let sql = "SELECT position, stream, version, id FROM events WHERE id = ANY($1)";
+                cached::query(txn, sql, &[&ids]).await
+            },
+            async {
+                let sql = "SELECT stream, version FROM streams WHERE stream = ANY($1)";
+                cached::query(txn, sql, &[&streams]).await
+            },
+            lifecycle::load(txn, streams),
+        )?;
+        let known = known
             .iter()
             .map(|row| {
                 let stored = (
@@ -1073,12 +1090,7 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|stream| ((*stream).to_owned(), None))
             .collect();
-        let heads = prepared(
-            txn,
-            "SELECT stream, version FROM streams WHERE stream = ANY($1)",
-        )
-        .await?;
-        for row in txn.query(&heads, &[&streams]).await.map_err(pg)? {
+        for row in heads {
             versions.insert(row.get(0), Some(row.get::<_, i64>(1) as u64));
         }
         Ok(Self {
@@ -1086,7 +1098,7 @@ impl<'a> BatchState<'a> {
             next: start + 1,
             known,
             versions,
-            lifecycles: lifecycle::load(&**txn, streams).await?,
+            lifecycles,
             changed: HashMap::new(),
             rows: Vec::new(),
         })
@@ -1183,11 +1195,7 @@ impl<'a> BatchState<'a> {
     }
 
     /// Inserts the accepted events and moves their streams' versions.
-    async fn write(
-        self,
-        txn: &deadpool_postgres::Transaction<'_>,
-        recorded_at: u64,
-    ) -> Result<(), JournalError> {
+    async fn write(self, txn: &Transaction<'_>, recorded_at: u64) -> Result<(), JournalError> {
         let positions: Vec<i64> = self.rows.iter().map(|row| row.0 as i64).collect();
         let streams: Vec<&str> = self.rows.iter().map(|row| row.1).collect();
         let versions: Vec<i64> = self.rows.iter().map(|row| row.2 as i64).collect();
@@ -1213,7 +1221,14 @@ impl<'a> BatchState<'a> {
             .iter()
             .map(|row| row.4.unwrap_or(recorded_at) as i64)
             .collect();
-        let insert = prepared(
+        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
+            .versions
+            .iter()
+            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
+            .unzip();
+        // Pipelined, as the other writes of the batch.
+        let insert = async {
+            cached::execute(
             txn,
             "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
              metadata, recorded_at) \
@@ -1221,10 +1236,6 @@ impl<'a> BatchState<'a> {
              FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
                          $6::SMALLINT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[]) \
                   AS e(p, s, v, i, t, c, d, m, r)",
-        )
-        .await?;
-        txn.execute(
-            &insert,
             &[
                 &positions,
                 &streams,
@@ -1236,24 +1247,19 @@ impl<'a> BatchState<'a> {
                 &metadata,
                 &times,
             ],
-        )
-        .await
-        .map_err(pg)?;
-        let (heads, head_versions): (Vec<&str>, Vec<i64>) = self
-            .versions
-            .iter()
-            .filter_map(|(stream, version)| Some((stream.as_str(), (*version)? as i64)))
-            .unzip();
-        let move_heads = prepared(
-            txn,
-            "INSERT INTO streams (stream, version) \
+        ).await
+        };
+        let move_heads = async {
+            cached::execute(
+                txn,
+                "INSERT INTO streams (stream, version) \
              SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
              ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-        )
-        .await?;
-        txn.execute(&move_heads, &[&heads, &head_versions])
+                &[&heads, &head_versions],
+            )
             .await
-            .map_err(pg)?;
+        };
+        tokio::try_join!(biased; insert, move_heads)?;
         Ok(())
     }
 }
@@ -1266,21 +1272,21 @@ async fn put_snapshot(
     state: &[u8],
     keep: usize,
 ) -> Result<(), JournalError> {
-    txn.execute(
+    cached::execute(
+        txn,
         "INSERT INTO snapshots (plugin, stream, version, state) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (plugin, stream, version) DO UPDATE SET state = $4",
         &[&plugin, &stream, &to_i64(version), &state],
     )
-    .await
-    .map_err(pg)?;
-    txn.execute(
+    .await?;
+    cached::execute(
+        txn,
         "DELETE FROM snapshots WHERE plugin = $1 AND stream = $2 AND version NOT IN \
          (SELECT version FROM snapshots WHERE plugin = $1 AND stream = $2 \
           ORDER BY version DESC LIMIT $3)",
         &[&plugin, &stream, &(keep as i64)],
     )
-    .await
-    .map_err(pg)?;
+    .await?;
     Ok(())
 }
 
@@ -1290,7 +1296,8 @@ async fn park(
     events: &[ParkedEvent],
 ) -> Result<(), JournalError> {
     for event in events {
-        txn.execute(
+        cached::execute(
+            txn,
             "INSERT INTO parked (plugin, position, stream, event_type, reason, attempts, parked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (plugin, position) DO UPDATE SET \
              reason = $5, attempts = $6, parked_at = $7",
@@ -1304,8 +1311,7 @@ async fn park(
                 &to_i64(event.parked_at),
             ],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     }
     Ok(())
 }
@@ -1319,12 +1325,12 @@ async fn unpark(
         return Ok(());
     }
     let positions: Vec<i64> = positions.iter().map(|&p| to_i64(p)).collect();
-    txn.execute(
+    cached::execute(
+        txn,
         "DELETE FROM parked WHERE plugin = $1 AND position = ANY($2)",
         &[&plugin, &positions],
     )
-    .await
-    .map_err(pg)?;
+    .await?;
     Ok(())
 }
 
@@ -1332,9 +1338,12 @@ async fn delete_plugin_data(txn: &Transaction<'_>, plugin: &str) -> Result<(), J
     // The plugin's own key, and its keys through upcaster chains (`{plugin}+{chain}`).
     let owned = "plugin = $1 OR starts_with(plugin, $1 || '+')";
     for table in ["checkpoints", "parked", "snapshots"] {
-        txn.execute(&format!("DELETE FROM {table} WHERE {owned}"), &[&plugin])
-            .await
-            .map_err(pg)?;
+        cached::execute(
+            txn,
+            &format!("DELETE FROM {table} WHERE {owned}"),
+            &[&plugin],
+        )
+        .await?;
     }
     Ok(())
 }
