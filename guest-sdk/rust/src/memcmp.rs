@@ -44,31 +44,58 @@ fn order(x: u64, y: u64) -> Ordering {
 }
 
 /// Calls `differ` on the words covering `a` and `b` (of equal length), in
-/// memory order, until it answers `Some`: the whole words from the start,
-/// then the last eight bytes (overlapping bytes found equal already, which
-/// cannot change the answer). Strings of 4 to 7 bytes are covered by two
-/// overlapping 4-byte words, shorter ones a byte at a time.
+/// memory order, until it answers `Some`. Up to 16 bytes this is straight-line
+/// code: two words overlapping where the string is shorter than both (bytes
+/// found equal already cannot change the answer), and for fewer than 4 bytes
+/// one number made of the first, middle and last byte. Keys such as
+/// `bank-account-123` take this path, and a call without a loop is a short
+/// one in wasm: fewer registers to save, no epoch check at a loop header.
+/// Longer strings go to [`first_long_difference`].
 #[inline(always)]
 fn first_difference<T>(a: &[u8], b: &[u8], differ: impl Fn(u64, u64) -> Option<T>) -> Option<T> {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
-    if len >= 8 {
-        let mut at = 0;
-        while at + 8 <= len {
-            if let Some(answer) = differ(word(a, at), word(b, at)) {
-                return Some(answer);
-            }
-            at += 8;
+    match len {
+        0 => None,
+        1..4 => {
+            // The first, middle and last byte (all of them, some twice) as a little-endian
+            // number, in memory order.
+            let bytes = |s: &[u8]| {
+                u64::from(s[0]) | u64::from(s[len / 2]) << 8 | u64::from(s[len - 1]) << 16
+            };
+            differ(bytes(a), bytes(b))
         }
-        if at < len {
-            return differ(word(a, len - 8), word(b, len - 8));
+        4..8 => {
+            differ(half(a, 0), half(b, 0)).or_else(|| differ(half(a, len - 4), half(b, len - 4)))
         }
-        None
-    } else if len >= 4 {
-        differ(half(a, 0), half(b, 0)).or_else(|| differ(half(a, len - 4), half(b, len - 4)))
-    } else {
-        (0..len).find_map(|at| differ(u64::from(a[at]), u64::from(b[at])))
+        8..=16 => {
+            differ(word(a, 0), word(b, 0)).or_else(|| differ(word(a, len - 8), word(b, len - 8)))
+        }
+        _ => first_long_difference(a, b, differ),
     }
+}
+
+/// [`first_difference`] for strings longer than 16 bytes: whole words from the
+/// start, then the last eight bytes. Not inlined, so the loop's registers and
+/// epoch checks stay out of the short path.
+#[inline(never)]
+fn first_long_difference<T>(
+    a: &[u8],
+    b: &[u8],
+    differ: impl Fn(u64, u64) -> Option<T>,
+) -> Option<T> {
+    let len = a.len();
+    let mut at = 0;
+    while at + 8 <= len {
+        if let Some(answer) = differ(word(a, at), word(b, at)) {
+            return Some(answer);
+        }
+        at += 8;
+    }
+    if at < len {
+        return differ(word(a, len - 8), word(b, len - 8));
+    }
+    None
 }
 
 /// Compares two byte strings of equal length as unsigned bytes, the first
@@ -132,10 +159,11 @@ mod tests {
     use super::{compare, equal};
 
     /// Agree with the standard library's comparisons on every length from 0 to
-    /// 20 with the difference at every position, either way round.
+    /// 40 (the short paths and the loop) with the difference at every position,
+    /// either way round.
     #[test]
     fn order_and_equality_as_bytes_do() {
-        for len in 0..=20 {
+        for len in 0..=40 {
             let base: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37)).collect();
             assert_eq!(compare(&base, &base), base.cmp(&base));
             assert!(equal(&base, &base));
