@@ -196,6 +196,13 @@ impl<'a> RawEvent<'a> {
         (span.offset, span.len)
     }
 
+    /// The event type's span as `(offset, len)`; like [`stream_span`](Self::stream_span).
+    #[inline]
+    pub(crate) fn type_span(self) -> (u32, u32) {
+        let span = self.header.span(Field::EventType);
+        (span.offset, span.len)
+    }
+
     /// The event's stream name.
     #[inline]
     pub(crate) fn stream(self) -> Result<&'a str, String> {
@@ -203,8 +210,9 @@ impl<'a> RawEvent<'a> {
     }
 
     /// Decodes the payload into the plugin's event enum; `event_type` is
-    /// [`event_type`](Self::event_type)'s answer.
-    #[inline]
+    /// [`event_type`](Self::event_type)'s answer. Inlined into the fold's loop: a call
+    /// per event costs wasm a prologue and an epoch check.
+    #[inline(always)]
     pub(crate) fn decode<E: DeserializeOwned>(self, event_type: &str) -> Result<E, String> {
         let content_type = self.header.content_type()?;
         let data = self.bytes(Field::Data)?;
@@ -243,4 +251,35 @@ pub(crate) fn packed_events(
         header: Header::Packed(record),
         buffer: &batch.buffer,
     }))
+}
+
+/// What was made of the span of the event before: the host stores a run of one
+/// stream's or type's name once, so a run's events share a span, which is then
+/// resolved (checked, compared) once per run instead of once per event.
+pub(crate) struct LastSpan<T> {
+    last: Option<((u32, u32), T)>,
+}
+
+impl<T: Copy> LastSpan<T> {
+    pub(crate) fn new() -> Self {
+        Self { last: None }
+    }
+
+    /// `resolve()`'s answer for `span`, remembered from the event before when it had the
+    /// same span.
+    #[inline]
+    pub(crate) fn get(
+        &mut self,
+        span: (u32, u32),
+        resolve: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        match self.last {
+            Some((last, value)) if last == span => Ok(value),
+            _ => {
+                let value = resolve()?;
+                self.last = Some((span, value));
+                Ok(value)
+            }
+        }
+    }
 }

@@ -17,8 +17,6 @@
 //! Neither compares arrays or slices with `==` or `cmp`, which would call
 //! `bcmp` or `memcmp` again.
 
-use core::cmp::Ordering;
-
 /// The eight bytes at `at` as a little-endian number.
 #[inline(always)]
 fn word(bytes: &[u8], at: usize) -> u64 {
@@ -35,55 +33,101 @@ fn half(bytes: &[u8], at: usize) -> u64 {
     u64::from(u32::from_le_bytes(half))
 }
 
-/// How little-endian words `x` and `y` order as bytes in memory: by their
-/// lowest differing byte, the first in memory.
+/// How little-endian words `x` and `y` order as bytes in memory, as `memcmp`
+/// answers (only the sign counts): the difference of their lowest differing
+/// byte, the first in memory.
 #[inline(always)]
-fn order(x: u64, y: u64) -> Ordering {
+fn difference(x: u64, y: u64) -> i32 {
     let shift = (x ^ y).trailing_zeros() & !7;
-    ((x >> shift) as u8).cmp(&((y >> shift) as u8))
+    i32::from((x >> shift) as u8) - i32::from((y >> shift) as u8)
 }
 
-/// Calls `differ` on the words covering `a` and `b` (of equal length), in
-/// memory order, until it answers `Some`: the whole words from the start,
-/// then the last eight bytes (overlapping bytes found equal already, which
-/// cannot change the answer). Strings of 4 to 7 bytes are covered by two
-/// overlapping 4-byte words, shorter ones a byte at a time.
+/// Strings longer than this are compared in a loop, in a function of its own.
+const SHORT: usize = 16;
+
+/// Calls `differ` on the words covering `a` and `b` (of equal length, at most
+/// [`SHORT`]), in memory order, until it answers `Some`: straight-line code,
+/// two words overlapping where the string is shorter than both (bytes found
+/// equal already cannot change the answer), and for fewer than 4 bytes one
+/// number made of the first, middle and last byte. Keys such as
+/// `bank-account-123` take this path, and a call without a loop is a short
+/// one in wasm: no epoch check at a loop header, fewer registers to save.
 #[inline(always)]
 fn first_difference<T>(a: &[u8], b: &[u8], differ: impl Fn(u64, u64) -> Option<T>) -> Option<T> {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
-    if len >= 8 {
-        let mut at = 0;
-        while at + 8 <= len {
-            if let Some(answer) = differ(word(a, at), word(b, at)) {
-                return Some(answer);
-            }
-            at += 8;
+    match len {
+        0 => None,
+        1..4 => {
+            // The first, middle and last byte (all of them, some twice) as a little-endian
+            // number, in memory order.
+            let bytes = |s: &[u8]| {
+                u64::from(s[0]) | u64::from(s[len / 2]) << 8 | u64::from(s[len - 1]) << 16
+            };
+            differ(bytes(a), bytes(b))
         }
-        if at < len {
-            return differ(word(a, len - 8), word(b, len - 8));
+        4..8 => {
+            differ(half(a, 0), half(b, 0)).or_else(|| differ(half(a, len - 4), half(b, len - 4)))
         }
-        None
-    } else if len >= 4 {
-        differ(half(a, 0), half(b, 0)).or_else(|| differ(half(a, len - 4), half(b, len - 4)))
-    } else {
-        (0..len).find_map(|at| differ(u64::from(a[at]), u64::from(b[at])))
+        _ => differ(word(a, 0), word(b, 0)).or_else(|| differ(word(a, len - 8), word(b, len - 8))),
     }
 }
 
-/// Compares two byte strings of equal length as unsigned bytes, the first
-/// difference deciding, as `memcmp` does.
+/// [`first_difference`] for strings of 8 bytes or more: whole words from the start,
+/// then the last eight bytes.
 #[inline(always)]
-fn compare(a: &[u8], b: &[u8]) -> Ordering {
+fn first_long_difference<T>(
+    a: &[u8],
+    b: &[u8],
+    differ: impl Fn(u64, u64) -> Option<T>,
+) -> Option<T> {
+    let len = a.len();
+    let mut at = 0;
+    while at + 8 <= len {
+        if let Some(answer) = differ(word(a, at), word(b, at)) {
+            return Some(answer);
+        }
+        at += 8;
+    }
+    if at < len {
+        return differ(word(a, len - 8), word(b, len - 8));
+    }
+    None
+}
+
+/// Compares two byte strings of equal length as unsigned bytes, the first
+/// difference deciding: negative, zero or positive, as `memcmp` answers.
+#[inline(always)]
+fn compare(a: &[u8], b: &[u8]) -> i32 {
     debug_assert_eq!(a.len(), b.len());
-    first_difference(a, b, |x, y| (x != y).then(|| order(x, y))).unwrap_or(Ordering::Equal)
+    if a.len() > SHORT {
+        return compare_long(a, b);
+    }
+    first_difference(a, b, |x, y| (x != y).then(|| difference(x, y))).unwrap_or(0)
+}
+
+/// [`compare`] for strings longer than [`SHORT`], kept out of line: a loop in
+/// the short path's function would cost every call its registers and checks.
+#[inline(never)]
+fn compare_long(a: &[u8], b: &[u8]) -> i32 {
+    first_long_difference(a, b, |x, y| (x != y).then(|| difference(x, y))).unwrap_or(0)
 }
 
 /// Whether two byte strings of equal length hold the same bytes.
 #[inline(always)]
 fn equal(a: &[u8], b: &[u8]) -> bool {
     debug_assert_eq!(a.len(), b.len());
+    if a.len() > SHORT {
+        return equal_long(a, b);
+    }
     first_difference(a, b, |x, y| (x != y).then_some(())).is_none()
+}
+
+/// [`equal`] for strings longer than [`SHORT`], kept out of line as
+/// [`compare_long`] is.
+#[inline(never)]
+fn equal_long(a: &[u8], b: &[u8]) -> bool {
+    first_long_difference(a, b, |x, y| (x != y).then_some(())).is_none()
 }
 
 /// `memcmp(a, b, len)`: negative, zero or positive as `a` orders before, with
@@ -104,7 +148,7 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, len: usize) -> i32 {
             core::slice::from_raw_parts(b, len),
         )
     };
-    compare(a, b) as i32
+    compare(a, b)
 }
 
 /// `bcmp(a, b, len)`: zero when the bytes are equal (what `==` compiles to).
@@ -132,20 +176,21 @@ mod tests {
     use super::{compare, equal};
 
     /// Agree with the standard library's comparisons on every length from 0 to
-    /// 20 with the difference at every position, either way round.
+    /// 40 (the short paths and the loop) with the difference at every position,
+    /// either way round.
     #[test]
     fn order_and_equality_as_bytes_do() {
-        for len in 0..=20 {
+        for len in 0..=40 {
             let base: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37)).collect();
-            assert_eq!(compare(&base, &base), base.cmp(&base));
+            assert_eq!(compare(&base, &base), 0);
             assert!(equal(&base, &base));
             for at in 0..len {
                 for delta in [1u8, 0x80, 0xff] {
                     let mut other = base.clone();
                     other[at] = other[at].wrapping_add(delta);
                     let case = format!("{len} {at} {delta}");
-                    assert_eq!(compare(&base, &other), base.cmp(&other), "{case}");
-                    assert_eq!(compare(&other, &base), other.cmp(&base), "{case}");
+                    assert_eq!(compare(&base, &other).cmp(&0), base.cmp(&other), "{case}");
+                    assert_eq!(compare(&other, &base).cmp(&0), other.cmp(&base), "{case}");
                     assert!(!equal(&base, &other), "{case}");
                     assert!(!equal(&other, &base), "{case}");
                 }
@@ -156,8 +201,8 @@ mod tests {
                         other[at] = other[at].wrapping_add(first);
                         other[at + 1] = other[at + 1].wrapping_add(next);
                         let case = format!("{len} {at} {first} then {next}");
-                        assert_eq!(compare(&base, &other), base.cmp(&other), "{case}");
-                        assert_eq!(compare(&other, &base), other.cmp(&base), "{case}");
+                        assert_eq!(compare(&base, &other).cmp(&0), base.cmp(&other), "{case}");
+                        assert_eq!(compare(&other, &base).cmp(&0), other.cmp(&base), "{case}");
                     }
                 }
             }

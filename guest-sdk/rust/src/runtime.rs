@@ -7,7 +7,7 @@
 //! applied, so a failed `apply` leaves the state as it was.
 
 use crate::aggregate::Aggregate;
-use crate::batch::{self, RawEvent};
+use crate::batch::{self, LastSpan, RawEvent};
 use crate::bindings::aggregate::exports::foldhost::plugin::aggregate as wit_aggregate;
 use crate::bindings::aggregate::exports::foldhost::plugin::packed_aggregate as wit_packed_aggregate;
 use crate::bindings::projection::exports::foldhost::plugin::packed_projection as wit_packed_projection;
@@ -129,8 +129,10 @@ fn fold_aggregate<'a, S: AggregateSlot>(
     events: impl ExactSizeIterator<Item = RawEvent<'a>>,
 ) -> Result<(), String> {
     let mut decoded = Vec::with_capacity(events.len());
+    let mut event_type = LastSpan::new();
     for raw in events {
-        decoded.push(raw.decode(raw.event_type()?)?);
+        let event_type = event_type.get(raw.type_span(), || raw.event_type())?;
+        decoded.push(raw.decode(event_type)?);
     }
     S::with(|state| decoded.into_iter().for_each(|event| state.apply(event)));
     Ok(())
@@ -150,22 +152,18 @@ fn fold_projection<'a, S: ProjectionSlot>(
 ) -> Result<(), String> {
     let subscription = S::Projection::subscription();
     let mut decoded = Vec::with_capacity(events.len());
-    // The stream of the event before, by span, and whether it is in a subscribed category:
-    // a run of one stream's events shares one span, so its name is checked once.
-    let mut last_stream = None;
+    // Each name with whether the subscription wants it, once per run of events sharing it.
+    let (mut stream, mut event_type) = (LastSpan::new(), LastSpan::new());
     for raw in events {
-        let span = raw.stream_span();
-        let (stream, in_category) = match last_stream {
-            Some((last_span, stream, in_category)) if last_span == span => (stream, in_category),
-            _ => {
-                let stream = raw.stream()?;
-                let in_category = subscription.matches_category(stream);
-                last_stream = Some((span, stream, in_category));
-                (stream, in_category)
-            }
-        };
-        let event_type = raw.event_type()?;
-        if in_category && subscription.matches_type(event_type) {
+        let (stream, in_category) = stream.get(raw.stream_span(), || {
+            let stream = raw.stream()?;
+            Ok((stream, subscription.matches_category(stream)))
+        })?;
+        let (event_type, of_type) = event_type.get(raw.type_span(), || {
+            let event_type = raw.event_type()?;
+            Ok((event_type, subscription.matches_type(event_type)))
+        })?;
+        if in_category && of_type {
             decoded.push((raw.decode(event_type)?, raw.meta_in(stream)));
         }
     }

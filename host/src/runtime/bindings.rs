@@ -158,54 +158,42 @@ pub const PACKED_HEADER_LEN: usize = 60;
 /// header record per event, strings and payloads in the shared buffer. Both
 /// lists are allocated once, at their final size (the buffer at most).
 ///
-/// An event of the same stream as the one before shares its stream span, so
-/// an aggregate's batch carries its stream name once; empty spans copy nothing.
+/// An event of the same stream or type as the one before shares its span, so
+/// an aggregate's batch carries its stream name once and a run of one type
+/// its name once; empty spans copy nothing.
 pub fn encode_packed_batch<'a, I>(events: I) -> types::PackedBatch
 where
     I: IntoIterator<Item = &'a RecordedEvent>,
     I::IntoIter: Clone + ExactSizeIterator,
 {
     let events = events.into_iter();
-    let spans = |event: &'a RecordedEvent| {
-        let metadata = event.metadata.as_deref().unwrap_or_default();
-        [
-            event.stream.as_bytes(),
-            event.event_type.as_bytes(),
-            &event.data[..],
-            metadata.as_bytes(),
-        ]
-    };
-    let buffer_len = events.clone().flat_map(spans).map(<[u8]>::len).sum();
+    let buffer_len = events
+        .clone()
+        .map(|event| {
+            event.stream.len()
+                + event.event_type.len()
+                + event.data.len()
+                + event.metadata.as_ref().map_or(0, |metadata| metadata.len())
+        })
+        .sum();
     let mut headers = Vec::with_capacity(events.len() * PACKED_HEADER_LEN);
     let mut buffer = Vec::with_capacity(buffer_len);
-    let mut put = |bytes: &[u8]| {
-        let offset = buffer.len() as u32;
-        if !bytes.is_empty() {
-            buffer.extend_from_slice(bytes);
-        }
-        offset
-    };
-    let mut previous_stream: Option<(&[u8], u32)> = None;
+    let (mut stream, mut event_type) = (Run::default(), Run::default());
     for event in events {
         let mut record = [0; PACKED_HEADER_LEN];
         record[0..8].copy_from_slice(&event.position.to_le_bytes());
         record[8..16].copy_from_slice(&event.version.to_le_bytes());
         record[16..24].copy_from_slice(&event.recorded_at.to_le_bytes());
-        let [stream, event_type, data, metadata] = spans(event);
-        let stream_offset = match previous_stream {
-            Some((previous, offset)) if previous == stream => offset,
-            _ => put(stream),
-        };
-        previous_stream = Some((stream, stream_offset));
-        let placed = [
-            (stream_offset, stream),
-            (put(event_type), event_type),
-            (put(data), data),
-            (put(metadata), metadata),
+        let metadata = event.metadata.as_deref().unwrap_or_default().as_bytes();
+        let spans = [
+            stream.place(event.stream.as_bytes(), &mut buffer),
+            event_type.place(event.event_type.as_bytes(), &mut buffer),
+            put(&event.data, &mut buffer),
+            put(metadata, &mut buffer),
         ];
-        for ((offset, bytes), at) in placed.into_iter().zip((24..56).step_by(8)) {
-            record[at..at + 4].copy_from_slice(&offset.to_le_bytes());
-            record[at + 4..at + 8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        for (span, at) in spans.into_iter().zip([24, 32, 40, 48]) {
+            record[at..at + 4].copy_from_slice(&span.offset.to_le_bytes());
+            record[at + 4..at + 8].copy_from_slice(&span.len.to_le_bytes());
         }
         let content_type: u32 = match event.content_type {
             ContentType::Json => 0,
@@ -215,6 +203,47 @@ where
         headers.extend_from_slice(&record);
     }
     types::PackedBatch { headers, buffer }
+}
+
+/// Appends `bytes` to `buffer` (copying nothing when empty) and returns their span.
+#[inline]
+fn put(bytes: &[u8], buffer: &mut Vec<u8>) -> types::Span {
+    let offset = buffer.len() as u32;
+    if !bytes.is_empty() {
+        buffer.extend_from_slice(bytes);
+    }
+    types::Span {
+        offset,
+        len: bytes.len() as u32,
+    }
+}
+
+/// The name last placed in a packed batch's buffer: the next event naming the same is given
+/// its span instead of another copy.
+#[derive(Default)]
+struct Run<'a> {
+    name: &'a [u8],
+    span: Option<types::Span>,
+}
+
+impl<'a> Run<'a> {
+    /// The span of `name` in `buffer`, placing it there unless it was the last one placed.
+    /// A page read from the journal shares one copy of a run's name, so comparing where the
+    /// names are answers most events without reading them.
+    #[inline]
+    fn place(&mut self, name: &'a [u8], buffer: &mut Vec<u8>) -> types::Span {
+        match self.span {
+            Some(span) if std::ptr::eq(name, self.name) || name == self.name => span,
+            _ => {
+                let span = put(name, buffer);
+                *self = Run {
+                    name,
+                    span: Some(span),
+                };
+                span
+            }
+        }
+    }
 }
 
 /// Packs events into the contract's batch shape: flat scalar records whose
@@ -279,13 +308,21 @@ mod tests {
     }
 
     #[test]
-    fn packed_spans_resolve_and_a_repeated_stream_is_stored_once() {
-        let events = [
+    fn packed_spans_resolve_and_a_repeated_stream_or_type_is_stored_once() {
+        let mut events = vec![
             event(1, "account-a", "Opened"),
             event(2, "account-a", "Deposited"),
-            event(3, "account-b", "Opened"),
+            event(3, "account-b", "Deposited"),
             event(4, "account-a", "Closed"),
+            event(5, "account-a", "Deposited"),
         ];
+        // As a journal page holds a run's names: one copy, shared. A name starting where the
+        // one before starts is still a different name.
+        let shared = events[1].event_type.clone();
+        events[2].event_type = shared.clone();
+        events[4].event_type = shared.clone();
+        events.push(event(6, "account-a", ""));
+        events[5].event_type = shared.slice_ref(&shared[..7]);
         let batch = encode_packed_batch(&events);
         for (index, event) in events.iter().enumerate() {
             assert_eq!(field(&batch, index, 0), &*event.stream);
@@ -296,5 +333,7 @@ mod tests {
         let buffer = std::str::from_utf8(&batch.buffer).unwrap();
         assert_eq!(buffer.matches("account-a").count(), 2);
         assert_eq!(buffer.matches("account-b").count(), 1);
+        assert_eq!(buffer.matches("Deposit").count(), 3);
+        assert_eq!(buffer.matches("Deposited").count(), 2);
     }
 }

@@ -18,6 +18,7 @@ use super::error::RuntimeError;
 use super::footprint::Footprint;
 use super::limits::Limits;
 use super::sandbox::{LogBudget, guarded, new_store};
+use crate::journal::RecordedEvent;
 
 /// The contract version this host implements; guests built against any 0.1.y load.
 pub const CONTRACT_VERSION: &str = contract::VERSION;
@@ -60,12 +61,31 @@ impl Subscription {
 
     /// Whether an event of `event_type` in `stream` belongs to this subscription.
     pub fn wants(&self, stream: &str, event_type: &str) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
-            && (self.categories.is_empty()
-                || self
-                    .categories
-                    .iter()
-                    .any(|c| crate::journal::in_category(stream, c)))
+        self.wants_type(event_type) && self.wants_stream(stream)
+    }
+
+    /// Whether events of `event_type` may belong to this subscription, whatever their stream.
+    fn wants_type(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type)
+    }
+
+    /// [`wants`](Self::wants) as a filter of events in log order. It remembers the stream of
+    /// the event before, so a run of one stream's events sharing one copy of its name (as a
+    /// page read from the journal does) is checked against the categories once.
+    pub fn wants_each<'e>(&self) -> impl FnMut(&&'e RecordedEvent) -> bool {
+        let mut last: Option<(&'e str, bool)> = None;
+        move |event| {
+            let stream: &'e str = &event.stream;
+            let in_category = match last {
+                Some((name, wanted)) if std::ptr::eq(name, stream) => wanted,
+                _ => {
+                    let wanted = self.wants_stream(stream);
+                    last = Some((stream, wanted));
+                    wanted
+                }
+            };
+            in_category && self.wants_type(&event.event_type)
+        }
     }
 }
 
@@ -451,5 +471,56 @@ fn validate_name(name: &str) -> Result<(), String> {
         Err(format!(
             "plugin name {name:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ByteString, ContentType};
+
+    fn event(position: u64, stream: ByteString, event_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            stream,
+            version: position,
+            id: uuid::Uuid::nil(),
+            event_type: event_type.into(),
+            content_type: ContentType::Json,
+            data: Default::default(),
+            metadata: None,
+            recorded_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_run_of_one_stream_is_judged_once_and_every_event_by_its_own_name_and_type() {
+        let subscription = Subscription {
+            event_types: vec!["Deposited".into()],
+            categories: vec!["bank-account".into()],
+        };
+        // As a journal page holds a run's names: one copy, shared. The fourth stream starts
+        // where the run's name starts, but is a different name, in no category.
+        let run = ByteString::from("bank-account-1");
+        let events = [
+            event(1, run.clone(), "Deposited"),
+            event(2, run.clone(), "Opened"),
+            event(3, run.clone(), "Deposited"),
+            event(4, run.slice_ref(&run[..12]), "Deposited"),
+            event(5, "bank-accounts-2".into(), "Deposited"),
+            event(6, "bank-account-3".into(), "Deposited"),
+        ];
+        let wanted: Vec<u64> = events
+            .iter()
+            .filter(subscription.wants_each())
+            .map(|event| event.position)
+            .collect();
+        assert_eq!(wanted, [1, 3, 6]);
+        for event in &events {
+            assert_eq!(
+                subscription.wants(&event.stream, &event.event_type),
+                wanted.contains(&event.position)
+            );
+        }
     }
 }

@@ -380,3 +380,26 @@ fn events_sharing_a_stream_span_are_each_judged_by_their_own_stream() {
     <StreamsSlot as wit_packed_projection::Guest>::apply(packed(events())).unwrap();
     assert_eq!(StreamsSlot::state(), expected);
 }
+
+#[test]
+fn events_sharing_a_type_span_are_each_decoded_as_their_own_type() {
+    // As the host packs a run of one type: the name once, its span repeated.
+    let events = || {
+        let mut events = batch(&[
+            ("counter-1", "Added", JSON, br#"{"by":1}"#),
+            ("counter-1", "Added", JSON, br#"{"by":2}"#),
+            ("counter-1", "Removed", JSON, br#"{"by":4}"#),
+        ]);
+        events.events[1].event_type = events.events[0].event_type;
+        events
+    };
+    CounterSlot::init(None).unwrap();
+    let err = CounterSlot::apply(events()).unwrap_err();
+    assert!(err.contains("position 3 of type `Removed`"), "{err}");
+    let err = <CounterSlot as wit_packed_aggregate::Guest>::apply(packed(events())).unwrap_err();
+    assert!(err.contains("position 3 of type `Removed`"), "{err}");
+    let mut events = events();
+    events.events.pop();
+    <CounterSlot as wit_packed_aggregate::Guest>::apply(packed(events)).unwrap();
+    assert_eq!(CounterSlot::state(), r#"{"total":3}"#);
+}

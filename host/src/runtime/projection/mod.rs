@@ -150,10 +150,7 @@ impl ProjectionInstance {
             &upcast[..]
         };
         let subscription = &self.plugin.subscription;
-        let wanted: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| subscription.wants(&e.stream, &e.event_type))
-            .collect();
+        let wanted: Vec<&RecordedEvent> = events.iter().filter(subscription.wants_each()).collect();
         if let (Some(first), Some(end)) = (wanted.first(), wanted.last()) {
             let (from, to) = (first.position, end.position);
             let context = || format!("applying events at positions {from}..={to}");

@@ -71,10 +71,11 @@ impl Shared {
         let parked = self.parked.lock().expect("parked lock");
         let subscription = &self.plugin.subscription;
         let upcast = !self.upcasters.is_empty();
+        let mut wants = subscription.wants_each();
         page.iter()
             .filter(|e| match upcast {
                 true => subscription.wants_stream(&e.stream),
-                false => subscription.wants(&e.stream, &e.event_type),
+                false => wants(e),
             })
             .filter(|e| !parked.contains_key(&e.position))
             .cloned()
