@@ -308,8 +308,9 @@ pub struct ServerConfig {
     /// [`JournalConfig::cache_bytes`]).
     pub journal_cache_bytes: usize,
     /// The `foldhost` binary that compiles plugins in a child process, so that the server
-    /// keeps none of the compiler's memory (see [`PluginEngine::compile_in_child`]); none: in
-    /// this process.
+    /// keeps none of the compiler's memory (see
+    /// [`PluginEngine::compile_in_child`](crate::runtime::PluginEngine::compile_in_child));
+    /// none: in this process.
     pub compiler: Option<PathBuf>,
     /// How long a live aggregate state may go unused before it is dropped (see
     /// [`AggregateConfig::passivate_after`]).

@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 description of the API, generated from the handlers'
 //! own `#[utoipa::path]` annotations and types when the router is built (see
-//! [`super::api`]), so the document and the routes cannot drift apart.
+//! `server::api`), so the document and the routes cannot drift apart.
 
 use std::sync::LazyLock;
 

@@ -11,8 +11,8 @@
 //! visible strictly in commit order.
 //!
 //! The cost: appends are serialised across the whole cluster (every host), one transaction at a
-//! time, each holding the lock for two round trips (its reads, then its writes, each sent
-//! together) plus its commit. To amortise that, each host runs one writer task that drains
+//! time, each holding the lock for four round trips: the lock itself, its reads, its writes
+//! (each group sent together) and its commit. To amortise that, each host runs one writer task that drains
 //! whatever appends are queued into a single transaction (group commit, as the redb backend
 //! does): under load one lock and one commit serve many appends.
 //!
@@ -1061,8 +1061,9 @@ impl<'a> BatchState<'a> {
             .collect();
         // Under the lock, so they see every commit before it; independent of each other, they
         // are sent together (pipelined) and cost one round trip. Polled in order (`biased`),
-        // they also run in this order, so the first error is the first failed statement's, not
-        // a later one's "transaction is aborted".
+        // they are sent in this order once their statements are prepared (on a connection's
+        // first batch a statement still being prepared goes after the others), so the first
+        // error is the first failed statement's, not a later one's "transaction is aborted".
         let (known, heads, lifecycles) = tokio::try_join!(
             biased;
             async {

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,7 +77,7 @@ pub(super) struct Claim<'w> {
 
 impl Claim<'_> {
     /// Applies `batch` in order in one transaction, commits it and answers every request
-    /// (see [`Writer::commit`]).
+    /// (see [`Writer::commit_claimed`]).
     pub(super) fn commit(mut self, batch: Vec<Request>) {
         *self.last_alone = match batch.as_slice() {
             [alone] => alone.task,
@@ -111,24 +111,46 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-            self.commit(batch);
+            self.commit_taken(batch);
         }
+    }
+
+    /// Commits a batch taken off the queue. It leaves the count of queued requests only once
+    /// claimed, so no caller commits in place while it waits for the commit running (if any):
+    /// that would overtake it.
+    fn commit_taken(&self, batch: Vec<Request>) {
+        let claim = self.claim();
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        claim.commit(batch);
     }
 
     /// The right to commit, once the commit running (if any) is done.
     fn claim(&self) -> Claim<'_> {
-        // A panic half way through a commit leaves nothing half-changed that the next commit
-        // relies on: redb drops the transaction, and the memtable and head change only after
-        // a commit succeeded.
         let last_alone = self
             .committing
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| self.fault_after_panic(poisoned));
         Claim {
             writer: self,
             last_alone,
         }
+    }
+
+    /// A commit panicked half way: whether its changes reached the file, the memtable and the
+    /// head is unknown, so writes stop as after a storage error (see [`commit_claimed`](Self::commit_claimed)).
+    fn fault_after_panic<'w>(
+        &self,
+        poisoned: PoisonError<MutexGuard<'w, Option<task::Id>>>,
+    ) -> MutexGuard<'w, Option<task::Id>> {
+        self.shared.fault.send_if_modified(|fault| {
+            let first = fault.is_none();
+            if first {
+                tracing::error!("a journal commit panicked: stopping writes");
+                *fault = Some("a journal commit panicked".into());
+            }
+            first
+        });
+        poisoned.into_inner()
     }
 
     /// The right to commit if the writer is idle: no request waits in its queue and no commit
@@ -141,10 +163,13 @@ impl Writer {
         }
         let last_alone = match self.committing.try_lock() {
             Ok(held) => held,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::Poisoned(poisoned)) => self.fault_after_panic(poisoned),
             Err(TryLockError::WouldBlock) => return None,
         };
-        if after.is_some_and(|task| *last_alone != Some(task)) {
+        // Again under the claim: a batch the writer thread took meanwhile counts until claimed.
+        if self.queued.load(Ordering::Acquire) != 0
+            || after.is_some_and(|task| *last_alone != Some(task))
+        {
             return None;
         }
         Some(Claim {
@@ -153,19 +178,14 @@ impl Writer {
         })
     }
 
-    /// Applies `batch` in order in one transaction, commits it and answers every request,
-    /// once the commit running (if any) is done.
+    /// Applies `batch` in order in one transaction, commits it and answers every request; for
+    /// the holder of the [`Claim`].
     ///
     /// A storage error is a fault: redb refuses every later write until the file is reopened,
     /// and whether the failed commit reached the disk is unknown. The writer then stops
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    pub(super) fn commit(&self, batch: Vec<Request>) {
-        self.claim().commit(batch);
-    }
-
-    /// [`commit`](Self::commit), for the holder of the [`Claim`].
     fn commit_claimed(&self, batch: Vec<Request>) {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             for request in batch {
@@ -221,8 +241,8 @@ impl Writer {
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         let finished = {
-            // Only this thread (or a scavenge, which holds the write transaction meanwhile)
-            // changes the memtable, so it stays as read here until the commit below.
+            // Only the holder of the claim (or a scavenge, which holds the write transaction
+            // meanwhile) changes the memtable, so it stays as read here until the commit below.
             let memtable = self.db.memtable();
             // After the published head: the last position used, counting any a scavenge
             // removed from the log's end (as `reader::head_position` reads it on open). Only a
@@ -287,6 +307,13 @@ mod tests {
     use crate::journal::redb::request::Outcome;
     use crate::journal::redb::store;
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
+
+    impl Writer {
+        /// Commits `batch` once the commit running (if any) is done.
+        fn commit(&self, batch: Vec<Request>) {
+            self.claim().commit(batch);
+        }
+    }
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
         let path = dir.path().join("journal.redb");
@@ -559,6 +586,60 @@ mod tests {
         );
         assert!(writer.claim_if_idle(None).is_some(), "a thread may");
         assert_eq!(*writer.shared.head.borrow(), 4);
+    }
+
+    /// A batch the writer thread took off its queue counts as queued until it is claimed, so
+    /// a caller finding the writer idle cannot commit ahead of it.
+    #[test]
+    fn a_taken_batch_counts_as_queued_until_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let running = writer.claim_if_idle(None).expect("idle");
+        let (request, mut outcome) = append(ExpectedVersion::Any, vec![event()]);
+        writer.queued.fetch_add(1, Ordering::AcqRel);
+        std::thread::scope(|scope| {
+            let taken = scope.spawn(|| writer.commit_taken(vec![request]));
+            // Room for the writer thread to reach the claim; the count must hold meanwhile.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(writer.queued.load(Ordering::Acquire), 1);
+            drop(running);
+            taken.join().unwrap();
+        });
+        assert_eq!(outcome.try_recv().unwrap().unwrap(), result(1, 1));
+        assert_eq!(writer.queued.load(Ordering::Acquire), 0);
+    }
+
+    /// A panic while holding the claim leaves it unknown what reached the file, the memtable
+    /// and the head: every later write is refused as after a storage error, in place or not.
+    #[test]
+    fn a_commit_that_panicked_stops_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        std::thread::scope(|scope| {
+            let panicked = scope.spawn(|| {
+                let _claim = writer.claim_if_idle(None).expect("idle");
+                panic!("a bug half way through a commit");
+            });
+            assert!(panicked.join().is_err());
+        });
+
+        let (request, mut outcome) = append(ExpectedVersion::Any, vec![event()]);
+        writer
+            .claim_if_idle(None)
+            .expect("idle")
+            .commit(vec![request]);
+        assert!(matches!(
+            outcome.try_recv().unwrap(),
+            Err(JournalError::Faulted(_))
+        ));
+        let (request, mut outcome) = append(ExpectedVersion::Any, vec![event()]);
+        writer.commit(vec![request]);
+        assert!(matches!(
+            outcome.try_recv().unwrap(),
+            Err(JournalError::Faulted(_))
+        ));
+        assert!(writer.shared.fault.borrow().is_some());
+        assert_eq!(*writer.shared.head.borrow(), 0);
     }
 
     #[test]
