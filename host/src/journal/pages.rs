@@ -75,8 +75,9 @@ impl Pages {
         self.fold_from(first, journal, limit, fold)
     }
 
-    /// [`fold_ahead`](Self::fold_ahead) with the first page already read, within `limit`, by a
-    /// read that fetched something else with it (as [`Journal::stream_window_and_page`] does).
+    /// [`fold_ahead`](Self::fold_ahead) with the first page already read by a read that
+    /// fetched something else with it (as [`Journal::stream_window_and_page`] does): `first`
+    /// must be the page this would read first, from its start, within its end and `limit`.
     pub fn fold_ahead_from<E: From<JournalError>>(
         mut self,
         first: Vec<RecordedEvent>,
