@@ -181,6 +181,7 @@ on_both_backends! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_appends_get_gapless_positions_and_versions;
     #[test] fn append_blocking_works_outside_a_runtime;
+    #[test] fn a_task_appends_back_to_back_on_a_current_thread_runtime;
     #[test] fn appends_survive_closing_and_reopening;
     #[tokio::test] async fn snapshots_keep_the_newest_per_stream;
     #[tokio::test] async fn checkpoints_are_replaced_and_plugin_data_is_deleted_per_plugin;
@@ -789,6 +790,29 @@ fn append_blocking_works_outside_a_runtime(backend: Backend) {
             ..
         })
     ));
+}
+
+/// A task appending back to back may commit in place (redb), which blocks its thread: only on
+/// a multi-threaded runtime, which hands the thread's other tasks on. On a runtime of one
+/// thread its appends go through the writer thread, as they always did.
+fn a_task_appends_back_to_back_on_a_current_thread_runtime(backend: Backend) {
+    let f = Fixture::new(backend);
+    let journal = f.journal.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let appended = runtime
+        .block_on(runtime.spawn(async move {
+            let mut appended = Vec::new();
+            for _ in 0..3 {
+                appended.push(journal.append("s", ExpectedVersion::Any, events(1)).await);
+            }
+            appended
+        }))
+        .expect("the task ran to its end");
+    let appended: Vec<_> = appended.into_iter().map(Result::unwrap).collect();
+    assert_eq!(appended[2], result((3, 3), (3, 3)));
 }
 
 fn appends_survive_closing_and_reopening(backend: Backend) {
