@@ -143,6 +143,7 @@ const RUST_SDK: &[(&str, &str)] = &[
     rust_sdk_file!("state.rs"),
     rust_sdk_file!("text.rs"),
     rust_sdk_file!("upcaster.rs"),
+    rust_sdk_file!("words.rs"),
     rust_sdk_file!("codec/mod.rs"),
     rust_sdk_file!("codec/de.rs"),
     rust_sdk_file!("codec/ser.rs"),

@@ -142,6 +142,7 @@ mod runtime;
 mod state;
 mod text;
 mod upcaster;
+mod words;
 
 pub use aggregate::{Aggregate, Rejection};
 pub use projection::{EventMeta, Projection, Subscription};

@@ -17,21 +17,7 @@
 //! Neither compares arrays or slices with `==` or `cmp`, which would call
 //! `bcmp` or `memcmp` again.
 
-/// The eight bytes at `at` as a little-endian number.
-#[inline(always)]
-fn word(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-/// The four bytes at `at` as a little-endian number.
-#[inline(always)]
-fn half(bytes: &[u8], at: usize) -> u64 {
-    let mut half = [0; 4];
-    half.copy_from_slice(&bytes[at..at + 4]);
-    u64::from(u32::from_le_bytes(half))
-}
+use crate::words::{half, word};
 
 /// How little-endian words `x` and `y` order as bytes in memory, as `memcmp`
 /// answers (only the sign counts): the difference of their lowest differing

@@ -1,5 +1,7 @@
 //! UTF-8 checks that are quick for ASCII.
 
+use crate::words::{half, word};
+
 /// `bytes` as text, or `None` if they are not UTF-8.
 ///
 /// Nearly all names and JSON payloads are ASCII, which [`is_ascii`] checks in a
@@ -21,20 +23,10 @@ pub(crate) fn utf8(bytes: &[u8]) -> Option<&str> {
 #[inline]
 fn is_ascii(bytes: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let word = |at: usize| {
-        let mut word = [0; 8];
-        word.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(word)
-    };
-    let half = |at: usize| {
-        let mut half = [0; 4];
-        half.copy_from_slice(&bytes[at..at + 4]);
-        u64::from(u32::from_le_bytes(half))
-    };
     let len = bytes.len();
     match len {
-        4..8 => (half(0) | half(len - 4)) & HIGH == 0,
-        8..=16 => (word(0) | word(len - 8)) & HIGH == 0,
+        4..8 => (half(bytes, 0) | half(bytes, len - 4)) & HIGH == 0,
+        8..=16 => (word(bytes, 0) | word(bytes, len - 8)) & HIGH == 0,
         _ => bytes.is_ascii(),
     }
 }
