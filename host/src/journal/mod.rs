@@ -220,9 +220,9 @@ impl Journal {
         limit: ReadLimit,
     ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
         match &*self.backend {
-            Backend::Redb(inner) => Ok((
-                redb::reader::stream_window(&inner.db, stream)?,
-                redb::reader::read_stream(&inner.db, stream, from_version, limit)?,
+            Backend::Redb(_) => Ok((
+                self.stream_window(stream)?,
+                self.read_stream_within(stream, from_version, limit)?,
             )),
             Backend::Postgres(pg) => pg.stream_window_and_page(stream, from_version, limit),
         }

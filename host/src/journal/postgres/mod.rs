@@ -1230,32 +1230,33 @@ impl<'a> BatchState<'a> {
         // Pipelined, as the other writes of the batch.
         let insert = async {
             cached::execute(
-            txn,
-            "INSERT INTO events (position, stream, version, id, event_type, content_type, data, \
-             metadata, recorded_at) \
-             SELECT p, s, v, i, t, c, d, m, r \
-             FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
-                         $6::SMALLINT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[]) \
-                  AS e(p, s, v, i, t, c, d, m, r)",
-            &[
-                &positions,
-                &streams,
-                &versions,
-                &ids,
-                &types,
-                &content_types,
-                &data,
-                &metadata,
-                &times,
-            ],
-        ).await
+                txn,
+                "INSERT INTO events (position, stream, version, id, event_type, content_type, \
+                 data, metadata, recorded_at) \
+                 SELECT p, s, v, i, t, c, d, m, r \
+                 FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::UUID[], $5::TEXT[], \
+                             $6::SMALLINT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[]) \
+                      AS e(p, s, v, i, t, c, d, m, r)",
+                &[
+                    &positions,
+                    &streams,
+                    &versions,
+                    &ids,
+                    &types,
+                    &content_types,
+                    &data,
+                    &metadata,
+                    &times,
+                ],
+            )
+            .await
         };
         let move_heads = async {
             cached::execute(
                 txn,
                 "INSERT INTO streams (stream, version) \
-             SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
-             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+                 SELECT s, v FROM unnest($1::TEXT[], $2::BIGINT[]) AS h(s, v) \
+                 ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
                 &[&heads, &head_versions],
             )
             .await
