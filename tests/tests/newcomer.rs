@@ -1,6 +1,7 @@
 //! A newcomer's first plugin (issue 11), with the real binary in an empty folder:
 //! `foldhost plugins new demo --lang L`, `foldhost plugins build`, load it into a running
-//! host, send a command. Nothing of this repository is used but the `foldhost` binary.
+//! host, send a command. Nothing of this repository is used but the `foldhost` binary. The
+//! folder holds a Cargo workspace of its own, as a clone of this repository does.
 
 mod serve;
 
@@ -30,6 +31,11 @@ async fn a_new_js_plugin_builds_loads_and_runs() {
 
 async fn first_plugin(lang: &str) {
     let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("Cargo.toml"),
+        "[workspace]\nmembers = []\n",
+    )
+    .unwrap();
     foldhost(root.path(), &["plugins", "new", "demo", "--lang", lang]);
     let project = root.path().join("demo");
     foldhost(&project, &["plugins", "build"]);
