@@ -336,6 +336,17 @@ fn the_admin_token_can_come_from_a_file_kept_out_of_argv() {
         .output()
         .unwrap();
     assert!(unloaded.status.success(), "{unloaded:?}");
+    // So do the other admin subcommands: scavenge by flag, backup by the environment.
+    assert!(fails(url, &["scavenge", "--admin-token", "wrong"]).contains("401"));
+    ok(url, &["scavenge", "--admin-token-file", token_path]);
+    let backup = Command::new(BIN)
+        .args(["backup", "--url", url, "--to"])
+        .arg(dirs.data.with_file_name("backup"))
+        .env_remove("FOLDHOST_ADMIN_TOKEN")
+        .env("FOLDHOST_ADMIN_TOKEN_FILE", &token_file)
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{backup:?}");
     drop(server);
 
     // An empty token file is an error, not a server without a token.

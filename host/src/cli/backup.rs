@@ -13,7 +13,7 @@ use clap::Args;
 use reqwest::Method;
 
 use super::client::{Remote, print_pretty};
-use super::lifecycle::AdminToken;
+use super::token::AdminToken;
 use crate::durable;
 use crate::journal::{BackupReport, Journal, JournalConfig};
 use crate::server::{BACKUP_POSITION, JOURNAL_FILE};
@@ -83,7 +83,7 @@ async fn download(args: &BackupArgs, file: &Path) -> anyhow::Result<BackupReport
     let request = args.remote.request(Method::GET, &["admin", "backup"])?;
     let mut response = args
         .admin
-        .sign(request)
+        .sign(request)?
         .send()
         .await
         .context("the server did not answer")?;

@@ -458,17 +458,12 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
         PluginsAction::Build(build) => return super::author::build(build).await,
         _ => {}
     }
-    let token = args.admin.resolve()?;
     let admin = |method, name: &str, rest: &[&str]| -> anyhow::Result<RequestBuilder> {
         let path: Vec<&str> = ["plugins", name]
             .into_iter()
             .chain(rest.iter().copied())
             .collect();
-        let request = args.remote.request(method, &path)?;
-        Ok(match &token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        })
+        args.admin.sign(args.remote.request(method, &path)?)
     };
     let answer = match &args.action {
         PluginsAction::List => send(args.remote.request(Method::GET, &["plugins"])?).await?,

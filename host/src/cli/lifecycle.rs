@@ -2,10 +2,11 @@
 //! scavenging the journal.
 
 use clap::{Args, Subcommand};
-use reqwest::{Method, RequestBuilder};
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::client::{Remote, print_pretty, send};
+use super::token::AdminToken;
 
 #[derive(Debug, Args)]
 pub struct StreamsArgs {
@@ -15,28 +16,6 @@ pub struct StreamsArgs {
     admin: AdminToken,
     #[command(flatten)]
     remote: Remote,
-}
-
-/// The bearer token for admin endpoints.
-#[derive(Debug, Args)]
-pub struct AdminToken {
-    /// Bearer token for the admin endpoints (hard deletes, scavenge, backup).
-    #[arg(
-        long,
-        env = "FOLDHOST_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    admin_token: Option<String>,
-}
-
-impl AdminToken {
-    pub(super) fn sign(&self, request: RequestBuilder) -> RequestBuilder {
-        match &self.admin_token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +99,7 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
                     ("hard", hard.to_string()),
                     ("expected_version", expected_version),
                 ]);
-            send(args.admin.sign(request)).await?
+            send(args.admin.sign(request)?).await?
         }
         StreamsAction::Metadata {
             stream,
@@ -153,6 +132,6 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
 
 pub async fn scavenge(args: ScavengeArgs) -> anyhow::Result<()> {
     let request = args.remote.request(Method::POST, &["admin", "scavenge"])?;
-    print_pretty(&send(args.admin.sign(request)).await?);
+    print_pretty(&send(args.admin.sign(request)?).await?);
     Ok(())
 }

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use reqwest::RequestBuilder;
 
-/// `--admin-token` / `--admin-token-file`, shared by `serve` and `plugins`.
+/// `--admin-token` / `--admin-token-file`, shared by `serve` and every client subcommand that
+/// calls an admin endpoint.
 #[derive(Debug, Args)]
 pub struct AdminToken {
     /// Bearer token for the admin endpoints (PUT/DELETE /plugins). Prefer the environment or
@@ -44,5 +46,13 @@ impl AdminToken {
             return Ok(Some(token.to_owned()));
         }
         Ok(self.admin_token.clone().filter(|token| !token.is_empty()))
+    }
+
+    /// `request` with the token as its bearer credentials, if one was given.
+    pub fn sign(&self, request: RequestBuilder) -> anyhow::Result<RequestBuilder> {
+        Ok(match self.resolve()? {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        })
     }
 }
