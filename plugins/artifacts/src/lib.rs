@@ -124,6 +124,25 @@ pub fn bank_account_core_module() -> PathBuf {
     dir().join(format!("{BANK_ACCOUNT}.core.wasm"))
 }
 
+/// Copies the next builds of two examples, [`BANK_ANALYTICS_V2`] and [`BANK_ACCOUNT_V2`], into
+/// `to/v2/` under their plugins' names (`bank-analytics.wasm`, `bank-account.wasm`), for
+/// trying a hot swap; returns the new files.
+pub fn copy_next_versions(to: &Path) -> io::Result<Vec<PathBuf>> {
+    let v2 = to.join("v2");
+    std::fs::create_dir_all(&v2)?;
+    [
+        (BANK_ANALYTICS_V2, BANK_ANALYTICS),
+        (BANK_ACCOUNT_V2, BANK_ACCOUNT),
+    ]
+    .into_iter()
+    .map(|(build, plugin)| {
+        let target = v2.join(format!("{plugin}.wasm"));
+        std::fs::copy(path(build), &target)?;
+        Ok(target)
+    })
+    .collect()
+}
+
 /// Copies the [`EXAMPLES`] into `to` (created if missing); returns the new files.
 pub fn copy_examples(to: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(to)?;

@@ -96,5 +96,14 @@ fn examples_copy_into_a_directory() {
     let files = foldhost_plugins::copy_examples(&dir).unwrap();
     assert_eq!(files.len(), EXAMPLES.len());
     assert!(files.iter().all(|f| f.metadata().unwrap().len() > 0));
+    // The next builds go beside them, in v2/, under the names of the plugins they replace.
+    let next = foldhost_plugins::copy_next_versions(&dir).unwrap();
+    for (file, build) in next.iter().zip(["bank-analytics-v2", "bank-account-v2"]) {
+        assert_eq!(*file, dir.join("v2").join(build.replace("-v2", ".wasm")));
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            std::fs::read(path(build)).unwrap()
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
