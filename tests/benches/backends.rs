@@ -3,7 +3,8 @@
 //! `FOLDHOST_TEST_POSTGRES=postgres://… cargo bench -p foldhost-tests --bench backends`
 //! (scripts/postgres starts a throwaway cluster; note it runs with fsync off, so its PostgreSQL
 //! numbers are an upper bound). FOLDHOST_BENCH_SCALE=0.1 for a quick pass. Prints a markdown
-//! table. Without FOLDHOST_TEST_POSTGRES only redb is measured.
+//! table, with PostgreSQL's rates as a multiple of redb's measured in the same run. Without
+//! FOLDHOST_TEST_POSTGRES only redb is measured.
 
 use foldhost_tests::bench::scale;
 use std::sync::Arc;
@@ -85,12 +86,13 @@ async fn commands_per_second(runtime: &Arc<Runtime>, clients: usize, total: usiz
     (per_task * clients) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn measure(name: &str, open: impl AsyncFn() -> Journal) {
+/// The four rates of one backend, in [`LOADS`]' order.
+async fn measure(open: impl AsyncFn() -> Journal) -> Vec<f64> {
+    let mut rates = Vec::new();
     for appenders in [1, 64] {
         let journal = open().await;
         let total = scale(if appenders == 1 { 2_000 } else { 20_000 }, 64);
-        let rate = appends_per_second(&journal, appenders, total).await;
-        println!("| {name} | appends, {appenders} concurrent | {rate:.0}/s |");
+        rates.push(appends_per_second(&journal, appenders, total).await);
     }
     for clients in [1, 64] {
         let journal = open().await;
@@ -98,19 +100,32 @@ async fn measure(name: &str, open: impl AsyncFn() -> Journal) {
         let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ACCOUNT)).unwrap();
         runtime.load(bytes, "bank-account").await.unwrap();
         let total = scale(if clients == 1 { 2_000 } else { 10_000 }, 64);
-        let rate = commands_per_second(&runtime, clients, total).await;
-        println!("| {name} | commands, {clients} concurrent | {rate:.0}/s |");
+        rates.push(commands_per_second(&runtime, clients, total).await);
         runtime.shutdown().await;
     }
+    rates
+}
+
+/// The columns: what each rate of [`measure`] counts.
+const LOADS: [&str; 4] = [
+    "appends, 1",
+    "appends, 64 concurrent",
+    "commands, 1",
+    "commands, 64 concurrent",
+];
+
+fn row(name: &str, cells: impl IntoIterator<Item = String>) {
+    let cells: Vec<String> = cells.into_iter().collect();
+    println!("| {name} | {} |", cells.join(" | "));
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    println!("| backend | load | rate |");
-    println!("|---|---|---:|");
+    row("backend", LOADS.map(String::from));
+    row("---", LOADS.map(|_| "---:".to_owned()));
     let count = std::sync::atomic::AtomicUsize::new(0);
-    measure("redb", async || {
+    let redb = measure(async || {
         let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.path().join(format!("bench-{n}.redb"));
         tokio::task::spawn_blocking(move || Journal::open(path, JournalConfig::default()))
@@ -119,9 +134,10 @@ async fn main() {
             .unwrap()
     })
     .await;
+    row("redb", redb.iter().map(|rate| format!("{rate:.0}/s")));
     match std::env::var("FOLDHOST_TEST_POSTGRES") {
         Ok(admin) => {
-            measure("PostgreSQL", async || {
+            let postgres = measure(async || {
                 let url = fresh_database(&admin).await;
                 // The throwaway cluster of scripts/postgres runs with fsync=off.
                 let config = JournalConfig {
@@ -130,8 +146,19 @@ async fn main() {
                 };
                 Journal::open_postgres(&url, config).await.unwrap()
             })
-            .await
+            .await;
+            row(
+                "PostgreSQL",
+                postgres.iter().map(|rate| format!("{rate:.0}/s")),
+            );
+            row(
+                "PostgreSQL ÷ redb",
+                postgres
+                    .iter()
+                    .zip(&redb)
+                    .map(|(pg, redb)| format!("{:.2}×", pg / redb)),
+            );
         }
-        Err(_) => println!("| PostgreSQL | not measured: FOLDHOST_TEST_POSTGRES is unset | |"),
+        Err(_) => println!("| PostgreSQL | not measured: FOLDHOST_TEST_POSTGRES is unset | | | |"),
     }
 }

@@ -5,6 +5,10 @@
 //! `bank-analytics-v2` and measures upload-to-cutover (compile, full replay of
 //! the new version in the background, takeover); rolls back to v1, which
 //! resumes from its own checkpoint; and swaps the `bank-account` aggregate.
+//! Each row is a multiple of a baseline measured in the same run: the
+//! catch-up of reading the same events with no plugin (pages of 1024, as a
+//! catch-up reads them), a swap of the first load of the plugin it replaces
+//! (compile, install and, for a projection, catch up from 0).
 //!
 //! `cargo bench -p foldhost-tests --bench hotswap` (FOLDHOST_BENCH_SCALE=0.1
 //! for a quick pass). Prints a markdown table.
@@ -33,14 +37,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rows = rt.block_on(measure(journal, head));
+    let read = read_to_head(&journal, head);
+    let rows = rt.block_on(measure(journal, head, read));
 
-    println!("| hot-swap on a journal of {head} events | time | events read | events/s |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| hot-swap on a journal of {head} events | time | events read | events/s | ÷ baseline |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     let fill_rate = per_sec(head, fill_time);
     println!(
-        "| fill the journal ({APPEND}-event appends) | {} | {head} | {fill_rate} |",
+        "| fill the journal ({APPEND}-event appends) | {} | {head} | {fill_rate} | |",
         secs(fill_time)
+    );
+    println!(
+        "| baseline: read the global log to the head, no plugin | {} | {head} | {} | |",
+        secs(read),
+        per_sec(head, read)
     );
     for row in rows {
         let events = row.events.map_or(String::new(), |n| n.to_string());
@@ -48,8 +60,33 @@ fn main() {
             (true, Some(n)) => per_sec(n, row.time),
             _ => String::new(),
         };
-        println!("| {} | {} | {events} | {rate} |", row.what, secs(row.time));
+        let ratio = row.baseline.map_or(String::new(), |baseline| {
+            format!("{:.2}×", row.time.as_secs_f64() / baseline.as_secs_f64())
+        });
+        println!(
+            "| {} | {} | {events} | {rate} | {ratio} |",
+            row.what,
+            secs(row.time)
+        );
     }
+}
+
+/// How long reading the global log from position 1 to `head` takes with no plugin: the best
+/// of three passes, in pages of 1024 events.
+fn read_to_head(journal: &Journal, head: u64) -> Duration {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let mut next = 1;
+            while next <= head {
+                let page = journal.read_all(next, 1024).unwrap();
+                next = page.last().expect("events up to the head").position + 1;
+                std::hint::black_box(page);
+            }
+            started.elapsed()
+        })
+        .min()
+        .unwrap()
 }
 
 /// One line of the table.
@@ -60,6 +97,8 @@ struct Row {
     events: Option<u64>,
     /// Whether `time` is all folding, so that events/s means something.
     rate: bool,
+    /// What `time` is compared with.
+    baseline: Option<Duration>,
 }
 
 impl Row {
@@ -69,16 +108,24 @@ impl Row {
             time,
             events: None,
             rate: false,
+            baseline: None,
         }
     }
 
     fn read(self, events: Option<u64>) -> Row {
         Row { events, ..self }
     }
+
+    fn against(self, baseline: Duration) -> Row {
+        Row {
+            baseline: Some(baseline),
+            ..self
+        }
+    }
 }
 
-/// Runs the loads and swaps, one [`Row`] each.
-async fn measure(journal: Journal, head: u64) -> Vec<Row> {
+/// Runs the loads and swaps, one [`Row`] each; `read` is how long reading the log takes.
+async fn measure(journal: Journal, head: u64, read: Duration) -> Vec<Row> {
     let runtime = Runtime::new(journal, RuntimeConfig::default()).unwrap();
     let mut rows = Vec::new();
 
@@ -96,11 +143,13 @@ async fn measure(journal: Journal, head: u64) -> Vec<Row> {
     rows.push(Row {
         rate: true,
         ..Row::new(
-            "bank-analytics: catch-up from position 0 to the head",
+            "bank-analytics: catch-up from position 0 to the head (÷ the read)",
             caught_up,
         )
         .read(Some(runner.replayed()))
+        .against(read)
     });
+    let first_load = loaded + caught_up;
 
     let v2 = bytes("bank-analytics-v2");
     let started = Instant::now();
@@ -112,36 +161,47 @@ async fn measure(journal: Journal, head: u64) -> Vec<Row> {
     let (cutover, replayed) = swap_projection(&runtime, v2, "2.0.0").await;
     rows.push(
         Row::new(
-            "bank-analytics-v2: upload to cutover (compile, replay from 0, takeover)",
+            "bank-analytics-v2: upload to cutover (compile, replay from 0, takeover; ÷ v1's first load)",
             cutover,
         )
-        .read(replayed),
+        .read(replayed)
+        .against(first_load),
     );
 
     // v1 checkpointed while it was active: going back only replays the tail.
     let (rollback, replayed) = swap_projection(&runtime, v1, "1.0.0").await;
     rows.push(
         Row::new(
-            "back to bank-analytics v1: upload to cutover (compile, resume from its checkpoint)",
+            "back to bank-analytics v1: upload to cutover (compile, resume from its checkpoint; ÷ its first load)",
             rollback,
         )
-        .read(replayed),
+        .read(replayed)
+        .against(first_load),
     );
 
+    let started = Instant::now();
     runtime
         .load(bytes("bank-account"), "bank-account")
         .await
         .unwrap();
+    let account_loaded = started.elapsed();
+    rows.push(Row::new(
+        "bank-account (aggregate): first load (compile, install)",
+        account_loaded,
+    ));
     let started = Instant::now();
     let info = runtime
         .load(bytes("bank-account-v2"), "bank-account")
         .await
         .unwrap();
     assert_eq!(info.version, "1.1.0");
-    rows.push(Row::new(
-        "bank-account-v2 (aggregate): upload to cutover (compile, install)",
-        started.elapsed(),
-    ));
+    rows.push(
+        Row::new(
+            "bank-account-v2 (aggregate): upload to cutover (compile, install; ÷ the first load)",
+            started.elapsed(),
+        )
+        .against(account_loaded),
+    );
 
     runtime.shutdown().await;
     rows
