@@ -1,5 +1,6 @@
-//! The PostgreSQL journal over TLS (rustls): `sslmode=require` encrypts every session, and
-//! `verify-full` connects only to a server whose certificate it can verify.
+//! The PostgreSQL journal over TLS (rustls): `sslmode=require` encrypts every session,
+//! `verify-full` connects only to a server whose certificate it can verify, and `verify-ca`
+//! checks the certificate's signature but not its name.
 //!
 //! Runs a private cluster with `ssl=on` and a certificate made by the test (`openssl`).
 
@@ -27,7 +28,7 @@ async fn encrypted(url: &str, application: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_journal_encrypts_its_sessions_and_verify_full_refuses_an_unknown_certificate() {
+async fn the_journal_encrypts_its_sessions_and_verifies_the_certificates_it_is_asked_to() {
     let cluster = pgcluster::Cluster::start_with_tls();
     let url = cluster.url();
     let open = |query: String| {
@@ -75,5 +76,19 @@ async fn the_journal_encrypts_its_sessions_and_verify_full_refuses_an_unknown_ce
     match wrong_name {
         Err(error) => assert!(error.to_string().contains("certificate"), "{error}"),
         Ok(_) => panic!("verify-full accepted a certificate for another name"),
+    }
+
+    // verify-ca: the same certificate under the other name is fine, another CA's is not.
+    let by_ca = Journal::open_postgres(
+        &format!("{by_name}?sslmode=verify-ca&sslrootcert={ca}&application_name=tls-ca"),
+        JournalConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_ca.head_position(), 1);
+    assert!(encrypted(&url, "tls-ca").await);
+    match open(format!("sslmode=verify-ca&sslrootcert={other}")).await {
+        Err(error) => assert!(error.to_string().contains("certificate"), "{error}"),
+        Ok(_) => panic!("verify-ca trusted a certificate its CA did not sign"),
     }
 }
