@@ -2,7 +2,7 @@
 //! `foldhost plugins new demo --lang L`, `foldhost plugins build`, load it into a running
 //! host, send a command. Nothing of this repository is used but the `foldhost` binary.
 
-mod serve;
+pub mod serve;
 
 use std::path::Path;
 use std::process::Command;
