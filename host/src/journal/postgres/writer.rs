@@ -35,6 +35,12 @@ impl PgJournal {
         }
     }
 
+    pub(in crate::journal) fn queued_writes(&self) -> usize {
+        self.requests
+            .as_ref()
+            .map_or(0, |requests| requests.max_capacity() - requests.capacity())
+    }
+
     pub(in crate::journal) async fn append(
         &self,
         stream: &str,
