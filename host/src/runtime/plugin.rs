@@ -42,9 +42,9 @@ pub struct Description {
     pub name: String,
     /// The world it implements.
     pub kind: PluginKind,
-    /// Its own version (semver).
+    /// Its own release, free-form (e.g. "1.2.0").
     pub plugin_version: String,
-    /// Bumped when its state's encoding changes: older snapshots are ignored.
+    /// Bumped whenever its snapshot encoding changes.
     pub state_schema: u32,
 }
 

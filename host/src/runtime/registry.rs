@@ -48,9 +48,9 @@ pub struct PluginInfo {
     pub kind: PluginKind,
     /// Hex SHA-256 of its component.
     pub hash: String,
-    /// Its own version.
+    /// Its own release, free-form.
     pub version: String,
-    /// Its state's encoding version.
+    /// Its snapshot encoding (bumped when that changes).
     pub state_schema: u32,
     /// `live` for aggregates; the projection's status otherwise.
     pub status: ProjectionStatus,
