@@ -6,6 +6,8 @@
 //! - [`server`]: the JSON HTTP API of `foldhost serve`.
 //! - [`cli`]: the `foldhost` command line (server, client and offline subcommands).
 
+#![warn(missing_docs)]
+
 mod allocator;
 pub mod cli;
 mod durable;

@@ -1546,7 +1546,17 @@ async fn postgres_a_row_the_server_refuses_fails_only_its_own_append() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The batch forms only if all twelve wait in the writer's queue when the lock is let go:
+    // the writer then takes them together (up to `max_batch_appends`, 1024).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while journal.queued_writes() < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of the 12 appends queued",
+            journal.queued_writes()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     peer.let_go().await;
     assert!(first.await.unwrap().is_ok());
     for task in tasks {

@@ -23,8 +23,11 @@ const IMPORTABLE: &[&str] = &["host", "types"];
 /// Which world of the contract a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
+    /// World `aggregate-plugin`.
     Aggregate,
+    /// World `projection-plugin`.
     Projection,
+    /// World `upcaster-plugin`.
     Upcaster,
 }
 

@@ -14,6 +14,8 @@
 //! is componentized with `wit-component`; the result is checked against the
 //! contract (one world, only the contract's imports) before it is returned.
 
+#![warn(missing_docs)]
+
 pub mod componentize;
 pub mod contract;
 pub mod js;
@@ -33,8 +35,11 @@ pub use contract::{ContractError, World};
 /// A plugin's source language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
+    /// A Cargo crate.
     Rust,
+    /// A componentize-py project.
     Python,
+    /// A JavaScript or TypeScript package.
     Js,
 }
 
@@ -82,7 +87,9 @@ impl fmt::Display for Lang {
 /// A built plugin.
 #[derive(Debug)]
 pub struct Built {
+    /// The project's language.
     pub lang: Lang,
+    /// The world the component implements.
     pub world: World,
     /// The component, checked against the contract.
     pub component: Vec<u8>,

@@ -2,7 +2,7 @@
 //! installed by `scripts/chromium`), driven over WebDriver against a real `foldhost serve`
 //! with the example plugins. The run also rewrites the README's screenshots in `docs/`.
 
-mod serve;
+pub mod serve;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

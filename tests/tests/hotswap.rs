@@ -2,7 +2,7 @@
 //! succeeding and none is lost, the swapped-in projection equals an offline replay of the new
 //! version, and after a restart it resumes from its checkpoint instead of replaying everything.
 
-mod serve;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

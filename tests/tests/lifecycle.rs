@@ -3,8 +3,8 @@
 //! after a hard delete and a scavenge a customer's data is gone from the database's files,
 //! on redb and on PostgreSQL.
 
-mod pgcluster;
-mod serve;
+pub mod pgcluster;
+pub mod serve;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

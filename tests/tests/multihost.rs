@@ -3,7 +3,7 @@
 //!
 //! Needs `FOLDHOST_TEST_POSTGRES` (a throwaway cluster, started by scripts/test).
 
-mod serve;
+pub mod serve;
 
 use std::collections::HashSet;
 

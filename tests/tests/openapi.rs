@@ -3,7 +3,7 @@
 //! added to the router except through the documented `routes!` (which takes each route's path
 //! and method from its handler's `#[utoipa::path]`).
 
-mod serve;
+pub mod serve;
 
 use std::path::Path;
 

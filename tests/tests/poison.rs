@@ -3,7 +3,7 @@
 //! others serve, commands are idempotent by key, plugin names cannot overlap, projections
 //! park what they cannot fold (or stop, by policy) and queries cannot hurt them.
 
-mod serve;
+pub mod serve;
 
 use std::time::{Duration, Instant};
 
@@ -687,7 +687,8 @@ async fn a_query_that_traps_leaves_the_projection_live_and_the_next_query_works(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stop_policy_faults_like_kurrentdb_until_an_operator_acts() {
-    let dirs = without_bank_account(&[]);
+    // mischief follows the same log: it shows when new events have reached the projections.
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
     let api = Api::new(Server::start(&dirs, Some(TOKEN)));
     let policy = "/plugins/bank-analytics/policy";
     let (status, body) = api.admin_put(policy, json!({"policy": "skip"})).await;
@@ -717,13 +718,14 @@ async fn the_stop_policy_faults_like_kurrentdb_until_an_operator_acts() {
         (json!(3), json!(10)),
         "{faulted}"
     );
-    // It stays there, whatever comes, until an operator acts.
+    // It stays there, whatever comes, until an operator acts: once mischief has followed the
+    // log past a new event, bank-analytics has not moved.
     api.append(
         "bank-account-x",
         json!([{"type": "Deposited", "data": {"amount": 1}}]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.wait_live("mischief", 6).await;
     assert_eq!(api.plugin("bank-analytics").await["status"], info["status"]);
     let (status, body) = api
         .admin_post("/plugins/bank-analytics/parked/replay", Value::Null)

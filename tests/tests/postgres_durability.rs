@@ -2,8 +2,8 @@
 //! at start: PostgreSQL's defaults are accepted; `foldhost serve` refuses the shared test cluster
 //! (`fsync=off`, see scripts/postgres) unless told to accept the risk.
 
-mod pgcluster;
-mod serve;
+pub mod pgcluster;
+pub mod serve;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;

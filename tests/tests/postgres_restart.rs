@@ -5,8 +5,8 @@
 //! Runs a private cluster (`pgcluster`), since it stops the server; `scripts/postgres`
 //! installs the binaries.
 
-mod pgcluster;
-mod serve;
+pub mod pgcluster;
+pub mod serve;
 
 use std::time::{Duration, Instant};
 

@@ -6,8 +6,8 @@
 //! Runs a private cluster (`pgcluster`), since it restarts the server; `scripts/postgres`
 //! installs the binaries.
 
-mod pgcluster;
-mod serve;
+pub mod pgcluster;
+pub mod serve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

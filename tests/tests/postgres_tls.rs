@@ -4,7 +4,7 @@
 //!
 //! Runs a private cluster with `ssl=on` and a certificate made by the test (`openssl`).
 
-mod pgcluster;
+pub mod pgcluster;
 
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 

@@ -14,10 +14,15 @@ use std::fmt;
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Finest detail.
     Trace,
+    /// Debugging detail.
     Debug,
+    /// Normal operation.
     Info,
+    /// Something unexpected.
     Warn,
+    /// A failure.
     Error,
 }
 

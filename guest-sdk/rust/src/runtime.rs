@@ -22,6 +22,7 @@ use crate::upcaster::Upcaster;
 
 /// The state cell behind an exported aggregate.
 pub trait AggregateSlot: 'static {
+    /// The plugin's aggregate type.
     type Aggregate: Aggregate;
     /// Runs `f` on the state, creating the default state on first use.
     fn with<R>(f: impl FnOnce(&mut Self::Aggregate) -> R) -> R;
@@ -29,6 +30,7 @@ pub trait AggregateSlot: 'static {
 
 /// The state cell behind an exported projection.
 pub trait ProjectionSlot: 'static {
+    /// The plugin's projection type.
     type Projection: Projection;
     /// Runs `f` on the state, creating the default state on first use.
     fn with<R>(f: impl FnOnce(&mut Self::Projection) -> R) -> R;
@@ -36,6 +38,7 @@ pub trait ProjectionSlot: 'static {
 
 /// The type behind an exported upcaster (it has no state).
 pub trait UpcasterSlot: 'static {
+    /// The plugin's upcaster type.
     type Upcaster: Upcaster;
 }
 

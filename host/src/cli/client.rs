@@ -109,7 +109,7 @@ pub struct ProjectionArgs {
 pub struct PluginsArgs {
     #[command(subcommand)]
     action: PluginsAction,
-    /// The admin token, for load and unload.
+    /// The admin token, for the admin endpoints (see README → HTTP API).
     #[command(flatten)]
     admin: super::token::AdminToken,
     #[command(flatten)]

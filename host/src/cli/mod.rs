@@ -200,7 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = resolve(&args.listen)?;
     let admin_token = args.admin.resolve()?;
     if admin_token.is_none() {
-        tracing::info!("no admin token: PUT and DELETE /plugins are disabled");
+        tracing::info!("no admin token: the admin endpoints (see README → HTTP API) are disabled");
     }
     let server = Server::start(ServerConfig {
         data_dir: args.data,

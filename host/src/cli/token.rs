@@ -11,7 +11,7 @@ use reqwest::RequestBuilder;
 /// calls an admin endpoint.
 #[derive(Debug, Args)]
 pub struct AdminToken {
-    /// Bearer token for the admin endpoints (PUT/DELETE /plugins). Prefer the environment or
+    /// Bearer token for the admin endpoints (see README → HTTP API). Prefer the environment or
     /// --admin-token-file: arguments are visible to every user in `ps`.
     #[arg(
         long,

@@ -17,7 +17,9 @@ pub enum JournalError {
         describe_version(*.current)
     )]
     Conflict {
+        /// The stream appended to.
         stream: String,
+        /// What the append expected.
         expected: ExpectedVersion,
         /// The stream's version when the append was checked (`None`: no such stream).
         current: Option<u64>,
@@ -27,13 +29,21 @@ pub enum JournalError {
     #[error(
         "append to {stream:?} reuses event ids of earlier events but is not a retry of them: {reason}"
     )]
-    IdempotencyMismatch { stream: String, reason: String },
+    IdempotencyMismatch {
+        /// The stream appended to.
+        stream: String,
+        /// How the append differs from the earlier one.
+        reason: String,
+    },
     /// An event id is already used in another stream, or occurs twice in one append
     /// (`position` is then `None` and `stream` is the append's stream); nothing was written.
     #[error("event id {id} {}", describe_duplicate(.stream, *.position))]
     DuplicateEventId {
+        /// The id used twice.
         id: Uuid,
+        /// The stream holding it.
         stream: String,
+        /// Its position (`None`: twice within this append).
         position: Option<u64>,
     },
     /// The stream was hard-deleted: it can never be read or written again.
@@ -44,17 +54,32 @@ pub enum JournalError {
     StreamNotFound(String),
     /// An event's `data`, `metadata` and `event_type` together exceed the configured maximum.
     #[error("event of {size} bytes exceeds the limit of {max} bytes")]
-    EventTooLarge { size: usize, max: usize },
+    EventTooLarge {
+        /// The event's size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An append's events together exceed the configured maximum of bytes.
     #[error("append of {size} bytes exceeds the limit of {max} bytes")]
-    AppendTooLarge { size: usize, max: usize },
+    AppendTooLarge {
+        /// The append's size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An event type or metadata holds a NUL character (`\u0000`), which the journal does not
     /// store (PostgreSQL cannot).
     #[error("the {0} contains a NUL character (\\u0000), which the journal cannot store")]
     NulCharacter(&'static str),
     /// An append carries more events than the configured maximum.
     #[error("append of {count} events exceeds the limit of {max} events")]
-    TooManyEvents { count: usize, max: usize },
+    TooManyEvents {
+        /// The append's events.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An append without events.
     #[error("append without events")]
     NoEvents,
@@ -97,12 +122,22 @@ pub enum JournalError {
     NotDurable(String),
     /// A stored record that cannot be decoded, or that disagrees with the indexes.
     #[error("corrupt record at position {position}: {reason}")]
-    Corrupt { position: u64, reason: String },
+    Corrupt {
+        /// Where.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The file was written by a build with another storage format.
     #[error(
         "journal storage format {found} is not supported (this build reads format {supported})"
     )]
-    UnsupportedFormat { found: u64, supported: u64 },
+    UnsupportedFormat {
+        /// The format found.
+        found: u64,
+        /// The format this build reads.
+        supported: u64,
+    },
     /// The operation is not available on this journal (e.g. a file backup of PostgreSQL).
     #[error("not supported: {0}")]
     Unsupported(String),

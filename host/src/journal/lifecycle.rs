@@ -221,6 +221,7 @@ pub struct ScavengeReport {
     pub snapshots: u64,
     /// The database's size in bytes before and after (redb: the file; PostgreSQL: the tables).
     pub bytes_before: u64,
+    /// The database's size in bytes after.
     pub bytes_after: u64,
 }
 

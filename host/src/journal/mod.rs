@@ -399,6 +399,14 @@ impl Journal {
         }
     }
 
+    /// Writes waiting in the queue for the writer, not yet taken into a commit.
+    pub fn queued_writes(&self) -> usize {
+        match &*self.backend {
+            Backend::Redb(redb) => redb.queued_writes(),
+            Backend::Postgres(pg) => pg.queued_writes(),
+        }
+    }
+
     /// Stores the state of `stream` at `version` as folded by `plugin` (its content hash),
     /// keeping only the newest [`keep_snapshots`](JournalConfig::keep_snapshots) per stream.
     pub async fn put_snapshot(

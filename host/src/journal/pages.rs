@@ -9,10 +9,20 @@ use super::{Journal, JournalError, ReadLimit, RecordedEvent};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pages {
     /// The global log from position `from` on.
-    All { from: u64 },
+    All {
+        /// The first position.
+        from: u64,
+    },
     /// `stream`'s events from version `from` on, as many as versions `from..=to` number (a
     /// page never asks for more, as an aggregate catching up to version `to` never did).
-    Stream { stream: String, from: u64, to: u64 },
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The first version.
+        from: u64,
+        /// The version the pages end at.
+        to: u64,
+    },
 }
 
 impl Pages {

@@ -32,8 +32,11 @@ pub enum ExpectedVersion {
 pub struct NewEvent {
     /// Unique across the journal; re-sending the same id makes an append idempotent.
     pub id: Uuid,
+    /// The type name.
     pub event_type: String,
+    /// How `data` is encoded.
     pub content_type: ContentType,
+    /// The payload.
     pub data: Vec<u8>,
     /// A JSON object as text, if any.
     pub metadata: Option<String>,
@@ -64,13 +67,19 @@ impl NewEvent {
 pub struct RecordedEvent {
     /// 1-based, gapless position in the global log.
     pub position: u64,
+    /// The stream it belongs to.
     pub stream: ByteString,
     /// 1-based version within the stream.
     pub version: u64,
+    /// Unique across the journal.
     pub id: Uuid,
+    /// The type name.
     pub event_type: ByteString,
+    /// How `data` is encoded.
     pub content_type: ContentType,
+    /// The payload.
     pub data: Bytes,
+    /// A JSON object as text, if any.
     pub metadata: Option<ByteString>,
     /// Milliseconds since the Unix epoch.
     pub recorded_at: u64,
@@ -79,9 +88,13 @@ pub struct RecordedEvent {
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppendResult {
+    /// Stream version of the first event.
     pub first_version: u64,
+    /// Stream version of the last event.
     pub last_version: u64,
+    /// Global position of the first event.
     pub first_position: u64,
+    /// Global position of the last event.
     pub last_position: u64,
 }
 
@@ -111,7 +124,9 @@ pub struct BackupReport {
 /// progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimit {
+    /// Most events.
     pub events: usize,
+    /// Most bytes of events (the first event excepted).
     pub bytes: usize,
 }
 
@@ -148,8 +163,10 @@ impl RecordedEvent {
 pub struct ParkedEvent {
     /// The event's global position.
     pub position: u64,
+    /// The event's stream.
     pub stream: String,
     #[serde(rename = "type")]
+    /// The event's type.
     pub event_type: String,
     /// Why the last attempt to fold it failed.
     pub reason: String,

@@ -447,10 +447,12 @@ impl AggregateInstance {
         self.store.data().budget.used()
     }
 
+    /// The stream this instance folds.
     pub fn stream(&self) -> &str {
         &self.stream
     }
 
+    /// The plugin it runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }

@@ -69,6 +69,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 /// A command to an aggregate.
 #[derive(Debug, Clone)]
 pub struct Command {
+    /// The command's type name.
     pub command_type: String,
     /// The command's JSON.
     pub data: Vec<u8>,

@@ -27,6 +27,7 @@ pub struct StateDiff {
 /// What [`diff_versions`] found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffReport {
+    /// The plugin compared.
     pub plugin: String,
     /// Streams replayed through both versions.
     pub compared: usize,

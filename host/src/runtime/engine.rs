@@ -69,6 +69,7 @@ impl PluginEngine {
         self
     }
 
+    /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -6,35 +6,63 @@ use crate::journal::{JournalError, RecordedEvent};
 /// round of commands can be reported to each of them.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
+    /// No loaded plugin has this name.
     #[error("no plugin named {0:?} is loaded")]
     UnknownPlugin(String),
+    /// The plugin is loaded but of another kind than the call needs.
     #[error(
         "plugin {plugin:?} is not {} {expected}",
         if expected.starts_with('a') { "an" } else { "a" }
     )]
     WrongKind {
+        /// The plugin named.
         plugin: String,
+        /// The kind the call needs ("aggregate", "projection").
         expected: &'static str,
     },
+    /// A component that is not a valid plugin.
     #[error("invalid plugin {origin}: {message}")]
-    InvalidPlugin { origin: String, message: String },
+    InvalidPlugin {
+        /// The file or upload.
+        origin: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// The aggregate refused the command; nothing was stored.
     #[error("{plugin} rejected the command: {reason}")]
-    Rejected { plugin: String, reason: String },
+    Rejected {
+        /// The aggregate.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The aggregate could not decode the command.
     #[error("{plugin} could not decode the command: {reason}")]
-    InvalidCommand { plugin: String, reason: String },
+    InvalidCommand {
+        /// The aggregate.
+        plugin: String,
+        /// Why the command could not be decoded.
+        reason: String,
+    },
     /// The plugin trapped (panic, timeout, memory or stack exhaustion); its
     /// instance was discarded and will be rebuilt on next use.
     #[error("plugin {plugin} trapped {context}: {message}")]
     Trap {
+        /// The plugin.
         plugin: String,
+        /// The call that trapped.
         context: String,
+        /// The trap, in one line.
         message: String,
     },
     /// The plugin returned an error (e.g. an event it cannot decode).
     #[error("plugin {plugin} failed {context}: {message}")]
     PluginFailed {
+        /// The plugin.
         plugin: String,
+        /// The call that failed.
         context: String,
+        /// What the plugin said.
         message: String,
     },
     /// A stored event the plugin cannot fold (it returns an error or traps on it, even alone):
@@ -44,21 +72,31 @@ pub enum RuntimeError {
          of {stream}): {reason}"
     )]
     Unfoldable {
+        /// The plugin.
         plugin: String,
+        /// The event's stream.
         stream: String,
+        /// The event's global position.
         position: u64,
+        /// The event's stream version.
         version: u64,
+        /// The event's type.
         event_type: String,
+        /// What the plugin said.
         reason: String,
     },
     /// Events offered for appending that the stream's aggregate cannot fold; nothing was stored.
     #[error("{plugin} cannot fold event {index} ({event_type}) on {stream}: {reason}")]
     Refused {
+        /// The aggregate.
         plugin: String,
+        /// The stream appended to.
         stream: String,
         /// The event's index in the append.
         index: usize,
+        /// The event's type.
         event_type: String,
+        /// What the plugin said.
         reason: String,
     },
     /// Another loaded aggregate's name is this one's followed by `-…`, or the other way round:
@@ -68,8 +106,11 @@ pub enum RuntimeError {
          {example:?} would belong to both; no aggregate's name may be another's followed by '-'"
     )]
     NameClash {
+        /// The plugin loading.
         plugin: String,
+        /// The loaded plugin it clashes with.
         other: String,
+        /// A stream name both would own.
         example: String,
     },
     /// Too many queries are waiting already; try again later.
@@ -79,14 +120,20 @@ pub enum RuntimeError {
     /// projection that has not started).
     #[error("projection {plugin} cannot {action} now: {reason}")]
     NotNow {
+        /// The projection.
         plugin: String,
+        /// What was asked ("replay parked events", ...).
         action: &'static str,
+        /// Why not now.
         reason: String,
     },
+    /// The stream kept changing under the command; it gave up after retries.
     #[error("stream {0:?} kept changing under the command; gave up after retries")]
     TooManyConflicts(String),
+    /// The stream has no events.
     #[error("stream {0:?} has no events")]
     NoSuchStream(String),
+    /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
 }

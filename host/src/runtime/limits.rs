@@ -65,6 +65,7 @@ impl Limits {
 /// The limits of every plugin: defaults, and those of plugins given their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitPolicy {
+    /// Limits of plugins without their own.
     pub defaults: Limits,
     /// By plugin name.
     pub plugins: BTreeMap<String, Limits>,
@@ -117,6 +118,7 @@ impl From<Limits> for LimitPolicy {
 /// command) and `logs` (lines per second).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginLimits {
+    /// The plugin these limits are for.
     pub plugin: String,
     settings: Vec<Setting>,
 }

@@ -27,7 +27,9 @@ pub const CONTRACT_VERSION: &str = contract::VERSION;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
+    /// Decides commands and folds its streams (world `aggregate-plugin`).
     Aggregate,
+    /// Folds the global log (world `projection-plugin`).
     Projection,
     /// Rewrites stored events on their way to the other two (contract 0.1.1).
     Upcaster,
@@ -36,16 +38,22 @@ pub enum PluginKind {
 /// What a plugin says about itself (its `describe` export).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Description {
+    /// Its name, which routes commands, queries and its streams.
     pub name: String,
+    /// The world it implements.
     pub kind: PluginKind,
+    /// Its own release, free-form (e.g. "1.2.0").
     pub plugin_version: String,
+    /// Bumped whenever its snapshot encoding changes.
     pub state_schema: u32,
 }
 
 /// The events a projection wants; empty lists mean "everything".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Subscription {
+    /// Event types wanted.
     pub event_types: Vec<String>,
+    /// Stream categories wanted.
     pub categories: Vec<String>,
 }
 
@@ -91,6 +99,7 @@ impl Subscription {
 
 /// A validated plugin, ready to instantiate.
 pub struct Plugin {
+    /// What it says about itself.
     pub description: Description,
     /// Hex SHA-256 of the component bytes: the key of its snapshots and checkpoints.
     pub hash: String,
@@ -291,14 +300,17 @@ impl Plugin {
         Ok(Arc::new(plugin))
     }
 
+    /// Its name.
     pub fn name(&self) -> &str {
         &self.description.name
     }
 
+    /// The world it implements.
     pub fn kind(&self) -> PluginKind {
         self.description.kind
     }
 
+    /// The engine it was compiled with.
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
     }

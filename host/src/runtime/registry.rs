@@ -26,7 +26,9 @@ const QUERY_SLOTS: usize = 8;
 pub struct RuntimeConfig {
     /// Every plugin's limits.
     pub limits: LimitPolicy,
+    /// The live aggregate cache.
     pub aggregates: AggregateConfig,
+    /// When projections save checkpoints.
     pub checkpoints: CheckpointPolicy,
     /// What projections do with an event they cannot fold, unless set per plugin.
     pub failure_policy: FailurePolicy,
@@ -40,10 +42,15 @@ pub struct RuntimeConfig {
 /// A loaded plugin as `GET /plugins` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
+    /// Its name.
     pub name: String,
+    /// The world it implements.
     pub kind: PluginKind,
+    /// Hex SHA-256 of its component.
     pub hash: String,
+    /// Its own release, free-form.
     pub version: String,
+    /// Its snapshot encoding (bumped when that changes).
     pub state_schema: u32,
     /// `live` for aggregates; the projection's status otherwise.
     pub status: ProjectionStatus,
@@ -73,6 +80,7 @@ pub struct PluginInfo {
 pub struct CompilingInfo {
     /// The file or upload name.
     pub origin: String,
+    /// Queued or compiling.
     pub status: CompileStatus,
 }
 
@@ -80,10 +88,12 @@ pub struct CompilingInfo {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CompileStatus {
+    /// Waiting for its turn.
     Queued {
         /// Size of the file.
         bytes: usize,
     },
+    /// Being compiled.
     Compiling {
         /// Size of the upload or file.
         bytes: usize,
@@ -95,7 +105,9 @@ pub enum CompileStatus {
 /// A plugin file or upload that was refused, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadFailure {
+    /// The file or upload name.
     pub origin: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
@@ -135,6 +147,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A runtime on `journal`, with no plugins loaded yet.
     pub fn new(journal: Journal, config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
         let mut engine = PluginEngine::with_policy(config.limits, config.cache_dir)?;
         if let Some(binary) = config.compiler {
@@ -155,10 +168,12 @@ impl Runtime {
         }))
     }
 
+    /// The journal it runs on.
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
 
+    /// The engine plugins are compiled with.
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
     }

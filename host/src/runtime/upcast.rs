@@ -48,6 +48,7 @@ impl Upcaster {
         }))
     }
 
+    /// The upcaster plugin.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }
@@ -175,6 +176,7 @@ impl UpcasterChain {
             .map_or(key, |(plugin_hash, _)| plugin_hash)
     }
 
+    /// Whether the chain has no upcasters.
     pub fn is_empty(&self) -> bool {
         self.upcasters.is_empty()
     }

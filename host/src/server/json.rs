@@ -19,17 +19,26 @@ use crate::journal::{ContentType, NewEvent, RecordedEvent};
 /// `recorded_at` is in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventJson {
+    /// Global position.
     pub position: u64,
+    /// The stream.
     pub stream: String,
+    /// Version within the stream.
     pub version: u64,
+    /// Unique event id.
     pub id: Uuid,
     #[serde(rename = "type")]
+    /// The type name.
     pub event_type: String,
+    /// How `data` is encoded.
     pub content_type: ContentType,
     #[schema(value_type = Value)]
+    /// The payload (see above).
     pub data: Box<RawValue>,
     #[schema(value_type = Option<Value>)]
+    /// A JSON object or null.
     pub metadata: Option<Box<RawValue>>,
+    /// Milliseconds since the Unix epoch.
     pub recorded_at: u64,
 }
 

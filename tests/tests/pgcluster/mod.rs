@@ -4,8 +4,8 @@
 //! PostgreSQL gets one of its own: `initdb` into a temporary directory, a free loopback port,
 //! and `pg_ctl` to start, restart and stop it. Durability settings are PostgreSQL's defaults
 //! (`fsync=on`, `synchronous_commit=on`). `scripts/postgres` installs the binaries.
-
-#![allow(dead_code)] // each test file uses its own part of the helpers
+//!
+//! Test files declare it `pub mod pgcluster;`, as they do `serve` (see there).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

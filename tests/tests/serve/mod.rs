@@ -5,8 +5,9 @@
 //! integration tests and hands them over in `CARGO_BIN_EXE_*`, which it does not do for
 //! another package's binaries. So `cargo nextest run --workspace` from a clean clone needs no
 //! extra build step and never runs a stale binary.
-
-#![allow(dead_code)] // each test file uses its own part of the helpers
+//!
+//! Test files declare it `pub mod serve;`: its public helpers are then exported from each test
+//! crate, so those a file does not use are not dead code there.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,6 +30,12 @@ pub struct Dirs {
     _root: tempfile::TempDir,
     pub data: PathBuf,
     pub plugins: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Dirs {

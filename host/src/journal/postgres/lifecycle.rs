@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{EVENT_COLUMNS, Pool, cached, decode, pg, pool_error, to_i64};
+use super::reader::{EVENT_COLUMNS, decode};
+use super::{Pool, cached, pg, pool_error, to_i64};
 use crate::journal::lifecycle::{Lifecycle, Visibility, now_millis};
 use crate::journal::{
     JournalError, ReadLimit, RecordedEvent, ScavengeReport, StreamMetadata, StreamWindow,

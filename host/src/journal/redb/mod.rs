@@ -249,6 +249,10 @@ impl RedbJournal {
         self.shared.stats()
     }
 
+    pub(super) fn queued_writes(&self) -> usize {
+        self.writer.queued.load(Ordering::Acquire)
+    }
+
     pub(super) fn faults(&self) -> watch::Receiver<Option<Arc<str>>> {
         self.shared.fault.subscribe()
     }

@@ -53,19 +53,27 @@ pub enum ProjectionStatus {
     Starting,
     /// Replaying history towards the head.
     CatchingUp {
+        /// The last position folded.
         position: u64,
+        /// The head it is catching up to.
         head: u64,
+        /// Recent replay rate.
         events_per_sec: f64,
     },
     /// At the head, following new appends.
-    Live { position: u64 },
+    Live {
+        /// The last position folded.
+        position: u64,
+    },
     /// An aggregate plugin: nothing to catch up, ready for commands.
     #[serde(rename = "live")]
     Serving,
     /// Waiting to try again after a failure that may pass (the journal unreachable, a call
     /// that ran out of time, an event being retried before it is parked); goes on by itself.
     Retrying {
+        /// The position it is stuck at.
         position: u64,
+        /// Why.
         reason: String,
         /// Tries so far.
         attempt: u32,
@@ -73,7 +81,12 @@ pub enum ProjectionStatus {
     /// Stopped at an event it cannot fold (policy `stop`), like KurrentDB's faulted
     /// projection: its state stays readable as of `position - 1`, and it waits for an
     /// operator to restart, reset or replace it.
-    Faulted { position: u64, reason: String },
+    Faulted {
+        /// The position of the event it cannot fold.
+        position: u64,
+        /// Why it cannot.
+        reason: String,
+    },
 }
 
 /// One projection instance: the state folded up to `position`.
@@ -183,10 +196,12 @@ impl ProjectionInstance {
         Ok(replayed)
     }
 
+    /// The plugin it runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
     }
 
+    /// Its state as a checkpoint (the plugin's `snapshot`).
     pub fn snapshot(&mut self) -> Result<Vec<u8>, RuntimeError> {
         let guest = self.bindings.world.foldhost_plugin_projection();
         guarded(
@@ -197,6 +212,7 @@ impl ProjectionInstance {
         )
     }
 
+    /// Its state as JSON (the plugin's `state`).
     pub fn state(&mut self) -> Result<serde_json::Value, RuntimeError> {
         let guest = self.bindings.world.foldhost_plugin_projection();
         let text = guarded(

@@ -28,6 +28,7 @@ const QUERY_WAIT: Duration = Duration::from_secs(10);
 /// How a runner runs.
 #[derive(Clone)]
 pub struct RunnerOptions {
+    /// When it saves checkpoints.
     pub checkpoints: CheckpointPolicy,
     /// What to do with an event the plugin cannot fold; shared by every run of the plugin,
     /// so a change applies at once.
@@ -87,6 +88,7 @@ impl ProjectionRunner {
         }
     }
 
+    /// The plugin it runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.shared.plugin
     }
@@ -96,6 +98,7 @@ impl ProjectionRunner {
         &self.shared.key
     }
 
+    /// Where it stands now.
     pub fn status(&self) -> ProjectionStatus {
         self.status.borrow().clone()
     }
