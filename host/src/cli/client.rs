@@ -452,54 +452,46 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
-    match args.action {
-        PluginsAction::Diff(diff) => return super::offline::diff(diff).await,
-        PluginsAction::New(new) => return super::author::new(new),
-        PluginsAction::Build(build) => return super::author::build(build).await,
-        _ => {}
-    }
+    let PluginsArgs {
+        action,
+        admin,
+        remote,
+    } = args;
     let admin = |method, name: &str, rest: &[&str]| -> anyhow::Result<RequestBuilder> {
         let path: Vec<&str> = ["plugins", name]
             .into_iter()
             .chain(rest.iter().copied())
             .collect();
-        args.admin.sign(args.remote.request(method, &path)?)
+        admin.sign(remote.request(method, &path)?)
     };
-    let answer = match &args.action {
-        PluginsAction::List => send(args.remote.request(Method::GET, &["plugins"])?).await?,
+    let request = match action {
+        PluginsAction::Diff(diff) => return super::offline::diff(diff).await,
+        PluginsAction::New(new) => return super::author::new(new),
+        PluginsAction::Build(build) => return super::author::build(build).await,
+        PluginsAction::List => remote.request(Method::GET, &["plugins"])?,
         PluginsAction::Load { file, name } => {
             let bytes =
-                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = match name {
-                Some(name) => name.clone(),
+                Some(name) => name,
                 None => described_name(&bytes, &file.display().to_string())?,
             };
-            send(admin(Method::PUT, &name, &[])?.body(bytes)).await?
+            admin(Method::PUT, &name, &[])?.body(bytes)
         }
         PluginsAction::Unload { name, drop_data } => {
-            send(admin(Method::DELETE, name, &[])?.query(&[("drop_data", drop_data)])).await?
+            admin(Method::DELETE, &name, &[])?.query(&[("drop_data", drop_data)])
         }
         PluginsAction::Parked { name } => {
-            send(
-                args.remote
-                    .request(Method::GET, &["plugins", name, "parked"])?,
-            )
-            .await?
+            remote.request(Method::GET, &["plugins", &name, "parked"])?
         }
-        PluginsAction::ReplayParked { name } => {
-            send(admin(Method::POST, name, &["parked", "replay"])?).await?
-        }
-        PluginsAction::Restart { name } => send(admin(Method::POST, name, &["restart"])?).await?,
-        PluginsAction::Reset { name } => send(admin(Method::POST, name, &["reset"])?).await?,
+        PluginsAction::ReplayParked { name } => admin(Method::POST, &name, &["parked", "replay"])?,
+        PluginsAction::Restart { name } => admin(Method::POST, &name, &["restart"])?,
+        PluginsAction::Reset { name } => admin(Method::POST, &name, &["reset"])?,
         PluginsAction::Policy { name, policy } => {
-            let body = json!({ "policy": policy });
-            send(admin(Method::PUT, name, &["policy"])?.json(&body)).await?
-        }
-        PluginsAction::Diff(_) | PluginsAction::New(_) | PluginsAction::Build(_) => {
-            unreachable!("handled offline above")
+            admin(Method::PUT, &name, &["policy"])?.json(&json!({ "policy": policy }))
         }
     };
-    print_pretty(&answer);
+    print_pretty(&send(request).await?);
     Ok(())
 }
 
