@@ -1574,6 +1574,49 @@ async fn postgres_a_row_the_server_refuses_fails_only_its_own_append() {
     assert!(all.iter().all(|event| event.stream != "s-7"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_session_lost_at_commit_is_an_unknown_outcome_and_a_retry_lands_once() {
+    let url = fresh_database();
+    let journal = open_postgres(&url, JournalConfig::default());
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // A deferred constraint trigger runs inside COMMIT: this one ends its own session there,
+    // as a server crash or a cut network would between the COMMIT and its answer.
+    admin
+        .batch_execute(
+            "CREATE FUNCTION cut_the_session() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER cut_at_commit AFTER INSERT ON events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION cut_the_session()",
+        )
+        .await
+        .unwrap();
+    let batch = events(2);
+    match journal
+        .append("s", ExpectedVersion::NoStream, batch.clone())
+        .await
+    {
+        Err(JournalError::OutcomeUnknown(_)) => {}
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    admin
+        .batch_execute("DROP TRIGGER cut_at_commit ON events")
+        .await
+        .unwrap();
+    // The client retries with the same ids: they land once, and a second retry is idempotent.
+    for _ in 0..2 {
+        let retried = journal
+            .append("s", ExpectedVersion::NoStream, batch.clone())
+            .await;
+        assert_eq!(retried.unwrap(), result((1, 2), (1, 2)));
+    }
+    let stored = journal.read_all(0, 10).unwrap();
+    let ids: Vec<_> = stored.iter().map(|event| event.id).collect();
+    assert_eq!(ids, batch.iter().map(|event| event.id).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn postgres_refuses_a_schema_of_another_version() {
     let url = fresh_database();
