@@ -288,9 +288,86 @@ impl Drop for RedbJournal {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use redb::ReadableDatabase;
+    use redb::backends::InMemoryBackend;
 
     use super::*;
+
+    /// Memory that counts the writes made to it.
+    #[derive(Debug, Default)]
+    struct CountingWrites {
+        memory: InMemoryBackend,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl StorageBackend for CountingWrites {
+        fn len(&self) -> std::io::Result<u64> {
+            self.memory.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.memory.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.memory.set_len(len)
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.memory.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.memory.write(offset, data)
+        }
+    }
+
+    /// A commit leaves none of its pages in redb's write buffer (see `store::commit`): a scan
+    /// of a log larger than the cache, right after appends, writes nothing to the file, where
+    /// each of its cache misses would otherwise sweep the buffer and write out what it holds.
+    #[test]
+    fn a_scan_after_appends_writes_nothing() {
+        let backend = CountingWrites::default();
+        let writes = backend.writes.clone();
+        let config = JournalConfig {
+            cache_bytes: 256 << 10,
+            ..JournalConfig::default()
+        };
+        let journal = RedbJournal::open_on(backend, &config).unwrap();
+        for round in 0..40 {
+            for stream in 0..4 {
+                let events = (0..25)
+                    .map(|n| NewEvent::json("Deposited", &serde_json::json!({ "n": n })))
+                    .collect();
+                let stream = format!("account-{stream}-{}", round % 2);
+                journal
+                    .append_blocking(&stream, ExpectedVersion::Any, events)
+                    .unwrap();
+            }
+        }
+        let before = writes.load(Ordering::Relaxed);
+        let mut read = 0;
+        for _ in 0..2 {
+            let mut from = 1;
+            loop {
+                let page = reader::read_all(&journal.db, from, ReadLimit::events(100)).unwrap();
+                let Some(last) = page.last() else { break };
+                from = last.position + 1;
+                read += page.len();
+            }
+        }
+        assert_eq!(read, 2 * 4000, "every event read back, twice");
+        let misses = journal.db.get().cache_stats().read_misses();
+        assert!(misses > 0, "the scan missed the cache");
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            before,
+            "the scan wrote to the file"
+        );
+    }
 
     /// However much is written and read, the journal holds no more of its file in memory
     /// than its configured cache (redb's own default would keep up to 1 GiB of it).

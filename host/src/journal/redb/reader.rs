@@ -96,23 +96,32 @@ impl<'m> LogFilter<'m> {
         })
     }
 
-    /// Whether readers see the event `record` of `stream`.
+    /// Whether readers see the event `record` of `stream`. Inlined: without lifecycle records
+    /// (the usual log) it is one test per event rather than a call.
+    #[inline(always)]
     fn admits(&mut self, stream: &str, record: &RawEnvelope<'_>) -> Result<bool, JournalError> {
-        let Some(lifecycles) = &self.lifecycles else {
-            return Ok(true);
+        match &self.lifecycles {
+            None => Ok(true),
+            Some(lifecycles) => Ok(Self::visibility(&mut self.seen, lifecycles, stream)?
+                .admits(record.version, record.recorded_at)),
+        }
+    }
+
+    /// What readers see of `stream`, looked up in `lifecycles` on its first event only.
+    fn visibility(
+        seen: &mut HashMap<String, Visibility>,
+        lifecycles: &Lifecycles<'_>,
+        stream: &str,
+    ) -> Result<Visibility, JournalError> {
+        if let Some(visibility) = seen.get(stream) {
+            return Ok(*visibility);
+        }
+        let visibility = match lifecycles.visibility(stream) {
+            Err(JournalError::StreamDeleted(_)) => Visibility::NONE,
+            other => other?,
         };
-        let visibility = match self.seen.get(stream) {
-            Some(visibility) => *visibility,
-            None => {
-                let visibility = match lifecycles.visibility(stream) {
-                    Err(JournalError::StreamDeleted(_)) => Visibility::NONE,
-                    other => other?,
-                };
-                self.seen.insert(stream.to_owned(), visibility);
-                visibility
-            }
-        };
-        Ok(visibility.admits(record.version, record.recorded_at))
+        seen.insert(stream.to_owned(), visibility);
+        Ok(visibility)
     }
 }
 

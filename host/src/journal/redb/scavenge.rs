@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::runs::{self, Run, RunKey, RunValue};
 use super::store::{
-    EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
+    self, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
     STREAM_RUNS,
 };
 use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, record};
@@ -43,7 +43,7 @@ pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
             let through = memtable.through();
             memtable.write(&txn, through)?;
             let (removed, whole) = remove_hidden(&txn, stream)?;
-            txn.commit()?;
+            store::commit(&database, txn)?;
             memtable.clear(through);
             drop(memtable);
             report.events += removed as u64;
@@ -60,7 +60,7 @@ pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
         let mut txn = database.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         report.snapshots = remove_snapshots(&txn, &unusable_snapshots)?;
-        txn.commit()?;
+        store::commit(&database, txn)?;
     }
     let mut database = db.exclusive();
     database

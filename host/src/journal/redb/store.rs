@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, StorageBackend, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition, TableHandle,
+    WriteTransaction,
+};
 
 use super::{JournalError, migrate};
 
@@ -69,6 +72,22 @@ pub(super) fn open_on(
         .create_with_backend(backend)?;
     prepare(&db)?;
     Ok(db)
+}
+
+/// Commits `txn` (durable, as it was begun) while holding a read of the state before it.
+///
+/// After a commit that replaced pages, redb 4.6 frees them in a second, non-durable commit of its
+/// own unless a reader may still see them. That commit leaves its pages in redb's write buffer,
+/// and until the next commit every read that misses the cache sweeps all of the buffer's stripes
+/// for them: ~420 instructions per event of a scan larger than the cache, a fifth of it. Held
+/// across the commit, the read keeps those pages for one more commit, which frees them durably
+/// in its own transaction instead. Nothing is less durable; it also spares every commit that
+/// second one's work (~70k instructions).
+pub(super) fn commit(db: &Database, txn: WriteTransaction) -> Result<(), JournalError> {
+    let before = db.begin_read()?;
+    txn.commit()?;
+    drop(before);
+    Ok(())
 }
 
 /// Creates the tables of a new database, or checks the format of an existing one and migrates it

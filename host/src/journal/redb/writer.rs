@@ -20,6 +20,7 @@ use tokio::task;
 
 use super::batch::{Appended, Batch};
 use super::request::Request;
+use super::store;
 use super::{JournalError, JournalStats, SharedDb};
 
 /// State the writer publishes to readers of the journal.
@@ -272,13 +273,13 @@ impl Writer {
             // Held across the commit: no reader pairs the memtable with a transaction
             // from the other side of the flush (see `SharedDb::begin_read`).
             let mut memtable = self.db.memtable_mut();
-            txn.commit()?;
+            store::commit(&db, txn)?;
             // Absorbed first, so that clearing raises the bound of the ids in the table over
             // this batch's too.
             memtable.absorb(finished.appended, head);
             memtable.clear(head);
         } else {
-            txn.commit()?;
+            store::commit(&db, txn)?;
             self.db.memtable_mut().absorb(finished.appended, head);
         }
         Ok(Applied {
@@ -305,7 +306,6 @@ fn now_millis() -> u64 {
 mod tests {
     use super::*;
     use crate::journal::redb::request::Outcome;
-    use crate::journal::redb::store;
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
 
     impl Writer {
