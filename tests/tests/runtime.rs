@@ -1089,3 +1089,48 @@ fn packed_folds_are_used_when_exported_and_span_batches_otherwise() {
     assert_eq!(balance(&state), (1..3000).sum::<i64>(), "{state}");
     assert_eq!(state, fold(&js));
 }
+
+/// A projection is fed only the events of a page it subscribes to, straight into its
+/// batch; when its fold fails, the message names the first and last of those, and the
+/// projection stays where it was.
+#[test]
+fn a_projection_is_fed_the_wanted_events_and_a_failure_names_their_positions() {
+    let engine = foldhost::runtime::PluginEngine::new(Default::default(), None).unwrap();
+    let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::BANK_ANALYTICS)).unwrap();
+    let plugin = Plugin::load(&engine, &bytes, "bank-analytics").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), JournalConfig::default()).unwrap();
+    let append = |stream: &str, event_type: &str, data: Value| {
+        let event = NewEvent::json(event_type, &data);
+        journal
+            .append_blocking(stream, ExpectedVersion::Any, vec![event])
+            .unwrap();
+    };
+    append("other-1", "Opened", json!({"owner": "not an account"}));
+    append("bank-account-a", "Opened", json!({"owner": "ada"}));
+    append("bank-account-a", "Deposited", json!({"amount": "ten"}));
+    append("other-2", "Deposited", json!({"amount": 5}));
+    append("bank-account-a", "Deposited", json!({"amount": 10}));
+    append("other-3", "Opened", json!({"owner": "not an account"}));
+    let page = journal.read_all(1, 10).unwrap();
+
+    let mut instance = foldhost::runtime::ProjectionInstance::new(plugin, None).unwrap();
+    match instance.apply(&page[..4]) {
+        Err(RuntimeError::PluginFailed { context, .. }) => {
+            assert_eq!(context, "applying events at positions 2..=3")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(instance.position, 0);
+    instance.apply(&page[..1]).unwrap();
+    assert_eq!(
+        instance.position, 1,
+        "a page of unwanted events is passed over"
+    );
+    instance.apply(&page[1..2]).unwrap();
+    instance.apply(&page[4..]).unwrap();
+    assert_eq!(instance.position, 6);
+    let state = instance.state().unwrap();
+    assert_eq!(state["open_accounts"], json!(1), "{state}");
+    assert_eq!(state["total_balance"], json!(10), "{state}");
+}

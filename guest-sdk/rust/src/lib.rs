@@ -144,7 +144,7 @@ mod memcmp;
 mod projection;
 mod runtime;
 mod state;
-mod text;
+pub mod text;
 mod upcaster;
 mod words;
 

@@ -82,15 +82,11 @@ macro_rules! apply_through_exports {
     ($exports:ty, $world_guest:ident) => {
         impl $exports {
             /// Folds `events` into the instance's state.
-            pub fn call_apply<'a, I>(
+            pub fn call_apply<'a>(
                 &self,
                 store: &mut wasmtime::Store<PluginData>,
-                events: I,
-            ) -> wasmtime::Result<Result<(), String>>
-            where
-                I: IntoIterator<Item = &'a RecordedEvent>,
-                I::IntoIter: Clone + ExactSizeIterator,
-            {
+                events: impl IntoIterator<Item = &'a RecordedEvent>,
+            ) -> wasmtime::Result<Result<(), String>> {
                 match &self.packed {
                     Some(packed) => packed.call_apply(store, &encode_packed_batch(events)),
                     None => (self.world.$world_guest()).call_apply(store, &encode_batch(events)),
@@ -155,29 +151,21 @@ impl From<types::ContentType> for ContentType {
 pub const PACKED_HEADER_LEN: usize = 60;
 
 /// Packs events into a `packed-batch` (contract 0.1.2): one little-endian
-/// header record per event, strings and payloads in the shared buffer. Both
-/// lists are allocated once, at their final size (the buffer at most).
+/// header record per event, strings and payloads in the shared buffer.
 ///
-/// An event of the same stream or type as the one before shares its span, so
-/// an aggregate's batch carries its stream name once and a run of one type
-/// its name once; empty spans copy nothing.
-pub fn encode_packed_batch<'a, I>(events: I) -> types::PackedBatch
-where
-    I: IntoIterator<Item = &'a RecordedEvent>,
-    I::IntoIter: Clone + ExactSizeIterator,
-{
+/// One pass over the events: the headers are allocated for as many events as
+/// the iterator may yield, the buffer for [`PACKED_BYTES_PER_EVENT`] each and
+/// grown when they carry more. An event of the same stream or type as the one
+/// before shares its span, so an aggregate's batch carries its stream name
+/// once and a run of one type its name once; empty spans copy nothing.
+pub fn encode_packed_batch<'a>(
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+) -> types::PackedBatch {
     let events = events.into_iter();
-    let buffer_len = events
-        .clone()
-        .map(|event| {
-            event.stream.len()
-                + event.event_type.len()
-                + event.data.len()
-                + event.metadata.as_ref().map_or(0, |metadata| metadata.len())
-        })
-        .sum();
-    let mut headers = Vec::with_capacity(events.len() * PACKED_HEADER_LEN);
-    let mut buffer = Vec::with_capacity(buffer_len);
+    let (least, most) = events.size_hint();
+    let capacity = most.unwrap_or(least);
+    let mut headers = Vec::with_capacity(capacity * PACKED_HEADER_LEN);
+    let mut buffer = Vec::with_capacity(capacity * PACKED_BYTES_PER_EVENT);
     let (mut stream, mut event_type) = (Run::default(), Run::default());
     for event in events {
         let mut record = [0; PACKED_HEADER_LEN];
@@ -204,6 +192,11 @@ where
     }
     types::PackedBatch { headers, buffer }
 }
+
+/// The buffer bytes a packed batch reserves per event before it knows them:
+/// a small JSON payload such as `{"amount":42}` and a share of the names
+/// (stored once per run). More only costs the buffer a reallocation.
+const PACKED_BYTES_PER_EVENT: usize = 32;
 
 /// Appends `bytes` to `buffer` (copying nothing when empty) and returns their span.
 #[inline]

@@ -80,20 +80,25 @@ impl Subscription {
     /// [`wants`](Self::wants) as a filter of events in log order. It remembers the stream of
     /// the event before, so a run of one stream's events sharing one copy of its name (as a
     /// page read from the journal does) is checked against the categories once.
+    ///
+    /// The filter is small enough to inline into the loop using it: what a new stream needs
+    /// is out of line.
     pub fn wants_each<'e>(&self) -> impl FnMut(&&'e RecordedEvent) -> bool {
         let mut last: Option<(&'e str, bool)> = None;
         move |event| {
             let stream: &'e str = &event.stream;
             let in_category = match last {
                 Some((name, wanted)) if std::ptr::eq(name, stream) => wanted,
-                _ => {
-                    let wanted = self.wants_stream(stream);
-                    last = Some((stream, wanted));
-                    wanted
-                }
+                _ => last.insert((stream, self.wants_new_stream(stream))).1,
             };
             in_category && self.wants_type(&event.event_type)
         }
+    }
+
+    /// [`wants_stream`](Self::wants_stream) for a filter's next run of one stream.
+    #[inline(never)]
+    fn wants_new_stream(&self, stream: &str) -> bool {
+        self.wants_stream(stream)
     }
 }
 

@@ -13,7 +13,9 @@ impl UtcDate {
     /// The date as text.
     pub fn as_str(&self) -> &str {
         match self {
-            UtcDate::Short(bytes) => std::str::from_utf8(bytes).expect("digits and dashes"),
+            UtcDate::Short(bytes) => {
+                foldhost_guest::text::from_utf8(bytes).expect("digits and dashes")
+            }
             UtcDate::Long(text) => text,
         }
     }

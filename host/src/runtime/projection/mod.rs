@@ -163,13 +163,19 @@ impl ProjectionInstance {
             &upcast[..]
         };
         let subscription = &self.plugin.subscription;
-        let wanted: Vec<&RecordedEvent> = events.iter().filter(subscription.wants_each()).collect();
-        if let (Some(first), Some(end)) = (wanted.first(), wanted.last()) {
-            let (from, to) = (first.position, end.position);
-            let context = || format!("applying events at positions {from}..={to}");
+        // The wanted events go straight into the batch; where they start and end is looked
+        // up only for a message.
+        let mut wants = subscription.wants_each();
+        if let Some(first) = events.iter().position(|event| wants(&event)) {
+            let events = &events[first..];
+            let context = || {
+                let to = events.iter().rev().find(subscription.wants_each());
+                let to = to.map_or(events[0].position, |event| event.position);
+                format!("applying events at positions {}..={to}", events[0].position)
+            };
             let bindings = &self.bindings;
             let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
-                bindings.call_apply(s, wanted)
+                bindings.call_apply(s, events.iter().filter(subscription.wants_each()))
             })?;
             applied.map_err(|message| RuntimeError::PluginFailed {
                 plugin: self.plugin.name().to_owned(),
