@@ -399,7 +399,8 @@ impl Journal {
         }
     }
 
-    /// Writes waiting in the queue for the writer, not yet taken into a commit.
+    /// About how many writes wait for the writer, not yet in a commit (redb counts a batch the
+    /// writer took until its commit starts; PostgreSQL what is still in the channel).
     pub fn queued_writes(&self) -> usize {
         match &*self.backend {
             Backend::Redb(redb) => redb.queued_writes(),

@@ -154,8 +154,8 @@ pub const PACKED_HEADER_LEN: usize = 60;
 /// header record per event, strings and payloads in the shared buffer.
 ///
 /// One pass over the events: the headers are allocated for as many events as
-/// the iterator may yield, the buffer for [`PACKED_BYTES_PER_EVENT`] each and
-/// grown when they carry more. An event of the same stream or type as the one
+/// the iterator may yield, the buffer for `PACKED_BYTES_PER_EVENT` each and
+/// grown (doubling) when they carry more. An event of the same stream or type as the one
 /// before shares its span, so an aggregate's batch carries its stream name
 /// once and a run of one type its name once; empty spans copy nothing.
 pub fn encode_packed_batch<'a>(
@@ -164,8 +164,8 @@ pub fn encode_packed_batch<'a>(
     let events = events.into_iter();
     let (least, most) = events.size_hint();
     let capacity = most.unwrap_or(least);
-    let mut headers = Vec::with_capacity(capacity * PACKED_HEADER_LEN);
-    let mut buffer = Vec::with_capacity(capacity * PACKED_BYTES_PER_EVENT);
+    let mut headers = Vec::with_capacity(capacity.saturating_mul(PACKED_HEADER_LEN));
+    let mut buffer = Vec::with_capacity(capacity.saturating_mul(PACKED_BYTES_PER_EVENT));
     let (mut stream, mut event_type) = (Run::default(), Run::default());
     for event in events {
         let mut record = [0; PACKED_HEADER_LEN];

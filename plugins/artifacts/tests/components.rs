@@ -98,6 +98,7 @@ fn examples_copy_into_a_directory() {
     assert!(files.iter().all(|f| f.metadata().unwrap().len() > 0));
     // The next builds go beside them, in v2/, under the names of the plugins they replace.
     let next = foldhost_plugins::copy_next_versions(&dir).unwrap();
+    assert_eq!(next.len(), 2);
     for (file, build) in next.iter().zip(["bank-analytics-v2", "bank-account-v2"]) {
         assert_eq!(*file, dir.join("v2").join(build.replace("-v2", ".wasm")));
         assert_eq!(
