@@ -418,18 +418,13 @@ impl Journal {
         state: Vec<u8>,
     ) -> Result<(), JournalError> {
         config::check_stream_name(stream)?;
-        match &*self.backend {
-            Backend::Redb(redb) => {
-                redb.write(Op::PutSnapshot {
-                    plugin: plugin.to_owned(),
-                    stream: stream.to_owned(),
-                    version,
-                    state,
-                })
-                .await
-            }
-            Backend::Postgres(pg) => pg.put_snapshot(plugin, stream, version, state).await,
-        }
+        self.write(Op::PutSnapshot {
+            plugin: plugin.to_owned(),
+            stream: stream.to_owned(),
+            version,
+            state,
+        })
+        .await
     }
 
     /// The newest snapshot of `stream` by `plugin` with version ≤ `at_most_version`.

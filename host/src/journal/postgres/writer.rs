@@ -16,16 +16,16 @@ use super::{PgJournal, Shared, cached, failure, lifecycle, pg, pool_error, to_i6
 /// Tries of a write transaction whose connection broke before it committed.
 const WRITE_ATTEMPTS: usize = 3;
 
+/// What the writer answers a request: where an append's events are, `None` for other writes.
+type Reply = Result<Option<AppendResult>, JournalError>;
+
 pub(super) struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<Option<AppendResult>, JournalError>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 impl PgJournal {
-    fn queue(
-        &self,
-        op: Op,
-    ) -> Result<oneshot::Receiver<Result<Option<AppendResult>, JournalError>>, JournalError> {
+    fn queue(&self, op: Op) -> Result<oneshot::Receiver<Reply>, JournalError> {
         let (reply, outcome) = oneshot::channel();
         let requests = self.requests.as_ref().ok_or(JournalError::Closed)?;
         match requests.try_send(Request { op, reply }) {
@@ -47,14 +47,7 @@ impl PgJournal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue(Op::Append {
-            stream: stream.to_owned(),
-            expected,
-            events,
-            recorded_at: None,
-        })?;
-        let result = outcome.await.map_err(|_| JournalError::Closed)??;
-        Ok(result.expect("an append reports where its events are"))
+        appended(self.queue_append(stream, expected, events)?.await)
     }
 
     pub(in crate::journal) fn append_blocking(
@@ -63,16 +56,22 @@ impl PgJournal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, JournalError> {
-        let outcome = self.queue(Op::Append {
+        appended(self.queue_append(stream, expected, events)?.blocking_recv())
+    }
+
+    /// Queues an append of `events` to `stream`, stamped with its commit's time.
+    fn queue_append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Reply>, JournalError> {
+        self.queue(Op::Append {
             stream: stream.to_owned(),
             expected,
             events,
             recorded_at: None,
-        })?;
-        let result = outcome
-            .blocking_recv()
-            .map_err(|_| JournalError::Closed)??;
-        Ok(result.expect("an append reports where its events are"))
+        })
     }
 
     pub(in crate::journal) async fn write_op(&self, op: Op) -> Result<(), JournalError> {
@@ -81,22 +80,12 @@ impl PgJournal {
             .map_err(|_| JournalError::Closed)?
             .map(|_| ())
     }
+}
 
-    pub(in crate::journal) async fn put_snapshot(
-        &self,
-        plugin: &str,
-        stream: &str,
-        version: u64,
-        state: Vec<u8>,
-    ) -> Result<(), JournalError> {
-        self.write_op(Op::PutSnapshot {
-            plugin: plugin.to_owned(),
-            stream: stream.to_owned(),
-            version,
-            state,
-        })
-        .await
-    }
+/// Where an append's events are, from its reply (or `Closed` if the writer dropped it).
+fn appended(reply: Result<Reply, oneshot::error::RecvError>) -> Result<AppendResult, JournalError> {
+    let result = reply.map_err(|_| JournalError::Closed)??;
+    Ok(result.expect("an append reports where its events are"))
 }
 
 /// The writer task: drains queued requests into one transaction each round (group commit),
@@ -170,7 +159,7 @@ async fn attempt(
     requests: &[Request],
     shared: &Shared,
     limits: &BatchLimits,
-) -> Result<Vec<Result<Option<AppendResult>, JournalError>>, failure::Batch> {
+) -> Result<Vec<Reply>, failure::Batch> {
     let mut tries = 0;
     let (outcomes, head, committed) = loop {
         tries += 1;
