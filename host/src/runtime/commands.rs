@@ -556,7 +556,7 @@ impl Driver {
                 }
                 let _ = reply.send(outcome);
             }
-            *live = ran.instance;
+            *live = ran.instance.filter(AggregateInstance::is_usable);
             self.maybe_snapshot(&mut live).await;
         }
         abandon.armed = false;
