@@ -551,6 +551,19 @@ async fn text_with_a_nul_character_is_refused_alike_and_alone(backend: Backend) 
         f.journal.streams_with_prefix("").unwrap(),
         ["s-0", "s-4", "s-8"]
     );
+    // Reads of such a name are refused alike too (PostgreSQL could not even look it up).
+    let reads = [
+        f.journal.stream_version("s-1\0").map(drop),
+        f.journal.read_stream("s-1\0", 1, 10).map(drop),
+        f.journal.stream_metadata("s-1\0").map(drop),
+        f.journal.latest_snapshot("p", "s-1\0", u64::MAX).map(drop),
+    ];
+    for read in reads {
+        assert!(
+            matches!(read, Err(JournalError::InvalidStreamName(_))),
+            "{read:?}"
+        );
+    }
     // An append larger than max_append_bytes is refused whole, before it is queued.
     let big: Vec<NewEvent> = (0..11)
         .map(|_| NewEvent::json("Big", &serde_json::json!("x".repeat(90))))

@@ -561,6 +561,21 @@ fn offline_subcommands_replay_export_and_import_a_data_directory() {
         &["import", &broken.display().to_string(), "--data", &copy_arg],
     );
     assert!(refused.contains("line 1"), "{refused}");
+    // An event whose id the copy holds in another stream is another event: refused, not
+    // skipped as if it were imported already.
+    let mut moved: Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    moved["stream"] = json!("elsewhere");
+    let clash = dirs.data.join("clash.ndjson");
+    std::fs::write(&clash, format!("{moved}\n")).unwrap();
+    let refused = fails(
+        &url,
+        &["import", &clash.display().to_string(), "--data", &copy_arg],
+    );
+    assert!(
+        refused.contains("line 1") && refused.contains("already used"),
+        "{refused}"
+    );
+    assert_eq!(ok(&url, &["export", "--data", &copy_arg]), exported);
 
     // The imported copy serves like the original.
     let server = Server::start_with(&copy, Some(&dirs.plugins), None);

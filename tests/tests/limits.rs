@@ -526,3 +526,57 @@ async fn a_full_write_queue_answers_503_with_retry_after_for_appends_and_command
     }
     assert_bounded(before, server.usage(), 96, 16);
 }
+
+/// Reads `stream` until the server closes it (end of file or reset) and returns what it was
+/// sent; panics if the server keeps it open for [`serve::PATIENCE`].
+fn read_until_closed(mut stream: TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(serve::PATIENCE)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return received,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return received,
+            Err(error) => panic!("the server kept the connection open: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_are_closed_live_feeds_are_not() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "1"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    let feed = client.get(server.url("/events/live")).send().await.unwrap();
+    let mut feed = serve::SseReader::new(feed);
+
+    // A client that connects and says nothing, one that sends half a request's headers, and
+    // one that keeps its connection open after a response: each used to hold a task and a
+    // file descriptor for as long as it liked (enough of them and nobody could connect).
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let silent = TcpStream::connect(&address).unwrap();
+    let mut trickling = TcpStream::connect(&address).unwrap();
+    trickling
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let [silent, _, idle] =
+        tokio::task::spawn_blocking(move || [silent, trickling, idle].map(read_until_closed))
+            .await
+            .unwrap();
+    assert!(silent.is_empty());
+    let idle = String::from_utf8_lossy(&idle);
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
+
+    // A live feed sends no request either while it waits for events: it stays open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = json!({"events": [{"type": "T", "data": {}}]});
+    let (status, answer) = post(&client, &server, "/streams/s/events", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(feed.next().await.unwrap()["stream"], "s");
+}

@@ -440,6 +440,56 @@ async fn a_retry_with_the_same_idempotency_key_deposits_once() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// The id the host gives event `index` of the command with idempotency `key` on `stream`
+/// (`derived_id` in `host/src/runtime/commands.rs`): anyone can compute it.
+fn derived_id(stream: &str, key: &str, index: usize) -> uuid::Uuid {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f74_656e);
+    let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_whose_id_another_stream_took_is_refused_never_answered() {
+    let dirs = Dirs::new();
+    let api = Api::new(Server::start(&dirs, None));
+    let (status, _) = api
+        .command("bank-account", "victim", "Open", json!({"owner": "V"}))
+        .await;
+    assert_eq!(status, 200);
+    // Another client appends, to a stream of its own, an event with the id the victim's next
+    // keyed command will derive.
+    let taken = derived_id("bank-account-victim", "deposit-1", 0);
+    let event = json!({"id": taken, "type": "Deposited", "data": {"amount": 1_000_000}});
+    let (status, body) = api
+        .post("/streams/squatter/events", json!({"events": [event]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The victim's command is refused, not answered with that event as its stored outcome.
+    let (status, body) = api
+        .keyed_command("victim", "deposit-1", "Deposit", json!({"amount": 10}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("squatter"),
+        "{body}"
+    );
+    let (_, state) = api.get("/aggregates/bank-account/victim").await;
+    assert_eq!(
+        (state["version"].clone(), state["state"]["balance"].clone()),
+        (json!(1), json!(0))
+    );
+    // Its other keys work.
+    let (status, body) = api
+        .keyed_command("victim", "deposit-2", "Deposit", json!({"amount": 10}))
+        .await;
+    assert_eq!(
+        (status, body["state"]["balance"].clone()),
+        (200, json!(10)),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_whose_names_overlap_are_refused() {
     let dirs = Dirs::new();

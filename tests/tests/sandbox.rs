@@ -293,6 +293,45 @@ async fn answers_and_events_are_bounded_per_plugin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_trapped_rendering_its_state_is_not_reused() {
+    let host = Host::new(&[]);
+    host.load(artifacts::HOSTILE).await.unwrap();
+    host.load(artifacts::BANK_ACCOUNT).await.unwrap();
+    host.command("bank-account", "eve", json!({"Open": {"owner": "Eve"}}))
+        .await
+        .unwrap()
+        .unwrap();
+    // Rendering a state of 17 MB (built twice in the plugin) runs out of its 64 MiB: the event
+    // is stored, the state is not shown.
+    let bloated = host
+        .command("hostile", "b", json!({"Bloat": {"bytes": 17_000_000}}))
+        .await
+        .unwrap();
+    assert!(
+        bloated
+            .as_ref()
+            .is_err_and(|e| e.contains("exceeded its memory limit")),
+        "{bloated:?}"
+    );
+    // The trapped store is dropped: the next command meets the plugin, not an instance that
+    // can no longer be entered ("wasm trap: cannot enter component instance").
+    let ping = host.command("hostile", "b", json!("Ping")).await.unwrap();
+    assert!(
+        ping.as_ref()
+            .is_err_and(|e| e.contains("exceeded its memory limit")),
+        "{ping:?}"
+    );
+    let state = host.runtime.aggregate_state("hostile", "b", None).await;
+    assert_contained(
+        state,
+        "hostile",
+        "rendering the state of hostile-b: exceeded its memory limit",
+    );
+    let mut deposits = 0;
+    host.others_still_serve(&mut deposits).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fuel_budget_stops_a_runaway_call_before_its_deadline() {
     let host = Host::new(&["hostile:fuel=20000000"]);
     host.load(artifacts::HOSTILE).await.unwrap();

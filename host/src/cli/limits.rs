@@ -21,6 +21,10 @@ pub struct ClientLimitArgs {
     /// stopped reading) before it is closed.
     #[arg(long, env = "FOLDHOST_WRITE_STALL_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().write_stall_timeout.as_secs())]
     write_stall_timeout: u64,
+    /// Seconds a connection may take to send a request's headers, counted from when it opens
+    /// or its previous response ends; an idle or trickling connection is closed after it.
+    #[arg(long, env = "FOLDHOST_READ_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().read_timeout.as_secs())]
+    read_timeout: u64,
     /// Most writes queued for the journal; past it appends and commands are refused with 503
     /// and Retry-After.
     #[arg(long, env = "FOLDHOST_MAX_QUEUED_WRITES", default_value_t = ClientLimits::default().max_queued_writes)]
@@ -33,6 +37,7 @@ impl ClientLimitArgs {
             max_live_feeds: self.max_live_feeds,
             live_buffer_bytes: self.live_buffer_bytes,
             write_stall_timeout: Duration::from_secs(self.write_stall_timeout.max(1)),
+            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
             max_queued_writes: self.max_queued_writes,
         }
     }

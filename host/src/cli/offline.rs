@@ -311,8 +311,9 @@ type PendingAppend = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Sen
 /// `import`: appends an export's events in order, consecutive events of one stream and one
 /// time together (`ExpectedVersion::Any`), keeping their ids, types, data bytes, metadata
 /// and `recorded_at`. Events whose ids
-/// are stored already are skipped, so importing a file again (or after an import stopped
-/// half way) writes only what is missing.
+/// are stored already in their stream are skipped, so importing a file again (or after an
+/// import stopped half way) writes only what is missing; an id stored in another stream stops
+/// the import with an error.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     durable::create_dir_all(&args.data.data)
         .with_context(|| format!("creating {}", args.data.data.display()))?;
@@ -347,9 +348,21 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             });
         let (stream, recorded_at, event) = parsed
             .map_err(|error| anyhow::anyhow!("{} line {number}: {error}", args.file.display()))?;
-        // Already imported (a repeated or resumed import): skipped by its id.
-        if journal.event_by_id(event.id)?.is_some() {
-            continue;
+        // Already imported (a repeated or resumed import): skipped by its id. An id stored in
+        // another stream belongs to another event: refused, not silently left out.
+        if let Some(stored) = journal.event_by_id(event.id)? {
+            if *stored.stream == *stream {
+                continue;
+            }
+            let imported = importer.finish().await?;
+            bail!(
+                "{} line {number}: event id {} is already used by the event at position {} in \
+                 stream {:?}; the {imported} events before it are imported",
+                args.file.display(),
+                event.id,
+                stored.position,
+                &*stored.stream
+            );
         }
         if let Some(check) = check.as_mut().filter(|check| check.owns(&stream)) {
             if !check.has_state(&stream) {

@@ -171,6 +171,7 @@ impl Journal {
         from_version: u64,
         limit: ReadLimit,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
+        config::check_stream_name(stream)?;
         dispatch!(self, read_stream(stream, from_version, limit))
     }
 
@@ -202,11 +203,13 @@ impl Journal {
     /// Fails with [`JournalError::StreamDeleted`] for a hard-deleted stream, as every read of it
     /// does.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>, JournalError> {
+        config::check_stream_name(stream)?;
         dispatch!(self, stream_version(stream))
     }
 
     /// What readers see of `stream` now: its current version and the first visible one.
     pub fn stream_window(&self, stream: &str) -> Result<StreamWindow, JournalError> {
+        config::check_stream_name(stream)?;
         dispatch!(self, stream_window(stream))
     }
 
@@ -219,6 +222,7 @@ impl Journal {
         from_version: u64,
         limit: ReadLimit,
     ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+        config::check_stream_name(stream)?;
         match &*self.backend {
             Backend::Redb(_) => Ok((
                 self.stream_window(stream)?,
@@ -230,6 +234,7 @@ impl Journal {
 
     /// The retention metadata of `stream` (empty if none was set).
     pub fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, JournalError> {
+        config::check_stream_name(stream)?;
         dispatch!(self, stream_metadata(stream))
     }
 
@@ -434,6 +439,7 @@ impl Journal {
         stream: &str,
         at_most_version: u64,
     ) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        config::check_stream_name(stream)?;
         dispatch!(self, latest_snapshot(plugin, stream, at_most_version))
     }
 

@@ -66,6 +66,9 @@ pub struct AggregateInstance {
     base: u64,
     /// Whether the state was folded from version 1, so snapshots of it stand for the stream.
     whole: bool,
+    /// Whether rendering the state failed inside the plugin: a trapped component instance
+    /// cannot be entered again, so the store must not be reused (see [`is_usable`](Self::is_usable)).
+    trapped: bool,
 }
 
 impl AggregateInstance {
@@ -99,6 +102,7 @@ impl AggregateInstance {
             snapshot_version: version,
             base: 1,
             whole: true,
+            trapped: false,
         };
         instance.init(version, bytes.as_deref())?;
         Ok(instance)
@@ -427,17 +431,24 @@ impl AggregateInstance {
     pub fn state(&mut self) -> Result<serde_json::Value, RuntimeError> {
         let guest = self.bindings.world.foldhost_plugin_aggregate();
         let stream = &self.stream;
-        let text = guarded(
+        let rendered = guarded(
             &mut self.store,
             self.plugin.engine(),
             || format!("rendering the state of {stream}"),
             |s| guest.call_state(s),
-        )?;
+        );
+        let text = rendered.inspect_err(|_| self.trapped = true)?;
         serde_json::from_str(&text).map_err(|e| RuntimeError::PluginFailed {
             plugin: self.plugin.name().to_owned(),
             context: format!("rendering the state of {}", self.stream),
             message: format!("state is not valid JSON: {e}"),
         })
+    }
+
+    /// False once a call failed inside the plugin in a way its callers do not see as a lost
+    /// store (rendering the state): such an instance is dropped, never kept for the next call.
+    pub fn is_usable(&self) -> bool {
+        !self.trapped
     }
 
     /// Bytes this instance may hold: its linear memories and tables as granted by its memory

@@ -556,7 +556,7 @@ impl Driver {
                 }
                 let _ = reply.send(outcome);
             }
-            *live = ran.instance;
+            *live = ran.instance.filter(AggregateInstance::is_usable);
             self.maybe_snapshot(&mut live).await;
         }
         abandon.armed = false;
@@ -658,6 +658,10 @@ pub(super) fn latest(
 
 /// The stored events of the command with idempotency `key` on `stream`, if it was stored:
 /// consecutive events whose ids derive from the key.
+///
+/// Event ids are the client's to choose, so the first derived id may be taken by an event of
+/// another stream (by mistake, or to pass that event off as this command's outcome): that is
+/// [`JournalError::DuplicateEventId`], as the command's own append of it would be.
 pub(super) fn committed(
     journal: &Journal,
     stream: &str,
@@ -666,6 +670,13 @@ pub(super) fn committed(
     let Some(first) = journal.event_by_id(derived_id(stream, key, 0))? else {
         return Ok(None);
     };
+    if &*first.stream != stream {
+        return Err(JournalError::DuplicateEventId {
+            id: first.id,
+            stream: first.stream.to_string(),
+            position: Some(first.position),
+        });
+    }
     let mut events = vec![first];
     loop {
         let next = events.last().expect("not empty").version + 1;

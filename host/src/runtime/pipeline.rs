@@ -438,6 +438,12 @@ impl Round {
                         Ok(instance) => instance.state(),
                         Err(error) => Err(error.clone()),
                     };
+                    // A store that trapped rendering cannot fold the round's next commands.
+                    if let (Ok(instance), Err(error)) = (&folded, &rendered)
+                        && !instance.is_usable()
+                    {
+                        folded = Err(error.clone());
+                    }
                     Ok(CommandOutcome {
                         version,
                         events,

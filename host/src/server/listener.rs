@@ -1,40 +1,67 @@
-//! Accepts connections whose writes may not stall for ever: a client that stops reading (a
-//! live feed it no longer drains, a page it never fetches) is cut off once nothing could be
-//! written to it for the configured time, which frees its buffers and its live-feed slot.
+//! Accepts connections and serves HTTP/1.1 on them, bounding how long a client may hold a
+//! connection without making progress:
+//!
+//! - a client that stops reading (a live feed it no longer drains, a page it never fetches) is
+//!   cut off once nothing could be written to it for the write-stall timeout, which frees its
+//!   buffers and its live-feed slot;
+//! - a request's headers must arrive within the read timeout of the connection opening or of
+//!   its previous response: a client that connects and sends nothing, types its headers a byte
+//!   at a time, or leaves a kept-alive connection idle is closed after it (axum's own `serve`
+//!   sets no such timeout, so each of them held a task and a file descriptor for ever, and
+//!   enough of them left the server unable to accept anyone).
 
-use std::pin::Pin;
+use std::pin::pin;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_io_timeout::TimeoutStream;
+use tokio_util::sync::CancellationToken;
 
-/// A TCP listener whose connections time out writes that make no progress.
-pub struct StallGuarded {
-    listener: TcpListener,
+/// Serves `app` on `listener` until `shutdown` is cancelled; then stops accepting, lets each
+/// connection finish its request in flight and returns once all are closed. A failed accept
+/// (out of file descriptors, say) is retried after a pause, as axum's `serve` does.
+pub async fn serve(
+    mut listener: TcpListener,
+    app: Router,
     write_timeout: Duration,
-}
-
-impl StallGuarded {
-    pub fn new(listener: TcpListener, write_timeout: Duration) -> Self {
-        Self {
-            listener,
-            write_timeout,
-        }
-    }
-}
-
-impl axum::serve::Listener for StallGuarded {
-    type Io = Pin<Box<TimeoutStream<TcpStream>>>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+    read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            (stream, _) = axum::serve::Listener::accept(&mut listener) => stream,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = shutdown.cancelled() => break,
+        };
         let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(self.write_timeout));
-        (Box::pin(stream), addr)
+        stream.set_write_timeout(Some(write_timeout));
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => return log_end(served),
+                () = shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            log_end(connection.await);
+        });
     }
+    while connections.join_next().await.is_some() {}
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+fn log_end(served: hyper::Result<()>) {
+    if let Err(error) = served {
+        tracing::debug!(%error, "connection ended");
     }
 }

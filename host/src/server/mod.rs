@@ -327,6 +327,9 @@ pub struct ClientLimits {
     /// A connection on which nothing could be written for this long (its client stopped
     /// reading) is closed.
     pub write_stall_timeout: Duration,
+    /// A connection whose client has not sent a request's headers this long after it opened
+    /// or after its previous response (idle, or sending them a byte at a time) is closed.
+    pub read_timeout: Duration,
     /// Most writes queued for the journal; past it appends and commands get 503 with
     /// `Retry-After`.
     pub max_queued_writes: usize,
@@ -338,6 +341,7 @@ impl Default for ClientLimits {
             max_live_feeds: 1024,
             live_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
             max_queued_writes: JournalConfig::default().max_queued_writes,
         }
     }
@@ -348,7 +352,7 @@ pub struct Server {
     addr: SocketAddr,
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
-    serving: JoinHandle<std::io::Result<()>>,
+    serving: JoinHandle<()>,
     /// Loads the plugin directory's files at start, then watches it for files added or
     /// changed: its output is the watcher, kept alive in the handle until shutdown.
     loading: Option<JoinHandle<Option<plugin_dir::DirWatcher>>>,
@@ -442,13 +446,13 @@ impl Server {
             plugins_loaded: loaded,
             started: std::time::Instant::now(),
         });
-        let stop = shutdown.clone().cancelled_owned();
-        let listener = listener::StallGuarded::new(listener, config.limits.write_stall_timeout);
-        let serving = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        });
+        let serving = tokio::spawn(listener::serve(
+            listener,
+            app,
+            config.limits.write_stall_timeout,
+            config.limits.read_timeout,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "serving");
         Ok(Server {
             addr,
@@ -483,7 +487,7 @@ impl Server {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serving).await {
-            Ok(served) => served.context("the server task failed")??,
+            Ok(served) => served.context("the server task failed")?,
             Err(_) => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still running: cutting them off");
                 self.serving.abort();
