@@ -580,3 +580,78 @@ async fn connections_that_send_no_request_are_closed_live_feeds_are_not() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(feed.next().await.unwrap()["stream"], "s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "3", "--body-budget", "1MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+
+    // A client sends 600 KiB of a 700 KiB body and waits: it used to hold that memory for as
+    // long as it kept the connection, and enough of them exhausted the host.
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let mut stalled = TcpStream::connect(&address).unwrap();
+    stalled
+        .write_all(b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 716800\r\n\r\n")
+        .unwrap();
+    stalled.write_all(&[b' '; 600 << 10]).unwrap();
+
+    // While it holds 600 KiB of the 1 MiB budget, another such body is refused at once
+    // (before the server has read the first, the second is read and fails as JSON: retry).
+    let spaces = " ".repeat(600 << 10);
+    let mut attempts = 0;
+    let refused = loop {
+        let response = client
+            .post(server.url("/streams/t/events"))
+            .body(spaces.clone())
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, answer) = json(response).await;
+        if status == 503 {
+            assert_eq!(retry_after.unwrap(), "1");
+            break answer;
+        }
+        assert_eq!(status, 400, "{answer}");
+        attempts += 1;
+        assert!(attempts < 100, "the second body was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused["error"].as_str().unwrap().contains("budget"),
+        "{refused}"
+    );
+    // A small body fits in what is left.
+    let body = json!({"events": [{"type": "T", "data": {}}]});
+    let (status, answer) = post(&client, &server, "/streams/u/events", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The stalled body is refused once the read timeout has passed since its headers, and its
+    // bytes go back to the budget.
+    let answer = tokio::task::spawn_blocking(move || read_until_closed(stalled))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 3 s"), "{answer}");
+    let (status, answer) = json(
+        client
+            .post(server.url("/streams/t/events"))
+            .body(spaces)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("invalid JSON"),
+        "{answer}"
+    );
+    // Nothing of the stalled request was stored.
+    let (status, stream) = get(&client, &server, "/streams/s/events").await;
+    assert_eq!(status, 404, "{stream}");
+}

@@ -27,6 +27,7 @@
 
 mod admin;
 mod aggregates;
+mod bodies;
 mod console;
 mod errors;
 mod extract;
@@ -153,6 +154,10 @@ fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            bodies::BodyBounds::new(state.limits.read_timeout, state.limits.body_budget),
+            bodies::bound,
+        ))
         .layer(axum::middleware::from_fn(unread::close_if_unread))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -328,8 +333,12 @@ pub struct ClientLimits {
     /// reading) is closed.
     pub write_stall_timeout: Duration,
     /// A connection whose client has not sent a request's headers this long after it opened
-    /// or after its previous response (idle, or sending them a byte at a time) is closed.
+    /// or after its previous response (idle, or sending them a byte at a time) is closed; a
+    /// request body not received this long after its headers is refused with 408.
     pub read_timeout: Duration,
+    /// Most bytes of request bodies held at once, being received or handled; a body that
+    /// would go past it is refused with 503 and `Retry-After`.
+    pub body_budget: usize,
     /// Most writes queued for the journal; past it appends and commands get 503 with
     /// `Retry-After`.
     pub max_queued_writes: usize,
@@ -342,6 +351,7 @@ impl Default for ClientLimits {
             live_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
+            body_budget: 256 << 20,
             max_queued_writes: JournalConfig::default().max_queued_writes,
         }
     }

@@ -84,8 +84,7 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PluginInfo>, ApiError> {
     tracing::Span::current().record("plugin", name.as_str());
-    let bytes =
-        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let bytes = body.map_err(super::bodies::refused)?;
     // Validate before installing: a component named otherwise must not replace anything.
     let plugin = state.runtime.compile(bytes.to_vec(), &name).await?;
     if plugin.name() != name {
