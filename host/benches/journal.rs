@@ -15,12 +15,14 @@ use foldhost::journal::{ContentType, ExpectedVersion, Journal, JournalConfig, Ne
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use uuid::Uuid;
 
-/// The size of a journal record holding one `event()` (format byte, stream name, version, id,
-/// type, content type, data, metadata flag, timestamp), so raw redb writes the same bytes.
-const RECORD_SIZE: usize = 124;
+/// The size of a journal record holding one `event()` (layout byte, a 50-byte header of version,
+/// timestamp, id, four lengths, content type and metadata flag, then stream name, type and
+/// data), so raw redb writes the same bytes.
+const RECORD_SIZE: usize = 145;
 /// Data bytes that make `event()`'s stored record `RECORD_SIZE` bytes long with an 11-byte
-/// stream name and the 9-byte type `Deposited`: 50 bytes of envelope around it.
-const EVENT_DATA: usize = RECORD_SIZE - 50;
+/// stream name and the 9-byte type `Deposited`: 71 bytes of record around it (74 bytes of data,
+/// as when records were 124 bytes in layout 1).
+const EVENT_DATA: usize = RECORD_SIZE - 71;
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 /// Alternating journal/raw slices per journal case.
 const ROUNDS: u32 = 8;

@@ -13,6 +13,9 @@ pub(super) const FORMAT_1: u64 = 1;
 /// The format that indexed every event in the commit that appended it, its most recent runs in
 /// `RECENT_RUNS`.
 pub(super) const FORMAT_2: u64 = 2;
+/// The format whose records are all of layout 1: it reads as it is, only its number changes
+/// (see `store::FORMAT_VERSION`).
+pub(super) const FORMAT_3: u64 = 3;
 /// Format 2: the most recent runs, above every run of their stream in `STREAM_RUNS`.
 const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs_recent");
@@ -256,9 +259,9 @@ mod tests {
     }
 
     /// A format 2 file indexed every event as it was appended, its newest runs in a table of
-    /// their own: it opens as format 3 with nothing left to the memtable.
+    /// their own: it opens in the current format with nothing left to the memtable.
     #[test]
-    fn a_format_2_file_opens_as_format_3_with_every_event_indexed() {
+    fn a_format_2_file_opens_with_every_event_indexed() {
         use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
         use crate::journal::redb::store::STREAM_RUNS;
 
@@ -306,7 +309,10 @@ mod tests {
         {
             let txn = db.get().begin_read().unwrap();
             let meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), 3);
+            assert_eq!(
+                meta.get(FORMAT_KEY).unwrap().unwrap().value(),
+                FORMAT_VERSION
+            );
             let through = meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value();
             assert_eq!(through, 8);
             let tables: Vec<String> = txn

@@ -14,7 +14,9 @@ use super::{JournalError, migrate};
 /// Format 1 indexed streams per event, format 2 indexed every event in its own commit; opening
 /// such a file migrates it (see `migrate`). In format 3 the index tables cover the log up to
 /// `META`'s `indexed_through` only (see `memtable`), which a format 2 build would misread.
-pub(super) const FORMAT_VERSION: u64 = 3;
+/// Format 4 may hold records of layout 2 (see `record`), which a format 3 build would report
+/// as corrupt: it refuses the file instead.
+pub(super) const FORMAT_VERSION: u64 = 4;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
@@ -111,6 +113,10 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             }
             Some(migrate::FORMAT_2) => {
                 migrate::from_format_2(&txn, &mut meta)?;
+                true
+            }
+            Some(migrate::FORMAT_3) => {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 true
             }
             Some(found) => {
