@@ -8,7 +8,7 @@ use std::ops::Bound;
 
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
-use super::memtable::{Appends, Memtable};
+use super::memtable::{Appends, CURSOR_RUN, Memtable};
 use super::page::Page;
 use super::rules::{self, Written};
 use super::runs::Run;
@@ -223,11 +223,18 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         Ok(Appended::Written(result))
     }
 
-    /// Writes the records held back at the log's end, through one cursor: redb gathers a run
-    /// of ascending inserts and splices it into the last leaf at once, where each insert of its
-    /// own would search the tree from the root and rewrite the leaf.
+    /// Writes the records held back at the log's end, through one cursor when there are
+    /// enough (see [`CURSOR_RUN`]): redb gathers a run of ascending inserts and splices it into
+    /// the last leaf at once, where each insert of its own searches the tree from the root.
     fn write_records(&mut self) -> Result<(), JournalError> {
         if self.records.is_empty() {
+            return Ok(());
+        }
+        if self.records.len() < CURSOR_RUN {
+            for (position, bytes) in self.records.drain(..) {
+                self.events.insert(position, bytes.as_slice())?;
+            }
+            self.records_bytes = 0;
             return Ok(());
         }
         // Positions are never handed out twice (the head counts those a scavenge removed): each

@@ -444,19 +444,23 @@ mod tests {
             Some(full + 4)
         );
 
-        // The next flush puts runs of "s" between its runs and those of "t" in the table.
-        let rest = append(ExpectedVersion::Exact(full + 4), events(full as usize - 2));
-        writer.commit(vec![rest.0]);
-        assert_eq!(sizes(), (5, Some(2 * full + 3), 0));
+        // The next flush puts runs of "s" (enough for a cursor) between its runs and those of
+        // "t" in the table.
+        let pairs = (full - 2) / 2;
+        let interleaved = (0..pairs).flat_map(|_| {
+            let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
+            [append(ExpectedVersion::Any, events(1)).0, other]
+        });
+        writer.commit(interleaved.collect());
+        assert_eq!(sizes(), (3 + 1 + 2 * pairs, Some(2 * full + 3), 0));
         assert_eq!(
             versions(1, usize::MAX),
-            (1..=2 * full + 2).collect::<Vec<_>>()
+            (1..=full + 4 + pairs).collect::<Vec<_>>()
         );
         assert_eq!(versions(full + 3, 3), [full + 3, full + 4, full + 5]);
-        assert_eq!(
-            reader::read_stream(&writer.db, "t", 1, all).unwrap().len(),
-            1
-        );
+        let all = ReadLimit::events(usize::MAX);
+        let t = reader::read_stream(&writer.db, "t", 1, all).unwrap();
+        assert_eq!(t.len() as u64, 1 + pairs);
     }
 
     /// A new id above every id in the event-id table is taken as new without searching the
