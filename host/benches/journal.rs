@@ -9,6 +9,8 @@
 //! alternating slices of 0.4 s.
 
 use std::path::Path;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use foldhost::journal::{ContentType, ExpectedVersion, Journal, JournalConfig, NewEvent};
@@ -216,12 +218,24 @@ fn interpolate(rows: &[(u64, f64)], per_tx: f64) -> f64 {
     (r0.ln() + (r1.ln() - r0.ln()) * (per_tx.ln() - x0) / (x1 - x0)).exp()
 }
 
+/// A v7 id from uuid with its 62 random low bits cleared, which `event` counts up in.
+static V7_BASE: LazyLock<u128> =
+    LazyLock::new(|| Uuid::now_v7().as_u128() & !u128::from(u64::MAX >> 2));
+/// Time-ordered ids `event` has made.
+static V7_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// An event as a client makes it, except for the id: raw redb's loop makes its keys by
+/// adding one, while uuid makes each id with a `getrandom` system call (and v7 ids under a
+/// lock), charged to the journal's column until 2026-12-02. Time-ordered (v7) ids now count
+/// up from one made by uuid, so they stay time-ordered across appenders; random (v4) ids take
+/// their bytes from `rand`'s thread-local generator.
 fn event(time_ordered: bool) -> NewEvent {
     NewEvent {
         id: if time_ordered {
-            Uuid::now_v7()
+            let made = V7_MADE.fetch_add(1, Ordering::Relaxed) + 1;
+            Uuid::from_u128(*V7_BASE + u128::from(made))
         } else {
-            Uuid::new_v4()
+            uuid::Builder::from_random_bytes(rand::random()).into_uuid()
         },
         event_type: "Deposited".to_owned(),
         content_type: ContentType::Json,
@@ -303,10 +317,12 @@ async fn append_for(
         .map(|n| {
             let journal = journal.clone();
             tokio::spawn(async move {
+                // Named once per appender: raw redb's loop makes no name per transaction.
+                let stream = stream(n);
                 while started.elapsed() < phase {
                     let events = (0..per_append).map(|_| event(time_ordered)).collect();
                     journal
-                        .append(&stream(n), ExpectedVersion::Any, events)
+                        .append(&stream, ExpectedVersion::Any, events)
                         .await
                         .unwrap();
                 }

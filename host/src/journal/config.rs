@@ -1,6 +1,6 @@
 //! Limits of the journal and the checks that enforce them before a request is queued.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use super::{JournalError, NewEvent};
 
@@ -92,8 +92,7 @@ impl JournalConfig {
                 max: self.max_append_bytes,
             });
         }
-        let mut ids = HashSet::with_capacity(events.len());
-        match events.iter().find(|event| !ids.insert(event.id)) {
+        match repeated_id(events) {
             Some(event) => Err(JournalError::DuplicateEventId {
                 id: event.id,
                 stream: stream.to_owned(),
@@ -102,6 +101,16 @@ impl JournalConfig {
             None => Ok(()),
         }
     }
+}
+
+/// The first of `events` whose id an earlier one has. A lone event (most appends) needs no
+/// set; the set hashes with foldhash, as the memtable does (ids are checked on every append).
+fn repeated_id(events: &[NewEvent]) -> Option<&NewEvent> {
+    if events.len() < 2 {
+        return None;
+    }
+    let mut ids = HashSet::with_capacity_and_hasher(events.len(), Default::default());
+    events.iter().find(|event| !ids.insert(event.id))
 }
 
 /// The bytes of `event` the size limits count: `data`, `metadata` and `event_type`.

@@ -186,6 +186,7 @@ storage_errors!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::CursorError,
     redb::SetDurabilityError
 );
 

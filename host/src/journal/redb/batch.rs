@@ -4,9 +4,11 @@
 //! leaves the transaction untouched. Only storage errors can strike half way; the writer then
 //! drops the whole transaction.
 
+use std::ops::Bound;
+
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
-use super::memtable::Memtable;
+use super::memtable::{Appends, CURSOR_RUN, Memtable};
 use super::page::Page;
 use super::rules::{self, Written};
 use super::runs::Run;
@@ -17,6 +19,10 @@ use super::{
     AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
 };
 use crate::journal::StreamMetadata;
+
+/// Bytes of records a batch holds back before it writes them into the log (see
+/// [`Batch::write_records`]); most batches hold far less until they finish.
+const HELD_RECORD_BYTES: usize = 1 << 20;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +43,14 @@ impl Appended {
 }
 
 /// What a batch did, once finished.
-pub(super) struct Finished {
+pub(super) struct Finished<'r> {
     /// Whether anything was written (otherwise the transaction need not be committed).
     pub(super) wrote: bool,
     /// The last global position, counting this batch's appends.
     pub(super) head: u64,
     /// The indexes of the batch's appends: the writer adds them to the memtable once the batch
     /// committed.
-    pub(super) appended: Memtable,
+    pub(super) appended: Appends<'r>,
     /// Whether the batch also wrote the memtable and its own appends into the index tables:
     /// the writer then clears the memtable once the batch committed.
     pub(super) flushed: bool,
@@ -53,8 +59,8 @@ pub(super) struct Finished {
 /// The journal's tables inside one write transaction. Appends write only the log; their
 /// indexes go to the memtable (see `memtable`). Every table but the log is opened by the first
 /// operation that needs it: most commits touch few of them, and opening one costs a search of
-/// the transaction's table of tables.
-pub(super) struct Batch<'txn> {
+/// the transaction's table of tables. The requests it applies outlive it (`'r`).
+pub(super) struct Batch<'txn, 'r> {
     events: Table<'txn, u64, &'static [u8]>,
     stream_heads: Lazy<'txn, &'static str, u64>,
     event_ids: Lazy<'txn, u128, u64>,
@@ -67,7 +73,11 @@ pub(super) struct Batch<'txn> {
     /// The indexes of the events before this batch that the tables do not hold.
     memtable: &'txn Memtable,
     /// The indexes of this batch's appends.
-    appended: Memtable,
+    appended: Appends<'r>,
+    /// Records of this batch's appends not yet in the log, ascending by position (see
+    /// [`write_records`](Self::write_records)), and their bytes.
+    records: Vec<(u64, Vec<u8>)>,
+    records_bytes: usize,
     /// The next global position.
     next_position: u64,
     recorded_at: u64,
@@ -101,7 +111,7 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
     }
 }
 
-impl<'txn> Batch<'txn> {
+impl<'txn, 'r> Batch<'txn, 'r> {
     /// Opens the log in `txn`, indexed beyond its tables by `memtable`; the batch's appends
     /// begin at `next_position` and get `recorded_at` (ms since the epoch).
     pub(super) fn open(
@@ -121,7 +131,9 @@ impl<'txn> Batch<'txn> {
             parked: Lazy::new(PARKED),
             txn,
             memtable,
-            appended: Memtable::default(),
+            appended: Appends::default(),
+            records: Vec::new(),
+            records_bytes: 0,
             next_position,
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
@@ -158,7 +170,7 @@ impl<'txn> Batch<'txn> {
     /// They get the batch's time unless `recorded_at` (an import's) is given.
     pub(super) fn append(
         &mut self,
-        stream: &str,
+        stream: &'r str,
         expected: ExpectedVersion,
         events: &[NewEvent],
         recorded_at: Option<u64>,
@@ -198,23 +210,55 @@ impl<'txn> Batch<'txn> {
             .zip(result.first_position..)
         {
             let bytes = record::encode(stream, version, event, recorded_at);
-            self.events.insert(position, bytes.as_slice())?;
+            self.records_bytes += bytes.len();
+            self.records.push((position, bytes));
         }
         let run = Run::new(result.first_version, (result.first_position, count));
         let ids = events.iter().map(|event| event.id.as_u128());
         self.appended.add(stream, run, ids);
         self.next_position = result.last_position + 1;
+        if self.records_bytes >= HELD_RECORD_BYTES {
+            self.write_records()?;
+        }
         Ok(Appended::Written(result))
+    }
+
+    /// Writes the records held back at the log's end, through one cursor when there are
+    /// enough (see [`CURSOR_RUN`]): redb gathers a run of ascending inserts and splices it into
+    /// the last leaf at once, where each insert of its own searches the tree from the root.
+    fn write_records(&mut self) -> Result<(), JournalError> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        if self.records.len() < CURSOR_RUN {
+            for (position, bytes) in self.records.drain(..) {
+                self.events.insert(position, bytes.as_slice())?;
+            }
+            self.records_bytes = 0;
+            return Ok(());
+        }
+        // Positions are never handed out twice (the head counts those a scavenge removed): each
+        // is above the log's last key, or the cursor refuses it, a storage error that drops the
+        // whole batch.
+        let mut end = self.events.upper_bound_mut(Bound::<u64>::Unbounded)?;
+        for (position, bytes) in self.records.drain(..) {
+            end.insert_before(position, bytes.as_slice())?;
+        }
+        end.close()?;
+        self.records_bytes = 0;
+        Ok(())
     }
 
     /// Checks that `events`, some of whose ids are stored at `known` positions, are a retry of
     /// consecutive events of `stream` in the same order, and returns where they are.
     fn retry(
-        &self,
+        &mut self,
         stream: &str,
         events: &[NewEvent],
         known: &[u64],
     ) -> Result<AppendResult, JournalError> {
+        // A retry of an append made earlier in this batch reads its records from the log.
+        self.write_records()?;
         let (mut stored, mut page) = (Vec::with_capacity(known.len()), Page::default());
         for &position in known {
             let bytes = self
@@ -241,14 +285,14 @@ impl<'txn> Batch<'txn> {
 
     /// Completes the batch before its commit: once the memtable and this batch's appends hold
     /// `flush_events` events, writes both into the index tables.
-    pub(super) fn finish(self, flush_events: usize) -> Result<Finished, JournalError> {
+    pub(super) fn finish(mut self, flush_events: usize) -> Result<Finished<'r>, JournalError> {
+        self.write_records()?;
         let head = self.next_position - 1;
         let flushed = self.memtable.len() + self.appended.len() >= flush_events;
         if flushed {
             // The index tables are opened again to write them.
             drop((self.stream_heads, self.event_ids));
-            self.memtable.write(self.txn, head)?;
-            self.appended.write(self.txn, head)?;
+            self.memtable.write(&self.appended, self.txn, head)?;
         }
         Ok(Finished {
             wrote: self.wrote,

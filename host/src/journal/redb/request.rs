@@ -59,7 +59,10 @@ impl Request {
     }
 
     /// Applies this request to the batch's transaction.
-    pub(super) fn apply(&self, batch: &mut Batch<'_>) -> Result<Option<Appended>, JournalError> {
+    pub(super) fn apply<'r>(
+        &'r self,
+        batch: &mut Batch<'_, 'r>,
+    ) -> Result<Option<Appended>, JournalError> {
         match &self.op {
             Op::Append {
                 stream,

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use uuid::Uuid;
 
+use super::memtable::Appends;
 use super::runs::{self, Run, RunKey, RunValue};
 use super::store::{
     self, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
@@ -41,7 +42,7 @@ pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
             // transaction, and is held across the commit as the writer holds it for a flush.
             let mut memtable = db.memtable_mut();
             let through = memtable.through();
-            memtable.write(&txn, through)?;
+            memtable.write(&Appends::default(), &txn, through)?;
             let (removed, whole) = remove_hidden(&txn, stream)?;
             store::commit(&database, txn)?;
             memtable.clear(through);

@@ -443,6 +443,24 @@ mod tests {
             reader::stream_version(&writer.db, "s").unwrap(),
             Some(full + 4)
         );
+
+        // The next flush puts runs of "s" (enough for a cursor) between its runs and those of
+        // "t" in the table.
+        let pairs = (full - 2) / 2;
+        let interleaved = (0..pairs).flat_map(|_| {
+            let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
+            [append(ExpectedVersion::Any, events(1)).0, other]
+        });
+        writer.commit(interleaved.collect());
+        assert_eq!(sizes(), (3 + 1 + 2 * pairs, Some(2 * full + 3), 0));
+        assert_eq!(
+            versions(1, usize::MAX),
+            (1..=full + 4 + pairs).collect::<Vec<_>>()
+        );
+        assert_eq!(versions(full + 3, 3), [full + 3, full + 4, full + 5]);
+        let all = ReadLimit::events(usize::MAX);
+        let t = reader::read_stream(&writer.db, "t", 1, all).unwrap();
+        assert_eq!(t.len() as u64, 1 + pairs);
     }
 
     /// A new id above every id in the event-id table is taken as new without searching the
@@ -488,6 +506,60 @@ mod tests {
             head + 1,
             "a new id above the bound is written"
         );
+
+        // Ids below the bound when flushed (this one, and the time-ordered ones) go into the
+        // table one by one, not at its end.
+        let below = with_id(8);
+        let third = retry(&writer, &below);
+        let fill = (0..writer.flush_events).map(|_| append(ExpectedVersion::Any, vec![event()]));
+        writer.commit(fill.map(|(request, _)| request).collect());
+        assert_eq!(writer.db.memtable().len(), 0, "moved into the tables");
+        drop(writer);
+        let writer = self::writer(&dir);
+        let head = reader::head_position(&writer.db).unwrap();
+        assert_eq!(retry(&writer, &below), third);
+        assert_eq!(retry(&writer, &with_id(u128::MAX / 2 + 1)), above);
+        assert_eq!(reader::head_position(&writer.db).unwrap(), head);
+    }
+
+    /// A batch whose records outgrow what it holds back writes them into the log part way,
+    /// and every record reaches it, in order, with the rest.
+    #[test]
+    fn a_batch_larger_than_its_held_records_reaches_the_log_whole() {
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let large = |n: u8| NewEvent {
+            data: vec![n; 100 << 10],
+            ..event()
+        };
+        let on = |stream: &str, events: Vec<NewEvent>| {
+            Request::append(stream.to_owned(), ExpectedVersion::Any, events).0
+        };
+        let first: Vec<NewEvent> = (0..6).map(large).collect();
+        let second: Vec<NewEvent> = (6..12).map(large).collect();
+        let last = vec![event(), event()];
+        let (retried, mut retried_outcome) =
+            Request::append("s".to_owned(), ExpectedVersion::Any, first.clone());
+        writer.commit(vec![
+            on("s", first.clone()),
+            on("t", second.clone()),
+            on("s", last.clone()),
+            retried,
+        ]);
+        assert_eq!(
+            retried_outcome.try_recv().unwrap().unwrap().first_position,
+            1
+        );
+        let log = reader::read_all(&writer.db, 1, ReadLimit::events(usize::MAX)).unwrap();
+        let ids: Vec<_> = log.iter().map(|event| event.id).collect();
+        let sent: Vec<_> = (first.iter().chain(&second).chain(&last))
+            .map(|event| event.id)
+            .collect();
+        assert_eq!(ids, sent);
+        assert_eq!(log[11].data.len(), 100 << 10);
+        assert_eq!(writer.shared.stats().events, 14);
     }
 
     /// Readers running while the writer commits, and moves the memtable into the tables every
