@@ -629,14 +629,14 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     let (status, answer) = post(&client, &server, "/streams/u/events", body.clone()).await;
     assert_eq!(status, 200, "{answer}");
 
-    // The stalled body is refused once the read timeout has passed since its headers, and its
+    // The stalled body is refused once nothing of it has arrived for the read timeout, and its
     // bytes go back to the budget.
     let answer = tokio::task::spawn_blocking(move || read_until_closed(stalled))
         .await
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("did not arrive within 3 s"), "{answer}");
+    assert!(answer.contains("nothing of it arrived for 3 s"), "{answer}");
     let (status, answer) = json(
         client
             .post(server.url("/streams/t/events"))
@@ -649,6 +649,20 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("invalid JSON"),
+        "{answer}"
+    );
+    // A body larger than the whole budget could never fit: 413, not a 503 to retry for ever.
+    let response = client
+        .post(server.url("/streams/t/events"))
+        .body(" ".repeat(1100 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("retry-after").is_none());
+    let (status, answer) = json(response).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("larger than"),
         "{answer}"
     );
     // Nothing of the stalled request was stored.

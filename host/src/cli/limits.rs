@@ -22,13 +22,13 @@ pub struct ClientLimitArgs {
     #[arg(long, env = "FOLDHOST_WRITE_STALL_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().write_stall_timeout.as_secs())]
     write_stall_timeout: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it opens
-    /// or its previous response ends (an idle or trickling connection is closed after it), and
-    /// a request its body after the headers (408 past it).
+    /// or its previous response ends (an idle or trickling connection is closed after it); a
+    /// request body of which nothing arrives for as long is refused with 408.
     #[arg(long, env = "FOLDHOST_READ_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().read_timeout.as_secs())]
     read_timeout: u64,
     /// Most bytes of request bodies held at once, being received or handled, e.g. 256MiB;
-    /// a body that would go past it is refused with 503 and Retry-After. At least the
-    /// largest body accepted (64 MiB for a plugin upload) to take every request.
+    /// a body that would go past it is refused with 503 and Retry-After, one larger than it
+    /// with 413 (keep it above 64 MiB to take any plugin upload).
     #[arg(long, env = "FOLDHOST_BODY_BUDGET", value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
     body_budget: usize,
     /// Most writes queued for the journal; past it appends and commands are refused with 503

@@ -1,12 +1,14 @@
-//! Bounds on request bodies while they arrive: each must arrive within the read timeout of its
-//! headers, and all bodies being received or handled share one byte budget.
+//! Bounds on request bodies while they arrive: a body that stalls is refused, and all bodies
+//! being received or handled share one byte budget.
 //!
 //! Bodies are read whole before a handler runs (up to 8 MiB of JSON, 64 MiB for an upload).
 //! Without these bounds a client that sent all but the last bytes of a large body and then
 //! waited held that memory for as long as it kept the connection: a hundred such clients took
-//! the server from 99 MB to 922 MB. Now a body that stalls is refused with 408 once the read
-//! timeout has passed, and a body that would take the bytes held past the budget is refused at
-//! once with 503 and `Retry-After`. A body's bytes count until its response is made.
+//! the server from 99 MB to 922 MB. Now a body of which nothing arrives for the read timeout
+//! (counted from when the handler starts reading it, then from each chunk) is refused with 408;
+//! a body that would take the bytes held past the budget is refused at once with 503 and
+//! `Retry-After`, or with 413 if it is larger than the whole budget. A body's bytes count until
+//! its response is made.
 
 use std::error::Error;
 use std::future::Future;
@@ -23,25 +25,25 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::errors::ApiError;
 
-/// What bounds request bodies: how long one may take after its headers, and the bytes all
-/// of them may hold together.
+/// What bounds request bodies: how long one may go without a byte arriving, and the bytes
+/// all of them may hold together.
 #[derive(Clone)]
 pub struct BodyBounds {
-    deadline: Duration,
+    stall: Duration,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
 }
 
 impl BodyBounds {
-    /// Bodies that take at most `deadline` each and hold at most `budget_bytes` together.
-    pub fn new(deadline: Duration, budget_bytes: usize) -> Self {
+    /// Bodies that never stall for `stall` and hold at most `budget_bytes` together.
+    pub fn new(stall: Duration, budget_bytes: usize) -> Self {
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         Self {
-            deadline,
+            stall,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
         }
@@ -51,21 +53,26 @@ impl BodyBounds {
 /// Why a body was cut off.
 #[derive(Debug)]
 enum Refused {
-    Late(Duration),
+    Stalled(Duration),
     OverBudget(usize),
+    LargerThanBudget(usize),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Late(deadline) => write!(
+            Refused::Stalled(stall) => write!(
                 f,
-                "the request body did not arrive within {} s of its headers",
-                deadline.as_secs()
+                "the request body stalled: nothing of it arrived for {} s",
+                stall.as_secs()
             ),
             Refused::OverBudget(budget) => write!(
                 f,
                 "the server is holding its budget of {budget} bytes of request bodies; retry"
+            ),
+            Refused::LargerThanBudget(budget) => write!(
+                f,
+                "the request body is larger than the server's budget of {budget} bytes for all bodies"
             ),
         }
     }
@@ -83,8 +90,9 @@ pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Nex
     let held = Arc::new(Mutex::new(None));
     let body = Body::new(Bounded {
         inner: body,
-        deadline: Box::pin(tokio::time::sleep(bounds.deadline)),
+        stalled_at: None,
         bounds,
+        taken: 0,
         held: held.clone(),
     });
     let response = next.run(Request::from_parts(parts, body)).await;
@@ -92,50 +100,72 @@ pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Nex
     response
 }
 
-/// The error answer for a body that could not be read: 408 or 503 if [`bound`] cut it off,
-/// otherwise axum's own status and text (413 over the size limit, 400 for a broken body).
+/// The error answer for a body that could not be read: 408, 503 or 413 if [`bound`] cut it
+/// off, otherwise axum's own status and text (413 over the size limit, 400 for a broken body).
 pub fn refused(rejection: BytesRejection) -> ApiError {
     let mut source: Option<&(dyn Error + 'static)> = Some(&rejection);
     while let Some(error) = source {
         match error.downcast_ref::<Refused>() {
-            Some(late @ Refused::Late(_)) => {
-                return ApiError::new(StatusCode::REQUEST_TIMEOUT, late);
+            Some(stalled @ Refused::Stalled(_)) => {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, stalled);
             }
             Some(over @ Refused::OverBudget(_)) => return ApiError::busy(over, 1),
+            Some(larger @ Refused::LargerThanBudget(_)) => {
+                return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, larger);
+            }
             None => source = error.source(),
         }
     }
     ApiError::new(rejection.status(), rejection.body_text())
 }
 
-/// A body that fails once its deadline passes or its bytes would go over the budget; the
-/// bytes it took from the budget go back once every holder of `held` is dropped.
+/// A body that fails once nothing of it arrives for the stall timeout or its bytes would go
+/// over the budget; the bytes it took from the budget go back once every holder of `held` is
+/// dropped.
 struct Bounded {
     inner: Body,
-    deadline: Pin<Box<Sleep>>,
+    /// When waiting for the next chunk turns into a stall; set on the first read (a handler
+    /// may start reading late, after waiting for plugins to load) and after each chunk.
+    stalled_at: Option<Pin<Box<Sleep>>>,
     bounds: BodyBounds,
+    /// Bytes of this body taken from the budget.
+    taken: usize,
     held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl Bounded {
-    fn take(&self, bytes: usize) -> Result<(), Refused> {
-        let over = || Refused::OverBudget(self.bounds.budget_bytes);
-        let bytes = u32::try_from(bytes).map_err(|_| over())?;
+    fn take(&mut self, bytes: usize) -> Result<(), Refused> {
+        let budget = self.bounds.budget_bytes;
+        self.taken = self.taken.saturating_add(bytes);
+        if self.taken > budget {
+            return Err(Refused::LargerThanBudget(budget));
+        }
+        let bytes = u32::try_from(bytes).map_err(|_| Refused::LargerThanBudget(budget))?;
         let permit = self
             .bounds
             .budget
             .clone()
             .try_acquire_many_owned(bytes)
-            .map_err(|_| over())?;
+            .map_err(|_| Refused::OverBudget(budget))?;
         let mut held = self
             .held
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         match held.as_mut() {
-            Some(all) => all.merge(permit),
+            Some(all) => OwnedSemaphorePermit::merge(all, permit),
             None => *held = Some(permit),
         }
         Ok(())
+    }
+
+    /// Whether the body has stalled, arming the timer (and its wake-up) if it is not armed.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let stall = self.bounds.stall;
+        self.stalled_at
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 }
 
@@ -147,18 +177,25 @@ impl http_body::Body for Bounded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            let late = Refused::Late(self.bounds.deadline);
-            return Poll::Ready(Some(Err(axum::Error::new(late))));
-        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-            && let Err(refused) = self.take(data.len())
-        {
-            return Poll::Ready(Some(Err(axum::Error::new(refused))));
+        match &polled {
+            Poll::Pending if self.stalled(cx) => {
+                let stalled = Refused::Stalled(self.bounds.stall);
+                Poll::Ready(Some(Err(axum::Error::new(stalled))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let bytes = frame.data_ref().map_or(0, Bytes::len);
+                if let Err(refused) = self.take(bytes) {
+                    return Poll::Ready(Some(Err(axum::Error::new(refused))));
+                }
+                let stall = self.bounds.stall;
+                if let Some(stalled_at) = self.stalled_at.as_mut() {
+                    stalled_at.as_mut().reset(Instant::now() + stall);
+                }
+                polled
+            }
+            _ => polled,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

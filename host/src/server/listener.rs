@@ -57,6 +57,8 @@ pub async fn serve(
             log_end(connection.await);
         });
     }
+    // Refuse new clients at once rather than leave them waiting while the others finish.
+    drop(listener);
     while connections.join_next().await.is_some() {}
 }
 

@@ -334,10 +334,10 @@ pub struct ClientLimits {
     pub write_stall_timeout: Duration,
     /// A connection whose client has not sent a request's headers this long after it opened
     /// or after its previous response (idle, or sending them a byte at a time) is closed; a
-    /// request body not received this long after its headers is refused with 408.
+    /// request body of which nothing arrives for this long is refused with 408.
     pub read_timeout: Duration,
     /// Most bytes of request bodies held at once, being received or handled; a body that
-    /// would go past it is refused with 503 and `Retry-After`.
+    /// would go past it is refused with 503 and `Retry-After`, one larger than it with 413.
     pub body_budget: usize,
     /// Most writes queued for the journal; past it appends and commands get 503 with
     /// `Retry-After`.
