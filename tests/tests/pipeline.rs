@@ -45,14 +45,23 @@ async fn runtime_on(journal: Journal, aggregates: AggregateConfig) -> Arc<Runtim
     runtime
 }
 
-fn send(runtime: &Arc<Runtime>, id: &str, (kind, data, key): Sent) -> JoinHandle<Outcome> {
+fn send(runtime: &Arc<Runtime>, id: &str, sent: Sent) -> JoinHandle<Outcome> {
+    send_to(runtime, "bank-account", id, sent)
+}
+
+fn send_to(
+    runtime: &Arc<Runtime>,
+    plugin: &'static str,
+    id: &str,
+    (kind, data, key): Sent,
+) -> JoinHandle<Outcome> {
     let (runtime, id) = (runtime.clone(), id.to_owned());
     let command = Command {
         command_type: kind.to_owned(),
         data: serde_json::to_vec(&data).unwrap(),
         idempotency_key: key.map(str::to_owned),
     };
-    tokio::spawn(async move { runtime.execute_command("bank-account", &id, command).await })
+    tokio::spawn(async move { runtime.execute_command(plugin, &id, command).await })
 }
 
 fn deposit(amount: u64) -> Sent {
@@ -287,6 +296,51 @@ async fn a_failed_commit_fails_every_command_in_it() {
         .await
         .unwrap();
     assert_eq!((version, state["balance"].as_u64()), (2, Some(1)));
+}
+
+/// A keyed command already stored answers with the state after it, rendered by the round's
+/// store; when that rendering traps, the store is not used for the round's next commands
+/// (a trapped component instance cannot be entered again): they get a new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_trapped_answering_a_stored_command_is_not_reused_in_its_round() {
+    let host = Gated::new().await;
+    let bytes = std::fs::read(foldhost_plugins::path(foldhost_plugins::HOSTILE)).unwrap();
+    host.runtime.load(bytes, "hostile").await.unwrap();
+    // A state of 17 MB, built twice to render it: more than the plugin's 64 MiB.
+    let bloat = || ("Bloat", json!({"bytes": 17_000_000}), Some("bloat-1"));
+    let stats = host.runtime.command_stats();
+    host.gate.hold();
+    let first = send_to(&host.runtime, "hostile", "b", bloat());
+    wait_until("the Bloat's commit waits for its sync", || {
+        host.gate.waiting() == 1
+    })
+    .await;
+    // Its retry and a Ping queue behind it: one round on the stored Bloat's state.
+    let mut queued = Vec::new();
+    for sent in [bloat(), ("Ping", Value::Null, None)] {
+        queued.push(send_to(&host.runtime, "hostile", "b", sent));
+        let expected = stats.queued + 1 + queued.len() as u64;
+        wait_until("the command is queued", || {
+            host.runtime.command_stats().queued == expected
+        })
+        .await;
+    }
+    host.gate.release();
+    let too_big = |outcome: &CommandOutcome| {
+        outcome
+            .state
+            .as_ref()
+            .is_err_and(|error| error.contains("exceeded its memory limit"))
+    };
+    let bloated = first.await.unwrap().unwrap();
+    assert!(too_big(&bloated), "{:?}", bloated.state);
+    let retried = queued.remove(0).await.unwrap().unwrap();
+    assert_eq!(retried.version, bloated.version);
+    assert!(too_big(&retried), "{:?}", retried.state);
+    // The Ping meets the plugin, not "cannot enter component instance".
+    let pinged = queued.remove(0).await.unwrap().unwrap();
+    assert_eq!(pinged.version, bloated.version + 1);
+    assert!(too_big(&pinged), "{:?}", pinged.state);
 }
 
 /// Commands waiting on a stream count against the journal's write-queue bound: past it a

@@ -197,6 +197,12 @@ fn decide(
                     let outcome =
                         stored_outcome(instance, round.committed.is_none(), journal, stored);
                     round.decisions.push(Decision::Stored(outcome));
+                    // A store that trapped rendering that state cannot decide the round's next
+                    // commands: they wait for the next round, on a new store.
+                    if !instance.is_usable() {
+                        round.broken = true;
+                        break;
+                    }
                     continue;
                 }
                 Err(error) => {
