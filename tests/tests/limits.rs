@@ -669,3 +669,88 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     let (status, stream) = get(&client, &server, "/streams/s/events").await;
     assert_eq!(status, 404, "{stream}");
 }
+
+/// Whether `GET /plugins` lists `origin` as being compiled.
+async fn compiling(client: &Client, server: &Server, origin: &str) -> bool {
+    let (status, list) = get(client, server, "/plugins").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .any(|row| row["origin"] == origin && row["status"]["status"] == "compiling")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_client_left_holds_its_body_budget_until_its_compile_ends() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--admin-token", "secret", "--body-budget", "24MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    // An 18 MB Python component: with no compiled cache, seconds of compiling.
+    let component = std::fs::read(foldhost_plugins::path(
+        foldhost_plugins::BANK_ACCOUNT_PYTHON,
+    ))
+    .unwrap();
+    let origin = "bank-account-python";
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let mut upload = TcpStream::connect(&address).unwrap();
+    write!(
+        upload,
+        "PUT /plugins/{origin} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\
+         Content-Length: {}\r\n\r\n",
+        component.len()
+    )
+    .unwrap();
+    upload.write_all(&component).unwrap();
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    while !compiling(&client, &server, origin).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never compiled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client leaves; the server drops its request but the compile goes on with a copy.
+    drop(upload);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 7 MiB more would take the bodies held past 24 MiB while the compile holds the upload's.
+    let spaces = " ".repeat(7 << 20);
+    let send = || async {
+        json(
+            client
+                .post(server.url("/streams/t/events"))
+                .body(spaces.clone())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    let (status, answer) = send().await;
+    assert!(
+        compiling(&client, &server, origin).await,
+        "the compile ended before the test could see it hold the budget"
+    );
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("budget"),
+        "{answer}"
+    );
+
+    // Once the compile ends its share goes back (the body is then read, and is not JSON); the
+    // plugin is not installed, its client having left.
+    let deadline = std::time::Instant::now() + serve::LOADING_PATIENCE;
+    while compiling(&client, &server, origin).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compile never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = send().await;
+    assert_eq!(status, 400, "{answer}");
+    let (_, list) = get(&client, &server, "/plugins").await;
+    assert_eq!(list, json!([]));
+}

@@ -80,14 +80,25 @@ impl std::fmt::Display for Refused {
 
 impl Error for Refused {}
 
+/// The share of the body budget a request's body holds, in the request's extensions: work
+/// that outlives the request (a plugin upload's compile) keeps it, so a client that leaves
+/// does not free bytes the server still holds.
+#[derive(Clone)]
+pub struct BodyHold {
+    _held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
 /// Middleware: reads the request body under [`BodyBounds`] and keeps its bytes counted until
-/// the response is made.
+/// the response is made, or for as long as a [`BodyHold`] is kept.
 pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let held = Arc::new(Mutex::new(None));
+    parts.extensions.insert(BodyHold {
+        _held: held.clone(),
+    });
     if http_body::Body::is_end_stream(&body) {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let held = Arc::new(Mutex::new(None));
     let body = Body::new(Bounded {
         inner: body,
         stalled_at: None,

@@ -1,16 +1,17 @@
 //! Listing, uploading and unloading plugins; changes need the admin token.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::bodies::BodyHold;
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use crate::journal::ParkedEvent;
@@ -81,12 +82,22 @@ pub async fn put(
     State(state): State<AppState>,
     _admin: Admin,
     Path(name): Path<String>,
+    Extension(hold): Extension<BodyHold>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PluginInfo>, ApiError> {
     tracing::Span::current().record("plugin", name.as_str());
     let bytes = body.map_err(super::bodies::refused)?;
-    // Validate before installing: a component named otherwise must not replace anything.
-    let plugin = state.runtime.compile(bytes.to_vec(), &name).await?;
+    // Validate before installing: a component named otherwise must not replace anything. The
+    // compile runs to its end even if the client leaves, holding the body's share of the body
+    // budget until then.
+    let (runtime, origin) = (state.runtime.clone(), name.clone());
+    let compiled = tokio::spawn(async move {
+        let _hold = hold;
+        runtime.compile(Vec::from(bytes), &origin).await
+    });
+    let plugin = compiled
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
     if plugin.name() != name {
         return Err(ApiError::bad_request(format!(
             "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
