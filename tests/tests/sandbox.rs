@@ -573,3 +573,161 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         "{summaries:?}"
     );
 }
+
+/// `count` of metric `name` in the Prometheus text `metrics`.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.split(' ').next() == Some(name))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_budget_bounds_plugin_memory_across_concurrent_instances() {
+    // Each GrowMemories touches 56 MiB of its instance's 60 MiB, then traps on its limit;
+    // commands to distinct ids run at once, so without a host-wide budget 48 of them held
+    // 48 x 56 MiB between them. The budget lets about four grow at a time.
+    const CLIENTS: usize = 48;
+    const ROUNDS: usize = 2;
+    let budget = 240 * MIB;
+    let dirs = Dirs::new();
+    std::fs::copy(
+        artifacts::path(artifacts::HOARDER),
+        dirs.plugins.join("hoarder.wasm"),
+    )
+    .unwrap();
+    let mut command = Server::command(&dirs.data, Some(&dirs.plugins));
+    // A deadline no call meets on a busy machine: memory, not time, is under test.
+    command.args([
+        "--call-timeout",
+        "10s",
+        "--plugin-memory",
+        "60MiB",
+        "--plugins-memory-budget",
+        "240MiB",
+        "--aggregate-cache",
+        "32MiB",
+    ]);
+    // A safety net for a shared machine, as above: should the budget regress, the host fails
+    // to allocate instead of summoning the OOM killer.
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            match libc::setrlimit(libc::RLIMIT_DATA, &cap) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let server = Server::launch(command);
+    let client = Client::new();
+    let post = |plugin: &str, id: String, body: Value| {
+        let (client, url) = (
+            client.clone(),
+            server.url(&format!("/aggregates/{plugin}/{id}/commands")),
+        );
+        async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            let (status, answer) = json(response).await;
+            (status, retry_after, answer)
+        }
+    };
+    let (status, _, body) = post(
+        "bank-account",
+        "eve".into(),
+        json!({"type": "Open", "data": {"owner": "Eve"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post("hoarder", "h".into(), json!({"type": "Ping"})).await;
+    assert_eq!(status, 200, "{body}");
+    let baseline = peak_rss(server.pid() as u32);
+
+    let mut storm = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let grows: Vec<_> = (0..ROUNDS)
+            .map(|round| {
+                let id = format!("grow-{client}-{round}");
+                post("hoarder", id, json!({"type": "GrowMemories"}))
+            })
+            .collect();
+        storm.spawn(async move {
+            let mut answers = Vec::new();
+            for grow in grows {
+                answers.push(grow.await);
+            }
+            answers
+        });
+    }
+    let answers: Vec<_> = storm.join_all().await.into_iter().flatten().collect();
+    let mut refused = 0;
+    for (status, retry_after, answer) in &answers {
+        let error = answer["error"].as_str().unwrap_or_default();
+        match status {
+            // Its own limit: the second memory's 56 MiB.
+            500 => assert!(
+                error.contains("exceeded its memory limit of 60.0 MiB"),
+                "{}",
+                short(answer)
+            ),
+            // The host's: the others held the budget. A transient refusal of this command.
+            503 => {
+                refused += 1;
+                assert!(
+                    error.starts_with("plugin hoarder could not get memory")
+                        && error
+                            .contains("the host's plugin memory budget of 240.0 MiB is exhausted"),
+                    "{}",
+                    short(answer)
+                );
+                assert!(retry_after, "a 503 says when to retry");
+            }
+            other => panic!("GrowMemories answered {other}: {}", short(answer)),
+        }
+    }
+    let grown = peak_rss(server.pid() as u32).saturating_sub(baseline);
+    assert!(
+        grown < budget + 48 * MIB,
+        "peak RSS grew by {} MiB on a budget of {} MiB ({refused} of {} refused)",
+        grown >> 20,
+        budget >> 20,
+        answers.len()
+    );
+    assert!(refused > 0, "no command met the host's budget");
+
+    // Every store gave its memory back: the others serve, and hoarder grows again.
+    let metrics = server.metrics(&client).await;
+    assert_eq!(
+        metric(&metrics, "foldhost_plugin_memory_budget_bytes"),
+        budget as f64
+    );
+    assert!(metric(&metrics, "foldhost_plugin_memory_refusals_total") >= f64::from(refused));
+    let held = metric(&metrics, "foldhost_plugin_memory_bytes");
+    assert!(held < (16 * MIB) as f64, "{held} bytes still held");
+    let (status, _, body) = post(
+        "bank-account",
+        "eve".into(),
+        json!({"type": "Deposit", "data": {"amount": 1}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["state"]["balance"]),
+        (200, &json!(1)),
+        "{body}"
+    );
+    let (status, _, body) = post("hoarder", "h".into(), json!({"type": "Ping"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post("hoarder", "alone".into(), json!({"type": "GrowMemories"})).await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("a memory asked for 56.0 MiB more with 56.1 MiB in use"),
+        "{error}"
+    );
+}

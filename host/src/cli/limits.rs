@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::runtime::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size};
+use crate::runtime::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size, show_size};
 use crate::server::ClientLimits;
 
 #[derive(Debug, Args)]
@@ -75,6 +75,12 @@ pub struct PluginLimitArgs {
         value_delimiter = ';'
     )]
     plugin_limits: Vec<PluginLimits>,
+    /// Memory of every plugin instance together (all their linear memories and tables: those
+    /// running a call, cached aggregate states, projections), e.g. 2GiB. A growth past it fails
+    /// that call with 503 and Retry-After, whatever the instance's own limit; it must exceed
+    /// --aggregate-cache and every plugin's memory limit.
+    #[arg(long, env = "FOLDHOST_PLUGINS_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_size, default_value = "1GiB")]
+    plugins_memory_budget: usize,
 }
 
 impl PluginLimitArgs {
@@ -87,5 +93,35 @@ impl PluginLimitArgs {
             ..defaults
         };
         LimitPolicy::new(defaults, &self.plugin_limits)
+            .with_memory_budget(self.plugins_memory_budget)
     }
+}
+
+/// Refuses a host-wide plugin memory budget that one instance at its own limit, or the cached
+/// aggregate states (`aggregate_cache` bytes of idle instances), could fill alone: the cache
+/// would then hold the budget and refuse new work for as long as its states stay cached.
+pub fn check_memory_budget(policy: &LimitPolicy, aggregate_cache: usize) -> anyhow::Result<()> {
+    let budget = policy.memory_budget;
+    let limits = std::iter::once(("--plugin-memory ".to_owned(), &policy.defaults)).chain(
+        (policy.plugins.iter())
+            .map(|(name, limits)| (format!("--plugin-limit {name}:memory="), limits)),
+    );
+    for (flag, limits) in limits {
+        if limits.memory > budget {
+            anyhow::bail!(
+                "{flag}{} is more than --plugins-memory-budget ({}): no instance could grow to it",
+                show_size(limits.memory),
+                show_size(budget)
+            );
+        }
+    }
+    if aggregate_cache >= budget {
+        anyhow::bail!(
+            "--aggregate-cache ({}) must be smaller than --plugins-memory-budget ({}): the cached \
+             states' instances draw on it too",
+            show_size(aggregate_cache),
+            show_size(budget)
+        );
+    }
+    Ok(())
 }

@@ -198,6 +198,8 @@ fn this_binary() -> Option<PathBuf> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = resolve(&args.listen)?;
+    let plugin_limits = args.plugin_limits.policy();
+    limits::check_memory_budget(&plugin_limits, args.aggregate_cache)?;
     let admin_token = args.admin.resolve()?;
     if admin_token.is_none() {
         tracing::info!("no admin token: the admin endpoints (see README → HTTP API) are disabled");
@@ -212,7 +214,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Some(crate::server::metrics::install()?),
         failure_policy: args.failure_policy,
         limits: args.limits.limits(),
-        plugin_limits: args.plugin_limits.policy(),
+        plugin_limits,
         aggregate_cache_bytes: args.aggregate_cache,
         journal_cache_bytes: args.journal_cache,
         passivate_after: args.passivate_after.0,
@@ -316,5 +318,34 @@ mod tests {
         ])
         .unwrap_err();
         assert!(refused.to_string().contains("not a size"), "{refused}");
+    }
+
+    #[test]
+    fn the_plugin_memory_budget_must_hold_the_cache_and_any_one_instance() {
+        let policy = |args: &[&str]| {
+            let cli = super::Cli::try_parse_from(["foldhost", "serve"].iter().chain(args)).unwrap();
+            let super::Action::Serve(args) = cli.action else {
+                panic!("not serve");
+            };
+            (args.plugin_limits.policy(), args.aggregate_cache)
+        };
+        let (defaults, cache) = policy(&[]);
+        assert_eq!(defaults.memory_budget, 1 << 30);
+        super::limits::check_memory_budget(&defaults, cache).unwrap();
+        let (small, cache) = policy(&["--plugins-memory-budget", "512MiB"]);
+        let refused = super::limits::check_memory_budget(&small, cache).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("--aggregate-cache (512.0 MiB) must be smaller than --plugins-memory-budget (512.0 MiB)"),
+            "{refused}"
+        );
+        let (large, cache) = policy(&["--plugin-limit", "big:memory=2GiB"]);
+        let refused = super::limits::check_memory_budget(&large, cache).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "--plugin-limit big:memory=2.0 GiB is more than --plugins-memory-budget (1.0 GiB): no \
+             instance could grow to it"
+        );
     }
 }

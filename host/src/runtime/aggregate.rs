@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
-use wasmtime::Store;
 
-use super::bindings::{AggregateExports, PluginData, types};
+use super::bindings::{AggregateExports, types};
 use super::dehydrated::Dehydrated;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
-use super::sandbox::guarded;
+use super::sandbox::{PluginStore, guarded};
 use super::upcast::UpcasterChain;
 use crate::journal::{
     ByteString, Journal, NewEvent, Pages, ReadLimit, RecordedEvent, StreamWindow,
@@ -55,7 +54,7 @@ pub struct AggregateInstance {
     /// The upcasters its events pass through.
     upcasters: Arc<UpcasterChain>,
     stream: String,
-    store: Store<PluginData>,
+    store: PluginStore,
     bindings: AggregateExports,
     /// The stream version folded into the state (0 = empty).
     pub version: u64,

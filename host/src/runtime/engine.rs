@@ -16,6 +16,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 use super::limits::{LimitPolicy, Limits};
+use super::sandbox::MemoryBudget;
 use crate::durable;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
@@ -29,6 +30,8 @@ pub const MAX_WASM_STACK: usize = 512 << 10;
 pub struct PluginEngine {
     engine: Engine,
     limits: LimitPolicy,
+    /// What every store's memories and tables hold together, against the policy's budget.
+    memory_budget: Arc<MemoryBudget>,
     cache_dir: Option<PathBuf>,
     /// The `foldhost` binary that compiles components in a child process, if any.
     compiler: Option<PathBuf>,
@@ -53,6 +56,7 @@ impl PluginEngine {
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(Self {
             engine,
+            memory_budget: Arc::new(MemoryBudget::new(limits.memory_budget)),
             limits,
             cache_dir,
             compiler: None,
@@ -77,6 +81,11 @@ impl PluginEngine {
     /// The limits of every plugin.
     pub fn limits(&self) -> &LimitPolicy {
         &self.limits
+    }
+
+    /// The host-wide budget every plugin instance's memories and tables draw on.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.memory_budget
     }
 
     /// Whether calls are metered with fuel (some plugin has a fuel budget).

@@ -55,6 +55,18 @@ pub enum RuntimeError {
         /// The trap, in one line.
         message: String,
     },
+    /// A plugin instance could not grow (or be created) within its own memory limit because
+    /// the host's plugin memory budget is held by other instances: the call failed, its
+    /// instance was discarded, and it may pass on a retry. Not a fault of the plugin.
+    #[error("plugin {plugin} could not get memory {context}: {message}")]
+    MemoryBudget {
+        /// The plugin.
+        plugin: String,
+        /// The call that wanted the memory.
+        context: String,
+        /// The budget and what was asked, in one line.
+        message: String,
+    },
     /// The plugin returned an error (e.g. an event it cannot decode).
     #[error("plugin {plugin} failed {context}: {message}")]
     PluginFailed {

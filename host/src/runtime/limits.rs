@@ -62,17 +62,32 @@ impl Limits {
     }
 }
 
-/// The limits of every plugin: defaults, and those of plugins given their own.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The host-wide budget of plugin memory unless configured: 16 instances at the default
+/// `memory` limit, twice the default aggregate cache.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+
+/// The limits of every plugin: defaults, those of plugins given their own, and the host-wide
+/// budget all their instances share.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitPolicy {
     /// Limits of plugins without their own.
     pub defaults: Limits,
     /// By plugin name.
     pub plugins: BTreeMap<String, Limits>,
+    /// Bytes the memories and tables of every plugin instance may hold together (see
+    /// [`MemoryBudget`](super::sandbox::MemoryBudget)).
+    pub memory_budget: usize,
+}
+
+impl Default for LimitPolicy {
+    fn default() -> Self {
+        Limits::default().into()
+    }
 }
 
 impl LimitPolicy {
-    /// `defaults`, with `overrides` applied in order (a later setting wins).
+    /// `defaults`, with `overrides` applied in order (a later setting wins), under the
+    /// [`DEFAULT_MEMORY_BUDGET`].
     pub fn new(defaults: Limits, overrides: &[PluginLimits]) -> Self {
         let mut plugins = BTreeMap::new();
         for limits in overrides {
@@ -81,7 +96,19 @@ impl LimitPolicy {
                 .or_insert_with(|| defaults.clone());
             limits.apply(entry);
         }
-        Self { defaults, plugins }
+        Self {
+            defaults,
+            plugins,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+
+    /// The same policy under a host-wide budget of `bytes` of plugin memory.
+    pub fn with_memory_budget(self, bytes: usize) -> Self {
+        Self {
+            memory_budget: bytes,
+            ..self
+        }
     }
 
     /// The limits of plugin `name`.

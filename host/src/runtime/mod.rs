@@ -31,13 +31,16 @@ pub use commands::{
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::{COMPILE_COMMAND, PluginEngine, compile_child};
 pub use error::RuntimeError;
-pub use limits::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size};
+pub use limits::{
+    DEFAULT_MEMORY_BUDGET, LimitPolicy, Limits, PluginLimits, parse_duration, parse_size, show_size,
+};
 pub use plugin::{CONTRACT_VERSION, Description, Plugin, PluginKind, Subscription};
 pub use projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionInstance, ProjectionRunner,
     ProjectionStatus, RunnerOptions,
 };
 pub use registry::{CompileStatus, CompilingInfo, LoadFailure, PluginInfo, Runtime, RuntimeConfig};
+pub use sandbox::MemoryBudget;
 pub use upcast::{Upcaster, UpcasterChain};
 
 /// Runs plugin calls and journal reads on the blocking pool, off the async

@@ -17,7 +17,7 @@ use super::engine::PluginEngine;
 use super::error::RuntimeError;
 use super::footprint::Footprint;
 use super::limits::Limits;
-use super::sandbox::{LogBudget, guarded, new_store};
+use super::sandbox::{LogBudget, PluginStore, guarded, new_store};
 use crate::journal::RecordedEvent;
 
 /// The contract version this host implements; guests built against any 0.1.y load.
@@ -325,14 +325,12 @@ impl Plugin {
         &self.limits
     }
 
-    fn new_store(&self) -> Store<PluginData> {
+    fn new_store(&self) -> PluginStore {
         new_store(&self.engine, self.name(), &self.limits, self.log.clone())
     }
 
     /// A new, isolated aggregate instance (fresh store).
-    pub fn instantiate_aggregate(
-        &self,
-    ) -> Result<(Store<PluginData>, AggregateExports), RuntimeError> {
+    pub fn instantiate_aggregate(&self) -> Result<(PluginStore, AggregateExports), RuntimeError> {
         let Pre::Aggregate(linked) = &self.pre else {
             return Err(self.wrong_kind("aggregate"));
         };
@@ -340,9 +338,7 @@ impl Plugin {
     }
 
     /// A new, isolated projection instance (fresh store).
-    pub fn instantiate_projection(
-        &self,
-    ) -> Result<(Store<PluginData>, ProjectionExports), RuntimeError> {
+    pub fn instantiate_projection(&self) -> Result<(PluginStore, ProjectionExports), RuntimeError> {
         let Pre::Projection(linked) = &self.pre else {
             return Err(self.wrong_kind("projection"));
         };
@@ -366,9 +362,7 @@ impl Plugin {
     }
 
     /// A new, isolated upcaster instance (fresh store).
-    pub fn instantiate_upcaster(
-        &self,
-    ) -> Result<(Store<PluginData>, UpcasterPlugin), RuntimeError> {
+    pub fn instantiate_upcaster(&self) -> Result<(PluginStore, UpcasterPlugin), RuntimeError> {
         let Pre::Upcaster(pre) = &self.pre else {
             return Err(self.wrong_kind("upcaster"));
         };
@@ -379,7 +373,7 @@ impl Plugin {
     fn instantiate_in_new_store<T>(
         &self,
         instantiate: impl FnOnce(&mut Store<PluginData>) -> wasmtime::Result<T>,
-    ) -> Result<(Store<PluginData>, T), RuntimeError> {
+    ) -> Result<(PluginStore, T), RuntimeError> {
         let mut store = self.new_store();
         let bindings = guarded(
             &mut store,

@@ -1,9 +1,13 @@
 //! Confinement of plugin instances: one `Store` per instance under one
-//! memory budget for all its memories and tables, every call under a deadline
+//! memory budget for all its memories and tables, which also draws on the
+//! host-wide budget of every instance's memory, every call under a deadline
 //! (and fuel, if metered) with a cap on what it may hand the host, and a
 //! per-plugin allowance of log lines. A trapped store is never reused.
 
 use std::borrow::Cow;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,13 +38,13 @@ pub fn new_store(
     plugin: &str,
     limits: &Limits,
     log: Arc<LogBudget>,
-) -> Store<PluginData> {
+) -> PluginStore {
     let mut store = Store::new(
         engine.engine(),
         PluginData {
             plugin: plugin.to_owned(),
             limits: limits.clone(),
-            budget: StoreBudget::new(limits.memory),
+            budget: StoreBudget::new(limits.memory, engine.memory_budget().clone()),
             log,
         },
     );
@@ -49,7 +53,36 @@ pub fn new_store(
     // Every string and list the host lifts out of the guest draws on this,
     // so a call never makes the host copy more (aliased spans included).
     store.set_hostcall_fuel(limits.answer);
-    store
+    PluginStore(ManuallyDrop::new(store))
+}
+
+/// One plugin instance's store. Dropping it frees its memories and tables before their
+/// bytes go back to the host's [`MemoryBudget`]: wasmtime drops a store's data (where its
+/// [`StoreBudget`] lives) before its memories, which would let other instances take bytes
+/// that are still mapped.
+pub struct PluginStore(ManuallyDrop<Store<PluginData>>);
+
+impl Deref for PluginStore {
+    type Target = Store<PluginData>;
+
+    fn deref(&self) -> &Store<PluginData> {
+        &self.0
+    }
+}
+
+impl DerefMut for PluginStore {
+    fn deref_mut(&mut self) -> &mut Store<PluginData> {
+        &mut self.0
+    }
+}
+
+impl Drop for PluginStore {
+    fn drop(&mut self) {
+        // SAFETY: the store is taken once, here, and `self` is never used again.
+        let store = unsafe { ManuallyDrop::take(&mut self.0) };
+        // Frees the memories and tables, then drops the data: its budget gives them back.
+        drop(store.into_data());
+    }
 }
 
 /// Runs one call into the plugin with a fresh deadline (and fuel). A wasm
@@ -72,8 +105,16 @@ pub fn guarded<R>(
     let outcome = call(store);
     store.data().log.report_drops();
     outcome.map_err(|error| {
-        let message = describe_trap(&error, &store.data().limits);
         let plugin = store.data().plugin.clone();
+        if let Some(exhausted) = error.downcast_ref::<HostBudgetExhausted>() {
+            metrics::counter!("foldhost_plugin_memory_refusals_total").increment(1);
+            return RuntimeError::MemoryBudget {
+                plugin,
+                context: context(),
+                message: exhausted.to_string(),
+            };
+        }
+        let message = describe_trap(&error, &store.data().limits);
         metrics::counter!("foldhost_plugin_traps_total", "plugin" => plugin.clone()).increment(1);
         RuntimeError::Trap {
             plugin,
@@ -125,14 +166,60 @@ fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     }
 }
 
+/// The host-wide budget of plugin memory: the bytes every live store's memories and tables
+/// hold together, as their [`StoreBudget`]s granted them. Each store is capped by its plugin's
+/// `memory` limit; this caps how many of them may be grown at once, since commands to distinct
+/// aggregates run in parallel. A store's bytes are given back when it is dropped.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes, none in use.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes all stores may hold together.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes the live stores hold now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes`, unless that would go past the limit.
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// One store's allowance for everything its instances allocate: every linear
 /// memory and every table, counted together, plus caps on how many of each.
+/// What it grants is also taken from the host's [`MemoryBudget`], and given
+/// back to it when the store is dropped.
 #[derive(Debug)]
 pub struct StoreBudget {
     limit: usize,
     used: usize,
     /// The last growth granted, taken back if wasmtime then fails it.
     granted: usize,
+    host: Arc<MemoryBudget>,
 }
 
 /// A growth the budget refused: the trap's message.
@@ -148,12 +235,29 @@ pub struct OverBudget {
     limit: usize,
 }
 
+/// A growth within the store's own limit that the host's [`MemoryBudget`] could not grant:
+/// the other instances hold it. Not the plugin's fault; the call may pass later.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the host's plugin memory budget of {} is exhausted ({what} asked for {} more, all \
+     plugins' instances hold {}); try again later",
+    show_size(*.limit), show_size(*.requested), show_size(*.used)
+)]
+pub struct HostBudgetExhausted {
+    what: &'static str,
+    requested: usize,
+    used: usize,
+    limit: usize,
+}
+
 impl StoreBudget {
-    pub fn new(limit: usize) -> Self {
+    /// A store's budget of `limit` bytes, drawing on `host`.
+    pub fn new(limit: usize, host: Arc<MemoryBudget>) -> Self {
         Self {
             limit,
             used: 0,
             granted: 0,
+            host,
         }
     }
 
@@ -163,24 +267,42 @@ impl StoreBudget {
     }
 
     fn claim(&mut self, what: &'static str, bytes: usize) -> wasmtime::Result<bool> {
-        match self.used.checked_add(bytes) {
-            Some(total) if total <= self.limit => {
-                self.used = total;
-                self.granted = bytes;
-                Ok(true)
+        let total = match self.used.checked_add(bytes) {
+            Some(total) if total <= self.limit => total,
+            _ => {
+                return Err(OverBudget {
+                    what,
+                    requested: bytes,
+                    used: self.used,
+                    limit: self.limit,
+                }
+                .into());
             }
-            _ => Err(OverBudget {
+        };
+        if !self.host.take(bytes) {
+            return Err(HostBudgetExhausted {
                 what,
                 requested: bytes,
-                used: self.used,
-                limit: self.limit,
+                used: self.host.used(),
+                limit: self.host.limit(),
             }
-            .into()),
+            .into());
         }
+        self.used = total;
+        self.granted = bytes;
+        Ok(true)
     }
 
     fn give_back(&mut self) {
-        self.used -= std::mem::take(&mut self.granted);
+        let granted = std::mem::take(&mut self.granted);
+        self.used -= granted;
+        self.host.give_back(granted);
+    }
+}
+
+impl Drop for StoreBudget {
+    fn drop(&mut self) {
+        self.host.give_back(self.used);
     }
 }
 
@@ -351,7 +473,7 @@ mod tests {
 
     #[test]
     fn memories_and_tables_share_one_budget() {
-        let mut budget = StoreBudget::new(1 << 20);
+        let mut budget = StoreBudget::new(1 << 20, host(1 << 30));
         assert!(budget.memory_growing(0, 512 << 10, None).unwrap());
         // A second memory draws on the same budget.
         assert!(budget.memory_growing(0, 256 << 10, None).unwrap());
@@ -375,12 +497,47 @@ mod tests {
 
     #[test]
     fn a_growth_wasmtime_fails_is_given_back() {
-        let mut budget = StoreBudget::new(1 << 20);
+        let host = host(1 << 20);
+        let mut budget = StoreBudget::new(1 << 20, host.clone());
         assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
         budget
             .memory_grow_failed(wasmtime::format_err!("past the maximum"))
             .unwrap();
+        assert_eq!(host.used(), 0);
         assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
+    }
+
+    fn host(limit: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget::new(limit))
+    }
+
+    #[test]
+    fn stores_draw_on_the_host_budget_and_give_it_back_when_dropped() {
+        let host = host(3 << 20);
+        let mut first = StoreBudget::new(2 << 20, host.clone());
+        let mut second = StoreBudget::new(2 << 20, host.clone());
+        assert!(first.memory_growing(0, 2 << 20, None).unwrap());
+        // Within its own limit, but the host has 1 MiB left.
+        let refused = second.memory_growing(0, 2 << 20, None).unwrap_err();
+        assert!(
+            refused.downcast_ref::<HostBudgetExhausted>().is_some(),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .starts_with("the host's plugin memory budget of 3.0 MiB is exhausted"),
+            "{refused}"
+        );
+        assert_eq!((second.used(), host.used()), (0, 2 << 20));
+        let elements = (1 << 20) / TABLE_ELEMENT_BYTES;
+        assert!(second.table_growing(0, elements, None).unwrap());
+        assert_eq!(host.used(), 3 << 20);
+        drop(first);
+        assert_eq!(host.used(), 1 << 20);
+        assert!(second.memory_growing(0, 1 << 20, None).unwrap());
+        drop(second);
+        assert_eq!(host.used(), 0);
     }
 
     #[test]

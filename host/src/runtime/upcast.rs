@@ -14,14 +14,13 @@
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use wasmtime::Store;
 
+use super::bindings::encode_batch;
 use super::bindings::upcaster::UpcasterPlugin;
 use super::bindings::upcaster::exports::foldhost::plugin::upcaster::Upcasted;
-use super::bindings::{PluginData, encode_batch};
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
-use super::sandbox::guarded;
+use super::sandbox::{PluginStore, guarded};
 use crate::journal::{RecordedEvent, in_category};
 
 /// Idle instances kept per upcaster.
@@ -30,7 +29,7 @@ const POOL: usize = 8;
 /// One loaded upcaster and its idle instances.
 pub struct Upcaster {
     plugin: Arc<Plugin>,
-    idle: Mutex<Vec<(Store<PluginData>, UpcasterPlugin)>>,
+    idle: Mutex<Vec<(PluginStore, UpcasterPlugin)>>,
 }
 
 impl Upcaster {

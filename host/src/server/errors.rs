@@ -169,6 +169,9 @@ impl From<RuntimeError> for ApiError {
                     .with("version", version)
                     .with("reason", reason.clone());
             }
+            // The other instances hold the host's plugin memory: like a full write queue, a
+            // refusal of this request only, to retry (KurrentDB answers overload with 503).
+            RuntimeError::MemoryBudget { .. } => return Self::busy(&error, 1),
             RuntimeError::UnknownPlugin(_)
             | RuntimeError::WrongKind { .. }
             | RuntimeError::NoSuchStream(_) => StatusCode::NOT_FOUND,

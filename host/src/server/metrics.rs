@@ -124,6 +124,21 @@ fn describe() {
         "Open GET /events/live feeds (see --max-live-feeds)"
     );
     gauge!("foldhost_live_feeds").set(0.0);
+    describe_gauge!(
+        "foldhost_plugin_memory_bytes",
+        Unit::Bytes,
+        "Memory every plugin instance's memories and tables hold together"
+    );
+    describe_gauge!(
+        "foldhost_plugin_memory_budget_bytes",
+        Unit::Bytes,
+        "The host-wide budget of plugin memory (--plugins-memory-budget)"
+    );
+    describe_counter!(
+        "foldhost_plugin_memory_refusals_total",
+        "Plugin calls that failed because the host-wide plugin memory budget was held"
+    );
+    counter!("foldhost_plugin_memory_refusals_total").increment(0);
     let _ = histogram!("foldhost_commit_batch_size");
     let _ = histogram!("foldhost_commit_seconds");
 }
@@ -161,6 +176,9 @@ pub(super) async fn render(State(state): State<AppState>) -> Result<Response, Ap
         )
     })?;
     state.runtime.list().iter().for_each(register_plugin);
+    let budget = state.runtime.engine().memory_budget();
+    gauge!("foldhost_plugin_memory_bytes").set(budget.used() as f64);
+    gauge!("foldhost_plugin_memory_budget_bytes").set(budget.limit() as f64);
     let text = tokio::task::spawn_blocking(move || handle.render())
         .await
         .map_err(|error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error))?;

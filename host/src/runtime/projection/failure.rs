@@ -5,8 +5,10 @@
 //!   [`MAX_BACKOFF`]) for ever, status `retrying`, and the projection goes on by itself.
 //! - A batch the plugin fails on is narrowed down: its events are folded one at a time on
 //!   the state rebuilt from before it (a batch may have failed only as a whole).
-//! - An event the plugin fails on alone is retried. A call that ran out of time may have met
-//!   a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s doubling. Anything else (the plugin
+//! - An event the plugin fails on alone is retried. A call that could not get memory because
+//!   the host's plugin memory budget was held by other instances is transient: retried for
+//!   ever, pausing 1 s doubling (capped), never parked. A call that ran out of time may have
+//!   met a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s doubling. Anything else (the plugin
 //!   returned an error, panicked, ran out of memory, stack or fuel) is deterministic: the
 //!   same event on the same state fails the same way, so [`TRIES`] quick tries. Then the
 //!   [`FailurePolicy`] applies: park the event, or stop.
@@ -70,7 +72,9 @@ pub struct ParkReport {
 
 /// How many tries folding an event gets, given how it failed, and the first pause.
 pub(super) fn tries_after(error: &RuntimeError) -> (u32, Duration) {
-    if error.is_timeout() {
+    if matches!(error, RuntimeError::MemoryBudget { .. }) {
+        (u32::MAX, Duration::from_secs(1))
+    } else if error.is_timeout() {
         (TIMEOUT_TRIES, Duration::from_secs(1))
     } else {
         (TRIES, Duration::from_millis(100))
@@ -116,6 +120,12 @@ mod tests {
         );
         let panic = trap("panicked or aborted (unreachable instruction)");
         assert_eq!(tries_after(&panic), (TRIES, Duration::from_millis(100)));
+        let starved = RuntimeError::MemoryBudget {
+            plugin: "p".into(),
+            context: "applying".into(),
+            message: "the host's plugin memory budget of 1.0 GiB is exhausted".into(),
+        };
+        assert_eq!(tries_after(&starved), (u32::MAX, Duration::from_secs(1)));
         assert_eq!("stop".parse(), Ok(FailurePolicy::Stop));
         assert!("skip".parse::<FailurePolicy>().is_err());
     }

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use wasmtime::Store;
 
 use super::aggregate::REPLAY_LIMIT;
-use super::bindings::{PluginData, ProjectionExports};
+use super::bindings::ProjectionExports;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
-use super::sandbox::guarded;
+use super::sandbox::{PluginStore, guarded};
 use super::upcast::UpcasterChain;
 use crate::journal::{Journal, Pages, RecordedEvent};
 
@@ -94,7 +93,7 @@ pub struct ProjectionInstance {
     plugin: Arc<Plugin>,
     /// The upcasters its events pass through.
     upcasters: Arc<UpcasterChain>,
-    store: Store<PluginData>,
+    store: PluginStore,
     bindings: ProjectionExports,
     /// The last global position read (whether or not the plugin wanted it).
     pub position: u64,
