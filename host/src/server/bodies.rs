@@ -8,7 +8,8 @@
 //! (counted from when the handler starts reading it, then from each chunk) is refused with 408;
 //! a body that would take the bytes held past the budget is refused at once with 503 and
 //! `Retry-After`, or with 413 if it is larger than the whole budget. A body's bytes count until
-//! its response is made.
+//! its response is made, or, for a plugin upload, until its compile ends (which a client that
+//! leaves does not stop).
 
 use std::error::Error;
 use std::future::Future;
