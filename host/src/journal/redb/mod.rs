@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 
 use memtable::Memtable;
 use redb::{Database, ReadTransaction, StorageBackend};
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
@@ -186,17 +185,16 @@ impl RedbJournal {
             Caller::Thread => self.writer.claim_if_idle(None),
             Caller::Task => request
                 .task
-                .filter(|_| {
-                    Handle::try_current()
-                        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
-                })
+                .filter(|_| request.runtime.is_some())
                 .and_then(|task| self.writer.claim_if_idle(Some(task))),
         };
         if let Some(claim) = claim {
-            match caller {
+            let answers = match caller {
                 Caller::Thread => claim.commit(vec![request]),
                 Caller::Task => tokio::task::block_in_place(|| claim.commit(vec![request])),
-            }
+            };
+            // To this caller, who is not waiting yet: nobody is woken.
+            answers.send();
             return Ok(outcome);
         }
         self.writer.queued.fetch_add(1, Ordering::AcqRel);

@@ -2,7 +2,8 @@
 //!
 //! The writer thread blocks on its queue while idle, then drains whatever has queued up (at
 //! most `max_batch_appends` requests) into one write transaction, commits it durably,
-//! publishes the new head and answers every request. Under load one commit (one fsync) thus
+//! publishes the new head and answers every request, those of async tasks from their own
+//! runtime (see [`Answers::send_from_runtimes`]). Under load one commit (one fsync) thus
 //! serves many requests. A lone appender may commit its request on its own thread instead, in
 //! the same way, when the writer is idle (nothing queued, no commit running): waking the
 //! writer thread and then being woken by it costs two thread wake-ups, more than the commit
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task;
 
 use super::batch::{Appended, Batch};
-use super::request::Request;
+use super::request::{Answers, Request};
 use super::store;
 use super::{JournalError, JournalStats, SharedDb};
 
@@ -77,14 +78,16 @@ pub(super) struct Claim<'w> {
 }
 
 impl Claim<'_> {
-    /// Applies `batch` in order in one transaction, commits it and answers every request
-    /// (see [`Writer::commit_claimed`]).
-    pub(super) fn commit(mut self, batch: Vec<Request>) {
+    /// Applies `batch` in order in one transaction and commits it (see
+    /// [`Writer::commit_claimed`]); the answers are for the caller to send, after the claim
+    /// is let go.
+    #[must_use = "dropped answers are sent on this thread"]
+    pub(super) fn commit(mut self, batch: Vec<Request>) -> Answers {
         *self.last_alone = match batch.as_slice() {
             [alone] => alone.task,
             _ => None,
         };
-        self.writer.commit_claimed(batch);
+        self.writer.commit_claimed(batch)
     }
 }
 
@@ -122,7 +125,7 @@ impl Writer {
     fn commit_taken(&self, batch: Vec<Request>) {
         let claim = self.claim();
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        claim.commit(batch);
+        claim.commit(batch).send_from_runtimes();
     }
 
     /// The right to commit, once the commit running (if any) is done.
@@ -179,7 +182,8 @@ impl Writer {
         })
     }
 
-    /// Applies `batch` in order in one transaction, commits it and answers every request; for
+    /// Applies `batch` in order in one transaction, commits it, publishes the new head and
+    /// returns every request's answer (so none is sent before the commit and the head); for
     /// the holder of the [`Claim`].
     ///
     /// A storage error is a fault: redb refuses every later write until the file is reopened,
@@ -187,12 +191,10 @@ impl Writer {
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    fn commit_claimed(&self, batch: Vec<Request>) {
+    fn commit_claimed(&self, batch: Vec<Request>) -> Answers {
         if let Some(fault) = self.shared.fault.borrow().clone() {
-            for request in batch {
-                request.answer(Err(JournalError::Faulted(fault.clone())));
-            }
-            return;
+            let faulted = std::iter::repeat_with(|| Err(JournalError::Faulted(fault.clone())));
+            return Answers::new(batch, faulted);
         }
         let started = Instant::now();
         let outcomes = match self.apply(&batch) {
@@ -202,10 +204,7 @@ impl Writer {
                 self.shared
                     .fault
                     .send_replace(Some(error.to_string().into()));
-                for request in batch {
-                    request.answer(Err(error.clone()));
-                }
-                return;
+                return Answers::new(batch, std::iter::repeat_with(|| Err(error.clone())));
             }
         };
         let (mut appends, mut events) = (0, 0);
@@ -230,9 +229,7 @@ impl Writer {
                 moved
             });
         }
-        for (request, outcome) in batch.into_iter().zip(outcomes.results) {
-            request.answer(outcome);
-        }
+        Answers::new(batch, outcomes.results)
     }
 
     /// Runs `batch` against one write transaction; commits it if anything was written.
@@ -309,9 +306,9 @@ mod tests {
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
 
     impl Writer {
-        /// Commits `batch` once the commit running (if any) is done.
+        /// Commits `batch` once the commit running (if any) is done, and answers it here.
         fn commit(&self, batch: Vec<Request>) {
-            self.claim().commit(batch);
+            self.claim().commit(batch).send();
         }
     }
 
@@ -650,7 +647,8 @@ mod tests {
         writer
             .claim_if_idle(Some(a))
             .expect("a appends back to back")
-            .commit(vec![a2]);
+            .commit(vec![a2])
+            .send();
         writer.commit(vec![b1, a3]);
         assert!(
             writer.claim_if_idle(Some(a)).is_none(),
@@ -699,7 +697,8 @@ mod tests {
         writer
             .claim_if_idle(None)
             .expect("idle")
-            .commit(vec![request]);
+            .commit(vec![request])
+            .send();
         assert!(matches!(
             outcome.try_recv().unwrap(),
             Err(JournalError::Faulted(_))
