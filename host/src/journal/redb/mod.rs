@@ -127,6 +127,7 @@ enum Caller {
     /// hands the thread's other tasks to another thread meanwhile, and only after its own
     /// last request was committed alone: other tasks on its thread cannot queue requests to
     /// batch with its own until it lets them run, so it would commit alone again and again.
+    /// On such a runtime its answer comes from a worker of its own (see `request::Answers`).
     Task,
     /// On a thread it may block: appenders on other threads queue beside its commit.
     Thread,
@@ -181,10 +182,13 @@ impl RedbJournal {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             return Err(JournalError::Faulted(fault));
         }
+        let request = match caller {
+            Caller::Task => request.awaited(),
+            Caller::Thread => request,
+        };
         let claim = match caller {
             Caller::Thread => self.writer.claim_if_idle(None),
-            Caller::Task => request
-                .task
+            Caller::Task => (request.task)
                 .filter(|_| request.runtime.is_some())
                 .and_then(|task| self.writer.claim_if_idle(Some(task))),
         };

@@ -14,8 +14,7 @@ pub(super) struct Request {
     reply: Reply,
     /// The async task that made it, if one did.
     pub(super) task: Option<task::Id>,
-    /// The multi-threaded runtime that task runs on, if it does: its answer is sent from
-    /// there (see [`Answers`]).
+    /// The multi-threaded runtime of the task awaiting it, if one does (see [`awaited`](Self::awaited)).
     pub(super) runtime: Option<Handle>,
 }
 
@@ -50,16 +49,22 @@ impl Request {
     }
 
     fn new(op: Op, reply: Reply) -> Self {
-        let task = task::try_id();
-        let runtime = task
-            .and_then(|_| Handle::try_current().ok())
-            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
         Self {
             op,
             reply,
-            task,
-            runtime,
+            task: task::try_id(),
+            runtime: None,
         }
+    }
+
+    /// Marks this request as awaited by its task: if that runs on a multi-threaded runtime,
+    /// the answer is sent from there (see [`Answers`]).
+    pub(super) fn awaited(mut self) -> Self {
+        self.runtime = self
+            .task
+            .and_then(|_| Handle::try_current().ok())
+            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        self
     }
 
     /// Applies this request to the batch's transaction.

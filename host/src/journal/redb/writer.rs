@@ -713,6 +713,65 @@ mod tests {
         assert_eq!(*writer.shared.head.borrow(), 0);
     }
 
+    /// A multi-threaded runtime with one worker thread.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// An append awaited by a task on `runtime`.
+    fn append_on(runtime: &tokio::runtime::Runtime) -> (Request, Outcome<AppendResult>) {
+        let made = runtime.spawn(async {
+            let (request, outcome) = append(ExpectedVersion::Any, vec![event()]);
+            (request.awaited(), outcome)
+        });
+        runtime.block_on(made).unwrap()
+    }
+
+    /// Answers go out from a task spawned on their runtime; one that shut down meanwhile
+    /// drops that task, and the answers are sent all the same.
+    #[test]
+    fn answers_are_sent_even_when_their_runtime_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let gone = runtime();
+        let (request, mut outcome) = append_on(&gone);
+        drop(gone);
+        writer.claim().commit(vec![request]).send_from_runtimes();
+        assert_eq!(outcome.try_recv().unwrap().unwrap(), result(1, 1));
+    }
+
+    /// Each runtime's answers are sent by a task of its own, so none waits for the workers
+    /// of another runtime in the same batch.
+    #[test]
+    fn answers_wait_for_no_other_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let (busy, free) = (runtime(), runtime());
+        let (a, a_outcome) = append_on(&busy);
+        let (b, b_outcome) = append_on(&free);
+        // Blocks the busy runtime's only worker until released.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (blocked, is_blocked) = std::sync::mpsc::channel();
+        busy.spawn(async move {
+            blocked.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        is_blocked.recv().unwrap();
+
+        writer.claim().commit(vec![a, b]).send_from_runtimes();
+        // A bound only so that a broken rule fails instead of hanging.
+        let bound = std::time::Duration::from_secs(30);
+        let b_answer = free.block_on(async { tokio::time::timeout(bound, b_outcome).await });
+        let b_answer = b_answer.expect("b was answered while a's runtime was blocked");
+        assert_eq!(b_answer.unwrap().unwrap(), result(2, 2));
+        release.send(()).unwrap();
+        assert_eq!(busy.block_on(a_outcome).unwrap().unwrap(), result(1, 1));
+    }
+
     #[test]
     fn a_batch_that_writes_nothing_is_not_committed() {
         let dir = tempfile::tempdir().unwrap();
