@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 
 use memtable::Memtable;
 use redb::{Database, ReadTransaction, StorageBackend};
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
@@ -128,6 +127,7 @@ enum Caller {
     /// hands the thread's other tasks to another thread meanwhile, and only after its own
     /// last request was committed alone: other tasks on its thread cannot queue requests to
     /// batch with its own until it lets them run, so it would commit alone again and again.
+    /// On such a runtime its answer comes from a worker of its own (see `request::Answers`).
     Task,
     /// On a thread it may block: appenders on other threads queue beside its commit.
     Thread,
@@ -182,21 +182,23 @@ impl RedbJournal {
         if let Some(fault) = self.shared.fault.borrow().clone() {
             return Err(JournalError::Faulted(fault));
         }
+        let request = match caller {
+            Caller::Task => request.awaited(),
+            Caller::Thread => request,
+        };
         let claim = match caller {
             Caller::Thread => self.writer.claim_if_idle(None),
-            Caller::Task => request
-                .task
-                .filter(|_| {
-                    Handle::try_current()
-                        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
-                })
+            Caller::Task => (request.task)
+                .filter(|_| request.runtime.is_some())
                 .and_then(|task| self.writer.claim_if_idle(Some(task))),
         };
         if let Some(claim) = claim {
-            match caller {
+            let answers = match caller {
                 Caller::Thread => claim.commit(vec![request]),
                 Caller::Task => tokio::task::block_in_place(|| claim.commit(vec![request])),
-            }
+            };
+            // To this caller, who is not waiting yet: nobody is woken.
+            answers.send();
             return Ok(outcome);
         }
         self.writer.queued.fetch_add(1, Ordering::AcqRel);

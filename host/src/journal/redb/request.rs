@@ -1,5 +1,7 @@
-//! Requests to the writer thread: one write each, with the channel its outcome goes to.
+//! Requests to the writer thread: one write each, with the channel its outcome goes to; and
+//! the answers of a committed batch.
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 use tokio::task;
 
@@ -12,6 +14,8 @@ pub(super) struct Request {
     reply: Reply,
     /// The async task that made it, if one did.
     pub(super) task: Option<task::Id>,
+    /// The multi-threaded runtime of the task awaiting it, if one does (see [`awaited`](Self::awaited)).
+    pub(super) runtime: Option<Handle>,
 }
 
 enum Reply {
@@ -35,27 +39,32 @@ impl Request {
             events,
             recorded_at: None,
         };
-        (
-            Self {
-                op,
-                reply: Reply::Append(tx),
-                task: task::try_id(),
-            },
-            rx,
-        )
+        (Self::new(op, Reply::Append(tx)), rx)
     }
 
     /// A write answered with success or failure only.
     pub(super) fn done(op: Op) -> (Self, Outcome<()>) {
         let (tx, rx) = oneshot::channel();
-        (
-            Self {
-                op,
-                reply: Reply::Done(tx),
-                task: task::try_id(),
-            },
-            rx,
-        )
+        (Self::new(op, Reply::Done(tx)), rx)
+    }
+
+    fn new(op: Op, reply: Reply) -> Self {
+        Self {
+            op,
+            reply,
+            task: task::try_id(),
+            runtime: None,
+        }
+    }
+
+    /// Marks this request as awaited by its task: if that runs on a multi-threaded runtime,
+    /// the answer is sent from there (see [`Answers`]).
+    pub(super) fn awaited(mut self) -> Self {
+        self.runtime = self
+            .task
+            .and_then(|_| Handle::try_current().ok())
+            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        self
     }
 
     /// Applies this request to the batch's transaction.
@@ -127,6 +136,55 @@ impl Request {
         match &self.op {
             Op::Append { events, .. } => events.len() as u64,
             _ => 0,
+        }
+    }
+}
+
+/// The outcomes of a committed batch, each for its request. Whatever is not sent otherwise is
+/// sent when this is dropped, on the thread that drops it.
+pub(super) struct Answers(Vec<(Request, Result<Option<Appended>, JournalError>)>);
+
+impl Answers {
+    pub(super) fn new(
+        batch: Vec<Request>,
+        outcomes: impl IntoIterator<Item = Result<Option<Appended>, JournalError>>,
+    ) -> Self {
+        Self(batch.into_iter().zip(outcomes).collect())
+    }
+
+    /// Sends every answer on this thread.
+    pub(super) fn send(self) {
+        drop(self);
+    }
+
+    /// Sends the answers to tasks on multi-threaded runtimes from a task spawned on their
+    /// runtime (one per runtime), and the others on this thread.
+    ///
+    /// Waking a task from outside its runtime queues it there and may wake a worker thread,
+    /// each time: this wakes each runtime once, whose worker then wakes the waiting tasks as
+    /// its own (and drops the requests, off this thread). A runtime that shut down meanwhile
+    /// drops the spawned task and with it these answers, which sends them.
+    pub(super) fn send_from_runtimes(mut self) {
+        while let Some(runtime) = self
+            .0
+            .iter()
+            .find_map(|(request, _)| request.runtime.clone())
+        {
+            let id = runtime.id();
+            let mut theirs = Vec::with_capacity(self.0.len());
+            theirs.extend(self.0.extract_if(.., |(request, _)| {
+                request.runtime.as_ref().is_some_and(|r| r.id() == id)
+            }));
+            let theirs = Self(theirs);
+            drop(runtime.spawn(async move { theirs.send() }));
+        }
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        for (request, outcome) in self.0.drain(..) {
+            request.answer(outcome);
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The writer thread blocks on its queue while idle, then drains whatever has queued up (at
 //! most `max_batch_appends` requests) into one write transaction, commits it durably,
-//! publishes the new head and answers every request. Under load one commit (one fsync) thus
+//! publishes the new head and answers every request, those of async tasks from their own
+//! runtime (see [`Answers::send_from_runtimes`]). Under load one commit (one fsync) thus
 //! serves many requests. A lone appender may commit its request on its own thread instead, in
 //! the same way, when the writer is idle (nothing queued, no commit running): waking the
 //! writer thread and then being woken by it costs two thread wake-ups, more than the commit
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task;
 
 use super::batch::{Appended, Batch};
-use super::request::Request;
+use super::request::{Answers, Request};
 use super::store;
 use super::{JournalError, JournalStats, SharedDb};
 
@@ -77,14 +78,16 @@ pub(super) struct Claim<'w> {
 }
 
 impl Claim<'_> {
-    /// Applies `batch` in order in one transaction, commits it and answers every request
-    /// (see [`Writer::commit_claimed`]).
-    pub(super) fn commit(mut self, batch: Vec<Request>) {
+    /// Applies `batch` in order in one transaction and commits it (see
+    /// [`Writer::commit_claimed`]); the answers are for the caller to send, after the claim
+    /// is let go.
+    #[must_use = "dropped answers are sent on this thread"]
+    pub(super) fn commit(mut self, batch: Vec<Request>) -> Answers {
         *self.last_alone = match batch.as_slice() {
             [alone] => alone.task,
             _ => None,
         };
-        self.writer.commit_claimed(batch);
+        self.writer.commit_claimed(batch)
     }
 }
 
@@ -122,7 +125,7 @@ impl Writer {
     fn commit_taken(&self, batch: Vec<Request>) {
         let claim = self.claim();
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        claim.commit(batch);
+        claim.commit(batch).send_from_runtimes();
     }
 
     /// The right to commit, once the commit running (if any) is done.
@@ -179,7 +182,8 @@ impl Writer {
         })
     }
 
-    /// Applies `batch` in order in one transaction, commits it and answers every request; for
+    /// Applies `batch` in order in one transaction, commits it, publishes the new head and
+    /// returns every request's answer (so none is sent before the commit and the head); for
     /// the holder of the [`Claim`].
     ///
     /// A storage error is a fault: redb refuses every later write until the file is reopened,
@@ -187,12 +191,10 @@ impl Writer {
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    fn commit_claimed(&self, batch: Vec<Request>) {
+    fn commit_claimed(&self, batch: Vec<Request>) -> Answers {
         if let Some(fault) = self.shared.fault.borrow().clone() {
-            for request in batch {
-                request.answer(Err(JournalError::Faulted(fault.clone())));
-            }
-            return;
+            let faulted = std::iter::repeat_with(|| Err(JournalError::Faulted(fault.clone())));
+            return Answers::new(batch, faulted);
         }
         let started = Instant::now();
         let outcomes = match self.apply(&batch) {
@@ -202,10 +204,7 @@ impl Writer {
                 self.shared
                     .fault
                     .send_replace(Some(error.to_string().into()));
-                for request in batch {
-                    request.answer(Err(error.clone()));
-                }
-                return;
+                return Answers::new(batch, std::iter::repeat_with(|| Err(error.clone())));
             }
         };
         let (mut appends, mut events) = (0, 0);
@@ -230,9 +229,7 @@ impl Writer {
                 moved
             });
         }
-        for (request, outcome) in batch.into_iter().zip(outcomes.results) {
-            request.answer(outcome);
-        }
+        Answers::new(batch, outcomes.results)
     }
 
     /// Runs `batch` against one write transaction; commits it if anything was written.
@@ -309,9 +306,9 @@ mod tests {
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
 
     impl Writer {
-        /// Commits `batch` once the commit running (if any) is done.
+        /// Commits `batch` once the commit running (if any) is done, and answers it here.
         fn commit(&self, batch: Vec<Request>) {
-            self.claim().commit(batch);
+            self.claim().commit(batch).send();
         }
     }
 
@@ -650,7 +647,8 @@ mod tests {
         writer
             .claim_if_idle(Some(a))
             .expect("a appends back to back")
-            .commit(vec![a2]);
+            .commit(vec![a2])
+            .send();
         writer.commit(vec![b1, a3]);
         assert!(
             writer.claim_if_idle(Some(a)).is_none(),
@@ -699,7 +697,8 @@ mod tests {
         writer
             .claim_if_idle(None)
             .expect("idle")
-            .commit(vec![request]);
+            .commit(vec![request])
+            .send();
         assert!(matches!(
             outcome.try_recv().unwrap(),
             Err(JournalError::Faulted(_))
@@ -712,6 +711,65 @@ mod tests {
         ));
         assert!(writer.shared.fault.borrow().is_some());
         assert_eq!(*writer.shared.head.borrow(), 0);
+    }
+
+    /// A multi-threaded runtime with one worker thread.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// An append awaited by a task on `runtime`.
+    fn append_on(runtime: &tokio::runtime::Runtime) -> (Request, Outcome<AppendResult>) {
+        let made = runtime.spawn(async {
+            let (request, outcome) = append(ExpectedVersion::Any, vec![event()]);
+            (request.awaited(), outcome)
+        });
+        runtime.block_on(made).unwrap()
+    }
+
+    /// Answers go out from a task spawned on their runtime; one that shut down meanwhile
+    /// drops that task, and the answers are sent all the same.
+    #[test]
+    fn answers_are_sent_even_when_their_runtime_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let gone = runtime();
+        let (request, mut outcome) = append_on(&gone);
+        drop(gone);
+        writer.claim().commit(vec![request]).send_from_runtimes();
+        assert_eq!(outcome.try_recv().unwrap().unwrap(), result(1, 1));
+    }
+
+    /// Each runtime's answers are sent by a task of its own, so none waits for the workers
+    /// of another runtime in the same batch.
+    #[test]
+    fn answers_wait_for_no_other_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let (busy, free) = (runtime(), runtime());
+        let (a, a_outcome) = append_on(&busy);
+        let (b, b_outcome) = append_on(&free);
+        // Blocks the busy runtime's only worker until released.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (blocked, is_blocked) = std::sync::mpsc::channel();
+        busy.spawn(async move {
+            blocked.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        is_blocked.recv().unwrap();
+
+        writer.claim().commit(vec![a, b]).send_from_runtimes();
+        // A bound only so that a broken rule fails instead of hanging.
+        let bound = std::time::Duration::from_secs(30);
+        let b_answer = free.block_on(async { tokio::time::timeout(bound, b_outcome).await });
+        let b_answer = b_answer.expect("b was answered while a's runtime was blocked");
+        assert_eq!(b_answer.unwrap().unwrap(), result(2, 2));
+        release.send(()).unwrap();
+        assert_eq!(busy.block_on(a_outcome).unwrap().unwrap(), result(1, 1));
     }
 
     #[test]
