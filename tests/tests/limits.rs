@@ -754,3 +754,33 @@ async fn an_upload_whose_client_left_holds_its_body_budget_until_its_compile_end
     let (_, list) = get(&client, &server, "/plugins").await;
     assert_eq!(list, json!([]));
 }
+
+/// A body refused before it is read leaves the rest of it on its way: a client still sending
+/// must get to read the refusal, not have it destroyed by the reset that closing a socket with
+/// unread bytes makes.
+#[test]
+fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--body-budget", "1MiB"]);
+    let server = Server::launch(command);
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let body = vec![b' '; 16 << 20];
+    for attempt in 0..3 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .write_all(
+                b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 16777216\r\n\r\n",
+            )
+            .unwrap();
+        if let Err(error) = stream.write_all(&body) {
+            panic!("attempt {attempt}: the body was cut off: {error}");
+        }
+        let answer = read_until_closed(stream);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "attempt {attempt}: {answer:?}"
+        );
+    }
+}

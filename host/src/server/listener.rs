@@ -8,7 +8,9 @@
 //!   its previous response: a client that connects and sends nothing, types its headers a byte
 //!   at a time, or leaves a kept-alive connection idle is closed after it (axum's own `serve`
 //!   sets no such timeout, so each of them held a task and a file descriptor for ever, and
-//!   enough of them left the server unable to accept anyone).
+//!   enough of them left the server unable to accept anyone);
+//! - a connection closed with a request body unread drains it for a moment first (see
+//!   [`linger`](super::linger)), so that its client reads the refusal rather than a reset.
 
 use std::pin::pin;
 use std::time::Duration;
@@ -21,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
+
+use super::linger::Lingering;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled; then stops accepting, lets each
 /// connection finish its request in flight and returns once all are closed. A failed accept
@@ -45,7 +49,8 @@ pub async fn serve(
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(write_timeout));
         let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
+        let stream = Lingering::new(Box::pin(stream));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut connection = pin!(connection);

@@ -33,6 +33,7 @@ mod errors;
 mod extract;
 pub mod json;
 mod lifecycle;
+mod linger;
 mod listener;
 mod listing;
 mod live;
