@@ -149,6 +149,9 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             None if !self.memtable.table_may_hold(id) => Ok(None),
             None => {
                 let ids = self.event_ids.open(self.txn)?;
+                if !self.memtable.table_may_hold_building(id, ids)? {
+                    return Ok(None);
+                }
                 Ok(ids.get(id)?.map(|position| position.value()))
             }
         }
