@@ -5,14 +5,16 @@
 //! so for all but about one in a hundred new ids.
 //!
 //! Bloom filters ([fastbloom]) never miss an id put in them; an id they wrongly admit costs the
-//! search they would have spared. The filter holds every id in the table: it is built from the
-//! table by the first append that needs it, and each flush adds the ids it moved into the
-//! table. Ids a scavenge removes stay in it, which only admits them wrongly. It costs ~1.2
-//! bytes per id it is made for: ~2.4 MB per million events once built (made for twice the
-//! table), at most twice that just before the table doubles again.
+//! search they would have spared. The filter is made by a scan of the table, in steps of
+//! [`SCAN_STEP`] ids that commits needing it take along (opening a file reads none of its ids,
+//! and a journal of time-ordered ids never needs it); from the scan's start each flush adds the
+//! ids it moved into the table, so once the scan is through, the filter holds every id in the
+//! table. Until then it admits any id. Ids a scavenge removes stay in it, which only admits
+//! them wrongly. It costs ~1.2 bytes per id it is made for: ~2.4 MB per million events when
+//! made (for twice the table), at most twice that before the table doubles again.
 
 use std::hash::BuildHasher;
-use std::sync::OnceLock;
+use std::ops::Bound;
 
 use fastbloom::BloomFilter;
 use foldhash::fast::FixedState;
@@ -25,51 +27,110 @@ use super::memtable::FLUSH_EVENTS;
 const FALSE_POSITIVES: f64 = 0.01;
 /// Ids the first filter of a new or small journal is made for.
 const FIRST_IDS: usize = 8 * FLUSH_EVENTS;
+/// Ids of the table one commit scans into the filter (~5M instructions).
+pub(super) const SCAN_STEP: usize = FLUSH_EVENTS;
 
-/// May the event-id table hold an id? See the module's doc. Built by the first append that
-/// needs it ([`build`](Self::build)): opening a file reads none of its ids (~580 instructions
-/// each to build from), and a journal of time-ordered ids may never need it.
+/// May the event-id table hold an id? See the module's doc.
 #[derive(Debug, Default)]
 pub(super) struct IdFilter {
-    built: OnceLock<Filters>,
+    filters: Filters,
+    scan: Scan,
+}
+
+/// How far the scan of the table has come.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Nothing needed the filter yet.
+    #[default]
+    NotStarted,
+    /// Every id of the table below this one is in the filter.
+    Below(u128),
+    /// Every id of the table is in the filter.
+    Done,
+}
+
+/// A step of the scan, made in a commit's transaction and taken in once it committed.
+#[derive(Debug)]
+pub(super) struct Scanned {
+    /// The ids scanned, ascending.
+    ids: Vec<u128>,
+    /// The table's size, when the scan starts: the filter is made for twice as many.
+    table_len: usize,
+    /// Where the scan goes on, or `None` at the table's end.
+    next: Option<u128>,
 }
 
 impl IdFilter {
-    /// Builds the filter from `table` (the event-id table, as the writer's transaction sees it)
-    /// unless built.
-    pub(super) fn build(&self, table: &impl ReadableTable<u128, u64>) -> Result<(), JournalError> {
-        if self.built.get().is_some() {
-            return Ok(());
-        }
-        let mut filters = Filters::default();
-        filters.add_filter(2 * table.len()? as usize);
-        for entry in table.iter()? {
-            filters.insert(entry?.0.value());
-        }
-        // Only the writer builds, holding the write transaction: no other build can be first.
-        let _ = self.built.set(filters);
-        Ok(())
-    }
-
-    /// Records that the table holds `id` (unless not built: the build will find it there).
-    pub(super) fn insert(&mut self, id: u128) {
-        if let Some(filters) = self.built.get_mut() {
-            filters.insert(id);
-        }
-    }
-
-    /// Whether the table may hold `id`: if not, it does not. Until built, it may hold any.
+    /// Whether the table may hold `id`: if not, it does not. Until the scan is through, it may
+    /// hold any.
     pub(super) fn may_hold(&self, id: u128) -> bool {
-        self.built.get().is_none_or(|filters| filters.may_hold(id))
+        self.scan != Scan::Done || self.filters.may_hold(id)
+    }
+
+    /// Whether the filter is not made yet: a commit that needs it takes a [`scan`](Self::scan)
+    /// step.
+    pub(super) fn scanning(&self) -> bool {
+        self.scan != Scan::Done
+    }
+
+    /// The next step of the scan, read from `table` (the event-id table, in a write
+    /// transaction); `None` once through.
+    pub(super) fn scan(
+        &self,
+        table: &impl ReadableTable<u128, u64>,
+    ) -> Result<Option<Scanned>, JournalError> {
+        let from = match self.scan {
+            Scan::NotStarted => Bound::Unbounded,
+            Scan::Below(next) => Bound::Included(next),
+            Scan::Done => return Ok(None),
+        };
+        let mut ids = Vec::with_capacity(SCAN_STEP);
+        let mut next = None;
+        for entry in table.range::<u128>((from, Bound::Unbounded))? {
+            let id = entry?.0.value();
+            if ids.len() == SCAN_STEP {
+                next = Some(id);
+                break;
+            }
+            ids.push(id);
+        }
+        let table_len = match self.scan {
+            Scan::NotStarted => table.len()? as usize,
+            _ => 0,
+        };
+        Ok(Some(Scanned {
+            ids,
+            table_len,
+            next,
+        }))
+    }
+
+    /// Takes in a step of the scan, whose commit succeeded.
+    pub(super) fn take(&mut self, scanned: Scanned) {
+        if self.scan == Scan::NotStarted {
+            self.filters.add_filter(2 * scanned.table_len);
+        }
+        for &id in &scanned.ids {
+            self.filters.insert(id);
+        }
+        self.scan = scanned.next.map_or(Scan::Done, Scan::Below);
+    }
+
+    /// Records that the table now holds `id`. Before the scan starts there is nothing to add
+    /// to: the scan will find it.
+    pub(super) fn insert(&mut self, id: u128) {
+        if self.scan != Scan::NotStarted {
+            self.filters.insert(id);
+        }
     }
 }
 
-/// Bloom filters of every id in the table.
+/// Bloom filters of ids.
 #[derive(Debug, Default)]
 struct Filters {
     /// Oldest first. A filter is added once the ones before it hold as many ids as they were
     /// made for, sized for as many again: lookups check a few of them, one per doubling of the
-    /// table since the first was built.
+    /// table since the first was made.
     filters: Vec<BloomFilter>,
     /// Ids put in the filters, and how many they were made for.
     held: usize,

@@ -16,7 +16,7 @@ use foldhash::HashMap;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use uuid::Uuid;
 
-use super::id_filter::IdFilter;
+use super::id_filter::{IdFilter, Scanned};
 use super::runs::Run;
 use super::store::{EVENT_IDS, EVENTS, META, STREAM_HEADS, STREAM_RUNS};
 use super::{JournalError, record};
@@ -121,6 +121,9 @@ impl Memtable {
             self.add(stream, run, []);
         }
         self.ids.extend(later.ids);
+        if let Some(scanned) = later.scanned {
+            self.table_ids.take(scanned);
+        }
         self.through = through;
     }
 
@@ -155,18 +158,9 @@ impl Memtable {
         id <= self.table_ids_bound && self.table_ids.may_hold(id)
     }
 
-    /// [`table_may_hold`](Self::table_may_hold) for the writer, which has the event-id table
-    /// open as `table`: it builds the filter of its ids the first time one is needed.
-    pub(super) fn table_may_hold_building(
-        &self,
-        id: u128,
-        table: &impl ReadableTable<u128, u64>,
-    ) -> Result<bool, JournalError> {
-        if id > self.table_ids_bound {
-            return Ok(false);
-        }
-        self.table_ids.build(table)?;
-        Ok(self.table_ids.may_hold(id))
+    /// The filter of the event-id table's ids.
+    pub(super) fn table_ids(&self) -> &IdFilter {
+        &self.table_ids
     }
 
     /// The last version of `stream`, if it has events here.
@@ -271,6 +265,9 @@ pub(super) struct Appends<'r> {
     runs: Vec<(&'r str, Run)>,
     /// Where each stream's last run is in `runs`.
     last_runs: HashMap<&'r str, usize>,
+    /// A step of the scan that makes the filter of the event-id table's ids, if the commit
+    /// took one.
+    pub(super) scanned: Option<Scanned>,
 }
 
 impl<'r> Appends<'r> {
@@ -312,6 +309,7 @@ mod tests {
     use redb::ReadableDatabase;
 
     use super::*;
+    use crate::journal::redb::id_filter::SCAN_STEP;
     use crate::journal::redb::{RedbJournal, reader};
     use crate::journal::{ExpectedVersion, JournalConfig, JournalError, NewEvent, ReadLimit};
 
@@ -391,31 +389,43 @@ mod tests {
 
     /// Random (v4) ids land anywhere in the event-id table, where only the in-memory filter of
     /// its ids (see `id_filter`) spares a search: a retry of any of them is still recognised,
-    /// and read by id, after the flushes that moved them there and after a reopen.
+    /// and read by id, after the flushes that moved them there and after a reopen, once the
+    /// filter is made.
     #[test]
     fn retries_of_random_ids_are_recognised_after_flushes_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
         let config = JournalConfig::default();
         let journal = RedbJournal::open(&path, &config).unwrap();
-        let random = || NewEvent {
-            id: Uuid::new_v4(),
-            ..NewEvent::json("Happened", &serde_json::json!({}))
+        let random = || -> Vec<NewEvent> {
+            let event = || NewEvent {
+                id: Uuid::new_v4(),
+                ..NewEvent::json("Happened", &serde_json::json!({}))
+            };
+            (0..100).map(|_| event()).collect()
         };
+        // Two flushes: the commits after the first make the filter from the table (a step
+        // each), the second flush adds to it.
         let mut appended = Vec::new();
-        // Two flushes: the first appends of ids below the table's largest build the filter
-        // from the table, the second flush adds to it.
         for n in 0..2 * FLUSH_EVENTS / 100 + 2 {
             let stream = format!("s{}", n % 4);
-            let events: Vec<NewEvent> = (0..100).map(|_| random()).collect();
+            let events = random();
             let result = journal
                 .append_blocking(&stream, ExpectedVersion::Any, events.clone())
                 .unwrap();
             appended.push((stream, events, result));
         }
-        let head = journal.head_position();
         let recognised = |journal: &RedbJournal| {
             assert!(journal.db.memtable().len() < FLUSH_EVENTS, "flushed");
+            // A few commits, each taking a step of a new filter's scan, until it is made.
+            for _ in 0..appended.len() * 100 / SCAN_STEP + 2 {
+                let events = random();
+                journal
+                    .append_blocking("t", ExpectedVersion::Any, events)
+                    .unwrap();
+            }
+            assert!(!journal.db.memtable().table_ids().scanning(), "made");
+            let head = journal.head_position();
             for (stream, events, result) in &appended {
                 let retried = journal.append_blocking(stream, ExpectedVersion::Any, events.clone());
                 assert_eq!(retried.unwrap(), *result, "a retry answers where they are");
