@@ -83,6 +83,9 @@ pub(super) struct Batch<'txn, 'r> {
     recorded_at: u64,
     keep_snapshots: usize,
     wrote: bool,
+    /// Whether the batch searched the event-id table for an id the filter of its ids (still
+    /// being made) would have answered.
+    scan_ids: bool,
 }
 
 /// A table of a batch's transaction, opened by its first use.
@@ -138,6 +141,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
             wrote: false,
+            scan_ids: false,
         })
     }
 
@@ -148,6 +152,8 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             Some(position) => Ok(Some(position)),
             None if !self.memtable.table_may_hold(id) => Ok(None),
             None => {
+                // Until the filter of the table's ids is made, this commit takes a step of it.
+                self.scan_ids |= self.memtable.table_ids().scanning();
                 let ids = self.event_ids.open(self.txn)?;
                 Ok(ids.get(id)?.map(|position| position.value()))
             }
@@ -287,6 +293,10 @@ impl<'txn, 'r> Batch<'txn, 'r> {
     /// `flush_events` events, writes both into the index tables.
     pub(super) fn finish(mut self, flush_events: usize) -> Result<Finished<'r>, JournalError> {
         self.write_records()?;
+        if self.scan_ids {
+            let ids = self.event_ids.open(self.txn)?;
+            self.appended.scanned = self.memtable.table_ids().scan(ids)?;
+        }
         let head = self.next_position - 1;
         let flushed = self.memtable.len() + self.appended.len() >= flush_events;
         if flushed {

@@ -16,6 +16,7 @@ use foldhash::HashMap;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use uuid::Uuid;
 
+use super::id_filter::{IdFilter, Scanned};
 use super::runs::Run;
 use super::store::{EVENT_IDS, EVENTS, META, STREAM_HEADS, STREAM_RUNS};
 use super::{JournalError, record};
@@ -47,15 +48,19 @@ pub(super) struct Memtable {
     /// No id in the event-id table is above it (its largest when last flushed or opened), so
     /// a newer id, as time-ordered ids almost always are, is new without a search.
     table_ids_bound: u128,
+    /// Admits every id in the event-id table and few others, so a new random id is new
+    /// without a search too. Kept across flushes, which add to it.
+    table_ids: IdFilter,
 }
 
 impl Memtable {
-    /// An empty memtable over tables that index through `through` and hold no id above
-    /// `table_ids_bound`.
-    fn new(through: u64, table_ids_bound: u128) -> Self {
+    /// An empty memtable over tables that index through `through`, hold no id above
+    /// `table_ids_bound` and none that `table_ids` does not admit.
+    fn new(through: u64, table_ids_bound: u128, table_ids: IdFilter) -> Self {
         Self {
             through,
             table_ids_bound,
+            table_ids,
             ..Self::default()
         }
     }
@@ -69,7 +74,7 @@ impl Memtable {
         let ids = txn.open_table(EVENT_IDS)?;
         let bound = ids.last()?.map_or(0, |(id, _)| id.value());
         let log = txn.open_table(EVENTS)?;
-        let mut memtable = Self::new(indexed_through, bound);
+        let mut memtable = Self::new(indexed_through, bound, IdFilter::default());
         for entry in log.range(indexed_through + 1..)? {
             let (position, bytes) = entry?;
             let position = position.value();
@@ -116,13 +121,21 @@ impl Memtable {
             self.add(stream, run, []);
         }
         self.ids.extend(later.ids);
+        if let Some(scanned) = later.scanned {
+            self.table_ids.take(scanned);
+        }
         self.through = through;
     }
 
     /// Forgets everything once it is in the tables, which now index through `through`.
     pub(super) fn clear(&mut self, through: u64) {
-        let held = self.ids.keys().copied().max();
-        *self = Self::new(through, self.table_ids_bound.max(held.unwrap_or(0)));
+        let mut filter = std::mem::take(&mut self.table_ids);
+        let mut bound = self.table_ids_bound;
+        for &id in self.ids.keys() {
+            filter.insert(id);
+            bound = bound.max(id);
+        }
+        *self = Self::new(through, bound, filter);
     }
 
     /// How many events it holds.
@@ -142,7 +155,12 @@ impl Memtable {
 
     /// Whether the event-id table may hold `id`; if not, only the memtable may.
     pub(super) fn table_may_hold(&self, id: u128) -> bool {
-        id <= self.table_ids_bound
+        id <= self.table_ids_bound && self.table_ids.may_hold(id)
+    }
+
+    /// The filter of the event-id table's ids.
+    pub(super) fn table_ids(&self) -> &IdFilter {
+        &self.table_ids
     }
 
     /// The last version of `stream`, if it has events here.
@@ -247,6 +265,9 @@ pub(super) struct Appends<'r> {
     runs: Vec<(&'r str, Run)>,
     /// Where each stream's last run is in `runs`.
     last_runs: HashMap<&'r str, usize>,
+    /// A step of the scan that makes the filter of the event-id table's ids, if the commit
+    /// took one.
+    pub(super) scanned: Option<Scanned>,
 }
 
 impl<'r> Appends<'r> {
@@ -288,6 +309,7 @@ mod tests {
     use redb::ReadableDatabase;
 
     use super::*;
+    use crate::journal::redb::id_filter::SCAN_STEP;
     use crate::journal::redb::{RedbJournal, reader};
     use crate::journal::{ExpectedVersion, JournalConfig, JournalError, NewEvent, ReadLimit};
 
@@ -363,5 +385,59 @@ mod tests {
             assert_eq!(retried.unwrap(), *result, "a retry answers where they are");
         }
         assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+    }
+
+    /// Random (v4) ids land anywhere in the event-id table, where only the in-memory filter of
+    /// its ids (see `id_filter`) spares a search: a retry of any of them is still recognised,
+    /// and read by id, after the flushes that moved them there and after a reopen, once the
+    /// filter is made.
+    #[test]
+    fn retries_of_random_ids_are_recognised_after_flushes_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let config = JournalConfig::default();
+        let journal = RedbJournal::open(&path, &config).unwrap();
+        let random = || -> Vec<NewEvent> {
+            let event = || NewEvent {
+                id: Uuid::new_v4(),
+                ..NewEvent::json("Happened", &serde_json::json!({}))
+            };
+            (0..100).map(|_| event()).collect()
+        };
+        // Two flushes: the commits after the first make the filter from the table (a step
+        // each), the second flush adds to it.
+        let mut appended = Vec::new();
+        for n in 0..2 * FLUSH_EVENTS / 100 + 2 {
+            let stream = format!("s{}", n % 4);
+            let events = random();
+            let result = journal
+                .append_blocking(&stream, ExpectedVersion::Any, events.clone())
+                .unwrap();
+            appended.push((stream, events, result));
+        }
+        let recognised = |journal: &RedbJournal| {
+            assert!(journal.db.memtable().len() < FLUSH_EVENTS, "flushed");
+            // A few commits, each taking a step of a new filter's scan, until it is made.
+            for _ in 0..appended.len() * 100 / SCAN_STEP + 2 {
+                let events = random();
+                journal
+                    .append_blocking("t", ExpectedVersion::Any, events)
+                    .unwrap();
+            }
+            assert!(!journal.db.memtable().table_ids().scanning(), "made");
+            let head = journal.head_position();
+            for (stream, events, result) in &appended {
+                let retried = journal.append_blocking(stream, ExpectedVersion::Any, events.clone());
+                assert_eq!(retried.unwrap(), *result, "a retry answers where they are");
+                for (event, position) in events.iter().zip(result.first_position..) {
+                    let found = reader::event_by_id(&journal.db, event.id).unwrap();
+                    assert_eq!(found.map(|found| found.position), Some(position));
+                }
+            }
+            assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        };
+        recognised(&journal);
+        drop(journal);
+        recognised(&RedbJournal::open(&path, &config).unwrap());
     }
 }

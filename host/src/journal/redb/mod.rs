@@ -8,6 +8,7 @@
 
 mod backup;
 mod batch;
+mod id_filter;
 mod memtable;
 mod migrate;
 mod page;

@@ -274,6 +274,7 @@ pub(in crate::journal) fn event_by_id(
         let id = id.as_u128();
         let position = match memtable.position(id) {
             Some(position) => position,
+            None if !memtable.table_may_hold(id) => return Ok(None),
             None => match txn.open_table(EVENT_IDS)?.get(id)? {
                 Some(position) => position.value(),
                 None => return Ok(None),
