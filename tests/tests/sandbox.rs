@@ -411,19 +411,7 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
     // A safety net for a shared machine: should a guard regress, the 16 GiB
     // table fails to allocate (and this test fails) instead of summoning the
     // OOM killer.
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            let cap = libc::rlimit {
-                rlim_cur: 4 << 30,
-                rlim_max: 4 << 30,
-            };
-            match libc::setrlimit(libc::RLIMIT_DATA, &cap) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    cap_data_at_4_gib(&mut command);
     let server = Server::launch(command);
     let client = Client::new();
     let command = |plugin: &'static str, id: &'static str, body: Value| {
@@ -611,19 +599,7 @@ async fn a_host_budget_bounds_plugin_memory_across_concurrent_instances() {
     ]);
     // A safety net for a shared machine, as above: should the budget regress, the host fails
     // to allocate instead of summoning the OOM killer.
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            let cap = libc::rlimit {
-                rlim_cur: 4 << 30,
-                rlim_max: 4 << 30,
-            };
-            match libc::setrlimit(libc::RLIMIT_DATA, &cap) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    cap_data_at_4_gib(&mut command);
     let server = Server::launch(command);
     let client = Client::new();
     let post = |plugin: &str, id: String, body: Value| {
@@ -730,4 +706,21 @@ async fn a_host_budget_bounds_plugin_memory_across_concurrent_instances() {
         error.contains("a memory asked for 56.0 MiB more with 56.1 MiB in use"),
         "{error}"
     );
+}
+
+/// Caps the data segment of the process `command` starts at 4 GiB.
+fn cap_data_at_4_gib(command: &mut Command) {
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            match libc::setrlimit(libc::RLIMIT_DATA, &cap) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
 }
