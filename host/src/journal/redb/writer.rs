@@ -519,6 +519,61 @@ mod tests {
         assert_eq!(reader::head_position(&writer.db).unwrap(), head);
     }
 
+    /// The filter of the event-id table's ids is made by a scan in steps, one per commit that
+    /// needs it, while flushes go on moving ids into the table: those flushed by the commit
+    /// of the first step, below where the scan has come and beyond it must all be in the
+    /// filter once it is made, or a retry of theirs would be written again.
+    #[test]
+    fn ids_flushed_while_the_filter_is_made_are_recognised() {
+        use crate::journal::redb::id_filter::SCAN_STEP;
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let random = || -> Vec<NewEvent> {
+            let event = || NewEvent {
+                id: uuid::Uuid::new_v4(),
+                ..event()
+            };
+            (0..64).map(|_| event()).collect()
+        };
+        let append = |writer: &Writer, events: &[NewEvent]| {
+            let (request, mut outcome) = append(ExpectedVersion::Any, events.to_vec());
+            writer.commit(vec![request]);
+            outcome.try_recv().unwrap().unwrap()
+        };
+        let mut appended = Vec::new();
+        // A table of more than two steps of the scan; each commit flushes (64 events).
+        let writer = writer(&dir);
+        for _ in 0..2 * SCAN_STEP / 64 + 1 {
+            let events = random();
+            appended.push((append(&writer, &events), events));
+        }
+        drop(writer);
+        // Reopened, the filter is not made: each commit takes a step and flushes.
+        let writer = self::writer(&dir);
+        let mut steps = 0;
+        while writer.db.memtable().table_ids().scanning() {
+            let events = random();
+            appended.push((append(&writer, &events), events));
+            assert_eq!(writer.db.memtable().len(), 0, "flushed");
+            steps += 1;
+        }
+        assert_eq!(steps, 3, "steps of the scan");
+        let head = reader::head_position(&writer.db).unwrap();
+        for (result, events) in &appended {
+            assert_eq!(
+                append(&writer, events),
+                *result,
+                "a retry answers where they are"
+            );
+        }
+        assert_eq!(
+            reader::head_position(&writer.db).unwrap(),
+            head,
+            "the retries wrote nothing"
+        );
+    }
+
     /// A batch whose records outgrow what it holds back writes them into the log part way,
     /// and every record reaches it, in order, with the rest.
     #[test]
