@@ -217,7 +217,10 @@ impl MemoryBudget {
 pub struct StoreBudget {
     limit: usize,
     used: usize,
-    /// The last growth granted, taken back if wasmtime then fails it.
+    /// The last growth granted, taken back if wasmtime then fails it. wasmtime 48 also reports
+    /// as failed a few growths it never asked about (past what a memory of 1-byte pages can
+    /// address, a 64-bit table's size overflowing), which would give back a grant whose pages
+    /// stay; this engine enables neither custom page sizes nor memory64, so none reaches here.
     granted: usize,
     host: Arc<MemoryBudget>,
 }

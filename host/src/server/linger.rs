@@ -4,6 +4,11 @@
 //! it. Instead, as web servers do, the write side is shut (the response stays deliverable) and
 //! whatever the client still sends is read and thrown away until it closes its side or
 //! `LINGER` has passed.
+//!
+//! hyper shuts every connection it ends in order through here, not only those with bytes unread
+//! (which this wrapper cannot tell apart), so each may linger for up to `LINGER`; one whose client
+//! closes too ends as soon as that close arrives. A connection that fails (a header read
+//! timeout, a reset) is dropped without lingering.
 
 use std::io;
 use std::pin::Pin;

@@ -276,8 +276,16 @@ impl Writer {
             memtable.absorb(finished.appended, head);
             memtable.clear(head);
         } else {
+            // A step of the id filter's scan, read from the table before this commit, is held
+            // across it too: a scavenge moving the memtable into the table in between would
+            // put ids there that neither that step nor the filter holds.
+            let scanned = finished.appended.scanned.is_some();
+            let held = scanned.then(|| self.db.memtable_mut());
             store::commit(&db, txn)?;
-            self.db.memtable_mut().absorb(finished.appended, head);
+            #[cfg(test)]
+            tests::after_commit(&self.db);
+            let mut memtable = held.unwrap_or_else(|| self.db.memtable_mut());
+            memtable.absorb(finished.appended, head);
         }
         Ok(Applied {
             results,
@@ -304,6 +312,21 @@ mod tests {
     use super::*;
     use crate::journal::redb::request::Outcome;
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
+
+    /// What a test puts between a commit and the writer taking it in.
+    type Hook = Box<dyn FnOnce(&SharedDb)>;
+
+    thread_local! {
+        /// Run once on the committing thread between a commit that moved nothing into the
+        /// tables and the writer taking it in: where a test puts what may come in between.
+        static AFTER_COMMIT: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn after_commit(db: &SharedDb) {
+        if let Some(hook) = AFTER_COMMIT.with_borrow_mut(Option::take) {
+            hook(db);
+        }
+    }
 
     impl Writer {
         /// Commits `batch` once the commit running (if any) is done, and answers it here.
@@ -516,6 +539,121 @@ mod tests {
         let head = reader::head_position(&writer.db).unwrap();
         assert_eq!(retry(&writer, &below), third);
         assert_eq!(retry(&writer, &with_id(u128::MAX / 2 + 1)), above);
+        assert_eq!(reader::head_position(&writer.db).unwrap(), head);
+    }
+
+    /// The filter of the event-id table's ids is made by a scan in steps, one per commit that
+    /// needs it, while flushes go on moving ids into the table: those flushed by the commit
+    /// of the first step, below where the scan has come and beyond it must all be in the
+    /// filter once it is made, or a retry of theirs would be written again.
+    #[test]
+    fn ids_flushed_while_the_filter_is_made_are_recognised() {
+        use crate::journal::redb::id_filter::SCAN_STEP;
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let random = || -> Vec<NewEvent> {
+            let event = || NewEvent {
+                id: uuid::Uuid::new_v4(),
+                ..event()
+            };
+            (0..64).map(|_| event()).collect()
+        };
+        let append = |writer: &Writer, events: &[NewEvent]| {
+            let (request, mut outcome) = append(ExpectedVersion::Any, events.to_vec());
+            writer.commit(vec![request]);
+            outcome.try_recv().unwrap().unwrap()
+        };
+        let mut appended = Vec::new();
+        // A table of more than two steps of the scan; each commit flushes (64 events).
+        let writer = writer(&dir);
+        for _ in 0..2 * SCAN_STEP / 64 + 1 {
+            let events = random();
+            appended.push((append(&writer, &events), events));
+        }
+        drop(writer);
+        // Reopened, the filter is not made: each commit takes a step and flushes.
+        let writer = self::writer(&dir);
+        let mut steps = 0;
+        while writer.db.memtable().table_ids().scanning() {
+            let events = random();
+            appended.push((append(&writer, &events), events));
+            assert_eq!(writer.db.memtable().len(), 0, "flushed");
+            steps += 1;
+        }
+        assert_eq!(steps, 3, "steps of the scan");
+        let head = reader::head_position(&writer.db).unwrap();
+        for (result, events) in &appended {
+            assert_eq!(
+                append(&writer, events),
+                *result,
+                "a retry answers where they are"
+            );
+        }
+        assert_eq!(
+            reader::head_position(&writer.db).unwrap(),
+            head,
+            "the retries wrote nothing"
+        );
+    }
+
+    /// A scavenge moves the memtable into the tables in a transaction of its own, which it
+    /// begins as soon as the writer's commit ends. Should it come between a commit that took
+    /// the first step of the id filter's scan and the writer taking that step in, the ids it
+    /// moved would be in the table yet not in the filter (which took no ids before the scan
+    /// started, and whose scan read the table before they came): a retry of theirs would be
+    /// written again. The writer holds the memtable across such a commit, so it cannot.
+    #[test]
+    fn a_scavenge_cannot_flush_between_a_scan_step_and_its_taking_in() {
+        use crate::journal::redb::memtable::Appends;
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let with_id = |id: u128| NewEvent {
+            id: uuid::Uuid::from_u128(id),
+            ..event()
+        };
+        let append = |writer: &Writer, events: Vec<NewEvent>| {
+            let (request, mut outcome) = append(ExpectedVersion::Any, events);
+            writer.commit(vec![request]);
+            outcome.try_recv().unwrap().unwrap()
+        };
+        // Small ids in the table, then reopened: the filter's scan has not started.
+        let writer = writer(&dir);
+        let small = (1..=writer.flush_events as u128)
+            .map(|n| with_id(2 * n))
+            .collect();
+        append(&writer, small);
+        drop(writer);
+        let writer = self::writer(&dir);
+        // Time-ordered ids above the table's largest: new without a search, held in the
+        // memtable.
+        let held: Vec<NewEvent> = (0..8).map(|_| event()).collect();
+        let result = append(&writer, held.clone());
+        assert!(writer.db.memtable().table_ids().scanning());
+        // A small id not in the table needs a search: its commit takes the scan's first
+        // step. Right after it, a scavenge tries to move the memtable into the tables.
+        AFTER_COMMIT.with_borrow_mut(|hook| {
+            *hook = Some(Box::new(|db: &SharedDb| {
+                let Ok(mut memtable) = db.memtable.try_write() else {
+                    return; // Held by the writer: the scavenge waits for it.
+                };
+                let database = db.get();
+                let txn = database.begin_write().unwrap();
+                let through = memtable.through();
+                memtable.write(&Appends::default(), &txn, through).unwrap();
+                store::commit(&database, txn).unwrap();
+                memtable.clear(through);
+            }))
+        });
+        append(&writer, vec![with_id(3)]);
+        assert!(!writer.db.memtable().table_ids().scanning(), "made");
+        let head = reader::head_position(&writer.db).unwrap();
+        assert_eq!(
+            append(&writer, held),
+            result,
+            "a retry answers where they are"
+        );
         assert_eq!(reader::head_position(&writer.db).unwrap(), head);
     }
 
