@@ -674,7 +674,7 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
 async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_their_budget() {
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
-    command.args(["--read-timeout", "2", "--body-min-rate", "128KiB"]);
+    command.args(["--read-timeout", "3", "--body-min-rate", "128KiB"]);
     command.args(["--body-budget", "1MiB"]);
     let server = Server::launch(command);
     let client = Client::new();
@@ -782,9 +782,36 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     .unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 
-    // Nothing of the trickled request was stored.
-    let (status, stream) = get(&client, &server, "/streams/s/events").await;
-    assert_eq!(status, 404, "{stream}");
+    // A body that falls below the rate while its client waits is refused then, not at its next
+    // chunk or its stall: 512 KiB at once, a byte 2 s later, then nothing (the average falls
+    // below 128 KiB/s 4 s after the first read; a stall would be 5 s after it).
+    let mut waiting = TcpStream::connect(&address).unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        write!(
+            waiting,
+            "POST /streams/v/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            (512 << 10) + 2
+        )
+        .unwrap();
+        waiting.write_all(&[b' '; 512 << 10]).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        waiting.write_all(b" ").unwrap();
+        read_until_closed(waiting)
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("slower than the server's minimum"),
+        "{answer}"
+    );
+
+    // Nothing of the refused requests was stored.
+    for refused in ["s", "v"] {
+        let (status, stream) = get(&client, &server, &format!("/streams/{refused}/events")).await;
+        assert_eq!(status, 404, "{stream}");
+    }
 }
 
 /// Whether `GET /plugins` lists `origin` as being compiled.
