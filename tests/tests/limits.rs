@@ -749,7 +749,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     }
     let (sent, answer) = trickling.await.unwrap();
     let answer = String::from_utf8_lossy(&answer);
-    eprintln!("the trickler sent {sent} bytes one at a time before it was cut off");
+    eprintln!("the trickler sent {sent} bytes one at a time before it was cut off: {answer}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains("slower than the server's minimum of 131072 bytes/s"),

@@ -249,6 +249,7 @@ impl http_body::Body for Bounded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
+        // Starts the clock on the first read, whether or not a chunk is already there.
         this.clock();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
