@@ -670,6 +670,150 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     assert_eq!(status, 404, "{stream}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_their_budget() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "3", "--body-min-rate", "128KiB"]);
+    command.args(["--body-budget", "1MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+
+    // A client sends 512 KiB of a body at once, then a byte every half second: it never stalls
+    // for the read timeout, so it used to hold its 512 KiB for as long as it kept trickling
+    // (200 s here). At 128 KiB/s its bytes are used up 4 s after the server began reading.
+    const TRICKLE: usize = 400;
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let mut trickler = TcpStream::connect(&address).unwrap();
+    write!(
+        trickler,
+        "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        (512 << 10) + TRICKLE
+    )
+    .unwrap();
+    trickler.write_all(&[b' '; 512 << 10]).unwrap();
+    let trickling = tokio::task::spawn_blocking(move || {
+        // Waits half a second for an answer before each byte.
+        trickler
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut sent = 0;
+        while sent < TRICKLE {
+            match trickler.peek(&mut [0]) {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) && trickler.write_all(b" ").is_ok() =>
+                {
+                    sent += 1
+                }
+                _ => break,
+            }
+        }
+        (sent, read_until_closed(trickler))
+    });
+
+    // While it holds 512 KiB of the 1 MiB budget, a 600 KiB body is refused (before the server
+    // has read the trickler's bytes it is read and fails as JSON: retry).
+    let spaces = " ".repeat(600 << 10);
+    let mut attempts = 0;
+    loop {
+        let response = client.post(server.url("/streams/t/events"));
+        let (status, answer) = json(response.body(spaces.clone()).send().await.unwrap()).await;
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 400, "{answer}");
+        attempts += 1;
+        assert!(attempts < 100, "the trickler's body never held the budget");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once the trickler is cut off, its bytes go back to the budget and such a body gets in.
+    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
+    append.push_str(&" ".repeat((600 << 10) - append.len()));
+    let mut refusals = 0;
+    loop {
+        let response = client.post(server.url("/streams/t/events"));
+        let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        refusals += 1;
+        assert!(
+            refusals < 60,
+            "the trickler still holds the budget after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (sent, answer) = trickling.await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("the trickler sent {sent} bytes one at a time before it was cut off: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("slower than the server's minimum of 131072 bytes/s"),
+        "{answer}"
+    );
+    assert!(sent < TRICKLE, "the trickler finished its body: {answer}");
+
+    // A body that arrives slowly for longer than the read timeout, but above the rate, is
+    // taken: 300 KiB at once, then 50 KiB every half second (200 KiB/s on average over 3 s).
+    let mut slow = TcpStream::connect(&address).unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        write!(
+            slow,
+            "POST /streams/u/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            append.len()
+        )
+        .unwrap();
+        let (first, rest) = append.as_bytes().split_at(300 << 10);
+        slow.write_all(first).unwrap();
+        for chunk in rest.chunks(50 << 10) {
+            std::thread::sleep(Duration::from_millis(500));
+            slow.write_all(chunk).unwrap();
+        }
+        slow.set_read_timeout(Some(serve::PATIENCE)).unwrap();
+        let mut answer = [0; 12];
+        slow.read_exact(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    // A body that falls below the rate while its client waits is refused then, not at its next
+    // chunk or its stall: 512 KiB at once, a byte 2 s later, then nothing (the average falls
+    // below 128 KiB/s 4 s after the first read; a stall would be 5 s after it).
+    let mut waiting = TcpStream::connect(&address).unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        write!(
+            waiting,
+            "POST /streams/v/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            (512 << 10) + 2
+        )
+        .unwrap();
+        waiting.write_all(&[b' '; 512 << 10]).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        waiting.write_all(b" ").unwrap();
+        read_until_closed(waiting)
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("slower than the server's minimum"),
+        "{answer}"
+    );
+
+    // Nothing of the refused requests was stored.
+    for refused in ["s", "v"] {
+        let (status, stream) = get(&client, &server, &format!("/streams/{refused}/events")).await;
+        assert_eq!(status, 404, "{stream}");
+    }
+}
+
 /// Whether `GET /plugins` lists `origin` as being compiled.
 async fn compiling(client: &Client, server: &Server, origin: &str) -> bool {
     let (status, list) = get(client, server, "/plugins").await;

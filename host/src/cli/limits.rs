@@ -26,6 +26,11 @@ pub struct ClientLimitArgs {
     /// request body of which nothing arrives for as long is refused with 408.
     #[arg(long, env = "FOLDHOST_READ_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().read_timeout.as_secs())]
     read_timeout: u64,
+    /// Bytes per second a request body must average, from when the server began reading it,
+    /// once --read-timeout has passed since then, e.g. 64KiB (an 8 MiB body then has 128 s, a
+    /// 64 MiB upload 1,024 s); a slower one is refused with 408. 0 turns it off.
+    #[arg(long, env = "FOLDHOST_BODY_MIN_RATE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
+    body_min_rate: usize,
     /// Most bytes of request bodies held at once, being received or handled, e.g. 256MiB;
     /// a body that would go past it is refused with 503 and Retry-After, one larger than it
     /// with 413 (keep it above 64 MiB to take any plugin upload).
@@ -44,6 +49,7 @@ impl ClientLimitArgs {
             live_buffer_bytes: self.live_buffer_bytes,
             write_stall_timeout: Duration::from_secs(self.write_stall_timeout.max(1)),
             read_timeout: Duration::from_secs(self.read_timeout.max(1)),
+            body_min_rate: self.body_min_rate,
             body_budget: self.body_budget,
             max_queued_writes: self.max_queued_writes,
         }

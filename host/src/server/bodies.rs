@@ -1,15 +1,17 @@
-//! Bounds on request bodies while they arrive: a body that stalls is refused, and all bodies
-//! being received or handled share one byte budget.
+//! Bounds on request bodies while they arrive: a body that stalls or trickles is refused, and
+//! all bodies being received or handled share one byte budget.
 //!
 //! Bodies are read whole before a handler runs (up to 8 MiB of JSON, 64 MiB for an upload).
 //! Without these bounds a client that sent all but the last bytes of a large body and then
 //! waited held that memory for as long as it kept the connection: a hundred such clients took
 //! the server from 99 MB to 922 MB. Now a body of which nothing arrives for the read timeout
 //! (counted from when the handler starts reading it, then from each chunk) is refused with 408;
-//! a body that would take the bytes held past the budget is refused at once with 503 and
-//! `Retry-After`, or with 413 if it is larger than the whole budget. A body's bytes count until
-//! its response is made, or, for a plugin upload, until its compile ends (which a client that
-//! leaves does not stop).
+//! so is one that, once the read timeout has passed since that first read, has sent fewer bytes
+//! than the minimum rate times the time since (a client that sends a byte just before each
+//! stall would otherwise hold its bytes for ever); a body that would take the bytes held past
+//! the budget is refused at once with 503 and `Retry-After`, or with 413 if it is larger than
+//! the whole budget. A body's bytes count until its response is made, or, for a plugin upload,
+//! until its compile ends (which a client that leaves does not stop).
 
 use std::error::Error;
 use std::future::Future;
@@ -30,21 +32,25 @@ use tokio::time::{Instant, Sleep};
 
 use super::errors::ApiError;
 
-/// What bounds request bodies: how long one may go without a byte arriving, and the bytes
-/// all of them may hold together.
+/// What bounds request bodies: how long one may go without a byte arriving, how slowly it
+/// may arrive, and the bytes all of them may hold together.
 #[derive(Clone)]
 pub struct BodyBounds {
     stall: Duration,
+    min_rate: usize,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
 }
 
 impl BodyBounds {
-    /// Bodies that never stall for `stall` and hold at most `budget_bytes` together.
-    pub fn new(stall: Duration, budget_bytes: usize) -> Self {
+    /// Bodies that never stall for `stall`, arrive at `min_rate` bytes per second or faster on
+    /// average once `stall` has passed since their first read (0: at any rate), and hold at
+    /// most `budget_bytes` together.
+    pub fn new(stall: Duration, min_rate: usize, budget_bytes: usize) -> Self {
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         Self {
             stall,
+            min_rate,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
         }
@@ -55,6 +61,7 @@ impl BodyBounds {
 #[derive(Debug)]
 enum Refused {
     Stalled(Duration),
+    TooSlow { rate: u64, min_rate: usize },
     OverBudget(usize),
     LargerThanBudget(usize),
 }
@@ -66,6 +73,11 @@ impl std::fmt::Display for Refused {
                 f,
                 "the request body stalled: nothing of it arrived for {} s",
                 stall.as_secs()
+            ),
+            Refused::TooSlow { rate, min_rate } => write!(
+                f,
+                "the request body arrived at {rate} bytes/s, slower than the server's minimum \
+                 of {min_rate} bytes/s"
             ),
             Refused::OverBudget(budget) => write!(
                 f,
@@ -102,7 +114,7 @@ pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Nex
     }
     let body = Body::new(Bounded {
         inner: body,
-        stalled_at: None,
+        clock: None,
         bounds,
         taken: 0,
         held: held.clone(),
@@ -118,8 +130,8 @@ pub fn refused(rejection: BytesRejection) -> ApiError {
     let mut source: Option<&(dyn Error + 'static)> = Some(&rejection);
     while let Some(error) = source {
         match error.downcast_ref::<Refused>() {
-            Some(stalled @ Refused::Stalled(_)) => {
-                return ApiError::new(StatusCode::REQUEST_TIMEOUT, stalled);
+            Some(late @ (Refused::Stalled(_) | Refused::TooSlow { .. })) => {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, late);
             }
             Some(over @ Refused::OverBudget(_)) => return ApiError::busy(over, 1),
             Some(larger @ Refused::LargerThanBudget(_)) => {
@@ -131,18 +143,26 @@ pub fn refused(rejection: BytesRejection) -> ApiError {
     ApiError::new(rejection.status(), rejection.body_text())
 }
 
-/// A body that fails once nothing of it arrives for the stall timeout or its bytes would go
-/// over the budget; the bytes it took from the budget go back once every holder of `held` is
-/// dropped.
+/// A body that fails once nothing of it arrives for the stall timeout, it falls below the
+/// minimum rate, or its bytes would go over the budget; the bytes it took from the budget go
+/// back once every holder of `held` is dropped.
 struct Bounded {
     inner: Body,
-    /// When waiting for the next chunk turns into a stall; set on the first read (a handler
-    /// may start reading late, after waiting for plugins to load) and after each chunk.
-    stalled_at: Option<Pin<Box<Sleep>>>,
+    /// Set on the first read: a handler may start reading late, after waiting for plugins to
+    /// load.
+    clock: Option<Clock>,
     bounds: BodyBounds,
     /// Bytes of this body taken from the budget.
     taken: usize,
     held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+/// When a body was first read and last grew, and when it is refused unless more arrives.
+struct Clock {
+    started: Instant,
+    /// When the last chunk arrived (the first read, before any did).
+    last: Instant,
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl Bounded {
@@ -170,14 +190,53 @@ impl Bounded {
         Ok(())
     }
 
-    /// Whether the body has stalled, arming the timer (and its wake-up) if it is not armed.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+    /// The body's clock, started on the first call.
+    fn clock(&mut self) -> &mut Clock {
         let stall = self.bounds.stall;
-        self.stalled_at
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)))
-            .as_mut()
-            .poll(cx)
-            .is_ready()
+        self.clock.get_or_insert_with(|| {
+            let now = Instant::now();
+            Clock {
+                started: now,
+                last: now,
+                deadline: Box::pin(tokio::time::sleep_until(now + stall)),
+            }
+        })
+    }
+
+    /// Moves the deadline after a chunk: to the stall timeout from now, or sooner to when the
+    /// bytes so far fall below the minimum rate times the time since the first read (never
+    /// before the stall timeout has passed since it: a grace period for slow starts).
+    fn arrived(&mut self) {
+        let BodyBounds {
+            stall, min_rate, ..
+        } = self.bounds;
+        let taken = self.taken;
+        let clock = self.clock();
+        clock.last = Instant::now();
+        let mut deadline = clock.last + stall;
+        if min_rate > 0 {
+            let earned = Duration::from_secs_f64(taken as f64 / min_rate as f64);
+            deadline = deadline.min(clock.started + earned.max(stall));
+        }
+        clock.deadline.as_mut().reset(deadline);
+    }
+
+    /// Why the body is refused once its deadline has passed.
+    fn refusal(&mut self) -> Refused {
+        let BodyBounds {
+            stall, min_rate, ..
+        } = self.bounds;
+        let taken = self.taken as f64;
+        let clock = self.clock();
+        let now = Instant::now();
+        if now >= clock.last + stall {
+            return Refused::Stalled(stall);
+        }
+        let rate = taken / (now - clock.started).as_secs_f64();
+        Refused::TooSlow {
+            rate: rate as u64,
+            min_rate,
+        }
     }
 }
 
@@ -186,24 +245,23 @@ impl http_body::Body for Bounded {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = self.get_mut();
+        // Starts the clock on the first read, whether or not a chunk is already there.
+        this.clock();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Pending if self.stalled(cx) => {
-                let stalled = Refused::Stalled(self.bounds.stall);
-                Poll::Ready(Some(Err(axum::Error::new(stalled))))
+            Poll::Pending if this.clock().deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err(axum::Error::new(this.refusal()))))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 let bytes = frame.data_ref().map_or(0, Bytes::len);
-                if let Err(refused) = self.take(bytes) {
+                if let Err(refused) = this.take(bytes) {
                     return Poll::Ready(Some(Err(axum::Error::new(refused))));
                 }
-                let stall = self.bounds.stall;
-                if let Some(stalled_at) = self.stalled_at.as_mut() {
-                    stalled_at.as_mut().reset(Instant::now() + stall);
-                }
+                this.arrived();
                 polled
             }
             _ => polled,

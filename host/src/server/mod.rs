@@ -156,7 +156,11 @@ fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            bodies::BodyBounds::new(state.limits.read_timeout, state.limits.body_budget),
+            bodies::BodyBounds::new(
+                state.limits.read_timeout,
+                state.limits.body_min_rate,
+                state.limits.body_budget,
+            ),
             bodies::bound,
         ))
         .layer(axum::middleware::from_fn(unread::close_if_unread))
@@ -337,6 +341,9 @@ pub struct ClientLimits {
     /// or after its previous response (idle, or sending them a byte at a time) is closed; a
     /// request body of which nothing arrives for this long is refused with 408.
     pub read_timeout: Duration,
+    /// Bytes per second a request body must average, counted from its first read, once
+    /// `read_timeout` has passed since then; one slower is refused with 408 (0: any rate).
+    pub body_min_rate: usize,
     /// Most bytes of request bodies held at once, being received or handled; a body that
     /// would go past it is refused with 503 and `Retry-After`, one larger than it with 413.
     pub body_budget: usize,
@@ -352,6 +359,7 @@ impl Default for ClientLimits {
             live_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
+            body_min_rate: 64 << 10,
             body_budget: 256 << 20,
             max_queued_writes: JournalConfig::default().max_queued_writes,
         }
