@@ -32,8 +32,9 @@ use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
 use super::{
-    AppendResult, BackupReport, ContentType, ExpectedVersion, JournalConfig, JournalError,
-    JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent, ScavengeReport, rules,
+    AppendResult, BackupReport, ContentType, EventRef, ExpectedVersion, JournalConfig,
+    JournalError, JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent,
+    ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};

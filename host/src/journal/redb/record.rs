@@ -11,10 +11,11 @@
 //! allocates only where its events are made (`Page`).
 
 use serde::Deserialize;
+use uuid::Uuid;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{ContentType, JournalError, NewEvent};
+use super::{ContentType, EventRef, JournalError, NewEvent};
 
 /// The postcard layout, written by builds before layout 2.
 const LAYOUT_1: u8 = 1;
@@ -47,6 +48,24 @@ impl<Name: AsRef<[u8]>> Envelope<'_, Name> {
     /// What a read's size limit counts, as [`RecordedEvent::size`](super::RecordedEvent::size).
     pub fn size(&self) -> usize {
         self.data.len() + self.event_type.as_ref().len() + self.metadata.map_or(0, str::len)
+    }
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// The record stored at `position` as a borrowed event, its names checked to be UTF-8.
+    #[inline]
+    pub fn event(&self, position: u64) -> Result<EventRef<'a>, JournalError> {
+        Ok(EventRef {
+            position,
+            stream: utf8(position, "stream name", self.stream)?,
+            version: self.version,
+            id: Uuid::from_bytes(self.id),
+            event_type: utf8(position, "event type", self.event_type)?,
+            content_type: self.content_type,
+            data: self.data,
+            metadata: self.metadata,
+            recorded_at: self.recorded_at,
+        })
     }
 }
 
@@ -203,7 +222,7 @@ pub(super) fn utf8<'a>(position: u64, what: &str, name: &'a [u8]) -> Result<&'a 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use uuid::Uuid;
 
     use super::super::page::Page;
@@ -227,7 +246,7 @@ mod tests {
 
     /// Version 1 of `account-1` as builds before layout 2 stored it: layout byte 1, then
     /// postcard (names and data length-prefixed, numbers as varints, the id byte by byte).
-    fn layout_1_binary() -> Vec<u8> {
+    pub(in crate::journal::redb) fn layout_1_binary() -> Vec<u8> {
         [
             &[1, 9][..],
             b"account-1",
@@ -245,7 +264,7 @@ mod tests {
     }
 
     /// Version 2 of `account-1` in layout 1: JSON, no metadata, recorded at 0.
-    fn layout_1_json() -> Vec<u8> {
+    pub(in crate::journal::redb) fn layout_1_json() -> Vec<u8> {
         let id = [0x5a; 16];
         [
             &[1, 9][..],
@@ -263,7 +282,7 @@ mod tests {
         .concat()
     }
 
-    fn layout_1_events() -> [RecordedEvent; 2] {
+    pub(in crate::journal::redb) fn layout_1_events() -> [RecordedEvent; 2] {
         [
             RecordedEvent {
                 position: 1,
