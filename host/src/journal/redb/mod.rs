@@ -32,9 +32,8 @@ use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
 use super::{
-    AppendResult, BackupReport, ContentType, EventRef, ExpectedVersion, JournalConfig,
-    JournalError, JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent,
-    ScavengeReport, rules,
+    AppendResult, BackupReport, ContentType, ExpectedVersion, JournalConfig, JournalError,
+    JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent, ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};
