@@ -29,6 +29,7 @@ pub use error::JournalError;
 pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;
 pub use pages::Pages;
+pub(crate) use pages::read_ahead;
 pub use types::*;
 
 /// Counters since the journal was opened.
