@@ -6,8 +6,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhost::journal::{
-    AppendResult, ContentType, ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent,
-    ParkedEvent, ReadLimit, RecordedEvent, StreamMetadata, StreamWindow,
+    AppendResult, ContentType, EventRef, ExpectedVersion, Journal, JournalConfig, JournalError,
+    NewEvent, ParkedEvent, ReadLimit, RecordedEvent, StreamMetadata, StreamWindow,
 };
 use uuid::Uuid;
 
@@ -127,8 +127,24 @@ impl Fixture {
     }
 
     fn all(&self) -> Vec<RecordedEvent> {
-        self.journal.read_all(0, usize::MAX).unwrap()
+        read_all_within(&self.journal, 0, ReadLimit::events(usize::MAX))
     }
+}
+
+/// `journal.read_all_within(from, limit)`, checked to be exactly what
+/// [`Journal::scan_all`] visits (every field), and the position the scan returns its last.
+fn read_all_within(journal: &Journal, from: u64, limit: ReadLimit) -> Vec<RecordedEvent> {
+    let read = journal.read_all_within(from, limit).unwrap();
+    let mut visited = Vec::new();
+    let last = journal
+        .scan_all(from, limit, |event: EventRef<'_>| {
+            visited.push(event.to_recorded());
+            Ok::<_, JournalError>(())
+        })
+        .unwrap();
+    assert_eq!(visited, read, "scan_all from {from} within {limit:?}");
+    assert_eq!(last, read.last().map(|event| event.position));
+    read
 }
 
 /// Declares each listed test body (a function taking a [`Backend`]) as two tests,
@@ -193,6 +209,7 @@ on_both_backends! {
     #[tokio::test] async fn a_delete_and_appends_in_one_batch_apply_in_order;
     #[tokio::test] async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it;
     #[tokio::test] async fn events_are_found_by_id;
+    #[tokio::test] async fn a_scan_visits_every_field_of_what_a_read_returns;
     #[test] fn parked_events_are_kept_per_plugin_replaced_and_forgotten;
 }
 
@@ -636,11 +653,12 @@ async fn reads_are_paged_and_ascending(backend: Backend) {
         |events: Vec<RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
     let versions =
         |events: Vec<RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
-    assert_eq!(positions(f.journal.read_all(0, 3).unwrap()), [1, 2, 3]);
-    assert_eq!(positions(f.journal.read_all(4, 3).unwrap()), [4, 5, 6]);
-    assert_eq!(positions(f.journal.read_all(9, 3).unwrap()), [9, 10]);
-    assert!(f.journal.read_all(11, 3).unwrap().is_empty());
-    assert!(f.journal.read_all(1, 0).unwrap().is_empty());
+    let all = |from, n| read_all_within(&f.journal, from, ReadLimit::events(n));
+    assert_eq!(positions(all(0, 3)), [1, 2, 3]);
+    assert_eq!(positions(all(4, 3)), [4, 5, 6]);
+    assert_eq!(positions(all(9, 3)), [9, 10]);
+    assert!(all(11, 3).is_empty());
+    assert!(all(1, 0).is_empty());
     assert_eq!(
         positions(f.journal.read_stream("odd", 0, 2).unwrap()),
         [2, 4]
@@ -1134,7 +1152,7 @@ async fn retention_metadata_hides_events_from_every_reader_at_once(backend: Back
     // The global log, paged one event at a time, skips every hidden event.
     let mut seen: Vec<(String, u64)> = Vec::new();
     let mut from = 1;
-    while let Some(event) = j.read_all(from, 1).unwrap().pop() {
+    while let Some(event) = read_all_within(j, from, ReadLimit::events(1)).pop() {
         from = event.position + 1;
         seen.push((event.stream.into(), event.version));
     }
@@ -1331,7 +1349,7 @@ async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it(back
     let versions =
         |events: Vec<RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
     let stream = |from, l| versions(f.journal.read_stream_within("s", from, l).unwrap());
-    let all = |from, l| versions(f.journal.read_all_within(from, l).unwrap());
+    let all = |from, l| versions(read_all_within(&f.journal, from, l));
     assert_eq!(stream(1, limit(10, 200)), [1, 2]);
     assert_eq!(stream(1, limit(10, 199)), [1]);
     assert_eq!(stream(1, limit(10, 10)), [1], "the first event always");
@@ -1720,4 +1738,53 @@ fn postgres_that_may_lose_commits_is_refused_unless_accepted() {
     .expect("accepted explicitly");
     let appended = accepted.append_blocking("s", ExpectedVersion::NoStream, events(1));
     assert_eq!(appended.unwrap().last_position, 1);
+}
+
+async fn a_scan_visits_every_field_of_what_a_read_returns(backend: Backend) {
+    let f = Fixture::new(backend);
+    let tagged = |metadata: Option<&str>| NewEvent {
+        id: Uuid::new_v4(),
+        event_type: "Tagged".to_owned(),
+        content_type: ContentType::Binary,
+        data: vec![0, 159, 146, 150, 255],
+        metadata: metadata.map(str::to_owned),
+    };
+    let mixed = vec![
+        tagged(Some(r#"{"by":"ann"}"#)),
+        event(1),
+        tagged(Some("")),
+        tagged(None),
+    ];
+    f.journal
+        .append("mixed-1", ExpectedVersion::NoStream, mixed)
+        .await
+        .unwrap();
+    f.journal
+        .import("imported-1", ExpectedVersion::NoStream, events(2), 1_234)
+        .await
+        .unwrap();
+    let all = f.all();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[4].recorded_at, 1_234);
+    for from in 0..=7 {
+        for events in [0, 1, 2, 5, 100] {
+            for bytes in [0, 12, 40, usize::MAX] {
+                read_all_within(&f.journal, from, ReadLimit { events, bytes });
+            }
+        }
+    }
+    // A visitor's error stops the scan after the event it failed on.
+    let mut visited = Vec::new();
+    let outcome = f.journal.scan_all(1, ReadLimit::events(100), |event| {
+        visited.push(event.position);
+        match event.position {
+            3 => Err(JournalError::Unavailable("the visitor failed".to_owned())),
+            _ => Ok(()),
+        }
+    });
+    assert!(
+        matches!(outcome, Err(JournalError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(visited, [1, 2, 3]);
 }

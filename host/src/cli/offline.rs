@@ -186,14 +186,7 @@ fn replay_projection(
 ) -> anyhow::Result<serde_json::Value> {
     let bar = progress(journal.head_position(), "events");
     let mut projection = ProjectionInstance::through(plugin, upcasters, None)?;
-    loop {
-        let events = journal.read_all_within(projection.position + 1, REPLAY_LIMIT)?;
-        if events.is_empty() {
-            break;
-        }
-        projection.apply(&events)?;
-        bar.set_position(projection.position);
-    }
+    projection.catch_up_reporting(journal, |position| bar.set_position(position))?;
     bar.finish_and_clear();
     Ok(projection.state()?)
 }

@@ -29,6 +29,7 @@ pub use error::JournalError;
 pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;
 pub use pages::Pages;
+pub(crate) use pages::read_ahead;
 pub use types::*;
 
 /// Counters since the journal was opened.
@@ -192,6 +193,33 @@ impl Journal {
         limit: ReadLimit,
     ) -> Result<Vec<RecordedEvent>, JournalError> {
         dispatch!(self, read_all(from_position, limit))
+    }
+
+    /// Visits the events [`read_all_within`](Self::read_all_within) would return, in order, as
+    /// [`EventRef`]s borrowing the page the journal read: a scan of the global log that copies
+    /// nothing per event. Returns the position of the last event visited (`None` if none was).
+    ///
+    /// On redb the visitor runs inside the read (one read transaction; keep it to the work of
+    /// one page). A record that does not decode stops the scan with
+    /// [`JournalError::Corrupt`] at its position, after the events before it were visited; an
+    /// error of `visit` stops it and is returned. PostgreSQL reads the page as
+    /// `read_all_within` does, then visits its events.
+    pub fn scan_all<E: From<JournalError>>(
+        &self,
+        from_position: u64,
+        limit: ReadLimit,
+        mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
+    ) -> Result<Option<u64>, E> {
+        match &*self.backend {
+            Backend::Redb(inner) => redb::reader::scan_all(&inner.db, from_position, limit, visit),
+            Backend::Postgres(pg) => {
+                let page = pg.read_all(from_position, limit)?;
+                for event in &page {
+                    visit(event.into())?;
+                }
+                Ok(page.last().map(|event| event.position))
+            }
+        }
     }
 
     /// The event with id `id`, if readers may see it (its stream not deleted, it not expired).

@@ -125,6 +125,18 @@ fn ahead<E: From<JournalError>>(
     first: Vec<RecordedEvent>,
     mut fold: impl FnMut(&[RecordedEvent]) -> Result<(), E>,
 ) -> Result<(), E> {
+    let read = move || read().map(|page| (!page.is_empty()).then_some(page));
+    read_ahead(read, first, |page| fold(&page))
+}
+
+/// Folds `first`, then each page `read` returns until `None` or an error, with `read` running
+/// on a second thread one page ahead of `fold`: the hand-over of [`Pages::fold_ahead`], for
+/// pages of any form (a projection's packed batches, see `runtime::projection`).
+pub(crate) fn read_ahead<P: Send, E: From<JournalError>>(
+    mut read: impl FnMut() -> Result<Option<P>, JournalError> + Send,
+    first: P,
+    mut fold: impl FnMut(P) -> Result<(), E>,
+) -> Result<(), E> {
     let span = tracing::Span::current();
     std::thread::scope(|scope| {
         // A rendezvous: the reader hands a page over only when `fold` asks for the next, so it
@@ -134,21 +146,19 @@ fn ahead<E: From<JournalError>>(
             let _span = span.enter();
             loop {
                 let page = read();
-                let end = page.as_ref().map_or(true, Vec::is_empty);
+                let end = !matches!(page, Ok(Some(_)));
                 // Nobody asks any more once `fold` failed: stop.
                 if pages.send(page).is_err() || end {
                     return;
                 }
             }
         });
-        fold(&first)?;
-        drop(first);
+        fold(first)?;
         for page in next {
-            let page = page?;
-            if page.is_empty() {
+            let Some(page) = page? else {
                 break;
-            }
-            fold(&page)?;
+            };
+            fold(page)?;
         }
         Ok(())
     })

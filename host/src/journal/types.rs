@@ -85,6 +85,64 @@ pub struct RecordedEvent {
     pub recorded_at: u64,
 }
 
+/// A stored event as [`Journal::scan_all`](super::Journal::scan_all) hands it to its visitor:
+/// the fields of a [`RecordedEvent`], its text and data borrowed from the page the journal read
+/// (valid for the one call), so a scan copies and counts nothing per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// 1-based, gapless position in the global log.
+    pub position: u64,
+    /// The stream it belongs to.
+    pub stream: &'a str,
+    /// 1-based version within the stream.
+    pub version: u64,
+    /// Unique across the journal.
+    pub id: Uuid,
+    /// The type name.
+    pub event_type: &'a str,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// The payload.
+    pub data: &'a [u8],
+    /// A JSON object as text, if any.
+    pub metadata: Option<&'a str>,
+    /// Milliseconds since the Unix epoch.
+    pub recorded_at: u64,
+}
+
+impl EventRef<'_> {
+    /// The event as an owned [`RecordedEvent`] (copying its text and data).
+    pub fn to_recorded(&self) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream: self.stream.into(),
+            version: self.version,
+            id: self.id,
+            event_type: self.event_type.into(),
+            content_type: self.content_type,
+            data: Bytes::copy_from_slice(self.data),
+            metadata: self.metadata.map(ByteString::from),
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
+impl<'a> From<&'a RecordedEvent> for EventRef<'a> {
+    fn from(event: &'a RecordedEvent) -> Self {
+        EventRef {
+            position: event.position,
+            stream: &event.stream,
+            version: event.version,
+            id: event.id,
+            event_type: &event.event_type,
+            content_type: event.content_type,
+            data: &event.data,
+            metadata: event.metadata.as_deref(),
+            recorded_at: event.recorded_at,
+        }
+    }
+}
+
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppendResult {

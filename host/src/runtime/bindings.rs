@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::limits::Limits;
 use super::sandbox::{LogBudget, StoreBudget, one_line};
-use crate::journal::{ContentType, RecordedEvent};
+use crate::journal::{ContentType, EventRef, RecordedEvent};
 
 /// Bindings for the `aggregate-plugin` world.
 pub mod aggregate {
@@ -168,10 +168,6 @@ pub fn encode_packed_batch<'a>(
     let mut buffer = Vec::with_capacity(capacity.saturating_mul(PACKED_BYTES_PER_EVENT));
     let (mut stream, mut event_type) = (Run::default(), Run::default());
     for event in events {
-        let mut record = [0; PACKED_HEADER_LEN];
-        record[0..8].copy_from_slice(&event.position.to_le_bytes());
-        record[8..16].copy_from_slice(&event.version.to_le_bytes());
-        record[16..24].copy_from_slice(&event.recorded_at.to_le_bytes());
         let metadata = event.metadata.as_deref().unwrap_or_default().as_bytes();
         let spans = [
             stream.place(event.stream.as_bytes(), &mut buffer),
@@ -179,18 +175,84 @@ pub fn encode_packed_batch<'a>(
             put(&event.data, &mut buffer),
             put(metadata, &mut buffer),
         ];
-        for (span, at) in spans.into_iter().zip([24, 32, 40, 48]) {
-            record[at..at + 4].copy_from_slice(&span.offset.to_le_bytes());
-            record[at + 4..at + 8].copy_from_slice(&span.len.to_le_bytes());
-        }
-        let content_type: u32 = match event.content_type {
-            ContentType::Json => 0,
-            ContentType::Binary => 1,
-        };
-        record[56..60].copy_from_slice(&content_type.to_le_bytes());
-        headers.extend_from_slice(&record);
+        headers.extend_from_slice(&packed_header(&EventRef::from(event), spans));
     }
     types::PackedBatch { headers, buffer }
+}
+
+/// The header record of `event` in a packed batch, its stream, type, data and metadata at
+/// `spans` of the buffer.
+#[inline]
+fn packed_header(event: &EventRef<'_>, spans: [types::Span; 4]) -> [u8; PACKED_HEADER_LEN] {
+    let mut record = [0; PACKED_HEADER_LEN];
+    record[0..8].copy_from_slice(&event.position.to_le_bytes());
+    record[8..16].copy_from_slice(&event.version.to_le_bytes());
+    record[16..24].copy_from_slice(&event.recorded_at.to_le_bytes());
+    for (span, at) in spans.into_iter().zip([24, 32, 40, 48]) {
+        record[at..at + 4].copy_from_slice(&span.offset.to_le_bytes());
+        record[at + 4..at + 8].copy_from_slice(&span.len.to_le_bytes());
+    }
+    let content_type: u32 = match event.content_type {
+        ContentType::Json => 0,
+        ContentType::Binary => 1,
+    };
+    record[56..60].copy_from_slice(&content_type.to_le_bytes());
+    record
+}
+
+/// A packed batch built one borrowed event at a time (from a journal scan's visitor), laid out
+/// as [`encode_packed_batch`] lays out owned events: an event naming the stream or type of the
+/// one before shares its span, recognised by the copy already in the buffer.
+pub struct PackedBuilder {
+    headers: Vec<u8>,
+    buffer: Vec<u8>,
+    stream: Option<types::Span>,
+    event_type: Option<types::Span>,
+}
+
+impl PackedBuilder {
+    /// An empty batch with room for about `events` events.
+    pub fn with_capacity(events: usize) -> Self {
+        Self {
+            headers: Vec::with_capacity(events.saturating_mul(PACKED_HEADER_LEN)),
+            buffer: Vec::with_capacity(events.saturating_mul(PACKED_BYTES_PER_EVENT)),
+            stream: None,
+            event_type: None,
+        }
+    }
+
+    /// Appends `event`.
+    #[inline]
+    pub fn push(&mut self, event: &EventRef<'_>) {
+        let buffer = &mut self.buffer;
+        let spans = [
+            Self::place(&mut self.stream, event.stream.as_bytes(), buffer),
+            Self::place(&mut self.event_type, event.event_type.as_bytes(), buffer),
+            put(event.data, buffer),
+            put(event.metadata.unwrap_or_default().as_bytes(), buffer),
+        ];
+        self.headers.extend_from_slice(&packed_header(event, spans));
+    }
+
+    /// The span of `name`: `last`'s if the buffer holds `name` there, else a new copy's.
+    #[inline]
+    fn place(last: &mut Option<types::Span>, name: &[u8], buffer: &mut Vec<u8>) -> types::Span {
+        if let Some(span) = *last {
+            let at = span.offset as usize;
+            if buffer.get(at..at + span.len as usize) == Some(name) {
+                return span;
+            }
+        }
+        *last.insert(put(name, buffer))
+    }
+
+    /// The batch.
+    pub fn finish(self) -> types::PackedBatch {
+        types::PackedBatch {
+            headers: self.headers,
+            buffer: self.buffer,
+        }
+    }
 }
 
 /// The buffer bytes a packed batch reserves per event before it knows them:

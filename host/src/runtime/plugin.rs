@@ -18,7 +18,7 @@ use super::error::RuntimeError;
 use super::footprint::Footprint;
 use super::limits::Limits;
 use super::sandbox::{LogBudget, PluginStore, guarded, new_store};
-use crate::journal::RecordedEvent;
+use crate::journal::{EventRef, RecordedEvent};
 
 /// The contract version this host implements; guests built against any 0.1.y load.
 pub const CONTRACT_VERSION: &str = contract::VERSION;
@@ -92,6 +92,20 @@ impl Subscription {
                 _ => last.insert((stream, self.wants_new_stream(stream))).1,
             };
             in_category && self.wants_type(&event.event_type)
+        }
+    }
+
+    /// [`wants_each`](Self::wants_each) for borrowed events (a journal scan's), which remembers
+    /// the last stream by its name.
+    pub fn wants_each_ref(&self) -> impl FnMut(&EventRef<'_>) -> bool {
+        let (mut stream, mut in_category) = (String::new(), false);
+        move |event| {
+            if stream != event.stream {
+                stream.clear();
+                stream.push_str(event.stream);
+                in_category = self.wants_new_stream(event.stream);
+            }
+            in_category && self.wants_type(event.event_type)
         }
     }
 

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{
-    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableError,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableError,
 };
 use uuid::Uuid;
 
@@ -25,7 +25,7 @@ use super::{
     runs,
 };
 use crate::journal::lifecycle::now_millis;
-use crate::journal::{StreamMetadata, StreamWindow};
+use crate::journal::{EventRef, StreamMetadata, StreamWindow};
 
 /// Stream heads the memtable holds (those a read needs), paired with its read transaction.
 type Held<'m> = Cow<'m, BTreeMap<String, u64>>;
@@ -227,6 +227,20 @@ pub(in crate::journal) fn read_stream(
     Ok(events)
 }
 
+/// A read of the global log: its transaction, the last position it may read (the memtable's
+/// `through`: later records may still be committing) and the filter of what readers see.
+fn log_read(
+    db: &SharedDb,
+    database: &Database,
+) -> Result<(ReadTransaction, u64, LogFilter<'static>), JournalError> {
+    let (txn, (through, held)) = db.begin_read(database, |txn, memtable| {
+        let held = lifecycle_heads(txn, memtable)?.map(Cow::Owned);
+        Ok((memtable.through(), held))
+    })?;
+    let filter = LogFilter::open(&txn, held)?;
+    Ok((txn, through, filter))
+}
+
 /// Up to `limit` events of the global log with position ≥ `from_position`, ascending.
 pub(in crate::journal) fn read_all(
     db: &SharedDb,
@@ -234,12 +248,8 @@ pub(in crate::journal) fn read_all(
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let database = db.get();
-    let (txn, (through, held)) = db.begin_read(&database, |txn, memtable| {
-        let held = lifecycle_heads(txn, memtable)?.map(Cow::Owned);
-        Ok((memtable.through(), held))
-    })?;
+    let (txn, through, mut filter) = log_read(db, &database)?;
     let log = txn.open_table(EVENTS)?;
-    let mut filter = LogFilter::open(&txn, held)?;
     let (mut events, mut used, mut page) = (reserved(limit), 0, Page::default());
     if from_position > through {
         return Ok(events);
@@ -261,6 +271,99 @@ pub(in crate::journal) fn read_all(
         events.push(held.own());
     }
     Ok(events)
+}
+
+/// Visits the events [`read_all`] returns, in order, each borrowing its text and data from the
+/// page redb read, inside one read transaction; returns the last position visited. A record
+/// that does not decode stops the scan with `Corrupt` after the events before it.
+pub(in crate::journal) fn scan_all<E: From<JournalError>>(
+    db: &SharedDb,
+    from_position: u64,
+    limit: ReadLimit,
+    mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
+) -> Result<Option<u64>, E> {
+    let database = db.get();
+    let (txn, through, mut filter) = log_read(db, &database)?;
+    if from_position > through {
+        return Ok(None);
+    }
+    let log = txn.open_table(EVENTS).map_err(JournalError::from)?;
+    let range = log
+        .range(from_position..=through)
+        .map_err(JournalError::from)?;
+    let (mut visited, mut used, mut last) = (0, 0, None);
+    let mut names = CheckedNames::default();
+    for entry in range {
+        if visited >= limit.events {
+            break;
+        }
+        let (position, bytes) = entry.map_err(JournalError::from)?;
+        let position = position.value();
+        let record = record::decode_raw_inline(position, bytes.value())?;
+        let event = names.event(position, &record)?;
+        if !filter.admits(event.stream, &record)? {
+            continue;
+        }
+        if !limit.admits(&mut used, record.size(), visited == 0) {
+            break;
+        }
+        visit(event)?;
+        (visited, last) = (visited + 1, Some(position));
+    }
+    Ok(last)
+}
+
+/// The last stream and type names a scan checked to be UTF-8, as text: a record naming the same
+/// bytes is handed these, so a run of one stream or type checks its name once (std's check of
+/// two short names was a sixth of a scan).
+#[derive(Default)]
+struct CheckedNames {
+    stream: String,
+    event_type: String,
+}
+
+impl CheckedNames {
+    /// The record stored at `position` as an event, its names checked (or known) to be UTF-8.
+    #[inline]
+    fn event<'a>(
+        &'a mut self,
+        position: u64,
+        record: &RawEnvelope<'a>,
+    ) -> Result<EventRef<'a>, JournalError> {
+        Self::check(&mut self.stream, position, "stream name", record.stream)?;
+        Self::check(
+            &mut self.event_type,
+            position,
+            "event type",
+            record.event_type,
+        )?;
+        Ok(EventRef {
+            position,
+            stream: &self.stream,
+            version: record.version,
+            id: Uuid::from_bytes(record.id),
+            event_type: &self.event_type,
+            content_type: record.content_type,
+            data: record.data,
+            metadata: record.metadata,
+            recorded_at: record.recorded_at,
+        })
+    }
+
+    /// Makes `held` the text of `name` unless it already is.
+    #[inline]
+    fn check(
+        held: &mut String,
+        position: u64,
+        what: &str,
+        name: &[u8],
+    ) -> Result<(), JournalError> {
+        if held.as_bytes() != name {
+            held.clear();
+            held.push_str(record::utf8(position, what, name)?);
+        }
+        Ok(())
+    }
 }
 
 /// The event with id `id`, if the journal has it and readers may see it.
@@ -484,6 +587,95 @@ mod tests {
             Err(JournalError::Corrupt { position, .. }) => position,
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    /// What `scan_all` visits from `from` within `limit`, made owned, with the position it
+    /// returned; the events visited before an error, and the error.
+    fn scanned(
+        db: &SharedDb,
+        from: u64,
+        limit: ReadLimit,
+    ) -> (Vec<RecordedEvent>, Result<Option<u64>, JournalError>) {
+        let mut events = Vec::new();
+        let outcome = scan_all(db, from, limit, |event: EventRef<'_>| {
+            events.push(event.to_recorded());
+            Ok::<_, JournalError>(())
+        });
+        (events, outcome)
+    }
+
+    #[test]
+    fn a_scan_visits_what_read_all_returns_in_both_layouts() {
+        use record::tests::{layout_1_binary, layout_1_events, layout_1_json};
+        let third = NewEvent {
+            id: Uuid::from_bytes([3; 16]),
+            event_type: "Tagged".to_owned(),
+            content_type: crate::journal::ContentType::Binary,
+            data: vec![0, 159, 146, 150],
+            metadata: Some(String::new()),
+        };
+        let records = [
+            (1, layout_1_binary()),
+            (2, layout_1_json()),
+            (3, record::encode("account-1", 3, &third, 77)),
+            (4, encoded("other-1", 1)),
+        ];
+        let (_dir, db) = journal_with(&records, &[("account-1", 1, 1, 3), ("other-1", 1, 4, 1)]);
+        let all = read_all(&db, 1, ReadLimit::events(10)).unwrap();
+        assert_eq!(all[..2], layout_1_events());
+        assert_eq!(all[2].metadata.as_deref(), Some(""));
+        for from in 0..=5 {
+            for events in 0..=5 {
+                for bytes in [0, 20, usize::MAX] {
+                    let limit = ReadLimit { events, bytes };
+                    let read = read_all(&db, from, limit).unwrap();
+                    let (visited, last) = scanned(&db, from, limit);
+                    assert_eq!(visited, read, "from {from}, {limit:?}");
+                    assert_eq!(last.unwrap(), read.last().map(|event| event.position));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_scan_stops_at_a_damaged_record_after_the_events_before_it() {
+        let mut bad_name = encoded("s", 3);
+        let at = bad_name.iter().rposition(|&byte| byte == b's').unwrap();
+        bad_name[at] = 0xff;
+        let records = [
+            (1, encoded("s", 1)),
+            (2, encoded("s", 2)),
+            (3, bad_name),
+            (4, vec![1, 0xff]),
+            (5, encoded("s", 4)),
+        ];
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1, 2)]);
+        let n = ReadLimit::events;
+        let (visited, outcome) = scanned(&db, 1, n(10));
+        assert_eq!(visited, read_all(&db, 1, n(2)).unwrap());
+        assert_eq!(corrupt_position(outcome), 3);
+        let (visited, outcome) = scanned(&db, 4, n(10));
+        assert_eq!((visited, corrupt_position(outcome)), (vec![], 4));
+        assert_eq!(scanned(&db, 5, n(10)).0, read_all(&db, 5, n(10)).unwrap());
+    }
+
+    #[test]
+    fn a_failing_visitor_stops_the_scan_with_its_error() {
+        let records: Vec<_> = (1..=5).map(|n| (n, encoded("s", n))).collect();
+        let (_dir, db) = journal_with(&records, &[("s", 1, 1, 5)]);
+        let mut visited = Vec::new();
+        let outcome = scan_all(&db, 1, ReadLimit::events(10), |event| {
+            visited.push(event.position);
+            match event.position {
+                3 => Err(JournalError::Unavailable("the visitor failed".into())),
+                _ => Ok(()),
+            }
+        });
+        assert!(
+            matches!(outcome, Err(JournalError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(visited, [1, 2, 3]);
     }
 
     #[test]

@@ -16,12 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::aggregate::REPLAY_LIMIT;
-use super::bindings::ProjectionExports;
+use super::bindings::{PackedBuilder, ProjectionExports, types::PackedBatch};
 use super::error::RuntimeError;
-use super::plugin::Plugin;
+use super::plugin::{Plugin, Subscription};
 use super::sandbox::{PluginStore, guarded};
 use super::upcast::UpcasterChain;
-use crate::journal::{Journal, Pages, RecordedEvent};
+use crate::journal::{Journal, JournalError, Pages, ReadLimit, RecordedEvent, read_ahead};
 
 pub use failure::{FailurePolicy, ParkReport};
 pub use runner::{ProjectionRunner, RunnerOptions};
@@ -189,16 +189,90 @@ impl ProjectionInstance {
     /// Reads and folds the global log up to the current head (for offline replay), reading
     /// each page while the one before it folds ([`Pages::fold_ahead`]); returns how many
     /// events it read.
+    ///
+    /// A packed fold of the events as stored (no upcasters) gets each page packed into its
+    /// batch straight from the journal's pages ([`Journal::scan_all`]): no [`RecordedEvent`] is
+    /// made.
     pub fn catch_up(&mut self, journal: &Journal) -> Result<u64, RuntimeError> {
+        self.catch_up_reporting(journal, |_| {})
+    }
+
+    /// [`catch_up`](Self::catch_up), calling `progress` with the position reached after each
+    /// page.
+    pub fn catch_up_reporting(
+        &mut self,
+        journal: &Journal,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, RuntimeError> {
+        if self.upcasters.is_empty() && self.bindings.packed.is_some() {
+            return self.catch_up_packed(journal, progress);
+        }
         let mut replayed = 0;
         let pages = Pages::All {
             from: self.position + 1,
         };
         pages.fold_ahead(journal, REPLAY_LIMIT, |page| {
             replayed += page.len() as u64;
-            self.apply(page)
+            self.apply(page)?;
+            progress(self.position);
+            Ok::<_, RuntimeError>(())
         })?;
         Ok(replayed)
+    }
+
+    /// [`catch_up_reporting`](Self::catch_up_reporting) for a packed fold of the events as
+    /// stored: the reading thread packs each page ([`PackedPage::read`]).
+    fn catch_up_packed(
+        &mut self,
+        journal: &Journal,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, RuntimeError> {
+        let plugin = self.plugin.clone();
+        let mut from = self.position + 1;
+        let mut read = move || {
+            let page = PackedPage::read(journal, &plugin.subscription, from, REPLAY_LIMIT)?;
+            if let Some(page) = &page {
+                from = page.last + 1;
+            }
+            Ok(page)
+        };
+        let mut replayed = 0;
+        let mut fold = |page: PackedPage| {
+            replayed += page.read as u64;
+            self.apply_packed(page)?;
+            progress(self.position);
+            Ok::<_, RuntimeError>(())
+        };
+        let Some(first) = read()? else {
+            return Ok(0);
+        };
+        if first.read >= REPLAY_LIMIT.events {
+            read_ahead(read, first, fold)?;
+        } else {
+            // A short first page is the log's end: no thread for the rest.
+            fold(first)?;
+            while let Some(page) = read()? {
+                fold(page)?;
+            }
+        }
+        Ok(replayed)
+    }
+
+    /// Folds a page packed by [`PackedPage::read`] and moves past it.
+    fn apply_packed(&mut self, page: PackedPage) -> Result<(), RuntimeError> {
+        if let (Some((first, to)), Some(packed)) = (page.wanted, &self.bindings.packed) {
+            let context = || format!("applying events at positions {first}..={to}");
+            let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+                packed.call_apply(s, &page.batch)
+            })?;
+            applied.map_err(|message| RuntimeError::PluginFailed {
+                plugin: self.plugin.name().to_owned(),
+                context: context(),
+                message,
+            })?;
+        }
+        self.position = page.last;
+        Ok(())
     }
 
     /// The plugin it runs.
@@ -255,5 +329,128 @@ impl ProjectionInstance {
             context: context.to_owned(),
             message: format!("returned invalid JSON: {e}"),
         })
+    }
+}
+
+/// A page of the global log packed for a projection's fold as the journal reads it.
+struct PackedPage {
+    /// The events the plugin wants.
+    batch: PackedBatch,
+    /// The positions of the first and last event in `batch`, if it has any.
+    wanted: Option<(u64, u64)>,
+    /// The last position read.
+    last: u64,
+    /// Events read (wanted or not).
+    read: usize,
+}
+
+impl PackedPage {
+    /// The page of the global log from position `from` within `limit`, read with
+    /// [`Journal::scan_all`] and packed as [`ProjectionInstance::apply`] packs the events of
+    /// `subscription`; `None` at the end of the log.
+    fn read(
+        journal: &Journal,
+        subscription: &Subscription,
+        from: u64,
+        limit: ReadLimit,
+    ) -> Result<Option<Self>, JournalError> {
+        let mut batch = PackedBuilder::with_capacity(limit.events.min(1024));
+        let (mut wanted, mut read) = (None, 0);
+        let mut wants = subscription.wants_each_ref();
+        let last = journal.scan_all(from, limit, |event| {
+            read += 1;
+            if wants(&event) {
+                batch.push(&event);
+                let first = wanted.map_or(event.position, |(first, _)| first);
+                wanted = Some((first, event.position));
+            }
+            Ok::<_, JournalError>(())
+        })?;
+        Ok(last.map(|last| PackedPage {
+            batch: batch.finish(),
+            wanted,
+            last,
+            read,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ContentType, ExpectedVersion, JournalConfig, NewEvent};
+    use crate::runtime::bindings::encode_packed_batch;
+
+    fn event(n: usize) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::new_v4(),
+            event_type: ["Opened", "Deposited", "Closed"][n % 3].to_owned(),
+            content_type: [ContentType::Json, ContentType::Binary][n % 2],
+            data: format!("{{\"n\":{n}}}").into_bytes(),
+            metadata: [None, Some(String::new()), Some(format!("{{\"by\":{n}}}"))][n % 3].clone(),
+        }
+    }
+
+    /// A page packed from the journal's pages is the batch `apply` packs from `read_all`'s
+    /// events: every field of every wanted event, the names of a run stored once.
+    #[test]
+    fn a_page_packed_from_the_scan_is_what_apply_packs_from_read_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path().join("j.redb"), JournalConfig::default()).unwrap();
+        let streams = [
+            "account-1",
+            "account-2",
+            "accounts-3",
+            "other-1",
+            "account-10",
+        ];
+        for round in 0..4 {
+            for (s, stream) in streams.iter().enumerate() {
+                let events = (0..=s + round).map(|n| event(n + s)).collect();
+                journal
+                    .append_blocking(stream, ExpectedVersion::Any, events)
+                    .unwrap();
+            }
+        }
+        let head = journal.head_position();
+        let subscriptions = [
+            Subscription::default(),
+            Subscription {
+                event_types: vec![],
+                categories: vec!["account".to_owned()],
+            },
+            Subscription {
+                event_types: vec!["Deposited".to_owned(), "Closed".to_owned()],
+                categories: vec!["account".to_owned(), "other".to_owned()],
+            },
+        ];
+        for subscription in &subscriptions {
+            for from in [1, 2, 7, head] {
+                for events in [1, 5, 1000] {
+                    let limit = ReadLimit::events(events);
+                    let page = PackedPage::read(&journal, subscription, from, limit)
+                        .unwrap()
+                        .unwrap();
+                    let read = journal.read_all_within(from, limit).unwrap();
+                    let wanted: Vec<_> = read.iter().filter(subscription.wants_each()).collect();
+                    let expected = encode_packed_batch(wanted.iter().copied());
+                    let at = format!("{subscription:?} from {from}, {events} events");
+                    assert_eq!(page.batch.headers, expected.headers, "{at}");
+                    assert_eq!(page.batch.buffer, expected.buffer, "{at}");
+                    let ends = wanted.first().zip(wanted.last());
+                    let ends = ends.map(|(first, last)| (first.position, last.position));
+                    assert_eq!(page.wanted, ends, "{at}");
+                    assert_eq!(
+                        (page.last, page.read),
+                        (read.last().unwrap().position, read.len())
+                    );
+                }
+            }
+            assert!(
+                PackedPage::read(&journal, subscription, head + 1, REPLAY_LIMIT)
+                    .unwrap()
+                    .is_none()
+            );
+        }
     }
 }
