@@ -21,6 +21,7 @@ use foldhash::fast::FixedState;
 use redb::ReadableTable;
 
 use super::JournalError;
+use super::id_runs::IdKey;
 use super::memtable::FLUSH_EVENTS;
 
 /// The false positives each Bloom filter is sized for (~1.2 bytes per id).
@@ -43,8 +44,9 @@ enum Scan {
     /// Nothing needed the filter yet.
     #[default]
     NotStarted,
-    /// Every id of the table below this one is in the filter.
-    Below(u128),
+    /// Every id of the table below this key is in the filter. Merges move ids only to
+    /// greater keys (into a newer run), so none moves from above it to below.
+    Below(IdKey),
     /// Every id of the table is in the filter.
     Done,
 }
@@ -52,12 +54,12 @@ enum Scan {
 /// A step of the scan, made in a commit's transaction and taken in once it committed.
 #[derive(Debug)]
 pub(super) struct Scanned {
-    /// The ids scanned, ascending.
+    /// The ids scanned, ascending in each run.
     ids: Vec<u128>,
     /// The table's size, when the scan starts: the filter is made for twice as many.
     table_len: usize,
     /// Where the scan goes on, or `None` at the table's end.
-    next: Option<u128>,
+    next: Option<IdKey>,
 }
 
 impl IdFilter {
@@ -77,7 +79,7 @@ impl IdFilter {
     /// transaction); `None` once through.
     pub(super) fn scan(
         &self,
-        table: &impl ReadableTable<u128, u64>,
+        table: &impl ReadableTable<IdKey, u64>,
     ) -> Result<Option<Scanned>, JournalError> {
         let from = match self.scan {
             Scan::NotStarted => Bound::Unbounded,
@@ -86,13 +88,13 @@ impl IdFilter {
         };
         let mut ids = Vec::with_capacity(SCAN_STEP);
         let mut next = None;
-        for entry in table.range::<u128>((from, Bound::Unbounded))? {
-            let id = entry?.0.value();
+        for entry in table.range::<IdKey>((from, Bound::Unbounded))? {
+            let key = entry?.0.value();
             if ids.len() == SCAN_STEP {
-                next = Some(id);
+                next = Some(key);
                 break;
             }
-            ids.push(id);
+            ids.push(key.1);
         }
         let table_len = match self.scan {
             Scan::NotStarted => table.len()? as usize,

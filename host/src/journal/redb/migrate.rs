@@ -4,6 +4,7 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::JournalError;
+use super::id_runs;
 use super::memtable::INDEXED_THROUGH_KEY;
 use super::runs::Run;
 use super::store::{EVENTS, FORMAT_KEY, FORMAT_VERSION, STREAM_RUNS};
@@ -16,6 +17,10 @@ pub(super) const FORMAT_2: u64 = 2;
 /// The format whose records are all of layout 1: it reads as it is, only its number changes
 /// (see `store::FORMAT_VERSION`).
 pub(super) const FORMAT_3: u64 = 3;
+/// The format with one table of event ids, [`EVENT_IDS`] (see `store::FORMAT_VERSION`).
+pub(super) const FORMAT_4: u64 = 4;
+/// Formats 1 to 4: event id → position.
+pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 /// Format 2: the most recent runs, above every run of their stream in `STREAM_RUNS`.
 const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs_recent");
@@ -85,7 +90,22 @@ pub(super) fn from_format_2(
         .last()?
         .map_or(0, |(position, _)| position.value());
     meta.insert(INDEXED_THROUGH_KEY, last)?;
+    Ok(())
+}
+
+/// Moves the table of event ids of formats 1 to 4 into the index of sorted runs, as its one
+/// run, and records the current format. One copy of every id, in id order through one cursor.
+pub(super) fn from_format_4(
+    txn: &WriteTransaction,
+    meta: &mut Table<'_, &'static str, u64>,
+) -> Result<(), JournalError> {
+    let ids = id_runs::from_table(txn, &txn.open_table(EVENT_IDS)?)?;
+    txn.delete_table(EVENT_IDS)?;
     meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+    tracing::info!(
+        ids,
+        "migrated the journal to format 5: its event ids are one sorted run"
+    );
     Ok(())
 }
 
@@ -95,8 +115,8 @@ mod tests {
 
     use super::*;
     use crate::journal::redb::store::{
-        self, CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS,
-        STREAM_HEADS, STREAM_LIFECYCLE,
+        self, CHECKPOINTS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS, STREAM_HEADS,
+        STREAM_LIFECYCLE,
     };
     use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
