@@ -333,3 +333,194 @@ pub(super) fn from_table(
     }
     Ok(run.count)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
+
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
+    use crate::journal::redb::request::Request;
+    use crate::journal::redb::store::{self, META};
+    use crate::journal::redb::writer::{Shared, Writer};
+    use crate::journal::redb::{RedbJournal, SharedDb, reader};
+    use crate::journal::{AppendResult, ExpectedVersion, JournalConfig, NewEvent};
+
+    /// Appends of random ids: (stream, events, where they went).
+    type Appended = Vec<(String, Vec<NewEvent>, AppendResult)>;
+
+    /// A writer that flushes every 64 events and moves 50 ids a commit of a merge.
+    fn writer(path: &std::path::Path) -> Writer {
+        let db = store::open(path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        let db = SharedDb::new(db).unwrap();
+        let head = reader::head_position(&db).unwrap();
+        Writer {
+            db,
+            shared: Arc::new(Shared::new(head)),
+            max_batch: 16,
+            keep_snapshots: 4,
+            flush_events: 64,
+            merge_step: 50,
+            committing: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn random(count: usize) -> Vec<NewEvent> {
+        let event = || NewEvent {
+            id: Uuid::new_v4(),
+            ..NewEvent::json("Happened", &serde_json::json!({}))
+        };
+        (0..count).map(|_| event()).collect()
+    }
+
+    /// Commits an append of `events` to `stream` alone; returns its outcome.
+    fn commit(writer: &Writer, stream: &str, events: Vec<NewEvent>) -> AppendResult {
+        let (request, mut outcome) =
+            Request::append(stream.to_owned(), ExpectedVersion::Any, events);
+        let claim = writer.claim_if_idle(None).expect("idle");
+        claim.commit(vec![request]).send();
+        outcome.try_recv().unwrap().unwrap()
+    }
+
+    /// The catalog as the last commit left it.
+    fn catalog(db: &SharedDb) -> Vec<Run> {
+        let txn = db.get().begin_read().unwrap();
+        Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
+            .unwrap()
+            .runs
+    }
+
+    /// Every id flushed is in the index once: as many entries as the flushes moved there,
+    /// counted by their runs, none outside its run's range.
+    fn each_once(db: &SharedDb) {
+        let txn = db.get().begin_read().unwrap();
+        let through = txn
+            .open_table(META)
+            .unwrap()
+            .get(INDEXED_THROUGH_KEY)
+            .unwrap();
+        let through = through.map_or(0, |through| through.value());
+        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
+            .unwrap()
+            .runs;
+        assert_eq!(ids.len().unwrap(), through, "entries");
+        assert_eq!(
+            runs.iter().map(|run| run.count).sum::<u64>(),
+            through,
+            "counted"
+        );
+        for entry in ids.iter().unwrap() {
+            let (number, id) = entry.unwrap().0.value();
+            let run = runs.iter().find(|run| run.number == number);
+            assert!(
+                run.is_some_and(|run| run.may_hold(id)),
+                "run {number}: {runs:?}"
+            );
+        }
+    }
+
+    /// Appends 8 random ids to one of three streams, alone in a commit.
+    fn append(writer: &Writer, appended: &mut Appended, n: usize) {
+        let (stream, events) = (format!("s{}", n % 3), random(8));
+        let result = commit(writer, &stream, events.clone());
+        appended.push((stream, events, result));
+    }
+
+    /// Every append is read by id and answered as a retry, writing nothing.
+    fn recognised(
+        appended: &Appended,
+        db: &SharedDb,
+        retry: impl Fn(&str, Vec<NewEvent>) -> AppendResult,
+    ) {
+        for (stream, events, result) in appended {
+            for (event, position) in events.iter().zip(result.first_position..) {
+                let found = reader::event_by_id(db, event.id).unwrap();
+                assert_eq!(found.map(|found| found.position), Some(position));
+            }
+            assert_eq!(
+                retry(stream, events.clone()),
+                *result,
+                "a retry answers where they are"
+            );
+        }
+    }
+
+    /// Random ids go into runs, whose merges take several commits; between any two, and
+    /// after a reopen half way, each id is in the index once, read by id and recognised in a
+    /// retry.
+    #[test]
+    fn ids_are_found_once_in_their_runs_before_during_and_after_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let writer = writer(&path);
+        let db = writer.db.clone();
+        let mut appended = Appended::new();
+        let under_way = |db: &SharedDb| catalog(db).iter().any(|run| run.part == Part::Output);
+        let retry = |stream: &str, events| commit(&writer, stream, events);
+        // Until a merge is half way: 4 runs of 64 ids, 50 moved a commit.
+        let mut n = 0;
+        while !(under_way(&db)
+            && catalog(&db)
+                .iter()
+                .any(|run| run.part == Part::Output && run.count > 0))
+        {
+            append(&writer, &mut appended, n);
+            each_once(&db);
+            n += 1;
+        }
+        let head = *writer.shared.head.borrow();
+        recognised(&appended, &db, retry);
+        assert_eq!(
+            *writer.shared.head.borrow(),
+            head,
+            "the retries wrote nothing"
+        );
+        // Until it is done, each commit moving at most 50 ids.
+        let mut last = catalog(&db);
+        while under_way(&db) {
+            append(&writer, &mut appended, n);
+            each_once(&db);
+            let now = catalog(&db);
+            let output = |runs: &[Run]| {
+                runs.iter()
+                    .find(|run| run.part == Part::Output)
+                    .map_or(0, |run| run.count)
+            };
+            assert!(output(&now) <= output(&last) + 50, "{last:?} → {now:?}");
+            last = now;
+            n += 1;
+        }
+        assert!(catalog(&db).len() < 4, "merged: {:?}", catalog(&db));
+        recognised(&appended, &db, retry);
+        // Half way through the next merge, then reopened.
+        while !under_way(&db)
+            || !catalog(&db)
+                .iter()
+                .any(|run| run.part == Part::Output && run.count > 0)
+        {
+            append(&writer, &mut appended, n);
+            n += 1;
+        }
+        drop((writer, db));
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        let head = journal.head_position();
+        let retry = |stream: &str, events| {
+            journal
+                .append_blocking(stream, ExpectedVersion::Any, events)
+                .unwrap()
+        };
+        recognised(&appended, &journal.db, retry);
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        // A commit that writes finishes the merge (the journal moves up to `MERGE_STEP`).
+        retry("t", random(1));
+        assert!(!under_way(&journal.db));
+        each_once(&journal.db);
+        recognised(&appended, &journal.db, retry);
+    }
+}
