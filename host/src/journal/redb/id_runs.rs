@@ -315,6 +315,8 @@ pub(super) fn from_table(
     txn: &WriteTransaction,
     old: &impl ReadableTable<u128, u64>,
 ) -> Result<u64, JournalError> {
+    // Created even when it stays empty: readers open it.
+    let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
     let mut ids = txn.open_table(EVENT_ID_RUNS)?;
     let mut end = ids.upper_bound_mut(Bound::<IdKey>::Unbounded)?;
     let mut run = Run::new(1, (0, u128::MAX, 0, Part::None as u8));
@@ -328,8 +330,7 @@ pub(super) fn from_table(
     }
     end.close()?;
     if run.count > 0 {
-        txn.open_table(ID_RUN_CATALOG)?
-            .insert(run.number, run.value())?;
+        catalog.insert(run.number, run.value())?;
     }
     Ok(run.count)
 }

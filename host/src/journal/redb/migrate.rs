@@ -114,6 +114,7 @@ mod tests {
     use redb::{Database, ReadableDatabase, TableHandle};
 
     use super::*;
+    use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::store::{
         self, CHECKPOINTS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS, STREAM_HEADS,
         STREAM_LIFECYCLE,
@@ -282,7 +283,6 @@ mod tests {
     /// their own: it opens in the current format with nothing left to the memtable.
     #[test]
     fn a_format_2_file_opens_with_every_event_indexed() {
-        use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
         use crate::journal::redb::store::STREAM_RUNS;
 
         let dir = tempfile::tempdir().unwrap();
@@ -356,5 +356,88 @@ mod tests {
             let found = reader::event_by_id(&db, event.id).unwrap().unwrap();
             assert_eq!(found.position, *position);
         }
+    }
+
+    /// A file that a format 4 build wrote (`tests/fixtures/journal-format-4.redb`: 340 events
+    /// of four streams in appends of ten, random and time-ordered ids, flushed every 64 events
+    /// so that 280 ids are in its id table) opens with that table as one run of the id index:
+    /// every event is read by id and recognised in a retry, and appends go on, before and
+    /// after a reopen.
+    #[test]
+    fn a_format_4_file_opens_with_its_id_table_as_one_run() {
+        use redb::ReadableTableMetadata;
+
+        use crate::journal::redb::id_runs::Catalog;
+        use crate::journal::redb::store::{EVENT_ID_RUNS, ID_RUN_CATALOG};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let fixture = "tests/fixtures/journal-format-4.redb";
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture),
+            &path,
+        )
+        .unwrap();
+        let indexed = {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), FORMAT_4);
+            let through = meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value();
+            assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), through);
+            through
+        };
+        assert_eq!(indexed, 280);
+
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        {
+            let txn = journal.db.get().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(
+                meta.get(FORMAT_KEY).unwrap().unwrap().value(),
+                FORMAT_VERSION
+            );
+            let tables: Vec<String> = txn
+                .list_tables()
+                .unwrap()
+                .map(|table| table.name().to_owned())
+                .collect();
+            assert!(!tables.contains(&EVENT_IDS.name().to_owned()), "{tables:?}");
+            assert_eq!(
+                txn.open_table(EVENT_ID_RUNS).unwrap().len().unwrap(),
+                indexed
+            );
+            let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+            assert!(runs.bound() > 0);
+        }
+        let all = ReadLimit::events(usize::MAX);
+        let events = reader::read_all(&journal.db, 1, all).unwrap();
+        assert_eq!(events.len(), 340);
+        let recognised = |journal: &RedbJournal| {
+            let head = journal.head_position();
+            for event in &events {
+                let found = reader::event_by_id(&journal.db, event.id).unwrap();
+                assert_eq!(found.map(|found| found.position), Some(event.position));
+                let retry = NewEvent {
+                    id: event.id,
+                    ..NewEvent::json("Happened", &serde_json::json!({}))
+                };
+                let stream = event.stream.to_string();
+                let retried = journal.append_blocking(&stream, ExpectedVersion::Any, vec![retry]);
+                let retried = retried.unwrap();
+                assert_eq!(
+                    (retried.first_position, retried.first_version),
+                    (event.position, event.version),
+                    "a retry answers where it is"
+                );
+            }
+            assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+            let more = vec![NewEvent::json("Happened", &serde_json::json!({}))];
+            let appended = journal.append_blocking("s0", ExpectedVersion::Any, more);
+            assert_eq!(appended.unwrap().first_position, head + 1);
+        };
+        recognised(&journal);
+        drop(journal);
+        recognised(&RedbJournal::open(&path, &JournalConfig::default()).unwrap());
     }
 }
