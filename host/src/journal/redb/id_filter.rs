@@ -46,7 +46,7 @@ enum Scan {
     NotStarted,
     /// Every id of the table below this key is in the filter. Merges move ids only to
     /// greater keys (into a newer run), so none moves from above it to below.
-    Below(IdKey),
+    Below((u64, u128)),
     /// Every id of the table is in the filter.
     Done,
 }
@@ -59,7 +59,7 @@ pub(super) struct Scanned {
     /// The table's size, when the scan starts: the filter is made for twice as many.
     table_len: usize,
     /// Where the scan goes on, or `None` at the table's end.
-    next: Option<IdKey>,
+    next: Option<(u64, u128)>,
 }
 
 impl IdFilter {
@@ -88,7 +88,7 @@ impl IdFilter {
         };
         let mut ids = Vec::with_capacity(SCAN_STEP);
         let mut next = None;
-        for entry in table.range::<IdKey>((from, Bound::Unbounded))? {
+        for entry in table.range::<(u64, u128)>((from, Bound::Unbounded))? {
             let key = entry?.0.value();
             if ids.len() == SCAN_STEP {
                 next = Some(key);
