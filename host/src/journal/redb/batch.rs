@@ -153,20 +153,21 @@ impl<'txn, 'r> Batch<'txn, 'r> {
     /// The position of the event with `id`, if it was appended.
     fn position_of(&mut self, id: u128) -> Result<Option<u64>, JournalError> {
         let held = self.appended.position(id);
-        match held.or_else(|| self.memtable.position(id)) {
-            Some(position) => Ok(Some(position)),
-            None if !self.memtable.table_may_hold(id) => Ok(None),
-            None => {
-                // Until the filter of the table's ids is made, this commit takes a step of it.
-                self.scan_ids |= self.memtable.table_ids().scanning();
-                if self.id_runs.is_none() {
-                    let catalog = Catalog::read(&self.txn.open_table(ID_RUN_CATALOG)?)?;
-                    self.id_runs = Some(catalog);
-                }
-                let ids = self.event_ids.open(self.txn)?;
-                self.id_runs.as_ref().expect("read above").position(ids, id)
-            }
+        if let Some(position) = held.or_else(|| self.memtable.position(id)) {
+            return Ok(Some(position));
         }
+        let Some(first_run) = self.memtable.table_runs_for(id) else {
+            return Ok(None);
+        };
+        // Until the filter of the table's ids is made, this commit takes a step of it.
+        self.scan_ids |= self.memtable.table_ids().scanning();
+        if self.id_runs.is_none() {
+            let catalog = Catalog::read(&self.txn.open_table(ID_RUN_CATALOG)?)?;
+            self.id_runs = Some(catalog);
+        }
+        let ids = self.event_ids.open(self.txn)?;
+        let runs = self.id_runs.as_ref().expect("read above");
+        runs.position(ids, id, first_run)
     }
 
     /// The last stored version of `stream`, deleted or not.

@@ -1,7 +1,7 @@
 //! A filter of the ids in the event-id table, held in memory. A random (v4) id may belong
 //! anywhere in the table, so the table cannot say it is new without a search of its B-tree
 //! (time-ordered ids above the table's largest skip it, see
-//! [`Memtable::table_may_hold`](super::memtable::Memtable::table_may_hold)); the filter says
+//! [`Memtable::table_runs_for`](super::memtable::Memtable::table_runs_for)); the filter says
 //! so for all but about one in a hundred new ids.
 //!
 //! Bloom filters ([fastbloom]) never miss an id put in them; an id they wrongly admit costs the
@@ -9,7 +9,7 @@
 //! [`SCAN_STEP`] ids that commits needing it take along (opening a file reads none of its ids,
 //! and a journal of time-ordered ids never needs it); from the scan's start each flush adds the
 //! ids it moved into the table, so once the scan is through, the filter holds every id in the
-//! table. Until then it admits any id. Ids a scavenge removes stay in it, which only admits
+//! table. Until then it admits any id of the runs it has not passed (see `id_runs`). Ids a scavenge removes stay in it, which only admits
 //! them wrongly. It costs ~1.2 bytes per id it is made for: ~2.4 MB per million events when
 //! made (for twice the table), at most twice that before the table doubles again.
 
@@ -63,10 +63,16 @@ pub(super) struct Scanned {
 }
 
 impl IdFilter {
-    /// Whether the table may hold `id`: if not, it does not. Until the scan is through, it may
-    /// hold any.
-    pub(super) fn may_hold(&self, id: u128) -> bool {
-        self.scan != Scan::Done || self.filters.may_hold(id)
+    /// The least run of the id index that may hold `id`, or `None` if none does. Until the
+    /// scan is through, the runs it has not passed may hold any id; those before it hold
+    /// only ids the filter admits.
+    pub(super) fn first_run_for(&self, id: u128) -> Option<u64> {
+        match self.scan {
+            Scan::NotStarted => Some(0),
+            _ if self.filters.may_hold(id) => Some(0),
+            Scan::Below((run, _)) => Some(run),
+            Scan::Done => None,
+        }
     }
 
     /// Whether the filter is not made yet: a commit that needs it takes a [`scan`](Self::scan)

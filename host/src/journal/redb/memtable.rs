@@ -160,9 +160,13 @@ impl Memtable {
         self.ids.get(&id).copied()
     }
 
-    /// Whether the event-id table may hold `id`; if not, only the memtable may.
-    pub(super) fn table_may_hold(&self, id: u128) -> bool {
-        id <= self.table_ids_bound && self.table_ids.may_hold(id)
+    /// The least run of the id index that may hold `id`, or `None` if the index does not:
+    /// then only the memtable may.
+    pub(super) fn table_runs_for(&self, id: u128) -> Option<u64> {
+        if id > self.table_ids_bound {
+            return None;
+        }
+        self.table_ids.first_run_for(id)
     }
 
     /// The filter of the event-id table's ids.

@@ -274,10 +274,12 @@ pub(in crate::journal) fn event_by_id(
         let id = id.as_u128();
         let position = match memtable.position(id) {
             Some(position) => position,
-            None if !memtable.table_may_hold(id) => return Ok(None),
             None => {
+                let Some(first_run) = memtable.table_runs_for(id) else {
+                    return Ok(None);
+                };
                 let runs = id_runs::Catalog::read(&txn.open_table(ID_RUN_CATALOG)?)?;
-                match runs.position(&txn.open_table(EVENT_ID_RUNS)?, id)? {
+                match runs.position(&txn.open_table(EVENT_ID_RUNS)?, id, first_run)? {
                     Some(position) => position,
                     None => return Ok(None),
                 }
