@@ -15,8 +15,8 @@ use redb::{
 
 use super::migrate::FORMAT_1;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, LAST_POSITION_KEY, META, SNAPSHOTS,
-    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, FORMAT_KEY, FORMAT_VERSION, ID_RUN_CATALOG,
+    LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
@@ -37,7 +37,8 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
             copy(&txn, &target, EVENTS)?,
             copy(&txn, &target, STREAM_RUNS)?,
             copy(&txn, &target, STREAM_HEADS)?,
-            copy(&txn, &target, EVENT_IDS)?,
+            copy(&txn, &target, EVENT_ID_RUNS)?,
+            copy(&txn, &target, ID_RUN_CATALOG)?,
             copy(&txn, &target, SNAPSHOTS)?,
             copy(&txn, &target, CHECKPOINTS)?,
             copy(&txn, &target, STREAM_LIFECYCLE)?,

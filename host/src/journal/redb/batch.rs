@@ -8,12 +8,14 @@ use std::ops::Bound;
 
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
+use super::id_runs::{self, Catalog, IdKey};
 use super::memtable::{Appends, CURSOR_RUN, Memtable};
 use super::page::Page;
 use super::rules::{self, Written};
 use super::runs::Run;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, PARKED, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
+    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, ID_RUN_CATALOG, PARKED, SNAPSHOTS, STREAM_HEADS,
+    STREAM_LIFECYCLE,
 };
 use super::{
     AppendResult, ExpectedVersion, JournalError, Lifecycle, NewEvent, ParkedEvent, record,
@@ -63,7 +65,9 @@ pub(super) struct Finished<'r> {
 pub(super) struct Batch<'txn, 'r> {
     events: Table<'txn, u64, &'static [u8]>,
     stream_heads: Lazy<'txn, &'static str, u64>,
-    event_ids: Lazy<'txn, u128, u64>,
+    event_ids: Lazy<'txn, IdKey, u64>,
+    /// The runs of `event_ids`, read by the first search of it.
+    id_runs: Option<Catalog>,
     snapshots: Lazy<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     checkpoints: Lazy<'txn, &'static str, (u64, &'static [u8])>,
     lifecycles: Lazy<'txn, &'static str, &'static [u8]>,
@@ -127,7 +131,8 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         Ok(Self {
             events: txn.open_table(EVENTS)?,
             stream_heads: Lazy::new(STREAM_HEADS),
-            event_ids: Lazy::new(EVENT_IDS),
+            event_ids: Lazy::new(EVENT_ID_RUNS),
+            id_runs: None,
             snapshots: Lazy::new(SNAPSHOTS),
             checkpoints: Lazy::new(CHECKPOINTS),
             lifecycles: Lazy::new(STREAM_LIFECYCLE),
@@ -148,16 +153,21 @@ impl<'txn, 'r> Batch<'txn, 'r> {
     /// The position of the event with `id`, if it was appended.
     fn position_of(&mut self, id: u128) -> Result<Option<u64>, JournalError> {
         let held = self.appended.position(id);
-        match held.or_else(|| self.memtable.position(id)) {
-            Some(position) => Ok(Some(position)),
-            None if !self.memtable.table_may_hold(id) => Ok(None),
-            None => {
-                // Until the filter of the table's ids is made, this commit takes a step of it.
-                self.scan_ids |= self.memtable.table_ids().scanning();
-                let ids = self.event_ids.open(self.txn)?;
-                Ok(ids.get(id)?.map(|position| position.value()))
-            }
+        if let Some(position) = held.or_else(|| self.memtable.position(id)) {
+            return Ok(Some(position));
         }
+        let Some(first_run) = self.memtable.table_runs_for(id) else {
+            return Ok(None);
+        };
+        // Until the filter of the table's ids is made, this commit takes a step of it.
+        self.scan_ids |= self.memtable.table_ids().scanning();
+        if self.id_runs.is_none() {
+            let catalog = Catalog::read(&self.txn.open_table(ID_RUN_CATALOG)?)?;
+            self.id_runs = Some(catalog);
+        }
+        let ids = self.event_ids.open(self.txn)?;
+        let runs = self.id_runs.as_ref().expect("read above");
+        runs.position(ids, id, first_run)
     }
 
     /// The last stored version of `stream`, deleted or not.
@@ -290,8 +300,13 @@ impl<'txn, 'r> Batch<'txn, 'r> {
     }
 
     /// Completes the batch before its commit: once the memtable and this batch's appends hold
-    /// `flush_events` events, writes both into the index tables.
-    pub(super) fn finish(mut self, flush_events: usize) -> Result<Finished<'r>, JournalError> {
+    /// `flush_events` events, writes both into the index tables; if it wrote, it moves up to
+    /// `merge_step` ids of a merge of the id index's runs (see `id_runs`).
+    pub(super) fn finish(
+        mut self,
+        flush_events: usize,
+        merge_step: usize,
+    ) -> Result<Finished<'r>, JournalError> {
         self.write_records()?;
         if self.scan_ids {
             let ids = self.event_ids.open(self.txn)?;
@@ -299,10 +314,13 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         }
         let head = self.next_position - 1;
         let flushed = self.memtable.len() + self.appended.len() >= flush_events;
+        // The index tables are opened again to write them.
+        drop((self.stream_heads, self.event_ids));
         if flushed {
-            // The index tables are opened again to write them.
-            drop((self.stream_heads, self.event_ids));
             self.memtable.write(&self.appended, self.txn, head)?;
+        }
+        if self.wrote && self.memtable.merging() {
+            self.appended.merging = Some(id_runs::merge_step(self.txn, merge_step)?);
         }
         Ok(Finished {
             wrote: self.wrote,

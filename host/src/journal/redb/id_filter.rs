@@ -1,16 +1,16 @@
 //! A filter of the ids in the event-id table, held in memory. A random (v4) id may belong
 //! anywhere in the table, so the table cannot say it is new without a search of its B-tree
 //! (time-ordered ids above the table's largest skip it, see
-//! [`Memtable::table_may_hold`](super::memtable::Memtable::table_may_hold)); the filter says
-//! so for all but about one in a hundred new ids.
+//! [`Memtable::table_runs_for`](super::memtable::Memtable::table_runs_for)); the filter says
+//! so for all but about one in a thousand new ids per filter (it holds a few).
 //!
 //! Bloom filters ([fastbloom]) never miss an id put in them; an id they wrongly admit costs the
 //! search they would have spared. The filter is made by a scan of the table, in steps of
 //! [`SCAN_STEP`] ids that commits needing it take along (opening a file reads none of its ids,
 //! and a journal of time-ordered ids never needs it); from the scan's start each flush adds the
 //! ids it moved into the table, so once the scan is through, the filter holds every id in the
-//! table. Until then it admits any id. Ids a scavenge removes stay in it, which only admits
-//! them wrongly. It costs ~1.2 bytes per id it is made for: ~2.4 MB per million events when
+//! table. Until then it admits any id of the runs it has not passed (see `id_runs`). Ids a scavenge removes stay in it, which only admits
+//! them wrongly. It costs ~1.8 bytes per id it is made for: ~3.6 MB per million events when
 //! made (for twice the table), at most twice that before the table doubles again.
 
 use std::hash::BuildHasher;
@@ -21,10 +21,13 @@ use foldhash::fast::FixedState;
 use redb::ReadableTable;
 
 use super::JournalError;
+use super::id_runs::IdKey;
 use super::memtable::FLUSH_EVENTS;
 
-/// The false positives each Bloom filter is sized for (~1.2 bytes per id).
-const FALSE_POSITIVES: f64 = 0.01;
+/// The false positives each Bloom filter is sized for (~1.8 bytes per id). An id wrongly
+/// admitted is looked for in each run of the id index whose range holds it (up to ~15 by a
+/// million ids): at 1 % with the filters of a million ids that was ~2k instructions per event.
+const FALSE_POSITIVES: f64 = 0.001;
 /// Ids the first filter of a new or small journal is made for.
 const FIRST_IDS: usize = 8 * FLUSH_EVENTS;
 /// Ids of the table one commit scans into the filter (~5M instructions).
@@ -43,8 +46,9 @@ enum Scan {
     /// Nothing needed the filter yet.
     #[default]
     NotStarted,
-    /// Every id of the table below this one is in the filter.
-    Below(u128),
+    /// Every id of the table below this key is in the filter. Merges move ids only to
+    /// greater keys (into a newer run), so none moves from above it to below.
+    Below((u64, u128)),
     /// Every id of the table is in the filter.
     Done,
 }
@@ -52,19 +56,25 @@ enum Scan {
 /// A step of the scan, made in a commit's transaction and taken in once it committed.
 #[derive(Debug)]
 pub(super) struct Scanned {
-    /// The ids scanned, ascending.
+    /// The ids scanned, ascending in each run.
     ids: Vec<u128>,
     /// The table's size, when the scan starts: the filter is made for twice as many.
     table_len: usize,
     /// Where the scan goes on, or `None` at the table's end.
-    next: Option<u128>,
+    next: Option<(u64, u128)>,
 }
 
 impl IdFilter {
-    /// Whether the table may hold `id`: if not, it does not. Until the scan is through, it may
-    /// hold any.
-    pub(super) fn may_hold(&self, id: u128) -> bool {
-        self.scan != Scan::Done || self.filters.may_hold(id)
+    /// The least run of the id index that may hold `id`, or `None` if none does. Until the
+    /// scan is through, the runs it has not passed may hold any id; those before it hold
+    /// only ids the filter admits.
+    pub(super) fn first_run_for(&self, id: u128) -> Option<u64> {
+        match self.scan {
+            Scan::NotStarted => Some(0),
+            _ if self.filters.may_hold(id) => Some(0),
+            Scan::Below((run, _)) => Some(run),
+            Scan::Done => None,
+        }
     }
 
     /// Whether the filter is not made yet: a commit that needs it takes a [`scan`](Self::scan)
@@ -77,7 +87,7 @@ impl IdFilter {
     /// transaction); `None` once through.
     pub(super) fn scan(
         &self,
-        table: &impl ReadableTable<u128, u64>,
+        table: &impl ReadableTable<IdKey, u64>,
     ) -> Result<Option<Scanned>, JournalError> {
         let from = match self.scan {
             Scan::NotStarted => Bound::Unbounded,
@@ -86,13 +96,13 @@ impl IdFilter {
         };
         let mut ids = Vec::with_capacity(SCAN_STEP);
         let mut next = None;
-        for entry in table.range::<u128>((from, Bound::Unbounded))? {
-            let id = entry?.0.value();
+        for entry in table.range::<(u64, u128)>((from, Bound::Unbounded))? {
+            let key = entry?.0.value();
             if ids.len() == SCAN_STEP {
-                next = Some(id);
+                next = Some(key);
                 break;
             }
-            ids.push(id);
+            ids.push(key.1);
         }
         let table_len = match self.scan {
             Scan::NotStarted => table.len()? as usize,
@@ -193,8 +203,8 @@ mod tests {
         let admitted = (count..2 * count)
             .filter(|&n| filter.may_hold(id(n)))
             .count();
-        // Each filter admits ~1 % wrongly.
-        let bound = count as usize * filter.filters.len() * 2 / 100;
+        // Each filter admits ~0.1 % wrongly.
+        let bound = count as usize * filter.filters.len() * 2 / 1000;
         assert!(
             admitted < bound,
             "{admitted} of {count} absent ids admitted"

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use foldhash::HashMap;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use uuid::Uuid;
 
 use super::id_filter::{IdFilter, Scanned};
 use super::runs::Run;
-use super::store::{EVENT_IDS, EVENTS, META, STREAM_HEADS, STREAM_RUNS};
-use super::{JournalError, record};
+use super::store::{EVENTS, ID_RUN_CATALOG, META, STREAM_HEADS, STREAM_RUNS};
+use super::{JournalError, id_runs, record};
 
 /// Events the memtable holds before the writer moves it into the tables.
 pub(super) const FLUSH_EVENTS: usize = 8192;
@@ -51,6 +51,9 @@ pub(super) struct Memtable {
     /// Admits every id in the event-id table and few others, so a new random id is new
     /// without a search too. Kept across flushes, which add to it.
     table_ids: IdFilter,
+    /// Whether a merge of the id index's runs may be under way or due (see `id_runs`): the
+    /// commits that write then take a step of it.
+    merging: bool,
 }
 
 impl Memtable {
@@ -61,6 +64,7 @@ impl Memtable {
             through,
             table_ids_bound,
             table_ids,
+            merging: true,
             ..Self::default()
         }
     }
@@ -71,8 +75,7 @@ impl Memtable {
             .open_table(META)?
             .get(INDEXED_THROUGH_KEY)?
             .map_or(0, |through| through.value());
-        let ids = txn.open_table(EVENT_IDS)?;
-        let bound = ids.last()?.map_or(0, |(id, _)| id.value());
+        let bound = id_runs::Catalog::read(&txn.open_table(ID_RUN_CATALOG)?)?.bound();
         let log = txn.open_table(EVENTS)?;
         let mut memtable = Self::new(indexed_through, bound, IdFilter::default());
         for entry in log.range(indexed_through + 1..)? {
@@ -124,10 +127,14 @@ impl Memtable {
         if let Some(scanned) = later.scanned {
             self.table_ids.take(scanned);
         }
+        if let Some(merging) = later.merging {
+            self.merging = merging;
+        }
         self.through = through;
     }
 
-    /// Forgets everything once it is in the tables, which now index through `through`.
+    /// Forgets everything once it is in the tables, which now index through `through`. The
+    /// new run of ids may make a merge due.
     pub(super) fn clear(&mut self, through: u64) {
         let mut filter = std::mem::take(&mut self.table_ids);
         let mut bound = self.table_ids_bound;
@@ -153,14 +160,23 @@ impl Memtable {
         self.ids.get(&id).copied()
     }
 
-    /// Whether the event-id table may hold `id`; if not, only the memtable may.
-    pub(super) fn table_may_hold(&self, id: u128) -> bool {
-        id <= self.table_ids_bound && self.table_ids.may_hold(id)
+    /// The least run of the id index that may hold `id`, or `None` if the index does not:
+    /// then only the memtable may.
+    pub(super) fn table_runs_for(&self, id: u128) -> Option<u64> {
+        if id > self.table_ids_bound {
+            return None;
+        }
+        self.table_ids.first_run_for(id)
     }
 
     /// The filter of the event-id table's ids.
     pub(super) fn table_ids(&self) -> &IdFilter {
         &self.table_ids
+    }
+
+    /// Whether a merge of the id index's runs may be under way or due.
+    pub(super) fn merging(&self) -> bool {
+        self.merging
     }
 
     /// The last version of `stream`, if it has events here.
@@ -200,26 +216,11 @@ impl Memtable {
         txn: &WriteTransaction,
         through: u64,
     ) -> Result<(), JournalError> {
-        // In key order. Ids above the table's bound (time-ordered ones, nearly all) go in at
-        // its end through one cursor, which gathers them and splices them into the leaves at
-        // once (if there are enough, see `CURSOR_RUN`); the others are inserted one by one.
         let mut sorted: Vec<(u128, u64)> = (self.ids.iter().chain(&later.ids))
             .map(|(&id, &at)| (id, at))
             .collect();
         sorted.sort_unstable();
-        let mut above = sorted.partition_point(|&(id, _)| id <= self.table_ids_bound);
-        if sorted.len() - above < CURSOR_RUN {
-            above = sorted.len();
-        }
-        let mut ids = txn.open_table(EVENT_IDS)?;
-        for &(id, position) in &sorted[..above] {
-            ids.insert(id, position)?;
-        }
-        let mut end = ids.upper_bound_mut(Bound::<u128>::Unbounded)?;
-        for &(id, position) in &sorted[above..] {
-            end.insert_before(id, position)?;
-        }
-        end.close()?;
+        id_runs::flush(txn, &sorted)?;
         // Each stream's runs: those held here, then the later ones. All follow its runs in the
         // table: enough of them go in through a cursor at the gap after its last.
         let mut streams: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
@@ -268,6 +269,8 @@ pub(super) struct Appends<'r> {
     /// A step of the scan that makes the filter of the event-id table's ids, if the commit
     /// took one.
     pub(super) scanned: Option<Scanned>,
+    /// Whether merge work of the id index is left, if the commit took a step of it.
+    pub(super) merging: Option<bool>,
 }
 
 impl<'r> Appends<'r> {

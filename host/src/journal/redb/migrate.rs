@@ -4,6 +4,7 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::JournalError;
+use super::id_runs;
 use super::memtable::INDEXED_THROUGH_KEY;
 use super::runs::Run;
 use super::store::{EVENTS, FORMAT_KEY, FORMAT_VERSION, STREAM_RUNS};
@@ -16,6 +17,10 @@ pub(super) const FORMAT_2: u64 = 2;
 /// The format whose records are all of layout 1: it reads as it is, only its number changes
 /// (see `store::FORMAT_VERSION`).
 pub(super) const FORMAT_3: u64 = 3;
+/// The format with one table of event ids, [`EVENT_IDS`] (see `store::FORMAT_VERSION`).
+pub(super) const FORMAT_4: u64 = 4;
+/// Formats 1 to 4: event id → position.
+pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 /// Format 2: the most recent runs, above every run of their stream in `STREAM_RUNS`.
 const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs_recent");
@@ -85,7 +90,22 @@ pub(super) fn from_format_2(
         .last()?
         .map_or(0, |(position, _)| position.value());
     meta.insert(INDEXED_THROUGH_KEY, last)?;
+    Ok(())
+}
+
+/// Moves the table of event ids of formats 1 to 4 into the index of sorted runs, as its one
+/// run, and records the current format. One copy of every id, in id order through one cursor.
+pub(super) fn from_format_4(
+    txn: &WriteTransaction,
+    meta: &mut Table<'_, &'static str, u64>,
+) -> Result<(), JournalError> {
+    let ids = id_runs::from_table(txn, &txn.open_table(EVENT_IDS)?)?;
+    txn.delete_table(EVENT_IDS)?;
     meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+    tracing::info!(
+        ids,
+        "migrated the journal to format 5: its event ids are one sorted run"
+    );
     Ok(())
 }
 
@@ -94,9 +114,10 @@ mod tests {
     use redb::{Database, ReadableDatabase, TableHandle};
 
     use super::*;
+    use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::store::{
-        self, CHECKPOINTS, EVENT_IDS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS,
-        STREAM_HEADS, STREAM_LIFECYCLE,
+        self, CHECKPOINTS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS, STREAM_HEADS,
+        STREAM_LIFECYCLE,
     };
     use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
@@ -262,7 +283,6 @@ mod tests {
     /// their own: it opens in the current format with nothing left to the memtable.
     #[test]
     fn a_format_2_file_opens_with_every_event_indexed() {
-        use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
         use crate::journal::redb::store::STREAM_RUNS;
 
         let dir = tempfile::tempdir().unwrap();
@@ -336,5 +356,88 @@ mod tests {
             let found = reader::event_by_id(&db, event.id).unwrap().unwrap();
             assert_eq!(found.position, *position);
         }
+    }
+
+    /// A file that a format 4 build wrote (`tests/fixtures/journal-format-4.redb`: 340 events
+    /// of four streams in appends of ten, random and time-ordered ids, flushed every 64 events
+    /// so that 280 ids are in its id table) opens with that table as one run of the id index:
+    /// every event is read by id and recognised in a retry, and appends go on, before and
+    /// after a reopen.
+    #[test]
+    fn a_format_4_file_opens_with_its_id_table_as_one_run() {
+        use redb::ReadableTableMetadata;
+
+        use crate::journal::redb::id_runs::Catalog;
+        use crate::journal::redb::store::{EVENT_ID_RUNS, ID_RUN_CATALOG};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let fixture = "tests/fixtures/journal-format-4.redb";
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture),
+            &path,
+        )
+        .unwrap();
+        let indexed = {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), FORMAT_4);
+            let through = meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value();
+            assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), through);
+            through
+        };
+        assert_eq!(indexed, 280);
+
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        {
+            let txn = journal.db.get().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(
+                meta.get(FORMAT_KEY).unwrap().unwrap().value(),
+                FORMAT_VERSION
+            );
+            let tables: Vec<String> = txn
+                .list_tables()
+                .unwrap()
+                .map(|table| table.name().to_owned())
+                .collect();
+            assert!(!tables.contains(&EVENT_IDS.name().to_owned()), "{tables:?}");
+            assert_eq!(
+                txn.open_table(EVENT_ID_RUNS).unwrap().len().unwrap(),
+                indexed
+            );
+            let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+            assert!(runs.bound() > 0);
+        }
+        let all = ReadLimit::events(usize::MAX);
+        let events = reader::read_all(&journal.db, 1, all).unwrap();
+        assert_eq!(events.len(), 340);
+        let recognised = |journal: &RedbJournal| {
+            let head = journal.head_position();
+            for event in &events {
+                let found = reader::event_by_id(&journal.db, event.id).unwrap();
+                assert_eq!(found.map(|found| found.position), Some(event.position));
+                let retry = NewEvent {
+                    id: event.id,
+                    ..NewEvent::json("Happened", &serde_json::json!({}))
+                };
+                let stream = event.stream.to_string();
+                let retried = journal.append_blocking(&stream, ExpectedVersion::Any, vec![retry]);
+                let retried = retried.unwrap();
+                assert_eq!(
+                    (retried.first_position, retried.first_version),
+                    (event.position, event.version),
+                    "a retry answers where it is"
+                );
+            }
+            assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+            let more = vec![NewEvent::json("Happened", &serde_json::json!({}))];
+            let appended = journal.append_blocking("s0", ExpectedVersion::Any, more);
+            assert_eq!(appended.unwrap().first_position, head + 1);
+        };
+        recognised(&journal);
+        drop(journal);
+        recognised(&RedbJournal::open(&path, &JournalConfig::default()).unwrap());
     }
 }

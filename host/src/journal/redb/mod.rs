@@ -9,6 +9,7 @@
 mod backup;
 mod batch;
 mod id_filter;
+mod id_runs;
 mod memtable;
 mod migrate;
 mod page;
@@ -157,6 +158,7 @@ impl RedbJournal {
             max_batch: config.max_batch_appends.max(1),
             keep_snapshots: config.keep_snapshots,
             flush_events: memtable::FLUSH_EVENTS,
+            merge_step: id_runs::MERGE_STEP,
             committing: Mutex::new(None),
             queued: AtomicUsize::new(0),
         });

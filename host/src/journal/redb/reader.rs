@@ -17,12 +17,12 @@ use super::memtable::Memtable;
 use super::page::Page;
 use super::record::RawEnvelope;
 use super::store::{
-    CHECKPOINTS, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS,
-    STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, ID_RUN_CATALOG, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS,
+    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{
-    JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, SharedDb, Visibility, record,
-    runs,
+    JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, SharedDb, Visibility, id_runs,
+    record, runs,
 };
 use crate::journal::lifecycle::now_millis;
 use crate::journal::{EventRef, StreamMetadata, StreamWindow};
@@ -377,11 +377,16 @@ pub(in crate::journal) fn event_by_id(
         let id = id.as_u128();
         let position = match memtable.position(id) {
             Some(position) => position,
-            None if !memtable.table_may_hold(id) => return Ok(None),
-            None => match txn.open_table(EVENT_IDS)?.get(id)? {
-                Some(position) => position.value(),
-                None => return Ok(None),
-            },
+            None => {
+                let Some(first_run) = memtable.table_runs_for(id) else {
+                    return Ok(None);
+                };
+                let runs = id_runs::Catalog::read(&txn.open_table(ID_RUN_CATALOG)?)?;
+                match runs.position(&txn.open_table(EVENT_ID_RUNS)?, id, first_run)? {
+                    Some(position) => position,
+                    None => return Ok(None),
+                }
+            }
         };
         let log = txn.open_table(EVENTS)?;
         let Some(bytes) = log.get(position)? else {

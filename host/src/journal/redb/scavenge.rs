@@ -15,10 +15,9 @@ use uuid::Uuid;
 use super::memtable::Appends;
 use super::runs::{self, Run, RunKey, RunValue};
 use super::store::{
-    self, EVENT_IDS, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
-    STREAM_RUNS,
+    self, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
-use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, record};
+use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, id_runs, record};
 use crate::journal::lifecycle::now_millis;
 
 /// Most events one scavenge transaction removes.
@@ -110,7 +109,6 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
 
     let mut events = txn.open_table(EVENTS)?;
     let mut runs_table = txn.open_table(STREAM_RUNS)?;
-    let mut ids = txn.open_table(EVENT_IDS)?;
     // (position, id) of each hidden event, and (run, how many of its events are hidden) of the
     // runs holding them.
     let (mut hidden, mut trimmed) = (Vec::new(), Vec::new());
@@ -149,10 +147,11 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
     let mut meta = txn.open_table(META)?;
     let kept = meta.get(LAST_POSITION_KEY)?.map_or(0, |v| v.value());
     meta.insert(LAST_POSITION_KEY, last.max(kept))?;
-    for &(position, id) in &hidden {
+    for &(position, _) in &hidden {
         events.remove(position)?;
-        ids.remove(id)?;
     }
+    let ids: Vec<u128> = hidden.iter().map(|&(_, id)| id).collect();
+    id_runs::remove(txn, &ids)?;
     for &(run, removed) in &trimmed {
         trim(&mut runs_table, stream, run, removed)?;
     }

@@ -8,6 +8,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::id_runs::{CatalogValue, IdKey};
 use super::{JournalError, migrate};
 
 /// The storage format this build reads and writes (the tables below and their key layouts).
@@ -15,8 +16,10 @@ use super::{JournalError, migrate};
 /// such a file migrates it (see `migrate`). In format 3 the index tables cover the log up to
 /// `META`'s `indexed_through` only (see `memtable`), which a format 2 build would misread.
 /// Format 4 may hold records of layout 2 (see `record`), which a format 3 build would report
-/// as corrupt: it refuses the file instead.
-pub(super) const FORMAT_VERSION: u64 = 4;
+/// as corrupt: it refuses the file instead. Format 5 indexes event ids as sorted runs (see
+/// `id_runs`), which a format 4 build would not find; opening a format 4 file moves its id
+/// table into one run (a format 4 build then refuses the file).
+pub(super) const FORMAT_VERSION: u64 = 5;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
@@ -28,8 +31,11 @@ pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs");
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
-/// event id → position.
-pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
+/// (run, event id) → position: the event-id index as sorted runs (see `id_runs`).
+pub(super) const EVENT_ID_RUNS: TableDefinition<IdKey, u64> = TableDefinition::new("event_id_runs");
+/// run → (ids, least id, greatest id, part in a merge): the runs of `EVENT_ID_RUNS`.
+pub(super) const ID_RUN_CATALOG: TableDefinition<u64, CatalogValue> =
+    TableDefinition::new("event_id_run_catalog");
 /// (plugin, stream, version) → aggregate state.
 pub(super) const SNAPSHOTS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("snapshots");
@@ -109,14 +115,16 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             Some(migrate::FORMAT_1) => {
                 migrate::from_format_1(&txn)?;
                 migrate::from_format_2(&txn, &mut meta)?;
+                migrate::from_format_4(&txn, &mut meta)?;
                 true
             }
             Some(migrate::FORMAT_2) => {
                 migrate::from_format_2(&txn, &mut meta)?;
+                migrate::from_format_4(&txn, &mut meta)?;
                 true
             }
-            Some(migrate::FORMAT_3) => {
-                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            Some(migrate::FORMAT_3 | migrate::FORMAT_4) => {
+                migrate::from_format_4(&txn, &mut meta)?;
                 true
             }
             Some(found) => {
@@ -130,7 +138,8 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
                 txn.open_table(EVENTS)?;
                 txn.open_table(STREAM_RUNS)?;
                 txn.open_table(STREAM_HEADS)?;
-                txn.open_table(EVENT_IDS)?;
+                txn.open_table(EVENT_ID_RUNS)?;
+                txn.open_table(ID_RUN_CATALOG)?;
                 txn.open_table(SNAPSHOTS)?;
                 txn.open_table(CHECKPOINTS)?;
                 true

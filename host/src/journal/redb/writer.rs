@@ -63,6 +63,8 @@ pub(super) struct Writer {
     pub(super) keep_snapshots: usize,
     /// Events the memtable holds before a commit moves it into the tables (see `memtable`).
     pub(super) flush_events: usize,
+    /// Ids a commit moves of a merge of the id index's runs (see `id_runs`).
+    pub(super) merge_step: usize,
     /// Held by whoever is committing: the writer thread or a caller (see [`Claim`]). It holds
     /// the async task whose request alone made the last commit, if one did.
     pub(super) committing: Mutex<Option<task::Id>>,
@@ -261,7 +263,7 @@ impl Writer {
                     outcome => results.push(outcome),
                 }
             }
-            tables.finish(self.flush_events)?
+            tables.finish(self.flush_events, self.merge_step)?
         };
         let head = finished.head;
         if !finished.wrote {
@@ -346,6 +348,7 @@ mod tests {
             max_batch: 16,
             keep_snapshots: 4,
             flush_events: 64,
+            merge_step: 100,
             committing: Mutex::new(None),
             queued: AtomicUsize::new(0),
         }

@@ -1,0 +1,673 @@
+//! The event-id index as sorted runs (storage format 5), an LSM tree of one level per size.
+//!
+//! A random (v4) id belongs anywhere in a B-tree of all ids, so moving 8,192 of them into one
+//! (a flush, see `memtable`) rewrote nearly every leaf of it, more per id the larger it grew.
+//! Here each flush writes its ids as a new sorted run instead, keyed (run, id): ascending keys
+//! at the table's end, which redb's cursor splices into the last leaves at once. Time-ordered
+//! (v7) ids above every id in the index extend the newest run rather than start one, so a
+//! journal of them keeps a single run, as its one table was before.
+//!
+//! An id is in exactly one run: lookups try the runs newest first, skipping those whose id
+//! range leaves it out (the memtable's filter spares them for most new ids). Runs are merged
+//! so that there stay few: once [`FANOUT`] runs are of one size class (a level: below
+//! `FANOUT` times a flush, then each `FANOUT` times larger), they are merged into one run of
+//! the next. A merge is made in steps of at most a commit's merge budget of ids (see
+//! [`merge_step`]), which moves the smallest ids left in its inputs to the end of its output
+//! within the commit's transaction; so every committed state holds each id once, and no
+//! commit pays for a whole merge. Which runs a merge reads and writes is recorded in the
+//! catalog of runs, which lookups read in their own transaction too.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+
+use redb::{AccessGuard, Key, ReadableTable, StorageError, TypeName, Value, WriteTransaction};
+
+use super::JournalError;
+use super::memtable::{CURSOR_RUN, FLUSH_EVENTS};
+use super::store::{EVENT_ID_RUNS, ID_RUN_CATALOG};
+
+/// Runs of one level merged into one of the next. Each merge moves an id again (~2.3k
+/// instructions); a lookup the filter admits tries up to `FANOUT - 1` runs of each level.
+const FANOUT: u64 = 8;
+/// Ids a commit moves of a merge under way (~5M instructions, ~1.5 ms): enough to keep up
+/// with 8,192 ids a flush at a few hundred events a commit.
+pub(super) const MERGE_STEP: usize = 2048;
+
+/// A key of the id index: (run, id), stored big-endian so that its bytes sort as it does
+/// (redb's tuple keys cost ~0.4k instructions per id of a flush more).
+#[derive(Debug)]
+pub(super) struct IdKey;
+
+impl Value for IdKey {
+    type SelfType<'a> = (u64, u128);
+    type AsBytes<'a> = [u8; 24];
+
+    fn fixed_width() -> Option<usize> {
+        Some(24)
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> (u64, u128)
+    where
+        Self: 'a,
+    {
+        let (run, id) = data.split_at(8);
+        let run = u64::from_be_bytes(run.try_into().expect("8 bytes"));
+        (run, u128::from_be_bytes(id.try_into().expect("16 bytes")))
+    }
+
+    fn as_bytes<'a, 'b: 'a>(&(run, id): &'a (u64, u128)) -> [u8; 24]
+    where
+        Self: 'b,
+    {
+        let mut bytes = [0; 24];
+        bytes[..8].copy_from_slice(&run.to_be_bytes());
+        bytes[8..].copy_from_slice(&id.to_be_bytes());
+        bytes
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new("foldhost::IdKey")
+    }
+}
+
+impl Key for IdKey {
+    fn compare(data1: &[u8], data2: &[u8]) -> Ordering {
+        data1.cmp(data2)
+    }
+}
+/// A value of the catalog: (ids held, least id, greatest id, its part in a merge).
+pub(super) type CatalogValue = (u64, u128, u128, u8);
+
+/// A run's part in the merge under way, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    None = 0,
+    /// Its ids are being moved out.
+    Input = 1,
+    /// The ids moved out of the inputs are appended to it.
+    Output = 2,
+}
+
+/// One run of the id index, as its catalog entry describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    number: u64,
+    count: u64,
+    /// No id of the run is outside `min..=max` (while it is empty, `min > max`).
+    min: u128,
+    max: u128,
+    part: Part,
+}
+
+impl Run {
+    fn new(number: u64, (count, min, max, part): CatalogValue) -> Self {
+        let part = match part {
+            1 => Part::Input,
+            2 => Part::Output,
+            _ => Part::None,
+        };
+        Self {
+            number,
+            count,
+            min,
+            max,
+            part,
+        }
+    }
+
+    fn value(&self) -> CatalogValue {
+        (self.count, self.min, self.max, self.part as u8)
+    }
+
+    /// Its size class: 0 below `FANOUT` flushes of ids, then one more per `FANOUT` times as many.
+    fn level(&self) -> u32 {
+        let flushes = self.count / FLUSH_EVENTS as u64;
+        if flushes < FANOUT {
+            0
+        } else {
+            flushes.ilog(FANOUT)
+        }
+    }
+
+    fn may_hold(&self, id: u128) -> bool {
+        self.count > 0 && self.min <= id && id <= self.max
+    }
+}
+
+/// The runs of the id index, oldest first, as one transaction sees them.
+#[derive(Debug, Default)]
+pub(super) struct Catalog {
+    runs: Vec<Run>,
+}
+
+impl Catalog {
+    /// Reads the catalog `table`.
+    pub(super) fn read(
+        table: &impl ReadableTable<u64, CatalogValue>,
+    ) -> Result<Self, JournalError> {
+        let mut runs = Vec::new();
+        for entry in table.iter()? {
+            let (number, value) = entry?;
+            runs.push(Run::new(number.value(), value.value()));
+        }
+        Ok(Self { runs })
+    }
+
+    /// The greatest id in the index (0 if none).
+    pub(super) fn bound(&self) -> u128 {
+        let held = self.runs.iter().filter(|run| run.count > 0);
+        held.map(|run| run.max).max().unwrap_or(0)
+    }
+
+    /// The run holding `id` in `ids` (the id index of the same transaction), and its position,
+    /// trying the runs from `first_run` on, newest first.
+    fn find(
+        &self,
+        ids: &impl ReadableTable<IdKey, u64>,
+        id: u128,
+        first_run: u64,
+    ) -> Result<Option<(u64, u64)>, JournalError> {
+        let runs = self
+            .runs
+            .iter()
+            .rev()
+            .take_while(|run| run.number >= first_run);
+        for run in runs.filter(|run| run.may_hold(id)) {
+            if let Some(position) = ids.get((run.number, id))? {
+                return Ok(Some((run.number, position.value())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The position of the event with `id` in `ids` (the id index of the same transaction),
+    /// if held by a run from `first_run` on.
+    pub(super) fn position(
+        &self,
+        ids: &impl ReadableTable<IdKey, u64>,
+        id: u128,
+        first_run: u64,
+    ) -> Result<Option<u64>, JournalError> {
+        Ok(self.find(ids, id, first_run)?.map(|(_, position)| position))
+    }
+
+    /// The level of the merge to start: the lowest with [`FANOUT`] runs.
+    fn due(&self) -> Option<u32> {
+        let mut levels: Vec<u32> = self.runs.iter().map(Run::level).collect();
+        levels.sort_unstable();
+        let full = levels
+            .windows(FANOUT as usize)
+            .find(|w| w[0] == w[w.len() - 1]);
+        full.map(|w| w[0])
+    }
+}
+
+/// Writes `sorted` (ids and their positions, ascending, none in the index yet) into the index
+/// of `txn`: as a new run, or at the end of the newest if all are above every id in it.
+pub(super) fn flush(txn: &WriteTransaction, sorted: &[(u128, u64)]) -> Result<(), JournalError> {
+    let (Some(&(first, _)), Some(&(last, _))) = (sorted.first(), sorted.last()) else {
+        return Ok(());
+    };
+    let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
+    let runs = Catalog::read(&catalog)?;
+    let run = match runs.runs.last() {
+        Some(&newest) if first > runs.bound() && newest.part == Part::None => Run {
+            count: newest.count + sorted.len() as u64,
+            min: newest.min.min(first),
+            max: last,
+            ..newest
+        },
+        newest => Run {
+            number: newest.map_or(1, |run| run.number + 1),
+            count: sorted.len() as u64,
+            min: first,
+            max: last,
+            part: Part::None,
+        },
+    };
+    catalog.insert(run.number, run.value())?;
+    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
+    if sorted.len() < CURSOR_RUN {
+        for &(id, position) in sorted {
+            ids.insert((run.number, id), position)?;
+        }
+        return Ok(());
+    }
+    // The newest run's keys are the table's last.
+    let mut end = ids.upper_bound_mut(Bound::<(u64, u128)>::Unbounded)?;
+    for &(id, position) in sorted {
+        end.insert_before((run.number, id), position)?;
+    }
+    end.close()?;
+    Ok(())
+}
+
+/// Moves up to `budget` ids of the merge under way in `txn`, first starting one if one is due;
+/// returns whether merge work may be left for later commits.
+pub(super) fn merge_step(txn: &WriteTransaction, budget: usize) -> Result<bool, JournalError> {
+    let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
+    let mut runs = Catalog::read(&catalog)?.runs;
+    let output = match runs.iter().position(|run| run.part == Part::Output) {
+        Some(output) => output,
+        None => {
+            let Some(level) = (Catalog { runs: runs.clone() }).due() else {
+                return Ok(false);
+            };
+            for run in runs.iter_mut().filter(|run| run.level() == level) {
+                run.part = Part::Input;
+                catalog.insert(run.number, run.value())?;
+            }
+            let number = runs.last().map_or(1, |run| run.number + 1);
+            let output = Run::new(number, (0, u128::MAX, 0, Part::Output as u8));
+            catalog.insert(number, output.value())?;
+            runs.push(output);
+            runs.len() - 1
+        }
+    };
+    let inputs: Vec<usize> = (0..runs.len())
+        .filter(|&n| runs[n].part == Part::Input)
+        .collect();
+    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
+    // The smallest ids left in the inputs, and how many each gave.
+    let (mut taken, mut given) = (Vec::with_capacity(budget), vec![0u64; inputs.len()]);
+    {
+        let mut ranges = Vec::with_capacity(inputs.len());
+        let mut heads = Vec::with_capacity(inputs.len());
+        for &n in &inputs {
+            let number = runs[n].number;
+            let mut range = ids.range((number, 0)..=(number, u128::MAX))?;
+            heads.push(next_id(&mut range)?);
+            ranges.push(range);
+        }
+        while taken.len() < budget {
+            let least = (0..heads.len())
+                .filter_map(|n| heads[n].map(|(id, _)| (id, n)))
+                .min();
+            let Some((_, n)) = least else { break };
+            taken.push(heads[n].expect("the least"));
+            given[n] += 1;
+            heads[n] = next_id(&mut ranges[n])?;
+        }
+    }
+    let through = taken.last().map(|&(id, _)| id);
+    for (&n, &given) in inputs.iter().zip(&given) {
+        let input = &mut runs[n];
+        if let (Some(through), 1..) = (through, given) {
+            ids.retain_in((input.number, 0)..=(input.number, through), |_, _| false)?;
+        }
+        input.count -= given;
+    }
+    let output = &mut runs[output];
+    if let (Some(&(first, _)), Some(through)) = (taken.first(), through) {
+        let number = output.number;
+        let mut gap = ids.upper_bound_mut(Bound::Included((number, u128::MAX)))?;
+        for &(id, position) in &taken {
+            gap.insert_before((number, id), position)?;
+        }
+        gap.close()?;
+        output.count += taken.len() as u64;
+        output.min = output.min.min(first);
+        output.max = through;
+    }
+    let done = taken.len() < budget;
+    if done {
+        output.part = Part::None;
+    }
+    let output = *output;
+    catalog.insert(output.number, output.value())?;
+    for &n in &inputs {
+        if done {
+            catalog.remove(runs[n].number)?;
+        } else {
+            catalog.insert(runs[n].number, runs[n].value())?;
+        }
+    }
+    if !done {
+        return Ok(true);
+    }
+    runs.retain(|run| run.part != Part::Input);
+    Ok((Catalog { runs }).due().is_some())
+}
+
+/// The next (id, position) of a range of one run.
+fn next_id<'a>(
+    range: &mut impl Iterator<
+        Item = Result<(AccessGuard<'a, IdKey>, AccessGuard<'a, u64>), StorageError>,
+    >,
+) -> Result<Option<(u128, u64)>, JournalError> {
+    match range.next() {
+        Some(entry) => {
+            let (key, position) = entry?;
+            Ok(Some((key.value().1, position.value())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Removes `ids` (each in the index) from the index of `txn`.
+pub(super) fn remove(txn: &WriteTransaction, ids: &[u128]) -> Result<(), JournalError> {
+    let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
+    let mut runs = Catalog::read(&catalog)?;
+    let mut table = txn.open_table(EVENT_ID_RUNS)?;
+    for &id in ids {
+        let Some((number, _)) = runs.find(&table, id, 0)? else {
+            continue;
+        };
+        table.remove((number, id))?;
+        let run = runs.runs.iter_mut().find(|run| run.number == number);
+        let run = run.expect("found in it");
+        run.count -= 1;
+        catalog.insert(number, run.value())?;
+    }
+    Ok(())
+}
+
+/// Writes the ids of `old` (format 4's id table: id → position) as one run of `txn`'s index.
+pub(super) fn from_table(
+    txn: &WriteTransaction,
+    old: &impl ReadableTable<u128, u64>,
+) -> Result<u64, JournalError> {
+    // Created even when it stays empty: readers open it.
+    let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
+    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
+    let mut end = ids.upper_bound_mut(Bound::<(u64, u128)>::Unbounded)?;
+    let mut run = Run::new(1, (0, u128::MAX, 0, Part::None as u8));
+    for entry in old.iter()? {
+        let (id, position) = entry?;
+        let id = id.value();
+        end.insert_before((run.number, id), position.value())?;
+        run.count += 1;
+        run.min = run.min.min(id);
+        run.max = id;
+    }
+    end.close()?;
+    if run.count > 0 {
+        catalog.insert(run.number, run.value())?;
+    }
+    Ok(run.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
+
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
+    use crate::journal::redb::request::Request;
+    use crate::journal::redb::store::{self, META};
+    use crate::journal::redb::writer::{Shared, Writer};
+    use crate::journal::redb::{RedbJournal, SharedDb, reader};
+    use crate::journal::{AppendResult, ExpectedVersion, JournalConfig, NewEvent};
+
+    /// Appends of random ids: (stream, events, where they went).
+    type Appended = Vec<(String, Vec<NewEvent>, AppendResult)>;
+
+    /// A writer that flushes every 64 events and moves 50 ids a commit of a merge.
+    fn writer(path: &std::path::Path) -> Writer {
+        let db = store::open(path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        let db = SharedDb::new(db).unwrap();
+        let head = reader::head_position(&db).unwrap();
+        Writer {
+            db,
+            shared: Arc::new(Shared::new(head)),
+            max_batch: 16,
+            keep_snapshots: 4,
+            flush_events: 64,
+            merge_step: 50,
+            committing: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn random(count: usize) -> Vec<NewEvent> {
+        let event = || NewEvent {
+            id: Uuid::new_v4(),
+            ..NewEvent::json("Happened", &serde_json::json!({}))
+        };
+        (0..count).map(|_| event()).collect()
+    }
+
+    /// Commits an append of `events` to `stream` alone; returns its outcome.
+    fn commit(writer: &Writer, stream: &str, events: Vec<NewEvent>) -> AppendResult {
+        let (request, mut outcome) =
+            Request::append(stream.to_owned(), ExpectedVersion::Any, events);
+        let claim = writer.claim_if_idle(None).expect("idle");
+        claim.commit(vec![request]).send();
+        outcome.try_recv().unwrap().unwrap()
+    }
+
+    /// The catalog as the last commit left it.
+    fn catalog(db: &SharedDb) -> Vec<Run> {
+        let txn = db.get().begin_read().unwrap();
+        Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
+            .unwrap()
+            .runs
+    }
+
+    /// Every id flushed is in the index once: as many entries as the flushes moved there,
+    /// counted by their runs, none outside its run's range.
+    fn each_once(db: &SharedDb) {
+        let txn = db.get().begin_read().unwrap();
+        let through = txn
+            .open_table(META)
+            .unwrap()
+            .get(INDEXED_THROUGH_KEY)
+            .unwrap();
+        let through = through.map_or(0, |through| through.value());
+        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
+            .unwrap()
+            .runs;
+        assert_eq!(ids.len().unwrap(), through, "entries");
+        assert_eq!(
+            runs.iter().map(|run| run.count).sum::<u64>(),
+            through,
+            "counted"
+        );
+        for entry in ids.iter().unwrap() {
+            let (number, id) = entry.unwrap().0.value();
+            let run = runs.iter().find(|run| run.number == number);
+            assert!(
+                run.is_some_and(|run| run.may_hold(id)),
+                "run {number}: {runs:?}"
+            );
+        }
+    }
+
+    /// Appends 8 random ids to one of three streams, alone in a commit.
+    fn append(writer: &Writer, appended: &mut Appended, n: usize) {
+        let (stream, events) = (format!("s{}", n % 3), random(8));
+        let result = commit(writer, &stream, events.clone());
+        appended.push((stream, events, result));
+    }
+
+    /// Every append is read by id and answered as a retry, writing nothing.
+    fn recognised(
+        appended: &Appended,
+        db: &SharedDb,
+        retry: impl Fn(&str, Vec<NewEvent>) -> AppendResult,
+    ) {
+        for (stream, events, result) in appended {
+            for (event, position) in events.iter().zip(result.first_position..) {
+                let found = reader::event_by_id(db, event.id).unwrap();
+                assert_eq!(found.map(|found| found.position), Some(position));
+            }
+            assert_eq!(
+                retry(stream, events.clone()),
+                *result,
+                "a retry answers where they are"
+            );
+        }
+    }
+
+    /// Random ids go into runs, whose merges take several commits; between any two, and
+    /// after a reopen half way, each id is in the index once, read by id and recognised in a
+    /// retry.
+    #[test]
+    fn ids_are_found_once_in_their_runs_before_during_and_after_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let writer = writer(&path);
+        let db = writer.db.clone();
+        let mut appended = Appended::new();
+        let under_way = |db: &SharedDb| catalog(db).iter().any(|run| run.part == Part::Output);
+        let retry = |stream: &str, events| commit(&writer, stream, events);
+        // Until a merge is half way: 4 runs of 64 ids, 50 moved a commit.
+        let mut n = 0;
+        while !(under_way(&db)
+            && catalog(&db)
+                .iter()
+                .any(|run| run.part == Part::Output && run.count > 0))
+        {
+            append(&writer, &mut appended, n);
+            each_once(&db);
+            n += 1;
+        }
+        let head = *writer.shared.head.borrow();
+        recognised(&appended, &db, retry);
+        assert_eq!(
+            *writer.shared.head.borrow(),
+            head,
+            "the retries wrote nothing"
+        );
+        // Until it is done, each commit moving at most 50 ids.
+        let mut last = catalog(&db);
+        while under_way(&db) {
+            append(&writer, &mut appended, n);
+            each_once(&db);
+            let now = catalog(&db);
+            let output = |runs: &[Run]| {
+                runs.iter()
+                    .find(|run| run.part == Part::Output)
+                    .map_or(0, |run| run.count)
+            };
+            assert!(output(&now) <= output(&last) + 50, "{last:?} → {now:?}");
+            last = now;
+            n += 1;
+        }
+        assert!(catalog(&db).len() < 4, "merged: {:?}", catalog(&db));
+        recognised(&appended, &db, retry);
+        // Half way through the next merge, then reopened.
+        while !under_way(&db)
+            || !catalog(&db)
+                .iter()
+                .any(|run| run.part == Part::Output && run.count > 0)
+        {
+            append(&writer, &mut appended, n);
+            n += 1;
+        }
+        drop((writer, db));
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        let head = journal.head_position();
+        let retry = |stream: &str, events| {
+            journal
+                .append_blocking(stream, ExpectedVersion::Any, events)
+                .unwrap()
+        };
+        recognised(&appended, &journal.db, retry);
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        // A commit that writes finishes the merge (the journal moves up to `MERGE_STEP`).
+        retry("t", random(1));
+        assert!(!under_way(&journal.db));
+        each_once(&journal.db);
+        recognised(&appended, &journal.db, retry);
+    }
+
+    /// A scavenge removes the ids of the events it removes from whichever runs hold them
+    /// (here, runs being merged too), and every other id stays where it was: a removed
+    /// event's id reads as absent, the others are found and recognised.
+    #[test]
+    fn a_scavenge_removes_the_ids_of_removed_events_from_their_runs() {
+        use crate::journal::Op;
+        use crate::journal::redb::scavenge;
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir.path().join("journal.redb"));
+        let db = writer.db.clone();
+        let (mut gone, mut kept) = (Appended::new(), Appended::new());
+        for n in 0..40 {
+            let appended = if n % 2 == 0 { &mut gone } else { &mut kept };
+            let (stream, events) = (["gone", "kept"][n % 2].to_owned(), random(8));
+            let result = commit(&writer, &stream, events.clone());
+            appended.push((stream, events, result));
+        }
+        assert!(catalog(&db).len() > 1, "{:?}", catalog(&db));
+        let delete = Op::DeleteStream {
+            stream: "gone".to_owned(),
+            expected: ExpectedVersion::Any,
+            hard: true,
+        };
+        let (request, mut outcome) = Request::done(delete);
+        writer
+            .claim_if_idle(None)
+            .expect("idle")
+            .commit(vec![request])
+            .send();
+        outcome.try_recv().unwrap().unwrap();
+        let removed = scavenge(&db).unwrap().events;
+        assert_eq!(removed, 160);
+
+        let txn = db.get().begin_read().unwrap();
+        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        assert_eq!(ids.len().unwrap(), 160, "the kept ids");
+        assert_eq!(runs.runs.iter().map(|run| run.count).sum::<u64>(), 160);
+        for (_, events, _) in &gone {
+            for event in events {
+                let found = runs.position(&ids, event.id.as_u128(), 0).unwrap();
+                assert_eq!(found, None, "a removed event's id");
+            }
+        }
+        drop((ids, txn));
+        recognised(&kept, &db, |stream, events| commit(&writer, stream, events));
+    }
+
+    /// While the filter of the index is being made after a reopen, a lookup of an id it does
+    /// not admit tries only the runs its scan has not passed: every id is still read by id and
+    /// recognised in a retry, in runs before, at and after the scan's place.
+    #[test]
+    fn ids_are_found_while_the_filter_is_half_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let config = JournalConfig::default();
+        let journal = RedbJournal::open(&path, &config).unwrap();
+        let mut appended = Appended::new();
+        // Three flushes: three runs of random ids.
+        for n in 0..3 * FLUSH_EVENTS / 100 + 3 {
+            let (stream, events) = (format!("s{}", n % 3), random(100));
+            let result = journal.append_blocking(&stream, ExpectedVersion::Any, events.clone());
+            appended.push((stream, events, result.unwrap()));
+        }
+        drop(journal);
+        let journal = RedbJournal::open(&path, &config).unwrap();
+        assert_eq!(catalog(&journal.db).len(), 3);
+        // Two commits that search the index take two steps of the scan: into the second run.
+        for _ in 0..2 {
+            let events = random(1);
+            journal
+                .append_blocking("t", ExpectedVersion::Any, events)
+                .unwrap();
+        }
+        let half_way = || {
+            let memtable = journal.db.memtable();
+            let filter = memtable.table_ids();
+            let absent = || filter.first_run_for(Uuid::new_v4().as_u128());
+            filter.scanning() && (0..10).any(|_| absent() == Some(2))
+        };
+        assert!(half_way());
+        // Retries write nothing, so they take no step.
+        let head = journal.head_position();
+        let retry = |stream: &str, events| {
+            journal
+                .append_blocking(stream, ExpectedVersion::Any, events)
+                .unwrap()
+        };
+        recognised(&appended, &journal.db, retry);
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        assert!(half_way());
+    }
+}
