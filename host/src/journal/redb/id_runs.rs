@@ -757,4 +757,48 @@ mod tests {
             "the retries wrote nothing"
         );
     }
+
+    /// A backup taken half way through a merge holds the catalog with the runs: opened, every
+    /// id in it is read by id and recognised in a retry, and its own commits finish the merge.
+    #[test]
+    fn a_backup_half_way_through_a_merge_finds_every_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir.path().join("journal.redb"));
+        let db = writer.db.clone();
+        let mut appended = Appended::new();
+        let mut n = 0;
+        while !catalog(&db)
+            .iter()
+            .any(|run| run.part == Part::Output && run.count > 0)
+        {
+            append(&writer, &mut appended, n);
+            n += 1;
+        }
+        let path = dir.path().join("backup.redb");
+        crate::journal::redb::backup(&db, &path).unwrap();
+        drop((writer, db));
+
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        assert!(
+            catalog(&journal.db)
+                .iter()
+                .any(|run| run.part == Part::Output)
+        );
+        let head = journal.head_position();
+        let retry = |stream: &str, events| {
+            journal
+                .append_blocking(stream, ExpectedVersion::Any, events)
+                .unwrap()
+        };
+        recognised(&appended, &journal.db, retry);
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        retry("t", random(1));
+        assert!(
+            catalog(&journal.db)
+                .iter()
+                .all(|run| run.part == Part::None)
+        );
+        each_once(&journal.db);
+        recognised(&appended, &journal.db, retry);
+    }
 }
