@@ -390,7 +390,7 @@ pub(in crate::journal) fn event_by_id(
         };
         let log = txn.open_table(EVENTS)?;
         let Some(bytes) = log.get(position)? else {
-            // Scavenged: its id is kept so that a retry is still recognised.
+            // Not expected (a scavenge removes an event's id with it): answered as unknown.
             return Ok(None);
         };
         let record = record::decode_raw(position, bytes.value())?;
