@@ -398,8 +398,8 @@ mod tests {
     use super::*;
     use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::request::Request;
-    use crate::journal::redb::store::{self, META};
-    use crate::journal::redb::writer::{Shared, Writer};
+    use crate::journal::redb::store::META;
+    use crate::journal::redb::writer::Writer;
     use crate::journal::redb::{RedbJournal, SharedDb, reader};
     use crate::journal::{AppendResult, ExpectedVersion, JournalConfig, NewEvent};
 
@@ -408,19 +408,7 @@ mod tests {
 
     /// A writer that flushes every 64 events and moves 50 ids a commit of a merge.
     fn writer(path: &std::path::Path) -> Writer {
-        let db = store::open(path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
-        let db = SharedDb::new(db).unwrap();
-        let head = reader::head_position(&db).unwrap();
-        Writer {
-            db,
-            shared: Arc::new(Shared::new(head)),
-            max_batch: 16,
-            keep_snapshots: 4,
-            flush_events: 64,
-            merge_step: 50,
-            committing: Mutex::new(None),
-            queued: AtomicUsize::new(0),
-        }
+        crate::journal::redb::writer::tests::writer_at(path, 50)
     }
 
     fn random(count: usize) -> Vec<NewEvent> {
@@ -504,6 +492,22 @@ mod tests {
         }
     }
 
+    /// Appends `events` to `stream` through the journal, as a client's retry does.
+    fn append_again(journal: &RedbJournal, stream: &str, events: Vec<NewEvent>) -> AppendResult {
+        journal
+            .append_blocking(stream, ExpectedVersion::Any, events)
+            .unwrap()
+    }
+
+    /// [`recognised`] through the journal's own appends, which must write nothing.
+    fn retries_write_nothing(journal: &RedbJournal, appended: &Appended) {
+        let head = journal.head_position();
+        recognised(appended, &journal.db, |stream, events| {
+            append_again(journal, stream, events)
+        });
+        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+    }
+
     /// Random ids go into runs, whose merges take several commits; between any two, and
     /// after a reopen half way, each id is in the index once, read by id and recognised in a
     /// retry.
@@ -562,19 +566,12 @@ mod tests {
         }
         drop((writer, db));
         let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
-        let head = journal.head_position();
-        let retry = |stream: &str, events| {
-            journal
-                .append_blocking(stream, ExpectedVersion::Any, events)
-                .unwrap()
-        };
-        recognised(&appended, &journal.db, retry);
-        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        retries_write_nothing(&journal, &appended);
         // A commit that writes finishes the merge (the journal moves up to `MERGE_STEP`).
-        retry("t", random(1));
+        append_again(&journal, "t", random(1));
         assert!(!under_way(&journal.db));
         each_once(&journal.db);
-        recognised(&appended, &journal.db, retry);
+        retries_write_nothing(&journal, &appended);
     }
 
     /// A scavenge removes the ids of the events it removes from whichever runs hold them
@@ -660,14 +657,7 @@ mod tests {
         };
         assert!(half_way());
         // Retries write nothing, so they take no step.
-        let head = journal.head_position();
-        let retry = |stream: &str, events| {
-            journal
-                .append_blocking(stream, ExpectedVersion::Any, events)
-                .unwrap()
-        };
-        recognised(&appended, &journal.db, retry);
-        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
+        retries_write_nothing(&journal, &appended);
         assert!(half_way());
     }
 
@@ -784,21 +774,14 @@ mod tests {
                 .iter()
                 .any(|run| run.part == Part::Output)
         );
-        let head = journal.head_position();
-        let retry = |stream: &str, events| {
-            journal
-                .append_blocking(stream, ExpectedVersion::Any, events)
-                .unwrap()
-        };
-        recognised(&appended, &journal.db, retry);
-        assert_eq!(journal.head_position(), head, "the retries wrote nothing");
-        retry("t", random(1));
+        retries_write_nothing(&journal, &appended);
+        append_again(&journal, "t", random(1));
         assert!(
             catalog(&journal.db)
                 .iter()
                 .all(|run| run.part == Part::None)
         );
         each_once(&journal.db);
-        recognised(&appended, &journal.db, retry);
+        retries_write_nothing(&journal, &appended);
     }
 }

@@ -310,7 +310,7 @@ fn now_millis() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::journal::redb::request::Outcome;
     use crate::journal::{AppendResult, ExpectedVersion, NewEvent, ReadLimit};
@@ -338,8 +338,13 @@ mod tests {
     }
 
     fn writer(dir: &tempfile::TempDir) -> Writer {
-        let path = dir.path().join("journal.redb");
-        let db = store::open(&path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
+        writer_at(&dir.path().join("journal.redb"), 100)
+    }
+
+    /// A writer of the file at `path` that flushes every 64 events and moves `merge_step`
+    /// ids a commit of a merge of the id index's runs.
+    pub(in crate::journal::redb) fn writer_at(path: &std::path::Path, merge_step: usize) -> Writer {
+        let db = store::open(path, crate::journal::DEFAULT_CACHE_BYTES).unwrap();
         let db = SharedDb::new(db).unwrap();
         let head = crate::journal::redb::reader::head_position(&db).unwrap();
         Writer {
@@ -348,7 +353,7 @@ mod tests {
             max_batch: 16,
             keep_snapshots: 4,
             flush_events: 64,
-            merge_step: 100,
+            merge_step,
             committing: Mutex::new(None),
             queued: AtomicUsize::new(0),
         }
