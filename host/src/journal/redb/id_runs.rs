@@ -389,9 +389,6 @@ pub(super) fn from_table(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::{Arc, Mutex};
-
     use redb::{ReadableDatabase, ReadableTableMetadata};
     use uuid::Uuid;
 
