@@ -815,6 +815,44 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_from_a_slow_link_is_taken_at_the_default_minimum_rate() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    // The default --body-min-rate, counted from 3 s after the first read instead of 60 s.
+    command.env_remove("FOLDHOST_BODY_MIN_RATE");
+    command.args(["--read-timeout", "3"]);
+    let server = Server::launch(command);
+
+    // 160 KiB at 16 KiB/s (128 kbit/s: a weak mobile uplink, or a plugin upload sharing a
+    // slow link with others) for 10 s, well past the read timeout (64 KiB/s refused it).
+    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
+    append.push_str(&" ".repeat((160 << 10) - append.len()));
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(&address).unwrap();
+        write!(
+            slow,
+            "POST /streams/slow/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            append.len()
+        )
+        .unwrap();
+        for chunk in append.as_bytes().chunks(8 << 10) {
+            // A refusal closes the connection: then read it.
+            if slow.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        read_until_closed(slow)
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
