@@ -814,6 +814,107 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_from_a_slow_link_is_taken_at_the_default_minimum_rate() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    // The default --body-min-rate, counted from 3 s after the first read instead of 60 s.
+    command.env_remove("FOLDHOST_BODY_MIN_RATE");
+    command.args(["--read-timeout", "3"]);
+    let server = Server::launch(command);
+
+    // 160 KiB at 16 KiB/s (128 kbit/s: a weak mobile uplink, or a plugin upload sharing a
+    // slow link with others) for 10 s, well past the read timeout (64 KiB/s refused it).
+    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
+    append.push_str(&" ".repeat((160 << 10) - append.len()));
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(&address).unwrap();
+        write!(
+            slow,
+            "POST /streams/slow/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            append.len()
+        )
+        .unwrap();
+        for chunk in append.as_bytes().chunks(8 << 10) {
+            // A refusal closes the connection: then read it.
+            if slow.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        read_until_closed(slow)
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "30", "--body-budget", "1MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let spaces = " ".repeat(600 << 10);
+    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
+    append.push_str(&" ".repeat((600 << 10) - append.len()));
+
+    // One client closes its connection, the other resets it, each 600 KiB into a 900 KiB body.
+    for reset in [false, true] {
+        // Once the server holds its 600 KiB, another 600 KiB body is refused (one read before
+        // them may get the leaving body refused instead: then it comes again).
+        let mut attempts = 0;
+        let leaving = loop {
+            let leaving = TcpStream::connect(&address).unwrap();
+            let mut writer = &leaving;
+            write!(
+                writer,
+                "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                900 << 10
+            )
+            .unwrap();
+            writer.write_all(spaces.as_bytes()).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let response = client.post(server.url("/streams/t/events"));
+            let (status, answer) = json(response.body(spaces.clone()).send().await.unwrap()).await;
+            if status == 503 {
+                break leaving;
+            }
+            assert_eq!(status, 400, "{answer}");
+            attempts += 1;
+            assert!(attempts < 20, "the leaving body never held the budget");
+        };
+        if reset {
+            leaving.set_nonblocking(true).unwrap();
+            let leaving = tokio::net::TcpStream::from_std(leaving).unwrap();
+            leaving.set_zero_linger().unwrap();
+        } else {
+            drop(leaving);
+        }
+        // Its share comes back when it leaves, not at the read timeout (30 s).
+        let mut refusals = 0;
+        loop {
+            let response = client.post(server.url("/streams/t/events"));
+            let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{answer}");
+            refusals += 1;
+            assert!(
+                refusals < 40,
+                "a client that left (reset: {reset}) still holds the budget after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 /// Whether `GET /plugins` lists `origin` as being compiled.
 async fn compiling(client: &Client, server: &Server, origin: &str) -> bool {
     let (status, list) = get(client, server, "/plugins").await;

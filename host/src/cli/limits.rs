@@ -27,9 +27,9 @@ pub struct ClientLimitArgs {
     #[arg(long, env = "FOLDHOST_READ_TIMEOUT", value_name = "SECONDS", default_value_t = ClientLimits::default().read_timeout.as_secs())]
     read_timeout: u64,
     /// Bytes per second a request body must average, from when the server began reading it,
-    /// once --read-timeout has passed since then, e.g. 64KiB (an 8 MiB body then has 128 s, a
-    /// 64 MiB upload 1,024 s); a slower one is refused with 408. 0 turns it off.
-    #[arg(long, env = "FOLDHOST_BODY_MIN_RATE", value_name = "BYTES", value_parser = parse_size, default_value = "64KiB")]
+    /// once --read-timeout has passed since then, e.g. 8KiB (an 8 MiB body then has 1,024 s, a
+    /// 64 MiB upload 8,192 s); a slower one is refused with 408. 0 turns it off.
+    #[arg(long, env = "FOLDHOST_BODY_MIN_RATE", value_name = "BYTES", value_parser = parse_size, default_value = "8KiB")]
     body_min_rate: usize,
     /// Most bytes of request bodies held at once, being received or handled, e.g. 256MiB;
     /// a body that would go past it is refused with 503 and Retry-After, one larger than it

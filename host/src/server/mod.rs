@@ -359,7 +359,7 @@ impl Default for ClientLimits {
             live_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
-            body_min_rate: 64 << 10,
+            body_min_rate: 8 << 10,
             body_budget: 256 << 20,
             max_queued_writes: JournalConfig::default().max_queued_writes,
         }

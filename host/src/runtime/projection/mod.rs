@@ -249,7 +249,8 @@ impl ProjectionInstance {
         if first.read >= REPLAY_LIMIT.events {
             read_ahead(read, first, fold)?;
         } else {
-            // A short first page is the log's end: no thread for the rest.
+            // A first page short of the limit's events (the log's end, or events large enough
+            // to fill its bytes first) reads the rest on this thread, as `Pages::fold_ahead` does.
             fold(first)?;
             while let Some(page) = read()? {
                 fold(page)?;
