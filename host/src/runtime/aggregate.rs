@@ -330,13 +330,7 @@ impl AggregateInstance {
         let Some(last_version) = events.last().map(|event| event.version) else {
             return Ok(());
         };
-        let upcast;
-        let events = if self.upcasters.is_empty() {
-            events
-        } else {
-            upcast = self.upcasters.upcast(events.to_vec())?;
-            &upcast[..]
-        };
+        let events = &*self.upcasters.upcast_slice(events)?;
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             // Upcast into nothing: the versions were still folded.
             self.version = last_version;

@@ -11,6 +11,7 @@
 //! ([`UpcasterChain::state_key`]): a changed chain never reuses a state folded through
 //! another one.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -190,6 +191,17 @@ impl UpcasterChain {
         self.upcasters
             .iter()
             .try_fold(events, |events, upcaster| upcaster.upcast(events))
+    }
+
+    /// [`upcast`](Self::upcast) of borrowed `events`: copied only when there are upcasters.
+    pub fn upcast_slice<'a>(
+        &self,
+        events: &'a [RecordedEvent],
+    ) -> Result<Cow<'a, [RecordedEvent]>, RuntimeError> {
+        match self.upcasters.is_empty() {
+            true => Ok(Cow::Borrowed(events)),
+            false => self.upcast(events.to_vec()).map(Cow::Owned),
+        }
     }
 }
 

@@ -149,13 +149,7 @@ impl ProjectionInstance {
         let Some(last) = events.last().map(|event| event.position) else {
             return Ok(());
         };
-        let upcast;
-        let events = if self.upcasters.is_empty() {
-            events
-        } else {
-            upcast = self.upcasters.upcast(events.to_vec())?;
-            &upcast[..]
-        };
+        let events = &*self.upcasters.upcast_slice(events)?;
         let subscription = &self.plugin.subscription;
         // The wanted events go straight into the batch; where they start and end is looked
         // up only for a message.
