@@ -9,7 +9,7 @@ use super::bindings::{AggregateExports, types};
 use super::dehydrated::Dehydrated;
 use super::error::RuntimeError;
 use super::plugin::Plugin;
-use super::sandbox::{PluginStore, guarded};
+use super::sandbox::{PluginStore, guarded, guarded_answer};
 use super::upcast::UpcasterChain;
 use crate::journal::{
     ByteString, Journal, NewEvent, Pages, ReadLimit, RecordedEvent, StreamWindow,
@@ -125,6 +125,7 @@ impl AggregateInstance {
             || format!("restoring {stream} from the snapshot at version {version}"),
             |s| guest.call_init(s, snapshot),
         )?;
+        // Not `guarded_answer`: its own error is described without the snapshot.
         restored.map_err(|message| RuntimeError::PluginFailed {
             plugin: self.plugin.name().to_owned(),
             context: format!("restoring {stream} at version {version}"),
@@ -329,13 +330,7 @@ impl AggregateInstance {
         let Some(last_version) = events.last().map(|event| event.version) else {
             return Ok(());
         };
-        let upcast;
-        let events = if self.upcasters.is_empty() {
-            events
-        } else {
-            upcast = self.upcasters.upcast(events.to_vec())?;
-            &upcast[..]
-        };
+        let events = &*self.upcasters.upcast_slice(events)?;
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             // Upcast into nothing: the versions were still folded.
             self.version = last_version;
@@ -348,13 +343,8 @@ impl AggregateInstance {
             )
         };
         let bindings = &self.bindings;
-        let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+        guarded_answer(&mut self.store, self.plugin.engine(), context, |s| {
             bindings.call_apply(s, events)
-        })?;
-        applied.map_err(|message| RuntimeError::PluginFailed {
-            plugin: self.plugin.name().to_owned(),
-            context: context(),
-            message,
         })?;
         self.version = last_version;
         Ok(())

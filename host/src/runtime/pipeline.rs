@@ -256,6 +256,26 @@ fn decide(
     round
 }
 
+/// The outcome of each of a stored round's `decisions`, in order: a refused or earlier stored
+/// command's as it stands, a repeat's as its first's, and each other's as `appended` makes it
+/// of the events it decided.
+fn settle(
+    decisions: Vec<Decision>,
+    mut appended: impl FnMut(Vec<NewEvent>) -> CommandOutcome,
+) -> Vec<Result<CommandOutcome, RuntimeError>> {
+    let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
+    for decision in decisions {
+        let outcome = match decision {
+            Decision::Failed(error) => Err(error),
+            Decision::Stored(outcome) => outcome,
+            Decision::SameAs(earlier) => outcomes[earlier].clone(),
+            Decision::Events(decided) => Ok(appended(decided)),
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
 /// The outcome of a command whose events were `stored` by an earlier round: the state right
 /// after them, from `instance` when it holds exactly that (`as_committed`: nothing folded
 /// ahead of a commit yet), otherwise rebuilt.
@@ -424,47 +444,37 @@ impl Round {
         };
         let mut version = self.base;
         let mut stored = stored.into_iter();
-        let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
-        for decision in self.decisions {
-            let outcome = match decision {
-                Decision::Failed(error) => Err(error),
-                Decision::Stored(outcome) => outcome,
-                Decision::SameAs(earlier) => outcomes[earlier].clone(),
-                Decision::Events(decided) => {
-                    let events: Vec<RecordedEvent> = stored.by_ref().take(decided.len()).collect();
-                    if let Some(last) = events.last() {
-                        version = last.version;
-                        if let Ok(instance) = &mut folded
-                            && let Err(error) = instance.apply(&events)
-                        {
-                            folded = Err(error);
-                        }
-                    }
-                    let rendered = match &mut folded {
-                        Ok(instance) => instance.state(),
-                        Err(error) => Err(error.clone()),
-                    };
-                    // A store that trapped rendering cannot fold the round's next commands.
-                    if let (Ok(instance), Err(error)) = (&folded, &rendered)
-                        && !instance.is_usable()
-                    {
-                        folded = Err(error.clone());
-                    }
-                    Ok(CommandOutcome {
-                        version,
-                        events,
-                        state: rendered.map_err(|error| {
-                            tracing::error!(%error, "the events are stored, but the new state is unknown");
-                            format!(
-                                "the events are stored, but the new state could not be computed: \
-                                 {error}"
-                            )
-                        }),
-                    })
+        let outcomes = settle(self.decisions, |decided| {
+            let events: Vec<RecordedEvent> = stored.by_ref().take(decided.len()).collect();
+            if let Some(last) = events.last() {
+                version = last.version;
+                if let Ok(instance) = &mut folded
+                    && let Err(error) = instance.apply(&events)
+                {
+                    folded = Err(error);
                 }
+            }
+            let rendered = match &mut folded {
+                Ok(instance) => instance.state(),
+                Err(error) => Err(error.clone()),
             };
-            outcomes.push(outcome);
-        }
+            // A store that trapped rendering cannot fold the round's next commands.
+            if let (Ok(instance), Err(error)) = (&folded, &rendered)
+                && !instance.is_usable()
+            {
+                folded = Err(error.clone());
+            }
+            CommandOutcome {
+                version,
+                events,
+                state: rendered.map_err(|error| {
+                    tracing::error!(%error, "the events are stored, but the new state is unknown");
+                    format!(
+                        "the events are stored, but the new state could not be computed: {error}"
+                    )
+                }),
+            }
+        });
         // A store that failed is never reused; nor is one of a stream that still does not
         // exist, so commands to made-up ids leave nothing behind.
         let instance = folded.ok().filter(|instance| instance.version > 0);
@@ -487,32 +497,25 @@ impl Round {
     ) -> Ran {
         let mut sent = sent.into_iter();
         let (mut version, mut position) = (appended.first_version, appended.first_position);
-        let mut outcomes: Vec<Result<CommandOutcome, RuntimeError>> = Vec::new();
-        for decision in self.decisions {
-            let outcome = match decision {
-                Decision::Failed(error) => Err(error),
-                Decision::Stored(outcome) => outcome,
-                Decision::SameAs(earlier) => outcomes[earlier].clone(),
-                Decision::Events(decided) if decided.is_empty() => Ok(CommandOutcome {
+        let outcomes = settle(self.decisions, |decided| {
+            if decided.is_empty() {
+                return CommandOutcome {
                     version: version - 1,
                     events: Vec::new(),
                     state: Err(format!("the state is unknown: {error}")),
-                }),
-                Decision::Events(decided) => {
-                    let count = decided.len() as u64;
-                    let events: Vec<NewEvent> = sent.by_ref().take(decided.len()).collect();
-                    let placed = AppendResult {
-                        first_version: version,
-                        last_version: version + count - 1,
-                        first_position: position,
-                        last_position: position + count - 1,
-                    };
-                    (version, position) = (version + count, position + count);
-                    Ok(unread_outcome(stream, placed, events, error.clone()))
-                }
+                };
+            }
+            let count = decided.len() as u64;
+            let events: Vec<NewEvent> = sent.by_ref().take(decided.len()).collect();
+            let placed = AppendResult {
+                first_version: version,
+                last_version: version + count - 1,
+                first_position: position,
+                last_position: position + count - 1,
             };
-            outcomes.push(outcome);
-        }
+            (version, position) = (version + count, position + count);
+            unread_outcome(stream, placed, events, error.clone())
+        });
         Ran {
             instance: None,
             outcomes,

@@ -124,6 +124,23 @@ pub fn guarded<R>(
     })
 }
 
+/// [`guarded`] for an export that answers `Result<R, String>`: the plugin's own error
+/// becomes [`RuntimeError::PluginFailed`], described as `context` like a trap. After that
+/// error the store is still usable; after any other it must be dropped.
+pub fn guarded_answer<R>(
+    store: &mut Store<PluginData>,
+    engine: &PluginEngine,
+    context: impl Fn() -> String,
+    call: impl FnOnce(&mut Store<PluginData>) -> wasmtime::Result<Result<R, String>>,
+) -> Result<R, RuntimeError> {
+    let answer = guarded(store, engine, &context, call)?;
+    answer.map_err(|message| RuntimeError::PluginFailed {
+        plugin: store.data().plugin.clone(),
+        context: context(),
+        message,
+    })
+}
+
 /// A one-line reason; the wasm backtrace goes to the debug log.
 fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     tracing::debug!(target: "plugin", "trap: {error:?}");

@@ -11,6 +11,7 @@
 //! ([`UpcasterChain::state_key`]): a changed chain never reuses a state folded through
 //! another one.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -20,7 +21,7 @@ use super::bindings::upcaster::UpcasterPlugin;
 use super::bindings::upcaster::exports::foldhost::plugin::upcaster::Upcasted;
 use super::error::RuntimeError;
 use super::plugin::{Plugin, PluginKind};
-use super::sandbox::{PluginStore, guarded};
+use super::sandbox::{PluginStore, guarded_answer};
 use crate::journal::{RecordedEvent, in_category};
 
 /// Idle instances kept per upcaster.
@@ -69,27 +70,27 @@ impl Upcaster {
             None => self.plugin.instantiate_upcaster()?,
         };
         let guest = bindings.foldhost_plugin_upcaster();
-        // A trapped store is dropped here, never pooled.
-        let answer = guarded(&mut store, self.plugin.engine(), context, |s| {
+        let answer = guarded_answer(&mut store, self.plugin.engine(), context, |s| {
             guest.call_upcast(s, &batch)
-        })?;
-        let mut idle = self.idle.lock().expect("upcaster pool");
-        if idle.len() < POOL {
-            idle.push((store, bindings));
+        });
+        // A trapped store is dropped here, never pooled; one whose plugin refused is kept.
+        if matches!(answer, Ok(_) | Err(RuntimeError::PluginFailed { .. })) {
+            let mut idle = self.idle.lock().expect("upcaster pool");
+            if idle.len() < POOL {
+                idle.push((store, bindings));
+            }
         }
-        drop(idle);
-        let failed = |message: String| RuntimeError::PluginFailed {
-            plugin: self.plugin.name().to_owned(),
-            context: context(),
-            message,
-        };
-        let answers = answer.map_err(failed)?;
+        let answers = answer?;
         if answers.len() != handled.len() {
-            return Err(failed(format!(
-                "answered {} times for {} events",
-                answers.len(),
-                handled.len()
-            )));
+            return Err(RuntimeError::PluginFailed {
+                plugin: self.plugin.name().to_owned(),
+                context: context(),
+                message: format!(
+                    "answered {} times for {} events",
+                    answers.len(),
+                    handled.len()
+                ),
+            });
         }
         let mut answers = handled.into_iter().zip(answers).peekable();
         let mut upcast = Vec::with_capacity(events.len());
@@ -190,6 +191,17 @@ impl UpcasterChain {
         self.upcasters
             .iter()
             .try_fold(events, |events, upcaster| upcaster.upcast(events))
+    }
+
+    /// [`upcast`](Self::upcast) of borrowed `events`: copied only when there are upcasters.
+    pub fn upcast_slice<'a>(
+        &self,
+        events: &'a [RecordedEvent],
+    ) -> Result<Cow<'a, [RecordedEvent]>, RuntimeError> {
+        match self.upcasters.is_empty() {
+            true => Ok(Cow::Borrowed(events)),
+            false => self.upcast(events.to_vec()).map(Cow::Owned),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::aggregate::REPLAY_LIMIT;
 use super::bindings::{PackedBuilder, ProjectionExports, types::PackedBatch};
 use super::error::RuntimeError;
 use super::plugin::{Plugin, Subscription};
-use super::sandbox::{PluginStore, guarded};
+use super::sandbox::{PluginStore, guarded, guarded_answer};
 use super::upcast::UpcasterChain;
 use crate::journal::{Journal, JournalError, Pages, ReadLimit, RecordedEvent, read_ahead};
 
@@ -118,17 +118,12 @@ impl ProjectionInstance {
         let (mut store, bindings) = plugin.instantiate_projection()?;
         let (position, bytes) = checkpoint.map_or((0, None), |(p, b)| (p, Some(b)));
         let guest = bindings.world.foldhost_plugin_projection();
-        let restored = guarded(
+        guarded_answer(
             &mut store,
             plugin.engine(),
             || format!("restoring its checkpoint at position {position}"),
             |s| guest.call_init(s, bytes.as_deref()),
         )?;
-        restored.map_err(|message| RuntimeError::PluginFailed {
-            plugin: plugin.name().to_owned(),
-            context: format!("restoring its checkpoint at position {position}"),
-            message,
-        })?;
         Ok(Self {
             plugin,
             upcasters,
@@ -154,13 +149,7 @@ impl ProjectionInstance {
         let Some(last) = events.last().map(|event| event.position) else {
             return Ok(());
         };
-        let upcast;
-        let events = if self.upcasters.is_empty() {
-            events
-        } else {
-            upcast = self.upcasters.upcast(events.to_vec())?;
-            &upcast[..]
-        };
+        let events = &*self.upcasters.upcast_slice(events)?;
         let subscription = &self.plugin.subscription;
         // The wanted events go straight into the batch; where they start and end is looked
         // up only for a message.
@@ -173,13 +162,8 @@ impl ProjectionInstance {
                 format!("applying events at positions {}..={to}", events[0].position)
             };
             let bindings = &self.bindings;
-            let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+            guarded_answer(&mut self.store, self.plugin.engine(), context, |s| {
                 bindings.call_apply(s, events.iter().filter(subscription.wants_each()))
-            })?;
-            applied.map_err(|message| RuntimeError::PluginFailed {
-                plugin: self.plugin.name().to_owned(),
-                context: context(),
-                message,
             })?;
         }
         self.position = last;
@@ -263,13 +247,8 @@ impl ProjectionInstance {
     fn apply_packed(&mut self, page: PackedPage) -> Result<(), RuntimeError> {
         if let (Some((first, to)), Some(packed)) = (page.wanted, &self.bindings.packed) {
             let context = || format!("applying events at positions {first}..={to}");
-            let applied = guarded(&mut self.store, self.plugin.engine(), context, |s| {
+            guarded_answer(&mut self.store, self.plugin.engine(), context, |s| {
                 packed.call_apply(s, &page.batch)
-            })?;
-            applied.map_err(|message| RuntimeError::PluginFailed {
-                plugin: self.plugin.name().to_owned(),
-                context: context(),
-                message,
             })?;
         }
         self.position = page.last;
