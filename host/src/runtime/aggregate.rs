@@ -119,18 +119,12 @@ impl AggregateInstance {
     fn init(&mut self, version: u64, snapshot: Option<&[u8]>) -> Result<(), RuntimeError> {
         let guest = self.bindings.world.foldhost_plugin_aggregate();
         let stream = &self.stream;
-        let restored = guarded(
+        guarded_answer(
             &mut self.store,
             self.plugin.engine(),
             || format!("restoring {stream} from the snapshot at version {version}"),
             |s| guest.call_init(s, snapshot),
-        )?;
-        // Not `guarded_answer`: its own error is described without the snapshot.
-        restored.map_err(|message| RuntimeError::PluginFailed {
-            plugin: self.plugin.name().to_owned(),
-            context: format!("restoring {stream} at version {version}"),
-            message,
-        })
+        )
     }
 
     /// `events` as they would be stored right now as this stream's next events after the
