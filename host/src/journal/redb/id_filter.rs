@@ -25,7 +25,7 @@ use super::id_runs::IdKey;
 use super::memtable::FLUSH_EVENTS;
 
 /// The false positives each Bloom filter is sized for (~1.8 bytes per id). An id wrongly
-/// admitted is looked for in each run of the id index whose range holds it (up to ~15 by a
+/// admitted is looked for in each run of the id index whose range holds it (up to ~22 by a
 /// million ids): at 1 % with the filters of a million ids that was ~2k instructions per event.
 const FALSE_POSITIVES: f64 = 0.001;
 /// Ids the first filter of a new or small journal is made for.
