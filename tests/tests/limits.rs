@@ -732,21 +732,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     // Once the trickler is cut off, its bytes go back to the budget and such a body gets in.
     let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
     append.push_str(&" ".repeat((600 << 10) - append.len()));
-    let mut refusals = 0;
-    loop {
-        let response = client.post(server.url("/streams/t/events"));
-        let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "{answer}");
-        refusals += 1;
-        assert!(
-            refusals < 60,
-            "the trickler still holds the budget after 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    append_once_the_budget_frees(&client, &server, &append, 60, "the trickler").await;
     let (sent, answer) = trickling.await.unwrap();
     let answer = String::from_utf8_lossy(&answer);
     eprintln!("the trickler sent {sent} bytes one at a time before it was cut off: {answer}");
@@ -897,22 +883,33 @@ async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
             drop(leaving);
         }
         // Its share comes back when it leaves, not at the read timeout (30 s).
-        let mut refusals = 0;
-        loop {
-            let response = client.post(server.url("/streams/t/events"));
-            let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 503, "{answer}");
-            refusals += 1;
-            assert!(
-                refusals < 40,
-                "a client that left (reset: {reset}) still holds the budget after 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let holder = format!("a client that left (reset: {reset})");
+        append_once_the_budget_frees(&client, &server, &append, 40, &holder).await;
     }
+}
+
+/// Appends `body` to stream `t`, retrying every 250 ms while the body budget refuses it
+/// (503), at most `tries` times: `holder` must give its share back by then.
+async fn append_once_the_budget_frees(
+    client: &Client,
+    server: &Server,
+    body: &str,
+    tries: u32,
+    holder: &str,
+) {
+    for _ in 0..tries {
+        let response = client.post(server.url("/streams/t/events"));
+        let (status, answer) = json(response.body(body.to_owned()).send().await.unwrap()).await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503, "{answer}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!(
+        "{holder} still holds the budget after {} s",
+        f64::from(tries) / 4.0
+    );
 }
 
 /// Whether `GET /plugins` lists `origin` as being compiled.
