@@ -28,6 +28,18 @@ async fn post(client: &Client, server: &Server, path: &str, body: Value) -> (u16
     .await
 }
 
+/// Whether the server has answered or closed `connection` (peeked, nothing read).
+fn answered(connection: &TcpStream) -> bool {
+    connection.set_nonblocking(true).unwrap();
+    let peeked = connection.peek(&mut [0; 1]);
+    connection.set_nonblocking(false).unwrap();
+    match peeked {
+        Ok(_) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(error) => panic!("the stalled connection failed: {error}"),
+    }
+}
+
 /// Sends `request` as is on a fresh connection and returns the response's status line.
 fn raw_status_line(server: &Server, request: &str) -> String {
     let address = server.url.strip_prefix("http://").unwrap();
@@ -592,17 +604,27 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     // A client sends 600 KiB of a 700 KiB body and waits: it used to hold that memory for as
     // long as it kept the connection, and enough of them exhausted the host.
     let address = server.url.strip_prefix("http://").unwrap().to_owned();
-    let mut stalled = TcpStream::connect(&address).unwrap();
-    stalled
-        .write_all(b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 716800\r\n\r\n")
-        .unwrap();
-    stalled.write_all(&[b' '; 600 << 10]).unwrap();
+    let stall = || {
+        let mut stalled = TcpStream::connect(&address).unwrap();
+        stalled
+            .write_all(
+                b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 716800\r\n\r\n",
+            )
+            .unwrap();
+        stalled.write_all(&[b' '; 600 << 10]).unwrap();
+        stalled
+    };
+    let mut stalled = stall();
 
     // While it holds 600 KiB of the 1 MiB budget, another such body is refused at once
-    // (before the server has read the first, the second is read and fails as JSON: retry).
+    // (before the server has read the first, the second is read and fails as JSON: retry; if
+    // the second was read first, the first got the 503: stall again).
     let spaces = " ".repeat(600 << 10);
     let mut attempts = 0;
     let refused = loop {
+        if answered(&stalled) {
+            stalled = stall();
+        }
         let response = client
             .post(server.url("/streams/t/events"))
             .body(spaces.clone())
