@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use serve::{Dirs, Server, Usage, json};
+use serve::{Dirs, Server, Usage, json, metric};
 
 async fn get(client: &Client, server: &Server, path: &str) -> (u16, Value) {
     json(client.get(server.url(path)).send().await.unwrap()).await
@@ -646,6 +646,12 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
         refused["error"].as_str().unwrap().contains("budget"),
         "{refused}"
     );
+    // `/metrics` shows the stalled body's bytes held (more than the 503 left room for), of the
+    // budget.
+    let metrics = server.metrics(&client).await;
+    assert_eq!(metric(&metrics, "foldhost_body_budget_bytes"), 1048576.0);
+    let held = metric(&metrics, "foldhost_body_bytes_held");
+    assert!((424.0 * 1024.0..=700.0 * 1024.0).contains(&held), "{held}");
     // A small body fits in what is left.
     let body = json!({"events": [{"type": "T", "data": {}}]});
     let (status, answer) = post(&client, &server, "/streams/u/events", body.clone()).await;
@@ -672,6 +678,12 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     assert!(
         answer["error"].as_str().unwrap().contains("invalid JSON"),
         "{answer}"
+    );
+    let metrics = server.metrics(&client).await;
+    assert_eq!(
+        metric(&metrics, "foldhost_body_bytes_held"),
+        0.0,
+        "all given back"
     );
     // A body larger than the whole budget could never fit: 413, not a 503 to retry for ever.
     let response = client

@@ -16,7 +16,7 @@ use foldhost::runtime::{LimitPolicy, Limits, PluginLimits, Runtime, RuntimeConfi
 use foldhost_plugins as artifacts;
 use reqwest::Client;
 use serde_json::{Value, json};
-use serve::{BIN, Dirs, PATIENCE, Server, json};
+use serve::{BIN, Dirs, PATIENCE, Server, json, metric};
 
 const MIB: usize = 1 << 20;
 
@@ -560,15 +560,6 @@ async fn serve_contains_every_attack_with_its_configured_limits() {
         !summaries.is_empty() && summaries.len() <= 2,
         "{summaries:?}"
     );
-}
-
-/// `count` of metric `name` in the Prometheus text `metrics`.
-fn metric(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.split(' ').next() == Some(name))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,16 @@ impl BodyBounds {
             budget_bytes,
         }
     }
+
+    /// Bytes of request bodies held now, of [`budget_bytes`](Self::budget_bytes).
+    pub fn held_bytes(&self) -> usize {
+        self.budget_bytes - self.budget.available_permits()
+    }
+
+    /// The bytes all bodies may hold together (`--body-budget`).
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
 }
 
 /// Why a body was cut off.

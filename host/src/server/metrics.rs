@@ -134,6 +134,16 @@ fn describe() {
         Unit::Bytes,
         "The host-wide budget of plugin memory (--plugins-memory-budget)"
     );
+    describe_gauge!(
+        "foldhost_body_bytes_held",
+        Unit::Bytes,
+        "Bytes of request bodies the server holds while reading them"
+    );
+    describe_gauge!(
+        "foldhost_body_budget_bytes",
+        Unit::Bytes,
+        "The bytes all request bodies may hold together (--body-budget)"
+    );
     describe_counter!(
         "foldhost_plugin_memory_refusals_total",
         "Plugin calls that failed because the host-wide plugin memory budget was held"
@@ -179,6 +189,8 @@ pub(super) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     let budget = state.runtime.engine().memory_budget();
     gauge!("foldhost_plugin_memory_bytes").set(budget.used() as f64);
     gauge!("foldhost_plugin_memory_budget_bytes").set(budget.limit() as f64);
+    gauge!("foldhost_body_bytes_held").set(state.bodies.held_bytes() as f64);
+    gauge!("foldhost_body_budget_bytes").set(state.bodies.budget_bytes() as f64);
     let text = tokio::task::spawn_blocking(move || handle.render())
         .await
         .map_err(|error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error))?;

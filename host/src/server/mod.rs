@@ -99,6 +99,8 @@ pub(crate) struct AppState {
     /// One permit per live feed that may be open.
     live_feeds: Arc<Semaphore>,
     limits: ClientLimits,
+    /// The bounds of request bodies, with the budget they share.
+    bodies: bodies::BodyBounds,
     /// How far the plugins directory has loaded at start (see [`after_startup_load`]).
     plugins_loaded: watch::Receiver<StartupLoad>,
     /// When the server started (`GET /stats` shows the uptime).
@@ -156,11 +158,7 @@ fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            bodies::BodyBounds::new(
-                state.limits.read_timeout,
-                state.limits.body_min_rate,
-                state.limits.body_budget,
-            ),
+            state.bodies.clone(),
             bodies::bound,
         ))
         .layer(axum::middleware::from_fn(unread::close_if_unread))
@@ -462,6 +460,11 @@ impl Server {
             data_dir: Arc::from(data.as_path()),
             live_feeds: Arc::new(Semaphore::new(config.limits.max_live_feeds)),
             limits: config.limits.clone(),
+            bodies: bodies::BodyBounds::new(
+                config.limits.read_timeout,
+                config.limits.body_min_rate,
+                config.limits.body_budget,
+            ),
             plugins_loaded: loaded,
             started: std::time::Instant::now(),
         });

@@ -357,3 +357,12 @@ impl SseReader {
         }
     }
 }
+
+/// The value of metric `name` (a series without labels) in the Prometheus text `metrics`.
+pub fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.split(' ').next() == Some(name))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
