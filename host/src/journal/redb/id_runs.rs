@@ -411,7 +411,7 @@ mod tests {
     use crate::journal::redb::store::META;
     use crate::journal::redb::writer::Writer;
     use crate::journal::redb::{RedbJournal, SharedDb, reader};
-    use crate::journal::{AppendResult, ExpectedVersion, JournalConfig, NewEvent};
+    use crate::journal::{AppendResult, ExpectedVersion, JournalConfig, NewEvent, Op};
 
     /// Appends of random ids: (stream, events, where they went).
     type Appended = Vec<(String, Vec<NewEvent>, AppendResult)>;
@@ -436,6 +436,19 @@ mod tests {
         let claim = writer.claim_if_idle(None).expect("idle");
         claim.commit(vec![request]).send();
         outcome.try_recv().unwrap().unwrap()
+    }
+
+    /// Deletes `stream` for good in one commit of its own (a scavenge then removes its ids).
+    fn hard_delete(writer: &Writer, stream: &str) {
+        let delete = Op::DeleteStream {
+            stream: stream.to_owned(),
+            expected: ExpectedVersion::Any,
+            hard: true,
+        };
+        let (request, mut outcome) = Request::done(delete);
+        let claim = writer.claim_if_idle(None).expect("idle");
+        claim.commit(vec![request]).send();
+        outcome.try_recv().unwrap().unwrap();
     }
 
     /// The catalog as the last commit left it.
@@ -618,7 +631,6 @@ mod tests {
     /// event's id reads as absent, the others are found and recognised.
     #[test]
     fn a_scavenge_removes_the_ids_of_removed_events_from_their_runs() {
-        use crate::journal::Op;
         use crate::journal::redb::scavenge;
 
         let dir = tempfile::tempdir().unwrap();
@@ -632,18 +644,7 @@ mod tests {
             appended.push((stream, events, result));
         }
         assert!(catalog(&db).len() > 1, "{:?}", catalog(&db));
-        let delete = Op::DeleteStream {
-            stream: "gone".to_owned(),
-            expected: ExpectedVersion::Any,
-            hard: true,
-        };
-        let (request, mut outcome) = Request::done(delete);
-        writer
-            .claim_if_idle(None)
-            .expect("idle")
-            .commit(vec![request])
-            .send();
-        outcome.try_recv().unwrap().unwrap();
+        hard_delete(&writer, "gone");
         let removed = scavenge(&db).unwrap().events;
         assert_eq!(removed, 160);
 
@@ -728,7 +729,6 @@ mod tests {
     /// and recognised in a retry.
     #[test]
     fn ids_stay_found_through_flushes_merges_scavenges_and_reopens() {
-        use crate::journal::Op;
         use crate::journal::redb::scavenge;
 
         let dir = tempfile::tempdir().unwrap();
@@ -757,18 +757,7 @@ mod tests {
                 }
                 consistent(&writer.db);
             }
-            let delete = Op::DeleteStream {
-                stream: format!("gone{round}"),
-                expected: ExpectedVersion::Any,
-                hard: true,
-            };
-            let (request, mut outcome) = Request::done(delete);
-            writer
-                .claim_if_idle(None)
-                .expect("idle")
-                .commit(vec![request])
-                .send();
-            outcome.try_recv().unwrap().unwrap();
+            hard_delete(&writer, &format!("gone{round}"));
             scavenge(&writer.db).unwrap();
             consistent(&writer.db);
             if round % 2 == 1 {
