@@ -598,6 +598,8 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
     command.args(["--read-timeout", "3", "--body-budget", "1MiB"]);
+    // The host-wide budget alone, every body here coming from one address.
+    command.args(["--body-budget-per-client", "0"]);
     let server = Server::launch(command);
     let client = Client::new();
 
@@ -709,7 +711,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
     command.args(["--read-timeout", "3", "--body-min-rate", "128KiB"]);
-    command.args(["--body-budget", "1MiB"]);
+    command.args(["--body-budget", "1MiB", "--body-budget-per-client", "0"]);
     let server = Server::launch(command);
     let client = Client::new();
 
@@ -764,9 +766,9 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Once the trickler is cut off, its bytes go back to the budget and such a body gets in.
-    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
-    append.push_str(&" ".repeat((600 << 10) - append.len()));
-    append_once_the_budget_frees(&client, &server, &append, 60, "the trickler").await;
+    let append = padded_append(600 << 10);
+    let trickler = "the trickler";
+    append_once_the_budget_frees(&client, &server, &append, (503, 60), trickler).await;
     let (sent, answer) = trickling.await.unwrap();
     let answer = String::from_utf8_lossy(&answer);
     eprintln!("the trickler sent {sent} bytes one at a time before it was cut off: {answer}");
@@ -845,8 +847,7 @@ async fn a_body_from_a_slow_link_is_taken_at_the_default_minimum_rate() {
 
     // 160 KiB at 16 KiB/s (128 kbit/s: a weak mobile uplink, or a plugin upload sharing a
     // slow link with others) for 10 s, well past the read timeout (64 KiB/s refused it).
-    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
-    append.push_str(&" ".repeat((160 << 10) - append.len()));
+    let append = padded_append(160 << 10);
     let address = server.url.strip_prefix("http://").unwrap().to_owned();
     let answer = tokio::task::spawn_blocking(move || {
         let mut slow = TcpStream::connect(&address).unwrap();
@@ -877,12 +878,12 @@ async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
     command.args(["--read-timeout", "30", "--body-budget", "1MiB"]);
+    command.args(["--body-budget-per-client", "0"]);
     let server = Server::launch(command);
     let client = Client::new();
     let address = server.url.strip_prefix("http://").unwrap().to_owned();
     let spaces = " ".repeat(600 << 10);
-    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
-    append.push_str(&" ".repeat((600 << 10) - append.len()));
+    let append = padded_append(600 << 10);
 
     // One client closes its connection, the other resets it, each 600 KiB into a 900 KiB body.
     for reset in [false, true] {
@@ -918,17 +919,172 @@ async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
         }
         // Its share comes back when it leaves, not at the read timeout (30 s).
         let holder = format!("a client that left (reset: {reset})");
-        append_once_the_budget_frees(&client, &server, &append, 40, &holder).await;
+        append_once_the_budget_frees(&client, &server, &append, (503, 40), &holder).await;
     }
 }
 
-/// Appends `body` to stream `t`, retrying every 250 ms while the body budget refuses it
-/// (503), at most `tries` times: `holder` must give its share back by then.
+/// Opens a connection to `server` that sends `sent` bytes of a `length`-byte append to stream
+/// `s`, and then nothing: its body holds `sent` bytes once the server has read them.
+fn hold_body(server: &Server, sent: usize, length: usize) -> TcpStream {
+    let address = server.url.strip_prefix("http://").unwrap();
+    let mut holder = TcpStream::connect(address).unwrap();
+    write!(
+        holder,
+        "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    holder.write_all(&vec![b' '; sent]).unwrap();
+    holder
+}
+
+/// Posts `body` (not JSON) to stream `t` until it is refused rather than read (a body the
+/// server reads before the held ones fails as JSON: retry, calling `again` first), at most 100
+/// times; returns the refusal's status, `Retry-After` and answer.
+async fn refused_while_held(
+    client: &Client,
+    server: &Server,
+    body: &str,
+    mut again: impl FnMut(),
+) -> (u16, Option<String>, Value) {
+    for _ in 0..100 {
+        let response = client.post(server.url("/streams/t/events"));
+        let response = response.body(body.to_owned()).send().await.unwrap();
+        let retry_after =
+            (response.headers().get("retry-after")).map(|value| value.to_str().unwrap().to_owned());
+        let (status, answer) = json(response).await;
+        if status != 400 {
+            return (status, retry_after, answer);
+        }
+        again();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the body was never refused while the others were held");
+}
+
+/// A client whose connections come from 127.0.0.2 (all of 127/8 is loopback).
+fn client_from_another_address() -> Client {
+    let address = std::net::IpAddr::from([127, 0, 0, 2]);
+    Client::builder().local_address(address).build().unwrap()
+}
+
+/// An append of one event padded with spaces to `bytes`.
+fn padded_append(bytes: usize) -> String {
+    let mut append = json!({"events": [{"type": "T", "data": {}}]}).to_string();
+    append.push_str(&" ".repeat(bytes - append.len()));
+    append
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_get_in() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "30", "--body-budget", "4MiB"]);
+    command.args(["--body-budget-per-client", "1MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+
+    // Two connections from 127.0.0.1 send 400 KiB of a 500 KiB body each and wait: 800 KiB
+    // of its 1 MiB share. Such clients, 32 of them at 8 MiB, used to hold the whole budget.
+    let holders = [0; 2].map(|_| hold_body(&server, 400 << 10, 500 << 10));
+    let (status, retry_after, answer) =
+        refused_while_held(&client, &server, &" ".repeat(300 << 10), || {}).await;
+    assert_eq!(
+        (status, retry_after.as_deref()),
+        (429, Some("1")),
+        "{answer}"
+    );
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("share of 1048576 bytes"),
+        "{error}"
+    );
+    // A client from another address is not affected: its 600 KiB body is taken.
+    let other = client_from_another_address();
+    let response = other.post(server.url("/streams/u/events"));
+    let append = padded_append(600 << 10);
+    let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    // A body larger than the whole share could never be taken: 413, not a 429 to retry.
+    let response = other.post(server.url("/streams/u/events"));
+    let (status, answer) = json(response.body(" ".repeat(1100 << 10)).send().await.unwrap()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("one client may hold"),
+        "{answer}"
+    );
+    // `/metrics` shows the most one client holds (the two held bodies: more than the 429
+    // left room for; the refused one holds nothing), of its share.
+    let metrics = server.metrics(&client).await;
+    let share = metric(&metrics, "foldhost_body_budget_per_client_bytes");
+    assert_eq!(share, 1048576.0);
+    let most = metric(&metrics, "foldhost_body_bytes_held_by_one_client_max");
+    assert!((724.0 * 1024.0..=800.0 * 1024.0).contains(&most), "{most}");
+
+    // One holder leaves: its 400 KiB go back to its client's share, and 600 KiB more fit.
+    let [leaving, staying] = holders;
+    drop(leaving);
+    let holder = "a client that left";
+    append_once_the_budget_frees(&client, &server, &append, (429, 40), holder).await;
+    drop(staying);
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    loop {
+        let metrics = server.metrics(&client).await;
+        let held = metric(&metrics, "foldhost_body_bytes_held");
+        let most = metric(&metrics, "foldhost_body_bytes_held_by_one_client_max");
+        if (held, most) == (0.0, 0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still held after the clients left: {held} bytes, {most} by one client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_body_that_is_refused_gives_its_clients_share_back() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", "3", "--body-budget", "4MiB"]);
+    command.args(["--body-budget-per-client", "1MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+
+    // 800 KiB of a 900 KiB body, then nothing: refused (408) once it has stalled for 3 s.
+    let stall = || hold_body(&server, 800 << 10, 900 << 10);
+    let mut stalled = stall();
+    // Meanwhile 300 KiB more from its address are refused (if the stalled body was refused
+    // before the server read this one, stall again).
+    let (status, _, answer) = refused_while_held(&client, &server, &" ".repeat(300 << 10), || {
+        if answered(&stalled) {
+            stalled = stall();
+        }
+    })
+    .await;
+    assert_eq!(status, 429, "{answer}");
+    let answer = tokio::task::spawn_blocking(move || read_until_closed(stalled))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Its 800 KiB went back to the client's share with the refusal: 600 KiB fit again.
+    let append = padded_append(600 << 10);
+    let holder = "a refused body";
+    append_once_the_budget_frees(&client, &server, &append, (429, 40), holder).await;
+}
+
+/// Appends `body` to stream `t`, retrying every 250 ms while the body budget refuses it with
+/// `refusal` (503 for the host's budget, 429 for the client's share), at most `tries` times:
+/// `holder` must give its share back by then.
 async fn append_once_the_budget_frees(
     client: &Client,
     server: &Server,
     body: &str,
-    tries: u32,
+    (refusal, tries): (u16, u32),
     holder: &str,
 ) {
     for _ in 0..tries {
@@ -937,7 +1093,7 @@ async fn append_once_the_budget_frees(
         if status == 200 {
             return;
         }
-        assert_eq!(status, 503, "{answer}");
+        assert_eq!(status, refusal, "{answer}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!(
@@ -961,6 +1117,7 @@ async fn an_upload_whose_client_left_holds_its_body_budget_until_its_compile_end
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
     command.args(["--admin-token", "secret", "--body-budget", "24MiB"]);
+    command.args(["--body-budget-per-client", "0"]);
     let server = Server::launch(command);
     let client = Client::new();
     // An 18 MB Python component: with no compiled cache, seconds of compiling.

@@ -36,6 +36,13 @@ pub struct ClientLimitArgs {
     /// with 413 (keep it above 64 MiB to take any plugin upload).
     #[arg(long, env = "FOLDHOST_BODY_BUDGET", value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
     body_budget: usize,
+    /// Most bytes of --body-budget the request bodies of one client (an IP address; an IPv6
+    /// /64) may hold at once, e.g. 64MiB; a body that would go past it is refused with 429 and
+    /// Retry-After, one larger than it with 413. 0 turns it off. Behind a reverse proxy every
+    /// client has the proxy's address (X-Forwarded-For is not trusted): there, turn it off and
+    /// bound each client at the proxy [default: a quarter of --body-budget].
+    #[arg(long, env = "FOLDHOST_BODY_BUDGET_PER_CLIENT", value_name = "SIZE", value_parser = parse_size)]
+    body_budget_per_client: Option<usize>,
     /// Most writes queued for the journal; past it appends and commands are refused with 503
     /// and Retry-After.
     #[arg(long, env = "FOLDHOST_MAX_QUEUED_WRITES", default_value_t = ClientLimits::default().max_queued_writes)]
@@ -51,6 +58,7 @@ impl ClientLimitArgs {
             read_timeout: Duration::from_secs(self.read_timeout.max(1)),
             body_min_rate: self.body_min_rate,
             body_budget: self.body_budget,
+            body_budget_per_client: self.body_budget_per_client,
             max_queued_writes: self.max_queued_writes,
         }
     }

@@ -10,11 +10,14 @@
 //! than the minimum rate times the time since (a client that sends a byte just before each
 //! stall would otherwise hold its bytes for ever); a body that would take the bytes held past
 //! the budget is refused at once with 503 and `Retry-After`, or with 413 if it is larger than
-//! the whole budget. A body's bytes count until its response is made, or, for a plugin upload,
-//! until its compile ends (which a client that leaves does not stop).
+//! the whole budget; one that would take its client past its share of the budget (see
+//! [`body_budget`](super::body_budget)) is refused with 429 and `Retry-After`. A body's bytes
+//! count until its response is made, or, for a plugin upload, until its compile ends (which a
+//! client that leaves does not stop).
 
 use std::error::Error;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,48 +25,40 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use super::body_budget::{BodyBudget, Holding, OverBudget};
 use super::errors::ApiError;
 
 /// What bounds request bodies: how long one may go without a byte arriving, how slowly it
-/// may arrive, and the bytes all of them may hold together.
+/// may arrive, and the bytes all of them, and one client's, may hold together.
 #[derive(Clone)]
 pub struct BodyBounds {
     stall: Duration,
     min_rate: usize,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    budget: Arc<BodyBudget>,
 }
 
 impl BodyBounds {
     /// Bodies that never stall for `stall`, arrive at `min_rate` bytes per second or faster on
     /// average once `stall` has passed since their first read (0: at any rate), and hold at
-    /// most `budget_bytes` together.
-    pub fn new(stall: Duration, min_rate: usize, budget_bytes: usize) -> Self {
-        let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
+    /// most `budget` bytes together.
+    pub fn new(stall: Duration, min_rate: usize, budget: BodyBudget) -> Self {
         Self {
             stall,
             min_rate,
-            budget: Arc::new(Semaphore::new(budget_bytes)),
-            budget_bytes,
+            budget: Arc::new(budget),
         }
     }
 
-    /// Bytes of request bodies held now, of [`budget_bytes`](Self::budget_bytes).
-    pub fn held_bytes(&self) -> usize {
-        self.budget_bytes - self.budget.available_permits()
-    }
-
-    /// The bytes all bodies may hold together (`--body-budget`).
-    pub fn budget_bytes(&self) -> usize {
-        self.budget_bytes
+    /// The budget the bodies hold, and the share of it each client holds.
+    pub fn budget(&self) -> &BodyBudget {
+        &self.budget
     }
 }
 
@@ -72,8 +67,7 @@ impl BodyBounds {
 enum Refused {
     Stalled(Duration),
     TooSlow { rate: u64, min_rate: usize },
-    OverBudget(usize),
-    LargerThanBudget(usize),
+    OverBudget(OverBudget),
 }
 
 impl std::fmt::Display for Refused {
@@ -89,14 +83,7 @@ impl std::fmt::Display for Refused {
                 "the request body arrived at {rate} bytes/s, slower than the server's minimum \
                  of {min_rate} bytes/s"
             ),
-            Refused::OverBudget(budget) => write!(
-                f,
-                "the server is holding its budget of {budget} bytes of request bodies; retry"
-            ),
-            Refused::LargerThanBudget(budget) => write!(
-                f,
-                "the request body is larger than the server's budget of {budget} bytes for all bodies"
-            ),
+            Refused::OverBudget(over) => write!(f, "{over}"),
         }
     }
 }
@@ -108,14 +95,15 @@ impl Error for Refused {}
 /// does not free bytes the server still holds.
 #[derive(Clone)]
 pub struct BodyHold {
-    _held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    _held: Arc<Mutex<Holding>>,
 }
 
 /// Middleware: reads the request body under [`BodyBounds`] and keeps its bytes counted until
 /// the response is made, or for as long as a [`BodyHold`] is kept.
 pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let held = Arc::new(Mutex::new(None));
+    let peer = (parts.extensions.get::<ConnectInfo<SocketAddr>>()).map(|peer| peer.ip());
+    let held = Arc::new(Mutex::new(bounds.budget.holding(peer)));
     parts.extensions.insert(BodyHold {
         _held: held.clone(),
     });
@@ -134,7 +122,7 @@ pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Nex
     response
 }
 
-/// The error answer for a body that could not be read: 408, 503 or 413 if [`bound`] cut it
+/// The error answer for a body that could not be read: 408, 429, 503 or 413 if [`bound`] cut it
 /// off, otherwise axum's own status and text (413 over the size limit, 400 for a broken body).
 pub fn refused(rejection: BytesRejection) -> ApiError {
     let mut source: Option<&(dyn Error + 'static)> = Some(&rejection);
@@ -143,8 +131,15 @@ pub fn refused(rejection: BytesRejection) -> ApiError {
             Some(late @ (Refused::Stalled(_) | Refused::TooSlow { .. })) => {
                 return ApiError::new(StatusCode::REQUEST_TIMEOUT, late);
             }
-            Some(over @ Refused::OverBudget(_)) => return ApiError::busy(over, 1),
-            Some(larger @ Refused::LargerThanBudget(_)) => {
+            Some(Refused::OverBudget(over @ OverBudget::Host { .. })) => {
+                return ApiError::busy(over, 1);
+            }
+            Some(Refused::OverBudget(over @ OverBudget::Client { .. })) => {
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, over).retry_after(1);
+            }
+            Some(Refused::OverBudget(
+                larger @ (OverBudget::LargerThanBudget { .. } | OverBudget::LargerThanShare { .. }),
+            )) => {
                 return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, larger);
             }
             None => source = error.source(),
@@ -154,17 +149,17 @@ pub fn refused(rejection: BytesRejection) -> ApiError {
 }
 
 /// A body that fails once nothing of it arrives for the stall timeout, it falls below the
-/// minimum rate, or its bytes would go over the budget; the bytes it took from the budget go
-/// back once every holder of `held` is dropped.
+/// minimum rate, or its bytes would go over the budget or its client's share; the bytes it
+/// took go back once every holder of `held` is dropped.
 struct Bounded {
     inner: Body,
     /// Set on the first read: a handler may start reading late, after waiting for plugins to
     /// load.
     clock: Option<Clock>,
     bounds: BodyBounds,
-    /// Bytes of this body taken from the budget.
+    /// Bytes of this body that arrived.
     taken: usize,
-    held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    held: Arc<Mutex<Holding>>,
 }
 
 /// When a body was first read and last grew, and when it is refused unless more arrives.
@@ -177,27 +172,12 @@ struct Clock {
 
 impl Bounded {
     fn take(&mut self, bytes: usize) -> Result<(), Refused> {
-        let budget = self.bounds.budget_bytes;
         self.taken = self.taken.saturating_add(bytes);
-        if self.taken > budget {
-            return Err(Refused::LargerThanBudget(budget));
-        }
-        let bytes = u32::try_from(bytes).map_err(|_| Refused::LargerThanBudget(budget))?;
-        let permit = self
-            .bounds
-            .budget
-            .clone()
-            .try_acquire_many_owned(bytes)
-            .map_err(|_| Refused::OverBudget(budget))?;
-        let mut held = self
-            .held
+        self.held
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match held.as_mut() {
-            Some(all) => OwnedSemaphorePermit::merge(all, permit),
-            None => *held = Some(permit),
-        }
-        Ok(())
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take(bytes)
+            .map_err(Refused::OverBudget)
     }
 
     /// The body's clock, started on the first call.

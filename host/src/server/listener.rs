@@ -11,18 +11,25 @@
 //!   enough of them left the server unable to accept anyone);
 //! - a connection closed with a request body unread drains it for a moment first (see
 //!   [`linger`](super::linger)), so that its client reads the refusal rather than a reset.
+//!
+//! Each request carries its connection's peer address as [`ConnectInfo`] (the body budget
+//! gives each address a share of it).
 
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 use super::linger::Lingering;
 
@@ -41,14 +48,18 @@ pub async fn serve(
         .header_read_timeout(read_timeout);
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
-            (stream, _) = axum::serve::Listener::accept(&mut listener) => stream,
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = shutdown.cancelled() => break,
         };
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(write_timeout));
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().call(request)
+        });
         let stream = Lingering::new(Box::pin(stream));
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();

@@ -144,6 +144,16 @@ fn describe() {
         Unit::Bytes,
         "The bytes all request bodies may hold together (--body-budget)"
     );
+    describe_gauge!(
+        "foldhost_body_bytes_held_by_one_client_max",
+        Unit::Bytes,
+        "The most bytes of request bodies one client holds (its share reached: 429)"
+    );
+    describe_gauge!(
+        "foldhost_body_budget_per_client_bytes",
+        Unit::Bytes,
+        "The bytes one client's request bodies may hold together (--body-budget-per-client; 0: off)"
+    );
     describe_counter!(
         "foldhost_plugin_memory_refusals_total",
         "Plugin calls that failed because the host-wide plugin memory budget was held"
@@ -189,8 +199,11 @@ pub(super) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     let budget = state.runtime.engine().memory_budget();
     gauge!("foldhost_plugin_memory_bytes").set(budget.used() as f64);
     gauge!("foldhost_plugin_memory_budget_bytes").set(budget.limit() as f64);
-    gauge!("foldhost_body_bytes_held").set(state.bodies.held_bytes() as f64);
-    gauge!("foldhost_body_budget_bytes").set(state.bodies.budget_bytes() as f64);
+    let bodies = state.bodies.budget();
+    gauge!("foldhost_body_bytes_held").set(bodies.held_bytes() as f64);
+    gauge!("foldhost_body_budget_bytes").set(bodies.budget_bytes() as f64);
+    gauge!("foldhost_body_bytes_held_by_one_client_max").set(bodies.largest_share_held() as f64);
+    gauge!("foldhost_body_budget_per_client_bytes").set(bodies.share_bytes() as f64);
     let text = tokio::task::spawn_blocking(move || handle.render())
         .await
         .map_err(|error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error))?;

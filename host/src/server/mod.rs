@@ -28,6 +28,7 @@
 mod admin;
 mod aggregates;
 mod bodies;
+mod body_budget;
 mod console;
 mod errors;
 mod extract;
@@ -99,7 +100,7 @@ pub(crate) struct AppState {
     /// One permit per live feed that may be open.
     live_feeds: Arc<Semaphore>,
     limits: ClientLimits,
-    /// The bounds of request bodies, with the budget they share.
+    /// The bounds of request bodies, with the budget they share and each client's share of it.
     bodies: bodies::BodyBounds,
     /// How far the plugins directory has loaded at start (see [`after_startup_load`]).
     plugins_loaded: watch::Receiver<StartupLoad>,
@@ -345,9 +346,27 @@ pub struct ClientLimits {
     /// Most bytes of request bodies held at once, being received or handled; a body that
     /// would go past it is refused with 503 and `Retry-After`, one larger than it with 413.
     pub body_budget: usize,
+    /// Most bytes of `body_budget` the bodies of one client (an IP address, an IPv6 /64) hold
+    /// at once; a body that would go past it is refused with 429 and `Retry-After`, one larger
+    /// than it with 413. None: a quarter of `body_budget` (see [`ClientLimits::body_share`]);
+    /// 0: no share.
+    pub body_budget_per_client: Option<usize>,
     /// Most writes queued for the journal; past it appends and commands get 503 with
     /// `Retry-After`.
     pub max_queued_writes: usize,
+}
+
+impl ClientLimits {
+    /// The bytes of the body budget one client may hold: `body_budget_per_client`, by default
+    /// a quarter of `body_budget`. A quarter, because one client then leaves at least three
+    /// quarters of the budget to the others, and it takes four addresses rather than one to
+    /// hold all of it; while with the default budget a client may still send the largest body
+    /// the server takes (a 64 MiB plugin upload) or eight of the largest JSON bodies (8 MiB)
+    /// at once. A half would leave the others one client's worth; an eighth would refuse the
+    /// largest uploads.
+    pub fn body_share(&self) -> usize {
+        self.body_budget_per_client.unwrap_or(self.body_budget / 4)
+    }
 }
 
 impl Default for ClientLimits {
@@ -359,6 +378,7 @@ impl Default for ClientLimits {
             read_timeout: Duration::from_secs(60),
             body_min_rate: 8 << 10,
             body_budget: 256 << 20,
+            body_budget_per_client: None,
             max_queued_writes: JournalConfig::default().max_queued_writes,
         }
     }
@@ -463,7 +483,7 @@ impl Server {
             bodies: bodies::BodyBounds::new(
                 config.limits.read_timeout,
                 config.limits.body_min_rate,
-                config.limits.body_budget,
+                body_budget::BodyBudget::new(config.limits.body_budget, config.limits.body_share()),
             ),
             plugins_loaded: loaded,
             started: std::time::Instant::now(),
@@ -527,5 +547,22 @@ impl Server {
         tokio::task::spawn_blocking(move || drop(journal)).await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_share_of_the_body_budget_takes_the_largest_body_the_server_takes() {
+        let limits = ClientLimits::default();
+        assert_eq!(limits.body_share(), MAX_PLUGIN_BODY);
+        assert_eq!(limits.body_share() / MAX_JSON_BODY, 8);
+        let off = ClientLimits {
+            body_budget_per_client: Some(0),
+            ..limits
+        };
+        assert_eq!(off.body_share(), 0);
     }
 }

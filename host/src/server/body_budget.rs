@@ -1,0 +1,240 @@
+//! The bytes request bodies hold: one ledger for the host-wide budget and each client's share
+//! of it, so a client with bandwidth cannot hold the whole budget by itself.
+//!
+//! A body takes its bytes from the budget and from its client's share in one step, under one
+//! lock, and gives both back in one step when it ends (its response is made, its client
+//! leaves, it is refused): the two counts cannot drift apart. A client is its peer's IP
+//! address (an IPv6 address by its /64, which one client may hold whole, as nginx and most
+//! providers hand out); a client holding nothing has no entry.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The host-wide budget of body bytes and the share of it one client may hold.
+pub struct BodyBudget {
+    budget: usize,
+    /// 0: no share, a client may hold the whole budget.
+    share: usize,
+    ledger: Mutex<Ledger>,
+}
+
+/// The bytes held in all, and by each client holding some.
+#[derive(Default)]
+struct Ledger {
+    held: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// Why a body may not take more bytes.
+#[derive(Debug)]
+pub enum OverBudget {
+    /// The bodies held together would pass the budget: retry later (503).
+    Host { budget: usize },
+    /// The client's own bodies would pass its share: retry once one ends (429).
+    Client { client: IpAddr, share: usize },
+    /// The body alone is larger than the budget: never (413).
+    LargerThanBudget { budget: usize },
+    /// The body alone is larger than a client's share: never (413).
+    LargerThanShare { share: usize },
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverBudget::Host { budget } => write!(
+                f,
+                "the server is holding its budget of {budget} bytes of request bodies; retry"
+            ),
+            OverBudget::Client { client, share } => write!(
+                f,
+                "the request bodies of client {client} being received or handled hold its \
+                 share of {share} bytes of the server's body budget; retry once one of them ends"
+            ),
+            OverBudget::LargerThanBudget { budget } => write!(
+                f,
+                "the request body is larger than the server's budget of {budget} bytes for all bodies"
+            ),
+            OverBudget::LargerThanShare { share } => write!(
+                f,
+                "the request body is larger than the {share} bytes of request bodies one client \
+                 may hold"
+            ),
+        }
+    }
+}
+
+impl BodyBudget {
+    /// A budget of `budget` bytes of which one client may hold `share` (0: the whole budget).
+    pub fn new(budget: usize, share: usize) -> Self {
+        Self {
+            budget,
+            share: if share >= budget { 0 } else { share },
+            ledger: Mutex::default(),
+        }
+    }
+
+    /// The bytes all bodies may hold together (`--body-budget`).
+    pub fn budget_bytes(&self) -> usize {
+        self.budget
+    }
+
+    /// The bytes one client's bodies may hold together (`--body-budget-per-client`; 0: no
+    /// share).
+    pub fn share_bytes(&self) -> usize {
+        self.share
+    }
+
+    /// Bytes of request bodies held now.
+    pub fn held_bytes(&self) -> usize {
+        self.ledger().held
+    }
+
+    /// The most bytes one client's bodies hold now (0 without a share).
+    pub fn largest_share_held(&self) -> usize {
+        self.ledger().by_client.values().copied().max().unwrap_or(0)
+    }
+
+    /// What one body from `peer` (none: not known, no share applies) holds, nothing yet.
+    pub fn holding(self: &Arc<Self>, peer: Option<IpAddr>) -> Holding {
+        Holding {
+            budget: self.clone(),
+            client: peer.filter(|_| self.share > 0).map(client_of),
+            bytes: 0,
+        }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// The client an address belongs to: an IPv4 address (also written as IPv6), or an IPv6 /64.
+fn client_of(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// The bytes one body holds of the budget and of its client's share; both go back when it is
+/// dropped.
+pub struct Holding {
+    budget: Arc<BodyBudget>,
+    client: Option<IpAddr>,
+    bytes: usize,
+}
+
+impl Holding {
+    /// Takes `more` bytes for this body, from the budget and its client's share at once, or
+    /// takes nothing and says why not.
+    pub fn take(&mut self, more: usize) -> Result<(), OverBudget> {
+        let BodyBudget { budget, share, .. } = *self.budget;
+        let bytes = self.bytes.saturating_add(more);
+        if bytes > budget {
+            return Err(OverBudget::LargerThanBudget { budget });
+        }
+        let mut ledger = self.budget.ledger();
+        if let Some(client) = self.client {
+            if bytes > share {
+                return Err(OverBudget::LargerThanShare { share });
+            }
+            let held = ledger.by_client.get(&client).copied().unwrap_or(0);
+            if held + more > share {
+                return Err(OverBudget::Client { client, share });
+            }
+        }
+        if ledger.held + more > budget {
+            return Err(OverBudget::Host { budget });
+        }
+        ledger.held += more;
+        if let Some(client) = self.client {
+            *ledger.by_client.entry(client).or_default() += more;
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut ledger = self.budget.ledger();
+        ledger.held -= self.bytes;
+        if let Some(client) = self.client {
+            let std::collections::hash_map::Entry::Occupied(mut held) =
+                ledger.by_client.entry(client)
+            else {
+                unreachable!("a client holding bytes has an entry");
+            };
+            *held.get_mut() -= self.bytes;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(address: &str) -> Option<IpAddr> {
+        Some(address.parse().unwrap())
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_share_and_gets_it_back_with_the_budget() {
+        let budget = Arc::new(BodyBudget::new(100, 40));
+        let mut first = budget.holding(peer("10.0.0.1"));
+        first.take(30).unwrap();
+        let mut second = budget.holding(peer("10.0.0.1"));
+        assert!(matches!(
+            second.take(11),
+            Err(OverBudget::Client { share: 40, .. })
+        ));
+        let mut other = budget.holding(peer("10.0.0.2"));
+        other.take(40).unwrap();
+        assert_eq!((budget.held_bytes(), budget.largest_share_held()), (70, 40));
+        drop(first);
+        second.take(40).unwrap();
+        drop((second, other));
+        assert_eq!(budget.held_bytes(), 0);
+        assert!(budget.ledger().by_client.is_empty(), "no entry left behind");
+    }
+
+    #[test]
+    fn the_budget_still_bounds_all_clients_together() {
+        let budget = Arc::new(BodyBudget::new(100, 40));
+        let mut holdings: Vec<_> = (1..=3)
+            .map(|n| budget.holding(peer(&format!("10.0.0.{n}"))))
+            .collect();
+        holdings[0].take(40).unwrap();
+        holdings[1].take(40).unwrap();
+        assert!(matches!(
+            holdings[2].take(21),
+            Err(OverBudget::Host { budget: 100 })
+        ));
+        assert!(matches!(
+            holdings[2].take(41),
+            Err(OverBudget::LargerThanShare { share: 40 })
+        ));
+        holdings[2].take(20).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64_and_an_unknown_peer_has_no_share() {
+        let budget = Arc::new(BodyBudget::new(100, 40));
+        let mut first = budget.holding(peer("2001:db8::1"));
+        first.take(40).unwrap();
+        let mut neighbour = budget.holding(peer("2001:db8::ffff:2"));
+        assert!(matches!(neighbour.take(1), Err(OverBudget::Client { .. })));
+        let mut unknown = budget.holding(None);
+        unknown.take(60).unwrap();
+        assert_eq!(budget.held_bytes(), 100);
+    }
+}
