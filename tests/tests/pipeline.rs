@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
+use foldhost::journal::{
+    ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent, StreamMetadata,
+};
 use foldhost::runtime::{
     AggregateConfig, Command, CommandOutcome, Runtime, RuntimeConfig, RuntimeError,
 };
@@ -296,6 +298,42 @@ async fn a_failed_commit_fails_every_command_in_it() {
         .await
         .unwrap();
     assert_eq!((version, state["balance"].as_u64()), (2, Some(1)));
+}
+
+/// A command whose events are stored but cannot be read back (here a retention rule hides
+/// the stream's versions below 1000, so they are hidden at once) still answers with its
+/// events, placed where they were stored, and says its state is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_events_cannot_be_read_back_answers_with_the_events_it_sent() {
+    let host = Gated::new().await;
+    let hidden = StreamMetadata {
+        truncate_before: Some(1000),
+        ..StreamMetadata::default()
+    };
+    (host.journal)
+        .set_stream_metadata("bank-account-hot", hidden)
+        .await
+        .unwrap();
+    let head = host.journal.head_position();
+    // The account's opening is hidden too: the aggregate decides on an empty state.
+    let reopen = ("Open", json!({"owner": "Again"}), None);
+    let outcome = send(&host.runtime, "hot", reopen).await.unwrap();
+
+    let outcome = outcome.expect("the events are stored");
+    assert_eq!(outcome.version, 2);
+    let [event] = &outcome.events[..] else {
+        panic!("one event: {:?}", outcome.events);
+    };
+    assert_eq!((event.version, event.position), (2, head + 1));
+    assert_eq!(&*event.event_type, "Opened");
+    let error = outcome.state.as_ref().unwrap_err();
+    assert!(
+        error.contains("the events are stored, but reading them back failed")
+            && error.contains("missing when read back"),
+        "{error}"
+    );
+    // It is stored, as answered (where readers no longer see it).
+    assert_eq!(host.journal.head_position(), head + 1);
 }
 
 /// A keyed command already stored answers with the state after it, rendered by the round's
