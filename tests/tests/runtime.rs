@@ -1137,3 +1137,45 @@ fn a_projection_is_fed_the_wanted_events_and_a_failure_names_their_positions() {
     assert_eq!(state["open_accounts"], json!(1), "{state}");
     assert_eq!(state["total_balance"], json!(10), "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upcaster_store_whose_plugin_refused_an_event_goes_back_to_the_pool() {
+    let host = Host::new();
+    host.load(foldhost_plugins::HOSTILE_UPCASTER).await;
+    let journal = host.runtime.journal();
+    // A `Poison` event whose data is not JSON: the upcaster cannot decode it and refuses it
+    // (an error it returns, its store intact); one that decodes makes it panic (a trap, its
+    // store broken).
+    let mut undecodable = NewEvent::json("Poison", &Value::Null);
+    undecodable.data = b"{not json".to_vec();
+    let events = vec![undecodable, NewEvent::json("Poison", &Value::Null)];
+    journal
+        .append("bank-account-p", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let stored = journal.read_stream("bank-account-p", 1, 2).unwrap();
+    let (refused, trapping) = (vec![stored[0].clone()], vec![stored[1].clone()]);
+    let memory = host.runtime.engine().memory_budget().clone();
+    let idle = memory.used();
+
+    // The refusal leaves its store's memory counted: the store is idle in the pool, not
+    // dropped.
+    let upcast = |events: Vec<_>| host.runtime.upcasters().upcast(events);
+    match upcast(refused) {
+        Err(RuntimeError::PluginFailed { message, .. }) => {
+            assert!(message.contains("cannot apply event"), "{message}")
+        }
+        other => panic!("expected the upcaster to refuse the event, got {other:?}"),
+    }
+    let pooled = memory.used();
+    assert!(
+        pooled > idle,
+        "the refusing store was dropped: {pooled} bytes in use"
+    );
+    // A trap drops the store it broke (the one from the pool): its memory goes back.
+    match upcast(trapping) {
+        Err(RuntimeError::Trap { message, .. }) => assert!(message.contains("panicked")),
+        other => panic!("expected the upcaster to trap, got {other:?}"),
+    }
+    assert_eq!(memory.used(), idle, "the trapped store was kept");
+}
