@@ -961,10 +961,13 @@ async fn refused_while_held(
     panic!("the body was never refused while the others were held");
 }
 
-/// A client whose connections come from 127.0.0.2 (all of 127/8 is loopback).
-fn client_from_another_address() -> Client {
-    let address = std::net::IpAddr::from([127, 0, 0, 2]);
-    Client::builder().local_address(address).build().unwrap()
+/// A client that opens a connection per request (a refusal closes its connection, which a
+/// pooled one could be reused just before), from `address` if given (all of 127/8 is
+/// loopback).
+fn client_without_reuse(address: Option<[u8; 4]>) -> Client {
+    let builder = Client::builder().pool_max_idle_per_host(0);
+    let address = address.map(std::net::IpAddr::from);
+    builder.local_address(address).build().unwrap()
 }
 
 /// An append of one event padded with spaces to `bytes`.
@@ -981,7 +984,7 @@ async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_
     command.args(["--read-timeout", "30", "--body-budget", "4MiB"]);
     command.args(["--body-budget-per-client", "1MiB"]);
     let server = Server::launch(command);
-    let client = Client::new();
+    let client = client_without_reuse(None);
 
     // Two connections from 127.0.0.1 send 400 KiB of a 500 KiB body each and wait: 800 KiB
     // of its 1 MiB share. Such clients, 32 of them at 8 MiB, used to hold the whole budget.
@@ -999,7 +1002,7 @@ async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_
         "{error}"
     );
     // A client from another address is not affected: its 600 KiB body is taken.
-    let other = client_from_another_address();
+    let other = client_without_reuse(Some([127, 0, 0, 2]));
     let response = other.post(server.url("/streams/u/events"));
     let append = padded_append(600 << 10);
     let (status, answer) = json(response.body(append.clone()).send().await.unwrap()).await;
@@ -1052,7 +1055,7 @@ async fn a_held_body_that_is_refused_gives_its_clients_share_back() {
     command.args(["--read-timeout", "3", "--body-budget", "4MiB"]);
     command.args(["--body-budget-per-client", "1MiB"]);
     let server = Server::launch(command);
-    let client = Client::new();
+    let client = client_without_reuse(None);
 
     // 800 KiB of a 900 KiB body, then nothing: refused (408) once it has stalled for 3 s.
     let stall = || hold_body(&server, 800 << 10, 900 << 10);
