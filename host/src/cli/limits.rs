@@ -1,11 +1,15 @@
 //! `serve` flags bounding what clients may make the server hold, and what confines each
 //! plugin.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::runtime::{LimitPolicy, Limits, PluginLimits, parse_duration, parse_size, show_size};
+use crate::runtime::{
+    DEFAULT_MEMORY_BUDGET, LimitPolicy, Limits, PluginLimits, parse_duration, parse_size, show_size,
+};
 use crate::server::ClientLimits;
 
 #[derive(Debug, Args)]
@@ -29,13 +33,13 @@ pub struct ClientLimitArgs {
     /// Bytes per second a request body must average, from when the server began reading it,
     /// once --read-timeout has passed since then, e.g. 8KiB (an 8 MiB body then has 1,024 s, a
     /// 64 MiB upload 8,192 s); a slower one is refused with 408. 0 turns it off.
-    #[arg(long, env = "FOLDHOST_BODY_MIN_RATE", value_name = "BYTES", value_parser = parse_size, default_value = "8KiB")]
-    body_min_rate: usize,
+    #[arg(long, env = "FOLDHOST_BODY_MIN_RATE", value_name = "BYTES", default_value_t = Size(ClientLimits::default().body_min_rate))]
+    body_min_rate: Size,
     /// Most bytes of request bodies held at once, being received or handled, e.g. 256MiB;
     /// a body that would go past it is refused with 503 and Retry-After, one larger than it
     /// with 413 (keep it above 64 MiB to take any plugin upload).
-    #[arg(long, env = "FOLDHOST_BODY_BUDGET", value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
-    body_budget: usize,
+    #[arg(long, env = "FOLDHOST_BODY_BUDGET", value_name = "SIZE", default_value_t = Size(ClientLimits::default().body_budget))]
+    body_budget: Size,
     /// Most bytes of --body-budget the request bodies of one client (an IP address; an IPv6
     /// /64) may hold at once, e.g. 64MiB; a body that would go past it is refused with 429 and
     /// Retry-After, one larger than it with 413. 0 turns it off. Behind a reverse proxy every
@@ -56,10 +60,37 @@ impl ClientLimitArgs {
             live_buffer_bytes: self.live_buffer_bytes,
             write_stall_timeout: Duration::from_secs(self.write_stall_timeout.max(1)),
             read_timeout: Duration::from_secs(self.read_timeout.max(1)),
-            body_min_rate: self.body_min_rate,
-            body_budget: self.body_budget,
+            body_min_rate: self.body_min_rate.0,
+            body_budget: self.body_budget.0,
             body_budget_per_client: self.body_budget_per_client,
             max_queued_writes: self.max_queued_writes,
+        }
+    }
+}
+
+/// A size flag's value: parsed as [`parse_size`] does, shown in its largest whole binary unit,
+/// so that a default written once (in [`ClientLimits::default`], say) reads `256MiB` in
+/// `--help`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Size(usize);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_size(text).map(Size)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Size(bytes) = *self;
+        let unit = [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+            .into_iter()
+            .find(|(shift, _)| bytes != 0 && bytes.trailing_zeros() >= *shift);
+        match unit {
+            Some((shift, unit)) => write!(f, "{}{unit}", bytes >> shift),
+            None => write!(f, "{bytes}"),
         }
     }
 }
@@ -93,8 +124,8 @@ pub struct PluginLimitArgs {
     /// running a call, cached aggregate states, projections), e.g. 2GiB. A growth past it fails
     /// that call with 503 and Retry-After, whatever the instance's own limit; it must exceed
     /// --aggregate-cache and every plugin's memory limit.
-    #[arg(long, env = "FOLDHOST_PLUGINS_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_size, default_value = "1GiB")]
-    plugins_memory_budget: usize,
+    #[arg(long, env = "FOLDHOST_PLUGINS_MEMORY_BUDGET", value_name = "SIZE", default_value_t = Size(DEFAULT_MEMORY_BUDGET))]
+    plugins_memory_budget: Size,
 }
 
 impl PluginLimitArgs {
@@ -107,7 +138,7 @@ impl PluginLimitArgs {
             ..defaults
         };
         LimitPolicy::new(defaults, &self.plugin_limits)
-            .with_memory_budget(self.plugins_memory_budget)
+            .with_memory_budget(self.plugins_memory_budget.0)
     }
 }
 
@@ -138,4 +169,20 @@ pub fn check_memory_budget(policy: &LimitPolicy, aggregate_cache: usize) -> anyh
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_shows_in_its_largest_whole_unit_and_reads_back_the_same() {
+        for (bytes, shown) in [(256 << 20, "256MiB"), (8 << 10, "8KiB"), (1 << 30, "1GiB")] {
+            assert_eq!(Size(bytes).to_string(), shown);
+            assert_eq!(shown.parse::<Size>(), Ok(Size(bytes)));
+        }
+        for bytes in [0, 1000, (3 << 20) + 1] {
+            assert_eq!(Size(bytes).to_string().parse::<Size>(), Ok(Size(bytes)));
+        }
+    }
 }
