@@ -977,14 +977,19 @@ fn padded_append(bytes: usize) -> String {
     append
 }
 
+/// `foldhost serve` with `--read-timeout` seconds and a 4 MiB body budget of which one address
+/// may hold 1 MiB, and a client of it from 127.0.0.1.
+fn serve_with_shares(dirs: &Dirs, read_timeout: &str) -> (Server, Client) {
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--read-timeout", read_timeout, "--body-budget", "4MiB"]);
+    command.args(["--body-budget-per-client", "1MiB"]);
+    (Server::launch(command), client_without_reuse(None))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_get_in() {
     let dirs = Dirs::new();
-    let mut command = Server::command(&dirs.data, None);
-    command.args(["--read-timeout", "30", "--body-budget", "4MiB"]);
-    command.args(["--body-budget-per-client", "1MiB"]);
-    let server = Server::launch(command);
-    let client = client_without_reuse(None);
+    let (server, client) = serve_with_shares(&dirs, "30");
 
     // Two connections from 127.0.0.1 send 400 KiB of a 500 KiB body each and wait: 800 KiB
     // of its 1 MiB share. Such clients, 32 of them at 8 MiB, used to hold the whole budget.
@@ -1051,11 +1056,7 @@ async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_body_that_is_refused_gives_its_clients_share_back() {
     let dirs = Dirs::new();
-    let mut command = Server::command(&dirs.data, None);
-    command.args(["--read-timeout", "3", "--body-budget", "4MiB"]);
-    command.args(["--body-budget-per-client", "1MiB"]);
-    let server = Server::launch(command);
-    let client = client_without_reuse(None);
+    let (server, client) = serve_with_shares(&dirs, "3");
 
     // 800 KiB of a 900 KiB body, then nothing: refused (408) once it has stalled for 3 s.
     let stall = || hold_body(&server, 800 << 10, 900 << 10);
