@@ -15,7 +15,7 @@ use redb::{
 
 use super::migrate::FORMAT_1;
 use super::store::{
-    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, FORMAT_KEY, FORMAT_VERSION, ID_RUN_CATALOG,
+    CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, FORMAT_KEY, FORMAT_VERSION, ID_RUN_CATALOG,
     LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{JournalError, SharedDb};
@@ -37,7 +37,7 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
             copy(&txn, &target, EVENTS)?,
             copy(&txn, &target, STREAM_RUNS)?,
             copy(&txn, &target, STREAM_HEADS)?,
-            copy(&txn, &target, EVENT_ID_RUNS)?,
+            copy(&txn, &target, EVENT_ID_BLOCKS)?,
             copy(&txn, &target, ID_RUN_CATALOG)?,
             copy(&txn, &target, SNAPSHOTS)?,
             copy(&txn, &target, CHECKPOINTS)?,

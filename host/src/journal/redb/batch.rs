@@ -8,13 +8,14 @@ use std::ops::Bound;
 
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
-use super::id_runs::{self, Catalog, IdKey};
+use super::id_blocks::{IdBlock, IdKey};
+use super::id_runs::{self, Catalog};
 use super::memtable::{Appends, CURSOR_RUN, Memtable};
 use super::page::Page;
 use super::rules::{self, Written};
 use super::runs::Run;
 use super::store::{
-    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, ID_RUN_CATALOG, PARKED, SNAPSHOTS, STREAM_HEADS,
+    CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, ID_RUN_CATALOG, PARKED, SNAPSHOTS, STREAM_HEADS,
     STREAM_LIFECYCLE,
 };
 use super::{
@@ -65,7 +66,7 @@ pub(super) struct Finished<'r> {
 pub(super) struct Batch<'txn, 'r> {
     events: Table<'txn, u64, &'static [u8]>,
     stream_heads: Lazy<'txn, &'static str, u64>,
-    event_ids: Lazy<'txn, IdKey, u64>,
+    event_ids: Lazy<'txn, IdKey, IdBlock>,
     /// The runs of `event_ids`, read by the first search of it.
     id_runs: Option<Catalog>,
     snapshots: Lazy<'txn, (&'static str, &'static str, u64), &'static [u8]>,
@@ -131,7 +132,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         Ok(Self {
             events: txn.open_table(EVENTS)?,
             stream_heads: Lazy::new(STREAM_HEADS),
-            event_ids: Lazy::new(EVENT_ID_RUNS),
+            event_ids: Lazy::new(EVENT_ID_BLOCKS),
             id_runs: None,
             snapshots: Lazy::new(SNAPSHOTS),
             checkpoints: Lazy::new(CHECKPOINTS),
@@ -309,8 +310,9 @@ impl<'txn, 'r> Batch<'txn, 'r> {
     ) -> Result<Finished<'r>, JournalError> {
         self.write_records()?;
         if self.scan_ids {
+            let held = self.id_runs.as_ref().map_or(0, Catalog::ids);
             let ids = self.event_ids.open(self.txn)?;
-            self.appended.scanned = self.memtable.table_ids().scan(ids)?;
+            self.appended.scanned = self.memtable.table_ids().scan(ids, held)?;
         }
         let head = self.next_position - 1;
         let flushed = self.memtable.len() + self.appended.len() >= flush_events;

@@ -21,7 +21,7 @@ use foldhash::fast::FixedState;
 use redb::ReadableTable;
 
 use super::JournalError;
-use super::id_runs::IdKey;
+use super::id_blocks::{self, IdBlock, IdKey};
 use super::memtable::FLUSH_EVENTS;
 
 /// The false positives each Bloom filter is sized for (~1.8 bytes per id). An id wrongly
@@ -46,8 +46,9 @@ enum Scan {
     /// Nothing needed the filter yet.
     #[default]
     NotStarted,
-    /// Every id of the table below this key is in the filter. Merges move ids only to
-    /// greater keys (into a newer run), so none moves from above it to below.
+    /// Every id of the table's blocks below this key is in the filter. Ids only ever move to
+    /// blocks of greater keys (into a newer run, or a block written again under its least id
+    /// left, see `id_blocks`), so none moves from above it to below.
     Below((u64, u128)),
     /// Every id of the table is in the filter.
     Done,
@@ -58,9 +59,9 @@ enum Scan {
 pub(super) struct Scanned {
     /// The ids scanned, ascending in each run.
     ids: Vec<u128>,
-    /// The table's size, when the scan starts: the filter is made for twice as many.
+    /// The ids the table held when the scan started: the filter is made for twice as many.
     table_len: usize,
-    /// Where the scan goes on, or `None` at the table's end.
+    /// The block where the scan goes on, or `None` at the table's end.
     next: Option<(u64, u128)>,
 }
 
@@ -84,10 +85,11 @@ impl IdFilter {
     }
 
     /// The next step of the scan, read from `table` (the event-id table, in a write
-    /// transaction); `None` once through.
+    /// transaction, holding `held` ids); `None` once through.
     pub(super) fn scan(
         &self,
-        table: &impl ReadableTable<IdKey, u64>,
+        table: &impl ReadableTable<IdKey, IdBlock>,
+        held: u64,
     ) -> Result<Option<Scanned>, JournalError> {
         let from = match self.scan {
             Scan::NotStarted => Bound::Unbounded,
@@ -97,15 +99,15 @@ impl IdFilter {
         let mut ids = Vec::with_capacity(SCAN_STEP);
         let mut next = None;
         for entry in table.range::<(u64, u128)>((from, Bound::Unbounded))? {
-            let key = entry?.0.value();
-            if ids.len() == SCAN_STEP {
-                next = Some(key);
+            let (key, block) = entry?;
+            if ids.len() >= SCAN_STEP {
+                next = Some(key.value());
                 break;
             }
-            ids.push(key.1);
+            ids.extend(id_blocks::pairs(block.value()).map(|(id, _)| id));
         }
         let table_len = match self.scan {
-            Scan::NotStarted => table.len()? as usize,
+            Scan::NotStarted => held as usize,
             _ => 0,
         };
         Ok(Some(Scanned {

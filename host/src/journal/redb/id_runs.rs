@@ -1,11 +1,12 @@
-//! The event-id index as sorted runs (storage format 5), an LSM tree of one level per size.
+//! The event-id index as sorted runs, an LSM tree of one level per size, each run stored as
+//! blocks of ids (storage format 6, see `id_blocks`).
 //!
 //! A random (v4) id belongs anywhere in a B-tree of all ids, so moving 8,192 of them into one
 //! (a flush, see `memtable`) rewrote nearly every leaf of it, more per id the larger it grew.
-//! Here each flush writes its ids as a new sorted run instead, keyed (run, id): ascending keys
-//! at the table's end, which redb's cursor splices into the last leaves at once. Time-ordered
-//! (v7) ids above every id in the index extend the newest run rather than start one, so a
-//! journal of them keeps a single run, as its one table was before.
+//! Here each flush writes its ids as a new sorted run instead, its blocks keyed (run, least
+//! id): ascending keys at the table's end, which redb's cursor splices into the last leaves at
+//! once. Time-ordered (v7) ids above every id in the index extend the newest run (blocks after
+//! its last) rather than start one, so a journal of them keeps a single run.
 //!
 //! An id is in exactly one run: lookups try the runs newest first, skipping those whose id
 //! range leaves it out (the memtable's filter spares them for most new ids). Runs are merged
@@ -17,14 +18,14 @@
 //! commit pays for a whole merge. Which runs a merge reads and writes is recorded in the
 //! catalog of runs, which lookups read in their own transaction too.
 
-use std::cmp::Ordering;
-use std::ops::Bound;
+use std::collections::BTreeMap;
 
-use redb::{AccessGuard, Key, ReadableTable, StorageError, TypeName, Value, WriteTransaction};
+use redb::{Range, ReadableTable, Table, WriteTransaction};
 
 use super::JournalError;
-use super::memtable::{CURSOR_RUN, FLUSH_EVENTS};
-use super::store::{EVENT_ID_RUNS, ID_RUN_CATALOG};
+use super::id_blocks::{self, IdBlock, IdKey, Pair};
+use super::memtable::FLUSH_EVENTS;
+use super::store::{EVENT_ID_BLOCKS, ID_RUN_CATALOG};
 
 /// Runs of the first level (single flushes) merged into one of the next. Every id of a
 /// journal past a few flushes moves once into the second level, whatever this is; 8 keeps a
@@ -39,48 +40,6 @@ const FANOUT: u64 = 16;
 /// with 8,192 ids a flush at a few hundred events a commit.
 pub(super) const MERGE_STEP: usize = 2048;
 
-/// A key of the id index: (run, id), stored big-endian so that its bytes sort as it does
-/// (redb's tuple keys cost ~0.4k instructions per id of a flush more).
-#[derive(Debug)]
-pub(super) struct IdKey;
-
-impl Value for IdKey {
-    type SelfType<'a> = (u64, u128);
-    type AsBytes<'a> = [u8; 24];
-
-    fn fixed_width() -> Option<usize> {
-        Some(24)
-    }
-
-    fn from_bytes<'a>(data: &'a [u8]) -> (u64, u128)
-    where
-        Self: 'a,
-    {
-        let (run, id) = data.split_at(8);
-        let run = u64::from_be_bytes(run.try_into().expect("8 bytes"));
-        (run, u128::from_be_bytes(id.try_into().expect("16 bytes")))
-    }
-
-    fn as_bytes<'a, 'b: 'a>(&(run, id): &'a (u64, u128)) -> [u8; 24]
-    where
-        Self: 'b,
-    {
-        let mut bytes = [0; 24];
-        bytes[..8].copy_from_slice(&run.to_be_bytes());
-        bytes[8..].copy_from_slice(&id.to_be_bytes());
-        bytes
-    }
-
-    fn type_name() -> TypeName {
-        TypeName::new("foldhost::IdKey")
-    }
-}
-
-impl Key for IdKey {
-    fn compare(data1: &[u8], data2: &[u8]) -> Ordering {
-        data1.cmp(data2)
-    }
-}
 /// A value of the catalog: (ids held, least id, greatest id, its part in a merge).
 pub(super) type CatalogValue = (u64, u128, u128, u8);
 
@@ -166,22 +125,27 @@ impl Catalog {
         held.map(|run| run.max).max().unwrap_or(0)
     }
 
-    /// The run holding `id` in `ids` (the id index of the same transaction), and its position,
-    /// trying the runs from `first_run` on, newest first.
+    /// How many ids the index holds.
+    pub(super) fn ids(&self) -> u64 {
+        self.runs.iter().map(|run| run.count).sum()
+    }
+
+    /// The run holding `id` in `ids` (the id index of the same transaction), its block's key
+    /// and its position, trying the runs from `first_run` on, newest first.
     fn find(
         &self,
-        ids: &impl ReadableTable<IdKey, u64>,
+        ids: &impl ReadableTable<IdKey, IdBlock>,
         id: u128,
         first_run: u64,
-    ) -> Result<Option<(u64, u64)>, JournalError> {
+    ) -> Result<Option<(u64, u128, u64)>, JournalError> {
         let runs = self
             .runs
             .iter()
             .rev()
             .take_while(|run| run.number >= first_run);
         for run in runs.filter(|run| run.may_hold(id)) {
-            if let Some(position) = ids.get((run.number, id))? {
-                return Ok(Some((run.number, position.value())));
+            if let Some((block, position)) = id_blocks::holding(ids, run.number, id)? {
+                return Ok(Some((run.number, block, position)));
             }
         }
         Ok(None)
@@ -191,11 +155,13 @@ impl Catalog {
     /// if held by a run from `first_run` on.
     pub(super) fn position(
         &self,
-        ids: &impl ReadableTable<IdKey, u64>,
+        ids: &impl ReadableTable<IdKey, IdBlock>,
         id: u128,
         first_run: u64,
     ) -> Result<Option<u64>, JournalError> {
-        Ok(self.find(ids, id, first_run)?.map(|(_, position)| position))
+        Ok(self
+            .find(ids, id, first_run)?
+            .map(|(.., position)| position))
     }
 
     /// The level of the merge to start: the lowest with [`fanout`] runs.
@@ -216,8 +182,9 @@ fn fanout(level: u32) -> usize {
 }
 
 /// Writes `sorted` (ids and their positions, ascending, none in the index yet) into the index
-/// of `txn`: as a new run, or at the end of the newest if all are above every id in it.
-pub(super) fn flush(txn: &WriteTransaction, sorted: &[(u128, u64)]) -> Result<(), JournalError> {
+/// of `txn`: as a new run, or after the last block of the newest if all are above every id in
+/// it.
+pub(super) fn flush(txn: &WriteTransaction, sorted: &[Pair]) -> Result<(), JournalError> {
     let (Some(&(first, _)), Some(&(last, _))) = (sorted.first(), sorted.last()) else {
         return Ok(());
     };
@@ -239,19 +206,8 @@ pub(super) fn flush(txn: &WriteTransaction, sorted: &[(u128, u64)]) -> Result<()
         },
     };
     catalog.insert(run.number, run.value())?;
-    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
-    if sorted.len() < CURSOR_RUN {
-        for &(id, position) in sorted {
-            ids.insert((run.number, id), position)?;
-        }
-        return Ok(());
-    }
-    // The newest run's keys are the table's last.
-    let mut end = ids.upper_bound_mut(Bound::<(u64, u128)>::Unbounded)?;
-    for &(id, position) in sorted {
-        end.insert_before((run.number, id), position)?;
-    }
-    end.close()?;
+    let mut ids = txn.open_table(EVENT_ID_BLOCKS)?;
+    id_blocks::append(&mut ids, run.number, sorted.iter().copied().map(Ok))?;
     Ok(())
 }
 
@@ -280,44 +236,36 @@ pub(super) fn merge_step(txn: &WriteTransaction, budget: usize) -> Result<bool, 
     let inputs: Vec<usize> = (0..runs.len())
         .filter(|&n| runs[n].part == Part::Input)
         .collect();
-    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
-    // The smallest ids left in the inputs, and how many each gave.
-    let (mut taken, mut given) = (Vec::with_capacity(budget), vec![0u64; inputs.len()]);
+    let mut ids = txn.open_table(EVENT_ID_BLOCKS)?;
+    // The smallest ids left in the inputs, and where each input's blocks were left.
+    let mut taken = Vec::with_capacity(budget);
+    let mut heads: Vec<Head> = Vec::with_capacity(inputs.len());
     {
         let mut ranges = Vec::with_capacity(inputs.len());
-        let mut heads = Vec::with_capacity(inputs.len());
         for &n in &inputs {
             let number = runs[n].number;
             let mut range = ids.range((number, 0)..=(number, u128::MAX))?;
-            heads.push(next_id(&mut range)?);
+            let mut head = Head::default();
+            head.read_next(&mut range)?;
+            heads.push(head);
             ranges.push(range);
         }
         while taken.len() < budget {
             let least = (0..heads.len())
-                .filter_map(|n| heads[n].map(|(id, _)| (id, n)))
+                .filter_map(|n| heads[n].peek().map(|id| (id, n)))
                 .min();
             let Some((_, n)) = least else { break };
-            taken.push(heads[n].expect("the least"));
-            given[n] += 1;
-            heads[n] = next_id(&mut ranges[n])?;
+            taken.push(heads[n].take(&mut ranges[n])?);
         }
     }
-    let through = taken.last().map(|&(id, _)| id);
-    for (&n, &given) in inputs.iter().zip(&given) {
+    for (head, &n) in heads.iter().zip(&inputs) {
         let input = &mut runs[n];
-        if let (Some(through), 1..) = (through, given) {
-            ids.retain_in((input.number, 0)..=(input.number, through), |_, _| false)?;
-        }
-        input.count -= given;
+        head.cut(&mut ids, input.number)?;
+        input.count -= head.given;
     }
     let output = &mut runs[output];
-    if let (Some(&(first, _)), Some(through)) = (taken.first(), through) {
-        let number = output.number;
-        let mut gap = ids.upper_bound_mut(Bound::Included((number, u128::MAX)))?;
-        for &(id, position) in &taken {
-            gap.insert_before((number, id), position)?;
-        }
-        gap.close()?;
+    if let (Some(&(first, _)), Some(&(through, _))) = (taken.first(), taken.last()) {
+        id_blocks::append(&mut ids, output.number, taken.iter().copied().map(Ok))?;
         output.count += taken.len() as u64;
         output.min = output.min.min(first);
         output.max = through;
@@ -342,35 +290,96 @@ pub(super) fn merge_step(txn: &WriteTransaction, budget: usize) -> Result<bool, 
     Ok((Catalog { runs }).due().is_some())
 }
 
-/// The next (id, position) of a range of one run.
-fn next_id<'a>(
-    range: &mut impl Iterator<
-        Item = Result<(AccessGuard<'a, IdKey>, AccessGuard<'a, u64>), StorageError>,
-    >,
-) -> Result<Option<(u128, u64)>, JournalError> {
-    match range.next() {
-        Some(entry) => {
-            let (key, position) = entry?;
-            Ok(Some((key.value().1, position.value())))
+/// Where a merge step is in one input run: the block it takes ids from.
+#[derive(Debug, Default)]
+struct Head {
+    /// The block's key (its least id) and pairs; empty once the run is through.
+    key: u128,
+    block: Vec<Pair>,
+    /// How many of the block's pairs were taken.
+    at: usize,
+    /// The key of the last block whose pairs were all taken, if any.
+    emptied: Option<u128>,
+    /// How many ids the step took from the run.
+    given: u64,
+}
+
+impl Head {
+    /// The least id not taken yet, if any.
+    fn peek(&self) -> Option<u128> {
+        self.block.get(self.at).map(|&(id, _)| id)
+    }
+
+    /// Takes the least pair, reading the run's next block from `range` once the block is
+    /// through.
+    fn take(&mut self, range: &mut Range<'_, IdKey, IdBlock>) -> Result<Pair, JournalError> {
+        let pair = self.block[self.at];
+        self.at += 1;
+        self.given += 1;
+        if self.at == self.block.len() {
+            self.emptied = Some(self.key);
+            self.read_next(range)?;
         }
-        None => Ok(None),
+        Ok(pair)
+    }
+
+    /// Reads the run's next block from `range`.
+    fn read_next(&mut self, range: &mut Range<'_, IdKey, IdBlock>) -> Result<(), JournalError> {
+        self.block.clear();
+        self.at = 0;
+        if let Some(entry) = range.next() {
+            let (key, block) = entry?;
+            self.key = key.value().1;
+            self.block.extend(id_blocks::pairs(block.value()));
+        }
+        Ok(())
+    }
+
+    /// Removes what was taken from run `number` in `ids`: the blocks taken whole, and the least
+    /// ids of a block taken in part, whose rest is written again under its least id (a greater
+    /// key).
+    fn cut(&self, ids: &mut Table<'_, IdKey, IdBlock>, number: u64) -> Result<(), JournalError> {
+        if let Some(through) = self.emptied {
+            ids.retain_in((number, 0)..=(number, through), |_, _| false)?;
+        }
+        if let Some(&(least, _)) = self.block.get(self.at)
+            && self.at > 0
+        {
+            ids.remove((number, self.key))?;
+            let rest = id_blocks::encode(&self.block[self.at..]);
+            ids.insert((number, least), rest.as_slice())?;
+        }
+        Ok(())
     }
 }
 
-/// Removes `ids` (each in the index) from the index of `txn`.
+/// Removes `ids` (each in the index) from the index of `txn`: each block holding some is
+/// written again without them, under its least id left, or removed once empty.
 pub(super) fn remove(txn: &WriteTransaction, ids: &[u128]) -> Result<(), JournalError> {
     let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
     let mut runs = Catalog::read(&catalog)?;
-    let mut table = txn.open_table(EVENT_ID_RUNS)?;
+    let mut table = txn.open_table(EVENT_ID_BLOCKS)?;
+    // Each block holding some of them, and which.
+    let mut blocks: BTreeMap<(u64, u128), Vec<u128>> = BTreeMap::new();
     for &id in ids {
-        let Some((number, _)) = runs.find(&table, id, 0)? else {
+        let Some((number, block, _)) = runs.find(&table, id, 0)? else {
             continue;
         };
-        table.remove((number, id))?;
+        blocks.entry((number, block)).or_default().push(id);
         let run = runs.runs.iter_mut().find(|run| run.number == number);
         let run = run.expect("found in it");
         run.count -= 1;
         catalog.insert(number, run.value())?;
+    }
+    for ((number, key), gone) in blocks {
+        let block = table.remove((number, key))?.expect("found above");
+        let kept: Vec<Pair> = id_blocks::pairs(block.value())
+            .filter(|(id, _)| !gone.contains(id))
+            .collect();
+        drop(block);
+        if let Some(&(least, _)) = kept.first() {
+            table.insert((number, least), id_blocks::encode(&kept).as_slice())?;
+        }
     }
     Ok(())
 }
@@ -382,30 +391,48 @@ pub(super) fn from_table(
 ) -> Result<u64, JournalError> {
     // Created even when it stays empty: readers open it.
     let mut catalog = txn.open_table(ID_RUN_CATALOG)?;
-    let mut ids = txn.open_table(EVENT_ID_RUNS)?;
-    let mut end = ids.upper_bound_mut(Bound::<(u64, u128)>::Unbounded)?;
+    let mut ids = txn.open_table(EVENT_ID_BLOCKS)?;
     let mut run = Run::new(1, (0, u128::MAX, 0, Part::None as u8));
-    for entry in old.iter()? {
+    let pairs = old.iter()?.map(|entry| {
         let (id, position) = entry?;
-        let id = id.value();
-        end.insert_before((run.number, id), position.value())?;
-        run.count += 1;
-        run.min = run.min.min(id);
-        run.max = id;
-    }
-    end.close()?;
+        Ok((id.value(), position.value()))
+    });
+    run.count = id_blocks::append(&mut ids, run.number, pairs)?;
     if run.count > 0 {
+        run.min = old.first()?.expect("counted").0.value();
+        run.max = old.last()?.expect("counted").0.value();
         catalog.insert(run.number, run.value())?;
     }
     Ok(run.count)
 }
 
+/// Writes the runs of `old` (format 5's id index: an entry (run, id) → position per id) as
+/// blocks of `txn`'s index, under the same catalog; returns how many ids it moved.
+pub(super) fn from_entries(
+    txn: &WriteTransaction,
+    old: &impl ReadableTable<IdKey, u64>,
+) -> Result<u64, JournalError> {
+    let catalog = Catalog::read(&txn.open_table(ID_RUN_CATALOG)?)?;
+    let mut ids = txn.open_table(EVENT_ID_BLOCKS)?;
+    let mut moved = 0;
+    for run in &catalog.runs {
+        let pairs = old.range((run.number, 0)..=(run.number, u128::MAX))?;
+        let pairs = pairs.map(|entry| {
+            let (key, position) = entry?;
+            Ok((key.value().1, position.value()))
+        });
+        moved += id_blocks::append(&mut ids, run.number, pairs)?;
+    }
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use redb::ReadableDatabase;
     use uuid::Uuid;
 
     use super::*;
+    use crate::journal::redb::id_blocks::BLOCK_IDS;
     use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::request::Request;
     use crate::journal::redb::store::META;
@@ -459,8 +486,47 @@ mod tests {
             .runs
     }
 
-    /// Every id flushed is in the index once: as many entries as the flushes moved there,
-    /// counted by their runs, none outside its run's range.
+    /// The blocks of the index `ids`, in key order: (run, key, pairs).
+    fn blocks(ids: &impl ReadableTable<IdKey, IdBlock>) -> Vec<(u64, u128, Vec<Pair>)> {
+        let blocks = ids.iter().unwrap().map(|entry| {
+            let (key, block) = entry.unwrap();
+            let (run, least) = key.value();
+            (run, least, id_blocks::pairs(block.value()).collect())
+        });
+        blocks.collect()
+    }
+
+    /// The index of `txn` holds each id once, in blocks of at most `BLOCK_IDS` ascending ids
+    /// keyed by their least (so a run's blocks do not overlap), as many in each run as the
+    /// catalog counts, none outside its run's range; returns how many.
+    fn blocks_sound(txn: &redb::ReadTransaction) -> u64 {
+        let catalog = txn.open_table(ID_RUN_CATALOG).unwrap();
+        let runs = Catalog::read(&catalog).unwrap().runs;
+        let blocks = blocks(&txn.open_table(EVENT_ID_BLOCKS).unwrap());
+        let mut seen = std::collections::HashSet::new();
+        let mut counted = std::collections::HashMap::new();
+        for (number, least, pairs) in &blocks {
+            assert!(
+                !pairs.is_empty() && pairs.len() <= BLOCK_IDS,
+                "{number}/{least:x}"
+            );
+            assert_eq!(pairs[0].0, *least, "a block keyed by its least id");
+            assert!(pairs.is_sorted(), "{number}/{least:x} ascending");
+            let run = runs.iter().find(|run| run.number == *number);
+            for &(id, _) in pairs {
+                assert!(seen.insert(id), "{id:x} twice");
+                assert!(run.is_some_and(|run| run.may_hold(id)), "run {number}");
+            }
+            *counted.entry(*number).or_insert(0) += pairs.len() as u64;
+        }
+        for run in &runs {
+            assert_eq!(counted.get(&run.number).copied().unwrap_or(0), run.count);
+        }
+        seen.len() as u64
+    }
+
+    /// Every id flushed is in the index once (see [`blocks_sound`]): as many as the flushes
+    /// moved there.
     fn each_once(db: &SharedDb) {
         let txn = db.get().begin_read().unwrap();
         let through = txn
@@ -469,24 +535,7 @@ mod tests {
             .get(INDEXED_THROUGH_KEY)
             .unwrap();
         let through = through.map_or(0, |through| through.value());
-        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
-        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
-            .unwrap()
-            .runs;
-        assert_eq!(ids.len().unwrap(), through, "entries");
-        assert_eq!(
-            runs.iter().map(|run| run.count).sum::<u64>(),
-            through,
-            "counted"
-        );
-        for entry in ids.iter().unwrap() {
-            let (number, id) = entry.unwrap().0.value();
-            let run = runs.iter().find(|run| run.number == number);
-            assert!(
-                run.is_some_and(|run| run.may_hold(id)),
-                "run {number}: {runs:?}"
-            );
-        }
+        assert_eq!(blocks_sound(&txn), through, "ids");
     }
 
     /// Appends 8 random ids to one of three streams, alone in a commit.
@@ -558,6 +607,122 @@ mod tests {
         flushes.retain(|&flushes| flushes >= 8);
         assert_eq!(catalog(&flushes).due(), Some(1));
         assert_eq!(catalog(&[128]).runs[0].level(), 2);
+    }
+
+    /// A plain database holding the id index, with `runs` runs of `ids` random ids each,
+    /// flushed one a commit.
+    fn index_of(runs: usize, ids: usize) -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("ids.redb")).unwrap();
+        for _ in 0..runs {
+            let mut sorted: Vec<Pair> = (0..ids as u64)
+                .map(|position| (Uuid::new_v4().as_u128(), position))
+                .collect();
+            sorted.sort_unstable();
+            let txn = db.begin_write().unwrap();
+            flush(&txn, &sorted).unwrap();
+            txn.commit().unwrap();
+        }
+        (dir, db)
+    }
+
+    /// The blocks of the index of `db`'s last commit.
+    fn blocks_of(db: &redb::Database) -> Vec<(u64, u128, Vec<Pair>)> {
+        blocks(
+            &db.begin_read()
+                .unwrap()
+                .open_table(EVENT_ID_BLOCKS)
+                .unwrap(),
+        )
+    }
+
+    /// Time-ordered ids above every id of the index extend its newest run, in blocks after its
+    /// last: a journal of them keeps one run.
+    #[test]
+    fn time_ordered_ids_extend_the_newest_run_in_blocks_after_its_last() {
+        let (_dir, db) = index_of(0, 0);
+        for flush_number in 0..3u128 {
+            let sorted: Vec<Pair> = (0..200u64)
+                .map(|n| ((flush_number << 64) + u128::from(n) + 1, n))
+                .collect();
+            let txn = db.begin_write().unwrap();
+            flush(&txn, &sorted).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(blocks_sound(&db.begin_read().unwrap()), 600);
+        let sizes: Vec<(u64, usize)> = blocks_of(&db)
+            .iter()
+            .map(|(run, _, pairs)| (*run, pairs.len()))
+            .collect();
+        assert_eq!(sizes, [(1, 128), (1, 72)].repeat(3));
+    }
+
+    /// A merge step that takes the least ids of an input's block but not all of them writes
+    /// the rest again under its least id left: every committed state holds each id once in
+    /// sound blocks, no id's block key ever decreases (the filter's scan relies on it), and
+    /// the merge ends with one run of every id.
+    #[test]
+    fn a_block_split_by_a_merge_step_keeps_its_rest_under_a_greater_key() {
+        let (_dir, db) = index_of(8, 200);
+        let originals: std::collections::HashSet<u128> =
+            blocks_of(&db).iter().map(|&(_, least, _)| least).collect();
+        let mut keys = std::collections::HashMap::new();
+        let mut split = 0;
+        loop {
+            let txn = db.begin_write().unwrap();
+            let more = merge_step(&txn, 300).unwrap();
+            txn.commit().unwrap();
+            assert_eq!(blocks_sound(&db.begin_read().unwrap()), 1600);
+            for (run, least, pairs) in blocks_of(&db) {
+                if run <= 8 && !originals.contains(&least) {
+                    split += 1;
+                }
+                for (id, _) in pairs {
+                    let before = keys.insert(id, (run, least));
+                    assert!(before.is_none_or(|before| before <= (run, least)), "{id:x}");
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        assert!(split > 0, "no block was split");
+        let txn = db.begin_read().unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        assert_eq!(runs.runs.len(), 1);
+        assert_eq!((runs.runs[0].count, runs.runs[0].part), (1600, Part::None));
+    }
+
+    /// Removing ids (as a scavenge does) writes their blocks again without them: a block
+    /// losing ids in its middle keeps its key, one losing its least id goes under its least
+    /// left, one losing all goes; the removed ids are not found, all others are.
+    #[test]
+    fn removing_ids_rewrites_or_removes_their_blocks() {
+        let (_dir, db) = index_of(1, 300);
+        let before = blocks_of(&db);
+        let sizes: Vec<usize> = before.iter().map(|(.., pairs)| pairs.len()).collect();
+        assert_eq!(sizes, [128, 128, 44]);
+        let ids = |pairs: &[Pair]| pairs.iter().map(|&(id, _)| id).collect::<Vec<_>>();
+        let mut gone = ids(&before[0].2[10..20]);
+        gone.push(before[1].2[0].0);
+        gone.extend(ids(&before[2].2));
+        let txn = db.begin_write().unwrap();
+        remove(&txn, &gone).unwrap();
+        txn.commit().unwrap();
+
+        assert_eq!(blocks_sound(&db.begin_read().unwrap()), 300 - 10 - 1 - 44);
+        let after = blocks_of(&db);
+        let keys: Vec<(u128, usize)> = after.iter().map(|(_, key, p)| (*key, p.len())).collect();
+        assert_eq!(keys, [(before[0].1, 118), (before[1].2[1].0, 127)]);
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        for (.., pairs) in &before {
+            for &(id, position) in pairs {
+                let expected = (!gone.contains(&id)).then_some(position);
+                assert_eq!(runs.position(&table, id, 0).unwrap(), expected);
+            }
+        }
     }
 
     /// Random ids go into runs, whose merges take several commits; between any two, and
@@ -649,10 +814,9 @@ mod tests {
         assert_eq!(removed, 160);
 
         let txn = db.get().begin_read().unwrap();
-        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
+        assert_eq!(blocks_sound(&txn), 160, "the kept ids");
+        let ids = txn.open_table(EVENT_ID_BLOCKS).unwrap();
         let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
-        assert_eq!(ids.len().unwrap(), 160, "the kept ids");
-        assert_eq!(runs.runs.iter().map(|run| run.count).sum::<u64>(), 160);
         for (_, events, _) in &gone {
             for event in events {
                 let found = runs.position(&ids, event.id.as_u128(), 0).unwrap();
@@ -701,26 +865,15 @@ mod tests {
         assert!(half_way());
     }
 
-    /// Every committed state of the index: its entries are those its catalog counts, each id
-    /// in one run and inside that run's range, at most one merge under way.
+    /// Every committed state of the index: sound blocks (see [`blocks_sound`]), at most one
+    /// merge under way.
     fn consistent(db: &SharedDb) {
         let txn = db.get().begin_read().unwrap();
-        let ids = txn.open_table(EVENT_ID_RUNS).unwrap();
-        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap())
-            .unwrap()
-            .runs;
-        let counted: u64 = runs.iter().map(|run| run.count).sum();
-        assert_eq!(ids.len().unwrap(), counted, "{runs:?}");
+        blocks_sound(&txn);
+        let runs = catalog(db);
         let outputs = runs.iter().filter(|run| run.part == Part::Output).count();
         let inputs = runs.iter().filter(|run| run.part == Part::Input).count();
         assert!(outputs <= 1 && (outputs == 1) == (inputs > 0), "{runs:?}");
-        let mut seen = std::collections::HashSet::new();
-        for entry in ids.iter().unwrap() {
-            let (number, id) = entry.unwrap().0.value();
-            assert!(seen.insert(id), "{id:x} twice");
-            let run = runs.iter().find(|run| run.number == number);
-            assert!(run.is_some_and(|run| run.may_hold(id)), "run {number}");
-        }
     }
 
     /// Random and time-ordered ids, flushes, merges in steps, scavenges emptying runs and

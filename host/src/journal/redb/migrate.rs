@@ -4,6 +4,7 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::JournalError;
+use super::id_blocks::IdKey;
 use super::id_runs;
 use super::memtable::INDEXED_THROUGH_KEY;
 use super::runs::Run;
@@ -19,8 +20,12 @@ pub(super) const FORMAT_2: u64 = 2;
 pub(super) const FORMAT_3: u64 = 3;
 /// The format with one table of event ids, [`EVENT_IDS`] (see `store::FORMAT_VERSION`).
 pub(super) const FORMAT_4: u64 = 4;
+/// The format whose id index held an entry per id, in [`EVENT_ID_RUNS`].
+pub(super) const FORMAT_5: u64 = 5;
 /// Formats 1 to 4: event id → position.
 pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
+/// Format 5: (run, event id) → position, the runs listed in the catalog as today.
+const EVENT_ID_RUNS: TableDefinition<IdKey, u64> = TableDefinition::new("event_id_runs");
 /// Format 2: the most recent runs, above every run of their stream in `STREAM_RUNS`.
 const RECENT_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs_recent");
@@ -94,7 +99,8 @@ pub(super) fn from_format_2(
 }
 
 /// Moves the table of event ids of formats 1 to 4 into the index of sorted runs, as its one
-/// run, and records the current format. One copy of every id, in id order through one cursor.
+/// run of blocks, and records the current format. One copy of every id, in id order through
+/// one cursor.
 pub(super) fn from_format_4(
     txn: &WriteTransaction,
     meta: &mut Table<'_, &'static str, u64>,
@@ -104,7 +110,23 @@ pub(super) fn from_format_4(
     meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
     tracing::info!(
         ids,
-        "migrated the journal to format 5: its event ids are one sorted run"
+        "migrated the journal to format 6: its event ids are one sorted run of blocks"
+    );
+    Ok(())
+}
+
+/// Rewrites format 5's id index (an entry per id) as blocks of ids, run by run under the same
+/// catalog (a merge under way goes on where it was), and records the current format.
+pub(super) fn from_format_5(
+    txn: &WriteTransaction,
+    meta: &mut Table<'_, &'static str, u64>,
+) -> Result<(), JournalError> {
+    let ids = id_runs::from_entries(txn, &txn.open_table(EVENT_ID_RUNS)?)?;
+    txn.delete_table(EVENT_ID_RUNS)?;
+    meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+    tracing::info!(
+        ids,
+        "migrated the journal to format 6: its runs of event ids are stored as blocks"
     );
     Ok(())
 }
@@ -114,11 +136,14 @@ mod tests {
     use redb::{Database, ReadableDatabase, TableHandle};
 
     use super::*;
+    use crate::journal::redb::id_blocks;
+    use crate::journal::redb::id_runs::{Catalog, CatalogValue};
     use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
     use crate::journal::redb::store::{
         self, CHECKPOINTS, EVENTS, FORMAT_KEY, FORMAT_VERSION, META, SNAPSHOTS, STREAM_HEADS,
         STREAM_LIFECYCLE,
     };
+    use crate::journal::redb::store::{EVENT_ID_BLOCKS, ID_RUN_CATALOG};
     use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
 
@@ -358,61 +383,63 @@ mod tests {
         }
     }
 
-    /// A file that a format 4 build wrote (`tests/fixtures/journal-format-4.redb`: 340 events
-    /// of four streams in appends of ten, random and time-ordered ids, flushed every 64 events
-    /// so that 280 ids are in its id table) opens with that table as one run of the id index:
-    /// every event is read by id and recognised in a retry, and appends go on, before and
-    /// after a reopen.
-    #[test]
-    fn a_format_4_file_opens_with_its_id_table_as_one_run() {
-        use redb::ReadableTableMetadata;
+    /// Copies the fixture `name` (in `tests/fixtures`) to `path`.
+    fn fixture(name: &str, path: &std::path::Path) {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        std::fs::copy(fixture.join(name), path).unwrap();
+    }
 
-        use crate::journal::redb::id_runs::Catalog;
-        use crate::journal::redb::store::{EVENT_ID_RUNS, ID_RUN_CATALOG};
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.redb");
-        let fixture = "tests/fixtures/journal-format-4.redb";
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture),
-            &path,
+    /// The format of the file at `path`, and the position its index tables cover.
+    fn format_and_indexed(path: &std::path::Path) -> (u64, u64) {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let format = meta.get(FORMAT_KEY).unwrap().unwrap().value();
+        (
+            format,
+            meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value(),
         )
-        .unwrap();
-        let indexed = {
-            let db = Database::open(&path).unwrap();
-            let txn = db.begin_read().unwrap();
-            let meta = txn.open_table(META).unwrap();
-            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), FORMAT_4);
-            let through = meta.get(INDEXED_THROUGH_KEY).unwrap().unwrap().value();
-            assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), through);
-            through
-        };
-        assert_eq!(indexed, 280);
+    }
 
-        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
-        {
-            let txn = journal.db.get().begin_read().unwrap();
-            let meta = txn.open_table(META).unwrap();
-            assert_eq!(
-                meta.get(FORMAT_KEY).unwrap().unwrap().value(),
-                FORMAT_VERSION
-            );
-            let tables: Vec<String> = txn
-                .list_tables()
-                .unwrap()
-                .map(|table| table.name().to_owned())
-                .collect();
-            assert!(!tables.contains(&EVENT_IDS.name().to_owned()), "{tables:?}");
-            assert_eq!(
-                txn.open_table(EVENT_ID_RUNS).unwrap().len().unwrap(),
-                indexed
-            );
-            let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
-            assert!(runs.bound() > 0);
+    /// The journal at `path` is in the current format, without the id table `old`; its index
+    /// holds `indexed` ids in sound blocks; returns its catalog.
+    fn migrated(path: &std::path::Path, old: &str, indexed: u64) -> Vec<(u64, CatalogValue)> {
+        let journal = RedbJournal::open(path, &JournalConfig::default()).unwrap();
+        let txn = journal.db.get().begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let format = meta.get(FORMAT_KEY).unwrap().unwrap().value();
+        assert_eq!(format, FORMAT_VERSION);
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|table| table.name().to_owned())
+            .collect();
+        assert!(!tables.iter().any(|table| table == old), "{tables:?}");
+        let blocks = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let mut held = 0;
+        for entry in blocks.iter().unwrap() {
+            let (key, block) = entry.unwrap();
+            let pairs: Vec<(u128, u64)> = id_blocks::pairs(block.value()).collect();
+            assert_eq!(key.value().1, pairs[0].0, "keyed by its least id");
+            assert!(pairs.is_sorted() && pairs.len() <= id_blocks::BLOCK_IDS);
+            held += pairs.len() as u64;
         }
+        assert_eq!(held, indexed);
+        let catalog = txn.open_table(ID_RUN_CATALOG).unwrap();
+        let catalog = catalog.iter().unwrap().map(|entry| {
+            let (run, value) = entry.unwrap();
+            (run.value(), value.value())
+        });
+        catalog.collect()
+    }
+
+    /// Every one of the `count` events of the journal at `path` is read by id and recognised
+    /// in a retry, and appends go on, before and after a reopen.
+    fn found_and_recognised(path: &std::path::Path, count: usize) {
+        let journal = RedbJournal::open(path, &JournalConfig::default()).unwrap();
         let all = ReadLimit::events(usize::MAX);
         let events = reader::read_all(&journal.db, 1, all).unwrap();
-        assert_eq!(events.len(), 340);
+        assert_eq!(events.len(), count);
         let recognised = |journal: &RedbJournal| {
             let head = journal.head_position();
             for event in &events {
@@ -438,6 +465,86 @@ mod tests {
         };
         recognised(&journal);
         drop(journal);
-        recognised(&RedbJournal::open(&path, &JournalConfig::default()).unwrap());
+        recognised(&RedbJournal::open(path, &JournalConfig::default()).unwrap());
+    }
+
+    /// A file that a format 4 build wrote (`tests/fixtures/journal-format-4.redb`: 340 events
+    /// of four streams in appends of ten, random and time-ordered ids, flushed every 64 events
+    /// so that 280 ids are in its id table) opens with that table as one run of blocks of the
+    /// id index: every event is read by id and recognised in a retry, and appends go on,
+    /// before and after a reopen.
+    #[test]
+    fn a_format_4_file_opens_with_its_id_table_as_one_run() {
+        use redb::ReadableTableMetadata;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        fixture("journal-format-4.redb", &path);
+        assert_eq!(format_and_indexed(&path), (FORMAT_4, 280));
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), 280);
+        }
+        let catalog = migrated(&path, EVENT_IDS.name(), 280);
+        assert_eq!(catalog.len(), 1);
+        assert_eq!(catalog[0].1.0, 280);
+        found_and_recognised(&path, 340);
+    }
+
+    /// A file that a format 5 build wrote half way through a merge
+    /// (`tests/fixtures/journal-format-5.redb`: FIXTURE5) opens with each of its runs as blocks
+    /// under the same catalog, so the merge goes on where it was: every event is read by id
+    /// and recognised in a retry, and appends go on, before and after a reopen.
+    #[test]
+    fn a_format_5_file_opens_with_its_runs_as_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        fixture("journal-format-5.redb", &path);
+        let (format, indexed) = format_and_indexed(&path);
+        assert_eq!((format, indexed), (FORMAT_5, 560));
+        let (entries, before) = {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let entries = txn.open_table(EVENT_ID_RUNS).unwrap();
+            let entries: Vec<(u64, u128, u64)> = (entries.iter().unwrap())
+                .map(|entry| {
+                    let (key, position) = entry.unwrap();
+                    let (run, id) = key.value();
+                    (run, id, position.value())
+                })
+                .collect();
+            let catalog = txn.open_table(ID_RUN_CATALOG).unwrap();
+            let catalog: Vec<(u64, CatalogValue)> = (catalog.iter().unwrap())
+                .map(|entry| {
+                    let (run, value) = entry.unwrap();
+                    (run.value(), value.value())
+                })
+                .collect();
+            (entries, catalog)
+        };
+        assert_eq!(entries.len() as u64, indexed);
+        assert!(
+            before
+                .iter()
+                .any(|(_, (held, .., part))| *part == 2 && *held > 0)
+        );
+        assert_eq!(migrated(&path, EVENT_ID_RUNS.name(), indexed), before);
+        {
+            let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+            let txn = journal.db.get().begin_read().unwrap();
+            let blocks = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+            let catalog = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+            for &(run, id, position) in &entries {
+                let found = id_blocks::holding(&blocks, run, id).unwrap();
+                assert_eq!(
+                    found.map(|(_, at)| at),
+                    Some(position),
+                    "{id:x} in run {run}"
+                );
+                assert_eq!(catalog.position(&blocks, id, 0).unwrap(), Some(position));
+            }
+        }
+        found_and_recognised(&path, 600);
     }
 }

@@ -8,6 +8,7 @@
 
 mod backup;
 mod batch;
+mod id_blocks;
 mod id_filter;
 mod id_runs;
 mod memtable;

@@ -17,8 +17,8 @@ use super::memtable::Memtable;
 use super::page::Page;
 use super::record::RawEnvelope;
 use super::store::{
-    CHECKPOINTS, EVENT_ID_RUNS, EVENTS, ID_RUN_CATALOG, LAST_POSITION_KEY, META, PARKED, SNAPSHOTS,
-    STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, ID_RUN_CATALOG, LAST_POSITION_KEY, META, PARKED,
+    SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
 };
 use super::{
     JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, SharedDb, Visibility, id_runs,
@@ -382,7 +382,7 @@ pub(in crate::journal) fn event_by_id(
                     return Ok(None);
                 };
                 let runs = id_runs::Catalog::read(&txn.open_table(ID_RUN_CATALOG)?)?;
-                match runs.position(&txn.open_table(EVENT_ID_RUNS)?, id, first_run)? {
+                match runs.position(&txn.open_table(EVENT_ID_BLOCKS)?, id, first_run)? {
                     Some(position) => position,
                     None => return Ok(None),
                 }

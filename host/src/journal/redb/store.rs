@@ -8,7 +8,8 @@ use redb::{
     WriteTransaction,
 };
 
-use super::id_runs::{CatalogValue, IdKey};
+use super::id_blocks::{IdBlock, IdKey};
+use super::id_runs::CatalogValue;
 use super::{JournalError, migrate};
 
 /// The storage format this build reads and writes (the tables below and their key layouts).
@@ -18,8 +19,10 @@ use super::{JournalError, migrate};
 /// Format 4 may hold records of layout 2 (see `record`), which a format 3 build would report
 /// as corrupt: it refuses the file instead. Format 5 indexes event ids as sorted runs (see
 /// `id_runs`), which a format 4 build would not find; opening a format 4 file moves its id
-/// table into one run (a format 4 build then refuses the file).
-pub(super) const FORMAT_VERSION: u64 = 5;
+/// table into one run (a format 4 build then refuses the file). Format 6 stores each run as
+/// blocks of ids (see `id_blocks`), which a format 5 build would not read; opening a format 4 or
+/// 5 file rewrites its id index as blocks (a format 5 build then refuses the file).
+pub(super) const FORMAT_VERSION: u64 = 6;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
@@ -31,9 +34,11 @@ pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("stream_runs");
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
-/// (run, event id) → position: the event-id index as sorted runs (see `id_runs`).
-pub(super) const EVENT_ID_RUNS: TableDefinition<IdKey, u64> = TableDefinition::new("event_id_runs");
-/// run → (ids, least id, greatest id, part in a merge): the runs of `EVENT_ID_RUNS`.
+/// (run, least id of the block) → a block of (event id, position) pairs: the event-id index as
+/// sorted runs (see `id_runs`) of blocks of ids (see `id_blocks`).
+pub(super) const EVENT_ID_BLOCKS: TableDefinition<IdKey, IdBlock> =
+    TableDefinition::new("event_id_blocks");
+/// run → (ids, least id, greatest id, part in a merge): the runs of `EVENT_ID_BLOCKS`.
 pub(super) const ID_RUN_CATALOG: TableDefinition<u64, CatalogValue> =
     TableDefinition::new("event_id_run_catalog");
 /// (plugin, stream, version) → aggregate state.
@@ -127,6 +132,10 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
                 migrate::from_format_4(&txn, &mut meta)?;
                 true
             }
+            Some(migrate::FORMAT_5) => {
+                migrate::from_format_5(&txn, &mut meta)?;
+                true
+            }
             Some(found) => {
                 return Err(JournalError::UnsupportedFormat {
                     found,
@@ -138,7 +147,7 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
                 txn.open_table(EVENTS)?;
                 txn.open_table(STREAM_RUNS)?;
                 txn.open_table(STREAM_HEADS)?;
-                txn.open_table(EVENT_ID_RUNS)?;
+                txn.open_table(EVENT_ID_BLOCKS)?;
                 txn.open_table(ID_RUN_CATALOG)?;
                 txn.open_table(SNAPSHOTS)?;
                 txn.open_table(CHECKPOINTS)?;
