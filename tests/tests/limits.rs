@@ -750,6 +750,14 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
         (sent, read_until_closed(trickler))
     });
 
+    // Its 512 KiB held first: a 600 KiB body sent before then could take the budget and get
+    // the trickler refused instead (seen under load).
+    let mut polls = 0;
+    while metric(&server.metrics(&client).await, "foldhost_body_bytes_held") < (512 << 10) as f64 {
+        polls += 1;
+        assert!(polls < 600, "the trickler's 512 KiB were never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // While it holds 512 KiB of the 1 MiB budget, a 600 KiB body is refused (before the server
     // has read the trickler's bytes it is read and fails as JSON: retry).
     let spaces = " ".repeat(600 << 10);
