@@ -21,8 +21,10 @@ use super::store::{
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
 
-/// Entries copied per (non-durable) transaction of the copy; the last commit is durable.
-const CHUNK: usize = 50_000;
+/// Bytes of keys and values copied per (non-durable) transaction of the copy, at least one
+/// entry; the last commit is durable. Bytes, not entries: an id block holds ~3 KB and an
+/// event up to its size limit, so a count of entries would not bound what a transaction holds.
+const CHUNK_BYTES: usize = 16 << 20;
 
 /// Writes a backup of the journal to `path`, atomically and durably: it appears complete or
 /// not at all.
@@ -108,16 +110,22 @@ fn copy<K: Key + 'static, V: Value + 'static>(
         let mut txn = target.begin_write()?;
         txn.set_durability(Durability::None)?;
         let mut copied = 0;
+        let mut more = false;
         {
             let mut to = txn.open_table(table)?;
-            for entry in entries.by_ref().take(CHUNK) {
-                let (key, value) = entry?;
-                to.insert(key.value(), value.value())?;
-                copied += 1;
+            for entry in entries.by_ref() {
+                let (key_guard, value_guard) = entry?;
+                let (key, value) = (key_guard.value(), value_guard.value());
+                copied += K::as_bytes(&key).as_ref().len() + V::as_bytes(&value).as_ref().len();
+                to.insert(key, value)?;
+                if copied >= CHUNK_BYTES {
+                    more = true;
+                    break;
+                }
             }
         }
         txn.commit()?;
-        if copied < CHUNK {
+        if !more {
             return Ok(table.name().to_owned());
         }
     }
