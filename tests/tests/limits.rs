@@ -752,12 +752,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
 
     // Its 512 KiB held first: a 600 KiB body sent before then could take the budget and get
     // the trickler refused instead (seen under load).
-    let mut polls = 0;
-    while metric(&server.metrics(&client).await, "foldhost_body_bytes_held") < (512 << 10) as f64 {
-        polls += 1;
-        assert!(polls < 600, "the trickler's 512 KiB were never held");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    held_at_least(&client, &server, 512 << 10, "the trickler's").await;
     // While it holds 512 KiB of the 1 MiB budget, a 600 KiB body is refused (before the server
     // has read the trickler's bytes it is read and fails as JSON: retry).
     let spaces = " ".repeat(600 << 10);
@@ -945,6 +940,19 @@ fn hold_body(server: &Server, sent: usize, length: usize) -> TcpStream {
     holder
 }
 
+/// Waits until request bodies hold at least `bytes` (`foldhost_body_bytes_held`), e.g. those
+/// of `whose` held bodies, before a test sends a body that must find them held.
+async fn held_at_least(client: &Client, server: &Server, bytes: usize, whose: &str) {
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    while metric(&server.metrics(client).await, "foldhost_body_bytes_held") < bytes as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{whose} {bytes} bytes were never held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Posts `body` (not JSON) to stream `t` until it is refused rather than read (a body the
 /// server reads before the held ones fails as JSON: retry, calling `again` first), at most 100
 /// times; returns the refusal's status, `Retry-After` and answer.
@@ -1002,6 +1010,8 @@ async fn one_client_holds_at_most_its_share_of_the_body_budget_and_others_still_
     // Two connections from 127.0.0.1 send 400 KiB of a 500 KiB body each and wait: 800 KiB
     // of its 1 MiB share. Such clients, 32 of them at 8 MiB, used to hold the whole budget.
     let holders = [0; 2].map(|_| hold_body(&server, 400 << 10, 500 << 10));
+    // Both held first: a body read before them could take the share and get one refused.
+    held_at_least(&client, &server, 800 << 10, "the two holders'").await;
     let (status, retry_after, answer) =
         refused_while_held(&client, &server, &" ".repeat(300 << 10), || {}).await;
     assert_eq!(
