@@ -124,19 +124,13 @@ pub(super) fn encode(pairs: &[Pair]) -> Vec<u8> {
 /// The position of `id` in a block's bytes, if it holds it.
 fn search(block: &[u8], id: u128) -> Option<u64> {
     let wanted = id.to_be_bytes();
-    let (mut low, mut high) = (0, block.len() / PAIR_BYTES);
-    while low < high {
-        let middle = (low + high) / 2;
-        let pair = &block[middle * PAIR_BYTES..(middle + 1) * PAIR_BYTES];
-        match pair[..16].cmp(&wanted) {
-            Ordering::Less => low = middle + 1,
-            Ordering::Greater => high = middle,
-            Ordering::Equal => {
-                return Some(u64::from_be_bytes(pair[16..].try_into().expect("8 bytes")));
-            }
-        }
-    }
-    None
+    let (pairs, _) = block.as_chunks::<PAIR_BYTES>();
+    let found = pairs
+        .binary_search_by(|pair| pair[..16].cmp(&wanted))
+        .ok()?;
+    Some(u64::from_be_bytes(
+        pairs[found][16..].try_into().expect("8 bytes"),
+    ))
 }
 
 /// The block of `run` in `table` that holds `id`, if one does: its key's least id and the
