@@ -1,7 +1,8 @@
 //! `GET /openapi.json` against the router of a real `foldhost serve`: every documented
 //! operation is served, every other method on a documented path is refused, and no route is
 //! added to the router except through the documented `routes!` (which takes each route's path
-//! and method from its handler's `#[utoipa::path]`).
+//! and method from its handler's `#[utoipa::path]`). Every operation whose handler reads a
+//! request body documents the statuses the body can be refused with before the handler runs.
 
 pub mod serve;
 
@@ -88,6 +89,84 @@ async fn the_document_and_the_router_agree() {
             }
         }
     }
+}
+
+/// Statuses a request body can be refused with while it is read (`server::bodies`), and
+/// whether they carry `Retry-After`.
+const BODY_REFUSALS: &[(&str, bool)] =
+    &[("408", false), ("413", false), ("429", true), ("503", true)];
+
+/// The operations whose handler reads a request body are found by sending every documented
+/// operation a body larger than the host's whole body budget: those that read it answer 413.
+/// Each of them, and no other, must declare its body and document every status a body can be
+/// refused with before the handler sees it (408, 413, 429, 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_that_reads_a_body_documents_how_a_body_is_refused() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--admin-token", "secret", "--body-budget", "64KiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    let document: Value = client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let oversized = vec![b' '; 128 << 10];
+    let mut reading = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in METHODS {
+            let Some(operation) = item.get(method.to_lowercase()) else {
+                continue;
+            };
+            let response = client
+                .request(
+                    Method::from_bytes(method.as_bytes()).unwrap(),
+                    server.url(&concrete(path)),
+                )
+                .bearer_auth("secret")
+                .header("content-type", "application/json")
+                .body(oversized.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = if path == "/events/live" && status == 200 {
+                String::new()
+            } else {
+                response.text().await.unwrap()
+            };
+            let read = status == 413 && body.contains("larger than");
+            let declared = operation.get("requestBody").is_some();
+            assert_eq!(
+                read, declared,
+                "{method} {path} reads a body: {read} ({status} {body}), declares one: {declared}"
+            );
+            if !read {
+                continue;
+            }
+            reading.push(format!("{method} {path}"));
+            for (refused, retry) in BODY_REFUSALS {
+                let response = &operation["responses"][refused];
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} does not document {refused}: {response}"
+                );
+                assert_eq!(
+                    response["headers"].get("Retry-After").is_some(),
+                    *retry,
+                    "{method} {path}, {refused}: {response}"
+                );
+            }
+        }
+    }
+    // The appends, commands, retention rules, uploads and policies.
+    assert_eq!(reading.len(), 5, "{reading:?}");
 }
 
 /// Every route goes through `routes!`, so none can be served undocumented: no module of the

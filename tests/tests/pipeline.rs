@@ -147,10 +147,21 @@ impl Gated {
         commands: Vec<Sent>,
         before_release: impl Future<Output = ()>,
     ) -> Vec<Outcome> {
+        self.round_behind(deposit(1), commands, before_release)
+            .await
+    }
+
+    /// [`round`](Self::round) behind a `first` command of the test's choosing.
+    async fn round_behind(
+        &self,
+        first: Sent,
+        commands: Vec<Sent>,
+        before_release: impl Future<Output = ()>,
+    ) -> Vec<Outcome> {
         let stats = self.runtime.command_stats();
         self.gate.hold();
-        let first = send(&self.runtime, "hot", deposit(1));
-        wait_until("the first deposit's commit waits for its sync", || {
+        let first = send(&self.runtime, "hot", first);
+        wait_until("the first command's commit waits for its sync", || {
             self.gate.waiting() == 1
         })
         .await;
@@ -173,7 +184,7 @@ impl Gated {
         let rounds = self.runtime.command_stats().rounds - stats.rounds;
         assert_eq!(
             rounds, 2,
-            "the first deposit's round, then one for the queued commands"
+            "the first command's round, then one for the queued commands"
         );
         outcomes
     }
@@ -334,6 +345,134 @@ async fn a_command_whose_events_cannot_be_read_back_answers_with_the_events_it_s
     );
     // It is stored, as answered (where readers no longer see it).
     assert_eq!(host.journal.head_position(), head + 1);
+}
+
+/// A round of several commands whose events are stored but cannot be read back (the retention
+/// rule hides them at once): each command still answers with its own events, placed where they
+/// were stored; a refused one with its refusal, a repeated key with its first's outcome; no
+/// state is made up. With the rule lifted, the log holds exactly what was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_whose_events_cannot_be_read_back_answers_each_command_with_its_own_events() {
+    let host = Gated::new().await;
+    let stream = "bank-account-hot";
+    let hidden = StreamMetadata {
+        truncate_before: Some(1000),
+        ..StreamMetadata::default()
+    };
+    (host.journal)
+        .set_stream_metadata(stream, hidden)
+        .await
+        .unwrap();
+    let head = host.journal.head_position();
+    let open = |owner| ("Open", json!({ "owner": owner }), None);
+    let keyed = || ("Deposit", json!({"amount": 10}), Some("k1"));
+    // The opening is hidden: each round decides on an empty account, so each opens it first.
+    let commits = host.journal.stats().commits;
+    let outcomes = host
+        .round_behind(
+            open("Again"),
+            vec![
+                open("Third"),
+                deposit(100),
+                withdraw(150),
+                keyed(),
+                deposit(0),
+                keyed(),
+                withdraw(30),
+                open("Fourth"),
+            ],
+            async {},
+        )
+        .await;
+    assert_eq!(
+        host.journal.stats().commits - commits,
+        2,
+        "one commit per round"
+    );
+
+    // The first command's event is at head + 1 (version 2); the round's follow, one per
+    // command that decided one, in the order the commands were queued.
+    let placed = [
+        (0, 3, "Opened"),
+        (1, 4, "Deposited"),
+        (3, 5, "Deposited"),
+        (6, 6, "Withdrawn"),
+    ];
+    for (index, version, event_type) in placed {
+        let outcome = outcomes[index].as_ref().unwrap();
+        let [event] = &outcome.events[..] else {
+            panic!("command {index}: one event, got {:?}", outcome.events);
+        };
+        assert_eq!(
+            (
+                outcome.version,
+                event.version,
+                event.position,
+                &*event.event_type
+            ),
+            (version, version, head + version - 1, event_type),
+            "command {index}"
+        );
+        let unknown = outcome.state.as_ref().unwrap_err();
+        assert!(
+            unknown.contains("the events are stored, but reading them back failed")
+                && unknown.contains("missing when read back"),
+            "command {index}: {unknown}"
+        );
+    }
+    let amount = |index: usize| {
+        let event = &outcomes[index].as_ref().unwrap().events[0];
+        serde_json::from_slice::<Value>(&event.data).unwrap()["amount"].clone()
+    };
+    assert_eq!(
+        (amount(1), amount(3), amount(6)),
+        (json!(100), json!(10), json!(30))
+    );
+    // Refused on the state the round folded ahead of its commit, though none of it was read.
+    let refused = |index: usize| match &outcomes[index] {
+        Err(RuntimeError::Rejected { reason, .. }) => reason.clone(),
+        other => panic!("command {index}: expected a rejection, got {other:?}"),
+    };
+    assert!(
+        refused(2).contains("balance 100, requested 150"),
+        "{}",
+        refused(2)
+    );
+    assert!(refused(4).contains("positive"), "{}", refused(4));
+    assert!(refused(7).contains("already open"), "{}", refused(7));
+    let repeated = outcomes[5].as_ref().unwrap();
+    let first_of_key = outcomes[3].as_ref().unwrap();
+    assert_eq!(repeated.version, first_of_key.version);
+    assert_eq!(repeated.events[0].id, first_of_key.events[0].id);
+    assert_eq!(repeated.events[0].position, first_of_key.events[0].position);
+
+    // Stored as answered, once each.
+    (host.journal)
+        .set_stream_metadata(stream, StreamMetadata::default())
+        .await
+        .unwrap();
+    let stored = host.journal.read_stream(stream, 3, 100).unwrap();
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    for (event, (index, ..)) in stored.iter().zip(placed) {
+        let answered = &outcomes[index].as_ref().unwrap().events[0];
+        assert_eq!(
+            (
+                event.position,
+                event.version,
+                event.id,
+                &event.event_type,
+                &event.data
+            ),
+            (
+                answered.position,
+                answered.version,
+                answered.id,
+                &answered.event_type,
+                &answered.data
+            ),
+            "command {index}"
+        );
+    }
 }
 
 /// A keyed command already stored answers with the state after it, rendered by the round's
