@@ -330,7 +330,8 @@ impl Head {
         if let Some(entry) = range.next() {
             let (key, block) = entry?;
             self.key = key.value().1;
-            self.block.extend(id_blocks::pairs(block.value()));
+            self.block
+                .extend(id_blocks::pairs(key.value(), block.value())?);
         }
         Ok(())
     }
@@ -373,7 +374,7 @@ pub(super) fn remove(txn: &WriteTransaction, ids: &[u128]) -> Result<(), Journal
     }
     for ((number, key), gone) in blocks {
         let block = table.remove((number, key))?.expect("found above");
-        let kept: Vec<Pair> = id_blocks::pairs(block.value())
+        let kept: Vec<Pair> = id_blocks::pairs((number, key), block.value())?
             .filter(|(id, _)| !gone.contains(id))
             .collect();
         drop(block);
@@ -491,7 +492,8 @@ mod tests {
         let blocks = ids.iter().unwrap().map(|entry| {
             let (key, block) = entry.unwrap();
             let (run, least) = key.value();
-            (run, least, id_blocks::pairs(block.value()).collect())
+            let pairs = id_blocks::pairs(key.value(), block.value()).unwrap();
+            (run, least, pairs.collect())
         });
         blocks.collect()
     }
@@ -723,6 +725,49 @@ mod tests {
                 assert_eq!(runs.position(&table, id, 0).unwrap(), expected);
             }
         }
+    }
+
+    /// A database whose id index holds 8 runs of 256 ids (2 blocks each), run `k + 1` the ids
+    /// `8 i + k`, each at position id + 1: a merge takes as many of each in turn.
+    fn interleaved() -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("ids.redb")).unwrap();
+        for k in 0..8 {
+            let sorted: Vec<Pair> = (0..256)
+                .map(|i| (8 * i + k, (8 * i + k) as u64 + 1))
+                .collect();
+            let txn = db.begin_write().unwrap();
+            flush(&txn, &sorted).unwrap();
+            txn.commit().unwrap();
+        }
+        (dir, db)
+    }
+
+    /// A malformed block (here one holding no ids, which a merge step would otherwise take for
+    /// the end of its run) stops a merge step, a removal, a lookup and the filter's scan
+    /// reaching it with `Corrupt`.
+    #[test]
+    fn a_malformed_block_stops_merges_removals_lookups_and_scans() {
+        use crate::journal::redb::id_filter::IdFilter;
+
+        let (_dir, db) = interleaved();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        table.insert((3, 2), [0u8; 0].as_slice()).unwrap();
+        drop(table);
+        txn.commit().unwrap();
+        fn corrupt<T>(result: Result<T, JournalError>) -> bool {
+            matches!(result, Err(JournalError::Corrupt { .. }))
+        }
+
+        assert!(corrupt(merge_step(&db.begin_write().unwrap(), 100)));
+        assert!(corrupt(remove(&db.begin_write().unwrap(), &[10])));
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        assert!(corrupt(runs.position(&table, 10, 0)));
+        assert_eq!(runs.position(&table, 1, 0).unwrap(), Some(2), "another run");
+        assert!(corrupt(IdFilter::default().scan(&table, 2048)));
     }
 
     /// Random ids go into runs, whose merges take several commits; between any two, and

@@ -419,7 +419,8 @@ mod tests {
         let mut held = 0;
         for entry in blocks.iter().unwrap() {
             let (key, block) = entry.unwrap();
-            let pairs: Vec<(u128, u64)> = id_blocks::pairs(block.value()).collect();
+            let pairs = id_blocks::pairs(key.value(), block.value()).unwrap();
+            let pairs: Vec<(u128, u64)> = pairs.collect();
             assert_eq!(key.value().1, pairs[0].0, "keyed by its least id");
             assert!(pairs.is_sorted() && pairs.len() <= id_blocks::BLOCK_IDS);
             held += pairs.len() as u64;
