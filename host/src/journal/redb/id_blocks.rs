@@ -236,6 +236,58 @@ mod tests {
         (dir, db)
     }
 
+    /// A lookup finds the first and the last id of each block in that block, and no id
+    /// between two blocks, nor one of another run; ids 0 and `u128::MAX` are found where held.
+    #[test]
+    fn ids_at_the_edges_of_blocks_are_found_in_their_block() {
+        // Run 2: 0, 3, 6, ..., u128::MAX in blocks of 128, 128 and 44; runs 1 and 3 hold ids
+        // next to each of them.
+        let mut held: Vec<u128> = (0..299).map(|n| n * 3).collect();
+        held.push(u128::MAX);
+        let pairs =
+            |ids: &[u128]| -> Vec<Pair> { ids.iter().map(|&id| (id, !id as u64)).collect() };
+        let (beside, after): (Vec<u128>, Vec<u128>) = (
+            held[..299].iter().map(|id| id + 1).collect(),
+            held[..299].iter().map(|id| id + 2).collect(),
+        );
+        let runs = [(1, pairs(&beside)), (2, pairs(&held)), (3, pairs(&after))];
+        let (_dir, db) = index(&runs);
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let found = |run: u64, id: u128| holding(&table, run, id).unwrap();
+
+        let blocks: Vec<&[u128]> = held.chunks(BLOCK_IDS).collect();
+        assert_eq!(blocks.len(), 3);
+        for block in &blocks {
+            let (first, last) = (block[0], block[block.len() - 1]);
+            assert_eq!(found(2, first), Some((first, !first as u64)), "{first:x}");
+            assert_eq!(found(2, last), Some((first, !last as u64)), "{last:x}");
+        }
+        for pair in blocks.windows(2) {
+            let (last, next) = (pair[0][pair[0].len() - 1], pair[1][0]);
+            for between in [last + 1, next - 1] {
+                assert_eq!(found(2, between), None, "{between:x}");
+            }
+        }
+        assert_eq!(found(2, u128::MAX - 1), None);
+        for (run, ids) in [(1, &beside), (3, &after)] {
+            for &id in ids {
+                assert_eq!(found(2, id), None, "{id:x} of run {run}");
+                assert_eq!(found(run, id), Some((found_key(ids, id), !id as u64)));
+            }
+            assert_eq!(found(run, 0), None);
+            assert_eq!(found(run, u128::MAX), None);
+        }
+        assert_eq!(found(4, 0), None);
+        assert_eq!(found(4, u128::MAX), None);
+    }
+
+    /// The key of the block holding `id` among `ids` written as one run.
+    fn found_key(ids: &[u128], id: u128) -> u128 {
+        let at = ids.binary_search(&id).unwrap();
+        ids[at / BLOCK_IDS * BLOCK_IDS]
+    }
+
     /// A block that is not whole pairs, holds none, or whose first id is not its key is
     /// reported `Corrupt` by a lookup reaching it, whatever id it looks for.
     #[test]
