@@ -408,7 +408,8 @@ pub(super) fn from_table(
 }
 
 /// Writes the runs of `old` (format 5's id index: an entry (run, id) → position per id) as
-/// blocks of `txn`'s index, under the same catalog; returns how many ids it moved.
+/// blocks of `txn`'s index, under the same catalog; returns how many ids it moved. `Corrupt`
+/// unless each run holds as many ids as the catalog counts, and `old` none of another run.
 pub(super) fn from_entries(
     txn: &WriteTransaction,
     old: &impl ReadableTable<IdKey, u64>,
@@ -422,9 +423,30 @@ pub(super) fn from_entries(
             let (key, position) = entry?;
             Ok((key.value().1, position.value()))
         });
-        moved += id_blocks::append(&mut ids, run.number, pairs)?;
+        let held = id_blocks::append(&mut ids, run.number, pairs)?;
+        if held != run.count {
+            return Err(unmigrated(format!(
+                "run {} holds {held} ids but the catalog counts {}",
+                run.number, run.count
+            )));
+        }
+        moved += held;
+    }
+    let entries = old.len()?;
+    if entries != moved {
+        return Err(unmigrated(format!(
+            "it holds {entries} ids, of which its catalog's runs hold {moved}"
+        )));
     }
     Ok(moved)
+}
+
+/// Why format 5's id index cannot be migrated.
+fn unmigrated(reason: String) -> JournalError {
+    JournalError::Corrupt {
+        position: 0,
+        reason: format!("format 5's event-id index does not match its catalog: {reason}"),
+    }
 }
 
 #[cfg(test)]
