@@ -104,7 +104,7 @@ impl IdFilter {
                 next = Some(key.value());
                 break;
             }
-            ids.extend(id_blocks::pairs(block.value()).map(|(id, _)| id));
+            ids.extend(id_blocks::pairs(key.value(), block.value())?.map(|(id, _)| id));
         }
         let table_len = match self.scan {
             Scan::NotStarted => held as usize,

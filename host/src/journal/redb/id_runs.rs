@@ -330,7 +330,8 @@ impl Head {
         if let Some(entry) = range.next() {
             let (key, block) = entry?;
             self.key = key.value().1;
-            self.block.extend(id_blocks::pairs(block.value()));
+            self.block
+                .extend(id_blocks::pairs(key.value(), block.value())?);
         }
         Ok(())
     }
@@ -373,7 +374,7 @@ pub(super) fn remove(txn: &WriteTransaction, ids: &[u128]) -> Result<(), Journal
     }
     for ((number, key), gone) in blocks {
         let block = table.remove((number, key))?.expect("found above");
-        let kept: Vec<Pair> = id_blocks::pairs(block.value())
+        let kept: Vec<Pair> = id_blocks::pairs((number, key), block.value())?
             .filter(|(id, _)| !gone.contains(id))
             .collect();
         drop(block);
@@ -407,7 +408,8 @@ pub(super) fn from_table(
 }
 
 /// Writes the runs of `old` (format 5's id index: an entry (run, id) → position per id) as
-/// blocks of `txn`'s index, under the same catalog; returns how many ids it moved.
+/// blocks of `txn`'s index, under the same catalog; returns how many ids it moved. `Corrupt`
+/// unless each run holds as many ids as the catalog counts, and `old` none of another run.
 pub(super) fn from_entries(
     txn: &WriteTransaction,
     old: &impl ReadableTable<IdKey, u64>,
@@ -421,9 +423,30 @@ pub(super) fn from_entries(
             let (key, position) = entry?;
             Ok((key.value().1, position.value()))
         });
-        moved += id_blocks::append(&mut ids, run.number, pairs)?;
+        let held = id_blocks::append(&mut ids, run.number, pairs)?;
+        if held != run.count {
+            return Err(unmigrated(format!(
+                "run {} holds {held} ids but the catalog counts {}",
+                run.number, run.count
+            )));
+        }
+        moved += held;
+    }
+    let entries = old.len()?;
+    if entries != moved {
+        return Err(unmigrated(format!(
+            "it holds {entries} ids, of which its catalog's runs hold {moved}"
+        )));
     }
     Ok(moved)
+}
+
+/// Why format 5's id index cannot be migrated.
+fn unmigrated(reason: String) -> JournalError {
+    JournalError::Corrupt {
+        position: 0,
+        reason: format!("format 5's event-id index does not match its catalog: {reason}"),
+    }
 }
 
 #[cfg(test)]
@@ -491,7 +514,8 @@ mod tests {
         let blocks = ids.iter().unwrap().map(|entry| {
             let (key, block) = entry.unwrap();
             let (run, least) = key.value();
-            (run, least, id_blocks::pairs(block.value()).collect())
+            let pairs = id_blocks::pairs(key.value(), block.value()).unwrap();
+            (run, least, pairs.collect())
         });
         blocks.collect()
     }
@@ -723,6 +747,150 @@ mod tests {
                 assert_eq!(runs.position(&table, id, 0).unwrap(), expected);
             }
         }
+    }
+
+    /// A database whose id index holds 8 runs of 256 ids (2 blocks each), run `k + 1` the ids
+    /// `8 i + k`, each at position id + 1: a merge takes as many of each in turn.
+    fn interleaved() -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("ids.redb")).unwrap();
+        for k in 0..8 {
+            let sorted: Vec<Pair> = (0..256)
+                .map(|i| (8 * i + k, (8 * i + k) as u64 + 1))
+                .collect();
+            let txn = db.begin_write().unwrap();
+            flush(&txn, &sorted).unwrap();
+            txn.commit().unwrap();
+        }
+        (dir, db)
+    }
+
+    /// Takes a merge step of `budget` ids in `db`; returns whether merge work may be left, once
+    /// the index holds `held` ids in sound blocks.
+    fn step(db: &redb::Database, budget: usize, held: u64) -> bool {
+        let txn = db.begin_write().unwrap();
+        let more = merge_step(&txn, budget).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(blocks_sound(&db.begin_read().unwrap()), held);
+        more
+    }
+
+    /// The catalog of `db`'s last commit: (run, ids, part) of each run.
+    fn runs_of(db: &redb::Database) -> Vec<(u64, u64, Part)> {
+        let txn = db.begin_read().unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        let runs = runs
+            .runs
+            .iter()
+            .map(|run| (run.number, run.count, run.part));
+        runs.collect()
+    }
+
+    /// Every id below 2,048 but `gone` is found at its position (id + 1), and none of `gone`.
+    fn found_but(db: &redb::Database, gone: &[u128]) {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        for id in 0..2048 {
+            let expected = (!gone.contains(&id)).then_some(id as u64 + 1);
+            assert_eq!(runs.position(&table, id, 0).unwrap(), expected, "{id}");
+        }
+    }
+
+    /// Merge steps whose budget ends exactly at the end of a block of every input, then at the
+    /// end of every input: the blocks taken go, the next ones stay whole under their keys, and
+    /// a step finding the inputs through ends the merge with one run of every id.
+    #[test]
+    fn a_merge_step_ending_at_a_block_boundary_leaves_the_next_block_whole() {
+        let (_dir, db) = interleaved();
+        for _ in 0..4 {
+            assert!(step(&db, 256, 2048));
+        }
+        // Each input's second block, and the output's first 8.
+        let mut expected: Vec<(u64, u128, usize)> =
+            (0..8).map(|k| (k as u64 + 1, 1024 + k, 128)).collect();
+        expected.extend((0..8).map(|n| (9, n * 128, 128)));
+        let blocks = blocks_of(&db).into_iter();
+        let blocks = blocks.map(|(run, key, pairs)| (run, key, pairs.len()));
+        assert_eq!(blocks.collect::<Vec<_>>(), expected);
+        for _ in 0..4 {
+            assert!(step(&db, 256, 2048));
+        }
+        let mut expected: Vec<(u64, u64, Part)> = (1..=8).map(|n| (n, 0, Part::Input)).collect();
+        expected.push((9, 2048, Part::Output));
+        assert_eq!(runs_of(&db), expected, "a step of a full budget goes on");
+        assert!(!step(&db, 256, 2048), "none due once merged");
+        assert_eq!(runs_of(&db), [(9, 2048, Part::None)]);
+        found_but(&db, &[]);
+    }
+
+    /// Removing ids (as a scavenge does) between merge steps from input blocks a step took in
+    /// part (the least id left of one, an id in the middle of another, all left of a third),
+    /// and one the step moved: the merge goes on from there, each committed state sound, and
+    /// ends with one run of every id but those.
+    #[test]
+    fn ids_removed_from_a_block_a_merge_step_took_in_part_stay_removed() {
+        let (_dir, db) = interleaved();
+        assert!(step(&db, 100, 2048));
+        // Ids 0 to 99 moved: 13 of runs 1 to 4, 12 of runs 5 to 8.
+        let split = |db: &redb::Database| {
+            let blocks = blocks_of(db).into_iter();
+            let split = blocks.filter(|(run, _, pairs)| *run <= 8 && pairs.len() < 128);
+            split.map(|(run, key, pairs)| (run, key, pairs.len()))
+        };
+        let taken = |k: u128| if k < 4 { 13 } else { 12 };
+        let expected = (0..8).map(|k| (k as u64 + 1, 8 * taken(k) + k, 128 - taken(k) as usize));
+        assert!(split(&db).eq(expected));
+
+        let mut gone = vec![104, 8 * 50 + 2, 5];
+        gone.extend((13..128).map(|i| 8 * i + 3));
+        let txn = db.begin_write().unwrap();
+        remove(&txn, &gone).unwrap();
+        txn.commit().unwrap();
+        let held = 2048 - gone.len() as u64;
+        assert_eq!(blocks_sound(&db.begin_read().unwrap()), held);
+        let first: Vec<(u64, u128, usize)> = split(&db).take(3).collect();
+        assert_eq!(first, [(1, 112, 114), (2, 105, 115), (3, 106, 114)]);
+        assert!(
+            !blocks_of(&db)
+                .iter()
+                .any(|&(run, key, _)| (run, key) == (4, 107))
+        );
+
+        let mut steps = 0;
+        while step(&db, 100, held) {
+            steps += 1;
+            assert!(steps < 30, "the merge never ends");
+        }
+        assert_eq!(runs_of(&db), [(9, held, Part::None)]);
+        found_but(&db, &gone);
+    }
+
+    /// A malformed block (here one holding no ids, which a merge step would otherwise take for
+    /// the end of its run) stops a merge step, a removal, a lookup and the filter's scan
+    /// reaching it with `Corrupt`.
+    #[test]
+    fn a_malformed_block_stops_merges_removals_lookups_and_scans() {
+        use crate::journal::redb::id_filter::IdFilter;
+
+        let (_dir, db) = interleaved();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        table.insert((3, 2), [0u8; 0].as_slice()).unwrap();
+        drop(table);
+        txn.commit().unwrap();
+        fn corrupt<T>(result: Result<T, JournalError>) -> bool {
+            matches!(result, Err(JournalError::Corrupt { .. }))
+        }
+
+        assert!(corrupt(merge_step(&db.begin_write().unwrap(), 100)));
+        assert!(corrupt(remove(&db.begin_write().unwrap(), &[10])));
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(EVENT_ID_BLOCKS).unwrap();
+        let runs = Catalog::read(&txn.open_table(ID_RUN_CATALOG).unwrap()).unwrap();
+        assert!(corrupt(runs.position(&table, 10, 0)));
+        assert_eq!(runs.position(&table, 1, 0).unwrap(), Some(2), "another run");
+        assert!(corrupt(IdFilter::default().scan(&table, 2048)));
     }
 
     /// Random ids go into runs, whose merges take several commits; between any two, and

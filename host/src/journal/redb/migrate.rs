@@ -419,7 +419,8 @@ mod tests {
         let mut held = 0;
         for entry in blocks.iter().unwrap() {
             let (key, block) = entry.unwrap();
-            let pairs: Vec<(u128, u64)> = id_blocks::pairs(block.value()).collect();
+            let pairs = id_blocks::pairs(key.value(), block.value()).unwrap();
+            let pairs: Vec<(u128, u64)> = pairs.collect();
             assert_eq!(key.value().1, pairs[0].0, "keyed by its least id");
             assert!(pairs.is_sorted() && pairs.len() <= id_blocks::BLOCK_IDS);
             held += pairs.len() as u64;
@@ -546,5 +547,67 @@ mod tests {
             }
         }
         found_and_recognised(&path, 600);
+    }
+
+    /// A format 5 file whose id index disagrees with its catalog (an id lost from a run, or
+    /// one of a run the catalog does not list) is refused as `Corrupt`, naming both counts,
+    /// and left in format 5 as it was.
+    #[test]
+    fn a_format_5_file_whose_ids_disagree_with_its_catalog_is_refused() {
+        type Tamper = fn(&mut Table<'_, IdKey, u64>, &[(u64, CatalogValue)]) -> String;
+        let lost: Tamper = |entries, catalog| {
+            let &(run, (count, ..)) = catalog.iter().find(|(_, (count, ..))| *count > 0).unwrap();
+            let mut ids = entries.range((run, 0)..=(run, u128::MAX)).unwrap();
+            let id = ids.next().unwrap().unwrap().0.value().1;
+            drop(ids);
+            entries.remove((run, id)).unwrap().unwrap();
+            format!(
+                "run {run} holds {} ids but the catalog counts {count}",
+                count - 1
+            )
+        };
+        let unlisted: Tamper = |entries, catalog| {
+            let run = catalog[catalog.len() - 1].0 + 1;
+            entries.insert((run, 7), 1).unwrap();
+            let held: u64 = catalog.iter().map(|(_, (count, ..))| count).sum();
+            format!(
+                "it holds {} ids, of which its catalog's runs hold {held}",
+                held + 1
+            )
+        };
+        for tamper in [lost, unlisted] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal.redb");
+            fixture("journal-format-5.redb", &path);
+            let tampered = {
+                let db = Database::open(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                let catalog: Vec<(u64, CatalogValue)> = (txn.open_table(ID_RUN_CATALOG).unwrap())
+                    .iter()
+                    .unwrap()
+                    .map(|entry| {
+                        let (run, value) = entry.unwrap();
+                        (run.value(), value.value())
+                    })
+                    .collect();
+                let tampered = tamper(&mut txn.open_table(EVENT_ID_RUNS).unwrap(), &catalog);
+                txn.commit().unwrap();
+                tampered
+            };
+            let Err(JournalError::Corrupt { reason, .. }) =
+                RedbJournal::open(&path, &JournalConfig::default())
+            else {
+                panic!("opened, expected Corrupt ({tampered})");
+            };
+            assert_eq!(
+                reason,
+                format!("format 5's event-id index does not match its catalog: {tampered}")
+            );
+            assert_eq!(format_and_indexed(&path).0, FORMAT_5);
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(txn.open_table(EVENT_ID_RUNS).is_ok());
+            assert!(txn.open_table(EVENT_ID_BLOCKS).is_err(), "nothing written");
+        }
     }
 }
