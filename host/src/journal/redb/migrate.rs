@@ -494,8 +494,8 @@ mod tests {
     }
 
     /// A file that a format 5 build wrote half way through a merge
-    /// (`tests/fixtures/journal-format-5.redb`: 560 ids in its id runs, one run taken in part by
-    /// a merge step) opens with each of its runs as blocks
+    /// (`tests/fixtures/journal-format-5.redb`: 560 ids in its id runs, a merge's output run already
+    /// holding some) opens with each of its runs as blocks
     /// under the same catalog, so the merge goes on where it was: every event is read by id
     /// and recognised in a retry, and appends go on, before and after a reopen.
     #[test]
