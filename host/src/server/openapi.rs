@@ -29,32 +29,41 @@ pub fn document() -> OpenApi {
 
 /// The statuses [`bodies`](super::bodies) refuses a request body with while reading it, before
 /// the handler sees it, and whether the refusal carries `Retry-After`.
-const BODY_REFUSALS: [(&str, &str, bool); 4] = [
-    (
-        "408",
-        "The body stalled (nothing of it arrived for `--read-timeout`) or arrived slower than \
-         `--body-min-rate`",
-        false,
-    ),
-    (
-        "413",
-        "The body is larger than this route takes (8 MiB of JSON, 64 MiB for a plugin upload), \
-         than `--body-budget` or than one client's `--body-budget-per-client`",
-        false,
-    ),
-    (
-        "429",
-        "This client's bodies being received or handled hold its `--body-budget-per-client`",
-        true,
-    ),
-    (
-        "503",
-        "The bodies being received or handled hold the host's `--body-budget`",
-        true,
-    ),
-];
+fn body_refusals() -> [(&'static str, String, bool); 4] {
+    let json_mib = super::MAX_JSON_BODY >> 20;
+    let upload_mib = super::MAX_PLUGIN_BODY >> 20;
+    [
+        (
+            "408",
+            "The body stalled (nothing of it arrived for `--read-timeout`) or arrived slower \
+             than `--body-min-rate`"
+                .to_owned(),
+            false,
+        ),
+        (
+            "413",
+            format!(
+                "The body is larger than this route takes ({json_mib} MiB of JSON, \
+                 {upload_mib} MiB for a plugin upload), than `--body-budget` or than one \
+                 client's `--body-budget-per-client`"
+            ),
+            false,
+        ),
+        (
+            "429",
+            "This client's bodies being received or handled hold its `--body-budget-per-client`"
+                .to_owned(),
+            true,
+        ),
+        (
+            "503",
+            "The bodies being received or handled hold the host's `--body-budget`".to_owned(),
+            true,
+        ),
+    ]
+}
 
-/// `document` with [`BODY_REFUSALS`] on every operation that takes a request body. A status
+/// `document` with [`body_refusals`] on every operation that takes a request body. A status
 /// the operation already documents for its own reasons (503: the write queue is full) keeps
 /// them and gains the body's.
 fn with_body_refusals(mut document: OpenApi) -> OpenApi {
@@ -81,7 +90,7 @@ fn with_body_refusals(mut document: OpenApi) -> OpenApi {
 }
 
 fn add_body_refusals(operation: &mut Operation) {
-    for (status, why, retry) in BODY_REFUSALS {
+    for (status, why, retry) in body_refusals() {
         let response = operation
             .responses
             .responses
@@ -96,7 +105,7 @@ fn add_body_refusals(operation: &mut Operation) {
             unreachable!("the handlers' annotations write their responses inline");
         };
         response.description = match response.description.as_str() {
-            "" => why.to_owned(),
+            "" => why,
             own => format!("{own}. {why}"),
         };
         if retry {
