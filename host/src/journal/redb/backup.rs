@@ -16,13 +16,13 @@ use redb::{
 use super::migrate::FORMAT_1;
 use super::store::{
     CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, FORMAT_KEY, FORMAT_VERSION, ID_RUN_CATALOG,
-    LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUN_BLOCKS,
 };
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
 
 /// Bytes of keys and values copied per (non-durable) transaction of the copy, at least one
-/// entry; the last commit is durable. Bytes, not entries: an id block holds ~3 KB and an
+/// entry; the last commit is durable. Bytes, not entries: an id block holds ~3 KB, a run block 2 KB and an
 /// event up to its size limit, so a count of entries would not bound what a transaction holds.
 const CHUNK_BYTES: usize = 16 << 20;
 
@@ -37,7 +37,7 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
         let copied = [
             copy(&txn, &target, META)?,
             copy(&txn, &target, EVENTS)?,
-            copy(&txn, &target, STREAM_RUNS)?,
+            copy(&txn, &target, STREAM_RUN_BLOCKS)?,
             copy(&txn, &target, STREAM_HEADS)?,
             copy(&txn, &target, EVENT_ID_BLOCKS)?,
             copy(&txn, &target, ID_RUN_CATALOG)?,

@@ -17,18 +17,14 @@ use redb::{ReadTransaction, WriteTransaction};
 use uuid::Uuid;
 
 use super::id_filter::{IdFilter, Scanned};
-use super::runs::Run;
-use super::store::{EVENTS, ID_RUN_CATALOG, META, STREAM_HEADS, STREAM_RUNS};
+use super::runs::{self, Run};
+use super::store::{EVENTS, ID_RUN_CATALOG, META, STREAM_HEADS, STREAM_RUN_BLOCKS};
 use super::{JournalError, id_runs, record};
 
 /// Events the memtable holds before the writer moves it into the tables.
 pub(super) const FLUSH_EVENTS: usize = 8192;
 /// The `META` key of the last position the index tables cover; the memtable covers the rest.
 pub(super) const INDEXED_THROUGH_KEY: &str = "indexed_through";
-/// Fewest new entries of one gap of a table written through a cursor: redb then rebuilds the
-/// leaf at the gap once, which costs more than a few inserts (callgrind: a commit of one record
-/// ~36k instructions more, of 44 records ~100k fewer).
-pub(super) const CURSOR_RUN: usize = 16;
 
 /// The ids, runs and heads of events the index tables do not hold yet.
 #[derive(Debug, Default)]
@@ -221,8 +217,8 @@ impl Memtable {
             .collect();
         sorted.sort_unstable();
         id_runs::flush(txn, &sorted)?;
-        // Each stream's runs: those held here, then the later ones. All follow its runs in the
-        // table: enough of them go in through a cursor at the gap after its last.
+        // Each stream's runs: those held here, then the later ones, all above its runs in the
+        // table: they go in as blocks at its end.
         let mut streams: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
         for (stream, held) in &self.runs {
             streams.insert(stream.as_str(), held.clone());
@@ -230,19 +226,9 @@ impl Memtable {
         for &(stream, run) in &later.runs {
             streams.entry(stream).or_default().push(run);
         }
-        let mut runs = txn.open_table(STREAM_RUNS)?;
+        let mut blocks = txn.open_table(STREAM_RUN_BLOCKS)?;
         for (stream, held) in streams {
-            if held.len() < CURSOR_RUN {
-                for run in held {
-                    runs.insert((stream, run.first_version), run.value())?;
-                }
-                continue;
-            }
-            let mut gap = runs.upper_bound_mut(Bound::Included((stream, u64::MAX)))?;
-            for run in held {
-                gap.insert_before((stream, run.first_version), run.value())?;
-            }
-            gap.close()?;
+            runs::append(&mut blocks, stream, &held)?;
         }
         // A stream's head in `later` is above its head here.
         let mut heads = txn.open_table(STREAM_HEADS)?;

@@ -3,12 +3,11 @@
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::JournalError;
 use super::id_blocks::IdKey;
-use super::id_runs;
 use super::memtable::INDEXED_THROUGH_KEY;
-use super::runs::Run;
-use super::store::{EVENTS, FORMAT_KEY, FORMAT_VERSION, STREAM_RUNS};
+use super::runs::{self, Run};
+use super::store::{EVENTS, FORMAT_KEY, FORMAT_VERSION, STREAM_RUN_BLOCKS};
+use super::{JournalError, id_runs};
 
 /// The format that indexed streams per event, in the two tables below.
 pub(super) const FORMAT_1: u64 = 1;
@@ -22,6 +21,11 @@ pub(super) const FORMAT_3: u64 = 3;
 pub(super) const FORMAT_4: u64 = 4;
 /// The format whose id index held an entry per id, in [`EVENT_ID_RUNS`].
 pub(super) const FORMAT_5: u64 = 5;
+/// The format whose stream index held an entry per run, in [`STREAM_RUNS`].
+pub(super) const FORMAT_6: u64 = 6;
+/// Formats 1 to 6: (stream, first version) → (first position, count), a run each.
+pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("stream_runs");
 /// Formats 1 to 4: event id → position.
 pub(super) const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 /// Format 5: (run, event id) → position, the runs listed in the catalog as today.
@@ -99,34 +103,56 @@ pub(super) fn from_format_2(
 }
 
 /// Moves the table of event ids of formats 1 to 4 into the index of sorted runs, as its one
-/// run of blocks, and records the current format. One copy of every id, in id order through
-/// one cursor.
-pub(super) fn from_format_4(
-    txn: &WriteTransaction,
-    meta: &mut Table<'_, &'static str, u64>,
-) -> Result<(), JournalError> {
+/// run of blocks. One copy of every id, in id order through one cursor.
+pub(super) fn from_format_4(txn: &WriteTransaction) -> Result<(), JournalError> {
     let ids = id_runs::from_table(txn, &txn.open_table(EVENT_IDS)?)?;
     txn.delete_table(EVENT_IDS)?;
-    meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
     tracing::info!(
         ids,
-        "migrated the journal to format 6: its event ids are one sorted run of blocks"
+        "migrated the journal's event ids (format 4): they are one sorted run of blocks"
     );
     Ok(())
 }
 
 /// Rewrites format 5's id index (an entry per id) as blocks of ids, run by run under the same
-/// catalog (a merge under way goes on where it was), and records the current format.
-pub(super) fn from_format_5(
+/// catalog (a merge under way goes on where it was).
+pub(super) fn from_format_5(txn: &WriteTransaction) -> Result<(), JournalError> {
+    let ids = id_runs::from_entries(txn, &txn.open_table(EVENT_ID_RUNS)?)?;
+    txn.delete_table(EVENT_ID_RUNS)?;
+    tracing::info!(
+        ids,
+        "migrated the journal's event ids (format 5): its runs of ids are stored as blocks"
+    );
+    Ok(())
+}
+
+/// Rewrites the stream index of formats 1 to 6 (an entry per run) as blocks of runs, stream
+/// by stream, and records the current format.
+pub(super) fn from_format_6(
     txn: &WriteTransaction,
     meta: &mut Table<'_, &'static str, u64>,
 ) -> Result<(), JournalError> {
-    let ids = id_runs::from_entries(txn, &txn.open_table(EVENT_ID_RUNS)?)?;
-    txn.delete_table(EVENT_ID_RUNS)?;
+    let mut blocks = txn.open_table(STREAM_RUN_BLOCKS)?;
+    let (mut count, mut stream, mut held) = (0, String::new(), Vec::new());
+    let old = txn.open_table(STREAM_RUNS)?;
+    for entry in old.iter()? {
+        let (key, value) = entry?;
+        let (name, first_version) = key.value();
+        if name != stream {
+            runs::append(&mut blocks, &stream, &held)?;
+            stream = name.to_owned();
+            held.clear();
+        }
+        held.push(Run::new(first_version, value.value()));
+        count += 1;
+    }
+    runs::append(&mut blocks, &stream, &held)?;
+    drop(old);
+    txn.delete_table(STREAM_RUNS)?;
     meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
     tracing::info!(
-        ids,
-        "migrated the journal to format 6: its runs of event ids are stored as blocks"
+        runs = count,
+        "migrated the journal to format 7: its stream runs are stored as blocks"
     );
     Ok(())
 }
@@ -144,7 +170,7 @@ mod tests {
         STREAM_LIFECYCLE,
     };
     use crate::journal::redb::store::{EVENT_ID_BLOCKS, ID_RUN_CATALOG};
-    use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record};
+    use crate::journal::redb::{Lifecycle, RedbJournal, SharedDb, backup, reader, record, runs};
     use crate::journal::{ExpectedVersion, JournalConfig, NewEvent, ReadLimit};
 
     /// An event as stored: stream, version, position, and the event appended.
@@ -308,8 +334,6 @@ mod tests {
     /// their own: it opens in the current format with nothing left to the memtable.
     #[test]
     fn a_format_2_file_opens_with_every_event_indexed() {
-        use crate::journal::redb::store::STREAM_RUNS;
-
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
         let mut stored = Vec::new();
@@ -610,5 +634,92 @@ mod tests {
             assert!(txn.open_table(EVENT_ID_RUNS).is_ok());
             assert!(txn.open_table(EVENT_ID_BLOCKS).is_err(), "nothing written");
         }
+    }
+
+    /// (stream, version, position) of each event of `runs`.
+    fn expanded(runs: impl IntoIterator<Item = (String, Run)>) -> Vec<(String, u64, u64)> {
+        let expanded = runs.into_iter().flat_map(|(stream, run)| {
+            (run.first_version..run.end_version())
+                .map(move |version| (stream.clone(), version, run.position(version)))
+        });
+        expanded.collect()
+    }
+
+    /// A file that a format 6 build wrote (`tests/fixtures/journal-format-6.redb`, by the
+    /// ignored test `writes_the_format_6_fixture` of commit a25d7c4, flushing every 64
+    /// events: "long" in 205 one-event runs, "multi" in 105 runs of 3 or 2, "trunc" in 100
+    /// runs of 2 whose versions below 52 a scavenge removed (a run cut in its middle), "gone"
+    /// deleted and scavenged, the last 15 events in no table) opens with its runs as blocks:
+    /// `stream_runs` is gone, the format is 7, the blocks hold exactly the runs the old table
+    /// held, and every stream reads back as the log holds it, from any version.
+    #[test]
+    fn a_format_6_file_opens_with_its_runs_as_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        fixture("journal-format-6.redb", &path);
+        let (format, indexed) = format_and_indexed(&path);
+        assert_eq!(format, FORMAT_6);
+        let before = {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let old = txn.open_table(STREAM_RUNS).unwrap();
+            let runs: Vec<(String, Run)> = (old.iter().unwrap())
+                .map(|entry| {
+                    let (key, value) = entry.unwrap();
+                    let (stream, version) = key.value();
+                    (stream.to_owned(), Run::new(version, value.value()))
+                })
+                .collect();
+            let long = runs.iter().filter(|(stream, _)| stream == "long").count();
+            assert!(long > runs::BLOCK_RUNS, "{long} runs of \"long\"");
+            assert!(
+                runs.iter()
+                    .any(|(stream, run)| stream == "trunc" && run.first_version == 52)
+            );
+            expanded(runs)
+        };
+        assert!(before.iter().all(|(_, _, position)| *position <= indexed));
+
+        let journal = RedbJournal::open(&path, &JournalConfig::default()).unwrap();
+        {
+            let txn = journal.db.get().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), 7);
+            assert!(txn.open_table(STREAM_RUNS).is_err(), "stream_runs is gone");
+            let blocks = txn.open_table(STREAM_RUN_BLOCKS).unwrap();
+            let runs = (blocks.iter().unwrap()).flat_map(|entry| {
+                let (key, block) = entry.unwrap();
+                let (stream, version) = key.value();
+                let runs = runs::decode(stream, version, block.value()).unwrap();
+                assert!(runs.len() <= runs::BLOCK_RUNS);
+                let stream = stream.to_owned();
+                runs.into_iter().map(move |run| (stream.clone(), run))
+            });
+            assert_eq!(expanded(runs), before);
+        }
+        let all = reader::read_all(&journal.db, 1, ReadLimit::events(usize::MAX)).unwrap();
+        let logged: Vec<_> = (all.iter())
+            .map(|event| (event.stream.to_string(), event.version, event.position))
+            .collect();
+        assert!(before.iter().all(|event| logged.contains(event)));
+        for stream in ["long", "multi", "trunc", "gone"] {
+            let of_stream: Vec<_> = all.iter().filter(|event| event.stream == stream).collect();
+            let last = of_stream.last().map_or(0, |event| event.version);
+            for from in 1..=last + 1 {
+                let read = reader::read_stream(&journal.db, stream, from, ReadLimit::events(500));
+                let expected = of_stream.iter().filter(|event| event.version >= from);
+                let expected: Vec<_> = expected.map(|event| (*event).clone()).collect();
+                assert_eq!(read.unwrap(), expected, "{stream} from {from}");
+            }
+        }
+        let trunc = all.iter().filter(|event| event.stream == "trunc");
+        assert_eq!(trunc.map(|event| event.version).min(), Some(52));
+        assert!(!all.iter().any(|event| event.stream == "gone"));
+        // Versions continue in every stream: its appends go on.
+        let versions = |stream: &str| all.iter().filter(|event| event.stream == stream).count();
+        assert_eq!((versions("long"), versions("multi")), (205, 310));
+        let more = vec![NewEvent::json("Happened", &serde_json::json!({}))];
+        let appended = journal.append_blocking("long", ExpectedVersion::Exact(205), more);
+        assert_eq!(appended.unwrap().first_version, 206);
     }
 }

@@ -18,7 +18,7 @@ use super::page::Page;
 use super::record::RawEnvelope;
 use super::store::{
     CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, ID_RUN_CATALOG, LAST_POSITION_KEY, META, PARKED,
-    SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUN_BLOCKS,
 };
 use super::{
     JournalError, Lifecycle, ParkedEvent, ReadLimit, RecordedEvent, SharedDb, Visibility, id_runs,
@@ -177,7 +177,7 @@ pub(in crate::journal) fn read_stream(
         Ok((memtable.runs(stream).to_vec(), head.into_iter().collect()))
     })?;
     let visibility = Lifecycles::open(&txn, Cow::Owned(held))?.visibility(stream)?;
-    let main = txn.open_table(STREAM_RUNS)?;
+    let main = txn.open_table(STREAM_RUN_BLOCKS)?;
     let log = txn.open_table(EVENTS)?;
     let from = from_version.max(visibility.first());
     // A stream's runs in the memtable all follow its runs in the table.
@@ -565,12 +565,11 @@ mod tests {
             for (position, bytes) in records {
                 log.insert(position, bytes.as_slice()).unwrap();
             }
-            let mut stream_runs = txn.open_table(STREAM_RUNS).unwrap();
+            let mut blocks = txn.open_table(STREAM_RUN_BLOCKS).unwrap();
             let mut heads = txn.open_table(STREAM_HEADS).unwrap();
             for &(stream, version, position, count) in runs {
-                stream_runs
-                    .insert((stream, version), (position, count))
-                    .unwrap();
+                let run = runs::Run::new(version, (position, count));
+                runs::append(&mut blocks, stream, &[run]).unwrap();
                 heads.insert(stream, version + count - 1).unwrap();
             }
             // The tables index the whole log: nothing of it is left to the memtable.

@@ -9,13 +9,14 @@
 
 use std::collections::BTreeSet;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use uuid::Uuid;
 
 use super::memtable::Appends;
-use super::runs::{self, Run, RunKey, RunValue};
+use super::runs;
 use super::store::{
-    self, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUNS,
+    self, EVENTS, LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE,
+    STREAM_RUN_BLOCKS,
 };
 use super::{JournalError, Lifecycle, ScavengeReport, SharedDb, id_runs, record};
 use crate::journal::lifecycle::now_millis;
@@ -108,14 +109,11 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
         .is_ok_and(|window| window.is_whole());
 
     let mut events = txn.open_table(EVENTS)?;
-    let mut runs_table = txn.open_table(STREAM_RUNS)?;
-    // (position, id) of each hidden event, and (run, how many of its events are hidden) of the
-    // runs holding them.
-    let (mut hidden, mut trimmed) = (Vec::new(), Vec::new());
-    for run in runs::holding(&runs_table, stream, 0)? {
+    let mut blocks = txn.open_table(STREAM_RUN_BLOCKS)?;
+    // (position, id) of each hidden event, and the version after the last of them.
+    let (mut hidden, mut kept_from) = (Vec::new(), 0);
+    'runs: for run in runs::holding(&blocks, stream, 0)? {
         let run = run?;
-        let mut removed = 0;
-        let mut stop = false;
         for version in run.first_version..run.end_version() {
             let position = run.position(version);
             let Some(bytes) = events.get(position)? else {
@@ -126,17 +124,10 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
             };
             let event = record::decode(position, bytes.value())?;
             if visibility.admits(event.version, event.recorded_at) || hidden.len() == CHUNK {
-                stop = true;
-                break;
+                break 'runs;
             }
             hidden.push((position, Uuid::from_bytes(event.id).as_u128()));
-            removed += 1;
-        }
-        if removed > 0 {
-            trimmed.push((run, removed));
-        }
-        if stop {
-            break;
+            kept_from = version + 1;
         }
     }
     if hidden.is_empty() {
@@ -152,25 +143,8 @@ fn remove_hidden(txn: &WriteTransaction, stream: &str) -> Result<(usize, bool), 
     }
     let ids: Vec<u128> = hidden.iter().map(|&(_, id)| id).collect();
     id_runs::remove(txn, &ids)?;
-    for &(run, removed) in &trimmed {
-        trim(&mut runs_table, stream, run, removed)?;
-    }
+    runs::remove_below(&mut blocks, stream, kept_from)?;
     Ok((hidden.len(), whole))
-}
-
-/// Removes the first `removed` events of `run` of `stream` from its runs table.
-fn trim(
-    table: &mut Table<'_, RunKey, RunValue>,
-    stream: &str,
-    run: Run,
-    removed: u64,
-) -> Result<(), JournalError> {
-    table.remove((stream, run.first_version))?;
-    if removed < run.count {
-        let rest = run.without_first(removed);
-        table.insert((stream, rest.first_version), rest.value())?;
-    }
-    Ok(())
 }
 
 /// Removes every snapshot (of any plugin) of `streams`; returns how many.
@@ -191,4 +165,82 @@ fn remove_snapshots(
         snapshots.remove((plugin.as_str(), stream.as_str(), *version))?;
     }
     Ok(doomed.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::redb::request::Request;
+    use crate::journal::redb::writer::Writer;
+    use crate::journal::redb::writer::tests::writer_at;
+    use crate::journal::redb::{reader, runs::Run};
+    use crate::journal::{ExpectedVersion, NewEvent, Op, ReadLimit, StreamMetadata};
+
+    /// Commits `op` alone.
+    fn commit(writer: &Writer, op: Op) {
+        let (request, mut outcome) = Request::done(op);
+        writer
+            .claim_if_idle(None)
+            .expect("idle")
+            .commit(vec![request])
+            .send();
+        outcome.try_recv().unwrap().unwrap();
+    }
+
+    /// Appends `count` events to `stream` in a commit of its own.
+    fn append(writer: &Writer, stream: &str, count: usize) {
+        let events = (0..count)
+            .map(|_| NewEvent::json("Happened", &serde_json::json!({})))
+            .collect();
+        let (request, mut outcome) =
+            Request::append(stream.to_owned(), ExpectedVersion::Any, events);
+        writer
+            .claim_if_idle(None)
+            .expect("idle")
+            .commit(vec![request])
+            .send();
+        outcome.try_recv().unwrap().unwrap();
+    }
+
+    /// A scavenge that truncates a stream of two blocks of runs in the middle of a run of its
+    /// second block drops the first block and keeps the rest of the second under the first
+    /// version kept; the stream reads from there, and the other stream as before.
+    #[test]
+    fn a_scavenge_cuts_a_stream_in_the_middle_of_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_at(&dir.path().join("journal.redb"), 50);
+        for _ in 0..200 {
+            append(&writer, "cut", 2);
+            append(&writer, "kept", 1);
+        }
+        let metadata = StreamMetadata {
+            truncate_before: Some(300),
+            ..StreamMetadata::default()
+        };
+        let stream = "cut".to_owned();
+        commit(&writer, Op::SetStreamMetadata { stream, metadata });
+        assert_eq!(run(&writer.db).unwrap().events, 299);
+
+        let txn = writer.db.get().begin_read().unwrap();
+        let blocks = txn.open_table(STREAM_RUN_BLOCKS).unwrap();
+        let runs: Vec<Run> = runs::holding(&blocks, "cut", 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(runs[0].first_version, 300);
+        assert_eq!(runs[0].count, 1, "the run of 299 and 300 without 299");
+        assert_eq!(runs.len(), 51);
+        let keys: Vec<u64> = (blocks.range(("cut", 0)..=("cut", u64::MAX)).unwrap())
+            .map(|entry| entry.unwrap().0.value().1)
+            .collect();
+        assert_eq!(keys, [300]);
+        drop((blocks, txn));
+        let read = |stream, from| -> Vec<u64> {
+            let events = reader::read_stream(&writer.db, stream, from, ReadLimit::events(500));
+            events.unwrap().iter().map(|event| event.version).collect()
+        };
+        assert_eq!(read("cut", 1), (300..=400).collect::<Vec<_>>());
+        assert_eq!(read("cut", 350), (350..=400).collect::<Vec<_>>());
+        assert_eq!(read("kept", 1), (1..=200).collect::<Vec<_>>());
+    }
 }

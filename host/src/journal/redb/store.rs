@@ -21,17 +21,21 @@ use super::{JournalError, migrate};
 /// `id_runs`), which a format 4 build would not find; opening a format 4 file moves its id
 /// table into one run (a format 4 build then refuses the file). Format 6 stores each run as
 /// blocks of ids (see `id_blocks`), which a format 5 build would not read; opening a format 4 or
-/// 5 file rewrites its id index as blocks (a format 5 build then refuses the file).
-pub(super) const FORMAT_VERSION: u64 = 6;
+/// 5 file rewrites its id index as blocks (a format 5 build then refuses the file). Format 7
+/// stores each stream's runs as blocks of runs (see `runs`) where format 6 stored one entry
+/// per run, which a format 6 build would not find; opening a format 6 or older file rewrites
+/// its runs as blocks (a format 6 build then refuses the file).
+pub(super) const FORMAT_VERSION: u64 = 7;
 pub(super) const FORMAT_KEY: &str = "format_version";
 
 /// Settings of the file, e.g. its storage format.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The global log: position → encoded record (see `record`).
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// (stream, first version) → (first position, count): the [runs](super::runs) of each stream.
-pub(super) const STREAM_RUNS: TableDefinition<(&str, u64), (u64, u64)> =
-    TableDefinition::new("stream_runs");
+/// (stream, first version of the block) → a block of (first position, count) pairs: the
+/// [runs](super::runs) of each stream.
+pub(super) const STREAM_RUN_BLOCKS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("stream_run_blocks");
 /// stream → its last version.
 pub(super) const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 /// (run, least id of the block) → a block of (event id, position) pairs: the event-id index as
@@ -120,20 +124,28 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             Some(migrate::FORMAT_1) => {
                 migrate::from_format_1(&txn)?;
                 migrate::from_format_2(&txn, &mut meta)?;
-                migrate::from_format_4(&txn, &mut meta)?;
+                migrate::from_format_4(&txn)?;
+                migrate::from_format_6(&txn, &mut meta)?;
                 true
             }
             Some(migrate::FORMAT_2) => {
                 migrate::from_format_2(&txn, &mut meta)?;
-                migrate::from_format_4(&txn, &mut meta)?;
+                migrate::from_format_4(&txn)?;
+                migrate::from_format_6(&txn, &mut meta)?;
                 true
             }
             Some(migrate::FORMAT_3 | migrate::FORMAT_4) => {
-                migrate::from_format_4(&txn, &mut meta)?;
+                migrate::from_format_4(&txn)?;
+                migrate::from_format_6(&txn, &mut meta)?;
                 true
             }
             Some(migrate::FORMAT_5) => {
-                migrate::from_format_5(&txn, &mut meta)?;
+                migrate::from_format_5(&txn)?;
+                migrate::from_format_6(&txn, &mut meta)?;
+                true
+            }
+            Some(migrate::FORMAT_6) => {
+                migrate::from_format_6(&txn, &mut meta)?;
                 true
             }
             Some(found) => {
@@ -145,7 +157,7 @@ fn prepare(db: &Database) -> Result<(), JournalError> {
             None => {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 txn.open_table(EVENTS)?;
-                txn.open_table(STREAM_RUNS)?;
+                txn.open_table(STREAM_RUN_BLOCKS)?;
                 txn.open_table(STREAM_HEADS)?;
                 txn.open_table(EVENT_ID_BLOCKS)?;
                 txn.open_table(ID_RUN_CATALOG)?;

@@ -420,19 +420,26 @@ pub(super) mod tests {
 
     #[test]
     fn the_memtable_moves_into_the_tables_when_full() {
-        use redb::{ReadableDatabase, ReadableTableMetadata};
+        use redb::{ReadableDatabase, ReadableTable};
 
         use crate::journal::redb::memtable::INDEXED_THROUGH_KEY;
-        use crate::journal::redb::reader;
-        use crate::journal::redb::store::{META, STREAM_RUNS};
+        use crate::journal::redb::store::{META, STREAM_RUN_BLOCKS};
+        use crate::journal::redb::{reader, runs};
 
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(&dir);
         let db = writer.db.clone();
-        // (runs in the table, the position they index through, events in the memtable)
+        // (runs in the table's blocks, the position they index through, events in the memtable)
         let sizes = || {
             let txn = db.get().begin_read().unwrap();
-            let runs = txn.open_table(STREAM_RUNS).unwrap().len().unwrap();
+            let blocks = txn.open_table(STREAM_RUN_BLOCKS).unwrap();
+            let runs: u64 = (blocks.iter().unwrap())
+                .map(|entry| {
+                    let (key, block) = entry.unwrap();
+                    let (stream, version) = key.value();
+                    runs::decode(stream, version, block.value()).unwrap().len() as u64
+                })
+                .sum();
             let meta = txn.open_table(META).unwrap();
             let through = meta.get(INDEXED_THROUGH_KEY).unwrap().map(|v| v.value());
             (runs, through, db.memtable().len())
@@ -472,8 +479,7 @@ pub(super) mod tests {
             Some(full + 4)
         );
 
-        // The next flush puts runs of "s" (enough for a cursor) between its runs and those of
-        // "t" in the table.
+        // The next flush adds interleaved runs of "s" and "t", each to its stream's last block.
         let pairs = (full - 2) / 2;
         let interleaved = (0..pairs).flat_map(|_| {
             let (other, _) = Request::append("t".to_owned(), ExpectedVersion::Any, events(1));
