@@ -22,8 +22,9 @@ use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
 
 /// Bytes of keys and values copied per (non-durable) transaction of the copy, at least one
-/// entry; the last commit is durable. Bytes, not entries: an id block holds ~3 KB, a run block 2 KB and an
-/// event up to its size limit, so a count of entries would not bound what a transaction holds.
+/// entry; the last commit is durable. Bytes, not entries: an id block holds ~3 KB, a run
+/// block up to 2 KB and an event up to its size limit, so a count of entries would not bound
+/// what a transaction holds.
 const CHUNK_BYTES: usize = 16 << 20;
 
 /// Writes a backup of the journal to `path`, atomically and durably: it appears complete or
