@@ -6,7 +6,9 @@
 
 use std::ops::Bound;
 
-use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use redb::{
+    Key, ReadableTable, ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
+};
 
 use super::id_blocks::{IdBlock, IdKey};
 use super::id_runs::{self, Catalog};
@@ -76,6 +78,9 @@ pub(super) struct Batch<'txn, 'r> {
     snapshots: Lazy<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     checkpoints: Lazy<'txn, &'static str, (u64, &'static [u8])>,
     lifecycles: Lazy<'txn, &'static str, &'static [u8]>,
+    /// Whether `lifecycles` holds no record, once read: most journals delete no stream and set
+    /// no metadata, and then no append searches it.
+    no_lifecycles: Option<bool>,
     /// Created, on a file from before it existed, by the first write that needs it.
     parked: Lazy<'txn, (&'static str, u64), &'static [u8]>,
     txn: &'txn WriteTransaction,
@@ -84,9 +89,10 @@ pub(super) struct Batch<'txn, 'r> {
     /// The indexes of this batch's appends.
     appended: Appends<'r>,
     /// Records of this batch's appends not yet in the log, ascending by position (see
-    /// [`write_records`](Self::write_records)), and their bytes.
-    records: Vec<(u64, Vec<u8>)>,
-    records_bytes: usize,
+    /// [`write_records`](Self::write_records)): each one's position and where its bytes end
+    /// in `record_bytes`, which holds them one after another.
+    records: Vec<(u64, usize)>,
+    record_bytes: Vec<u8>,
     /// The next global position.
     next_position: u64,
     recorded_at: u64,
@@ -125,13 +131,15 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
 
 impl<'txn, 'r> Batch<'txn, 'r> {
     /// Opens the log in `txn`, indexed beyond its tables by `memtable`; the batch's appends
-    /// begin at `next_position` and get `recorded_at` (ms since the epoch).
+    /// begin at `next_position` and get `recorded_at` (ms since the epoch). Its indexes have
+    /// room for what its requests make at most: `appends` appends of `events` events in all.
     pub(super) fn open(
         txn: &'txn WriteTransaction,
         memtable: &'txn Memtable,
         next_position: u64,
         recorded_at: u64,
         keep_snapshots: usize,
+        (appends, events): (usize, usize),
     ) -> Result<Self, JournalError> {
         Ok(Self {
             events: txn.open_table(EVENTS)?,
@@ -141,12 +149,13 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             snapshots: Lazy::new(SNAPSHOTS),
             checkpoints: Lazy::new(CHECKPOINTS),
             lifecycles: Lazy::new(STREAM_LIFECYCLE),
+            no_lifecycles: None,
             parked: Lazy::new(PARKED),
             txn,
             memtable,
-            appended: Appends::default(),
-            records: Vec::new(),
-            records_bytes: 0,
+            appended: Appends::with_capacity(appends, events),
+            records: Vec::with_capacity(events),
+            record_bytes: Vec::new(),
             next_position,
             recorded_at,
             keep_snapshots: keep_snapshots.max(1),
@@ -230,15 +239,14 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             .zip(result.first_version..)
             .zip(result.first_position..)
         {
-            let bytes = record::encode(stream, version, event, recorded_at);
-            self.records_bytes += bytes.len();
-            self.records.push((position, bytes));
+            record::encode_into(&mut self.record_bytes, stream, version, event, recorded_at);
+            self.records.push((position, self.record_bytes.len()));
         }
         let run = Run::new(result.first_version, (result.first_position, count));
         let ids = events.iter().map(|event| event.id.as_u128());
         self.appended.add(stream, run, ids);
         self.next_position = result.last_position + 1;
-        if self.records_bytes >= HELD_RECORD_BYTES {
+        if self.record_bytes.len() >= HELD_RECORD_BYTES {
             self.write_records()?;
         }
         Ok(Appended::Written(result))
@@ -251,22 +259,29 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         if self.records.is_empty() {
             return Ok(());
         }
-        if self.records.len() < CURSOR_RUN {
-            for (position, bytes) in self.records.drain(..) {
-                self.events.insert(position, bytes.as_slice())?;
+        let few = self.records.len() < CURSOR_RUN;
+        let bytes = &self.record_bytes;
+        let mut start = 0;
+        let records = self.records.drain(..).map(|(position, end)| {
+            let record = &bytes[start..end];
+            start = end;
+            (position, record)
+        });
+        if few {
+            for (position, record) in records {
+                self.events.insert(position, record)?;
             }
-            self.records_bytes = 0;
-            return Ok(());
+        } else {
+            // Positions are never handed out twice (the head counts those a scavenge removed):
+            // each is above the log's last key, or the cursor refuses it, a storage error that
+            // drops the whole batch.
+            let mut end = self.events.upper_bound_mut(Bound::<u64>::Unbounded)?;
+            for (position, record) in records {
+                end.insert_before(position, record)?;
+            }
+            end.close()?;
         }
-        // Positions are never handed out twice (the head counts those a scavenge removed): each
-        // is above the log's last key, or the cursor refuses it, a storage error that drops the
-        // whole batch.
-        let mut end = self.events.upper_bound_mut(Bound::<u64>::Unbounded)?;
-        for (position, bytes) in self.records.drain(..) {
-            end.insert_before(position, bytes.as_slice())?;
-        }
-        end.close()?;
-        self.records_bytes = 0;
+        self.record_bytes.clear();
         Ok(())
     }
 
@@ -338,14 +353,22 @@ impl<'txn, 'r> Batch<'txn, 'r> {
 
     /// The lifecycle record of `stream`, if it has one.
     fn lifecycle(&mut self, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
-        self.lifecycles
-            .open(self.txn)?
+        let lifecycles = self.lifecycles.open(self.txn)?;
+        let none = match self.no_lifecycles {
+            Some(none) => none,
+            None => *self.no_lifecycles.insert(lifecycles.is_empty()?),
+        };
+        if none {
+            return Ok(None);
+        }
+        lifecycles
             .get(stream)?
             .map(|bytes| Lifecycle::decode(stream, bytes.value()))
             .transpose()
     }
 
     fn put_lifecycle(&mut self, stream: &str, lifecycle: &Lifecycle) -> Result<(), JournalError> {
+        self.no_lifecycles = Some(false);
         self.lifecycles
             .open(self.txn)?
             .insert(stream, lifecycle.encode().as_slice())?;

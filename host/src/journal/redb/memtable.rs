@@ -260,6 +260,16 @@ pub(super) struct Appends<'r> {
 }
 
 impl<'r> Appends<'r> {
+    /// Room for the indexes of `appends` appends of `events` events in all.
+    pub(super) fn with_capacity(appends: usize, events: usize) -> Self {
+        Self {
+            ids: HashMap::with_capacity_and_hasher(events, Default::default()),
+            runs: Vec::with_capacity(appends),
+            last_runs: HashMap::with_capacity_and_hasher(appends, Default::default()),
+            ..Self::default()
+        }
+    }
+
     /// Records an append: `run` of `stream`, whose events have `ids` in order.
     pub(super) fn add(&mut self, stream: &'r str, run: Run, ids: impl IntoIterator<Item = u128>) {
         self.ids.extend(ids.into_iter().zip(run.first_position..));

@@ -76,7 +76,22 @@ fn length(bytes: &[u8]) -> U32 {
 }
 
 /// Encodes `event` as the record for `version` of `stream`, in layout 2.
+#[cfg(test)]
 pub(super) fn encode(stream: &str, version: u64, event: &NewEvent, recorded_at: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_into(&mut bytes, stream, version, event, recorded_at);
+    bytes
+}
+
+/// Appends the record for `version` of `stream` holding `event`, in layout 2, to `bytes`: a
+/// batch encodes its records into one buffer rather than allocating one each.
+pub(super) fn encode_into(
+    bytes: &mut Vec<u8>,
+    stream: &str,
+    version: u64,
+    event: &NewEvent,
+    recorded_at: u64,
+) {
     let metadata = event.metadata.as_deref();
     let metadata_bytes = metadata.unwrap_or_default().as_bytes();
     let header = Header {
@@ -100,12 +115,11 @@ pub(super) fn encode(stream: &str, version: u64, event: &NewEvent, recorded_at: 
         event.data.as_slice(),
         metadata_bytes,
     ];
-    let mut bytes = Vec::with_capacity(1 + fields.iter().map(|field| field.len()).sum::<usize>());
+    bytes.reserve(1 + fields.iter().map(|field| field.len()).sum::<usize>());
     bytes.push(LAYOUT_2);
     for field in fields {
         bytes.extend_from_slice(field);
     }
-    bytes
 }
 
 /// Decodes the record stored at `position`, borrowing from `bytes`.

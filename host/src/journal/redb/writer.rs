@@ -110,7 +110,10 @@ impl Writer {
 
     fn run(&self, requests: Receiver<Request>) {
         while let Ok(first) = requests.recv() {
-            let mut batch = vec![first];
+            // Room for every request queued by now, so the batch is not moved as it grows.
+            let queued = self.queued.load(Ordering::Acquire);
+            let mut batch = Vec::with_capacity(queued.min(self.max_batch).max(1));
+            batch.push(first);
             while batch.len() < self.max_batch {
                 match requests.try_recv() {
                     Ok(request) => batch.push(request),
@@ -255,6 +258,13 @@ impl Writer {
                 next_position,
                 now_millis(),
                 self.keep_snapshots,
+                (
+                    batch.len(),
+                    batch
+                        .iter()
+                        .map(|request| request.event_count() as usize)
+                        .sum(),
+                ),
             )?;
             for request in batch {
                 match request.apply(&mut tables) {
@@ -403,6 +413,41 @@ pub(super) mod tests {
         let (again, mut again_outcome) = append(ExpectedVersion::Exact(2), vec![refused]);
         writer.commit(vec![again]);
         assert_eq!(again_outcome.try_recv().unwrap().unwrap(), result(3, 3));
+    }
+
+    /// A batch reads the lifecycle records once it needs them and skips the search while
+    /// there are none: a deletion earlier in the same batch still counts for the appends after
+    /// it, and a soft deletion restarts the stream's expected version.
+    #[test]
+    fn a_deletion_counts_for_the_appends_after_it_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let delete = |stream: &str, hard| {
+            Request::done(crate::journal::Op::DeleteStream {
+                stream: stream.to_owned(),
+                expected: ExpectedVersion::Any,
+                hard,
+            })
+        };
+        let into =
+            |stream: &str| Request::append(stream.to_owned(), ExpectedVersion::Any, vec![event()]);
+        let (opened, mut opened_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
+        let (doomed, _) = into("gone");
+        let (gone, mut gone_outcome) = delete("gone", true);
+        let (into_gone, mut into_gone_outcome) = into("gone");
+        let (soft, mut soft_outcome) = delete("s", false);
+        let (reopened, mut reopened_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
+        writer.commit(vec![opened, doomed, gone, into_gone, soft, reopened]);
+
+        assert_eq!(opened_outcome.try_recv().unwrap().unwrap(), result(1, 1));
+        gone_outcome.try_recv().unwrap().unwrap();
+        match into_gone_outcome.try_recv().unwrap() {
+            Err(JournalError::StreamDeleted(stream)) => assert_eq!(stream, "gone"),
+            other => panic!("expected the stream deleted, got {other:?}"),
+        }
+        soft_outcome.try_recv().unwrap().unwrap();
+        // Versions continue after a soft delete.
+        assert_eq!(reopened_outcome.try_recv().unwrap().unwrap(), result(2, 3));
     }
 
     #[test]
