@@ -140,16 +140,22 @@ impl Request {
     }
 }
 
-/// The outcomes of a committed batch, each for its request. Whatever is not sent otherwise is
-/// sent when this is dropped, on the thread that drops it.
-pub(super) struct Answers(Vec<(Request, Result<Option<Appended>, JournalError>)>);
+/// The outcomes of a committed batch, each for its request (`outcomes[i]` for
+/// `requests[i]`). Whatever is not sent otherwise is sent when this is dropped, on the thread
+/// that drops it.
+#[derive(Default)]
+pub(super) struct Answers {
+    requests: Vec<Request>,
+    outcomes: Vec<Result<Option<Appended>, JournalError>>,
+}
 
 impl Answers {
     pub(super) fn new(
-        batch: Vec<Request>,
+        requests: Vec<Request>,
         outcomes: impl IntoIterator<Item = Result<Option<Appended>, JournalError>>,
     ) -> Self {
-        Self(batch.into_iter().zip(outcomes).collect())
+        let outcomes = outcomes.into_iter().take(requests.len()).collect();
+        Self { requests, outcomes }
     }
 
     /// Sends every answer on this thread.
@@ -166,24 +172,44 @@ impl Answers {
     /// drops the spawned task and with it these answers, which sends them.
     pub(super) fn send_from_runtimes(mut self) {
         while let Some(runtime) = self
-            .0
+            .requests
             .iter()
-            .find_map(|(request, _)| request.runtime.clone())
+            .find_map(|request| request.runtime.clone())
         {
             let id = runtime.id();
-            let mut theirs = Vec::with_capacity(self.0.len());
-            theirs.extend(self.0.extract_if(.., |(request, _)| {
-                request.runtime.as_ref().is_some_and(|r| r.id() == id)
-            }));
-            let theirs = Self(theirs);
+            let theirs = |request: &Request| request.runtime.as_ref().is_some_and(|r| r.id() == id);
+            // Usually every request is awaited on the one runtime: the batch goes as it is.
+            let theirs = if self.requests.iter().all(theirs) {
+                std::mem::take(&mut self)
+            } else {
+                self.split_off(theirs)
+            };
             drop(runtime.spawn(async move { theirs.send() }));
         }
+    }
+
+    /// Takes out the answers whose requests `theirs` picks, keeping the others in order.
+    fn split_off(&mut self, theirs: impl Fn(&Request) -> bool) -> Self {
+        let (mut kept, mut taken) = (Self::default(), Self::default());
+        let answers = self.requests.drain(..).zip(self.outcomes.drain(..));
+        for (request, outcome) in answers {
+            let to = if theirs(&request) {
+                &mut taken
+            } else {
+                &mut kept
+            };
+            to.requests.push(request);
+            to.outcomes.push(outcome);
+        }
+        *self = kept;
+        taken
     }
 }
 
 impl Drop for Answers {
     fn drop(&mut self) {
-        for (request, outcome) in self.0.drain(..) {
+        let answers = self.requests.drain(..).zip(self.outcomes.drain(..));
+        for (request, outcome) in answers {
             request.answer(outcome);
         }
     }
