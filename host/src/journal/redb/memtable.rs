@@ -134,11 +134,17 @@ impl Memtable {
     pub(super) fn clear(&mut self, through: u64) {
         let mut filter = std::mem::take(&mut self.table_ids);
         let mut bound = self.table_ids_bound;
-        for &id in self.ids.keys() {
+        let mut ids = std::mem::take(&mut self.ids);
+        for &id in ids.keys() {
             filter.insert(id);
             bound = bound.max(id);
         }
-        *self = Self::new(through, bound, filter);
+        // Kept with its room for a flush's ids, so the next ones go in without rehashing.
+        ids.clear();
+        *self = Self {
+            ids,
+            ..Self::new(through, bound, filter)
+        };
     }
 
     /// How many events it holds.
@@ -215,7 +221,8 @@ impl Memtable {
         let mut sorted: Vec<(u128, u64)> = (self.ids.iter().chain(&later.ids))
             .map(|(&id, &at)| (id, at))
             .collect();
-        sorted.sort_unstable();
+        // By id alone (ids are unique here): comparing the pairs costs a quarter more.
+        sorted.sort_unstable_by_key(|&(id, _)| id);
         id_runs::flush(txn, &sorted)?;
         // Each stream's runs: those held here, then the later ones, all above its runs in the
         // table: they go in as blocks at its end.
