@@ -9,7 +9,9 @@
 //!   its commands/s against the first's;
 //! - the same host once idle past its `--passivate-after`, its 1,000 live states dropped;
 //! - a second server with `--aggregate-cache 32MiB` and bank-account alone, after opening
-//!   100,000 distinct accounts: its peak must stay under idle + budget.
+//!   100,000 distinct accounts: its peak must stay under idle plus its configured budgets, the
+//!   aggregate cache's and the journal's page cache (`--journal-cache`, which fills as the file
+//!   grows: ~3 MiB of the 4 here).
 //!
 //! `cargo bench -p foldhost-tests --bench memory` (FOLDHOST_BENCH_SCALE scales the 100,000).
 //! The goal column quotes thalo's figures at the same load (/work/shared/peers.md, issue #12).
@@ -30,6 +32,9 @@ const TOUCHED: usize = 100_000;
 const CLIENTS: usize = 64;
 const CACHE_BUDGET: &str = "32MiB";
 const CACHE_BUDGET_MIB: f64 = 32.0;
+/// The journal's page cache, given explicitly (it is the default) as the bound counts it.
+const JOURNAL_CACHE: &str = "4MiB";
+const JOURNAL_CACHE_MIB: f64 = 4.0;
 /// The budget of the second loaded server (FOLDHOST_BENCH_LOAD_BUDGET overrides it): most of
 /// its 1,000 states dehydrated, to keep under thalo's RSS.
 const LOAD_BUDGET: &str = "32MiB";
@@ -109,7 +114,12 @@ fn main() {
         dir.path(),
         "budgeted",
         &[foldhost_plugins::BANK_ACCOUNT],
-        &["--aggregate-cache", CACHE_BUDGET],
+        &[
+            "--aggregate-cache",
+            CACHE_BUDGET,
+            "--journal-cache",
+            JOURNAL_CACHE,
+        ],
     );
     let (budget_idle, after_touch, cached_mib) = runtime.block_on(async {
         budgeted.warm_up().await;
@@ -161,32 +171,36 @@ fn main() {
         Some(THALO_LOADED_MIB),
         idle.rss,
     );
+    // Every memory budget the budgeted server was given.
+    let bound = budget_idle.rss + CACHE_BUDGET_MIB + JOURNAL_CACHE_MIB;
     row(
-        &format!("idle: bank-account, --aggregate-cache {CACHE_BUDGET}"),
+        &format!(
+            "idle: bank-account, --aggregate-cache {CACHE_BUDGET} --journal-cache {JOURNAL_CACHE}"
+        ),
         budget_idle,
         None,
         budget_idle.rss,
     );
     row(
         &format!(
-            "after opening {touched} accounts, --aggregate-cache {CACHE_BUDGET} (cache holds {cached_mib:.1} MiB)"
+            "after opening {touched} accounts, the same flags (the aggregate cache holds {cached_mib:.1} MiB)"
         ),
         after_touch,
-        Some(budget_idle.rss + CACHE_BUDGET_MIB),
+        Some(bound),
         budget_idle.rss,
     );
     println!(
         "\n{DEPOSITS} Deposits at {rate:.0} commands/s; on --aggregate-cache {load_budget} at {small_rate:.0} \
          commands/s ({:.2}× the default's). Goals: thalo {THALO_IDLE_MIB} MiB idle and {THALO_LOADED_MIB} MiB after ~80k commands (peers.md); \
-         touched: idle + budget. Peak after touching: {:.1} MiB, {} the bound of {:.1} MiB.",
+         touched: idle + the aggregate cache's and the journal cache's budgets. Peak after touching: {:.1} MiB, {} the bound of {:.1} MiB.",
         small_rate / rate,
         after_touch.peak,
-        if after_touch.peak <= budget_idle.rss + CACHE_BUDGET_MIB {
+        if after_touch.peak <= bound {
             "within"
         } else {
             "OVER"
         },
-        budget_idle.rss + CACHE_BUDGET_MIB
+        bound
     );
 }
 
