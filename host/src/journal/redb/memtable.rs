@@ -9,7 +9,7 @@
 //! Readers pair a read transaction with the memtable's state (see
 //! [`SharedDb::begin_read`](super::SharedDb::begin_read)).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use foldhash::HashMap;
@@ -35,8 +35,9 @@ pub(super) struct Memtable {
     /// Each stream's runs, ascending; all above its runs in the tables. Its last run ends at
     /// the stream's head.
     runs: HashMap<String, Vec<Run>>,
-    /// Each stream's head again, in name order, for readers.
-    heads: BTreeMap<String, u64>,
+    /// The same streams in name order, for readers (their heads are in `runs`: keeping them
+    /// here too cost a search by name per append).
+    names: BTreeSet<String>,
     events: usize,
     /// The last position readers may see: every event up to it is indexed here or in the
     /// tables.
@@ -90,7 +91,10 @@ impl Memtable {
         self.ids.extend(ids.into_iter().zip(run.first_position..));
         let runs = match self.runs.get_mut(stream) {
             Some(runs) => runs,
-            None => self.runs.entry(stream.to_owned()).or_default(),
+            None => {
+                self.names.insert(stream.to_owned());
+                self.runs.entry(stream.to_owned()).or_default()
+            }
         };
         match runs.last_mut() {
             // Consecutive versions at consecutive positions read as one run.
@@ -101,14 +105,6 @@ impl Memtable {
                 last.count += run.count
             }
             _ => runs.push(run),
-        }
-        // Named only on a stream's first append here: this runs for every append.
-        let head = run.end_version() - 1;
-        match self.heads.get_mut(stream) {
-            Some(last) => *last = head,
-            None => {
-                self.heads.insert(stream.to_owned(), head);
-            }
         }
         self.events += run.count as usize;
     }
@@ -183,14 +179,21 @@ impl Memtable {
 
     /// The last version of `stream`, if it has events here.
     pub(super) fn head(&self, stream: &str) -> Option<u64> {
-        // Hashed: a search of `heads` compares names all the way down.
         let last = self.runs.get(stream)?.last()?;
         Some(last.end_version() - 1)
     }
 
-    /// The last version of each stream held here.
-    pub(super) fn heads(&self) -> &BTreeMap<String, u64> {
-        &self.heads
+    /// Each stream held here with its last version, in name order.
+    pub(super) fn heads(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.names.iter().map(|stream| {
+            let head = self.head(stream).expect("a stream held here has runs here");
+            (stream.as_str(), head)
+        })
+    }
+
+    /// How many streams have events here.
+    pub(super) fn streams(&self) -> usize {
+        self.names.len()
     }
 
     /// The runs of `stream` held here, ascending.
@@ -203,9 +206,9 @@ impl Memtable {
         &'m self,
         prefix: &'m str,
     ) -> impl Iterator<Item = &'m str> + 'm {
-        self.heads
+        self.names
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .map(|(stream, _)| stream.as_str())
+            .map(String::as_str)
             .take_while(move |stream| stream.starts_with(prefix))
     }
 
@@ -239,8 +242,8 @@ impl Memtable {
         }
         // A stream's head in `later` is above its head here.
         let mut heads = txn.open_table(STREAM_HEADS)?;
-        for (stream, &head) in &self.heads {
-            heads.insert(stream.as_str(), head)?;
+        for (stream, head) in self.heads() {
+            heads.insert(stream, head)?;
         }
         for (&stream, &last) in &later.last_runs {
             heads.insert(stream, later.runs[last].1.end_version() - 1)?;

@@ -4,7 +4,6 @@
 //! Every read applies the streams' lifecycles: events of deleted streams and events outside
 //! their retention window are skipped (see `lifecycle`).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{
@@ -28,18 +27,18 @@ use crate::journal::lifecycle::now_millis;
 use crate::journal::{EventRef, StreamMetadata, StreamWindow};
 
 /// Stream heads the memtable holds (those a read needs), paired with its read transaction.
-type Held<'m> = Cow<'m, BTreeMap<String, u64>>;
+type Held = BTreeMap<String, u64>;
 
 /// The lifecycle records of one read transaction.
-struct Lifecycles<'m> {
+struct Lifecycles {
     table: ReadOnlyTable<&'static str, &'static [u8]>,
     heads: ReadOnlyTable<&'static str, u64>,
-    held: Held<'m>,
+    held: Held,
     now: u64,
 }
 
-impl<'m> Lifecycles<'m> {
-    fn open(txn: &ReadTransaction, held: Held<'m>) -> Result<Self, JournalError> {
+impl Lifecycles {
+    fn open(txn: &ReadTransaction, held: Held) -> Result<Self, JournalError> {
         Ok(Self {
             table: txn.open_table(STREAM_LIFECYCLE)?,
             heads: txn.open_table(STREAM_HEADS)?,
@@ -77,15 +76,15 @@ impl<'m> Lifecycles<'m> {
 }
 
 /// Filters a scan of the global log, looking each stream's lifecycle up once.
-struct LogFilter<'m> {
-    lifecycles: Option<Lifecycles<'m>>,
+struct LogFilter {
+    lifecycles: Option<Lifecycles>,
     seen: HashMap<String, Visibility>,
 }
 
-impl<'m> LogFilter<'m> {
+impl LogFilter {
     /// A filter that admits everything when `held` is `None`: no stream has a lifecycle record
     /// (see [`lifecycle_heads`]).
-    fn open(txn: &ReadTransaction, held: Option<Held<'m>>) -> Result<Self, JournalError> {
+    fn open(txn: &ReadTransaction, held: Option<Held>) -> Result<Self, JournalError> {
         let lifecycles = match held {
             Some(held) => Some(Lifecycles::open(txn, held)?),
             None => None,
@@ -110,7 +109,7 @@ impl<'m> LogFilter<'m> {
     /// What readers see of `stream`, looked up in `lifecycles` on its first event only.
     fn visibility(
         seen: &mut HashMap<String, Visibility>,
-        lifecycles: &Lifecycles<'_>,
+        lifecycles: &Lifecycles,
         stream: &str,
     ) -> Result<Visibility, JournalError> {
         if let Some(visibility) = seen.get(stream) {
@@ -133,16 +132,20 @@ fn lifecycle_heads(
     memtable: &Memtable,
 ) -> Result<Option<BTreeMap<String, u64>>, JournalError> {
     let records = txn.open_table(STREAM_LIFECYCLE)?;
-    let heads = memtable.heads();
     match records.len()? {
         0 => Ok(None),
-        count if count >= heads.len() as u64 => Ok(Some(heads.clone())),
+        count if count >= memtable.streams() as u64 => Ok(Some(
+            (memtable.heads())
+                .map(|(stream, head)| (stream.to_owned(), head))
+                .collect(),
+        )),
         _ => {
             let mut held = BTreeMap::new();
             for entry in records.iter()? {
                 let (stream, _) = entry?;
-                if let Some((stream, &head)) = heads.get_key_value(stream.value()) {
-                    held.insert(stream.clone(), head);
+                let stream = stream.value();
+                if let Some(head) = memtable.head(stream) {
+                    held.insert(stream.to_owned(), head);
                 }
             }
             Ok(Some(held))
@@ -176,7 +179,7 @@ pub(in crate::journal) fn read_stream(
         let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
         Ok((memtable.runs(stream).to_vec(), head.into_iter().collect()))
     })?;
-    let visibility = Lifecycles::open(&txn, Cow::Owned(held))?.visibility(stream)?;
+    let visibility = Lifecycles::open(&txn, held)?.visibility(stream)?;
     let main = txn.open_table(STREAM_RUN_BLOCKS)?;
     let log = txn.open_table(EVENTS)?;
     let from = from_version.max(visibility.first());
@@ -232,9 +235,9 @@ pub(in crate::journal) fn read_stream(
 fn log_read(
     db: &SharedDb,
     database: &Database,
-) -> Result<(ReadTransaction, u64, LogFilter<'static>), JournalError> {
+) -> Result<(ReadTransaction, u64, LogFilter), JournalError> {
     let (txn, (through, held)) = db.begin_read(database, |txn, memtable| {
-        let held = lifecycle_heads(txn, memtable)?.map(Cow::Owned);
+        let held = lifecycle_heads(txn, memtable)?;
         Ok((memtable.through(), held))
     })?;
     let filter = LogFilter::open(&txn, held)?;
@@ -396,7 +399,13 @@ pub(in crate::journal) fn event_by_id(
         let record = record::decode_raw(position, bytes.value())?;
         let mut page = Page::default();
         let event = page.hold(position, &record)?;
-        let held = any_lifecycle(txn)?.then_some(Cow::Borrowed(memtable.heads()));
+        // The filter asks for this event's stream alone.
+        let held = any_lifecycle(txn)?.then(|| {
+            let head = memtable.head(event.stream());
+            head.map(|head| (event.stream().to_owned(), head))
+                .into_iter()
+                .collect()
+        });
         let visible = LogFilter::open(txn, held)?.admits(event.stream(), &record)?;
         Ok(visible.then(|| event.own()))
     })?;
@@ -460,7 +469,7 @@ pub(in crate::journal) fn stream_window(
         let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
         Ok(head.into_iter().collect())
     })?;
-    let lifecycles = Lifecycles::open(&txn, Cow::Owned(held))?;
+    let lifecycles = Lifecycles::open(&txn, held)?;
     let lifecycle = lifecycles.get(stream)?.unwrap_or_default();
     lifecycle.window(stream, lifecycles.stored(stream)?, lifecycles.now)
 }
@@ -472,7 +481,7 @@ pub(in crate::journal) fn stream_metadata(
 ) -> Result<StreamMetadata, JournalError> {
     let database = db.get();
     let txn = database.begin_read()?;
-    let lifecycle = Lifecycles::open(&txn, Cow::Owned(BTreeMap::new()))?
+    let lifecycle = Lifecycles::open(&txn, BTreeMap::new())?
         .get(stream)?
         .unwrap_or_default();
     lifecycle.check_exists(stream)?;
@@ -489,7 +498,7 @@ pub(in crate::journal) fn streams_with_prefix(
         let held = memtable.streams_with_prefix(prefix).map(str::to_owned);
         Ok(held.collect::<BTreeSet<String>>())
     })?;
-    let lifecycles = Lifecycles::open(&txn, Cow::Owned(BTreeMap::new()))?;
+    let lifecycles = Lifecycles::open(&txn, BTreeMap::new())?;
     let mut named = held;
     for entry in lifecycles.heads.range(prefix..)? {
         let (stream, _) = entry?;
@@ -606,6 +615,54 @@ mod tests {
             Ok::<_, JournalError>(())
         });
         (events, outcome)
+    }
+
+    /// The heads of streams whose events are still in the memtable decide what their
+    /// lifecycle hides, in every read that filters by it: a stream keeping its newest two
+    /// events shows only those, whether the other streams held number fewer or more than the
+    /// streams with lifecycle records.
+    #[test]
+    fn lifecycles_count_the_heads_the_memtable_holds() {
+        use crate::journal::{ExpectedVersion, Journal, JournalConfig, StreamMetadata};
+        let dir = tempfile::tempdir().unwrap();
+        let journal =
+            Journal::open(dir.path().join("journal.redb"), JournalConfig::default()).unwrap();
+        let append = |stream: &str| {
+            let event = NewEvent::json("Happened", &serde_json::json!({}));
+            let id = event.id;
+            journal
+                .append_blocking(stream, ExpectedVersion::Any, vec![event])
+                .unwrap();
+            id
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let kept = StreamMetadata {
+            max_count: Some(2),
+            ..StreamMetadata::default()
+        };
+        runtime
+            .block_on(journal.set_stream_metadata("kept", kept))
+            .unwrap();
+        let ids: Vec<Uuid> = (0..5).map(|_| append("kept")).collect();
+        let visible = |journal: &Journal| {
+            let all = journal.read_all(1, 100).unwrap();
+            all.iter()
+                .filter(|event| event.stream == "kept")
+                .map(|event| event.id)
+                .collect::<Vec<_>>()
+        };
+        // One stream held, one lifecycle record; then more streams held than records.
+        for other in [None, Some("other")] {
+            if let Some(other) = other {
+                append(other);
+            }
+            assert_eq!(visible(&journal), ids[3..], "with {other:?}");
+            assert_eq!(journal.event_by_id(ids[0]).unwrap(), None);
+            assert_eq!(journal.event_by_id(ids[4]).unwrap().unwrap().id, ids[4]);
+            assert_eq!(journal.read_stream("kept", 1, 10).unwrap().len(), 2);
+        }
     }
 
     #[test]
