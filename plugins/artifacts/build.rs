@@ -152,7 +152,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .join("../..")
         .canonicalize()?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
-    for path in ["guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+    for path in [".cargo", "guest-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     println!(
