@@ -124,13 +124,21 @@ impl LogFilter {
     }
 }
 
+/// The memtable's head of `stream` alone, if it holds one: all a read of one stream asks for.
+fn held_head(memtable: &Memtable, stream: &str) -> Held {
+    (memtable.head(stream))
+        .map(|head| (stream.to_owned(), head))
+        .into_iter()
+        .collect()
+}
+
 /// The memtable's heads of the streams with a lifecycle record, the only heads a filter of the
 /// log asks for, or `None` when no stream has one. Walks the smaller of the two, so a read
 /// copies no more heads than there are lifecycle records.
 fn lifecycle_heads(
     txn: &ReadTransaction,
     memtable: &Memtable,
-) -> Result<Option<BTreeMap<String, u64>>, JournalError> {
+) -> Result<Option<Held>, JournalError> {
     let records = txn.open_table(STREAM_LIFECYCLE)?;
     match records.len()? {
         0 => Ok(None),
@@ -176,8 +184,7 @@ pub(in crate::journal) fn read_stream(
 ) -> Result<Vec<RecordedEvent>, JournalError> {
     let database = db.get();
     let (txn, (held_runs, held)) = db.begin_read(&database, |_, memtable| {
-        let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
-        Ok((memtable.runs(stream).to_vec(), head.into_iter().collect()))
+        Ok((memtable.runs(stream).to_vec(), held_head(memtable, stream)))
     })?;
     let visibility = Lifecycles::open(&txn, held)?.visibility(stream)?;
     let main = txn.open_table(STREAM_RUN_BLOCKS)?;
@@ -399,13 +406,7 @@ pub(in crate::journal) fn event_by_id(
         let record = record::decode_raw(position, bytes.value())?;
         let mut page = Page::default();
         let event = page.hold(position, &record)?;
-        // The filter asks for this event's stream alone.
-        let held = any_lifecycle(txn)?.then(|| {
-            let head = memtable.head(event.stream());
-            head.map(|head| (event.stream().to_owned(), head))
-                .into_iter()
-                .collect()
-        });
+        let held = any_lifecycle(txn)?.then(|| held_head(memtable, event.stream()));
         let visible = LogFilter::open(txn, held)?.admits(event.stream(), &record)?;
         Ok(visible.then(|| event.own()))
     })?;
@@ -465,10 +466,7 @@ pub(in crate::journal) fn stream_window(
     stream: &str,
 ) -> Result<StreamWindow, JournalError> {
     let database = db.get();
-    let (txn, held) = db.begin_read(&database, |_, memtable| {
-        let head = memtable.head(stream).map(|head| (stream.to_owned(), head));
-        Ok(head.into_iter().collect())
-    })?;
+    let (txn, held) = db.begin_read(&database, |_, memtable| Ok(held_head(memtable, stream)))?;
     let lifecycles = Lifecycles::open(&txn, held)?;
     let lifecycle = lifecycles.get(stream)?.unwrap_or_default();
     lifecycle.window(stream, lifecycles.stored(stream)?, lifecycles.now)
