@@ -30,11 +30,10 @@ const ACCOUNTS: usize = 1000;
 const DEPOSITS: usize = 80_000;
 const TOUCHED: usize = 100_000;
 const CLIENTS: usize = 64;
-const CACHE_BUDGET: &str = "32MiB";
-const CACHE_BUDGET_MIB: f64 = 32.0;
-/// The journal's page cache, given explicitly (it is the default) as the bound counts it.
-const JOURNAL_CACHE: &str = "4MiB";
-const JOURNAL_CACHE_MIB: f64 = 4.0;
+/// The budgeted server's aggregate cache, MiB.
+const CACHE_BUDGET_MIB: u32 = 32;
+/// Its journal page cache, MiB, given explicitly (it is the default) as the bound counts it.
+const JOURNAL_CACHE_MIB: u32 = 4;
 /// The budget of the second loaded server (FOLDHOST_BENCH_LOAD_BUDGET overrides it): most of
 /// its 1,000 states dehydrated, to keep under thalo's RSS.
 const LOAD_BUDGET: &str = "32MiB";
@@ -110,16 +109,17 @@ fn main() {
     let small_live = runtime.block_on(small.metric("foldhost_aggregate_cache_streams"));
     drop(small);
 
+    let budget_flags = [
+        "--aggregate-cache".to_owned(),
+        format!("{CACHE_BUDGET_MIB}MiB"),
+        "--journal-cache".to_owned(),
+        format!("{JOURNAL_CACHE_MIB}MiB"),
+    ];
     let budgeted = Server::start(
         dir.path(),
         "budgeted",
         &[foldhost_plugins::BANK_ACCOUNT],
-        &[
-            "--aggregate-cache",
-            CACHE_BUDGET,
-            "--journal-cache",
-            JOURNAL_CACHE,
-        ],
+        &budget_flags.each_ref().map(String::as_str),
     );
     let (budget_idle, after_touch, cached_mib) = runtime.block_on(async {
         budgeted.warm_up().await;
@@ -172,11 +172,9 @@ fn main() {
         idle.rss,
     );
     // Every memory budget the budgeted server was given.
-    let bound = budget_idle.rss + CACHE_BUDGET_MIB + JOURNAL_CACHE_MIB;
+    let bound = budget_idle.rss + f64::from(CACHE_BUDGET_MIB + JOURNAL_CACHE_MIB);
     row(
-        &format!(
-            "idle: bank-account, --aggregate-cache {CACHE_BUDGET} --journal-cache {JOURNAL_CACHE}"
-        ),
+        &format!("idle: bank-account, {}", budget_flags.join(" ")),
         budget_idle,
         None,
         budget_idle.rss,
