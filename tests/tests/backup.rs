@@ -3,7 +3,7 @@
 //! original log up to the backup's position, with its snapshots, checkpoints and stream
 //! lifecycles.
 
-pub mod serve;
+use crate::serve;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

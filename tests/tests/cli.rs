@@ -1,7 +1,7 @@
 //! The `foldhost` command line: client subcommands against a running server, and the
 //! offline subcommands on its data directory.
 
-pub mod serve;
+use crate::serve;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! a checksum first, and recompiles (and rewrites) whatever fails it. `serve` compiles in a
 //! child process, so that a first start holds no more memory than a restart.
 
-pub mod serve;
+use crate::serve;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! installed by `scripts/chromium`), driven over WebDriver against a real `foldhost serve`
 //! with the example plugins. The run also rewrites the README's screenshots in `docs/`.
 
-pub mod serve;
+use crate::serve;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

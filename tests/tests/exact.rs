@@ -1,7 +1,7 @@
 //! Event data byte for byte: what a client sends is what every reader gets back, and an
 //! export imported into a fresh data directory is the same log, times included.
 
-pub mod serve;
+use crate::serve;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! Storage faults, really provoked: a `foldhost serve` whose data directory is on a small
 //! tmpfs that fills up while clients append.
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! succeeding and none is lost, the swapped-in projection equals an offline replay of the new
 //! version, and after a restart it resumes from its checkpoint instead of replaying everything.
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The HTTP API of a real `foldhost serve` process: every endpoint and every error status.
 
-pub mod serve;
+use crate::serve;
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! command keeps working across the swaps, and `foldhost plugins diff` finds no difference
 //! over the history they wrote together. Python exceptions answer 400 or 422, never 500.
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::BTreeMap;
 use std::process::Command;

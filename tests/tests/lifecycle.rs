@@ -3,8 +3,8 @@
 //! after a hard delete and a scavenge a customer's data is gone from the database's files,
 //! on redb and on PostgreSQL.
 
-pub mod pgcluster;
-pub mod serve;
+use crate::pgcluster;
+use crate::serve;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

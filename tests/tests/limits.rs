@@ -2,7 +2,7 @@
 //! pages, made-up aggregates, live-feed floods and write floods are refused or bounded, and the
 //! process's memory and thread count stay put (read from /proc).
 
-pub mod serve;
+use crate::serve;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

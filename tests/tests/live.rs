@@ -1,6 +1,6 @@
 //! `GET /events/live`: catching up and then following, while appends keep landing.
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //!
 //! Needs `FOLDHOST_TEST_POSTGRES` (a throwaway cluster, started by scripts/test).
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::HashSet;
 

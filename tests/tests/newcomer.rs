@@ -3,7 +3,7 @@
 //! host, send a command. Nothing of this repository is used but the `foldhost` binary. The
 //! folder holds a Cargo workspace of its own, as a clone of this repository does.
 
-pub mod serve;
+use crate::serve;
 
 use std::path::Path;
 use std::process::Command;

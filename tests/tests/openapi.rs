@@ -4,7 +4,7 @@
 //! and method from its handler's `#[utoipa::path]`). Every operation whose handler reads a
 //! request body documents the statuses the body can be refused with before the handler runs.
 
-pub mod serve;
+use crate::serve;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! others serve, commands are idempotent by key, plugin names cannot overlap, projections
 //! park what they cannot fold (or stop, by policy) and queries cannot hurt them.
 
-pub mod serve;
+use crate::serve;
 
 use std::time::{Duration, Instant};
 

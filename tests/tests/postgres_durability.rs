@@ -2,8 +2,8 @@
 //! at start: PostgreSQL's defaults are accepted; `foldhost serve` refuses the shared test cluster
 //! (`fsync=off`, see scripts/postgres) unless told to accept the risk.
 
-pub mod pgcluster;
-pub mod serve;
+use crate::pgcluster;
+use crate::serve;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;

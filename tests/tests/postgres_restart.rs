@@ -5,8 +5,8 @@
 //! Runs a private cluster (`pgcluster`), since it stops the server; `scripts/postgres`
 //! installs the binaries.
 
-pub mod pgcluster;
-pub mod serve;
+use crate::pgcluster;
+use crate::serve;
 
 use std::time::{Duration, Instant};
 

@@ -6,8 +6,8 @@
 //! Runs a private cluster (`pgcluster`), since it restarts the server; `scripts/postgres`
 //! installs the binaries.
 
-pub mod pgcluster;
-pub mod serve;
+use crate::pgcluster;
+use crate::serve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //!
 //! Runs a private cluster with `ssl=on` and a certificate made by the test (`openssl`).
 
-pub mod pgcluster;
+use crate::pgcluster;
 
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 

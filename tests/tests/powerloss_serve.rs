@@ -11,7 +11,7 @@
 //! each on a new, empty file system. Needs `/dev/fuse` and root, as CI has. The seed is
 //! printed (`FOLDHOST_POWERLOSS_SEED` replays its choices).
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

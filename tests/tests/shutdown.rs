@@ -1,7 +1,7 @@
 //! SIGTERM during concurrent appends: the server finishes what it acknowledged, exits
 //! cleanly, and after a restart every acknowledged append is there.
 
-pub mod serve;
+use crate::serve;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

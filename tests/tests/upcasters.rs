@@ -5,7 +5,7 @@
 //! misbehaving upcaster is contained; a plugin built against contract 0.1.0 still loads; the
 //! offline `replay` and `plugins diff` take upcasters too.
 
-pub mod serve;
+use crate::serve;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
