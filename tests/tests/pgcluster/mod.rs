@@ -5,7 +5,7 @@
 //! and `pg_ctl` to start, restart and stop it. Durability settings are PostgreSQL's defaults
 //! (`fsync=on`, `synchronous_commit=on`). `scripts/postgres` installs the binaries.
 //!
-//! Test files declare it `pub mod pgcluster;`, as they do `serve` (see there).
+//! Declared in `tests/main.rs` beside `serve`; test modules reach it as `crate::pgcluster`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

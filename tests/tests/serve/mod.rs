@@ -6,8 +6,8 @@
 //! another package's binaries. So `cargo nextest run --workspace` from a clean clone needs no
 //! extra build step and never runs a stale binary.
 //!
-//! Test files declare it `pub mod serve;`: its public helpers are then exported from each test
-//! crate, so those a file does not use are not dead code there.
+//! Declared `pub mod serve;` in `tests/main.rs`, the one test crate, whose modules reach it as
+//! `crate::serve`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
