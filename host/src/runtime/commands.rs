@@ -694,13 +694,13 @@ pub(super) fn committed(
     }
 }
 
-/// The outcome of a command whose events are stored but could not be read back: the events
-/// as they were sent, `recorded_at` from this host's clock.
+/// The outcome of a command whose events are stored but could not be read back (`why`): the
+/// events as they were sent, `recorded_at` from this host's clock.
 pub(super) fn unread_outcome(
     stream: &str,
     appended: AppendResult,
     sent: Vec<NewEvent>,
-    error: JournalError,
+    why: &str,
 ) -> CommandOutcome {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -726,8 +726,7 @@ pub(super) fn unread_outcome(
         version: appended.last_version,
         events,
         state: Err(format!(
-            "the events are stored, but reading them back failed ({error}); recorded_at is \
-             this host's clock"
+            "the events are stored, but {why}; recorded_at is this host's clock"
         )),
     }
 }

@@ -96,13 +96,13 @@ pub(super) fn run(
                 match journal.read_stream(stream, appended.first_version, count) {
                     Ok(stored) if stored.len() == count => stored,
                     Ok(_) => {
-                        let missing = JournalError::Corrupt {
-                            position: appended.first_position,
-                            reason: "appended events are missing when read back".to_owned(),
-                        };
-                        return round.unread(stream, appended, sent, missing, redecided);
+                        let why = missing_after_append(journal, stream, &appended);
+                        return round.unread(stream, appended, sent, why, redecided);
                     }
-                    Err(error) => return round.unread(stream, appended, sent, error, redecided),
+                    Err(error) => {
+                        let why = format!("reading them back failed ({error})");
+                        return round.unread(stream, appended, sent, why, redecided);
+                    }
                 }
             }
             // Someone else appended (or deleted the stream), or another host stored a command
@@ -136,6 +136,26 @@ pub(super) fn run(
         RuntimeError::TooManyConflicts(stream.to_owned()),
         config.max_conflict_retries,
     )
+}
+
+/// Why events just appended at `appended` read back fewer: the stream's retention rules
+/// (`truncate_before` past them, a `max_count` below the round's events) hide them from readers
+/// at once, or they are missing, which is corruption.
+fn missing_after_append(journal: &Journal, stream: &str, appended: &AppendResult) -> String {
+    match journal.stream_window(stream) {
+        Ok(window) if window.first > appended.first_version => format!(
+            "the stream's retention rules hide them from readers at once (its first visible \
+             version is {})",
+            window.first
+        ),
+        _ => {
+            let missing = JournalError::Corrupt {
+                position: appended.first_position,
+                reason: "appended events are missing when read back".to_owned(),
+            };
+            format!("reading them back failed ({missing})")
+        }
+    }
 }
 
 /// The plugin build and upcaster chain a round's state is folded with.
@@ -492,7 +512,7 @@ impl Round {
         stream: &str,
         appended: AppendResult,
         sent: Vec<NewEvent>,
-        error: JournalError,
+        why: String,
         redecided: u32,
     ) -> Ran {
         let mut sent = sent.into_iter();
@@ -502,7 +522,9 @@ impl Round {
                 return CommandOutcome {
                     version: version - 1,
                     events: Vec::new(),
-                    state: Err(format!("the state is unknown: {error}")),
+                    state: Err(format!(
+                        "the state is unknown: the events are stored, but {why}"
+                    )),
                 };
             }
             let count = decided.len() as u64;
@@ -514,7 +536,7 @@ impl Round {
                 last_position: position + count - 1,
             };
             (version, position) = (version + count, position + count);
-            unread_outcome(stream, placed, events, error.clone())
+            unread_outcome(stream, placed, events, &why)
         });
         Ran {
             instance: None,
