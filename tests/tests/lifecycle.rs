@@ -108,30 +108,39 @@ async fn streams_are_deleted_and_truncated_over_http() {
     let (status, body) = call(&client, &server, Method::GET, events, None, false).await;
     assert_eq!((status, versions(&body)), (200, vec![4]), "{body}");
 
-    // Retention metadata.
+    // Retention metadata. New rules never show what the soft delete hid (a scavenge may have
+    // removed it already): its `truncate_before` stays.
     let metadata = "/streams/order-1/metadata";
     let (status, body) = call(&client, &server, Method::GET, metadata, None, false).await;
     assert_eq!((status, body), (200, json!({"truncate_before": 4})));
+    for lower in [json!({}), json!({"truncate_before": 1})] {
+        let (status, body) =
+            call(&client, &server, Method::PUT, metadata, Some(lower), false).await;
+        assert_eq!((status, body), (200, json!({"truncate_before": 4})));
+    }
+    let (_, body) = call(&client, &server, Method::GET, events, None, false).await;
+    assert_eq!(versions(&body), [4]);
+    let logged: Vec<_> = all_events(&client, &server)
+        .await
+        .into_iter()
+        .filter(|event| event["stream"] == "order-1")
+        .collect();
+    assert_eq!(versions(&json!(logged)), [4]);
     for n in 4..8 {
         append(&client, &server, "order-1", json!("any"), json!({"n": n})).await;
     }
     let rules = json!({"max_count": 2});
-    let (status, body) = call(
-        &client,
-        &server,
-        Method::PUT,
-        metadata,
-        Some(rules.clone()),
-        false,
-    )
-    .await;
-    assert_eq!((status, body), (200, rules.clone()));
+    let (status, body) = call(&client, &server, Method::PUT, metadata, Some(rules), false).await;
+    let stored = json!({"max_count": 2, "truncate_before": 4});
+    assert_eq!((status, body), (200, stored.clone()));
     let (_, body) = call(&client, &server, Method::GET, metadata, None, false).await;
-    assert_eq!(body, rules);
+    assert_eq!(body, stored);
     let (_, body) = call(&client, &server, Method::GET, events, None, false).await;
     assert_eq!(versions(&body), [7, 8]);
     for bad in [
         json!({"max_count": -1}),
+        json!({"max_count": 0}),
+        json!({"max_age": 0}),
         json!({"max_size": 3}),
         json!("max_count"),
     ] {
@@ -450,6 +459,18 @@ async fn aggregates_fold_only_the_visible_part_of_their_stream() {
         (json!(5), json!("new")),
         "{body}"
     );
+
+    // Rules that hide a command's events at once: it is stored, and its answer says why its
+    // state is unknown instead of calling the stream corrupt.
+    let past = json!({"truncate_before": 100});
+    let (status, body) = call(&client, &server, Method::PUT, metadata, Some(past), false).await;
+    assert_eq!(status, 200, "{body}");
+    let reopen = json!({"type": "Open", "data": {"owner": "Ada"}});
+    let (status, body) = command(&client, &server, "ada", reopen).await;
+    assert_eq!((status, body["version"].clone()), (200, json!(6)), "{body}");
+    let why = body["state_error"].as_str().unwrap_or_default();
+    assert!(why.contains("retention rules hide them"), "{body}");
+    assert!(!why.contains("corrupt"), "{body}");
 
     let hard = "/streams/bank-account-ada?hard=true";
     let (status, body) = call(&client, &server, Method::DELETE, hard, None, true).await;

@@ -83,6 +83,9 @@ pub enum JournalError {
     /// An append without events.
     #[error("append without events")]
     NoEvents,
+    /// Retention rules that make no sense (`max_count` or `max_age` of zero); nothing changed.
+    #[error("invalid stream metadata: {0}")]
+    InvalidMetadata(&'static str),
     /// A stream name that is empty, longer than 256 bytes or holds a NUL character.
     #[error("invalid stream name {0:?}: a stream name has 1 to 256 bytes and no NUL character")]
     InvalidStreamName(String),

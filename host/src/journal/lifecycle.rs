@@ -25,6 +25,24 @@ pub struct StreamMetadata {
     pub truncate_before: Option<u64>,
 }
 
+impl StreamMetadata {
+    /// Refuses rules that would hide every event, new ones included (as KurrentDB refuses a
+    /// `$maxCount` or `$maxAge` below 1); `truncate_before` may lie past the stream's head.
+    pub fn check(&self) -> Result<(), JournalError> {
+        if self.max_count == Some(0) {
+            return Err(JournalError::InvalidMetadata(
+                "max_count must be at least 1",
+            ));
+        }
+        if self.max_age == Some(0) {
+            return Err(JournalError::InvalidMetadata(
+                "max_age must be at least 1 second",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether a stream was deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +63,11 @@ pub enum Deletion {
 pub(super) struct Lifecycle {
     pub metadata: StreamMetadata,
     pub deletion: Deletion,
+    /// The first version the last soft delete left visible. New metadata never shows the
+    /// events a delete hid (a scavenge may have removed them already): its `truncate_before`
+    /// stays at least this. Absent from records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_before: Option<u64>,
 }
 
 /// What readers see of a stream right now.
@@ -169,10 +192,27 @@ impl Lifecycle {
             (Some(_), _) if hard => self.deletion = Deletion::Hard,
             (Some(_), Some(last)) => {
                 self.deletion = Deletion::Soft;
-                self.metadata.truncate_before = Some(last + 1);
+                self.deleted_before = Some(last + 1);
+                // Never lower: rules that already hid more keep doing so.
+                self.metadata.truncate_before = self.metadata.truncate_before.max(Some(last + 1));
             }
             _ => return Err(JournalError::StreamNotFound(stream.to_owned())),
         }
+        Ok(())
+    }
+
+    /// Replaces the retention rules of a stream that is not hard-deleted; `truncate_before`
+    /// stays past what a soft delete hid.
+    pub fn set_metadata(
+        &mut self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), JournalError> {
+        self.check_exists(stream)?;
+        self.metadata = StreamMetadata {
+            truncate_before: metadata.truncate_before.max(self.deleted_before),
+            ..metadata
+        };
         Ok(())
     }
 
@@ -232,7 +272,7 @@ mod tests {
     fn with(metadata: StreamMetadata) -> Lifecycle {
         Lifecycle {
             metadata,
-            deletion: Deletion::None,
+            ..Default::default()
         }
     }
 
@@ -287,6 +327,45 @@ mod tests {
     }
 
     #[test]
+    fn new_rules_never_show_what_a_soft_delete_hid() {
+        let mut lifecycle = with(StreamMetadata {
+            truncate_before: Some(9),
+            ..Default::default()
+        });
+        lifecycle
+            .delete("s", Some(4), ExpectedVersion::Any, false)
+            .unwrap();
+        assert_eq!(
+            lifecycle.visibility(4, 0).first(),
+            9,
+            "a delete never lowers it"
+        );
+        lifecycle.appended();
+        for (rules, first) in [
+            (StreamMetadata::default(), 5),
+            (
+                StreamMetadata {
+                    truncate_before: Some(2),
+                    max_count: Some(100),
+                    ..Default::default()
+                },
+                5,
+            ),
+            (
+                StreamMetadata {
+                    truncate_before: Some(7),
+                    ..Default::default()
+                },
+                7,
+            ),
+        ] {
+            lifecycle.set_metadata("s", rules).unwrap();
+            assert_eq!(lifecycle.visibility(8, 0).first(), first, "{rules:?}");
+            assert_eq!(lifecycle.metadata.max_count, rules.max_count);
+        }
+    }
+
+    #[test]
     fn a_hard_delete_is_final_even_after_a_soft_one() {
         let mut lifecycle = Lifecycle::default();
         assert!(matches!(
@@ -322,10 +401,18 @@ mod tests {
                 truncate_before: Some(3),
             },
             deletion: Deletion::Soft,
+            deleted_before: Some(3),
         };
         assert_eq!(
             Lifecycle::decode("s", &lifecycle.encode()).unwrap(),
             lifecycle
+        );
+        // Records written before `deleted_before` was kept still decode.
+        let older = br#"{"metadata":{"truncate_before":3},"deletion":"soft"}"#;
+        let decoded = Lifecycle::decode("s", older).unwrap();
+        assert_eq!(
+            (decoded.deletion, decoded.deleted_before),
+            (Deletion::Soft, None)
         );
     }
 }

@@ -267,13 +267,15 @@ impl Journal {
     }
 
     /// Replaces the retention metadata of `stream` (which need not exist yet); readers stop
-    /// seeing the events it excludes at once.
+    /// seeing the events it excludes at once. Events a soft delete hid stay hidden: the
+    /// stored `truncate_before` stays past them.
     pub async fn set_stream_metadata(
         &self,
         stream: &str,
         metadata: StreamMetadata,
     ) -> Result<(), JournalError> {
         config::check_stream_name(stream)?;
+        metadata.check()?;
         self.write(Op::SetStreamMetadata {
             stream: stream.to_owned(),
             metadata,

@@ -110,6 +110,7 @@ impl From<JournalError> for ApiError {
             JournalError::DuplicateEventId { position: None, .. }
             | JournalError::NoEvents
             | JournalError::NulCharacter(_)
+            | JournalError::InvalidMetadata(_)
             | JournalError::InvalidStreamName(_) => StatusCode::BAD_REQUEST,
             JournalError::EventTooLarge { .. }
             | JournalError::AppendTooLarge { .. }

@@ -76,7 +76,8 @@ pub async fn metadata(
 }
 
 /// `PUT /streams/{stream}/metadata`: replaces its retention rules (`max_age` in seconds,
-/// `max_count`, `truncate_before`); readers stop seeing what they exclude at once.
+/// `max_count`, `truncate_before`); readers stop seeing what they exclude at once. Answers the
+/// rules now stored: after a soft delete, `truncate_before` stays past the events it hid.
 #[utoipa::path(put, path = "/streams/{stream}/metadata", tag = "streams",
     params(("stream" = String, Path)), request_body = StreamMetadata,
     responses((status = 200, body = StreamMetadata), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
@@ -86,10 +87,8 @@ pub async fn put_metadata(
     JsonBody(metadata): JsonBody<StreamMetadata>,
 ) -> Result<Json<StreamMetadata>, ApiError> {
     tracing::Span::current().record("stream", stream.as_str());
-    state
-        .runtime
-        .journal()
-        .set_stream_metadata(&stream, metadata)
-        .await?;
-    Ok(Json(metadata))
+    let journal = state.runtime.journal().clone();
+    journal.set_stream_metadata(&stream, metadata).await?;
+    let stored = blocking(move || Ok(journal.stream_metadata(&stream)?)).await?;
+    Ok(Json(stored))
 }

@@ -137,8 +137,7 @@ impl<'a> BatchState<'a> {
         metadata: StreamMetadata,
     ) -> Result<(), JournalError> {
         let mut lifecycle = self.lifecycle(stream);
-        lifecycle.check_exists(stream)?;
-        lifecycle.metadata = metadata;
+        lifecycle.set_metadata(stream, metadata)?;
         self.changed.insert(stream.to_owned(), lifecycle);
         Ok(())
     }

@@ -63,6 +63,9 @@ pub(super) struct Finished<'r> {
     /// Whether the batch also wrote the memtable and its own appends into the index tables:
     /// the writer then clears the memtable once the batch committed.
     pub(super) flushed: bool,
+    /// Whether the batch changed a stream's lifecycle record (a delete, new metadata, an
+    /// append recreating a soft-deleted stream).
+    pub(super) lifecycles_changed: bool,
 }
 
 /// The journal's tables inside one write transaction. Appends write only the log; their
@@ -81,6 +84,8 @@ pub(super) struct Batch<'txn, 'r> {
     /// Whether `lifecycles` holds no record, once read: most journals delete no stream and set
     /// no metadata, and then no append searches it.
     no_lifecycles: Option<bool>,
+    /// Whether this batch wrote a lifecycle record.
+    lifecycles_changed: bool,
     /// Created, on a file from before it existed, by the first write that needs it.
     parked: Lazy<'txn, (&'static str, u64), &'static [u8]>,
     txn: &'txn WriteTransaction,
@@ -150,6 +155,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             checkpoints: Lazy::new(CHECKPOINTS),
             lifecycles: Lazy::new(STREAM_LIFECYCLE),
             no_lifecycles: None,
+            lifecycles_changed: false,
             parked: Lazy::new(PARKED),
             txn,
             memtable,
@@ -348,6 +354,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
             head,
             appended: self.appended,
             flushed,
+            lifecycles_changed: self.lifecycles_changed,
         })
     }
 
@@ -369,6 +376,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
 
     fn put_lifecycle(&mut self, stream: &str, lifecycle: &Lifecycle) -> Result<(), JournalError> {
         self.no_lifecycles = Some(false);
+        self.lifecycles_changed = true;
         self.lifecycles
             .open(self.txn)?
             .insert(stream, lifecycle.encode().as_slice())?;
@@ -396,8 +404,7 @@ impl<'txn, 'r> Batch<'txn, 'r> {
         metadata: &StreamMetadata,
     ) -> Result<(), JournalError> {
         let mut lifecycle = self.lifecycle(stream)?.unwrap_or_default();
-        lifecycle.check_exists(stream)?;
-        lifecycle.metadata = *metadata;
+        lifecycle.set_metadata(stream, *metadata)?;
         self.wrote = true;
         self.put_lifecycle(stream, &lifecycle)
     }

@@ -295,9 +295,11 @@ impl Writer {
         } else {
             // A step of the id filter's scan, read from the table before this commit, is held
             // across it too: a scavenge moving the memtable into the table in between would
-            // put ids there that neither that step nor the filter holds.
+            // put ids there that neither that step nor the filter holds. So is a change of a
+            // stream's lifecycle record: readers take those from their transaction, and the
+            // new record with the old memtable's head is a stream that never was.
             let scanned = finished.appended.scanned.is_some();
-            let held = scanned.then(|| self.db.memtable_mut());
+            let held = (scanned || finished.lifecycles_changed).then(|| self.db.memtable_mut());
             store::commit(&db, txn)?;
             #[cfg(test)]
             tests::after_commit(&self.db);
@@ -743,6 +745,50 @@ pub(super) mod tests {
             "a retry answers where they are"
         );
         assert_eq!(reader::head_position(&writer.db).unwrap(), head);
+    }
+
+    /// A commit that changes a stream's lifecycle record (here: recreating a soft-deleted
+    /// stream) is taken in before any reader pairs that record with the memtable from before
+    /// it: readers see the stream deleted, or recreated with its new event, never between.
+    #[test]
+    fn readers_never_pair_a_new_lifecycle_with_the_old_memtable() {
+        use crate::journal::redb::reader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        writer.commit(vec![append(ExpectedVersion::NoStream, vec![event(); 3]).0]);
+        let (delete, mut deleted) = Request::done(crate::journal::Op::DeleteStream {
+            stream: "s".to_owned(),
+            expected: ExpectedVersion::Any,
+            hard: false,
+        });
+        writer.commit(vec![delete]);
+        deleted.try_recv().unwrap().unwrap();
+        let seen = Arc::new(Mutex::new(None));
+        let saw = seen.clone();
+        AFTER_COMMIT.with_borrow_mut(|hook| {
+            *hook = Some(Box::new(move |db: &SharedDb| {
+                let Ok(memtable) = db.memtable.try_read() else {
+                    return; // Held by the writer: readers wait for the new memtable.
+                };
+                drop(memtable);
+                let window = reader::stream_window(db, "s").unwrap();
+                let events = reader::read_stream(db, "s", 1, ReadLimit::events(10)).unwrap();
+                let versions: Vec<u64> = events.iter().map(|event| event.version).collect();
+                *saw.lock().unwrap() = Some((window.current, versions));
+            }))
+        });
+        let (recreate, mut recreated) = append(ExpectedVersion::NoStream, vec![event()]);
+        writer.commit(vec![recreate]);
+        assert_eq!(recreated.try_recv().unwrap().unwrap(), result(4, 4));
+        if let Some(seen) = seen.lock().unwrap().take() {
+            assert!(
+                [(None, vec![]), (Some(4), vec![4])].contains(&seen),
+                "a reader saw {seen:?}"
+            );
+        }
+        let window = reader::stream_window(&writer.db, "s").unwrap();
+        assert_eq!(window.current, Some(4));
     }
 
     /// A batch whose records outgrow what it holds back writes them into the log part way,
