@@ -76,6 +76,13 @@ const RECIPES: &[Recipe] = &[
         features: "as-bank",
         set: "variants",
     },
+    // In the `v2` set only because `variants` builds `hostile` already.
+    Recipe {
+        artifact: "hostile-as-upcaster",
+        package: "hostile",
+        features: "as-upcaster",
+        set: "v2",
+    },
 ];
 
 /// The artifact whose core module is also kept, as `<artifact>.core.wasm`.

@@ -324,6 +324,50 @@ fn offline(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// An upcaster replaced by a plugin of another kind under its name leaves the chain: readers
+/// asking for upcast events get the stored ones again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upcaster_replaced_by_another_kind_stops_upcasting() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let client = Client::new();
+    let stored = json!([
+        {"type": "AccountOpened", "data": {"holder": "Bo"}},
+        {"type": "Credited", "data": {"amount": 7}},
+    ]);
+    append(&client, &server, "bank-account-mid", stored).await;
+    let upcast = "/streams/bank-account-mid/events?upcast=true";
+    let types = |events: &Value| -> Vec<String> {
+        types_and_versions(events)
+            .into_iter()
+            .map(|(kind, _, _)| kind)
+            .collect()
+    };
+
+    load(&client, &server, "bank-upcast-v2").await;
+    let (_, events) = get(&client, &server, upcast).await;
+    assert_eq!(types(&events), ["Opened", "Deposited"]);
+
+    let aggregate = std::fs::read(foldhost_plugins::path(
+        foldhost_plugins::HOSTILE_AS_UPCASTER,
+    ));
+    let response = client
+        .put(server.url("/plugins/bank-upcast-v2"))
+        .bearer_auth(TOKEN)
+        .body(aggregate.unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, info) = json(response).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        (info["name"].clone(), info["kind"].clone()),
+        (json!("bank-upcast-v2"), json!("aggregate"))
+    );
+    let (_, events) = get(&client, &server, upcast).await;
+    assert_eq!(types(&events), ["AccountOpened", "Credited"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_upcaster_is_contained() {
     let dirs = Dirs::new();

@@ -358,10 +358,12 @@ impl Runtime {
         tracing::info!(plugin = %name, hash = %plugin.hash, kind = ?plugin.kind(), "loading plugin");
         slot.last_error = None;
         let kind = plugin.kind();
-        match (kind, slot.entry.take()) {
+        let old = slot.entry.take();
+        let replaces_upcaster = matches!(old, Some(Entry::Upcaster(_)));
+        match (kind, old) {
             (PluginKind::Aggregate, old) => {
-                if let Some(Entry::Aggregate(old)) = &old {
-                    self.aggregates.evict_plugin(&old.hash);
+                if let Some(old) = old {
+                    self.retire(old);
                 }
                 slot.entry = Some(Entry::Aggregate(plugin));
             }
@@ -378,20 +380,54 @@ impl Runtime {
                     pending: Some(pending),
                 });
             }
-            (PluginKind::Projection, _) => {
+            (PluginKind::Projection, old) => {
+                if let Some(old) = old {
+                    self.retire(old);
+                }
                 let active = Arc::new(self.start_projection(plugin, false));
                 slot.entry = Some(Entry::Projection {
                     active,
                     pending: None,
                 });
             }
-            (PluginKind::Upcaster, _) => slot.entry = Some(Entry::Upcaster(Upcaster::new(plugin)?)),
+            (PluginKind::Upcaster, old) => {
+                let upcaster = match Upcaster::new(plugin) {
+                    Ok(upcaster) => upcaster,
+                    Err(error) => {
+                        // Refused: whatever served under this name stays.
+                        slot.entry = old;
+                        return Err(error);
+                    }
+                };
+                if let Some(old) = old {
+                    self.retire(old);
+                }
+                slot.entry = Some(Entry::Upcaster(upcaster));
+            }
         }
         let info = info(slot, &policy).expect("slot was just filled");
-        if kind == PluginKind::Upcaster {
+        if kind == PluginKind::Upcaster || replaces_upcaster {
             self.rechain(&mut plugins);
         }
         Ok(info)
+    }
+
+    /// Stops what a plugin replaced by a new build serves: the cached states of an
+    /// aggregate's build, a projection's replays. An upcaster leaves the chain when it is
+    /// rebuilt.
+    fn retire(&self, old: Entry) {
+        match old {
+            Entry::Aggregate(plugin) => self.aggregates.evict_plugin(&plugin.hash),
+            Entry::Projection { active, pending } => {
+                tokio::spawn(async move {
+                    active.stop().await;
+                    if let Some(pending) = pending {
+                        pending.stop().await;
+                    }
+                });
+            }
+            Entry::Upcaster(_) => {}
+        }
     }
 
     /// The upcasters that feed `plugin` (see [`UpcasterChain::for_plugin`]).

@@ -47,6 +47,9 @@ pub const BANK_ANALYTICS_LENIENT: &str = "bank-analytics-lenient";
 /// `hostile` built with feature `as-bank`: it describes itself as `bank`, whose streams would
 /// include `bank-account`'s. For the name-clash tests.
 pub const HOSTILE_AS_BANK: &str = "hostile-as-bank";
+/// `hostile` built with feature `as-upcaster`: an aggregate named `bank-upcast-v2`, like the
+/// upcaster [`BANK_UPCAST_V2`]. For replacing a plugin with one of another kind.
+pub const HOSTILE_AS_UPCASTER: &str = "hostile-as-upcaster";
 
 /// `bank-account` in TypeScript (`plugins/js/bank-account`): a drop-in
 /// replacement for the Rust one, same plugin name, events, commands and state.
@@ -90,6 +93,7 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     MISCHIEF,
     BANK_ANALYTICS_LENIENT,
     HOSTILE_AS_BANK,
+    HOSTILE_AS_UPCASTER,
     OLD_CONTRACT,
     HOSTILE_UPCASTER,
 ];

@@ -96,6 +96,8 @@ fn recurse(depth: u64) -> u64 {
 impl Aggregate for Hostile {
     const NAME: &'static str = if cfg!(feature = "as-bank") {
         "bank"
+    } else if cfg!(feature = "as-upcaster") {
+        "bank-upcast-v2"
     } else {
         "hostile"
     };
