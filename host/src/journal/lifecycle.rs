@@ -193,8 +193,7 @@ impl Lifecycle {
             (Some(_), Some(last)) => {
                 self.deletion = Deletion::Soft;
                 self.deleted_before = Some(last + 1);
-                // Never lower: rules that already hid more keep doing so.
-                self.metadata.truncate_before = self.metadata.truncate_before.max(Some(last + 1));
+                self.keep_deleted_hidden();
             }
             _ => return Err(JournalError::StreamNotFound(stream.to_owned())),
         }
@@ -209,11 +208,15 @@ impl Lifecycle {
         metadata: StreamMetadata,
     ) -> Result<(), JournalError> {
         self.check_exists(stream)?;
-        self.metadata = StreamMetadata {
-            truncate_before: metadata.truncate_before.max(self.deleted_before),
-            ..metadata
-        };
+        self.metadata = metadata;
+        self.keep_deleted_hidden();
         Ok(())
+    }
+
+    /// Raises `truncate_before` past what the last soft delete hid, never lowering it: rules
+    /// that hide more keep doing so.
+    fn keep_deleted_hidden(&mut self) {
+        self.metadata.truncate_before = self.metadata.truncate_before.max(self.deleted_before);
     }
 
     /// What an append changes: a soft-deleted stream exists again.
