@@ -262,3 +262,66 @@ async fn check_plugin_data(path: &Path, plugins: &Value) {
     .await
     .unwrap();
 }
+
+/// The names in `dir`.
+fn entries(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Downloads backups back to back until the server goes away; counts those that arrived whole.
+async fn back_up_until_killed(url: String, done: Arc<AtomicU64>) {
+    let client = Client::new();
+    loop {
+        let request = client.get(format!("{url}/admin/backup")).bearer_auth(TOKEN);
+        let Ok(response) = request.send().await else {
+            return;
+        };
+        assert_eq!(response.status(), 200);
+        if response.bytes().await.is_err() {
+            return;
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_while_backing_up_leaves_nothing_in_its_data_directory() {
+    let dirs = Dirs::new();
+    let mut server = Server::start_with(&dirs.data, None, Some(TOKEN));
+    let client = Client::new();
+    // Enough events that a backup takes a while to copy, so most kills land inside one.
+    let fillers: Vec<Value> = (0..200)
+        .map(|n| json!({"type": "Filled", "data": {"n": n, "pad": "x".repeat(200)}}))
+        .collect();
+    for n in 0..100 {
+        let body = json!({"events": fillers});
+        post(&client, &server, &format!("/streams/fill-{n}/events"), body).await;
+    }
+    let before = entries(&dirs.data);
+
+    for round in 0..4u64 {
+        let done = Arc::new(AtomicU64::new(0));
+        let downloads: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(back_up_until_killed(server.url.clone(), done.clone())))
+            .collect();
+        wait_for("a first backup", async || {
+            (done.load(Ordering::Relaxed) > 0).then_some(Value::Null)
+        })
+        .await;
+        // Two downloads back to back keep a copy running nearly all the time.
+        tokio::time::sleep(Duration::from_millis(7 + 13 * round)).await;
+        drop(server); // SIGKILL
+        for download in downloads {
+            download.await.unwrap();
+        }
+        assert_eq!(
+            entries(&dirs.data),
+            before,
+            "round {round}: the killed host left files behind"
+        );
+        server = Server::start_with(&dirs.data, None, Some(TOKEN));
+    }
+}

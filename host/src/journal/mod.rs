@@ -329,11 +329,26 @@ impl Journal {
                     .await
                     .map_err(|_| JournalError::Closed)?
             }
-            Backend::Postgres(_) => Err(JournalError::Unsupported(
-                "a PostgreSQL journal is backed up with PostgreSQL's own tools (pg_basebackup, \
-                 pg_dump)"
-                    .to_owned(),
-            )),
+            Backend::Postgres(_) => Err(postgres_backup()),
+        }
+    }
+
+    /// [`backup`](Self::backup) into `file`, an empty file such as an unnamed temporary one,
+    /// which is handed back with the report for reading the backup from its start.
+    pub async fn backup_into(
+        &self,
+        file: std::fs::File,
+    ) -> Result<(std::fs::File, BackupReport), JournalError> {
+        match &*self.backend {
+            Backend::Redb(redb) => {
+                let db = redb.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    redb::backup_into(&db, &file).map(|report| (file, report))
+                })
+                .await
+                .map_err(|_| JournalError::Closed)?
+            }
+            Backend::Postgres(_) => Err(postgres_backup()),
         }
     }
 
@@ -542,4 +557,12 @@ impl Journal {
     pub fn parked(&self, plugin: &str) -> Result<Vec<ParkedEvent>, JournalError> {
         dispatch!(self, parked(plugin))
     }
+}
+
+/// The refusal of a backup of a PostgreSQL journal.
+fn postgres_backup() -> JournalError {
+    JournalError::Unsupported(
+        "a PostgreSQL journal is backed up with PostgreSQL's own tools (pg_basebackup, pg_dump)"
+            .to_owned(),
+    )
 }

@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::AppState;
 use super::errors::ApiError;
@@ -30,8 +30,9 @@ pub async fn scavenge(
 }
 
 /// `GET /admin/backup`: a consistent copy of the redb journal, taken while the server keeps
-/// serving, as a redb file (`foldhost restore` puts it into a data directory). Staged in the
-/// data directory and unlinked once open, so nothing is left behind.
+/// serving, as a redb file (`foldhost restore` puts it into a data directory). Staged in an
+/// unnamed file in the data directory, so nothing is left behind however the request or the
+/// process ends.
 #[utoipa::path(get, path = "/admin/backup", tag = "admin", security(("admin" = [])),
     responses(
         (status = 200, description = "The redb file; header `foldhost-backup-position` says up to where",
@@ -39,13 +40,10 @@ pub async fn scavenge(
         (status = 401, body = ApiError), (status = 501, description = "PostgreSQL journal", body = ApiError),
     ))]
 pub async fn backup(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
-    let staged = state
-        .data_dir
-        .join(format!("backup-{}.redb", uuid::Uuid::new_v4().simple()));
-    let report = state.runtime.journal().backup(&staged).await?;
-    let file = tokio::fs::File::open(&staged).await;
-    let removed = tokio::fs::remove_file(&staged).await;
-    let (file, ()) = (file.map_err(internal)?, removed.map_err(internal)?);
+    let staged = tempfile::tempfile_in(&state.data_dir).map_err(internal)?;
+    let (file, report) = state.runtime.journal().backup_into(staged).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    file.rewind().await.map_err(internal)?;
     let chunks = futures_util::stream::unfold(file, |mut file| async move {
         let mut chunk = Vec::with_capacity(CHUNK);
         match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await {

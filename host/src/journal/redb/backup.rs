@@ -5,6 +5,7 @@
 //! is copied with them: opening the backup rebuilds the indexes of the rest from its log (see
 //! `memtable`).
 
+use std::fs::File;
 use std::path::Path;
 
 use redb::backends::FileBackend;
@@ -30,40 +31,49 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// Writes a backup of the journal to `path`, atomically and durably: it appears complete or
 /// not at all.
 pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalError> {
-    let source = db.get();
-    let txn = source.begin_read()?;
-    crate::durable::replace_with(path, |file| -> Result<(), JournalError> {
-        let target =
-            Database::builder().create_with_backend(FileBackend::new(file.try_clone()?)?)?;
-        let copied = [
-            copy(&txn, &target, META)?,
-            copy(&txn, &target, EVENTS)?,
-            copy(&txn, &target, STREAM_RUN_BLOCKS)?,
-            copy(&txn, &target, STREAM_HEADS)?,
-            copy(&txn, &target, EVENT_ID_BLOCKS)?,
-            copy(&txn, &target, ID_RUN_CATALOG)?,
-            copy(&txn, &target, SNAPSHOTS)?,
-            copy(&txn, &target, CHECKPOINTS)?,
-            copy(&txn, &target, STREAM_LIFECYCLE)?,
-        ];
-        // A table this list does not know would be lost without a word.
-        if let Some(unknown) = txn
-            .list_tables()?
-            .find(|table| !copied.iter().any(|name| name == table.name()))
-        {
-            return Err(JournalError::Unsupported(format!(
-                "the backup does not know the journal table {:?}",
-                unknown.name()
-            )));
-        }
-        let mut done = target.begin_write()?;
-        done.set_durability(Durability::Immediate)?;
-        done.commit()?;
-        Ok(())
-    })?;
+    let txn = db.get().begin_read()?;
+    crate::durable::replace_with(path, |file| copy_into(&txn, file))?;
     let report = describe(&txn, std::fs::metadata(path)?.len())?;
     tracing::info!(path = %path.display(), ?report, "journal backed up");
     Ok(report)
+}
+
+/// Writes a backup of the journal into `file`, an empty file such as an unnamed temporary one
+/// (which leaves nothing behind when the process stops before it is read).
+pub(super) fn write_into(db: &SharedDb, file: &File) -> Result<BackupReport, JournalError> {
+    let txn = db.get().begin_read()?;
+    copy_into(&txn, file)?;
+    describe(&txn, file.metadata()?.len())
+}
+
+/// Copies every table `txn` sees into a new redb database in the empty `file`.
+fn copy_into(txn: &ReadTransaction, file: &File) -> Result<(), JournalError> {
+    let target = Database::builder().create_with_backend(FileBackend::new(file.try_clone()?)?)?;
+    let copied = [
+        copy(txn, &target, META)?,
+        copy(txn, &target, EVENTS)?,
+        copy(txn, &target, STREAM_RUN_BLOCKS)?,
+        copy(txn, &target, STREAM_HEADS)?,
+        copy(txn, &target, EVENT_ID_BLOCKS)?,
+        copy(txn, &target, ID_RUN_CATALOG)?,
+        copy(txn, &target, SNAPSHOTS)?,
+        copy(txn, &target, CHECKPOINTS)?,
+        copy(txn, &target, STREAM_LIFECYCLE)?,
+    ];
+    // A table this list does not know would be lost without a word.
+    if let Some(unknown) = txn
+        .list_tables()?
+        .find(|table| !copied.iter().any(|name| name == table.name()))
+    {
+        return Err(JournalError::Unsupported(format!(
+            "the backup does not know the journal table {:?}",
+            unknown.name()
+        )));
+    }
+    let mut done = target.begin_write()?;
+    done.set_durability(Durability::Immediate)?;
+    done.commit()?;
+    Ok(())
 }
 
 /// Checks that `path` is a journal this build reads (an older format is migrated when opened)

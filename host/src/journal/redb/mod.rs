@@ -269,6 +269,14 @@ pub(super) fn backup(db: &SharedDb, path: &Path) -> Result<BackupReport, Journal
     backup::write(db, path)
 }
 
+/// Writes a consistent backup of the journal into the empty `file` (see `backup`).
+pub(super) fn backup_into(
+    db: &SharedDb,
+    file: &std::fs::File,
+) -> Result<BackupReport, JournalError> {
+    backup::write_into(db, file)
+}
+
 /// Checks a backup file and says what it holds.
 pub(super) fn inspect_backup(path: &Path) -> Result<BackupReport, JournalError> {
     backup::inspect(path)
