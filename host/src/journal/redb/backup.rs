@@ -17,7 +17,7 @@ use redb::{
 use super::migrate::FORMAT_1;
 use super::store::{
     CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, FORMAT_KEY, FORMAT_VERSION, ID_RUN_CATALOG,
-    LAST_POSITION_KEY, META, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUN_BLOCKS,
+    LAST_POSITION_KEY, META, PARKED, SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUN_BLOCKS,
 };
 use super::{JournalError, SharedDb};
 use crate::journal::BackupReport;
@@ -31,6 +31,7 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// Writes a backup of the journal to `path`, atomically and durably: it appears complete or
 /// not at all.
 pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalError> {
+    let _backing_up = db.backing_up();
     let txn = db.get().begin_read()?;
     crate::durable::replace_with(path, |file| copy_into(&txn, file))?;
     let report = describe(&txn, std::fs::metadata(path)?.len())?;
@@ -41,6 +42,7 @@ pub(super) fn write(db: &SharedDb, path: &Path) -> Result<BackupReport, JournalE
 /// Writes a backup of the journal into `file`, an empty file such as an unnamed temporary one
 /// (which leaves nothing behind when the process stops before it is read).
 pub(super) fn write_into(db: &SharedDb, file: &File) -> Result<BackupReport, JournalError> {
+    let _backing_up = db.backing_up();
     let txn = db.get().begin_read()?;
     copy_into(&txn, file)?;
     describe(&txn, file.metadata()?.len())
@@ -59,6 +61,7 @@ fn copy_into(txn: &ReadTransaction, file: &File) -> Result<(), JournalError> {
         copy(txn, &target, SNAPSHOTS)?,
         copy(txn, &target, CHECKPOINTS)?,
         copy(txn, &target, STREAM_LIFECYCLE)?,
+        copy(txn, &target, PARKED)?,
     ];
     // A table this list does not know would be lost without a word.
     if let Some(unknown) = txn
@@ -146,6 +149,73 @@ fn copy<K: Key + 'static, V: Value + 'static>(
 mod tests {
     use super::*;
     use crate::journal::redb::store;
+    use crate::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent, ParkedEvent};
+
+    fn journal_at(path: &Path) -> Journal {
+        Journal::open(path, JournalConfig::default()).unwrap()
+    }
+
+    /// Appends `count` one-event appends of ~1 KB to `stream`.
+    async fn fill(journal: &Journal, stream: &str, count: usize) {
+        let data = serde_json::json!({"pad": "x".repeat(1000)});
+        for _ in 0..count {
+            let events = vec![NewEvent::json("Filled", &data)];
+            journal
+                .append(stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backup_keeps_the_parked_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal_at(&dir.path().join("journal.redb"));
+        fill(&journal, "s", 1).await;
+        let parked = ParkedEvent {
+            position: 1,
+            stream: "s".to_owned(),
+            event_type: "Filled".to_owned(),
+            reason: "trapped".to_owned(),
+            attempts: 3,
+            parked_at: 1,
+        };
+        journal.park("p", vec![parked.clone()]).await.unwrap();
+        let backup = dir.path().join("backup.redb");
+        assert_eq!(journal.backup(&backup).await.unwrap().position, 1);
+        drop(journal);
+        assert_eq!(journal_at(&backup).parked("p").unwrap(), [parked]);
+    }
+
+    /// A scavenge's compaction, which fails while a read transaction is open, waits for the
+    /// backups running, and neither fails the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backups_and_scavenges_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal_at(&dir.path().join("journal.redb"));
+        fill(&journal, "kept", 3000).await;
+        let backing_up = {
+            let (journal, dir) = (journal.clone(), dir.path().to_owned());
+            tokio::spawn(async move {
+                for n in 0..20 {
+                    journal
+                        .backup(&dir.join(format!("backup-{n}.redb")))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        for n in 0..20 {
+            let stream = format!("doomed-{n}");
+            fill(&journal, &stream, 10).await;
+            journal
+                .delete_stream(&stream, ExpectedVersion::Any, false)
+                .await
+                .unwrap();
+            assert_eq!(journal.scavenge().await.unwrap().events, 10);
+        }
+        backing_up.await.unwrap();
+    }
 
     #[test]
     fn a_table_the_backup_does_not_know_fails_it_instead_of_going_missing() {

@@ -47,6 +47,9 @@ use writer::{Shared, Writer};
 pub(super) struct SharedDb {
     db: Arc<RwLock<Database>>,
     memtable: Arc<RwLock<Memtable>>,
+    /// Read by each backup for as long as its read transaction lives (see
+    /// [`backing_up`](Self::backing_up)).
+    backups: Arc<RwLock<()>>,
 }
 
 impl SharedDb {
@@ -56,7 +59,24 @@ impl SharedDb {
         Ok(Self {
             db: Arc::new(RwLock::new(db)),
             memtable: Arc::new(RwLock::new(memtable)),
+            backups: Arc::default(),
         })
+    }
+
+    /// Held by a backup while its read transaction lives, which may be long: the backup lets
+    /// go of [`get`](Self::get) meanwhile, so that reads and appends never wait for it.
+    pub(super) fn backing_up(&self) -> RwLockReadGuard<'_, ()> {
+        self.backups
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until no backup runs and keeps new ones from starting: redb's compaction fails
+    /// while any read transaction is open.
+    fn no_backups(&self) -> RwLockWriteGuard<'_, ()> {
+        self.backups
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The database, for transactions.

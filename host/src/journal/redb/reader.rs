@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableError,
+    ReadableTableMetadata,
 };
 use uuid::Uuid;
 
@@ -420,12 +420,7 @@ pub(in crate::journal) fn parked(
 ) -> Result<Vec<ParkedEvent>, JournalError> {
     let database = db.get();
     let txn = database.begin_read()?;
-    let table = match txn.open_table(PARKED) {
-        Ok(table) => table,
-        // A file from before parking existed: nothing parked yet.
-        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(error) => return Err(error.into()),
-    };
+    let table = txn.open_table(PARKED)?;
     let mut parked = Vec::new();
     for entry in table.range((plugin, 0)..=(plugin, u64::MAX))? {
         let (key, value) = entry?;

@@ -63,6 +63,7 @@ pub(super) fn run(db: &SharedDb) -> Result<ScavengeReport, JournalError> {
         report.snapshots = remove_snapshots(&txn, &unusable_snapshots)?;
         store::commit(&database, txn)?;
     }
+    let _no_backups = db.no_backups();
     let mut database = db.exclusive();
     database
         .compact()

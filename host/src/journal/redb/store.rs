@@ -52,7 +52,7 @@ pub(super) const SNAPSHOTS: TableDefinition<(&str, &str, u64), &[u8]> =
 pub(super) const CHECKPOINTS: TableDefinition<&str, (u64, &[u8])> =
     TableDefinition::new("checkpoints");
 /// (plugin, position) → a parked event as JSON. Added after format 1 without a format bump:
-/// created by the first write that parks an event, and read as empty while missing.
+/// created at open if missing.
 pub(super) const PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("parked");
 
 /// stream → its [`Lifecycle`](super::Lifecycle) (deletion and retention metadata), for the
@@ -112,10 +112,13 @@ pub(super) fn commit(db: &Database, txn: WriteTransaction) -> Result<(), Journal
 /// from an older format, in one transaction: a crash half way leaves the old format intact.
 fn prepare(db: &Database) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
-    let added = !txn
-        .list_tables()?
-        .any(|table| table.name() == STREAM_LIFECYCLE.name());
+    let missing = |name: &str| -> Result<bool, JournalError> {
+        Ok(!txn.list_tables()?.any(|table| table.name() == name))
+    };
+    // Tables added after format 1 without a format bump.
+    let added = missing(STREAM_LIFECYCLE.name())? | missing(PARKED.name())?;
     txn.open_table(STREAM_LIFECYCLE)?;
+    txn.open_table(PARKED)?;
     let created = {
         let mut meta = txn.open_table(META)?;
         let found = meta.get(FORMAT_KEY)?.map(|v| v.value());
