@@ -273,6 +273,77 @@ async fn an_idempotent_retry_inside_a_pipeline_gets_the_original_outcome_and_app
     );
 }
 
+/// Another host stores a keyed command between this host's check of the key and its append:
+/// the journal answers the append with where the other host stored the same events, past an
+/// event this host never folded. The round is decided again instead of folding those events
+/// onto the old state, so the outcome and the cached state hold the skipped event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log() {
+    // The events another host stores for key `k` (their ids derive from the stream and the
+    // key), taken from a scratch journal.
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch = Journal::open(scratch_dir.path().join("j.redb"), JournalConfig::default());
+    let scratch = runtime_on(scratch.unwrap(), AggregateConfig::default()).await;
+    send(&scratch, "hot", ("Open", json!({"owner": "Hot"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let keyed = ("Deposit", json!({"amount": 5}), Some("k"));
+    let theirs = send(&scratch, "hot", keyed.clone()).await.unwrap().unwrap();
+    let theirs: Vec<NewEvent> = theirs
+        .events
+        .iter()
+        .map(|event| {
+            let data: Value = serde_json::from_slice(&event.data).unwrap();
+            let mut new = NewEvent::json(&*event.event_type, &data);
+            new.id = event.id;
+            new
+        })
+        .collect();
+
+    let host = Gated::new().await;
+    let stream = "bank-account-hot";
+    host.gate.hold();
+    let journal = host.journal.clone();
+    let interloper = tokio::spawn(async move {
+        let deposit = NewEvent::json("Deposited", &json!({"amount": 1000}));
+        journal
+            .append(stream, ExpectedVersion::Any, vec![deposit])
+            .await
+    });
+    wait_until("the interloper's commit waits for its sync", || {
+        host.gate.waiting() == 1
+    })
+    .await;
+    let journal = host.journal.clone();
+    let other_host =
+        tokio::spawn(async move { journal.append(stream, ExpectedVersion::Any, theirs).await });
+    wait_until("the other host's append is queued", || {
+        host.journal.queued_writes() == 1
+    })
+    .await;
+    // This host finds the key unused and decides on version 1, then queues its append.
+    let ours = send(&host.runtime, "hot", keyed);
+    wait_until("this host's append is queued", || {
+        host.journal.queued_writes() == 2
+    })
+    .await;
+    host.gate.release();
+    interloper.await.unwrap().unwrap();
+    assert_eq!(other_host.await.unwrap().unwrap().first_version, 3);
+
+    let ours = ours.await.unwrap().unwrap();
+    let log = balances(&host.journal, stream);
+    assert_eq!(log, [0, 0, 1000, 1005]);
+    assert_eq!((ours.version, balance(&ours)), (3, 1005));
+    let (version, state) = host
+        .runtime
+        .aggregate_state("bank-account", "hot", None)
+        .await
+        .unwrap();
+    assert_eq!((version, state["balance"].as_u64()), (3, Some(1005)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_every_command_in_it() {
     let host = Gated::new().await;

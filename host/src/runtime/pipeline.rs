@@ -91,6 +91,16 @@ pub(super) fn run(
         };
         let stored = match appended {
             Ok(None) => Vec::new(),
+            // Every event's id was stored already: another host stored the round's keyed
+            // commands after this one checked their keys, past events this state never folded.
+            // Catch up and decide again; the keys now answer from the log.
+            Ok(Some(appended)) if appended.first_version != round.base + 1 => {
+                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
+                    Ok(instance) => instance,
+                    Err(error) => return failed(error, redecided),
+                };
+                continue;
+            }
             Ok(Some(appended)) => {
                 let count = sent.len();
                 match journal.read_stream(stream, appended.first_version, count) {
