@@ -208,6 +208,61 @@ async fn a_page_counts_every_field_of_its_events_toward_its_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_starts_with_small_events_stays_within_its_bound_when_large_ones_follow() {
+    const PAGE_BYTES: usize = 16 << 20;
+    const LARGE: usize = 35;
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let client = Client::new();
+    // One tiny event, then ~35 MB of events just under the 1 MiB event limit: a read sized
+    // by the tiny event's weight would take them all into one page.
+    let tiny = json!({"events": [{"type": "Tiny", "data": {}}]});
+    let (status, answer) = post(&client, &server, "/streams/mixed/events", tiny).await;
+    assert_eq!(status, 200, "{answer}");
+    append_heavy(&client, &server, "mixed", LARGE, 1_000_000).await;
+    let total = (LARGE + 1) as u64;
+
+    // (the path of a page but for where it starts, the field that counts)
+    let reads = [
+        ("/streams/mixed/events?limit=10000&from_version=", "version"),
+        ("/events?limit=10000&from_position=", "position"),
+    ];
+    for (path, key) in reads {
+        let (mut seen, mut from, mut pages) = (Vec::new(), 1, 0);
+        loop {
+            let response = client
+                .get(server.url(&format!("{path}{from}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.bytes().await.unwrap();
+            // The page's bound, plus one event's slack.
+            assert!(
+                body.len() <= PAGE_BYTES + (1 << 20),
+                "{path}{from}: a page of {} bytes",
+                body.len()
+            );
+            let page: Vec<Value> = serde_json::from_slice(&body).unwrap();
+            let Some(last) = page.last() else { break };
+            from = last[key].as_u64().unwrap() + 1;
+            seen.extend(page.iter().map(|e| e[key].as_u64().unwrap()));
+            pages += 1;
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "{key}s read");
+        assert!(pages >= 3, "{key}: {pages} pages hold ~35 MB");
+    }
+
+    // A live feed (1 MiB buffer) still delivers every event once, in order.
+    let response = client.get(server.url("/events/live")).send().await.unwrap();
+    let mut feed = serve::SseReader::new(response);
+    for position in 1..=total {
+        let event = feed.next().await.unwrap();
+        assert_eq!(event["position"], position);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_aggregates_leave_nothing_behind() {
     let dirs = Dirs::new();
     let server = Server::start(&dirs, None);

@@ -168,7 +168,7 @@ impl Follower {
                     PAGE,
                     bytes,
                     |e| e.position,
-                    |from, n| journal.read_all(from, n),
+                    |from, limit| journal.read_all_within(from, limit),
                 )
                 .map_err(|error| error.to_string())?;
                 let next = events.last().map(|last| last.position + 1);

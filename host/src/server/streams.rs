@@ -16,7 +16,7 @@ use super::json::{EventJson, metadata_text};
 use super::plugins::Admin;
 use super::{AppState, blocking};
 use crate::journal::{
-    AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, RecordedEvent,
+    AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, ReadLimit, RecordedEvent,
 };
 use crate::runtime::UpcasterChain;
 
@@ -24,13 +24,15 @@ use crate::runtime::UpcasterChain;
 const MAX_READ: usize = 10_000;
 /// Events one read returns unless `limit` says otherwise.
 const DEFAULT_READ: usize = 1_000;
-/// A read stops early once its events take this many bytes (it always returns at least one
-/// event), so a page of large events cannot exhaust memory; clients page on from the last.
+/// A page stops early before its events would take more than this many bytes (it always holds
+/// at least one event), so a page of large events cannot exhaust memory; clients page on from
+/// the last.
 const PAGE_BYTES: usize = 16 << 20;
 /// What an event costs a page beyond its variable fields: position, version, id, content type,
 /// time and the JSON around them.
 const EVENT_OVERHEAD: usize = 160;
-/// Events per journal read while filling a page.
+/// Most events per journal read while filling a page, which the bytes the page has left bound
+/// as well: PostgreSQL fetches a read's rows before its byte limit cuts them.
 const CHUNK: usize = 128;
 
 /// `POST /streams/{stream}/events`.
@@ -236,7 +238,7 @@ pub async fn read_stream(
                 "stream {stream:?} has no events"
             )));
         }
-        let read = |from, n| journal.read_stream(&stream, from, n);
+        let read = |from, n| journal.read_stream_within(&stream, from, n);
         let page = read_page(
             range.from_version,
             limit(range.limit),
@@ -260,7 +262,7 @@ pub async fn read_all(
     let journal = state.runtime.journal().clone();
     let upcasters = range.upcast.then(|| state.runtime.upcasters());
     let events = blocking(move || {
-        let read = |from, n| journal.read_all(from, n);
+        let read = |from, n| journal.read_all_within(from, n);
         let page = read_page(
             range.from_position,
             limit(range.limit),
@@ -285,32 +287,44 @@ pub(super) fn upcast(
     }
 }
 
-/// Up to `limit` events from `from` on, read by `read(from, n)` and stopping once they take
-/// about `max_bytes` (see [`event_bytes`]); `key` is what `from` counts (version or position).
+/// Up to `limit` events from `from` on, ascending, that together weigh at most `max_bytes` (see
+/// [`event_bytes`]), read by `read(from, limit)`; `key` is what `from` counts (version or
+/// position). A page always holds its first event, however large.
 ///
-/// The first read takes one event; each next one as many as the rest of the budget holds at
-/// the average size so far (at most `CHUNK`), so a page of large events never reads far past
-/// its budget.
+/// Every read passes the journal the bytes the page has left, so no read returns more than
+/// that (as the journal counts them: type, data and metadata) plus the one event a read always
+/// returns. What the journal returned past the page's own count is dropped, to be read again
+/// by the next page.
 pub(super) fn read_page(
     from: u64,
     limit: usize,
     max_bytes: usize,
     key: impl Fn(&RecordedEvent) -> u64,
-    read: impl Fn(u64, usize) -> Result<Vec<RecordedEvent>, JournalError>,
+    read: impl Fn(u64, ReadLimit) -> Result<Vec<RecordedEvent>, JournalError>,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
-    let (mut events, mut bytes, mut next, mut want) = (Vec::new(), 0, from, 1);
-    while events.len() < limit && bytes < max_bytes {
-        let chunk = read(next, want.min(limit - events.len()))?;
-        if chunk.is_empty() {
-            break;
-        }
+    let (mut events, mut bytes, mut next) = (Vec::new(), 0, from);
+    while events.len() < limit && (events.is_empty() || bytes < max_bytes) {
+        let want = (limit - events.len()).min(CHUNK);
+        let chunk = read(
+            next,
+            ReadLimit {
+                events: want,
+                bytes: max_bytes - bytes,
+            },
+        )?;
+        let ended = chunk.len() < want;
         for event in chunk {
-            bytes += event_bytes(&event);
+            let weight = event_bytes(&event);
+            if !events.is_empty() && bytes + weight > max_bytes {
+                return Ok(events);
+            }
+            bytes += weight;
             next = key(&event) + 1;
             events.push(event);
         }
-        let average = bytes / events.len();
-        want = (max_bytes.saturating_sub(bytes) / average).clamp(1, CHUNK);
+        if ended {
+            break;
+        }
     }
     Ok(events)
 }
@@ -322,4 +336,70 @@ fn event_bytes(event: &RecordedEvent) -> usize {
         + event.event_type.len()
         + event.data.len()
         + event.metadata.as_deref().map_or(0, str::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::journal::{Journal, JournalConfig};
+
+    /// A tiny event and then large ones: each journal read takes at most what the page has left
+    /// plus one event, pages keep within their budget (a lone event excepted), and paging on
+    /// from the last event reads every event once, in order; a budget of 0 still moves on.
+    #[test]
+    fn every_read_of_a_page_stays_within_what_the_page_has_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path().join("j.redb"), JournalConfig::default()).unwrap();
+        let tiny = NewEvent::json("Tiny", &json!({}));
+        journal
+            .append_blocking("s", ExpectedVersion::Any, vec![tiny])
+            .unwrap();
+        let large = (0..40)
+            .map(|i| NewEvent::json("Large", &json!({"i": i, "pad": "x".repeat(100_000)})))
+            .collect();
+        journal
+            .append_blocking("s", ExpectedVersion::Any, large)
+            .unwrap();
+        let heaviest = journal
+            .read_all(1, 100)
+            .unwrap()
+            .iter()
+            .map(event_bytes)
+            .max()
+            .unwrap();
+        for budget in [0, 1 << 20] {
+            for log in [false, true] {
+                let most_read = Cell::new(0);
+                let read = |from, limit: ReadLimit| {
+                    let chunk = match log {
+                        true => journal.read_all_within(from, limit)?,
+                        false => journal.read_stream_within("s", from, limit)?,
+                    };
+                    let weight: usize = chunk.iter().map(event_bytes).sum();
+                    most_read.set(most_read.get().max(weight));
+                    Ok(chunk)
+                };
+                let key = |e: &RecordedEvent| if log { e.position } else { e.version };
+                let (mut seen, mut from) = (Vec::new(), 1);
+                loop {
+                    let page = read_page(from, 1000, budget, key, read).unwrap();
+                    let Some(last) = page.last() else { break };
+                    let weight: usize = page.iter().map(event_bytes).sum();
+                    assert!(page.len() == 1 || weight <= budget, "{weight} > {budget}");
+                    from = key(last) + 1;
+                    seen.extend(page.iter().map(key));
+                }
+                assert_eq!(seen, (1..=41).collect::<Vec<_>>(), "log: {log}");
+                assert!(
+                    most_read.get() <= budget + heaviest,
+                    "read {}",
+                    most_read.get()
+                );
+            }
+        }
+    }
 }
