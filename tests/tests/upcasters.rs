@@ -324,6 +324,53 @@ fn offline(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// A direct append to an aggregate's stream is checked by folding its events through the same
+/// upcasters the aggregate folds its stream through: an event in an old shape the chain
+/// upcasts is taken (and folded), as commands on that stream would fold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_append_folds_old_shapes_through_the_upcasters() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let client = Client::new();
+    load(&client, &server, "bank-upcast-v1").await;
+    load(&client, &server, "bank-upcast-v2").await;
+    let events = json!({"events": [
+        {"type": "AccountOpened", "data": {"holder": "Bo"}},
+        {"type": "Credited", "data": {"amount": 7}},
+    ]});
+    let path = "/streams/bank-account-direct/events";
+    let (status, body) = call(&client, &server, Method::POST, path, Some(events)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&client, &server, "/aggregates/bank-account/direct").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["version"].clone(), body["state"].clone()),
+        (
+            json!(2),
+            json!({"owner": "Bo", "balance": 7, "status": "open"})
+        )
+    );
+    let old = json!({"events": [
+        {"type": "OpenedWithDeposit", "data": {"holder": "Ada", "initial": 100}},
+    ]});
+    let path = "/streams/bank-account-older/events";
+    let (status, body) = call(&client, &server, Method::POST, path, Some(old)).await;
+    assert_eq!(status, 200, "{body}");
+    let deposit = json!({"type": "Deposit", "data": {"amount": 5}});
+    let (status, body) = command(&client, &server, "older", deposit).await;
+    assert_eq!(
+        (status, body["state"]["balance"].clone()),
+        (200, json!(105)),
+        "{body}"
+    );
+    // What no upcaster turns into a shape the aggregate folds is still refused, nothing stored.
+    let unknown = json!({"events": [{"type": "Credited", "data": {"amount": "many"}}]});
+    let (status, body) = call(&client, &server, Method::POST, path, Some(unknown)).await;
+    assert_eq!((status, body["index"].clone()), (422, json!(0)), "{body}");
+    let (_, stream) = get(&client, &server, "/streams/bank-account-older/events").await;
+    assert_eq!(stream.as_array().unwrap().len(), 2, "{stream}");
+}
+
 /// An upcaster replaced by a plugin of another kind under its name leaves the chain: readers
 /// asking for upcast events get the stored ones again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,6 +464,31 @@ async fn a_misbehaving_upcaster_is_contained() {
         (200, json!(3)),
         "{body}"
     );
+
+    // Checked appends pass through the upcaster too: its panic on an event refuses the event
+    // (422, nothing stored); running out of time is no verdict on it (500, not a refusal).
+    let append_one = |kind: &str| {
+        let events = json!({"events": [{"type": kind, "data": null}]});
+        let path = "/streams/bank-account-fine/events";
+        call(&client, &server, Method::POST, path, Some(events))
+    };
+    let (status, body) = append_one("Poison").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("hostile-upcaster"),
+        "{body}"
+    );
+    let (status, body) = append_one("Spin").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    let (_, stream) = get(&client, &server, "/streams/bank-account-fine/events").await;
+    assert_eq!(stream.as_array().unwrap().len(), 2, "{stream}");
 
     // The projection is rebuilt through the upcaster: the two events it cannot upcast are
     // parked, as events a projection cannot fold are, and the rebuild takes over.

@@ -345,13 +345,15 @@ impl AggregateInstance {
     }
 
     /// A separate instance holding a copy of this state (through its snapshot), to try
-    /// folding events on without touching this one.
+    /// folding events on without touching this one: fed through the same upcasters, so it
+    /// folds them as this one would.
     pub fn scratch(&mut self) -> Result<Self, RuntimeError> {
         let snapshot = match self.version {
             0 => None,
             version => Some((version, self.snapshot()?)),
         };
-        Self::new(self.plugin.clone(), &self.stream, snapshot)
+        let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
+        Self::through(plugin, upcasters, &self.stream, snapshot)
     }
 
     /// Decides a command against the current state, without changing it.

@@ -9,7 +9,9 @@ use super::commands::{Aggregates, latest, take_dehydrated, take_state};
 use super::error::RuntimeError;
 use super::plugin::Plugin;
 use super::upcast::UpcasterChain;
-use crate::journal::{AppendResult, ExpectedVersion, Journal, JournalError, NewEvent};
+use crate::journal::{
+    AppendResult, ExpectedVersion, Journal, JournalError, NewEvent, RecordedEvent,
+};
 
 impl Aggregates {
     /// Appends `events` to `stream` of aggregate `plugin` once `expected` holds and the plugin
@@ -104,7 +106,9 @@ fn validate_and_append(
     Err(RuntimeError::TooManyConflicts(stream))
 }
 
-/// Folds `events` onto a scratch copy of `instance`'s state, as the next events of its stream.
+/// Folds `events` onto a scratch copy of `instance`'s state, as the next events of its stream,
+/// through its upcasters. Only the plugin's (or an upcaster's) verdict on an event refuses it;
+/// the host failing to run the fold (out of time, out of memory budget) is not one.
 fn validate(
     instance: &mut AggregateInstance,
     journal: &Journal,
@@ -119,14 +123,30 @@ fn validate(
     let mut scratch = instance.scratch()?;
     for (index, event) in provisional.iter().enumerate() {
         if let Err(error) = scratch.apply(std::slice::from_ref(event)) {
-            return Err(RuntimeError::Refused {
-                plugin: instance.plugin().name().to_owned(),
-                stream: event.stream.to_string(),
-                index,
-                event_type: event.event_type.to_string(),
-                reason: error.plugin_reason(),
-            });
+            return Err(refusal(instance.plugin().name(), index, event, error));
         }
     }
     Ok(())
+}
+
+/// `error` of `plugin` (or of one of its upcasters) folding `event`, the `index`th of an append:
+/// [`RuntimeError::Refused`] when a plugin refused or trapped on it, `error` itself when the
+/// host could not finish the call (a timeout, the host's memory budget).
+fn refusal(plugin: &str, index: usize, event: &RecordedEvent, error: RuntimeError) -> RuntimeError {
+    let culprit = match &error {
+        _ if error.is_timeout() => return error,
+        RuntimeError::Trap { plugin, .. } | RuntimeError::PluginFailed { plugin, .. } => plugin,
+        _ => return error,
+    };
+    RuntimeError::Refused {
+        plugin: plugin.to_owned(),
+        stream: event.stream.to_string(),
+        index,
+        event_type: event.event_type.to_string(),
+        // An upcaster's failure names it.
+        reason: match culprit == plugin {
+            true => error.plugin_reason(),
+            false => error.to_string(),
+        },
+    }
 }
