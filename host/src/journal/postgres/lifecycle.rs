@@ -357,13 +357,23 @@ pub(super) async fn scavenge(pool: &Pool) -> Result<ScavengeReport, JournalError
     // reused. VACUUM FULL writes new files without them (and locks the tables meanwhile).
     // It takes as long as the tables are big: exempt from the statement timeout.
     // (one statement per call: VACUUM refuses to run in a multi-statement string)
-    for statement in [
-        "SET statement_timeout = 0",
-        "VACUUM FULL events, snapshots",
-        "RESET statement_timeout",
-    ] {
-        client.batch_execute(statement).await.map_err(pg)?;
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(pg)?;
+    let vacuumed = client
+        .batch_execute("VACUUM FULL events, snapshots")
+        .await
+        .map_err(pg);
+    // Whatever the VACUUM did (a full disk, a lock timeout): the connection goes back to the
+    // pool, and the writer's transactions on it must not run without a statement timeout. One
+    // that cannot be restored is closed instead of pooled.
+    if let Err(error) = client.batch_execute("RESET statement_timeout").await {
+        tracing::warn!(%error, "closing a connection whose statement timeout could not be restored");
+        drop(deadpool_postgres::Object::take(client));
+        return Err(vacuumed.err().unwrap_or_else(|| pg(error)));
     }
+    vacuumed?;
     report.bytes_after = table_bytes(&client).await?;
     tracing::info!(?report, "scavenged the journal");
     Ok(report)
@@ -426,4 +436,65 @@ async fn remove_hidden(
     )
     .await?;
     Ok((removed, whole))
+}
+
+#[cfg(test)]
+mod tests {
+    use deadpool_postgres::Manager;
+    use tokio_postgres::{Client, NoTls};
+
+    use super::*;
+    use crate::journal::postgres::{schema, settings::Settings};
+
+    /// A connection to `url` of the test cluster (`FOLDHOST_TEST_POSTGRES`, see scripts/postgres).
+    async fn connect(url: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A failed `VACUUM FULL` (here: a lock timeout, as a full disk would fail it) still gives
+    /// its connection back to the pool with the statement timeout it had.
+    #[tokio::test]
+    async fn postgres_a_failed_vacuum_leaves_the_statement_timeout_in_force() {
+        let admin = std::env::var("FOLDHOST_TEST_POSTGRES").unwrap_or_else(|_| {
+            panic!(
+                "FOLDHOST_TEST_POSTGRES is not set: this test needs a throwaway PostgreSQL \
+                 cluster; run scripts/test (or `. scripts/postgres` first)"
+            )
+        });
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        (connect(&admin).await)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = admin.split('?').next().unwrap();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        let settings =
+            Settings::parse(&format!("{url}?statement_timeout=7s&lock_timeout=100ms")).unwrap();
+        // One connection: the scavenge's is the one handed out next.
+        let pool = Pool::builder(Manager::new(settings.config.clone(), settings.tls.clone()))
+            .max_size(1)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .unwrap();
+        schema::migrate(&pool).await.unwrap();
+
+        let peer = connect(&url).await;
+        peer.batch_execute("BEGIN; LOCK TABLE snapshots IN ACCESS SHARE MODE")
+            .await
+            .unwrap();
+        let failed = scavenge(&pool).await.unwrap_err();
+        assert!(failed.to_string().contains("lock timeout"), "{failed}");
+        peer.batch_execute("ROLLBACK").await.unwrap();
+
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "7s");
+        drop(client);
+        assert!(scavenge(&pool).await.is_ok());
+    }
 }
