@@ -760,6 +760,44 @@ async fn a_new_projection_version_takes_over_at_the_head_and_a_broken_one_does_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_builds_still_catching_up_give_their_memory_back() {
+    let host = Host::new();
+    let budget = host.runtime.engine().memory_budget().clone();
+    // Each Poison costs a fresh run (a reset ignores the parked list) a few hundred ms of tries
+    // before it parks it: a rebuild stays pending long enough to be replaced while folding.
+    let mut events = vec![NewEvent::json("Ponged", &Value::Null)];
+    events.extend((0..10).map(|_| NewEvent::json("Poison", &Value::Null)));
+    host.runtime
+        .journal()
+        .append("hostile-m", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    host.load("mischief").await;
+    let active = host.runtime.projection("mischief").unwrap();
+    wait_until_live_at(&active, host.runtime.journal().head_position()).await;
+    drop(active);
+
+    // Each reset supersedes the rebuild before it, once that one holds a store of its own.
+    for _ in 0..3 {
+        host.runtime.reset("mischief").unwrap();
+        wait_for(|| {
+            let info = host.runtime.info("mischief").unwrap();
+            let pending = info.pending?;
+            matches!(
+                pending.status,
+                ProjectionStatus::CatchingUp { .. } | ProjectionStatus::Retrying { .. }
+            )
+            .then_some(())
+        })
+        .await;
+    }
+    // Unloaded while the last rebuild catches up: every run's store goes, and its memory with
+    // it (nothing else here holds a plugin store).
+    host.runtime.unload("mischief", false).await.unwrap();
+    wait_for(|| (budget.used() == 0).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_file_in_the_watched_directory_is_loaded() {
     let host = Host::new();
     let dir = tempfile::tempdir().unwrap();

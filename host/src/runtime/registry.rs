@@ -368,8 +368,7 @@ impl Runtime {
                 slot.entry = Some(Entry::Aggregate(plugin));
             }
             (PluginKind::Projection, Some(Entry::Projection { active, pending })) => {
-                // A still-pending older upload is superseded: stop its replay
-                // (the task waiting to promote it holds it alive otherwise).
+                // A still-pending older upload is superseded: stop its replay.
                 if let Some(superseded) = pending {
                     tokio::spawn(async move { superseded.stop().await });
                 }
@@ -740,10 +739,15 @@ impl Runtime {
 
     /// Swaps `pending` in for the active version of `name` once it is live;
     /// records the reason and keeps the old version if it stops at an event first.
+    ///
+    /// The wait holds `pending` weakly: a run replaced, cancelled or unloaded before it got
+    /// there is dropped with the table's last handle, which ends the wait (its status sender
+    /// goes with it), and its store and memory go too.
     fn promote_when_live(self: &Arc<Self>, name: &str, pending: Arc<ProjectionRunner>) {
         let runtime = Arc::downgrade(self);
         let name = name.to_owned();
         let mut status = pending.watch_status();
+        let pending = Arc::downgrade(&pending);
         tokio::spawn(async move {
             let outcome = status
                 .wait_for(|s| {
@@ -754,7 +758,7 @@ impl Runtime {
                 })
                 .await
                 .map(|s| s.clone());
-            let Some(runtime) = runtime.upgrade() else {
+            let (Some(runtime), Some(pending)) = (runtime.upgrade(), pending.upgrade()) else {
                 return;
             };
             let mut plugins = runtime.plugins.write().expect("plugin table lock");
