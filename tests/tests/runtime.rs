@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 use foldhost::runtime::{
-    AggregateConfig, AggregateInstance, CheckpointPolicy, Plugin, ProjectionStatus, Runtime,
-    RuntimeConfig, RuntimeError,
+    AggregateConfig, AggregateInstance, CheckpointPolicy, LimitPolicy, Limits, Plugin,
+    ProjectionStatus, Runtime, RuntimeConfig, RuntimeError,
 };
 use serde_json::{Value, json};
 
@@ -795,6 +795,47 @@ async fn replaced_builds_still_catching_up_give_their_memory_back() {
     // it (nothing else here holds a plugin store).
     host.runtime.unload("mischief", false).await.unwrap();
     wait_for(|| (budget.used() == 0).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_queries_on_one_projection_leaves_the_others_answering() {
+    // mischief's `loop` query spins until its call times out, keeping mischief's turn.
+    let overrides = ["mischief:timeout=5s".parse().unwrap()];
+    let host = Host::with(RuntimeConfig {
+        limits: LimitPolicy::new(Limits::default(), &overrides),
+        ..config()
+    });
+    host.load("mischief").await;
+    host.load("bank-analytics").await;
+    let mischief = host.runtime.projection("mischief").unwrap();
+    let analytics = host.runtime.projection("bank-analytics").unwrap();
+    wait_until_live_at(&mischief, 0).await;
+    wait_until_live_at(&analytics, 0).await;
+
+    // One spinning query, and more waiting for their turn on mischief than the host has
+    // query slots.
+    let backlog: Vec<_> = (0..9)
+        .map(|_| {
+            let mischief = mischief.clone();
+            tokio::spawn(async move { mischief.query("loop", &Value::Null).await })
+        })
+        .collect();
+    // Lets the backlog line up before bank-analytics is asked: without the pause a host that
+    // queues them together could pass; one that does not passes either way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = analytics.state().await;
+    // No query on mischief has ended yet (the spinning one runs 5 s, the others give up
+    // waiting after 10 s): the answer waited for none of them.
+    let waiting = backlog.iter().filter(|query| !query.is_finished()).count();
+    assert!(matches!(answer, Ok(Some(_))), "{answer:?}");
+    assert_eq!(
+        waiting,
+        backlog.len(),
+        "bank-analytics waited for mischief's queries"
+    );
+    for query in backlog {
+        query.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,13 +143,17 @@ impl ProjectionRunner {
 
     /// Runs `call` on the readers' copy of the fold, brought up to date first. A failed call
     /// discards the copy, never the fold.
+    ///
+    /// It waits for this projection's turn before taking a host-wide slot: a query waiting
+    /// behind others of a busy projection holds no slot, so queries of other projections
+    /// never queue behind it. (Nothing takes the two the other way round.)
     async fn read<T: Send + 'static>(
         &self,
         call: impl FnOnce(&mut ProjectionInstance) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<Option<T>, RuntimeError> {
         let (permit, mut reader) = tokio::time::timeout(QUERY_WAIT, async {
-            let permit = self.queries.clone().acquire_owned().await;
-            (permit, self.reader.clone().lock_owned().await)
+            let reader = self.reader.clone().lock_owned().await;
+            (self.queries.clone().acquire_owned().await, reader)
         })
         .await
         .map_err(|_| RuntimeError::Busy)?;
