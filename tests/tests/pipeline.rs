@@ -633,6 +633,43 @@ async fn a_full_command_queue_refuses_a_command_at_once() {
     );
 }
 
+/// A round never holds more bytes than one append may: the commands past the bound wait for the
+/// next round instead of failing the round's append together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_stops_before_its_events_outgrow_one_append() {
+    // A deposit's event counts 21 bytes: two fit in an append, three do not.
+    let config = JournalConfig {
+        max_append_bytes: 50,
+        ..JournalConfig::default()
+    };
+    let host = Gated::with(config).await;
+    let rounds = host.runtime.command_stats().rounds;
+    host.gate.hold();
+    let first = send(&host.runtime, "hot", deposit(1));
+    wait_until("the first deposit's commit waits for its sync", || {
+        host.gate.waiting() == 1
+    })
+    .await;
+    let mut queued = Vec::new();
+    for amount in [2, 4, 8] {
+        queued.push(send(&host.runtime, "hot", deposit(amount)));
+        let expected = 1 + queued.len() as u64;
+        wait_until("the deposit is queued", || {
+            host.runtime.command_stats().queued == expected
+        })
+        .await;
+    }
+    host.gate.release();
+    first.await.unwrap().unwrap();
+    let mut outcomes = Vec::new();
+    for command in queued {
+        let outcome = command.await.unwrap().expect("each deposit fits an append");
+        outcomes.push((outcome.version, balance(&outcome)));
+    }
+    assert_eq!(outcomes, [(3, 3), (4, 7), (5, 15)]);
+    assert_eq!(host.runtime.command_stats().rounds - rounds, 3);
+}
+
 /// Commands on one hot account race direct appends to its stream, with no second try: rounds
 /// that lose the race fail as a whole. Every command that succeeded must report the balance the
 /// log holds at its version, which it cannot if a failed round left its uncommitted events in

@@ -73,7 +73,7 @@ impl JournalConfig {
         }
         let mut total = 0usize;
         for event in events {
-            let size = event_size(event);
+            let size = event.size();
             if size > self.max_event_size {
                 return Err(JournalError::EventTooLarge {
                     size,
@@ -111,11 +111,6 @@ fn repeated_id(events: &[NewEvent]) -> Option<&NewEvent> {
     }
     let mut ids = HashSet::with_capacity_and_hasher(events.len(), Default::default());
     events.iter().find(|event| !ids.insert(event.id))
-}
-
-/// The bytes of `event` the size limits count: `data`, `metadata` and `event_type`.
-pub(super) fn event_size(event: &NewEvent) -> usize {
-    event.data.len() + event.event_type.len() + event.metadata.as_ref().map_or(0, String::len)
 }
 
 /// Refuses an empty or over-long stream name, or one with a NUL character.

@@ -1,6 +1,5 @@
 //! The writes every backend's writer performs.
 
-use super::config::event_size;
 use super::{ExpectedVersion, NewEvent, ParkedEvent, StreamMetadata};
 
 /// One write, as every backend's writer receives it.
@@ -53,7 +52,7 @@ impl Op {
     /// The bytes the op carries, which bound how many ops one commit takes.
     pub(super) fn weight(&self) -> usize {
         match self {
-            Op::Append { events, .. } => events.iter().map(event_size).sum(),
+            Op::Append { events, .. } => events.iter().map(NewEvent::size).sum(),
             Op::PutSnapshot { state, .. } | Op::PutCheckpoint { state, .. } => state.len(),
             _ => 0,
         }

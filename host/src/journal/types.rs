@@ -57,6 +57,11 @@ impl NewEvent {
             metadata: None,
         }
     }
+
+    /// The bytes the journal's size limits count: `data`, `metadata` and `event_type`.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.event_type.len() + self.metadata.as_ref().map_or(0, String::len)
+    }
 }
 
 /// An event as stored in the journal.

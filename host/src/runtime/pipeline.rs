@@ -80,8 +80,7 @@ pub(super) fn run(
         Err(error) => return failed(error, 0),
     };
     for redecided in 0..=config.max_conflict_retries {
-        let max_events = journal.config().max_append_events;
-        let round = decide(&mut instance, journal, commands, max_events);
+        let round = decide(&mut instance, journal, commands);
         let sent = round.events();
         let appended = match sent.is_empty() {
             true => Ok(None),
@@ -196,13 +195,9 @@ struct Round {
 
 /// Decides `commands` in order on `instance`, folding each one's events ahead of the commit
 /// so that the next one is decided on the state they produce. Stops early, leaving the rest for
-/// the next round, when the round holds `max` events or the store fails.
-fn decide(
-    instance: &mut AggregateInstance,
-    journal: &Journal,
-    commands: &[Command],
-    max: usize,
-) -> Round {
+/// the next round, before the round's events outgrow one append (in events or bytes) or when
+/// the store fails.
+fn decide(instance: &mut AggregateInstance, journal: &Journal, commands: &[Command]) -> Round {
     let stream = instance.stream().to_owned();
     let mut round = Round {
         decisions: Vec::with_capacity(commands.len()),
@@ -210,7 +205,8 @@ fn decide(
         committed: None,
         broken: false,
     };
-    let mut events_so_far = 0;
+    let limits = journal.config();
+    let (mut events_so_far, mut bytes_so_far) = (0, 0);
     for (index, command) in commands.iter().enumerate() {
         let key = command.idempotency_key.as_deref();
         if let Some(key) = key {
@@ -264,10 +260,15 @@ fn decide(
             round.decisions.push(Decision::Failed(error.into()));
             continue;
         }
-        if events_so_far > 0 && events_so_far + events.len() > max {
+        let bytes: usize = events.iter().map(NewEvent::size).sum();
+        if events_so_far > 0
+            && (events_so_far + events.len() > limits.max_append_events
+                || bytes_so_far + bytes > limits.max_append_bytes)
+        {
             break;
         }
         events_so_far += events.len();
+        bytes_so_far += bytes;
         if let Some(key) = key {
             for (index, event) in events.iter_mut().enumerate() {
                 event.id = derived_id(&stream, key, index);
