@@ -344,6 +344,57 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
     assert_eq!((version, state["balance"].as_u64()), (3, Some(1005)));
 }
 
+/// A retry whose first command's events a soft delete (or the stream's retention rules) hides
+/// is refused: it is not run again under its key, nor answered with events never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_events_are_hidden_is_refused_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), JournalConfig::default()).unwrap();
+    let runtime = runtime_on(journal.clone(), AggregateConfig::default()).await;
+    let stream = "bank-account-kept";
+    let keyed = ("Deposit", json!({"amount": 5}), Some("k"));
+    send(&runtime, "kept", ("Open", json!({"owner": "Kept"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = send(&runtime, "kept", keyed.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 2);
+    for amount in [1, 2] {
+        send(&runtime, "kept", deposit(amount))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // A soft delete hides the first four versions; the account is opened again at version 5.
+    journal
+        .delete_stream(stream, ExpectedVersion::Any, false)
+        .await
+        .unwrap();
+    send(&runtime, "kept", ("Open", json!({"owner": "Again"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let retried = send(&runtime, "kept", keyed).await.unwrap();
+    match retried {
+        Err(RuntimeError::KeyOutcomeGone {
+            first: 2, last: 2, ..
+        }) => {}
+        other => panic!("expected the key's outcome to be gone, got {other:?}"),
+    }
+    assert_eq!(
+        journal.stream_version(stream).unwrap(),
+        Some(5),
+        "nothing appended"
+    );
+    // The stream still serves commands.
+    let next = send(&runtime, "kept", deposit(4)).await.unwrap().unwrap();
+    assert_eq!((next.version, balance(&next)), (6, 4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_every_command_in_it() {
     let host = Gated::new().await;

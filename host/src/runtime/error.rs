@@ -142,6 +142,22 @@ pub enum RuntimeError {
     /// The stream kept changing under the command; it gave up after retries.
     #[error("stream {0:?} kept changing under the command; gave up after retries")]
     TooManyConflicts(String),
+    /// A command's idempotency key was used by a command stored earlier whose events are no
+    /// longer visible (the stream was deleted, or they fell outside its retention rules): its
+    /// outcome is gone, and it is not run again under the same key.
+    #[error(
+        "a command with this idempotency key was stored on stream {stream:?} at versions \
+         {first}..={last}, which are no longer visible (deleted or outside the stream's \
+         retention rules); use a new key to run it again"
+    )]
+    KeyOutcomeGone {
+        /// The stream.
+        stream: String,
+        /// The first version the stored command appended.
+        first: u64,
+        /// The last version the stored command appended.
+        last: u64,
+    },
     /// The stream has no events.
     #[error("stream {0:?} has no events")]
     NoSuchStream(String),

@@ -90,10 +90,20 @@ pub(super) fn run(
         };
         let stored = match appended {
             Ok(None) => Vec::new(),
+            // Every event's id was stored already, before the round began, by commands of its
+            // keys that readers cannot see (deleted, or outside the stream's retention rules).
+            Ok(Some(appended)) if appended.first_position <= round.head => {
+                let gone = RuntimeError::KeyOutcomeGone {
+                    stream: stream.to_owned(),
+                    first: appended.first_version,
+                    last: appended.last_version,
+                };
+                return round.failed(instance, gone, redecided);
+            }
             // Every event's id was stored already: another host stored the round's keyed
             // commands after this one checked their keys, past events this state never folded.
             // Catch up and decide again; the keys now answer from the log.
-            Ok(Some(appended)) if appended.first_version != round.base + 1 => {
+            Ok(Some(appended)) if !round.follows(&appended, journal, stream) => {
                 instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
                     Ok(instance) => instance,
                     Err(error) => return failed(error, redecided),
@@ -187,6 +197,8 @@ struct Round {
     decisions: Vec<Decision>,
     /// The stream version the round was decided on.
     base: u64,
+    /// The journal's head position when the round began.
+    head: u64,
     /// The state at `base`, taken before the first fold ahead of the commit.
     committed: Option<Vec<u8>>,
     /// Whether a plugin call failed so that the store must not be used again.
@@ -202,6 +214,7 @@ fn decide(instance: &mut AggregateInstance, journal: &Journal, commands: &[Comma
     let mut round = Round {
         decisions: Vec::with_capacity(commands.len()),
         base: instance.version,
+        head: journal.head_position(),
         committed: None,
         broken: false,
     };
@@ -367,6 +380,21 @@ impl Round {
             })
             .flatten()
             .collect()
+    }
+
+    /// Whether `appended` directly follows the state the round was decided on. An append the
+    /// round made does; one the journal answered with events another host stored meanwhile
+    /// (the same keys, so the same ids) may lie past events this state never folded.
+    fn follows(&self, appended: &AppendResult, journal: &Journal, stream: &str) -> bool {
+        match self.base {
+            // No visible event before them (a new stream, or one recreated after a delete).
+            // Without the window, reading them back tells what became of them.
+            0 => match journal.stream_window(stream) {
+                Ok(window) => window.first >= appended.first_version,
+                Err(_) => true,
+            },
+            base => appended.first_version == base + 1,
+        }
     }
 
     /// The append holds only if the stream is still where the round found it.

@@ -180,6 +180,7 @@ impl From<RuntimeError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             RuntimeError::TooManyConflicts(_)
+            | RuntimeError::KeyOutcomeGone { .. }
             | RuntimeError::NameClash { .. }
             | RuntimeError::NotNow { .. } => StatusCode::CONFLICT,
             RuntimeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
