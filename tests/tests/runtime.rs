@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 use foldhost::runtime::{
-    AggregateConfig, AggregateInstance, CheckpointPolicy, LimitPolicy, Limits, Plugin,
-    ProjectionStatus, Runtime, RuntimeConfig, RuntimeError,
+    AggregateConfig, AggregateInstance, CheckpointPolicy, HISTORY_SLOTS, LimitPolicy, Limits,
+    Plugin, ProjectionStatus, Runtime, RuntimeConfig, RuntimeError,
 };
 use serde_json::{Value, json};
 
@@ -795,6 +795,76 @@ async fn replaced_builds_still_catching_up_give_their_memory_back() {
     // it (nothing else here holds a plugin store).
     host.runtime.unload("mischief", false).await.unwrap();
     wait_for(|| (budget.used() == 0).then_some(())).await;
+}
+
+/// Past states (`?at_version=`) are rebuilt in fresh stores a few at a time: a crowd of
+/// historical reads of a long stream queues for its turn instead of taking the host's plugin
+/// memory budget from every other plugin and stream, and each read still gets its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historical_reads_are_rebuilt_a_few_at_a_time() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    let budget = host.runtime.engine().memory_budget().clone();
+    // Appended directly, so no snapshots: every read folds the stream from its first event.
+    let mut events = vec![NewEvent::json("Opened", &json!({"owner": "ada"}))];
+    events.extend((1..3000u64).map(|i| NewEvent::json("Deposited", &json!({"amount": i}))));
+    host.runtime
+        .journal()
+        .append("bank-account-long", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    // One instance's bytes, that of the current state the cache keeps live from here on.
+    let before = budget.used();
+    host.runtime
+        .aggregate_state("bank-account", "long", None)
+        .await
+        .unwrap();
+    let one = budget.used() - before;
+    assert!(one > 0, "the live state holds no memory");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, budget) = (stop.clone(), budget.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(budget.used());
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            most
+        })
+    };
+    let reads: Vec<_> = (0..12 * HISTORY_SLOTS as u64)
+        .map(|i| {
+            let runtime = host.runtime.clone();
+            let at = 3000 - i * 50;
+            tokio::spawn(async move {
+                let answer = runtime
+                    .aggregate_state("bank-account", "long", Some(at))
+                    .await;
+                (at, answer)
+            })
+        })
+        .collect();
+    for read in reads {
+        let (at, answer) = read.await.unwrap();
+        let (version, state) = answer.unwrap_or_else(|error| panic!("at {at}: {error}"));
+        assert_eq!(version, at);
+        assert_eq!(
+            balance(&state),
+            (1..at as i64).sum::<i64>(),
+            "at {at}: {state}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    // The live state and at most a slot's worth of rebuilds (each folds no more than it).
+    let bound = before + one * (1 + HISTORY_SLOTS);
+    assert!(
+        most <= bound,
+        "plugin stores held {most} bytes at once; {HISTORY_SLOTS} rebuilds and the live state \
+         hold {bound} ({one} each)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ use super::dehydrated::{Dehydrated, DehydratedStates, Dehydrator};
 use super::error::RuntimeError;
 use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
+use super::projection::QUERY_WAIT;
 use super::upcast::UpcasterChain;
 use crate::journal::{
     AppendResult, ByteString, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
@@ -65,6 +66,12 @@ pub const DEFAULT_PASSIVATE_AFTER: Duration = Duration::from_secs(120);
 
 /// The default of [`AggregateConfig::cache_bytes`].
 pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
+
+/// Past states (`at_version`) rebuilt at once in the whole host. Each is folded in a fresh
+/// store that draws on the plugins' shared memory budget, so the rest wait for a turn (as
+/// long as a projection query does, then are refused as busy) instead of taking that budget
+/// from the commands and projections of every other plugin.
+pub const HISTORY_SLOTS: usize = 4;
 
 /// A command to an aggregate.
 #[derive(Debug, Clone)]
@@ -268,6 +275,8 @@ pub struct Aggregates {
     cache: Arc<AggregateCache>,
     /// The snapshots of the states the cache dropped.
     pub(super) dehydrated: Arc<DehydratedStates>,
+    /// Turns to rebuild a past state (see [`HISTORY_SLOTS`]).
+    history: Arc<Semaphore>,
 }
 
 impl Aggregates {
@@ -292,6 +301,7 @@ impl Aggregates {
             stats: Arc::default(),
             cache,
             dehydrated,
+            history: Arc::new(Semaphore::new(HISTORY_SLOTS)),
         }
     }
 
@@ -354,7 +364,9 @@ impl Aggregates {
     }
 
     /// The current state of aggregate `id`, or its state at `at_version`
-    /// (rebuilt from the nearest snapshot at or below it).
+    /// (rebuilt from the nearest snapshot at or below it, at most [`HISTORY_SLOTS`] at once
+    /// in the host: one that waits longer than a projection query for its turn is refused
+    /// with [`RuntimeError::Busy`]).
     pub async fn state(
         &self,
         plugin: &Arc<Plugin>,
@@ -367,7 +379,14 @@ impl Aggregates {
         let journal = self.journal.clone();
         if let Some(at) = at_version {
             let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
+            let turn = self.history.clone().acquire_owned();
+            let permit = tokio::time::timeout(QUERY_WAIT, turn)
+                .await
+                .map_err(|_| RuntimeError::Busy)?
+                .expect("the semaphore is never closed");
             return blocking(move || {
+                // Held until the store below is dropped.
+                let _permit = permit;
                 let head = journal.stream_version(&stream)?.unwrap_or(0);
                 if head == 0 {
                     return Err(RuntimeError::NoSuchStream(stream));

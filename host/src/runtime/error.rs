@@ -125,7 +125,8 @@ pub enum RuntimeError {
         /// A stream name both would own.
         example: String,
     },
-    /// Too many queries are waiting already; try again later.
+    /// Too many queries, or rebuilds of past aggregate states, are waiting already; try
+    /// again later.
     #[error("too many queries are running; try again later")]
     Busy,
     /// The operation needs the projection in another state (e.g. replaying parked events of a

@@ -26,7 +26,7 @@ mod upcast;
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
 pub use commands::{
     AggregateConfig, Aggregates, Command, CommandOutcome, CommandStats, DEFAULT_CACHE_BYTES,
-    DEFAULT_PASSIVATE_AFTER, stream_name,
+    DEFAULT_PASSIVATE_AFTER, HISTORY_SLOTS, stream_name,
 };
 pub use diff::{DiffReport, StateDiff, diff_versions};
 pub use engine::{COMPILE_COMMAND, PluginEngine, compile_child};

@@ -125,6 +125,8 @@ pub struct StateResponse {
     responses(
         (status = 200, body = StateResponse),
         (status = 404, description = "No such plugin or stream", body = ApiError),
+        (status = 503, description = "Too many past states being rebuilt (`at_version`), or \
+            no plugin memory left; retry after `Retry-After`", body = ApiError),
     ))]
 pub async fn state(
     State(state): State<AppState>,

@@ -173,6 +173,8 @@ impl From<RuntimeError> for ApiError {
             // The other instances hold the host's plugin memory: like a full write queue, a
             // refusal of this request only, to retry (KurrentDB answers overload with 503).
             RuntimeError::MemoryBudget { .. } => return Self::busy(&error, 1),
+            // Queries or past states waited too long for a turn: they pass once others end.
+            RuntimeError::Busy => return Self::busy(&error, 1),
             RuntimeError::UnknownPlugin(_)
             | RuntimeError::WrongKind { .. }
             | RuntimeError::NoSuchStream(_) => StatusCode::NOT_FOUND,
@@ -183,7 +185,6 @@ impl From<RuntimeError> for ApiError {
             | RuntimeError::KeyOutcomeGone { .. }
             | RuntimeError::NameClash { .. }
             | RuntimeError::NotNow { .. } => StatusCode::CONFLICT,
-            RuntimeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::Trap { .. } | RuntimeError::PluginFailed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -24,6 +24,7 @@ use super::upcast::UpcasterChain;
 use crate::journal::{Journal, JournalError, Pages, ReadLimit, RecordedEvent, read_ahead};
 
 pub use failure::{FailurePolicy, ParkReport};
+pub(super) use runner::QUERY_WAIT;
 pub use runner::{ProjectionRunner, RunnerOptions};
 
 /// When a running projection stores a checkpoint.

@@ -23,7 +23,7 @@ use crate::runtime::plugin::Plugin;
 use crate::runtime::upcast::UpcasterChain;
 
 /// How long a query waits for its turn before it is refused.
-const QUERY_WAIT: Duration = Duration::from_secs(10);
+pub(in crate::runtime) const QUERY_WAIT: Duration = Duration::from_secs(10);
 
 /// How a runner runs.
 #[derive(Clone)]
