@@ -509,6 +509,7 @@ impl Driver {
         let mut abandon = Abandon {
             slot: &slot,
             stats: &self.stats,
+            in_round: 0,
             armed: true,
         };
         loop {
@@ -516,6 +517,7 @@ impl Driver {
             let Some(round) = slot.next_round(self.config.max_pipeline) else {
                 break;
             };
+            abandon.in_round = round.len() as u64;
             let (plugin, upcasters) = (round[0].plugin.clone(), round[0].upcasters.clone());
             let cached = take_state(&mut live, &plugin, &upcasters);
             let dehydrated = take_dehydrated(
@@ -551,6 +553,8 @@ impl Driver {
             self.stats
                 .queued
                 .fetch_sub(decided as u64, Ordering::Relaxed);
+            // The rest are queued again below.
+            abandon.in_round = 0;
             self.stats
                 .redecided
                 .fetch_add(u64::from(ran.redecided), Ordering::Relaxed);
@@ -621,17 +625,20 @@ impl Driver {
 }
 
 /// Fails the queued commands of a stream whose driver panicked, so that the next command
-/// starts a new driver instead of waiting for a dead one.
+/// starts a new driver instead of waiting for a dead one; they and the round that was running
+/// stop counting against the queue's bound.
 struct Abandon<'a> {
     slot: &'a StreamSlot,
     stats: &'a Stats,
+    /// Commands taken off the queue for the round running.
+    in_round: u64,
     armed: bool,
 }
 
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let dropped = self.slot.abandon();
+            let dropped = self.slot.abandon() + self.in_round;
             self.stats.queued.fetch_sub(dropped, Ordering::Relaxed);
         }
     }
