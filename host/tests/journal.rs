@@ -1363,6 +1363,43 @@ async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it(back
         f.journal.read_all_within(1, limit(10, 200)).unwrap()[1].size(),
         100
     );
+
+    // Hidden events take no room: large ones (imported long ago, past max_age) between small
+    // visible ones, at positions and versions 5..=9 of `aged`.
+    let j = &f.journal;
+    let old = 1_234;
+    j.import("aged", ExpectedVersion::Any, vec![sized(1000)], old)
+        .await
+        .unwrap();
+    j.append("aged", ExpectedVersion::Any, vec![sized(100)])
+        .await
+        .unwrap();
+    j.import("aged", ExpectedVersion::Any, vec![sized(1000)], old)
+        .await
+        .unwrap();
+    j.append("aged", ExpectedVersion::Any, vec![sized(100), sized(100)])
+        .await
+        .unwrap();
+    let age = StreamMetadata {
+        max_age: Some(3600),
+        ..StreamMetadata::default()
+    };
+    j.set_stream_metadata("aged", age).await.unwrap();
+    let aged = |from, l| versions(j.read_stream_within("aged", from, l).unwrap());
+    assert_eq!(aged(1, limit(10, 250)), [2, 4]);
+    assert_eq!(aged(1, limit(10, 300)), [2, 4, 5]);
+    assert_eq!(
+        aged(1, limit(10, 10)),
+        [2],
+        "the first visible event always"
+    );
+    let positions =
+        |events: Vec<RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
+    let all = |from, l| positions(read_all_within(j, from, l));
+    assert_eq!(all(4, limit(10, 250)), [4, 6, 8]);
+    assert_eq!(all(5, limit(10, 250)), [6, 8]);
+    assert_eq!(all(5, limit(10, 10)), [6], "the first visible event always");
+    assert_eq!(all(5, limit(2, usize::MAX)), [6, 8]);
 }
 
 async fn events_are_found_by_id(backend: Backend) {

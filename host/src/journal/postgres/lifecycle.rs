@@ -27,6 +27,29 @@ CREATE TABLE IF NOT EXISTS stream_lifecycle (
 /// Most events one scavenge transaction removes.
 const CHUNK: i64 = 10_000;
 
+/// Events matching `filter`, in `order`, at most `$2` of them, with the columns of
+/// `EVENT_COLUMNS` (for `decode`) and then `within`: whether the running total of
+/// [`RecordedEvent::size`] up to the row stays within `$3` bytes, or it is the first row and
+/// `$4` says the read has no event yet.
+///
+/// The byte limit is applied here, so a read of large events fetches no more than the limit
+/// of them: rows past it come without data and metadata, only for their visibility to be
+/// judged. The total counts hidden rows too, so a visible row past it may yet fit the limit;
+/// the reader reads on from that row (see `read_all`).
+fn bounded(filter: &str, order: &str) -> String {
+    format!(
+        "SELECT position, stream, version, id, event_type, content_type, \
+             CASE WHEN within THEN data ELSE '' END AS data, \
+             CASE WHEN within THEN metadata END AS metadata, recorded_at, within \
+         FROM (SELECT *, (count(*) OVER w = 1 AND $4) OR sum(octet_length(data) \
+                 + octet_length(event_type) + coalesce(octet_length(metadata), 0)) OVER w <= $3 \
+                 AS within \
+             FROM events WHERE {filter} \
+             WINDOW w AS (ORDER BY {order} ROWS UNBOUNDED PRECEDING) \
+             ORDER BY {order} LIMIT $2) bounded"
+    )
+}
+
 /// The lifecycle record in column `index` of `row` (NULL: none).
 fn lifecycle_at(row: &Row, index: usize, stream: &str) -> Result<Option<Lifecycle>, JournalError> {
     row.get::<_, Option<Vec<u8>>>(index)
@@ -154,7 +177,7 @@ type Found = (Option<u64>, Lifecycle, u64);
 ///
 /// One query in the common case: it returns the stream's version and lifecycle with the page
 /// (a row without an event when the page is empty), so a hard-deleted stream is refused even
-/// after its events were scavenged. The byte limit cuts the page as it is read.
+/// after its events were scavenged. The byte limit cuts the page in the query (see `bounded`).
 async fn page(
     client: &impl GenericClient,
     stream: &str,
@@ -164,26 +187,32 @@ async fn page(
     let sql = format!(
         "SELECT e.*, s.version, l.lifecycle FROM streams s \
          LEFT JOIN stream_lifecycle l ON l.stream = s.stream \
-         LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
-             WHERE stream = s.stream AND version >= $2 ORDER BY version LIMIT $3) e ON TRUE \
-         WHERE s.stream = $1"
+         LEFT JOIN LATERAL ({}) e ON TRUE \
+         WHERE s.stream = $5",
+        bounded("stream = s.stream AND version >= $1", "version")
     );
     let now = now_millis();
     let (mut from, mut events, mut used) = (from_version, Vec::new(), 0);
     let mut found = None;
-    while events.len() < limit.events {
+    'query: while events.len() < limit.events {
         let want = limit.events - events.len();
         let rows = cached::query(
             client,
             &sql,
-            &[&stream, &to_i64(from), &to_i64(want as u64)],
+            &[
+                &to_i64(from),
+                &to_i64(want as u64),
+                &to_i64(limit.bytes.saturating_sub(used) as u64),
+                &events.is_empty(),
+                &stream,
+            ],
         )
         .await?;
         let Some(first) = rows.first() else {
             break; // no such stream
         };
-        let stored = version_at(first, 9);
-        let visibility = match lifecycle_at(first, 10, stream)? {
+        let stored = version_at(first, 10);
+        let visibility = match lifecycle_at(first, 11, stream)? {
             None => {
                 found.get_or_insert((stored, Lifecycle::default(), now));
                 Visibility::ALL
@@ -206,9 +235,14 @@ async fn page(
             if !visibility.admits(event.version, event.recorded_at) {
                 continue;
             }
-            if !limit.admits(&mut used, event.size(), events.is_empty()) {
-                return Ok((found, events));
+            if !row.get::<_, bool>(9) {
+                if read == 1 {
+                    return Ok((found, events)); // past what is left of the limit
+                }
+                from = event.version; // past the limit only with hidden rows before it
+                continue 'query;
             }
+            used += event.size();
             events.push(event);
         }
         if read < want {
@@ -224,33 +258,41 @@ pub(super) async fn read_all(
     from_position: u64,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, JournalError> {
-    let columns = EVENT_COLUMNS
-        .split(", ")
-        .map(|column| format!("e.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // The outer LIMIT changes no result: it has the planner join row by row by index, not
+    // hash the whole lifecycle table.
     let sql = format!(
-        "SELECT {columns}, s.version, l.lifecycle FROM events e \
+        "SELECT e.*, s.version, l.lifecycle FROM ({}) e \
          LEFT JOIN stream_lifecycle l ON l.stream = e.stream \
          LEFT JOIN streams s ON s.stream = l.stream \
-         WHERE e.position >= $1 ORDER BY e.position LIMIT $2"
+         ORDER BY e.position LIMIT $2",
+        bounded("position >= $1", "position")
     );
     let now = now_millis();
     let mut seen: HashMap<String, Visibility> = HashMap::new();
     let (mut from, mut events, mut used) = (from_position, Vec::new(), 0);
-    while events.len() < limit.events {
+    'query: while events.len() < limit.events {
         let want = limit.events - events.len();
-        let rows = cached::query(client, &sql, &[&to_i64(from), &to_i64(want as u64)]).await?;
-        for row in &rows {
+        let rows = cached::query(
+            client,
+            &sql,
+            &[
+                &to_i64(from),
+                &to_i64(want as u64),
+                &to_i64(limit.bytes.saturating_sub(used) as u64),
+                &events.is_empty(),
+            ],
+        )
+        .await?;
+        for (index, row) in rows.iter().enumerate() {
             let event = decode(row)?;
             from = event.position + 1;
             let visibility = match seen.get(&*event.stream) {
                 Some(visibility) => *visibility,
                 None => {
-                    let visibility = match lifecycle_at(row, 10, &event.stream)? {
+                    let visibility = match lifecycle_at(row, 11, &event.stream)? {
                         None => Visibility::ALL,
                         Some(lifecycle) => {
-                            lifecycle.visibility(version_at(row, 9).unwrap_or(0), now)
+                            lifecycle.visibility(version_at(row, 10).unwrap_or(0), now)
                         }
                     };
                     seen.insert(event.stream.to_string(), visibility);
@@ -260,9 +302,14 @@ pub(super) async fn read_all(
             if !visibility.admits(event.version, event.recorded_at) {
                 continue;
             }
-            if !limit.admits(&mut used, event.size(), events.is_empty()) {
-                return Ok(events);
+            if !row.get::<_, bool>(9) {
+                if index == 0 {
+                    return Ok(events); // past what is left of the limit
+                }
+                from = event.position; // past the limit only with hidden rows before it
+                continue 'query;
             }
+            used += event.size();
             events.push(event);
         }
         if rows.len() < want {
