@@ -324,19 +324,25 @@ impl Worker {
 
     /// Moves the fold past positions with nothing to fold.
     async fn skip_to(&mut self, position: u64) -> Result<(), Halt> {
-        if self.shared.fold.lock().expect("projection lock").is_none() {
+        while !self.move_fold_to(position).await? {
             self.rebuild().await?;
         }
-        let shared = self.shared.clone();
-        self.retrying("moving past hidden events", move || {
-            shared.with_fold(|instance| {
-                instance.position = instance.position.max(position);
-                Ok(())
-            })
-        })
-        .await?;
         self.position = self.position.max(position);
         Ok(())
+    }
+
+    /// Moves the fold's position to at least `position`; false if there is no fold (it is to
+    /// be rebuilt). On the blocking pool: a reader may hold the fold for a whole plugin call.
+    async fn move_fold_to(&self, position: u64) -> Result<bool, Halt> {
+        let shared = self.shared.clone();
+        self.retrying("moving past hidden events", move || {
+            let mut fold = shared.fold.lock().expect("projection lock");
+            let moved = fold.as_mut().map(|instance| {
+                instance.position = instance.position.max(position);
+            });
+            Ok(moved.is_some())
+        })
+        .await
     }
 
     /// Folds one event, retrying as its failure deserves; then parks it or halts.
