@@ -807,3 +807,58 @@ fn serve_keeps_serving_when_its_stdout_is_closed() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A stopped data directory whose journal holds `events` events of stream `notes`.
+fn journal_with_events(dirs: &Dirs, events: usize) {
+    let server = Server::start(dirs, None);
+    for n in 0..events {
+        ok(
+            &server.url,
+            &[
+                "append",
+                "notes",
+                "--type",
+                "Noted",
+                "--data",
+                &n.to_string(),
+            ],
+        );
+    }
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn export_refuses_to_write_over_a_journal() {
+    let dirs = Dirs::new();
+    journal_with_events(&dirs, 3);
+    let url = "http://127.0.0.1:9";
+    let data = dirs.data.display().to_string();
+    let journal = dirs.data.join("journal.redb");
+    let before = std::fs::read(&journal).unwrap();
+    // The journal being exported, named directly and through another path.
+    let through_dot = dirs.data.join(".").join("journal.redb");
+    for output in [&journal, &through_dot] {
+        let refused = fails(
+            url,
+            &["export", &output.display().to_string(), "--data", &data],
+        );
+        assert!(refused.contains("journal"), "{refused}");
+        assert_eq!(std::fs::read(&journal).unwrap(), before, "{refused}");
+    }
+    // Another data directory's journal is no place for an export either.
+    let other = dirs.data.join("other.redb");
+    std::fs::write(&other, &before).unwrap();
+    let refused = fails(
+        url,
+        &["export", &other.display().to_string(), "--data", &data],
+    );
+    assert!(refused.contains("journal"), "{refused}");
+    assert_eq!(std::fs::read(&other).unwrap(), before);
+    assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 3);
+    let names: Vec<_> = std::fs::read_dir(&dirs.data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "temporary files left: {names:?}");
+}

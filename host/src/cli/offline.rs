@@ -263,6 +263,9 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
 /// atomically once complete and synced, so a crash never leaves half an export under its name.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
+        if let Some(path) = &args.file {
+            refuse_journal_as_output(path, &args.data.data.join(JOURNAL_FILE))?;
+        }
         let journal = args.data.open_existing()?;
         match &args.file {
             Some(path) => durable::replace_with(path, |file| write_log(&journal, file))
@@ -271,6 +274,36 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     })
     .await?
+}
+
+/// The first bytes of a redb file (redb's `MAGICNUMBER`).
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// Refuses to export onto `journal` (the one exported, however the path names it) or onto any
+/// other redb journal: the export replaces its output, so the journal would be lost.
+fn refuse_journal_as_output(output: &Path, journal: &Path) -> anyhow::Result<()> {
+    let same = match (output.canonicalize(), journal.canonicalize()) {
+        (Ok(output), Ok(journal)) => output == journal,
+        _ => false,
+    };
+    if same {
+        bail!(
+            "refusing to export into {}: it is the journal being exported (name another file, \
+             or leave it out to write to stdout)",
+            output.display()
+        );
+    }
+    let mut head = [0; REDB_MAGIC.len()];
+    let is_redb = File::open(output)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+        .is_ok_and(|()| head == REDB_MAGIC);
+    if is_redb {
+        bail!(
+            "refusing to export into {}: it is a redb journal, which the export would replace",
+            output.display()
+        );
+    }
+    Ok(())
 }
 
 fn write_log(journal: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
