@@ -325,3 +325,39 @@ fn replay_offline(dirs: &Dirs, artifact: &str) -> Value {
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// Times the server's log says a plugin file was loaded.
+fn loads_logged(log: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.matches("plugin file loaded").count()
+}
+
+/// A plugin file is loaded again when it changes, not when it is only opened or read (the
+/// watcher reports those too, the host's own read of it among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_is_loaded_once_per_change() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, plugins) = (root.path().join("data"), root.path().join("plugins"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    let file = plugins.join("bank-account.wasm");
+    std::fs::copy(foldhost_plugins::path("bank-account"), &file).unwrap();
+    let log = root.path().join("server.log");
+    let mut command = Server::command(&data, Some(&plugins));
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _server = Server::launch(command);
+    assert_eq!(loads_logged(&log), 1);
+
+    // Rewritten in place: one load, however many times the watcher saw it opened.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, bytes).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while loads_logged(&log) < 2 {
+        assert!(Instant::now() < deadline, "the rewritten file was not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Five debounce periods: a host that reloads on its own reads does so every period.
+    tokio::time::sleep(5 * foldhost::runtime::plugin_dir::DEBOUNCE).await;
+    assert_eq!(loads_logged(&log), 2, "the file was loaded again unchanged");
+}

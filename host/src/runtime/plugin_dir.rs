@@ -12,9 +12,11 @@
 //! is retried on its next change. Deleting a file does not unload its plugin
 //! (use `DELETE /plugins/{name}`).
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use foldhost_plugin_build::{World, componentize, contract};
 use notify_debouncer_mini::notify::RecursiveMode;
@@ -50,14 +52,55 @@ pub enum StartupLoad {
     Loaded,
 }
 
+/// What a plugin file was when it was last read: a change of the file changes it, while
+/// opening or reading it (which the watcher also reports) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    /// The stamp of the regular file at `path`, if there is one.
+    fn of(path: &Path) -> Option<Stamp> {
+        let metadata = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(Stamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            inode: metadata.ino(),
+        })
+    }
+}
+
+/// The plugin files read so far, as they were when read.
+#[derive(Debug, Default)]
+pub struct Read(HashMap<PathBuf, Stamp>);
+
+impl Read {
+    /// Whether the file at `path` changed since it was last read (or was never read); if so,
+    /// it counts as read as it is now.
+    fn changed(&mut self, path: &Path) -> bool {
+        let Some(stamp) = Stamp::of(path) else {
+            return false;
+        };
+        self.0.insert(path.to_owned(), stamp) != Some(stamp)
+    }
+}
+
 /// Loads `files` one after another, each listed as queued in [`Runtime::compiling`] until its
 /// turn, logging (not failing on) the ones that are refused: first all but the projections,
-/// then the projections, reporting each stage on `progress`. Returns how many loaded.
+/// then the projections, reporting each stage on `progress`, and noting each in `read`.
+/// Returns how many loaded.
 pub async fn load_all(
     runtime: &Arc<Runtime>,
     files: &[PathBuf],
     progress: &watch::Sender<StartupLoad>,
+    read: &mut Read,
 ) -> usize {
+    for path in files {
+        read.changed(path);
+    }
     for path in files {
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
         runtime.queue(&origin(path), usize::try_from(size).unwrap_or(usize::MAX));
@@ -93,9 +136,21 @@ async fn is_projection(path: &Path) -> bool {
     .is_ok_and(|world| world == Some(World::Projection))
 }
 
-/// Watches `dir` until the returned guard is dropped.
+/// Watches `dir` and loads each plugin file that changes, until the returned guard is dropped.
 pub fn watch(runtime: Arc<Runtime>, dir: &Path) -> anyhow::Result<DirWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    Ok(start_watching(dir)?.load_changes(runtime, Read::default()))
+}
+
+/// Changes to a watched directory, kept until [`load_changes`](Self::load_changes): a file
+/// written while the directory is first loaded is not missed.
+pub struct Watching {
+    debouncer: Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
+    changes: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+}
+
+/// Starts watching `dir`.
+pub fn start_watching(dir: &Path) -> anyhow::Result<Watching> {
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
         Ok(events) => {
             for event in events {
@@ -107,18 +162,27 @@ pub fn watch(runtime: Arc<Runtime>, dir: &Path) -> anyhow::Result<DirWatcher> {
     debouncer
         .watcher()
         .watch(dir, RecursiveMode::NonRecursive)?;
-    let task = tokio::spawn(async move {
-        while let Some(path) = rx.recv().await {
-            if is_plugin(&path) && path.is_file() {
-                load_file(&runtime, &path).await;
-            }
-        }
-    });
     tracing::info!(dir = %dir.display(), "watching for plugins");
-    Ok(DirWatcher {
-        _debouncer: debouncer,
-        task,
-    })
+    Ok(Watching { debouncer, changes })
+}
+
+impl Watching {
+    /// Loads each plugin file that changed since it was `read` (the watcher also reports files
+    /// being opened and read, such as by the loads themselves).
+    pub fn load_changes(self, runtime: Arc<Runtime>, mut read: Read) -> DirWatcher {
+        let mut changes = self.changes;
+        let task = tokio::spawn(async move {
+            while let Some(path) = changes.recv().await {
+                if is_plugin(&path) && read.changed(&path) {
+                    load_file(&runtime, &path).await;
+                }
+            }
+        });
+        DirWatcher {
+            _debouncer: self.debouncer,
+            task,
+        }
+    }
 }
 
 /// Keeps the directory watched while alive.

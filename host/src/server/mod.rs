@@ -447,18 +447,22 @@ impl Server {
         });
         let loading = match &config.plugins_dir {
             Some(dir) => {
+                // Watched before it is listed, so that a file written while the others load
+                // is loaded after them.
+                let watching = plugin_dir::start_watching(dir)
+                    .inspect_err(
+                        |error| tracing::error!(%error, "cannot watch the plugin directory"),
+                    )
+                    .ok();
                 let files = plugin_dir::list(dir)
                     .with_context(|| format!("reading the plugin directory {}", dir.display()))?;
                 let (runtime, dir) = (runtime.clone(), dir.clone());
-                // Watched only once loaded: the watcher sees the loads' own reads of the files.
                 let loading = tokio::spawn(async move {
-                    let loaded = plugin_dir::load_all(&runtime, &files, &plugins_loaded).await;
+                    let mut read = plugin_dir::Read::default();
+                    let loaded =
+                        plugin_dir::load_all(&runtime, &files, &plugins_loaded, &mut read).await;
                     tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
-                    plugin_dir::watch(runtime, &dir)
-                        .inspect_err(
-                            |error| tracing::error!(%error, "cannot watch the plugin directory"),
-                        )
-                        .ok()
+                    watching.map(|watching| watching.load_changes(runtime, read))
                 });
                 Some(loading)
             }
