@@ -20,11 +20,33 @@ pub fn replace_with<E: From<std::io::Error>>(
     path: &Path,
     write: impl FnOnce(&mut File) -> Result<(), E>,
 ) -> Result<(), E> {
+    write_into_place(path, write, true)
+}
+
+/// As [`replace_with`], but creates `path`: if a file appeared under its name meanwhile (one
+/// checked for before a long write), that file is left as it is, the temporary file is removed
+/// and the error is [`std::io::ErrorKind::AlreadyExists`].
+pub fn create_with<E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
+    write_into_place(path, write, false)
+}
+
+fn write_into_place<E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
+    replace: bool,
+) -> Result<(), E> {
     let dir = parent(path);
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     write(file.as_file_mut())?;
     file.as_file().sync_all()?;
-    file.persist(path).map_err(|error| error.error)?;
+    if replace {
+        file.persist(path).map_err(|error| error.error)?;
+    } else {
+        file.persist_noclobber(path).map_err(|error| error.error)?;
+    }
     Ok(sync_dir(dir)?)
 }
 
@@ -87,6 +109,24 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn creating_leaves_a_file_that_appeared_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let refused = create_with(&path, |file| {
+            file.write_all(b"restored")?;
+            // Another process creates the file while this one writes.
+            std::fs::write(&path, b"created meanwhile")
+        })
+        .unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"created meanwhile");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let fresh = dir.path().join("fresh");
+        create_with(&fresh, |file| file.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
     }
 
     #[test]

@@ -134,11 +134,21 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     durable::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    durable::replace_with(&target, |out| -> anyhow::Result<()> {
+    // Not replacing: a server started on the data directory during the copy may have
+    // created a journal there since the check above.
+    durable::create_with(&target, |out| -> std::io::Result<()> {
         std::io::copy(&mut std::fs::File::open(&source)?, out)?;
         Ok(())
     })
-    .with_context(|| format!("writing {}", target.display()))?;
+    .map_err(|error| match error.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+            "{} appeared while the backup was copied (was a server started on {}?): it is left \
+             as it is, nothing was restored",
+            target.display(),
+            args.data.display()
+        ),
+        _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
+    })?;
     print_pretty(&serde_json::to_value(report)?);
     Ok(())
 }
