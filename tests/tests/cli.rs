@@ -862,3 +862,56 @@ fn export_refuses_to_write_over_a_journal() {
         .collect();
     assert!(names.is_empty(), "temporary files left: {names:?}");
 }
+
+#[test]
+fn a_url_given_as_the_data_directory_is_refused() {
+    let dirs = Dirs::new();
+    let cwd = dirs.data.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let empty = cwd.join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.display().to_string();
+    let url = "postgres://foldhost@localhost:5432/events";
+    let run = |args: &[&str], env_data: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .current_dir(&cwd)
+            .env_remove("FOLDHOST_DATA")
+            .env_remove("FOLDHOST_JOURNAL")
+            .env_remove("FOLDHOST_ADMIN_TOKEN")
+            .env_remove("FOLDHOST_ADMIN_TOKEN_FILE")
+            .env("FOLDHOST_URL", "http://127.0.0.1:9")
+            .stdin(Stdio::null());
+        if let Some(data) = env_data {
+            command.env("FOLDHOST_DATA", data);
+        }
+        command.output().unwrap()
+    };
+    let cases: [(&[&str], Option<&str>); 6] = [
+        (&["import", &empty, "--data", url], None),
+        (&["import", &empty], Some(url)),
+        (&["export", "--data", url], None),
+        (&["restore", "--from", ".", "--data", url], None),
+        (&["backup", "--to", "backup", "--data", url], None),
+        // An address that does not resolve: had the URL passed, serve would stop at it.
+        (
+            &["serve", "--listen", "no-such-address", "--data", url],
+            None,
+        ),
+    ];
+    for (args, env_data) in cases {
+        let output = run(args, env_data);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a URL") && stderr.contains("--journal"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["empty.ndjson"], "a URL became a directory");
+}

@@ -28,7 +28,7 @@ pub struct BackupArgs {
     to: PathBuf,
     /// Back up this data directory directly instead of asking the server (no server may be
     /// running on it).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = super::parse_data_dir)]
     data: Option<PathBuf>,
     #[command(flatten)]
     admin: AdminToken,
@@ -42,7 +42,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR")]
     from: PathBuf,
     /// The data directory to restore into; it must not hold a journal yet.
-    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
+    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data", value_parser = super::parse_data_dir)]
     data: PathBuf,
 }
 

@@ -74,7 +74,7 @@ enum Action {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Data directory: holds the journal file and the compiled-plugin cache.
-    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
+    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data", value_parser = parse_data_dir)]
     data: PathBuf,
     /// PostgreSQL journal URL (`postgres://user@host:port/database`) shared by several hosts;
     /// without it the journal is the redb file under --data.
@@ -174,6 +174,21 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::Import(args) => offline::import(args).await,
         Action::CompileComponent { fuel } => crate::runtime::compile_child(fuel),
     }
+}
+
+/// `--data`: a directory. A URL there (a PostgreSQL journal's, most likely) is refused rather
+/// than becoming a local directory named after it.
+fn parse_data_dir(text: &str) -> Result<PathBuf, String> {
+    if text.contains("://") {
+        return Err(
+            "--data (FOLDHOST_DATA) is a local data directory, not a URL; a PostgreSQL journal \
+             is given to `foldhost serve --journal URL` (or FOLDHOST_JOURNAL), and export, \
+             import, replay, backup --data and restore work on a data directory's redb journal \
+             only"
+                .into(),
+        );
+    }
+    Ok(PathBuf::from(text))
 }
 
 /// `--passivate-after`: a timeout, or none.

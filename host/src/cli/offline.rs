@@ -28,7 +28,7 @@ use crate::server::{COMPILE_CACHE, JOURNAL_FILE};
 #[derive(Debug, Args)]
 pub struct DataDir {
     /// Data directory of the journal (must not be in use by a running server).
-    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data")]
+    #[arg(long, env = "FOLDHOST_DATA", default_value = "./foldhost-data", value_parser = super::parse_data_dir)]
     data: PathBuf,
 }
 
