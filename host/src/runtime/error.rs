@@ -147,17 +147,13 @@ pub enum RuntimeError {
     /// longer visible (the stream was deleted, or they fell outside its retention rules): its
     /// outcome is gone, and it is not run again under the same key.
     #[error(
-        "a command with this idempotency key was stored on stream {stream:?} at versions \
-         {first}..={last}, which are no longer visible (deleted or outside the stream's \
-         retention rules); use a new key to run it again"
+        "a command with this idempotency key was stored on stream {stream:?}, and its events are \
+         no longer visible (deleted or outside the stream's retention rules); use a new key to \
+         run it again"
     )]
     KeyOutcomeGone {
         /// The stream.
         stream: String,
-        /// The first version the stored command appended.
-        first: u64,
-        /// The last version the stored command appended.
-        last: u64,
     },
     /// The stream has no events.
     #[error("stream {0:?} has no events")]

@@ -79,8 +79,10 @@ pub(super) fn run(
         Ok(instance) => instance,
         Err(error) => return failed(error, 0),
     };
+    // Rounds whose keyed ids clashed with stored ones so far (see `IdempotencyMismatch`).
+    let mut mismatched = 0;
     for redecided in 0..=config.max_conflict_retries {
-        let round = decide(&mut instance, journal, commands);
+        let round = decide(&mut instance, journal, commands, mismatched > 0);
         let sent = round.events();
         let appended = match sent.is_empty() {
             true => Ok(None),
@@ -88,32 +90,20 @@ pub(super) fn run(
                 .append_blocking(stream, round.expected(), sent.clone())
                 .map(Some),
         };
+        let gone = || RuntimeError::KeyOutcomeGone {
+            stream: stream.to_owned(),
+        };
         let stored = match appended {
-            Ok(None) => Vec::new(),
+            Ok(None) => Some(Vec::new()),
             // Every event's id was stored already, before the round began, by commands of its
             // keys that readers cannot see (deleted, or outside the stream's retention rules).
             Ok(Some(appended)) if appended.first_position <= round.head => {
-                let gone = RuntimeError::KeyOutcomeGone {
-                    stream: stream.to_owned(),
-                    first: appended.first_version,
-                    last: appended.last_version,
-                };
-                return round.failed(instance, gone, redecided);
+                return round.gone(instance, gone(), redecided);
             }
-            // Every event's id was stored already: another host stored the round's keyed
-            // commands after this one checked their keys, past events this state never folded.
-            // Catch up and decide again; the keys now answer from the log.
-            Ok(Some(appended)) if !round.follows(&appended, journal, stream) => {
-                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
-                    Ok(instance) => instance,
-                    Err(error) => return failed(error, redecided),
-                };
-                continue;
-            }
-            Ok(Some(appended)) => {
+            Ok(Some(appended)) if round.follows(&appended, journal, stream) => {
                 let count = sent.len();
                 match journal.read_stream(stream, appended.first_version, count) {
-                    Ok(stored) if stored.len() == count => stored,
+                    Ok(stored) if stored.len() == count => Some(stored),
                     Ok(_) => {
                         let why = missing_after_append(journal, stream, &appended);
                         return round.unread(stream, appended, sent, why, redecided);
@@ -124,23 +114,33 @@ pub(super) fn run(
                     }
                 }
             }
+            // Every event's id was stored already: another host stored the round's keyed
+            // commands after this one checked their keys, past events this state never folded.
+            // Decided again, the keys answer from the log.
+            Ok(Some(_)) => None,
             // Someone else appended (or deleted the stream), or another host stored a command
-            // of one of the keys first: catch up and decide again.
-            Err(JournalError::Conflict { .. }) => {
-                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
-                    Ok(instance) => instance,
-                    Err(error) => return failed(error, redecided),
-                };
-                continue;
-            }
+            // of one of the keys first.
+            Err(JournalError::Conflict { .. }) => None,
+            // Some of the round's ids are stored: another host stored a command of one of its
+            // keys first (decided again, the key answers from the log), or a command of one of
+            // its keys is stored but hidden. Decided again one writing command a round, one
+            // that still clashes the second time alone is the hidden one.
             Err(JournalError::IdempotencyMismatch { .. }) if round.has_keys(commands) => {
-                instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
-                    Ok(instance) => instance,
-                    Err(error) => return failed(error, redecided),
-                };
-                continue;
+                mismatched += 1;
+                if mismatched > 2 {
+                    return round.gone(instance, gone(), redecided);
+                }
+                None
             }
             Err(error) => return round.failed(instance, error.into(), redecided),
+        };
+        let Some(stored) = stored else {
+            // Catch up and decide again.
+            instance = match round.rollback(instance, (&plugin, &upcasters), journal, stream) {
+                Ok(instance) => instance,
+                Err(error) => return failed(error, redecided),
+            };
+            continue;
         };
         return round.refold(
             instance,
@@ -207,9 +207,14 @@ struct Round {
 
 /// Decides `commands` in order on `instance`, folding each one's events ahead of the commit
 /// so that the next one is decided on the state they produce. Stops early, leaving the rest for
-/// the next round, before the round's events outgrow one append (in events or bytes) or when
-/// the store fails.
-fn decide(instance: &mut AggregateInstance, journal: &Journal, commands: &[Command]) -> Round {
+/// the next round, before the round's events outgrow one append (in events or bytes), when the
+/// store fails, or (`solo`) after the first command that decided events.
+fn decide(
+    instance: &mut AggregateInstance,
+    journal: &Journal,
+    commands: &[Command],
+    solo: bool,
+) -> Round {
     let stream = instance.stream().to_owned();
     let mut round = Round {
         decisions: Vec::with_capacity(commands.len()),
@@ -287,7 +292,7 @@ fn decide(instance: &mut AggregateInstance, journal: &Journal, commands: &[Comma
                 event.id = derived_id(&stream, key, index);
             }
         }
-        let last = index + 1 == commands.len();
+        let last = solo || index + 1 == commands.len();
         if !last && !round.fold_ahead(instance, journal, &events) {
             // This command's events are still stored (the store is rebuilt to fold them); the
             // commands after it wait for the next round.
@@ -296,6 +301,9 @@ fn decide(instance: &mut AggregateInstance, journal: &Journal, commands: &[Comma
             break;
         }
         round.decisions.push(Decision::Events(events));
+        if solo {
+            break;
+        }
     }
     round
 }
@@ -389,6 +397,7 @@ impl Round {
         match self.base {
             // No visible event before them (a new stream, or one recreated after a delete).
             // Without the window, reading them back tells what became of them.
+            0 if appended.first_version == 1 => true,
             0 => match journal.stream_window(stream) {
                 Ok(window) => window.first >= appended.first_version,
                 Err(_) => true,
@@ -478,6 +487,14 @@ impl Round {
             outcomes,
             redecided,
         }
+    }
+
+    /// The round's first writing command is refused with `error` (its key's stored events are
+    /// hidden); those before it keep their outcomes, and those after it, decided on its events,
+    /// are left for the next round.
+    fn gone(mut self, instance: AggregateInstance, error: RuntimeError, redecided: u32) -> Ran {
+        self.decisions.truncate(self.first_writer() + 1);
+        self.failed(instance, error, redecided)
     }
 
     /// The round's events are `stored`: folds them into the committed state, command by
