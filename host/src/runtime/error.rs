@@ -127,7 +127,7 @@ pub enum RuntimeError {
     },
     /// Too many queries, or rebuilds of past aggregate states, are waiting already; try
     /// again later.
-    #[error("too many queries are running; try again later")]
+    #[error("too many queries or rebuilds of past states are running; try again later")]
     Busy,
     /// The operation needs the projection in another state (e.g. replaying parked events of a
     /// projection that has not started).

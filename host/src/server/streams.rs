@@ -32,7 +32,7 @@ const PAGE_BYTES: usize = 16 << 20;
 /// time and the JSON around them.
 const EVENT_OVERHEAD: usize = 160;
 /// Most events per journal read while filling a page, which the bytes the page has left bound
-/// as well: PostgreSQL fetches a read's rows before its byte limit cuts them.
+/// as well (PostgreSQL still scans, without their bodies, the rows a read asks for).
 const CHUNK: usize = 128;
 
 /// `POST /streams/{stream}/events`.
