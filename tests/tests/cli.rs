@@ -915,3 +915,47 @@ fn a_url_given_as_the_data_directory_is_refused() {
         .collect();
     assert_eq!(left, ["empty.ndjson"], "a URL became a directory");
 }
+
+#[test]
+fn client_subcommands_stop_quietly_when_their_stdout_is_closed() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let closed = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("FOLDHOST_DATA")
+            .env("FOLDHOST_URL", &server.url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // As `foldhost events | head -0` would: closed before the server answers.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status, stderr)
+    };
+    for n in 0..3 {
+        let (status, stderr) = closed(&[
+            "append",
+            "notes",
+            "--type",
+            "Noted",
+            "--data",
+            &n.to_string(),
+        ]);
+        assert!(status.success(), "append: {status}: {stderr}");
+        assert!(stderr.is_empty(), "append: {stderr}");
+    }
+    for args in [&["events"][..], &["events", "notes"]] {
+        let (status, stderr) = closed(args);
+        assert!(status.success(), "{args:?}: {status}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // The appends happened all the same.
+    assert_eq!(
+        lines(&ok(&server.url, &["events", "notes"])).len(),
+        3
+    );
+}

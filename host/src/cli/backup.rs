@@ -63,7 +63,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         &serde_json::to_vec_pretty(&report)?,
     )
     .with_context(|| format!("writing {}", args.to.join(MANIFEST).display()))?;
-    print_pretty(&serde_json::to_value(report)?);
+    print_pretty(&serde_json::to_value(report)?)?;
     Ok(())
 }
 
@@ -149,6 +149,6 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         ),
         _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
     })?;
-    print_pretty(&serde_json::to_value(report)?);
+    print_pretty(&serde_json::to_value(report)?)?;
     Ok(())
 }

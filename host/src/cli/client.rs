@@ -1,5 +1,7 @@
 //! Client subcommands: talk to a running server over its HTTP API.
 
+use std::fmt::Display;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -221,11 +223,29 @@ pub(super) async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-pub(super) fn print_pretty(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a JSON value serialises")
-    );
+/// Stdout was closed (`foldhost events | head -1`): the command stops there, and succeeds.
+#[derive(Debug)]
+pub(super) struct StdoutClosed;
+
+impl Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Prints `line` on stdout. Not println!, which panics once the reader of stdout has gone:
+/// that is [`StdoutClosed`].
+pub(super) fn print_line(line: impl Display) -> anyhow::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        written => Ok(written.context("writing to stdout")?),
+    }
+}
+
+pub(super) fn print_pretty(value: &Value) -> anyhow::Result<()> {
+    print_line(serde_json::to_string_pretty(value).expect("a JSON value serialises"))
 }
 
 pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
@@ -259,7 +279,7 @@ pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
         .remote
         .request(Method::POST, &["streams", &args.stream, "events"])?
         .json(&body);
-    print_pretty(&send(request).await?);
+    print_pretty(&send(request).await?)?;
     Ok(())
 }
 
@@ -287,7 +307,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
             .as_array()
             .context("the server answered no list of events")?;
         for event in events {
-            println!("{event}");
+            print_line(event)?;
         }
         let Some(last) = events.last() else {
             break;
@@ -331,7 +351,7 @@ async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
                 None => true,
             };
             if wanted {
-                println!("{event}");
+                print_line(event)?;
             }
         }
     }
@@ -422,7 +442,7 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
             &["aggregates", &args.plugin, &args.id, "commands"],
         )?
         .json(&body);
-    print_pretty(&send(request).await?);
+    print_pretty(&send(request).await?)?;
     Ok(())
 }
 
@@ -433,7 +453,7 @@ pub async fn state(args: StateArgs) -> anyhow::Result<()> {
     if let Some(version) = args.at_version {
         request = request.query(&[("at_version", version)]);
     }
-    print_pretty(&send(request).await?);
+    print_pretty(&send(request).await?)?;
     Ok(())
 }
 
@@ -447,7 +467,7 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
             .remote
             .request(Method::GET, &["projections", &args.plugin])?,
     };
-    print_pretty(&send(request).await?);
+    print_pretty(&send(request).await?)?;
     Ok(())
 }
 
@@ -491,7 +511,7 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
             admin(Method::PUT, &name, &["policy"])?.json(&json!({ "policy": policy }))
         }
     };
-    print_pretty(&send(request).await?);
+    print_pretty(&send(request).await?)?;
     Ok(())
 }
 

@@ -126,12 +126,12 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
             }
         }
     };
-    print_pretty(&answer);
+    print_pretty(&answer)?;
     Ok(())
 }
 
 pub async fn scavenge(args: ScavengeArgs) -> anyhow::Result<()> {
     let request = args.remote.request(Method::POST, &["admin", "scavenge"])?;
-    print_pretty(&send(args.admin.sign(request)?).await?);
+    print_pretty(&send(args.admin.sign(request)?).await?)?;
     Ok(())
 }

@@ -149,6 +149,8 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.action)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the output has what it wanted (`foldhost events | head -1`).
+        Err(error) if error.is::<client::StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

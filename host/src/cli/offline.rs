@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::client::print_line;
 use super::import_check::ImportCheck;
 use crate::durable;
 use crate::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
@@ -173,7 +174,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 )
             }
         };
-        println!("{}", serde_json::to_string_pretty(&state)?);
+        print_line(serde_json::to_string_pretty(&state)?)?;
         Ok(())
     })
     .await?
@@ -241,7 +242,7 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_line(serde_json::to_string_pretty(&report)?)?;
         if report.differing > 0 {
             bail!(
                 "{} of {} streams of {} end in a different state",
