@@ -12,14 +12,23 @@ Python value                            type           JSON data
 
 Decoding checks the data against the field annotations: ``str``, ``int``,
 ``u64`` (an ``int`` in 0..2**64-1), ``float``, ``bool``, ``Any``,
-``Optional[T]`` / ``T | None``, ``list[T]``, ``dict[str, T]``,
+``Optional[T]`` / ``T | None``, ``list[T]``, ``dict[K, T]``,
 ``Literal[...]`` and nested dataclasses. A missing field without a default
 is an error; unknown fields are ignored. Python integers are exact, so u64
-values survive without loss.
+values survive without loss. A ``float`` must be finite (``1e400`` is an
+error, as in the Rust SDK), and a ``Literal`` matches by JSON type too
+(``Literal[1]`` refuses ``true`` and ``1.0``).
+
+JSON object keys are strings, so ``dict`` keys may be ``str``, ``int`` or
+``u64``: integer keys are written as their decimal digits (``{5: x}`` as
+``{"5": x}``) and read back as integers, so a snapshot of ``dict[int, T]``
+restores the same keys. Any other key type is refused with a ``TypeError``.
 """
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from typing import Any, Callable, Literal, NewType, Union
@@ -88,8 +97,13 @@ def _compile(annotation: Any) -> Decoder:
     if annotation is float:
         def decode_float(value, where):
             if type(value) in (int, float):
-                return float(value)
-            raise _fail(where, "a number", value)
+                try:
+                    number = float(value)
+                except OverflowError:  # an integer literal beyond the float range
+                    number = math.inf
+                if math.isfinite(number):
+                    return number
+            raise _fail(where, "a finite number", value)
         return decode_float
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
         return _compile_dataclass(annotation)
@@ -112,7 +126,7 @@ def _compile(annotation: Any) -> Decoder:
         return decode_union
     if origin is Literal:
         def decode_literal(value, where):
-            if value in args:
+            if any(_same_literal(value, arg) for arg in args):
                 return value
             raise _fail(where, "one of " + ", ".join(json.dumps(a) for a in args), value)
         return decode_literal
@@ -125,14 +139,53 @@ def _compile(annotation: Any) -> Decoder:
             return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return decode_list
     if origin in (dict, typing.Dict) or annotation is dict:
+        key = _key_decoder(args[0] if args else Any)
         item = _decoder(args[1] if args else Any)
 
         def decode_dict(value, where):
             if type(value) is not dict:
                 raise _fail(where, "an object", value)
-            return {k: item(v, f"{where}.{k}") for k, v in value.items()}
+            return {key(k, where): item(v, f"{where}.{k}") for k, v in value.items()}
         return decode_dict
     raise TypeError(f"foldhost_guest.codec cannot decode the type {annotation!r}")
+
+
+def _same_literal(value: Any, arg: Any) -> bool:
+    """``value == arg`` without Python's ``True == 1 == 1.0``: JSON types must agree."""
+    if arg is None or isinstance(arg, bool):
+        return value is arg
+    if isinstance(arg, int):
+        return type(value) is int and value == arg
+    if isinstance(arg, str):
+        return type(value) is str and value == arg
+    return type(value) is not bool and value == arg
+
+
+#: The decimal digits ``_key`` writes for an integer (no "+", "05", "1_0", " 5").
+_INTEGER_KEY = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+def _key_decoder(annotation: Any) -> Decoder:
+    """Reads a JSON object key back into the ``dict``'s key type (``_key``'s inverse)."""
+    if annotation in (Any, object, str):
+        return lambda key, where: key
+    if annotation in (int, u64):
+        unsigned = annotation is u64
+        name = "an unsigned 64-bit integer" if unsigned else "an integer"
+
+        def decode_integer_key(key, where):
+            if _INTEGER_KEY.fullmatch(key):
+                try:
+                    number = int(key)
+                except ValueError:  # beyond int's string conversion limit
+                    pass
+                else:
+                    if not unsigned or 0 <= number <= U64_MAX:
+                        return number
+            raise _fail(where, f"{name} as the key", key)
+        return decode_integer_key
+    raise TypeError(
+        f"foldhost_guest.codec: dict keys must be str, int or u64 (JSON object keys are strings), not {annotation!r}")
 
 
 def _compile_dataclass(cls: type) -> Decoder:

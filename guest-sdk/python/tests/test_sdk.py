@@ -1,6 +1,7 @@
 """The SDK natively: codec, exception mapping, projections, determinism guards."""
 
 import json
+import re
 import subprocess
 import sys
 import unittest
@@ -110,6 +111,34 @@ class CodecTest(unittest.TestCase):
             codec.to_json(float("nan"))
 
 
+    def test_integer_dict_keys_come_back_as_integers(self):
+        self.assertEqual(codec.to_json({5: 1, -2: 3}), '{"5":1,"-2":3}')
+        self.assertEqual(codec.decode(dict[int, u64], {"5": 1, "-2": 3}), {5: 1, -2: 3})
+        self.assertEqual(codec.decode(dict[u64, int], {"18446744073709551615": 0}), {2**64 - 1: 0})
+        self.assertEqual(codec.decode(dict[str, int], {"5": 1}), {"5": 1})
+        for annotation, key in [(dict[int, int], "x"), (dict[int, int], "05"), (dict[int, int], "+5"),
+                                (dict[int, int], " 5"), (dict[int, int], "1_0"), (dict[int, int], "\u0665"),
+                                (dict[u64, int], "-1"), (dict[u64, int], str(2**64))]:
+            with self.assertRaisesRegex(DecodeError, "^m: expected .*integer as the key, got " + re.escape(json.dumps(key)), msg=key):
+                codec.decode(annotation, {key: 1}, "m")
+        with self.assertRaisesRegex(TypeError, "dict keys"):
+            codec.decode(dict[float, int], {"1.5": 1})
+
+    def test_literals_and_floats_refuse_what_json_would_not_mean(self):
+        one = Literal[1, "a"]
+        self.assertEqual(codec.decode(one, 1), 1)
+        for value in [True, 1.0, "1"]:
+            with self.assertRaisesRegex(DecodeError, "expected one of 1, \"a\"", msg=value):
+                codec.decode(one, value)
+        with self.assertRaises(DecodeError):
+            codec.decode(Literal[True], 1)
+        self.assertIs(codec.decode(Literal[True], True), True)
+        self.assertEqual(codec.decode(float, 2), 2.0)
+        for data in [b"1e400", b"-1e400", b"Infinity", b"NaN", b"1" + b"0" * 400]:
+            with self.assertRaisesRegex(DecodeError, "expected a finite number", msg=data):
+                codec.decode(float, json.loads(data), "x")
+
+
 class AggregateRuntimeTest(unittest.TestCase):
     def setUp(self):
         self.cart = AggregateRuntime(Cart)
@@ -185,6 +214,21 @@ class Totals(Projection):
         raise Invalid("nothing here")
 
 
+class ByYear(Projection):
+    name = "by-year"
+    subscription = Subscription(categories=["bank-account"])
+    events = (Deposited,)
+
+    by_year: dict[int, u64]
+
+    def __init__(self):
+        self.by_year = {}
+
+    def apply(self, event, meta):
+        year = 2024 if meta.position < 3 else 2025
+        self.by_year[year] = self.by_year.get(year, 0) + event.amount
+
+
 class ProjectionRuntimeTest(unittest.TestCase):
     def test_folds_only_subscribed_declared_events_with_meta(self):
         totals = ProjectionRuntime(Totals)
@@ -198,6 +242,16 @@ class ProjectionRuntimeTest(unittest.TestCase):
             "total": 5 + 2**64 - 1,
             "seen": [["bank-account-1", 1, "ann"], ["bank-account-2", 4, None]],
         })
+
+    def test_integer_keys_survive_a_snapshot_restore(self):
+        before = ProjectionRuntime(ByYear)
+        before.apply([raw("Deposited", {"amount": 5}, 1, "bank-account-1")])
+        after = ProjectionRuntime(ByYear)
+        after.init(before.snapshot())
+        self.assertEqual(after.current.by_year, {2024: 5})
+        after.apply([raw("Deposited", {"amount": 7}, 2, "bank-account-1"),
+                     raw("Deposited", {"amount": 1}, 3, "bank-account-1")])
+        self.assertEqual(json.loads(after.state_json()), {"by_year": {"2024": 12, "2025": 1}})
 
     def test_queries_decode_their_arguments(self):
         totals = ProjectionRuntime(Totals)
