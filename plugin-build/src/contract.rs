@@ -72,15 +72,19 @@ impl ContractError {
 pub fn check(component: &[u8]) -> Result<World, ContractError> {
     let (imports, exports) = top_level_names(component)?;
     for import in &imports {
-        let allowed = split_name(import).is_some_and(|(interface, version)| {
-            IMPORTABLE.contains(&interface) && compatible(version).unwrap_or(false)
-        });
-        if !allowed {
-            return Err(ContractError::new(format!(
-                "imports {import}, which foldhost does not provide: a plugin may import only \
-                 {PACKAGE}/host@{VERSION} (no WASI: build Rust for wasm32-unknown-unknown, \
-                 Python with componentize-py --stub-wasi; `foldhost plugins build` does both)"
-            )));
+        match split_name(import) {
+            // The contract's own interface at another version: built against another contract.
+            Some((interface, version)) if IMPORTABLE.contains(&interface) => {
+                versioned(import, version)?;
+            }
+            _ => {
+                return Err(ContractError::new(format!(
+                    "imports {import}, which foldhost does not provide: a plugin may import \
+                     only {PACKAGE}/host@{VERSION} (no WASI: build Rust for \
+                     wasm32-unknown-unknown, Python with componentize-py --stub-wasi; \
+                     `foldhost plugins build` does both)"
+                )));
+            }
         }
     }
     for export in &exports {
@@ -93,16 +97,7 @@ pub fn check(component: &[u8]) -> Result<World, ContractError> {
             "upcaster" => World::Upcaster,
             _ => continue,
         };
-        return match compatible(version) {
-            Ok(true) => Ok(world),
-            Ok(false) => Err(ContractError::new(format!(
-                "built against contract {PACKAGE}@{version}, but this host implements \
-                 {PACKAGE}@{VERSION} (compatible: ^0.1); rebuild the plugin with a matching SDK"
-            ))),
-            Err(e) => Err(ContractError::new(format!(
-                "export {export} has a malformed version: {e}"
-            ))),
-        };
+        return versioned(export, version).map(|()| world);
     }
     Err(ContractError::new(format!(
         "exports none of {PACKAGE}/aggregate, /projection or /upcaster (it exports: {})",
@@ -112,6 +107,21 @@ pub fn check(component: &[u8]) -> Result<World, ContractError> {
             exports.join(", ")
         }
     )))
+}
+
+/// Refuses `name` (an import or export of the contract's package) at a `version` this host
+/// does not implement.
+fn versioned(name: &str, version: &str) -> Result<(), ContractError> {
+    match compatible(version) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ContractError::new(format!(
+            "built against contract {PACKAGE}@{version}, but this host implements \
+             {PACKAGE}@{VERSION} (compatible: ^0.1); rebuild the plugin with a matching SDK"
+        ))),
+        Err(e) => Err(ContractError::new(format!(
+            "{name} has a malformed version: {e}"
+        ))),
+    }
 }
 
 /// `foldhost:plugin/host@0.1.0` → `("host", "0.1.0")`; `None` outside the package.

@@ -479,7 +479,8 @@ async fn incompatible_or_broken_plugins_are_refused_with_a_clear_error() {
         .unwrap_err();
     let message = refused.to_string();
     assert!(
-        message.contains("wrong-contract.wasm") && message.contains("0.2.0"),
+        message.contains("wrong-contract.wasm")
+            && message.contains("built against contract foldhost:plugin@0.2.0"),
         "{message}"
     );
 

@@ -2,12 +2,15 @@
 //! in `wit/` with only the version bumped), using wit-bindgen directly rather
 //! than the SDK. A host for 0.1 must refuse to load it: semver treats 0.1 →
 //! 0.2 as breaking, so it does not export `foldhost:plugin/aggregate@0.1.x`.
+//! It logs, as SDK-built plugins do, so it also imports
+//! `foldhost:plugin/host@0.2.0`: the refusal must still name the contract.
 
 #[cfg(target_arch = "wasm32")]
 mod component {
     wit_bindgen::generate!({ world: "aggregate-plugin" });
 
     use exports::foldhost::plugin::aggregate::Guest;
+    use foldhost::plugin::host::{Level, log};
     use foldhost::plugin::types::{Batch, CommandError, Description, NewEvent, PluginKind};
 
     struct WrongContract;
@@ -31,6 +34,7 @@ mod component {
         }
 
         fn handle(_: String, _: Vec<u8>) -> Result<Vec<NewEvent>, CommandError> {
+            log(Level::Info, "wrong-contract decides nothing");
             Err(CommandError::Rejected(
                 "wrong-contract decides nothing".to_owned(),
             ))
