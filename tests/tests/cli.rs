@@ -959,3 +959,34 @@ fn client_subcommands_stop_quietly_when_their_stdout_is_closed() {
         3
     );
 }
+
+/// `import --plugins DIR` folds old shapes through DIR's upcasters, as the server's checked
+/// appends do, instead of refusing history the server accepts.
+#[test]
+fn a_checked_import_folds_old_shapes_through_the_upcasters() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = root.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["bank-account", "bank-upcast-v1", "bank-upcast-v2"] {
+        let to = plugins.join(format!("{name}.wasm"));
+        std::fs::copy(foldhost_plugins::path(name), to).unwrap();
+    }
+    let event = |version: u64, kind: &str, data: Value| {
+        json!({"position": version, "stream": "bank-account-old", "version": version,
+               "id": uuid::Uuid::new_v4(), "type": kind, "content_type": "json", "data": data,
+               "metadata": null, "recorded_at": 0})
+        .to_string()
+    };
+    let file = root.path().join("old.ndjson");
+    let ndjson = [
+        event(1, "AccountOpened", json!({"holder": "Bo"})),
+        event(2, "Credited", json!({"amount": 7})),
+    ]
+    .join("\n");
+    std::fs::write(&file, ndjson).unwrap();
+    let (file, plugins) = (file.display().to_string(), plugins.display().to_string());
+    let data = root.path().join("data").display().to_string();
+    let url = "http://127.0.0.1:9";
+    ok(url, &["import", &file, "--data", &data, "--plugins", &plugins]);
+    assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 2);
+}

@@ -1,5 +1,6 @@
-//! `import --plugins DIR`: the aggregates in DIR fold each imported event of their streams
-//! before it is appended, as `POST /streams/{stream}/events` does on a server.
+//! `import --plugins DIR`: the aggregates in DIR fold each imported event of their streams,
+//! through the upcasters in DIR, before it is appended, as `POST /streams/{stream}/events`
+//! does on a server.
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -9,7 +10,9 @@ use anyhow::{Context, bail};
 use lru::LruCache;
 
 use crate::journal::{Journal, NewEvent, RecordedEvent, in_category};
-use crate::runtime::{AggregateInstance, Limits, Plugin, PluginEngine, PluginKind};
+use crate::runtime::{
+    AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, Upcaster, UpcasterChain,
+};
 
 /// Stream states kept between events; one evicted is rebuilt from the journal.
 const STATES: usize = 1024;
@@ -17,14 +20,16 @@ const STATES: usize = 1024;
 /// The aggregates of a plugins directory and the states of the streams they own.
 pub struct ImportCheck {
     aggregates: Vec<Arc<Plugin>>,
+    upcasters: Arc<UpcasterChain>,
     states: LruCache<String, AggregateInstance>,
 }
 
 impl ImportCheck {
-    /// Loads every aggregate `*.wasm` in `dir` (projections are not concerned).
+    /// Loads every aggregate and upcaster `*.wasm` in `dir` (projections are not concerned).
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let engine = PluginEngine::new(Limits::default(), None)?;
         let mut aggregates: Vec<Arc<Plugin>> = Vec::new();
+        let mut upcasters = Vec::new();
         let entries =
             std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         for entry in entries {
@@ -35,8 +40,13 @@ impl ImportCheck {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let plugin = Plugin::load(&engine, &bytes, &path.display().to_string())?;
-            if plugin.kind() != PluginKind::Aggregate {
-                continue;
+            match plugin.kind() {
+                PluginKind::Aggregate => {}
+                PluginKind::Upcaster => {
+                    upcasters.push(Upcaster::new(plugin)?);
+                    continue;
+                }
+                PluginKind::Projection => continue,
             }
             if let Some(other) = aggregates.iter().find(|other| {
                 in_category(other.name(), plugin.name()) || in_category(plugin.name(), other.name())
@@ -51,6 +61,7 @@ impl ImportCheck {
         }
         Ok(Self {
             aggregates,
+            upcasters: UpcasterChain::new(upcasters),
             states: LruCache::new(NonZeroUsize::new(STATES).expect("non-zero")),
         })
     }
@@ -85,8 +96,14 @@ impl ImportCheck {
         let instance = match self.states.get_mut(stream) {
             Some(instance) => instance,
             None => {
-                let rebuilt =
-                    AggregateInstance::rehydrate(plugin.clone(), journal, stream, u64::MAX)?;
+                let upcasters = self.upcasters.for_plugin(&plugin);
+                let rebuilt = AggregateInstance::rehydrate_through(
+                    plugin.clone(),
+                    upcasters,
+                    journal,
+                    stream,
+                    u64::MAX,
+                )?;
                 self.states.get_or_insert_mut(stream.to_owned(), || rebuilt)
             }
         };
