@@ -402,7 +402,9 @@ async fn live_feeds_are_capped_and_clients_that_stop_reading_are_cut_off() {
     const FEEDS: usize = 12;
     let dirs = Dirs::new();
     let mut command = Server::command(&dirs.data, None);
+    // Every feed comes from 127.0.0.1: no per-client share, the host-wide cap is tested.
     command.args(["--max-live-feeds", &FEEDS.to_string()]);
+    command.args(["--live-feeds-per-client", "0"]);
     command.args(["--live-buffer-bytes", "262144"]);
     command.args(["--write-stall-timeout", "8"]);
     let server = Server::launch(command);
@@ -500,6 +502,91 @@ async fn open_feeds(client: &Client, server: &Server) -> u64 {
         .find(|line| line.starts_with("foldhost_live_feeds "))
         .unwrap_or_else(|| panic!("no foldhost_live_feeds in {text}"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Opens `GET /events/live?from_position=` from `client`; the response, whatever its status.
+async fn open_feed(client: &Client, server: &Server, from: u64) -> reqwest::Response {
+    let path = format!("/events/live?from_position={from}");
+    client.get(server.url(&path)).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_the_live_feeds_and_others_still_get_in() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--max-live-feeds", "16", "--live-feeds-per-client", "2"]);
+    let server = Server::launch(command);
+    let client = client_without_reuse(None);
+    let event = json!({"events": [{"type": "T", "data": {}}]});
+    assert_eq!(
+        post(&client, &server, "/streams/s/events", event.clone())
+            .await
+            .0,
+        200
+    );
+
+    // Two feeds from 127.0.0.1 waiting past the head: before, such feeds (1,024 of them, a
+    // keep-alive every 15 s, never cut off as stalled) left every other client 503.
+    let mut first = serve::SseReader::new(open_feed(&client, &server, 2).await);
+    let mut second = serve::SseReader::new(open_feed(&client, &server, 2).await);
+    // Its third is refused with a time to come back, though the server has room.
+    let refused = open_feed(&client, &server, 2).await;
+    // Checked before its body is read: a feed's body never ends.
+    assert_eq!(
+        refused.status(),
+        429,
+        "a third feed of one client was let in"
+    );
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let (_, answer) = json(refused).await;
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("2 live feeds open"),
+        "{error}"
+    );
+    // A client from another address still gets in.
+    let other = client_without_reuse(Some([127, 0, 0, 2]));
+    let mut others = serve::SseReader::new(open_feed(&other, &server, 2).await);
+    let metrics = server.metrics(&client).await;
+    assert_eq!(metric(&metrics, "foldhost_live_feeds_per_client"), 2.0);
+    assert_eq!(
+        metric(&metrics, "foldhost_live_feeds_held_by_one_client_max"),
+        2.0
+    );
+    assert_eq!(metric(&metrics, "foldhost_live_feeds"), 3.0);
+
+    // The refusal cost the client's feeds nothing: each delivers the next event.
+    assert_eq!(
+        post(&client, &server, "/streams/s/events", event.clone())
+            .await
+            .0,
+        200
+    );
+    for feed in [&mut first, &mut second, &mut others] {
+        assert_eq!(feed.next().await.unwrap()["position"], 2);
+    }
+
+    // Once one of its feeds is closed, its client may open another.
+    drop(first);
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    let mut third = loop {
+        let response = open_feed(&client, &server, 3).await;
+        if response.status() == 200 {
+            break serve::SseReader::new(response);
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed feed's place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        post(&client, &server, "/streams/s/events", event).await.0,
+        200
+    );
+    assert_eq!(third.next().await.unwrap()["position"], 3);
+    assert_eq!(second.next().await.unwrap()["position"], 3);
 }
 
 /// Sends `count` requests at once; returns each one's status and `Retry-After`.

@@ -18,6 +18,13 @@ pub struct ClientLimitArgs {
     /// Retry-After.
     #[arg(long, env = "FOLDHOST_MAX_LIVE_FEEDS", default_value_t = ClientLimits::default().max_live_feeds)]
     max_live_feeds: usize,
+    /// Most of --max-live-feeds one client (an IP address; an IPv6 /64) may hold open at once;
+    /// past it its feed is refused with 429 and Retry-After. 0 turns it off. Behind a reverse
+    /// proxy every client has the proxy's address (X-Forwarded-For is not trusted): there,
+    /// turn it off and bound each client at the proxy [default: a quarter of
+    /// --max-live-feeds].
+    #[arg(long, env = "FOLDHOST_LIVE_FEEDS_PER_CLIENT")]
+    live_feeds_per_client: Option<usize>,
     /// Most bytes of events a live feed reads ahead of its client.
     #[arg(long, env = "FOLDHOST_LIVE_BUFFER_BYTES", value_name = "BYTES", default_value_t = ClientLimits::default().live_buffer_bytes)]
     live_buffer_bytes: usize,
@@ -57,6 +64,7 @@ impl ClientLimitArgs {
     pub fn limits(&self) -> ClientLimits {
         ClientLimits {
             max_live_feeds: self.max_live_feeds,
+            live_feeds_per_client: self.live_feeds_per_client,
             live_buffer_bytes: self.live_buffer_bytes,
             write_stall_timeout: Duration::from_secs(self.write_stall_timeout.max(1)),
             read_timeout: Duration::from_secs(self.read_timeout.max(1)),

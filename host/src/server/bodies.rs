@@ -17,7 +17,6 @@
 
 use std::error::Error;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -25,7 +24,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -33,6 +32,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::body_budget::{BodyBudget, Holding, OverBudget};
+use super::clients;
 use super::errors::ApiError;
 
 /// What bounds request bodies: how long one may go without a byte arriving, how slowly it
@@ -102,8 +102,8 @@ pub struct BodyHold {
 /// the response is made, or for as long as a [`BodyHold`] is kept.
 pub async fn bound(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let peer = (parts.extensions.get::<ConnectInfo<SocketAddr>>()).map(|peer| peer.ip());
-    let held = Arc::new(Mutex::new(bounds.budget.holding(peer)));
+    let client = clients::of_request(&parts.extensions);
+    let held = Arc::new(Mutex::new(bounds.budget.holding(client)));
     parts.extensions.insert(BodyHold {
         _held: held.clone(),
     });

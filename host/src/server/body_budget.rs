@@ -4,11 +4,11 @@
 //! A body takes its bytes from the budget and from its client's share in one step, under one
 //! lock, and gives both back in one step when it ends (its response is made, its client
 //! leaves, it is refused): the two counts cannot drift apart. A client is its peer's IP
-//! address (an IPv6 address by its /64, which one client may hold whole, as nginx and most
-//! providers hand out); a client holding nothing has no entry.
+//! address, an IPv6 address by its /64 (see [`clients`](super::clients)); a client holding
+//! nothing has no entry.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The host-wide budget of body bytes and the share of it one client may hold.
@@ -95,11 +95,12 @@ impl BodyBudget {
         self.ledger().by_client.values().copied().max().unwrap_or(0)
     }
 
-    /// What one body from `peer` (none: not known, no share applies) holds, nothing yet.
-    pub fn holding(self: &Arc<Self>, peer: Option<IpAddr>) -> Holding {
+    /// What one body from `client` (see [`clients::of_request`](super::clients::of_request);
+    /// none: not known, no share applies) holds, nothing yet.
+    pub fn holding(self: &Arc<Self>, client: Option<IpAddr>) -> Holding {
         Holding {
             budget: self.clone(),
-            client: peer.filter(|_| self.share > 0).map(client_of),
+            client: client.filter(|_| self.share > 0),
             bytes: 0,
         }
     }
@@ -108,14 +109,6 @@ impl BodyBudget {
         self.ledger
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-/// The client an address belongs to: an IPv4 address (also written as IPv6), or an IPv6 /64.
-fn client_of(peer: IpAddr) -> IpAddr {
-    match peer.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        v4 => v4,
     }
 }
 
@@ -184,7 +177,7 @@ mod tests {
     use super::*;
 
     fn peer(address: &str) -> Option<IpAddr> {
-        Some(address.parse().unwrap())
+        Some(super::super::clients::of_peer(address.parse().unwrap()))
     }
 
     #[test]

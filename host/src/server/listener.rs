@@ -13,7 +13,7 @@
 //!   [`linger`](super::linger)), so that its client reads the refusal rather than a reset.
 //!
 //! Each request carries its connection's peer address as [`ConnectInfo`] (the body budget
-//! gives each address a share of it).
+//! and the live feeds give each address a share of them, see [`clients`](super::clients)).
 
 use std::net::SocketAddr;
 use std::pin::pin;

@@ -10,17 +10,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::clients;
 use super::errors::ApiError;
 use super::extract::Query;
 use super::json::EventJson;
+use super::live_feeds::{FeedSlot, TooManyFeeds};
 use super::streams::read_page;
 use crate::journal::{Journal, RecordedEvent};
 use crate::runtime::UpcasterChain;
@@ -42,17 +44,21 @@ pub struct LiveQuery {
 /// Each SSE event carries one event's JSON as `data` and its position as `id`; a client that
 /// reconnects with `Last-Event-ID` resumes right after it. (An upcaster may turn one stored
 /// event into several: only the last of them carries the `id`.) A journal failure ends the
-/// feed with an event of type `error`.
+/// feed with an event of type `error`. A feed past `--max-live-feeds` is refused with 503, one
+/// past its client's `--live-feeds-per-client` with 429 (both with `Retry-After`).
 #[utoipa::path(get, path = "/events/live", tag = "streams",
     params(LiveQuery, ("last-event-id" = Option<u64>, Header, description = "Resume after this position")),
     responses(
         (status = 200, description = "Server-Sent Events, one per event (`id` = position, `data` = the event's JSON)",
             body = EventJson, content_type = "text/event-stream"),
-        (status = 400, body = ApiError), (status = 503, description = "Too many live feeds", body = ApiError),
+        (status = 400, body = ApiError),
+        (status = 429, description = "This client has its `--live-feeds-per-client` open", body = ApiError),
+        (status = 503, description = "Too many live feeds (`--max-live-feeds`)", body = ApiError),
     ))]
 pub async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Query(query): Query<LiveQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let resume = match headers.get("last-event-id") {
@@ -70,19 +76,15 @@ pub async fn live(
         ),
         None => None,
     };
+    let client = clients::of_request(&extensions);
     let slot = state
         .live_feeds
-        .clone()
-        .try_acquire_owned()
-        .map(FeedSlot::new)
-        .map_err(|_| {
-            ApiError::busy(
-                format!(
-                    "too many live feeds: {} are open, the most this server allows",
-                    state.limits.max_live_feeds
-                ),
-                5,
-            )
+        .open(client)
+        .map_err(|refused| match refused {
+            TooManyFeeds::Host { .. } => ApiError::busy(&refused, 5),
+            TooManyFeeds::Client { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, &refused).retry_after(5)
+            }
         })?;
     let journal = state.runtime.journal().clone();
     let follower = Follower {
@@ -101,25 +103,6 @@ pub async fn live(
     })
     .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-/// A feed's place among the open feeds, given back when the feed ends (its client left, was
-/// cut off, or the server stops).
-struct FeedSlot {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl FeedSlot {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("foldhost_live_feeds").increment(1.0);
-        Self { _permit: permit }
-    }
-}
-
-impl Drop for FeedSlot {
-    fn drop(&mut self) {
-        metrics::gauge!("foldhost_live_feeds").decrement(1.0);
-    }
 }
 
 struct Follower {

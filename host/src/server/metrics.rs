@@ -125,6 +125,14 @@ fn describe() {
     );
     gauge!("foldhost_live_feeds").set(0.0);
     describe_gauge!(
+        "foldhost_live_feeds_held_by_one_client_max",
+        "The most live feeds one client holds open (its share reached: 429)"
+    );
+    describe_gauge!(
+        "foldhost_live_feeds_per_client",
+        "The live feeds one client may hold open (--live-feeds-per-client; 0: off)"
+    );
+    describe_gauge!(
         "foldhost_plugin_memory_bytes",
         Unit::Bytes,
         "Memory every plugin instance's memories and tables hold together"
@@ -204,6 +212,9 @@ pub(super) async fn render(State(state): State<AppState>) -> Result<Response, Ap
     gauge!("foldhost_body_budget_bytes").set(bodies.budget_bytes() as f64);
     gauge!("foldhost_body_bytes_held_by_one_client_max").set(bodies.largest_share_held() as f64);
     gauge!("foldhost_body_budget_per_client_bytes").set(bodies.share_bytes() as f64);
+    let feeds = &state.live_feeds;
+    gauge!("foldhost_live_feeds_held_by_one_client_max").set(feeds.largest_share_held() as f64);
+    gauge!("foldhost_live_feeds_per_client").set(feeds.share() as f64);
     let text = tokio::task::spawn_blocking(move || handle.render())
         .await
         .map_err(|error| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error))?;

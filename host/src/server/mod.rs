@@ -29,6 +29,7 @@ mod admin;
 mod aggregates;
 mod bodies;
 mod body_budget;
+mod clients;
 mod console;
 mod errors;
 mod extract;
@@ -38,6 +39,7 @@ mod linger;
 mod listener;
 mod listing;
 mod live;
+mod live_feeds;
 pub mod metrics;
 pub mod openapi;
 mod plugins;
@@ -58,7 +60,7 @@ use axum::response::IntoResponse;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -97,8 +99,8 @@ pub(crate) struct AppState {
     shutdown: CancellationToken,
     /// The data directory (backups are staged there).
     data_dir: Arc<std::path::Path>,
-    /// One permit per live feed that may be open.
-    live_feeds: Arc<Semaphore>,
+    /// The live feeds open, in all and by each client.
+    live_feeds: Arc<live_feeds::LiveFeeds>,
     limits: ClientLimits,
     /// The bounds of request bodies, with the budget they share and each client's share of it.
     bodies: bodies::BodyBounds,
@@ -331,6 +333,10 @@ pub struct ServerConfig {
 pub struct ClientLimits {
     /// Most `GET /events/live` feeds open at once; past it a feed is refused with 503.
     pub max_live_feeds: usize,
+    /// Most of `max_live_feeds` one client (an IP address, an IPv6 /64) holds open at once;
+    /// past it its feed is refused with 429 and `Retry-After`. None: a quarter of
+    /// `max_live_feeds` (see [`ClientLimits::live_feed_share`]); 0: no share.
+    pub live_feeds_per_client: Option<usize>,
     /// Most bytes of events a live feed reads ahead of what its client has taken.
     pub live_buffer_bytes: usize,
     /// A connection on which nothing could be written for this long (its client stopped
@@ -367,12 +373,21 @@ impl ClientLimits {
     pub fn body_share(&self) -> usize {
         self.body_budget_per_client.unwrap_or(self.body_budget / 4)
     }
+
+    /// The live feeds one client may hold open: `live_feeds_per_client`, by default a quarter
+    /// of `max_live_feeds` (at least one), for the reason [`ClientLimits::body_share`] gives:
+    /// one client, 1,024 feeds waiting at the head and sending only keep-alives, left every
+    /// other client 503 for as long as it liked.
+    pub fn live_feed_share(&self) -> usize {
+        (self.live_feeds_per_client).unwrap_or((self.max_live_feeds / 4).max(1))
+    }
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             max_live_feeds: 1024,
+            live_feeds_per_client: None,
             live_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
@@ -482,7 +497,10 @@ impl Server {
             metrics: config.metrics,
             shutdown: shutdown.clone(),
             data_dir: Arc::from(data.as_path()),
-            live_feeds: Arc::new(Semaphore::new(config.limits.max_live_feeds)),
+            live_feeds: Arc::new(live_feeds::LiveFeeds::new(
+                config.limits.max_live_feeds,
+                config.limits.live_feed_share(),
+            )),
             limits: config.limits.clone(),
             bodies: bodies::BodyBounds::new(
                 config.limits.read_timeout,
@@ -568,5 +586,21 @@ mod tests {
             ..limits
         };
         assert_eq!(off.body_share(), 0);
+    }
+
+    #[test]
+    fn the_default_share_of_live_feeds_is_a_quarter_of_them_and_at_least_one() {
+        let limits = ClientLimits::default();
+        assert_eq!(limits.live_feed_share(), 256);
+        let few = ClientLimits {
+            max_live_feeds: 3,
+            ..limits.clone()
+        };
+        assert_eq!(few.live_feed_share(), 1);
+        let off = ClientLimits {
+            live_feeds_per_client: Some(0),
+            ..limits
+        };
+        assert_eq!(off.live_feed_share(), 0);
     }
 }
