@@ -128,7 +128,30 @@ const WAT_RECIPES: &[WatRecipe] = &[
         world: "aggregate-plugin",
         extra: "(table 10000000 funcref)",
     },
+    WatRecipe {
+        artifact: "hoarder-table64",
+        source: HOARDER,
+        world: "aggregate-plugin",
+        extra: TABLE64_LEAK,
+    },
 ];
+
+/// A 64-bit table, and a start function that 256 times grows a memory by 512 KiB, writes it,
+/// then overflows the table's size with `table.grow` (which returns -1 without trapping): a
+/// host that took that failure for the memory growth's gave the grant back, leaving 128 MiB
+/// mapped against unchanged budgets.
+const TABLE64_LEAK: &str = "
+  (table $wide i64 1 funcref)
+  (func $leak (local $round i32)
+    (loop $again
+      (if (i32.eq (memory.grow $extra (i32.const 8)) (i32.const -1)) (then unreachable))
+      (memory.fill $extra
+        (i32.mul (i32.sub (memory.size $extra) (i32.const 8)) (i32.const 65536))
+        (i32.const 1) (i32.const 524288))
+      (drop (table.grow $wide (ref.null func) (i64.const -1)))
+      (local.set $round (i32.add (local.get $round) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $round) (i32.const 256)))))
+  (start $leak)";
 
 /// Outer-build settings the nested build must not inherit: flags meant for the
 /// host target (`CARGO_ENCODED_RUSTFLAGS` is what cargo hands build scripts),

@@ -188,6 +188,24 @@ async fn components_declaring_more_than_the_sandbox_holds_are_refused_at_load() 
         .unwrap();
 }
 
+/// A 64-bit table's `table.grow` can overflow, which wasmtime reports to the store's budget
+/// as a failed growth it never asked about; refunding the last grant then would let
+/// `hoarder-table64`'s start hold 128 MiB against a 64 MiB limit with both budgets unchanged.
+/// The engine has no memory64, so the component never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_with_a_64_bit_table_is_refused_at_load() {
+    let host = Host::new(&[]);
+    let wide = refusal(host.load(artifacts::HOARDER_TABLE64).await);
+    assert!(
+        wide.contains("not a valid WebAssembly component")
+            && wide.contains("memory64 must be enabled for 64-bit tables"),
+        "{wide}"
+    );
+    assert!(!wide.contains('\n'), "not one line: {wide}");
+    assert!(host.runtime.list().is_empty());
+    assert_eq!(host.runtime.engine().memory_budget().used(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_and_events_are_bounded_per_plugin() {
     let host = Host::new(&["hostile:answer=1MiB,events=100", "mischief:answer=1MiB"]);

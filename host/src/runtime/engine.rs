@@ -198,9 +198,17 @@ pub fn compile_child(meters_fuel: bool) -> Result<()> {
 }
 
 /// The engine configuration; a compiled component loads only into an engine configured alike.
+///
+/// memory64 (on by default in wasmtime 48, and what 64-bit tables validate under too) and
+/// custom page sizes are off: wasmtime fails some growths of 64-bit tables and of 1-byte-page
+/// memories without asking the store's limiter first, and a component using them is refused
+/// at load ("memory64 must be enabled for 64-bit tables"). The enabled features are part of
+/// the engine's compatibility hash, so components cached by an engine that had them miss.
 fn config(meters_fuel: bool) -> Config {
     let mut config = Config::new();
     config
+        .wasm_memory64(false)
+        .wasm_custom_page_sizes(false)
         .epoch_interruption(true)
         // Metering costs every plugin 15-50 %, so only when a budget asks for it.
         .consume_fuel(meters_fuel)

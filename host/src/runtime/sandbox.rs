@@ -233,12 +233,10 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct StoreBudget {
     limit: usize,
+    /// Everything granted so far. Only ever grows: a growth wasmtime fails after it was
+    /// granted is not given back (see `memory_grow_failed` below), so this
+    /// never reads less than what the store's memories and tables hold.
     used: usize,
-    /// The last growth granted, taken back if wasmtime then fails it. wasmtime 48 also reports
-    /// as failed a few growths it never asked about (past what a memory of 1-byte pages can
-    /// address, a 64-bit table's size overflowing), which would give back a grant whose pages
-    /// stay; this engine enables neither custom page sizes nor memory64, so none reaches here.
-    granted: usize,
     host: Arc<MemoryBudget>,
 }
 
@@ -276,7 +274,6 @@ impl StoreBudget {
         Self {
             limit,
             used: 0,
-            granted: 0,
             host,
         }
     }
@@ -286,7 +283,16 @@ impl StoreBudget {
         self.used
     }
 
-    fn claim(&mut self, what: &'static str, bytes: usize) -> wasmtime::Result<bool> {
+    /// Grants `bytes` more to `what`, growing to `desired` of its declared `maximum`. A growth
+    /// past the maximum is refused (wasmtime would fail it) without drawing on either budget,
+    /// since a failed growth is never given back.
+    fn claim(
+        &mut self,
+        what: &'static str,
+        bytes: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let total = match self.used.checked_add(bytes) {
             Some(total) if total <= self.limit => total,
             _ => {
@@ -299,6 +305,9 @@ impl StoreBudget {
                 .into());
             }
         };
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         if !self.host.take(bytes) {
             return Err(HostBudgetExhausted {
                 what,
@@ -309,14 +318,7 @@ impl StoreBudget {
             .into());
         }
         self.used = total;
-        self.granted = bytes;
         Ok(true)
-    }
-
-    fn give_back(&mut self) {
-        let granted = std::mem::take(&mut self.granted);
-        self.used -= granted;
-        self.host.give_back(granted);
     }
 }
 
@@ -331,13 +333,26 @@ impl ResourceLimiter for StoreBudget {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.claim("a memory", desired.saturating_sub(current))
+        self.claim(
+            "a memory",
+            desired.saturating_sub(current),
+            desired,
+            maximum,
+        )
     }
 
+    /// Gives nothing back. wasmtime 48 also reports as failed growths it never asked
+    /// [`Self::memory_growing`] about (past what a memory of 1-byte pages can address; for
+    /// tables, a 64-bit table's size overflowing), and since a growth that succeeds is not
+    /// reported, nothing here can tell whether the last grant was for this growth or for one
+    /// that succeeded and is still mapped. Refunding it let a component grow memory, then fail
+    /// a growth, and hold the memory with both budgets unchanged. Growths past the declared
+    /// maximum are refused before they are granted (see [`Self::claim`]); what is left failing
+    /// after a grant is the system refusing to map memory, and the store, which is then
+    /// over-counted, gives back all it was granted when it is dropped.
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.give_back();
         Ok(())
     }
 
@@ -345,14 +360,15 @@ impl ResourceLimiter for StoreBudget {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let elements = desired.saturating_sub(current);
-        self.claim("a table", elements.saturating_mul(TABLE_ELEMENT_BYTES))
+        let bytes = elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        self.claim("a table", bytes, desired, maximum)
     }
 
+    /// Gives nothing back, as [`Self::memory_grow_failed`] does.
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.give_back();
         Ok(())
     }
 
@@ -516,15 +532,43 @@ mod tests {
     }
 
     #[test]
-    fn a_growth_wasmtime_fails_is_given_back() {
+    fn a_growth_past_the_declared_maximum_is_refused_without_drawing_on_the_budget() {
         let host = host(1 << 20);
         let mut budget = StoreBudget::new(1 << 20, host.clone());
+        assert!(!budget.memory_growing(0, 1 << 20, Some(512 << 10)).unwrap());
+        assert!(!budget.table_growing(0, 2, Some(1)).unwrap());
+        assert_eq!((budget.used(), host.used()), (0, 0));
+        assert!(budget.memory_growing(0, 1 << 20, Some(1 << 20)).unwrap());
+        // Over the budget is still the trap it was, whatever the maximum.
+        let over = budget
+            .memory_growing(1 << 20, 2 << 20, Some(1 << 20))
+            .unwrap_err();
+        assert!(over.downcast_ref::<OverBudget>().is_some(), "{over}");
+    }
+
+    #[test]
+    fn a_failed_growth_gives_nothing_back() {
+        let host = host(4 << 20);
+        let mut budget = StoreBudget::new(2 << 20, host.clone());
+        // A memory grows by 1 MiB and wasmtime maps it: success is not reported. Then a 64-bit
+        // table's size overflows, which wasmtime reports as failed without asking first.
         assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
         budget
-            .memory_grow_failed(wasmtime::format_err!("past the maximum"))
+            .table_grow_failed(wasmtime::format_err!("overflow calculating new table size"))
             .unwrap();
+        assert_eq!((budget.used(), host.used()), (1 << 20, 1 << 20));
+        // Nor a failure after a grant of its own kind, which may be as stale.
+        budget
+            .memory_grow_failed(wasmtime::format_err!(
+                "memory growth exceeds memory type's limits"
+            ))
+            .unwrap();
+        assert_eq!((budget.used(), host.used()), (1 << 20, 1 << 20));
+        // So a second MiB still fits, a third does not, and all of it goes back on drop.
+        assert!(budget.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert!(budget.memory_growing(2 << 20, 3 << 20, None).is_err());
+        drop(budget);
         assert_eq!(host.used(), 0);
-        assert!(budget.memory_growing(0, 1 << 20, None).unwrap());
     }
 
     fn host(limit: usize) -> Arc<MemoryBudget> {

@@ -36,6 +36,9 @@ pub const HOARDER: &str = "hoarder";
 pub const HOARDER_MEMORIES: &str = "hoarder-memories";
 /// `hoarder` declaring a table of 10 million elements: more than its memory limit.
 pub const HOARDER_TABLE: &str = "hoarder-table";
+/// `hoarder` declaring a 64-bit table whose `table.grow` overflows, in a loop that grows and
+/// writes a memory at start: the host must refuse it at load (this engine has no memory64).
+pub const HOARDER_TABLE64: &str = "hoarder-table64";
 /// An aggregate built against `foldhost:plugin@0.2.0`; a 0.1 host must reject it.
 pub const WRONG_CONTRACT: &str = "wrong-contract";
 /// Projection `mischief` over the `hostile` category: queries that panic, loop, exhaust
@@ -89,6 +92,7 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     HOARDER,
     HOARDER_MEMORIES,
     HOARDER_TABLE,
+    HOARDER_TABLE64,
     WRONG_CONTRACT,
     MISCHIEF,
     BANK_ANALYTICS_LENIENT,
