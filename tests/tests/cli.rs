@@ -954,10 +954,7 @@ fn client_subcommands_stop_quietly_when_their_stdout_is_closed() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
     // The appends happened all the same.
-    assert_eq!(
-        lines(&ok(&server.url, &["events", "notes"])).len(),
-        3
-    );
+    assert_eq!(lines(&ok(&server.url, &["events", "notes"])).len(), 3);
 }
 
 /// `import --plugins DIR` folds old shapes through DIR's upcasters, as the server's checked
@@ -987,6 +984,9 @@ fn a_checked_import_folds_old_shapes_through_the_upcasters() {
     let (file, plugins) = (file.display().to_string(), plugins.display().to_string());
     let data = root.path().join("data").display().to_string();
     let url = "http://127.0.0.1:9";
-    ok(url, &["import", &file, "--data", &data, "--plugins", &plugins]);
+    ok(
+        url,
+        &["import", &file, "--data", &data, "--plugins", &plugins],
+    );
     assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 2);
 }

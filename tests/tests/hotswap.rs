@@ -354,7 +354,10 @@ async fn a_plugin_file_is_loaded_once_per_change() {
     std::fs::write(&file, bytes).unwrap();
     let deadline = Instant::now() + PATIENCE;
     while loads_logged(&log) < 2 {
-        assert!(Instant::now() < deadline, "the rewritten file was not loaded");
+        assert!(
+            Instant::now() < deadline,
+            "the rewritten file was not loaded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Five debounce periods: a host that reloads on its own reads does so every period.
