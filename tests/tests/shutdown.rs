@@ -89,3 +89,58 @@ async fn sigterm_loses_no_acknowledged_append() {
         lost.first()
     );
 }
+
+/// A request held until the plugins directory has loaded is answered 503 as soon as the server
+/// starts stopping, instead of holding the shutdown up until its grace period cuts it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_plugins_load_answers_the_requests_waiting_for_them() {
+    use std::io::{Read, Write};
+
+    let root = tempfile::tempdir().unwrap();
+    let (data, plugins) = (root.path().join("data"), root.path().join("plugins"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    // The Python aggregate takes seconds to compile: projections' routes wait for it.
+    for name in ["bank-analytics", "bank-account-python"] {
+        let to = plugins.join(format!("{name}.wasm"));
+        std::fs::copy(foldhost_plugins::path(name), to).unwrap();
+    }
+    let server = Server::launch_listening(Server::command(&data, Some(&plugins)));
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let held = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let ask = |stream: &mut std::net::TcpStream, path: &str, close: bool| {
+            let connection = if close { "close" } else { "keep-alive" };
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: {connection}\r\n\r\n"
+            )
+            .unwrap();
+        };
+        // One answered request first: the connection is then being served.
+        ask(&mut stream, "/health", false);
+        let mut health = String::new();
+        while !health.ends_with('}') {
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "the connection closed after {health:?}");
+            health.push_str(&String::from_utf8_lossy(&chunk[..read]));
+        }
+        ask(&mut stream, "/projections/bank-analytics", true);
+        let mut rest = String::new();
+        let _ = stream.read_to_string(&mut rest);
+        (health, rest)
+    });
+    // Lets the held request reach the server before it is told to stop.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = server.terminate();
+    let (health, answer) = held.join().unwrap();
+    assert!(
+        health.contains("\"loading_plugins\":true"),
+        "the test needs the directory still loading: {health}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("stopping"),
+        "{answer}"
+    );
+    assert!(status.success(), "{status}");
+}

@@ -185,6 +185,7 @@ fn router(state: AppState) -> Router {
             }),
         )
         .layer(axum::Extension(state.plugins_loaded.clone()))
+        .layer(axum::Extension(state.shutdown.clone()))
         .with_state(state)
 }
 
@@ -193,11 +194,14 @@ fn router(state: AppState) -> Router {
 /// must not answer "unknown plugin".
 async fn after_startup_load(
     axum::Extension(progress): axum::Extension<watch::Receiver<StartupLoad>>,
+    axum::Extension(shutdown): axum::Extension<CancellationToken>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    held_until(progress, StartupLoad::Loaded).await;
-    next.run(request).await
+    match held_until(progress, StartupLoad::Loaded, shutdown).await {
+        Ok(()) => next.run(request).await,
+        Err(stopping) => stopping.into_response(),
+    }
 }
 
 /// Holds a request until the plugins directory's upcasters and aggregates have loaded at
@@ -206,16 +210,34 @@ async fn after_startup_load(
 /// loading.
 async fn after_aggregates_load(
     axum::Extension(progress): axum::Extension<watch::Receiver<StartupLoad>>,
+    axum::Extension(shutdown): axum::Extension<CancellationToken>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    held_until(progress, StartupLoad::AggregatesLoaded).await;
-    next.run(request).await
+    match held_until(progress, StartupLoad::AggregatesLoaded, shutdown).await {
+        Ok(()) => next.run(request).await,
+        Err(stopping) => stopping.into_response(),
+    }
 }
 
-async fn held_until(mut progress: watch::Receiver<StartupLoad>, stage: StartupLoad) {
-    // An error means the loading task is gone (the server is stopping): go on.
-    let _ = progress.wait_for(|reached| *reached >= stage).await;
+/// Waits until the load at start reached `stage`; a request still waiting when the server
+/// starts stopping is answered 503 at once instead of holding up the shutdown.
+async fn held_until(
+    mut progress: watch::Receiver<StartupLoad>,
+    stage: StartupLoad,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    if *progress.borrow() >= stage {
+        return Ok(());
+    }
+    tokio::select! {
+        // An error means the loading task is gone (the server is stopping): go on.
+        _ = progress.wait_for(|reached| *reached >= stage) => Ok(()),
+        () = shutdown.cancelled() => Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping before its plugins directory finished loading",
+        )),
+    }
 }
 
 /// The body of `GET /health`.
