@@ -1,29 +1,18 @@
-//! The bytes request bodies hold: one ledger for the host-wide budget and each client's share
-//! of it, so a client with bandwidth cannot hold the whole budget by itself.
+//! The bytes request bodies hold: the host-wide budget and each client's share of it, so a
+//! client with bandwidth cannot hold the whole budget by itself.
 //!
-//! A body takes its bytes from the budget and from its client's share in one step, under one
-//! lock, and gives both back in one step when it ends (its response is made, its client
-//! leaves, it is refused): the two counts cannot drift apart. A client is its peer's IP
-//! address, an IPv6 address by its /64 (see [`clients`](super::clients)); a client holding
-//! nothing has no entry.
+//! A body takes its bytes from the budget and from its client's share in one step, and gives
+//! both back when it ends (its response is made, its client leaves, it is refused); see
+//! [`shares`](super::shares).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use super::shares::{Refused, Shares};
 
 /// The host-wide budget of body bytes and the share of it one client may hold.
 pub struct BodyBudget {
-    budget: usize,
-    /// 0: no share, a client may hold the whole budget.
-    share: usize,
-    ledger: Mutex<Ledger>,
-}
-
-/// The bytes held in all, and by each client holding some.
-#[derive(Default)]
-struct Ledger {
-    held: usize,
-    by_client: HashMap<IpAddr, usize>,
+    shares: Shares,
 }
 
 /// Why a body may not take more bytes.
@@ -68,31 +57,29 @@ impl BodyBudget {
     /// A budget of `budget` bytes of which one client may hold `share` (0: the whole budget).
     pub fn new(budget: usize, share: usize) -> Self {
         Self {
-            budget,
-            share: if share >= budget { 0 } else { share },
-            ledger: Mutex::default(),
+            shares: Shares::new(budget, share),
         }
     }
 
     /// The bytes all bodies may hold together (`--body-budget`).
     pub fn budget_bytes(&self) -> usize {
-        self.budget
+        self.shares.limit()
     }
 
     /// The bytes one client's bodies may hold together (`--body-budget-per-client`; 0: no
     /// share).
     pub fn share_bytes(&self) -> usize {
-        self.share
+        self.shares.share()
     }
 
     /// Bytes of request bodies held now.
     pub fn held_bytes(&self) -> usize {
-        self.ledger().held
+        self.shares.held()
     }
 
     /// The most bytes one client's bodies hold now (0 without a share).
     pub fn largest_share_held(&self) -> usize {
-        self.ledger().by_client.values().copied().max().unwrap_or(0)
+        self.shares.largest_share_held()
     }
 
     /// What one body from `client` (see [`clients::of_request`](super::clients::of_request);
@@ -100,15 +87,9 @@ impl BodyBudget {
     pub fn holding(self: &Arc<Self>, client: Option<IpAddr>) -> Holding {
         Holding {
             budget: self.clone(),
-            client: client.filter(|_| self.share > 0),
+            client: self.shares.client(client),
             bytes: 0,
         }
-    }
-
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -124,28 +105,21 @@ impl Holding {
     /// Takes `more` bytes for this body, from the budget and its client's share at once, or
     /// takes nothing and says why not.
     pub fn take(&mut self, more: usize) -> Result<(), OverBudget> {
-        let BodyBudget { budget, share, .. } = *self.budget;
+        let shares = &self.budget.shares;
+        let (budget, share) = (shares.limit(), shares.share());
         let bytes = self.bytes.saturating_add(more);
         if bytes > budget {
             return Err(OverBudget::LargerThanBudget { budget });
         }
-        let mut ledger = self.budget.ledger();
-        if let Some(client) = self.client {
-            if bytes > share {
-                return Err(OverBudget::LargerThanShare { share });
-            }
-            let held = ledger.by_client.get(&client).copied().unwrap_or(0);
-            if held + more > share {
-                return Err(OverBudget::Client { client, share });
-            }
+        if self.client.is_some() && bytes > share {
+            return Err(OverBudget::LargerThanShare { share });
         }
-        if ledger.held + more > budget {
-            return Err(OverBudget::Host { budget });
-        }
-        ledger.held += more;
-        if let Some(client) = self.client {
-            *ledger.by_client.entry(client).or_default() += more;
-        }
+        shares
+            .take(self.client, more)
+            .map_err(|refused| match refused {
+                Refused::Host => OverBudget::Host { budget },
+                Refused::Client(client) => OverBudget::Client { client, share },
+            })?;
         self.bytes = bytes;
         Ok(())
     }
@@ -153,21 +127,8 @@ impl Holding {
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        if self.bytes == 0 {
-            return;
-        }
-        let mut ledger = self.budget.ledger();
-        ledger.held -= self.bytes;
-        if let Some(client) = self.client {
-            let std::collections::hash_map::Entry::Occupied(mut held) =
-                ledger.by_client.entry(client)
-            else {
-                unreachable!("a client holding bytes has an entry");
-            };
-            *held.get_mut() -= self.bytes;
-            if *held.get() == 0 {
-                held.remove();
-            }
+        if self.bytes > 0 {
+            self.budget.shares.give_back(self.client, self.bytes);
         }
     }
 }
@@ -196,8 +157,7 @@ mod tests {
         drop(first);
         second.take(40).unwrap();
         drop((second, other));
-        assert_eq!(budget.held_bytes(), 0);
-        assert!(budget.ledger().by_client.is_empty(), "no entry left behind");
+        assert_eq!((budget.held_bytes(), budget.largest_share_held()), (0, 0));
     }
 
     #[test]

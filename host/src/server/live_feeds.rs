@@ -1,30 +1,19 @@
-//! The live feeds open: one ledger for the host-wide limit and each client's share of it, so
-//! one client cannot hold every feed and leave the others 503 for as long as it likes (a feed
-//! waiting at the head sends a few bytes of keep-alive every 15 s and is never cut off as
-//! stalled).
+//! The live feeds open: the host-wide limit and each client's share of it, so one client
+//! cannot hold every feed and leave the others 503 for as long as it likes (a feed waiting at
+//! the head sends a few bytes of keep-alive every 15 s and is never cut off as stalled).
 //!
-//! A feed takes its place in the limit and in its client's share in one step, under one lock,
-//! and gives both back in one step when it ends (its client leaves or is cut off, the journal
-//! fails, the server stops). A client is its peer's IP address, an IPv6 address by its /64
-//! (see [`clients`](super::clients)); a client with no feed open has no entry.
+//! A feed takes its place in the limit and in its client's share in one step and gives both
+//! back when it ends (its client leaves or is cut off, the journal fails, the server stops);
+//! see [`shares`](super::shares).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use super::shares::{Refused, Shares};
 
 /// The most live feeds open at once, and the most of them one client may hold.
 pub struct LiveFeeds {
-    limit: usize,
-    /// 0: no share, a client may hold every feed.
-    share: usize,
-    ledger: Mutex<Ledger>,
-}
-
-/// The feeds open in all, and by each client with one open.
-#[derive(Default)]
-struct Ledger {
-    open: usize,
-    by_client: HashMap<IpAddr, usize>,
+    shares: Shares,
 }
 
 /// Why a feed may not open.
@@ -57,53 +46,40 @@ impl LiveFeeds {
     /// share).
     pub fn new(limit: usize, share: usize) -> Self {
         Self {
-            limit,
-            share: if share >= limit { 0 } else { share },
-            ledger: Mutex::default(),
+            shares: Shares::new(limit, share),
         }
     }
 
     /// The feeds one client may hold open (`--live-feeds-per-client`; 0: no share).
     pub fn share(&self) -> usize {
-        self.share
+        self.shares.share()
     }
 
     /// The most feeds one client holds open now (0 without a share).
     pub fn largest_share_held(&self) -> usize {
-        self.ledger().by_client.values().copied().max().unwrap_or(0)
+        self.shares.largest_share_held()
     }
 
     /// A place for one feed from `client` (see [`clients::of_request`](super::clients::of_request);
     /// none: not known, no share applies), or why there is none.
     pub fn open(self: &Arc<Self>, client: Option<IpAddr>) -> Result<FeedSlot, TooManyFeeds> {
-        let client = client.filter(|_| self.share > 0);
-        let mut ledger = self.ledger();
-        if let Some(client) = client
-            && ledger.by_client.get(&client).copied().unwrap_or(0) >= self.share
-        {
-            return Err(TooManyFeeds::Client {
-                client,
-                share: self.share,
-            });
-        }
-        if ledger.open >= self.limit {
-            return Err(TooManyFeeds::Host { limit: self.limit });
-        }
-        ledger.open += 1;
-        if let Some(client) = client {
-            *ledger.by_client.entry(client).or_default() += 1;
-        }
+        let client = self.shares.client(client);
+        self.shares
+            .take(client, 1)
+            .map_err(|refused| match refused {
+                Refused::Host => TooManyFeeds::Host {
+                    limit: self.shares.limit(),
+                },
+                Refused::Client(client) => TooManyFeeds::Client {
+                    client,
+                    share: self.shares.share(),
+                },
+            })?;
         metrics::gauge!("foldhost_live_feeds").increment(1.0);
         Ok(FeedSlot {
             feeds: self.clone(),
             client,
         })
-    }
-
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -116,19 +92,7 @@ pub struct FeedSlot {
 
 impl Drop for FeedSlot {
     fn drop(&mut self) {
-        let mut ledger = self.feeds.ledger();
-        ledger.open -= 1;
-        if let Some(client) = self.client {
-            let std::collections::hash_map::Entry::Occupied(mut held) =
-                ledger.by_client.entry(client)
-            else {
-                unreachable!("a client with a feed open has an entry");
-            };
-            *held.get_mut() -= 1;
-            if *held.get() == 0 {
-                held.remove();
-            }
-        }
+        self.feeds.shares.give_back(self.client, 1);
         metrics::gauge!("foldhost_live_feeds").decrement(1.0);
     }
 }
@@ -155,7 +119,7 @@ mod tests {
         drop(first);
         let _third = feeds.open(client("10.0.0.1")).unwrap();
         drop(other);
-        assert_eq!(feeds.ledger().by_client.len(), 1, "no entry left behind");
+        assert_eq!(feeds.shares.held(), 2);
     }
 
     #[test]
@@ -173,7 +137,7 @@ mod tests {
         let unknown: Vec<_> = (0..3).map(|_| feeds.open(None).unwrap()).collect();
         assert!(matches!(feeds.open(None), Err(TooManyFeeds::Host { .. })));
         drop(unknown);
-        assert_eq!(feeds.ledger().open, 0);
+        assert_eq!(feeds.shares.held(), 0);
         let off = Arc::new(LiveFeeds::new(3, 3));
         let _all: Vec<_> = (0..3)
             .map(|_| off.open(client("10.0.0.1")).unwrap())

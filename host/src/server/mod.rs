@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod openapi;
 mod plugins;
 mod projections;
+mod shares;
 mod stats;
 mod streams;
 mod unread;
