@@ -91,28 +91,6 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + 'static {
 #[macro_export]
 macro_rules! export_aggregate {
     ($ty:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            ::std::thread_local! {
-                static STATE: ::core::cell::RefCell<::core::option::Option<$ty>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
-            }
-
-            struct FoldhostAggregate;
-
-            impl $crate::__private::AggregateSlot for FoldhostAggregate {
-                type Aggregate = $ty;
-
-                fn with<R>(f: impl FnOnce(&mut $ty) -> R) -> R {
-                    STATE.with_borrow_mut(|state| {
-                        f(state.get_or_insert_with(::core::default::Default::default))
-                    })
-                }
-            }
-
-            $crate::__private::aggregate::export!(
-                FoldhostAggregate with_types_in $crate::__private::aggregate
-            );
-        };
+        $crate::__export_stateful!($ty, AggregateSlot, Aggregate, aggregate);
     };
 }

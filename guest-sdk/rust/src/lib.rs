@@ -158,3 +158,36 @@ pub mod __private {
     pub use crate::bindings::{aggregate, projection, upcaster};
     pub use crate::runtime::{AggregateSlot, ProjectionSlot, UpcasterSlot};
 }
+
+/// The body of [`export_aggregate!`] and [`export_projection!`]: a state cell of `$ty`, created
+/// with its default on first use, behind the slot trait `$slot` (whose associated type is
+/// `$kind`), exported as the world `$world`. Expands to nothing unless the target is `wasm32`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_stateful {
+    ($ty:ty, $slot:ident, $kind:ident, $world:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            ::std::thread_local! {
+                static STATE: ::core::cell::RefCell<::core::option::Option<$ty>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct FoldhostPlugin;
+
+            impl $crate::__private::$slot for FoldhostPlugin {
+                type $kind = $ty;
+
+                fn with<R>(f: impl FnOnce(&mut $ty) -> R) -> R {
+                    STATE.with_borrow_mut(|state| {
+                        f(state.get_or_insert_with(::core::default::Default::default))
+                    })
+                }
+            }
+
+            $crate::__private::$world::export!(
+                FoldhostPlugin with_types_in $crate::__private::$world
+            );
+        };
+    };
+}

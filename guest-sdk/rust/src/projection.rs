@@ -123,28 +123,6 @@ pub trait Projection: Default + Serialize + DeserializeOwned + 'static {
 #[macro_export]
 macro_rules! export_projection {
     ($ty:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            ::std::thread_local! {
-                static STATE: ::core::cell::RefCell<::core::option::Option<$ty>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
-            }
-
-            struct FoldhostProjection;
-
-            impl $crate::__private::ProjectionSlot for FoldhostProjection {
-                type Projection = $ty;
-
-                fn with<R>(f: impl FnOnce(&mut $ty) -> R) -> R {
-                    STATE.with_borrow_mut(|state| {
-                        f(state.get_or_insert_with(::core::default::Default::default))
-                    })
-                }
-            }
-
-            $crate::__private::projection::export!(
-                FoldhostProjection with_types_in $crate::__private::projection
-            );
-        };
+        $crate::__export_stateful!($ty, ProjectionSlot, Projection, projection);
     };
 }
