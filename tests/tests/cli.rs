@@ -990,3 +990,61 @@ fn a_checked_import_folds_old_shapes_through_the_upcasters() {
     );
     assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 2);
 }
+
+/// An import whose line the journal's writer refuses (here: an event of a stream the data
+/// directory hard-deleted, which no check before the writer looks at) stops there: the error
+/// names the line and how many events before it are imported, and the journal holds exactly
+/// those, none of the many lines queued behind it.
+#[test]
+fn an_import_refused_by_the_journal_names_the_line_and_stores_none_after_it() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let url = &server.url.clone();
+    for stream in ["kept", "gone"] {
+        ok(url, &["append", stream, "--type", "Noted", "--data", "1"]);
+    }
+    let delete = [
+        "streams",
+        "delete",
+        "gone",
+        "--hard",
+        "--admin-token",
+        TOKEN,
+    ];
+    ok(url, &delete);
+    assert!(server.terminate().success());
+
+    // One event per line, each its own append; line 5 is the deleted stream's.
+    let streams: Vec<String> = (1..=300)
+        .map(|line| match line {
+            5 => "gone".to_owned(),
+            _ => format!("imported-{line}"),
+        })
+        .collect();
+    let ndjson: Vec<Value> = (streams.iter().enumerate())
+        .map(|(n, stream)| {
+            json!({"position": n + 1, "stream": stream, "version": 1,
+                   "id": uuid::Uuid::new_v4(), "type": "Noted", "content_type": "json",
+                   "data": n, "metadata": null, "recorded_at": n})
+        })
+        .collect();
+    let file = dirs.data.join("import.ndjson");
+    let text: Vec<String> = ndjson.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    let data = dirs.data.display().to_string();
+    let refused = fails(
+        url,
+        &["import", &file.display().to_string(), "--data", &data],
+    );
+    assert!(
+        refused.contains("import.ndjson line 5: ")
+            && refused.contains("\"gone\" was deleted for good")
+            && refused.contains("the 4 events before it are imported"),
+        "{refused}"
+    );
+    let stored: Vec<Value> = lines(&ok(url, &["export", "--data", &data]));
+    assert_eq!(stored.len(), 5, "the kept event, then lines 1 to 4");
+    let stored: Vec<&Value> = stored[1..].iter().map(|event| &event["id"]).collect();
+    let expected: Vec<&Value> = ndjson[..4].iter().map(|event| &event["id"]).collect();
+    assert_eq!(stored, expected);
+}

@@ -129,7 +129,7 @@ fn a_child_compiles_what_this_process_loads_and_reports_what_it_refuses() {
         let message = format!("{error:#}");
         assert!(
             message.contains("unknown binary version")
-                && message.contains("compiler exit status: 1"),
+                && message.contains("compiler exit status: 65"),
             "{message}"
         );
     }

@@ -15,12 +15,12 @@ use serve::{PATIENCE, Server};
 use uuid::Uuid;
 
 /// A tmpfs of `size` mounted on a temporary directory (needs root), unmounted when dropped.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     root: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
+    pub(crate) fn mount(size: &str) -> SmallDisk {
         let root = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -34,8 +34,18 @@ impl SmallDisk {
         SmallDisk { root }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Makes it read-only: every write fails with EROFS, even root's.
+    pub(crate) fn make_read_only(&self) {
+        let remounted = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.root.path())
+            .status()
+            .unwrap();
+        assert!(remounted.success(), "remounting the tmpfs read-only failed");
     }
 }
 
@@ -49,7 +59,7 @@ impl Drop for SmallDisk {
 }
 
 /// Fills the filesystem of `path` with a file until it is full; returns the file.
-fn fill(dir: &Path) -> PathBuf {
+pub(crate) fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;
     let ballast = dir.join("ballast");
     let mut file = std::fs::File::create(&ballast).unwrap();

@@ -14,6 +14,7 @@ mod console;
 mod crash;
 mod exact;
 mod faults;
+mod host_faults;
 mod hotswap;
 mod http;
 mod image;

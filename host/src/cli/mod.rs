@@ -153,7 +153,10 @@ pub fn main() -> ExitCode {
         Err(error) if error.is::<client::StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.is::<crate::runtime::ComponentRefused>() {
+                true => ExitCode::from(crate::runtime::ComponentRefused::EXIT_CODE),
+                false => ExitCode::FAILURE,
+            }
         }
     }
 }

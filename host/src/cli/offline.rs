@@ -2,6 +2,7 @@
 //! (and not while one runs on it: the journal file is opened exclusively).
 
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -13,11 +14,14 @@ use std::task::Poll;
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use uuid::Uuid;
 
 use super::client::print_line;
 use super::import_check::ImportCheck;
 use crate::durable;
-use crate::journal::{ExpectedVersion, Journal, JournalConfig, JournalError, NewEvent};
+use crate::journal::{
+    ExpectedVersion, ImportSequence, Journal, JournalConfig, JournalError, NewEvent,
+};
 use crate::runtime::{
     AggregateInstance, Limits, Plugin, PluginEngine, PluginKind, ProjectionInstance, REPLAY_LIMIT,
     Upcaster, UpcasterChain, diff_versions, stream_name,
@@ -341,6 +345,12 @@ type PendingAppend = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Sen
 /// are stored already in their stream are skipped, so importing a file again (or after an
 /// import stopped half way) writes only what is missing; an id stored in another stream stops
 /// the import with an error.
+///
+/// The import stops at the first line it cannot store, whether refused before it is queued
+/// (unreadable, too large, an id in use, an event the aggregates cannot fold) or by the
+/// journal's writer: the error names that line and says how many events, of the lines before
+/// it, are stored. Nothing of the lines after it is: the appends are queued as one
+/// [`ImportSequence`], which the journal stops at its first failure.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     durable::create_dir_all(&args.data.data)
         .with_context(|| format!("creating {}", args.data.data.display()))?;
@@ -352,10 +362,12 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let mut check = args.plugins.as_deref().map(ImportCheck::load).transpose()?;
     let mut importer = Importer {
         journal: journal.clone(),
+        sequence: ImportSequence::new(),
         batch: None,
         in_flight: VecDeque::new(),
-        events: 0,
+        stored: 0,
     };
+    let failed = |failed: Failed| failed.report(&args.file);
     let mut line = String::new();
     for number in 1.. {
         line.clear();
@@ -371,43 +383,43 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             .map_err(|error| error.to_string())
             .and_then(|event| {
                 let new = event.to_new_event()?;
+                journal
+                    .check_append(&event.stream, std::slice::from_ref(&new))
+                    .map_err(|error| error.to_string())?;
                 Ok((event.stream, event.recorded_at, new))
             });
-        let (stream, recorded_at, event) = parsed
-            .map_err(|error| anyhow::anyhow!("{} line {number}: {error}", args.file.display()))?;
+        let (stream, recorded_at, event) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => return Err(importer.refuse(&args.file, number, error).await),
+        };
         // Already imported (a repeated or resumed import): skipped by its id. An id stored in
         // another stream belongs to another event: refused, not silently left out.
         if let Some(stored) = journal.event_by_id(event.id)? {
             if *stored.stream == *stream {
                 continue;
             }
-            let imported = importer.finish().await?;
-            bail!(
-                "{} line {number}: event id {} is already used by the event at position {} in \
-                 stream {:?}; the {imported} events before it are imported",
-                args.file.display(),
-                event.id,
-                stored.position,
-                &*stored.stream
+            let reason = format!(
+                "event id {} is already used by the event at position {} in stream {:?}",
+                event.id, stored.position, &*stored.stream
             );
+            return Err(importer.refuse(&args.file, number, reason).await);
         }
         if let Some(check) = check.as_mut().filter(|check| check.owns(&stream)) {
             if !check.has_state(&stream) {
                 // Its state is rebuilt from the journal: store what came before first.
-                importer.settle().await?;
+                importer.settle().await.map_err(failed)?;
             }
             if let Err(error) = check.check(&journal, &stream, &event) {
-                let imported = importer.finish().await?;
-                bail!(
-                    "{} line {number}: {error:#}; the {imported} events before it are imported \
-                     (importing again skips them)",
-                    args.file.display()
-                );
+                let reason = format!("{error:#}");
+                return Err(importer.refuse(&args.file, number, reason).await);
             }
         }
-        importer.add(stream, recorded_at, event).await?;
+        importer
+            .add(stream, recorded_at, event, number)
+            .await
+            .map_err(failed)?;
     }
-    let events = importer.finish().await?;
+    let events = importer.finish().await.map_err(failed)?;
     bar.finish_and_clear();
     eprintln!("imported {events} events into {}", args.data.data.display());
     Ok(())
@@ -415,10 +427,78 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
 struct Importer {
     journal: Journal,
-    /// Consecutive events of one stream recorded at one time (as one append wrote them).
-    batch: Option<(String, u64, Vec<NewEvent>)>,
-    in_flight: VecDeque<PendingAppend>,
-    events: u64,
+    /// Every append of the import, so that none after a failed one is stored.
+    sequence: ImportSequence,
+    batch: Option<Batch>,
+    /// Queued appends, oldest first, not known to be stored yet.
+    in_flight: VecDeque<Queued>,
+    /// Events stored so far.
+    stored: u64,
+}
+
+/// Consecutive events of one stream recorded at one time (as one append wrote them), and the
+/// lines they were read from.
+struct Batch {
+    stream: String,
+    recorded_at: u64,
+    events: Vec<NewEvent>,
+    lines: Vec<usize>,
+}
+
+/// A queued append, with the id and line of each of its events.
+struct Queued {
+    events: Vec<(Uuid, usize)>,
+    append: PendingAppend,
+}
+
+/// The first append of an import that was not stored.
+struct Failed {
+    /// The line of the event the error is about (the append's first, unless it names another).
+    line: usize,
+    /// The line of the append's first event: nothing from there on is stored.
+    first_line: usize,
+    error: JournalError,
+    /// Events stored before it.
+    stored: u64,
+}
+
+impl Failed {
+    fn new(events: &[(Uuid, usize)], error: JournalError, stored: u64) -> Self {
+        let first_line = events.first().map_or(0, |&(_, line)| line);
+        // Of an id used twice in the append, its second use.
+        let line = match &error {
+            JournalError::DuplicateEventId { id, .. } => events
+                .iter()
+                .rfind(|(event, _)| event == id)
+                .map_or(first_line, |&(_, line)| line),
+            _ => first_line,
+        };
+        Self {
+            line,
+            first_line,
+            error,
+            stored,
+        }
+    }
+
+    fn report(self, file: &Path) -> anyhow::Error {
+        let Self {
+            line,
+            first_line,
+            error,
+            stored,
+        } = self;
+        let before = if first_line == line {
+            "it".to_owned()
+        } else {
+            format!("line {first_line} (lines {first_line} to {line} were one append)")
+        };
+        anyhow::anyhow!(
+            "{} line {line}: {error}; the {stored} events before {before} are imported \
+             (importing again skips them)",
+            file.display()
+        )
+    }
 }
 
 impl Importer {
@@ -427,16 +507,25 @@ impl Importer {
         stream: String,
         recorded_at: u64,
         event: NewEvent,
-    ) -> anyhow::Result<()> {
+        line: usize,
+    ) -> Result<(), Failed> {
         match &mut self.batch {
-            Some((current, at, events))
-                if *current == stream && *at == recorded_at && events.len() < IMPORT_BATCH =>
+            Some(batch)
+                if batch.stream == stream
+                    && batch.recorded_at == recorded_at
+                    && batch.events.len() < IMPORT_BATCH =>
             {
-                events.push(event)
+                batch.events.push(event);
+                batch.lines.push(line);
             }
             _ => {
                 self.flush().await?;
-                self.batch = Some((stream, recorded_at, vec![event]));
+                self.batch = Some(Batch {
+                    stream,
+                    recorded_at,
+                    events: vec![event],
+                    lines: vec![line],
+                });
             }
         }
         Ok(())
@@ -444,22 +533,31 @@ impl Importer {
 
     /// Queues the current batch. The journal takes an append into its queue on the
     /// future's first poll, so polling each once as it is made keeps the import's order.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        let Some((stream, recorded_at, events)) = self.batch.take() else {
+    async fn flush(&mut self) -> Result<(), Failed> {
+        let Some(Batch {
+            stream,
+            recorded_at,
+            events: batch,
+            lines,
+        }) = self.batch.take()
+        else {
             return Ok(());
         };
-        self.events += events.len() as u64;
-        let journal = self.journal.clone();
+        let events: Vec<(Uuid, usize)> = batch.iter().map(|event| event.id).zip(lines).collect();
+        let (journal, sequence) = (self.journal.clone(), self.sequence.clone());
         let mut append: PendingAppend = Box::pin(async move {
             journal
-                .import(&stream, ExpectedVersion::Any, events, recorded_at)
+                .import_in(&sequence, &stream, ExpectedVersion::Any, batch, recorded_at)
                 .await
         });
         match std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await {
-            Poll::Ready(done) => {
-                done?;
+            Poll::Ready(Ok(())) => self.stored += events.len() as u64,
+            Poll::Ready(Err(error)) => {
+                // An append queued before it may have failed too: that one comes first.
+                self.settle_queued().await?;
+                return Err(Failed::new(&events, error, self.stored));
             }
-            Poll::Pending => self.in_flight.push_back(append),
+            Poll::Pending => self.in_flight.push_back(Queued { events, append }),
         }
         while self.in_flight.len() >= IMPORT_WINDOW {
             self.settle_oldest().await?;
@@ -467,25 +565,47 @@ impl Importer {
         Ok(())
     }
 
-    async fn settle_oldest(&mut self) -> anyhow::Result<()> {
-        if let Some(append) = self.in_flight.pop_front() {
-            append.await?;
+    async fn settle_oldest(&mut self) -> Result<(), Failed> {
+        if let Some(Queued { events, append }) = self.in_flight.pop_front() {
+            match append.await {
+                Ok(()) => self.stored += events.len() as u64,
+                Err(error) => return Err(Failed::new(&events, error, self.stored)),
+            }
         }
         Ok(())
     }
 
-    /// Queues the current batch and waits until every append is stored.
-    async fn settle(&mut self) -> anyhow::Result<()> {
-        self.flush().await?;
+    /// Waits until every queued append is stored.
+    async fn settle_queued(&mut self) -> Result<(), Failed> {
         while !self.in_flight.is_empty() {
             self.settle_oldest().await?;
         }
         Ok(())
     }
 
-    /// Queues the last batch, waits for every append, and returns how many events it sent.
-    async fn finish(mut self) -> anyhow::Result<u64> {
+    /// Queues the current batch and waits until every append is stored.
+    async fn settle(&mut self) -> Result<(), Failed> {
+        self.flush().await?;
+        self.settle_queued().await
+    }
+
+    /// Queues the last batch, waits for every append, and returns how many events it stored.
+    async fn finish(mut self) -> Result<u64, Failed> {
         self.settle().await?;
-        Ok(self.events)
+        Ok(self.stored)
+    }
+
+    /// Stops the import at `line` of `file`, refused for `reason` before it was queued, once
+    /// the appends before it are stored: the error says how many events are, or reports the
+    /// earlier failure of one of them instead.
+    async fn refuse(self, file: &Path, line: usize, reason: impl Display) -> anyhow::Error {
+        match self.finish().await {
+            Ok(stored) => anyhow::anyhow!(
+                "{} line {line}: {reason}; the {stored} events before it are imported \
+                 (importing again skips them)",
+                file.display()
+            ),
+            Err(failed) => failed.report(file),
+        }
     }
 }

@@ -144,6 +144,10 @@ pub enum JournalError {
     /// The operation is not available on this journal (e.g. a file backup of PostgreSQL).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// An append of an [`ImportSequence`](super::ImportSequence) queued after one of it that
+    /// failed: it was not applied.
+    #[error("not applied: an append queued before it in its import failed")]
+    SequenceStopped,
     /// The journal stopped writing after a storage fault (an I/O error such as a full disk):
     /// nothing was written. The host must be restarted once the fault is fixed.
     #[error("the journal stopped writing after a storage fault ({0}): restart the host")]

@@ -15,6 +15,7 @@ mod pages;
 mod postgres;
 mod redb;
 mod rules;
+mod sequence;
 mod types;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use lifecycle::{ScavengeReport, StreamMetadata, StreamWindow};
 use op::Op;
 pub use pages::Pages;
 pub(crate) use pages::read_ahead;
+pub use sequence::ImportSequence;
 pub use types::*;
 
 /// Counters since the journal was opened.
@@ -376,6 +378,39 @@ impl Journal {
             recorded_at: Some(recorded_at),
         })
         .await
+    }
+
+    /// [`import`](Self::import) as the next append of `sequence`: applied only if no append
+    /// queued into `sequence` before it failed, so an import may keep many appends queued and
+    /// still stop exactly at its first failure (see [`ImportSequence`]). redb only.
+    pub async fn import_in(
+        &self,
+        sequence: &ImportSequence,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        recorded_at: u64,
+    ) -> Result<(), JournalError> {
+        let place = sequence.take_place();
+        let written = match (&*self.backend, self.config.check_append(stream, &events)) {
+            (_, Err(refused)) => Err(refused),
+            (Backend::Redb(redb), Ok(())) => {
+                let op = Op::Append {
+                    stream: stream.to_owned(),
+                    expected,
+                    events,
+                    recorded_at: Some(recorded_at),
+                };
+                redb.write_in(op, (sequence.clone(), place)).await
+            }
+            (Backend::Postgres(_), Ok(())) => Err(JournalError::Unsupported(
+                "an import sequence needs the redb journal".to_owned(),
+            )),
+        };
+        if written.is_err() {
+            sequence.fail(place);
+        }
+        written
     }
 
     /// Queues a write that answers only success or failure.

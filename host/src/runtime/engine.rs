@@ -3,8 +3,9 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
+use super::host_fault::HostFault;
 use super::limits::{LimitPolicy, Limits};
 use super::sandbox::MemoryBudget;
 use crate::durable;
@@ -95,10 +97,16 @@ impl PluginEngine {
 
     /// Compiles `bytes`, or loads the precompiled artifact cached for the same
     /// content and engine. Returns the component and its content hash (hex SHA-256).
-    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, String)> {
+    ///
+    /// The cache only saves the next start a compilation: an artifact that cannot be read is
+    /// compiled again, and one that cannot be written (a full or read-only disk) is logged and
+    /// the component served as compiled.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, String), CompileError> {
         let hash = hex::encode(Sha256::digest(bytes));
         let Some(dir) = &self.cache_dir else {
-            return Ok((Component::from_binary(&self.engine, bytes)?, hash));
+            let component = Component::from_binary(&self.engine, bytes)
+                .map_err(|error| CompileError::Refused(format!("{error:#}")))?;
+            return Ok((component, hash));
         };
         let key = format!("{hash}-{:016x}", self.compatibility_hash());
         let artifact = dir.join(format!("{key}.cwasm"));
@@ -107,19 +115,33 @@ impl PluginEngine {
         }
         let compiled = match &self.compiler {
             Some(binary) => self.compile_in(binary, bytes)?,
-            None => self.engine.precompile_component(bytes)?,
+            None => self
+                .engine
+                .precompile_component(bytes)
+                .map_err(|error| CompileError::Refused(format!("{error:#}")))?,
         };
-        durable::write_atomically(&artifact, &seal(&key, &compiled))
-            .with_context(|| format!("caching compiled component at {}", artifact.display()))?;
         // SAFETY: `compiled` is what `precompile_component` produced for this engine's
         // configuration, here or in a child running this same binary; wasmtime re-checks the
         // header.
-        let component = unsafe { Component::deserialize(&self.engine, &compiled) }?;
+        let component =
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|error| {
+                CompileError::Host(HostFault::new(
+                    format!("could not load the code the compiler produced: {error:#}"),
+                    false,
+                ))
+            })?;
+        if let Err(error) = durable::write_atomically(&artifact, &seal(&key, &compiled)) {
+            tracing::warn!(
+                "could not write the compiled plugin cache at {}: {error}; the plugin is served \
+                 as compiled, and the next start compiles it again",
+                artifact.display()
+            );
+        }
         Ok((component, hash))
     }
 
     /// Runs `binary compile-component` on `bytes` and returns the compiled component.
-    fn compile_in(&self, binary: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    fn compile_in(&self, binary: &Path, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
         let mut command = Command::new(binary);
         command.arg(COMPILE_COMMAND);
         if self.meters_fuel() {
@@ -131,18 +153,21 @@ impl PluginEngine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting the compiler {}", binary.display()))?;
+            .map_err(|error| {
+                let what = format!("could not start the compiler {}", binary.display());
+                CompileError::Host(HostFault::io(what, &error))
+            })?;
         // A child that failed early closed its stdin: its stderr says why.
         let _ = child.stdin.take().expect("piped").write_all(bytes);
-        let output = child
-            .wait_with_output()
-            .context("waiting for the compiler")?;
-        if !output.status.success() {
-            let message = String::from_utf8_lossy(&output.stderr);
-            let message = message.trim().trim_start_matches("error: ");
-            anyhow::bail!("{message} (compiler {})", output.status);
+        let output = child.wait_with_output().map_err(|error| {
+            CompileError::Host(HostFault::io("could not wait for the compiler", &error))
+        })?;
+        if output.status.success() {
+            return Ok(output.stdout);
         }
-        Ok(output.stdout)
+        let message = String::from_utf8_lossy(&output.stderr);
+        let message = message.trim().trim_start_matches("error: ");
+        Err(CompileError::of_child(output.status, message))
     }
 
     /// The component cached under `key` at `artifact`, unless it is missing, torn or foreign.
@@ -151,7 +176,10 @@ impl PluginEngine {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
             Err(error) => {
-                tracing::warn!(%error, path = %artifact.display(), "cannot read cached component");
+                tracing::warn!(
+                    "could not read the compiled plugin cache at {}: {error}; compiling again",
+                    artifact.display()
+                );
                 return None;
             }
         };
@@ -183,6 +211,56 @@ impl PluginEngine {
 /// The hidden subcommand of `foldhost` that runs [`compile_child`].
 pub const COMPILE_COMMAND: &str = "compile-component";
 
+/// Why [`PluginEngine::compile`] failed: the component's fault, or the host's.
+#[derive(Debug)]
+pub enum CompileError {
+    /// The component is not one wasmtime compiles (invalid, or beyond the compiler's limits).
+    Refused(String),
+    /// The host failed compiling it.
+    Host(HostFault),
+}
+
+impl CompileError {
+    /// How a [`compile_child`] that ended with `status` after saying `message` failed: it
+    /// exits with [`ComponentRefused::EXIT_CODE`] only when the component is at fault.
+    fn of_child(status: ExitStatus, message: &str) -> Self {
+        if status.code() == Some(ComponentRefused::EXIT_CODE.into()) {
+            return Self::Refused(format!("{message} (compiler {status})"));
+        }
+        // SIGKILL is how the kernel's out-of-memory killer ends a process, and Rust aborts on
+        // a failed allocation with this message: memory may be found on a retry.
+        let out_of_memory =
+            status.signal() == Some(libc::SIGKILL) || message.starts_with("memory allocation of");
+        let message = match message {
+            "" => format!("the compiler failed ({status})"),
+            said => format!("the compiler failed ({status}): {said}"),
+        };
+        Self::Host(HostFault::new(message, out_of_memory))
+    }
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(message) => f.write_str(message),
+            Self::Host(fault) => fault.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// [`compile_child`]'s error when the component itself does not compile, as opposed to a
+/// failure of its own (reading, writing): the parent tells them apart by its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ComponentRefused(String);
+
+impl ComponentRefused {
+    /// The child's exit code for it (sysexits' EX_DATAERR).
+    pub const EXIT_CODE: u8 = 65;
+}
+
 /// The child side of [`PluginEngine::compile_in_child`]: compiles the component on stdin for
 /// an engine that meters fuel or not, and writes the compiled component to stdout.
 pub fn compile_child(meters_fuel: bool) -> Result<()> {
@@ -190,7 +268,9 @@ pub fn compile_child(meters_fuel: bool) -> Result<()> {
     std::io::stdin()
         .read_to_end(&mut bytes)
         .context("reading the component")?;
-    let compiled = Engine::new(&config(meters_fuel))?.precompile_component(&bytes)?;
+    let compiled = Engine::new(&config(meters_fuel))?
+        .precompile_component(&bytes)
+        .map_err(|error| ComponentRefused(format!("{error:#}")))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&compiled)?;
     stdout.flush()?;
@@ -286,5 +366,40 @@ mod tests {
         assert_eq!(unseal("key", &sealed[..sealed.len() - 1]), None);
         assert_eq!(unseal("key", &sealed[..CHECKSUM_LEN - 1]), None);
         assert_eq!(unseal("key", b""), None);
+    }
+
+    #[test]
+    fn only_a_child_that_refuses_the_component_blames_it() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let refused = CompileError::of_child(exited(65), "unknown binary version");
+        assert!(
+            matches!(&refused, CompileError::Refused(message)
+                if message == "unknown binary version (compiler exit status: 65)"),
+            "{refused:?}"
+        );
+        let host = |status, message| match CompileError::of_child(status, message) {
+            CompileError::Host(fault) => fault,
+            refused => panic!("{message}: {refused:?}"),
+        };
+        let killed = host(ExitStatus::from_raw(libc::SIGKILL), "");
+        assert_eq!(
+            killed,
+            HostFault::new("the compiler failed (signal: 9 (SIGKILL))", true)
+        );
+        let starved = host(
+            ExitStatus::from_raw(libc::SIGABRT),
+            "memory allocation of 1048576 bytes failed",
+        );
+        assert!(starved.transient, "{starved:?}");
+        let panicked = host(exited(101), "thread 'main' panicked at cranelift");
+        assert!(!panicked.transient, "{panicked:?}");
+        assert!(
+            panicked
+                .message
+                .ends_with("(exit status: 101): thread 'main' panicked at cranelift"),
+            "{panicked:?}"
+        );
+        let unread = host(exited(1), "reading the component: Input/output error");
+        assert!(!unread.transient, "{unread:?}");
     }
 }

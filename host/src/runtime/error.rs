@@ -1,5 +1,6 @@
 //! What can go wrong when loading or running a plugin.
 
+use super::host_fault::HostFault;
 use crate::journal::{JournalError, RecordedEvent};
 
 /// Errors from the plugin runtime. Each names the plugin involved. Cloneable so one failed
@@ -27,6 +28,15 @@ pub enum RuntimeError {
         origin: String,
         /// Why it is invalid.
         message: String,
+    },
+    /// The host failed loading a plugin for a reason of its own (the compiler could not start
+    /// or died, memory ran out): not the plugin's fault. Nothing loaded was disturbed.
+    #[error("the host failed loading plugin {origin} (not a fault of the plugin): {fault}")]
+    HostFault {
+        /// The file or upload.
+        origin: String,
+        /// What failed, and whether it may pass by itself.
+        fault: HostFault,
     },
     /// The aggregate refused the command; nothing was stored.
     #[error("{plugin} rejected the command: {reason}")]

@@ -14,6 +14,7 @@ mod diff;
 mod engine;
 mod error;
 mod footprint;
+mod host_fault;
 mod limits;
 mod pipeline;
 mod plugin;
@@ -29,8 +30,9 @@ pub use commands::{
     DEFAULT_PASSIVATE_AFTER, HISTORY_SLOTS, stream_name,
 };
 pub use diff::{DiffReport, StateDiff, diff_versions};
-pub use engine::{COMPILE_COMMAND, PluginEngine, compile_child};
+pub use engine::{COMPILE_COMMAND, CompileError, ComponentRefused, PluginEngine, compile_child};
 pub use error::RuntimeError;
+pub use host_fault::HostFault;
 pub use limits::{
     DEFAULT_MEMORY_BUDGET, LimitPolicy, Limits, PluginLimits, parse_duration, parse_size, show_size,
 };

@@ -13,7 +13,7 @@ use super::bindings::aggregate::{AggregatePlugin, AggregatePluginIndices};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginIndices};
 use super::bindings::upcaster::{UpcasterPlugin, UpcasterPluginPre};
 use super::bindings::{AggregateExports, Exports, PluginData, ProjectionExports, packed, types};
-use super::engine::PluginEngine;
+use super::engine::{CompileError, PluginEngine};
 use super::error::RuntimeError;
 use super::footprint::Footprint;
 use super::limits::Limits;
@@ -232,9 +232,15 @@ impl Plugin {
             World::Projection => PluginKind::Projection,
             World::Upcaster => PluginKind::Upcaster,
         };
-        let (component, hash) = engine
-            .compile(&bytes)
-            .map_err(|e| invalid(format!("not a valid WebAssembly component: {e:#}")))?;
+        let (component, hash) = engine.compile(&bytes).map_err(|error| match error {
+            CompileError::Refused(message) => {
+                invalid(format!("not a valid WebAssembly component: {message}"))
+            }
+            CompileError::Host(fault) => RuntimeError::HostFault {
+                origin: origin.to_owned(),
+                fault,
+            },
+        })?;
         let pre = match kind {
             PluginKind::Aggregate => Pre::Aggregate(
                 link(

@@ -23,6 +23,7 @@ use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::watch;
 
+use super::error::RuntimeError;
 use super::registry::Runtime;
 
 /// How long the directory must be quiet before a change is loaded.
@@ -223,6 +224,14 @@ async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> bool {
         Ok(info) => {
             tracing::info!(file = %origin, plugin = %info.name, hash = %info.hash, "plugin file loaded");
             true
+        }
+        Err(error @ RuntimeError::HostFault { .. }) => {
+            tracing::error!(
+                file = %origin,
+                %error,
+                "plugin file not loaded; it loads when the file changes or the host restarts"
+            );
+            false
         }
         Err(error) => {
             tracing::error!(file = %origin, %error, "plugin file refused");

@@ -116,6 +116,7 @@ impl From<JournalError> for ApiError {
             | JournalError::AppendTooLarge { .. }
             | JournalError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             JournalError::StreamDeleted(_) => StatusCode::GONE,
+            JournalError::SequenceStopped => StatusCode::CONFLICT,
             JournalError::StreamNotFound(_) => StatusCode::NOT_FOUND,
             JournalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             JournalError::Overloaded => {

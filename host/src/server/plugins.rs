@@ -77,6 +77,8 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<Listed>> {
         (status = 200, description = "Loaded; a projection catches up in the background", body = PluginInfo),
         (status = 400, description = "Not a valid plugin, or named otherwise", body = ApiError),
         (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError),
+        (status = 500, description = "The host failed loading it, not the plugin (the message names why); whatever was loaded keeps serving", body = ApiError),
+        (status = 503, description = "The host failed loading it for a reason that may pass (memory ran out, the compiler was killed): try again after `Retry-After`", body = ApiError),
     ))]
 pub async fn put(
     State(state): State<AppState>,

@@ -34,8 +34,9 @@ use tokio::sync::watch;
 
 use super::lifecycle::{Lifecycle, Visibility};
 use super::{
-    AppendResult, BackupReport, ContentType, ExpectedVersion, JournalConfig, JournalError,
-    JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent, ScavengeReport, rules,
+    AppendResult, BackupReport, ContentType, ExpectedVersion, ImportSequence, JournalConfig,
+    JournalError, JournalStats, NewEvent, Op, ParkedEvent, ReadLimit, RecordedEvent,
+    ScavengeReport, rules,
 };
 use request::{Outcome, Request};
 use writer::{Shared, Writer};
@@ -260,6 +261,18 @@ impl RedbJournal {
     /// Queues a write that answers nothing but success or failure, and waits for it.
     pub(super) async fn write(&self, op: Op) -> Result<(), JournalError> {
         let outcome = self.queue(Request::done(op), Caller::Task)?;
+        outcome.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// [`write`](Self::write) as the write at `place` of an import sequence (see
+    /// `Request::apply`).
+    pub(super) async fn write_in(
+        &self,
+        op: Op,
+        place: (ImportSequence, u64),
+    ) -> Result<(), JournalError> {
+        let (request, outcome) = Request::done(op);
+        let outcome = self.queue((request.in_sequence(place), outcome), Caller::Task)?;
         outcome.await.map_err(|_| JournalError::Closed)?
     }
 

@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 use tokio::task;
 
 use super::batch::{Appended, Batch};
-use super::{AppendResult, ExpectedVersion, JournalError, NewEvent, Op};
+use super::{AppendResult, ExpectedVersion, ImportSequence, JournalError, NewEvent, Op};
 
 /// A write, with the channel its outcome goes to.
 pub(super) struct Request {
@@ -16,6 +16,8 @@ pub(super) struct Request {
     pub(super) task: Option<task::Id>,
     /// The multi-threaded runtime of the task awaiting it, if one does (see [`awaited`](Self::awaited)).
     pub(super) runtime: Option<Handle>,
+    /// The import sequence it belongs to and its place there, if it is one's append.
+    sequence: Option<(ImportSequence, u64)>,
 }
 
 enum Reply {
@@ -54,7 +56,14 @@ impl Request {
             reply,
             task: task::try_id(),
             runtime: None,
+            sequence: None,
         }
+    }
+
+    /// Makes this request the append at `place` of `sequence`.
+    pub(super) fn in_sequence(mut self, (sequence, place): (ImportSequence, u64)) -> Self {
+        self.sequence = Some((sequence, place));
+        self
     }
 
     /// Marks this request as awaited by its task: if that runs on a multi-threaded runtime,
@@ -67,11 +76,26 @@ impl Request {
         self
     }
 
-    /// Applies this request to the batch's transaction.
+    /// Applies this request to the batch's transaction; an append of an import sequence only
+    /// if none queued before it failed, and its own failure stops the sequence.
     pub(super) fn apply<'r>(
         &'r self,
         batch: &mut Batch<'_, 'r>,
     ) -> Result<Option<Appended>, JournalError> {
+        let Some((sequence, place)) = &self.sequence else {
+            return self.apply_op(batch);
+        };
+        if sequence.failed_before(*place) {
+            return Err(JournalError::SequenceStopped);
+        }
+        let outcome = self.apply_op(batch);
+        if outcome.is_err() {
+            sequence.fail(*place);
+        }
+        outcome
+    }
+
+    fn apply_op<'r>(&'r self, batch: &mut Batch<'_, 'r>) -> Result<Option<Appended>, JournalError> {
         match &self.op {
             Op::Append {
                 stream,
