@@ -171,6 +171,17 @@ impl From<RuntimeError> for ApiError {
                     .with("version", version)
                     .with("reason", reason.clone());
             }
+            // The host failed loading a plugin, through no fault of the plugin: never a 4xx,
+            // which would send its author hunting a bug that is not theirs. As KurrentDB
+            // (EventStoreDB) answers 503 while it cannot serve for now, and Akka HTTP 503 for a
+            // resource that is temporarily unavailable, a fault that may pass by itself (memory,
+            // disk, processes ran out; the compiler killed, as the out-of-memory killer does) is
+            // 503 with Retry-After, a compilation's worth of seconds; one that needs an operator
+            // (a crashed compiler, a missing binary) is 500, as both answer an internal failure.
+            RuntimeError::HostFault { ref fault, .. } if fault.transient => {
+                return Self::busy(&error, 5);
+            }
+            RuntimeError::HostFault { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             // The other instances hold the host's plugin memory: like a full write queue, a
             // refusal of this request only, to retry (KurrentDB answers overload with 503).
             RuntimeError::MemoryBudget { .. } => return Self::busy(&error, 1),
