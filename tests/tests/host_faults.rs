@@ -14,7 +14,7 @@ use crate::serve;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use foldhost::runtime::{Limits, Plugin, PluginEngine};
+use foldhost::runtime::{LimitPolicy, Limits, Plugin, PluginEngine, RuntimeError};
 use foldhost_tests::simulated_fs::{SimulatedFs, Tree};
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -85,6 +85,44 @@ fn a_cache_disk_that_fails_every_read_and_write_does_not_fail_a_load() {
     // The cached artifact can no longer be read, nor a new one written.
     fs.cut();
     load_and_run(&engine, "a failing cache disk");
+}
+
+/// A load instantiates the plugin to check it: when the other instances hold the host's plugin
+/// memory budget, that is the host's transient refusal (503), not an invalid plugin, and the
+/// same load passes once they give memory back.
+#[test]
+fn a_load_that_meets_a_held_memory_budget_is_refused_for_now_not_as_invalid() {
+    let policy = LimitPolicy {
+        memory_budget: 64 << 20,
+        ..LimitPolicy::default()
+    };
+    let engine = PluginEngine::with_policy(policy, None).unwrap();
+    let bytes = artifact(foldhost_plugins::BANK_ACCOUNT);
+    let loaded = Plugin::load(&engine, &bytes, "bank-account.wasm").unwrap();
+    // Live instances, as many as the budget holds: one more of the same plugin cannot start.
+    let mut held = Vec::new();
+    loop {
+        match loaded.instantiate_aggregate() {
+            Ok(instance) => held.push(instance),
+            Err(RuntimeError::MemoryBudget { .. }) => break,
+            Err(other) => panic!("{other}"),
+        }
+        assert!(held.len() < 1000, "the budget holds no end of instances");
+    }
+
+    let error = Plugin::load(&engine, &bytes, "bank-account.wasm").unwrap_err();
+    assert!(
+        matches!(error, RuntimeError::MemoryBudget { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("the host's plugin memory budget of 64.0 MiB is exhausted"),
+        "{error}"
+    );
+    drop(held);
+    Plugin::load(&engine, &bytes, "bank-account.wasm").unwrap();
 }
 
 /// A server whose data directory's `cache/` is a full disk loads its plugins directory, and

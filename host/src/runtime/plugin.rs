@@ -221,6 +221,12 @@ impl Plugin {
             origin: origin.to_owned(),
             message,
         };
+        // A trial instance that finds the host's plugin memory budget held by the others is
+        // refused for now (and may load on a retry), not as invalid.
+        let failed = |error: RuntimeError| match error {
+            RuntimeError::MemoryBudget { .. } => error,
+            other => invalid(other.to_string()),
+        };
         let bytes = componentize::to_component(bytes).map_err(|e| invalid(format!("{e:#}")))?;
         // Refused before compiling (a Python component takes seconds to compile):
         // first what it declares beyond the sandbox, then what it imports and exports.
@@ -301,8 +307,7 @@ impl Plugin {
         };
         // Trial-instantiate: a changed signature at the same contract version
         // passes pre-instantiation and only fails here.
-        let (description, subscription) =
-            plugin.introspect().map_err(|e| invalid(e.to_string()))?;
+        let (description, subscription) = plugin.introspect().map_err(failed)?;
         if description.kind != kind {
             return Err(invalid(format!(
                 "describe() says {:?} but the component implements the {kind:?} world",
@@ -321,7 +326,7 @@ impl Plugin {
             PluginKind::Projection => plugin.instantiate_projection().map(drop),
             PluginKind::Upcaster => plugin.instantiate_upcaster().map(drop),
         }
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(failed)?;
         Ok(Arc::new(plugin))
     }
 
