@@ -865,3 +865,53 @@ async fn streams_are_listed_most_recently_written_first() {
     let (status, body) = get(&client, &server, "/streams?limit=many").await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_sites_cannot_reach_the_server_through_a_browser() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, Some(&dirs.plugins));
+    command.args(["--allowed-host", "events.example"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    let append = |origin: Option<&str>, host: Option<&str>| {
+        let mut request = client
+            .post(server.url("/streams/csrf/events"))
+            // What a `no-cors` fetch or a form of another site may send.
+            .header("content-type", "text/plain")
+            .body(r#"{"expected_version": "any", "events": [{"type": "Touched", "data": null}]}"#);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        async move { json(request.send().await.unwrap()).await }
+    };
+    let (status, body) = append(Some("http://evil.example"), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_of(&body).contains("another origin"), "{body}");
+    // DNS rebinding: the other site's own name resolved to this loopback server.
+    let rebound = client
+        .get(server.url("/events"))
+        .header("host", "rebind.evil.example")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(rebound).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_of(&body).contains("--allowed-host"), "{body}");
+    let (status, stream) = get(&client, &server, "/streams/csrf/events").await;
+    assert_eq!(status, 404, "nothing appended: {stream}");
+
+    // The console's own pages, an allowed proxy's name and clients that are not browsers are
+    // served.
+    let own = server.url("");
+    for (origin, host) in [
+        (Some(own.as_str()), None),
+        (Some("https://events.example"), Some("events.example")),
+        (None, None),
+    ] {
+        let (status, body) = append(origin, host).await;
+        assert_eq!(status, 200, "{origin:?} {host:?}: {body}");
+    }
+}

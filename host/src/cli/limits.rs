@@ -58,6 +58,18 @@ pub struct ClientLimitArgs {
     /// and Retry-After.
     #[arg(long, env = "FOLDHOST_MAX_QUEUED_WRITES", default_value_t = ClientLimits::default().max_queued_writes)]
     max_queued_writes: usize,
+    /// A host name requests may be addressed to and browser pages may come from, besides the
+    /// server's own address: a reverse proxy's public name (repeat it or separate names with
+    /// commas). Requests from pages of other origins are refused with 403, and a server
+    /// listening on a loopback address answers only requests for localhost and these names
+    /// (against DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "FOLDHOST_ALLOWED_HOSTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
 }
 
 impl ClientLimitArgs {
@@ -72,6 +84,7 @@ impl ClientLimitArgs {
             body_budget: self.body_budget.0,
             body_budget_per_client: self.body_budget_per_client,
             max_queued_writes: self.max_queued_writes,
+            allowed_hosts: self.allowed_hosts.clone(),
         }
     }
 }

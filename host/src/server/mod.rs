@@ -42,6 +42,7 @@ mod live;
 mod live_feeds;
 pub mod metrics;
 pub mod openapi;
+mod origins;
 mod plugins;
 mod projections;
 mod shares;
@@ -105,6 +106,8 @@ pub(crate) struct AppState {
     limits: ClientLimits,
     /// The bounds of request bodies, with the budget they share and each client's share of it.
     bodies: bodies::BodyBounds,
+    /// Which web pages may reach the server through a browser.
+    origins: origins::Origins,
     /// How far the plugins directory has loaded at start (see [`after_startup_load`]).
     plugins_loaded: watch::Receiver<StartupLoad>,
     /// When the server started (`GET /stats` shows the uptime).
@@ -164,6 +167,10 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.bodies.clone(),
             bodies::bound,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.origins.clone(),
+            origins::guard,
         ))
         .layer(axum::middleware::from_fn(unread::close_if_unread))
         .layer(CatchPanicLayer::custom(|_| {
@@ -351,7 +358,8 @@ pub struct ServerConfig {
     pub passivate_after: Option<Duration>,
 }
 
-/// Bounds on what clients (authenticated or not) may make the server hold.
+/// Bounds on what clients (authenticated or not) may make the server hold, and which web pages
+/// may reach it.
 #[derive(Debug, Clone)]
 pub struct ClientLimits {
     /// Most `GET /events/live` feeds open at once; past it a feed is refused with 503.
@@ -383,6 +391,9 @@ pub struct ClientLimits {
     /// Most writes queued for the journal; past it appends and commands get 503 with
     /// `Retry-After`.
     pub max_queued_writes: usize,
+    /// Host names, besides the server's own address, that requests may be addressed to and
+    /// browsers' pages may come from (see [`origins`]): a reverse proxy's public name.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ClientLimits {
@@ -418,6 +429,7 @@ impl Default for ClientLimits {
             body_budget: 256 << 20,
             body_budget_per_client: None,
             max_queued_writes: JournalConfig::default().max_queued_writes,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -530,6 +542,7 @@ impl Server {
                 config.limits.body_min_rate,
                 body_budget::BodyBudget::new(config.limits.body_budget, config.limits.body_share()),
             ),
+            origins: origins::Origins::new(addr.ip(), &config.limits.allowed_hosts),
             plugins_loaded: loaded,
             started: std::time::Instant::now(),
         });
