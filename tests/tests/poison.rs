@@ -536,6 +536,42 @@ async fn plugins_whose_names_overlap_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_listed_a_page_at_a_time() {
+    let dirs = without_bank_account(&[]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    for n in 1..=5 {
+        let poison = json!([{"type": "Deposited", "data": {"amount": "lots"}}]);
+        let (status, body) = api.append(&format!("bank-account-{n}"), poison).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let info = api.wait_live("bank-analytics", 5).await;
+    assert_eq!(info["parked"], 5, "{info}");
+    let page = |query: &'static str| {
+        let api = &api;
+        async move {
+            let (status, page) = api
+                .get(&format!("/plugins/bank-analytics/parked{query}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let positions: Vec<u64> = page
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|parked| parked["position"].as_u64().unwrap())
+                .collect();
+            positions
+        }
+    };
+    assert_eq!(page("?limit=2").await, [1, 2]);
+    assert_eq!(page("?after=2&limit=2").await, [3, 4]);
+    assert_eq!(page("?after=4").await, [5]);
+    assert_eq!(page("?after=5").await, [] as [u64; 0]);
+    assert_eq!(page("").await, [1, 2, 3, 4, 5]);
+    let (status, body) = api.get("/plugins/bank-analytics/parked?limit=lots").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_already_in_the_log_is_parked_and_the_projection_stays_live() {
     let dirs = without_bank_account(&[]);
     let api = Api::new(Server::start(&dirs, Some(TOKEN)));

@@ -571,9 +571,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// The events projection `name` skipped, by position.
-    pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, RuntimeError> {
-        Ok(self.projection(name)?.parked())
+    /// Up to `limit` of the events projection `name` skipped, by position, from the first
+    /// after position `after`.
+    pub fn parked(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, RuntimeError> {
+        Ok(self.projection(name)?.parked(after, limit))
     }
 
     /// Folds the parked events of projection `name` again (say, after a fix elsewhere).

@@ -17,7 +17,7 @@
 //! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
 //! | POST | `/admin/scavenge` | remove hidden events, compact (admin token) |
 //! | GET | `/admin/backup` | a consistent copy of the redb journal, streamed (admin token) |
-//! | GET | `/plugins/{name}/parked` | events a projection could not fold |
+//! | GET | `/plugins/{name}/parked?after=&limit=` | events a projection could not fold |
 //! | POST | `/plugins/{name}/parked/replay`, `/restart`, `/reset` | projection recovery (admin) |
 //! | PUT | `/plugins/{name}/policy` | `park` or `stop` on an event it cannot fold (admin) |
 //! | GET | `/streams?prefix=&limit=&after=` | streams, most recently written first |

@@ -145,17 +145,37 @@ pub async fn delete(
     }))
 }
 
-/// `GET /plugins/{name}/parked`: the events a projection skipped because it could not fold
-/// them, by position, with the reason.
+/// Parked events one page lists unless `limit` says otherwise.
+const PARKED_PAGE: usize = 100;
+/// The most parked events one page lists.
+const MAX_PARKED_PAGE: usize = 1000;
+
+/// `?after=&limit=`: a page of parked events.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ParkedQuery {
+    /// The page starts after this position (the last one of the page before); 0 by default.
+    #[serde(default)]
+    after: u64,
+    /// Events on the page: 100 by default, at most 1,000.
+    limit: Option<usize>,
+}
+
+/// `GET /plugins/{name}/parked?after=&limit=`: the events a projection skipped because it
+/// could not fold them, by position, with the reason, a page at a time (a client may make a
+/// projection park any number of events).
 #[utoipa::path(get, path = "/plugins/{name}/parked", tag = "plugins",
-    params(("name" = String, Path)),
-    responses((status = 200, body = Vec<ParkedEvent>), (status = 404, body = ApiError)))]
+    params(("name" = String, Path), ParkedQuery),
+    responses((status = 200, body = Vec<ParkedEvent>), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn parked(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<ParkedQuery>,
 ) -> Result<Json<Vec<ParkedEvent>>, ApiError> {
     tracing::Span::current().record("plugin", name.as_str());
-    Ok(Json(state.runtime.parked(&name)?))
+    let limit = query.limit.unwrap_or(PARKED_PAGE).clamp(1, MAX_PARKED_PAGE);
+    Ok(Json(state.runtime.parked(&name, query.after, limit)?))
 }
 
 /// `POST /plugins/{name}/parked/replay`: folds the parked events again, at the head; those

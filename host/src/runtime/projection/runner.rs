@@ -113,10 +113,16 @@ impl ProjectionRunner {
         self.shared.replayed.load(Ordering::Relaxed)
     }
 
-    /// The events this run skips because it could not fold them, by position.
-    pub fn parked(&self) -> Vec<ParkedEvent> {
+    /// Up to `limit` of the events this run skips because it could not fold them, by
+    /// position, from the first after position `after`.
+    pub fn parked(&self, after: u64, limit: usize) -> Vec<ParkedEvent> {
         let parked = self.shared.parked.lock().expect("parked lock");
-        parked.values().cloned().collect()
+        let from = after.saturating_add(1);
+        parked
+            .range(from..)
+            .take(limit)
+            .map(|(_, event)| event.clone())
+            .collect()
     }
 
     /// How many events this run skips.
