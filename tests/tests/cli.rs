@@ -1048,3 +1048,41 @@ fn an_import_refused_by_the_journal_names_the_line_and_stores_none_after_it() {
     let expected: Vec<&Value> = ndjson[..4].iter().map(|event| &event["id"]).collect();
     assert_eq!(stored, expected);
 }
+
+/// The offline commands that only read leave a journal of an older storage format byte for
+/// byte as it was, so the older build still opens it: each refuses it, naming its format and
+/// what migrates it. Once `serve` has migrated it, they read it.
+#[test]
+fn read_only_commands_leave_an_older_storage_format_as_it_is() {
+    let dirs = Dirs::new();
+    std::fs::create_dir_all(&dirs.data).unwrap();
+    let journal = dirs.data.join("journal.redb");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/tests/fixtures");
+    std::fs::copy(fixtures.join("journal-format-6.redb"), &journal).unwrap();
+    let before = std::fs::read(&journal).unwrap();
+    let url = "http://127.0.0.1:9";
+    let data = dirs.data.display().to_string();
+    let backup = dirs.data.join("backup").display().to_string();
+    let analytics = wasm("bank-analytics");
+    for args in [
+        &["export", "--data", &data][..],
+        &["replay", "--plugin", &analytics, "--data", &data],
+        &["plugins", "diff", &analytics, &analytics, "--data", &data],
+        &["backup", "--to", &backup, "--data", &data],
+    ] {
+        let refused = fails(url, args);
+        assert!(
+            refused.contains("storage format 6, older than this build's 7")
+                && refused.contains("`foldhost serve` migrates it")
+                && !refused.contains("server running"),
+            "{args:?}: {refused}"
+        );
+        assert!(
+            std::fs::read(&journal).unwrap() == before,
+            "{args:?} changed the journal"
+        );
+    }
+    let server = Server::start_with(&dirs.data, None, None);
+    assert!(server.terminate().success());
+    assert!(!lines(&ok(url, &["export", "--data", &data])).is_empty());
+}

@@ -15,7 +15,7 @@ use reqwest::Method;
 use super::client::{Remote, print_pretty};
 use super::token::AdminToken;
 use crate::durable;
-use crate::journal::{BackupReport, Journal, JournalConfig};
+use crate::journal::{BackupReport, Journal};
 use crate::server::{BACKUP_POSITION, JOURNAL_FILE};
 
 /// The description written beside a backup's journal file.
@@ -69,11 +69,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 async fn offline(data: &Path, file: &Path) -> anyhow::Result<BackupReport> {
     let source = data.join(JOURNAL_FILE);
-    if !source.exists() {
-        bail!("no journal at {}", source.display());
-    }
-    let journal = tokio::task::block_in_place(|| Journal::open(&source, JournalConfig::default()))
-        .with_context(|| format!("opening {} (is a server running on it?)", source.display()))?;
+    let journal = tokio::task::block_in_place(|| super::offline::open_to_read(&source))?;
     let report = journal.backup(file).await?;
     tokio::task::spawn_blocking(move || drop(journal)).await?;
     Ok(report)

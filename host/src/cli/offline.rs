@@ -119,22 +119,37 @@ impl DataDir {
         PluginEngine::new(Limits::default(), Some(self.data.join(COMPILE_CACHE)))
     }
 
-    /// Opens the journal of an existing data directory.
+    /// Opens the journal of an existing data directory to read it (see [`open_to_read`]).
     fn open_existing(&self) -> anyhow::Result<Journal> {
-        let path = self.data.join(JOURNAL_FILE);
-        if !path.exists() {
-            bail!("no journal at {}", path.display());
-        }
-        open(&path)
+        open_to_read(&self.data.join(JOURNAL_FILE))
     }
 }
 
+/// Opens (or creates) the journal file at `path` to write to it, migrating an older format.
 fn open(path: &Path) -> anyhow::Result<Journal> {
-    Journal::open(path, JournalConfig::default()).with_context(|| {
-        format!(
-            "opening the journal {} (is a server running on it?)",
-            path.display()
-        )
+    opened(path, Journal::open(path, JournalConfig::default()))
+}
+
+/// Opens the existing journal file at `path` for a command that only reads it: a file of an
+/// older storage format is refused and left as it is, not migrated (which would keep the older
+/// build from opening it again).
+pub(super) fn open_to_read(path: &Path) -> anyhow::Result<Journal> {
+    if !path.exists() {
+        bail!("no journal at {}", path.display());
+    }
+    opened(
+        path,
+        Journal::open_without_migrating(path, JournalConfig::default()),
+    )
+}
+
+fn opened(path: &Path, opened: Result<Journal, JournalError>) -> anyhow::Result<Journal> {
+    opened.map_err(|error| {
+        let hint = match error {
+            JournalError::Unsupported(_) | JournalError::UnsupportedFormat { .. } => "",
+            _ => " (is a server running on it?)",
+        };
+        anyhow::Error::new(error).context(format!("opening the journal {}{hint}", path.display()))
     })
 }
 

@@ -85,6 +85,21 @@ impl Journal {
         })
     }
 
+    /// Opens the existing journal file at `path` for a command that only reads it, as
+    /// [`open`](Self::open) does, except that a file of an older storage format is refused
+    /// ([`JournalError::Unsupported`], naming its format) and left byte for byte as it was
+    /// instead of migrated, which older builds could not undo; a missing file is an error.
+    pub fn open_without_migrating(
+        path: impl AsRef<Path>,
+        config: JournalConfig,
+    ) -> Result<Journal, JournalError> {
+        let backend = redb::RedbJournal::open_without_migrating(path.as_ref(), &config)?;
+        Ok(Journal {
+            config: Arc::new(config),
+            backend: Arc::new(Backend::Redb(backend)),
+        })
+    }
+
     /// Opens (or creates) a journal on `backend` instead of a file: storage that is not a local
     /// file, or a simulated disk for tests that cut its power. A database left by a crash is
     /// repaired first, as [`open`](Self::open) does.

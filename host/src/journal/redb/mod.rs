@@ -163,6 +163,18 @@ impl RedbJournal {
         Self::start(store::open(path, config.cache_bytes)?, config)
     }
 
+    /// Opens the existing file at `path` without migrating an older storage format (see
+    /// `store::open_without_migrating`) and starts the writer thread.
+    pub(super) fn open_without_migrating(
+        path: &Path,
+        config: &JournalConfig,
+    ) -> Result<Self, JournalError> {
+        Self::start(
+            store::open_without_migrating(path, config.cache_bytes)?,
+            config,
+        )
+    }
+
     /// Opens (or creates) a journal on `backend` and starts the writer thread.
     pub(super) fn open_on(
         backend: impl StorageBackend,

@@ -72,10 +72,64 @@ pub(super) fn open(path: &Path, cache_bytes: usize) -> Result<Database, JournalE
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .create(path)?;
-    prepare(&db)?;
+    prepare(&db, Migrate::Yes)?;
     crate::durable::sync_parent(path)
         .map_err(|error| JournalError::Storage(Arc::new(redb::StorageError::Io(error).into())))?;
     Ok(db)
+}
+
+/// Opens the existing journal file at `path` as [`open`] does, but refuses one of an older
+/// storage format instead of migrating it, leaving it byte for byte as it was: for commands
+/// that only read, which must not keep an older build from opening the file again.
+///
+/// The format is read first through a read-only open, since opening a redb file for writing
+/// rewrites its header even when nothing is committed. A file that a crash left needs a repair
+/// that only a writing open makes: its format is then checked in the opening transaction.
+pub(super) fn open_without_migrating(
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<Database, JournalError> {
+    match format_read_only(path) {
+        Ok(found) => check_readable(found)?,
+        Err(JournalError::Storage(error)) if matches!(*error, redb::Error::RepairAborted) => {}
+        Err(error) => return Err(error),
+    }
+    let db = Database::builder().set_cache_size(cache_bytes).open(path)?;
+    prepare(&db, Migrate::No)?;
+    Ok(db)
+}
+
+/// The storage format of the file at `path`, read without writing to it (`None`: no format
+/// recorded, a file without tables).
+fn format_read_only(path: &Path) -> Result<Option<u64>, JournalError> {
+    let db = Database::builder().open_read_only(path)?;
+    let txn = db.begin_read()?;
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta.get(FORMAT_KEY)?.map(|format| format.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Refuses a file this build does not read as it is: one of another storage format, or one
+/// that records none (a journal would first have to be created in it).
+fn check_readable(found: Option<u64>) -> Result<(), JournalError> {
+    match found {
+        Some(FORMAT_VERSION) => Ok(()),
+        None => Err(JournalError::Unsupported(
+            "the file holds no journal (it records no storage format)".to_owned(),
+        )),
+        Some(found) if found < FORMAT_VERSION => Err(JournalError::Unsupported(format!(
+            "the journal file is in storage format {found}, older than this build's \
+             {FORMAT_VERSION}, and a command that only reads leaves it as it is rather than \
+             migrate it (a migrated file is refused by older builds); `foldhost serve` migrates \
+             it (back it up first, with the older build, if you may roll back)"
+        ))),
+        Some(found) => Err(JournalError::UnsupportedFormat {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+    }
 }
 
 /// Opens (or creates) a journal on `backend`, e.g. a simulated disk, holding at most
@@ -87,7 +141,7 @@ pub(super) fn open_on(
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .create_with_backend(backend)?;
-    prepare(&db)?;
+    prepare(&db, Migrate::Yes)?;
     Ok(db)
 }
 
@@ -108,10 +162,23 @@ pub(super) fn commit(db: &Database, txn: WriteTransaction) -> Result<(), Journal
     Ok(())
 }
 
+/// Whether opening a file of an older storage format migrates it or refuses it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Migrate {
+    Yes,
+    No,
+}
+
 /// Creates the tables of a new database, or checks the format of an existing one and migrates it
-/// from an older format, in one transaction: a crash half way leaves the old format intact.
-fn prepare(db: &Database) -> Result<(), JournalError> {
+/// from an older format (or refuses it, with `Migrate::No`), in one transaction: a crash half way
+/// leaves the old format intact.
+fn prepare(db: &Database, migrate: Migrate) -> Result<(), JournalError> {
     let txn = db.begin_write()?;
+    if migrate == Migrate::No {
+        let found = txn.open_table(META)?.get(FORMAT_KEY)?.map(|v| v.value());
+        // Dropped unused, the transaction commits nothing.
+        check_readable(found)?;
+    }
     let missing = |name: &str| -> Result<bool, JournalError> {
         Ok(!txn.list_tables()?.any(|table| table.name() == name))
     };
@@ -203,6 +270,72 @@ mod tests {
             }
             other => panic!("expected UnsupportedFormat, got {other:?}"),
         }
+    }
+
+    /// Copies the fixture `name` (in `tests/fixtures`) to `path`.
+    fn fixture(name: &str, path: &Path) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        std::fs::copy(fixture.join(name), path).unwrap();
+    }
+
+    /// The storage format recorded in the file at `path`, read without writing to it.
+    fn format(path: &Path) -> u64 {
+        format_read_only(path).unwrap().unwrap()
+    }
+
+    fn refused_as_older(opened: Result<Database, JournalError>) -> String {
+        match opened {
+            Err(JournalError::Unsupported(reason)) => reason,
+            Err(other) => panic!("expected the older format refused, got {other:?}"),
+            Ok(_) => panic!("expected the older format refused, it opened"),
+        }
+    }
+
+    /// Opened for a command that only reads, a file of an older format is refused and left
+    /// byte for byte as it was (a rollback to the older build still opens it); opened to
+    /// write, it is migrated.
+    #[test]
+    fn an_older_format_is_refused_unchanged_without_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        fixture("journal-format-6.redb", &path);
+        let before = std::fs::read(&path).unwrap();
+        let reason = refused_as_older(open_without_migrating(&path, DEFAULT_CACHE_BYTES));
+        assert!(
+            reason.contains("storage format 6, older than this build's 7")
+                && reason.contains("`foldhost serve` migrates it"),
+            "{reason}"
+        );
+        assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+        drop(open(&path, DEFAULT_CACHE_BYTES).unwrap());
+        assert_eq!(format(&path), FORMAT_VERSION);
+        drop(open_without_migrating(&path, DEFAULT_CACHE_BYTES).unwrap());
+    }
+
+    /// A file of an older format that a crash left (which only an open for writing repairs) is
+    /// refused in its opening transaction: it stays in its format.
+    #[test]
+    fn an_older_format_left_by_a_crash_is_refused_without_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, crashed) = (dir.path().join("old.redb"), dir.path().join("crashed.redb"));
+        fixture("journal-format-6.redb", &path);
+        let open_elsewhere = Database::open(&path).unwrap();
+        let txn = open_elsewhere.begin_write().unwrap();
+        txn.open_table(PARKED)
+            .unwrap()
+            .insert(("p", 1), &[][..])
+            .unwrap();
+        txn.commit().unwrap();
+        // A copy of the file as it is on disk while open: as a crash leaves it.
+        std::fs::copy(&path, &crashed).unwrap();
+        drop(open_elsewhere);
+        assert!(
+            Database::builder().open_read_only(&crashed).is_err(),
+            "the copy needs a repair"
+        );
+        let reason = refused_as_older(open_without_migrating(&crashed, DEFAULT_CACHE_BYTES));
+        assert!(reason.contains("storage format 6"), "{reason}");
+        assert_eq!(format(&crashed), 6);
     }
 
     #[test]
