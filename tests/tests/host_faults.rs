@@ -230,6 +230,57 @@ async fn a_killed_compiler_is_the_hosts_failure_and_the_loaded_version_keeps_ser
     assert_eq!(status, 200, "{body}");
 }
 
+/// A plugin file dropped into the plugins directory whose compiler is killed (as the
+/// out-of-memory killer would) is loaded again after a wait, without the file changing: before,
+/// it stayed unloaded until the file changed or the host restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_whose_compiler_was_killed_is_loaded_again_after_a_wait() {
+    let dirs = Dirs::new();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut command = Server::command(&dirs.data, Some(&dirs.plugins));
+    command
+        .env("RUST_LOG", "error")
+        .stderr(log.reopen().unwrap());
+    let server = Server::launch(command);
+    let client = Client::new();
+    let rust = plugins(&client, &server).await["bank-account"]["hash"].clone();
+
+    // The TypeScript bank-account takes seconds to compile: long enough to be found.
+    let staged = dirs.data.join("bank-account-ts.wasm");
+    std::fs::write(&staged, artifact(foldhost_plugins::BANK_ACCOUNT_JS)).unwrap();
+    std::fs::rename(&staged, dirs.plugins.join("bank-account-ts.wasm")).unwrap();
+    let compiler = tokio::task::spawn_blocking({
+        let server = server.pid();
+        move || find_compiler(server)
+    })
+    .await
+    .unwrap();
+    // SAFETY: kill(2) on a child of the server, found running a moment ago.
+    assert_eq!(unsafe { libc::kill(compiler, libc::SIGKILL) }, 0);
+
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = plugins(&client, &server).await["bank-account"].clone();
+        if info["hash"] != rust {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file was not loaded again: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = open_account(&client, &server, "ada").await;
+    assert_eq!(status, 200, "{body}");
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        log.contains("bank-account-ts.wasm")
+            && log.contains("SIGKILL")
+            && log.contains("loaded again after a wait"),
+        "the first load failed for the killed compiler:\n{log}"
+    );
+}
+
 /// The pid of the server's `compile-component` child, once it runs.
 fn find_compiler(server: i32) -> i32 {
     let deadline = Instant::now() + PATIENCE;

@@ -9,8 +9,9 @@
 //! Writers should create the file under another name and rename it into place;
 //! in any case a change is only read once the directory has been quiet for the
 //! debounce period, and a file that is still incomplete fails validation and
-//! is retried on its next change. Deleting a file does not unload its plugin
-//! (use `DELETE /plugins/{name}`).
+//! is retried on its next change; one whose load met a host fault that may pass
+//! (its compiler killed, memory ran out) is retried after a wait. Deleting a
+//! file does not unload its plugin (use `DELETE /plugins/{name}`).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -210,20 +211,86 @@ fn origin(path: &Path) -> String {
     )
 }
 
+/// Loads the file at `path`, logging the outcome; a load that failed for a host reason that
+/// may pass is tried again later (see [`retry_later`]). Whether it loaded.
 async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> bool {
+    match attempt(runtime, path).await {
+        Attempt::Loaded => true,
+        Attempt::Refused => false,
+        Attempt::MayPass => {
+            retry_later(runtime, path);
+            false
+        }
+    }
+}
+
+/// How one load of a plugin file ended.
+enum Attempt {
+    Loaded,
+    /// The file is not a plugin this host loads, or the host failed for good.
+    Refused,
+    /// The host failed for a reason that may pass (memory, disk space or processes ran out,
+    /// the compiler was killed, the plugins' memory budget was held).
+    MayPass,
+}
+
+/// The wait before a file whose load may pass is loaded again; it doubles after each failure,
+/// up to [`RETRY_LONGEST`], as Akka's backoff supervisor restarts a failing child.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two loads of a file whose load may pass.
+const RETRY_LONGEST: Duration = Duration::from_secs(60);
+
+/// Loads the file at `path` again after a wait, and again after longer waits while its load
+/// may pass, until it loads or is refused. Stops once the file changes (the watcher loads it
+/// then) or the runtime is gone; without this a plugin that met a passing host fault at start
+/// (its compiler killed by the out-of-memory killer, say) stayed unloaded until the file
+/// changed or the host restarted.
+fn retry_later(runtime: &Arc<Runtime>, path: &Path) {
+    let Some(stamp) = Stamp::of(path) else {
+        return;
+    };
+    let (runtime, path) = (Arc::downgrade(runtime), path.to_owned());
+    tokio::spawn(async move {
+        let mut wait = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(runtime) = runtime.upgrade() else {
+                return;
+            };
+            if Stamp::of(&path) != Some(stamp) {
+                return;
+            }
+            match attempt(&runtime, &path).await {
+                Attempt::MayPass => wait = (wait * 2).min(RETRY_LONGEST),
+                Attempt::Loaded | Attempt::Refused => return,
+            }
+        }
+    });
+}
+
+/// One load of the file at `path`, logged.
+async fn attempt(runtime: &Arc<Runtime>, path: &Path) -> Attempt {
     let origin = origin(path);
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::warn!(file = %origin, %error, "cannot read plugin");
             runtime.dequeue(&origin);
-            return false;
+            return Attempt::Refused;
         }
     };
     match runtime.load(bytes, &origin).await {
         Ok(info) => {
             tracing::info!(file = %origin, plugin = %info.name, hash = %info.hash, "plugin file loaded");
-            true
+            Attempt::Loaded
+        }
+        Err(error) if may_pass(&error) => {
+            tracing::error!(
+                file = %origin,
+                %error,
+                "plugin file not loaded yet; it is loaded again after a wait"
+            );
+            Attempt::MayPass
         }
         Err(error @ RuntimeError::HostFault { .. }) => {
             tracing::error!(
@@ -231,11 +298,20 @@ async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> bool {
                 %error,
                 "plugin file not loaded; it loads when the file changes or the host restarts"
             );
-            false
+            Attempt::Refused
         }
         Err(error) => {
             tracing::error!(file = %origin, %error, "plugin file refused");
-            false
+            Attempt::Refused
         }
+    }
+}
+
+/// Whether a load that failed with `error` may succeed if the same file is loaded again.
+fn may_pass(error: &RuntimeError) -> bool {
+    match error {
+        RuntimeError::HostFault { fault, .. } => fault.transient,
+        RuntimeError::MemoryBudget { .. } => true,
+        _ => false,
     }
 }
