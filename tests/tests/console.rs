@@ -131,6 +131,32 @@ impl Browser {
         element.click().await.unwrap();
     }
 
+    /// Keeps the admin token for this tab, as the page's prompt would.
+    async fn keep_admin_token(&self) {
+        self.eval(&format!(
+            "sessionStorage.setItem('foldhost-admin-token', '{TOKEN}'); return true"
+        ))
+        .await;
+    }
+
+    /// Installs the component `artifact` as plugin `name` through the Plugins page's file
+    /// input, and waits until the page says it is installed.
+    async fn upload(&self, artifact: &str, name: &str) {
+        let upload = tempfile::tempdir().unwrap();
+        let file = upload.path().join(format!("{name}.wasm"));
+        std::fs::copy(foldhost_plugins::path(artifact), &file).unwrap();
+        let input = self
+            .client()
+            .find(Locator::Css("#upload-file"))
+            .await
+            .unwrap();
+        input.send_keys(file.to_str().unwrap()).await.unwrap();
+        self.wait_text("#plugins-message", |t| {
+            t.starts_with(&format!("Installed {name}"))
+        })
+        .await;
+    }
+
     /// Saves a PNG of the page as `docs/{name}` for the README.
     async fn screenshot(&self, name: &str) {
         let png = self.client().screenshot().await.unwrap();
@@ -395,30 +421,10 @@ async fn an_uploaded_plugin_shows_its_catch_up_and_goes_live() {
     browser
         .wait_text("#plugins tbody", |t| t.contains("bank-analytics"))
         .await;
-    // The token for this tab, as the page's prompt would keep it.
-    browser
-        .eval(&format!(
-            "sessionStorage.setItem('foldhost-admin-token', '{TOKEN}'); return true"
-        ))
-        .await;
+    browser.keep_admin_token().await;
     browser.eval(RECORD_PENDING).await;
-    let upload = tempfile::tempdir().unwrap();
-    let file = upload.path().join("bank-analytics.wasm");
-    std::fs::copy(
-        foldhost_plugins::path(foldhost_plugins::BANK_ANALYTICS_JS),
-        &file,
-    )
-    .unwrap();
-    let input = browser
-        .client()
-        .find(Locator::Css("#upload-file"))
-        .await
-        .unwrap();
-    input.send_keys(file.to_str().unwrap()).await.unwrap();
     browser
-        .wait_text("#plugins-message", |t| {
-            t.starts_with("Installed bank-analytics")
-        })
+        .upload(foldhost_plugins::BANK_ANALYTICS_JS, "bank-analytics")
         .await;
 
     // It takes over: the row shows the new build's hash, live, with nothing pending.
@@ -452,5 +458,62 @@ async fn an_uploaded_plugin_shows_its_catch_up_and_goes_live() {
         "the catch-up bar never showed: {seen:?}"
     );
     assert_eq!(seen.last().map(String::as_str), Some("none"), "{seen:?}");
+    browser.close().await;
+}
+
+/// Records in the page each status the plugins page shows for a file still loading (a row
+/// without a plugin name yet), and each error it reports.
+const RECORD_LOADING: &str = "window.__loading = []; window.__errors = []; \
+    new MutationObserver(() => { \
+      for (const status of document.querySelectorAll('#plugins tr[data-origin] .status')) { \
+        if (window.__loading.at(-1) !== status.textContent) window.__loading.push(status.textContent); \
+      } \
+      const message = document.getElementById('plugins-message'); \
+      if (message && message.className === 'error' && window.__errors.at(-1) !== message.textContent) \
+        window.__errors.push(message.textContent); \
+    }).observe(document.getElementById('page'), \
+      {subtree: true, childList: true, characterData: true, attributes: true}); \
+    return true";
+
+/// While an uploaded plugin compiles, `GET /plugins` lists it by origin and status only (no
+/// name, kind or hash): the page shows that row, then the plugin once loaded, and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_still_compiling_shows_as_loading_then_as_loaded() {
+    use sha2::Digest;
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/plugins").await;
+    browser
+        .wait_text("#plugins tbody", |t| t.contains("bank-account"))
+        .await;
+    browser.keep_admin_token().await;
+    browser.eval(RECORD_LOADING).await;
+    // The JavaScript twin takes seconds to compile (a fresh data directory: nothing cached).
+    let artifact = foldhost_plugins::BANK_ACCOUNT_JS;
+    browser.upload(artifact, "bank-account").await;
+    let hash = hex::encode(sha2::Sha256::digest(
+        std::fs::read(foldhost_plugins::path(artifact)).unwrap(),
+    ));
+    browser
+        .wait_text("tr[data-plugin=\"bank-account\"]", |t| {
+            t.contains(&hash[..12])
+        })
+        .await;
+    let loading: Vec<String> =
+        serde_json::from_value(browser.eval("return window.__loading").await).unwrap();
+    let errors = browser.eval("return window.__errors").await;
+    eprintln!("loading rows as shown: {loading:?}");
+    assert!(
+        loading.iter().any(|s| s == "compiling"),
+        "the compiling row never showed: {loading:?}; errors: {errors}"
+    );
+    assert_eq!(errors, json!([]));
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#plugins tr[data-origin]').length")
+            .await,
+        json!(0)
+    );
     browser.close().await;
 }

@@ -54,6 +54,17 @@ function plugin(info, refresh, report) {
       ] : [])));
 }
 
+/** A plugin file or upload being compiled, or queued for it: `{origin, status}` only. */
+function loading({ origin, status }) {
+  return h('tr', { 'data-origin': origin, class: 'loading' },
+    h('td', {}, origin),
+    h('td', { class: 'muted' }, 'loading'),
+    h('td', {}), h('td', {}),
+    h('td', { class: 'plugin-status' }, statusBadge(status), ' ', h('span', { class: 'muted' },
+      `${number(status.bytes)} bytes`, status.seconds === undefined ? '' : ` · ${number(status.seconds, 1)} s`)),
+    h('td', { colSpan: 4 }));
+}
+
 async function parkedList(name) {
   const parked = await call(`/plugins/${enc(name)}/parked`);
   return [h('h2', {}, `Parked events of ${name}`),
@@ -70,12 +81,16 @@ export async function render(main, { args }) {
   const report = (text, bad) => { message.className = bad ? 'error' : 'ok'; message.textContent = text; };
   const file = h('input', { type: 'file', accept: '.wasm', id: 'upload-file' });
   const drop = h('div', { class: 'drop', id: 'drop' }, 'Drop a .wasm plugin here to install it, or ', file);
+  let uploads = 0;
   async function upload(blob, filename) {
     const name = filename.replace(/\.wasm$/, '');
+    uploads++;
+    refresh();
     try {
       const info = await call(`/plugins/${enc(name)}`, { method: 'PUT', raw: blob, admin: true });
       report(`Installed ${info.name} ${info.version}`);
     } catch (error) { report(`Uploading ${filename}: ${error.message}`, true); }
+    uploads--;
     refresh();
   }
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
@@ -85,16 +100,19 @@ export async function render(main, { args }) {
     for (const f of e.dataTransfer.files) upload(f, f.name);
   });
   file.addEventListener('change', () => { for (const f of file.files) upload(f, f.name); file.value = ''; });
-  // Polls every second, four times as often while a plugin is on its way to live.
+  // Polls every second, four times as often while an upload or a plugin is on its way to live.
   let timer = null, stopped = false;
   async function refresh() {
     clearTimeout(timer);
     let busy = false;
     try {
       const plugins = await call('/plugins');
-      fill(table, plugins.map((info) => plugin(info, refresh, report)));
-      busy = plugins.some((p) => p.status.status !== 'live' || (p.pending && p.pending.status.status !== 'live'));
+      // A file still loading has no name, kind or hash yet: only where it came from.
+      fill(table, plugins.map((info) => (info.origin === undefined ? plugin(info, refresh, report) : loading(info))));
+      busy = uploads > 0 || plugins.some((p) => p.status.status !== 'live' || (p.pending && p.pending.status.status !== 'live'));
     } catch (error) { report(error.message, true); }
+    // Another refresh may have run meanwhile: one timer at a time.
+    clearTimeout(timer);
     if (!stopped) timer = setTimeout(refresh, busy ? 250 : 1000);
   }
   fill(main, h('h1', {}, 'Plugins'),
