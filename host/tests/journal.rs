@@ -419,15 +419,27 @@ async fn a_retry_that_differs_from_the_original_is_refused(backend: Backend) {
         .append("s", ExpectedVersion::Any, batch.clone())
         .await
         .unwrap();
+    // Two appends with another stream's event between them: as one retry, its answer's
+    // positions would span that event.
+    let (later, between) = (event(7), event(8));
+    f.journal
+        .append("other", ExpectedVersion::Any, vec![between])
+        .await
+        .unwrap();
+    f.journal
+        .append("s", ExpectedVersion::Any, vec![later.clone()])
+        .await
+        .unwrap();
     let mixed = vec![batch[0].clone(), event(9)];
     let reordered = vec![batch[1].clone(), batch[0].clone()];
-    for attempt in [mixed, reordered] {
+    let two_appends = vec![batch[2].clone(), later];
+    for attempt in [mixed, reordered, two_appends] {
         match f.journal.append("s", ExpectedVersion::Any, attempt).await {
             Err(JournalError::IdempotencyMismatch { stream, .. }) => assert_eq!(stream, "s"),
             other => panic!("expected IdempotencyMismatch, got {other:?}"),
         }
     }
-    assert_eq!(f.all().len(), 3);
+    assert_eq!(f.all().len(), 5);
 }
 
 async fn event_ids_are_unique_across_the_journal(backend: Backend) {

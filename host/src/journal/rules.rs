@@ -51,7 +51,8 @@ pub(super) struct Written<'a> {
 
 /// Judges an append some of whose ids are already `written` (in the append's
 /// order): an exact re-send — every id, same stream, consecutive in the same
-/// order — returns the original result; anything else is an error.
+/// order, written by one append — returns the original result; anything else
+/// is an error.
 pub(super) fn retried(
     stream: &str,
     events: &[NewEvent],
@@ -84,6 +85,17 @@ pub(super) fn retried(
     if !in_order {
         return Err(mismatch(
             "its events were not written as consecutive events in this order".to_owned(),
+        ));
+    }
+    // One append's events sit at consecutive positions; events of several appends may have
+    // other streams' events between them, and the answer's positions would span those.
+    let one_append = written
+        .iter()
+        .zip(first.position..)
+        .all(|(w, position)| w.position == position);
+    if !one_append {
+        return Err(mismatch(
+            "its events were written by more than one append".to_owned(),
         ));
     }
     Ok(AppendResult {
