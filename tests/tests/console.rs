@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use foldhost::journal::{ContentType, ExpectedVersion, Journal, JournalConfig, NewEvent};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use serve::{Dirs, PATIENCE, Server};
@@ -195,6 +196,20 @@ async fn post(client: &reqwest::Client, server: &Server, path: &str, body: Value
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{path}: {body}");
     body
+}
+
+/// Appends to `stream` the events of `body`, a JSON text: for data that serde_json would not
+/// keep as sent (400,000 levels deep, integers past 2^53 read as doubles, repeated keys).
+async fn append_text(client: &reqwest::Client, server: &Server, stream: &str, body: String) {
+    let response = client
+        .post(server.url(&format!("/streams/{stream}/events")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, StatusCode::OK, "{}", response.text().await.unwrap());
 }
 
 /// Whether the page ran injected code or made an element out of event data.
@@ -515,5 +530,176 @@ async fn a_plugin_still_compiling_shows_as_loading_then_as_loaded() {
             .await,
         json!(0)
     );
+    browser.close().await;
+}
+
+/// The text of every `<pre>` of the stream page's events.
+const EVENT_BLOCKS: &str =
+    "return [...document.querySelectorAll('#events pre')].map((pre) => pre.textContent)";
+
+/// One hostile event cannot freeze or blank a stream's page: an array 400,000 levels deep,
+/// and an event whose indented text would take megabytes, each show their first 64 KiB with a
+/// "Show all" that shows the text as stored; the events around them still show. A tree
+/// (states, query answers) shows at most 32 levels and 2,000 values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_or_huge_event_shows_bounded_beside_the_others() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let http = reqwest::Client::new();
+    let deep = format!("{}{}", "[".repeat(400_000), "]".repeat(400_000));
+    let numbers: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let wide = format!(
+        "{}[{}]{}",
+        "{\"k\":".repeat(120),
+        numbers.join(","),
+        "}".repeat(120)
+    );
+    for (kind, data) in [
+        ("Before", r#"{"n":1}"#),
+        ("Deep", &deep),
+        ("Wide", &wide),
+        ("After", r#"{"n":2}"#),
+    ] {
+        let body = format!(r#"{{"events": [{{"type": "{kind}", "data": {data}}}]}}"#);
+        append_text(&http, &server, "hostile-1", body).await;
+    }
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/stream/hostile-1").await;
+    let shown = browser.wait_text("#events", |t| t.contains("After")).await;
+    for kind in ["Before", "Deep", "Wide"] {
+        assert!(shown.contains(kind), "{kind} is missing");
+    }
+    let blocks: Vec<String> = serde_json::from_value(browser.eval(EVENT_BLOCKS).await).unwrap();
+    let lengths: Vec<usize> = blocks.iter().map(|b| b.chars().count()).collect();
+    assert_eq!(blocks.len(), 4, "{lengths:?}");
+    assert!(lengths.iter().all(|&n| n <= 64 << 10), "{lengths:?}");
+    assert!(
+        blocks[1].starts_with("[\n  [\n    [\n"),
+        "{}",
+        &blocks[1][..40]
+    );
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#events .show-all').length")
+            .await,
+        json!(2)
+    );
+    browser.click("#events .event:nth-child(2) .show-all").await;
+    assert_eq!(
+        browser
+            .eval(&format!(
+                "return document.querySelector('#events .event:nth-child(2) pre').textContent \
+                 === '['.repeat(400000) + ']'.repeat(400000)"
+            ))
+            .await,
+        json!(true)
+    );
+
+    // A tree stops at 32 levels and 2,000 values, and says what it left out.
+    let tree = browser
+        .eval(
+            "return import('/ui/dom.js').then(({ jsonTree }) => { \
+               const deep = jsonTree('['.repeat(400000) + ']'.repeat(400000)); \
+               const wide = jsonTree(JSON.stringify(Array.from({ length: 100000 }, (_, i) => i))); \
+               return [1 + deep.querySelectorAll('details').length, deep.querySelector('.json-more').textContent, \
+                       wide.querySelectorAll('.json-number').length, wide.lastElementChild.textContent]; })",
+        )
+        .await;
+    assert_eq!(
+        tree,
+        json!([
+            32,
+            "[… 799,936 characters not shown",
+            1999,
+            "… 98,001 more not shown"
+        ])
+    );
+    browser.close().await;
+}
+
+/// Event data and states show as stored, not as JSON.parse reads them: integers past 2^53
+/// exact, keys in their order, repeated keys kept; events whose content is bytes say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_data_and_states_show_as_stored() {
+    let dirs = Dirs::new();
+    // Bytes, as only an import or a plugin stores them.
+    let journal = dirs.data.join("journal.redb");
+    std::fs::create_dir_all(&dirs.data).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let journal = Journal::open(journal, JournalConfig::default()).unwrap();
+        let blob = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            event_type: "Blob".to_owned(),
+            content_type: ContentType::Binary,
+            data: vec![0, 159, 146, 150],
+            metadata: None,
+        };
+        journal
+            .append_blocking("blob-1", ExpectedVersion::Any, vec![blob])
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let server = Server::start(&dirs, None);
+    let http = reqwest::Client::new();
+    let body = r#"{"events": [
+        {"type": "Exact", "data": {"n":9007199254740993,"b":1,"2":2},
+         "metadata": {"trace":12345678901234567890}},
+        {"type": "Repeated", "data": {"a":1,"a":2}}]}"#;
+    append_text(&http, &server, "exact-1", body.to_owned()).await;
+
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/stream/exact-1").await;
+    browser
+        .wait_text("#events", |t| t.contains("Repeated"))
+        .await;
+    assert_eq!(
+        browser.eval(EVENT_BLOCKS).await,
+        json!([
+            "{\n  \"n\": 9007199254740993,\n  \"b\": 1,\n  \"2\": 2\n}",
+            "{\n  \"trace\": 12345678901234567890\n}",
+            "{\n  \"a\": 1,\n  \"a\": 2\n}",
+        ])
+    );
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#events .badge').length")
+            .await,
+        json!(0)
+    );
+    browser.goto(&server, "#/stream/blob-1").await;
+    browser.wait_text("#events .badge", |t| t == "binary").await;
+    assert_eq!(browser.eval(EVENT_BLOCKS).await, json!(["\"AJ+Slg==\""]));
+
+    // A state, and the command form's data, keep a large integer exact.
+    browser.goto(&server, "#/aggregate/bank-account/big").await;
+    browser.wait_text("h1", |t| t.contains("big")).await;
+    for (command, data, version) in [
+        ("Open", r#"{"owner": "Big"}"#, 1),
+        ("Deposit", r#"{"amount": 9007199254740993}"#, 2),
+    ] {
+        browser.type_into("#command-type", command).await;
+        browser.type_into("#command-data", data).await;
+        browser.click("#command-form button").await;
+        browser
+            .wait_text("#command-outcome", |t| {
+                t.starts_with(&format!("Accepted: version {version},"))
+            })
+            .await;
+    }
+    browser
+        .wait_text("#aggregate-state", |t| {
+            t.contains("\"balance\": 9007199254740993")
+        })
+        .await;
+
+    // The live tail shows data as sent.
+    browser.goto(&server, "#/tail").await;
+    browser.wait_text("#tail-state", |t| t == "following").await;
+    let body = r#"{"events": [{"type": "Exact", "data": {"n":9007199254740993,"2":2}}]}"#;
+    append_text(&http, &server, "exact-1", body.to_owned()).await;
+    browser
+        .wait_text("#tail", |t| t.contains(r#"{"n":9007199254740993,"2":2}"#))
+        .await;
     browser.close().await;
 }

@@ -15,6 +15,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript", include_str!("assets/app.js")),
     ("api.js", "text/javascript", include_str!("assets/api.js")),
     ("dom.js", "text/javascript", include_str!("assets/dom.js")),
+    ("json.js", "text/javascript", include_str!("assets/json.js")),
     (
         "overview.js",
         "text/javascript",

@@ -1,7 +1,8 @@
 // Aggregate: an aggregate's state now or at any past version (the slider), and a command form
 // that shows the new state, or the reason the plugin refused it (422).
 import { h, fill, jsonTree } from './dom.js';
-import { call, enc } from './api.js';
+import { call, callText, enc } from './api.js';
+import { member, parse, scalar, source } from './json.js';
 
 function picker(main, plugins) {
   const plugin = h('select', { id: 'aggregate-plugin' }, plugins.map((p) => h('option', { value: p.name }, p.name)));
@@ -26,11 +27,13 @@ export async function render(main, { args: [pluginName, id] }) {
   async function show(version) {
     try {
       const query = version && version < head ? `?at_version=${version}` : '';
-      const answer = await call(base + query);
-      versionLabel.textContent = version && version < head ? `version ${answer.version} of ${head}` : `version ${answer.version} (current)`;
-      fill(stateView, jsonTree(answer.state));
+      const text = await callText(base + query);
+      const answer = parse(text, { maxDepth: 1 });
+      const shown = scalar(text, member(answer, 'version'));
+      versionLabel.textContent = version && version < head ? `version ${shown} of ${head}` : `version ${shown} (current)`;
+      fill(stateView, jsonTree(source(text, member(answer, 'state'))));
       error.textContent = '';
-      return answer;
+      return { version: shown };
     } catch (e) {
       error.textContent = e.message;
       fill(stateView);
@@ -50,12 +53,14 @@ export async function render(main, { args: [pluginName, id] }) {
   const outcome = h('div', { id: 'command-outcome' });
   const form = h('form', { id: 'command-form', onsubmit: async (e) => {
     e.preventDefault();
-    let body;
-    try { body = { type: type.value, data: data.value.trim() ? JSON.parse(data.value) : null }; } catch (err) {
+    // The data goes as typed: large numbers and key order reach the plugin unchanged.
+    const text = data.value.trim() || 'null';
+    try { JSON.parse(text); } catch (err) {
       fill(outcome, h('p', { class: 'error' }, `The data is not JSON: ${err.message}`)); return;
     }
     try {
-      const result = await call(`${base}/commands`, { method: 'POST', body });
+      const json = `{"type": ${JSON.stringify(type.value)}, "data": ${text}}`;
+      const result = await call(`${base}/commands`, { method: 'POST', json });
       fill(outcome, h('p', { class: 'ok' }, `Accepted: version ${result.version}, ${result.events.length} event(s)`));
       await current();
     } catch (err) {

@@ -10,10 +10,16 @@ export class ApiError extends Error {
   }
 }
 
-/** Calls `path`; resolves with the parsed JSON body, rejects with an ApiError. */
-export async function call(path, { method = 'GET', body, admin = false, raw } = {}) {
+/**
+ * Calls `path`; resolves with the body's text as sent, rejects with an ApiError (or an
+ * AbortError once `signal` aborts). Read event data and states from this text (json.js):
+ * JSON.parse rounds large numbers and reorders keys.
+ */
+export async function callText(path, { method = 'GET', body, json, admin = false, raw, signal } = {}) {
   const headers = {};
-  if (body !== undefined) headers['content-type'] = 'application/json';
+  // `json`: a JSON body's text, sent as it is; `body`: a value, sent as JSON.
+  if (json === undefined && body !== undefined) json = JSON.stringify(body);
+  if (json !== undefined) headers['content-type'] = 'application/json';
   if (raw !== undefined) headers['content-type'] = 'application/wasm';
   if (admin) {
     const token = adminToken();
@@ -21,16 +27,23 @@ export async function call(path, { method = 'GET', body, admin = false, raw } = 
     headers.authorization = `Bearer ${token}`;
   }
   const response = await fetch(path, {
-    method, headers, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
+    method, headers, signal, body: raw !== undefined ? raw : json,
   });
   const text = await response.text();
-  let json;
-  try { json = text ? JSON.parse(text) : null; } catch { json = text; }
   if (!response.ok) {
     if (admin && response.status === 401) sessionStorage.removeItem(TOKEN);
-    throw new ApiError(response.status, json);
+    throw new ApiError(response.status, parsed(text));
   }
-  return json;
+  return text;
+}
+
+/** Calls `path`; resolves with the parsed JSON body, rejects with an ApiError. */
+export async function call(path, options) {
+  return parsed(await callText(path, options));
+}
+
+function parsed(text) {
+  try { return text ? JSON.parse(text) : null; } catch { return text; }
 }
 
 /** The admin token for this tab, asked for once. */

@@ -1,6 +1,7 @@
 // Projection: its state as a collapsible JSON tree, and its named queries run with arguments.
 import { h, fill, jsonTree, number } from './dom.js';
-import { call, enc } from './api.js';
+import { call, callText, enc } from './api.js';
+import { member, parse, scalar, source } from './json.js';
 
 export async function render(main, { args: [name] }) {
   if (!name) {
@@ -16,16 +17,17 @@ export async function render(main, { args: [name] }) {
   const queryArgs = h('input', { id: 'query-args', placeholder: 'owner=alice&n=3', size: 40 });
   const answer = h('div', { id: 'query-answer' });
   async function load() {
-    const projection = await call(`/projections/${enc(name)}`);
-    fill(header, h('span', { class: `status ${projection.status.status}` }, projection.status.status),
-      ` at position ${number(projection.position)}`);
-    fill(tree, jsonTree(projection.state));
+    const text = await callText(`/projections/${enc(name)}`);
+    const projection = parse(text, { maxDepth: 1 });
+    const status = JSON.parse(source(text, member(projection, 'status')));
+    fill(header, h('span', { class: `status ${status.status}` }, status.status),
+      ` at position ${number(scalar(text, member(projection, 'position')))}`);
+    fill(tree, jsonTree(source(text, member(projection, 'state'))));
   }
   const form = h('form', { class: 'inline', id: 'query-form', onsubmit: async (e) => {
     e.preventDefault();
     try {
-      const result = await call(`/projections/${enc(name)}/query/${enc(queryName.value)}?${queryArgs.value}`);
-      fill(answer, jsonTree(result));
+      fill(answer, jsonTree(await callText(`/projections/${enc(name)}/query/${enc(queryName.value)}?${queryArgs.value}`)));
     } catch (err) {
       fill(answer, h('p', { class: 'error' }, `(${err.status}) ${(err.body && err.body.reason) || err.message}`));
     }

@@ -1,7 +1,8 @@
 // Streams: the most recently written first, filtered by prefix or category; one stream's
-// events as pretty JSON with their metadata, a page at a time.
+// events as indented JSON, as stored, with their metadata, a page at a time.
 import { h, fill, number, when, jsonBlock } from './dom.js';
-import { call, enc } from './api.js';
+import { call, callText, enc } from './api.js';
+import { member, parse, scalar, source } from './json.js';
 
 const PAGE = 20;
 
@@ -36,18 +37,37 @@ async function list(main) {
   await load(true);
 }
 
+/** One event of a page (`node`, read from the page's `text`) as a card. */
+function eventCard(text, node) {
+  const field = (key) => member(node, key);
+  const value = (key) => scalar(text, field(key));
+  const binary = value('content_type') !== 'json';
+  const metadata = field('metadata');
+  return h('div', { class: 'card event' },
+    h('div', {}, h('strong', {}, `#${value('version')} `), h('span', { class: 'event-type' }, value('type')),
+      binary ? [' ', h('span', { class: 'badge binary', title: 'Its data is bytes, shown in base64' }, 'binary')] : '',
+      h('span', { class: 'muted' }, ` · position ${value('position')} · ${when(value('recorded_at'))} · ${value('id')}`)),
+    jsonBlock(source(text, field('data'))),
+    metadata === undefined || metadata.kind === 'literal' ? ''
+      : [h('div', { class: 'muted' }, 'metadata'), jsonBlock(source(text, metadata))]);
+}
+
 async function stream(main, name, from) {
-  const events = await call(`/streams/${enc(name)}/events?from_version=${from}&limit=${PAGE}`);
-  const last = events.length ? events[events.length - 1].version : from;
+  // Read from the text as sent: data and metadata are shown as stored, every number and key
+  // as written (JSON.parse would round large numbers and reorder keys).
+  const text = await callText(`/streams/${enc(name)}/events?from_version=${from}&limit=${PAGE}`);
+  const events = parse(text, { maxDepth: 2, maxNodes: Infinity }).children.map((child) => child.value);
+  const last = events.length ? scalar(text, member(events[events.length - 1], 'version')) : from;
   const nav = h('div', { class: 'toolbar' },
     from > 1 ? h('a', { href: `#/stream/${enc(name)}/${Math.max(1, from - PAGE)}` }, '← Earlier') : '',
     events.length === PAGE ? h('a', { href: `#/stream/${enc(name)}/${last + 1}` }, 'Later →') : '');
   fill(main, h('h1', {}, 'Stream ', h('span', { class: 'mono' }, name)), nav,
-    h('div', { id: 'events' }, events.map((e) => h('div', { class: 'card event' },
-      h('div', {}, h('strong', {}, `#${e.version} `), h('span', { class: 'event-type' }, e.type),
-        h('span', { class: 'muted' }, ` · position ${e.position} · ${when(e.recorded_at)} · ${e.id}`)),
-      jsonBlock(e.data),
-      e.metadata === null ? '' : [h('div', { class: 'muted' }, 'metadata'), jsonBlock(e.metadata)]))),
+    h('div', { id: 'events' }, events.map((node, i) => {
+      // One event that cannot be shown must not hide the others.
+      try { return eventCard(text, node); } catch (error) {
+        return h('div', { class: 'card event error' }, `Event ${i + 1} of this page could not be shown: ${error.message}`);
+      }
+    })),
     nav.cloneNode(true));
 }
 

@@ -1,8 +1,25 @@
 // Live tail: the global log as it is written (SSE), with pause, a filter by stream prefix or
 // event type, and reconnection from the last position seen.
-import { h, fill, when } from './dom.js';
+import { h, fill, when, clip } from './dom.js';
+import { member, parse, scalar, source } from './json.js';
 
 const KEEP = 500;
+/** Most characters of an event's data a row shows (its stream's page shows the rest). */
+const DATA_SHOWN = 300;
+
+/**
+ * The fields of a feed event's JSON text that a row shows; the start of its data as the text
+ * sent, copied so that a held row does not keep the whole text alive.
+ */
+function summary(text) {
+  const event = parse(text, { maxDepth: 1 });
+  const value = (key) => scalar(text, member(event, key));
+  return {
+    position: value('position'), stream: value('stream'), version: value('version'), type: value('type'),
+    recorded_at: value('recorded_at'), binary: value('content_type') !== 'json',
+    data: [...clip(source(text, member(event, 'data')), DATA_SHOWN)].join(''),
+  };
+}
 
 export async function render(main) {
   const prefix = h('input', { id: 'tail-prefix', placeholder: 'stream prefix' });
@@ -10,7 +27,7 @@ export async function render(main) {
   const pause = h('button', { type: 'button', id: 'tail-pause' }, 'Pause');
   const state = h('span', { class: 'muted', id: 'tail-state' });
   const rows = h('div', { class: 'tail', id: 'tail' });
-  let paused = false, source = null, last = null, retry = null;
+  let paused = false, feed = null, last = null, retry = null;
   const held = [];
   function show(event) {
     if (prefix.value && !event.stream.startsWith(prefix.value)) return;
@@ -19,22 +36,27 @@ export async function render(main) {
       h('span', { class: 'mono' }, `${event.position} `), h('strong', {}, event.type), ' on ',
       h('a', { href: `#/stream/${encodeURIComponent(event.stream)}` }, event.stream),
       h('span', { class: 'muted' }, ` v${event.version} · ${when(event.recorded_at)} `),
-      h('code', { class: 'data' }, JSON.stringify(event.data))));
+      event.binary ? [h('span', { class: 'badge binary' }, 'binary'), ' '] : '',
+      h('code', { class: 'data' }, event.data)));
     while (rows.childElementCount > KEEP) rows.lastElementChild.remove();
   }
   function connect() {
     // Starts at the head, or right after the last event seen (the feed resumes from there).
     const from = last === null ? '' : `?from_position=${last + 1}`;
-    source = new EventSource(`/events/live${from}`);
+    feed = new EventSource(`/events/live${from}`);
     state.textContent = 'connecting…';
-    source.onopen = () => { state.textContent = 'following'; };
-    source.onmessage = (message) => {
-      const event = JSON.parse(message.data);
+    feed.onopen = () => { state.textContent = 'following'; };
+    feed.onmessage = (message) => {
+      let event;
+      try { event = summary(message.data); } catch (error) {
+        rows.prepend(h('div', { class: 'row error' }, `An event could not be shown: ${error.message}`));
+        return;
+      }
       last = event.position;
       if (paused) { held.push(event); if (held.length > KEEP) held.shift(); } else show(event);
     };
-    source.onerror = () => {
-      source.close();
+    feed.onerror = () => {
+      feed.close();
       state.textContent = 'disconnected, reconnecting…';
       retry = setTimeout(connect, 1000);
     };
@@ -49,5 +71,5 @@ export async function render(main) {
   const health = await fetch('/health').then((r) => r.json());
   last = health.head_position > 10 ? health.head_position - 10 : null;
   connect();
-  return () => { clearTimeout(retry); if (source) source.close(); };
+  return () => { clearTimeout(retry); if (feed) feed.close(); };
 }
