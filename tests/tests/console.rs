@@ -703,3 +703,62 @@ async fn event_data_and_states_show_as_stored() {
         .await;
     browser.close().await;
 }
+
+/// The versions of the events the stream page shows, and whether it says there are no more.
+const PAGE_SHOWN: &str = "return { \
+    versions: [...document.querySelectorAll('#events .event strong')].map((s) => Number(s.textContent.slice(1))), \
+    end: [...document.querySelectorAll('main .toolbar')].some((t) => t.textContent.includes('No more events.')) }";
+
+/// A page of a stream ends early once its events take 16 MiB: every page with events links
+/// to the next, so paging on from the first reaches every event, and the page past the last
+/// says there are no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_on_through_large_events_reaches_every_event() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let http = reqwest::Client::new();
+    let pad = "x".repeat(1_000_000);
+    for i in 1..=20 {
+        let data = if i <= 17 {
+            json!({"pad": pad})
+        } else {
+            json!({"i": i})
+        };
+        post(
+            &http,
+            &server,
+            "/streams/large-1/events",
+            json!({"events": [{"type": "Large", "data": data}]}),
+        )
+        .await;
+    }
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/stream/large-1").await;
+    let (mut next, mut pages) = (1, Vec::new());
+    loop {
+        let deadline = Instant::now() + PATIENCE;
+        let page = loop {
+            let page = browser.eval(PAGE_SHOWN).await;
+            if page["versions"][0] == next || page["end"] == true {
+                break page;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page from version {next} never showed: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let versions: Vec<u64> = serde_json::from_value(page["versions"].clone()).unwrap();
+        if versions.is_empty() {
+            break;
+        }
+        let expected: Vec<u64> = (next..next + versions.len() as u64).collect();
+        assert_eq!(versions, expected);
+        pages.push(versions.len());
+        next += versions.len() as u64;
+        let later = browser.client().find(Locator::LinkText("Later →")).await;
+        later.expect("no \"Later →\" link").click().await.unwrap();
+    }
+    assert_eq!(pages, [16, 4], "events per page");
+    browser.close().await;
+}

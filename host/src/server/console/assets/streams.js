@@ -57,10 +57,13 @@ async function stream(main, name, from) {
   // as written (JSON.parse would round large numbers and reorder keys).
   const text = await callText(`/streams/${enc(name)}/events?from_version=${from}&limit=${PAGE}`);
   const events = parse(text, { maxDepth: 2, maxNodes: Infinity }).children.map((child) => child.value);
-  const last = events.length ? scalar(text, member(events[events.length - 1], 'version')) : from;
+  // A page may end before PAGE events (the server ends one at 16 MiB) and says nothing of
+  // what follows: any page with events links on, and an empty one says there are no more.
+  const later = events.length ? scalar(text, member(events[events.length - 1], 'version')) + 1 : null;
   const nav = h('div', { class: 'toolbar' },
     from > 1 ? h('a', { href: `#/stream/${enc(name)}/${Math.max(1, from - PAGE)}` }, '← Earlier') : '',
-    events.length === PAGE ? h('a', { href: `#/stream/${enc(name)}/${last + 1}` }, 'Later →') : '');
+    later === null ? h('span', { class: 'muted' }, 'No more events.')
+      : h('a', { href: `#/stream/${enc(name)}/${later}` }, 'Later →'));
   fill(main, h('h1', {}, 'Stream ', h('span', { class: 'mono' }, name)), nav,
     h('div', { id: 'events' }, events.map((node, i) => {
       // One event that cannot be shown must not hide the others.
