@@ -762,3 +762,65 @@ async fn paging_on_through_large_events_reaches_every_event() {
     assert_eq!(pages, [16, 4], "events per page");
     browser.close().await;
 }
+
+/// The value of gauge `name` in the server's `/metrics`.
+async fn gauge(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|line| line.split_once(' ').is_some_and(|(n, _)| n == name))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// Navigating faster than pages render leaves nothing of them running: after five quick
+/// rounds through the live tail, the overview and the streams, every live feed the tail
+/// opened is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_navigation_leaves_no_live_feed_open() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let http = reqwest::Client::new();
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/streams").await;
+    browser.wait_text("h1", |t| t == "Streams").await;
+    // Counts the live feeds the page opens (the same EventSource, counted).
+    browser
+        .eval(
+            "window.__opened = 0; \
+             window.EventSource = class extends EventSource { \
+               constructor(...args) { super(...args); window.__opened++; } }; \
+             const go = (hash) => new Promise((changed) => { \
+               window.addEventListener('hashchange', changed, { once: true }); location.hash = hash; }); \
+             return (async () => { \
+               for (let i = 0; i < 5; i++) { await go('#/tail'); await go('#/'); await go('#/streams'); } \
+               return true; })()",
+        )
+        .await;
+    // Every visit to the tail has rendered (and opened its feed).
+    let deadline = Instant::now() + PATIENCE;
+    while browser.eval("return window.__opened").await != json!(5) {
+        assert!(Instant::now() < deadline, "the tail did not open 5 feeds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_text("h1", |t| t == "Streams").await;
+    loop {
+        let feeds = gauge(&http, &server, "foldhost_live_feeds").await;
+        if feeds == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{feeds} live feeds still open after leaving the tail"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.close().await;
+}

@@ -7,9 +7,14 @@ const PAGES = {
   aggregate: 'aggregate', projection: 'projection', tail: 'tail', api: 'openapi',
 };
 
+// Each visit has a number; only the latest one's page is current. A page's render may still
+// be running when the next visit starts: it then fills an element no longer shown, and the
+// stop function it returns (its timers, its live feed) is called at once.
+let visits = 0;
 let stopCurrent = () => {};
 
 async function route() {
+  const visit = ++visits;
   const [name = '', ...args] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
   const module = PAGES[name] ?? 'overview';
   for (const link of document.querySelectorAll('nav a')) {
@@ -17,13 +22,15 @@ async function route() {
   }
   stopCurrent();
   stopCurrent = () => {};
-  const main = document.getElementById('page');
+  const view = h('div');
+  fill(document.getElementById('page'), view);
   try {
     const page = await import(`./${module}.js`);
-    const stop = await page.render(main, { name, args });
-    if (typeof stop === 'function') stopCurrent = stop;
+    const stop = await page.render(view, { name, args });
+    if (typeof stop !== 'function') return;
+    if (visit === visits) stopCurrent = stop; else stop();
   } catch (error) {
-    fill(main, h('p', { class: 'error' }, String(error.message || error)));
+    fill(view, h('p', { class: 'error' }, String(error.message || error)));
   }
 }
 

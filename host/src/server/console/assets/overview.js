@@ -85,7 +85,7 @@ export async function render(main) {
   const appends = Array(POINTS).fill(0), commands = Array(POINTS).fill(0);
   let previous = null;
   let lastP99 = null;
-  const set = (id, text) => { const el = document.getElementById(id); if (el) el.textContent = text; };
+  const set = (id, text) => { const el = main.querySelector(`#${id}`); if (el) el.textContent = text; };
   async function sample() {
     try {
       const [stats, metrics] = await Promise.all([

@@ -121,6 +121,9 @@ export async function render(main, { args }) {
       table),
     message, drop, parked);
   await refresh();
-  if (args[1] === 'parked') fill(parked, await parkedList(args[0]));
+  if (args[1] === 'parked') {
+    // Caught here: a render that throws returns no stop function, and the polling would go on.
+    try { fill(parked, await parkedList(args[0])); } catch (error) { fill(parked, h('p', { class: 'error' }, error.message)); }
+  }
   return () => { stopped = true; clearTimeout(timer); };
 }
