@@ -824,3 +824,82 @@ async fn fast_navigation_leaves_no_live_feed_open() {
     }
     browser.close().await;
 }
+
+/// Wraps the page's `fetch`: records the version of each `at_version` request in
+/// `window.__asked`, and holds the answer to `at_version=1` until `window.__release()`
+/// (`window.__held` settles with it).
+const HOLD_VERSION_1: &str = "const real = window.fetch.bind(window); \
+    let release; const gate = new Promise((open) => { release = open; }); \
+    window.__asked = []; window.__release = release; \
+    window.fetch = (url, init) => { \
+      const at = /at_version=(\\d+)/.exec(String(url)); \
+      if (!at) return real(url, init); \
+      window.__asked.push(Number(at[1])); \
+      if (at[1] !== '1') return real(url, init); \
+      const answer = gate.then(() => real(url, init)); \
+      window.__held = answer.catch(() => null); \
+      return answer; \
+    }; return true";
+
+/// Moves the version slider to each of `versions` at once, as a drag does.
+fn drag_to(versions: &[u64]) -> String {
+    format!(
+        "const slider = document.getElementById('version-slider'); \
+         for (const v of {versions:?}) {{ slider.value = v; slider.dispatchEvent(new Event('input')); }} \
+         return true"
+    )
+}
+
+/// Dragging the version slider rebuilds one past state once it rests, not one per step, and
+/// an answer overtaken by a later one is dropped: the state shown is the slider's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_slider_shows_its_version_with_one_rebuild_per_rest() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let http = reqwest::Client::new();
+    let commands = "/aggregates/bank-account/bob/commands";
+    post(
+        &http,
+        &server,
+        commands,
+        json!({"type": "Open", "data": {"owner": "Bob"}}),
+    )
+    .await;
+    for _ in 0..4 {
+        let deposit = json!({"type": "Deposit", "data": {"amount": 10}});
+        post(&http, &server, commands, deposit).await;
+    }
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/aggregate/bank-account/bob").await;
+    browser
+        .wait_text("#aggregate-version", |t| t == "version 5 (current)")
+        .await;
+    browser.eval(HOLD_VERSION_1).await;
+    // To version 1, whose answer is held; then a drag that ends at version 2.
+    browser.eval(&drag_to(&[1])).await;
+    let deadline = Instant::now() + PATIENCE;
+    while browser.eval("return window.__asked.length").await != json!(1) {
+        assert!(Instant::now() < deadline, "version 1 was never asked for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.eval(&drag_to(&[2, 3, 4, 3, 2])).await;
+    browser
+        .wait_text("#aggregate-version", |t| t == "version 2 of 5")
+        .await;
+    // The answer for version 1 comes last, and changes nothing.
+    browser
+        .eval(
+            "window.__release(); \
+             return window.__held.then(() => new Promise((later) => setTimeout(later, 500)))",
+        )
+        .await;
+    assert_eq!(browser.eval("return window.__asked").await, json!([1, 2]));
+    assert_eq!(
+        browser.wait_text("#aggregate-version", |_| true).await,
+        "version 2 of 5"
+    );
+    browser
+        .wait_text("#aggregate-state", |t| t.contains("\"balance\": 10"))
+        .await;
+    browser.close().await;
+}

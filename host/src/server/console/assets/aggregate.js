@@ -21,33 +21,46 @@ export async function render(main, { args: [pluginName, id] }) {
   const base = `/aggregates/${enc(pluginName)}/${enc(id)}`;
   const stateView = h('div', { id: 'aggregate-state' });
   const versionLabel = h('span', { id: 'aggregate-version' });
-  const slider = h('input', { type: 'range', class: 'slider', id: 'version-slider', min: 1, max: 1, value: 1 });
+  const slider = h('input', { type: 'range', class: 'slider', id: 'version-slider', min: 1, max: 1, value: 1, disabled: true });
   const error = h('p', { class: 'error', id: 'aggregate-error' });
-  let head = 0;
+  let head = 0, pending = null, settle = null;
+  /**
+   * Shows the state at `version`, or now (which moves the slider to the head). A request
+   * still running is aborted, and its answer, should it come, dropped: what shows is the
+   * answer to the last request, the slider's version.
+   */
   async function show(version) {
+    if (pending) pending.abort();
+    const request = new AbortController();
+    pending = request;
+    const past = version !== undefined && version < head;
     try {
-      const query = version && version < head ? `?at_version=${version}` : '';
-      const text = await callText(base + query);
+      const text = await callText(base + (past ? `?at_version=${version}` : ''), { signal: request.signal });
+      if (request !== pending) return;
       const answer = parse(text, { maxDepth: 1 });
       const shown = scalar(text, member(answer, 'version'));
-      versionLabel.textContent = version && version < head ? `version ${shown} of ${head}` : `version ${shown} (current)`;
+      if (!past) {
+        head = shown;
+        slider.max = Math.max(head, 1);
+        slider.value = head;
+        slider.disabled = head < 2;
+      }
+      versionLabel.textContent = past ? `version ${shown} of ${head}` : `version ${shown} (current)`;
       fill(stateView, jsonTree(source(text, member(answer, 'state'))));
       error.textContent = '';
-      return { version: shown };
     } catch (e) {
+      if (request !== pending) return;
+      if (!past) { head = 0; slider.disabled = true; }
       error.textContent = e.message;
       fill(stateView);
-      return null;
     }
   }
-  async function current() {
-    const answer = await show();
-    head = answer ? answer.version : 0;
-    slider.max = Math.max(head, 1);
-    slider.value = head;
-    slider.disabled = head < 2;
-  }
-  slider.addEventListener('input', () => show(Number(slider.value)));
+  // A past state is rebuilt from the log: one request once the slider rests, not one for
+  // each step of a drag (the host rebuilds only a few at once).
+  slider.addEventListener('input', () => {
+    clearTimeout(settle);
+    settle = setTimeout(() => show(Number(slider.value)), 150);
+  });
   const type = h('input', { id: 'command-type', placeholder: 'command type', required: true });
   const data = h('textarea', { id: 'command-data', placeholder: '{"amount": 10}' });
   const outcome = h('div', { id: 'command-outcome' });
@@ -62,7 +75,7 @@ export async function render(main, { args: [pluginName, id] }) {
       const json = `{"type": ${JSON.stringify(type.value)}, "data": ${text}}`;
       const result = await call(`${base}/commands`, { method: 'POST', json });
       fill(outcome, h('p', { class: 'ok' }, `Accepted: version ${result.version}, ${result.events.length} event(s)`));
-      await current();
+      await show();
     } catch (err) {
       const reason = err.body && err.body.reason;
       fill(outcome, h('p', { class: 'error', id: 'command-refused' },
@@ -73,5 +86,6 @@ export async function render(main, { args: [pluginName, id] }) {
     h('p', {}, h('a', { href: `#/stream/${enc(`${pluginName}-${id}`)}` }, 'Its stream')),
     h('h2', {}, 'State ', versionLabel), slider, stateView, error,
     h('h2', {}, 'Send a command'), form, outcome);
-  await current();
+  await show();
+  return () => { clearTimeout(settle); if (pending) pending.abort(); };
 }
