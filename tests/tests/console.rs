@@ -903,3 +903,46 @@ async fn the_version_slider_shows_its_version_with_one_rebuild_per_rest() {
         .await;
     browser.close().await;
 }
+
+/// Replaces the page's EventSource with one that opens and is then ended by the server's
+/// `error` event, as `GET /events/live` ends a feed whose journal read failed; records when
+/// each is made in `window.__feeds`.
+const FEED_ENDED_BY_SERVER: &str = "window.__feeds = []; \
+    window.EventSource = class extends EventTarget { \
+      constructor(url) { \
+        super(); window.__feeds.push({ url, at: performance.now() }); \
+        setTimeout(() => { \
+          this.fire(new Event('open')); \
+          this.fire(new MessageEvent('error', { data: 'reading the journal at position 7 failed: disk on fire' })); \
+        }, 0); \
+      } \
+      fire(event) { this.dispatchEvent(event); const on = this['on' + event.type]; if (on) on.call(this, event); } \
+      close() {} \
+    }; return true";
+
+/// A feed the server ends with an `error` event shows the server's reason, and the tail
+/// reconnects waiting twice as long after each failure in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_shows_why_the_server_ended_its_feed_and_backs_off() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let browser = Browser::start().await;
+    browser.goto(&server, "#/streams").await;
+    browser.wait_text("h1", |t| t == "Streams").await;
+    browser.eval(FEED_ENDED_BY_SERVER).await;
+    browser.eval("location.hash = '#/tail'; return true").await;
+    browser
+        .wait_text("#tail-error", |t| {
+            t == "The server ended the feed: reading the journal at position 7 failed: disk on fire"
+        })
+        .await;
+    browser
+        .wait_text("#tail-state", |t| t.contains("retrying in 4 s"))
+        .await;
+    // Three feeds at least, the third made 2 s after the second (a timer's least wait).
+    let feeds = browser.eval("return window.__feeds").await;
+    let at = |i: usize| feeds[i]["at"].as_f64().unwrap();
+    assert!(feeds.as_array().unwrap().len() >= 3, "{feeds}");
+    assert!(at(1) - at(0) >= 990.0 && at(2) - at(1) >= 1990.0, "{feeds}");
+    browser.close().await;
+}

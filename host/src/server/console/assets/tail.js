@@ -1,5 +1,5 @@
 // Live tail: the global log as it is written (SSE), with pause, a filter by stream prefix or
-// event type, and reconnection from the last position seen.
+// event type, and reconnection from the last position seen, backing off while it fails.
 import { h, fill, when, clip } from './dom.js';
 import { member, parse, scalar, source } from './json.js';
 
@@ -27,7 +27,8 @@ export async function render(main) {
   const pause = h('button', { type: 'button', id: 'tail-pause' }, 'Pause');
   const state = h('span', { class: 'muted', id: 'tail-state' });
   const rows = h('div', { class: 'tail', id: 'tail' });
-  let paused = false, feed = null, last = null, retry = null;
+  const problem = h('p', { class: 'error', id: 'tail-error' });
+  let paused = false, feed = null, last = null, retry = null, failures = 0;
   const held = [];
   function show(event) {
     if (prefix.value && !event.stream.startsWith(prefix.value)) return;
@@ -47,6 +48,8 @@ export async function render(main) {
     state.textContent = 'connecting…';
     feed.onopen = () => { state.textContent = 'following'; };
     feed.onmessage = (message) => {
+      failures = 0;
+      problem.textContent = '';
       let event;
       try { event = summary(message.data); } catch (error) {
         rows.prepend(h('div', { class: 'row error' }, `An event could not be shown: ${error.message}`));
@@ -55,11 +58,17 @@ export async function render(main) {
       last = event.position;
       if (paused) { held.push(event); if (held.length > KEEP) held.shift(); } else show(event);
     };
-    feed.onerror = () => {
+    // The server ends a feed it cannot go on with by an event named `error` with the reason as
+    // its data; a lost connection is an `error` without data. Either way it reconnects from
+    // the last event seen, after 1 s, then twice as long after each failure in a row (≤ 30 s).
+    feed.addEventListener('error', (event) => {
       feed.close();
-      state.textContent = 'disconnected, reconnecting…';
-      retry = setTimeout(connect, 1000);
-    };
+      if (event.data !== undefined) problem.textContent = `The server ended the feed: ${event.data}`;
+      const wait = Math.min(2 ** failures, 30);
+      failures++;
+      state.textContent = `disconnected, retrying in ${wait} s…`;
+      retry = setTimeout(connect, wait * 1000);
+    });
   }
   pause.addEventListener('click', () => {
     paused = !paused;
@@ -67,7 +76,7 @@ export async function render(main) {
     if (!paused) held.splice(0).forEach(show);
   });
   fill(main, h('h1', {}, 'Live tail'),
-    h('div', { class: 'toolbar' }, prefix, type, pause, state), rows);
+    h('div', { class: 'toolbar' }, prefix, type, pause, state), problem, rows);
   const health = await fetch('/health').then((r) => r.json());
   last = health.head_position > 10 ? health.head_position - 10 : null;
   connect();
