@@ -95,7 +95,11 @@ async fn streams_append_and_read_with_expected_versions() {
     let (status, body) = post(&client, &server, "/streams/user-1/events", next(json!(2))).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["current_version"], json!(3), "{body}");
-    error_of(&body);
+    // The message spells the expectation as the API does, not as Rust does.
+    assert_eq!(
+        error_of(&body),
+        "wrong expected version for stream \"user-1\": expected 2, current 3"
+    );
     let (status, body) = post(
         &client,
         &server,
@@ -107,6 +111,10 @@ async fn streams_append_and_read_with_expected_versions() {
         (status, body["current_version"].clone()),
         (409, json!(3)),
         "{body}"
+    );
+    assert_eq!(
+        error_of(&body),
+        "wrong expected version for stream \"user-1\": expected \"no_stream\", current 3"
     );
     let (status, body) = post(&client, &server, "/streams/other/events", next(json!(1))).await;
     assert_eq!(

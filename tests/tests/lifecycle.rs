@@ -72,6 +72,10 @@ async fn streams_are_deleted_and_truncated_over_http() {
     .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["current_version"], 3);
+    assert_eq!(
+        body["error"],
+        "wrong expected version for stream \"order-1\": expected 2, current 3"
+    );
     let (status, body) = call(
         &client,
         &server,

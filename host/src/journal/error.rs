@@ -13,7 +13,7 @@ use super::ExpectedVersion;
 pub enum JournalError {
     /// The stream's version did not match the append's [`ExpectedVersion`]; nothing was written.
     #[error(
-        "wrong expected version for stream {stream:?}: expected {expected:?}, current {}",
+        "wrong expected version for stream {stream:?}: expected {expected}, current {}",
         describe_version(*.current)
     )]
     Conflict {

@@ -27,6 +27,17 @@ pub enum ExpectedVersion {
     Exact(u64),
 }
 
+/// As the JSON API spells it: `9`, `"no_stream"` or `"any"`.
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("\"any\""),
+            Self::NoStream => f.write_str("\"no_stream\""),
+            Self::Exact(version) => write!(f, "{version}"),
+        }
+    }
+}
+
 /// An event as handed to [`append`](super::Journal::append).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
