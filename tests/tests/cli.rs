@@ -288,6 +288,16 @@ fn client_subcommands_drive_a_running_server() {
     assert_eq!((next_position(), next_position()), (3, 4));
     ok(url, &["append", "late", "--type", "Late", "--data", "null"]);
     assert_eq!(next_position(), 5);
+
+    // Data prints as it is stored, byte for byte: numbers of any size, key order and spacing,
+    // from a page, the live feed and a pretty-printed answer alike.
+    let exact = r#"{"b":1,  "a":123456789012345678901234567890}"#;
+    let appended = ok(url, &["append", "exact-1", "--type", "T", "--data", exact]);
+    assert!(appended.contains("\"last_position\": 6"), "{appended}");
+    let printed = ok(url, &["events", "exact-1"]);
+    assert!(printed.contains(exact), "{printed}");
+    let followed_line = followed.next().unwrap().unwrap();
+    assert!(followed_line.contains(exact), "{followed_line}");
     follower.kill().unwrap();
     follower.wait().unwrap();
 

@@ -210,17 +210,26 @@ impl Remote {
 
 /// Sends `request` and returns its JSON answer, or fails with the server's error message.
 pub(super) async fn send(request: RequestBuilder) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&send_for_text(request).await?)?)
+}
+
+/// Sends `request` and returns the text of its JSON answer as the server sent it (events'
+/// data as stored); an answer with an error status is an error naming the server's message.
+pub(super) async fn send_for_text(request: RequestBuilder) -> anyhow::Result<String> {
     let response = request.send().await.context("the server did not answer")?;
     let status = response.status();
-    let body: Value = response
-        .json()
+    let text = response
+        .text()
         .await
-        .with_context(|| format!("the server answered {status} without JSON"))?;
+        .context("the server's answer broke off")?;
+    let Ok(body) = serde_json::from_str::<Value>(&text) else {
+        bail!("the server answered {status} without JSON");
+    };
     if !status.is_success() {
         let message = body["error"].as_str().unwrap_or("no message");
         bail!("the server answered {status}: {message}");
     }
-    Ok(body)
+    Ok(text)
 }
 
 /// Stdout was closed (`foldhost events | head -1`): the command stops there, and succeeds.
@@ -246,6 +255,11 @@ pub(super) fn print_line(line: impl Display) -> anyhow::Result<()> {
 
 pub(super) fn print_pretty(value: &Value) -> anyhow::Result<()> {
     print_line(serde_json::to_string_pretty(value).expect("a JSON value serialises"))
+}
+
+/// Prints the JSON answer to `request` indented, every value as the server sent it.
+async fn print_answer(request: RequestBuilder) -> anyhow::Result<()> {
+    print_line(super::pretty::pretty(&send_for_text(request).await?))
 }
 
 pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
@@ -279,7 +293,7 @@ pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
         .remote
         .request(Method::POST, &["streams", &args.stream, "events"])?
         .json(&body);
-    print_pretty(&send(request).await?)?;
+    print_answer(request).await?;
     Ok(())
 }
 
@@ -302,25 +316,33 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
                 .request(Method::GET, &["events"])?
                 .query(&[("from_position", next), ("limit", limit)]),
         };
-        let page = send(request).await?;
-        let events = page
-            .as_array()
-            .context("the server answered no list of events")?;
-        for event in events {
-            print_line(event)?;
+        let page = send_for_text(request).await?;
+        let events: Vec<&RawValue> =
+            serde_json::from_str(&page).context("the server answered no list of events")?;
+        for event in &events {
+            print_line(event.get())?;
         }
         let Some(last) = events.last() else {
             break;
         };
-        let key = if args.stream.is_some() {
-            "version"
+        let last: Numbered =
+            serde_json::from_str(last.get()).context("an event without its numbers")?;
+        next = 1 + if args.stream.is_some() {
+            last.version
         } else {
-            "position"
+            last.position
         };
-        next = last[key].as_u64().context("an event without its number")? + 1;
         left -= events.len() as u64;
     }
     Ok(())
+}
+
+/// Where an event read from the server is.
+#[derive(serde::Deserialize)]
+struct Numbered {
+    stream: String,
+    version: u64,
+    position: u64,
 }
 
 /// Prints the live feed; with a stream, only that stream's events from version `--from` on.
@@ -341,17 +363,15 @@ async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
             if message.event == "error" {
                 bail!("the server ended the live feed: {}", message.data);
             }
-            let event: Value = serde_json::from_str(&message.data)
-                .with_context(|| format!("the live feed sent no JSON: {}", message.data))?;
+            let event: Numbered = serde_json::from_str(&message.data)
+                .with_context(|| format!("the live feed sent no event: {}", message.data))?;
             let wanted = match &args.stream {
-                Some(stream) => {
-                    event["stream"] == stream.as_str()
-                        && event["version"].as_u64().is_some_and(|v| v >= args.from)
-                }
+                Some(stream) => event.stream == *stream && event.version >= args.from,
                 None => true,
             };
             if wanted {
-                print_line(event)?;
+                // As sent: its data byte for byte.
+                print_line(&message.data)?;
             }
         }
     }
@@ -442,7 +462,7 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
             &["aggregates", &args.plugin, &args.id, "commands"],
         )?
         .json(&body);
-    print_pretty(&send(request).await?)?;
+    print_answer(request).await?;
     Ok(())
 }
 
@@ -453,7 +473,7 @@ pub async fn state(args: StateArgs) -> anyhow::Result<()> {
     if let Some(version) = args.at_version {
         request = request.query(&[("at_version", version)]);
     }
-    print_pretty(&send(request).await?)?;
+    print_answer(request).await?;
     Ok(())
 }
 
@@ -467,7 +487,7 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
             .remote
             .request(Method::GET, &["projections", &args.plugin])?,
     };
-    print_pretty(&send(request).await?)?;
+    print_answer(request).await?;
     Ok(())
 }
 
@@ -511,7 +531,7 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
             admin(Method::PUT, &name, &["policy"])?.json(&json!({ "policy": policy }))
         }
     };
-    print_pretty(&send(request).await?)?;
+    print_answer(request).await?;
     Ok(())
 }
 

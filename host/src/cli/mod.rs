@@ -8,6 +8,7 @@ mod import_check;
 mod lifecycle;
 mod limits;
 mod offline;
+mod pretty;
 mod token;
 
 use std::io::{IsTerminal, Write};
