@@ -587,10 +587,10 @@ async fn a_deep_or_huge_event_shows_bounded_beside_the_others() {
     browser.click("#events .event:nth-child(2) .show-all").await;
     assert_eq!(
         browser
-            .eval(&format!(
+            .eval(
                 "return document.querySelector('#events .event:nth-child(2) pre').textContent \
                  === '['.repeat(400000) + ']'.repeat(400000)"
-            ))
+            )
             .await,
         json!(true)
     );
