@@ -14,6 +14,7 @@
 //! file does not unload its plugin (use `DELETE /plugins/{name}`).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,18 +76,20 @@ impl Stamp {
     }
 }
 
-/// The plugin files read so far, as they were when read.
+/// The plugin files read so far, by name in the directory, as they were when read. By name,
+/// since the watcher reports a file by another path than the listing when the directory was
+/// given as a relative path (every file then loaded twice at start).
 #[derive(Debug, Default)]
-pub struct Read(HashMap<PathBuf, Stamp>);
+pub struct Read(HashMap<OsString, Stamp>);
 
 impl Read {
     /// Whether the file at `path` changed since it was last read (or was never read); if so,
     /// it counts as read as it is now.
     fn changed(&mut self, path: &Path) -> bool {
-        let Some(stamp) = Stamp::of(path) else {
+        let (Some(name), Some(stamp)) = (path.file_name(), Stamp::of(path)) else {
             return false;
         };
-        self.0.insert(path.to_owned(), stamp) != Some(stamp)
+        self.0.insert(name.to_owned(), stamp) != Some(stamp)
     }
 }
 
