@@ -181,6 +181,19 @@ fn reason(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no reason in {body}"))
 }
 
+/// A refused append's message and reason name the refused event by its `index` in the append,
+/// never by a position: it was not stored.
+fn assert_names_no_position(body: &Value, index: usize) {
+    let error = body["error"].as_str().unwrap_or_default();
+    for text in [error, reason(body)] {
+        assert!(!text.contains("position"), "{body}");
+        assert!(
+            text.contains(&format!("event at index {index} of the append")),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_the_owning_aggregate_cannot_fold_are_refused_and_nothing_is_stored() {
     let dirs = Dirs::new();
@@ -196,11 +209,14 @@ async fn events_the_owning_aggregate_cannot_fold_are_refused_and_nothing_is_stor
     assert_eq!(status, 422, "{body}");
     assert!(reason(&body).contains("lots"), "{body}");
     assert_eq!(body["index"], 0, "{body}");
+    // Nothing was stored, so no position is claimed: the event is named by its index.
+    assert_names_no_position(&body, 0);
     // In a batch, the whole append is refused and the culprit named.
     let good = json!({"type": "Deposited", "data": {"amount": 5}});
     let unknown = json!({"type": "Teleported", "data": {}});
     let (status, body) = api.append("bank-account-y", json!([good, unknown])).await;
     assert_eq!((status, body["index"].clone()), (422, json!(1)), "{body}");
+    assert_names_no_position(&body, 1);
     assert_eq!(api.stream_types("bank-account-y").await, ["Opened"]);
 
     // What the aggregate folds goes in, and commands see it.

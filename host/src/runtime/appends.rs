@@ -138,15 +138,75 @@ fn refusal(plugin: &str, index: usize, event: &RecordedEvent, error: RuntimeErro
         RuntimeError::Trap { plugin, .. } | RuntimeError::PluginFailed { plugin, .. } => plugin,
         _ => return error,
     };
+    // An upcaster's failure names it.
+    let reason = match culprit == plugin {
+        true => error.plugin_reason(),
+        false => error.to_string(),
+    };
     RuntimeError::Refused {
         plugin: plugin.to_owned(),
         stream: event.stream.to_string(),
         index,
         event_type: event.event_type.to_string(),
-        // An upcaster's failure names it.
-        reason: match culprit == plugin {
-            true => error.plugin_reason(),
-            false => error.to_string(),
-        },
+        reason: unplaced(&reason, event.position, index),
+    }
+}
+
+/// `reason` with its mentions of the provisional `position` the fold was shown (the SDKs' "event
+/// at position N", an upcaster's "events at positions N..=N") naming the event by its `index` in
+/// the append instead: it was never stored, and another write may take that position first.
+fn unplaced(reason: &str, position: u64, index: usize) -> String {
+    let instead = format!("event at index {index} of the append");
+    [
+        format!("events at positions {position}..={position}"),
+        format!("event at position {position}"),
+    ]
+    .iter()
+    .fold(reason.to_owned(), |text, mention| {
+        replace_number_mention(&text, mention, &instead)
+    })
+}
+
+/// `text` with each `mention` (which ends in a number) replaced, unless more digits follow it
+/// (a mention of position 2 is not one of position 21).
+fn replace_number_mention(text: &str, mention: &str, replacement: &str) -> String {
+    let mut replaced = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(mention) {
+        let after = &rest[at + mention.len()..];
+        replaced.push_str(&rest[..at]);
+        match after.starts_with(|c: char| c.is_ascii_digit()) {
+            true => replaced.push_str(mention),
+            false => replaced.push_str(replacement),
+        }
+        rest = after;
+    }
+    replaced.push_str(rest);
+    replaced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unplaced;
+
+    #[test]
+    fn a_refusal_names_the_event_by_its_index_not_its_provisional_position() {
+        for (reason, unplaced_reason) in [
+            (
+                "cannot apply event at position 15 of type `Bogus`: unknown variant",
+                "cannot apply event at index 1 of the append of type `Bogus`: unknown variant",
+            ),
+            (
+                "plugin up trapped upcasting events at positions 15..=15: panicked",
+                "plugin up trapped upcasting event at index 1 of the append: panicked",
+            ),
+            // Other positions are not the event's.
+            (
+                "event at position 150 and event at position 1",
+                "event at position 150 and event at position 1",
+            ),
+        ] {
+            assert_eq!(unplaced(reason, 15, 1), unplaced_reason);
+        }
     }
 }

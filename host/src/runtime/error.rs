@@ -108,13 +108,16 @@ pub enum RuntimeError {
         reason: String,
     },
     /// Events offered for appending that the stream's aggregate cannot fold; nothing was stored.
-    #[error("{plugin} cannot fold event {index} ({event_type}) on {stream}: {reason}")]
+    #[error(
+        "{plugin} cannot fold the event at index {index} of the append ({event_type}) to \
+         {stream}: {reason}"
+    )]
     Refused {
         /// The aggregate.
         plugin: String,
         /// The stream appended to.
         stream: String,
-        /// The event's index in the append.
+        /// The event's index in the append (0: its first event).
         index: usize,
         /// The event's type.
         event_type: String,
