@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::token::{AdminToken, LeadingAdminToken};
 use crate::runtime::{FailurePolicy, Limits, Plugin, PluginEngine};
 
 /// Where the server is.
@@ -25,6 +26,51 @@ pub struct Remote {
         global = true
     )]
     url: Url,
+}
+
+/// The options of a subcommand that talks to a server: where it is, and the admin token for
+/// its admin endpoints.
+#[derive(Debug, Args)]
+struct Connection {
+    /// The admin token, for the admin endpoints (see README → HTTP API).
+    #[command(flatten)]
+    admin: AdminToken,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// [`Connection`]'s options given before the `plugins` subcommand (`plugins --url U list`), as
+/// they were once taken: hidden, they override the subcommand's own, and the offline
+/// subcommands refuse them.
+#[derive(Debug, Args)]
+struct LeadingConnection {
+    #[arg(long = "url", id = "leading_url", hide = true)]
+    url: Option<Url>,
+    #[command(flatten)]
+    admin: LeadingAdminToken,
+}
+
+impl LeadingConnection {
+    /// `connection` with the options given here in place of its own.
+    fn over(self, connection: Connection) -> Connection {
+        Connection {
+            admin: self.admin.over(connection.admin),
+            remote: Remote {
+                url: self.url.unwrap_or(connection.remote.url),
+            },
+        }
+    }
+
+    /// Fails if any option was given to `plugins SUBCOMMAND`, which works offline.
+    fn refuse_for(&self, subcommand: &str) -> anyhow::Result<()> {
+        if self.url.is_some() || self.admin.is_given() {
+            bail!(
+                "--url, --admin-token and --admin-token-file are for the subcommands that talk \
+                 to a server; `plugins {subcommand}` works offline"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -111,17 +157,19 @@ pub struct ProjectionArgs {
 pub struct PluginsArgs {
     #[command(subcommand)]
     action: PluginsAction,
-    /// The admin token, for the admin endpoints (see README → HTTP API).
     #[command(flatten)]
-    admin: super::token::AdminToken,
-    #[command(flatten)]
-    remote: Remote,
+    leading: LeadingConnection,
 }
 
+/// The `plugins` subcommands; those that talk to a server take its [`Connection`] options, the
+/// offline ones (`new`, `build`, `diff`) do not.
 #[derive(Debug, Subcommand)]
 enum PluginsAction {
     /// List the loaded plugins.
-    List,
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Install a plugin component (or replace the loaded version); needs the admin token.
     Load {
         /// The .wasm component (or a core module from `cargo build --target
@@ -131,6 +179,8 @@ enum PluginsAction {
         /// JavaScript plugin that means compiling it twice).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Offline: create a plugin project (Rust, Python or JavaScript) that `plugins build` turns
     /// into a component.
@@ -150,28 +200,38 @@ enum PluginsAction {
         /// build resumes from them).
         #[arg(long)]
         drop_data: bool,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// List the events a projection parked (skipped because it could not fold them).
     Parked {
         /// The projection's name.
         name: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Fold a projection's parked events again, at the head; needs the admin token.
     ReplayParked {
         /// The projection's name.
         name: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Restart a projection from its checkpoint (e.g. one stopped by policy `stop`); needs
     /// the admin token.
     Restart {
         /// The projection's name.
         name: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Rebuild a projection from position 1 in the background; it takes over at the head.
     /// Needs the admin token.
     Reset {
         /// The projection's name.
         name: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Set what a projection does with an event it cannot fold; needs the admin token.
     Policy {
@@ -179,6 +239,8 @@ enum PluginsAction {
         name: String,
         /// `park` (skip it, listed by `plugins parked`) or `stop` (until `plugins restart`).
         policy: FailurePolicy,
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -492,47 +554,91 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
-    let PluginsArgs {
-        action,
-        admin,
-        remote,
-    } = args;
-    let admin = |method, name: &str, rest: &[&str]| -> anyhow::Result<RequestBuilder> {
-        let path: Vec<&str> = ["plugins", name]
-            .into_iter()
-            .chain(rest.iter().copied())
-            .collect();
-        admin.sign(remote.request(method, &path)?)
-    };
+    let PluginsArgs { action, leading } = args;
     let request = match action {
-        PluginsAction::Diff(diff) => return super::offline::diff(diff).await,
-        PluginsAction::New(new) => return super::author::new(new),
-        PluginsAction::Build(build) => return super::author::build(build).await,
-        PluginsAction::List => remote.request(Method::GET, &["plugins"])?,
-        PluginsAction::Load { file, name } => {
+        PluginsAction::Diff(diff) => {
+            leading.refuse_for("diff")?;
+            return super::offline::diff(diff).await;
+        }
+        PluginsAction::New(new) => {
+            leading.refuse_for("new")?;
+            return super::author::new(new);
+        }
+        PluginsAction::Build(build) => {
+            leading.refuse_for("build")?;
+            return super::author::build(build).await;
+        }
+        PluginsAction::List { connection } => {
+            let connection = leading.over(connection);
+            connection.remote.request(Method::GET, &["plugins"])?
+        }
+        PluginsAction::Load {
+            file,
+            name,
+            connection,
+        } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
                 None => described_name(&bytes, &file.display().to_string())?,
             };
-            admin(Method::PUT, &name, &[])?.body(bytes)
+            leading
+                .over(connection)
+                .admin(Method::PUT, &name, &[])?
+                .body(bytes)
         }
-        PluginsAction::Unload { name, drop_data } => {
-            admin(Method::DELETE, &name, &[])?.query(&[("drop_data", drop_data)])
+        PluginsAction::Unload {
+            name,
+            drop_data,
+            connection,
+        } => leading
+            .over(connection)
+            .admin(Method::DELETE, &name, &[])?
+            .query(&[("drop_data", drop_data)]),
+        PluginsAction::Parked { name, connection } => {
+            let connection = leading.over(connection);
+            connection
+                .remote
+                .request(Method::GET, &["plugins", &name, "parked"])?
         }
-        PluginsAction::Parked { name } => {
-            remote.request(Method::GET, &["plugins", &name, "parked"])?
+        PluginsAction::ReplayParked { name, connection } => {
+            leading
+                .over(connection)
+                .admin(Method::POST, &name, &["parked", "replay"])?
         }
-        PluginsAction::ReplayParked { name } => admin(Method::POST, &name, &["parked", "replay"])?,
-        PluginsAction::Restart { name } => admin(Method::POST, &name, &["restart"])?,
-        PluginsAction::Reset { name } => admin(Method::POST, &name, &["reset"])?,
-        PluginsAction::Policy { name, policy } => {
-            admin(Method::PUT, &name, &["policy"])?.json(&json!({ "policy": policy }))
+        PluginsAction::Restart { name, connection } => {
+            leading
+                .over(connection)
+                .admin(Method::POST, &name, &["restart"])?
         }
+        PluginsAction::Reset { name, connection } => {
+            leading
+                .over(connection)
+                .admin(Method::POST, &name, &["reset"])?
+        }
+        PluginsAction::Policy {
+            name,
+            policy,
+            connection,
+        } => leading
+            .over(connection)
+            .admin(Method::PUT, &name, &["policy"])?
+            .json(&json!({ "policy": policy })),
     };
     print_answer(request).await?;
     Ok(())
+}
+
+impl Connection {
+    /// A request to `/plugins/{name}/{rest…}`, signed with the admin token.
+    fn admin(&self, method: Method, name: &str, rest: &[&str]) -> anyhow::Result<RequestBuilder> {
+        let path: Vec<&str> = ["plugins", name]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect();
+        self.admin.sign(self.remote.request(method, &path)?)
+    }
 }
 
 /// The name a component gives itself, found by loading it locally (which also validates it
@@ -544,7 +650,62 @@ fn described_name(bytes: &[u8], origin: &str) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    /// The connection `foldhost plugins ARGS` uses, and whether it may use the leading options.
+    fn plugins_connection(args: &[&str]) -> (Option<Connection>, anyhow::Result<()>) {
+        let cli = crate::cli::Cli::try_parse_from(["foldhost", "plugins"].iter().chain(args));
+        let crate::cli::Action::Plugins(PluginsArgs { action, leading }) = cli.unwrap().action
+        else {
+            panic!("not plugins");
+        };
+        match action {
+            PluginsAction::Load { connection, .. } => (Some(leading.over(connection)), Ok(())),
+            _ => (None, leading.refuse_for("new")),
+        }
+    }
+
+    #[test]
+    fn server_options_before_the_plugins_subcommand_still_count() {
+        for args in [
+            &[
+                "--url",
+                "http://h:1",
+                "--admin-token",
+                "t",
+                "load",
+                "f.wasm",
+            ][..],
+            &[
+                "load",
+                "f.wasm",
+                "--url",
+                "http://h:1",
+                "--admin-token",
+                "t",
+            ],
+            &[
+                "--url",
+                "http://h:1",
+                "load",
+                "f.wasm",
+                "--admin-token",
+                "t",
+            ],
+        ] {
+            let (connection, _) = plugins_connection(args);
+            let connection = connection.unwrap();
+            assert_eq!(connection.remote.url.as_str(), "http://h:1/", "{args:?}");
+            assert_eq!(connection.admin.resolve().unwrap().as_deref(), Some("t"));
+        }
+        let (_, refused) = plugins_connection(&["--url", "http://h:1", "new", "x"]);
+        let refused = refused.unwrap_err().to_string();
+        assert!(refused.contains("works offline"), "{refused}");
+        let (_, given) = plugins_connection(&["new", "x"]);
+        given.unwrap();
+    }
 
     #[test]
     fn sse_messages_split_across_chunks_and_skip_comments() {

@@ -302,6 +302,58 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
+    /// The long help of `foldhost plugins SUBCOMMAND`.
+    fn plugins_help(subcommand: &str) -> String {
+        let mut cli = super::Cli::command();
+        cli.build();
+        let plugins = cli.find_subcommand("plugins").expect("plugins");
+        let mut subcommand = plugins
+            .find_subcommand(subcommand)
+            .expect(subcommand)
+            .clone();
+        subcommand.render_long_help().to_string()
+    }
+
+    #[test]
+    fn only_plugins_subcommands_that_talk_to_a_server_take_its_options() {
+        let server_options = ["--url", "--admin-token", "--admin-token-file"];
+        for offline in [&["new", "x"][..], &["build"], &["diff", "a.wasm", "b.wasm"]] {
+            let help = plugins_help(offline[0]);
+            for option in server_options {
+                assert!(
+                    !help.contains(option),
+                    "plugins {offline:?} offers {option}:\n{help}"
+                );
+            }
+            let args = ["foldhost", "plugins"].iter().chain(offline);
+            super::Cli::try_parse_from(args.clone()).unwrap();
+            let refused = super::Cli::try_parse_from(args.chain(&["--url", "http://h"]));
+            assert_eq!(
+                refused.unwrap_err().kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "plugins {offline:?} takes --url"
+            );
+        }
+        for online in [
+            "list",
+            "load",
+            "unload",
+            "parked",
+            "replay-parked",
+            "restart",
+            "reset",
+            "policy",
+        ] {
+            let help = plugins_help(online);
+            for option in server_options {
+                assert!(
+                    help.contains(option),
+                    "plugins {online} lacks {option}:\n{help}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn serve_limit_flags_make_the_policy() {
         let cli = super::Cli::try_parse_from([

@@ -56,3 +56,38 @@ impl AdminToken {
         })
     }
 }
+
+/// `--admin-token` / `--admin-token-file` given before a subcommand that takes them itself
+/// (`plugins --admin-token T load …`, as they were once taken): hidden, they override its own.
+#[derive(Debug, Args)]
+pub struct LeadingAdminToken {
+    #[arg(
+        long = "admin-token",
+        id = "leading_admin_token",
+        hide = true,
+        conflicts_with = "leading_admin_token_file"
+    )]
+    admin_token: Option<String>,
+    #[arg(
+        long = "admin-token-file",
+        id = "leading_admin_token_file",
+        value_name = "FILE",
+        hide = true
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl LeadingAdminToken {
+    /// Whether either option was given.
+    pub fn is_given(&self) -> bool {
+        self.admin_token.is_some() || self.admin_token_file.is_some()
+    }
+
+    /// `token` with the options given here in place of its own.
+    pub fn over(self, token: AdminToken) -> AdminToken {
+        AdminToken {
+            admin_token: self.admin_token.or(token.admin_token),
+            admin_token_file: self.admin_token_file.or(token.admin_token_file),
+        }
+    }
+}
