@@ -1041,6 +1041,15 @@ async fn a_soft_deleted_stream_reads_as_missing_until_an_append_recreates_it(bac
         .await
         .unwrap();
     assert_eq!((again.first_version, again.first_position), (2, 7));
+    // And so does `0`, which means no stream, as `no_stream` does.
+    j.delete_stream("kept-1", ExpectedVersion::Exact(2), false)
+        .await
+        .unwrap();
+    let from_zero = j
+        .append("kept-1", ExpectedVersion::Exact(0), events(1))
+        .await
+        .unwrap();
+    assert_eq!((from_zero.first_version, from_zero.first_position), (3, 8));
 
     // The lifecycle survives a restart.
     let f = f.reopen();
@@ -1048,7 +1057,7 @@ async fn a_soft_deleted_stream_reads_as_missing_until_an_append_recreates_it(bac
         versions(&f.journal.read_stream("gone-1", 1, 100).unwrap()),
         [4, 5]
     );
-    assert_eq!(positions(&f.all()), [5, 6, 7]);
+    assert_eq!(positions(&f.all()), [5, 6, 8]);
 }
 
 async fn a_hard_deleted_stream_is_gone_for_good(backend: Backend) {

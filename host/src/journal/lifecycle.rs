@@ -255,16 +255,18 @@ pub(super) fn now_millis() -> u64 {
 /// What a scavenge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScavengeReport {
-    /// Streams whose hidden events were looked at.
+    /// Streams whose hidden events were looked at: those ever deleted or given retention rules
+    /// (with a lifecycle record).
     pub streams: u64,
     /// Events removed.
     pub events: u64,
     /// Aggregate snapshots removed (of hard-deleted streams, and of streams that lost events:
     /// such a snapshot folded events no reader sees any more).
     pub snapshots: u64,
-    /// The database's size in bytes before and after (redb: the file; PostgreSQL: the tables).
+    /// The database's size in bytes before (redb: its allocated pages, not the file's size;
+    /// PostgreSQL: the `events` and `snapshots` tables with their indexes and TOAST).
     pub bytes_before: u64,
-    /// The database's size in bytes after.
+    /// The database's size in bytes after, counted as `bytes_before`.
     pub bytes_after: u64,
 }
 
