@@ -80,7 +80,13 @@ impl Stamp {
 /// since the watcher reports a file by another path than the listing when the directory was
 /// given as a relative path (every file then loaded twice at start).
 #[derive(Debug, Default)]
-pub struct Read(HashMap<OsString, Stamp>);
+pub struct Read {
+    stamps: HashMap<OsString, Stamp>,
+    /// Held by each load of a file of the directory, so that loads (and retries, see
+    /// [`retry_later`]) run one at a time, in the order they began: a retry of an old version
+    /// never installs over a newer one loaded beside it.
+    loading: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Read {
     /// Whether the file at `path` changed since it was last read (or was never read); if so,
@@ -89,7 +95,7 @@ impl Read {
         let (Some(name), Some(stamp)) = (path.file_name(), Stamp::of(path)) else {
             return false;
         };
-        self.0.insert(name.to_owned(), stamp) != Some(stamp)
+        self.stamps.insert(name.to_owned(), stamp) != Some(stamp)
     }
 }
 
@@ -116,12 +122,12 @@ pub async fn load_all(
         if is_projection(path).await {
             projections.push(path);
         } else {
-            loaded += usize::from(load_file(runtime, path).await);
+            loaded += usize::from(load_file(runtime, path, &read.loading).await);
         }
     }
     progress.send_replace(StartupLoad::AggregatesLoaded);
     for path in projections {
-        loaded += usize::from(load_file(runtime, path).await);
+        loaded += usize::from(load_file(runtime, path, &read.loading).await);
     }
     progress.send_replace(StartupLoad::Loaded);
     loaded
@@ -179,7 +185,7 @@ impl Watching {
         let task = tokio::spawn(async move {
             while let Some(path) = changes.recv().await {
                 if is_plugin(&path) && read.changed(&path) {
-                    load_file(&runtime, &path).await;
+                    load_file(&runtime, &path, &read.loading).await;
                 }
             }
         });
@@ -216,12 +222,20 @@ fn origin(path: &Path) -> String {
 
 /// Loads the file at `path`, logging the outcome; a load that failed for a host reason that
 /// may pass is tried again later (see [`retry_later`]). Whether it loaded.
-async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> bool {
-    match attempt(runtime, path).await {
+async fn load_file(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    loading: &Arc<tokio::sync::Mutex<()>>,
+) -> bool {
+    let outcome = {
+        let _turn = loading.lock().await;
+        attempt(runtime, path).await
+    };
+    match outcome {
         Attempt::Loaded => true,
         Attempt::Refused => false,
         Attempt::MayPass => {
-            retry_later(runtime, path);
+            retry_later(runtime, path, loading.clone());
             false
         }
     }
@@ -242,24 +256,30 @@ enum Attempt {
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two loads of a file whose load may pass.
 const RETRY_LONGEST: Duration = Duration::from_secs(60);
+/// How many times a file whose load may pass is loaded again (over about two minutes) before
+/// it waits for a change of the file or a restart: a compiler the out-of-memory killer ends
+/// every time should not keep inviting it.
+const RETRIES: u32 = 7;
 
 /// Loads the file at `path` again after a wait, and again after longer waits while its load
-/// may pass, until it loads or is refused. Stops once the file changes (the watcher loads it
-/// then) or the runtime is gone; without this a plugin that met a passing host fault at start
-/// (its compiler killed by the out-of-memory killer, say) stayed unloaded until the file
-/// changed or the host restarted.
-fn retry_later(runtime: &Arc<Runtime>, path: &Path) {
+/// may pass, at most [`RETRIES`] times, until it loads or is refused; each load takes its turn
+/// on `loading`. Stops once the file changes (the watcher loads it then) or the runtime is
+/// gone. Without this a plugin that met a passing host fault at start (its compiler killed by
+/// the out-of-memory killer, say) stayed unloaded until the file changed or the host
+/// restarted.
+fn retry_later(runtime: &Arc<Runtime>, path: &Path, loading: Arc<tokio::sync::Mutex<()>>) {
     let Some(stamp) = Stamp::of(path) else {
         return;
     };
     let (runtime, path) = (Arc::downgrade(runtime), path.to_owned());
     tokio::spawn(async move {
         let mut wait = RETRY_FIRST;
-        loop {
+        for _ in 0..RETRIES {
             tokio::time::sleep(wait).await;
             let Some(runtime) = runtime.upgrade() else {
                 return;
             };
+            let _turn = loading.lock().await;
             if Stamp::of(&path) != Some(stamp) {
                 return;
             }
@@ -268,6 +288,11 @@ fn retry_later(runtime: &Arc<Runtime>, path: &Path) {
                 Attempt::Loaded | Attempt::Refused => return,
             }
         }
+        tracing::error!(
+            file = %path.display(),
+            "plugin file still not loaded after {RETRIES} tries; it loads when the file changes \
+             or the host restarts"
+        );
     });
 }
 
