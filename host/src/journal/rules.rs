@@ -50,9 +50,9 @@ pub(super) struct Written<'a> {
 }
 
 /// Judges an append some of whose ids are already `written` (in the append's
-/// order): an exact re-send — every id, same stream, consecutive in the same
-/// order, written by one append — returns the original result; anything else
-/// is an error.
+/// order): an exact re-send — every id, same stream, consecutive versions in
+/// the same order at consecutive positions, as one append writes them — returns
+/// the original result; anything else is an error.
 pub(super) fn retried(
     stream: &str,
     events: &[NewEvent],
@@ -89,13 +89,14 @@ pub(super) fn retried(
     }
     // One append's events sit at consecutive positions; events of several appends may have
     // other streams' events between them, and the answer's positions would span those.
-    let one_append = written
+    let contiguous = written
         .iter()
         .zip(first.position..)
         .all(|(w, position)| w.position == position);
-    if !one_append {
+    if !contiguous {
         return Err(mismatch(
-            "its events were written by more than one append".to_owned(),
+            "its events were not written at consecutive positions (by more than one append)"
+                .to_owned(),
         ));
     }
     Ok(AppendResult {
