@@ -597,10 +597,7 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
             .admin(Method::DELETE, &name, &[])?
             .query(&[("drop_data", drop_data)]),
         PluginsAction::Parked { name, connection } => {
-            let connection = leading.over(connection);
-            connection
-                .remote
-                .request(Method::GET, &["plugins", &name, "parked"])?
+            return print_parked(&leading.over(connection).remote, &name).await;
         }
         PluginsAction::ReplayParked { name, connection } => {
             leading
@@ -628,6 +625,30 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
     };
     print_answer(request).await?;
     Ok(())
+}
+
+/// Parked events read in one request: the most the server lists on one page.
+const PARKED_PAGE: u64 = 1000;
+
+/// Prints every event projection `name` parked, as one list, read a page at a time.
+async fn print_parked(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let mut parked = Vec::new();
+    let mut after = 0;
+    loop {
+        let request = remote
+            .request(Method::GET, &["plugins", name, "parked"])?
+            .query(&[("after", after), ("limit", PARKED_PAGE)]);
+        let page: Vec<Value> = serde_json::from_value(send(request).await?)
+            .context("the server answered no list of parked events")?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last["position"]
+            .as_u64()
+            .context("a parked event without its position")?;
+        parked.extend(page);
+    }
+    print_pretty(&Value::Array(parked))
 }
 
 impl Connection {

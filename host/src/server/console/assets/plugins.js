@@ -65,9 +65,14 @@ function loading({ origin, status }) {
     h('td', { colSpan: 4 }));
 }
 
+// The most parked events the server lists on one page.
+const PARKED_PAGE = 1000;
+
 async function parkedList(name) {
-  const parked = await call(`/plugins/${enc(name)}/parked`);
+  const parked = await call(`/plugins/${enc(name)}/parked?limit=${PARKED_PAGE}`);
   return [h('h2', {}, `Parked events of ${name}`),
+    parked.length === PARKED_PAGE ? h('p', { class: 'muted', id: 'parked-more' },
+      `The first ${number(PARKED_PAGE)} are shown; foldhost plugins parked ${name} lists them all.`) : '',
     parked.length === 0 ? h('p', { class: 'muted' }, 'None.') :
       h('table', {}, h('tr', {}, ['Position', 'Stream', 'Type', 'Attempts', 'Parked at', 'Reason'].map((t) => h('th', {}, t))),
         parked.map((p) => h('tr', {}, h('td', { class: 'num' }, p.position), h('td', {}, h('a', { href: `#/stream/${enc(p.stream)}` }, p.stream)),
