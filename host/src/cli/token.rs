@@ -83,11 +83,44 @@ impl LeadingAdminToken {
         self.admin_token.is_some() || self.admin_token_file.is_some()
     }
 
-    /// `token` with the options given here in place of its own.
+    /// `token` with the options given here in place of both of its own (a token given here
+    /// wins over a token file given to the subcommand or in the environment), or `token` as
+    /// it is when none was given here.
     pub fn over(self, token: AdminToken) -> AdminToken {
-        AdminToken {
-            admin_token: self.admin_token.or(token.admin_token),
-            admin_token_file: self.admin_token_file.or(token.admin_token_file),
+        if !self.is_given() {
+            return token;
         }
+        AdminToken {
+            admin_token: self.admin_token,
+            admin_token_file: self.admin_token_file,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leading_token_replaces_both_of_the_subcommands_options() {
+        let own = || AdminToken {
+            admin_token: None,
+            admin_token_file: Some("/run/secrets/token".into()),
+        };
+        let leading = LeadingAdminToken {
+            admin_token: Some("T".into()),
+            admin_token_file: None,
+        };
+        let token = leading.over(own());
+        assert_eq!(
+            (token.admin_token.as_deref(), token.admin_token_file),
+            (Some("T"), None)
+        );
+        let none = LeadingAdminToken {
+            admin_token: None,
+            admin_token_file: None,
+        };
+        let token = none.over(own());
+        assert_eq!(token.admin_token_file, own().admin_token_file);
     }
 }
