@@ -28,7 +28,7 @@ export async function render(main) {
   const state = h('span', { class: 'muted', id: 'tail-state' });
   const rows = h('div', { class: 'tail', id: 'tail' });
   const problem = h('p', { class: 'error', id: 'tail-error' });
-  let paused = false, feed = null, last = null, retry = null, failures = 0;
+  let paused = false, feed = null, last = null, retry = null, failures = 0, opened = null;
   const held = [];
   function show(event) {
     if (prefix.value && !event.stream.startsWith(prefix.value)) return;
@@ -46,7 +46,7 @@ export async function render(main) {
     const from = last === null ? '' : `?from_position=${last + 1}`;
     feed = new EventSource(`/events/live${from}`);
     state.textContent = 'connecting…';
-    feed.onopen = () => { state.textContent = 'following'; };
+    feed.onopen = () => { state.textContent = 'following'; opened = Date.now(); };
     feed.onmessage = (message) => {
       failures = 0;
       problem.textContent = '';
@@ -60,9 +60,12 @@ export async function render(main) {
     };
     // The server ends a feed it cannot go on with by an event named `error` with the reason as
     // its data; a lost connection is an `error` without data. Either way it reconnects from
-    // the last event seen, after 1 s, then twice as long after each failure in a row (≤ 30 s).
+    // the last event seen, after 1 s, then twice as long after each failure in a row (≤ 30 s);
+    // a feed that stayed open 5 s before it failed starts the count again.
     feed.addEventListener('error', (event) => {
       feed.close();
+      if (opened !== null && Date.now() - opened > 5000) failures = 0;
+      opened = null;
       if (event.data !== undefined) problem.textContent = `The server ended the feed: ${event.data}`;
       const wait = Math.min(2 ** failures, 30);
       failures++;
