@@ -151,14 +151,14 @@ async fn numbers_that_overflow_are_refused_never_wrapped() {
     assert_eq!(state["version"], 1);
     let status = raw_status_line(
         &server,
-        "GET /events/live HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 18446744073709551614\r\n\r\n",
+        "GET /events/live HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 18446744073709551614\r\n\r\n",
     );
     assert!(status.contains(" 200 "), "{status}");
 
     // A declared body length past any limit is refused before a byte of it is read.
     let status = raw_status_line(
         &server,
-        "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n{",
+        "POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 18446744073709551615\r\n\r\n{",
     );
     assert!(status.starts_with("HTTP/1.1 4"), "{status}");
 
@@ -419,7 +419,7 @@ async fn live_feeds_are_capped_and_clients_that_stop_reading_are_cut_off() {
         .map(|_| {
             let mut stream = TcpStream::connect(&address).unwrap();
             stream
-                .write_all(b"GET /events/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                .write_all(b"GET /events/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             stream
         })
@@ -714,10 +714,10 @@ async fn connections_that_send_no_request_are_closed_live_feeds_are_not() {
     let silent = TcpStream::connect(&address).unwrap();
     let mut trickling = TcpStream::connect(&address).unwrap();
     trickling
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     let mut idle = TcpStream::connect(&address).unwrap();
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let [silent, _, idle] =
         tokio::task::spawn_blocking(move || [silent, trickling, idle].map(read_until_closed))
@@ -752,7 +752,7 @@ async fn bodies_that_stall_are_refused_and_all_bodies_share_one_budget() {
         let mut stalled = TcpStream::connect(&address).unwrap();
         stalled
             .write_all(
-                b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 716800\r\n\r\n",
+                b"POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 716800\r\n\r\n",
             )
             .unwrap();
         stalled.write_all(&[b' '; 600 << 10]).unwrap();
@@ -865,7 +865,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     let mut trickler = TcpStream::connect(&address).unwrap();
     write!(
         trickler,
-        "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
         (512 << 10) + TRICKLE
     )
     .unwrap();
@@ -930,7 +930,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     let answer = tokio::task::spawn_blocking(move || {
         write!(
             slow,
-            "POST /streams/u/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "POST /streams/u/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
             append.len()
         )
         .unwrap();
@@ -956,7 +956,7 @@ async fn bodies_that_trickle_below_the_minimum_rate_are_refused_and_give_back_th
     let answer = tokio::task::spawn_blocking(move || {
         write!(
             waiting,
-            "POST /streams/v/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "POST /streams/v/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
             (512 << 10) + 2
         )
         .unwrap();
@@ -998,7 +998,7 @@ async fn a_body_from_a_slow_link_is_taken_at_the_default_minimum_rate() {
         let mut slow = TcpStream::connect(&address).unwrap();
         write!(
             slow,
-            "POST /streams/slow/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+            "POST /streams/slow/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
              Content-Length: {}\r\n\r\n",
             append.len()
         )
@@ -1040,7 +1040,7 @@ async fn a_client_that_leaves_mid_body_gives_its_budget_back_at_once() {
             let mut writer = &leaving;
             write!(
                 writer,
-                "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                "POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
                 900 << 10
             )
             .unwrap();
@@ -1075,7 +1075,7 @@ fn hold_body(server: &Server, sent: usize, length: usize) -> TcpStream {
     let mut holder = TcpStream::connect(address).unwrap();
     write!(
         holder,
-        "POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+        "POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n"
     )
     .unwrap();
     holder.write_all(&vec![b' '; sent]).unwrap();
@@ -1294,7 +1294,7 @@ async fn an_upload_whose_client_left_holds_its_body_budget_until_its_compile_end
     let mut upload = TcpStream::connect(&address).unwrap();
     write!(
         upload,
-        "PUT /plugins/{origin} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\
+        "PUT /plugins/{origin} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer secret\r\n\
          Content-Length: {}\r\n\r\n",
         component.len()
     )
@@ -1367,7 +1367,7 @@ fn a_client_still_sending_a_refused_body_reads_the_refusal() {
         let mut stream = TcpStream::connect(&address).unwrap();
         stream
             .write_all(
-                b"POST /streams/s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 16777216\r\n\r\n",
+                b"POST /streams/s/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 16777216\r\n\r\n",
             )
             .unwrap();
         if let Err(error) = stream.write_all(&body) {
