@@ -284,12 +284,15 @@ pub(super) async fn send_for_text(request: RequestBuilder) -> anyhow::Result<Str
         .text()
         .await
         .context("the server's answer broke off")?;
-    let Ok(body) = serde_json::from_str::<Value>(&text) else {
-        bail!("the server answered {status} without JSON");
-    };
     if !status.is_success() {
+        let Ok(body) = serde_json::from_str::<Value>(&text) else {
+            bail!("the server answered {status} without JSON");
+        };
         let message = body["error"].as_str().unwrap_or("no message");
         bail!("the server answered {status}: {message}");
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
+        bail!("the server answered {status} without JSON");
     }
     Ok(text)
 }
@@ -320,7 +323,7 @@ pub(super) fn print_pretty(value: &Value) -> anyhow::Result<()> {
 }
 
 /// Prints the JSON answer to `request` indented, every value as the server sent it.
-async fn print_answer(request: RequestBuilder) -> anyhow::Result<()> {
+pub(super) async fn print_answer(request: RequestBuilder) -> anyhow::Result<()> {
     print_line(super::pretty::pretty(&send_for_text(request).await?))
 }
 

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::client::{Remote, print_pretty, send};
+use super::client::{Remote, print_answer};
 use super::token::AdminToken;
 
 #[derive(Debug, Args)]
@@ -72,7 +72,7 @@ pub struct ScavengeArgs {
 }
 
 pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
-    let answer = match args.action {
+    let request = match args.action {
         StreamsAction::List {
             prefix,
             limit,
@@ -80,12 +80,9 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
         } => {
             let mut query = vec![("prefix", prefix), ("limit", limit.to_string())];
             query.extend(after.map(|after| ("after", after.to_string())));
-            send(
-                args.remote
-                    .request(Method::GET, &["streams"])?
-                    .query(&query),
-            )
-            .await?
+            args.remote
+                .request(Method::GET, &["streams"])?
+                .query(&query)
         }
         StreamsAction::Delete {
             stream,
@@ -99,7 +96,7 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
                     ("hard", hard.to_string()),
                     ("expected_version", expected_version),
                 ]);
-            send(args.admin.sign(request)?).await?
+            args.admin.sign(request)?
         }
         StreamsAction::Metadata {
             stream,
@@ -119,19 +116,16 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
                 .filter_map(|(name, value)| Some((name.to_owned(), json!(value?))))
                 .collect();
             if metadata.is_empty() && !clear {
-                send(args.remote.request(Method::GET, &segments)?).await?
+                args.remote.request(Method::GET, &segments)?
             } else {
-                let request = args.remote.request(Method::PUT, &segments)?;
-                send(request.json(&metadata)).await?
+                args.remote.request(Method::PUT, &segments)?.json(&metadata)
             }
         }
     };
-    print_pretty(&answer)?;
-    Ok(())
+    print_answer(request).await
 }
 
 pub async fn scavenge(args: ScavengeArgs) -> anyhow::Result<()> {
     let request = args.remote.request(Method::POST, &["admin", "scavenge"])?;
-    print_pretty(&send(args.admin.sign(request)?).await?)?;
-    Ok(())
+    print_answer(args.admin.sign(request)?).await
 }
