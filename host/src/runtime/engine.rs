@@ -212,11 +212,13 @@ impl PluginEngine {
 pub const COMPILE_COMMAND: &str = "compile-component";
 
 /// Why [`PluginEngine::compile`] failed: the component's fault, or the host's.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// The component is not one wasmtime compiles (invalid, or beyond the compiler's limits).
+    #[error("{0}")]
     Refused(String),
     /// The host failed compiling it.
+    #[error(transparent)]
     Host(HostFault),
 }
 
@@ -238,17 +240,6 @@ impl CompileError {
         Self::Host(HostFault::new(message, out_of_memory))
     }
 }
-
-impl std::fmt::Display for CompileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Refused(message) => f.write_str(message),
-            Self::Host(fault) => fault.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for CompileError {}
 
 /// [`compile_child`]'s error when the component itself does not compile, as opposed to a
 /// failure of its own (reading, writing): the parent tells them apart by its exit code.
