@@ -199,14 +199,7 @@ async fn a_killed_compiler_is_the_hosts_failure_and_the_loaded_version_keeps_ser
             (json(response).await, retry_after)
         }
     });
-    let compiler = tokio::task::spawn_blocking({
-        let server = server.pid();
-        move || find_compiler(server)
-    })
-    .await
-    .unwrap();
-    // SAFETY: kill(2) on a child of the server, found running a moment ago.
-    assert_eq!(unsafe { libc::kill(compiler, libc::SIGKILL) }, 0);
+    kill_compiler(&server).await;
     let ((status, body), retry_after) = killed_upload.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some(), "a 503 says when to retry");
@@ -249,14 +242,7 @@ async fn a_plugin_file_whose_compiler_was_killed_is_loaded_again_after_a_wait() 
     let staged = dirs.data.join("bank-account-ts.wasm");
     std::fs::write(&staged, artifact(foldhost_plugins::BANK_ACCOUNT_JS)).unwrap();
     std::fs::rename(&staged, dirs.plugins.join("bank-account-ts.wasm")).unwrap();
-    let compiler = tokio::task::spawn_blocking({
-        let server = server.pid();
-        move || find_compiler(server)
-    })
-    .await
-    .unwrap();
-    // SAFETY: kill(2) on a child of the server, found running a moment ago.
-    assert_eq!(unsafe { libc::kill(compiler, libc::SIGKILL) }, 0);
+    kill_compiler(&server).await;
 
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -279,6 +265,19 @@ async fn a_plugin_file_whose_compiler_was_killed_is_loaded_again_after_a_wait() 
             && log.contains("loaded again after a wait"),
         "the first load failed for the killed compiler:\n{log}"
     );
+}
+
+/// Kills the server's `compile-component` child with SIGKILL, as the out-of-memory killer
+/// would, once it runs.
+async fn kill_compiler(server: &Server) {
+    let compiler = tokio::task::spawn_blocking({
+        let server = server.pid();
+        move || find_compiler(server)
+    })
+    .await
+    .unwrap();
+    // SAFETY: kill(2) on a child of the server, found running a moment ago.
+    assert_eq!(unsafe { libc::kill(compiler, libc::SIGKILL) }, 0);
 }
 
 /// The pid of the server's `compile-component` child, once it runs.
