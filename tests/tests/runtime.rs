@@ -764,10 +764,11 @@ async fn a_new_projection_version_takes_over_at_the_head_and_a_broken_one_does_n
 async fn replaced_builds_still_catching_up_give_their_memory_back() {
     let host = Host::new();
     let budget = host.runtime.engine().memory_budget().clone();
-    // Each Poison costs a fresh run (a reset ignores the parked list) a few hundred ms of tries
-    // before it parks it: a rebuild stays pending long enough to be replaced while folding.
+    // Each Poison costs a fresh run (a reset ignores the parked list) a rebuild of its state
+    // before it parks it, and three pages of them keep a rebuild pending, catching up, long
+    // enough to be replaced while folding.
     let mut events = vec![NewEvent::json("Ponged", &Value::Null)];
-    events.extend((0..10).map(|_| NewEvent::json("Poison", &Value::Null)));
+    events.extend((0..3000).map(|_| NewEvent::json("Poison", &Value::Null)));
     host.runtime
         .journal()
         .append("hostile-m", ExpectedVersion::NoStream, events)

@@ -10,8 +10,10 @@
 //!   ever, pausing 1 s doubling (capped), never parked. A call that ran out of time may have
 //!   met a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s doubling. Anything else (the plugin
 //!   returned an error, panicked, ran out of memory, stack or fuel) is deterministic: the
-//!   same event on the same state fails the same way, so [`TRIES`] quick tries. Then the
-//!   [`FailurePolicy`] applies: park the event, or stop.
+//!   same event on the same state fails the same way, and its one try was already made on a
+//!   state rebuilt from the checkpoint (after its batch failed), so it is not tried again: a
+//!   client appending such events costs the projection a rebuild each, not seconds of
+//!   pauses. Then the [`FailurePolicy`] applies: park the event, or stop.
 
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use crate::runtime::RuntimeError;
 /// Longest pause between two tries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Tries of an event whose fold fails deterministically, before the policy applies.
-pub const TRIES: u32 = 3;
+pub const TRIES: u32 = 1;
 /// Tries of an event whose fold runs out of time, before the policy applies.
 pub const TIMEOUT_TRIES: u32 = 5;
 
@@ -77,7 +79,7 @@ pub(super) fn tries_after(error: &RuntimeError) -> (u32, Duration) {
     } else if error.is_timeout() {
         (TIMEOUT_TRIES, Duration::from_secs(1))
     } else {
-        (TRIES, Duration::from_millis(100))
+        (TRIES, Duration::ZERO)
     }
 }
 
@@ -119,7 +121,7 @@ mod tests {
             (TIMEOUT_TRIES, Duration::from_secs(1))
         );
         let panic = trap("panicked or aborted (unreachable instruction)");
-        assert_eq!(tries_after(&panic), (TRIES, Duration::from_millis(100)));
+        assert_eq!(tries_after(&panic), (TRIES, Duration::ZERO));
         let starved = RuntimeError::MemoryBudget {
             plugin: "p".into(),
             context: "applying".into(),

@@ -66,6 +66,7 @@ impl ProjectionRunner {
             key,
             fold: Mutex::new(None),
             parked: Mutex::new(Default::default()),
+            unrecorded: Mutex::new(Vec::new()),
             replayed: AtomicU64::new(0),
             status: status_tx,
             durable: AtomicBool::new(!options.fresh),
@@ -207,8 +208,9 @@ impl ProjectionRunner {
         }
     }
 
-    /// Stores a checkpoint of the current state (after [`stop`](Self::stop)); a run that
-    /// does not write to the journal (a reset still catching up) stores nothing.
+    /// Stores a checkpoint of the current state, with the parked events the journal does not
+    /// record yet (after [`stop`](Self::stop)); a run that does not write to the journal (a
+    /// reset still catching up) stores nothing.
     pub async fn save_checkpoint(&self, journal: &Journal) -> Result<(), RuntimeError> {
         if !self.shared.durable.load(Ordering::Relaxed) {
             return Ok(());
@@ -221,10 +223,8 @@ impl ProjectionRunner {
                 .transpose()
         })
         .await?;
-        if let Some((position, snapshot)) = saved {
-            journal
-                .put_checkpoint(&self.shared.key, position, snapshot)
-                .await?;
+        if let Some(saved) = saved {
+            self.shared.checkpoint(journal, saved, Vec::new()).await?;
         }
         Ok(())
     }

@@ -21,6 +21,9 @@ use crate::runtime::upcast::UpcasterChain;
 
 /// The first pause after a failed journal read or write.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Events past the last snapshot that a rebuild after a parked event may fold again before
+/// the state is snapshotted in memory (see `Worker::save_if_far`).
+const REBUILD_SPAN: u64 = 64;
 
 /// A read of one page on the blocking pool.
 type PageRead = JoinHandle<Result<Vec<RecordedEvent>, RuntimeError>>;
@@ -37,6 +40,9 @@ pub(super) struct Shared {
     pub fold: Mutex<Option<ProjectionInstance>>,
     /// The events this run skips, by position.
     pub parked: Mutex<BTreeMap<u64, ParkedEvent>>,
+    /// Those of them the journal does not record yet: they are written with the next
+    /// checkpoint, the write that passes them (see [`Shared::checkpoint`]).
+    pub unrecorded: Mutex<Vec<ParkedEvent>>,
     /// Events read from the journal since the run started.
     pub replayed: AtomicU64,
     pub status: watch::Sender<ProjectionStatus>,
@@ -80,6 +86,28 @@ impl Shared {
             .filter(|e| !parked.contains_key(&e.position))
             .cloned()
             .collect()
+    }
+
+    /// Stores `(position, state)` as the checkpoint together with the parked events not
+    /// recorded yet and forgets `unpark`, in one write; unrecorded events stay so if it fails.
+    /// A checkpoint never passes a parked event the journal does not record: after a restart
+    /// it would be neither folded nor listed.
+    pub async fn checkpoint(
+        &self,
+        journal: &Journal,
+        (position, state): (u64, Vec<u8>),
+        unpark: Vec<u64>,
+    ) -> Result<(), JournalError> {
+        let park = std::mem::take(&mut *self.unrecorded.lock().expect("parked lock"));
+        let written = journal
+            .put_checkpoint_reparked(&self.key, position, state, park.clone(), unpark)
+            .await;
+        if written.is_err() {
+            let mut unrecorded = self.unrecorded.lock().expect("parked lock");
+            let newer = std::mem::replace(&mut *unrecorded, park);
+            unrecorded.extend(newer);
+        }
+        written
     }
 
     /// A new instance of the plugin fed through its upcasters.
@@ -313,13 +341,45 @@ impl Worker {
         .await;
         if folded.is_err() {
             self.rebuild().await?;
-            for event in batch.iter() {
-                self.fold_one(event).await?;
+            let mut next = 0;
+            while next < batch.len() {
+                let (folded, failed) = self.fold_singly(batch.clone(), next).await;
+                next += folded;
+                if folded > 0 {
+                    self.position = batch[next - 1].position;
+                }
+                if let Some(error) = failed {
+                    self.after_failure(&batch[next], error).await?;
+                    next += 1;
+                }
             }
             self.skip_to(last).await?;
         }
         self.position = last;
         Ok(())
+    }
+
+    /// Folds `events[from..]` one call each, in one trip to the blocking pool (a trip costs
+    /// more than a call), up to the first that fails alone: how many folded, and its failure.
+    async fn fold_singly(
+        &self,
+        events: Arc<Vec<RecordedEvent>>,
+        from: usize,
+    ) -> (usize, Option<RuntimeError>) {
+        let shared = self.shared.clone();
+        let folded = blocking(move || {
+            let mut folded = 0;
+            for event in &events[from..] {
+                let single = std::slice::from_ref(event);
+                if let Err(error) = shared.with_fold(|instance| instance.apply(single)) {
+                    return Ok((folded, Some(error)));
+                }
+                folded += 1;
+            }
+            Ok((folded, None))
+        })
+        .await;
+        folded.unwrap_or_else(|error| (0, Some(error)))
     }
 
     /// Moves the fold past positions with nothing to fold.
@@ -345,35 +405,51 @@ impl Worker {
         .await
     }
 
-    /// Folds one event, retrying as its failure deserves; then parks it or halts.
-    async fn fold_one(&mut self, event: &RecordedEvent) -> Result<(), Halt> {
-        let mut attempt = 0;
+    /// After `event` failed alone with `error`: tries it again as that failure deserves (see
+    /// [`tries_after`]); then parks it or halts.
+    async fn after_failure(
+        &mut self,
+        event: &RecordedEvent,
+        mut error: RuntimeError,
+    ) -> Result<(), Halt> {
+        let mut attempt = 1;
         loop {
-            attempt += 1;
-            let (shared, single) = (self.shared.clone(), event.clone());
-            let folded = blocking(move || {
-                shared.with_fold(|instance| instance.apply(std::slice::from_ref(&single)))
-            })
-            .await;
-            let error = match folded {
-                Ok(()) => {
-                    self.position = event.position;
-                    return Ok(());
-                }
-                Err(error) => error,
-            };
             // Its instance was discarded: back to the state before the event.
             self.rebuild().await?;
             let (tries, first_pause) = tries_after(&error);
             if attempt >= tries {
-                return self.give_up(event, error, attempt).await;
+                self.give_up(event, error, attempt).await?;
+                return self.save_if_far().await;
             }
             self.retry_status(
                 format!("folding the event at position {}: {error}", event.position),
                 attempt,
             );
             tokio::time::sleep(backoff(attempt, first_pause)).await;
+            attempt += 1;
+            let (shared, single) = (self.shared.clone(), event.clone());
+            let folded = blocking(move || {
+                shared.with_fold(|instance| instance.apply(std::slice::from_ref(&single)))
+            })
+            .await;
+            match folded {
+                Ok(()) => {
+                    self.position = event.position;
+                    return Ok(());
+                }
+                Err(again) => error = again,
+            }
         }
+    }
+
+    /// Snapshots the state in memory if a rebuild would fold more than [`REBUILD_SPAN`]
+    /// events: the next failure (a client may append any number) rebuilds from here.
+    async fn save_if_far(&mut self) -> Result<(), Halt> {
+        let saved_at = self.saved.as_ref().map_or(0, |(position, _)| *position);
+        if self.position.saturating_sub(saved_at) > REBUILD_SPAN && !self.checkpoints_broken {
+            self.snapshot().await?;
+        }
+        Ok(())
     }
 
     /// Applies the failure policy to an event that failed `attempts` times.
@@ -399,24 +475,35 @@ impl Worker {
             attempts,
             parked_at: now_millis(),
         };
-        self.record_parked(record).await?;
+        self.park(record);
         metrics::counter!("foldhost_projection_parked_total", "plugin" => self.name().to_owned())
             .increment(1);
         Ok(())
     }
 
-    /// Records (or re-records) a parked event: in the journal first, if durable.
-    async fn record_parked(&mut self, record: ParkedEvent) -> Result<(), Halt> {
+    /// Parks an event (or parks it again with a new reason) for this run at once; the
+    /// journal records it with the next checkpoint (see [`Shared::checkpoint`]), so a flood
+    /// of poison events costs no write each.
+    fn park(&self, record: ParkedEvent) {
         if self.durable() {
-            let (journal, hash) = (&self.journal, &self.shared.key);
-            self.retrying_write("recording a parked event", || {
-                journal.park(hash, vec![record.clone()])
-            })
-            .await?;
+            let mut unrecorded = self.shared.unrecorded.lock().expect("parked lock");
+            unrecorded.push(record.clone());
         }
         let mut parked = self.shared.parked.lock().expect("parked lock");
         parked.insert(record.position, record);
-        Ok(())
+    }
+
+    /// Records in the journal, in one write, the events parked (again) and not recorded yet.
+    async fn record_parked(&self) -> Result<(), Halt> {
+        let records = std::mem::take(&mut *self.shared.unrecorded.lock().expect("parked lock"));
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (journal, hash) = (&self.journal, &self.shared.key);
+        self.retrying_write("recording parked events", || {
+            journal.park(hash, records.clone())
+        })
+        .await
     }
 
     /// Rebuilds the fold's state at `self.position` from the last checkpoint.
@@ -447,8 +534,8 @@ impl Worker {
         };
         if self.durable()
             && let Err(error) = self
-                .journal
-                .put_checkpoint(&self.shared.key, position, state)
+                .shared
+                .checkpoint(&self.journal, (position, state), Vec::new())
                 .await
         {
             if let JournalError::Closed = error {
@@ -540,15 +627,9 @@ impl Worker {
             match folded {
                 Ok((at, state)) => {
                     if self.durable() {
-                        let (journal, hash) = (&self.journal, &self.shared.key);
+                        let (journal, shared) = (&self.journal, &self.shared);
                         self.retrying_write("checkpointing a replayed event", || {
-                            journal.put_checkpoint_reparked(
-                                hash,
-                                at,
-                                state.clone(),
-                                Vec::new(),
-                                vec![position],
-                            )
+                            shared.checkpoint(journal, (at, state.clone()), vec![position])
                         })
                         .await?;
                     }
@@ -573,11 +654,12 @@ impl Worker {
                     if let Some(mut record) = record {
                         record.attempts += 1;
                         record.reason = error.to_string();
-                        self.record_parked(record).await?;
+                        self.park(record);
                     }
                 }
             }
         }
+        self.record_parked().await?;
         let still_parked = self.shared.parked.lock().expect("parked lock").len();
         tracing::info!(plugin = %self.name(), replayed, still_parked, "replayed parked events");
         Ok(ParkReport {
@@ -610,19 +692,15 @@ impl Worker {
                 Ok(journal.parked(&hash)?)
             })
             .await?;
-        let ours: Vec<ParkedEvent> = self
-            .shared
-            .parked
-            .lock()
-            .expect("parked lock")
-            .values()
-            .cloned()
-            .collect();
-        let stale: Vec<u64> = listed
-            .iter()
-            .map(|event| event.position)
-            .filter(|position| !ours.iter().any(|event| event.position == *position))
-            .collect();
+        let (ours, stale): (Vec<ParkedEvent>, Vec<u64>) = {
+            let parked = self.shared.parked.lock().expect("parked lock");
+            let stale = listed
+                .iter()
+                .map(|event| event.position)
+                .filter(|position| !parked.contains_key(position))
+                .collect();
+            (parked.values().cloned().collect(), stale)
+        };
         let Some((position, state)) = self.snapshot().await? else {
             return Ok(());
         };
