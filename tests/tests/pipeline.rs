@@ -273,6 +273,47 @@ async fn an_idempotent_retry_inside_a_pipeline_gets_the_original_outcome_and_app
     );
 }
 
+/// A key is for one command: sent again with another (here another amount), in the same round
+/// or later, it is refused, never answered with the first command's outcome; the first event
+/// records the key and the command's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_sent_again_with_another_command_is_refused_in_the_round_and_later() {
+    let host = Gated::new().await;
+    let keyed = |amount: u64, key| ("Deposit", json!({"amount": amount}), Some(key));
+    let outcomes = host
+        .round(
+            vec![
+                keyed(10, "k1"),
+                keyed(20, "k1"),
+                keyed(10, "k1"),
+                deposit(7),
+            ],
+            async {},
+        )
+        .await;
+    let first = outcomes[0].as_ref().unwrap();
+    assert_eq!((first.version, balance(first)), (3, 11));
+    let reused = |outcome: &Outcome| matches!(outcome, Err(RuntimeError::KeyReused { key, .. }) if key == "k1");
+    assert!(reused(&outcomes[1]), "{:?}", outcomes[1]);
+    assert_eq!(outcomes[2].as_ref().unwrap().version, 3);
+    assert_eq!(balance(outcomes[3].as_ref().unwrap()), 18);
+    let metadata: Value =
+        serde_json::from_str(first.events[0].metadata.as_deref().unwrap()).unwrap();
+    assert_eq!(metadata["idempotency_key"], "k1", "{metadata}");
+
+    let later = send(&host.runtime, "hot", keyed(30, "k1")).await.unwrap();
+    assert!(reused(&later), "{later:?}");
+    let same = ("Withdraw", json!({"amount": 10}), Some("k1"));
+    let later = send(&host.runtime, "hot", same).await.unwrap();
+    assert!(reused(&later), "{later:?}");
+    let retried = send(&host.runtime, "hot", keyed(10, "k1")).await.unwrap();
+    assert_eq!(retried.unwrap().version, 3);
+    assert_eq!(
+        balances(&host.journal, "bank-account-hot"),
+        [0, 0, 1, 11, 18]
+    );
+}
+
 /// Another host stores a keyed command between this host's check of the key and its append:
 /// the journal answers the append with where the other host stored the same events, past an
 /// event this host never folded. The round is decided again instead of folding those events

@@ -403,6 +403,15 @@ async fn a_retry_with_the_same_idempotency_key_deposits_once() {
         .await;
     assert_eq!(status, 200, "{late}");
     assert_eq!(late, first);
+    // The key with another command: refused, nothing appended.
+    let (status, body) = api
+        .keyed_command("k", "deposit-1", "Deposit", json!({"amount": 11}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("deposit-1"),
+        "{body}"
+    );
     // Concurrent retries of a new key: one deposit.
     let retries: Vec<_> = (0..8)
         .map(|_| {
@@ -457,7 +466,7 @@ async fn a_retry_with_the_same_idempotency_key_deposits_once() {
 }
 
 /// The id the host gives event `index` of the command with idempotency `key` on `stream`
-/// (`derived_id` in `host/src/runtime/commands.rs`): anyone can compute it.
+/// (`derived_id` in `host/src/runtime/idempotency.rs`): anyone can compute it.
 fn derived_id(stream: &str, key: &str, index: usize) -> uuid::Uuid {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f74_656e);
     let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
-use uuid::Uuid;
 
 use super::aggregate::AggregateInstance;
 use super::blocking;
@@ -24,9 +23,7 @@ use super::pipeline;
 use super::plugin::{Plugin, PluginKind};
 use super::projection::QUERY_WAIT;
 use super::upcast::UpcasterChain;
-use crate::journal::{
-    AppendResult, ByteString, Journal, JournalError, NewEvent, ReadLimit, RecordedEvent,
-};
+use crate::journal::{AppendResult, ByteString, Journal, JournalError, NewEvent, RecordedEvent};
 
 /// Tuning of the write side.
 #[derive(Debug, Clone)]
@@ -81,7 +78,7 @@ pub struct Command {
     /// The command's JSON.
     pub data: Vec<u8>,
     /// Makes retries safe: a command with the key of one whose events were stored returns
-    /// that command's outcome and appends nothing.
+    /// that command's outcome and appends nothing (another command with it is refused).
     pub idempotency_key: Option<String>,
 }
 
@@ -111,16 +108,6 @@ pub struct CommandOutcome {
 /// The stream an aggregate instance `id` of `plugin` lives in.
 pub fn stream_name(plugin: &str, id: &str) -> String {
     format!("{plugin}-{id}")
-}
-
-/// The namespace of event ids derived from idempotency keys.
-const IDEMPOTENCY_IDS: Uuid = Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f74_656e);
-
-/// The id of event `index` of the command with idempotency `key` on `stream`: the same on
-/// every retry and every host, so the journal's idempotent append recognises a retry.
-pub(super) fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
-    let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());
-    Uuid::new_v5(&IDEMPOTENCY_IDS, name.as_bytes())
 }
 
 /// One stream's place in the cache: its live state and its queue of commands.
@@ -679,44 +666,6 @@ pub(super) fn latest(
             u64::MAX,
             dehydrated,
         ),
-    }
-}
-
-/// The stored events of the command with idempotency `key` on `stream`, if it was stored:
-/// consecutive events whose ids derive from the key.
-///
-/// Event ids are the client's to choose, so the first derived id may be taken by an event of
-/// another stream (by mistake, or to pass that event off as this command's outcome): that is
-/// [`JournalError::DuplicateEventId`], as the command's own append of it would be.
-pub(super) fn committed(
-    journal: &Journal,
-    stream: &str,
-    key: &str,
-) -> Result<Option<Vec<RecordedEvent>>, JournalError> {
-    let Some(first) = journal.event_by_id(derived_id(stream, key, 0))? else {
-        return Ok(None);
-    };
-    if &*first.stream != stream {
-        return Err(JournalError::DuplicateEventId {
-            id: first.id,
-            stream: first.stream.to_string(),
-            position: Some(first.position),
-        });
-    }
-    let mut events = vec![first];
-    loop {
-        let next = events.last().expect("not empty").version + 1;
-        let page = journal.read_stream_within(stream, next, ReadLimit::events(64))?;
-        let before = events.len();
-        for event in page {
-            if event.id != derived_id(stream, key, events.len()) {
-                break;
-            }
-            events.push(event);
-        }
-        if events.len() - before < 64 {
-            return Ok(Some(events));
-        }
     }
 }
 

@@ -168,6 +168,18 @@ pub enum RuntimeError {
         /// The stream.
         stream: String,
     },
+    /// A command's idempotency key was used on the stream by another command (another type,
+    /// or other data bytes): its outcome is not this command's.
+    #[error(
+        "idempotency key {key:?} was used on stream {stream:?} by another command; a retry must \
+         send the same type and the same data, byte for byte, or use a new key"
+    )]
+    KeyReused {
+        /// The stream.
+        stream: String,
+        /// The key.
+        key: String,
+    },
     /// The stream has no events.
     #[error("stream {0:?} has no events")]
     NoSuchStream(String),

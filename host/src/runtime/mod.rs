@@ -15,6 +15,7 @@ mod engine;
 mod error;
 mod footprint;
 mod host_fault;
+mod idempotency;
 mod limits;
 mod pipeline;
 mod plugin;

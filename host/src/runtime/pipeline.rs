@@ -16,11 +16,10 @@
 use std::sync::Arc;
 
 use super::aggregate::AggregateInstance;
-use super::commands::{
-    AggregateConfig, Command, CommandOutcome, committed, derived_id, latest, unread_outcome,
-};
+use super::commands::{AggregateConfig, Command, CommandOutcome, latest, unread_outcome};
 use super::dehydrated::Dehydrated;
 use super::error::RuntimeError;
+use super::idempotency::{check_same, check_same_as, committed, mark};
 use super::plugin::Plugin;
 use super::upcast::UpcasterChain;
 use crate::journal::{
@@ -232,12 +231,21 @@ fn decide(
                 .iter()
                 .position(|c| c.idempotency_key.as_deref() == Some(key));
             if let Some(earlier) = earlier {
-                round.decisions.push(Decision::SameAs(earlier));
+                round.decisions.push(
+                    match check_same_as(&commands[earlier], command, &stream, key) {
+                        Ok(()) => Decision::SameAs(earlier),
+                        Err(error) => Decision::Failed(error),
+                    },
+                );
                 continue;
             }
             match committed(journal, &stream, key) {
                 Ok(None) => {}
                 Ok(Some(stored)) => {
+                    if let Err(error) = check_same(&stored[0], command, key) {
+                        round.decisions.push(Decision::Failed(error));
+                        continue;
+                    }
                     let outcome =
                         stored_outcome(instance, round.committed.is_none(), journal, stored);
                     round.decisions.push(Decision::Stored(outcome));
@@ -274,6 +282,9 @@ fn decide(
             round.decisions.push(Decision::Events(events));
             continue;
         }
+        if let Some(key) = key {
+            mark(&mut events, &stream, key, command);
+        }
         if let Err(error) = journal.check_append(&stream, &events) {
             round.decisions.push(Decision::Failed(error.into()));
             continue;
@@ -287,11 +298,6 @@ fn decide(
         }
         events_so_far += events.len();
         bytes_so_far += bytes;
-        if let Some(key) = key {
-            for (index, event) in events.iter_mut().enumerate() {
-                event.id = derived_id(&stream, key, index);
-            }
-        }
         let last = solo || index + 1 == commands.len();
         if !last && !round.fold_ahead(instance, journal, &events) {
             // This command's events are still stored (the store is rebuilt to fold them); the

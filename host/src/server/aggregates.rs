@@ -45,7 +45,7 @@ pub struct CommandResponse {
 
 /// `POST /aggregates/{plugin}/{id}/commands`, with an optional `Idempotency-Key` header: a
 /// retry with the key of a command whose events were stored answers that command's outcome
-/// and appends nothing.
+/// and appends nothing; the key with another command is refused (422).
 #[utoipa::path(post, path = "/aggregates/{plugin}/{id}/commands", tag = "aggregates",
     params(
         ("plugin" = String, Path), ("id" = String, Path, description = "The stream is `{plugin}-{id}`"),
@@ -56,7 +56,7 @@ pub struct CommandResponse {
         (status = 200, body = CommandResponse),
         (status = 400, body = ApiError), (status = 404, description = "No such aggregate plugin", body = ApiError),
         (status = 409, body = ApiError),
-        (status = 422, description = "The plugin refused the command: `reason` says why", body = ApiError),
+        (status = 422, description = "The plugin refused the command (`reason` says why), or its idempotency key was used by another command", body = ApiError),
         (status = 503, body = ApiError),
     ))]
 pub async fn command(

@@ -193,6 +193,8 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::InvalidPlugin { .. } | RuntimeError::InvalidCommand { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            // The IETF Idempotency-Key draft's answer to a key reused with another payload.
+            RuntimeError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RuntimeError::TooManyConflicts(_)
             | RuntimeError::KeyOutcomeGone { .. }
             | RuntimeError::NameClash { .. }

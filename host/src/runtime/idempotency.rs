@@ -1,0 +1,138 @@
+//! Idempotency keys of commands: the ids a keyed command's events get, how a retry finds the
+//! command stored under its key, and the check that it is the same command.
+//!
+//! A key makes retries safe: a command whose key was stored answers that command's outcome
+//! and appends nothing. As the IETF Idempotency-Key draft asks, a key sent again with another
+//! command (another type, or other data bytes) is refused (422), never answered with the first
+//! command's outcome: the first event of a keyed command carries the key and the SHA-256 of
+//! the command in its metadata, `{"idempotency_key": …, "command_sha256": …}`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::commands::Command;
+use super::error::RuntimeError;
+use crate::journal::{Journal, JournalError, NewEvent, ReadLimit, RecordedEvent};
+
+/// The namespace of event ids derived from idempotency keys.
+const IDEMPOTENCY_IDS: Uuid = Uuid::from_u128(0x6f6c_6468_6f73_7449_6465_6d70_6f74_656e);
+
+/// The id of event `index` of the command with idempotency `key` on `stream`: the same on
+/// every retry and every host, so the journal's idempotent append recognises a retry.
+fn derived_id(stream: &str, key: &str, index: usize) -> Uuid {
+    let name = format!("{}:{stream}{}:{key}{index}", stream.len(), key.len());
+    Uuid::new_v5(&IDEMPOTENCY_IDS, name.as_bytes())
+}
+
+/// The stored events of the command with idempotency `key` on `stream`, if it was stored:
+/// consecutive events whose ids derive from the key.
+///
+/// Event ids are the client's to choose, so the first derived id may be taken by an event of
+/// another stream (by mistake, or to pass that event off as this command's outcome): that is
+/// [`JournalError::DuplicateEventId`], as the command's own append of it would be.
+pub(super) fn committed(
+    journal: &Journal,
+    stream: &str,
+    key: &str,
+) -> Result<Option<Vec<RecordedEvent>>, JournalError> {
+    let Some(first) = journal.event_by_id(derived_id(stream, key, 0))? else {
+        return Ok(None);
+    };
+    if &*first.stream != stream {
+        return Err(JournalError::DuplicateEventId {
+            id: first.id,
+            stream: first.stream.to_string(),
+            position: Some(first.position),
+        });
+    }
+    let mut events = vec![first];
+    loop {
+        let next = events.last().expect("not empty").version + 1;
+        let page = journal.read_stream_within(stream, next, ReadLimit::events(64))?;
+        let before = events.len();
+        for event in page {
+            if event.id != derived_id(stream, key, events.len()) {
+                break;
+            }
+            events.push(event);
+        }
+        if events.len() - before < 64 {
+            return Ok(Some(events));
+        }
+    }
+}
+
+/// What the first event of a keyed command records of it, as its metadata.
+#[derive(Serialize, Deserialize)]
+struct KeyUse<'a> {
+    idempotency_key: &'a str,
+    command_sha256: String,
+}
+
+/// The SHA-256 of `command`'s type and data, in hex.
+fn command_sha256(command: &Command) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update((command.command_type.len() as u64).to_le_bytes());
+    hasher.update(&command.command_type);
+    hasher.update(&command.data);
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Gives the events `command` decided under `key` on `stream` their derived ids, and the
+/// first one the key's metadata (see the module's doc).
+pub(super) fn mark(events: &mut [NewEvent], stream: &str, key: &str, command: &Command) {
+    for (index, event) in events.iter_mut().enumerate() {
+        event.id = derived_id(stream, key, index);
+    }
+    if let Some(first) = events.first_mut() {
+        let key_use = KeyUse {
+            idempotency_key: key,
+            command_sha256: command_sha256(command),
+        };
+        first.metadata = Some(serde_json::to_string(&key_use).expect("serializable"));
+    }
+}
+
+/// Refuses `command` if the command stored under its key (whose first event is `first`) was
+/// another one. Events stored before keys recorded their command pass.
+pub(super) fn check_same(
+    first: &RecordedEvent,
+    command: &Command,
+    key: &str,
+) -> Result<(), RuntimeError> {
+    let recorded = first
+        .metadata
+        .as_deref()
+        .and_then(|metadata| serde_json::from_str::<KeyUse<'_>>(metadata).ok());
+    match recorded {
+        Some(recorded) if recorded.command_sha256 != command_sha256(command) => {
+            Err(RuntimeError::KeyReused {
+                stream: first.stream.to_string(),
+                key: key.to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `command` if an earlier command of the same round used its key for another command.
+pub(super) fn check_same_as(
+    earlier: &Command,
+    command: &Command,
+    stream: &str,
+    key: &str,
+) -> Result<(), RuntimeError> {
+    if earlier.command_type == command.command_type && earlier.data == command.data {
+        Ok(())
+    } else {
+        Err(RuntimeError::KeyReused {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
