@@ -5,15 +5,17 @@
 //!   [`MAX_BACKOFF`]) for ever, status `retrying`, and the projection goes on by itself.
 //! - A batch the plugin fails on is narrowed down: its events are folded one at a time on
 //!   the state rebuilt from before it (a batch may have failed only as a whole).
-//! - An event the plugin fails on alone is retried. A call that could not get memory because
-//!   the host's plugin memory budget was held by other instances is transient: retried for
-//!   ever, pausing 1 s doubling (capped), never parked. A call that ran out of time may have
-//!   met a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s doubling. Anything else (the plugin
-//!   returned an error, panicked, ran out of memory, stack or fuel) is deterministic: the
-//!   same event on the same state fails the same way, and its one try was already made on a
-//!   state rebuilt from the checkpoint (after its batch failed), so it is not tried again: a
-//!   client appending such events costs the projection a rebuild each, not seconds of
-//!   pauses. Then the [`FailurePolicy`] applies: park the event, or stop.
+//! - An event the plugin fails on alone is tried again as its failure deserves. A call that
+//!   could not get memory because the host's plugin memory budget was held by other instances
+//!   is transient: retried for ever, pausing 1 s doubling (capped), never parked. A call that
+//!   ran out of time may have met a busy machine: [`TIMEOUT_TRIES`] tries, pausing 1 s
+//!   doubling. Anything else (the plugin returned an error, panicked, ran out of memory, stack
+//!   or fuel) is deterministic: the same event on the same state fails the same way, and its
+//!   one try was already made on a state rebuilt from a snapshot (after its batch failed), so
+//!   it is not tried again: a client appending such events costs the projection a rebuild
+//!   each, not seconds of pauses. (A state a reader discarded between two events is rebuilt
+//!   and the event folded again, with no try counted.) Then the [`FailurePolicy`] applies:
+//!   park the event, or stop.
 
 use std::time::Duration;
 

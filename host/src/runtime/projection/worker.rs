@@ -21,8 +21,8 @@ use crate::runtime::upcast::UpcasterChain;
 
 /// The first pause after a failed journal read or write.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
-/// Events past the last snapshot that a rebuild after a parked event may fold again before
-/// the state is snapshotted in memory (see `Worker::save_if_far`).
+/// Positions past the last snapshot a rebuild may have to fold again, after a parked event,
+/// before the state is snapshotted in memory (see `Worker::save_if_far`).
 const REBUILD_SPAN: u64 = 64;
 
 /// A read of one page on the blocking pool.
@@ -40,8 +40,9 @@ pub(super) struct Shared {
     pub fold: Mutex<Option<ProjectionInstance>>,
     /// The events this run skips, by position.
     pub parked: Mutex<BTreeMap<u64, ParkedEvent>>,
-    /// Those of them the journal does not record yet: they are written with the next
-    /// checkpoint, the write that passes them (see [`Shared::checkpoint`]).
+    /// Those of them the journal does not record yet, in the order they were parked: they are
+    /// written with the next checkpoint, the write that passes them (see
+    /// [`Shared::checkpoint`]), or by a replay of parked events.
     pub unrecorded: Mutex<Vec<ParkedEvent>>,
     /// Events read from the journal since the run started.
     pub replayed: AtomicU64,
@@ -89,25 +90,29 @@ impl Shared {
     }
 
     /// Stores `(position, state)` as the checkpoint together with the parked events not
-    /// recorded yet and forgets `unpark`, in one write; unrecorded events stay so if it fails.
-    /// A checkpoint never passes a parked event the journal does not record: after a restart
-    /// it would be neither folded nor listed.
+    /// recorded yet and forgets `unpark`, in one write. A checkpoint never passes a parked
+    /// event the journal does not record: after a restart it would be neither folded nor
+    /// listed.
     pub async fn checkpoint(
         &self,
         journal: &Journal,
         (position, state): (u64, Vec<u8>),
         unpark: Vec<u64>,
     ) -> Result<(), JournalError> {
-        let park = std::mem::take(&mut *self.unrecorded.lock().expect("parked lock"));
-        let written = journal
-            .put_checkpoint_reparked(&self.key, position, state, park.clone(), unpark)
-            .await;
-        if written.is_err() {
-            let mut unrecorded = self.unrecorded.lock().expect("parked lock");
-            let newer = std::mem::replace(&mut *unrecorded, park);
-            unrecorded.extend(newer);
-        }
-        written
+        let park = self.unrecorded.lock().expect("parked lock").clone();
+        let count = park.len();
+        journal
+            .put_checkpoint_reparked(&self.key, position, state, park, unpark)
+            .await?;
+        self.recorded(count);
+        Ok(())
+    }
+
+    /// Drops the first `count` unrecorded parked events, now that the journal records them.
+    /// Only a write that succeeded drops them, so a run stopped while writing (a task aborted
+    /// at any await) leaves them for the checkpoint its runner stores.
+    pub fn recorded(&self, count: usize) {
+        self.unrecorded.lock().expect("parked lock").drain(..count);
     }
 
     /// A new instance of the plugin fed through its upcasters.
@@ -146,7 +151,9 @@ pub(super) struct Worker {
     control: mpsc::UnboundedReceiver<Control>,
     /// The last position folded (or skipped).
     position: u64,
-    /// The last checkpoint taken, kept in memory: states are rebuilt from it.
+    /// The last snapshot taken, kept in memory: states are rebuilt from it. Checkpoints are
+    /// such snapshots, and so are the ones taken after a parked event (see `save_if_far`),
+    /// which are not stored.
     saved: Option<(u64, Vec<u8>)>,
     /// Position and time of the last checkpoint.
     checkpointed: (u64, Instant),
@@ -348,9 +355,14 @@ impl Worker {
                 if folded > 0 {
                     self.position = batch[next - 1].position;
                 }
-                if let Some(error) = failed {
-                    self.after_failure(&batch[next], error).await?;
-                    next += 1;
+                match failed {
+                    // A reader discarded the state between two events: not the event's doing.
+                    Some(RuntimeError::NotNow { .. }) => self.rebuild().await?,
+                    Some(error) => {
+                        self.after_failure(&batch[next], error).await?;
+                        next += 1;
+                    }
+                    None => {}
                 }
             }
             self.skip_to(last).await?;
@@ -427,23 +439,30 @@ impl Worker {
             );
             tokio::time::sleep(backoff(attempt, first_pause)).await;
             attempt += 1;
-            let (shared, single) = (self.shared.clone(), event.clone());
-            let folded = blocking(move || {
-                shared.with_fold(|instance| instance.apply(std::slice::from_ref(&single)))
-            })
-            .await;
-            match folded {
-                Ok(()) => {
-                    self.position = event.position;
-                    return Ok(());
+            loop {
+                let (shared, single) = (self.shared.clone(), event.clone());
+                let folded = blocking(move || {
+                    shared.with_fold(|instance| instance.apply(std::slice::from_ref(&single)))
+                })
+                .await;
+                match folded {
+                    Ok(()) => {
+                        self.position = event.position;
+                        return Ok(());
+                    }
+                    // A reader discarded the state: not a try.
+                    Err(RuntimeError::NotNow { .. }) => self.rebuild().await?,
+                    Err(again) => {
+                        error = again;
+                        break;
+                    }
                 }
-                Err(again) => error = again,
             }
         }
     }
 
-    /// Snapshots the state in memory if a rebuild would fold more than [`REBUILD_SPAN`]
-    /// events: the next failure (a client may append any number) rebuilds from here.
+    /// Snapshots the state in memory if it is more than [`REBUILD_SPAN`] positions past the
+    /// last snapshot: the next failure (a client may append any number) rebuilds from here.
     async fn save_if_far(&mut self) -> Result<(), Halt> {
         let saved_at = self.saved.as_ref().map_or(0, |(position, _)| *position);
         if self.position.saturating_sub(saved_at) > REBUILD_SPAN && !self.checkpoints_broken {
@@ -495,7 +514,7 @@ impl Worker {
 
     /// Records in the journal, in one write, the events parked (again) and not recorded yet.
     async fn record_parked(&self) -> Result<(), Halt> {
-        let records = std::mem::take(&mut *self.shared.unrecorded.lock().expect("parked lock"));
+        let records = self.shared.unrecorded.lock().expect("parked lock").clone();
         if records.is_empty() {
             return Ok(());
         }
@@ -503,7 +522,9 @@ impl Worker {
         self.retrying_write("recording parked events", || {
             journal.park(hash, records.clone())
         })
-        .await
+        .await?;
+        self.shared.recorded(records.len());
+        Ok(())
     }
 
     /// Rebuilds the fold's state at `self.position` from the last checkpoint.
@@ -679,13 +700,15 @@ impl Worker {
         }
         let mut parked = self.shared.parked.lock().expect("parked lock");
         parked.remove(&position);
+        let mut unrecorded = self.shared.unrecorded.lock().expect("parked lock");
+        unrecorded.retain(|event| event.position != position);
         Ok(())
     }
 
     /// Makes this run the one the journal records: its checkpoint and its parked events
     /// replace the journal's, in one write.
+    /// The run writes to the journal only from then on: stopped half way, it stores nothing.
     async fn adopt(&mut self) -> Result<(), Halt> {
-        self.shared.durable.store(true, Ordering::Relaxed);
         let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
         let listed = self
             .retrying("reading the parked events", move || {
@@ -702,6 +725,9 @@ impl Worker {
             (parked.values().cloned().collect(), stale)
         };
         let Some((position, state)) = self.snapshot().await? else {
+            // Its snapshot fails, so this run stores no checkpoint (nor the parked events that
+            // go with one): a restart folds from the journal's checkpoint and parks them again.
+            self.shared.durable.store(true, Ordering::Relaxed);
             return Ok(());
         };
         let (journal, hash) = (&self.journal, &self.shared.key);
@@ -715,6 +741,7 @@ impl Worker {
             )
         })
         .await?;
+        self.shared.durable.store(true, Ordering::Relaxed);
         self.checkpointed = (position, Instant::now());
         Ok(())
     }
