@@ -243,14 +243,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         compiler: this_binary(),
     })
     .await?;
+    let stop = terminated()?;
     // Not println!: a closed stdout (`foldhost serve | head -1`, a supervisor that read the
     // address and went) must not panic a serving host.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "listening on http://{}", server.local_addr());
     let _ = writeln!(stdout, "web console: http://{}/", server.local_addr());
     tokio::select! {
-        stopped = terminated() => {
-            stopped?;
+        () = stop => {
             tracing::info!("shutting down: finishing in-flight requests");
             server.shutdown().await
         }
@@ -276,20 +276,27 @@ fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--listen {listen:?} resolves to no address"))
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn terminated() -> anyhow::Result<()> {
+/// Handles SIGTERM and Ctrl-C (SIGINT) from now on: the future resolves on either. Taken
+/// before the host says it is listening, so a supervisor that stops it as soon as it reads
+/// the address gets a graceful shutdown, not the signal's default death.
+fn terminated() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted.context("handling Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling Ctrl-C")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("handling Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
