@@ -308,9 +308,26 @@ async fn a_key_sent_again_with_another_command_is_refused_in_the_round_and_later
     assert!(reused(&later), "{later:?}");
     let retried = send(&host.runtime, "hot", keyed(10, "k1")).await.unwrap();
     assert_eq!(retried.unwrap().version, 3);
+    // In one round, a wrong use of the key before a right one: only the wrong one is refused.
+    let outcomes = host
+        .round(vec![keyed(30, "k1"), keyed(10, "k1")], async {})
+        .await;
+    assert!(reused(&outcomes[0]), "{:?}", outcomes[0]);
+    assert_eq!(outcomes[1].as_ref().unwrap().version, 3);
+    // Keys JSON escapes in the metadata are checked alike.
+    let quoted = "k\"2\\";
+    send(&host.runtime, "hot", keyed(2, quoted))
+        .await
+        .unwrap()
+        .unwrap();
+    let later = send(&host.runtime, "hot", keyed(3, quoted)).await.unwrap();
+    assert!(
+        matches!(&later, Err(RuntimeError::KeyReused { key, .. }) if key == quoted),
+        "{later:?}"
+    );
     assert_eq!(
         balances(&host.journal, "bank-account-hot"),
-        [0, 0, 1, 11, 18]
+        [0, 0, 1, 11, 18, 19, 21]
     );
 }
 
@@ -338,6 +355,7 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
             let data: Value = serde_json::from_slice(&event.data).unwrap();
             let mut new = NewEvent::json(&*event.event_type, &data);
             new.id = event.id;
+            new.metadata = event.metadata.as_deref().map(str::to_owned);
             new
         })
         .collect();
@@ -383,6 +401,63 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
         .await
         .unwrap();
     assert_eq!((version, state["balance"].as_u64()), (3, Some(1005)));
+}
+
+/// Another host stores a command of key `k` between this host's check of the key and its
+/// append, and this host's command of the same key is another one. The journal answers this
+/// host's append (the same derived ids) as a retry of the other host's, right after the state
+/// it decided on: the events read back carry the other command's hash, so the round is decided
+/// again and the key refuses the command instead of answering it with the other's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_another_host_stored_for_another_command_is_refused() {
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch = Journal::open(scratch_dir.path().join("j.redb"), JournalConfig::default());
+    let scratch = runtime_on(scratch.unwrap(), AggregateConfig::default()).await;
+    send(&scratch, "hot", ("Open", json!({"owner": "Hot"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let theirs = ("Deposit", json!({"amount": 6}), Some("k"));
+    let theirs = send(&scratch, "hot", theirs).await.unwrap().unwrap();
+    let theirs: Vec<NewEvent> = theirs
+        .events
+        .iter()
+        .map(|event| {
+            let data: Value = serde_json::from_slice(&event.data).unwrap();
+            let mut new = NewEvent::json(&*event.event_type, &data);
+            new.id = event.id;
+            new.metadata = event.metadata.as_deref().map(str::to_owned);
+            new
+        })
+        .collect();
+
+    let host = Gated::new().await;
+    let stream = "bank-account-hot";
+    host.gate.hold();
+    let journal = host.journal.clone();
+    let other_host =
+        tokio::spawn(async move { journal.append(stream, ExpectedVersion::Any, theirs).await });
+    wait_until("the other host's commit waits for its sync", || {
+        host.gate.waiting() == 1
+    })
+    .await;
+    let ours = send(
+        &host.runtime,
+        "hot",
+        ("Deposit", json!({"amount": 5}), Some("k")),
+    );
+    wait_until("this host's append is queued", || {
+        host.journal.queued_writes() == 1
+    })
+    .await;
+    host.gate.release();
+    assert_eq!(other_host.await.unwrap().unwrap().first_version, 2);
+    let ours = ours.await.unwrap();
+    assert!(
+        matches!(ours, Err(RuntimeError::KeyReused { .. })),
+        "{ours:?}"
+    );
+    assert_eq!(balances(&host.journal, stream), [0, 0, 6]);
 }
 
 /// A retry whose first command's events a soft delete (or the stream's retention rules) hides

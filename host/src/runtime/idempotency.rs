@@ -64,9 +64,15 @@ pub(super) fn committed(
 }
 
 /// What the first event of a keyed command records of it, as its metadata.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct KeyUse<'a> {
     idempotency_key: &'a str,
+    command_sha256: String,
+}
+
+/// The part of [`KeyUse`] read back: owned, as a key may hold characters JSON escapes.
+#[derive(Deserialize)]
+struct RecordedUse {
     command_sha256: String,
 }
 
@@ -108,7 +114,7 @@ pub(super) fn check_same(
     let recorded = first
         .metadata
         .as_deref()
-        .and_then(|metadata| serde_json::from_str::<KeyUse<'_>>(metadata).ok());
+        .and_then(|metadata| serde_json::from_str::<RecordedUse>(metadata).ok());
     match recorded {
         Some(recorded) if recorded.command_sha256 != command_sha256(command) => {
             Err(RuntimeError::KeyReused {

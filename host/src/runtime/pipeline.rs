@@ -102,6 +102,11 @@ pub(super) fn run(
             Ok(Some(appended)) if round.follows(&appended, journal, stream) => {
                 let count = sent.len();
                 match journal.read_stream(stream, appended.first_version, count) {
+                    // The journal took the append for a retry of events with the same ids
+                    // stored by another host's command of one of the round's keys: if that was
+                    // another command (its key's metadata differs), decided again, the key
+                    // refuses it.
+                    Ok(stored) if stored.len() == count && !same_metadata(&stored, &sent) => None,
                     Ok(stored) if stored.len() == count => Some(stored),
                     Ok(_) => {
                         let why = missing_after_append(journal, stream, &appended);
@@ -156,6 +161,15 @@ pub(super) fn run(
     )
 }
 
+/// Whether `stored` carry the metadata of the events `sent` (a keyed command's first event
+/// records its key and command).
+fn same_metadata(stored: &[RecordedEvent], sent: &[NewEvent]) -> bool {
+    stored
+        .iter()
+        .zip(sent)
+        .all(|(stored, sent)| stored.metadata.as_deref() == sent.metadata.as_deref())
+}
+
 /// Why events just appended at `appended` read back fewer: the stream's retention rules
 /// (`truncate_before` past them, a `max_count` below the round's events) hide them from readers
 /// at once, or they are missing, which is corruption.
@@ -189,6 +203,18 @@ enum Decision {
     SameAs(usize),
     /// Events to append, possibly none.
     Events(Vec<NewEvent>),
+}
+
+impl Decision {
+    /// Whether its command's key answers a later command of the round: it stored events, or
+    /// will. As across rounds, a command refused or deciding nothing is not remembered.
+    fn remembered(&self) -> bool {
+        match self {
+            Decision::Failed(_) => false,
+            Decision::Events(events) => !events.is_empty(),
+            Decision::Stored(_) | Decision::SameAs(_) => true,
+        }
+    }
 }
 
 /// A round's decisions, before they are stored.
@@ -227,9 +253,11 @@ fn decide(
     for (index, command) in commands.iter().enumerate() {
         let key = command.idempotency_key.as_deref();
         if let Some(key) = key {
-            let earlier = commands[..index]
-                .iter()
-                .position(|c| c.idempotency_key.as_deref() == Some(key));
+            // Only a command that stored (or will store) events is remembered by its key.
+            let earlier = (0..index).find(|&i| {
+                commands[i].idempotency_key.as_deref() == Some(key)
+                    && round.decisions[i].remembered()
+            });
             if let Some(earlier) = earlier {
                 round.decisions.push(
                     match check_same_as(&commands[earlier], command, &stream, key) {
