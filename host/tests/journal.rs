@@ -1455,27 +1455,32 @@ fn parked_events_are_kept_per_plugin_replaced_and_forgotten(backend: Backend) {
     let f = Fixture::new(backend);
     let j = f.journal.clone();
     run(async move {
-        assert_eq!(j.parked("p1").unwrap(), []);
+        assert_eq!(j.parked("p1", 0, 100).unwrap(), []);
         j.park("p1", vec![parked(7, "bad"), parked(3, "worse")])
             .await
             .unwrap();
         j.park("p2", vec![parked(5, "other")]).await.unwrap();
         j.park("p1", vec![parked(7, "still bad")]).await.unwrap();
         assert_eq!(
-            j.parked("p1").unwrap(),
+            j.parked("p1", 0, 100).unwrap(),
             [parked(3, "worse"), parked(7, "still bad")]
         );
+        // A page at a time, from the first after a position.
+        assert_eq!(j.parked("p1", 0, 1).unwrap(), [parked(3, "worse")]);
+        assert_eq!(j.parked("p1", 3, 1).unwrap(), [parked(7, "still bad")]);
+        assert_eq!(j.parked("p1", 7, 100).unwrap(), []);
+        assert_eq!(j.parked("p1", u64::MAX, 100).unwrap(), []);
     });
     // Durable: they survive closing and reopening.
     let f = f.reopen();
     let j = f.journal.clone();
     run(async move {
-        assert_eq!(j.parked("p1").unwrap().len(), 2);
+        assert_eq!(j.parked("p1", 0, 100).unwrap().len(), 2);
         j.unpark("p1", vec![3, 99]).await.unwrap();
-        assert_eq!(j.parked("p1").unwrap(), [parked(7, "still bad")]);
+        assert_eq!(j.parked("p1", 0, 100).unwrap(), [parked(7, "still bad")]);
         j.delete_plugin_data("p1").await.unwrap();
-        assert_eq!(j.parked("p1").unwrap(), []);
-        assert_eq!(j.parked("p2").unwrap(), [parked(5, "other")]);
+        assert_eq!(j.parked("p1", 0, 100).unwrap(), []);
+        assert_eq!(j.parked("p2", 0, 100).unwrap(), [parked(5, "other")]);
         assert_eq!(j.head_position(), 0, "parked records are not events");
     });
 }

@@ -708,6 +708,34 @@ async fn a_flood_of_poison_events_is_parked_at_the_first_try_and_survives_a_kill
         "it did not resume from a checkpoint: {info}"
     );
     assert_eq!(api.analytics().await["state"]["total_balance"], good);
+    // Listed a page at a time: the records the checkpoint wrote come from the journal (memory
+    // holds only their positions), the ones parked again since from memory.
+    let mut listed: Vec<Value> = Vec::new();
+    loop {
+        let after = listed.last().map_or(0, |p| p["position"].as_u64().unwrap());
+        let path = format!("/plugins/bank-analytics/parked?after={after}&limit=50");
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        listed.extend(page);
+    }
+    let positions: Vec<u64> = listed
+        .iter()
+        .map(|p| p["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (0..poisons).map(|n| n * 50 + 1).collect::<Vec<_>>()
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|p| p["attempts"] == 1 && reason(p).contains("lots")),
+        "{listed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

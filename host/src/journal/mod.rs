@@ -603,9 +603,15 @@ impl Journal {
         .await
     }
 
-    /// The events `plugin` parked, by position.
-    pub fn parked(&self, plugin: &str) -> Result<Vec<ParkedEvent>, JournalError> {
-        dispatch!(self, parked(plugin))
+    /// Up to `limit` of the events `plugin` parked, by position, from the first after
+    /// position `after`.
+    pub fn parked(
+        &self,
+        plugin: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, JournalError> {
+        dispatch!(self, parked(plugin, after, limit))
     }
 }
 

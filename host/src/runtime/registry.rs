@@ -573,13 +573,14 @@ impl Runtime {
 
     /// Up to `limit` of the events projection `name` skipped, by position, from the first
     /// after position `after`.
-    pub fn parked(
+    pub async fn parked(
         &self,
         name: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<ParkedEvent>, RuntimeError> {
-        Ok(self.projection(name)?.parked(after, limit))
+        let projection = self.projection(name)?;
+        projection.parked(&self.journal, after, limit).await
     }
 
     /// Folds the parked events of projection `name` again (say, after a fix elsewhere).

@@ -175,7 +175,7 @@ pub async fn parked(
 ) -> Result<Json<Vec<ParkedEvent>>, ApiError> {
     tracing::Span::current().record("plugin", name.as_str());
     let limit = query.limit.unwrap_or(PARKED_PAGE).clamp(1, MAX_PARKED_PAGE);
-    Ok(Json(state.runtime.parked(&name, query.after, limit)?))
+    Ok(Json(state.runtime.parked(&name, query.after, limit).await?))
 }
 
 /// `POST /plugins/{name}/parked/replay`: folds the parked events again, at the head; those

@@ -93,16 +93,20 @@ impl PgJournal {
     pub(in crate::journal) fn parked(
         &self,
         plugin: &str,
+        after: u64,
+        limit: usize,
     ) -> Result<Vec<ParkedEvent>, JournalError> {
         let plugin = plugin.to_owned();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |client| {
             let plugin = plugin.clone();
             async move {
                 let rows = cached::query(
                     &client,
                     "SELECT position, stream, event_type, reason, attempts, parked_at \
-                     FROM parked WHERE plugin = $1 ORDER BY position",
-                    &[&plugin],
+                     FROM parked WHERE plugin = $1 AND position > $2 ORDER BY position LIMIT $3",
+                    &[&plugin, &after, &limit],
                 )
                 .await?;
                 Ok(rows

@@ -184,7 +184,7 @@ mod tests {
         let backup = dir.path().join("backup.redb");
         assert_eq!(journal.backup(&backup).await.unwrap().position, 1);
         drop(journal);
-        assert_eq!(journal_at(&backup).parked("p").unwrap(), [parked]);
+        assert_eq!(journal_at(&backup).parked("p", 0, 100).unwrap(), [parked]);
     }
 
     /// A scavenge's compaction, which fails while a read transaction is open, waits for the

@@ -413,16 +413,24 @@ pub(in crate::journal) fn event_by_id(
     Ok(event)
 }
 
-/// The events `plugin` parked, by position.
+/// Up to `limit` of the events `plugin` parked, by position, from the first after `after`.
 pub(in crate::journal) fn parked(
     db: &SharedDb,
     plugin: &str,
+    after: u64,
+    limit: usize,
 ) -> Result<Vec<ParkedEvent>, JournalError> {
     let database = db.get();
     let txn = database.begin_read()?;
     let table = txn.open_table(PARKED)?;
     let mut parked = Vec::new();
-    for entry in table.range((plugin, 0)..=(plugin, u64::MAX))? {
+    let Some(from) = after.checked_add(1) else {
+        return Ok(parked);
+    };
+    for entry in table
+        .range((plugin, from)..=(plugin, u64::MAX))?
+        .take(limit)
+    {
         let (key, value) = entry?;
         let event =
             serde_json::from_slice(value.value()).map_err(|error| JournalError::Corrupt {

@@ -7,6 +7,7 @@
 //! fold's store: states and queries run on a copy (see `runner`).
 
 mod failure;
+mod parked;
 mod runner;
 mod worker;
 

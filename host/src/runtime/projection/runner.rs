@@ -66,7 +66,6 @@ impl ProjectionRunner {
             key,
             fold: Mutex::new(None),
             parked: Mutex::new(Default::default()),
-            unrecorded: Mutex::new(Vec::new()),
             replayed: AtomicU64::new(0),
             status: status_tx,
             durable: AtomicBool::new(!options.fresh),
@@ -115,15 +114,25 @@ impl ProjectionRunner {
     }
 
     /// Up to `limit` of the events this run skips because it could not fold them, by
-    /// position, from the first after position `after`.
-    pub fn parked(&self, after: u64, limit: usize) -> Vec<ParkedEvent> {
+    /// position, from the first after position `after`: the journal's records, and this run's
+    /// the journal does not hold yet.
+    pub async fn parked(
+        &self,
+        journal: &Journal,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, RuntimeError> {
+        let recorded = match self.shared.durable.load(Ordering::Relaxed) {
+            true => {
+                let (journal, key) = (journal.clone(), self.shared.key.clone());
+                blocking(move || Ok(journal.parked(&key, after, limit)?)).await?
+            }
+            // A run that does not write holds every record it parked; the journal's are
+            // another run's.
+            false => Vec::new(),
+        };
         let parked = self.shared.parked.lock().expect("parked lock");
-        let from = after.saturating_add(1);
-        parked
-            .range(from..)
-            .take(limit)
-            .map(|(_, event)| event.clone())
-            .collect()
+        Ok(parked.page(recorded, after, limit))
     }
 
     /// How many events this run skips.

@@ -3,7 +3,6 @@
 //! follows it; retries what may pass, narrows a failed batch down to the event, and parks (or
 //! stops at) an event that keeps failing.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::failure::{FailurePolicy, ParkReport, backoff, tries_after};
+use super::parked::Parked;
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus, REPLAY_LIMIT};
 use crate::journal::{Journal, JournalError, ParkedEvent, ReadLimit, RecordedEvent};
 use crate::runtime::blocking;
@@ -38,12 +38,10 @@ pub(super) struct Shared {
     /// The fold's instance: `None` before it starts, and after a failed call discarded it
     /// (the worker then rebuilds it).
     pub fold: Mutex<Option<ProjectionInstance>>,
-    /// The events this run skips, by position.
-    pub parked: Mutex<BTreeMap<u64, ParkedEvent>>,
-    /// Those of them the journal does not record yet, in the order they were parked: they are
-    /// written with the next checkpoint, the write that passes them (see
-    /// [`Shared::checkpoint`]), or by a replay of parked events.
-    pub unrecorded: Mutex<Vec<ParkedEvent>>,
+    /// The events this run skips. The records the journal does not hold yet are written with
+    /// the next checkpoint, the write that passes them (see [`Shared::checkpoint`]), or by a
+    /// replay of parked events.
+    pub parked: Mutex<Parked>,
     /// Events read from the journal since the run started.
     pub replayed: AtomicU64,
     pub status: watch::Sender<ProjectionStatus>,
@@ -84,7 +82,7 @@ impl Shared {
                 true => subscription.wants_stream(&e.stream),
                 false => wants(e),
             })
-            .filter(|e| !parked.contains_key(&e.position))
+            .filter(|e| !parked.contains(e.position))
             .cloned()
             .collect()
     }
@@ -99,20 +97,14 @@ impl Shared {
         (position, state): (u64, Vec<u8>),
         unpark: Vec<u64>,
     ) -> Result<(), JournalError> {
-        let park = self.unrecorded.lock().expect("parked lock").clone();
-        let count = park.len();
+        let park = self.parked.lock().expect("parked lock").unrecorded();
         journal
-            .put_checkpoint_reparked(&self.key, position, state, park, unpark)
+            .put_checkpoint_reparked(&self.key, position, state, park.clone(), unpark)
             .await?;
-        self.recorded(count);
+        // Only a write that succeeded drops them, so a run stopped while writing (a task
+        // aborted at any await) leaves them for the checkpoint its runner stores.
+        self.parked.lock().expect("parked lock").recorded(&park);
         Ok(())
-    }
-
-    /// Drops the first `count` unrecorded parked events, now that the journal records them.
-    /// Only a write that succeeded drops them, so a run stopped while writing (a task aborted
-    /// at any await) leaves them for the checkpoint its runner stores.
-    pub fn recorded(&self, count: usize) {
-        self.unrecorded.lock().expect("parked lock").drain(..count);
     }
 
     /// A new instance of the plugin fed through its upcasters.
@@ -238,12 +230,13 @@ impl Worker {
             let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
             let (checkpoint, parked) = self
                 .retrying("reading the checkpoint", move || {
-                    Ok((journal.checkpoint(&hash)?, journal.parked(&hash)?))
+                    Ok((
+                        journal.checkpoint(&hash)?,
+                        parked_positions(&journal, &hash)?,
+                    ))
                 })
                 .await?;
-            let mut map = self.shared.parked.lock().expect("parked lock");
-            map.extend(parked.into_iter().map(|event| (event.position, event)));
-            drop(map);
+            *self.shared.parked.lock().expect("parked lock") = Parked::restored(parked);
             self.saved = checkpoint;
         }
         let shared = self.shared.clone();
@@ -504,18 +497,13 @@ impl Worker {
     /// journal records it with the next checkpoint (see [`Shared::checkpoint`]), so a flood
     /// of poison events costs no write each.
     fn park(&self, record: ParkedEvent) {
-        if self.durable() {
-            let mut unrecorded = self.shared.unrecorded.lock().expect("parked lock");
-            unrecorded.push(record.clone());
-        }
-        let mut parked = self.shared.parked.lock().expect("parked lock");
-        parked.insert(record.position, record);
+        self.shared.parked.lock().expect("parked lock").park(record);
     }
 
     /// Records in the journal, in one write, the events parked (again) and not recorded yet.
     async fn record_parked(&self) -> Result<(), Halt> {
-        let records = self.shared.unrecorded.lock().expect("parked lock").clone();
-        if records.is_empty() {
+        let records = self.shared.parked.lock().expect("parked lock").unrecorded();
+        if records.is_empty() || !self.durable() {
             return Ok(());
         }
         let (journal, hash) = (&self.journal, &self.shared.key);
@@ -523,7 +511,8 @@ impl Worker {
             journal.park(hash, records.clone())
         })
         .await?;
-        self.shared.recorded(records.len());
+        let mut parked = self.shared.parked.lock().expect("parked lock");
+        parked.recorded(&records);
         Ok(())
     }
 
@@ -614,14 +603,7 @@ impl Worker {
     /// that folds is checkpointed and unparked in one journal write, so a restart neither
     /// loses nor repeats it; one that fails stays parked with the new reason.
     async fn replay_parked(&mut self) -> Result<ParkReport, Halt> {
-        let positions: Vec<u64> = self
-            .shared
-            .parked
-            .lock()
-            .expect("parked lock")
-            .keys()
-            .copied()
-            .collect();
+        let positions = self.shared.parked.lock().expect("parked lock").positions();
         let mut replayed = 0;
         for position in positions {
             let journal = self.journal.clone();
@@ -656,23 +638,13 @@ impl Worker {
                     }
                     self.saved = Some((at, state));
                     self.checkpointed = (at, Instant::now());
-                    self.shared
-                        .parked
-                        .lock()
-                        .expect("parked lock")
-                        .remove(&position);
+                    let mut parked = self.shared.parked.lock().expect("parked lock");
+                    parked.forget(position);
                     replayed += 1;
                 }
                 Err(error) => {
                     self.rebuild().await?;
-                    let record = self
-                        .shared
-                        .parked
-                        .lock()
-                        .expect("parked lock")
-                        .get(&position)
-                        .cloned();
-                    if let Some(mut record) = record {
+                    if let Some(mut record) = self.parked_record(position).await? {
                         record.attempts += 1;
                         record.reason = error.to_string();
                         self.park(record);
@@ -699,10 +671,28 @@ impl Worker {
             .await?;
         }
         let mut parked = self.shared.parked.lock().expect("parked lock");
-        parked.remove(&position);
-        let mut unrecorded = self.shared.unrecorded.lock().expect("parked lock");
-        unrecorded.retain(|event| event.position != position);
+        parked.forget(position);
         Ok(())
+    }
+
+    /// The record of the event parked at `position`: this run's, or the journal's.
+    async fn parked_record(&self, position: u64) -> Result<Option<ParkedEvent>, Halt> {
+        let ours = {
+            let parked = self.shared.parked.lock().expect("parked lock");
+            parked.unrecorded_at(position).cloned()
+        };
+        if ours.is_some() {
+            return Ok(ours);
+        }
+        let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
+        let listed = self
+            .retrying("reading a parked event", move || {
+                Ok(journal.parked(&hash, position.saturating_sub(1), 1)?)
+            })
+            .await?;
+        Ok(listed
+            .into_iter()
+            .find(|record| record.position == position))
     }
 
     /// Makes this run the one the journal records: its checkpoint and its parked events
@@ -712,17 +702,17 @@ impl Worker {
         let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
         let listed = self
             .retrying("reading the parked events", move || {
-                Ok(journal.parked(&hash)?)
+                Ok(parked_positions(&journal, &hash)?)
             })
             .await?;
+        // A run that does not write holds every record it parked.
         let (ours, stale): (Vec<ParkedEvent>, Vec<u64>) = {
             let parked = self.shared.parked.lock().expect("parked lock");
             let stale = listed
-                .iter()
-                .map(|event| event.position)
-                .filter(|position| !parked.contains_key(position))
+                .into_iter()
+                .filter(|position| !parked.contains(*position))
                 .collect();
-            (parked.values().cloned().collect(), stale)
+            (parked.unrecorded(), stale)
         };
         let Some((position, state)) = self.snapshot().await? else {
             // Its snapshot fails, so this run stores no checkpoint (nor the parked events that
@@ -742,6 +732,9 @@ impl Worker {
         })
         .await?;
         self.shared.durable.store(true, Ordering::Relaxed);
+        let mut parked = self.shared.parked.lock().expect("parked lock");
+        parked.recorded(&ours);
+        drop(parked);
         self.checkpointed = (position, Instant::now());
         Ok(())
     }
@@ -826,6 +819,21 @@ impl Worker {
                     tokio::time::sleep(backoff(attempt, FIRST_PAUSE)).await;
                 }
             }
+        }
+    }
+}
+
+/// Every position the journal records as parked for `key`, read a page at a time.
+pub(super) fn parked_positions(journal: &Journal, key: &str) -> Result<Vec<u64>, JournalError> {
+    const PAGE: usize = 10_000;
+    let mut positions = Vec::new();
+    loop {
+        let after = positions.last().copied().unwrap_or(0);
+        let page = journal.parked(key, after, PAGE)?;
+        let full = page.len() == PAGE;
+        positions.extend(page.into_iter().map(|record| record.position));
+        if !full {
+            return Ok(positions);
         }
     }
 }

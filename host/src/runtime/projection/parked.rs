@@ -1,0 +1,137 @@
+//! The events a projection's run skips because it could not fold them.
+//!
+//! A client can make a projection park any number of events, so memory holds every parked
+//! position (what a fold skips, and the count) but a full record (stream, type, reason) only
+//! until the journal holds it: records are written with the checkpoint that passes them, and
+//! listings read the journal's a page at a time. A run that does not write to the journal (a
+//! reset still catching up) keeps all of its records.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::journal::ParkedEvent;
+
+/// The parked events of one run.
+#[derive(Default)]
+pub(super) struct Parked {
+    positions: BTreeSet<u64>,
+    /// Records the journal does not hold (yet), by position.
+    unrecorded: BTreeMap<u64, ParkedEvent>,
+}
+
+impl Parked {
+    /// The positions the journal records as parked, for a run that resumes its build's.
+    pub fn restored(positions: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            positions: positions.into_iter().collect(),
+            unrecorded: BTreeMap::new(),
+        }
+    }
+
+    pub fn contains(&self, position: u64) -> bool {
+        self.positions.contains(&position)
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Every parked position, in order.
+    pub fn positions(&self) -> Vec<u64> {
+        self.positions.iter().copied().collect()
+    }
+
+    /// Parks an event, or parks it again with a new record.
+    pub fn park(&mut self, record: ParkedEvent) {
+        self.positions.insert(record.position);
+        self.unrecorded.insert(record.position, record);
+    }
+
+    /// Forgets a parked event (folded after all, or gone from the log).
+    pub fn forget(&mut self, position: u64) {
+        self.positions.remove(&position);
+        self.unrecorded.remove(&position);
+    }
+
+    /// The record of a parked event the journal does not hold yet.
+    pub fn unrecorded_at(&self, position: u64) -> Option<&ParkedEvent> {
+        self.unrecorded.get(&position)
+    }
+
+    /// The records the journal does not hold yet, by position.
+    pub fn unrecorded(&self) -> Vec<ParkedEvent> {
+        self.unrecorded.values().cloned().collect()
+    }
+
+    /// Drops the records of `written` the journal now holds (unless parked again since).
+    pub fn recorded(&mut self, written: &[ParkedEvent]) {
+        for record in written {
+            if self.unrecorded.get(&record.position) == Some(record) {
+                self.unrecorded.remove(&record.position);
+            }
+        }
+    }
+
+    /// The first `limit` parked events after position `after`: those of `journal_page` (the
+    /// journal's first `limit` after `after`) still parked, and the unrecorded ones, which
+    /// replace the journal's at the same position.
+    pub fn page(
+        &self,
+        journal_page: Vec<ParkedEvent>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<ParkedEvent> {
+        let mut page: BTreeMap<u64, ParkedEvent> = journal_page
+            .into_iter()
+            .filter(|record| self.contains(record.position))
+            .map(|record| (record.position, record))
+            .collect();
+        let from = after.saturating_add(1);
+        for (position, record) in self.unrecorded.range(from..).take(limit) {
+            page.insert(*position, record.clone());
+        }
+        page.into_values().take(limit).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(position: u64, reason: &str) -> ParkedEvent {
+        ParkedEvent {
+            position,
+            stream: "s".to_owned(),
+            event_type: "T".to_owned(),
+            reason: reason.to_owned(),
+            attempts: 1,
+            parked_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_page_merges_the_journals_records_with_the_unrecorded_ones() {
+        let mut parked = Parked::restored([2, 4, 6]);
+        parked.park(record(3, "new"));
+        parked.park(record(4, "again"));
+        parked.forget(6);
+        let journal = vec![record(2, "old"), record(4, "old"), record(6, "old")];
+        let page = parked.page(journal.clone(), 0, 10);
+        let reasons: Vec<(u64, &str)> = page.iter().map(|r| (r.position, &*r.reason)).collect();
+        assert_eq!(reasons, [(2, "old"), (3, "new"), (4, "again")]);
+        assert_eq!(parked.page(journal, 0, 2).len(), 2);
+        assert_eq!(parked.page(vec![], 3, 10), [record(4, "again")]);
+        assert_eq!(parked.len(), 3);
+    }
+
+    #[test]
+    fn only_what_was_written_leaves_the_unrecorded_records() {
+        let mut parked = Parked::default();
+        parked.park(record(1, "a"));
+        parked.park(record(2, "b"));
+        let written = parked.unrecorded();
+        parked.park(record(2, "b again"));
+        parked.recorded(&written);
+        assert_eq!(parked.unrecorded(), [record(2, "b again")]);
+        assert!(parked.contains(1) && parked.unrecorded_at(1).is_none());
+    }
+}
