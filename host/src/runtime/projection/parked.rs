@@ -62,6 +62,18 @@ impl Parked {
         self.unrecorded.values().cloned().collect()
     }
 
+    /// How many records the journal does not hold yet.
+    pub fn unrecorded_len(&self) -> usize {
+        self.unrecorded.len()
+    }
+
+    /// The first `limit` records the journal does not hold yet after position `after`.
+    pub fn unrecorded_after(&self, after: u64, limit: usize) -> Vec<ParkedEvent> {
+        let from = after.saturating_add(1);
+        let records = self.unrecorded.range(from..).take(limit);
+        records.map(|(_, record)| record.clone()).collect()
+    }
+
     /// Drops the records of `written` the journal now holds (unless parked again since).
     pub fn recorded(&mut self, written: &[ParkedEvent]) {
         for record in written {
@@ -71,26 +83,46 @@ impl Parked {
         }
     }
 
-    /// The first `limit` parked events after position `after`: those of `journal_page` (the
-    /// journal's first `limit` after `after`) still parked, and the unrecorded ones, which
-    /// replace the journal's at the same position.
+    /// Up to `limit` parked events after position `after`, from `recorded` (the journal's first
+    /// `limit` records after `after`) and `ours` (the unrecorded records after `after`, taken
+    /// before `recorded` was read: a record written meanwhile is in `recorded`), which replace
+    /// the journal's at the same position; only those still parked. A full `recorded` says
+    /// nothing past its last position, so the page stops there: it may come back shorter than
+    /// `limit`, or empty while more follow (see [`Page::next`]).
     pub fn page(
         &self,
-        journal_page: Vec<ParkedEvent>,
+        recorded: Vec<ParkedEvent>,
+        ours: &[ParkedEvent],
         after: u64,
         limit: usize,
-    ) -> Vec<ParkedEvent> {
-        let mut page: BTreeMap<u64, ParkedEvent> = journal_page
+    ) -> Page {
+        let full = recorded.len() >= limit;
+        let bound = match full {
+            true => recorded.last().map_or(u64::MAX, |record| record.position),
+            false => u64::MAX,
+        };
+        let mut page: BTreeMap<u64, ParkedEvent> = recorded
             .into_iter()
-            .filter(|record| self.contains(record.position))
             .map(|record| (record.position, record))
             .collect();
-        let from = after.saturating_add(1);
-        for (position, record) in self.unrecorded.range(from..).take(limit) {
-            page.insert(*position, record.clone());
+        let ours = ours
+            .iter()
+            .filter(|r| r.position > after && r.position <= bound);
+        page.extend(ours.map(|record| (record.position, record.clone())));
+        page.retain(|position, _| self.contains(*position));
+        Page {
+            events: page.into_values().take(limit).collect(),
+            next: full.then_some(bound),
         }
-        page.into_values().take(limit).collect()
     }
+}
+
+/// A page of parked events (see [`Parked::page`]).
+pub(super) struct Page {
+    pub events: Vec<ParkedEvent>,
+    /// Where the journal's records go on, when its page was full: an empty page is read again
+    /// from there.
+    pub next: Option<u64>,
 }
 
 #[cfg(test)]
@@ -115,12 +147,29 @@ mod tests {
         parked.park(record(4, "again"));
         parked.forget(6);
         let journal = vec![record(2, "old"), record(4, "old"), record(6, "old")];
-        let page = parked.page(journal.clone(), 0, 10);
+        let ours = parked.unrecorded_after(0, 10);
+        let page = parked.page(journal.clone(), &ours, 0, 10).events;
         let reasons: Vec<(u64, &str)> = page.iter().map(|r| (r.position, &*r.reason)).collect();
         assert_eq!(reasons, [(2, "old"), (3, "new"), (4, "again")]);
-        assert_eq!(parked.page(journal, 0, 2).len(), 2);
-        assert_eq!(parked.page(vec![], 3, 10), [record(4, "again")]);
+        assert_eq!(parked.page(journal, &ours, 0, 2).events.len(), 2);
+        let ours = parked.unrecorded_after(3, 10);
+        let page = parked.page(vec![], &ours, 3, 10);
+        assert_eq!(page.events, [record(4, "again")]);
         assert_eq!(parked.len(), 3);
+    }
+
+    #[test]
+    fn a_full_journal_page_bounds_what_a_page_says() {
+        // The journal still lists 1 and 2, no longer parked; 3 is only in memory.
+        let mut parked = Parked::restored([7]);
+        parked.park(record(3, "ours"));
+        let ours = parked.unrecorded_after(0, 2);
+        let page = parked.page(vec![record(1, "x"), record(2, "x")], &ours, 0, 2);
+        assert!(page.events.is_empty());
+        assert_eq!(page.next, Some(2));
+        let page = parked.page(vec![record(7, "x")], &ours, 2, 2);
+        assert_eq!(page.events, [record(3, "ours"), record(7, "x")]);
+        assert_eq!(page.next, None);
     }
 
     #[test]

@@ -122,17 +122,28 @@ impl ProjectionRunner {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ParkedEvent>, RuntimeError> {
-        let recorded = match self.shared.durable.load(Ordering::Relaxed) {
-            true => {
-                let (journal, key) = (journal.clone(), self.shared.key.clone());
-                blocking(move || Ok(journal.parked(&key, after, limit)?)).await?
-            }
+        let mut after = after;
+        loop {
+            // This run's records first: one the journal gets meanwhile is in the page read next.
+            let (durable, ours) = {
+                let parked = self.shared.parked.lock().expect("parked lock");
+                let durable = self.shared.durable.load(Ordering::Relaxed);
+                (durable, parked.unrecorded_after(after, limit))
+            };
             // A run that does not write holds every record it parked; the journal's are
             // another run's.
-            false => Vec::new(),
-        };
-        let parked = self.shared.parked.lock().expect("parked lock");
-        Ok(parked.page(recorded, after, limit))
+            if !durable {
+                return Ok(ours);
+            }
+            let (journal, key) = (journal.clone(), self.shared.key.clone());
+            let recorded = blocking(move || Ok(journal.parked(&key, after, limit)?)).await?;
+            let parked = self.shared.parked.lock().expect("parked lock");
+            let page = parked.page(recorded, &ours, after, limit);
+            match page.next {
+                Some(next) if page.events.is_empty() => after = next,
+                _ => return Ok(page.events),
+            }
+        }
     }
 
     /// How many events this run skips.

@@ -21,6 +21,8 @@ use crate::runtime::upcast::UpcasterChain;
 
 /// The first pause after a failed journal read or write.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Parked events a replay of parked events records in one write.
+const RECORD_BATCH: usize = 1000;
 /// Positions past the last snapshot a rebuild may have to fold again, after a parked event,
 /// before the state is snapshotted in memory (see `Worker::save_if_far`).
 const REBUILD_SPAN: u64 = 64;
@@ -644,10 +646,25 @@ impl Worker {
                 }
                 Err(error) => {
                     self.rebuild().await?;
-                    if let Some(mut record) = self.parked_record(position).await? {
-                        record.attempts += 1;
-                        record.reason = error.to_string();
-                        self.park(record);
+                    let before = self.parked_record(position).await?;
+                    let (attempts, parked_at) = before.map_or((0, now_millis()), |record| {
+                        (record.attempts, record.parked_at)
+                    });
+                    self.park(ParkedEvent {
+                        position,
+                        stream: event.stream.to_string(),
+                        event_type: event.event_type.to_string(),
+                        reason: error.to_string(),
+                        attempts: attempts + 1,
+                        parked_at,
+                    });
+                    // Written as they come, a thousand at a time, not all held to the end.
+                    let held = {
+                        let parked = self.shared.parked.lock().expect("parked lock");
+                        parked.unrecorded_len()
+                    };
+                    if held >= RECORD_BATCH {
+                        self.record_parked().await?;
                     }
                 }
             }
