@@ -13,13 +13,12 @@
 //! `cargo bench -p foldhost-tests --bench hotswap` (FOLDHOST_BENCH_SCALE=0.1
 //! for a quick pass). Prints a markdown table.
 
-use foldhost_tests::bench::scale;
+use foldhost_tests::bench::{deposit, fill_accounts, scale, wait_live};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
-use foldhost::runtime::{Plugin, ProjectionStatus, Runtime, RuntimeConfig};
-use serde_json::json;
+use foldhost::journal::{Journal, JournalConfig};
+use foldhost::runtime::{Plugin, Runtime, RuntimeConfig};
 
 /// Failure guard for every wait (not a measurement bound).
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -232,41 +231,10 @@ async fn swap_projection(
     }
 }
 
-async fn wait_live(runner: &foldhost::runtime::ProjectionRunner, head: u64) {
-    let mut status = runner.watch_status();
-    tokio::time::timeout(
-        PATIENCE,
-        status.wait_for(|s| match s {
-            ProjectionStatus::Live { position } => *position >= head,
-            ProjectionStatus::Faulted { reason, .. } => panic!("projection faulted: {reason}"),
-            _ => false,
-        }),
-    )
-    .await
-    .expect("the projection caught up in time")
-    .unwrap();
-}
-
-/// Appends `events` as accounts of [`APPEND`] events each (opened, then
-/// deposits), one append per account; returns the head position.
+/// Appends `events` as accounts of [`APPEND`] events each (see [`fill_accounts`]); returns
+/// the head position.
 fn fill(journal: &Journal, events: usize) -> u64 {
-    for account in 0..events / APPEND {
-        let mut batch = vec![NewEvent::json(
-            "Opened",
-            &json!({"owner": format!("owner {account}")}),
-        )];
-        batch.extend(
-            (1..APPEND).map(|i| NewEvent::json("Deposited", &json!({"amount": i % 50 + 1}))),
-        );
-        journal
-            .append_blocking(
-                &format!("bank-account-{account}"),
-                ExpectedVersion::NoStream,
-                batch,
-            )
-            .unwrap();
-    }
-    journal.head_position()
+    fill_accounts(journal, events / APPEND, APPEND, deposit)
 }
 
 fn bytes(name: &str) -> Vec<u8> {

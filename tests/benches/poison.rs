@@ -9,15 +9,13 @@
 //! `cargo bench -p foldhost-tests --bench poison` (FOLDHOST_BENCH_SCALE=0.1 for a quick pass).
 //! Prints a markdown table.
 
-use foldhost_tests::bench::scale;
+use foldhost_tests::bench::{deposit, fill_accounts, scale, wait_live};
 use std::time::{Duration, Instant};
 
-use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
-use foldhost::runtime::{ProjectionStatus, Runtime, RuntimeConfig};
+use foldhost::journal::{Journal, JournalConfig};
+use foldhost::runtime::{Runtime, RuntimeConfig};
 use serde_json::json;
 
-/// Failure guard for every wait (not a measurement bound).
-const PATIENCE: Duration = Duration::from_secs(1800);
 /// Events per append, and per account.
 const APPEND: usize = 1000;
 
@@ -73,18 +71,7 @@ fn catch_up(rt: &tokio::runtime::Runtime, events: usize, poison: Option<usize>) 
         // From the load's answer: compiling the plugin is not the catch-up's.
         let started = Instant::now();
         let runner = runtime.projection("bank-analytics").unwrap();
-        let mut status = runner.watch_status();
-        tokio::time::timeout(
-            PATIENCE,
-            status.wait_for(|s| match s {
-                ProjectionStatus::Live { position } => *position >= head,
-                ProjectionStatus::Faulted { reason, .. } => panic!("projection faulted: {reason}"),
-                _ => false,
-            }),
-        )
-        .await
-        .expect("the projection caught up in time")
-        .unwrap();
+        wait_live(&runner, head).await;
         let time = started.elapsed();
         let parked = runner.parked_count();
         let expected = poison.map_or(0, |every| events / every);
@@ -101,31 +88,14 @@ fn catch_up(rt: &tokio::runtime::Runtime, events: usize, poison: Option<usize>) 
     })
 }
 
-/// Appends `events` as accounts of [`APPEND`] events each (opened, then deposits, one in
-/// `poison` of them with an amount no plugin reads), one append per account; returns the
-/// head position.
+/// Appends `events` as accounts of [`APPEND`] events each (see [`fill_accounts`]), one
+/// deposit in `poison` with an amount no plugin reads; returns the head position.
 fn fill(journal: &Journal, events: usize, poison: Option<usize>) -> u64 {
-    let mut n = 0;
-    for account in 0..events / APPEND {
-        let mut batch = vec![NewEvent::json(
-            "Opened",
-            &json!({"owner": format!("owner {account}")}),
-        )];
-        batch.extend((1..APPEND).map(|i| {
-            n += 1;
-            if poison.is_some_and(|every| n % every == 0) {
-                NewEvent::json("Deposited", &json!({"amount": "lots"}))
-            } else {
-                NewEvent::json("Deposited", &json!({"amount": i % 50 + 1}))
-            }
-        }));
-        journal
-            .append_blocking(
-                &format!("bank-account-{account}"),
-                ExpectedVersion::NoStream,
-                batch,
-            )
-            .unwrap();
-    }
-    journal.head_position()
+    fill_accounts(journal, events / APPEND, APPEND, |account, i| {
+        let n = account * (APPEND - 1) + i;
+        match poison.is_some_and(|every| n.is_multiple_of(every)) {
+            true => json!({"amount": "lots"}),
+            false => deposit(account, i),
+        }
+    })
 }

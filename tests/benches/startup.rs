@@ -14,13 +14,13 @@
 //! `cargo bench -p foldhost-tests --bench startup` (FOLDHOST_BENCH_SCALE=0.1 for a quick pass).
 //! Prints a markdown table.
 
-use foldhost_tests::bench::scale;
+use foldhost_tests::bench::{self, deposit, scale};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
+use foldhost::journal::{Journal, JournalConfig};
 use foldhost::server::{COMPILE_CACHE, JOURNAL_FILE};
 use serde_json::{Value, json};
 
@@ -135,24 +135,7 @@ fn fill(data: &Path, events: usize) -> u64 {
 fn fill_accounts(data: &Path, accounts: usize, events_per_account: usize) -> u64 {
     std::fs::create_dir_all(data).unwrap();
     let journal = Journal::open(data.join(JOURNAL_FILE), JournalConfig::default()).unwrap();
-    for account in 0..accounts {
-        let mut batch = vec![NewEvent::json(
-            "Opened",
-            &json!({"owner": format!("owner {account}")}),
-        )];
-        batch.extend(
-            (1..events_per_account)
-                .map(|i| NewEvent::json("Deposited", &json!({"amount": i % 50 + 1}))),
-        );
-        journal
-            .append_blocking(
-                &format!("bank-account-{account}"),
-                ExpectedVersion::NoStream,
-                batch,
-            )
-            .unwrap();
-    }
-    journal.head_position()
+    bench::fill_accounts(&journal, accounts, events_per_account, deposit)
 }
 
 /// Copies the compiled plugins cached in data directory `from` into `to`'s cache: they are
