@@ -331,14 +331,10 @@ async fn a_key_sent_again_with_another_command_is_refused_in_the_round_and_later
     );
 }
 
-/// Another host stores a keyed command between this host's check of the key and its append:
-/// the journal answers the append with where the other host stored the same events, past an
-/// event this host never folded. The round is decided again instead of folding those events
-/// onto the old state, so the outcome and the cached state hold the skipped event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log() {
-    // The events another host stores for key `k` (their ids derive from the stream and the
-    // key), taken from a scratch journal.
+/// The events another host stores for `command` on account `hot` (opened first), as it
+/// appends them: made on a scratch journal, with the ids derived from the key and the key's
+/// metadata.
+async fn stored_by_another_host(command: Sent) -> Vec<NewEvent> {
     let scratch_dir = tempfile::tempdir().unwrap();
     let scratch = Journal::open(scratch_dir.path().join("j.redb"), JournalConfig::default());
     let scratch = runtime_on(scratch.unwrap(), AggregateConfig::default()).await;
@@ -346,9 +342,8 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
         .await
         .unwrap()
         .unwrap();
-    let keyed = ("Deposit", json!({"amount": 5}), Some("k"));
-    let theirs = send(&scratch, "hot", keyed.clone()).await.unwrap().unwrap();
-    let theirs: Vec<NewEvent> = theirs
+    let stored = send(&scratch, "hot", command).await.unwrap().unwrap();
+    stored
         .events
         .iter()
         .map(|event| {
@@ -358,7 +353,17 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
             new.metadata = event.metadata.as_deref().map(str::to_owned);
             new
         })
-        .collect();
+        .collect()
+}
+
+/// Another host stores a keyed command between this host's check of the key and its append:
+/// the journal answers the append with where the other host stored the same events, past an
+/// event this host never folded. The round is decided again instead of folding those events
+/// onto the old state, so the outcome and the cached state hold the skipped event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log() {
+    let keyed = ("Deposit", json!({"amount": 5}), Some("k"));
+    let theirs = stored_by_another_host(keyed.clone()).await;
 
     let host = Gated::new().await;
     let stream = "bank-account-hot";
@@ -410,26 +415,7 @@ async fn a_key_stored_by_another_host_during_the_round_is_answered_from_the_log(
 /// again and the key refuses the command instead of answering it with the other's outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_another_host_stored_for_another_command_is_refused() {
-    let scratch_dir = tempfile::tempdir().unwrap();
-    let scratch = Journal::open(scratch_dir.path().join("j.redb"), JournalConfig::default());
-    let scratch = runtime_on(scratch.unwrap(), AggregateConfig::default()).await;
-    send(&scratch, "hot", ("Open", json!({"owner": "Hot"}), None))
-        .await
-        .unwrap()
-        .unwrap();
-    let theirs = ("Deposit", json!({"amount": 6}), Some("k"));
-    let theirs = send(&scratch, "hot", theirs).await.unwrap().unwrap();
-    let theirs: Vec<NewEvent> = theirs
-        .events
-        .iter()
-        .map(|event| {
-            let data: Value = serde_json::from_slice(&event.data).unwrap();
-            let mut new = NewEvent::json(&*event.event_type, &data);
-            new.id = event.id;
-            new.metadata = event.metadata.as_deref().map(str::to_owned);
-            new
-        })
-        .collect();
+    let theirs = stored_by_another_host(("Deposit", json!({"amount": 6}), Some("k"))).await;
 
     let host = Gated::new().await;
     let stream = "bank-account-hot";
