@@ -16,6 +16,18 @@ pub(super) struct Parked {
     positions: BTreeSet<u64>,
     /// Records the journal does not hold (yet), by position.
     unrecorded: BTreeMap<u64, ParkedEvent>,
+    /// Positions forgotten since the last checkpoint: the journal may still hold their records,
+    /// which the next checkpoint removes, with the state that no longer skips them.
+    unparked: BTreeSet<u64>,
+}
+
+/// What a checkpoint writes besides the state (see [`Parked::pending`]).
+#[derive(Clone)]
+pub(super) struct Pending {
+    /// Records of parked events the journal does not hold yet.
+    pub park: Vec<ParkedEvent>,
+    /// Positions whose records the journal should no longer hold.
+    pub unpark: Vec<u64>,
 }
 
 impl Parked {
@@ -23,7 +35,7 @@ impl Parked {
     pub fn restored(positions: impl IntoIterator<Item = u64>) -> Self {
         Self {
             positions: positions.into_iter().collect(),
-            unrecorded: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -43,13 +55,35 @@ impl Parked {
     /// Parks an event, or parks it again with a new record.
     pub fn park(&mut self, record: ParkedEvent) {
         self.positions.insert(record.position);
+        self.unparked.remove(&record.position);
         self.unrecorded.insert(record.position, record);
     }
 
-    /// Forgets a parked event (folded after all, or gone from the log).
+    /// Forgets a parked event (folded after all, or gone from the log); the next checkpoint
+    /// removes its record from the journal.
     pub fn forget(&mut self, position: u64) {
         self.positions.remove(&position);
         self.unrecorded.remove(&position);
+        self.unparked.insert(position);
+    }
+
+    /// What the next checkpoint writes with its state: the records the journal does not hold
+    /// yet, and the positions forgotten since the last one.
+    pub fn pending(&self) -> Pending {
+        Pending {
+            park: self.unrecorded(),
+            unpark: self.unparked.iter().copied().collect(),
+        }
+    }
+
+    /// Drops what the journal holds after `written` (unless parked again since).
+    pub fn written(&mut self, written: &Pending) {
+        self.recorded(&written.park);
+        for position in &written.unpark {
+            if !self.positions.contains(position) {
+                self.unparked.remove(position);
+            }
+        }
     }
 
     /// The record of a parked event the journal does not hold yet.
@@ -182,5 +216,27 @@ mod tests {
         parked.recorded(&written);
         assert_eq!(parked.unrecorded(), [record(2, "b again")]);
         assert!(parked.contains(1) && parked.unrecorded_at(1).is_none());
+    }
+
+    #[test]
+    fn a_forgotten_event_is_unparked_by_the_next_checkpoint_and_only_then_let_go() {
+        let mut parked = Parked::restored([1, 2, 3]);
+        parked.forget(1);
+        parked.forget(2);
+        let first = parked.pending();
+        assert_eq!(first.unpark, [1, 2]);
+        // Parked again before the write ended: its new record goes with the next checkpoint,
+        // never an unpark of it.
+        parked.park(record(2, "again"));
+        // A write that never ended (a stopped run) lets nothing go: the checkpoint the runner
+        // stores on stop still removes 1.
+        let next = parked.pending();
+        assert_eq!(next.unpark, [1]);
+        assert_eq!(next.park, [record(2, "again")]);
+        parked.written(&first);
+        let after = parked.pending();
+        assert!(after.unpark.is_empty());
+        assert_eq!(after.park, [record(2, "again")]);
+        assert_eq!(parked.positions(), [2, 3]);
     }
 }

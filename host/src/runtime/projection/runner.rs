@@ -244,7 +244,7 @@ impl ProjectionRunner {
         })
         .await?;
         if let Some(saved) = saved {
-            self.shared.checkpoint(journal, saved, Vec::new()).await?;
+            self.shared.checkpoint(journal, saved).await?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::failure::{FailurePolicy, ParkReport, backoff, tries_after};
-use super::parked::Parked;
+use super::parked::{Parked, Pending};
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus, REPLAY_LIMIT};
 use crate::journal::{Journal, JournalError, ParkedEvent, ReadLimit, RecordedEvent};
 use crate::runtime::blocking;
@@ -90,22 +90,23 @@ impl Shared {
     }
 
     /// Stores `(position, state)` as the checkpoint together with the parked events not
-    /// recorded yet and forgets `unpark`, in one write. A checkpoint never passes a parked
-    /// event the journal does not record: after a restart it would be neither folded nor
-    /// listed.
+    /// recorded yet, and removes the records of those forgotten since, in one write. A
+    /// checkpoint never passes a parked event the journal does not record (after a restart it
+    /// would be neither folded nor listed), nor stores a state that folded an event the
+    /// journal still lists (a replay of parked events would fold it twice).
     pub async fn checkpoint(
         &self,
         journal: &Journal,
         (position, state): (u64, Vec<u8>),
-        unpark: Vec<u64>,
     ) -> Result<(), JournalError> {
-        let park = self.parked.lock().expect("parked lock").unrecorded();
+        let pending = self.parked.lock().expect("parked lock").pending();
+        let Pending { park, unpark } = pending.clone();
         journal
-            .put_checkpoint_reparked(&self.key, position, state, park.clone(), unpark)
+            .put_checkpoint_reparked(&self.key, position, state, park, unpark)
             .await?;
         // Only a write that succeeded drops them, so a run stopped while writing (a task
         // aborted at any await) leaves them for the checkpoint its runner stores.
-        self.parked.lock().expect("parked lock").recorded(&park);
+        self.parked.lock().expect("parked lock").written(&pending);
         Ok(())
     }
 
@@ -547,7 +548,7 @@ impl Worker {
         if self.durable()
             && let Err(error) = self
                 .shared
-                .checkpoint(&self.journal, (position, state), Vec::new())
+                .checkpoint(&self.journal, (position, state))
                 .await
         {
             if let JournalError::Closed = error {
@@ -625,7 +626,12 @@ impl Worker {
                     let at = instance.position;
                     instance.apply(std::slice::from_ref(&single))?;
                     instance.position = at;
-                    Ok((at, instance.snapshot()?))
+                    let state = instance.snapshot()?;
+                    // Forgotten under the fold's lock, with the fold: every checkpoint from
+                    // here on (this one, or the one the runner stores if the run is stopped
+                    // before it) has a state that folded it, and so removes its record.
+                    shared.parked.lock().expect("parked lock").forget(position);
+                    Ok((at, state))
                 })
             })
             .await;
@@ -634,14 +640,12 @@ impl Worker {
                     if self.durable() {
                         let (journal, shared) = (&self.journal, &self.shared);
                         self.retrying_write("checkpointing a replayed event", || {
-                            shared.checkpoint(journal, (at, state.clone()), vec![position])
+                            shared.checkpoint(journal, (at, state.clone()))
                         })
                         .await?;
                     }
                     self.saved = Some((at, state));
                     self.checkpointed = (at, Instant::now());
-                    let mut parked = self.shared.parked.lock().expect("parked lock");
-                    parked.forget(position);
                     replayed += 1;
                 }
                 Err(error) => {
@@ -680,15 +684,27 @@ impl Worker {
 
     /// Drops a parked event that is no longer in the log.
     async fn forget_parked(&mut self, position: u64) -> Result<(), Halt> {
+        self.shared
+            .parked
+            .lock()
+            .expect("parked lock")
+            .forget(position);
         if self.durable() {
             let (journal, hash) = (&self.journal, &self.shared.key);
             self.retrying_write("forgetting a parked event", || {
                 journal.unpark(hash, vec![position])
             })
             .await?;
+            let written = Pending {
+                park: Vec::new(),
+                unpark: vec![position],
+            };
+            self.shared
+                .parked
+                .lock()
+                .expect("parked lock")
+                .written(&written);
         }
-        let mut parked = self.shared.parked.lock().expect("parked lock");
-        parked.forget(position);
         Ok(())
     }
 
@@ -722,14 +738,17 @@ impl Worker {
                 Ok(parked_positions(&journal, &hash)?)
             })
             .await?;
-        // A run that does not write holds every record it parked.
-        let (ours, stale): (Vec<ParkedEvent>, Vec<u64>) = {
+        // A run that does not write holds every record it parked; what the journal lists and
+        // this run does not skip (forgotten ones among them) is unparked.
+        let pending = {
             let parked = self.shared.parked.lock().expect("parked lock");
             let stale = listed
                 .into_iter()
-                .filter(|position| !parked.contains(*position))
-                .collect();
-            (parked.unrecorded(), stale)
+                .filter(|position| !parked.contains(*position));
+            Pending {
+                unpark: stale.collect(),
+                ..parked.pending()
+            }
         };
         let Some((position, state)) = self.snapshot().await? else {
             // Its snapshot fails, so this run stores no checkpoint (nor the parked events that
@@ -743,14 +762,14 @@ impl Worker {
                 hash,
                 position,
                 state.clone(),
-                ours.clone(),
-                stale.clone(),
+                pending.park.clone(),
+                pending.unpark.clone(),
             )
         })
         .await?;
         self.shared.durable.store(true, Ordering::Relaxed);
         let mut parked = self.shared.parked.lock().expect("parked lock");
-        parked.recorded(&ours);
+        parked.written(&pending);
         drop(parked);
         self.checkpointed = (position, Instant::now());
         Ok(())
