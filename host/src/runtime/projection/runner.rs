@@ -236,15 +236,15 @@ impl ProjectionRunner {
             return Ok(());
         }
         let shared = self.shared.clone();
-        let saved = blocking(move || {
-            let mut fold = shared.fold.lock().expect("projection lock");
-            fold.as_mut()
-                .map(|instance| Ok((instance.position, instance.snapshot()?)))
-                .transpose()
+        let saved = blocking(move || match shared.checkpointable() {
+            Ok(saved) => Ok(Some(saved)),
+            // No state to save: never folded, or discarded by a failed call.
+            Err(RuntimeError::NotNow { .. }) => Ok(None),
+            Err(error) => Err(error),
         })
         .await?;
-        if let Some(saved) = saved {
-            self.shared.checkpoint(journal, saved).await?;
+        if let Some((saved, pending)) = saved {
+            self.shared.checkpoint(journal, saved, pending).await?;
         }
         Ok(())
     }

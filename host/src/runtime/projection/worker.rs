@@ -94,12 +94,16 @@ impl Shared {
     /// checkpoint never passes a parked event the journal does not record (after a restart it
     /// would be neither folded nor listed), nor stores a state that folded an event the
     /// journal still lists (a replay of parked events would fold it twice).
+    ///
+    /// `pending` is what goes with the state ([`Parked::pending`]), taken with it under the
+    /// fold's lock: a replay of a parked event folds and forgets it under that lock too, even
+    /// when its run was stopped meanwhile, so the state and the unparks agree.
     pub async fn checkpoint(
         &self,
         journal: &Journal,
         (position, state): (u64, Vec<u8>),
+        pending: Pending,
     ) -> Result<(), JournalError> {
-        let pending = self.parked.lock().expect("parked lock").pending();
         let Pending { park, unpark } = pending.clone();
         journal
             .put_checkpoint_reparked(&self.key, position, state, park, unpark)
@@ -108,6 +112,16 @@ impl Shared {
         // aborted at any await) leaves them for the checkpoint its runner stores.
         self.parked.lock().expect("parked lock").written(&pending);
         Ok(())
+    }
+
+    /// The fold's position, its state, and what a checkpoint of it writes besides (see
+    /// [`checkpoint`](Self::checkpoint)), taken together; a failed snapshot discards the
+    /// instance (see [`with_fold`](Self::with_fold)).
+    pub fn checkpointable(&self) -> Result<((u64, Vec<u8>), Pending), RuntimeError> {
+        self.with_fold(|instance| {
+            let saved = (instance.position, instance.snapshot()?);
+            Ok((saved, self.parked.lock().expect("parked lock").pending()))
+        })
     }
 
     /// A new instance of the plugin fed through its upcasters.
@@ -542,13 +556,13 @@ impl Worker {
         if !due || self.checkpoints_broken {
             return Ok(());
         }
-        let Some((position, state)) = self.snapshot().await? else {
+        let Some(((position, state), pending)) = self.snapshot().await? else {
             return Ok(());
         };
         if self.durable()
             && let Err(error) = self
                 .shared
-                .checkpoint(&self.journal, (position, state))
+                .checkpoint(&self.journal, (position, state), pending)
                 .await
         {
             if let JournalError::Closed = error {
@@ -564,17 +578,14 @@ impl Worker {
 
     /// Snapshots the fold's state as the in-memory checkpoint. A plugin whose snapshot fails
     /// takes no more checkpoints in this run (its state is rebuilt and it goes on).
-    async fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, Halt> {
+    async fn snapshot(&mut self) -> Result<Option<((u64, Vec<u8>), Pending)>, Halt> {
         loop {
             let shared = self.shared.clone();
-            let taken = blocking(move || {
-                shared.with_fold(|instance| Ok((instance.position, instance.snapshot()?)))
-            })
-            .await;
+            let taken = blocking(move || shared.checkpointable()).await;
             match taken {
-                Ok(saved) => {
+                Ok((saved, pending)) => {
                     self.saved = Some(saved.clone());
-                    return Ok(Some(saved));
+                    return Ok(Some((saved, pending)));
                 }
                 // Discarded by a reader's failed snapshot: rebuild, then take it.
                 Err(RuntimeError::NotNow { .. }) => self.rebuild().await?,
@@ -620,27 +631,36 @@ impl Worker {
                 self.forget_parked(position).await?;
                 continue;
             };
-            let (shared, single) = (self.shared.clone(), event.clone());
-            let folded = blocking(move || {
-                shared.with_fold(|instance| {
-                    let at = instance.position;
-                    instance.apply(std::slice::from_ref(&single))?;
-                    instance.position = at;
-                    let state = instance.snapshot()?;
-                    // Forgotten under the fold's lock, with the fold: every checkpoint from
-                    // here on (this one, or the one the runner stores if the run is stopped
-                    // before it) has a state that folded it, and so removes its record.
-                    shared.parked.lock().expect("parked lock").forget(position);
-                    Ok((at, state))
+            let folded = loop {
+                let (shared, single) = (self.shared.clone(), event.clone());
+                let folded = blocking(move || {
+                    shared.with_fold(|instance| {
+                        let at = instance.position;
+                        instance.apply(std::slice::from_ref(&single))?;
+                        instance.position = at;
+                        let state = instance.snapshot()?;
+                        // Forgotten under the fold's lock, with the fold: every checkpoint from
+                        // here on (this one, or the one the runner stores if the run is stopped
+                        // before it) has a state that folded it, and so removes its record.
+                        let mut parked = shared.parked.lock().expect("parked lock");
+                        parked.forget(position);
+                        Ok(((at, state), parked.pending()))
+                    })
                 })
-            })
-            .await;
+                .await;
+                match folded {
+                    // Discarded by a reader's failed snapshot, not by this event: rebuild,
+                    // then fold it again, with no try counted.
+                    Err(RuntimeError::NotNow { .. }) => self.rebuild().await?,
+                    folded => break folded,
+                }
+            };
             match folded {
-                Ok((at, state)) => {
+                Ok(((at, state), pending)) => {
                     if self.durable() {
                         let (journal, shared) = (&self.journal, &self.shared);
                         self.retrying_write("checkpointing a replayed event", || {
-                            shared.checkpoint(journal, (at, state.clone()))
+                            shared.checkpoint(journal, (at, state.clone()), pending.clone())
                         })
                         .await?;
                     }
@@ -738,40 +758,32 @@ impl Worker {
                 Ok(parked_positions(&journal, &hash)?)
             })
             .await?;
-        // A run that does not write holds every record it parked; what the journal lists and
-        // this run does not skip (forgotten ones among them) is unparked.
-        let pending = {
-            let parked = self.shared.parked.lock().expect("parked lock");
-            let stale = listed
+        {
+            // A run that does not write holds every record it parked. What the journal lists
+            // and this run does not skip is forgotten, so that every checkpoint from now on
+            // removes its record.
+            let mut parked = self.shared.parked.lock().expect("parked lock");
+            let stale: Vec<u64> = listed
                 .into_iter()
-                .filter(|position| !parked.contains(*position));
-            Pending {
-                unpark: stale.collect(),
-                ..parked.pending()
+                .filter(|position| !parked.contains(*position))
+                .collect();
+            for position in stale {
+                parked.forget(position);
             }
-        };
-        let Some((position, state)) = self.snapshot().await? else {
+        }
+        let Some((saved, pending)) = self.snapshot().await? else {
             // Its snapshot fails, so this run stores no checkpoint (nor the parked events that
             // go with one): a restart folds from the journal's checkpoint and parks them again.
             self.shared.durable.store(true, Ordering::Relaxed);
             return Ok(());
         };
-        let (journal, hash) = (&self.journal, &self.shared.key);
+        let (journal, shared) = (&self.journal, &self.shared);
         self.retrying_write("adopting the reset", || {
-            journal.put_checkpoint_reparked(
-                hash,
-                position,
-                state.clone(),
-                pending.park.clone(),
-                pending.unpark.clone(),
-            )
+            shared.checkpoint(journal, saved.clone(), pending.clone())
         })
         .await?;
         self.shared.durable.store(true, Ordering::Relaxed);
-        let mut parked = self.shared.parked.lock().expect("parked lock");
-        parked.written(&pending);
-        drop(parked);
-        self.checkpointed = (position, Instant::now());
+        self.checkpointed = (saved.0, Instant::now());
         Ok(())
     }
 
