@@ -403,6 +403,19 @@ async fn a_retry_with_the_same_idempotency_key_deposits_once() {
         .await;
     assert_eq!(status, 200, "{late}");
     assert_eq!(late, first);
+    // The same command serialized otherwise (a client's other JSON library): the same outcome.
+    let respaced = api
+        .client
+        .post(api.server.url("/aggregates/bank-account/k/commands"))
+        .header("Idempotency-Key", "deposit-1")
+        .header("Content-Type", "application/json")
+        .body(r#"{"data": { "amount" : 10 }, "type": "Deposit"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, respaced) = json(respaced).await;
+    assert_eq!(status, 200, "{respaced}");
+    assert_eq!(respaced, first);
     // The key with another command: refused, nothing appended.
     let (status, body) = api
         .keyed_command("k", "deposit-1", "Deposit", json!({"amount": 11}))

@@ -3,9 +3,11 @@
 //!
 //! A key makes retries safe: a command whose key was stored answers that command's outcome
 //! and appends nothing. As the IETF Idempotency-Key draft asks, a key sent again with another
-//! command (another type, or other data bytes) is refused (422), never answered with the first
+//! command (another type, or other data) is refused (422), never answered with the first
 //! command's outcome: the first event of a keyed command carries the key and the SHA-256 of
-//! the command in its metadata, `{"idempotency_key": …, "command_sha256": …}`.
+//! the command in its metadata, `{"idempotency_key": …, "command_sha256": …}`. The data is
+//! hashed in a canonical form (see [`canonical`]), so a retry that serialized the same JSON
+//! with other spacing or key order is the same command.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -76,17 +78,37 @@ struct RecordedUse {
     command_sha256: String,
 }
 
-/// The SHA-256 of `command`'s type and data, in hex.
-fn command_sha256(command: &Command) -> String {
+/// The SHA-256 of `command`'s type and `data` (its data, or that in canonical form), in hex.
+fn command_sha256(command: &Command, data: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update((command.command_type.len() as u64).to_le_bytes());
     hasher.update(&command.command_type);
-    hasher.update(&command.data);
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hasher.update(data);
+    hex::encode(hasher.finalize())
+}
+
+/// JSON `data` with no whitespace and every object's keys in order, so that two
+/// serializations of the same command compare equal. Data holding a number that is not a
+/// 64-bit integer stays as it is: parsed, such a number is rounded to a float, and two commands
+/// that differ in it must not compare equal. So does data that is not JSON.
+fn canonical(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(value) if integers_only(&value) => {
+            std::borrow::Cow::Owned(serde_json::to_vec(&value).expect("serializable"))
+        }
+        _ => std::borrow::Cow::Borrowed(data),
+    }
+}
+
+/// Whether every number in `value` is a 64-bit integer (read exactly).
+fn integers_only(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => !number.is_f64(),
+        Value::Array(items) => items.iter().all(integers_only),
+        Value::Object(fields) => fields.values().all(integers_only),
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+    }
 }
 
 /// Gives the events `command` decided under `key` on `stream` their derived ids, and the
@@ -98,14 +120,15 @@ pub(super) fn mark(events: &mut [NewEvent], stream: &str, key: &str, command: &C
     if let Some(first) = events.first_mut() {
         let key_use = KeyUse {
             idempotency_key: key,
-            command_sha256: command_sha256(command),
+            command_sha256: command_sha256(command, &canonical(&command.data)),
         };
         first.metadata = Some(serde_json::to_string(&key_use).expect("serializable"));
     }
 }
 
 /// Refuses `command` if the command stored under its key (whose first event is `first`) was
-/// another one. Events stored before keys recorded their command pass.
+/// another one. Events stored before keys recorded their command pass, and so does the hash
+/// of the data bytes as sent, which keys recorded before the canonical form.
 pub(super) fn check_same(
     first: &RecordedEvent,
     command: &Command,
@@ -115,13 +138,16 @@ pub(super) fn check_same(
         .metadata
         .as_deref()
         .and_then(|metadata| serde_json::from_str::<RecordedUse>(metadata).ok());
+    let same = |recorded: &RecordedUse| {
+        let hash = &recorded.command_sha256;
+        *hash == command_sha256(command, &canonical(&command.data))
+            || *hash == command_sha256(command, &command.data)
+    };
     match recorded {
-        Some(recorded) if recorded.command_sha256 != command_sha256(command) => {
-            Err(RuntimeError::KeyReused {
-                stream: first.stream.to_string(),
-                key: key.to_owned(),
-            })
-        }
+        Some(recorded) if !same(&recorded) => Err(RuntimeError::KeyReused {
+            stream: first.stream.to_string(),
+            key: key.to_owned(),
+        }),
         _ => Ok(()),
     }
 }
@@ -133,12 +159,41 @@ pub(super) fn check_same_as(
     stream: &str,
     key: &str,
 ) -> Result<(), RuntimeError> {
-    if earlier.command_type == command.command_type && earlier.data == command.data {
+    if earlier.command_type == command.command_type
+        && canonical(&earlier.data) == canonical(&command.data)
+    {
         Ok(())
     } else {
         Err(RuntimeError::KeyReused {
             stream: stream.to_owned(),
             key: key.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(a: &str, b: &str) -> bool {
+        canonical(a.as_bytes()) == canonical(b.as_bytes())
+    }
+
+    #[test]
+    fn the_canonical_form_ignores_spacing_and_key_order_but_not_values() {
+        assert!(same(
+            r#"{"amount": 5, "note": {"b": [1, 2], "a": "x"}}"#,
+            r#"{"note":{"a":"x","b":[1,2]},"amount":5}"#
+        ));
+        assert!(same(r#"{"s": "A"}"#, r#"{"s": "\u0041"}"#));
+        assert!(!same(r#"{"amount": 5}"#, r#"{"amount": 6}"#));
+        assert!(!same(r#"{"b": [1, 2]}"#, r#"{"b": [2, 1]}"#));
+        // Numbers a parse would round are compared as sent.
+        assert!(!same(
+            r#"{"amount": 18446744073709551616}"#,
+            r#"{"amount": 18446744073709551617}"#
+        ));
+        assert!(!same(r#"{"x": 0.1}"#, r#"{"x": 0.10}"#));
+        assert!(!same("not json", "not  json"));
     }
 }
