@@ -176,6 +176,38 @@ async fn a_server_whose_cache_disk_is_full_loads_and_serves_its_plugins() {
     );
 }
 
+/// An upload the data directory's `uploads/` cannot keep (a full disk) is refused with 503 and
+/// a message that blames the host; the build serving stays, also across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_full_disk_cannot_keep_is_refused_and_the_old_build_stays() {
+    let dirs = Dirs::new();
+    let disk = SmallDisk::mount("4m");
+    std::fs::create_dir_all(&dirs.data).unwrap();
+    std::os::unix::fs::symlink(disk.path(), dirs.data.join("uploads")).unwrap();
+    fill(disk.path());
+    let server = Server::start(&dirs, Some(TOKEN));
+    let client = Client::new();
+    let before = plugins(&client, &server).await["bank-account"]["hash"].clone();
+
+    let (status, body) = upload(&client, &server, foldhost_plugins::BANK_ACCOUNT_V2).await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("not a fault of the plugin")
+            && message.contains("the upload kept for the next start")
+            && message.contains("No space left on device"),
+        "{message}"
+    );
+    let listed = plugins(&client, &server).await;
+    assert_eq!(listed["bank-account"]["hash"], before, "{listed}");
+    let (status, body) = open_account(&client, &server, "ada").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server.terminate().success());
+    let server = Server::start(&dirs, Some(TOKEN));
+    let listed = plugins(&client, &server).await;
+    assert_eq!(listed["bank-account"]["hash"], before, "{listed}");
+}
+
 /// The compiler of an upload (a child process) is killed, as the out-of-memory killer would:
 /// the upload answers 503 with `Retry-After` and a message that blames the host, not the
 /// plugin; the version loaded before keeps serving; the same upload then succeeds.

@@ -111,8 +111,9 @@ async fn plugins_swap_under_concurrent_commands_without_losing_one() {
 }
 
 /// A restart resumes the swapped-in projection from its checkpoint: with the v2 build
-/// deployed into the plugin directory (uploads are not written there), the restarted server
-/// replays only the tail past v2's checkpoint and reaches the same state it had.
+/// deployed into the plugin directory (a newer file than the upload, which it supersedes), the
+/// restarted server replays only the tail past v2's checkpoint and reaches the same state it
+/// had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_the_swapped_projection_from_its_checkpoint() {
     let dirs = Dirs::new();
@@ -154,6 +155,81 @@ async fn a_restart_resumes_the_swapped_projection_from_its_checkpoint() {
         replayed < head,
         "replayed {replayed} of {head} events: {info}"
     );
+}
+
+/// An upload is kept in the data directory: it loads again after `kill -9`, over the plugins
+/// directory's older file of the same plugin; an unload removes it for good; and a newer file
+/// of the plugins directory, written while the server is down or while it runs, supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_outlives_a_restart_until_unloaded_or_superseded() {
+    let dirs = Dirs::new();
+    let http = Client::new();
+    let kept = dirs.data.join("uploads/bank-analytics.wasm");
+
+    let server = Server::start(&dirs, Some(TOKEN));
+    let v1 = hash_of(&http, &server, "bank-analytics").await;
+    let uploaded = put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    let v2 = uploaded["pending"]["hash"].as_str().unwrap().to_owned();
+    put_plugin(&http, &server, "hostile", "hostile").await;
+    wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
+    drop(server); // kill -9
+
+    let server = Server::start(&dirs, Some(TOKEN));
+    wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
+    assert!(plugins(&http, &server).await.contains_key("hostile"));
+    let unloaded = http
+        .delete(server.url("/plugins/hostile"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unloaded.status(), 200);
+    // A kept upload that does not load can be unloaded too.
+    std::fs::write(dirs.data.join("uploads/junk.wasm"), b"not wasm").unwrap();
+    assert!(server.terminate().success());
+
+    let server = Server::start(&dirs, Some(TOKEN));
+    let listed = plugins(&http, &server).await;
+    assert!(
+        !listed.contains_key("hostile"),
+        "unloaded, yet back: {listed:?}"
+    );
+    assert_eq!(listed["bank-analytics"]["hash"], v2.as_str());
+    let unloaded = http
+        .delete(server.url("/plugins/junk"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unloaded.status(), 200);
+    assert!(!dirs.data.join("uploads/junk.wasm").exists());
+    assert!(server.terminate().success());
+
+    // The directory's file, rewritten while the server is down, is newer than the upload.
+    let file = dirs.plugins.join("bank-analytics.wasm");
+    std::fs::copy(foldhost_plugins::path("bank-analytics"), &file).unwrap();
+    let server = Server::start(&dirs, Some(TOKEN));
+    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+    assert!(!kept.exists(), "the superseded upload is still kept");
+
+    // Uploaded again, then superseded by the file rewritten while the server runs.
+    put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
+    assert!(kept.exists());
+    let staged = dirs.plugins.join("bank-analytics.wasm.part");
+    std::fs::copy(foldhost_plugins::path("bank-analytics"), &staged).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+    assert!(server.terminate().success());
+    assert!(!kept.exists(), "the superseded upload is still kept");
+    let server = Server::start(&dirs, Some(TOKEN));
+    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+}
+
+/// The content hash of the build of `name` serving now.
+async fn hash_of(http: &Client, server: &Server, name: &str) -> String {
+    let info = &plugins(http, server).await[name];
+    info["hash"].as_str().unwrap().to_owned()
 }
 
 /// What one client had acknowledged, by account, and every answer that was not 2xx.
@@ -276,13 +352,13 @@ async fn wait_live_at_head(http: &Client, server: &Server) -> Value {
     }
 }
 
-/// `GET /plugins` by name.
+/// `GET /plugins` by name (rows of files being compiled or refused have none).
 async fn plugins(http: &Client, server: &Server) -> BTreeMap<String, Value> {
     let (status, list) = get(http, server, "/plugins").await;
     assert_eq!(status, 200, "{list}");
     let list = list.as_array().unwrap();
     list.iter()
-        .map(|info| (info["name"].as_str().unwrap().to_owned(), info.clone()))
+        .filter_map(|info| Some((info["name"].as_str()?.to_owned(), info.clone())))
         .collect()
 }
 

@@ -24,6 +24,7 @@ mod projection;
 mod registry;
 mod sandbox;
 mod upcast;
+mod uploads;
 
 pub use aggregate::{AggregateInstance, REPLAY_LIMIT};
 pub use commands::{

@@ -99,35 +99,55 @@ impl Read {
     }
 }
 
-/// Loads `files` one after another, each listed as queued in [`Runtime::compiling`] until its
-/// turn, logging (not failing on) the ones that are refused: first all but the projections,
-/// then the projections, reporting each stage on `progress`, and noting each in `read`.
-/// Returns how many loaded.
+/// Where a plugin file lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The plugins directory: its build supersedes an older upload of the same plugin.
+    Directory,
+    /// The uploads kept in the data directory (see [`Runtime::install_upload`]).
+    Uploads,
+}
+
+/// Loads `files` (of the plugins directory), then `uploads` (kept from earlier runs), one
+/// after another, each listed as queued in [`Runtime::compiling`] until its turn, logging (not
+/// failing on) the ones that are refused: first all but the projections, then the
+/// projections, reporting each stage on `progress`, and noting each file in `read`. An upload
+/// loads after the directory's files, so it replaces the build of an older file of the same
+/// plugin, and one older than that file is removed instead. Returns how many loaded.
 pub async fn load_all(
     runtime: &Arc<Runtime>,
     files: &[PathBuf],
+    uploads: &[PathBuf],
     progress: &watch::Sender<StartupLoad>,
     read: &mut Read,
 ) -> usize {
     for path in files {
         read.changed(path);
     }
-    for path in files {
+    let placed = files
+        .iter()
+        .map(|path| (path, Place::Directory))
+        .chain(uploads.iter().map(|path| (path, Place::Uploads)));
+    let placed: Vec<(&PathBuf, Place)> = placed.collect();
+    for (path, place) in &placed {
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
-        runtime.queue(&origin(path), usize::try_from(size).unwrap_or(usize::MAX));
+        runtime.queue(
+            &origin(path, *place),
+            usize::try_from(size).unwrap_or(usize::MAX),
+        );
     }
     let mut projections = Vec::new();
     let mut loaded = 0;
-    for path in files {
+    for (path, place) in placed {
         if is_projection(path).await {
-            projections.push(path);
+            projections.push((path, place));
         } else {
-            loaded += usize::from(load_file(runtime, path, &read.loading).await);
+            loaded += usize::from(load_file(runtime, path, place, &read.loading).await);
         }
     }
     progress.send_replace(StartupLoad::AggregatesLoaded);
-    for path in projections {
-        loaded += usize::from(load_file(runtime, path, &read.loading).await);
+    for (path, place) in projections {
+        loaded += usize::from(load_file(runtime, path, place, &read.loading).await);
     }
     progress.send_replace(StartupLoad::Loaded);
     loaded
@@ -185,7 +205,7 @@ impl Watching {
         let task = tokio::spawn(async move {
             while let Some(path) = changes.recv().await {
                 if is_plugin(&path) && read.changed(&path) {
-                    load_file(&runtime, &path, &read.loading).await;
+                    load_file(&runtime, &path, Place::Directory, &read.loading).await;
                 }
             }
         });
@@ -212,12 +232,17 @@ fn is_plugin(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "wasm")
 }
 
-/// A plugin file's name, which names it in `GET /plugins` and in errors.
-fn origin(path: &Path) -> String {
-    path.file_name().map_or_else(
+/// A plugin file's name, which names it in `GET /plugins` and in errors; an upload's is
+/// `uploads/NAME.wasm`.
+fn origin(path: &Path, place: Place) -> String {
+    let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
-    )
+    );
+    match place {
+        Place::Directory => name,
+        Place::Uploads => format!("uploads/{name}"),
+    }
 }
 
 /// Loads the file at `path`, logging the outcome; a load that failed for a host reason that
@@ -225,17 +250,18 @@ fn origin(path: &Path) -> String {
 async fn load_file(
     runtime: &Arc<Runtime>,
     path: &Path,
+    place: Place,
     loading: &Arc<tokio::sync::Mutex<()>>,
 ) -> bool {
     let outcome = {
         let _turn = loading.lock().await;
-        attempt(runtime, path).await
+        attempt(runtime, path, place).await
     };
     match outcome {
         Attempt::Loaded => true,
         Attempt::Refused => false,
         Attempt::MayPass => {
-            retry_later(runtime, path, loading.clone());
+            retry_later(runtime, path, place, loading.clone());
             false
         }
     }
@@ -267,7 +293,12 @@ const RETRIES: u32 = 7;
 /// gone. Without this a plugin that met a passing host fault at start (its compiler killed by
 /// the out-of-memory killer, say) stayed unloaded until the file changed or the host
 /// restarted.
-fn retry_later(runtime: &Arc<Runtime>, path: &Path, loading: Arc<tokio::sync::Mutex<()>>) {
+fn retry_later(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    place: Place,
+    loading: Arc<tokio::sync::Mutex<()>>,
+) {
     let Some(stamp) = Stamp::of(path) else {
         return;
     };
@@ -283,7 +314,7 @@ fn retry_later(runtime: &Arc<Runtime>, path: &Path, loading: Arc<tokio::sync::Mu
             if Stamp::of(&path) != Some(stamp) {
                 return;
             }
-            match attempt(&runtime, &path).await {
+            match attempt(&runtime, &path, place).await {
                 Attempt::MayPass => wait = (wait * 2).min(RETRY_LONGEST),
                 Attempt::Loaded | Attempt::Refused => return,
             }
@@ -297,17 +328,46 @@ fn retry_later(runtime: &Arc<Runtime>, path: &Path, loading: Arc<tokio::sync::Mu
 }
 
 /// One load of the file at `path`, logged.
-async fn attempt(runtime: &Arc<Runtime>, path: &Path) -> Attempt {
-    let origin = origin(path);
-    let bytes = match tokio::fs::read(path).await {
-        Ok(bytes) => bytes,
+async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
+    let origin = origin(path, place);
+    // Read before the bytes: a file rewritten in between is then taken for older than it is.
+    let read = match std::fs::metadata(path) {
+        Ok(metadata) => tokio::fs::read(path).await.map(|bytes| (metadata, bytes)),
+        Err(error) => Err(error),
+    };
+    let (metadata, bytes) = match read {
+        Ok(read) => read,
+        Err(error) if place == Place::Uploads && error.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(file = %origin, "the upload was removed meanwhile");
+            runtime.dequeue(&origin);
+            return Attempt::Refused;
+        }
         Err(error) => {
             tracing::warn!(file = %origin, %error, "cannot read plugin");
             runtime.dequeue(&origin);
             return Attempt::Refused;
         }
     };
-    match runtime.load(bytes, &origin).await {
+    let loaded = match runtime.compile(bytes, &origin).await {
+        Ok(plugin) => match place {
+            Place::Directory => {
+                let changed = changed_at(&metadata);
+                runtime.install_file(plugin, &origin, changed).await
+            }
+            Place::Uploads => {
+                let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                runtime.install_kept(plugin, &origin, modified).await
+            }
+        },
+        Err(error) => Err(error),
+    };
+    let loaded = match loaded {
+        Ok(Some(info)) => Ok(info),
+        // Passed over for a newer build (logged).
+        Ok(None) => return Attempt::Refused,
+        Err(error) => Err(error),
+    };
+    match loaded {
         Ok(info) => {
             tracing::info!(file = %origin, plugin = %info.name, hash = %info.hash, "plugin file loaded");
             Attempt::Loaded
@@ -333,6 +393,17 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path) -> Attempt {
             Attempt::Refused
         }
     }
+}
+
+/// When the file last changed: its content (`mtime`) or its entry (`ctime`, which a copy or a
+/// rename into the directory sets even when the copy keeps the original's `mtime`).
+fn changed_at(metadata: &std::fs::Metadata) -> SystemTime {
+    let entry = u64::try_from(metadata.ctime()).ok().map(|seconds| {
+        let nanos = u32::try_from(metadata.ctime_nsec()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos)
+    });
+    let content = metadata.modified().ok();
+    content.max(entry).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Whether a load that failed with `error` may succeed if the same file is loaded again.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
@@ -16,6 +17,7 @@ use super::projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionRunner, ProjectionStatus, RunnerOptions,
 };
 use super::upcast::{Upcaster, UpcasterChain};
+use super::uploads::Uploads;
 use crate::journal::{AppendResult, ExpectedVersion, Journal, NewEvent, ParkedEvent, in_category};
 
 /// Query calls running at once in the whole host (see `projection::runner`).
@@ -37,6 +39,9 @@ pub struct RuntimeConfig {
     /// The `foldhost` binary that compiles plugins in a child process (see
     /// [`PluginEngine::compile_in_child`]); none: in this process.
     pub compiler: Option<std::path::PathBuf>,
+    /// Where uploaded plugins are kept so that a restart loads them again (see [`Uploads`]);
+    /// none: an upload lasts until the runtime stops.
+    pub uploads_dir: Option<std::path::PathBuf>,
 }
 
 /// A loaded plugin as `GET /plugins` shows it.
@@ -144,6 +149,12 @@ pub struct Runtime {
     /// Files queued at start (no start time yet), then compilations in progress: origin, size
     /// and start of each.
     compiling: Mutex<Vec<(String, usize, Option<Instant>)>>,
+    /// The uploads kept for the next start.
+    uploads: Option<Uploads>,
+    /// Held while an upload is stored and installed, a directory file's build installed and
+    /// the upload it supersedes removed, or a plugin unloaded and its upload removed: the
+    /// uploads kept and the builds serving change together.
+    installing: tokio::sync::Mutex<()>,
 }
 
 impl Runtime {
@@ -153,6 +164,13 @@ impl Runtime {
         if let Some(binary) = config.compiler {
             engine = engine.compile_in_child(binary);
         }
+        let uploads = config
+            .uploads_dir
+            .map(|dir| {
+                Uploads::open(&dir)
+                    .with_context(|| format!("creating the directory of uploads {}", dir.display()))
+            })
+            .transpose()?;
         Ok(Arc::new(Self {
             aggregates: Aggregates::new(journal.clone(), config.aggregates),
             engine,
@@ -165,6 +183,8 @@ impl Runtime {
             upcasters: RwLock::new(UpcasterChain::none()),
             failures: RwLock::new(BTreeMap::new()),
             compiling: Mutex::new(Vec::new()),
+            uploads,
+            installing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -306,6 +326,118 @@ impl Runtime {
             self.record_failure(origin, error);
         }
         installed
+    }
+
+    /// Installs an uploaded plugin and keeps `bytes`, the component it was compiled from, so
+    /// that a restart loads it again (see [`Uploads`]): stored first, so a build that answered
+    /// an upload is never lost, and put back as it was if the install is refused.
+    pub async fn install_upload(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        bytes: bytes::Bytes,
+    ) -> Result<PluginInfo, RuntimeError> {
+        let name = plugin.name().to_owned();
+        let _turn = self.installing.lock().await;
+        let Some(uploads) = self.uploads.clone() else {
+            return self.install(plugin, &name);
+        };
+        let before = {
+            let (uploads, name) = (uploads.clone(), name.clone());
+            super::blocking(move || {
+                uploads
+                    .store(&name, &bytes)
+                    .map_err(|error| kept(&name, "storing", &error))
+            })
+            .await?
+        };
+        let installed = self.install(plugin, &name);
+        if installed.is_err() {
+            let name_ = name.clone();
+            let restored = super::blocking(move || {
+                uploads
+                    .restore(&name_, before)
+                    .map_err(|error| kept(&name_, "putting back", &error))
+            })
+            .await;
+            if let Err(error) = restored {
+                tracing::error!(plugin = %name, %error, "the refused upload may load at the next start");
+            }
+        }
+        installed
+    }
+
+    /// Installs the build of a plugins directory file last changed at `changed`, unless the
+    /// upload kept of the same plugin is newer (the last build deployed wins); the upload it
+    /// replaces is removed. `None`: passed over for the newer upload.
+    pub async fn install_file(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        origin: &str,
+        changed: std::time::SystemTime,
+    ) -> Result<Option<PluginInfo>, RuntimeError> {
+        let _turn = self.installing.lock().await;
+        let Some(uploads) = self.uploads.clone() else {
+            return self.install(plugin, origin).map(Some);
+        };
+        let name = plugin.name().to_owned();
+        let uploaded = {
+            let (uploads, name) = (uploads.clone(), name.clone());
+            super::blocking(move || {
+                uploads
+                    .modified(&name)
+                    .map_err(|error| kept(&name, "reading", &error))
+            })
+            .await?
+        };
+        if uploaded.is_some_and(|uploaded| uploaded > changed) {
+            tracing::info!(plugin = %name, file = %origin, "not installed: the upload kept of it is newer");
+            return Ok(None);
+        }
+        let info = self.install(plugin, origin)?;
+        if uploaded.is_some() {
+            let name_ = name.clone();
+            let removed = super::blocking(move || {
+                uploads
+                    .remove(&name_)
+                    .map_err(|error| kept(&name_, "removing", &error))
+            })
+            .await;
+            match removed {
+                Ok(_) => {
+                    tracing::info!(plugin = %name, file = %origin, "the plugins directory's newer file replaces the upload")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the older upload may load at the next start")
+                }
+            }
+        }
+        Ok(Some(info))
+    }
+
+    /// Installs the build of the upload kept of its plugin, stored at `modified`, unless the
+    /// upload changed or was removed since (by an upload or an unload while it compiled).
+    /// `None`: passed over.
+    pub async fn install_kept(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        origin: &str,
+        modified: std::time::SystemTime,
+    ) -> Result<Option<PluginInfo>, RuntimeError> {
+        let _turn = self.installing.lock().await;
+        if let Some(uploads) = self.uploads.clone() {
+            let name = plugin.name().to_owned();
+            let now = super::blocking(move || {
+                uploads
+                    .modified(&name)
+                    .map_err(|error| kept(&name, "reading", &error))
+            })
+            .await?;
+            if now != Some(modified) {
+                tracing::info!(plugin = %plugin.name(), file = %origin, "not installed: the upload changed or was removed meanwhile");
+                return Ok(None);
+            }
+        }
+        self.install(plugin, origin).map(Some)
     }
 
     fn try_install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {
@@ -480,16 +612,35 @@ impl Runtime {
     /// the journal (a later load of the same build resumes from them) unless
     /// `drop_data` is set.
     pub async fn unload(self: &Arc<Self>, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
+        let turn = self.installing.lock().await;
+        // First, so that a plugin unloaded never comes back at the next start; an upload kept
+        // that did not load (refused at start) is removed all the same.
+        let removed = match self.uploads.clone() {
+            Some(uploads) => {
+                let name = name.to_owned();
+                super::blocking(move || {
+                    uploads
+                        .remove(&name)
+                        .map_err(|error| kept(&name, "removing", &error))
+                })
+                .await?
+            }
+            None => false,
+        };
         let slot = {
             let mut plugins = self.plugins.write().expect("plugin table lock");
-            let slot = plugins
-                .remove(name)
-                .and_then(|s| s.entry)
-                .ok_or_else(|| RuntimeError::UnknownPlugin(name.to_owned()))?;
-            if matches!(slot, Entry::Upcaster(_)) {
+            let slot = plugins.remove(name).and_then(|s| s.entry);
+            if matches!(slot, Some(Entry::Upcaster(_))) {
                 self.rechain(&mut plugins);
             }
             slot
+        };
+        let Some(slot) = slot else {
+            if removed {
+                tracing::info!(plugin = %name, "removed the upload kept of a plugin not loaded");
+                return Ok(());
+            }
+            return Err(RuntimeError::UnknownPlugin(name.to_owned()));
         };
         let hashes = match slot {
             Entry::Upcaster(_) => Vec::new(),
@@ -507,6 +658,7 @@ impl Runtime {
                 hashes
             }
         };
+        drop(turn);
         tracing::info!(plugin = %name, drop_data, "unloaded plugin");
         if drop_data {
             for hash in hashes {
@@ -843,4 +995,12 @@ fn info(slot: &Slot, policy: &watch::Sender<FailurePolicy>) -> Option<PluginInfo
     };
     info.last_error = slot.last_error.clone();
     Some(info)
+}
+
+/// A failure `doing` the kept upload of `name` (see [`Uploads`]).
+fn kept(name: &str, doing: &str, error: &std::io::Error) -> RuntimeError {
+    RuntimeError::HostFault {
+        origin: name.to_owned(),
+        fault: super::HostFault::io(format!("{doing} the upload kept for the next start"), error),
+    }
 }

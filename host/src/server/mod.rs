@@ -83,6 +83,8 @@ use crate::runtime::{
 pub const JOURNAL_FILE: &str = "journal.redb";
 /// The compiled-plugin cache's folder inside a data directory.
 pub const COMPILE_CACHE: &str = "cache";
+/// The data directory's subdirectory of uploaded plugins, loaded again at start.
+pub const UPLOADS: &str = "uploads";
 /// Largest JSON request body (appends, commands).
 pub const MAX_JSON_BODY: usize = 8 << 20;
 /// Largest plugin upload.
@@ -480,6 +482,7 @@ impl Server {
             journal,
             RuntimeConfig {
                 cache_dir: Some(data.join(COMPILE_CACHE)),
+                uploads_dir: Some(data.join(UPLOADS)),
                 compiler: config.compiler,
                 failure_policy: config.failure_policy,
                 limits: config.plugin_limits,
@@ -491,33 +494,36 @@ impl Server {
                 ..RuntimeConfig::default()
             },
         )?;
-        let (plugins_loaded, loaded) = watch::channel(match config.plugins_dir {
-            Some(_) => StartupLoad::Loading,
-            None => StartupLoad::Loaded,
+        let uploads = plugin_dir::list(&data.join(UPLOADS))
+            .with_context(|| format!("reading the uploaded plugins in {}", data.display()))?;
+        let (plugins_loaded, loaded) =
+            watch::channel(match (&config.plugins_dir, uploads.is_empty()) {
+                (None, true) => StartupLoad::Loaded,
+                _ => StartupLoad::Loading,
+            });
+        // Watched before it is listed, so that a file written while the others load is loaded
+        // after them.
+        let watching = config.plugins_dir.as_deref().and_then(|dir| {
+            plugin_dir::start_watching(dir)
+                .inspect_err(|error| tracing::error!(%error, "cannot watch the plugin directory"))
+                .ok()
         });
-        let loading = match &config.plugins_dir {
-            Some(dir) => {
-                // Watched before it is listed, so that a file written while the others load
-                // is loaded after them.
-                let watching = plugin_dir::start_watching(dir)
-                    .inspect_err(
-                        |error| tracing::error!(%error, "cannot watch the plugin directory"),
-                    )
-                    .ok();
-                let files = plugin_dir::list(dir)
-                    .with_context(|| format!("reading the plugin directory {}", dir.display()))?;
-                let (runtime, dir) = (runtime.clone(), dir.clone());
-                let loading = tokio::spawn(async move {
-                    let mut read = plugin_dir::Read::default();
-                    let loaded =
-                        plugin_dir::load_all(&runtime, &files, &plugins_loaded, &mut read).await;
-                    tracing::info!(loaded, dir = %dir.display(), "loaded plugins");
-                    watching.map(|watching| watching.load_changes(runtime, read))
-                });
-                Some(loading)
-            }
-            None => None,
+        let files = match &config.plugins_dir {
+            Some(dir) => plugin_dir::list(dir)
+                .with_context(|| format!("reading the plugin directory {}", dir.display()))?,
+            None => Vec::new(),
         };
+        let loading = (config.plugins_dir.is_some() || !uploads.is_empty()).then(|| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let mut read = plugin_dir::Read::default();
+                let loaded =
+                    plugin_dir::load_all(&runtime, &files, &uploads, &plugins_loaded, &mut read)
+                        .await;
+                tracing::info!(loaded, uploads = uploads.len(), "loaded plugins");
+                watching.map(|watching| watching.load_changes(runtime, read))
+            })
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

@@ -89,25 +89,27 @@ pub async fn put(
 ) -> Result<Json<PluginInfo>, ApiError> {
     tracing::Span::current().record("plugin", name.as_str());
     let bytes = body.map_err(super::bodies::refused)?;
-    // Validate before installing: a component named otherwise must not replace anything. The
-    // compile runs to its end even if the client leaves, holding the body's share of the body
-    // budget until then.
-    let (runtime, origin) = (state.runtime.clone(), name.clone());
-    let compiled = tokio::spawn(async move {
+    // Validated before it is installed: a component named otherwise must not replace anything.
+    // The compile, the install and the upload's keeping run to their end even if the client
+    // leaves (so the upload kept for the next start is the build serving), holding the body's
+    // share of the body budget until then.
+    let runtime = state.runtime.clone();
+    let installed = tokio::spawn(async move {
         let _hold = hold;
-        runtime.compile(Vec::from(bytes), &origin).await
+        let plugin = runtime.compile(Vec::from(bytes.clone()), &name).await?;
+        if plugin.name() != name {
+            return Err(ApiError::bad_request(format!(
+                "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
+                plugin.name(),
+                plugin.name()
+            )));
+        }
+        Ok(runtime.install_upload(plugin, bytes).await?)
     });
-    let plugin = compiled
+    let info = installed
         .await
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
-    if plugin.name() != name {
-        return Err(ApiError::bad_request(format!(
-            "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
-            plugin.name(),
-            plugin.name()
-        )));
-    }
-    Ok(Json(state.runtime.install(plugin, &name)?))
+    Ok(Json(info))
 }
 
 /// `?drop_data=true` also deletes the plugin's snapshots and checkpoints.
