@@ -4,10 +4,12 @@
 //! A key makes retries safe: a command whose key was stored answers that command's outcome
 //! and appends nothing. As the IETF Idempotency-Key draft asks, a key sent again with another
 //! command (another type, or other data) is refused (422), never answered with the first
-//! command's outcome: the first event of a keyed command carries the key and the SHA-256 of
-//! the command in its metadata, `{"idempotency_key": …, "command_sha256": …}`. The data is
-//! hashed in a canonical form (see [`canonical`]), so a retry that serialized the same JSON
-//! with other spacing or key order is the same command.
+//! command's outcome: the first event of a keyed command carries the key and SHA-256s of the
+//! command in its metadata, `{"idempotency_key": …, "command_sha256": …,
+//! "canonical_command_sha256": …}`: of its data as sent, and in a canonical form (see
+//! [`canonical`]), so that a retry that serialized the same JSON with other spacing or key
+//! order is the same command. A host of an earlier release, sharing a PostgreSQL journal,
+//! checks the first only, as it always did.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -70,12 +72,15 @@ pub(super) fn committed(
 struct KeyUse<'a> {
     idempotency_key: &'a str,
     command_sha256: String,
+    canonical_command_sha256: String,
 }
 
 /// The part of [`KeyUse`] read back: owned, as a key may hold characters JSON escapes.
+/// Keys recorded before the canonical form have no `canonical_command_sha256`.
 #[derive(Deserialize)]
 struct RecordedUse {
     command_sha256: String,
+    canonical_command_sha256: Option<String>,
 }
 
 /// The SHA-256 of `command`'s type and `data` (its data, or that in canonical form), in hex.
@@ -88,15 +93,75 @@ fn command_sha256(command: &Command, data: &[u8]) -> String {
 }
 
 /// JSON `data` with no whitespace and every object's keys in order, so that two
-/// serializations of the same command compare equal. Data holding a number that is not a
-/// 64-bit integer stays as it is: parsed, such a number is rounded to a float, and two commands
-/// that differ in it must not compare equal. So does data that is not JSON.
+/// serializations of the same command compare equal. Data that a parse could not give back
+/// exactly stays as it is, so that two commands that differ never compare equal: a number that
+/// is not a 64-bit integer (parsed, it is rounded to a float), an object with a key twice (the
+/// parse keeps the last, where a plugin may refuse the command), and data that is not JSON.
 fn canonical(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    match serde_json::from_slice::<serde_json::Value>(data) {
+    let value = serde_json::from_slice::<UniqueKeys>(data)
+        .and_then(|UniqueKeys| serde_json::from_slice::<serde_json::Value>(data));
+    match value {
         Ok(value) if integers_only(&value) => {
             std::borrow::Cow::Owned(serde_json::to_vec(&value).expect("serializable"))
         }
         _ => std::borrow::Cow::Borrowed(data),
+    }
+}
+
+/// Any JSON whose objects hold each key once (deserializing fails otherwise).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+        while items.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = fields.next_key::<String>()? {
+            if !keys.insert(key) {
+                return Err(serde::de::Error::custom("a key twice"));
+            }
+            fields.next_value::<UniqueKeys>()?;
+        }
+        Ok(self)
     }
 }
 
@@ -120,15 +185,16 @@ pub(super) fn mark(events: &mut [NewEvent], stream: &str, key: &str, command: &C
     if let Some(first) = events.first_mut() {
         let key_use = KeyUse {
             idempotency_key: key,
-            command_sha256: command_sha256(command, &canonical(&command.data)),
+            command_sha256: command_sha256(command, &command.data),
+            canonical_command_sha256: command_sha256(command, &canonical(&command.data)),
         };
         first.metadata = Some(serde_json::to_string(&key_use).expect("serializable"));
     }
 }
 
 /// Refuses `command` if the command stored under its key (whose first event is `first`) was
-/// another one. Events stored before keys recorded their command pass, and so does the hash
-/// of the data bytes as sent, which keys recorded before the canonical form.
+/// another one: neither its data as sent nor its canonical form is the recorded one's. Events
+/// stored before keys recorded their command pass.
 pub(super) fn check_same(
     first: &RecordedEvent,
     command: &Command,
@@ -139,9 +205,11 @@ pub(super) fn check_same(
         .as_deref()
         .and_then(|metadata| serde_json::from_str::<RecordedUse>(metadata).ok());
     let same = |recorded: &RecordedUse| {
-        let hash = &recorded.command_sha256;
-        *hash == command_sha256(command, &canonical(&command.data))
-            || *hash == command_sha256(command, &command.data)
+        recorded.command_sha256 == command_sha256(command, &command.data)
+            || recorded
+                .canonical_command_sha256
+                .as_ref()
+                .is_some_and(|hash| *hash == command_sha256(command, &canonical(&command.data)))
     };
     match recorded {
         Some(recorded) if !same(&recorded) => Err(RuntimeError::KeyReused {
@@ -194,6 +262,9 @@ mod tests {
             r#"{"amount": 18446744073709551617}"#
         ));
         assert!(!same(r#"{"x": 0.1}"#, r#"{"x": 0.10}"#));
+        // A key twice: a plugin may refuse the one and take the other.
+        assert!(!same(r#"{"amount": 1, "amount": 5}"#, r#"{"amount": 5}"#));
+        assert!(!same(r#"[{"a": 1, "a": 1}]"#, r#"[{"a": 1}]"#));
         assert!(!same("not json", "not  json"));
     }
 }
