@@ -243,8 +243,11 @@ impl ProjectionRunner {
             Err(error) => Err(error),
         })
         .await?;
-        if let Some((saved, pending)) = saved {
-            self.shared.checkpoint(journal, saved, pending).await?;
+        match saved {
+            Some((saved, pending)) => self.shared.checkpoint(journal, saved, pending).await?,
+            // Still a write: it lands behind any the stopped task left queued, so a run started
+            // after this reads what they wrote.
+            None => journal.unpark(&self.shared.key, Vec::new()).await?,
         }
         Ok(())
     }
