@@ -752,6 +752,14 @@ impl Worker {
     /// replace the journal's, in one write.
     /// The run writes to the journal only from then on: stopped half way, it stores nothing.
     async fn adopt(&mut self) -> Result<(), Halt> {
+        // The old run's last write may still be queued (its task was aborted, not its write):
+        // an empty write behind it in the journal's queue lands after it, so the list read
+        // next holds what that write parked.
+        let (journal, hash) = (&self.journal, &self.shared.key);
+        self.retrying_write("waiting for the old run's writes", || {
+            journal.unpark(hash, Vec::new())
+        })
+        .await?;
         let (journal, hash) = (self.journal.clone(), self.shared.key.clone());
         let listed = self
             .retrying("reading the parked events", move || {
