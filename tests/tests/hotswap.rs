@@ -158,13 +158,21 @@ async fn a_restart_resumes_the_swapped_projection_from_its_checkpoint() {
 }
 
 /// An upload is kept in the data directory: it loads again after `kill -9`, over the plugins
-/// directory's older file of the same plugin; an unload removes it for good; and a newer file
-/// of the plugins directory, written while the server is down or while it runs, supersedes it.
+/// directory's file it replaced (also once that file is copied again); an unload removes it
+/// for good; another build of the plugins directory, deployed while the server is down or
+/// while it runs, replaces it; and if a kept upload no longer loads, the directory's build
+/// serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_outlives_a_restart_until_unloaded_or_superseded() {
+async fn an_upload_outlives_a_restart_until_unloaded_or_replaced() {
     let dirs = Dirs::new();
     let http = Client::new();
-    let kept = dirs.data.join("uploads/bank-analytics.wasm");
+    let kept = dirs.data.join("uploads/bank-analytics.upload");
+    let file = dirs.plugins.join("bank-analytics.wasm");
+    let deploy = |artifact: &str| {
+        let staged = dirs.plugins.join("staged.part");
+        std::fs::copy(foldhost_plugins::path(artifact), &staged).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+    };
 
     let server = Server::start(&dirs, Some(TOKEN));
     let v1 = hash_of(&http, &server, "bank-analytics").await;
@@ -174,18 +182,15 @@ async fn an_upload_outlives_a_restart_until_unloaded_or_superseded() {
     wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
     drop(server); // kill -9
 
+    // The same v1 file copied again (new times, same build) does not replace the upload.
+    deploy("bank-analytics");
     let server = Server::start(&dirs, Some(TOKEN));
     wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
     assert!(plugins(&http, &server).await.contains_key("hostile"));
-    let unloaded = http
-        .delete(server.url("/plugins/hostile"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unloaded.status(), 200);
+    delete_plugin(&http, &server, "hostile", 200).await;
+    delete_plugin(&http, &server, "hostile", 404).await;
     // A kept upload that does not load can be unloaded too.
-    std::fs::write(dirs.data.join("uploads/junk.wasm"), b"not wasm").unwrap();
+    std::fs::write(dirs.data.join("uploads/junk.upload"), b"not an upload").unwrap();
     assert!(server.terminate().success());
 
     let server = Server::start(&dirs, Some(TOKEN));
@@ -195,41 +200,56 @@ async fn an_upload_outlives_a_restart_until_unloaded_or_superseded() {
         "unloaded, yet back: {listed:?}"
     );
     assert_eq!(listed["bank-analytics"]["hash"], v2.as_str());
-    let unloaded = http
-        .delete(server.url("/plugins/junk"))
+    delete_plugin(&http, &server, "junk", 200).await;
+    assert!(!dirs.data.join("uploads/junk.upload").exists());
+    assert!(server.terminate().success());
+
+    // Another build deployed while the server is down replaces the upload.
+    deploy("bank-analytics-lenient");
+    let server = Server::start(&dirs, Some(TOKEN));
+    let lenient = hash_of(&http, &server, "bank-analytics").await;
+    assert!(lenient != v1 && lenient != v2, "{lenient}");
+    assert!(!kept.exists(), "the replaced upload is still kept");
+
+    // Uploaded again, then replaced by a file deployed while the server runs.
+    put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
+    assert!(kept.exists());
+    deploy("bank-analytics");
+    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+    assert!(server.terminate().success());
+    assert!(!kept.exists(), "the replaced upload is still kept");
+    let server = Server::start(&dirs, Some(TOKEN));
+    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+
+    // A kept upload that no longer loads: the build it replaced serves.
+    put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
+    assert!(server.terminate().success());
+    let mut broken = std::fs::read(&kept).unwrap();
+    let header = broken.iter().position(|&b| b == b'\n').unwrap();
+    broken.truncate(header + 9);
+    std::fs::write(&kept, broken).unwrap();
+    let server = Server::start(&dirs, Some(TOKEN));
+    assert_eq!(hash_of(&http, &server, "bank-analytics").await, v1);
+}
+
+async fn delete_plugin(http: &Client, server: &Server, name: &str, status: u16) {
+    let response = http
+        .delete(server.url(&format!("/plugins/{name}")))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(unloaded.status(), 200);
-    assert!(!dirs.data.join("uploads/junk.wasm").exists());
-    assert!(server.terminate().success());
-
-    // The directory's file, rewritten while the server is down, is newer than the upload.
-    let file = dirs.plugins.join("bank-analytics.wasm");
-    std::fs::copy(foldhost_plugins::path("bank-analytics"), &file).unwrap();
-    let server = Server::start(&dirs, Some(TOKEN));
-    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
-    assert!(!kept.exists(), "the superseded upload is still kept");
-
-    // Uploaded again, then superseded by the file rewritten while the server runs.
-    put_plugin(&http, &server, "bank-analytics", "bank-analytics-v2").await;
-    wait_for_cutover(&http, &server, "bank-analytics", &v2).await;
-    assert!(kept.exists());
-    let staged = dirs.plugins.join("bank-analytics.wasm.part");
-    std::fs::copy(foldhost_plugins::path("bank-analytics"), &staged).unwrap();
-    std::fs::rename(&staged, &file).unwrap();
-    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
-    assert!(server.terminate().success());
-    assert!(!kept.exists(), "the superseded upload is still kept");
-    let server = Server::start(&dirs, Some(TOKEN));
-    wait_for_cutover(&http, &server, "bank-analytics", &v1).await;
+    assert_eq!(response.status(), status, "DELETE /plugins/{name}");
 }
 
 /// The content hash of the build of `name` serving now.
 async fn hash_of(http: &Client, server: &Server, name: &str) -> String {
-    let info = &plugins(http, server).await[name];
-    info["hash"].as_str().unwrap().to_owned()
+    let listed = plugins(http, server).await;
+    let info = listed.get(name);
+    let hash = info.and_then(|info| info["hash"].as_str());
+    hash.unwrap_or_else(|| panic!("no build of {name} serves: {listed:?}"))
+        .to_owned()
 }
 
 /// What one client had acknowledged, by account, and every answer that was not 2xx.

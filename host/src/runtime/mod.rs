@@ -43,7 +43,9 @@ pub use projection::{
     CheckpointPolicy, FailurePolicy, ParkReport, ProjectionInstance, ProjectionRunner,
     ProjectionStatus, RunnerOptions,
 };
-pub use registry::{CompileStatus, CompilingInfo, LoadFailure, PluginInfo, Runtime, RuntimeConfig};
+pub use registry::{
+    CompileStatus, CompilingInfo, FileInstall, LoadFailure, PluginInfo, Runtime, RuntimeConfig,
+};
 pub use sandbox::MemoryBudget;
 pub use upcast::{Upcaster, UpcasterChain};
 

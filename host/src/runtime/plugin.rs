@@ -495,7 +495,7 @@ fn link<P>(
 }
 
 /// Plugin names become stream categories and URL segments: keep them tame.
-fn validate_name(name: &str) -> Result<(), String> {
+pub(super) fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

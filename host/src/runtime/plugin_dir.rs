@@ -13,7 +13,7 @@
 //! (its compiler killed, memory ran out) is retried after a wait. Deleting a
 //! file does not unload its plugin (use `DELETE /plugins/{name}`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,8 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::watch;
 
 use super::error::RuntimeError;
-use super::registry::Runtime;
+use super::registry::{FileInstall, Runtime};
+use super::uploads::Uploads;
 
 /// How long the directory must be quiet before a change is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(400);
@@ -34,9 +35,14 @@ pub const DEBOUNCE: Duration = Duration::from_millis(400);
 /// The plugin files in `dir`, smallest first: at start they load one after another, and a
 /// Rust plugin (kilobytes, compiled in a blink) should not wait behind a Python one (18 MB).
 pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    list_with(dir, "wasm")
+}
+
+/// The files in `dir` ending in `.{extension}`, smallest first (see [`list`]).
+pub(super) fn list_with(dir: &Path, extension: &str) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| is_plugin(path))
+        .filter(|path| path.extension().is_some_and(|ext| ext == extension))
         .map(|path| (std::fs::metadata(&path).map_or(0, |m| m.len()), path))
         .collect();
     files.sort();
@@ -99,10 +105,13 @@ impl Read {
     }
 }
 
-/// Where a plugin file lies.
+/// Where a plugin file lies, and when it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// The plugins directory: its build supersedes an older upload of the same plugin.
+    /// The plugins directory, at start: its build is passed over if it is the one the
+    /// plugin's kept upload replaced (see [`Runtime::install_file`]).
+    DirectoryAtStart,
+    /// The plugins directory, changed while serving: its build replaces a kept upload.
     Directory,
     /// The uploads kept in the data directory (see [`Runtime::install_upload`]).
     Uploads,
@@ -111,9 +120,9 @@ enum Place {
 /// Loads `files` (of the plugins directory), then `uploads` (kept from earlier runs), one
 /// after another, each listed as queued in [`Runtime::compiling`] until its turn, logging (not
 /// failing on) the ones that are refused: first all but the projections, then the
-/// projections, reporting each stage on `progress`, and noting each file in `read`. An upload
-/// loads after the directory's files, so it replaces the build of an older file of the same
-/// plugin, and one older than that file is removed instead. Returns how many loaded.
+/// projections, reporting each stage on `progress`, and noting each file in `read`. A file
+/// whose build the plugin's kept upload replaced is passed over for the upload, and installed
+/// after all if the upload does not load. Returns how many loaded.
 pub async fn load_all(
     runtime: &Arc<Runtime>,
     files: &[PathBuf],
@@ -126,37 +135,91 @@ pub async fn load_all(
     }
     let placed = files
         .iter()
-        .map(|path| (path, Place::Directory))
+        .map(|path| (path, Place::DirectoryAtStart))
         .chain(uploads.iter().map(|path| (path, Place::Uploads)));
     let placed: Vec<(&PathBuf, Place)> = placed.collect();
     for (path, place) in &placed {
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
-        runtime.queue(
-            &origin(path, *place),
-            usize::try_from(size).unwrap_or(usize::MAX),
-        );
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        runtime.queue(&origin(path, *place), size);
     }
-    let mut projections = Vec::new();
-    let mut loaded = 0;
+    let (mut aggregates, mut projections) = (Vec::new(), Vec::new());
     for (path, place) in placed {
-        if is_projection(path).await {
-            projections.push((path, place));
-        } else {
-            loaded += usize::from(load_file(runtime, path, place, &read.loading).await);
+        match is_projection(path, place).await {
+            true => projections.push((path, place)),
+            false => aggregates.push((path, place)),
         }
     }
+    let mut fallbacks = Fallbacks::default();
+    let mut loaded = load_stage(runtime, &aggregates, &read.loading, &mut fallbacks).await;
     progress.send_replace(StartupLoad::AggregatesLoaded);
-    for (path, place) in projections {
-        loaded += usize::from(load_file(runtime, path, place, &read.loading).await);
-    }
+    loaded += load_stage(runtime, &projections, &read.loading, &mut fallbacks).await;
     progress.send_replace(StartupLoad::Loaded);
+    loaded
+}
+
+/// The directory builds passed over at start for kept uploads, and the kept uploads that did
+/// not load, by plugin: a build passed over for an upload that did not load is installed.
+#[derive(Default)]
+struct Fallbacks {
+    passed: HashMap<String, (Arc<super::Plugin>, String)>,
+    failed: HashSet<String>,
+}
+
+/// Loads one stage of the files at start, in order (see [`Fallbacks`]). Returns how many
+/// loaded.
+async fn load_stage(
+    runtime: &Arc<Runtime>,
+    stage: &[(&PathBuf, Place)],
+    loading: &Arc<tokio::sync::Mutex<()>>,
+    fallbacks: &mut Fallbacks,
+) -> usize {
+    let mut loaded = 0;
+    for &(path, place) in stage {
+        let fallback = match load_file(runtime, path, place, loading).await {
+            Attempt::Loaded => {
+                loaded += 1;
+                continue;
+            }
+            Attempt::PassedOver(plugin) => {
+                let name = plugin.name().to_owned();
+                if !fallbacks.failed.contains(&name) {
+                    fallbacks.passed.insert(name, (plugin, origin(path, place)));
+                    continue;
+                }
+                (plugin, origin(path, place))
+            }
+            Attempt::Refused | Attempt::MayPass => {
+                let Some(name) = Uploads::name_of(path).filter(|_| place == Place::Uploads) else {
+                    continue;
+                };
+                fallbacks.failed.insert(name.to_owned());
+                let Some(fallback) = fallbacks.passed.remove(name) else {
+                    continue;
+                };
+                fallback
+            }
+        };
+        let (plugin, origin) = fallback;
+        match runtime.install(plugin, &origin) {
+            Ok(info) => {
+                tracing::warn!(file = %origin, plugin = %info.name, "the upload kept did not load: the plugins directory's build serves");
+                loaded += 1;
+            }
+            Err(error) => tracing::error!(file = %origin, %error, "plugin file refused"),
+        }
+    }
     loaded
 }
 
 /// Whether the file at `path` is a projection, as far as its declared world tells without
 /// compiling it. A file that cannot be read or checked counts as not one: it loads early.
-async fn is_projection(path: &Path) -> bool {
-    let Ok(bytes) = tokio::fs::read(path).await else {
+async fn is_projection(path: &Path, place: Place) -> bool {
+    let read = match place {
+        Place::Uploads => Uploads::read_file(path).map(|kept| kept.bytes),
+        Place::Directory | Place::DirectoryAtStart => std::fs::read(path),
+    };
+    let Ok(bytes) = read else {
         return false;
     };
     tokio::task::spawn_blocking(move || {
@@ -240,7 +303,7 @@ fn origin(path: &Path, place: Place) -> String {
         |n| n.to_string_lossy().into_owned(),
     );
     match place {
-        Place::Directory => name,
+        Place::Directory | Place::DirectoryAtStart => name,
         Place::Uploads => format!("uploads/{name}"),
     }
 }
@@ -252,24 +315,22 @@ async fn load_file(
     path: &Path,
     place: Place,
     loading: &Arc<tokio::sync::Mutex<()>>,
-) -> bool {
+) -> Attempt {
     let outcome = {
         let _turn = loading.lock().await;
         attempt(runtime, path, place).await
     };
-    match outcome {
-        Attempt::Loaded => true,
-        Attempt::Refused => false,
-        Attempt::MayPass => {
-            retry_later(runtime, path, place, loading.clone());
-            false
-        }
+    if let Attempt::MayPass = outcome {
+        retry_later(runtime, path, place, loading.clone());
     }
+    outcome
 }
 
 /// How one load of a plugin file ended.
 enum Attempt {
     Loaded,
+    /// A directory file's build, passed over at start for the plugin's kept upload.
+    PassedOver(Arc<super::Plugin>),
     /// The file is not a plugin this host loads, or the host failed for good.
     Refused,
     /// The host failed for a reason that may pass (memory, disk space or processes ran out,
@@ -316,7 +377,7 @@ fn retry_later(
             }
             match attempt(&runtime, &path, place).await {
                 Attempt::MayPass => wait = (wait * 2).min(RETRY_LONGEST),
-                Attempt::Loaded | Attempt::Refused => return,
+                Attempt::Loaded | Attempt::Refused | Attempt::PassedOver(_) => return,
             }
         }
         tracing::error!(
@@ -330,12 +391,11 @@ fn retry_later(
 /// One load of the file at `path`, logged.
 async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
     let origin = origin(path, place);
-    // Read before the bytes: a file rewritten in between is then taken for older than it is.
-    let read = match std::fs::metadata(path) {
-        Ok(metadata) => tokio::fs::read(path).await.map(|bytes| (metadata, bytes)),
-        Err(error) => Err(error),
+    let read = match place {
+        Place::Uploads => Uploads::read_file(path).map(|kept| (kept.bytes, Some(kept.digest))),
+        Place::Directory | Place::DirectoryAtStart => std::fs::read(path).map(|b| (b, None)),
     };
-    let (metadata, bytes) = match read {
+    let (bytes, digest) = match read {
         Ok(read) => read,
         Err(error) if place == Place::Uploads && error.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(file = %origin, "the upload was removed meanwhile");
@@ -348,31 +408,39 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             return Attempt::Refused;
         }
     };
-    let loaded = match runtime.compile(bytes, &origin).await {
-        Ok(plugin) => match place {
-            Place::Directory => {
-                let changed = changed_at(&metadata);
-                runtime.install_file(plugin, &origin, changed).await
-            }
-            Place::Uploads => {
-                let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                runtime.install_kept(plugin, &origin, modified).await
-            }
+    let plugin = match runtime.compile(bytes, &origin).await {
+        Ok(plugin) => plugin,
+        Err(error) => return refused(&origin, error),
+    };
+    let installed = match digest {
+        Some(digest) => match runtime.install_kept(plugin, &origin, digest).await {
+            Ok(Some(info)) => Ok(info),
+            // Passed over (logged).
+            Ok(None) => return Attempt::Refused,
+            Err(error) => Err(error),
         },
-        Err(error) => Err(error),
+        None => {
+            let at_start = place == Place::DirectoryAtStart;
+            match runtime.install_file(plugin, &origin, at_start).await {
+                Ok(FileInstall::Installed(info)) => Ok(info),
+                Ok(FileInstall::PassedOver(plugin)) => return Attempt::PassedOver(plugin),
+                Err(error) => Err(error),
+            }
+        }
     };
-    let loaded = match loaded {
-        Ok(Some(info)) => Ok(info),
-        // Passed over for a newer build (logged).
-        Ok(None) => return Attempt::Refused,
-        Err(error) => Err(error),
-    };
-    match loaded {
+    match installed {
         Ok(info) => {
             tracing::info!(file = %origin, plugin = %info.name, hash = %info.hash, "plugin file loaded");
             Attempt::Loaded
         }
-        Err(error) if may_pass(&error) => {
+        Err(error) => refused(&origin, error),
+    }
+}
+
+/// How a load of the file `origin` that failed with `error` ends, logged.
+fn refused(origin: &str, error: RuntimeError) -> Attempt {
+    match error {
+        error if may_pass(&error) => {
             tracing::error!(
                 file = %origin,
                 %error,
@@ -380,7 +448,7 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             );
             Attempt::MayPass
         }
-        Err(error @ RuntimeError::HostFault { .. }) => {
+        error @ RuntimeError::HostFault { .. } => {
             tracing::error!(
                 file = %origin,
                 %error,
@@ -388,22 +456,11 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             );
             Attempt::Refused
         }
-        Err(error) => {
+        error => {
             tracing::error!(file = %origin, %error, "plugin file refused");
             Attempt::Refused
         }
     }
-}
-
-/// When the file last changed: its content (`mtime`) or its entry (`ctime`, which a copy or a
-/// rename into the directory sets even when the copy keeps the original's `mtime`).
-fn changed_at(metadata: &std::fs::Metadata) -> SystemTime {
-    let entry = u64::try_from(metadata.ctime()).ok().map(|seconds| {
-        let nanos = u32::try_from(metadata.ctime_nsec()).unwrap_or(0);
-        SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos)
-    });
-    let content = metadata.modified().ok();
-    content.max(entry).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Whether a load that failed with `error` may succeed if the same file is loaded again.

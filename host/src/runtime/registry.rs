@@ -44,6 +44,15 @@ pub struct RuntimeConfig {
     pub uploads_dir: Option<std::path::PathBuf>,
 }
 
+/// What [`Runtime::install_file`] did with a file's build.
+pub enum FileInstall {
+    /// Installed, replacing the kept upload if there was one.
+    Installed(PluginInfo),
+    /// Passed over for the kept upload deployed after it; installed after all if that upload
+    /// does not load at start.
+    PassedOver(Arc<Plugin>),
+}
+
 /// A loaded plugin as `GET /plugins` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
@@ -341,11 +350,19 @@ impl Runtime {
         let Some(uploads) = self.uploads.clone() else {
             return self.install(plugin, &name);
         };
+        // The build of the plugins directory this upload replaces: the one an earlier upload
+        // replaced, or the one serving now.
+        let serving = self.info(&name).ok().map(|info| info.hash);
         let before = {
             let (uploads, name) = (uploads.clone(), name.clone());
             super::blocking(move || {
+                let replaces = match uploads.replaces(&name) {
+                    Ok(Some(replaced)) => replaced,
+                    Ok(None) => serving,
+                    Err(error) => return Err(kept(&name, "reading", &error)),
+                };
                 uploads
-                    .store(&name, &bytes)
+                    .store(&name, replaces.as_deref(), &bytes)
                     .map_err(|error| kept(&name, "storing", &error))
             })
             .await?
@@ -366,35 +383,39 @@ impl Runtime {
         installed
     }
 
-    /// Installs the build of a plugins directory file last changed at `changed`, unless the
-    /// upload kept of the same plugin is newer (the last build deployed wins); the upload it
-    /// replaces is removed. `None`: passed over for the newer upload.
+    /// Installs the build of a file of the plugins directory, and removes the kept upload of
+    /// the same plugin, which it replaces. At start (`at_start`) a file that is the build the
+    /// upload replaced is passed over instead: the upload was deployed after it.
     pub async fn install_file(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         origin: &str,
-        changed: std::time::SystemTime,
-    ) -> Result<Option<PluginInfo>, RuntimeError> {
+        at_start: bool,
+    ) -> Result<FileInstall, RuntimeError> {
         let _turn = self.installing.lock().await;
         let Some(uploads) = self.uploads.clone() else {
-            return self.install(plugin, origin).map(Some);
+            return self.install(plugin, origin).map(FileInstall::Installed);
         };
         let name = plugin.name().to_owned();
-        let uploaded = {
+        let replaced = {
             let (uploads, name) = (uploads.clone(), name.clone());
             super::blocking(move || {
                 uploads
-                    .modified(&name)
+                    .replaces(&name)
                     .map_err(|error| kept(&name, "reading", &error))
             })
             .await?
         };
-        if uploaded.is_some_and(|uploaded| uploaded > changed) {
-            tracing::info!(plugin = %name, file = %origin, "not installed: the upload kept of it is newer");
-            return Ok(None);
+        if at_start
+            && replaced
+                .as_ref()
+                .is_some_and(|r| r.as_ref() == Some(&plugin.hash))
+        {
+            tracing::info!(plugin = %name, file = %origin, "passed over for the upload kept, deployed after it");
+            return Ok(FileInstall::PassedOver(plugin));
         }
         let info = self.install(plugin, origin)?;
-        if uploaded.is_some() {
+        if replaced.is_some() {
             let name_ = name.clone();
             let removed = super::blocking(move || {
                 uploads
@@ -404,40 +425,47 @@ impl Runtime {
             .await;
             match removed {
                 Ok(_) => {
-                    tracing::info!(plugin = %name, file = %origin, "the plugins directory's newer file replaces the upload")
+                    tracing::info!(plugin = %name, file = %origin, "the plugins directory's file replaces the upload kept")
                 }
                 Err(error) => {
-                    tracing::error!(%error, "the older upload may load at the next start")
+                    tracing::error!(%error, "the replaced upload may load at the next start")
                 }
             }
         }
-        Ok(Some(info))
+        Ok(FileInstall::Installed(info))
     }
 
-    /// Installs the build of the upload kept of its plugin, stored at `modified`, unless the
-    /// upload changed or was removed since (by an upload or an unload while it compiled).
-    /// `None`: passed over.
+    /// Installs the build of a kept upload whose file read `digest`, unless the file changed
+    /// or was removed since (by an upload or an unload while it compiled). `None`: passed
+    /// over.
     pub async fn install_kept(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         origin: &str,
-        modified: std::time::SystemTime,
+        digest: [u8; 32],
     ) -> Result<Option<PluginInfo>, RuntimeError> {
         let _turn = self.installing.lock().await;
         if let Some(uploads) = self.uploads.clone() {
             let name = plugin.name().to_owned();
             let now = super::blocking(move || {
                 uploads
-                    .modified(&name)
+                    .read(&name)
                     .map_err(|error| kept(&name, "reading", &error))
             })
             .await?;
-            if now != Some(modified) {
+            if now.is_none_or(|now| now.digest != digest) {
                 tracing::info!(plugin = %plugin.name(), file = %origin, "not installed: the upload changed or was removed meanwhile");
                 return Ok(None);
             }
         }
         self.install(plugin, origin).map(Some)
+    }
+
+    /// The files of the uploads kept from earlier runs (see [`Uploads`]), smallest first.
+    pub fn kept_uploads(&self) -> std::io::Result<Vec<std::path::PathBuf>> {
+        self.uploads
+            .as_ref()
+            .map_or(Ok(Vec::new()), |uploads| uploads.files())
     }
 
     fn try_install(self: &Arc<Self>, plugin: Arc<Plugin>) -> Result<PluginInfo, RuntimeError> {

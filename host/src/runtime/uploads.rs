@@ -1,19 +1,33 @@
-//! Uploaded plugins kept in the data directory, one `NAME.wasm` each, so that a restart loads
-//! them again (KurrentDB keeps the projections created through its API the same way).
+//! Uploaded plugins kept in the data directory, so that a restart loads them again (KurrentDB
+//! keeps the projections created through its API the same way).
 //!
-//! An upload replaces the plugin's file here before it is installed, so a plugin that answered
-//! an upload is loaded again after a restart, even after `kill -9` or a power cut. Unloading
-//! the plugin removes its file. The last build deployed wins: a file of the plugins directory
-//! that loads as the same plugin replaces the upload (and removes it) if it changed after the
-//! upload was stored, and is passed over if it did not (see [`Runtime::install_file`]).
+//! Each upload is one file, `NAME.upload`: a header line naming the plugins directory's build
+//! it replaced, then the component as uploaded:
 //!
-//! [`Runtime::install_file`]: super::Runtime::install_file
+//! ```text
+//! foldhost-upload 1 replaces=<content hash of that build, or "none">\n<component bytes>
+//! ```
+//!
+//! An upload is stored before it is installed, so a plugin that answered an upload loads
+//! again after a restart, even after `kill -9` or a power cut; unloading the plugin removes
+//! it. The last build deployed wins: at start, a file of the plugins directory that loads as
+//! the same plugin is passed over if it is the build the upload replaced, and replaces the
+//! upload (which is removed) if it is another one, deployed since. While serving, a file of
+//! the directory that changes replaces the upload. No clock is compared: copies, `chmod` and
+//! clock steps cannot make an old file look new.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+/// The start of every kept upload's header.
+const MAGIC: &str = "foldhost-upload 1 replaces=";
+/// What the header says when the upload replaced no build of the plugins directory.
+const NONE: &str = "none";
+/// The longest header read: the magic and a hex SHA-256.
+const MAX_HEADER: u64 = 128;
 
 /// The directory of uploaded plugins.
 #[derive(Clone)]
@@ -21,10 +35,12 @@ pub struct Uploads {
     dir: Arc<Path>,
 }
 
-/// An upload's file as it was before [`Uploads::store`] replaced it.
-pub struct Before {
-    bytes: Vec<u8>,
-    modified: SystemTime,
+/// An upload as kept (what it replaced is read with [`Uploads::replaces`]).
+pub struct Kept {
+    /// The component as uploaded.
+    pub bytes: Vec<u8>,
+    /// The SHA-256 of the whole file, which tells whether it changed since it was read.
+    pub digest: [u8; 32],
 }
 
 impl Uploads {
@@ -36,39 +52,93 @@ impl Uploads {
         })
     }
 
-    /// Replaces the upload of `name` with `bytes`, atomically and durably; returns what it
-    /// held before, for [`restore`](Self::restore).
-    pub fn store(&self, name: &str, bytes: &[u8]) -> io::Result<Option<Before>> {
-        let path = self.path(name);
-        let before = match File::open(&path) {
-            Ok(mut file) => {
-                let modified = file.metadata()?.modified()?;
-                let mut bytes = Vec::new();
-                io::Read::read_to_end(&mut file, &mut bytes)?;
-                Some(Before { bytes, modified })
-            }
+    /// The kept uploads' files, smallest first.
+    pub fn files(&self) -> io::Result<Vec<PathBuf>> {
+        super::plugin_dir::list_with(&self.dir, "upload")
+    }
+
+    /// The plugin the kept upload at `path` is of.
+    pub fn name_of(path: &Path) -> Option<&str> {
+        path.file_stem()?.to_str()
+    }
+
+    /// The kept upload at `path`.
+    pub fn read_file(path: &Path) -> io::Result<Kept> {
+        let file = std::fs::read(path)?;
+        let digest = Sha256::digest(&file).into();
+        let split = file.iter().position(|&b| b == b'\n');
+        let Some(at) = split.filter(|&at| header(&file[..at]).is_some()) else {
+            return Err(malformed(path));
+        };
+        let mut bytes = file;
+        bytes.drain(..=at);
+        Ok(Kept { bytes, digest })
+    }
+
+    /// The kept upload of `name`, if any.
+    pub fn read(&self, name: &str) -> io::Result<Option<Kept>> {
+        let Some(path) = self.path(name) else {
+            return Ok(None);
+        };
+        match Self::read_file(&path) {
+            Ok(kept) => Ok(Some(kept)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// What the kept upload of `name` replaced (its header only): `None` if there is none.
+    pub fn replaces(&self, name: &str) -> io::Result<Option<Option<String>>> {
+        let Some(path) = self.path(name) else {
+            return Ok(None);
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut line = Vec::new();
+        io::BufReader::new(file.take(MAX_HEADER)).read_until(b'\n', &mut line)?;
+        let line = line.strip_suffix(b"\n").ok_or_else(|| malformed(&path))?;
+        header(line).map(Some).ok_or_else(|| malformed(&path))
+    }
+
+    /// Replaces the kept upload of `name` with `bytes`, which replace the plugins directory's
+    /// build `replaces`, atomically and durably; returns the file as it was, for
+    /// [`restore`](Self::restore).
+    pub fn store(
+        &self,
+        name: &str,
+        replaces: Option<&str>,
+        bytes: &[u8],
+    ) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(name).ok_or_else(|| invalid_name(name))?;
+        let before = match std::fs::read(&path) {
+            Ok(before) => Some(before),
             Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => return Err(error),
         };
-        crate::durable::write_atomically(&path, bytes)?;
+        let header = format!("{MAGIC}{}\n", replaces.unwrap_or(NONE));
+        crate::durable::replace_with(&path, |file: &mut std::fs::File| {
+            io::Write::write_all(file, header.as_bytes())?;
+            io::Write::write_all(file, bytes)
+        })?;
         Ok(before)
     }
 
-    /// Puts back what [`store`](Self::store) replaced: the file as it was, its modification
-    /// time too (which decides what a file of the plugins directory supersedes), or no file.
-    pub fn restore(&self, name: &str, before: Option<Before>) -> io::Result<()> {
-        let Some(Before { bytes, modified }) = before else {
-            return self.remove(name).map(drop);
-        };
-        crate::durable::replace_with(&self.path(name), |file: &mut File| {
-            file.write_all(&bytes)?;
-            file.set_modified(modified)
-        })
+    /// Puts back what [`store`](Self::store) replaced: the file as it was, or no file.
+    pub fn restore(&self, name: &str, before: Option<Vec<u8>>) -> io::Result<()> {
+        match (before, self.path(name)) {
+            (Some(file), Some(path)) => crate::durable::write_atomically(&path, &file),
+            _ => self.remove(name).map(drop),
+        }
     }
 
-    /// Removes the upload of `name`, durably; whether there was one.
+    /// Removes the kept upload of `name`, durably; whether there was one.
     pub fn remove(&self, name: &str) -> io::Result<bool> {
-        let path = self.path(name);
+        let Some(path) = self.path(name) else {
+            return Ok(false);
+        };
         match std::fs::remove_file(&path) {
             Ok(()) => crate::durable::sync_parent(&path).map(|()| true),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -76,49 +146,82 @@ impl Uploads {
         }
     }
 
-    /// When the upload of `name` was stored, if there is one.
-    pub fn modified(&self, name: &str) -> io::Result<Option<SystemTime>> {
-        match std::fs::metadata(self.path(name)) {
-            Ok(metadata) => metadata.modified().map(Some),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error),
-        }
+    /// The file of the upload of `name`; none for a name no plugin can have (a plugin name is
+    /// one path component of lowercase letters, digits, `-` and `_`).
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        super::plugin::validate_name(name).ok()?;
+        Some(self.dir.join(format!("{name}.upload")))
     }
+}
 
-    /// The file of the upload of `name` (plugin names are lowercase letters, digits, `-` and
-    /// `_`, so a name is one path component).
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.wasm"))
+/// What a header line says the upload replaced, if it is one.
+fn header(line: &[u8]) -> Option<Option<String>> {
+    let replaces = std::str::from_utf8(line).ok()?.strip_prefix(MAGIC)?;
+    match replaces {
+        NONE => Some(None),
+        hash if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(Some(hash.to_owned()))
+        }
+        _ => None,
     }
+}
+
+fn malformed(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} is not a kept upload (no valid header)", path.display()),
+    )
+}
+
+fn invalid_name(name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("no plugin is named {name:?}"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn a_refused_upload_puts_back_the_file_and_its_time() {
+    fn an_upload_keeps_what_it_replaced_and_a_refused_one_is_put_back() {
         let dir = tempfile::tempdir().unwrap();
         let uploads = Uploads::open(&dir.path().join("uploads")).unwrap();
-        assert!(uploads.store("a", b"one").unwrap().is_none());
-        let earlier = SystemTime::now() - Duration::from_secs(3600);
-        File::options()
-            .write(true)
-            .open(uploads.path("a"))
-            .unwrap()
-            .set_modified(earlier)
-            .unwrap();
-        let before = uploads.store("a", b"two").unwrap();
-        assert_ne!(uploads.modified("a").unwrap(), Some(earlier));
+        let hash = "ab".repeat(32);
+        assert!(uploads.store("a", Some(&hash), b"one").unwrap().is_none());
+        let before = uploads.store("a", None, b"two\nlines").unwrap();
+        assert_eq!(uploads.read("a").unwrap().unwrap().bytes, b"two\nlines");
+        assert_eq!(uploads.replaces("a").unwrap(), Some(None));
         uploads.restore("a", before).unwrap();
-        assert_eq!(std::fs::read(uploads.path("a")).unwrap(), b"one");
-        assert_eq!(uploads.modified("a").unwrap(), Some(earlier));
+        assert_eq!(uploads.read("a").unwrap().unwrap().bytes, b"one");
+        assert_eq!(uploads.replaces("a").unwrap(), Some(Some(hash)));
+        let [path] = &uploads.files().unwrap()[..] else {
+            panic!("one file");
+        };
+        assert_eq!(Uploads::name_of(path), Some("a"));
 
-        let before = uploads.store("b", b"new").unwrap();
+        let before = uploads.store("b", None, b"new").unwrap();
         uploads.restore("b", before).unwrap();
-        assert_eq!(uploads.modified("b").unwrap(), None);
+        assert!(uploads.read("b").unwrap().is_none());
         assert!(uploads.remove("a").unwrap());
         assert!(!uploads.remove("a").unwrap());
+    }
+
+    #[test]
+    fn names_no_plugin_can_have_reach_no_file() {
+        let root = tempfile::tempdir().unwrap();
+        let uploads = Uploads::open(&root.path().join("uploads")).unwrap();
+        let outside = root.path().join("outside.upload");
+        std::fs::write(&outside, b"x").unwrap();
+        for name in ["../outside", "/etc/passwd", "", "A"] {
+            assert!(!uploads.remove(name).unwrap(), "{name}");
+            assert!(uploads.read(name).unwrap().is_none(), "{name}");
+            assert!(uploads.store(name, None, b"x").is_err(), "{name}");
+        }
+        assert!(outside.exists());
+        std::fs::write(uploads.dir.join("bad.upload"), b"no header\n").unwrap();
+        let error = uploads.read("bad").err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
 }

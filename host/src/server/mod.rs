@@ -494,7 +494,8 @@ impl Server {
                 ..RuntimeConfig::default()
             },
         )?;
-        let uploads = plugin_dir::list(&data.join(UPLOADS))
+        let uploads = runtime
+            .kept_uploads()
             .with_context(|| format!("reading the uploaded plugins in {}", data.display()))?;
         let (plugins_loaded, loaded) =
             watch::channel(match (&config.plugins_dir, uploads.is_empty()) {
