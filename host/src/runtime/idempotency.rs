@@ -205,11 +205,13 @@ pub(super) fn check_same(
         .as_deref()
         .and_then(|metadata| serde_json::from_str::<RecordedUse>(metadata).ok());
     let same = |recorded: &RecordedUse| {
+        let canonical = || command_sha256(command, &canonical(&command.data));
         recorded.command_sha256 == command_sha256(command, &command.data)
-            || recorded
-                .canonical_command_sha256
-                .as_ref()
-                .is_some_and(|hash| *hash == command_sha256(command, &canonical(&command.data)))
+            || match &recorded.canonical_command_sha256 {
+                Some(hash) => *hash == canonical(),
+                // A few development builds recorded the canonical hash as `command_sha256`.
+                None => recorded.command_sha256 == canonical(),
+            }
     };
     match recorded {
         Some(recorded) if !same(&recorded) => Err(RuntimeError::KeyReused {
