@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::error::RuntimeError;
 use super::registry::{FileInstall, Runtime};
 use super::uploads::Uploads;
+use sha2::Digest;
 
 /// How long the directory must be quiet before a change is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(400);
@@ -105,13 +106,11 @@ impl Read {
     }
 }
 
-/// Where a plugin file lies, and when it is read.
+/// Where a plugin file lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// The plugins directory, at start: its build is passed over if it is the one the
-    /// plugin's kept upload replaced (see [`Runtime::install_file`]).
-    DirectoryAtStart,
-    /// The plugins directory, changed while serving: its build replaces a kept upload.
+    /// The plugins directory: its build replaces the plugin's kept upload, unless that
+    /// replaced this very file (see [`Runtime::install_file`]).
     Directory,
     /// The uploads kept in the data directory (see [`Runtime::install_upload`]).
     Uploads,
@@ -135,7 +134,7 @@ pub async fn load_all(
     }
     let placed = files
         .iter()
-        .map(|path| (path, Place::DirectoryAtStart))
+        .map(|path| (path, Place::Directory))
         .chain(uploads.iter().map(|path| (path, Place::Uploads)));
     let placed: Vec<(&PathBuf, Place)> = placed.collect();
     for (path, place) in &placed {
@@ -201,15 +200,25 @@ async fn load_stage(
             }
         };
         let (plugin, origin) = fallback;
-        match runtime.install(plugin, &origin) {
-            Ok(info) => {
-                tracing::warn!(file = %origin, plugin = %info.name, "the upload kept did not load: the plugins directory's build serves");
-                loaded += 1;
-            }
-            Err(error) => tracing::error!(file = %origin, %error, "plugin file refused"),
-        }
+        loaded += usize::from(fall_back(runtime, plugin, &origin).await);
     }
     loaded
+}
+
+/// Installs a directory file's build passed over for a kept upload that did not load, unless
+/// a build of the plugin serves by now; whether it was installed.
+async fn fall_back(runtime: &Arc<Runtime>, plugin: Arc<super::Plugin>, origin: &str) -> bool {
+    match runtime.install_fallback(plugin, origin).await {
+        Ok(Some(info)) => {
+            tracing::warn!(file = %origin, plugin = %info.name, "the upload kept did not load: the plugins directory's build serves");
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            tracing::error!(file = %origin, %error, "plugin file refused");
+            false
+        }
+    }
 }
 
 /// Whether the file at `path` is a projection, as far as its declared world tells without
@@ -217,7 +226,7 @@ async fn load_stage(
 async fn is_projection(path: &Path, place: Place) -> bool {
     let read = match place {
         Place::Uploads => Uploads::read_file(path).map(|kept| kept.bytes),
-        Place::Directory | Place::DirectoryAtStart => std::fs::read(path),
+        Place::Directory => std::fs::read(path),
     };
     let Ok(bytes) = read else {
         return false;
@@ -296,14 +305,14 @@ fn is_plugin(path: &Path) -> bool {
 }
 
 /// A plugin file's name, which names it in `GET /plugins` and in errors; an upload's is
-/// `uploads/NAME.wasm`.
+/// `uploads/NAME.upload`.
 fn origin(path: &Path, place: Place) -> String {
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
     match place {
-        Place::Directory | Place::DirectoryAtStart => name,
+        Place::Directory => name,
         Place::Uploads => format!("uploads/{name}"),
     }
 }
@@ -377,7 +386,12 @@ fn retry_later(
             }
             match attempt(&runtime, &path, place).await {
                 Attempt::MayPass => wait = (wait * 2).min(RETRY_LONGEST),
-                Attempt::Loaded | Attempt::Refused | Attempt::PassedOver(_) => return,
+                // Passed over for a kept upload: installed if that did not load meanwhile.
+                Attempt::PassedOver(plugin) => {
+                    fall_back(&runtime, plugin, &origin(&path, place)).await;
+                    return;
+                }
+                Attempt::Loaded | Attempt::Refused => return,
             }
         }
         tracing::error!(
@@ -393,7 +407,7 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
     let origin = origin(path, place);
     let read = match place {
         Place::Uploads => Uploads::read_file(path).map(|kept| (kept.bytes, Some(kept.digest))),
-        Place::Directory | Place::DirectoryAtStart => std::fs::read(path).map(|b| (b, None)),
+        Place::Directory => std::fs::read(path).map(|b| (b, None)),
     };
     let (bytes, digest) = match read {
         Ok(read) => read,
@@ -408,6 +422,9 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             return Attempt::Refused;
         }
     };
+    let file_hash = digest
+        .is_none()
+        .then(|| hex::encode(sha2::Sha256::digest(&bytes)));
     let plugin = match runtime.compile(bytes, &origin).await {
         Ok(plugin) => plugin,
         Err(error) => return refused(&origin, error),
@@ -420,8 +437,8 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             Err(error) => Err(error),
         },
         None => {
-            let at_start = place == Place::DirectoryAtStart;
-            match runtime.install_file(plugin, &origin, at_start).await {
+            let file_hash = file_hash.unwrap_or_default();
+            match runtime.install_file(plugin, &origin, file_hash).await {
                 Ok(FileInstall::Installed(info)) => Ok(info),
                 Ok(FileInstall::PassedOver(plugin)) => return Attempt::PassedOver(plugin),
                 Err(error) => Err(error),

@@ -160,6 +160,9 @@ pub struct Runtime {
     compiling: Mutex<Vec<(String, usize, Option<Instant>)>>,
     /// The uploads kept for the next start.
     uploads: Option<Uploads>,
+    /// By plugin, the SHA-256 of the plugins directory file whose build was last installed (or
+    /// passed over for a kept upload): what an upload of the plugin replaces.
+    directory_builds: Mutex<BTreeMap<String, String>>,
     /// Held while an upload is stored and installed, a directory file's build installed and
     /// the upload it supersedes removed, or a plugin unloaded and its upload removed: the
     /// uploads kept and the builds serving change together.
@@ -193,6 +196,7 @@ impl Runtime {
             failures: RwLock::new(BTreeMap::new()),
             compiling: Mutex::new(Vec::new()),
             uploads,
+            directory_builds: Mutex::new(BTreeMap::new()),
             installing: tokio::sync::Mutex::new(()),
         }))
     }
@@ -311,7 +315,11 @@ impl Runtime {
     /// A refused new version of a loaded plugin (`name.wasm` or an upload named
     /// `name`) is reported on that plugin; anything else by origin.
     fn record_failure(&self, origin: &str, error: &RuntimeError) {
-        let name = origin.strip_suffix(".wasm").unwrap_or(origin);
+        let file = origin.strip_prefix("uploads/").unwrap_or(origin);
+        let name = file
+            .strip_suffix(".wasm")
+            .or_else(|| file.strip_suffix(".upload"))
+            .unwrap_or(file);
         let mut plugins = self.plugins.write().expect("plugin table lock");
         match plugins.get_mut(name) {
             Some(slot) if slot.entry.is_some() => slot.last_error = Some(error.to_string()),
@@ -350,15 +358,20 @@ impl Runtime {
         let Some(uploads) = self.uploads.clone() else {
             return self.install(plugin, &name);
         };
-        // The build of the plugins directory this upload replaces: the one an earlier upload
-        // replaced, or the one serving now.
-        let serving = self.info(&name).ok().map(|info| info.hash);
+        // The file of the plugins directory this upload replaces: the one an earlier upload
+        // replaced, or the last one installed.
+        let directory = self
+            .directory_builds
+            .lock()
+            .expect("builds lock")
+            .get(&name)
+            .cloned();
         let before = {
             let (uploads, name) = (uploads.clone(), name.clone());
             super::blocking(move || {
                 let replaces = match uploads.replaces(&name) {
                     Ok(Some(replaced)) => replaced,
-                    Ok(None) => serving,
+                    Ok(None) => directory,
                     Err(error) => return Err(kept(&name, "reading", &error)),
                 };
                 uploads
@@ -383,20 +396,21 @@ impl Runtime {
         installed
     }
 
-    /// Installs the build of a file of the plugins directory, and removes the kept upload of
-    /// the same plugin, which it replaces. At start (`at_start`) a file that is the build the
-    /// upload replaced is passed over instead: the upload was deployed after it.
+    /// Installs the build of a file of the plugins directory whose bytes have the SHA-256
+    /// `file_hash`, and removes the kept upload of the same plugin, which it replaces; unless
+    /// that upload replaced this very file (also copied again since): then the file's build is
+    /// passed over, as the upload was deployed after it.
     pub async fn install_file(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         origin: &str,
-        at_start: bool,
+        file_hash: String,
     ) -> Result<FileInstall, RuntimeError> {
         let _turn = self.installing.lock().await;
+        let name = plugin.name().to_owned();
         let Some(uploads) = self.uploads.clone() else {
             return self.install(plugin, origin).map(FileInstall::Installed);
         };
-        let name = plugin.name().to_owned();
         let replaced = {
             let (uploads, name) = (uploads.clone(), name.clone());
             super::blocking(move || {
@@ -406,15 +420,16 @@ impl Runtime {
             })
             .await?
         };
-        if at_start
-            && replaced
-                .as_ref()
-                .is_some_and(|r| r.as_ref() == Some(&plugin.hash))
+        if replaced
+            .as_ref()
+            .is_some_and(|r| r.as_ref() == Some(&file_hash))
         {
+            self.note_directory_build(&name, file_hash);
             tracing::info!(plugin = %name, file = %origin, "passed over for the upload kept, deployed after it");
             return Ok(FileInstall::PassedOver(plugin));
         }
         let info = self.install(plugin, origin)?;
+        self.note_directory_build(&name, file_hash);
         if replaced.is_some() {
             let name_ = name.clone();
             let removed = super::blocking(move || {
@@ -433,6 +448,25 @@ impl Runtime {
             }
         }
         Ok(FileInstall::Installed(info))
+    }
+
+    fn note_directory_build(&self, name: &str, file_hash: String) {
+        let mut builds = self.directory_builds.lock().expect("builds lock");
+        builds.insert(name.to_owned(), file_hash);
+    }
+
+    /// Installs a directory file's build passed over for a kept upload that did not load,
+    /// unless a build of the plugin serves by now.
+    pub async fn install_fallback(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        origin: &str,
+    ) -> Result<Option<PluginInfo>, RuntimeError> {
+        let _turn = self.installing.lock().await;
+        if self.info(plugin.name()).is_ok() {
+            return Ok(None);
+        }
+        self.install(plugin, origin).map(Some)
     }
 
     /// Installs the build of a kept upload whose file read `digest`, unless the file changed
@@ -773,8 +807,20 @@ impl Runtime {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
         let old = self.projection(name)?;
         old.stop().await;
-        if let Err(error) = old.save_checkpoint(&self.journal).await {
-            tracing::warn!(plugin = %name, %error, "no checkpoint before the restart");
+        // Tried a few times: besides the state, it is the write the new run's reads must
+        // follow (see `save_checkpoint`).
+        let mut pause = std::time::Duration::from_millis(100);
+        for tries_left in (0..5).rev() {
+            match old.save_checkpoint(&self.journal).await {
+                Ok(()) => break,
+                Err(error) if tries_left == 0 => {
+                    tracing::warn!(plugin = %name, %error, "no checkpoint before the restart");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
         let fresh = Arc::new(self.start_projection(old.plugin().clone(), false));
         {

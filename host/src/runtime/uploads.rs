@@ -1,20 +1,21 @@
 //! Uploaded plugins kept in the data directory, so that a restart loads them again (KurrentDB
 //! keeps the projections created through its API the same way).
 //!
-//! Each upload is one file, `NAME.upload`: a header line naming the plugins directory's build
-//! it replaced, then the component as uploaded:
+//! Each upload is one file, `NAME.upload`: a header line naming the plugins directory's file it
+//! replaced, then the component as uploaded:
 //!
 //! ```text
-//! foldhost-upload 1 replaces=<content hash of that build, or "none">\n<component bytes>
+//! foldhost-upload 1 replaces=<SHA-256 of that file's bytes, or "none">\n<component bytes>
 //! ```
 //!
 //! An upload is stored before it is installed, so a plugin that answered an upload loads
 //! again after a restart, even after `kill -9` or a power cut; unloading the plugin removes
-//! it. The last build deployed wins: at start, a file of the plugins directory that loads as
-//! the same plugin is passed over if it is the build the upload replaced, and replaces the
-//! upload (which is removed) if it is another one, deployed since. While serving, a file of
-//! the directory that changes replaces the upload. No clock is compared: copies, `chmod` and
-//! clock steps cannot make an old file look new.
+//! it. The last build deployed wins: a file of the plugins directory that loads as the same
+//! plugin, at start or while serving, is passed over if it is the file the upload replaced
+//! (also copied again since), and replaces the upload (which is removed) if it is another one,
+//! deployed since. No clock is compared: copies, `chmod` and clock steps cannot make an old
+//! file look new, and a host upgrade that compiles a file into another component does not
+//! make it another file.
 
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -159,7 +160,9 @@ fn header(line: &[u8]) -> Option<Option<String>> {
     let replaces = std::str::from_utf8(line).ok()?.strip_prefix(MAGIC)?;
     match replaces {
         NONE => Some(None),
-        hash if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+        hash if hash.len() == 64
+            && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
             Some(Some(hash.to_owned()))
         }
         _ => None,
