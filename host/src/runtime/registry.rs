@@ -366,30 +366,15 @@ impl Runtime {
             .expect("builds lock")
             .get(&name)
             .cloned();
-        let before = {
-            let (uploads, name) = (uploads.clone(), name.clone());
-            super::blocking(move || {
-                let replaces = match uploads.replaces(&name) {
-                    Ok(Some(replaced)) => replaced,
-                    Ok(None) => directory,
-                    Err(error) => return Err(kept(&name, "reading", &error)),
-                };
-                uploads
-                    .store(&name, replaces.as_deref(), &bytes)
-                    .map_err(|error| kept(&name, "storing", &error))
-            })
-            .await?
-        };
+        let before = on_kept(&uploads, &name, "storing", move |uploads, name| {
+            let replaces = uploads.replaces(name)?.unwrap_or(directory);
+            uploads.store(name, replaces.as_deref(), &bytes)
+        })
+        .await?;
         let installed = self.install(plugin, &name);
         if installed.is_err() {
-            let name_ = name.clone();
-            let restored = super::blocking(move || {
-                uploads
-                    .restore(&name_, before)
-                    .map_err(|error| kept(&name_, "putting back", &error))
-            })
-            .await;
-            if let Err(error) = restored {
+            let restore = move |uploads: &Uploads, name: &str| uploads.restore(name, before);
+            if let Err(error) = on_kept(&uploads, &name, "putting back", restore).await {
                 tracing::error!(plugin = %name, %error, "the refused upload may load at the next start");
             }
         }
@@ -411,15 +396,7 @@ impl Runtime {
         let Some(uploads) = self.uploads.clone() else {
             return self.install(plugin, origin).map(FileInstall::Installed);
         };
-        let replaced = {
-            let (uploads, name) = (uploads.clone(), name.clone());
-            super::blocking(move || {
-                uploads
-                    .replaces(&name)
-                    .map_err(|error| kept(&name, "reading", &error))
-            })
-            .await?
-        };
+        let replaced = on_kept(&uploads, &name, "reading", |u, n| u.replaces(n)).await?;
         if replaced
             .as_ref()
             .is_some_and(|r| r.as_ref() == Some(&file_hash))
@@ -431,14 +408,7 @@ impl Runtime {
         let info = self.install(plugin, origin)?;
         self.note_directory_build(&name, file_hash);
         if replaced.is_some() {
-            let name_ = name.clone();
-            let removed = super::blocking(move || {
-                uploads
-                    .remove(&name_)
-                    .map_err(|error| kept(&name_, "removing", &error))
-            })
-            .await;
-            match removed {
+            match on_kept(&uploads, &name, "removing", |u, n| u.remove(n)).await {
                 Ok(_) => {
                     tracing::info!(plugin = %name, file = %origin, "the plugins directory's file replaces the upload kept")
                 }
@@ -479,14 +449,8 @@ impl Runtime {
         digest: [u8; 32],
     ) -> Result<Option<PluginInfo>, RuntimeError> {
         let _turn = self.installing.lock().await;
-        if let Some(uploads) = self.uploads.clone() {
-            let name = plugin.name().to_owned();
-            let now = super::blocking(move || {
-                uploads
-                    .read(&name)
-                    .map_err(|error| kept(&name, "reading", &error))
-            })
-            .await?;
+        if let Some(uploads) = &self.uploads {
+            let now = on_kept(uploads, plugin.name(), "reading", |u, n| u.read(n)).await?;
             if now.is_none_or(|now| now.digest != digest) {
                 tracing::info!(plugin = %plugin.name(), file = %origin, "not installed: the upload changed or was removed meanwhile");
                 return Ok(None);
@@ -677,16 +641,8 @@ impl Runtime {
         let turn = self.installing.lock().await;
         // First, so that a plugin unloaded never comes back at the next start; an upload kept
         // that did not load (refused at start) is removed all the same.
-        let removed = match self.uploads.clone() {
-            Some(uploads) => {
-                let name = name.to_owned();
-                super::blocking(move || {
-                    uploads
-                        .remove(&name)
-                        .map_err(|error| kept(&name, "removing", &error))
-                })
-                .await?
-            }
+        let removed = match &self.uploads {
+            Some(uploads) => on_kept(uploads, name, "removing", |u, n| u.remove(n)).await?,
             None => false,
         };
         let slot = {
@@ -1071,10 +1027,23 @@ fn info(slot: &Slot, policy: &watch::Sender<FailurePolicy>) -> Option<PluginInfo
     Some(info)
 }
 
-/// A failure `doing` the kept upload of `name` (see [`Uploads`]).
-fn kept(name: &str, doing: &str, error: &std::io::Error) -> RuntimeError {
-    RuntimeError::HostFault {
-        origin: name.to_owned(),
-        fault: super::HostFault::io(format!("{doing} the upload kept for the next start"), error),
-    }
+/// Runs `work` on the upload kept of `name` on the blocking pool; its failure is the host's,
+/// `doing` that upload (see [`Uploads`]).
+async fn on_kept<T: Send + 'static>(
+    uploads: &Uploads,
+    name: &str,
+    doing: &'static str,
+    work: impl FnOnce(&Uploads, &str) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    let (uploads, name) = (uploads.clone(), name.to_owned());
+    super::blocking(move || {
+        work(&uploads, &name).map_err(|error| RuntimeError::HostFault {
+            origin: name.clone(),
+            fault: super::HostFault::io(
+                format!("{doing} the upload kept for the next start"),
+                &error,
+            ),
+        })
+    })
+    .await
 }
