@@ -231,6 +231,12 @@ async fn an_upload_outlives_a_restart_until_unloaded_or_replaced() {
     std::fs::write(&kept, broken).unwrap();
     let server = Server::start(&dirs, Some(TOKEN));
     assert_eq!(hash_of(&http, &server, "bank-analytics").await, v1);
+
+    // Nor does one whose header cannot be read stand in the directory's way.
+    assert!(server.terminate().success());
+    std::fs::write(&kept, b"damaged").unwrap();
+    let server = Server::start(&dirs, Some(TOKEN));
+    assert_eq!(hash_of(&http, &server, "bank-analytics").await, v1);
 }
 
 async fn delete_plugin(http: &Client, server: &Server, name: &str, status: u16) {

@@ -396,7 +396,15 @@ impl Runtime {
         let Some(uploads) = self.uploads.clone() else {
             return self.install(plugin, origin).map(FileInstall::Installed);
         };
-        let replaced = on_kept(&uploads, &name, "reading", |u, n| u.replaces(n)).await?;
+        // An upload whose header cannot be read does not stand in the file's way (it fails to
+        // load anyway): the file's build serves.
+        let replaced = match on_kept(&uploads, &name, "reading", |u, n| u.replaces(n)).await {
+            Ok(replaced) => replaced,
+            Err(error) => {
+                tracing::error!(file = %origin, %error, "the upload kept is unreadable: the plugins directory's file serves");
+                None
+            }
+        };
         if replaced
             .as_ref()
             .is_some_and(|r| r.as_ref() == Some(&file_hash))

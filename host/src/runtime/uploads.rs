@@ -5,7 +5,7 @@
 //! replaced, then the component as uploaded:
 //!
 //! ```text
-//! foldhost-upload 1 replaces=<SHA-256 of that file's bytes, or "none">\n<component bytes>
+//! foldhost-upload 2 replaces=<SHA-256 of that file's bytes, or "none">\n<component bytes>
 //! ```
 //!
 //! An upload is stored before it is installed, so a plugin that answered an upload loads
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 /// The start of every kept upload's header.
-const MAGIC: &str = "foldhost-upload 1 replaces=";
+const MAGIC: &str = "foldhost-upload 2 replaces=";
 /// What the header says when the upload replaced no build of the plugins directory.
 const NONE: &str = "none";
 /// The longest header read: the magic and a hex SHA-256.
