@@ -224,14 +224,12 @@ async fn fall_back(runtime: &Arc<Runtime>, plugin: Arc<super::Plugin>, origin: &
 /// Whether the file at `path` is a projection, as far as its declared world tells without
 /// compiling it. A file that cannot be read or checked counts as not one: it loads early.
 async fn is_projection(path: &Path, place: Place) -> bool {
-    let read = match place {
-        Place::Uploads => Uploads::read_file(path).map(|kept| kept.bytes),
-        Place::Directory => std::fs::read(path),
-    };
-    let Ok(bytes) = read else {
-        return false;
-    };
+    let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
+        let bytes = match place {
+            Place::Uploads => Uploads::read_file(&path).ok()?.bytes,
+            Place::Directory => std::fs::read(&path).ok()?,
+        };
         let component = componentize::to_component(&bytes).ok()?;
         contract::check(&component).ok()
     })
@@ -338,7 +336,7 @@ async fn load_file(
 /// How one load of a plugin file ended.
 enum Attempt {
     Loaded,
-    /// A directory file's build, passed over at start for the plugin's kept upload.
+    /// A directory file's build, passed over for the plugin's kept upload.
     PassedOver(Arc<super::Plugin>),
     /// The file is not a plugin this host loads, or the host failed for good.
     Refused,
@@ -402,14 +400,34 @@ fn retry_later(
     });
 }
 
+/// What tells a plugin file read from others (see [`read_plugin`]).
+enum Identity {
+    /// A directory file's SHA-256, in hex: what a kept upload records it replaced.
+    File(String),
+    /// A kept upload file's SHA-256: whether it is still the file read.
+    Upload([u8; 32]),
+}
+
+/// The component in the plugin file at `path`, and its identity, read on the blocking pool.
+async fn read_plugin(path: &Path, place: Place) -> std::io::Result<(Vec<u8>, Identity)> {
+    let path = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || match place {
+        Place::Uploads => {
+            Uploads::read_file(&path).map(|kept| (kept.bytes, Identity::Upload(kept.digest)))
+        }
+        Place::Directory => std::fs::read(&path).map(|bytes| {
+            let hash = hex::encode(sha2::Sha256::digest(&bytes));
+            (bytes, Identity::File(hash))
+        }),
+    });
+    read.await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+}
+
 /// One load of the file at `path`, logged.
 async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
     let origin = origin(path, place);
-    let read = match place {
-        Place::Uploads => Uploads::read_file(path).map(|kept| (kept.bytes, Some(kept.digest))),
-        Place::Directory => std::fs::read(path).map(|b| (b, None)),
-    };
-    let (bytes, digest) = match read {
+    let (bytes, identity) = match read_plugin(path, place).await {
         Ok(read) => read,
         Err(error) if place == Place::Uploads && error.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(file = %origin, "the upload was removed meanwhile");
@@ -422,28 +440,22 @@ async fn attempt(runtime: &Arc<Runtime>, path: &Path, place: Place) -> Attempt {
             return Attempt::Refused;
         }
     };
-    let file_hash = digest
-        .is_none()
-        .then(|| hex::encode(sha2::Sha256::digest(&bytes)));
     let plugin = match runtime.compile(bytes, &origin).await {
         Ok(plugin) => plugin,
         Err(error) => return refused(&origin, error),
     };
-    let installed = match digest {
-        Some(digest) => match runtime.install_kept(plugin, &origin, digest).await {
+    let installed = match identity {
+        Identity::Upload(digest) => match runtime.install_kept(plugin, &origin, digest).await {
             Ok(Some(info)) => Ok(info),
             // Passed over (logged).
             Ok(None) => return Attempt::Refused,
             Err(error) => Err(error),
         },
-        None => {
-            let file_hash = file_hash.unwrap_or_default();
-            match runtime.install_file(plugin, &origin, file_hash).await {
-                Ok(FileInstall::Installed(info)) => Ok(info),
-                Ok(FileInstall::PassedOver(plugin)) => return Attempt::PassedOver(plugin),
-                Err(error) => Err(error),
-            }
-        }
+        Identity::File(hash) => match runtime.install_file(plugin, &origin, hash).await {
+            Ok(FileInstall::Installed(info)) => Ok(info),
+            Ok(FileInstall::PassedOver(plugin)) => return Attempt::PassedOver(plugin),
+            Err(error) => Err(error),
+        },
     };
     match installed {
         Ok(info) => {
