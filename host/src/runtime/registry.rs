@@ -771,20 +771,8 @@ impl Runtime {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
         let old = self.projection(name)?;
         old.stop().await;
-        // Tried a few times: besides the state, it is the write the new run's reads must
-        // follow (see `save_checkpoint`).
-        let mut pause = std::time::Duration::from_millis(100);
-        for tries_left in (0..5).rev() {
-            match old.save_checkpoint(&self.journal).await {
-                Ok(()) => break,
-                Err(error) if tries_left == 0 => {
-                    tracing::warn!(plugin = %name, %error, "no checkpoint before the restart");
-                }
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
+        if let Err(error) = old.save_checkpoint(&self.journal).await {
+            tracing::warn!(plugin = %name, %error, "no checkpoint before the restart");
         }
         let fresh = Arc::new(self.start_projection(old.plugin().clone(), false));
         {

@@ -13,14 +13,19 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use super::failure::{FailurePolicy, ParkReport};
+use super::failure::{FailurePolicy, ParkReport, backoff};
 use super::worker::{Control, Shared, Worker};
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus};
-use crate::journal::{Journal, ParkedEvent};
+use crate::journal::{Journal, JournalError, ParkedEvent};
 use crate::runtime::blocking;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::plugin::Plugin;
 use crate::runtime::upcast::UpcasterChain;
+
+/// Writes of the checkpoint a stopped run stores, at most (see `save_checkpoint`).
+const SAVE_TRIES: u32 = 5;
+/// The first pause between two of them; it doubles after each.
+const SAVE_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a query waits for its turn before it is refused.
 pub(in crate::runtime) const QUERY_WAIT: Duration = Duration::from_secs(10);
@@ -243,13 +248,29 @@ impl ProjectionRunner {
             Err(error) => Err(error),
         })
         .await?;
-        match saved {
-            Some((saved, pending)) => self.shared.checkpoint(journal, saved, pending).await?,
-            // Still a write: it lands behind any the stopped task left queued, so a run started
-            // after this reads what they wrote.
-            None => journal.unpark(&self.shared.key, Vec::new()).await?,
+        // Tried a few times: besides the state, it is the write a run started after this must
+        // follow (it lands behind any the stopped task left queued).
+        let mut attempt = 0;
+        loop {
+            let written = match &saved {
+                Some((saved, pending)) => {
+                    let (saved, pending) = (saved.clone(), pending.clone());
+                    self.shared.checkpoint(journal, saved, pending).await
+                }
+                // Nothing to save, but still a write for the next run's reads to follow.
+                None => journal.unpark(&self.shared.key, Vec::new()).await,
+            };
+            attempt += 1;
+            match written {
+                Ok(()) => return Ok(()),
+                // A journal that stopped (shut, or failed for good) takes no retry.
+                Err(error @ (JournalError::Closed | JournalError::Faulted(_))) => {
+                    return Err(error.into());
+                }
+                Err(error) if attempt == SAVE_TRIES => return Err(error.into()),
+                Err(_) => tokio::time::sleep(backoff(attempt, SAVE_PAUSE)).await,
+            }
         }
-        Ok(())
     }
 
     /// Stops the background task and waits until it has let go of the journal.
