@@ -1330,3 +1330,82 @@ async fn an_upcaster_store_whose_plugin_refused_an_event_goes_back_to_the_pool()
     }
     assert_eq!(memory.used(), idle, "the trapped store was kept");
 }
+
+/// An unload that drops a projection's data while a restart of it saves its checkpoint writes
+/// none of it back: whichever goes first, the build's next load starts from position 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_racing_an_unload_that_drops_the_data_leaves_none_of_it() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    for round in 0..6 {
+        host.command(
+            "bank-account",
+            &format!("r{round}"),
+            "Open",
+            json!({"owner": "ada"}),
+        )
+        .await
+        .unwrap();
+        host.load("bank-analytics").await;
+        let analytics = host.runtime.projection("bank-analytics").unwrap();
+        wait_until_live_at(&analytics, host.runtime.journal().head_position()).await;
+        let hash = analytics.plugin().hash.clone();
+        drop(analytics);
+
+        let (unloaded, restarted) = if round % 2 == 0 {
+            tokio::join!(
+                host.runtime.unload("bank-analytics", true),
+                host.runtime.restart("bank-analytics"),
+            )
+        } else {
+            let (restarted, unloaded) = tokio::join!(
+                host.runtime.restart("bank-analytics"),
+                host.runtime.unload("bank-analytics", true),
+            );
+            (unloaded, restarted)
+        };
+        unloaded.unwrap();
+        if let Err(error) = restarted {
+            assert!(matches!(error, RuntimeError::UnknownPlugin(_)), "{error}");
+        }
+        let checkpoint = host.runtime.journal().checkpoint(&hash).unwrap();
+        assert!(
+            checkpoint.is_none(),
+            "round {round}: a checkpoint came back"
+        );
+    }
+}
+
+/// A restart whose caller goes away after its first step (a client hanging up) still ends
+/// with a run folding for the projection, not with the old one stopped and nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_abandoned_half_way_still_leaves_the_projection_folding() {
+    let host = Host::new();
+    host.load("bank-account").await;
+    host.load("bank-analytics").await;
+    host.command("bank-account", "a1", "Open", json!({"owner": "ada"}))
+        .await
+        .unwrap();
+    let before = host.runtime.projection("bank-analytics").unwrap();
+    wait_until_live_at(&before, host.runtime.journal().head_position()).await;
+    drop(before);
+    {
+        // Polled once, far enough to stop the running fold, then dropped.
+        let mut restart = std::pin::pin!(host.runtime.restart("bank-analytics"));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(restart.as_mut().poll(&mut context).is_pending());
+    }
+    host.command("bank-account", "a2", "Open", json!({"owner": "bob"}))
+        .await
+        .unwrap();
+    let head = host.runtime.journal().head_position();
+    let after = wait_for(|| {
+        let runner = host.runtime.projection("bank-analytics").ok()?;
+        let live =
+            matches!(runner.status(), ProjectionStatus::Live { position } if position >= head);
+        live.then_some(runner)
+    })
+    .await;
+    let (_, state) = after.state().await.unwrap().unwrap();
+    assert_eq!(state["open_accounts"], json!(2), "{state}");
+}

@@ -49,6 +49,18 @@ pub use registry::{
 pub use sandbox::MemoryBudget;
 pub use upcast::{Upcaster, UpcasterChain};
 
+/// Runs `work` on a task of its own, to its end even if the caller stops waiting (a client
+/// hanging up), inside the caller's tracing span: a change to the plugins left half way could
+/// leave a projection stopped with no run after it, or an upload kept for a build not serving.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+}
+
 /// Runs plugin calls and journal reads on the blocking pool, off the async
 /// workers, inside the caller's tracing span (so plugin logs carry it).
 async fn blocking<T: Send + 'static>(

@@ -165,7 +165,7 @@ pub struct Runtime {
     directory_builds: Mutex<BTreeMap<String, String>>,
     /// Held while an upload is stored and installed, a directory file's build installed and
     /// the upload it supersedes removed, or a plugin unloaded and its upload removed: the
-    /// uploads kept and the builds serving change together.
+    /// uploads kept and the builds serving change together; and while a projection restarts.
     installing: tokio::sync::Mutex<()>,
 }
 
@@ -236,19 +236,20 @@ impl Runtime {
     /// [`PluginInfo::last_error`]). Install it with [`install`](Self::install).
     pub async fn compile(
         self: &Arc<Self>,
-        bytes: Vec<u8>,
+        bytes: impl AsRef<[u8]> + Send + 'static,
         origin: &str,
     ) -> Result<Arc<Plugin>, RuntimeError> {
+        let len = bytes.as_ref().len();
         let engine = self.engine.clone();
         let origin_ = origin.to_owned();
         let started = Some(Instant::now());
         {
             let mut compiling = self.compiling.lock().expect("compiling lock");
             compiling.retain(|(o, _, s)| !(o == origin && s.is_none()));
-            compiling.push((origin.to_owned(), bytes.len(), started));
+            compiling.push((origin.to_owned(), len, started));
         }
         let loaded = super::blocking(move || {
-            let loaded = Plugin::load(&engine, &bytes, &origin_);
+            let loaded = Plugin::load(&engine, bytes.as_ref(), &origin_);
             crate::allocator::release_free_memory();
             loaded
         })
@@ -646,7 +647,12 @@ impl Runtime {
     /// the journal (a later load of the same build resumes from them) unless
     /// `drop_data` is set.
     pub async fn unload(self: &Arc<Self>, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
-        let turn = self.installing.lock().await;
+        let (runtime, name) = (self.clone(), name.to_owned());
+        super::to_the_end(async move { runtime.unload_now(&name, drop_data).await }).await
+    }
+
+    async fn unload_now(self: &Arc<Self>, name: &str, drop_data: bool) -> Result<(), RuntimeError> {
+        let _turn = self.installing.lock().await;
         // First, so that a plugin unloaded never comes back at the next start; an upload kept
         // that did not load (refused at start) is removed all the same.
         let removed = match &self.uploads {
@@ -684,13 +690,13 @@ impl Runtime {
                 hashes
             }
         };
-        drop(turn);
-        tracing::info!(plugin = %name, drop_data, "unloaded plugin");
+        // Still under the turn: a load of the same build does not resume from data about to go.
         if drop_data {
             for hash in hashes {
                 self.journal.delete_plugin_data(&hash).await?;
             }
         }
+        tracing::info!(plugin = %name, drop_data, "unloaded plugin");
         Ok(())
     }
 
@@ -769,6 +775,14 @@ impl Runtime {
     /// Restarts projection `name` from its checkpoint: a stopped (faulted) one tries its
     /// failing event again, under the current policy.
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
+        let (runtime, name) = (self.clone(), name.to_owned());
+        super::to_the_end(async move { runtime.restart_now(&name).await }).await
+    }
+
+    async fn restart_now(self: &Arc<Self>, name: &str) -> Result<PluginInfo, RuntimeError> {
+        // Under the install turn: an unload that drops the plugin's data cannot come between
+        // the stop and the checkpoint saved after it, which would write that data back.
+        let _turn = self.installing.lock().await;
         let old = self.projection(name)?;
         old.stop().await;
         if let Err(error) = old.save_checkpoint(&self.journal).await {
@@ -964,8 +978,12 @@ impl Runtime {
                 Ok(ProjectionStatus::Live { .. }) => {
                     tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
                     let old = std::mem::replace(active, pending.clone());
-                    // A reset of the same build writes its records once the old run stopped.
+                    // A reset of the same build writes its records once the old run stopped;
+                    // under the install turn, so a restart's checkpoint of the old run cannot
+                    // land after them.
+                    let turn = runtime.clone();
                     tokio::spawn(async move {
+                        let _turn = turn.installing.lock().await;
                         old.stop().await;
                         pending.adopt().await;
                     });

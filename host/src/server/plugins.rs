@@ -15,7 +15,7 @@ use super::bodies::BodyHold;
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use crate::journal::ParkedEvent;
-use crate::runtime::{CompilingInfo, FailurePolicy, ParkReport, PluginInfo};
+use crate::runtime::{CompilingInfo, FailurePolicy, ParkReport, PluginInfo, to_the_end};
 
 /// Proof that a request carries the configured admin token (`Authorization: Bearer <token>`).
 pub struct Admin;
@@ -94,9 +94,9 @@ pub async fn put(
     // leaves (so the upload kept for the next start is the build serving), holding the body's
     // share of the body budget until then.
     let runtime = state.runtime.clone();
-    let installed = tokio::spawn(async move {
+    let installed = to_the_end(async move {
         let _hold = hold;
-        let plugin = runtime.compile(Vec::from(bytes.clone()), &name).await?;
+        let plugin = runtime.compile(bytes.clone(), &name).await?;
         if plugin.name() != name {
             return Err(ApiError::bad_request(format!(
                 "the component describes itself as {:?}, not {name:?}; upload it to /plugins/{}",
@@ -106,10 +106,7 @@ pub async fn put(
         }
         Ok(runtime.install_upload(plugin, bytes).await?)
     });
-    let info = installed
-        .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
-    Ok(Json(info))
+    Ok(Json(installed.await?))
 }
 
 /// `?drop_data=true` also deletes the plugin's snapshots and checkpoints.
