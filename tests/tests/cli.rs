@@ -593,6 +593,37 @@ fn offline_subcommands_replay_export_and_import_a_data_directory() {
     assert_eq!(state["state"]["balance"], 20);
 }
 
+/// A stream's events of one millisecond are imported as appends that each keep to the
+/// journal's append limit (64 MiB), though the lines together hold more.
+#[test]
+fn an_import_splits_what_one_append_could_not_hold() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("large.ndjson");
+    let mut lines = std::io::BufWriter::new(std::fs::File::create(&export).unwrap());
+    // Each event within the 1 MiB limit of one event; 70 of them past 64 MiB.
+    let text = "x".repeat(999_000);
+    let events = 70;
+    for version in 1..=events {
+        let event = json!({
+            "position": version, "stream": "notes-1", "version": version,
+            "id": uuid::Uuid::new_v4(), "type": "Noted", "content_type": "json",
+            "data": text, "metadata": null, "recorded_at": 1_700_000_000_000u64,
+        });
+        writeln!(lines, "{event}").unwrap();
+    }
+    lines.flush().unwrap();
+    drop(lines);
+    let data = dir.path().join("data").display().to_string();
+    let url = "http://127.0.0.1:9";
+    ok(
+        url,
+        &["import", &export.display().to_string(), "--data", &data],
+    );
+    let exported = ok(url, &["export", "--data", &data]);
+    assert_eq!(exported.lines().count(), events, "every event imported");
+}
+
 #[test]
 fn help_is_there_and_usage_errors_exit_with_2() {
     let url = "http://127.0.0.1:9";

@@ -458,6 +458,8 @@ struct Batch {
     recorded_at: u64,
     events: Vec<NewEvent>,
     lines: Vec<usize>,
+    /// The events' sizes summed, as the journal's `max_append_bytes` counts them.
+    bytes: usize,
 }
 
 /// A queued append, with the id and line of each of its events.
@@ -524,14 +526,19 @@ impl Importer {
         event: NewEvent,
         line: usize,
     ) -> Result<(), Failed> {
+        // Each line passed the journal's checks alone; a batch stays within its append limit.
+        let max_bytes = self.journal.config().max_append_bytes;
+        let bytes = event.size();
         match &mut self.batch {
             Some(batch)
                 if batch.stream == stream
                     && batch.recorded_at == recorded_at
-                    && batch.events.len() < IMPORT_BATCH =>
+                    && batch.events.len() < IMPORT_BATCH
+                    && batch.bytes + bytes <= max_bytes =>
             {
                 batch.events.push(event);
                 batch.lines.push(line);
+                batch.bytes += bytes;
             }
             _ => {
                 self.flush().await?;
@@ -540,6 +547,7 @@ impl Importer {
                     recorded_at,
                     events: vec![event],
                     lines: vec![line],
+                    bytes,
                 });
             }
         }
@@ -554,6 +562,7 @@ impl Importer {
             recorded_at,
             events: batch,
             lines,
+            ..
         }) = self.batch.take()
         else {
             return Ok(());
