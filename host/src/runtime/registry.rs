@@ -165,7 +165,8 @@ pub struct Runtime {
     directory_builds: Mutex<BTreeMap<String, String>>,
     /// Held while an upload is stored and installed, a directory file's build installed and
     /// the upload it supersedes removed, or a plugin unloaded and its upload removed: the
-    /// uploads kept and the builds serving change together; and while a projection restarts.
+    /// uploads kept and the builds serving change together; and while a projection restarts
+    /// or a reset's rebuild takes over its build's records.
     installing: tokio::sync::Mutex<()>,
 }
 
