@@ -1376,6 +1376,73 @@ async fn a_restart_racing_an_unload_that_drops_the_data_leaves_none_of_it() {
     }
 }
 
+/// An unload that drops an aggregate's data while its commands are deciding leaves no
+/// snapshot of that build behind: a command finishing after the data went writes none back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_that_drops_the_data_while_commands_run_leaves_no_snapshot() {
+    const STREAMS: usize = 32;
+    let mut host = Host::with(RuntimeConfig {
+        aggregates: AggregateConfig {
+            snapshot_every: 1,
+            ..AggregateConfig::default()
+        },
+        ..config()
+    });
+    for round in 0..4 {
+        let host_ = Arc::new(host);
+        host_.load("bank-account").await;
+        let hash = host_
+            .runtime
+            .aggregate("bank-account")
+            .unwrap()
+            .hash
+            .clone();
+        let decided = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ids: Vec<String> = (0..STREAMS).map(|i| format!("r{round}-{i}")).collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (host, decided, id) = (host_.clone(), decided.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut command = ("Open", json!({"owner": "ada"}));
+                    // Until the plugin is gone.
+                    while host
+                        .command("bank-account", &id, command.0, command.1)
+                        .await
+                        .is_ok()
+                    {
+                        decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        command = ("Deposit", json!({"amount": 1}));
+                    }
+                })
+            })
+            .collect();
+        wait_for(|| {
+            (decided.load(std::sync::atomic::Ordering::Relaxed) >= 4 * STREAMS).then_some(())
+        })
+        .await;
+        host_.runtime.unload("bank-account", true).await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A restart waits for every write still holding the journal.
+        host = Arc::into_inner(host_).unwrap().restart().await;
+        for id in &ids {
+            let stream = format!("bank-account-{id}");
+            let snapshot = host
+                .runtime
+                .journal()
+                .latest_snapshot(&hash, &stream, u64::MAX)
+                .unwrap();
+            assert!(
+                snapshot.is_none(),
+                "round {round}: {stream} has a snapshot at version {} after its data was dropped",
+                snapshot.unwrap().0
+            );
+        }
+    }
+}
+
 /// A restart whose caller goes away after its first step (a client hanging up) still ends
 /// with a run folding for the projection, not with the old one stopped and nothing after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

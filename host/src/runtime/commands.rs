@@ -597,10 +597,12 @@ impl Driver {
             Ok(bytes) => {
                 let (journal, key, version) =
                     (self.journal.clone(), instance.state_key(), instance.version);
-                let stream = instance.stream().to_owned();
+                let (plugin, stream) = (instance.plugin().clone(), instance.stream().to_owned());
                 instance.snapshot_version = version;
                 tokio::spawn(async move {
-                    if let Err(error) = journal.put_snapshot(&key, &stream, version, bytes).await {
+                    let put = journal.put_snapshot(&key, &stream, version, bytes);
+                    // None once an unload dropped the build's data: the snapshot goes with it.
+                    if let Some(Err(error)) = plugin.data.write(put).await {
                         tracing::warn!(%error, %stream, version, "could not store snapshot");
                     }
                 });

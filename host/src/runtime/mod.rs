@@ -9,6 +9,7 @@ mod appends;
 mod bindings;
 mod cache;
 mod commands;
+mod data_gate;
 mod dehydrated;
 mod diff;
 mod engine;

@@ -13,6 +13,7 @@ use super::bindings::aggregate::{AggregatePlugin, AggregatePluginIndices};
 use super::bindings::projection::{ProjectionPlugin, ProjectionPluginIndices};
 use super::bindings::upcaster::{UpcasterPlugin, UpcasterPluginPre};
 use super::bindings::{AggregateExports, Exports, PluginData, ProjectionExports, packed, types};
+use super::data_gate::DataGate;
 use super::engine::{CompileError, PluginEngine};
 use super::error::RuntimeError;
 use super::footprint::Footprint;
@@ -129,6 +130,8 @@ pub struct Plugin {
     limits: Limits,
     /// Its log lines per second, shared by all its instances.
     log: Arc<LogBudget>,
+    /// What this load's snapshot writes pass through (closed when its data is dropped).
+    pub(crate) data: DataGate,
     pre: Pre,
 }
 
@@ -302,6 +305,7 @@ impl Plugin {
             subscription: Subscription::default(),
             engine: engine.clone(),
             log: Arc::new(LogBudget::new(origin, ceiling.log_lines_per_sec)),
+            data: DataGate::default(),
             limits: ceiling,
             pre,
         };

@@ -679,6 +679,10 @@ impl Runtime {
             Entry::Upcaster(_) => Vec::new(),
             Entry::Aggregate(plugin) => {
                 self.aggregates.evict_plugin(&plugin.hash);
+                if drop_data {
+                    // A command still deciding stores no snapshot after the delete below.
+                    plugin.data.close().await;
+                }
                 vec![plugin.hash.clone()]
             }
             Entry::Projection { active, pending } => {
