@@ -89,6 +89,25 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
     let server = Server::start(&dirs, Some(TOKEN));
     let client = Client::new();
 
+    // A build of bank-account uploaded over the plugins directory's, which only the backup's
+    // copy of the uploads brings back.
+    let response = client
+        .put(server.url("/plugins/bank-account"))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(foldhost_plugins::path("bank-account-v2")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, uploaded) = json(response).await;
+    assert_eq!((status, &uploaded["version"]), (200, &json!("1.1.0")));
+    // Uploads are the admin's: a plugin's code is not for every client to read.
+    for path in ["/admin/uploads", "/admin/uploads/bank-account"] {
+        assert_eq!(get(&client, &server, path).await.0, 401, "{path}");
+    }
+    let request = client.get(server.url("/admin/uploads/nothing"));
+    let (status, body) = json(request.bearer_auth(TOKEN).send().await.unwrap()).await;
+    assert_eq!(status, 404, "{body}");
+
     // An account with enough events for a snapshot, a projection past its first checkpoint,
     // a stream with retention rules and a soft-deleted one.
     let account = "/aggregates/bank-account/big/commands";
@@ -183,6 +202,11 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(backup_dir.join("backup.json")).unwrap()).unwrap();
     assert_eq!(manifest, report);
+    assert_eq!(report["uploads"], json!(["bank-account"]));
+    assert_eq!(
+        std::fs::read(backup_dir.join("uploads/bank-account.upload")).unwrap(),
+        std::fs::read(dirs.data.join("uploads/bank-account.upload")).unwrap()
+    );
     let position = report["position"].as_u64().unwrap();
     let (_, health) = get(&client, &server, "/health").await;
     let final_head = health["head_position"].as_u64().unwrap();
@@ -207,6 +231,17 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
     check_plugin_data(&restored_journal, &plugins).await;
 
     let copy = Server::start_with(&restored, Some(&dirs.plugins), None);
+    let (_, loaded) = get(&client, &copy, "/plugins").await;
+    let account = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bank-account");
+    assert_eq!(
+        account.unwrap()["version"],
+        "1.1.0",
+        "the upload serves: {loaded}"
+    );
     let (_, health) = get(&client, &copy, "/health").await;
     assert_eq!(
         health["head_position"], position,
@@ -240,6 +275,17 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already holds a journal"));
+
+    // An offline backup of the stopped copy brings the upload along too.
+    assert!(copy.terminate().success());
+    let offline = root.path().join("offline").display().to_string();
+    let from = ["backup", "--to", &offline, "--data", &restored_path];
+    let report = foldhost(&server.url, &from).await;
+    assert_eq!(report["uploads"], json!(["bank-account"]));
+    assert_eq!(
+        std::fs::read(root.path().join("offline/uploads/bank-account.upload")).unwrap(),
+        std::fs::read(dirs.data.join("uploads/bank-account.upload")).unwrap()
+    );
 }
 
 /// The restored journal holds the snapshot of `bank-account-big` and the checkpoint of

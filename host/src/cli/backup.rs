@@ -1,25 +1,38 @@
-//! `foldhost backup` and `foldhost restore`: a consistent copy of a redb journal, taken from a
-//! running server (or offline), and putting it back into a data directory.
+//! `foldhost backup` and `foldhost restore`: a consistent copy of a redb journal and of the
+//! plugins uploaded to the host, taken from a running server (or offline), and putting them
+//! back into a data directory.
 //!
-//! A backup directory holds `journal.redb` (a journal file, as in a data directory) and
-//! `backup.json` (what it holds: its last position, events and bytes). Both are written
-//! atomically and durably: a backup that is there is complete.
+//! A backup directory holds `journal.redb` (a journal file, as in a data directory),
+//! `uploads/` (the uploads kept, as in a data directory) and `backup.json` (what it holds: the
+//! journal's last position, events and bytes, and the uploads' plugin names). Every file is
+//! written atomically and durably, the manifest last: a backup that has one is complete.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use reqwest::Method;
+use reqwest::{Method, Response, StatusCode};
+use serde::Serialize;
 
 use super::client::{Remote, print_pretty};
 use super::token::AdminToken;
 use crate::durable;
 use crate::journal::{BackupReport, Journal};
-use crate::server::{BACKUP_POSITION, JOURNAL_FILE};
+use crate::runtime::Uploads;
+use crate::server::{BACKUP_POSITION, JOURNAL_FILE, UPLOADS};
 
 /// The description written beside a backup's journal file.
 const MANIFEST: &str = "backup.json";
+
+/// What a backup holds: `backup.json`, and what `backup` and `restore` print.
+#[derive(Debug, Serialize)]
+struct Manifest {
+    #[serde(flatten)]
+    journal: BackupReport,
+    /// The plugins whose uploads came along, by name.
+    uploads: Vec<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -46,25 +59,106 @@ pub struct RestoreArgs {
     data: PathBuf,
 }
 
-/// `backup`: downloads a backup from the server's `GET /admin/backup` (or writes one from
-/// `--data`), checks it, and records what it holds.
+/// `backup`: downloads a backup from the server's `GET /admin/backup` and the uploads it keeps
+/// (or copies both from `--data`), checks it, and records what it holds.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let file = args.to.join(JOURNAL_FILE);
     if file.exists() {
         bail!("{} already holds a backup", args.to.display());
     }
     durable::create_dir_all(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
-    let report = match &args.data {
-        Some(data) => offline(data, &file).await?,
-        None => download(&args, &file).await?,
+    let kept = open_uploads(&args.to.join(UPLOADS))?;
+    let manifest = match &args.data {
+        Some(data) => Manifest {
+            journal: offline(data, &file).await?,
+            uploads: tokio::task::block_in_place(|| copy_uploads(&data.join(UPLOADS), &kept))?,
+        },
+        None => Manifest {
+            journal: download(&args, &file).await?,
+            uploads: download_uploads(&args, &kept).await?,
+        },
     };
     durable::write_atomically(
         &args.to.join(MANIFEST),
-        &serde_json::to_vec_pretty(&report)?,
+        &serde_json::to_vec_pretty(&manifest)?,
     )
     .with_context(|| format!("writing {}", args.to.join(MANIFEST).display()))?;
-    print_pretty(&serde_json::to_value(report)?)?;
+    print_pretty(&serde_json::to_value(manifest)?)?;
     Ok(())
+}
+
+fn open_uploads(dir: &Path) -> anyhow::Result<Uploads> {
+    Uploads::open(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Copies the uploads kept in directory `dir` (if there is one) into `to`; their plugins'
+/// names.
+fn copy_uploads(dir: &Path, to: &Uploads) -> anyhow::Result<Vec<String>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let from = Uploads::open(dir)?;
+    let mut copied = Vec::new();
+    for name in from.names()? {
+        if let Some(file) = from.file(&name)? {
+            to.put_file(&name, &file)
+                .with_context(|| format!("copying the upload of {name} from {}", dir.display()))?;
+            copied.push(name);
+        }
+    }
+    Ok(copied)
+}
+
+/// Downloads the uploads the server keeps (`GET /admin/uploads`) into `to`; their names. One
+/// unloaded since the list is left out.
+async fn download_uploads(args: &BackupArgs, to: &Uploads) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = admin_get(args, &["admin", "uploads"]).await?.json().await?;
+    let mut kept = Vec::new();
+    for name in names {
+        let response = admin_get(args, &["admin", "uploads", &name]).await;
+        let file = match response {
+            Ok(response) => response.bytes().await?,
+            Err(error) if is_not_found(&error) => continue,
+            Err(error) => return Err(error),
+        };
+        tokio::task::block_in_place(|| to.put_file(&name, &file))
+            .with_context(|| format!("writing the upload of {name}"))?;
+        kept.push(name);
+    }
+    Ok(kept)
+}
+
+/// The server's answer to an admin `GET` of `segments`; an error status is an error naming
+/// the server's message (a [`StatusError`]).
+async fn admin_get(args: &BackupArgs, segments: &[&str]) -> anyhow::Result<Response> {
+    let request = args.remote.request(Method::GET, segments)?;
+    let response = args
+        .admin
+        .sign(request)?
+        .send()
+        .await
+        .context("the server did not answer")?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"].as_str().unwrap_or("no message").to_owned();
+    Err(StatusError { status, message }.into())
+}
+
+/// A server's answer with an error status.
+#[derive(Debug, thiserror::Error)]
+#[error("the server answered {status}: {message}")]
+struct StatusError {
+    status: StatusCode,
+    message: String,
+}
+
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<StatusError>()
+        .is_some_and(|e| e.status == StatusCode::NOT_FOUND)
 }
 
 async fn offline(data: &Path, file: &Path) -> anyhow::Result<BackupReport> {
@@ -76,19 +170,7 @@ async fn offline(data: &Path, file: &Path) -> anyhow::Result<BackupReport> {
 }
 
 async fn download(args: &BackupArgs, file: &Path) -> anyhow::Result<BackupReport> {
-    let request = args.remote.request(Method::GET, &["admin", "backup"])?;
-    let mut response = args
-        .admin
-        .sign(request)?
-        .send()
-        .await
-        .context("the server did not answer")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body["error"].as_str().unwrap_or("no message");
-        bail!("the server answered {status}: {message}");
-    }
+    let mut response = admin_get(args, &["admin", "backup"]).await?;
     let position: u64 = response
         .headers()
         .get(BACKUP_POSITION)
@@ -115,8 +197,9 @@ async fn download(args: &BackupArgs, file: &Path) -> anyhow::Result<BackupReport
     Ok(report)
 }
 
-/// `restore`: checks a backup and copies its journal into an empty data directory, durably;
-/// a server started there serves the backup's log.
+/// `restore`: checks a backup and copies its uploads and then its journal into a data directory
+/// without a journal, durably; a server started there serves the backup's log and loads its
+/// uploads.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let source = args.from.join(JOURNAL_FILE);
     let report = Journal::inspect(&source)
@@ -130,6 +213,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     durable::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
+    // Before the journal, whose copy completes the restore.
+    let uploads = tokio::task::block_in_place(|| {
+        let kept = open_uploads(&args.data.join(UPLOADS))?;
+        copy_uploads(&args.from.join(UPLOADS), &kept)
+    })?;
     // Not replacing: a server started on the data directory during the copy may have
     // created a journal there since the check above.
     durable::create_with(&target, |out| -> std::io::Result<()> {
@@ -145,6 +233,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         ),
         _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
     })?;
-    print_pretty(&serde_json::to_value(report)?)?;
+    let manifest = Manifest {
+        journal: report,
+        uploads,
+    };
+    print_pretty(&serde_json::to_value(manifest)?)?;
     Ok(())
 }

@@ -49,6 +49,7 @@ pub use registry::{
 };
 pub use sandbox::MemoryBudget;
 pub use upcast::{Upcaster, UpcasterChain};
+pub use uploads::Uploads;
 
 /// Runs `work` on a task of its own, to its end even if the caller stops waiting (a client
 /// hanging up), inside the caller's tracing span: a change to the plugins left half way could

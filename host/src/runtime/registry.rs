@@ -724,6 +724,11 @@ impl Runtime {
         }
     }
 
+    /// The uploads kept in the data directory, if the runtime keeps them.
+    pub fn uploads(&self) -> Option<&Uploads> {
+        self.uploads.as_ref()
+    }
+
     /// Every loaded plugin, by name.
     pub fn list(&self) -> Vec<PluginInfo> {
         let plugins = self.plugins.read().expect("plugin table lock");

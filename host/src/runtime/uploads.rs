@@ -58,6 +58,39 @@ impl Uploads {
         super::plugin_dir::list_with(&self.dir, "upload")
     }
 
+    /// The plugins with a kept upload, by name.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = (self.files()?.iter())
+            .filter_map(|path| Self::name_of(path).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The kept upload of `name` as its file holds it (header and component), for a backup.
+    pub fn file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(path) = self.path(name) else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Keeps `file`, a kept upload's file as [`file`](Self::file) read it, as the upload of
+    /// `name`, atomically and durably (a backup's copy, or a restore's); refused unless it
+    /// starts with a kept upload's header.
+    pub fn put_file(&self, name: &str, file: &[u8]) -> io::Result<()> {
+        let path = self.path(name).ok_or_else(|| invalid_name(name))?;
+        let line = file.split(|&b| b == b'\n').next().unwrap_or_default();
+        if line.len() == file.len() || header(line).is_none() {
+            return Err(malformed(&path));
+        }
+        crate::durable::write_atomically(&path, file)
+    }
+
     /// The plugin the kept upload at `path` is of.
     pub fn name_of(path: &Path) -> Option<&str> {
         path.file_stem()?.to_str()
@@ -209,6 +242,32 @@ mod tests {
         assert!(uploads.read("b").unwrap().is_none());
         assert!(uploads.remove("a").unwrap());
         assert!(!uploads.remove("a").unwrap());
+    }
+
+    #[test]
+    fn a_kept_file_copied_elsewhere_is_the_same_upload() {
+        let root = tempfile::tempdir().unwrap();
+        let from = Uploads::open(&root.path().join("from")).unwrap();
+        let to = Uploads::open(&root.path().join("to")).unwrap();
+        let hash = "cd".repeat(32);
+        from.store("b", Some(&hash), b"two\nlines").unwrap();
+        from.store("a", None, b"one").unwrap();
+        assert_eq!(from.names().unwrap(), ["a", "b"]);
+        for name in from.names().unwrap() {
+            to.put_file(&name, &from.file(&name).unwrap().unwrap())
+                .unwrap();
+        }
+        assert_eq!(to.read("b").unwrap().unwrap().bytes, b"two\nlines");
+        assert_eq!(to.replaces("b").unwrap(), Some(Some(hash)));
+        assert_eq!(to.names().unwrap(), ["a", "b"]);
+        assert!(from.file("c").unwrap().is_none());
+
+        for (name, file) in [("c", &b"no header\n"[..]), ("c", b""), ("../c", b"x")] {
+            assert!(to.put_file(name, file).is_err(), "{name}: {file:?}");
+        }
+        let header_only = format!("{MAGIC}{NONE}");
+        assert!(to.put_file("c", header_only.as_bytes()).is_err());
+        assert!(to.file("c").unwrap().is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Maintenance of the journal, for the admin: scavenging and online backups.
+//! Maintenance, for the admin: scavenging the journal, and online backups of it and of the
+//! plugins uploaded to the host.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -9,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::AppState;
 use super::errors::ApiError;
+use super::extract::Path;
 use super::plugins::Admin;
 use crate::journal::ScavengeReport;
 
@@ -16,6 +18,10 @@ use crate::journal::ScavengeReport;
 pub const BACKUP_POSITION: &str = "foldhost-backup-position";
 /// Bytes read from a backup file per chunk of the download.
 const CHUNK: usize = 256 << 10;
+/// What failed, in the answer to a failure reading the data directory.
+const STAGING: &str = "staging the backup";
+const LISTING: &str = "listing the uploads kept";
+const READING: &str = "reading the upload kept";
 
 /// `POST /admin/scavenge`: removes the events no reader sees any more and compacts the storage
 /// (reads and appends pause while redb compacts; PostgreSQL locks the tables it rewrites).
@@ -40,10 +46,10 @@ pub async fn scavenge(
         (status = 401, body = ApiError), (status = 501, description = "PostgreSQL journal", body = ApiError),
     ))]
 pub async fn backup(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
-    let staged = tempfile::tempfile_in(&state.data_dir).map_err(internal)?;
+    let staged = tempfile::tempfile_in(&state.data_dir).map_err(|e| internal(STAGING, e))?;
     let (file, report) = state.runtime.journal().backup_into(staged).await?;
     let mut file = tokio::fs::File::from_std(file);
-    file.rewind().await.map_err(internal)?;
+    file.rewind().await.map_err(|e| internal(STAGING, e))?;
     let chunks = futures_util::stream::unfold(file, |mut file| async move {
         let mut chunk = Vec::with_capacity(CHUNK);
         match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await {
@@ -64,9 +70,58 @@ pub async fn backup(State(state): State<AppState>, _admin: Admin) -> Result<Resp
     Ok(response)
 }
 
-fn internal(error: std::io::Error) -> ApiError {
+/// `GET /admin/uploads`: the plugins uploaded through `PUT /plugins/{name}` whose builds the
+/// data directory keeps (they load again at every start), by name, for `foldhost backup`.
+#[utoipa::path(get, path = "/admin/uploads", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = Vec<String>), (status = 401, body = ApiError)))]
+pub async fn uploads(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let Some(uploads) = state.runtime.uploads().cloned() else {
+        return Ok(Json(Vec::new()));
+    };
+    let names = tokio::task::spawn_blocking(move || uploads.names())
+        .await
+        .map_err(|e| internal(LISTING, e.into()))?
+        .map_err(|e| internal(LISTING, e))?;
+    Ok(Json(names))
+}
+
+/// `GET /admin/uploads/{name}`: the kept upload of plugin `name` as the data directory holds
+/// it (a header line, then the component), which `foldhost restore` puts back as it was.
+#[utoipa::path(get, path = "/admin/uploads/{name}", tag = "admin", security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The kept file", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 401, body = ApiError), (status = 404, body = ApiError),
+    ))]
+pub async fn upload(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let uploads = state.runtime.uploads().cloned();
+    let read = name.clone();
+    let file = tokio::task::spawn_blocking(move || match uploads {
+        Some(uploads) => uploads.file(&read),
+        None => Ok(None),
+    })
+    .await
+    .map_err(|e| internal(READING, e.into()))?
+    .map_err(|e| internal(READING, e))?
+    .ok_or_else(|| ApiError::not_found(format!("no upload of plugin {name:?} is kept")))?;
+    let mut response = Response::new(Body::from(file));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+fn internal(doing: &str, error: std::io::Error) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        format!("staging the backup: {error}"),
+        format!("{doing}: {error}"),
     )
 }

@@ -17,6 +17,7 @@
 //! | GET / PUT | `/streams/{stream}/metadata` | a stream's retention rules |
 //! | POST | `/admin/scavenge` | remove hidden events, compact (admin token) |
 //! | GET | `/admin/backup` | a consistent copy of the redb journal, streamed (admin token) |
+//! | GET | `/admin/uploads`, `/admin/uploads/{name}` | the uploaded plugins kept (admin token) |
 //! | GET | `/plugins/{name}/parked?after=&limit=` | events a projection could not fold |
 //! | POST | `/plugins/{name}/parked/replay`, `/restart`, `/reset` | projection recovery (admin) |
 //! | PUT | `/plugins/{name}/policy` | `park` or `stop` on an event it cannot fold (admin) |
@@ -142,6 +143,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::metadata, lifecycle::put_metadata))
         .routes(routes!(admin::scavenge))
         .routes(routes!(admin::backup))
+        .routes(routes!(admin::uploads))
+        .routes(routes!(admin::upload))
         .routes(routes!(streams::read_all))
         .routes(routes!(live::live))
         .routes(routes!(aggregates::command))
