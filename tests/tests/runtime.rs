@@ -1377,9 +1377,12 @@ async fn a_restart_racing_an_unload_that_drops_the_data_leaves_none_of_it() {
 }
 
 /// An unload that drops an aggregate's data while its commands are deciding leaves no
-/// snapshot of that build behind: a command finishing after the data went writes none back.
+/// snapshot of that build behind: a command finishing after the data went writes none back,
+/// also one still running on the build's load before an unload that kept the data and a
+/// reload of the same build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unload_that_drops_the_data_while_commands_run_leaves_no_snapshot() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     const STREAMS: usize = 32;
     let mut host = Host::with(RuntimeConfig {
         aggregates: AggregateConfig {
@@ -1397,31 +1400,47 @@ async fn an_unload_that_drops_the_data_while_commands_run_leaves_no_snapshot() {
             .unwrap()
             .hash
             .clone();
-        let decided = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (decided, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let ids: Vec<String> = (0..STREAMS).map(|i| format!("r{round}-{i}")).collect();
         let tasks: Vec<_> = ids
             .iter()
             .map(|id| {
-                let (host, decided, id) = (host_.clone(), decided.clone(), id.clone());
+                let (host, decided, stop) = (host_.clone(), decided.clone(), stop.clone());
+                let id = id.clone();
                 tokio::spawn(async move {
                     let mut command = ("Open", json!({"owner": "ada"}));
-                    // Until the plugin is gone.
-                    while host
-                        .command("bank-account", &id, command.0, command.1)
-                        .await
-                        .is_ok()
-                    {
-                        decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        command = ("Deposit", json!({"amount": 1}));
+                    while !stop.load(Relaxed) {
+                        // Refused while the plugin is not loaded.
+                        if host
+                            .command("bank-account", &id, command.0, command.1.clone())
+                            .await
+                            .is_ok()
+                        {
+                            decided.fetch_add(1, Relaxed);
+                            command = ("Deposit", json!({"amount": 1}));
+                        }
+                        tokio::task::yield_now().await;
                     }
                 })
             })
             .collect();
-        wait_for(|| {
-            (decided.load(std::sync::atomic::Ordering::Relaxed) >= 4 * STREAMS).then_some(())
-        })
-        .await;
+        let decided_past = |count: usize| {
+            let decided = decided.clone();
+            wait_for(move || (decided.load(Relaxed) >= count).then_some(()))
+        };
+        decided_past(4 * STREAMS).await;
+        if round % 2 == 1 {
+            // The same build unloaded and loaded again: commands running meanwhile finish
+            // on the load before, whose states the reload keeps using.
+            host_.runtime.unload("bank-account", false).await.unwrap();
+            host_.load("bank-account").await;
+            decided_past(decided.load(Relaxed) + 4 * STREAMS).await;
+        }
         host_.runtime.unload("bank-account", true).await.unwrap();
+        stop.store(true, Relaxed);
         for task in tasks {
             task.await.unwrap();
         }

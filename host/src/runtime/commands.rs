@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, oneshot};
@@ -264,6 +264,9 @@ pub struct Aggregates {
     pub(super) dehydrated: Arc<DehydratedStates>,
     /// Turns to rebuild a past state (see [`HISTORY_SLOTS`]).
     history: Arc<Semaphore>,
+    /// Every load of an aggregate build still alive: a reload of the same build is another
+    /// [`Plugin`], and a command still running may hold (and cache) the load before.
+    loads: Mutex<Vec<Weak<Plugin>>>,
 }
 
 impl Aggregates {
@@ -289,6 +292,7 @@ impl Aggregates {
             cache,
             dehydrated,
             history: Arc::new(Semaphore::new(HISTORY_SLOTS)),
+            loads: Mutex::default(),
         }
     }
 
@@ -426,6 +430,25 @@ impl Aggregates {
         .await?;
         *live = Some(instance);
         Ok((version, state))
+    }
+
+    /// Records `plugin`, an aggregate build installed, for [`close_data`](Self::close_data).
+    pub fn track(&self, plugin: &Arc<Plugin>) {
+        let mut loads = self.loads.lock().expect("loads lock");
+        loads.retain(|load| load.strong_count() > 0);
+        loads.push(Arc::downgrade(plugin));
+    }
+
+    /// Closes the data gate of every load of build `plugin_hash` still alive, once the
+    /// snapshot writes in flight have ended: none of them stores another.
+    pub async fn close_data(&self, plugin_hash: &str) {
+        let loads: Vec<Arc<Plugin>> = (self.loads.lock().expect("loads lock").iter())
+            .filter_map(Weak::upgrade)
+            .filter(|load| load.hash == plugin_hash)
+            .collect();
+        for load in loads {
+            load.data.close().await;
+        }
     }
 
     /// Drops every cached state of `plugin_hash` (after an unload or a swap).

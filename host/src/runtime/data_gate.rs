@@ -8,7 +8,8 @@ use tokio::sync::RwLock;
 ///
 /// A write holds the gate shared for as long as it runs; [`close`](Self::close) waits for
 /// the writes in flight, and every write after it is skipped. An unload that drops the data
-/// closes the gate before it deletes, so no write of that load lands after the delete.
+/// closes the gate of every load of the build before it deletes, so no write of theirs lands
+/// after the delete.
 #[derive(Debug)]
 pub struct DataGate(RwLock<bool>);
 

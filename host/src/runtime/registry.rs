@@ -533,6 +533,7 @@ impl Runtime {
                 if let Some(old) = old {
                     self.retire(old);
                 }
+                self.aggregates.track(&plugin);
                 slot.entry = Some(Entry::Aggregate(plugin));
             }
             (PluginKind::Projection, Some(Entry::Projection { active, pending })) => {
@@ -681,7 +682,7 @@ impl Runtime {
                 self.aggregates.evict_plugin(&plugin.hash);
                 if drop_data {
                     // A command still deciding stores no snapshot after the delete below.
-                    plugin.data.close().await;
+                    self.aggregates.close_data(&plugin.hash).await;
                 }
                 vec![plugin.hash.clone()]
             }
