@@ -282,10 +282,30 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
     let from = ["backup", "--to", &offline, "--data", &restored_path];
     let report = foldhost(&server.url, &from).await;
     assert_eq!(report["uploads"], json!(["bank-account"]));
+    let again = root.path().join("again").display().to_string();
+    let from = ["restore", "--from", &offline, "--data", &again];
+    assert_eq!(foldhost(&server.url, &from).await, report);
     assert_eq!(
-        std::fs::read(root.path().join("offline/uploads/bank-account.upload")).unwrap(),
+        std::fs::read(root.path().join("again/uploads/bank-account.upload")).unwrap(),
         std::fs::read(dirs.data.join("uploads/bank-account.upload")).unwrap()
     );
+
+    // A backup without its manifest is incomplete: not restored, and not backed up over.
+    std::fs::remove_file(root.path().join("offline/backup.json")).unwrap();
+    let elsewhere = root.path().join("elsewhere").display().to_string();
+    let output = Command::new(BIN)
+        .args(["restore", "--from", &offline, "--data", &elsewhere])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a complete backup"), "{stderr}");
+    let output = Command::new(BIN)
+        .args(["backup", "--to", &offline, "--data", &again])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("holds an incomplete backup"), "{stderr}");
 }
 
 /// The restored journal holds the snapshot of `bank-account-big` and the checkpoint of

@@ -13,24 +13,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::{Method, Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::client::{Remote, print_pretty};
 use super::token::AdminToken;
 use crate::durable;
 use crate::journal::{BackupReport, Journal};
 use crate::runtime::Uploads;
-use crate::server::{BACKUP_POSITION, JOURNAL_FILE, UPLOADS};
+use crate::server::{BACKUP_POSITION, JOURNAL_FILE, MAX_PLUGIN_BODY, UPLOADS};
 
 /// The description written beside a backup's journal file.
 const MANIFEST: &str = "backup.json";
 
 /// What a backup holds: `backup.json`, and what `backup` and `restore` print.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     #[serde(flatten)]
     journal: BackupReport,
-    /// The plugins whose uploads came along, by name.
+    /// The plugins whose uploads came along, by name (none in a backup from before uploads
+    /// were backed up).
+    #[serde(default)]
     uploads: Vec<String>,
 }
 
@@ -64,14 +66,25 @@ pub struct RestoreArgs {
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let file = args.to.join(JOURNAL_FILE);
     if file.exists() {
-        bail!("{} already holds a backup", args.to.display());
+        match args.to.join(MANIFEST).exists() {
+            true => bail!("{} already holds a backup", args.to.display()),
+            false => bail!(
+                "{} holds an incomplete backup (no {MANIFEST}): remove it, or back up into \
+                 another directory",
+                args.to.display()
+            ),
+        }
     }
     durable::create_dir_all(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
     let kept = open_uploads(&args.to.join(UPLOADS))?;
     let manifest = match &args.data {
         Some(data) => Manifest {
             journal: offline(data, &file).await?,
-            uploads: tokio::task::block_in_place(|| copy_uploads(&data.join(UPLOADS), &kept))?,
+            uploads: tokio::task::block_in_place(|| {
+                let dir = data.join(UPLOADS);
+                let names = kept_in(&dir)?;
+                copy_uploads(&dir, &names, &kept).map(|()| names)
+            })?,
         },
         None => Manifest {
             journal: download(&args, &file).await?,
@@ -88,36 +101,49 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 fn open_uploads(dir: &Path) -> anyhow::Result<Uploads> {
-    Uploads::open(dir).with_context(|| format!("creating {}", dir.display()))
+    Uploads::open(dir).with_context(|| format!("opening {}", dir.display()))
 }
 
-/// Copies the uploads kept in directory `dir` (if there is one) into `to`; their plugins'
-/// names.
-fn copy_uploads(dir: &Path, to: &Uploads) -> anyhow::Result<Vec<String>> {
+/// Copies the uploads of `names` kept in directory `dir` into `to`; each must be there.
+fn copy_uploads(dir: &Path, names: &[String], to: &Uploads) -> anyhow::Result<()> {
+    let from = open_uploads(dir)?;
+    for name in names {
+        let file = from
+            .file(name)?
+            .with_context(|| format!("{} holds no upload of {name}", dir.display()))?;
+        to.put_file(name, &file)
+            .with_context(|| format!("copying the upload of {name} from {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The plugins with an upload kept in directory `dir`, if there is one.
+fn kept_in(dir: &Path) -> anyhow::Result<Vec<String>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let from = Uploads::open(dir)?;
-    let mut copied = Vec::new();
-    for name in from.names()? {
-        if let Some(file) = from.file(&name)? {
-            to.put_file(&name, &file)
-                .with_context(|| format!("copying the upload of {name} from {}", dir.display()))?;
-            copied.push(name);
-        }
-    }
-    Ok(copied)
+    Ok(open_uploads(dir)?.names()?)
 }
 
 /// Downloads the uploads the server keeps (`GET /admin/uploads`) into `to`; their names. One
 /// unloaded since the list is left out.
 async fn download_uploads(args: &BackupArgs, to: &Uploads) -> anyhow::Result<Vec<String>> {
-    let names: Vec<String> = admin_get(args, &["admin", "uploads"]).await?.json().await?;
+    let names: Vec<String> = match admin_get(args, &["admin", "uploads"]).await {
+        Ok(response) => response.json().await?,
+        Err(error) if is_not_found(&error) => {
+            eprintln!(
+                "warning: the server lists no uploads (a build before foldhost kept them in backups)"
+            );
+            Vec::new()
+        }
+        Err(error) => return Err(error),
+    };
     let mut kept = Vec::new();
     for name in names {
-        let response = admin_get(args, &["admin", "uploads", &name]).await;
-        let file = match response {
-            Ok(response) => response.bytes().await?,
+        let file = match admin_get(args, &["admin", "uploads", &name]).await {
+            Ok(response) => read_capped(response, MAX_KEPT_FILE)
+                .await
+                .with_context(|| format!("downloading the upload of {name}"))?,
             Err(error) if is_not_found(&error) => continue,
             Err(error) => return Err(error),
         };
@@ -126,6 +152,21 @@ async fn download_uploads(args: &BackupArgs, to: &Uploads) -> anyhow::Result<Vec
         kept.push(name);
     }
     Ok(kept)
+}
+
+/// The largest kept upload's file: the largest upload the server takes, and its header line.
+const MAX_KEPT_FILE: usize = MAX_PLUGIN_BODY + 1024;
+
+/// The body of `response`, refused once it passes `limit` bytes.
+async fn read_capped(mut response: Response, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            bail!("the server sent more than {limit} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The server's answer to an admin `GET` of `segments`; an error status is an error naming
@@ -198,25 +239,42 @@ async fn download(args: &BackupArgs, file: &Path) -> anyhow::Result<BackupReport
 }
 
 /// `restore`: checks a backup and copies its uploads and then its journal into a data directory
-/// without a journal, durably; a server started there serves the backup's log and loads its
+/// without either, durably; a server started there serves the backup's log and loads its
 /// uploads.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let manifest: Manifest = std::fs::read(args.from.join(MANIFEST))
+        .map_err(anyhow::Error::new)
+        .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+        .with_context(|| {
+            format!(
+                "{} is not a complete backup (its {MANIFEST} is missing or unreadable)",
+                args.from.display()
+            )
+        })?;
     let source = args.from.join(JOURNAL_FILE);
     let report = Journal::inspect(&source)
         .with_context(|| format!("{} is not a readable backup", source.display()))?;
-    let target = args.data.join(JOURNAL_FILE);
-    if target.exists() {
+    if report != manifest.journal {
         bail!(
-            "{} already holds a journal: restore into an empty data directory",
+            "{} holds {report:?}, not what its {MANIFEST} says ({:?})",
+            source.display(),
+            manifest.journal
+        );
+    }
+    let target = args.data.join(JOURNAL_FILE);
+    let uploads_dir = args.data.join(UPLOADS);
+    if target.exists() || !kept_in(&uploads_dir)?.is_empty() {
+        bail!(
+            "{} already holds a journal or uploads: restore into an empty data directory",
             args.data.display()
         );
     }
     durable::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
     // Before the journal, whose copy completes the restore.
-    let uploads = tokio::task::block_in_place(|| {
-        let kept = open_uploads(&args.data.join(UPLOADS))?;
-        copy_uploads(&args.from.join(UPLOADS), &kept)
+    tokio::task::block_in_place(|| {
+        let kept = open_uploads(&uploads_dir)?;
+        copy_uploads(&args.from.join(UPLOADS), &manifest.uploads, &kept)
     })?;
     // Not replacing: a server started on the data directory during the copy may have
     // created a journal there since the check above.
@@ -227,16 +285,13 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     .map_err(|error| match error.kind() {
         std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
             "{} appeared while the backup was copied (was a server started on {}?): it is left \
-             as it is, nothing was restored",
+             as it is, and the journal was not restored (the backup's uploads were copied into {})",
             target.display(),
-            args.data.display()
+            args.data.display(),
+            uploads_dir.display()
         ),
         _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
     })?;
-    let manifest = Manifest {
-        journal: report,
-        uploads,
-    };
     print_pretty(&serde_json::to_value(manifest)?)?;
     Ok(())
 }
