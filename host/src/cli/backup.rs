@@ -69,8 +69,8 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         match args.to.join(MANIFEST).exists() {
             true => bail!("{} already holds a backup", args.to.display()),
             false => bail!(
-                "{} holds an incomplete backup (no {MANIFEST}): remove it, or back up into \
-                 another directory",
+                "{} holds {JOURNAL_FILE} but no {MANIFEST}: an incomplete backup, or a data \
+                 directory; back up into another directory",
                 args.to.display()
             ),
         }
@@ -106,7 +106,7 @@ fn open_uploads(dir: &Path) -> anyhow::Result<Uploads> {
 
 /// Copies the uploads of `names` kept in directory `dir` into `to`; each must be there.
 fn copy_uploads(dir: &Path, names: &[String], to: &Uploads) -> anyhow::Result<()> {
-    let from = open_uploads(dir)?;
+    let from = Uploads::in_dir(dir);
     for name in names {
         let file = from
             .file(name)?
@@ -122,7 +122,7 @@ fn kept_in(dir: &Path) -> anyhow::Result<Vec<String>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    Ok(open_uploads(dir)?.names()?)
+    Ok(Uploads::in_dir(dir).names()?)
 }
 
 /// Downloads the uploads the server keeps (`GET /admin/uploads`) into `to`; their names. One
@@ -132,7 +132,9 @@ async fn download_uploads(args: &BackupArgs, to: &Uploads) -> anyhow::Result<Vec
         Ok(response) => response.json().await?,
         Err(error) if is_not_found(&error) => {
             eprintln!(
-                "warning: the server lists no uploads (a build before foldhost kept them in backups)"
+                "warning: this server cannot list its uploads (GET /admin/uploads is newer): any \
+                 plugins uploaded to it are NOT in this backup; copy its data directory's \
+                 uploads/*.upload into the backup's uploads/ by hand"
             );
             Vec::new()
         }
@@ -283,13 +285,18 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         Ok(())
     })
     .map_err(|error| match error.kind() {
-        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
-            "{} appeared while the backup was copied (was a server started on {}?): it is left \
-             as it is, and the journal was not restored (the backup's uploads were copied into {})",
-            target.display(),
-            args.data.display(),
-            uploads_dir.display()
-        ),
+        std::io::ErrorKind::AlreadyExists => {
+            let uploads = match manifest.uploads.is_empty() {
+                true => String::new(),
+                false => format!(" (its uploads were copied into {})", uploads_dir.display()),
+            };
+            anyhow::anyhow!(
+                "{} appeared while the backup was copied (was a server started on {}?): it is \
+                 left as it is, and the backup's journal was not restored{uploads}",
+                target.display(),
+                args.data.display(),
+            )
+        }
         _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
     })?;
     print_pretty(&serde_json::to_value(manifest)?)?;

@@ -665,7 +665,10 @@ pub(super) fn take_state(
     upcasters: &UpcasterChain,
 ) -> Option<AggregateInstance> {
     let key = upcasters.state_key(&plugin.hash);
-    live.take().filter(|i| i.state_key() == key)
+    // Of this very load: one of an earlier load of the build (an unload and reload while a
+    // command ran) writes its snapshots through that load's data gate.
+    live.take()
+        .filter(|i| std::ptr::eq(i.plugin().as_ref(), plugin) && i.state_key() == key)
 }
 
 /// The cached state brought up to what readers see of the stream now, or the stream rebuilt

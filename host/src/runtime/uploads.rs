@@ -53,6 +53,13 @@ impl Uploads {
         })
     }
 
+    /// The uploads kept in `dir`, which is not created (a backup's, to read).
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            dir: Arc::from(dir),
+        }
+    }
+
     /// The kept uploads' files, smallest first.
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         super::plugin_dir::list_with(&self.dir, "upload")
