@@ -65,10 +65,12 @@ impl Uploads {
         super::plugin_dir::list_with(&self.dir, "upload")
     }
 
-    /// The plugins with a kept upload, by name.
+    /// The plugins with a kept upload, by name (a file no plugin's name would give is not one).
     pub fn names(&self) -> io::Result<Vec<String>> {
         let mut names: Vec<String> = (self.files()?.iter())
-            .filter_map(|path| Self::name_of(path).map(str::to_owned))
+            .filter_map(|path| Self::name_of(path))
+            .filter(|name| self.path(name).is_some())
+            .map(str::to_owned)
             .collect();
         names.sort();
         Ok(names)
@@ -275,6 +277,8 @@ mod tests {
         let header_only = format!("{MAGIC}{NONE}");
         assert!(to.put_file("c", header_only.as_bytes()).is_err());
         assert!(to.file("c").unwrap().is_none());
+        std::fs::write(root.path().join("to/Not a name.upload"), b"x").unwrap();
+        assert_eq!(to.names().unwrap(), ["a", "b"]);
     }
 
     #[test]
