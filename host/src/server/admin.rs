@@ -13,6 +13,7 @@ use super::errors::ApiError;
 use super::extract::Path;
 use super::plugins::Admin;
 use crate::journal::ScavengeReport;
+use crate::runtime::Uploads;
 
 /// Header of a backup download: every event up to this position is in it, none after.
 pub const BACKUP_POSITION: &str = "foldhost-backup-position";
@@ -78,13 +79,7 @@ pub async fn uploads(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<Json<Vec<String>>, ApiError> {
-    let Some(uploads) = state.runtime.uploads().cloned() else {
-        return Ok(Json(Vec::new()));
-    };
-    let names = tokio::task::spawn_blocking(move || uploads.names())
-        .await
-        .map_err(|e| internal(LISTING, e.into()))?
-        .map_err(|e| internal(LISTING, e))?;
+    let names = on_uploads(&state, LISTING, |uploads| uploads.names()).await?;
     Ok(Json(names))
 }
 
@@ -101,22 +96,32 @@ pub async fn upload(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let uploads = state.runtime.uploads().cloned();
     let read = name.clone();
-    let file = tokio::task::spawn_blocking(move || match uploads {
-        Some(uploads) => uploads.file(&read),
-        None => Ok(None),
-    })
-    .await
-    .map_err(|e| internal(READING, e.into()))?
-    .map_err(|e| internal(READING, e))?
-    .ok_or_else(|| ApiError::not_found(format!("no upload of plugin {name:?} is kept")))?;
+    let file = on_uploads(&state, READING, move |uploads| uploads.file(&read))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no upload of plugin {name:?} is kept")))?;
     let mut response = Response::new(Body::from(file));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     Ok(response)
+}
+
+/// `read` of the uploads kept, on the blocking pool (nothing, without a data directory keeping
+/// them); a failure is the host's, `doing` it.
+async fn on_uploads<T: Default + Send + 'static>(
+    state: &AppState,
+    doing: &str,
+    read: impl FnOnce(&Uploads) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let Some(uploads) = state.runtime.uploads().cloned() else {
+        return Ok(T::default());
+    };
+    let read = tokio::task::spawn_blocking(move || read(&uploads)).await;
+    read.map_err(std::io::Error::from)
+        .and_then(|read| read)
+        .map_err(|e| internal(doing, e))
 }
 
 fn internal(doing: &str, error: std::io::Error) -> ApiError {
