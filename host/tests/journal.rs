@@ -205,6 +205,8 @@ on_both_backends! {
     #[tokio::test] async fn a_hard_deleted_stream_is_gone_for_good;
     #[tokio::test] async fn retention_metadata_hides_events_from_every_reader_at_once;
     #[tokio::test] async fn a_window_read_with_its_page_is_what_the_two_reads_return;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_read_with_its_page_holds_while_the_stream_is_truncated;
     #[tokio::test] async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions;
     #[tokio::test] async fn a_delete_and_appends_in_one_batch_apply_in_order;
     #[tokio::test] async fn reads_within_a_byte_limit_stop_before_the_event_that_would_pass_it;
@@ -1263,6 +1265,48 @@ async fn a_window_read_with_its_page_is_what_the_two_reads_return(backend: Backe
             }
         }
     }
+}
+
+/// The window and its page come from one read: while another task truncates the stream
+/// and lifts the truncation again, no page starts past its window's first version (an
+/// aggregate would fold versions 1–3 and then 10–12 as one state).
+async fn a_window_read_with_its_page_holds_while_the_stream_is_truncated(backend: Backend) {
+    let f = Fixture::new(backend);
+    let j = f.journal.clone();
+    j.append("toggled-1", ExpectedVersion::NoStream, events(12))
+        .await
+        .unwrap();
+    let toggles = if matches!(backend, Backend::Redb) {
+        400
+    } else {
+        100
+    };
+    let toggling = tokio::spawn({
+        let j = j.clone();
+        async move {
+            for round in 0..toggles {
+                let truncate_before = (round % 2 == 0).then_some(10);
+                let metadata = StreamMetadata {
+                    truncate_before,
+                    ..StreamMetadata::default()
+                };
+                j.set_stream_metadata("toggled-1", metadata).await.unwrap();
+            }
+        }
+    });
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut reads = 0;
+        while reads < 1000 || !toggling.is_finished() {
+            let (window, page) = j
+                .stream_window_and_page("toggled-1", 4, ReadLimit::events(100))
+                .unwrap();
+            let first = page.first().map(|event| event.version);
+            assert_eq!(first, Some(window.first.max(4)), "{window:?}");
+            reads += 1;
+        }
+        toggling
+    });
+    reading.await.unwrap().await.unwrap();
 }
 
 async fn a_scavenge_removes_hidden_events_and_never_reuses_their_positions(backend: Backend) {

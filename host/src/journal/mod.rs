@@ -259,8 +259,9 @@ impl Journal {
     }
 
     /// [`stream_window`](Self::stream_window) and the page
-    /// [`read_stream_within`](Self::read_stream_within) returns, read together: what an aggregate
-    /// catching up needs first, in one query on PostgreSQL instead of two.
+    /// [`read_stream_within`](Self::read_stream_within) returns, read together (one read
+    /// transaction, one query on PostgreSQL): what an aggregate catching up needs first, the
+    /// page being the one the window describes.
     pub fn stream_window_and_page(
         &self,
         stream: &str,
@@ -268,13 +269,7 @@ impl Journal {
         limit: ReadLimit,
     ) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
         config::check_stream_name(stream)?;
-        match &*self.backend {
-            Backend::Redb(_) => Ok((
-                self.stream_window(stream)?,
-                self.read_stream_within(stream, from_version, limit)?,
-            )),
-            Backend::Postgres(pg) => pg.stream_window_and_page(stream, from_version, limit),
-        }
+        dispatch!(self, stream_window_and_page(stream, from_version, limit))
     }
 
     /// The retention metadata of `stream` (empty if none was set).

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::memtable::Memtable;
 use super::page::Page;
 use super::record::RawEnvelope;
+use super::runs::Run;
 use super::store::{
     CHECKPOINTS, EVENT_ID_BLOCKS, EVENTS, ID_RUN_CATALOG, LAST_POSITION_KEY, META, PARKED,
     SNAPSHOTS, STREAM_HEADS, STREAM_LIFECYCLE, STREAM_RUN_BLOCKS,
@@ -187,6 +188,39 @@ pub(in crate::journal) fn read_stream(
         Ok((memtable.runs(stream).to_vec(), held_head(memtable, stream)))
     })?;
     let visibility = Lifecycles::open(&txn, held)?.visibility(stream)?;
+    stream_page(&txn, held_runs, visibility, stream, from_version, limit)
+}
+
+/// [`stream_window`] and [`read_stream`]'s page from one read transaction, so the page is the
+/// one the window describes: a truncation or deletion committed in between cannot start the
+/// page past the window's first version.
+pub(in crate::journal) fn stream_window_and_page(
+    db: &SharedDb,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<(StreamWindow, Vec<RecordedEvent>), JournalError> {
+    let database = db.get();
+    let (txn, (held_runs, held)) = db.begin_read(&database, |_, memtable| {
+        Ok((memtable.runs(stream).to_vec(), held_head(memtable, stream)))
+    })?;
+    let lifecycles = Lifecycles::open(&txn, held)?;
+    let lifecycle = lifecycles.get(stream)?.unwrap_or_default();
+    let window = lifecycle.window(stream, lifecycles.stored(stream)?, lifecycles.now)?;
+    let visibility = lifecycles.visibility(stream)?;
+    let page = stream_page(&txn, held_runs, visibility, stream, from_version, limit)?;
+    Ok((window, page))
+}
+
+/// The page of [`read_stream`] in `txn`, whose memtable held `held_runs` of `stream`.
+fn stream_page(
+    txn: &ReadTransaction,
+    held_runs: Vec<Run>,
+    visibility: Visibility,
+    stream: &str,
+    from_version: u64,
+    limit: ReadLimit,
+) -> Result<Vec<RecordedEvent>, JournalError> {
     let main = txn.open_table(STREAM_RUN_BLOCKS)?;
     let log = txn.open_table(EVENTS)?;
     let from = from_version.max(visibility.first());
