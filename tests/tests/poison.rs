@@ -803,6 +803,9 @@ async fn parked_events_fold_once_the_fix_is_there() {
 
     api.append("hostile-1", hostile("Antidote")).await;
     api.wait_live("mischief", 9).await;
+    // Queried first: the readers' copy at position 9 is stale once the replay folds.
+    let before = json!({"pongs": 2, "poisons": 0, "antidotes": 1});
+    assert_eq!(api.query("mischief", "count").await, (200, before));
     let (_, report) = api.admin_post(replay, Value::Null).await;
     assert_eq!(report, json!({"replayed": 1, "still_parked": 0}));
     let counts = json!({"pongs": 2, "poisons": 1, "antidotes": 1});

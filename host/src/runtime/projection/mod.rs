@@ -99,6 +99,9 @@ pub struct ProjectionInstance {
     bindings: ProjectionExports,
     /// The last global position read (whether or not the plugin wanted it).
     pub position: u64,
+    /// Parked events folded again at the head, which moves no position: with `position`,
+    /// what tells a readers' copy (which takes the fold's count) that it is stale.
+    pub parked_folded: u64,
 }
 
 impl ProjectionInstance {
@@ -132,6 +135,7 @@ impl ProjectionInstance {
             store,
             bindings,
             position,
+            parked_folded: 0,
         })
     }
 

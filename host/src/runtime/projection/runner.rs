@@ -291,8 +291,8 @@ impl Drop for ProjectionRunner {
     }
 }
 
-/// Brings the readers' copy up to the fold's position (a new instance restored from the
-/// fold's snapshot). `false` if there is no state to read yet.
+/// Brings the readers' copy up to the fold's position and parked events folded (a new
+/// instance restored from the fold's snapshot). `false` if there is no state to read yet.
 fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<bool, RuntimeError> {
     let snapshot = {
         let mut fold = shared.fold.lock().expect("projection lock");
@@ -300,15 +300,15 @@ fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<b
         let Some(instance) = fold.as_mut() else {
             return Ok(reader.is_some());
         };
-        let position = instance.position;
+        let (position, parked_folded) = (instance.position, instance.parked_folded);
         if reader
             .as_ref()
-            .is_some_and(|copy| copy.position == position)
+            .is_some_and(|copy| copy.position == position && copy.parked_folded == parked_folded)
         {
             return Ok(true);
         }
         match instance.snapshot() {
-            Ok(bytes) => (position, bytes),
+            Ok(bytes) => (position, parked_folded, bytes),
             Err(error) => {
                 // A trapped store is never reused: the worker rebuilds the fold.
                 *fold = None;
@@ -316,6 +316,9 @@ fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<b
             }
         }
     };
-    *reader = Some(shared.instance(Some(snapshot))?);
+    let (position, parked_folded, bytes) = snapshot;
+    let mut copy = shared.instance(Some((position, bytes)))?;
+    copy.parked_folded = parked_folded;
+    *reader = Some(copy);
     Ok(true)
 }

@@ -638,6 +638,7 @@ impl Worker {
                         let at = instance.position;
                         instance.apply(std::slice::from_ref(&single))?;
                         instance.position = at;
+                        instance.parked_folded += 1;
                         let state = instance.snapshot()?;
                         // Forgotten under the fold's lock, with the fold: every checkpoint from
                         // here on (this one, or the one the runner stores if the run is stopped
