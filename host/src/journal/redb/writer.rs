@@ -10,6 +10,7 @@
 //! writer thread and then being woken by it costs two thread wake-ups, more than the commit
 //! itself when fsync is fast. Either way, commits are made one at a time (see [`Claim`]).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -84,13 +85,24 @@ impl Claim<'_> {
     /// Applies `batch` in order in one transaction and commits it (see
     /// [`Writer::commit_claimed`]); the answers are for the caller to send, after the claim
     /// is let go.
+    ///
+    /// A commit that panics is a fault: whether it reached the file, the memtable and the
+    /// head is unknown, so its requests are answered so and writes stop, as after a storage
+    /// error, rather than leaving the writer thread dead and every later append `Closed`.
     #[must_use = "dropped answers are sent on this thread"]
     pub(super) fn commit(mut self, batch: Vec<Request>) -> Answers {
         *self.last_alone = match batch.as_slice() {
             [alone] => alone.task,
             _ => None,
         };
-        self.writer.commit_claimed(batch)
+        let writer = self.writer;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| writer.commit_claimed(&batch))) {
+            Ok(outcomes) => Answers::new(batch, outcomes),
+            Err(_) => {
+                let fault = writer.fault_on_panic();
+                Answers::new(batch, std::iter::repeat_with(|| Err(fault.clone())))
+            }
+        }
     }
 }
 
@@ -150,21 +162,30 @@ impl Writer {
         }
     }
 
-    /// A commit panicked half way: whether its changes reached the file, the memtable and the
-    /// head is unknown, so writes stop as after a storage error (see [`commit_claimed`](Self::commit_claimed)).
+    /// A holder of the claim panicked half way: whether its changes reached the file, the
+    /// memtable and the head is unknown, so writes stop as after a storage error (see
+    /// [`commit_claimed`](Self::commit_claimed)).
     fn fault_after_panic<'w>(
         &self,
         poisoned: PoisonError<MutexGuard<'w, Option<task::Id>>>,
     ) -> MutexGuard<'w, Option<task::Id>> {
+        self.fault_on_panic();
+        poisoned.into_inner()
+    }
+
+    /// Publishes the fault of a commit that panicked (unless one was published already) and
+    /// returns the error for its requests.
+    fn fault_on_panic(&self) -> JournalError {
         self.shared.fault.send_if_modified(|fault| {
             let first = fault.is_none();
             if first {
                 tracing::error!("a journal commit panicked: stopping writes");
-                *fault = Some("a journal commit panicked".into());
+                *fault = Some("a journal commit panicked; its outcome is unknown".into());
             }
             first
         });
-        poisoned.into_inner()
+        let fault = self.shared.fault.borrow().clone();
+        JournalError::Faulted(fault.expect("published above"))
     }
 
     /// The right to commit if the writer is idle: no request waits in its queue and no commit
@@ -193,7 +214,7 @@ impl Writer {
     }
 
     /// Applies `batch` in order in one transaction, commits it, publishes the new head and
-    /// returns every request's answer (so none is sent before the commit and the head); for
+    /// returns every request's outcome (so none is sent before the commit and the head); for
     /// the holder of the [`Claim`].
     ///
     /// A storage error is a fault: redb refuses every later write until the file is reopened,
@@ -201,20 +222,20 @@ impl Writer {
     /// writing (fail-stop): this batch gets the error, every later request
     /// [`JournalError::Faulted`], and the fault is published for the host to report and exit
     /// on, so a restart reopens (and if need be repairs) the file.
-    fn commit_claimed(&self, batch: Vec<Request>) -> Answers {
+    fn commit_claimed(&self, batch: &[Request]) -> Vec<RequestResult> {
+        let all = |outcome: Result<_, JournalError>| vec![outcome; batch.len()];
         if let Some(fault) = self.shared.fault.borrow().clone() {
-            let faulted = std::iter::repeat_with(|| Err(JournalError::Faulted(fault.clone())));
-            return Answers::new(batch, faulted);
+            return all(Err(JournalError::Faulted(fault)));
         }
         let started = Instant::now();
-        let outcomes = match self.apply(&batch) {
+        let outcomes = match self.apply(batch) {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 tracing::error!(%error, requests = batch.len(), "journal commit failed: stopping writes");
                 self.shared
                     .fault
                     .send_replace(Some(error.to_string().into()));
-                return Answers::new(batch, std::iter::repeat_with(|| Err(error.clone())));
+                return all(Err(error));
             }
         };
         let (mut appends, mut events) = (0, 0);
@@ -239,7 +260,7 @@ impl Writer {
                 moved
             });
         }
-        Answers::new(batch, outcomes.results)
+        outcomes.results
     }
 
     /// Runs `batch` against one write transaction; commits it if anything was written.
@@ -313,9 +334,12 @@ impl Writer {
     }
 }
 
+/// The outcome of one request of a batch.
+type RequestResult = Result<Option<Appended>, JournalError>;
+
 /// The outcome of each request of a batch.
 struct Applied {
-    results: Vec<Result<Option<Appended>, JournalError>>,
+    results: Vec<RequestResult>,
     /// The head after the commit, if one was needed.
     committed_head: Option<u64>,
 }
@@ -479,6 +503,32 @@ pub(super) mod tests {
         soft_outcome.try_recv().unwrap().unwrap();
         // Versions continue after a soft delete.
         assert_eq!(reopened_outcome.try_recv().unwrap().unwrap(), result(2, 3));
+    }
+
+    /// A commit that panics (here after its transaction committed, so its event is stored)
+    /// stops writes as a storage fault does: its appender learns the outcome is unknown, the
+    /// fault is published for the host to exit on, and later appends are refused as faulted
+    /// rather than finding the writer gone.
+    #[test]
+    fn a_commit_that_panics_is_a_fault_not_a_dead_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        AFTER_COMMIT.with_borrow_mut(|hook| {
+            *hook = Some(Box::new(|_: &SharedDb| panic!("injected into a commit")));
+        });
+        let (panicked, mut panicked_outcome) = append(ExpectedVersion::NoStream, vec![event()]);
+        writer.commit(vec![panicked]);
+        match panicked_outcome.try_recv().unwrap() {
+            Err(JournalError::Faulted(fault)) => assert!(fault.contains("unknown"), "{fault}"),
+            other => panic!("expected a fault, got {other:?}"),
+        }
+        assert!(writer.shared.fault.borrow().is_some());
+        let (later, mut later_outcome) = append(ExpectedVersion::Any, vec![event()]);
+        writer.commit(vec![later]);
+        assert!(matches!(
+            later_outcome.try_recv().unwrap(),
+            Err(JournalError::Faulted(_))
+        ));
     }
 
     #[test]
