@@ -277,6 +277,7 @@ fn client_subcommands_drive_a_running_server() {
         .args(["events", "--follow", "--from", "3", "--url", url])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
@@ -298,11 +299,14 @@ fn client_subcommands_drive_a_running_server() {
     assert!(printed.contains(exact), "{printed}");
     let followed_line = followed.next().unwrap().unwrap();
     assert!(followed_line.contains(exact), "{followed_line}");
-    follower.kill().unwrap();
-    follower.wait().unwrap();
+    // A server shutting down ends the feed: following fails, saying where to go on from.
+    assert!(server.terminate().success());
+    let followed = follower.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{said}");
+    assert!(said.contains("follow again with --from 7"), "{said}");
 
     // Unreachable server: a clear failure.
-    drop(server);
     assert!(fails(url, &["plugins", "list"]).contains("did not answer"));
 }
 
@@ -622,6 +626,39 @@ fn an_import_splits_what_one_append_could_not_hold() {
     );
     let exported = ok(url, &["export", "--data", &data]);
     assert_eq!(exported.lines().count(), events, "every event imported");
+}
+
+/// Data is stored as the client sent it, line breaks between its tokens included, so such
+/// an event spans several lines of an export: it imports whole and exports again byte for byte.
+#[test]
+fn an_event_whose_data_holds_line_breaks_goes_through_export_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("pretty.ndjson");
+    let line = |version: u64, data: &str| {
+        format!(
+            "{{\"position\":{version},\"stream\":\"notes-1\",\"version\":{version},\"id\":\"{}\",\
+             \"type\":\"Noted\",\"content_type\":\"json\",\"data\":{data},\"metadata\":null,\
+             \"recorded_at\":1700000000000}}\n",
+            uuid::Uuid::new_v4()
+        )
+    };
+    let written = [
+        line(1, "{\"a\": 1}"),
+        line(
+            2,
+            "{\n  \"text\": \"} { ] [\",\r\n  \"list\": [\n    1,\n    2\n  ]\n}",
+        ),
+        line(3, "[\r1\r]"),
+    ]
+    .concat();
+    std::fs::write(&export, &written).unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let url = "http://127.0.0.1:9";
+    ok(
+        url,
+        &["import", &export.display().to_string(), "--data", &data],
+    );
+    assert_eq!(ok(url, &["export", "--data", &data]), written);
 }
 
 #[test]

@@ -423,6 +423,9 @@ async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let mut body = response.bytes_stream();
     let mut feed = SseParser::default();
+    // What `--from` resumes after the last event printed: a version in a stream, else a
+    // position.
+    let mut resume = args.from;
     while let Some(chunk) = body.next().await {
         for message in feed.push(&chunk.context("the live feed broke off")?) {
             if message.event == "error" {
@@ -437,10 +440,16 @@ async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
             if wanted {
                 // As sent: its data byte for byte.
                 print_line(&message.data)?;
+                resume = 1 + if args.stream.is_some() {
+                    event.version
+                } else {
+                    event.position
+                };
             }
         }
     }
-    Ok(())
+    // Only a server shutting down ends the feed: following stops there, and says so.
+    bail!("the server closed the live feed (shutting down?): follow again with --from {resume}")
 }
 
 async fn send_failed(response: reqwest::Response) -> anyhow::Result<()> {
@@ -474,7 +483,7 @@ impl SseParser {
     fn push(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
         self.buffer.extend_from_slice(bytes);
         let mut complete = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+        while let Some(end) = self.line_end() {
             let line: Vec<u8> = self.buffer.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
@@ -505,6 +514,17 @@ impl SseParser {
             }
         }
         complete
+    }
+
+    /// Where the buffer's first line ends (its last byte): lines end with CRLF, LF or CR. A
+    /// CR last in the buffer waits for the next bytes, which may begin with its LF.
+    fn line_end(&self) -> Option<usize> {
+        let end = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r')?;
+        match (self.buffer[end], self.buffer.get(end + 1)) {
+            (b'\r', None) => None,
+            (b'\r', Some(b'\n')) => Some(end + 1),
+            _ => Some(end),
+        }
     }
 }
 
@@ -748,6 +768,16 @@ mod tests {
                     data: "x\ny".into()
                 },
             ]
+        );
+        // A lone CR ends a line too (a CR between a payload's tokens arrives so), also when
+        // a chunk ends on it and the next begins with its LF.
+        assert!(parser.push(b"data: {\"a\":\rdata: 2}\r").is_empty());
+        assert_eq!(
+            parser.push(b"\n\r\n"),
+            vec![SseMessage {
+                event: "message".into(),
+                data: "{\"a\":\n2}".into()
+            }]
         );
     }
 }

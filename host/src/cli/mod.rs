@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod offline;
 mod pretty;
+mod records;
 mod token;
 
 use std::io::{IsTerminal, Write};

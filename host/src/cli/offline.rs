@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt::Display;
 use std::fs::File;
 use std::future::Future;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::client::print_line;
 use super::import_check::ImportCheck;
+use super::records::{Record, Records};
 use crate::durable;
 use crate::journal::{
     ExpectedVersion, ImportSequence, Journal, JournalConfig, JournalError, NewEvent,
@@ -373,7 +374,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let file =
         File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let bar = progress(file.metadata()?.len(), "bytes");
-    let mut lines = BufReader::new(file);
+    let mut records = Records::new(BufReader::new(file));
     let mut check = args.plugins.as_deref().map(ImportCheck::load).transpose()?;
     let mut importer = Importer {
         journal: journal.clone(),
@@ -384,16 +385,12 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let failed = |failed: Failed| failed.report(&args.file);
     let mut line = String::new();
-    for number in 1.. {
-        line.clear();
-        let read = lines.read_line(&mut line)?;
-        if read == 0 {
-            break;
-        }
-        bar.inc(read as u64);
-        if line.trim().is_empty() {
-            continue;
-        }
+    while let Some(Record {
+        line: number,
+        bytes,
+    }) = records.next(&mut line)?
+    {
+        bar.inc(bytes as u64);
         let parsed = serde_json::from_str::<EventJson>(&line)
             .map_err(|error| error.to_string())
             .and_then(|event| {
