@@ -968,53 +968,58 @@ impl Runtime {
                 })
                 .await
                 .map(|s| s.clone());
-            let (Some(runtime), Some(pending)) = (runtime.upgrade(), pending.upgrade()) else {
+            let (Ok(outcome), Some(runtime)) = (outcome, runtime.upgrade()) else {
                 return;
             };
-            let mut plugins = runtime.plugins.write().expect("plugin table lock");
-            let Some(slot) = plugins.get_mut(&name) else {
+            // The install turn is taken before the swap and held until the old run stopped
+            // and the new one adopted its records: an unload dropping the build's data, or a
+            // restart, comes wholly before the swap (and ends this run) or wholly after.
+            let _turn = runtime.installing.lock().await;
+            let Some(pending) = pending.upgrade() else {
                 return;
             };
-            let Some(Entry::Projection {
-                active,
-                pending: Some(current),
-            }) = &mut slot.entry
-            else {
-                return;
-            };
-            if !Arc::ptr_eq(current, &pending) {
-                return; // superseded by an even newer version
-            }
-            match outcome {
-                Ok(ProjectionStatus::Live { .. }) => {
-                    tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
-                    let old = std::mem::replace(active, pending.clone());
-                    // A reset of the same build writes its records once the old run stopped;
-                    // under the install turn, so a restart's checkpoint of the old run cannot
-                    // land after them.
-                    let turn = runtime.clone();
-                    tokio::spawn(async move {
-                        let _turn = turn.installing.lock().await;
-                        old.stop().await;
-                        pending.adopt().await;
-                    });
-                    slot.entry = match slot.entry.take() {
-                        Some(Entry::Projection { active, .. }) => Some(Entry::Projection {
-                            active,
-                            pending: None,
-                        }),
-                        other => other,
-                    };
+            let old = {
+                let mut plugins = runtime.plugins.write().expect("plugin table lock");
+                let Some(slot) = plugins.get_mut(&name) else {
+                    return;
+                };
+                let Some(Entry::Projection {
+                    active,
+                    pending: Some(current),
+                }) = &mut slot.entry
+                else {
+                    return;
+                };
+                if !Arc::ptr_eq(current, &pending) {
+                    return; // superseded by an even newer version
                 }
-                Ok(ProjectionStatus::Faulted { reason, .. }) => {
-                    tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
-                    slot.last_error = Some(reason);
-                    if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
-                        *pending = None;
+                match outcome {
+                    ProjectionStatus::Live { .. } => {
+                        tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
+                        let old = std::mem::replace(active, pending.clone());
+                        slot.entry = match slot.entry.take() {
+                            Some(Entry::Projection { active, .. }) => Some(Entry::Projection {
+                                active,
+                                pending: None,
+                            }),
+                            other => other,
+                        };
+                        old
                     }
+                    ProjectionStatus::Faulted { reason, .. } => {
+                        tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
+                        slot.last_error = Some(reason);
+                        if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
+                            *pending = None;
+                        }
+                        return;
+                    }
+                    _ => return,
                 }
-                _ => {}
-            }
+            };
+            // A reset of the same build writes its records once the old run stopped.
+            old.stop().await;
+            pending.adopt().await;
         });
     }
 }
