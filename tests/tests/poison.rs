@@ -885,6 +885,37 @@ async fn a_query_that_traps_leaves_the_projection_live_and_the_next_query_works(
     assert_eq!(api.query("mischief", "count").await.1["pongs"], 4);
 }
 
+/// An uploaded build that stops at an event while it catches up never takes over, and a
+/// restart serves what served before it, not the refused build kept for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_build_that_faults_catching_up_does_not_serve_after_a_restart() {
+    let dirs = without_bank_account(&[]);
+    let lenient = foldhost_plugins::path(foldhost_plugins::BANK_ANALYTICS_LENIENT);
+    std::fs::copy(lenient, dirs.plugins.join("bank-analytics.wasm")).unwrap();
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let policy = "/plugins/bank-analytics/policy";
+    let (status, _) = api.admin_put(policy, json!({"policy": "stop"})).await;
+    assert_eq!(status, 200);
+    history_with_poison(&api).await;
+    assert_eq!(api.wait_live("bank-analytics", 5).await["version"], "1.0.1");
+
+    let (status, body) = api
+        .put_plugin("bank-analytics", foldhost_plugins::BANK_ANALYTICS)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let info = api
+        .wait_plugin("bank-analytics", |p| {
+            p["pending"].is_null() && p["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(info["version"], "1.0.1", "{info}");
+
+    drop(api);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let info = api.wait_live("bank-analytics", 5).await;
+    assert_eq!(info["version"], "1.0.1", "{info}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stop_policy_faults_like_kurrentdb_until_an_operator_acts() {
     // mischief follows the same log: it shows when new events have reached the projections.

@@ -138,6 +138,10 @@ enum Entry {
 struct Slot {
     entry: Option<Entry>,
     last_error: Option<String>,
+    /// While an uploaded projection build catches up: its hash, and the kept upload as it was
+    /// before (see [`Uploads::store`]), put back unless that build takes over, so a restart
+    /// loads what serves rather than a build that faulted or was superseded.
+    upload_before: Option<(String, Option<Vec<u8>>)>,
 }
 
 /// Loaded plugins plus the services that run them.
@@ -373,14 +377,38 @@ impl Runtime {
             uploads.store(name, replaces.as_deref(), &bytes)
         })
         .await?;
+        // An upload still catching up that this one supersedes had kept what serves.
+        let earlier = self
+            .slot_mut(&name, |slot| slot.upload_before.take())
+            .flatten();
+        let hash = plugin.hash.clone();
         let installed = self.install(plugin, &name);
-        if installed.is_err() {
-            let restore = move |uploads: &Uploads, name: &str| uploads.restore(name, before);
-            if let Err(error) = on_kept(&uploads, &name, "putting back", restore).await {
-                tracing::error!(plugin = %name, %error, "the refused upload may load at the next start");
+        match &installed {
+            Err(_) => {
+                self.slot_mut(&name, |slot| slot.upload_before = earlier);
+                self.put_back(&uploads, &name, before).await;
             }
+            Ok(info) if info.pending.is_some() => {
+                let before = earlier.map_or(before, |(_, serving)| serving);
+                self.slot_mut(&name, |slot| slot.upload_before = Some((hash, before)));
+            }
+            Ok(_) => {}
         }
         installed
+    }
+
+    /// Runs `change` on the slot of `name`, if there is one.
+    fn slot_mut<T>(&self, name: &str, change: impl FnOnce(&mut Slot) -> T) -> Option<T> {
+        let mut plugins = self.plugins.write().expect("plugin table lock");
+        plugins.get_mut(name).map(change)
+    }
+
+    /// Puts the kept upload of `name` back as it was (`before`), logging a failure.
+    async fn put_back(&self, uploads: &Uploads, name: &str, before: Option<Vec<u8>>) {
+        let restore = move |uploads: &Uploads, name: &str| uploads.restore(name, before);
+        if let Err(error) = on_kept(uploads, name, "putting back", restore).await {
+            tracing::error!(plugin = %name, %error, "a build that does not serve may load at the next start");
+        }
     }
 
     /// Installs the build of a file of the plugins directory whose bytes have the SHA-256
@@ -525,6 +553,7 @@ impl Runtime {
         }
         tracing::info!(plugin = %name, hash = %plugin.hash, kind = ?plugin.kind(), "loading plugin");
         slot.last_error = None;
+        slot.upload_before = None;
         let kind = plugin.kind();
         let old = slot.entry.take();
         let replaces_upcaster = matches!(old, Some(Entry::Upcaster(_)));
@@ -978,7 +1007,7 @@ impl Runtime {
             let Some(pending) = pending.upgrade() else {
                 return;
             };
-            let old = {
+            let (old, upload_before) = {
                 let mut plugins = runtime.plugins.write().expect("plugin table lock");
                 let Some(slot) = plugins.get_mut(&name) else {
                     return;
@@ -993,6 +1022,12 @@ impl Runtime {
                 if !Arc::ptr_eq(current, &pending) {
                     return; // superseded by an even newer version
                 }
+                // Kept as uploaded only if the uploaded build is the one taking over.
+                let took_over = matches!(outcome, ProjectionStatus::Live { .. });
+                let upload_before = slot
+                    .upload_before
+                    .take()
+                    .filter(|(hash, _)| !took_over || *hash != pending.plugin().hash);
                 match outcome {
                     ProjectionStatus::Live { .. } => {
                         tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
@@ -1004,7 +1039,7 @@ impl Runtime {
                             }),
                             other => other,
                         };
-                        old
+                        (Some(old), upload_before)
                     }
                     ProjectionStatus::Faulted { reason, .. } => {
                         tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
@@ -1012,14 +1047,19 @@ impl Runtime {
                         if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
                             *pending = None;
                         }
-                        return;
+                        (None, upload_before)
                     }
                     _ => return,
                 }
             };
-            // A reset of the same build writes its records once the old run stopped.
-            old.stop().await;
-            pending.adopt().await;
+            if let (Some((_, before)), Some(uploads)) = (upload_before, &runtime.uploads) {
+                runtime.put_back(uploads, &name, before).await;
+            }
+            if let Some(old) = old {
+                // A reset of the same build writes its records once the old run stopped.
+                old.stop().await;
+                pending.adopt().await;
+            }
         });
     }
 }
