@@ -290,6 +290,69 @@ async fn snapshot_plus_tail_equals_a_full_replay() {
     assert_eq!(balance(&full_replay.1), (1..=34).sum::<i64>());
 }
 
+/// A rebuild reads the stream's window apart from its pages: a truncation toggled while a
+/// state of several pages is rebuilt never yields a state folded from two views (the first
+/// page of the whole stream, later pages of the truncated one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_rebuilt_while_its_stream_is_truncated_folds_one_view() {
+    use foldhost::journal::StreamMetadata;
+    let host = Host::new();
+    host.load("bank-account").await;
+    let journal = host.runtime.journal().clone();
+    let stream = "bank-account-toggled";
+    let opened = NewEvent::json("Opened", &json!({"owner": "T"}));
+    journal
+        .append(stream, ExpectedVersion::NoStream, vec![opened])
+        .await
+        .unwrap();
+    // Versions 2..=3001: a deposit of 1 each, three pages of a rebuild.
+    for _ in 0..3 {
+        let deposits = (0..1000)
+            .map(|_| NewEvent::json("Deposited", &json!({"amount": 1})))
+            .collect();
+        journal
+            .append(stream, ExpectedVersion::Any, deposits)
+            .await
+            .unwrap();
+    }
+    let plugin = host.runtime.aggregate("bank-account").unwrap();
+    let rebuilding = tokio::task::spawn_blocking({
+        let journal = journal.clone();
+        move || {
+            let mut balances = Vec::new();
+            for _ in 0..40 {
+                match AggregateInstance::rehydrate(plugin.clone(), &journal, stream, u64::MAX) {
+                    Ok(mut instance) => balances.push(balance(&instance.state().unwrap())),
+                    Err(RuntimeError::WindowMoved { .. }) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            balances
+        }
+    });
+    let mut round = 0;
+    while !rebuilding.is_finished() {
+        let truncate_before = (round % 2 == 0).then_some(2900);
+        let metadata = StreamMetadata {
+            truncate_before,
+            ..StreamMetadata::default()
+        };
+        journal.set_stream_metadata(stream, metadata).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        round += 1;
+    }
+    let balances = rebuilding.await.unwrap();
+    // The whole stream, or versions 2900..=3001 of it.
+    assert!(
+        balances.iter().all(|b| [3000, 102].contains(b)),
+        "{balances:?}"
+    );
+    assert!(
+        !balances.is_empty(),
+        "no rebuild got one view in {round} toggles"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_to_one_stream_are_serialised() {
     let host = Arc::new(Host::new());

@@ -23,6 +23,10 @@ pub const REPLAY_LIMIT: ReadLimit = ReadLimit {
     bytes: 4 << 20,
 };
 
+/// Rebuilds of one state tried before giving up on a stream whose visible window moves under
+/// each of them (see `AggregateInstance::rehydrate_in`); the last one's error is returned.
+const WINDOW_TRIES: usize = 8;
+
 /// Splits `events` into consecutive batches within `limit` (a batch has at least one event).
 pub fn batches(
     events: &[RecordedEvent],
@@ -193,7 +197,35 @@ impl AggregateInstance {
     /// [`rehydrate`](Self::rehydrate) within the stream's visible `window`: the state folds only
     /// the events readers see, so snapshots (journal or dehydrated) are used only when the
     /// window is the whole stream.
+    ///
+    /// The window is read apart from the pages folded: a page that does not start where the
+    /// window says (a truncation or deletion moved it meanwhile) has the state folded again,
+    /// in the window as it is then.
     fn rehydrate_in(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
+        journal: &Journal,
+        stream: &str,
+        at_most: u64,
+        window: &StreamWindow,
+        mut dehydrated: Option<Dehydrated>,
+    ) -> Result<Self, RuntimeError> {
+        let mut window = *window;
+        for _ in 1..WINDOW_TRIES {
+            let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
+            let dehydrated = dehydrated.take();
+            match Self::fold_in(
+                plugin, upcasters, journal, stream, at_most, &window, dehydrated,
+            ) {
+                Err(RuntimeError::WindowMoved { .. }) => window = journal.stream_window(stream)?,
+                folded => return folded,
+            }
+        }
+        Self::fold_in(plugin, upcasters, journal, stream, at_most, &window, None)
+    }
+
+    /// The state of `stream` folded within `window` (see [`rehydrate_in`](Self::rehydrate_in)).
+    fn fold_in(
         plugin: Arc<Plugin>,
         upcasters: Arc<UpcasterChain>,
         journal: &Journal,
@@ -219,7 +251,8 @@ impl AggregateInstance {
         instance.snapshot_version = snapshot_version;
         instance.base = window.first;
         instance.whole = window.is_whole();
-        instance.catch_up(journal, at_most)?;
+        // Past the events an age limit hides, visible versions follow one another.
+        instance.catch_up_from(journal, at_most, None, !window.expires)?;
         instance.settle(window, at_most);
         Ok(instance)
     }
@@ -248,7 +281,18 @@ impl AggregateInstance {
                 Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &window, None)?;
             return Ok(());
         }
-        self.catch_up_from(journal, u64::MAX, Some(first))?;
+        // A page after the first is read on its own, and may start past the window if a
+        // truncation or deletion moved it meanwhile: then the state is rebuilt.
+        match self.catch_up_from(journal, u64::MAX, Some(first), true) {
+            Err(RuntimeError::WindowMoved { .. }) => {
+                let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
+                let (stream, now) = (self.stream.clone(), journal.stream_window(&self.stream)?);
+                *self =
+                    Self::rehydrate_in(plugin, upcasters, journal, &stream, u64::MAX, &now, None)?;
+                return Ok(());
+            }
+            caught_up => caught_up?,
+        }
         self.settle(&window, u64::MAX);
         Ok(())
     }
@@ -269,16 +313,18 @@ impl AggregateInstance {
     /// A stream longer than a page is read one page ahead of the fold
     /// ([`Pages::fold_ahead`]).
     pub fn catch_up(&mut self, journal: &Journal, at_most: u64) -> Result<(), RuntimeError> {
-        self.catch_up_from(journal, at_most, None)
+        self.catch_up_from(journal, at_most, None, false)
     }
 
     /// [`catch_up`](Self::catch_up), starting with `first` if the page after `self.version`
-    /// was read already.
+    /// was read already. With `gapless`, each page must start at the version after the state's
+    /// (or at its window's first), else [`RuntimeError::WindowMoved`].
     fn catch_up_from(
         &mut self,
         journal: &Journal,
         at_most: u64,
         first: Option<Vec<RecordedEvent>>,
+        gapless: bool,
     ) -> Result<(), RuntimeError> {
         let pages = Pages::Stream {
             stream: self.stream.clone(),
@@ -286,6 +332,11 @@ impl AggregateInstance {
             to: at_most,
         };
         let fold = |events: &[RecordedEvent]| {
+            let next = (self.version + 1).max(self.base);
+            if gapless && events.first().is_some_and(|event| event.version != next) {
+                let stream = self.stream.clone();
+                return Err(RuntimeError::WindowMoved { stream });
+            }
             if let Err(error) = self.apply(events) {
                 if let [event] = events {
                     return Err(RuntimeError::unfoldable(self.plugin.name(), event, error));

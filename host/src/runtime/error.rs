@@ -142,6 +142,13 @@ pub enum RuntimeError {
     /// again later.
     #[error("too many queries or rebuilds of past states are running; try again later")]
     Busy,
+    /// The stream was truncated or deleted again each time its state was rebuilt, so no
+    /// rebuild read one view of it; try again.
+    #[error("stream {stream} was truncated or deleted while its state was rebuilt; try again")]
+    WindowMoved {
+        /// The stream.
+        stream: String,
+    },
     /// The operation needs the projection in another state (e.g. replaying parked events of a
     /// projection that has not started).
     #[error("projection {plugin} cannot {action} now: {reason}")]

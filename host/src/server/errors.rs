@@ -187,6 +187,8 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::MemoryBudget { .. } => return Self::busy(&error, 1),
             // Queries or past states waited too long for a turn: they pass once others end.
             RuntimeError::Busy => return Self::busy(&error, 1),
+            // Truncated or deleted under every rebuild: passes once the operator's changes do.
+            RuntimeError::WindowMoved { .. } => return Self::busy(&error, 1),
             RuntimeError::UnknownPlugin(_)
             | RuntimeError::WrongKind { .. }
             | RuntimeError::NoSuchStream(_) => StatusCode::NOT_FOUND,
