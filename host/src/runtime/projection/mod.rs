@@ -99,9 +99,6 @@ pub struct ProjectionInstance {
     bindings: ProjectionExports,
     /// The last global position read (whether or not the plugin wanted it).
     pub position: u64,
-    /// Parked events folded again at the head, which moves no position: with `position`,
-    /// what tells a readers' copy (which takes the fold's count) that it is stale.
-    pub parked_folded: u64,
 }
 
 impl ProjectionInstance {
@@ -135,7 +132,6 @@ impl ProjectionInstance {
             store,
             bindings,
             position,
-            parked_folded: 0,
         })
     }
 

@@ -53,7 +53,7 @@ pub struct ProjectionRunner {
     status: watch::Receiver<ProjectionStatus>,
     control: mpsc::UnboundedSender<Control>,
     /// The readers' copy of the fold, and its turn-taking.
-    reader: Arc<tokio::sync::Mutex<Option<ProjectionInstance>>>,
+    reader: Arc<tokio::sync::Mutex<Option<ReaderCopy>>>,
     queries: Arc<Semaphore>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -74,6 +74,7 @@ impl ProjectionRunner {
             replayed: AtomicU64::new(0),
             status: status_tx,
             durable: AtomicBool::new(!options.fresh),
+            parked_folded: AtomicU64::new(0),
         });
         let worker = Worker::new(
             shared.clone(),
@@ -195,7 +196,7 @@ impl ProjectionRunner {
             if !refresh(&shared, &mut reader)? {
                 return Ok(None);
             }
-            let copy = reader.as_mut().expect("refreshed");
+            let copy = &mut reader.as_mut().expect("refreshed").instance;
             let outcome = call(copy);
             if outcome.is_err() {
                 *reader = None;
@@ -291,24 +292,31 @@ impl Drop for ProjectionRunner {
     }
 }
 
+/// The readers' copy of the fold, made from its snapshot.
+struct ReaderCopy {
+    instance: ProjectionInstance,
+    /// The fold's position and count of parked events folded when copied.
+    stamp: (u64, u64),
+}
+
 /// Brings the readers' copy up to the fold's position and parked events folded (a new
 /// instance restored from the fold's snapshot). `false` if there is no state to read yet.
-fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<bool, RuntimeError> {
+fn refresh(shared: &Shared, reader: &mut Option<ReaderCopy>) -> Result<bool, RuntimeError> {
     let snapshot = {
         let mut fold = shared.fold.lock().expect("projection lock");
         // Being rebuilt: the copy, if any, is the latest state there is.
         let Some(instance) = fold.as_mut() else {
             return Ok(reader.is_some());
         };
-        let (position, parked_folded) = (instance.position, instance.parked_folded);
-        if reader
-            .as_ref()
-            .is_some_and(|copy| copy.position == position && copy.parked_folded == parked_folded)
-        {
+        let stamp = (
+            instance.position,
+            shared.parked_folded.load(Ordering::Relaxed),
+        );
+        if reader.as_ref().is_some_and(|copy| copy.stamp == stamp) {
             return Ok(true);
         }
         match instance.snapshot() {
-            Ok(bytes) => (position, parked_folded, bytes),
+            Ok(bytes) => (stamp, bytes),
             Err(error) => {
                 // A trapped store is never reused: the worker rebuilds the fold.
                 *fold = None;
@@ -316,9 +324,8 @@ fn refresh(shared: &Shared, reader: &mut Option<ProjectionInstance>) -> Result<b
             }
         }
     };
-    let (position, parked_folded, bytes) = snapshot;
-    let mut copy = shared.instance(Some((position, bytes)))?;
-    copy.parked_folded = parked_folded;
-    *reader = Some(copy);
+    let (stamp, bytes) = snapshot;
+    let instance = shared.instance(Some((stamp.0, bytes)))?;
+    *reader = Some(ReaderCopy { instance, stamp });
     Ok(true)
 }

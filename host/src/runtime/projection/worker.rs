@@ -50,6 +50,10 @@ pub(super) struct Shared {
     /// Whether checkpoints and parked events are written to the journal: a reset run writes
     /// them only once it took over.
     pub durable: AtomicBool,
+    /// Parked events folded again at the head since the run started, which moves no position
+    /// (changed under the fold's lock; a rebuilt fold keeps what they did): with the fold's
+    /// position, what tells the readers' copy it is stale.
+    pub parked_folded: AtomicU64,
 }
 
 impl Shared {
@@ -638,7 +642,7 @@ impl Worker {
                         let at = instance.position;
                         instance.apply(std::slice::from_ref(&single))?;
                         instance.position = at;
-                        instance.parked_folded += 1;
+                        shared.parked_folded.fetch_add(1, Ordering::Relaxed);
                         let state = instance.snapshot()?;
                         // Forgotten under the fold's lock, with the fold: every checkpoint from
                         // here on (this one, or the one the runner stores if the run is stopped
