@@ -38,7 +38,8 @@ enum Action {
     Serve(ServeArgs),
     /// Append one event to a stream.
     Append(client::AppendArgs),
-    /// Print events, one JSON object per line: of one stream, or of the global log.
+    /// Print events, one JSON object per line (more if its data holds line breaks): of one
+    /// stream, or of the global log.
     Events(client::EventsArgs),
     /// Run a command on an aggregate and print the outcome.
     Command(client::CommandArgs),

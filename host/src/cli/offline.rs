@@ -102,7 +102,8 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// An NDJSON export (`foldhost export`): one event per line, in global-log order.
+    /// An NDJSON export (`foldhost export`): one event per line (more if its data holds line
+    /// breaks), in global-log order.
     file: PathBuf,
     /// Check the events of each aggregate's streams with the aggregates (`*.wasm`) in this
     /// directory, as the server does: the import stops at the first event an aggregate cannot
@@ -280,7 +281,8 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
     .await?
 }
 
-/// `export`: the global log as NDJSON, one [`EventJson`] per line. A file is replaced
+/// `export`: the global log as NDJSON, one [`EventJson`] per line (or more, where data is
+/// stored with line breaks between its tokens; see `records`). A file is replaced
 /// atomically once complete and synced, so a crash never leaves half an export under its name.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {

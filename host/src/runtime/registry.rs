@@ -537,6 +537,8 @@ impl Runtime {
                     // The latest upload wins: re-sending the serving build
                     // cancels a newer one still catching up.
                     if let Some(cancelled) = pending.take() {
+                        // What serves is what is installed: kept or not, it stays.
+                        slot.upload_before = None;
                         tracing::info!(plugin = %name, hash = %cancelled.plugin().hash, "pending projection version cancelled");
                         tokio::spawn(async move { cancelled.stop().await });
                     }
@@ -988,7 +990,7 @@ impl Runtime {
         let mut status = pending.watch_status();
         let pending = Arc::downgrade(&pending);
         tokio::spawn(async move {
-            let outcome = status
+            let settled = status
                 .wait_for(|s| {
                     matches!(
                         s,
@@ -996,8 +998,8 @@ impl Runtime {
                     )
                 })
                 .await
-                .map(|s| s.clone());
-            let (Ok(outcome), Some(runtime)) = (outcome, runtime.upgrade()) else {
+                .is_ok();
+            let (true, Some(runtime)) = (settled, runtime.upgrade()) else {
                 return;
             };
             // The install turn is taken before the swap and held until the old run stopped
@@ -1007,60 +1009,79 @@ impl Runtime {
             let Some(pending) = pending.upgrade() else {
                 return;
             };
-            let (old, upload_before) = {
-                let mut plugins = runtime.plugins.write().expect("plugin table lock");
-                let Some(slot) = plugins.get_mut(&name) else {
-                    return;
-                };
-                let Some(Entry::Projection {
-                    active,
-                    pending: Some(current),
-                }) = &mut slot.entry
-                else {
-                    return;
-                };
-                if !Arc::ptr_eq(current, &pending) {
-                    return; // superseded by an even newer version
-                }
-                // Kept as uploaded only if the uploaded build is the one taking over.
-                let took_over = matches!(outcome, ProjectionStatus::Live { .. });
-                let upload_before = slot
-                    .upload_before
-                    .take()
-                    .filter(|(hash, _)| !took_over || *hash != pending.plugin().hash);
-                match outcome {
-                    ProjectionStatus::Live { .. } => {
-                        tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
-                        let old = std::mem::replace(active, pending.clone());
-                        slot.entry = match slot.entry.take() {
-                            Some(Entry::Projection { active, .. }) => Some(Entry::Projection {
-                                active,
-                                pending: None,
-                            }),
-                            other => other,
-                        };
-                        (Some(old), upload_before)
-                    }
-                    ProjectionStatus::Faulted { reason, .. } => {
-                        tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
-                        slot.last_error = Some(reason);
-                        if let Some(Entry::Projection { pending, .. }) = &mut slot.entry {
-                            *pending = None;
-                        }
-                        (None, upload_before)
-                    }
-                    _ => return,
-                }
+            // As it is now: a run live before the turn may have stopped at an event since.
+            let outcome = status.borrow().clone();
+            runtime.promote(&name, &pending, outcome).await;
+        });
+    }
+
+    /// Swaps `pending` in for the active run of `name` if `outcome` is live, or records why
+    /// it stopped; under the install turn. The kept upload is settled first, so nothing tells
+    /// of the outcome before a restart would load the build that serves.
+    async fn promote(
+        &self,
+        name: &str,
+        pending: &Arc<ProjectionRunner>,
+        outcome: ProjectionStatus,
+    ) {
+        let took_over = match outcome {
+            ProjectionStatus::Live { .. } => true,
+            ProjectionStatus::Faulted { .. } => false,
+            _ => return,
+        };
+        let Some(upload_before) =
+            self.pending_slot(name, pending, |slot| slot.upload_before.take())
+        else {
+            return; // superseded by an even newer version, or unloaded
+        };
+        // Kept as uploaded only if the uploaded build is the one taking over.
+        let kept = |hash: &String| took_over && *hash == pending.plugin().hash;
+        if let (Some((hash, before)), Some(uploads)) = (upload_before, &self.uploads)
+            && !kept(&hash)
+        {
+            self.put_back(uploads, name, before).await;
+        }
+        let old = self.pending_slot(name, pending, |slot| {
+            let Some(Entry::Projection { active, pending: waiting }) = &mut slot.entry else {
+                unreachable!("a pending run's slot holds a projection");
             };
-            if let (Some((_, before)), Some(uploads)) = (upload_before, &runtime.uploads) {
-                runtime.put_back(uploads, &name, before).await;
-            }
-            if let Some(old) = old {
-                // A reset of the same build writes its records once the old run stopped.
-                old.stop().await;
-                pending.adopt().await;
+            *waiting = None;
+            match outcome {
+                ProjectionStatus::Faulted { reason, .. } => {
+                    tracing::error!(plugin = %name, %reason, "new projection version stopped; keeping the old one");
+                    slot.last_error = Some(reason);
+                    None
+                }
+                _ => {
+                    tracing::info!(plugin = %name, hash = %pending.plugin().hash, "new projection version took over");
+                    Some(std::mem::replace(active, pending.clone()))
+                }
             }
         });
+        if let Some(Some(old)) = old {
+            // A reset of the same build writes its records once the old run stopped.
+            old.stop().await;
+            pending.adopt().await;
+        }
+    }
+
+    /// Runs `change` on the slot of `name` while `pending` is its pending projection run;
+    /// `None` once it is not.
+    fn pending_slot<T>(
+        &self,
+        name: &str,
+        pending: &Arc<ProjectionRunner>,
+        change: impl FnOnce(&mut Slot) -> T,
+    ) -> Option<T> {
+        let mut plugins = self.plugins.write().expect("plugin table lock");
+        let slot = plugins.get_mut(name)?;
+        match &slot.entry {
+            Some(Entry::Projection {
+                pending: Some(current),
+                ..
+            }) if Arc::ptr_eq(current, pending) => Some(change(slot)),
+            _ => None,
+        }
     }
 }
 
