@@ -358,6 +358,61 @@ async fn thousands_of_aggregates_keep_within_the_cache_budget() {
     );
 }
 
+/// A client that asks for large pages on many connections and reads none of them holds at
+/// most its share of the body budget: past it, its next large answer is refused (429), while
+/// small ones still go out; once its connections close, large pages are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_responses_hold_at_most_the_clients_share_of_the_body_budget() {
+    let dirs = Dirs::new();
+    let mut command = Server::command(&dirs.data, None);
+    command.args(["--body-budget-per-client", "20MiB"]);
+    let server = Server::launch(command);
+    let client = Client::new();
+    append_heavy(&client, &server, "big-1", 16, 1_000_000).await;
+    let page = "/streams/big-1/events?limit=16";
+    let (status, events) = get(&client, &server, page).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.as_array().unwrap().len(), 16);
+
+    // Each page is ~16 MB: more than the socket buffers take, so an unread one stays held.
+    let address = server.url.strip_prefix("http://").unwrap().to_owned();
+    let request = format!("GET {page} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    for stream in &stalled {
+        while !answered(stream) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (status, refused) = get(&client, &server, page).await;
+    let said: String = refused.to_string().chars().take(300).collect();
+    assert_eq!(status, 429, "{said}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be held"),
+        "{refused}"
+    );
+    assert_eq!(get(&client, &server, "/health").await.0, 200);
+
+    drop(stalled);
+    let deadline = std::time::Instant::now() + serve::PATIENCE;
+    loop {
+        let (status, _) = get(&client, &server, page).await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Appends `count` events of about `size` bytes each to `stream`, 7 per request.
 async fn append_heavy(client: &Client, server: &Server, stream: &str, count: usize, size: usize) {
     let data = "d".repeat(size);

@@ -57,7 +57,7 @@ impl BodyBounds {
     }
 
     /// The budget the bodies hold, and the share of it each client holds.
-    pub fn budget(&self) -> &BodyBudget {
+    pub fn budget(&self) -> &Arc<BodyBudget> {
         &self.budget
     }
 }

@@ -46,6 +46,7 @@ pub mod openapi;
 mod origins;
 mod plugins;
 mod projections;
+mod responses;
 mod shares;
 mod stats;
 mod streams;
@@ -172,6 +173,10 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.bodies.clone(),
             bodies::bound,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.bodies.clone(),
+            responses::hold,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.origins.clone(),
