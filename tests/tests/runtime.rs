@@ -353,6 +353,49 @@ async fn a_state_rebuilt_while_its_stream_is_truncated_folds_one_view() {
     );
 }
 
+/// Events a scavenge removed stay gone when the rule that hid them is relaxed: the window
+/// then starts before the stream's first stored event, and a rebuild folds what is stored
+/// rather than taking the gap for a window that moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_scavenged_then_given_a_looser_rule_rebuilds_from_what_is_stored() {
+    use foldhost::journal::StreamMetadata;
+    let host = Host::new();
+    host.load("bank-account").await;
+    let journal = host.runtime.journal().clone();
+    let stream = "bank-account-kept";
+    let mut events = vec![NewEvent::json("Opened", &json!({"owner": "K"}))];
+    events.extend((0..99).map(|_| NewEvent::json("Deposited", &json!({"amount": 1}))));
+    journal
+        .append(stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let keep = |count| StreamMetadata {
+        max_count: Some(count),
+        ..StreamMetadata::default()
+    };
+    journal.set_stream_metadata(stream, keep(10)).await.unwrap();
+    journal.scavenge().await.unwrap();
+    journal.set_stream_metadata(stream, keep(50)).await.unwrap();
+    assert_eq!(journal.stream_window(stream).unwrap().first, 51);
+    let plugin = host.runtime.aggregate("bank-account").unwrap();
+    let state = tokio::task::spawn_blocking(move || {
+        let mut instance =
+            AggregateInstance::rehydrate(plugin, &journal, stream, u64::MAX).unwrap();
+        (instance.version, instance.state().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!((state.0, balance(&state.1)), (100, 10));
+    let outcome = host
+        .command("bank-account", "kept", "Deposit", json!({"amount": 5}))
+        .await;
+    // Its opening is no longer stored: the account refuses, as a rule, not as a fault.
+    assert!(
+        matches!(outcome, Err(RuntimeError::Rejected { .. })),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_to_one_stream_are_serialised() {
     let host = Arc::new(Host::new());

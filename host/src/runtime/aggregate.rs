@@ -251,8 +251,19 @@ impl AggregateInstance {
         instance.snapshot_version = snapshot_version;
         instance.base = window.first;
         instance.whole = window.is_whole();
+        // The first page comes with the window it is read in, so it starts where that window
+        // says (past events a scavenge removed, too); `window` chose the snapshot, so if it
+        // moved since, the state is folded again.
+        let from = instance.version + 1;
+        let (now, mut first) = journal.stream_window_and_page(stream, from, REPLAY_LIMIT)?;
+        if now.first != window.first || now.is_whole() != window.is_whole() {
+            return Err(RuntimeError::WindowMoved {
+                stream: stream.to_owned(),
+            });
+        }
+        first.truncate(first.partition_point(|event| event.version <= at_most));
         // Past the events an age limit hides, visible versions follow one another.
-        instance.catch_up_from(journal, at_most, None, !window.expires)?;
+        instance.catch_up_from(journal, at_most, Some(first), !window.expires)?;
         instance.settle(window, at_most);
         Ok(instance)
     }
@@ -317,8 +328,9 @@ impl AggregateInstance {
     }
 
     /// [`catch_up`](Self::catch_up), starting with `first` if the page after `self.version`
-    /// was read already. With `gapless`, each page must start at the version after the state's
-    /// (or at its window's first), else [`RuntimeError::WindowMoved`].
+    /// was read already (with the window, so it starts where the window says). With
+    /// `gapless`, each page read after it must start at the version after the state's, else
+    /// [`RuntimeError::WindowMoved`]: a truncation or deletion moved the window meanwhile.
     fn catch_up_from(
         &mut self,
         journal: &Journal,
@@ -331,9 +343,13 @@ impl AggregateInstance {
             from: self.version + 1,
             to: at_most,
         };
+        let mut pre_read = first.is_some();
         let fold = |events: &[RecordedEvent]| {
-            let next = (self.version + 1).max(self.base);
-            if gapless && events.first().is_some_and(|event| event.version != next) {
+            let next = self.version + 1;
+            let follows = std::mem::take(&mut pre_read)
+                || !gapless
+                || events.first().is_none_or(|event| event.version == next);
+            if !follows {
                 let stream = self.stream.clone();
                 return Err(RuntimeError::WindowMoved { stream });
             }
@@ -361,6 +377,11 @@ impl AggregateInstance {
         let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
         let mut rebuilt =
             Self::rehydrate_through(plugin, upcasters, journal, &self.stream, before)?;
+        // Rebuilt in another window than this state's: the batch may be hidden now.
+        if rebuilt.base != self.base || rebuilt.whole != self.whole {
+            let stream = self.stream.clone();
+            return Err(RuntimeError::WindowMoved { stream });
+        }
         for event in events {
             rebuilt
                 .apply(std::slice::from_ref(event))

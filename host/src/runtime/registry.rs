@@ -989,29 +989,35 @@ impl Runtime {
         let name = name.to_owned();
         let mut status = pending.watch_status();
         let pending = Arc::downgrade(&pending);
+        let settled = |s: &ProjectionStatus| {
+            matches!(
+                s,
+                ProjectionStatus::Live { .. } | ProjectionStatus::Faulted { .. }
+            )
+        };
         tokio::spawn(async move {
-            let settled = status
-                .wait_for(|s| {
-                    matches!(
-                        s,
-                        ProjectionStatus::Live { .. } | ProjectionStatus::Faulted { .. }
-                    )
-                })
-                .await
-                .is_ok();
-            let (true, Some(runtime)) = (settled, runtime.upgrade()) else {
-                return;
-            };
-            // The install turn is taken before the swap and held until the old run stopped
-            // and the new one adopted its records: an unload dropping the build's data, or a
-            // restart, comes wholly before the swap (and ends this run) or wholly after.
-            let _turn = runtime.installing.lock().await;
-            let Some(pending) = pending.upgrade() else {
-                return;
-            };
-            // As it is now: a run live before the turn may have stopped at an event since.
-            let outcome = status.borrow().clone();
-            runtime.promote(&name, &pending, outcome).await;
+            loop {
+                if status.wait_for(settled).await.is_err() {
+                    return;
+                }
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                // The install turn is taken before the swap and held until the old run stopped
+                // and the new one adopted its records: an unload dropping the build's data, or
+                // a restart, comes wholly before the swap (and ends this run) or wholly after.
+                let _turn = runtime.installing.lock().await;
+                let Some(pending) = pending.upgrade() else {
+                    return;
+                };
+                // As it is now: a run live before the turn may have stopped at an event since,
+                // or fallen behind again (then it is waited for again).
+                let outcome = status.borrow_and_update().clone();
+                if settled(&outcome) {
+                    runtime.promote(&name, &pending, outcome).await;
+                    return;
+                }
+            }
         });
     }
 

@@ -5,18 +5,21 @@
 //! hold all of them in memory for as long as each connection lives (the write-stall timeout
 //! restarts with every byte written). So a response of [`HELD_FROM`] bytes or more takes its
 //! size from the budget request bodies share, and from its client's share of it, before it is
-//! sent, and gives it back once its last bytes have left: past the budget it is refused with
-//! 503 (429 past the client's share), as a body would be. It is handed to the connection a
-//! chunk at a time, so it counts for as long as the connection holds any of it.
+//! sent, and gives it back once the connection has taken its last chunk: past the budget it
+//! is refused with 503 (429 past the client's share), as a body would be; one larger than the
+//! whole budget or a client's share (a kept upload of the largest size) goes out unheld, as
+//! refusing it would refuse it always. It is handed on in copied chunks, so once it is given
+//! back the connection holds no more of it than its own write buffer (hyper's ~400 KiB).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Buf;
 use http_body::{Frame, SizeHint};
 
 use super::bodies::BodyBounds;
@@ -33,14 +36,24 @@ const CHUNK: usize = 64 << 10;
 /// the body budget until it is written out, or is refused if they are not there.
 pub async fn hold(State(bounds): State<BodyBounds>, request: Request, next: Next) -> Response {
     let client = clients::of_request(request.extensions());
+    // Its body is dropped after the layers: nothing of it is sent.
+    let head = request.method() == Method::HEAD;
     let response = next.run(request).await;
+    if head {
+        return response;
+    }
     let size = http_body::Body::size_hint(response.body()).exact();
     let Some(size) = size.filter(|&size| size >= HELD_FROM) else {
         return response;
     };
     let mut held = bounds.budget().holding(client);
-    if let Err(over) = held.take(usize::try_from(size).unwrap_or(usize::MAX)) {
-        return refusal(over, size);
+    match held.take(usize::try_from(size).unwrap_or(usize::MAX)) {
+        Ok(()) => {}
+        // Refusing it would refuse it always: it goes out as before, unheld.
+        Err(OverBudget::LargerThanBudget { .. } | OverBudget::LargerThanShare { .. }) => {
+            return response;
+        }
+        Err(over) => return refusal(over, size),
     }
     response.map(|inner| {
         Body::new(Held {
@@ -51,18 +64,15 @@ pub async fn hold(State(bounds): State<BodyBounds>, request: Request, next: Next
     })
 }
 
-/// The answer instead of a response the budget cannot hold.
+/// The answer instead of a response the budget cannot hold now: 429 past the client's
+/// share, 503 past the budget.
 fn refusal(over: OverBudget, size: u64) -> Response {
     let why = format!("the response of {size} bytes cannot be held: {over}");
     match over {
         OverBudget::Client { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, why)
             .retry_after(1)
             .into_response(),
-        OverBudget::Host { .. } => ApiError::busy(why, 1).into_response(),
-        // Larger than any the server holds: ask for less (a smaller page).
-        OverBudget::LargerThanBudget { .. } | OverBudget::LargerThanShare { .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response()
-        }
+        _ => ApiError::busy(why, 1).into_response(),
     }
 }
 
@@ -93,7 +103,10 @@ impl http_body::Body for Held {
                 other => return other,
             }
         }
-        let chunk = this.rest.split_to(CHUNK.min(this.rest.len()));
+        // A copy: a slice would keep the whole response in memory as long as the connection
+        // holds it, after this body (and its hold) is gone.
+        let chunk = Bytes::copy_from_slice(&this.rest[..CHUNK.min(this.rest.len())]);
+        this.rest.advance(chunk.len());
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
