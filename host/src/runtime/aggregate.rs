@@ -198,9 +198,9 @@ impl AggregateInstance {
     /// the events readers see, so snapshots (journal or dehydrated) are used only when the
     /// window is the whole stream.
     ///
-    /// The window is read apart from the pages folded: a page that does not start where the
-    /// window says (a truncation or deletion moved it meanwhile) has the state folded again,
-    /// in the window as it is then.
+    /// `window` (which chose the snapshot) is read apart from the pages folded: if a
+    /// truncation or deletion moved it before the first page (read with its own window) or
+    /// between pages, the state is folded again in the window as it is then.
     fn rehydrate_in(
         plugin: Arc<Plugin>,
         upcasters: Arc<UpcasterChain>,
