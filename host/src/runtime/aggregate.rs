@@ -210,18 +210,20 @@ impl AggregateInstance {
         window: &StreamWindow,
         mut dehydrated: Option<Dehydrated>,
     ) -> Result<Self, RuntimeError> {
-        let mut window = *window;
-        for _ in 1..WINDOW_TRIES {
+        let (mut window, mut tries) = (*window, 1);
+        loop {
             let (plugin, upcasters) = (plugin.clone(), upcasters.clone());
             let dehydrated = dehydrated.take();
             match Self::fold_in(
                 plugin, upcasters, journal, stream, at_most, &window, dehydrated,
             ) {
-                Err(RuntimeError::WindowMoved { .. }) => window = journal.stream_window(stream)?,
+                Err(RuntimeError::WindowMoved { .. }) if tries < WINDOW_TRIES => {
+                    tries += 1;
+                    window = journal.stream_window(stream)?;
+                }
                 folded => return folded,
             }
         }
-        Self::fold_in(plugin, upcasters, journal, stream, at_most, &window, None)
     }
 
     /// The state of `stream` folded within `window` (see [`rehydrate_in`](Self::rehydrate_in)).
