@@ -413,6 +413,51 @@ async fn unread_responses_hold_at_most_the_clients_share_of_the_body_budget() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_of_too_many_tiny_events_is_refused_before_they_are_all_parsed() {
+    let dirs = Dirs::new();
+    let server = Server::launch(Server::command(&dirs.data, None));
+    let client = Client::new();
+    let tiny = r#"{"type":"t","data":0}"#;
+    let count = 7_800_000 / (tiny.len() + 1);
+    let body = format!(r#"{{"events":[{}]}}"#, vec![tiny; count].join(","));
+    let (status, _) = post(
+        &client,
+        &server,
+        "/streams/s/events",
+        json!({"events": [{"type": "t", "data": 0}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let before = server.usage();
+    let response = client
+        .post(server.url("/streams/s/events"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, refused) = json(response).await;
+    assert_eq!(status, 413, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "append of {count} events exceeds the limit of 10000"
+        )),
+        "{error}"
+    );
+    // Parsed whole, the ~340,000 events took ~11× the body's 7.8 MB.
+    let after = server.usage();
+    let grew_mib = (after.peak_rss_kib - before.peak_rss_kib) / 1024;
+    eprintln!("peak RSS {before:?} -> {after:?}: +{grew_mib} MiB");
+    assert!(
+        grew_mib < 40,
+        "parsing the refused append took {grew_mib} MiB"
+    );
+    let (status, events) = get(&client, &server, "/streams/s/events").await;
+    assert_eq!((status, events.as_array().unwrap().len()), (200, 1));
+}
+
 /// Appends `count` events of about `size` bytes each to `stream`, 7 per request.
 async fn append_heavy(client: &Client, server: &Server, stream: &str, count: usize, size: usize) {
     let data = "d".repeat(size);

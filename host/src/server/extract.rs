@@ -15,12 +15,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(super::bodies::refused)?;
+        let BodyBytes(bytes) = BodyBytes::from_request(request, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+            .map_err(invalid_json)
+    }
+}
+
+/// 400 for a body that is not the JSON its endpoint takes.
+pub fn invalid_json(error: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!("invalid JSON body: {error}"))
+}
+
+/// A request body whole, for a handler that parses it itself.
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(BodyBytes)
+            .map_err(super::bodies::refused)
     }
 }
 

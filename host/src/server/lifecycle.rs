@@ -5,10 +5,10 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::append_body::Expected;
 use super::errors::ApiError;
 use super::extract::{JsonBody, Path, Query};
 use super::plugins::Admin;
-use super::streams::Expected;
 use super::{AppState, blocking};
 use crate::journal::StreamMetadata;
 

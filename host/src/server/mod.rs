@@ -28,6 +28,7 @@
 
 mod admin;
 mod aggregates;
+mod append_body;
 mod bodies;
 mod body_budget;
 mod clients;

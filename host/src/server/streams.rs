@@ -4,20 +4,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Deserializer};
-use serde_json::Value;
-use serde_json::value::RawValue;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::append_body::AppendRequest;
 use super::errors::ApiError;
-use super::extract::{JsonBody, Path, Query};
+use super::extract::{BodyBytes, Path, Query};
 use super::json::{EventJson, metadata_text};
 use super::plugins::Admin;
 use super::{AppState, blocking};
-use crate::journal::{
-    AppendResult, ContentType, ExpectedVersion, JournalError, NewEvent, ReadLimit, RecordedEvent,
-};
+use crate::journal::{AppendResult, ContentType, JournalError, NewEvent, ReadLimit, RecordedEvent};
 use crate::runtime::UpcasterChain;
 
 /// Most events one read returns.
@@ -34,90 +31,6 @@ const EVENT_OVERHEAD: usize = 160;
 /// Most events per journal read while filling a page, which the bytes the page has left bound
 /// as well (PostgreSQL still scans, without their bodies, the rows a read asks for).
 const CHUNK: usize = 128;
-
-/// `POST /streams/{stream}/events`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AppendRequest {
-    #[serde(default)]
-    expected_version: Expected,
-    events: Vec<EventInput>,
-}
-
-/// One event to append. `data` and `metadata` are kept as the exact JSON text sent.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct EventInput {
-    /// Re-sending an event id makes the append idempotent; a fresh (time-ordered) one is
-    /// made if absent.
-    id: Option<Uuid>,
-    #[serde(rename = "type")]
-    event_type: String,
-    #[schema(value_type = Value)]
-    data: Box<RawValue>,
-    #[serde(default)]
-    #[schema(value_type = Option<Value>)]
-    metadata: Option<Box<RawValue>>,
-}
-
-/// `expected_version`: a version number, `"any"` or `"no_stream"`; absent means any.
-pub(super) struct Expected(pub(super) ExpectedVersion);
-
-impl Default for Expected {
-    fn default() -> Self {
-        Self(ExpectedVersion::Any)
-    }
-}
-
-/// Documents what [`Expected`] deserialises by hand.
-impl utoipa::PartialSchema for Expected {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(0)),
-            )
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["any", "no_stream"])),
-            )
-            .description(Some(
-                "The stream's version must be exactly this number, or `any` (the default), or \
-                 `no_stream` (it must not exist yet)",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for Expected {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "ExpectedVersion".into()
-    }
-}
-
-impl<'de> Deserialize<'de> for Expected {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        let expected = match &value {
-            Value::Number(n) => n.as_u64().map(ExpectedVersion::Exact),
-            // A query string (`?expected_version=3`) carries numbers as text.
-            Value::String(s) if s.parse::<u64>().is_ok() => {
-                s.parse().ok().map(ExpectedVersion::Exact)
-            }
-            Value::String(s) if s == "any" => Some(ExpectedVersion::Any),
-            Value::String(s) if s == "no_stream" => Some(ExpectedVersion::NoStream),
-            _ => None,
-        };
-        expected.map(Expected).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "expected_version must be a version number, \"any\" or \"no_stream\", not {value}"
-            ))
-        })
-    }
-}
 
 /// `?validate=false` (admin token only) stores events to an aggregate's stream unchecked.
 #[derive(Deserialize, IntoParams)]
@@ -149,12 +62,15 @@ pub async fn append(
     Path(stream): Path<String>,
     Query(options): Query<AppendOptions>,
     admin: Result<Admin, ApiError>,
-    JsonBody(request): JsonBody<AppendRequest>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<AppendResult>, ApiError> {
     tracing::Span::current().record("stream", stream.as_str());
     if !options.validate {
         admin?;
     }
+    let max_events = state.runtime.journal().config().max_append_events;
+    let request = AppendRequest::parse(&body, max_events)?;
+    drop(body);
     let events = request
         .events
         .into_iter()
@@ -345,7 +261,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::journal::{Journal, JournalConfig};
+    use crate::journal::{ExpectedVersion, Journal, JournalConfig};
 
     /// A tiny event and then large ones: each journal read takes at most what the page has left
     /// plus one event, pages keep within their budget (a lone event excepted), and paging on

@@ -261,6 +261,8 @@ impl Drop for Server {
 pub struct Usage {
     /// Resident set size in KiB.
     pub rss_kib: u64,
+    /// The largest resident set size so far, in KiB.
+    pub peak_rss_kib: u64,
     pub threads: u64,
 }
 
@@ -276,6 +278,7 @@ impl Usage {
         };
         Usage {
             rss_kib: field("VmRSS:"),
+            peak_rss_kib: field("VmHWM:"),
             threads: field("Threads:"),
         }
     }
