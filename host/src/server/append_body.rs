@@ -7,7 +7,6 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -177,24 +176,45 @@ impl ToSchema for Expected {
     }
 }
 
+/// Reads an [`Expected`] from what it is sent as, without building a value of anything else
+/// (an array as `expected_version` is refused at its first bracket).
 impl<'de> Deserialize<'de> for Expected {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        let expected = match &value {
-            Value::Number(n) => n.as_u64().map(ExpectedVersion::Exact),
+        deserializer.deserialize_any(ExpectedVisitor)
+    }
+}
+
+struct ExpectedVisitor;
+
+impl Visitor<'_> for ExpectedVisitor {
+    type Value = Expected;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"expected_version as a version number, "any" or "no_stream""#)
+    }
+
+    fn visit_u64<E: de::Error>(self, version: u64) -> Result<Expected, E> {
+        Ok(Expected(ExpectedVersion::Exact(version)))
+    }
+
+    fn visit_i64<E: de::Error>(self, number: i64) -> Result<Expected, E> {
+        Err(E::invalid_value(de::Unexpected::Signed(number), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, number: f64) -> Result<Expected, E> {
+        Err(E::invalid_value(de::Unexpected::Float(number), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Expected, E> {
+        match text {
+            "any" => Ok(Expected(ExpectedVersion::Any)),
+            "no_stream" => Ok(Expected(ExpectedVersion::NoStream)),
             // A query string (`?expected_version=3`) carries numbers as text.
-            Value::String(s) if s.parse::<u64>().is_ok() => {
-                s.parse().ok().map(ExpectedVersion::Exact)
-            }
-            Value::String(s) if s == "any" => Some(ExpectedVersion::Any),
-            Value::String(s) if s == "no_stream" => Some(ExpectedVersion::NoStream),
-            _ => None,
-        };
-        expected.map(Expected).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "expected_version must be a version number, \"any\" or \"no_stream\", not {value}"
-            ))
-        })
+            number => number
+                .parse()
+                .map(|version| Expected(ExpectedVersion::Exact(version)))
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(text), &self)),
+        }
     }
 }
 
@@ -254,5 +274,13 @@ mod tests {
             before.unwrap().expected_version.0,
             ExpectedVersion::Exact(7)
         ));
+        for wrong in [r#""7x""#, "-1", "1.5", "null", "[1]", r#"{"v":1}"#] {
+            let body = format!(r#"{{"expected_version":{wrong},"events":[]}}"#);
+            let refused = refusal(&body, 3);
+            assert!(
+                refused.contains(r#"expected expected_version as a version number, \"any\""#),
+                "{wrong}: {refused}"
+            );
+        }
     }
 }
