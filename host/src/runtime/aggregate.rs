@@ -111,6 +111,26 @@ impl AggregateInstance {
         Ok(instance)
     }
 
+    /// [`through`](Self::through) from `snapshot`, or from nothing if the plugin refuses or
+    /// traps restoring it (an encoding that does not round-trip, such as a field the snapshot
+    /// skips): the caller then folds the stream's events from the first, which stand for the
+    /// same state. A timeout or the host's memory budget is not the snapshot's fault and fails.
+    fn from_snapshot_or_blank(
+        plugin: Arc<Plugin>,
+        upcasters: Arc<UpcasterChain>,
+        stream: &str,
+        snapshot: Option<(u64, Vec<u8>)>,
+    ) -> Result<Self, RuntimeError> {
+        let version = snapshot.as_ref().map(|(version, _)| *version);
+        match Self::through(plugin.clone(), upcasters.clone(), stream, snapshot) {
+            Err(error) if version.is_some() && error.is_plugin_fault() => {
+                warn_unrestored(&plugin, stream, &error);
+                Self::through(plugin, upcasters, stream, None)
+            }
+            built => built,
+        }
+    }
+
     /// Puts back the state `snapshot` holds, a snapshot of this stream at `version` taken from
     /// this instance (to undo folds of events that were never stored).
     pub fn restore(&mut self, version: u64, snapshot: &[u8]) -> Result<(), RuntimeError> {
@@ -249,7 +269,7 @@ impl AggregateInstance {
         };
         let snapshot_version = start.as_ref().map_or(0, |(_, stored, _)| *stored);
         let snapshot = start.map(|(version, _, bytes)| (version, bytes));
-        let mut instance = Self::through(plugin, upcasters, stream, snapshot)?;
+        let mut instance = Self::from_snapshot_or_blank(plugin, upcasters, stream, snapshot)?;
         instance.snapshot_version = snapshot_version;
         instance.base = window.first;
         instance.whole = window.is_whole();
@@ -421,13 +441,22 @@ impl AggregateInstance {
     /// A separate instance holding a copy of this state (through its snapshot), to try
     /// folding events on without touching this one: fed through the same upcasters, so it
     /// folds them as this one would.
-    pub fn scratch(&mut self) -> Result<Self, RuntimeError> {
+    ///
+    /// If the plugin cannot restore its own snapshot, the copy is folded from `journal` up to
+    /// this state's version instead.
+    pub fn scratch(&mut self, journal: &Journal) -> Result<Self, RuntimeError> {
         let snapshot = match self.version {
             0 => None,
             version => Some((version, self.snapshot()?)),
         };
         let (plugin, upcasters) = (self.plugin.clone(), self.upcasters.clone());
-        Self::through(plugin, upcasters, &self.stream, snapshot)
+        match Self::through(plugin.clone(), upcasters.clone(), &self.stream, snapshot) {
+            Err(error) if self.version > 0 && error.is_plugin_fault() => {
+                warn_unrestored(&plugin, &self.stream, &error);
+                Self::rehydrate_through(plugin, upcasters, journal, &self.stream, self.version)
+            }
+            copied => copied,
+        }
     }
 
     /// Decides a command against the current state, without changing it.
@@ -536,4 +565,15 @@ impl AggregateInstance {
     pub fn state_key(&self) -> String {
         self.upcasters.state_key(&self.plugin.hash)
     }
+}
+
+/// Logs that `plugin` could not restore a snapshot of `stream` (`error`), whose events are
+/// folded instead: every rehydration from such a snapshot costs a fold of the whole stream.
+fn warn_unrestored(plugin: &Plugin, stream: &str, error: &RuntimeError) {
+    tracing::warn!(
+        plugin = %plugin.name(),
+        %stream,
+        %error,
+        "a snapshot does not restore: folding the stream's events instead"
+    );
 }

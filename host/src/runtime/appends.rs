@@ -115,12 +115,12 @@ fn validate(
     events: &[NewEvent],
 ) -> Result<(), RuntimeError> {
     let provisional = instance.provisional(journal.head_position(), events);
-    let mut scratch = instance.scratch()?;
+    let mut scratch = instance.scratch(journal)?;
     if batches(&provisional, REPLAY_LIMIT).all(|batch| scratch.apply(batch).is_ok()) {
         return Ok(());
     }
     // Which one? Fold them singly (a batch may also have failed only as a whole).
-    let mut scratch = instance.scratch()?;
+    let mut scratch = instance.scratch(journal)?;
     for (index, event) in provisional.iter().enumerate() {
         if let Err(error) = scratch.apply(std::slice::from_ref(event)) {
             return Err(refusal(instance.plugin().name(), index, event, error));

@@ -204,6 +204,12 @@ impl RuntimeError {
         }
     }
 
+    /// Whether a plugin call failed by the plugin's own doing: it returned an error or trapped,
+    /// other than by running out of time.
+    pub fn is_plugin_fault(&self) -> bool {
+        matches!(self, Self::Trap { .. } | Self::PluginFailed { .. }) && !self.is_timeout()
+    }
+
     /// Whether a plugin call ran out of time: unlike other traps, that may pass on a retry
     /// (a busy machine). Matches the wording of `sandbox::describe_trap`.
     pub fn is_timeout(&self) -> bool {

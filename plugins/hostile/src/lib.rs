@@ -13,6 +13,7 @@
 //! | `Bloat`    | emits `Bloated`: the state then renders as `bytes` bytes |
 //! | `Chatter`  | logs `lines` lines of `bytes` bytes each, then pongs    |
 //! | `Jam`      | emits `Jammed`: snapshots of the state then panic       |
+//! | `Garble`   | emits `Garbled`: snapshots of the state then do not restore |
 //!
 //! `Allocate` and `Recurse` reject the command if they ever return, which
 //! means the host failed to stop them. Attacks Rust cannot express (several
@@ -32,6 +33,14 @@ pub struct Hostile {
     /// Once `Jammed`, taking a snapshot panics (a trap).
     #[serde(default, serialize_with = "jam")]
     pub jammed: bool,
+    /// Once `Garbled`, snapshots leave this field out and so no longer restore (the SDK's
+    /// snapshot encoding reads fields by position): an encoding that does not round-trip.
+    #[serde(default, skip_serializing_if = "is_set")]
+    pub garbled: bool,
+}
+
+fn is_set(flag: &bool) -> bool {
+    *flag
 }
 
 fn jam<S: serde::Serializer>(jammed: &bool, serializer: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +59,7 @@ pub enum HostileEvent {
         bytes: u32,
     },
     Jammed,
+    Garbled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +74,7 @@ pub enum HostileCommand {
     Bloat { bytes: u32 },
     Chatter { lines: u32, bytes: u32 },
     Jam,
+    Garble,
 }
 
 const GIB: usize = 1 << 30;
@@ -112,6 +123,7 @@ impl Aggregate for Hostile {
             HostileEvent::Flooded(_) => {}
             HostileEvent::Bloated { bytes } => self.bloat = bytes,
             HostileEvent::Jammed => self.jammed = true,
+            HostileEvent::Garbled => self.garbled = true,
         }
     }
 
@@ -131,6 +143,7 @@ impl Aggregate for Hostile {
                 .collect()),
             HostileCommand::Bloat { bytes } => Ok(vec![HostileEvent::Bloated { bytes }]),
             HostileCommand::Jam => Ok(vec![HostileEvent::Jammed]),
+            HostileCommand::Garble => Ok(vec![HostileEvent::Garbled]),
             HostileCommand::Chatter { lines, bytes } => {
                 let line = "x".repeat(bytes as usize);
                 for _ in 0..lines {
@@ -186,6 +199,14 @@ mod tests {
         let mut state = Hostile::default();
         state.apply(HostileEvent::Jammed);
         state.snapshot();
+    }
+
+    #[test]
+    fn a_garbled_state_snapshots_into_bytes_that_do_not_restore() {
+        let mut state = Hostile::default();
+        assert_eq!(Hostile::restore(&state.snapshot()), Ok(state.clone()));
+        state.apply(HostileEvent::Garbled);
+        assert!(Hostile::restore(&state.snapshot()).is_err());
     }
 
     #[test]
