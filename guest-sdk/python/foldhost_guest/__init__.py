@@ -37,8 +37,14 @@ this package into one with componentize-py. Subclass ``Aggregate`` or
 Events and commands are dataclasses: the class name is the type, the fields
 its JSON data, checked against their annotations (see ``codec``; ``u64`` for
 unsigned 64-bit integers, exact in Python). The state's JSON and its snapshot
-default to the instance attributes; override ``state``, ``snapshot`` and
-``restore`` (and bump ``state_schema``) to change that.
+default to the instance attributes; ``restore`` decodes those you annotate
+in your class (``items: dict[str, Item]``) and leaves the others as JSON.
+Override ``state``, ``snapshot`` and ``restore`` (and bump ``state_schema``)
+to change that.
+
+``handle`` decides without changing the state: it runs on a copy, so
+anything it changes on ``self`` is discarded (as with queries); only
+``apply`` changes the state.
 
 Exceptions never trap the component: ``Rejected`` answers HTTP 422,
 ``Invalid``, undecodable data or any other exception in ``handle`` answers

@@ -70,7 +70,8 @@ class EventMeta:
 def query(method: Callable) -> Callable:
     """Marks a projection method as a named query: ``GET
     /projections/{plugin}/query/{method name}?k=v`` calls it with the
-    arguments as keywords and answers its JSON-able result."""
+    arguments as keywords and answers its JSON-able result. It runs on a copy
+    of the state: any change it makes is discarded."""
     method.__foldhost_query__ = True
     return method
 
@@ -98,10 +99,14 @@ class _State:
     @classmethod
     def restore(cls, snapshot: bytes):
         """Rebuilds the state from ``snapshot()``'s output. Attributes with a
-        class annotation (``accounts: dict[str, Summary]``) are decoded through
-        it, so nested dataclasses come back as dataclasses."""
+        class annotation in the plugin's classes (``accounts: dict[str,
+        Summary]``) are decoded through it, so nested dataclasses come back as
+        dataclasses; the others come back as their JSON value. The SDK's own
+        class settings (``name: str``, ``events``, ...) are not state
+        annotations: a state attribute named ``name`` is decoded only through
+        an annotation the plugin declares for it."""
         state = cls()
-        hints = typing.get_type_hints(cls)
+        hints = _state_hints(cls)
         for name, value in json.loads(bytes(snapshot)).items():
             setattr(state, name, codec.decode(hints[name], value, name) if name in hints else value)
         return state
@@ -124,7 +129,9 @@ class Aggregate(_State):
 
     def handle(self, command: Any) -> list:
         """Decides a command against the state without changing it: returns the
-        new events, or raises ``Rejected`` / ``Invalid``."""
+        new events, or raises ``Rejected`` / ``Invalid``. It runs on a copy of
+        the state, so any change it makes is discarded: only ``apply`` of the
+        events it returns changes the state."""
         raise NotImplementedError
 
 
@@ -141,6 +148,28 @@ class Projection(_State):
     def apply(self, event: Any, meta: EventMeta) -> None:
         """Folds one event into the state."""
         raise NotImplementedError
+
+
+#: The SDK's base classes, whose annotations describe class settings, not state.
+_SDK_CLASSES = (_State, Aggregate, Projection)
+
+
+def _state_hints(cls: type) -> dict:
+    """The resolved annotations declared by ``cls`` and its bases up to, not
+    including, the SDK's classes. (``typing.get_type_hints`` alone would add
+    the SDK's ``name: str``, ``events: Sequence[type]``, ... and decode a state
+    attribute of one of those names as that.)"""
+    # A class's ``__annotations__`` are its own (Python 3.10+), not its bases'.
+    declared = {
+        name
+        for klass in cls.__mro__
+        if klass not in _SDK_CLASSES
+        for name in getattr(klass, "__annotations__", {})
+    }
+    # Resolved for the whole class, so string annotations are evaluated in the
+    # module of the class that declares them; then narrowed to the plugin's.
+    hints = typing.get_type_hints(cls)
+    return {name: hints[name] for name in declared if name in hints}
 
 
 _exported: Optional[type] = None

@@ -7,8 +7,14 @@ exception in ``handle`` → ``invalid``; an exception in ``apply``, ``init``
 or a query → an error string. A batch is decoded completely before it is
 applied. If the author's ``apply`` raises half-way, the state is lost: every
 later call fails until the host starts over with ``init``.
+
+``handle`` and queries read the state without changing it (the Rust SDK
+passes ``&self``, the JavaScript SDK a read-only proxy): they run on a deep
+copy of it, so a handler that changes ``self`` before returning its events
+or raising changes nothing, and only ``apply`` of the stored events does.
 """
 
+import copy
 import json
 import traceback
 import typing
@@ -49,6 +55,17 @@ def _logged(error: BaseException, doing: str) -> str:
     """Logs the traceback of an unexpected exception; returns a one-line reason."""
     log.error(f"{doing} raised {_describe(error)}\n{_traceback(error)}")
     return _describe(error)
+
+
+def _for_reading(state: Any) -> Any:
+    """A deep copy of ``state`` for ``handle`` or a query, whatever they do
+    to it: otherwise ``self.balance -= amount`` in ``handle`` would count
+    twice once the host applies the event, and a change made before raising
+    ``Rejected`` would stay. The cost is a copy of the whole state per call
+    (proportional to its size: small for an aggregate's stream, possibly
+    large for a projection), paid for a guarantee a proxy could not give
+    (nested lists, dicts and dataclasses are mutable too)."""
+    return copy.deepcopy(state)
 
 
 class _Runtime:
@@ -127,7 +144,7 @@ class AggregateRuntime(_Runtime):
         except codec.DecodeError as error:
             raise Invalid(str(error)) from None
         try:
-            state = self.current
+            state = _for_reading(self.current)
             events = state.handle(command)
             if events is None:
                 return []
@@ -187,7 +204,7 @@ class ProjectionRuntime(_Runtime):
             raise PluginError(f"bad arguments for `{name}`: {error}") from None
         state = self.current
         try:
-            return codec.to_json(method(state, **arguments))
+            return codec.to_json(method(_for_reading(state), **arguments))
         except (Invalid, Rejected) as error:
             raise PluginError(str(error)) from None
         except BaseException as error:

@@ -72,6 +72,43 @@ class Cart(Aggregate):
         return 1 / 0
 
 
+@dataclass
+class Spent:
+    amount: u64
+
+
+@dataclass
+class Spend:
+    amount: u64
+
+
+class Wallet(Aggregate):
+    name = "wallet"
+    events = (Spent,)
+    commands = (Spend,)
+
+    def __init__(self):
+        self.balance = 10
+        # Named like the SDK's class settings (`name: str`, `events:
+        # Sequence[type]`, ...), unannotated here: plain JSON state.
+        self.name = None
+        self.version = {"v": 1}
+        self.state_schema = "x"
+        self.events = []
+        self.commands = [[1]]
+
+    def apply(self, event):
+        self.balance -= event.amount
+        self.events.append(event.amount)
+
+    def handle(self, command):
+        self.balance -= command.amount  # wrong, and must not reach the folded state
+        self.events.append("handled")
+        if self.balance < 0:
+            raise Rejected("insufficient funds")
+        return [Spent(command.amount)]
+
+
 def raw(event_type, data, position=1, stream="cart-1", is_json=True, metadata=b""):
     return RawEvent(event_type, is_json, json.dumps(data).encode(), EventMeta(stream, position, position, 0, metadata))
 
@@ -186,6 +223,27 @@ class AggregateRuntimeTest(unittest.TestCase):
         with self.assertRaisesRegex(PluginError, "cannot restore the snapshot"):
             restored.init(b"\xff")
 
+    def test_state_named_like_the_sdk_settings_restores_as_json(self):
+        wallet = AggregateRuntime(Wallet)
+        wallet.apply([raw("Spent", {"amount": 3})])
+        restored = AggregateRuntime(Wallet)
+        restored.init(wallet.snapshot())
+        self.assertEqual(vars(restored.current), {
+            "balance": 7, "name": None, "version": {"v": 1}, "state_schema": "x", "events": [3], "commands": [[1]],
+        })
+
+    def test_handle_cannot_change_the_state(self):
+        wallet = AggregateRuntime(Wallet)
+        before = wallet.state_json()
+        self.assertEqual(wallet.handle("Spend", b'{"amount":4}'), [("Spent", b'{"amount":4}')])
+        self.assertEqual(wallet.state_json(), before)
+        with self.assertRaisesRegex(Rejected, "^insufficient funds$"):
+            wallet.handle("Spend", b'{"amount":11}')
+        self.assertEqual(wallet.state_json(), before)
+        wallet.apply([raw("Spent", {"amount": 4})])  # what the host does with handle's events
+        self.assertEqual(json.loads(wallet.state_json())["balance"], 6)
+        self.assertEqual(json.loads(wallet.state_json())["events"], [4])
+
 
 @dataclass
 class Deposited:
@@ -228,6 +286,28 @@ class ByYear(Projection):
         year = 2024 if meta.position < 3 else 2025
         self.by_year[year] = self.by_year.get(year, 0) + event.amount
 
+    @query
+    def take(self, year: int):
+        return self.by_year.pop(year, 0)  # wrong, and must not reach the folded state
+
+
+class Watcher(Projection):
+    name = "watcher"
+    subscription = Subscription(categories=["bank-account"])
+    events = (Deposited,)
+
+    # The plugin's own annotation of an SDK setting's name types its state.
+    subscription: list[Item]
+
+    def __init__(self):
+        self.subscription = [Item("a", 2)]
+        self.events = [1]
+        self.name = None
+
+
+class LateWatcher(Watcher):
+    pass
+
 
 class ProjectionRuntimeTest(unittest.TestCase):
     def test_folds_only_subscribed_declared_events_with_meta(self):
@@ -252,6 +332,19 @@ class ProjectionRuntimeTest(unittest.TestCase):
         after.apply([raw("Deposited", {"amount": 7}, 2, "bank-account-1"),
                      raw("Deposited", {"amount": 1}, 3, "bank-account-1")])
         self.assertEqual(json.loads(after.state_json()), {"by_year": {"2024": 12, "2025": 1}})
+
+    def test_state_named_like_the_sdk_settings_decodes_only_through_the_plugins_annotations(self):
+        for cls in [Watcher, LateWatcher]:
+            restored = ProjectionRuntime(cls)
+            restored.init(ProjectionRuntime(cls).snapshot())
+            self.assertEqual(vars(restored.current), {"subscription": [Item("a", 2)], "events": [1], "name": None})
+
+    def test_queries_cannot_change_the_state(self):
+        by_year = ProjectionRuntime(ByYear)
+        by_year.apply([raw("Deposited", {"amount": 5}, 1, "bank-account-1")])
+        self.assertEqual(by_year.query("take", '{"year":2024}'), "5")
+        self.assertEqual(by_year.query("take", '{"year":2024}'), "5")
+        self.assertEqual(by_year.current.by_year, {2024: 5})
 
     def test_queries_decode_their_arguments(self):
         totals = ProjectionRuntime(Totals)
