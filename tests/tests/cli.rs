@@ -1164,3 +1164,127 @@ fn read_only_commands_leave_an_older_storage_format_as_it_is() {
     assert!(server.terminate().success());
     assert!(!lines(&ok(url, &["export", "--data", &data])).is_empty());
 }
+
+/// A line the import cannot read as text (here: a Latin-1 byte) stops it like any other
+/// refused line: the error names the line and how many events before it are imported, and
+/// those, read into the append being built, are imported.
+#[test]
+fn an_import_stops_at_a_line_that_is_not_utf8_having_imported_the_lines_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |version: u64, data: &str| {
+        let event = json!({
+            "position": version, "stream": "notes-1", "version": version,
+            "id": uuid::Uuid::new_v4(), "type": "Noted", "content_type": "json",
+            "data": {"text": data}, "metadata": null, "recorded_at": 1_700_000_000_000u64,
+        });
+        format!("{event}\n").into_bytes()
+    };
+    let mut ndjson: Vec<u8> = (1..=3).flat_map(|version| event(version, "ok")).collect();
+    // "café" in Latin-1.
+    let mut latin1 = event(4, "caf@");
+    let at = latin1.iter().position(|&byte| byte == b'@').unwrap();
+    latin1[at] = 0xE9;
+    ndjson.extend(latin1);
+    ndjson.extend(event(5, "ok"));
+    let file = dir.path().join("latin1.ndjson");
+    std::fs::write(&file, ndjson).unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let url = "http://127.0.0.1:9";
+    let refused = fails(
+        url,
+        &["import", &file.display().to_string(), "--data", &data],
+    );
+    assert!(
+        refused.contains("latin1.ndjson line 4: ")
+            && refused.contains("UTF-8")
+            && refused.contains("the 3 events before it are imported"),
+        "{refused}"
+    );
+    assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 3);
+}
+
+/// `import` opens its input and plugins before the data directory: a wrong name creates no
+/// directory and leaves a journal of an older storage format unmigrated.
+#[test]
+fn an_import_of_a_missing_file_leaves_the_data_directory_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let url = "http://127.0.0.1:9";
+    let missing = root.path().join("typo.ndjson").display().to_string();
+    let new = root.path().join("new");
+    let refused = fails(
+        url,
+        &["import", &missing, "--data", &new.display().to_string()],
+    );
+    assert!(refused.contains("typo.ndjson"), "{refused}");
+    assert!(!new.exists(), "the data directory was created");
+    let empty = root.path().join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let no_plugins = root.path().join("no-plugins").display().to_string();
+    let args = [
+        "import",
+        &empty.display().to_string(),
+        "--plugins",
+        &no_plugins,
+        "--data",
+        &new.display().to_string(),
+    ];
+    assert!(fails(url, &args).contains("no-plugins"));
+    assert!(!new.exists(), "the data directory was created");
+
+    let old = root.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let journal = old.join("journal.redb");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/tests/fixtures");
+    std::fs::copy(fixtures.join("journal-format-6.redb"), &journal).unwrap();
+    let before = std::fs::read(&journal).unwrap();
+    fails(
+        url,
+        &["import", &missing, "--data", &old.display().to_string()],
+    );
+    assert!(
+        std::fs::read(&journal).unwrap() == before,
+        "the journal was migrated"
+    );
+}
+
+/// A token file named on the command line wins over `FOLDHOST_ADMIN_TOKEN`, and a token over
+/// `FOLDHOST_ADMIN_TOKEN_FILE`; both options on the command line are a usage error.
+#[test]
+fn an_admin_token_option_wins_over_the_environment() {
+    let dirs = Dirs::new();
+    let server = Server::start_with(&dirs.data, None, Some(TOKEN));
+    let (right, wrong) = (
+        dirs.data.with_file_name("right"),
+        dirs.data.with_file_name("wrong"),
+    );
+    std::fs::write(&right, TOKEN).unwrap();
+    std::fs::write(&wrong, "wrong").unwrap();
+    let scavenge = |args: &[&str], env: (&str, &str)| {
+        Command::new(BIN)
+            .args(["scavenge", "--url", &server.url])
+            .args(args)
+            .env_remove("FOLDHOST_ADMIN_TOKEN")
+            .env_remove("FOLDHOST_ADMIN_TOKEN_FILE")
+            .env(env.0, env.1)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let right_file = right.to_str().unwrap();
+    let by_file = scavenge(
+        &["--admin-token-file", right_file],
+        ("FOLDHOST_ADMIN_TOKEN", "wrong"),
+    );
+    assert!(by_file.status.success(), "{by_file:?}");
+    let by_token = scavenge(
+        &["--admin-token", TOKEN],
+        ("FOLDHOST_ADMIN_TOKEN_FILE", wrong.to_str().unwrap()),
+    );
+    assert!(by_token.status.success(), "{by_token:?}");
+    let both = scavenge(
+        &["--admin-token", TOKEN, "--admin-token-file", right_file],
+        ("FOLDHOST_URL", &server.url),
+    );
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::client::print_line;
 use super::import_check::ImportCheck;
-use super::records::{Record, Records};
+use super::records::{Record, Records, Unreadable};
 use crate::durable;
 use crate::journal::{
     ExpectedVersion, ImportSequence, Journal, JournalConfig, JournalError, NewEvent,
@@ -370,14 +370,16 @@ type PendingAppend = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Sen
 /// it, are stored. Nothing of the lines after it is: the appends are queued as one
 /// [`ImportSequence`], which the journal stops at its first failure.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    durable::create_dir_all(&args.data.data)
-        .with_context(|| format!("creating {}", args.data.data.display()))?;
-    let journal = open(&args.data.data.join(JOURNAL_FILE))?;
+    // The input and the plugins first: a wrong name creates no data directory and migrates
+    // no journal.
     let file =
         File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let bar = progress(file.metadata()?.len(), "bytes");
     let mut records = Records::new(BufReader::new(file));
     let mut check = args.plugins.as_deref().map(ImportCheck::load).transpose()?;
+    durable::create_dir_all(&args.data.data)
+        .with_context(|| format!("creating {}", args.data.data.display()))?;
+    let journal = open(&args.data.data.join(JOURNAL_FILE))?;
     let mut importer = Importer {
         journal: journal.clone(),
         sequence: ImportSequence::new(),
@@ -387,11 +389,17 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let failed = |failed: Failed| failed.report(&args.file);
     let mut line = String::new();
-    while let Some(Record {
-        line: number,
-        bytes,
-    }) = records.next(&mut line)?
-    {
+    loop {
+        let Record {
+            line: number,
+            bytes,
+        } = match records.next(&mut line) {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(Unreadable { line, error }) => {
+                return Err(importer.refuse(&args.file, line, error).await);
+            }
+        };
         bar.inc(bytes as u64);
         let parsed = serde_json::from_str::<EventJson>(&line)
             .map_err(|error| error.to_string())
@@ -408,7 +416,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         };
         // Already imported (a repeated or resumed import): skipped by its id. An id stored in
         // another stream belongs to another event: refused, not silently left out.
-        if let Some(stored) = journal.event_by_id(event.id)? {
+        let stored = match journal.event_by_id(event.id) {
+            Ok(stored) => stored,
+            Err(error) => return Err(importer.refuse(&args.file, number, error).await),
+        };
+        if let Some(stored) = stored {
             if *stored.stream == *stream {
                 continue;
             }

@@ -4,21 +4,33 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command, FromArgMatches};
 use reqwest::RequestBuilder;
 
 /// `--admin-token` / `--admin-token-file`, shared by `serve` and every client subcommand that
-/// calls an admin endpoint.
-#[derive(Debug, Args)]
+/// calls an admin endpoint. An option given on the command line wins over the environment's
+/// other one, and the file over the token when both come from the environment; both given on
+/// the command line are refused. (Checked here: clap's `conflicts_with` counts a value from
+/// the environment as given, so it would refuse `--admin-token-file` with
+/// `FOLDHOST_ADMIN_TOKEN` set.)
+#[derive(Debug)]
 pub struct AdminToken {
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+}
+
+/// [`AdminToken`]'s options as clap takes them, from the command line or the environment.
+#[derive(Debug, Args)]
+struct AdminTokenOptions {
     /// Bearer token for the admin endpoints (see README → HTTP API). Prefer the environment or
     /// --admin-token-file: arguments are visible to every user in `ps`.
     #[arg(
         long,
         env = "FOLDHOST_ADMIN_TOKEN",
         hide_env_values = true,
-        global = true,
-        conflicts_with = "admin_token_file"
+        global = true
     )]
     admin_token: Option<String>,
     /// A file holding the admin token (surrounding whitespace and the final newline are
@@ -30,6 +42,47 @@ pub struct AdminToken {
         global = true
     )]
     admin_token_file: Option<PathBuf>,
+}
+
+impl Args for AdminToken {
+    fn augment_args(command: Command) -> Command {
+        AdminTokenOptions::augment_args(command)
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        AdminTokenOptions::augment_args_for_update(command)
+    }
+}
+
+impl FromArgMatches for AdminToken {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let AdminTokenOptions {
+            admin_token,
+            mut admin_token_file,
+        } = AdminTokenOptions::from_arg_matches(matches)?;
+        let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+        match (given("admin_token"), given("admin_token_file")) {
+            (true, true) => {
+                return Err(clap::Error::raw(
+                    ErrorKind::ArgumentConflict,
+                    "the argument '--admin-token <ADMIN_TOKEN>' cannot be used with \
+                     '--admin-token-file <FILE>'",
+                ));
+            }
+            (true, false) => admin_token_file = None,
+            // `resolve` takes the file over a token from the environment.
+            _ => {}
+        }
+        Ok(Self {
+            admin_token,
+            admin_token_file,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 impl AdminToken {
