@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use foldhost::journal::{Journal, JournalConfig};
+use foldhost::journal::{ExpectedVersion, Journal, JournalConfig, NewEvent};
 use reqwest::Client;
 use serde_json::{Value, json};
 use serve::{BIN, Dirs, PATIENCE, Server, all_events, json};
@@ -345,6 +345,11 @@ async fn back_up_until_killed(url: String, done: Arc<AtomicU64>) {
         let Ok(response) = request.send().await else {
             return;
         };
+        // One backup at a time: the other downloader takes turns.
+        if response.status() == 503 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         assert_eq!(response.status(), 200);
         if response.bytes().await.is_err() {
             return;
@@ -390,4 +395,217 @@ async fn a_host_killed_while_backing_up_leaves_nothing_in_its_data_directory() {
         );
         server = Server::start_with(&dirs.data, None, Some(TOKEN));
     }
+}
+
+/// `foldhost ARGS`, which must fail; returns its stderr.
+async fn foldhost_fails(args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("FOLDHOST_DATA")
+        .stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "foldhost {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Remounts the tmpfs at `path` with `size` (bytes, or with a k, m or g suffix).
+fn resize(path: &Path, size: &str) {
+    let remounted = Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(remounted.success(), "remounting {} failed", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_ran_out_of_space_finishes_when_run_again() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, Some(TOKEN));
+    let client = Client::new();
+    let response = client
+        .put(server.url("/plugins/bank-account"))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(foldhost_plugins::path("bank-account-v2")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A journal of some MiB, the upload's 200 KB.
+    let pad = "r".repeat(2_000);
+    let fillers: Vec<Value> = (0..200)
+        .map(|n| json!({"type": "Filled", "data": {"n": n, "pad": pad}}))
+        .collect();
+    for n in 0..12 {
+        let body = json!({"events": fillers});
+        post(&client, &server, &format!("/streams/fill-{n}/events"), body).await;
+    }
+    let original = all_events(&client, &server).await;
+    let url = server.url.clone();
+    assert!(server.terminate().success());
+    let root = tempfile::tempdir().unwrap();
+    let backup = root.path().join("backup").display().to_string();
+    let data = dirs.data.display().to_string();
+    let report = foldhost(&url, &["backup", "--to", &backup, "--data", &data]).await;
+    assert_eq!(report["uploads"], json!(["bank-account"]));
+    assert!(report["bytes"].as_u64().unwrap() > 3 << 20, "{report}");
+
+    // Room for the upload, not for the journal.
+    let disk = crate::faults::SmallDisk::mount("2m");
+    let restored = disk.path().join("data");
+    let restored_path = restored.display().to_string();
+    let restore = ["restore", "--from", &backup, "--data", &restored_path];
+    let stderr = foldhost_fails(&restore).await;
+    assert!(
+        stderr.contains("run the same `foldhost restore` again to finish it"),
+        "{stderr}"
+    );
+    let upload = "uploads/bank-account.upload";
+    assert_eq!(
+        std::fs::read(restored.join(upload)).unwrap(),
+        std::fs::read(dirs.data.join(upload)).unwrap()
+    );
+    assert!(!restored.join("journal.redb").exists());
+
+    // An upload the backup does not hold, or holds with other bytes, is still refused.
+    let other = root.path().join("other");
+    std::fs::create_dir_all(other.join("uploads")).unwrap();
+    let mut changed = std::fs::read(restored.join(upload)).unwrap();
+    *changed.last_mut().unwrap() ^= 1;
+    std::fs::write(other.join(upload), changed).unwrap();
+    let other_path = other.display().to_string();
+    let stderr = foldhost_fails(&["restore", "--from", &backup, "--data", &other_path]).await;
+    assert!(
+        stderr.contains("already holds an upload of bank-account that is not this backup's"),
+        "{stderr}"
+    );
+
+    // With room, the same restore finishes.
+    resize(disk.path(), "256m");
+    assert_eq!(foldhost(&url, &restore).await, report);
+    let copy = Server::start_with(&restored, Some(&dirs.plugins), None);
+    let (_, plugins) = get(&client, &copy, "/plugins").await;
+    let account = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bank-account");
+    assert_eq!(
+        account.unwrap()["version"],
+        "1.1.0",
+        "the upload serves: {plugins}"
+    );
+    let events = all_events(&client, &copy).await;
+    assert_eq!(events.len(), original.len());
+    assert!(
+        events == original,
+        "the restored log differs from the original's"
+    );
+}
+
+/// Writes a journal of about `mib` MiB of events into `data`, with no server running.
+async fn fill_journal(data: &Path, mib: usize) {
+    std::fs::create_dir_all(data).unwrap();
+    let path = data.join("journal.redb");
+    tokio::task::spawn_blocking(move || {
+        let journal = Journal::open(path, JournalConfig::default()).unwrap();
+        let pad = "j".repeat(10_000);
+        for n in 0..mib {
+            let events = (0..100)
+                .map(|i| NewEvent::json("Filled", &json!({"i": i, "pad": pad})))
+                .collect();
+            let stream = format!("fill-{n}");
+            journal
+                .append_blocking(&stream, ExpectedVersion::Any, events)
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// `GET /admin/backup`, as the admin.
+async fn request_backup(client: &Client, server: &Server) -> reqwest::Response {
+    let request = client.get(server.url("/admin/backup")).bearer_auth(TOKEN);
+    request.send().await.unwrap()
+}
+
+/// Downloads a backup whole; its bytes.
+async fn download_backup(client: &Client, server: &Server) -> usize {
+    let response = request_backup(client, server).await;
+    assert_eq!(response.status(), 200);
+    let length = response.content_length().unwrap();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, length);
+    body.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_taken_one_at_a_time() {
+    let dirs = Dirs::new();
+    // Far more than the sockets buffer, so a download the client does not read stays open.
+    fill_journal(&dirs.data, 24).await;
+    let server = Server::start_with(&dirs.data, None, Some(TOKEN));
+    let client = Client::new();
+
+    let first = request_backup(&client, &server).await;
+    assert_eq!(first.status(), 200);
+    let refused = request_backup(&client, &server).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let (_, body) = json(refused).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("one at a time"),
+        "{body}"
+    );
+
+    // Once the client has the whole of one, the next starts at once.
+    let length = first.bytes().await.unwrap().len();
+    assert!(length > 20 << 20);
+    assert_eq!(download_backup(&client, &server).await, length);
+    assert_eq!(download_backup(&client, &server).await, length);
+
+    // A client that gives up on its download lets the next backup through.
+    let abandoned = request_backup(&client, &server).await;
+    assert_eq!(abandoned.status(), 200);
+    drop(abandoned);
+    wait_for("a backup after the abandoned one", async || {
+        let response = request_backup(&client, &server).await;
+        match response.status().as_u16() {
+            503 => None,
+            200 => Some(Value::from(response.bytes().await.unwrap().len())),
+            status => panic!("the backup answered {status}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_refused_without_room_for_its_copy() {
+    let disk = crate::faults::SmallDisk::mount("64m");
+    let data = disk.path().join("data");
+    fill_journal(&data, 12).await;
+    // The journal takes two thirds of the filesystem.
+    let journal = std::fs::metadata(data.join("journal.redb")).unwrap().len();
+    resize(disk.path(), &(journal * 3 / 2).to_string());
+    let server = Server::start_with(&data, None, Some(TOKEN));
+    let client = Client::new();
+
+    let (status, body) = json(request_backup(&client, &server).await).await;
+    assert_eq!(status, 507, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("too little free space for a backup"),
+        "{body}"
+    );
+    assert!(body["needed_bytes"].as_u64().unwrap() > journal, "{body}");
+    let (status, _) = get(&client, &server, "/health").await;
+    assert_eq!(status, 200);
+
+    // With room, the same backup is taken.
+    resize(disk.path(), "256m");
+    assert!(download_backup(&client, &server).await > 10 << 20);
 }

@@ -240,9 +240,15 @@ async fn download(args: &BackupArgs, file: &Path) -> anyhow::Result<BackupReport
     Ok(report)
 }
 
+/// What every failure of `restore` after it started copying says: the copies made so far are
+/// the backup's own, which a second run takes as they are.
+const RUN_AGAIN: &str =
+    "the restore did not finish: run the same `foldhost restore` again to finish it";
+
 /// `restore`: checks a backup and copies its uploads and then its journal into a data directory
-/// without either, durably; a server started there serves the backup's log and loads its
-/// uploads.
+/// without a journal, durably; a server started there serves the backup's log and loads its
+/// uploads. The data directory may hold uploads only if they are this backup's, byte for byte:
+/// what a restore that did not finish left, which running it again finishes.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let manifest: Manifest = std::fs::read(args.from.join(MANIFEST))
         .map_err(anyhow::Error::new)
@@ -265,9 +271,20 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let target = args.data.join(JOURNAL_FILE);
     let uploads_dir = args.data.join(UPLOADS);
-    if target.exists() || !kept_in(&uploads_dir)?.is_empty() {
+    let from_uploads = args.from.join(UPLOADS);
+    if target.exists() {
         bail!(
-            "{} already holds a journal or uploads: restore into an empty data directory",
+            "{} already holds a journal: restore into an empty data directory",
+            args.data.display()
+        );
+    }
+    let foreign = tokio::task::block_in_place(|| {
+        foreign_upload(&uploads_dir, &from_uploads, &manifest.uploads)
+    })?;
+    if let Some(name) = foreign {
+        bail!(
+            "{} already holds an upload of {name} that is not this backup's: restore into an \
+             empty data directory",
             args.data.display()
         );
     }
@@ -276,8 +293,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     // Before the journal, whose copy completes the restore.
     tokio::task::block_in_place(|| {
         let kept = open_uploads(&uploads_dir)?;
-        copy_uploads(&args.from.join(UPLOADS), &manifest.uploads, &kept)
-    })?;
+        copy_uploads(&from_uploads, &manifest.uploads, &kept)
+    })
+    .context(RUN_AGAIN)?;
     // Not replacing: a server started on the data directory during the copy may have
     // created a journal there since the check above.
     durable::create_with(&target, |out| -> std::io::Result<()> {
@@ -297,8 +315,22 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 args.data.display(),
             )
         }
-        _ => anyhow::Error::new(error).context(format!("writing {}", target.display())),
+        _ => anyhow::Error::new(error)
+            .context(format!("writing {}", target.display()))
+            .context(RUN_AGAIN),
     })?;
     print_pretty(&serde_json::to_value(manifest)?)?;
     Ok(())
+}
+
+/// The first upload kept in directory `dir` that a restore of the backup whose uploads are
+/// `names`, in directory `from`, did not leave: another plugin's, or other bytes.
+fn foreign_upload(dir: &Path, from: &Path, names: &[String]) -> anyhow::Result<Option<String>> {
+    let (kept, backup) = (Uploads::in_dir(dir), Uploads::in_dir(from));
+    for name in kept_in(dir)? {
+        if !names.contains(&name) || kept.file(&name)? != backup.file(&name)? {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }

@@ -106,6 +106,10 @@ pub(crate) struct AppState {
     shutdown: CancellationToken,
     /// The data directory (backups are staged there).
     data_dir: Arc<std::path::Path>,
+    /// One backup at a time: each stages a copy of the whole journal on the journal's
+    /// filesystem. A permit is held from the copy's start until its download ends or is
+    /// abandoned, and until a copy whose client went away ends.
+    backups: Arc<tokio::sync::Semaphore>,
     /// The live feeds open, in all and by each client.
     live_feeds: Arc<live_feeds::LiveFeeds>,
     limits: ClientLimits,
@@ -548,6 +552,7 @@ impl Server {
             metrics: config.metrics,
             shutdown: shutdown.clone(),
             data_dir: Arc::from(data.as_path()),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
             live_feeds: Arc::new(live_feeds::LiveFeeds::new(
                 config.limits.max_live_feeds,
                 config.limits.live_feed_share(),
