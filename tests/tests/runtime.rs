@@ -811,6 +811,35 @@ async fn diff_reports_streams_whose_state_changes_between_versions() {
     .unwrap();
 }
 
+/// A stream that neither version can fold is reported, not counted as ending alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_reports_a_stream_that_neither_version_can_fold() {
+    let host = Host::new();
+    host.load("hostile").await;
+    host.command("hostile", "fine", "Ping", Value::Null)
+        .await
+        .unwrap();
+    let poison = vec![NewEvent::json("Poison", &Value::Null)];
+    host.runtime
+        .append("hostile-bad", ExpectedVersion::Any, poison, false)
+        .await
+        .unwrap();
+    let bytes = std::fs::read(foldhost_plugins::path("hostile")).unwrap();
+    let hostile = Arc::new(Plugin::load(host.runtime.engine(), &bytes, "hostile").unwrap());
+    let journal = host.runtime.journal().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let chain = foldhost::runtime::UpcasterChain::default();
+        foldhost::runtime::diff_versions(&journal, &chain, &hostile, &hostile, 5, |_, _| {})
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((report.compared, report.differing), (2, 1));
+    let sample = &report.samples[0];
+    assert_eq!(sample.stream, "hostile-bad");
+    assert!(sample.old.is_err() && sample.new.is_err(), "{sample:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_projection_version_takes_over_at_the_head_and_a_broken_one_does_not() {
     let host = Host::new();

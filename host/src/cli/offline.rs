@@ -266,7 +266,7 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
         print_line(serde_json::to_string_pretty(&report)?)?;
         if report.differing > 0 {
             bail!(
-                "{} of {} streams of {} end in a different state",
+                "{} of {} streams of {} end in a different state, or do not fold",
                 report.differing,
                 report.compared,
                 report.plugin

@@ -12,8 +12,8 @@ use super::projection::ProjectionInstance;
 use super::upcast::UpcasterChain;
 use crate::journal::Journal;
 
-/// One stream whose final state differs between the versions (or that only
-/// one of them could fold).
+/// One stream whose final state differs between the versions (or that one of them, or
+/// both, could not fold).
 #[derive(Debug, Clone, Serialize)]
 pub struct StateDiff {
     /// The stream, or `$all` for a projection.
@@ -31,7 +31,8 @@ pub struct DiffReport {
     pub plugin: String,
     /// Streams replayed through both versions.
     pub compared: usize,
-    /// How many ended in a different state.
+    /// How many ended in a different state, or that either version could not fold (both
+    /// failing alike is no sign the new one is safe).
     pub differing: usize,
     /// Up to the requested number of differences.
     pub samples: Vec<StateDiff>,
@@ -81,7 +82,7 @@ pub fn diff_versions(
         let old_state = final_state(journal, old, &old_chain, stream);
         let new_state = final_state(journal, new, &new_chain, stream);
         report.compared += 1;
-        if old_state != new_state {
+        if old_state.is_err() || old_state != new_state {
             report.differing += 1;
             if report.samples.len() < max_samples {
                 report.samples.push(StateDiff {
