@@ -1288,3 +1288,34 @@ fn an_admin_token_option_wins_over_the_environment() {
     assert_eq!(both.status.code(), Some(2), "{both:?}");
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
+
+/// A live feed cut off (the server killed) fails `--follow`, saying where to go on from.
+#[test]
+fn a_follow_cut_off_says_where_to_go_on_from() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs, None);
+    let url = &server.url;
+    for n in 0..2 {
+        ok(
+            url,
+            &["append", &format!("s-{n}"), "--type", "T", "--data", "null"],
+        );
+    }
+    let mut follower = Command::new(BIN)
+        .args(["events", "--follow", "--url", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
+    for position in [1, 2] {
+        let event = parse(&followed.next().unwrap().unwrap());
+        assert_eq!(event["position"], position);
+    }
+    drop(server); // SIGKILL
+    let followed = follower.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{said}");
+    assert!(said.contains("follow again with --from 3"), "{said}");
+}

@@ -427,9 +427,15 @@ async fn follow(args: &EventsArgs) -> anyhow::Result<()> {
     // position.
     let mut resume = args.from;
     while let Some(chunk) = body.next().await {
-        for message in feed.push(&chunk.context("the live feed broke off")?) {
+        let chunk = chunk.with_context(|| {
+            format!("the live feed broke off: follow again with --from {resume}")
+        })?;
+        for message in feed.push(&chunk) {
             if message.event == "error" {
-                bail!("the server ended the live feed: {}", message.data);
+                bail!(
+                    "the server ended the live feed: {}: follow again with --from {resume}",
+                    message.data
+                );
             }
             let event: Numbered = serde_json::from_str(&message.data)
                 .with_context(|| format!("the live feed sent no event: {}", message.data))?;
