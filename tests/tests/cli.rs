@@ -1287,6 +1287,17 @@ fn an_admin_token_option_wins_over_the_environment() {
     );
     assert_eq!(both.status.code(), Some(2), "{both:?}");
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    // Both in the environment: which one was meant is not for the host to guess.
+    let both_set = Command::new(BIN)
+        .args(["scavenge", "--url", &server.url])
+        .env("FOLDHOST_ADMIN_TOKEN", TOKEN)
+        .env("FOLDHOST_ADMIN_TOKEN_FILE", wrong.to_str().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(both_set.status.code(), Some(2), "{both_set:?}");
+    let said = String::from_utf8_lossy(&both_set.stderr);
+    assert!(said.contains("are both set"), "{said}");
 }
 
 /// A live feed cut off (the server killed) fails `--follow`, saying where to go on from.

@@ -11,8 +11,7 @@ use reqwest::RequestBuilder;
 
 /// `--admin-token` / `--admin-token-file`, shared by `serve` and every client subcommand that
 /// calls an admin endpoint. An option given on the command line wins over the environment's
-/// other one, and the file over the token when both come from the environment; both given on
-/// the command line are refused. (Checked here: clap's `conflicts_with` counts a value from
+/// other one; both given on the command line, or both set in the environment, are refused. (Checked here: clap's `conflicts_with` counts a value from
 /// the environment as given, so it would refuse `--admin-token-file` with
 /// `FOLDHOST_ADMIN_TOKEN` set.)
 #[derive(Debug)]
@@ -57,21 +56,27 @@ impl Args for AdminToken {
 impl FromArgMatches for AdminToken {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         let AdminTokenOptions {
-            admin_token,
+            mut admin_token,
             mut admin_token_file,
         } = AdminTokenOptions::from_arg_matches(matches)?;
         let given = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let conflict = |message: &str| Err(clap::Error::raw(ErrorKind::ArgumentConflict, message));
         match (given("admin_token"), given("admin_token_file")) {
             (true, true) => {
-                return Err(clap::Error::raw(
-                    ErrorKind::ArgumentConflict,
+                return conflict(
                     "the argument '--admin-token <ADMIN_TOKEN>' cannot be used with \
-                     '--admin-token-file <FILE>'",
-                ));
+                     '--admin-token-file <FILE>'\n",
+                );
             }
             (true, false) => admin_token_file = None,
-            // `resolve` takes the file over a token from the environment.
-            _ => {}
+            (false, true) => admin_token = None,
+            (false, false) if admin_token.is_some() && admin_token_file.is_some() => {
+                return conflict(
+                    "FOLDHOST_ADMIN_TOKEN and FOLDHOST_ADMIN_TOKEN_FILE are both set: unset \
+                     one, or give --admin-token or --admin-token-file\n",
+                );
+            }
+            (false, false) => {}
         }
         Ok(Self {
             admin_token,

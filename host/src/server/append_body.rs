@@ -15,9 +15,12 @@ use super::errors::ApiError;
 use super::extract::invalid_json;
 use crate::journal::{ExpectedVersion, JournalError};
 
-/// `POST /streams/{stream}/events`.
+/// `POST /streams/{stream}/events`. Parsed by hand (see [`AppendRequest::parse`]); the serde
+/// attributes tell the schema what the parser does.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AppendRequest {
+    #[serde(default)]
     pub(super) expected_version: Expected,
     pub(super) events: Vec<EventInput>,
 }
@@ -186,11 +189,19 @@ impl<'de> Deserialize<'de> for Expected {
 
 struct ExpectedVisitor;
 
-impl Visitor<'_> for ExpectedVisitor {
+impl ExpectedVisitor {
+    fn not<E: de::Error>(sent: impl fmt::Display) -> E {
+        E::custom(format!(
+            r#"expected_version must be a version number, "any" or "no_stream", not {sent}"#
+        ))
+    }
+}
+
+impl<'de> Visitor<'de> for ExpectedVisitor {
     type Value = Expected;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#"expected_version as a version number, "any" or "no_stream""#)
+        f.write_str(r#"a version number, "any" or "no_stream""#)
     }
 
     fn visit_u64<E: de::Error>(self, version: u64) -> Result<Expected, E> {
@@ -198,11 +209,19 @@ impl Visitor<'_> for ExpectedVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<Expected, E> {
-        Err(E::invalid_value(de::Unexpected::Signed(number), &self))
+        Err(Self::not(number))
     }
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<Expected, E> {
-        Err(E::invalid_value(de::Unexpected::Float(number), &self))
+        Err(Self::not(number))
+    }
+
+    fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Expected, E> {
+        Err(Self::not(flag))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Expected, E> {
+        Err(Self::not("null"))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Expected, E> {
@@ -213,8 +232,17 @@ impl Visitor<'_> for ExpectedVisitor {
             number => number
                 .parse()
                 .map(|version| Expected(ExpectedVersion::Exact(version)))
-                .map_err(|_| E::invalid_value(de::Unexpected::Str(text), &self)),
+                .map_err(|_| Self::not(format!("{text:?}"))),
         }
+    }
+
+    /// Refused at its first bracket: nothing of it is read.
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Expected, A::Error> {
+        Err(Self::not("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Expected, A::Error> {
+        Err(Self::not("an object"))
     }
 }
 
@@ -278,7 +306,9 @@ mod tests {
             let body = format!(r#"{{"expected_version":{wrong},"events":[]}}"#);
             let refused = refusal(&body, 3);
             assert!(
-                refused.contains(r#"expected expected_version as a version number, \"any\""#),
+                refused.contains(
+                    r#"expected_version must be a version number, \"any\" or \"no_stream\", not "#
+                ),
                 "{wrong}: {refused}"
             );
         }

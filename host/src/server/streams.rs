@@ -54,6 +54,7 @@ fn yes() -> bool {
         (status = 200, description = "Appended (or an idempotent retry)", body = AppendResult),
         (status = 400, body = ApiError), (status = 409, description = "Version conflict", body = ApiError),
         (status = 410, description = "Hard-deleted", body = ApiError),
+        (status = 413, description = "Too many events, or too many bytes", body = ApiError),
         (status = 422, description = "The stream's aggregate cannot fold these events", body = ApiError),
         (status = 503, description = "Too many writes queued", body = ApiError),
     ))]
