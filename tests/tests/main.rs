@@ -17,6 +17,7 @@ mod faults;
 mod host_faults;
 mod hotswap;
 mod http;
+mod https;
 mod image;
 mod js;
 mod languages;

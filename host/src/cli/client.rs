@@ -3,6 +3,7 @@
 use std::fmt::Display;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -266,8 +267,26 @@ impl Remote {
             .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.url))?
             .pop_if_empty()
             .extend(segments);
-        Ok(Client::new().request(method, url))
+        Ok(client()?.request(method, url))
     }
+}
+
+/// The process's one HTTP client (its connections are reused across requests). `https://`
+/// URLs are served by rustls on the ring provider, installed here as the process's default
+/// (reqwest is built without one of its own), and a server's certificate is checked by the
+/// platform's verifier: on Linux against the system's CA store, or the bundle `SSL_CERT_FILE`
+/// names and the directory `SSL_CERT_DIR` names.
+fn client() -> anyhow::Result<&'static Client> {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    // Fails only if a provider is installed already, which then serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::builder()
+        .build()
+        .context("setting up the HTTP client")?;
+    Ok(CLIENT.get_or_init(|| client))
 }
 
 /// Sends `request` and returns its JSON answer, or fails with the server's error message.
