@@ -678,9 +678,10 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<()> {
 /// Parked events read in one request: the most the server lists on one page.
 const PARKED_PAGE: u64 = 1000;
 
-/// Prints every event projection `name` parked, as one list, read a page at a time.
+/// Prints every event projection `name` parked, as one indented JSON list, read and printed a
+/// page at a time (a projection may have parked hundreds of thousands).
 async fn print_parked(remote: &Remote, name: &str) -> anyhow::Result<()> {
-    let mut parked = Vec::new();
+    let mut list = PrettyList::default();
     let mut after = 0;
     loop {
         let request = remote
@@ -694,9 +695,38 @@ async fn print_parked(remote: &Remote, name: &str) -> anyhow::Result<()> {
         after = last["position"]
             .as_u64()
             .context("a parked event without its position")?;
-        parked.extend(page);
+        for event in &page {
+            print_line(list.push(event))?;
+        }
     }
-    print_pretty(&Value::Array(parked))
+    print_line(list.end())
+}
+
+/// A JSON list printed indented as `serde_json::to_string_pretty` prints it, one element at a
+/// time: each element is held back until it is known whether a comma follows it.
+#[derive(Default)]
+struct PrettyList {
+    held: Option<String>,
+}
+
+impl PrettyList {
+    /// Takes `element`; returns the lines that can be printed now.
+    fn push(&mut self, element: &Value) -> String {
+        let pretty = serde_json::to_string_pretty(element).expect("a JSON value serialises");
+        let indented: Vec<String> = pretty.lines().map(|line| format!("  {line}")).collect();
+        match self.held.replace(indented.join("\n")) {
+            Some(previous) => format!("{previous},"),
+            None => "[".to_owned(),
+        }
+    }
+
+    /// The lines that end the list.
+    fn end(self) -> String {
+        match self.held {
+            Some(last) => format!("{last}\n]"),
+            None => "[]".to_owned(),
+        }
+    }
 }
 
 impl Connection {
@@ -719,6 +749,20 @@ fn described_name(bytes: &[u8], origin: &str) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_list_printed_an_element_at_a_time_reads_as_printed_whole() {
+        for n in [0, 1, 3] {
+            let elements: Vec<Value> = (0..n)
+                .map(|i| json!({"position": i, "event": {"data": [1, {"a": null}]}}))
+                .collect();
+            let mut list = PrettyList::default();
+            let mut printed: Vec<String> = elements.iter().map(|e| list.push(e)).collect();
+            printed.push(list.end());
+            let whole = serde_json::to_string_pretty(&Value::Array(elements)).unwrap();
+            assert_eq!(printed.join("\n"), whole);
+        }
+    }
+
     use clap::Parser;
 
     use super::*;
