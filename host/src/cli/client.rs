@@ -267,25 +267,29 @@ impl Remote {
             .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.url))?
             .pop_if_empty()
             .extend(segments);
-        Ok(client()?.request(method, url))
+        Ok(client(&url)?.request(method, url))
     }
 }
 
-/// The process's one HTTP client (its connections are reused across requests). `https://`
-/// URLs are served by rustls on the ring provider, installed here as the process's default
-/// (reqwest is built without one of its own), and a server's certificate is checked by the
-/// platform's verifier: on Linux against the system's CA store, or the bundle `SSL_CERT_FILE`
-/// names and the directory `SSL_CERT_DIR` names.
-fn client() -> anyhow::Result<&'static Client> {
+/// The process's one HTTP client (its connections are reused across requests), for the one
+/// server a process talks to at `url`. `https://` URLs are served by rustls on the ring
+/// provider, installed here as the process's default (reqwest is built without one of its
+/// own), and a server's certificate is checked by the platform's verifier: on Linux against the
+/// system's CA store, or the bundle `SSL_CERT_FILE` names and the directory `SSL_CERT_DIR`
+/// names. A plain `http://` server needs no CA store (a slim image may have none), so then
+/// none is loaded and no certificate is trusted.
+fn client(url: &reqwest::Url) -> anyhow::Result<&'static Client> {
     static CLIENT: OnceLock<Client> = OnceLock::new();
     if let Some(client) = CLIENT.get() {
         return Ok(client);
     }
     // Fails only if a provider is installed already, which then serves as well.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::builder()
-        .build()
-        .context("setting up the HTTP client")?;
+    let builder = match url.scheme() {
+        "https" => Client::builder(),
+        _ => Client::builder().tls_certs_only(std::iter::empty()),
+    };
+    let client = builder.build().context("setting up the HTTP client")?;
     Ok(CLIENT.get_or_init(|| client))
 }
 
