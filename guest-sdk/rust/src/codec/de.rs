@@ -93,17 +93,28 @@ impl<'de> de::VariantAccess<'de> for Json<'de> {
     }
 }
 
-/// A postcard payload. Like `postcard::from_bytes`, trailing bytes are ignored.
+/// A postcard payload.
 pub(super) struct Postcard<'de>(pub(super) &'de [u8]);
 
 impl<'de> Postcard<'de> {
+    /// Runs `f` on a deserializer over the whole payload, rejecting trailing bytes as the JSON
+    /// path rejects trailing input (`postcard::from_bytes` ignores them: `[5, 255, 255]` would
+    /// fold as an amount of 5).
     fn parse<T>(
         self,
         f: impl FnOnce(
             &mut postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
         ) -> postcard::Result<T>,
     ) -> Result<T, Error> {
-        f(&mut postcard::Deserializer::from_bytes(self.0)).map_err(Error::new)
+        let mut de = postcard::Deserializer::from_bytes(self.0);
+        let value = f(&mut de).map_err(Error::new)?;
+        match de.finalize().map_err(Error::new)? {
+            [] => Ok(value),
+            rest => Err(Error::new(format!(
+                "{} trailing bytes after the postcard data",
+                rest.len()
+            ))),
+        }
     }
 }
 

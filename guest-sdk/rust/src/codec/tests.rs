@@ -147,6 +147,14 @@ fn binary_payloads_decode_with_postcard() {
         Event::Closed
     );
     assert!(decode_postcard::<Event>("Deposited", &[]).is_err());
+    let data = postcard::to_allocvec(&(5u64,)).unwrap();
+    assert!(decode_postcard::<Event>("Deposited", &data).is_ok());
+    let trailing = [data, vec![0xff, 0xff]].concat();
+    let refused = decode_postcard::<Event>("Deposited", &trailing).unwrap_err();
+    assert!(
+        refused.to_string().contains("2 trailing bytes"),
+        "{refused}"
+    );
 }
 
 #[test]
