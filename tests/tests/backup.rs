@@ -77,6 +77,32 @@ async fn wait_for(what: &str, mut probe: impl AsyncFnMut() -> Option<Value>) -> 
     }
 }
 
+/// Uploads the build of bank-account that says version 1.1.0 over the plugins directory's.
+async fn upload_v2(client: &Client, server: &Server) -> reqwest::Response {
+    client
+        .put(server.url("/plugins/bank-account"))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(foldhost_plugins::path("bank-account-v2")).unwrap())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Checks that `server` serves the uploaded build of bank-account (1.1.0).
+async fn upload_serves(client: &Client, server: &Server) {
+    let (_, plugins) = get(client, server, "/plugins").await;
+    let account = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bank-account");
+    assert_eq!(
+        account.unwrap()["version"],
+        "1.1.0",
+        "the upload serves: {plugins}"
+    );
+}
+
 fn plugin_hash(plugins: &Value, name: &str) -> String {
     let plugins = plugins.as_array().unwrap();
     let plugin = plugins.iter().find(|p| p["name"] == name).unwrap();
@@ -91,13 +117,7 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
 
     // A build of bank-account uploaded over the plugins directory's, which only the backup's
     // copy of the uploads brings back.
-    let response = client
-        .put(server.url("/plugins/bank-account"))
-        .bearer_auth(TOKEN)
-        .body(std::fs::read(foldhost_plugins::path("bank-account-v2")).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let response = upload_v2(&client, &server).await;
     let (status, uploaded) = json(response).await;
     assert_eq!((status, &uploaded["version"]), (200, &json!("1.1.0")));
     // Uploads are the admin's: a plugin's code is not for every client to read.
@@ -231,17 +251,7 @@ async fn a_backup_taken_under_load_restores_the_log_up_to_its_position() {
     check_plugin_data(&restored_journal, &plugins).await;
 
     let copy = Server::start_with(&restored, Some(&dirs.plugins), None);
-    let (_, loaded) = get(&client, &copy, "/plugins").await;
-    let account = loaded
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "bank-account");
-    assert_eq!(
-        account.unwrap()["version"],
-        "1.1.0",
-        "the upload serves: {loaded}"
-    );
+    upload_serves(&client, &copy).await;
     let (_, health) = get(&client, &copy, "/health").await;
     assert_eq!(
         health["head_position"], position,
@@ -426,13 +436,7 @@ async fn a_restore_that_ran_out_of_space_finishes_when_run_again() {
     let dirs = Dirs::new();
     let server = Server::start(&dirs, Some(TOKEN));
     let client = Client::new();
-    let response = client
-        .put(server.url("/plugins/bank-account"))
-        .bearer_auth(TOKEN)
-        .body(std::fs::read(foldhost_plugins::path("bank-account-v2")).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let response = upload_v2(&client, &server).await;
     assert_eq!(response.status(), 200);
     // A journal of some MiB, the upload's 200 KB.
     let pad = "r".repeat(2_000);
@@ -487,17 +491,7 @@ async fn a_restore_that_ran_out_of_space_finishes_when_run_again() {
     resize(disk.path(), "256m");
     assert_eq!(foldhost(&url, &restore).await, report);
     let copy = Server::start_with(&restored, Some(&dirs.plugins), None);
-    let (_, plugins) = get(&client, &copy, "/plugins").await;
-    let account = plugins
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "bank-account");
-    assert_eq!(
-        account.unwrap()["version"],
-        "1.1.0",
-        "the upload serves: {plugins}"
-    );
+    upload_serves(&client, &copy).await;
     let events = all_events(&client, &copy).await;
     assert_eq!(events.len(), original.len());
     assert!(

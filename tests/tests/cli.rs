@@ -3,8 +3,8 @@
 
 use crate::serve;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -45,6 +45,31 @@ fn fails(url: &str, args: &[&str]) -> String {
         "foldhost {args:?} should fail"
     );
     String::from_utf8(output.stderr).unwrap()
+}
+
+/// Imports `file` into the data directory `data`, which must fail saying each of `said`.
+fn import_refused(url: &str, file: &std::path::Path, data: &str, said: &[&str]) {
+    let refused = fails(
+        url,
+        &["import", &file.display().to_string(), "--data", data],
+    );
+    for part in said {
+        assert!(refused.contains(part), "{part:?} not in {refused}");
+    }
+}
+
+/// `foldhost events --follow ARGS` running, and the lines it prints.
+fn follow(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut follower = Command::new(BIN)
+        .args(["events", "--follow"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    (follower, lines)
 }
 
 fn parse(stdout: &str) -> Value {
@@ -273,14 +298,7 @@ fn client_subcommands_drive_a_running_server() {
     assert_eq!(names(&ok(url, &["plugins", "list"])).len(), 3);
 
     // --follow: history first, then what is appended while it runs.
-    let mut follower = Command::new(BIN)
-        .args(["events", "--follow", "--from", "3", "--url", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let (follower, mut followed) = follow(&["--from", "3", "--url", url]);
     let mut next_position = || {
         parse(&followed.next().unwrap().unwrap())["position"]
             .as_u64()
@@ -1108,15 +1126,15 @@ fn an_import_refused_by_the_journal_names_the_line_and_stores_none_after_it() {
     let text: Vec<String> = ndjson.iter().map(Value::to_string).collect();
     std::fs::write(&file, text.join("\n")).unwrap();
     let data = dirs.data.display().to_string();
-    let refused = fails(
+    import_refused(
         url,
-        &["import", &file.display().to_string(), "--data", &data],
-    );
-    assert!(
-        refused.contains("import.ndjson line 5: ")
-            && refused.contains("\"gone\" was deleted for good")
-            && refused.contains("the 4 events before it are imported"),
-        "{refused}"
+        &file,
+        &data,
+        &[
+            "import.ndjson line 5: ",
+            "\"gone\" was deleted for good",
+            "the 4 events before it are imported",
+        ],
     );
     let stored: Vec<Value> = lines(&ok(url, &["export", "--data", &data]));
     assert_eq!(stored.len(), 5, "the kept event, then lines 1 to 4");
@@ -1188,15 +1206,15 @@ fn an_import_stops_at_a_line_that_is_not_utf8_having_imported_the_lines_before_i
     std::fs::write(&file, ndjson).unwrap();
     let data = dir.path().join("data").display().to_string();
     let url = "http://127.0.0.1:9";
-    let refused = fails(
+    import_refused(
         url,
-        &["import", &file.display().to_string(), "--data", &data],
-    );
-    assert!(
-        refused.contains("latin1.ndjson line 4: ")
-            && refused.contains("UTF-8")
-            && refused.contains("the 3 events before it are imported"),
-        "{refused}"
+        &file,
+        &data,
+        &[
+            "latin1.ndjson line 4: ",
+            "UTF-8",
+            "the 3 events before it are imported",
+        ],
     );
     assert_eq!(lines(&ok(url, &["export", "--data", &data])).len(), 3);
 }
@@ -1310,14 +1328,7 @@ fn a_follow_cut_off_says_where_to_go_on_from() {
             &["append", &format!("s-{n}"), "--type", "T", "--data", "null"],
         );
     }
-    let mut follower = Command::new(BIN)
-        .args(["events", "--follow", "--url", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let (follower, mut followed) = follow(&["--url", url]);
     for position in [1, 2] {
         let event = parse(&followed.next().unwrap().unwrap());
         assert_eq!(event["position"], position);

@@ -23,66 +23,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const TOKEN: &str = "https-admin-token-7f3a";
 
-/// A CA, a server certificate for `localhost` it signed, and another CA that signed nothing.
-fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (name, subject) in [
-        ("ca", "/CN=foldhost test CA"),
-        ("other-ca", "/CN=someone else"),
-    ] {
-        let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
-        let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &cert]);
-        openssl(&args);
-    }
-    let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
-    args.extend(ec);
-    args.extend(["-out", "server.csr"]);
-    openssl(&args);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    ]);
-}
-
 /// The bytes read through it, kept.
 struct Tap<S> {
     inner: S,
@@ -255,7 +195,7 @@ fn a_plain_http_url_needs_no_ca_store() {
 fn client_subcommands_reach_a_server_behind_a_tls_proxy_and_verify_its_certificate() {
     let dirs = Dirs::new();
     let tls = tempfile::tempdir().unwrap();
-    certificates(tls.path());
+    crate::certificates::make(tls.path(), "localhost", "DNS:localhost");
     let file = |name: &str| -> PathBuf { tls.path().join(name) };
     let token_file = file("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();

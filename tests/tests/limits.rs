@@ -28,6 +28,24 @@ async fn post(client: &Client, server: &Server, path: &str, body: Value) -> (u16
     .await
 }
 
+/// Posts `body` as it is, valid JSON or not.
+async fn post_text(
+    client: &Client,
+    server: &Server,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    json(
+        client
+            .post(server.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// Whether the server has answered or closed `connection` (peeked, nothing read).
 fn answered(connection: &TcpStream) -> bool {
     connection.set_nonblocking(true).unwrap();
@@ -124,13 +142,7 @@ async fn numbers_that_overflow_are_refused_never_wrapped() {
     }
     let body =
         r#"{"expected_version": 18446744073709551616, "events": [{"type": "T", "data": {}}]}"#;
-    let response = client
-        .post(server.url("/streams/s/events"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = json(response).await;
+    let (status, body) = post_text(&client, &server, "/streams/s/events", body).await;
     assert_eq!(status, 400, "{body}");
 
     // The largest values that fit are answered, not wrapped to the start of the log.
@@ -431,13 +443,7 @@ async fn an_append_of_too_many_tiny_events_is_refused_before_they_are_all_parsed
     assert_eq!(status, 200);
 
     let before = server.usage();
-    let response = client
-        .post(server.url("/streams/s/events"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let (status, refused) = json(response).await;
+    let (status, refused) = post_text(&client, &server, "/streams/s/events", body).await;
     assert_eq!(status, 413, "{refused}");
     let error = refused["error"].as_str().unwrap();
     assert!(

@@ -4,6 +4,7 @@
 //! each and gigabytes of disk. cargo-nextest still runs every test in its own process, so
 //! a test that kills, crashes or exhausts something cannot touch its neighbours.
 
+pub mod certificates;
 pub mod pgcluster;
 pub mod serve;
 

@@ -34,51 +34,7 @@ impl Cluster {
         let mut cluster = Self::create();
         let tls = cluster.root.path().join("tls");
         std::fs::create_dir(&tls).unwrap();
-        let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&tls).args(args));
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        for (name, subject) in [
-            ("ca", "/CN=foldhost test CA"),
-            ("other-ca", "/CN=someone else"),
-        ] {
-            let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
-            let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &cert]);
-            openssl(&args);
-        }
-        let mut args = vec!["req", "-subj", "/CN=127.0.0.1", "-keyout", "server.key"];
-        args.extend(ec);
-        args.extend(["-out", "server.csr"]);
-        openssl(&args);
-        std::fs::write(
-            tls.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             extendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ]);
+        crate::certificates::make(&tls, "127.0.0.1", "IP:127.0.0.1");
         // PostgreSQL wants its key private to the user it runs as.
         if as_root() {
             run(Command::new("chown").args(["-R", "postgres:"]).arg(&tls));
