@@ -819,6 +819,38 @@ async fn parked_events_fold_once_the_fix_is_there() {
     assert_eq!(api.query("mischief", "count").await, (200, counts));
 }
 
+/// A projection whose snapshots the plugin cannot restore is neither stuck nor unreadable:
+/// its readers' copy, the rebuild after a poison event and a restart fold from position 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_snapshots_do_not_restore_folds_from_the_start() {
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let hostile =
+        |kind: &str, count: usize| json!(vec![json!({"type": kind, "data": null}); count]);
+    for kind in ["Ponged", "Garbled", "Ponged"] {
+        api.append("hostile-1", hostile(kind, 1)).await;
+    }
+    api.wait_live("mischief", 3).await;
+    let count = |pongs: u64| json!({"pongs": pongs, "poisons": 0, "antidotes": 0, "garbled": true});
+    assert_eq!(api.query("mischief", "count").await, (200, count(2)));
+
+    // The first poison is parked far enough past the last snapshot (none) that the state
+    // is snapshotted in memory; the second one's rebuild starts from that snapshot.
+    api.append("hostile-1", hostile("Ponged", 70)).await;
+    api.append("hostile-1", hostile("Poison", 1)).await;
+    api.append("hostile-1", hostile("Poison", 1)).await;
+    api.append("hostile-1", hostile("Ponged", 1)).await;
+    let info = api.wait_live("mischief", 76).await;
+    assert_eq!(info["parked"], 2, "{info}");
+    assert_eq!(api.query("mischief", "count").await, (200, count(73)));
+
+    api.server.terminate();
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let info = api.wait_live("mischief", 76).await;
+    assert_eq!(info["parked"], 2, "{info}");
+    assert_eq!(api.query("mischief", "count").await, (200, count(73)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_traps_leaves_the_projection_live_and_the_next_query_works() {
     let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);

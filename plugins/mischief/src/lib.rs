@@ -6,14 +6,15 @@
 //! | `Ponged`   | behaves: counted                                             |
 //! | `Poison`   | panics, unless an `Antidote` was folded before: then counted |
 //! | `Antidote` | behaves: later `Poison` events fold                          |
+//! | `Garbled`  | behaves, but the state's snapshots then do not restore       |
 //!
-//! | query      | inside `query`                                  |
-//! |------------|-------------------------------------------------|
-//! | `count`    | behaves: `{"pongs", "poisons", "antidotes"}`    |
-//! | `panic`    | panics                                          |
-//! | `loop`     | spins forever                                   |
-//! | `allocate` | allocates 1 GiB and touches every 4 KiB page    |
-//! | `huge`     | answers a string of `{"mib": n}` MiB            |
+//! | query      | inside `query`                                                         |
+//! |------------|------------------------------------------------------------------------|
+//! | `count`    | behaves: `{"pongs", "poisons", "antidotes"}`, and `"garbled"` once set |
+//! | `panic`    | panics                                                                 |
+//! | `loop`     | spins forever                                                          |
+//! | `allocate` | allocates 1 GiB and touches every 4 KiB page                           |
+//! | `huge`     | answers a string of `{"mib": n}` MiB                                   |
 
 use std::hint::black_box;
 
@@ -26,6 +27,13 @@ pub struct Mischief {
     pub pongs: u64,
     pub poisons: u64,
     pub antidotes: u64,
+    /// Once `Garbled`, snapshots are bytes `restore` refuses.
+    #[serde(default, skip_serializing_if = "is_clear")]
+    pub garbled: bool,
+}
+
+fn is_clear(flag: &bool) -> bool {
+    !flag
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -33,6 +41,7 @@ pub enum HostileEvent {
     Ponged,
     Poison,
     Antidote,
+    Garbled,
     #[serde(other)]
     Unknown,
 }
@@ -57,8 +66,20 @@ impl Projection for Mischief {
             }
             HostileEvent::Poison => self.poisons += 1,
             HostileEvent::Antidote => self.antidotes += 1,
+            HostileEvent::Garbled => self.garbled = true,
             HostileEvent::Unknown => {}
         }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        match self.garbled {
+            true => b"garbled".to_vec(),
+            false => serde_json::to_vec(self).expect("mischief's state is JSON"),
+        }
+    }
+
+    fn restore(snapshot: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(snapshot).map_err(|e| format!("mischief: {e}"))
     }
 
     fn query(&self, name: &str, args: Value) -> Result<Value, String> {
@@ -116,6 +137,15 @@ mod tests {
             state.query("count", serde_json::Value::Null).unwrap()["poisons"],
             1
         );
+    }
+
+    #[test]
+    fn snapshots_restore_until_garbled() {
+        let mut state = Mischief::default();
+        state.apply(HostileEvent::Ponged, &META);
+        assert_eq!(Mischief::restore(&state.snapshot()), Ok(state.clone()));
+        state.apply(HostileEvent::Garbled, &META);
+        assert!(Mischief::restore(&state.snapshot()).is_err());
     }
 
     #[test]

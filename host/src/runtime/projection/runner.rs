@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::failure::{FailurePolicy, ParkReport, backoff};
-use super::worker::{Control, Shared, Worker};
+use super::worker::{Control, Shared, Worker, rebuilt};
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus};
 use crate::journal::{Journal, JournalError, ParkedEvent};
 use crate::runtime::blocking;
@@ -50,6 +50,7 @@ pub struct RunnerOptions {
 /// A projection kept up to date by a background task.
 pub struct ProjectionRunner {
     shared: Arc<Shared>,
+    journal: Journal,
     status: watch::Receiver<ProjectionStatus>,
     control: mpsc::UnboundedSender<Control>,
     /// The readers' copy of the fold, and its turn-taking.
@@ -78,7 +79,7 @@ impl ProjectionRunner {
         });
         let worker = Worker::new(
             shared.clone(),
-            journal,
+            journal.clone(),
             options.checkpoints,
             options.policy,
             options.fresh,
@@ -86,6 +87,7 @@ impl ProjectionRunner {
         );
         Self {
             shared,
+            journal,
             status,
             control,
             reader: Arc::new(tokio::sync::Mutex::new(None)),
@@ -190,10 +192,10 @@ impl ProjectionRunner {
         })
         .await
         .map_err(|_| RuntimeError::Busy)?;
-        let shared = self.shared.clone();
+        let (shared, journal) = (self.shared.clone(), self.journal.clone());
         blocking(move || {
             let _permit = permit;
-            if !refresh(&shared, &mut reader)? {
+            if !refresh(&shared, &journal, &mut reader)? {
                 return Ok(None);
             }
             let copy = &mut reader.as_mut().expect("refreshed").instance;
@@ -300,8 +302,13 @@ struct ReaderCopy {
 }
 
 /// Brings the readers' copy up to the fold's position and parked events folded (a new
-/// instance restored from the fold's snapshot). `false` if there is no state to read yet.
-fn refresh(shared: &Shared, reader: &mut Option<ReaderCopy>) -> Result<bool, RuntimeError> {
+/// instance restored from the fold's snapshot, or folded from position 1 when the plugin
+/// cannot restore that). `false` if there is no state to read yet.
+fn refresh(
+    shared: &Shared,
+    journal: &Journal,
+    reader: &mut Option<ReaderCopy>,
+) -> Result<bool, RuntimeError> {
     let snapshot = {
         let mut fold = shared.fold.lock().expect("projection lock");
         // Being rebuilt: the copy, if any, is the latest state there is.
@@ -325,7 +332,7 @@ fn refresh(shared: &Shared, reader: &mut Option<ReaderCopy>) -> Result<bool, Run
         }
     };
     let (stamp, bytes) = snapshot;
-    let instance = shared.instance(Some((stamp.0, bytes)))?;
+    let instance = rebuilt(shared, journal, Some((stamp.0, bytes)), stamp.0)?;
     *reader = Some(ReaderCopy { instance, stamp });
     Ok(true)
 }

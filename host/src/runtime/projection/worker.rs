@@ -135,6 +135,23 @@ impl Shared {
     ) -> Result<ProjectionInstance, RuntimeError> {
         ProjectionInstance::through(self.plugin.clone(), self.upcasters.clone(), checkpoint)
     }
+
+    /// A new instance restored from `saved`, or a blank one (and `saved` forgotten) when the
+    /// plugin refuses or traps restoring it: a snapshot it cannot read is no reason to stop
+    /// folding, only to fold from position 1.
+    fn restored(
+        &self,
+        saved: &mut Option<(u64, Vec<u8>)>,
+    ) -> Result<ProjectionInstance, RuntimeError> {
+        match self.instance(saved.clone()) {
+            Err(error) if saved.is_some() && error.is_plugin_fault() => {
+                tracing::warn!(plugin = %self.plugin.name(), %error, "snapshot not restored; folding from position 1");
+                *saved = None;
+                self.instance(None)
+            }
+            restored => restored,
+        }
+    }
 }
 
 /// Requests to the worker, handled between two batches.
@@ -899,16 +916,17 @@ pub(super) fn parked_positions(journal: &Journal, key: &str) -> Result<Vec<u64>,
     }
 }
 
-/// The fold's state at `target`: `saved` (at or before it) plus the events after it that
-/// the plugin folds, skipping parked ones. Events are folded in pages as usual, or one at
-/// a time if a page fails (they were folded singly before, too).
-fn rebuilt(
+/// The fold's state at `target`: `saved` (at or before it; from position 1 if the plugin
+/// cannot restore it) plus the events after it that the plugin folds, skipping parked ones.
+/// Events are folded in pages as usual, or one at a time if a page fails (they were folded
+/// singly before, too).
+pub(super) fn rebuilt(
     shared: &Shared,
     journal: &Journal,
-    saved: Option<(u64, Vec<u8>)>,
+    mut saved: Option<(u64, Vec<u8>)>,
     target: u64,
 ) -> Result<ProjectionInstance, RuntimeError> {
-    let mut instance = shared.instance(saved.clone())?;
+    let mut instance = shared.restored(&mut saved)?;
     let mut singly = false;
     while instance.position < target {
         let mut page = journal.read_all_within(instance.position + 1, REPLAY_LIMIT)?;
