@@ -823,15 +823,27 @@ async fn parked_events_fold_once_the_fix_is_there() {
 /// its readers' copy, the rebuild after a poison event and a restart fold from position 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_whose_snapshots_do_not_restore_folds_from_the_start() {
+    snapshots_that_do_not_restore("Garbled", "garbled").await;
+}
+
+/// The same when restoring them runs out of time: the same bytes would again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_snapshots_take_too_long_to_restore_folds_from_the_start() {
+    snapshots_that_do_not_restore("Stalled", "stalled").await;
+}
+
+/// mischief's state after `spoiler` (an event after which its snapshots do not restore),
+/// which sets `flag`.
+async fn snapshots_that_do_not_restore(spoiler: &str, flag: &str) {
     let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
     let api = Api::new(Server::start(&dirs, Some(TOKEN)));
     let hostile =
         |kind: &str, count: usize| json!(vec![json!({"type": kind, "data": null}); count]);
-    for kind in ["Ponged", "Garbled", "Ponged"] {
+    for kind in ["Ponged", spoiler, "Ponged"] {
         api.append("hostile-1", hostile(kind, 1)).await;
     }
     api.wait_live("mischief", 3).await;
-    let count = |pongs: u64| json!({"pongs": pongs, "poisons": 0, "antidotes": 0, "garbled": true});
+    let count = |pongs: u64| json!({"pongs": pongs, "poisons": 0, "antidotes": 0, flag: true});
     assert_eq!(api.query("mischief", "count").await, (200, count(2)));
 
     // The first poison is parked far enough past the last snapshot (none) that the state
@@ -849,6 +861,38 @@ async fn a_projection_whose_snapshots_do_not_restore_folds_from_the_start() {
     let info = api.wait_live("mischief", 76).await;
     assert_eq!(info["parked"], 2, "{info}");
     assert_eq!(api.query("mischief", "count").await, (200, count(73)));
+}
+
+/// A state that cannot be made again is a fault, not a retry for ever: with snapshots that do
+/// not restore, a rebuild folds from position 1, where an event replayed at the head does
+/// not fold in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_that_cannot_rebuild_its_state_faults_with_the_reason() {
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let hostile = |kind: &str| json!([{"type": kind, "data": null}]);
+    for kind in ["Ponged", "Garbled", "Poison", "Antidote"] {
+        api.append("hostile-1", hostile(kind)).await;
+    }
+    assert_eq!(api.wait_live("mischief", 4).await["parked"], 1);
+    let replay = "/plugins/mischief/parked/replay";
+    let (status, report) = api.admin_post(replay, Value::Null).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report, json!({"replayed": 1, "still_parked": 0}));
+
+    // Venom never folds: the state before it is rebuilt, from position 1.
+    api.append("hostile-1", hostile("Venom")).await;
+    let info = api
+        .wait_plugin("mischief", |p| p["status"]["status"] == "faulted")
+        .await;
+    let status = &info["status"];
+    assert_eq!(status["position"], 4, "{info}");
+    let reason = status["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("rebuilding its state at position 4")
+            && reason.contains("applying events at positions 3..=3"),
+        "{info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

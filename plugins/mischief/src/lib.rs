@@ -6,7 +6,9 @@
 //! | `Ponged`   | behaves: counted                                             |
 //! | `Poison`   | panics, unless an `Antidote` was folded before: then counted |
 //! | `Antidote` | behaves: later `Poison` events fold                          |
+//! | `Venom`    | panics, antidote or not                                      |
 //! | `Garbled`  | behaves, but the state's snapshots then do not restore       |
+//! | `Stalled`  | behaves, but restoring the state's snapshots then never ends |
 //!
 //! | query      | inside `query`                                                         |
 //! |------------|------------------------------------------------------------------------|
@@ -30,6 +32,9 @@ pub struct Mischief {
     /// Once `Garbled`, snapshots are bytes `restore` refuses.
     #[serde(default, skip_serializing_if = "is_clear")]
     pub garbled: bool,
+    /// Once `Stalled`, snapshots are bytes `restore` spins on.
+    #[serde(default, skip_serializing_if = "is_clear")]
+    pub stalled: bool,
 }
 
 fn is_clear(flag: &bool) -> bool {
@@ -41,9 +46,21 @@ pub enum HostileEvent {
     Ponged,
     Poison,
     Antidote,
+    Venom,
     Garbled,
+    Stalled,
     #[serde(other)]
     Unknown,
+}
+
+const GARBLED: &[u8] = b"garbled";
+const STALLED: &[u8] = b"stalled";
+
+fn spin() -> ! {
+    let mut turns = 0u64;
+    loop {
+        turns = black_box(turns.wrapping_add(1));
+    }
 }
 
 impl Projection for Mischief {
@@ -66,19 +83,25 @@ impl Projection for Mischief {
             }
             HostileEvent::Poison => self.poisons += 1,
             HostileEvent::Antidote => self.antidotes += 1,
+            HostileEvent::Venom => panic!("mischief: Venom at position {}", meta.position),
             HostileEvent::Garbled => self.garbled = true,
+            HostileEvent::Stalled => self.stalled = true,
             HostileEvent::Unknown => {}
         }
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        match self.garbled {
-            true => b"garbled".to_vec(),
-            false => serde_json::to_vec(self).expect("mischief's state is JSON"),
+        match (self.garbled, self.stalled) {
+            (true, _) => GARBLED.to_vec(),
+            (_, true) => STALLED.to_vec(),
+            _ => serde_json::to_vec(self).expect("mischief's state is JSON"),
         }
     }
 
     fn restore(snapshot: &[u8]) -> Result<Self, String> {
+        if snapshot == STALLED {
+            spin();
+        }
         serde_json::from_slice(snapshot).map_err(|e| format!("mischief: {e}"))
     }
 
@@ -86,12 +109,7 @@ impl Projection for Mischief {
         match name {
             "count" => Ok(json!(self)),
             "panic" => panic!("mischief: panicking in a query on purpose"),
-            "loop" => {
-                let mut turns = 0u64;
-                loop {
-                    turns = black_box(turns.wrapping_add(1));
-                }
-            }
+            "loop" => spin(),
             "allocate" => {
                 let mut block = vec![0u8; 1 << 30];
                 for page in block.chunks_mut(4096) {
@@ -140,12 +158,15 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_restore_until_garbled() {
+    fn snapshots_restore_until_garbled_or_stalled() {
         let mut state = Mischief::default();
         state.apply(HostileEvent::Ponged, &META);
         assert_eq!(Mischief::restore(&state.snapshot()), Ok(state.clone()));
-        state.apply(HostileEvent::Garbled, &META);
-        assert!(Mischief::restore(&state.snapshot()).is_err());
+        let mut garbled = state.clone();
+        garbled.apply(HostileEvent::Garbled, &META);
+        assert!(Mischief::restore(&garbled.snapshot()).is_err());
+        state.apply(HostileEvent::Stalled, &META);
+        assert_eq!(state.snapshot(), super::STALLED);
     }
 
     #[test]

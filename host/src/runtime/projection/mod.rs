@@ -81,7 +81,9 @@ pub enum ProjectionStatus {
     },
     /// Stopped at an event it cannot fold (policy `stop`), like KurrentDB's faulted
     /// projection: its state stays readable as of `position - 1`, and it waits for an
-    /// operator to restart, reset or replace it.
+    /// operator to restart, reset or replace it. Also where a run stops whose plugin cannot
+    /// make its state at all: its blank state, or a rebuild from the log, traps or is
+    /// refused (`position` is where the rebuild was to reach, 0 for a blank state).
     Faulted {
         /// The position of the event it cannot fold.
         position: u64,

@@ -137,14 +137,15 @@ impl Shared {
     }
 
     /// A new instance restored from `saved`, or a blank one (and `saved` forgotten) when the
-    /// plugin refuses or traps restoring it: a snapshot it cannot read is no reason to stop
-    /// folding, only to fold from position 1.
+    /// plugin refuses, traps or runs out of time restoring it (the same bytes again would do the
+    /// same): a snapshot it cannot read is no reason to stop folding, only to fold from
+    /// position 1.
     fn restored(
         &self,
         saved: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<ProjectionInstance, RuntimeError> {
         match self.instance(saved.clone()) {
-            Err(error) if saved.is_some() && error.is_plugin_fault() => {
+            Err(error) if saved.is_some() && (error.is_plugin_fault() || error.is_timeout()) => {
                 tracing::warn!(plugin = %self.plugin.name(), %error, "snapshot not restored; folding from position 1");
                 *saved = None;
                 self.instance(None)
@@ -232,7 +233,7 @@ impl Worker {
         let Halt::Faulted { position, reason } = self.follow().await else {
             return;
         };
-        tracing::error!(plugin = %self.name(), position, %reason, "projection faulted (policy stop): waiting for an operator");
+        tracing::error!(plugin = %self.name(), position, %reason, "projection faulted: waiting for an operator");
         self.shared
             .status
             .send_replace(ProjectionStatus::Faulted { position, reason });
@@ -287,7 +288,7 @@ impl Worker {
                 tracing::warn!(plugin = %self.name(), %error, "checkpoint not restored; folding from position 1");
                 self.saved = None;
                 let shared = self.shared.clone();
-                self.retrying("starting from an empty state", move || {
+                self.retrying_unless_faulted(0, "starting from an empty state", move || {
                     shared.instance(None)
                 })
                 .await?
@@ -559,7 +560,7 @@ impl Worker {
         let (shared, journal) = (self.shared.clone(), self.journal.clone());
         let (saved, target) = (self.saved.clone(), self.position);
         let what = format!("rebuilding its state at position {target}");
-        self.retrying(&what, move || {
+        self.retrying_unless_faulted(target, &what, move || {
             let instance = rebuilt(&shared, &journal, saved.clone(), target)?;
             *shared.fold.lock().expect("projection lock") = Some(instance);
             Ok(())
@@ -880,6 +881,27 @@ impl Worker {
 }
 
 impl Worker {
+    /// As [`retrying`](Self::retrying), but a failure of the plugin's own doing (it refused or
+    /// trapped: the same call would do it again) halts the run as faulted at `position`
+    /// instead of being retried for ever.
+    async fn retrying_unless_faulted<T: Send + 'static>(
+        &self,
+        position: u64,
+        what: &str,
+        step: impl Fn() -> Result<T, RuntimeError> + Send + Sync + 'static,
+    ) -> Result<T, Halt> {
+        let outcome = self
+            .retrying(what, move || match step() {
+                Err(error) if error.is_plugin_fault() => Ok(Err(error)),
+                done => done.map(Ok),
+            })
+            .await?;
+        outcome.map_err(|error| Halt::Faulted {
+            position,
+            reason: format!("{what}: {error}"),
+        })
+    }
+
     /// Retries a journal write with backoff (status `retrying`) until it succeeds; only a
     /// closed journal ends it.
     async fn retrying_write<Fut>(&self, what: &str, write: impl Fn() -> Fut) -> Result<(), Halt>
