@@ -74,7 +74,10 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + 'static {
         state::to_json(self)
     }
 
-    /// The state as a snapshot; defaults to postcard.
+    /// The state as a snapshot; defaults to postcard, which reads fields by
+    /// position: override this and [`restore`](Self::restore) for a state with
+    /// `skip_serializing_if` (whose snapshot may restore as another state),
+    /// `flatten`, tagged enums or `serde_json::Value` (which do not restore).
     fn snapshot(&self) -> Vec<u8> {
         state::to_snapshot(self)
     }
