@@ -908,7 +908,7 @@ async fn a_query_that_traps_leaves_the_projection_live_and_the_next_query_works(
         ("panic", "panicked"),
         ("loop", "time limit"),
         ("allocate", "memory"),
-        ("huge?mib=40", "mischief"),
+        ("huge?mib=40", "memory limit"),
     ] {
         let (status, body) = api.query("mischief", query).await;
         assert_eq!(status, 500, "{query}: {body}");
