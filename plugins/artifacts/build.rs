@@ -71,6 +71,12 @@ const RECIPES: &[Recipe] = &[
         set: "variants",
     },
     Recipe {
+        artifact: "mischief-broken-init",
+        package: "mischief",
+        features: "broken-init",
+        set: "variants",
+    },
+    Recipe {
         artifact: "hostile-as-bank",
         package: "hostile",
         features: "as-bank",

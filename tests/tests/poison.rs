@@ -992,6 +992,35 @@ async fn an_uploaded_build_that_faults_catching_up_does_not_serve_after_a_restar
     assert_eq!(info["version"], "1.0.1", "{info}");
 }
 
+/// An uploaded build that cannot even make its blank state faults instead of retrying for
+/// ever, so the build it was to replace is put back, and serves after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_build_whose_blank_state_traps_is_not_kept() {
+    let dirs = without_bank_account(&[foldhost_plugins::MISCHIEF]);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    api.append("hostile-1", json!([{"type": "Ponged", "data": null}]))
+        .await;
+    api.wait_live("mischief", 1).await;
+
+    let (status, body) = api
+        .put_plugin("mischief", foldhost_plugins::MISCHIEF_BROKEN_INIT)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let info = api
+        .wait_plugin("mischief", |p| {
+            p["pending"].is_null() && p["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(info["version"], "1.0.0", "{info}");
+    let error = info["last_error"].as_str().unwrap();
+    assert!(error.contains("starting from an empty state"), "{info}");
+
+    drop(api);
+    let api = Api::new(Server::start(&dirs, Some(TOKEN)));
+    let info = api.wait_live("mischief", 1).await;
+    assert_eq!(info["version"], "1.0.0", "{info}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stop_policy_faults_like_kurrentdb_until_an_operator_acts() {
     // mischief follows the same log: it shows when new events have reached the projections.

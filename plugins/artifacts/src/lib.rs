@@ -47,6 +47,9 @@ pub const MISCHIEF: &str = "mischief";
 /// `bank-analytics` built with feature `lenient` (version 1.0.1): a fix that counts a deposit
 /// whose amount is not a number as 0 instead of failing on it.
 pub const BANK_ANALYTICS_LENIENT: &str = "bank-analytics-lenient";
+/// `mischief` built with feature `broken-init` (version 1.0.1): its blank state panics, so
+/// it can never start.
+pub const MISCHIEF_BROKEN_INIT: &str = "mischief-broken-init";
 /// `hostile` built with feature `as-bank`: it describes itself as `bank`, whose streams would
 /// include `bank-account`'s. For the name-clash tests.
 pub const HOSTILE_AS_BANK: &str = "hostile-as-bank";
@@ -96,6 +99,7 @@ pub const TEST_ARTIFACTS: &[&str] = &[
     WRONG_CONTRACT,
     MISCHIEF,
     BANK_ANALYTICS_LENIENT,
+    MISCHIEF_BROKEN_INIT,
     HOSTILE_AS_BANK,
     HOSTILE_AS_UPCASTER,
     OLD_CONTRACT,

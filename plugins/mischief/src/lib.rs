@@ -24,7 +24,8 @@ use foldhost_guest::{EventMeta, Projection, Subscription, export_projection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(feature = "broken-init"), derive(Default))]
 pub struct Mischief {
     pub pongs: u64,
     pub poisons: u64,
@@ -53,6 +54,14 @@ pub enum HostileEvent {
     Unknown,
 }
 
+/// Feature `broken-init`: a build whose blank state cannot be made.
+#[cfg(feature = "broken-init")]
+impl Default for Mischief {
+    fn default() -> Self {
+        panic!("mischief: built with broken-init")
+    }
+}
+
 const GARBLED: &[u8] = b"garbled";
 const STALLED: &[u8] = b"stalled";
 
@@ -65,7 +74,11 @@ fn spin() -> ! {
 
 impl Projection for Mischief {
     const NAME: &'static str = "mischief";
-    const VERSION: &'static str = "1.0.0";
+    const VERSION: &'static str = if cfg!(feature = "broken-init") {
+        "1.0.1"
+    } else {
+        "1.0.0"
+    };
     type Event = HostileEvent;
 
     fn subscription() -> Subscription {
