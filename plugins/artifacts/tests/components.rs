@@ -27,7 +27,11 @@ fn interfaces(name: &str) -> (Vec<String>, Vec<String>) {
 /// Rust aggregates and projections built with the SDK; in name order.
 fn expected_exports(name: &str) -> Vec<&'static str> {
     match name {
-        "bank-analytics" | "bank-analytics-v2" | "bank-analytics-lenient" | "mischief" => vec![
+        "bank-analytics"
+        | "bank-analytics-v2"
+        | "bank-analytics-lenient"
+        | "mischief"
+        | "mischief-broken-init" => vec![
             "foldhost:plugin/packed-projection@0.1.2",
             "foldhost:plugin/projection@0.1.2",
         ],
