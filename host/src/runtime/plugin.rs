@@ -18,7 +18,7 @@ use super::engine::{CompileError, PluginEngine};
 use super::error::RuntimeError;
 use super::footprint::Footprint;
 use super::limits::Limits;
-use super::sandbox::{LogBudget, PluginStore, guarded, new_store};
+use super::sandbox::{LogBudget, PluginStore, guarded, is_guest_failure, new_store};
 use crate::journal::{EventRef, RecordedEvent};
 
 /// The contract version this host implements; guests built against any 0.1.y load.
@@ -398,19 +398,34 @@ impl Plugin {
         self.instantiate_in_new_store(|s| pre.instantiate(s))
     }
 
-    /// A fresh store under the plugin's limits, with what `instantiate` made in it.
+    /// A fresh store under the plugin's limits, with what `instantiate` made in it. A failure
+    /// that is neither a trap nor one of the limits (the host could not map the instance's
+    /// memory, say) is the host's, and may pass: [`RuntimeError::MemoryBudget`].
     fn instantiate_in_new_store<T>(
         &self,
         instantiate: impl FnOnce(&mut Store<PluginData>) -> wasmtime::Result<T>,
     ) -> Result<(PluginStore, T), RuntimeError> {
         let mut store = self.new_store();
-        let bindings = guarded(
+        let mut host_failed = false;
+        let made = guarded(
             &mut store,
             &self.engine,
             || "instantiating".into(),
-            instantiate,
-        )?;
-        Ok((store, bindings))
+            |store| instantiate(store).inspect_err(|error| host_failed = !is_guest_failure(error)),
+        );
+        match made {
+            Ok(bindings) => Ok((store, bindings)),
+            Err(RuntimeError::Trap {
+                plugin,
+                context,
+                message,
+            }) if host_failed => Err(RuntimeError::MemoryBudget {
+                plugin,
+                context,
+                message,
+            }),
+            Err(error) => Err(error),
+        }
     }
 
     fn introspect(&self) -> Result<(Description, Subscription), RuntimeError> {

@@ -141,6 +141,13 @@ pub fn guarded_answer<R>(
     })
 }
 
+/// Whether `error` came of the guest: a trap, or one of its limits or the host's budget.
+pub fn is_guest_failure(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<OverBudget>().is_some()
+        || error.downcast_ref::<HostBudgetExhausted>().is_some()
+}
+
 /// A one-line reason; the wasm backtrace goes to the debug log.
 fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     tracing::debug!(target: "plugin", "trap: {error:?}");
@@ -506,6 +513,21 @@ pub fn one_line(message: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_traps_and_limits_are_the_guests_failures() {
+        let mut budget = StoreBudget::new(1 << 20, host(1 << 30));
+        let over = budget.memory_growing(0, 2 << 20, None).unwrap_err();
+        assert!(is_guest_failure(&over));
+        let mut budget = StoreBudget::new(1 << 20, host(1 << 10));
+        let exhausted = budget.memory_growing(0, 1 << 20, None).unwrap_err();
+        assert!(is_guest_failure(&exhausted));
+        assert!(is_guest_failure(&wasmtime::Error::new(
+            Trap::UnreachableCodeReached
+        )));
+        let mapped = wasmtime::Error::msg("mmap failed: Cannot allocate memory");
+        assert!(!is_guest_failure(&mapped));
+    }
 
     #[test]
     fn memories_and_tables_share_one_budget() {
