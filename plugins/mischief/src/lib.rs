@@ -9,6 +9,7 @@
 //! | `Venom`    | panics, antidote or not                                      |
 //! | `Garbled`  | behaves, but the state's snapshots then do not restore       |
 //! | `Stalled`  | behaves, but restoring the state's snapshots then never ends |
+//! | `Jammed`   | behaves, but snapshotting the state then panics              |
 //!
 //! | query      | inside `query`                                                         |
 //! |------------|------------------------------------------------------------------------|
@@ -36,6 +37,9 @@ pub struct Mischief {
     /// Once `Stalled`, snapshots are bytes `restore` spins on.
     #[serde(default, skip_serializing_if = "is_clear")]
     pub stalled: bool,
+    /// Once `Jammed`, taking a snapshot panics.
+    #[serde(default, skip_serializing_if = "is_clear")]
+    pub jammed: bool,
 }
 
 fn is_clear(flag: &bool) -> bool {
@@ -50,6 +54,7 @@ pub enum HostileEvent {
     Venom,
     Garbled,
     Stalled,
+    Jammed,
     #[serde(other)]
     Unknown,
 }
@@ -99,11 +104,13 @@ impl Projection for Mischief {
             HostileEvent::Venom => panic!("mischief: Venom at position {}", meta.position),
             HostileEvent::Garbled => self.garbled = true,
             HostileEvent::Stalled => self.stalled = true,
+            HostileEvent::Jammed => self.jammed = true,
             HostileEvent::Unknown => {}
         }
     }
 
     fn snapshot(&self) -> Vec<u8> {
+        assert!(!self.jammed, "mischief: snapshotting a jammed state");
         match (self.garbled, self.stalled) {
             (true, _) => GARBLED.to_vec(),
             (_, true) => STALLED.to_vec(),

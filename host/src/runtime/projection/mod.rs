@@ -81,11 +81,12 @@ pub enum ProjectionStatus {
     },
     /// Stopped at an event it cannot fold (policy `stop`), like KurrentDB's faulted
     /// projection: its state stays readable as of `position - 1`, and it waits for an
-    /// operator to restart, reset or replace it. Also where a run stops whose plugin cannot
-    /// make its state at all: its blank state, or a rebuild from the log, traps or is
-    /// refused (`position` is where the rebuild was to reach, 0 for a blank state).
+    /// operator to restart, reset or replace it. Also where a run stops, whatever the
+    /// policy, whose plugin cannot make its state at all (its blank state, or a rebuild
+    /// from the log, traps or is refused): then it may have no state to read.
     Faulted {
-        /// The position of the event it cannot fold.
+        /// The position of the event it cannot fold, or where its state was to be made
+        /// again (0 at start).
         position: u64,
         /// Why it cannot.
         reason: String,

@@ -76,6 +76,8 @@ impl ProjectionRunner {
             status: status_tx,
             durable: AtomicBool::new(!options.fresh),
             parked_folded: AtomicU64::new(0),
+            discarded: Default::default(),
+            restore_timeouts: Default::default(),
         });
         let worker = Worker::new(
             shared.clone(),
@@ -327,6 +329,7 @@ fn refresh(
             Err(error) => {
                 // A trapped store is never reused: the worker rebuilds the fold.
                 *fold = None;
+                shared.discarded.notify_one();
                 return Err(error);
             }
         }

@@ -3,14 +3,14 @@
 //! follows it; retries what may pass, narrows a failed batch down to the event, and parks (or
 //! stops at) an event that keeps failing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::failure::{FailurePolicy, ParkReport, backoff, tries_after};
+use super::failure::{FailurePolicy, ParkReport, TIMEOUT_TRIES, backoff, tries_after};
 use super::parked::{Parked, Pending};
 use super::{CheckpointPolicy, ProjectionInstance, ProjectionStatus, REPLAY_LIMIT};
 use crate::journal::{Journal, JournalError, ParkedEvent, ReadLimit, RecordedEvent};
@@ -54,6 +54,11 @@ pub(super) struct Shared {
     /// (changed under the fold's lock; a rebuilt fold keeps what they did): with the fold's
     /// position, what tells the readers' copy it is stale.
     pub parked_folded: AtomicU64,
+    /// Told when a reader discarded the fold (its snapshot trapped): the worker makes it
+    /// again at once, not at the next commit.
+    pub discarded: Notify,
+    /// Restores of a snapshot that ran out of time since one last ended otherwise.
+    pub restore_timeouts: AtomicU32,
 }
 
 impl Shared {
@@ -137,15 +142,25 @@ impl Shared {
     }
 
     /// A new instance restored from `saved`, or a blank one (and `saved` forgotten) when the
-    /// plugin refuses, traps or runs out of time restoring it (the same bytes again would do the
-    /// same): a snapshot it cannot read is no reason to stop folding, only to fold from
-    /// position 1.
+    /// plugin refuses or traps restoring it, or runs out of time as often as an event may
+    /// before it is given up on (a busy machine passes; bytes it spins on do not): a snapshot
+    /// it cannot read is no reason to stop folding, only to fold from position 1.
     fn restored(
         &self,
         saved: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<ProjectionInstance, RuntimeError> {
-        match self.instance(saved.clone()) {
-            Err(error) if saved.is_some() && (error.is_plugin_fault() || error.is_timeout()) => {
+        let restored = self.instance(saved.clone());
+        let timed_out = restored.as_ref().is_err_and(RuntimeError::is_timeout);
+        let timeouts = match timed_out {
+            true => self.restore_timeouts.fetch_add(1, Ordering::Relaxed) + 1,
+            false => 0,
+        };
+        if !timed_out || timeouts >= TIMEOUT_TRIES {
+            self.restore_timeouts.store(0, Ordering::Relaxed);
+        }
+        match restored {
+            Err(error) if timed_out && timeouts < TIMEOUT_TRIES => Err(error),
+            Err(error) if saved.is_some() && (timed_out || error.is_plugin_fault()) => {
                 tracing::warn!(plugin = %self.plugin.name(), %error, "snapshot not restored; folding from position 1");
                 *saved = None;
                 self.instance(None)
@@ -278,22 +293,14 @@ impl Worker {
             *self.shared.parked.lock().expect("parked lock") = Parked::restored(parked);
             self.saved = checkpoint;
         }
-        let shared = self.shared.clone();
-        let saved = self.saved.clone();
-        let restored = blocking(move || shared.instance(saved)).await;
-        let instance = match restored {
-            Ok(instance) => instance,
-            Err(error) => {
-                // Its own build could not read its checkpoint: fold from the start instead.
-                tracing::warn!(plugin = %self.name(), %error, "checkpoint not restored; folding from position 1");
-                self.saved = None;
-                let shared = self.shared.clone();
-                self.retrying_unless_faulted(0, "starting from an empty state", move || {
-                    shared.instance(None)
-                })
-                .await?
-            }
-        };
+        let (shared, saved) = (self.shared.clone(), self.saved.clone());
+        let (instance, saved) = self
+            .retrying_unless_faulted(0, "making its state", move || {
+                let mut saved = saved.clone();
+                Ok((shared.restored(&mut saved)?, saved))
+            })
+            .await?;
+        self.saved = saved;
         self.position = instance.position;
         self.checkpointed = (self.position, Instant::now());
         self.rate = (self.position, Instant::now());
@@ -317,6 +324,7 @@ impl Worker {
                 // Quiet for a while: save what the last burst folded.
                 () = tokio::time::sleep(self.checkpoints.every) => self.checkpoint_if_due(true).await?,
                 Some(control) = self.control.recv() => self.handle(control).await?,
+                () = self.shared.discarded.notified() => self.rebuild_if_discarded().await?,
             }
             return Ok(());
         }
@@ -566,6 +574,19 @@ impl Worker {
             Ok(())
         })
         .await
+    }
+
+    /// Rebuilds the fold if there is none (a reader discarded it since).
+    async fn rebuild_if_discarded(&mut self) -> Result<(), Halt> {
+        let shared = self.shared.clone();
+        let discarded =
+            blocking(move || Ok(shared.fold.lock().expect("projection lock").is_none()))
+                .await
+                .unwrap_or(false);
+        if discarded {
+            self.rebuild().await?;
+        }
+        Ok(())
     }
 
     /// Stores `(position, snapshot)` when the policy says so, or on any unsaved progress
