@@ -107,6 +107,17 @@ impl Api {
         }
     }
 
+    /// Uploads `artifact` as `name`, and waits until the new build was given up on (none
+    /// pending, and an error to say why): what `name` runs then.
+    async fn upload_refused(&self, name: &str, artifact: &str) -> Value {
+        let (status, body) = self.put_plugin(name, artifact).await;
+        assert_eq!(status, 200, "{body}");
+        self.wait_plugin(name, |p| {
+            p["pending"].is_null() && p["last_error"].is_string()
+        })
+        .await
+    }
+
     /// Waits until projection `name` (with no new version pending) is live at `position`.
     async fn wait_live(&self, name: &str, position: u64) -> Value {
         self.wait_plugin(name, |p| {
@@ -1023,14 +1034,8 @@ async fn an_uploaded_build_that_faults_catching_up_does_not_serve_after_a_restar
     history_with_poison(&api).await;
     assert_eq!(api.wait_live("bank-analytics", 5).await["version"], "1.0.1");
 
-    let (status, body) = api
-        .put_plugin("bank-analytics", foldhost_plugins::BANK_ANALYTICS)
-        .await;
-    assert_eq!(status, 200, "{body}");
     let info = api
-        .wait_plugin("bank-analytics", |p| {
-            p["pending"].is_null() && p["last_error"].is_string()
-        })
+        .upload_refused("bank-analytics", foldhost_plugins::BANK_ANALYTICS)
         .await;
     assert_eq!(info["version"], "1.0.1", "{info}");
 
@@ -1050,14 +1055,8 @@ async fn an_uploaded_build_whose_blank_state_traps_is_not_kept() {
         .await;
     api.wait_live("mischief", 1).await;
 
-    let (status, body) = api
-        .put_plugin("mischief", foldhost_plugins::MISCHIEF_BROKEN_INIT)
-        .await;
-    assert_eq!(status, 200, "{body}");
     let info = api
-        .wait_plugin("mischief", |p| {
-            p["pending"].is_null() && p["last_error"].is_string()
-        })
+        .upload_refused("mischief", foldhost_plugins::MISCHIEF_BROKEN_INIT)
         .await;
     assert_eq!(info["version"], "1.0.0", "{info}");
     let error = info["last_error"].as_str().unwrap();
