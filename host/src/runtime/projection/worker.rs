@@ -150,17 +150,20 @@ impl Shared {
         saved: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<ProjectionInstance, RuntimeError> {
         let restored = self.instance(saved.clone());
-        let timed_out = restored.as_ref().is_err_and(RuntimeError::is_timeout);
-        let timeouts = match timed_out {
-            true => self.restore_timeouts.fetch_add(1, Ordering::Relaxed) + 1,
-            false => 0,
+        let give_up = match &restored {
+            Err(error) if error.is_timeout() => {
+                let timeouts = self.restore_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                if timeouts < TIMEOUT_TRIES {
+                    return restored;
+                }
+                true
+            }
+            Err(error) => error.is_plugin_fault(),
+            Ok(_) => false,
         };
-        if !timed_out || timeouts >= TIMEOUT_TRIES {
-            self.restore_timeouts.store(0, Ordering::Relaxed);
-        }
+        self.restore_timeouts.store(0, Ordering::Relaxed);
         match restored {
-            Err(error) if timed_out && timeouts < TIMEOUT_TRIES => Err(error),
-            Err(error) if saved.is_some() && (timed_out || error.is_plugin_fault()) => {
+            Err(error) if give_up && saved.is_some() => {
                 tracing::warn!(plugin = %self.plugin.name(), %error, "snapshot not restored; folding from position 1");
                 *saved = None;
                 self.instance(None)
